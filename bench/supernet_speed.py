@@ -1,0 +1,133 @@
+"""Does slicing really buy speed? Three ratios on the offline MiniLM, measured side by side in one run.
+
+1. forward time of a sliced sub-network inside the supernet / (full forward time x its MAC share)   target <= 1.2
+2. speed-up of the extracted sub-network / its MAC reduction                                         target >= 0.9
+3. one sandwich step (full + smallest + 2 random) / one plain fine-tuning step                       target <= 2.3
+
+Runs are interleaved (full, sub, full, sub, ...) and every figure is a median, because these machines are
+shared and noisy. Usage: python bench/supernet_speed.py [--threads 2 --batch 32 --seq 128 --repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from supernet.config import SubNetworkConfig
+from supernet.convert import load_supernet_from_pretrained
+from supernet.counting import count_macs
+from supernet.extract import extract
+from supernet.space import make_space
+from supernet.training import SupernetTrainer, TrainingConfig
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, callable], repeats: int, warmup: int = 1) -> dict[str, float]:
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--train-repeats", type=int, default=7)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    model = load_supernet_from_pretrained("minilm", num_labels=2).eval()
+    cfg = model.config
+    n, h, u = cfg.num_layers, cfg.num_heads, cfg.intermediate_size
+    subs = {
+        "50% heads + 50% units": SubNetworkConfig(tuple(range(n)), (h // 2,) * n, (u // 2,) * n),
+        "25% heads + 25% units": SubNetworkConfig(tuple(range(n)), (h // 4,) * n, (u // 4,) * n),
+        "3 of 6 layers": SubNetworkConfig(tuple(range(n // 2)), (h,) * n, (u,) * n),
+    }
+    ids = torch.randint(1000, 20000, (args.batch, args.seq))
+    mask = torch.ones_like(ids)
+    full_macs = count_macs(cfg, seq_len=args.seq)
+    results: dict[str, dict] = {}
+
+    def run_full():
+        with torch.no_grad():
+            model.reset_super_network()
+            model(ids, mask)
+
+    print(f"MiniLM-L6 (hidden {cfg.hidden_size}), batch {args.batch} x seq {args.seq}, {args.threads} threads, "
+          f"torch {torch.__version__}, {platform.processor() or platform.machine()}, median of {args.repeats}")
+    print("\n| sub-network | MAC share | sliced / (full x share) | extracted speed-up | speed-up / MAC reduction |")
+    print("|---|---|---|---|---|")
+    for name, sub in subs.items():
+        share = count_macs(cfg, sub, seq_len=args.seq) / full_macs
+        small = extract(model, sub)
+
+        def run_sliced(sub=sub):
+            with torch.no_grad():
+                model.set_sub_network(sub)
+                model(ids, mask)
+            model.reset_super_network()
+
+        def run_extracted(small=small):
+            with torch.no_grad():
+                small(ids, mask)
+
+        t = interleaved({"full": run_full, "sliced": run_sliced, "extracted": run_extracted}, args.repeats)
+        sliced_ratio = t["sliced"] / (t["full"] * share)
+        speedup = t["full"] / t["extracted"]
+        results[name] = {"mac_share": share, "full_s": t["full"], "sliced_s": t["sliced"],
+                         "extracted_s": t["extracted"], "sliced_over_share": sliced_ratio,
+                         "speedup": speedup, "speedup_over_mac_reduction": speedup * share}
+        print(f"| {name} | {share:.3f} | {sliced_ratio:.2f} | {speedup:.2f}x | {speedup * share:.2f} |")
+
+    # Training steps: the same trainer code path, k=2 (sandwich) versus k=0 (plain fine-tuning).
+    labels = torch.randint(0, 2, (args.batch,))
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    space = make_space("uniform", cfg)
+    trainers = {
+        k: SupernetTrainer(model, space, [batch], TrainingConfig(num_random_subnets=k, epochs=1000), progress=False)
+        for k in (0, 2)
+    }
+    model.train()
+    rng_state = random.Random(0)
+    for trainer in trainers.values():
+        trainer.rng = rng_state  # same stream of random sub-networks for a fair median
+
+    def step(k):
+        trainer = trainers[k]
+        trainer._forward_backward(batch, 1.0)
+        trainer._optimizer_step(1)
+
+    t = interleaved({"plain": lambda: step(0), "sandwich": lambda: step(2)}, args.train_repeats)
+    results["training_step"] = {"plain_s": t["plain"], "sandwich_s": t["sandwich"],
+                                "ratio": t["sandwich"] / t["plain"], "space": "uniform"}
+    print(f"\nsandwich step (full + smallest + 2 random, uniform space) / plain step: "
+          f"{t['sandwich'] / t['plain']:.2f}  (plain {t['plain']:.2f} s, sandwich {t['sandwich']:.2f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
