@@ -12,7 +12,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 folder = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/rte/export-middle")
 model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
-tokenizer = AutoTokenizer.from_pretrained(folder)
+# trust_remote_code only spares a prompt about the model's config; the tokenizer is a stock one
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 record = json.loads((folder / "subnetwork.json").read_text())
 inputs = tokenizer("A cat sat on the mat.", "There is a cat on the mat.", return_tensors="pt")
 with torch.no_grad():

@@ -18,6 +18,17 @@ class ConfigError(ValueError):
     """A configuration that does not fit the model it is meant for."""
 
 
+def _as_int(value: Any, what: str) -> int:
+    """An integer, or an integral float such as 2.0; anything else is a ConfigError (never truncated)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ConfigError(f"{what} must be an integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class SupernetConfig:
     """Dimensions of the full network, read from a Hugging Face config."""
@@ -123,9 +134,9 @@ class SubNetworkConfig:
     units: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        layers = tuple(sorted({int(i) for i in self.layers}))
-        heads = tuple(int(h) for h in self.heads)
-        units = tuple(int(u) for u in self.units)
+        layers = tuple(sorted({_as_int(i, "a layer index") for i in self.layers}))
+        heads = tuple(_as_int(h, "a head count") for h in self.heads)
+        units = tuple(_as_int(u, "a unit count") for u in self.units)
         if len(heads) != len(units):
             raise ConfigError(f"heads ({len(heads)}) and units ({len(units)}) must have one entry per layer")
         if any(i < 0 or i >= len(heads) for i in layers):

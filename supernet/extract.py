@@ -119,11 +119,17 @@ def export_subnetwork(supernet: Supernet, sub: SubNetworkConfig, out_dir: str | 
 def load_exported(folder: str | Path) -> NasPruneForSequenceClassification:
     """Load an exported folder with the package's own classes (no remote code is executed)."""
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise ExportError(f"{folder}: no config.json, not an exported model folder")
-    if json.loads((folder / "config.json").read_text()).get("model_type") != NasPruneConfig.model_type:
+    config_file = folder / "config.json"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise ExportError(f"{config_file}: not a readable model config ({exc})") from None
+    if model_type != NasPruneConfig.model_type:
         raise ExportError(f"{folder}: not a nasprune export (model_type is not {NasPruneConfig.model_type!r})")
-    return NasPruneForSequenceClassification.from_pretrained(folder).eval()
+    try:
+        return NasPruneForSequenceClassification.from_pretrained(folder).eval()
+    except OSError as exc:
+        raise ExportError(f"{folder}: cannot load the exported weights ({exc})") from None
 
 
 def export_onnx(model: NasPruneForSequenceClassification, path: str | Path, *, seq_len: int = 128) -> Path:
@@ -152,7 +158,7 @@ def export_onnx(model: NasPruneForSequenceClassification, path: str | Path, *, s
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens", max=model.config.max_position_embeddings)
     shapes = {"input_ids": {0: batch, 1: tokens}, "attention_mask": {0: batch, 1: tokens},
               "token_type_ids": {0: batch, 1: tokens}}
-    torch.onnx.export(_Logits(model), (ids, mask, types), str(tmp), input_names=list(shapes),
+    torch.onnx.export(_Logits(model).eval(), (ids, mask, types), str(tmp), input_names=list(shapes),
                       output_names=["logits"], dynamic_shapes=shapes, dynamo=True, external_data=False)
     os.replace(tmp, path)
     return path

@@ -54,11 +54,13 @@ def fisher_importance(model: Supernet, batches: Iterable[Mapping[str, torch.Tens
         task_loss(logits, batch["labels"]).backward()
         with torch.no_grad():
             for i, layer in enumerate(model.layers):
-                w = layer.attention.dense.weight  # (H, heads * d)
-                per_column = (w * w.grad).sum(0)  # (heads * d,)
-                heads[i] += per_column.view(-1, d).sum(1).pow(2)
+                w = layer.attention.dense.weight  # (H, heads * d); no grad when the layer has 0 heads
+                if w.grad is not None:
+                    per_column = (w * w.grad).sum(0)  # (heads * d,)
+                    heads[i] += per_column.view(-1, d).sum(1).pow(2)
                 w = layer.ffn.output.weight  # (H, units)
-                units[i] += (w * w.grad).sum(0).pow(2)
+                if w.grad is not None:
+                    units[i] += (w * w.grad).sum(0).pow(2)
         seen += 1
     model.zero_grad(set_to_none=True)
     model.train(was_training)

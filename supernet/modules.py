@@ -20,6 +20,13 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    """nn.Linear that accepts a width of 0 (a block pruned to 0 heads or units) without warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        return nn.Linear(in_features, out_features)
+
+
 def _check_width(name: str, value: int, maximum: int) -> int:
     if not 0 <= value <= maximum:
         raise ValueError(f"{name} must be between 0 and {maximum}, got {value}")
@@ -37,10 +44,10 @@ class ElasticSelfAttention(nn.Module):
         self.head_size = head_size
         self.active_heads = num_heads
         self.attention_dropout = attention_dropout
-        self.query = nn.Linear(hidden_size, width)
-        self.key = nn.Linear(hidden_size, width)
-        self.value = nn.Linear(hidden_size, width)
-        self.dense = nn.Linear(width, hidden_size)
+        self.query = _linear(hidden_size, width)
+        self.key = _linear(hidden_size, width)
+        self.value = _linear(hidden_size, width)
+        self.dense = _linear(width, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout)
 
@@ -80,9 +87,9 @@ class ElasticFeedForward(nn.Module):
         super().__init__()
         self.units = units
         self.active_units = units
-        self.intermediate = nn.Linear(hidden_size, units)
+        self.intermediate = _linear(hidden_size, units)
         self.act = ACT2FN[hidden_act]
-        self.output = nn.Linear(units, hidden_size)
+        self.output = _linear(units, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout)
 
@@ -176,12 +183,9 @@ class ElasticBert(nn.Module):
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.embeddings = Embeddings(cfg)
-        with warnings.catch_warnings():  # a layer pruned to 0 heads or units has zero-element weights
-            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-            self.layers = nn.ModuleList(
-                ElasticLayer(cfg, heads, units)
-                for heads, units in zip(cfg.layer_heads, cfg.layer_units, strict=True)
-            )
+        self.layers = nn.ModuleList(
+            ElasticLayer(cfg, heads, units) for heads, units in zip(cfg.layer_heads, cfg.layer_units, strict=True)
+        )
         self.head = ClassificationHead(cfg)
         self.active_layers: list[int] = list(range(len(self.layers)))
 

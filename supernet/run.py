@@ -132,12 +132,17 @@ class Run:
         return self._tokenizer
 
     def batches(self, split: str, *, shuffle: bool = False, generator: torch.Generator | None = None):
-        examples = self.task.train if split == "train" else getattr(self.task, split, None)
-        if examples is None:
+        """Batches of "train", "validation" or a test split (a key of `task.test`, e.g. "test")."""
+        if split in ("train", "validation"):
+            examples = getattr(self.task, split)
+        elif split in self.task.test:
             examples = self.task.test[split]
+        else:
+            raise ValueError(f"unknown split {split!r}; this task has train, validation, {', '.join(self.task.test)}")
         size = self.spec.batch_size if split == "train" else self.spec.eval_batch_size
         return make_batches(examples, self.tokenizer, batch_size=size, max_length=self.spec.max_length,
-                            shuffle=shuffle, generator=generator)
+                            shuffle=shuffle, generator=generator, is_regression=self.task.spec.is_regression,
+                            sort_by_length=split != "train")
 
     def space(self, config: SupernetConfig) -> SearchSpace:
         return make_space(self.spec.space, config)
@@ -148,7 +153,8 @@ class Run:
 
 def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
               on_step: Callable[[TrainState], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> TrainState:
+              should_stop: Callable[[], bool] | None = None,
+              should_checkpoint: Callable[[], bool] | None = None) -> TrainState:
     """Train the supernet of `spec` into `folder`, resuming from its checkpoint if there is one."""
     run = Run(folder, spec)
     run.folder.mkdir(parents=True, exist_ok=True)
@@ -156,6 +162,10 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     if run_file.is_file() and json.loads(run_file.read_text()) != spec.to_dict():
         raise ValueError(f"{run.folder} holds a different run; choose another output folder")
     run_file.write_text(json.dumps(spec.to_dict(), indent=2))
+    finished = run.folder / TRAINING_FILE
+    if finished.is_file() and (run.folder / SUPERNET_DIR / "model.safetensors").is_file():
+        log.info("%s: training already finished", run.folder)
+        return TrainState(**json.loads(finished.read_text())["state"])
     task = run.task
     log.info("task %s: %d train, %d validation examples", task.spec.name, len(task.train), len(task.validation))
     model = load_supernet_from_pretrained(spec.model, num_labels=task.spec.num_labels)
@@ -164,7 +174,7 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     loader = run.batches("train", shuffle=True, generator=generator)
     trainer = SupernetTrainer(model, space, loader, spec.training, generator=generator,
                               checkpoint_path=run.folder / CHECKPOINT_FILE, on_step=on_step,
-                              should_stop=should_stop, progress=progress)
+                              should_stop=should_stop, should_checkpoint=should_checkpoint, progress=progress)
     if (run.folder / CHECKPOINT_FILE).is_file():
         state = trainer.load_checkpoint()
         log.info("resuming from step %d of %d", state.step, state.total_steps)
@@ -184,5 +194,6 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
         for name, sub in (("full", None), ("middle", space.middle()), ("smallest", space.smallest()))
     }
     (run.folder / TRAINING_FILE).write_text(json.dumps(
-        {"validation": summary, "majority_baseline": task.majority_baseline, "history": state.history}, indent=2))
+        {"validation": summary, "majority_baseline": task.majority_baseline, "history": state.history,
+         "state": asdict(state)}, indent=2))
     return state

@@ -85,13 +85,15 @@ class SupernetTrainer:
     def __init__(self, model: Supernet, space: SearchSpace, loader: Iterable[Batch], config: TrainingConfig, *,
                  generator: torch.Generator | None = None, checkpoint_path: str | Path | None = None,
                  on_step: Callable[[TrainState], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, progress: bool = True) -> None:
+                 should_stop: Callable[[], bool] | None = None,
+                 should_checkpoint: Callable[[], bool] | None = None, progress: bool = True) -> None:
         if not isinstance(loader, Sized) or len(loader) == 0:
             raise ValueError("the training loader is empty")
         self.model, self.space, self.loader, self.config = model, space, loader, config
         self.generator = generator
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-        self.on_step, self.should_stop, self.progress = on_step, should_stop, progress
+        self.on_step, self.should_stop, self.should_checkpoint = on_step, should_stop, should_checkpoint
+        self.progress = progress
         accumulation = config.gradient_accumulation
         self.steps_per_epoch = math.ceil(len(loader) / accumulation)
         total = max(1, math.ceil(config.epochs * self.steps_per_epoch))
@@ -179,7 +181,8 @@ class SupernetTrainer:
                 if self.on_step is not None:
                     self.on_step(state)
                 every = self.config.checkpoint_every_steps
-                if self._checkpoint_requested or (every and state.step % every == 0):
+                requested = self._checkpoint_requested or (self.should_checkpoint and self.should_checkpoint())
+                if requested or (every and state.step % every == 0):
                     self.save_checkpoint()
                 if self.should_stop is not None and self.should_stop():
                     state.stopped = True

@@ -1,0 +1,279 @@
+"""supernet.run and service.cli end to end on a tiny random BERT: train, resume, export, and the error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import GLUE_DIR, add_noise, tiny_bert_config
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+from service.cli import main
+from supernet.config import SubNetworkConfig
+from supernet.counting import count_macs, count_params
+from supernet.evaluation import evaluate, predict
+from supernet.extract import SUBNETWORK_FILE, load_exported
+from supernet.importance import fisher_importance
+from supernet.run import Run, RunSpec, load_supernet
+from supernet.space import make_space
+
+POSITIVE = "good great fine lovely excellent happy nice".split()
+NEGATIVE = "bad awful poor terrible sad nasty wrong".split()
+FILLER = "the a movie film plot actor scene story was is really quite".split()
+
+
+def cli(argv: list[str]) -> int:
+    """service.cli.main, restoring the signal handlers that `train` installs (they would outlive the call)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        return main(argv)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _write_csv(path: Path, rows: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "label"])
+        for i in range(rows):
+            label = rng.choice(["pos", "neg"])
+            words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label == "pos" else NEGATIVE, 2)
+            rng.shuffle(words)
+            writer.writerow([i, " ".join(words), label])
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A tiny random BERT (MiniLM's vocabulary) saved with the MiniLM tokenizer, and a tiny CSV task."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(vocab_size=minilm_tokenizer.vocab_size, num_labels=2))
+    add_noise(model, seed=0, scale=0.02)
+    model.save_pretrained(root / "model")
+    minilm_tokenizer.save_pretrained(root / "model")
+    _write_csv(root / "train.csv", 60, seed=1)
+    _write_csv(root / "test.csv", 20, seed=2)
+    return root
+
+
+def _train_args(ws: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(ws / "model"), "--task", "custom/toy", "--train-file", str(ws / "train.csv"),
+            "--test-file", str(ws / "test.csv"), "--text-columns", "text", "--epochs", "1", "--batch-size", "8",
+            "--max-length", "32", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(workspace) -> Path:
+    run_dir = workspace / "run"
+    assert cli(_train_args(workspace, run_dir)) == 0
+    return run_dir
+
+
+def test_train_writes_the_run_folder(trained_run, workspace) -> None:
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"run.json", "checkpoint.pt", "supernet", "training.json"} <= names
+    assert (trained_run / "supernet" / "model.safetensors").is_file()
+    assert (trained_run / "supernet" / "supernet_config.json").is_file()
+    assert (trained_run / "supernet" / "tokenizer_config.json").is_file()
+    spec = RunSpec.from_dict(json.loads((trained_run / "run.json").read_text()))
+    assert spec.custom is not None and spec.custom.text_columns == ["text"] and spec.custom.name == "toy"
+    assert spec.max_length == 32 and spec.batch_size == 8 and spec.training.epochs == 1.0
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    run = Run(trained_run)
+    assert (len(run.task.train), len(run.task.validation), len(run.task.test["test"])) == (42, 18, 20)
+    summary = json.loads((trained_run / "training.json").read_text())
+    assert set(summary["validation"]) == {"full", "middle", "smallest"}
+    assert set(summary["validation"]["full"]) == {"accuracy", "f1"}
+    assert len(summary["history"]) == 6  # 42 examples in batches of 8, one epoch
+    assert "majority_baseline" in summary
+    checkpoint = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["state"]["step"] == 6
+    # the saved supernet is the trained one, and its metrics are reproducible from the run folder
+    supernet = run.load_supernet()
+    for key, value in supernet.state_dict().items():
+        assert torch.equal(value, checkpoint["model"][key]), key
+    space = make_space(spec.space, supernet.config)
+    validation = run.batches("validation")
+    assert evaluate(supernet, validation, run.task.spec) == summary["validation"]["full"]
+    assert evaluate(supernet, validation, run.task.spec, sub=space.middle()) == summary["validation"]["middle"]
+    # the supernet's weights were reordered and trained: they differ from the original model's
+    original = load_supernet_from_model(workspace / "model")
+    assert not torch.equal(original.layers[0].ffn.intermediate.weight, supernet.layers[0].ffn.intermediate.weight)
+
+
+def load_supernet_from_model(folder: Path):
+    from supernet.convert import load_supernet_from_pretrained
+
+    return load_supernet_from_pretrained(str(folder))
+
+
+def test_export_loads_with_plain_transformers_and_keeps_the_metric(trained_run, tmp_path, capsys) -> None:
+    out = tmp_path / "export-middle"
+    assert cli(["export", "--run", str(trained_run), "--config", "middle", "--out", str(out)]) == 0
+    assert "exported" in capsys.readouterr().out
+    run = Run(trained_run)
+    supernet = run.load_supernet()
+    sub = make_space("uniform", supernet.config).middle()
+    record = json.loads((out / SUBNETWORK_FILE).read_text())
+    assert SubNetworkConfig.from_dict(record["config"]) == sub
+    assert record["seq_len"] == 32
+    assert record["params"] == count_params(supernet.config, sub).to_dict()
+    assert record["macs"] == count_macs(supernet.config, sub, seq_len=32)
+    model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
+    validation = run.batches("validation")
+    assert evaluate(model, validation, run.task.spec) == record["metrics"]["validation"]
+    assert evaluate(supernet, validation, run.task.spec, sub=sub) == record["metrics"]["validation"]
+    logits, _ = predict(model, validation)
+    with supernet.use(sub):
+        sliced, _ = predict(supernet, validation)
+    assert abs(logits - sliced).max() < 1e-4
+    assert sum(p.numel() for p in model.parameters()) == count_params(supernet.config, sub).total
+
+
+def test_export_with_json_config_and_errors(trained_run, tmp_path, capsys) -> None:
+    sub = SubNetworkConfig(layers=(0, 2), heads=(1, 0, 4), units=(48, 0, 0))
+    out = tmp_path / "json"
+    assert cli(["export", "--run", str(trained_run), "--config", sub.to_json(), "--out", str(out)]) == 0
+    assert SubNetworkConfig.from_dict(json.loads((out / SUBNETWORK_FILE).read_text())["config"]) == sub
+    config_file = tmp_path / "sub.json"
+    config_file.write_text(sub.to_json())
+    assert cli(["export", "--run", str(trained_run), "--config", str(config_file), "--out", str(tmp_path / "f")]) == 0
+    assert load_exported(tmp_path / "f").config.layer_heads == [1, 4]
+    capsys.readouterr()
+    for bad in ("huge", '{"layers": [0], "heads": [9, 0, 0], "units": [1, 0, 0]}', '{"layers": [0]}'):
+        assert cli(["export", "--run", str(trained_run), "--config", bad, "--out", str(tmp_path / "x")]) == 2
+        assert "nasprune: error:" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert cli(["export", "--run", str(tmp_path), "--config", "middle", "--out", str(tmp_path / "y")]) == 2
+    assert "run.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("importance", ["fisher", "none"])
+def test_importance_ordering_keeps_the_function(workspace, tmp_path, importance: str) -> None:
+    """With a learning rate of 0 the run only reorders: same logits as the original model, sorted importance."""
+    out = tmp_path / importance
+    assert cli(_train_args(workspace, out, "--lr", "0", "--importance", importance)) == 0
+    run = Run(out)
+    trained, original = run.load_supernet(), load_supernet_from_model(workspace / "model").eval()
+    validation = run.batches("validation")
+    torch.testing.assert_close(torch.from_numpy(predict(trained, validation)[0]),
+                               torch.from_numpy(predict(original, validation)[0]), rtol=0, atol=1e-5)
+    same = all(torch.equal(v, original.state_dict()[k]) for k, v in trained.state_dict().items())
+    assert same == (importance == "none")
+    if importance == "fisher":
+        generator = torch.Generator().manual_seed(run.spec.training.seed)
+        scores = fisher_importance(trained, run.batches("train", shuffle=True, generator=generator),
+                                   max_batches=run.spec.importance_batches, progress=False)
+        for heads, units in zip(scores.heads, scores.units, strict=True):
+            assert heads[0] >= heads[-1] and units[0] >= units[-1]
+            torch.testing.assert_close(heads, heads.sort(descending=True).values, rtol=1e-3, atol=1e-12)
+
+
+def test_run_batches_for_the_test_split(trained_run) -> None:
+    run = Run(trained_run)
+    batches = run.batches("test")
+    assert sum(len(b["labels"]) for b in batches) == len(run.task.test["test"]) == 20
+    assert sum(len(b["labels"]) for b in run.batches("validation")) == 18
+    with pytest.raises((ValueError, KeyError)):
+        run.batches("no-such-split")
+
+
+def test_rerun_resumes_and_a_different_spec_is_refused(trained_run, workspace, capsys) -> None:
+    before = (trained_run / "supernet" / "model.safetensors").read_bytes()
+    history = json.loads((trained_run / "training.json").read_text())["history"]
+    assert cli(_train_args(workspace, trained_run)) == 0  # nothing left to train: same result
+    assert json.loads((trained_run / "training.json").read_text())["history"] == history
+    assert load_supernet(trained_run / "supernet").state_dict().keys()
+    assert (trained_run / "supernet" / "model.safetensors").read_bytes() == before
+    capsys.readouterr()
+    assert cli(_train_args(workspace, trained_run, "--lr", "1e-3")) == 2
+    assert "different run" in capsys.readouterr().err
+
+
+def test_interrupted_cli_run_resumes_to_the_same_weights(workspace, tmp_path, monkeypatch, capsys) -> None:
+    from supernet.training import SupernetTrainer
+
+    args = ("--num-random-subnets", "1", "--grad-accum", "2", "--importance", "none")
+    assert cli(_train_args(workspace, tmp_path / "straight", *args)) == 0
+    original = SupernetTrainer._optimizer_step
+    calls = {"n": 0}
+
+    def step_then_interrupt(self, pending):
+        original(self, pending)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during the second step
+
+    monkeypatch.setattr(SupernetTrainer, "_optimizer_step", step_then_interrupt)
+    capsys.readouterr()
+    assert cli(_train_args(workspace, tmp_path / "resumed", *args)) == 130
+    assert "stopped at step 2/3" in capsys.readouterr().out
+    assert (tmp_path / "resumed" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "resumed" / "supernet").exists()
+    monkeypatch.setattr(SupernetTrainer, "_optimizer_step", original)
+    assert cli(_train_args(workspace, tmp_path / "resumed", *args)) == 0
+    a = load_supernet(tmp_path / "straight" / "supernet").state_dict()
+    b = load_supernet(tmp_path / "resumed" / "supernet").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "straight" / "training.json").read_text())["history"] == json.loads(
+        (tmp_path / "resumed" / "training.json").read_text())["history"]
+
+
+@pytest.mark.skipif(not (GLUE_DIR / "RTE" / "train.tsv").is_file(), reason=f"GLUE data not found at {GLUE_DIR}")
+def test_glue_rte_run(workspace, tmp_path) -> None:
+    out = tmp_path / "rte"
+    argv = ["train", "--model", str(workspace / "model"), "--task", "glue/rte", "--data-dir", str(GLUE_DIR),
+            "--train-limit", "32", "--max-length", "32", "--epochs", "1", "--batch-size", "16", "--space", "layers",
+            "--out", str(out)]
+    assert cli(argv) == 0
+    summary = json.loads((out / "training.json").read_text())
+    assert len(summary["history"]) == 2  # 32 examples in batches of 16
+    assert set(summary["validation"]["smallest"]) == {"accuracy"}
+    run = Run(out)
+    assert len(run.task.train) == 32 and len(run.task.validation) == 747
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in summary["validation"].values())
+
+
+def test_missing_data_file_is_reported(workspace, tmp_path, capsys) -> None:
+    missing = tmp_path / "nope.csv"
+    argv = _train_args(workspace, tmp_path / "run")
+    argv[argv.index("--train-file") + 1] = str(missing)
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "nasprune: error:" in err and str(missing) in err
+
+
+def test_custom_task_needs_both_files(workspace, tmp_path, capsys) -> None:
+    argv = ["train", "--model", str(workspace / "model"), "--task", "custom/toy", "--train-file",
+            str(workspace / "train.csv"), "--out", str(tmp_path / "run")]
+    assert cli(argv) == 2
+    assert "--test-file" in capsys.readouterr().err
+
+
+def test_unknown_model_folder(workspace, tmp_path, capsys) -> None:
+    argv = _train_args(workspace, tmp_path / "run")
+    argv[argv.index("--model") + 1] = str(tmp_path / "no-such-model")
+    assert cli(argv) == 2
+    assert "no-such-model" in capsys.readouterr().err
+
+
+def test_unknown_glue_task(workspace, tmp_path, capsys) -> None:
+    argv = ["train", "--model", str(workspace / "model"), "--task", "glue/nope", "--out", str(tmp_path / "run")]
+    assert cli(argv) == 2
+    assert "unknown task" in capsys.readouterr().err
+
+
+def test_parser_rejects_bad_flags(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli(["train", "--space", "huge", "--out", "x"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        cli(["export", "--config", "middle"])  # --run and --out are required

@@ -1,0 +1,168 @@
+"""supernet.space: encode/decode round trips, bounds, sampling and the special members of each space."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from conftest import supernet_config
+
+from supernet.config import ConfigError, SubNetworkConfig, SupernetConfig
+from supernet.counting import count_params
+from supernet.space import SPACES, LayerSpace, PerLayerSpace, UniformSpace, make_space
+
+BERT_BASE = SupernetConfig(num_layers=12, hidden_size=768, num_heads=12, head_size=64, intermediate_size=3072,
+                           vocab_size=30522, max_position_embeddings=512, type_vocab_size=2, num_labels=2)
+MINILM = SupernetConfig(num_layers=6, hidden_size=384, num_heads=12, head_size=32, intermediate_size=1536,
+                        vocab_size=30522, max_position_embeddings=512, type_vocab_size=2, num_labels=2)
+CONFIGS = {"tiny": supernet_config(), "bert-base": BERT_BASE, "minilm": MINILM}
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def config(request) -> SupernetConfig:
+    return CONFIGS[request.param]
+
+
+@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers"])
+def test_round_trips(name: str, config: SupernetConfig) -> None:
+    space = make_space(name, config)
+    assert space.name == name and isinstance(space, SPACES[name])
+    assert len(space.lower) == len(space.upper) == space.dimension
+    rng = random.Random(0)
+    for _ in range(200):
+        vector = [rng.randint(lo, hi) for lo, hi in zip(space.lower, space.upper, strict=True)]
+        if name == "layers" and not any(vector):
+            continue  # all-zero decodes to "keep layer 0" (tested below)
+        sub = space.decode(vector)
+        assert sub.validate(config) is sub
+        assert space.encode(sub) == vector
+    for _ in range(100):
+        sub = space.sample(rng)
+        assert space.decode(space.encode(sub)) == sub
+        assert sub.validate(config) and sub.layers
+
+
+@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers"])
+def test_smallest_middle_largest(name: str, config: SupernetConfig) -> None:
+    space = make_space(name, config)
+    smallest, middle, largest = space.smallest(), space.middle(), space.largest()
+    for sub in (smallest, middle, largest):
+        sub.validate(config)
+        assert space.decode(space.encode(sub)) == sub
+    sizes = [count_params(config, s).total for s in (smallest, middle, largest)]
+    assert sizes[0] <= sizes[1] <= sizes[2]
+    assert sizes[0] < sizes[2]
+    assert largest == SubNetworkConfig.full(config)
+    rng = random.Random(1)
+    for _ in range(50):  # nothing the space samples is smaller or larger than its extremes
+        assert sizes[0] <= count_params(config, space.sample(rng)).total <= sizes[2]
+
+
+def test_uniform_space_members(config: SupernetConfig) -> None:
+    space = UniformSpace(config)
+    step = config.intermediate_size // 24
+    assert space.unit_step == step and space.max_unit_steps == 24
+    assert space.upper == [config.num_layers, config.num_heads, 24]
+    assert space.smallest() == SubNetworkConfig(layers=(0,), heads=(1,) * config.num_layers,
+                                                units=(step,) * config.num_layers)
+    n = config.num_layers
+    middle = space.middle()
+    assert middle.layers == tuple(range((1 + n + 1) // 2))
+    assert set(middle.kept_heads()) == {(1 + config.num_heads + 1) // 2}
+    assert set(middle.kept_units()) == {step * 13}
+    assert space.decode([2, 3, 5]) == SubNetworkConfig(layers=(0, 1), heads=(3,) * n, units=(5 * step,) * n)
+
+
+def test_dims_of_the_reference_models() -> None:
+    assert UniformSpace(BERT_BASE).unit_step == 128 and UniformSpace(MINILM).unit_step == 64
+    assert PerLayerSpace(BERT_BASE).dimension == 24 and LayerSpace(BERT_BASE).dimension == 12
+    assert UniformSpace(supernet_config()).unit_step == 2
+    assert UniformSpace(BERT_BASE, unit_step=256).max_unit_steps == 12
+    with pytest.raises(ConfigError, match="divide"):
+        UniformSpace(BERT_BASE, unit_step=100)
+
+
+def test_per_layer_space_min_bounds() -> None:
+    config = supernet_config()
+    space = PerLayerSpace(config, min_heads=0, min_unit_steps=0)
+    assert space.lower == [0] * 6
+    smallest = space.smallest()
+    assert smallest == SubNetworkConfig(layers=(0, 1, 2), heads=(0, 0, 0), units=(0, 0, 0))
+    assert space.encode(SubNetworkConfig(layers=(0, 1, 2), heads=(0, 4, 1), units=(2, 0, 48))) == [0, 4, 1, 1, 0, 24]
+    with pytest.raises(ConfigError):  # default bounds forbid empty blocks
+        PerLayerSpace(config).encode(SubNetworkConfig(layers=(0, 1, 2), heads=(0, 4, 1), units=(2, 2, 48)))
+
+
+def test_sampling_is_deterministic(config: SupernetConfig) -> None:
+    for name in SPACES:
+        space = make_space(name, config)
+        first = [space.sample(random.Random(7)) for _ in range(3)]
+        rng_a, rng_b = random.Random(42), random.Random(42)
+        a = [space.sample(rng_a) for _ in range(30)]
+        b = [space.sample(rng_b) for _ in range(30)]
+        assert a == b and first[0] == first[1] == first[2]
+        assert len(set(a)) > 1  # it does vary
+        rng_c = random.Random(43)
+        assert [space.sample(rng_c) for _ in range(30)] != a  # another seed, another sequence
+
+
+@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers"])
+def test_out_of_bounds_vectors_raise(name: str, config: SupernetConfig) -> None:
+    space = make_space(name, config)
+    for i in range(space.dimension):
+        low, high = list(space.lower), list(space.upper)
+        low[i] -= 1
+        high[i] += 1
+        for vector in (low, high):
+            with pytest.raises(ConfigError, match="outside"):
+                space.decode(vector)
+    with pytest.raises(ConfigError, match="expects"):
+        space.decode(space.lower[:-1])
+    with pytest.raises(ConfigError, match="expects"):
+        space.decode(space.upper + [1])
+
+
+def test_layers_space_zero_vector_keeps_layer_zero(config: SupernetConfig) -> None:
+    space = LayerSpace(config)
+    sub = space.decode([0] * config.num_layers)
+    assert sub.layers == (0,) and sub.kept_heads() == [config.num_heads] and sub.kept_units() == [
+        config.intermediate_size]
+    assert space.smallest() == sub
+    assert space.encode(sub) == [1] + [0] * (config.num_layers - 1)
+    bits = [i % 2 for i in range(config.num_layers)]
+    assert space.decode(bits).layers == tuple(i for i in range(config.num_layers) if i % 2)
+
+
+def test_encode_rejects_members_of_other_spaces() -> None:
+    config = supernet_config()
+    pruned = SubNetworkConfig(layers=(0, 1, 2), heads=(4, 2, 4), units=(48, 48, 48))
+    dropped = SubNetworkConfig(layers=(0, 2), heads=(4, 4, 4), units=(48, 48, 48))
+    odd_units = SubNetworkConfig(layers=(0, 1, 2), heads=(4, 4, 4), units=(47, 47, 47))
+    with pytest.raises(ConfigError):
+        UniformSpace(config).encode(pruned)  # unequal widths
+    with pytest.raises(ConfigError):
+        UniformSpace(config).encode(dropped)  # not the first n layers
+    with pytest.raises(ConfigError):
+        UniformSpace(config).encode(odd_units)  # not a multiple of the unit step
+    with pytest.raises(ConfigError):
+        PerLayerSpace(config).encode(dropped)
+    with pytest.raises(ConfigError):
+        LayerSpace(config).encode(pruned)
+    assert LayerSpace(config).encode(dropped) == [1, 0, 1]
+    assert UniformSpace(config).encode(SubNetworkConfig(layers=(0, 1), heads=(2, 2, 0), units=(4, 4, 0))) == [2, 2, 2]
+
+
+def test_uniform_spaces_need_uniform_supernets() -> None:
+    narrow = supernet_config(layer_heads=(4, 2, 4))
+    with pytest.raises(ConfigError, match="same width"):
+        UniformSpace(narrow)
+    with pytest.raises(ConfigError, match="same width"):
+        PerLayerSpace(narrow)
+    space = LayerSpace(narrow)  # full widths per layer are fine
+    assert space.largest() == SubNetworkConfig.full(narrow)
+
+
+def test_make_space_unknown_name() -> None:
+    with pytest.raises(ConfigError, match="unknown search space"):
+        make_space("nope", supernet_config())
+    assert make_space("per_layer", supernet_config(), min_heads=0).lower[0] == 0
