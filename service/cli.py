@@ -1,7 +1,10 @@
 """`nasprune` command line: the same pipeline as the service, run locally.
 
+    nasprune search --model minilm --task glue/rte --data-dir ../shared/data/glue --objectives error,params,latency \
+                    --optimizer nsga2 --evaluations 100 --out runs/rte
     nasprune train  --model minilm --task glue/rte --data-dir ../shared/data/glue --out runs/rte
-    nasprune export --run runs/rte --config middle --out runs/rte/export-middle [--format hf|onnx]
+    nasprune export --run runs/rte --point 0 --out runs/rte/point-0 [--format hf|onnx]
+    nasprune export --run runs/rte --config middle --out runs/rte/export-middle
 """
 
 from __future__ import annotations
@@ -12,8 +15,16 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import transformers
+
+from search.job import FRONT_FILE, LatencyShape, SearchJob, run_search_job
+from search.objectives import OBJECTIVES, ObjectiveError
+from search.optimizers import OPTIMIZERS
+from search.runner import SearchConfig
 from supernet.config import ConfigError, SubNetworkConfig
 from supernet.convert import ModelLoadError
 from supernet.data import DataError
@@ -70,16 +81,10 @@ def _spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 def cmd_train(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
-    interrupted = {"flag": False}
-
-    def stop(*_: object) -> None:
-        interrupted["flag"] = True
-        log.warning("interrupted: finishing the current step and writing a checkpoint")
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     start = time.perf_counter()
-    state = train_run(spec, args.out, should_stop=lambda: interrupted["flag"])
+    with _signal_flags() as flags:
+        state = train_run(spec, args.out, should_stop=lambda: flags["stop"],
+                          should_checkpoint=flags["take_checkpoint"])
     if state.stopped:
         print(f"stopped at step {state.step}/{state.total_steps}; rerun the same command to resume")
         return 130
@@ -89,6 +94,71 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  {name:9s} " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     print("  majority  " + ", ".join(f"{k}={v:.4f}" for k, v in summary["majority_baseline"].items()))
     return 0
+
+
+@contextmanager
+def _signal_flags() -> Iterator[dict]:
+    """Ctrl-C / SIGTERM: finish the step, checkpoint and stop. SIGUSR1: checkpoint and go on.
+    The previous handlers come back afterwards."""
+    flags: dict = {"stop": False, "checkpoint": False}
+
+    def stop(*_: object) -> None:
+        flags["stop"] = True
+        log.warning("interrupted: finishing the current step and writing a checkpoint")
+
+    def checkpoint(*_: object) -> None:  # `kill -USR1 <pid>` asks for a checkpoint without stopping
+        flags["checkpoint"] = True
+
+    def take_checkpoint_flag() -> bool:
+        requested, flags["checkpoint"] = flags["checkpoint"], False
+        return requested
+
+    flags["take_checkpoint"] = take_checkpoint_flag
+    handlers = {signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGUSR1: checkpoint}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield flags
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _search_job_from_args(args: argparse.Namespace) -> SearchJob:
+    search = SearchConfig(objectives=[o for o in args.objectives.split(",") if o], optimizer=args.optimizer,
+                          evaluations=args.evaluations, time_limit_s=args.time_limit, seed=args.seed)
+    latency = LatencyShape(batch_size=args.latency_batch_size, seq_len=args.latency_seq_len,
+                           device=args.latency_device)
+    return SearchJob(search=search, latency=latency, params_kind=args.params)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    spec, job = _spec_from_args(args), _search_job_from_args(args)
+    start = time.perf_counter()
+    with _signal_flags() as flags:
+        result = run_search_job(spec, job, args.out, should_stop=lambda: flags["stop"])
+    if result is None:
+        print("stopped; rerun the same command to resume")
+        return 130
+    front = json.loads((Path(args.out) / FRONT_FILE).read_text())
+    print(f"search done in {time.perf_counter() - start:.0f} s: {len(result.trials)} sub-networks evaluated, "
+          f"{len(front['points'])} on the front, hypervolume {result.hypervolume:.4f}")
+    ref = front["reference"]
+    main = front["main_metric"]
+    header = f"  {'point':>5}  {'enc. params':>11}  {'MACs':>6}  {'latency':>9}  {'val ' + main:>12}"
+    print(header + f"  {'test ' + main:>12}")
+    rows = [("full", ref)] + list(enumerate(front["points"]))
+    for name, p in rows:
+        print(f"  {name!s:>5}  {p['params']['encoder'] / ref['params']['encoder']:>11.1%}  "
+              f"{p['macs'] / ref['macs']:>6.1%}  {p['latency_ms']:>7.1f}ms  {p['validation'][main]:>12.4f}  "
+              f"{_first(p['test'], main):>12.4f}")
+    print(f"  files: {args.out}/front.json, trials.jsonl, pareto.png; export a point with "
+          f"`nasprune export --run {args.out} --point K --out DIR`")
+    return 0
+
+
+def _first(metrics: dict[str, float], name: str) -> float:
+    """The metric `name` of the first test split (MNLI has matched and mismatched)."""
+    return next(v for k, v in metrics.items() if k == name or k.endswith(f"/{name}"))
 
 
 def _parse_sub(text: str, run: Run, config) -> SubNetworkConfig:
@@ -108,7 +178,16 @@ def _parse_sub(text: str, run: Run, config) -> SubNetworkConfig:
 def cmd_export(args: argparse.Namespace) -> int:
     run = Run(args.run)
     supernet = run.load_supernet()
-    sub = _parse_sub(args.config, run, supernet.config)
+    if args.point is not None:
+        front_file = Path(args.run) / FRONT_FILE
+        if not front_file.is_file():
+            raise FileNotFoundError(f"{front_file}: no front here; run `nasprune search` first")
+        points = json.loads(front_file.read_text())["points"]
+        if not 0 <= args.point < len(points):
+            raise ConfigError(f"--point must be between 0 and {len(points) - 1}, got {args.point}")
+        sub = SubNetworkConfig.from_dict(points[args.point]["config"]).validate(supernet.config)
+    else:
+        sub = _parse_sub(args.config, run, supernet.config)
     validation = run.batches("validation")
     spec = run.task.spec
     sliced = evaluate(supernet, validation, spec, sub=sub, progress=True)
@@ -129,13 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    search = sub.add_parser("search", help="train the supernet, then search for the Pareto front of sub-networks")
+    _add_training_flags(search)
+    search.add_argument("--objectives", default="error,params", help=f"comma-separated: {', '.join(OBJECTIVES)}")
+    search.add_argument("--optimizer", default="nsga2", choices=sorted(OPTIMIZERS))
+    search.add_argument("--evaluations", type=int, default=100, help="number of distinct sub-networks to evaluate")
+    search.add_argument("--time-limit", type=float, default=None, help="search wall-clock limit in seconds")
+    search.add_argument("--params", choices=["encoder", "total"], default="encoder",
+                        help="which parameter count the params objective uses")
+    search.add_argument("--latency-batch-size", type=int, default=32)
+    search.add_argument("--latency-seq-len", type=int, default=None, help="default: --max-length")
+    search.add_argument("--latency-device", default="cpu")
+    search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="fine-tune the weight-sharing supernet of a model on a task")
     _add_training_flags(train)
     train.set_defaults(func=cmd_train)
     export = sub.add_parser("export", help="export a sub-network of a trained run as a smaller model")
     export.add_argument("--run", required=True, help="run folder written by `nasprune train`")
-    export.add_argument("--config", default="middle",
-                        help="smallest | middle | largest | a SubNetworkConfig as JSON or a JSON file")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--point", type=int, help="index of a point in the run's front.json")
+    which.add_argument("--config", help="smallest | middle | largest | a SubNetworkConfig as JSON or a JSON file")
     export.add_argument("--out", required=True, help="folder for the exported model")
     export.add_argument("--format", choices=["hf", "onnx"], default="hf")
     export.set_defaults(func=cmd_export)
@@ -146,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # transformers' load reports (e.g. "classifier: MISSING", expected) are noise here
+        transformers.logging.set_verbosity_error()
     try:
         return args.func(args)
-    except (DataError, ConfigError, ModelLoadError, ExportError, FileNotFoundError, ValueError) as exc:
+    except (DataError, ConfigError, ModelLoadError, ExportError, ObjectiveError, FileNotFoundError, ValueError) as exc:
         print(f"nasprune: error: {exc}", file=sys.stderr)
         return 2
 

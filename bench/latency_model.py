@@ -1,0 +1,59 @@
+"""Validate the latency model: predicted versus measured latency of extracted sub-networks.
+
+Calibrates the block table for MiniLM on this machine (batch x seq), then measures >= 20 random
+sub-networks (a mix of layer-drop, uniform and per-layer widths) as extracted models and prints the
+Spearman correlation and the mean absolute percentage error. Targets: >= 0.95 and <= 10 % at 32 x 128.
+
+    python bench/latency_model.py [--samples 24 --batch 32 --seq 128 --threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from search.latency import calibrate, device_name, random_subnetworks, validate
+from supernet.convert import load_supernet_from_pretrained
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    supernet = load_supernet_from_pretrained("minilm", num_labels=2).eval()
+    start = time.perf_counter()
+    table = calibrate(supernet.config, batch_size=args.batch, seq_len=args.seq, repeats=args.repeats)
+    calibration_s = time.perf_counter() - start
+    subs = random_subnetworks(supernet.config, args.samples, seed=args.seed)
+    bar = tqdm(total=len(subs), desc="measuring extracted sub-networks")
+    result = validate(supernet, table, subs, repeats=args.repeats, progress=lambda done, total: bar.update(1))
+    bar.close()
+    print(f"{device_name()} | MiniLM-L6 | batch {args.batch} x seq {args.seq} | {args.threads} threads | "
+          f"torch {torch.__version__}")
+    print(f"calibration: {calibration_s:.1f} s ({len(table.attention_ms)} attention + {len(table.ffn_ms)} FFN entries)")
+    print(f"{len(subs)} sub-networks: Spearman {result.spearman:.3f} (target >= 0.95), "
+          f"MAPE {result.mape:.1f} % (target <= 10 %)")
+    print(f"measured {min(result.measured_ms):.0f}-{max(result.measured_ms):.0f} ms; "
+          f"full-model prediction {table.predict(supernet.full_config()):.0f} ms")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "table": table.to_dict(),
+                                         "spearman": result.spearman, "mape": result.mape,
+                                         "predicted_ms": result.predicted_ms, "measured_ms": result.measured_ms,
+                                         "configs": result.configs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Latency model: predict a sub-network's inference time from a per-device table of building blocks.
+
+Timing every candidate during a search would cost more than evaluating it, so the building blocks are
+timed once per device and shape (as in HAT, Wang et al., ACL 2020, and Once-for-All's latency lookup
+tables): an attention block with h heads for every h, an FFN block with u units on a grid of u, and the
+fixed part (embeddings, classification head). A sub-network's latency is the fixed part plus, per kept
+layer, its attention and FFN entries (FFN widths between grid points are interpolated linearly).
+Blocks are built at their physical (extracted) size, so the table predicts the latency of the exported
+model. Tables are cached as JSON per device and shape; `validate` compares predictions with measured
+latencies of extracted sub-networks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from scipy import stats
+
+from supernet.config import SubNetworkConfig, SupernetConfig
+from supernet.extract import extract
+from supernet.model import Supernet
+from supernet.modules import ClassificationHead, ElasticFeedForward, ElasticSelfAttention, Embeddings
+from supernet.space import make_space
+
+log = logging.getLogger(__name__)
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    """A stable name for the hardware a table belongs to (CPU model and thread count, or GPU name)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda-{torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu-{cpu}-{torch.get_num_threads()}t"
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
+              device: torch.device | str = "cpu") -> float:
+    """Median wall time of `fn()` in milliseconds."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def measure_latency(model: torch.nn.Module, *, batch_size: int, seq_len: int, repeats: int = 5,
+                    device: torch.device | str = "cpu", vocab_size: int = 1000) -> float:
+    """Median forward time (ms) of a model on a full (unpadded) batch of random token ids."""
+    model = model.eval().to(device)
+    ids = torch.randint(1, vocab_size, (batch_size, seq_len), device=device)
+    mask = torch.ones_like(ids)
+    return time_call(lambda: model(ids, mask), repeats=repeats, device=device)
+
+
+@dataclass
+class LatencyTable:
+    device: str
+    batch_size: int
+    seq_len: int
+    overhead_ms: float  # embeddings + classification head
+    attention_ms: list[float]  # index h: an attention block with h heads
+    ffn_units: list[int]  # grid of FFN widths
+    ffn_ms: list[float]  # time of an FFN block of each width in ffn_units
+
+    def predict(self, sub: SubNetworkConfig) -> float:
+        """Predicted latency (ms) of the exported sub-network."""
+        total = self.overhead_ms
+        for heads, units in zip(sub.kept_heads(), sub.kept_units(), strict=True):
+            total += self.attention_ms[heads] + float(np.interp(units, self.ffn_units, self.ffn_ms))
+        return total
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LatencyTable:
+        return cls(**data)
+
+
+def _cache_key(config: SupernetConfig, device: str, batch_size: int, seq_len: int, unit_step: int) -> str:
+    shape = json.dumps([device, batch_size, seq_len, unit_step, config.hidden_size, config.head_size,
+                        max(config.layer_heads), max(config.layer_units), config.hidden_act, config.vocab_size,
+                        config.num_labels, torch.__version__])
+    return hashlib.sha256(shape.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("NASPRUNE_CACHE", Path.home() / ".cache" / "nasprune")) / "latency"
+
+
+def calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 128, unit_step: int | None = None,
+              repeats: int = 5, device: torch.device | str = "cpu") -> LatencyTable:
+    """Time every building block once at its physical size (dropout off, no autograd)."""
+    device = torch.device(device)
+    cfg = SimpleNamespace(**config.to_dict())
+    cfg.hidden_dropout = cfg.attention_dropout = 0.0
+    hidden = config.hidden_size
+    x = torch.randn(batch_size, seq_len, hidden, device=device)
+    ids = torch.randint(1, config.vocab_size, (batch_size, seq_len), device=device)
+    max_heads, max_units = max(config.layer_heads), max(config.layer_units)
+    step = unit_step or max(1, max_units // 24)
+    attention_ms = []
+    for heads in range(max_heads + 1):
+        block = ElasticSelfAttention(hidden, heads, config.head_size, 0.0, 0.0, config.layer_norm_eps)
+        block = block.to(device).eval()
+        attention_ms.append(time_call(lambda block=block: block(x, None), repeats=repeats, device=device))
+    ffn_units = sorted(set(range(0, max_units + 1, step)) | {max_units})
+    ffn_ms = []
+    for units in ffn_units:
+        block = ElasticFeedForward(hidden, units, config.hidden_act, 0.0, config.layer_norm_eps).to(device).eval()
+        ffn_ms.append(time_call(lambda block=block: block(x), repeats=repeats, device=device))
+    embeddings, head = Embeddings(cfg).to(device).eval(), ClassificationHead(cfg).to(device).eval()
+    overhead = time_call(lambda: head(embeddings(ids, None)), repeats=repeats, device=device)
+    # A wider block is never faster: a running maximum removes timing noise that would make it look so.
+    return LatencyTable(device=device_name(device), batch_size=batch_size, seq_len=seq_len, overhead_ms=overhead,
+                        attention_ms=np.maximum.accumulate(attention_ms).tolist(), ffn_units=ffn_units,
+                        ffn_ms=np.maximum.accumulate(ffn_ms).tolist())
+
+
+def load_or_calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 128,
+                      unit_step: int | None = None, device: torch.device | str = "cpu",
+                      cache_dir: str | Path | None = None, repeats: int = 5) -> LatencyTable:
+    """The cached table for this device and shape, calibrating (and caching) it on first use."""
+    name = device_name(device)
+    step = unit_step or max(1, max(config.layer_units) // 24)
+    path = Path(cache_dir or default_cache_dir()) / f"{_cache_key(config, name, batch_size, seq_len, step)}.json"
+    if path.is_file():
+        try:
+            return LatencyTable.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            log.warning("ignoring unreadable latency table %s: %s", path, exc)
+    log.info("calibrating the latency table for %s at batch %d x %d tokens", name, batch_size, seq_len)
+    table = calibrate(config, batch_size=batch_size, seq_len=seq_len, unit_step=step, repeats=repeats, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(table.to_dict(), indent=1))
+    os.replace(tmp, path)
+    return table
+
+
+@dataclass
+class ValidationResult:
+    spearman: float
+    mape: float  # mean absolute percentage error, in percent
+    predicted_ms: list[float]
+    measured_ms: list[float]
+    configs: list[dict]
+
+
+def validate(supernet: Supernet, table: LatencyTable, subs: Sequence[SubNetworkConfig], *, repeats: int = 5,
+             device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None
+             ) -> ValidationResult:
+    """Measure each sub-network's extracted model and compare with the table's prediction."""
+    predicted, measured = [], []
+    for index, sub in enumerate(subs):
+        model = extract(supernet, sub)
+        measured.append(measure_latency(model, batch_size=table.batch_size, seq_len=table.seq_len, repeats=repeats,
+                                        device=device, vocab_size=supernet.config.vocab_size))
+        predicted.append(table.predict(sub))
+        if progress:
+            progress(index + 1, len(subs))
+    p, m = np.array(predicted), np.array(measured)
+    rho = float(stats.spearmanr(p, m).statistic) if len(p) > 1 else float("nan")
+    mape = float(np.mean(np.abs(p - m) / m) * 100)
+    return ValidationResult(spearman=rho, mape=mape, predicted_ms=predicted, measured_ms=measured,
+                            configs=[s.to_dict() for s in subs])
+
+
+def random_subnetworks(config: SupernetConfig, count: int, *, seed: int = 0, unit_step: int | None = None
+                       ) -> list[SubNetworkConfig]:
+    """A mix of the three spaces' random members (layer drop, uniform and per-layer widths)."""
+    rng = random.Random(seed)
+    spaces = [make_space(name, config, unit_step=unit_step) for name in ("per_layer", "uniform", "layers")]
+    return [spaces[i % len(spaces)].sample(rng) for i in range(count)]

@@ -1,0 +1,49 @@
+"""The Pareto plot of a search: error against each cost objective, all trials and the front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+from .pareto import non_dominated
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+_COST_LABELS = {"params": "parameters (fraction of the full model)", "macs": "MACs (fraction of the full model)",
+                "latency": "predicted latency (fraction of the full model)"}
+
+
+def plot_front(front: dict[str, Any], trials: list[dict[str, Any]], path: str | Path) -> Path:
+    """One panel per cost objective: x = cost relative to the full model, y = validation error."""
+    names = front["objectives"]
+    costs = [n for n in names if n != "error"] or names[1:]
+    y_name = "error" if "error" in names else names[0]
+    reference = front["reference"]["objectives"]
+    fig, axes = plt.subplots(1, len(costs), figsize=(5.5 * len(costs), 4.2), squeeze=False)
+    for ax, cost in zip(axes[0], costs, strict=True):
+        scale = reference[cost] or 1.0
+        ax.scatter([t["objectives"][cost] / scale for t in trials], [t["objectives"][y_name] for t in trials],
+                   s=12, color="0.7", label="evaluated")
+        xy = np.array([[t["objectives"][cost] / scale, t["objectives"][y_name]] for t in trials])
+        if len(xy):  # the 2-D front of this panel as a staircase
+            staircase = xy[non_dominated(xy)]
+            staircase = staircase[np.argsort(staircase[:, 0])]
+            ax.step(staircase[:, 0], staircase[:, 1], where="post", color="tab:blue", alpha=0.6)
+        points = front["points"]
+        ax.scatter([p["objectives"][cost] / scale for p in points], [p["objectives"][y_name] for p in points],
+                   s=22, color="tab:blue", label="Pareto front (all objectives)", zorder=2)
+        ax.scatter([1.0], [reference[y_name]], marker="*", s=160, color="tab:red", label="full model", zorder=3)
+        ax.set_xlabel(_COST_LABELS.get(cost, cost))
+        ax.set_ylabel(f"validation {y_name}" if y_name == "error" else y_name)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="best")
+    fig.suptitle(f"{front['task']}: {len(trials)} sub-networks, hypervolume {front['hypervolume']:.4f}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
