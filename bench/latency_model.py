@@ -37,7 +37,7 @@ def main() -> None:
     table = calibrate(supernet.config, batch_size=args.batch, seq_len=args.seq, repeats=args.repeats)
     calibration_s = time.perf_counter() - start
     subs = random_subnetworks(supernet.config, args.samples, seed=args.seed)
-    bar = tqdm(total=len(subs), desc="measuring extracted sub-networks")
+    bar = tqdm(total=len(subs), desc="extracting sub-networks")
     result = validate(supernet, table, subs, repeats=args.repeats, progress=lambda done, total: bar.update(1))
     bar.close()
     print(f"{device_name()} | MiniLM-L6 | batch {args.batch} x seq {args.seq} | {args.threads} threads | "

@@ -18,7 +18,6 @@ import logging
 import os
 import platform
 import random
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from scipy import stats
 from supernet.config import SubNetworkConfig, SupernetConfig
 from supernet.extract import extract
 from supernet.model import Supernet
-from supernet.modules import ClassificationHead, ElasticFeedForward, ElasticSelfAttention, Embeddings
+from supernet.modules import ClassificationHead, ElasticBert, ElasticFeedForward, ElasticSelfAttention, Embeddings
 from supernet.space import make_space
 
 log = logging.getLogger(__name__)
@@ -60,29 +59,39 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
-              device: torch.device | str = "cpu") -> float:
-    """Median wall time of `fn()` in milliseconds."""
+def time_calls(fns: Sequence[Callable[[], object]], *, repeats: int = 5, warmup: int = 2,
+               device: torch.device | str = "cpu") -> list[float]:
+    """Wall time (ms) of each `fn()`: the minimum over `repeats` round-robin rounds.
+
+    Round-robin spreads a burst of load from other processes over all items instead of one, and the
+    minimum estimates the cost without interference (noise on a shared machine only adds time)."""
     device = torch.device(device)
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     _synchronize(device)
-    times = []
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            best[i] = min(best[i], (time.perf_counter() - start) * 1000)
+    return best
+
+
+def _forward(model: torch.nn.Module, batch_size: int, seq_len: int, device: torch.device | str,
+             vocab_size: int) -> Callable[[], object]:
+    model = model.eval().to(device)
+    ids = torch.randint(1, vocab_size, (batch_size, seq_len), device=device)
+    mask = torch.ones_like(ids)
+    return lambda: model(ids, mask)
 
 
 def measure_latency(model: torch.nn.Module, *, batch_size: int, seq_len: int, repeats: int = 5,
                     device: torch.device | str = "cpu", vocab_size: int = 1000) -> float:
-    """Median forward time (ms) of a model on a full (unpadded) batch of random token ids."""
-    model = model.eval().to(device)
-    ids = torch.randint(1, vocab_size, (batch_size, seq_len), device=device)
-    mask = torch.ones_like(ids)
-    return time_call(lambda: model(ids, mask), repeats=repeats, device=device)
+    """Forward time (ms, minimum of `repeats`) of a model on a full (unpadded) batch of random token ids."""
+    return time_calls([_forward(model, batch_size, seq_len, device, vocab_size)], repeats=repeats, device=device)[0]
 
 
 @dataclass
@@ -94,13 +103,19 @@ class LatencyTable:
     attention_ms: list[float]  # index h: an attention block with h heads
     ffn_units: list[int]  # grid of FFN widths
     ffn_ms: list[float]  # time of an FFN block of each width in ffn_units
+    # Correction fitted on whole anchor models: latency = scale * blocks + per_layer_ms * layers + overhead.
+    # Blocks timed alone run on a cache-warm input; inside a model each layer pays a little more.
+    scale: float = 1.0
+    per_layer_ms: float = 0.0
+
+    def blocks_ms(self, sub: SubNetworkConfig) -> float:
+        """Sum of the block times of the kept layers (no correction)."""
+        return sum(self.attention_ms[heads] + float(np.interp(units, self.ffn_units, self.ffn_ms))
+                   for heads, units in zip(sub.kept_heads(), sub.kept_units(), strict=True))
 
     def predict(self, sub: SubNetworkConfig) -> float:
         """Predicted latency (ms) of the exported sub-network."""
-        total = self.overhead_ms
-        for heads, units in zip(sub.kept_heads(), sub.kept_units(), strict=True):
-            total += self.attention_ms[heads] + float(np.interp(units, self.ffn_units, self.ffn_ms))
-        return total
+        return self.scale * self.blocks_ms(sub) + self.per_layer_ms * len(sub.layers) + self.overhead_ms
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,22 +147,56 @@ def calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 12
     ids = torch.randint(1, config.vocab_size, (batch_size, seq_len), device=device)
     max_heads, max_units = max(config.layer_heads), max(config.layer_units)
     step = unit_step or max(1, max_units // 24)
-    attention_ms = []
-    for heads in range(max_heads + 1):
-        block = ElasticSelfAttention(hidden, heads, config.head_size, 0.0, 0.0, config.layer_norm_eps)
-        block = block.to(device).eval()
-        attention_ms.append(time_call(lambda block=block: block(x, None), repeats=repeats, device=device))
+    attention = [ElasticSelfAttention(hidden, h, config.head_size, 0.0, 0.0, config.layer_norm_eps).to(device).eval()
+                 for h in range(max_heads + 1)]
     ffn_units = sorted(set(range(0, max_units + 1, step)) | {max_units})
-    ffn_ms = []
-    for units in ffn_units:
-        block = ElasticFeedForward(hidden, units, config.hidden_act, 0.0, config.layer_norm_eps).to(device).eval()
-        ffn_ms.append(time_call(lambda block=block: block(x), repeats=repeats, device=device))
+    ffns = [ElasticFeedForward(hidden, u, config.hidden_act, 0.0, config.layer_norm_eps).to(device).eval()
+            for u in ffn_units]
     embeddings, head = Embeddings(cfg).to(device).eval(), ClassificationHead(cfg).to(device).eval()
-    overhead = time_call(lambda: head(embeddings(ids, None)), repeats=repeats, device=device)
-    # A wider block is never faster: a running maximum removes timing noise that would make it look so.
-    return LatencyTable(device=device_name(device), batch_size=batch_size, seq_len=seq_len, overhead_ms=overhead,
-                        attention_ms=np.maximum.accumulate(attention_ms).tolist(), ffn_units=ffn_units,
-                        ffn_ms=np.maximum.accumulate(ffn_ms).tolist())
+    calls = [lambda block=block: block(x, None) for block in attention]
+    calls += [lambda block=block: block(x) for block in ffns]
+    times = time_calls([*calls, lambda: head(embeddings(ids, None))], repeats=repeats, device=device)
+    attention_ms, ffn_ms, overhead = times[:len(attention)], times[len(attention):-1], times[-1]
+    table = LatencyTable(device=device_name(device), batch_size=batch_size, seq_len=seq_len, overhead_ms=overhead,
+                         attention_ms=monotone(attention_ms), ffn_units=ffn_units, ffn_ms=monotone(ffn_ms))
+    _fit_correction(table, config, repeats=repeats, device=device)
+    return table
+
+
+def anchor_subnetworks(config: SupernetConfig) -> list[SubNetworkConfig]:
+    """Whole models of varied depth and width that calibrate the table's correction."""
+    n, h, u = config.num_layers, max(config.layer_heads), max(config.layer_units)
+    shapes = [(1, h, u), (n, h, u), (max(1, n // 2), h, u), (n, max(1, h // 2), u // 2), (n, max(1, h // 4), u // 4),
+              (max(1, n // 3), max(1, h // 2), u // 2), (n, 1, max(1, u // 12)), (max(1, (2 * n) // 3), h, u // 4)]
+    return [SubNetworkConfig(layers=tuple(range(k)), heads=(heads,) * n, units=(units,) * n)
+            for k, heads, units in shapes]
+
+
+def _fit_correction(table: LatencyTable, config: SupernetConfig, *, repeats: int, device: torch.device | str) -> None:
+    """Least-squares fit of scale and per-layer cost on anchor models built at their physical size."""
+    anchors = anchor_subnetworks(config)
+    calls = []
+    for sub in anchors:
+        cfg = SimpleNamespace(**(config.to_dict() | {"layer_heads": sub.kept_heads(), "layer_units": sub.kept_units(),
+                                                     "hidden_dropout": 0.0, "attention_dropout": 0.0}))
+        calls.append(_forward(ElasticBert(cfg), table.batch_size, table.seq_len, device, config.vocab_size))
+    measured = np.array(time_calls(calls, repeats=repeats, device=device)) - table.overhead_ms
+    design = np.array([[table.blocks_ms(sub), len(sub.layers)] for sub in anchors])
+    (scale, per_layer), *_ = np.linalg.lstsq(design, measured, rcond=None)
+    if scale > 0:  # a degenerate fit (absurdly noisy timings) keeps the plain sum of blocks
+        table.scale, table.per_layer_ms = float(scale), float(per_layer)
+
+
+def monotone(values: Sequence[float]) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool-adjacent-violators isotonic regression):
+    a wider block is never faster, and averaging violators removes timing noise without amplifying it."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for value in values:
+        blocks.append([float(value), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [mean for mean, count in blocks for _ in range(int(count))]
 
 
 def load_or_calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 128,
@@ -184,14 +233,14 @@ def validate(supernet: Supernet, table: LatencyTable, subs: Sequence[SubNetworkC
              device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None
              ) -> ValidationResult:
     """Measure each sub-network's extracted model and compare with the table's prediction."""
-    predicted, measured = [], []
+    calls = []
     for index, sub in enumerate(subs):
-        model = extract(supernet, sub)
-        measured.append(measure_latency(model, batch_size=table.batch_size, seq_len=table.seq_len, repeats=repeats,
-                                        device=device, vocab_size=supernet.config.vocab_size))
-        predicted.append(table.predict(sub))
+        calls.append(_forward(extract(supernet, sub), table.batch_size, table.seq_len, device,
+                              supernet.config.vocab_size))
         if progress:
             progress(index + 1, len(subs))
+    measured = time_calls(calls, repeats=repeats, device=device)
+    predicted = [table.predict(sub) for sub in subs]
     p, m = np.array(predicted), np.array(measured)
     rho = float(stats.spearmanr(p, m).statistic) if len(p) > 1 else float("nan")
     mape = float(np.mean(np.abs(p - m) / m) * 100)
