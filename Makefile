@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 GLUE_DIR ?= ../shared/data/glue
 RUN_DIR ?= runs/rte
 EPOCHS ?= 1
+EVALUATIONS ?= 30
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -19,12 +20,13 @@ $(BIN)/nasprune: pyproject.toml
 
 setup: $(BIN)/nasprune
 
-# The main job on embedded defaults: the offline MiniLM supernet on RTE, then export its middle sub-network
-# and load the export with plain transformers.
+# The main job on embedded defaults: train the offline MiniLM's supernet on RTE, search the Pareto front
+# (error x params x latency, NSGA-II), export front point 0 and load it with plain transformers.
 run: setup
-	$(BIN)/nasprune train --model minilm --task glue/rte --data-dir $(GLUE_DIR) --epochs $(EPOCHS) --out $(RUN_DIR)
-	$(BIN)/nasprune export --run $(RUN_DIR) --config middle --out $(RUN_DIR)/export-middle
-	$(BIN)/python examples/load_export.py $(RUN_DIR)/export-middle
+	$(BIN)/nasprune search --model minilm --task glue/rte --data-dir $(GLUE_DIR) --objectives error,params,latency \
+		--optimizer nsga2 --epochs $(EPOCHS) --evaluations $(EVALUATIONS) --out $(RUN_DIR)
+	$(BIN)/nasprune export --run $(RUN_DIR) --point 0 --out $(RUN_DIR)/point-0
+	$(BIN)/python examples/load_export.py $(RUN_DIR)/point-0
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -34,6 +36,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/supernet_speed.py
+	$(BIN)/python bench/latency_model.py
+	$(BIN)/python bench/search_speed.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -65,6 +65,13 @@ class Measurements:
             self._cache[sub] = Figures(validation=metrics, params=params, macs=macs, latency_ms=latency)
         return self._cache[sub]
 
+    def remember(self, sub: SubNetworkConfig, figures: Figures) -> None:
+        """Seed the cache with figures measured earlier (e.g. by another search on the same supernet)."""
+        self._cache[sub] = figures
+
+    def known(self) -> dict[SubNetworkConfig, Figures]:
+        return dict(self._cache)
+
     def reference(self) -> Figures:
         """The full model's figures, the scale for normalised objectives."""
         return self.figures(self.supernet.full_config())

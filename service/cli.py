@@ -48,6 +48,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="uniform", choices=["uniform", "per_layer", "layers"])
     p.add_argument("--epochs", type=float, default=3.0, help="supernet epochs (may be fractional)")
     p.add_argument("--train-limit", type=int, default=None, help="cap on training examples")
+    p.add_argument("--validation-limit", type=int, default=None,
+                   help="cap on validation examples (a seeded random subset): cheaper search evaluations")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)
@@ -75,7 +77,8 @@ def _spec_from_args(args: argparse.Namespace) -> RunSpec:
                               label_loss_weight=args.label_loss_weight, seed=args.seed)
     return RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, custom=custom, space=args.space,
                    max_length=args.max_length, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-                   train_limit=args.train_limit, split_seed=args.split_seed, importance=args.importance,
+                   train_limit=args.train_limit, validation_limit=args.validation_limit,
+                   split_seed=args.split_seed, importance=args.importance,
                    training=training)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class RunSpec:
     batch_size: int = 32
     eval_batch_size: int = 64
     train_limit: int | None = None
+    validation_limit: int | None = None  # cap on validation examples (a seeded random subset) for cheaper search
     split_seed: int = 0
     importance: str = "fisher"  # or "none"
     importance_batches: int = 8
@@ -77,10 +79,18 @@ class RunSpec:
 def load_run_task(spec: RunSpec) -> TaskData:
     if spec.custom is not None:
         c = spec.custom
-        return load_custom_task(c.name, c.train_file, c.test_file, text_columns=c.text_columns,
+        task = load_custom_task(c.name, c.train_file, c.test_file, text_columns=c.text_columns,
                                 label_column=c.label_column, task_type=c.task_type,  # type: ignore[arg-type]
                                 split_seed=spec.split_seed, train_limit=spec.train_limit)
-    return load_task(spec.task, spec.data_dir, split_seed=spec.split_seed, train_limit=spec.train_limit)
+    else:
+        task = load_task(spec.task, spec.data_dir, split_seed=spec.split_seed, train_limit=spec.train_limit)
+    if spec.validation_limit is not None:
+        if spec.validation_limit < 1:
+            raise ValueError(f"validation_limit must be >= 1, got {spec.validation_limit}")
+        if spec.validation_limit < len(task.validation):
+            keep = sorted(random.Random(spec.split_seed).sample(range(len(task.validation)), spec.validation_limit))
+            task.validation = [task.validation[i] for i in keep]
+    return task
 
 
 def save_supernet(model: Supernet, folder: str | Path, tokenizer: Any = None) -> Path:

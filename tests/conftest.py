@@ -10,13 +10,16 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network, whatever the caller's environment
 
+import csv  # noqa: E402
 import random  # noqa: E402
+import signal  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from supernet.config import SubNetworkConfig, SupernetConfig  # noqa: E402
+from supernet.data import TaskSpec  # noqa: E402
 from supernet.model import Supernet  # noqa: E402
 
 # The models here are tiny: one intra-op thread is fastest, and it keeps timings stable on a busy machine
@@ -121,3 +124,95 @@ def minilm_tokenizer():
     from supernet.convert import load_tokenizer
 
     return load_tokenizer("minilm")
+
+
+# ------------------------------------------------------------------------------ search: toy task and latency
+
+TOY_SPEC = TaskSpec(name="toy", is_regression=False, label_names=("neg", "pos"), metrics=("accuracy", "f1"),
+                    main_metric="accuracy")
+
+
+def toy_batches(count: int = 3, size: int = 4, tokens: int = 8, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """A few tiny labelled batches for the tiny supernet (both labels present)."""
+    batches = []
+    for k in range(count):
+        batch = random_inputs(size, tokens, seed=seed + k)
+        batch["labels"] = torch.arange(size) % 2 if k == 0 else torch.randint(
+            0, 2, (size,), generator=torch.Generator().manual_seed(seed + 100 + k))
+        batches.append(batch)
+    return batches
+
+
+def hand_latency_table(config: SupernetConfig, *, step: int = 8):
+    """A LatencyTable with round, strictly increasing entries (no timing): predictions are exact arithmetic."""
+    from search.latency import LatencyTable
+
+    units = sorted(set(range(0, max(config.layer_units) + 1, step)) | {max(config.layer_units)})
+    return LatencyTable(device="hand", batch_size=2, seq_len=8, overhead_ms=1.0,
+                        attention_ms=[0.5 * h for h in range(max(config.layer_heads) + 1)],
+                        ffn_units=units, ffn_ms=[0.25 + u / 16 for u in units], scale=1.0, per_layer_ms=0.125)
+
+
+@pytest.fixture(scope="session")
+def tiny_latency_table():
+    """A LatencyTable calibrated on the tiny config (batch 2 x 8 tokens, one repeat: well under a second)."""
+    from search.latency import calibrate
+
+    return calibrate(supernet_config(), batch_size=2, seq_len=8, repeats=1)
+
+
+# ------------------------------------------------------------------------------ CLI: tiny model and CSV task
+
+POSITIVE = "good great fine lovely excellent happy nice".split()
+NEGATIVE = "bad awful poor terrible sad nasty wrong".split()
+FILLER = "the a movie film plot actor scene story was is really quite".split()
+
+
+def cli(argv: list[str]) -> int:
+    """service.cli.main, restoring the signal handlers that `train` installs (they would outlive the call)."""
+    from service.cli import main
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        return main(argv)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def write_csv(path: Path, rows: int, seed: int) -> Path:
+    """A toy sentiment CSV (id, text, label in {pos, neg}) whose label words make the task learnable."""
+    rng = random.Random(seed)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "label"])
+        for i in range(rows):
+            label = rng.choice(["pos", "neg"])
+            words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label == "pos" else NEGATIVE, 2)
+            rng.shuffle(words)
+            writer.writerow([i, " ".join(words), label])
+    return path
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A tiny random BERT (MiniLM's vocabulary) saved with the MiniLM tokenizer, and a tiny CSV task
+    (train.csv: 60 rows, test.csv: 20 rows). Tests write their runs elsewhere or in their own subfolder."""
+    from transformers import BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("cli")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(tiny_bert_config(vocab_size=minilm_tokenizer.vocab_size, num_labels=2))
+    add_noise(model, seed=0, scale=0.02)
+    model.save_pretrained(root / "model")
+    minilm_tokenizer.save_pretrained(root / "model")
+    write_csv(root / "train.csv", 60, seed=1)
+    write_csv(root / "test.csv", 20, seed=2)
+    return root
+
+
+def task_args(ws: Path) -> list[str]:
+    """CLI flags for the tiny model on the toy custom CSV task of `workspace`."""
+    return ["--model", str(ws / "model"), "--task", "custom/toy", "--train-file", str(ws / "train.csv"),
+            "--test-file", str(ws / "test.csv"), "--text-columns", "text"]

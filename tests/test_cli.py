@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import GLUE_DIR, add_noise, tiny_bert_config
-from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+from conftest import GLUE_DIR, cli, task_args
+from transformers import AutoModelForSequenceClassification
 
-from service.cli import main
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
 from supernet.evaluation import evaluate, predict
@@ -22,52 +19,10 @@ from supernet.importance import fisher_importance
 from supernet.run import Run, RunSpec, load_supernet
 from supernet.space import make_space
 
-POSITIVE = "good great fine lovely excellent happy nice".split()
-NEGATIVE = "bad awful poor terrible sad nasty wrong".split()
-FILLER = "the a movie film plot actor scene story was is really quite".split()
-
-
-def cli(argv: list[str]) -> int:
-    """service.cli.main, restoring the signal handlers that `train` installs (they would outlive the call)."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        return main(argv)
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-def _write_csv(path: Path, rows: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "text", "label"])
-        for i in range(rows):
-            label = rng.choice(["pos", "neg"])
-            words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label == "pos" else NEGATIVE, 2)
-            rng.shuffle(words)
-            writer.writerow([i, " ".join(words), label])
-    return path
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, minilm_tokenizer) -> Path:
-    """A tiny random BERT (MiniLM's vocabulary) saved with the MiniLM tokenizer, and a tiny CSV task."""
-    root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config(vocab_size=minilm_tokenizer.vocab_size, num_labels=2))
-    add_noise(model, seed=0, scale=0.02)
-    model.save_pretrained(root / "model")
-    minilm_tokenizer.save_pretrained(root / "model")
-    _write_csv(root / "train.csv", 60, seed=1)
-    _write_csv(root / "test.csv", 20, seed=2)
-    return root
-
 
 def _train_args(ws: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(ws / "model"), "--task", "custom/toy", "--train-file", str(ws / "train.csv"),
-            "--test-file", str(ws / "test.csv"), "--text-columns", "text", "--epochs", "1", "--batch-size", "8",
-            "--max-length", "32", "--out", str(out), *extra]
+    return ["train", *task_args(ws), "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--out", str(out),
+            *extra]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,252 @@
+"""search.latency: isotonic smoothing, the table's prediction, calibration, the on-disk cache and validation."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+from conftest import hand_latency_table, supernet_config
+
+from search import latency
+from search.latency import (
+    LatencyTable,
+    ValidationResult,
+    calibrate,
+    load_or_calibrate,
+    monotone,
+    random_subnetworks,
+    time_calls,
+    validate,
+)
+from supernet.config import SubNetworkConfig
+from supernet.space import make_space
+
+# ---------------------------------------------------------------------------------------------- monotone
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([], []),
+    ([3.0], [3.0]),
+    ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]),
+    ([2.0, 1.0], [1.5, 1.5]),
+    ([3.0, 2.0, 1.0], [2.0, 2.0, 2.0]),
+    ([1.0, 3.0, 2.0, 4.0], [1.0, 2.5, 2.5, 4.0]),
+    ([1.0, 2.0, 2.0, 1.5], [1.0, 5.5 / 3, 5.5 / 3, 5.5 / 3]),
+    # a violator that pulls a merged block below its left neighbour: the merge must cascade
+    ([1.0, 4.0, 5.0, 0.0], [1.0, 3.0, 3.0, 3.0]),
+    ([5.0, 1.0, 1.0, 1.0, 6.0], [2.0, 2.0, 2.0, 2.0, 6.0]),
+    ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
+])
+def test_monotone_hand_cases(values, expected) -> None:
+    assert monotone(values) == pytest.approx(expected, abs=1e-12)
+
+
+def _is_non_decreasing(values) -> bool:
+    return all(a <= b + 1e-12 for a, b in zip(values, values[1:], strict=False))
+
+
+def test_monotone_properties() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(1, 30))
+        values = rng.normal(size=n) + (0.1 * np.arange(n) if trial % 2 else 0.0)
+        out = monotone(values.tolist())
+        assert len(out) == n and all(isinstance(v, float) for v in out)
+        assert _is_non_decreasing(out)
+        assert sum(out) == pytest.approx(values.sum(), abs=1e-9)  # pooling keeps the overall mean
+        assert monotone(sorted(values.tolist())) == sorted(values.tolist())  # sorted input is kept as it is
+        assert monotone(out) == pytest.approx(out)  # idempotent
+        # least squares: no other non-decreasing sequence is closer to the input
+        error = np.sum((np.array(out) - values) ** 2)
+        for _ in range(5):
+            other = np.sort(values + rng.normal(scale=0.3, size=n))
+            assert error <= np.sum((other - values) ** 2) + 1e-9
+        # each pooled block of equal outputs sits at the mean of the inputs it covers
+        start = 0
+        for end in range(1, n + 1):
+            if end == n or abs(out[end] - out[start]) > 1e-9:
+                assert np.mean(values[start:end]) == pytest.approx(out[start], abs=1e-9)
+                start = end
+
+
+# ------------------------------------------------------------------------------------------- the table
+
+
+def test_predict_on_a_hand_built_table() -> None:
+    table = LatencyTable(device="hand", batch_size=1, seq_len=4, overhead_ms=2.0, attention_ms=[0.0, 1.0, 3.0],
+                         ffn_units=[0, 10, 20], ffn_ms=[0.5, 1.5, 5.5], scale=2.0, per_layer_ms=0.25)
+    full = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(20, 20))
+    assert table.blocks_ms(full) == pytest.approx(2 * (3.0 + 5.5))
+    assert table.predict(full) == pytest.approx(2.0 * 17.0 + 0.25 * 2 + 2.0)
+    # units between grid points are interpolated linearly: 5 -> 1.0, 15 -> 3.5, 12 -> 1.5 + 0.2 * 4
+    sub = SubNetworkConfig(layers=(0, 1), heads=(1, 0), units=(5, 12))
+    assert table.blocks_ms(sub) == pytest.approx((1.0 + 1.0) + (0.0 + 2.3))
+    assert table.predict(sub) == pytest.approx(2.0 * 4.3 + 0.5 + 2.0)
+    # a dropped layer costs nothing, whatever widths it would have had
+    one = SubNetworkConfig(layers=(1,), heads=(2, 1), units=(20, 15))
+    assert table.predict(one) == pytest.approx(2.0 * (1.0 + 3.5) + 0.25 + 2.0)
+    # scale and per-layer cost are a linear correction of the plain sum of blocks
+    plain = LatencyTable(**(table.to_dict() | {"scale": 1.0, "per_layer_ms": 0.0}))
+    assert plain.predict(sub) == pytest.approx(4.3 + 2.0)
+
+
+def test_predict_grows_with_the_network(tiny_config) -> None:
+    table = hand_latency_table(tiny_config)
+    space = make_space("uniform", tiny_config)
+    assert table.predict(space.smallest()) < table.predict(space.middle()) < table.predict(space.largest())
+    rng = random.Random(0)
+    for _ in range(20):
+        sub = space.sample(rng)
+        wider = SubNetworkConfig(layers=sub.layers, heads=sub.heads, units=tuple(min(48, u + 2) for u in sub.units))
+        assert table.predict(wider) >= table.predict(sub)
+
+
+def test_table_round_trip(tiny_latency_table) -> None:
+    data = json.loads(json.dumps(tiny_latency_table.to_dict()))
+    again = LatencyTable.from_dict(data)
+    assert again == tiny_latency_table
+    sub = SubNetworkConfig(layers=(0, 2), heads=(3, 0, 1), units=(7, 0, 48))
+    assert again.predict(sub) == tiny_latency_table.predict(sub)
+
+
+def test_calibrate_tiny_config(tiny_latency_table, tiny_config) -> None:
+    table = tiny_latency_table
+    assert (table.batch_size, table.seq_len) == (2, 8)
+    assert len(table.attention_ms) == 4 + 1  # 0..4 heads
+    assert table.ffn_units[0] == 0 and table.ffn_units[-1] == 48 and table.ffn_units == sorted(table.ffn_units)
+    assert len(table.ffn_ms) == len(table.ffn_units) == 25  # step 48 // 24 = 2
+    assert _is_non_decreasing(table.attention_ms) and _is_non_decreasing(table.ffn_ms)
+    assert all(v > 0 for v in table.attention_ms + table.ffn_ms) and table.overhead_ms > 0
+    assert table.scale > 0
+    assert table.device == latency.device_name("cpu")
+    full = SubNetworkConfig.full(tiny_config)
+    assert table.predict(full) > 0
+
+
+def test_calibrate_respects_unit_step(tiny_config) -> None:
+    table = calibrate(tiny_config, batch_size=1, seq_len=4, repeats=1, unit_step=16)
+    assert table.ffn_units == [0, 16, 32, 48]
+    table = calibrate(supernet_config(intermediate_size=50), batch_size=1, seq_len=4, repeats=1, unit_step=16)
+    assert table.ffn_units == [0, 16, 32, 48, 50]  # the full width is always a grid point
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+def _no_calibration(*args, **kwargs):
+    raise AssertionError("calibrate() was called although the table is cached")
+
+
+def test_load_or_calibrate_caches_the_table(tmp_path, tiny_config, monkeypatch) -> None:
+    calls = []
+    real = latency.calibrate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latency, "calibrate", counting)
+    first = load_or_calibrate(tiny_config, batch_size=2, seq_len=8, repeats=1, cache_dir=tmp_path)
+    assert len(calls) == 1
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1 and not list(tmp_path.glob(".*tmp"))
+    assert LatencyTable.from_dict(json.loads(files[0].read_text())) == first
+
+    monkeypatch.setattr(latency, "calibrate", _no_calibration)
+    second = load_or_calibrate(tiny_config, batch_size=2, seq_len=8, repeats=1, cache_dir=tmp_path)
+    assert second == first
+
+    # another shape is another table (and another file)
+    monkeypatch.setattr(latency, "calibrate", counting)
+    other = load_or_calibrate(tiny_config, batch_size=1, seq_len=8, repeats=1, cache_dir=tmp_path)
+    assert len(calls) == 2 and other.batch_size == 1
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_load_or_calibrate_uses_nasprune_cache(tmp_path, tiny_config, monkeypatch) -> None:
+    monkeypatch.setenv("NASPRUNE_CACHE", str(tmp_path))
+    assert latency.default_cache_dir() == tmp_path / "latency"
+    table = load_or_calibrate(tiny_config, batch_size=1, seq_len=4, repeats=1)
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 1
+    monkeypatch.setattr(latency, "calibrate", _no_calibration)
+    assert load_or_calibrate(tiny_config, batch_size=1, seq_len=4, repeats=1) == table
+
+
+@pytest.mark.parametrize("garbage", [
+    b'{"device": "cpu", "batch_size": 2, "seq_',  # torn write
+    b"",
+    b"[1, 2, 3]",
+    b'{"device": "cpu"}',  # missing fields
+    b"\x89\xff\xfe\x00not a table",  # binary junk (not UTF-8)
+], ids=["torn", "empty", "list", "missing-fields", "binary"])
+def test_corrupted_cache_is_recalibrated(tmp_path, tiny_config, garbage: bytes) -> None:
+    first = load_or_calibrate(tiny_config, batch_size=1, seq_len=4, repeats=1, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.json")
+    path.write_bytes(garbage)
+    again = load_or_calibrate(tiny_config, batch_size=1, seq_len=4, repeats=1, cache_dir=tmp_path)
+    assert isinstance(again, LatencyTable) and again.batch_size == 1 and again.seq_len == 4
+    assert len(again.attention_ms) == len(first.attention_ms)
+    # the unreadable file was replaced by the new table
+    assert LatencyTable.from_dict(json.loads(path.read_text())) == again
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def test_validate_on_the_tiny_supernet(tiny_supernet, tiny_latency_table) -> None:
+    subs = random_subnetworks(tiny_supernet.config, 5, seed=1)
+    seen = []
+    result = validate(tiny_supernet, tiny_latency_table, subs, repeats=1, progress=lambda i, n: seen.append((i, n)))
+    assert isinstance(result, ValidationResult)
+    assert len(result.predicted_ms) == len(result.measured_ms) == len(result.configs) == 5
+    assert result.predicted_ms == [tiny_latency_table.predict(s) for s in subs]
+    assert all(m > 0 for m in result.measured_ms)
+    assert [SubNetworkConfig.from_dict(c) for c in result.configs] == subs
+    assert -1.0 <= result.spearman <= 1.0
+    expected = float(np.mean(np.abs(np.array(result.predicted_ms) - result.measured_ms) / result.measured_ms) * 100)
+    assert result.mape == pytest.approx(expected) and result.mape >= 0
+    assert seen == [(i, 5) for i in range(1, 6)]
+    json.dumps(result.configs)  # plain JSON
+
+
+def test_random_subnetworks_are_valid_and_seeded(tiny_config) -> None:
+    subs = random_subnetworks(tiny_config, 12, seed=3)
+    assert len(subs) == 12
+    assert subs == random_subnetworks(tiny_config, 12, seed=3)
+    assert subs != random_subnetworks(tiny_config, 12, seed=4)
+    assert random_subnetworks(tiny_config, 0) == []
+    spaces = [make_space(name, tiny_config) for name in ("per_layer", "uniform", "layers")]
+    for i, sub in enumerate(subs):
+        assert sub.validate(tiny_config) is sub
+        space = spaces[i % 3]  # the three spaces take turns
+        assert space.decode(space.encode(sub)) == sub
+    stepped = random_subnetworks(tiny_config, 6, seed=0, unit_step=16)
+    assert all(u % 16 == 0 for sub in stepped for u in sub.units)
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def test_time_calls_one_positive_minimum_per_function() -> None:
+    counts = [0, 0, 0]
+
+    def make(i: int, sleep_s: float):
+        def fn() -> None:
+            counts[i] += 1
+            time.sleep(sleep_s)
+        return fn
+
+    fns = [make(0, 0.0), make(1, 0.002), make(2, 0.0)]
+    times = time_calls(fns, repeats=3, warmup=1)
+    assert len(times) == 3 and all(isinstance(t, float) and t > 0 for t in times)
+    assert counts == [4, 4, 4]  # warmup + repeats, round robin
+    assert times[1] >= 2.0  # milliseconds
+    assert time_calls([], repeats=2) == []
+
+
+def test_measure_latency_on_a_small_model(tiny_supernet) -> None:
+    ms = latency.measure_latency(tiny_supernet, batch_size=1, seq_len=4, repeats=1, vocab_size=99)
+    assert isinstance(ms, float) and ms > 0
