@@ -67,6 +67,21 @@ def read_trials(folder: str | Path) -> list[Trial]:
     return trials
 
 
+def _identity(job: dict[str, Any]) -> dict[str, Any]:
+    """What makes two searches the same search: everything but the budget, which a rerun may raise."""
+    search = {k: v for k, v in job["search"].items() if k not in ("evaluations", "time_limit_s")}
+    return job | {"search": search}
+
+
+def _rewrite_trials(folder: Path, trials: list[Trial]) -> None:
+    path = folder / TRIALS_FILE
+    if not path.is_file():
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in trials))
+    os.replace(tmp, path)
+
+
 def _append_trial(folder: Path, trial: Trial) -> None:
     with open(folder / TRIALS_FILE, "a") as f:
         f.write(json.dumps(trial.to_dict()) + "\n")
@@ -125,7 +140,7 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     if state.stopped:
         return None
     search_file = folder / SEARCH_FILE
-    if search_file.is_file() and json.loads(search_file.read_text()) != job.to_dict():
+    if search_file.is_file() and _identity(json.loads(search_file.read_text())) != _identity(job.to_dict()):
         raise ValueError(f"{folder} holds a different search; choose another output folder")
     search_file.write_text(json.dumps(job.to_dict(), indent=2))
     run = Run(folder, spec)
@@ -142,7 +157,9 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
         if on_trial is not None:
             on_trial(trial, current)
 
-    result = run_search(space, measurements, job.search, trials=read_trials(folder), on_trial=record,
+    trials = read_trials(folder)
+    _rewrite_trials(folder, trials)  # drop a line torn by a crash, so appending starts on a clean line
+    result = run_search(space, measurements, job.search, trials=trials, on_trial=record,
                         should_stop=should_stop, progress=progress)
     if result.stopped:
         return None

@@ -209,7 +209,7 @@ def load_or_calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: 
     if path.is_file():
         try:
             return LatencyTable.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # bad JSON, bad UTF-8, wrong fields
             log.warning("ignoring unreadable latency table %s: %s", path, exc)
     log.info("calibrating the latency table for %s at batch %d x %d tokens", name, batch_size, seq_len)
     table = calibrate(config, batch_size=batch_size, seq_len=seq_len, unit_step=step, repeats=repeats, device=device)

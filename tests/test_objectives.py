@@ -172,3 +172,19 @@ def test_cost_objectives_need_no_evaluation(measurements, count_evaluations) -> 
         objective_values(costs, sub, measurements)
     normalisation_bounds(costs, measurements)
     assert count_evaluations == []
+
+
+def test_remembered_figures_are_not_measured_again(measurements, count_evaluations) -> None:
+    subs = _subs(measurements.supernet.config, 3)
+    figures = {sub: measurements.figures(sub) for sub in subs}
+    assert measurements.known() == figures
+    measurements.known().clear()  # a copy: the cache itself is untouched
+    assert len(measurements.known()) == 3
+    other = Measurements(supernet=measurements.supernet, validation_batches=measurements.validation_batches,
+                         task=TOY_SPEC, latency=measurements.latency, seq_len=8)
+    for sub, value in figures.items():
+        other.remember(sub, value)
+    count_evaluations.clear()
+    assert all(other.figures(sub) is figures[sub] for sub in subs)
+    assert OBJECTIVES["error"].fn(subs[1], other) == OBJECTIVES["error"].fn(subs[1], measurements)
+    assert count_evaluations == []

@@ -227,12 +227,11 @@ def test_time_limit_stops_early(supernet, batches, tiny_latency_table, monkeypat
     start = time.perf_counter()
     result = search(supernet, batches, tiny_latency_table, optimizer="local", evaluations=200, time_limit_s=0.3)
     wall = time.perf_counter() - start
-    assert 1 <= len(result.trials) < 20
-    assert not result.stopped
-    assert wall < 3.0
+    assert 2 <= len(result.trials) < 20  # about 0.3 / 0.05 evaluations, far from the budget of 200
+    assert not result.stopped  # running out of time is not an interruption
+    assert 0.3 <= wall < 10.0
     # every trial but the last started before the limit
     assert all(t.elapsed_s < 0.3 for t in result.trials[:-1])
-    assert result.trials[-1].elapsed_s >= 0.25 or len(result.trials) == 1 or result.trials[-2].elapsed_s < 0.3
 
 
 def test_time_limit_counts_the_time_of_resumed_trials(supernet, batches, tiny_latency_table, evaluated) -> None:

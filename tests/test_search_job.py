@@ -1,0 +1,268 @@
+"""search.job end to end through the CLI on the tiny model and the toy CSV task: the run folder, front.json,
+resuming, extending, refusing another search, exporting a point, and the error paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli, task_args
+from transformers import AutoModelForSequenceClassification
+
+from search.job import SearchJob, read_trials
+from search.latency import LatencyTable
+from search.pareto import non_dominated
+from search.runner import SearchConfig, Trial
+from supernet.config import SubNetworkConfig
+from supernet.counting import count_macs, count_params
+from supernet.evaluation import evaluate
+from supernet.extract import SUBNETWORK_FILE
+from supernet.run import Run
+
+OBJECTIVES = ["error", "params", "latency"]
+FILES = ("run.json", "search.json", "trials.jsonl", "front.json", "pareto.png")
+
+
+def search_args(ws: Path, out: Path, *extra: str, evaluations: int = 6) -> list[str]:
+    return ["search", *task_args(ws), "--epochs", "1", "--batch-size", "8", "--evaluations", str(evaluations),
+            "--objectives", ",".join(OBJECTIVES), "--latency-batch-size", "2", "--max-length", "16",
+            "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nasprune-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(cache_dir, monkeypatch) -> None:
+    """The latency table is cached in a temporary folder, shared by the reruns of this module."""
+    monkeypatch.setenv("NASPRUNE_CACHE", str(cache_dir))
+
+
+@pytest.fixture(scope="module")
+def search_run(workspace, cache_dir, tmp_path_factory) -> Path:
+    """One finished search (6 evaluations). Tests that change a run folder work on a copy of it."""
+    out = tmp_path_factory.mktemp("search") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NASPRUNE_CACHE", str(cache_dir))
+        assert cli(search_args(workspace, out)) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(search_run, tmp_path) -> Path:
+    return Path(shutil.copytree(search_run, tmp_path / "run"))
+
+
+def lines(folder: Path) -> list[str]:
+    return (folder / "trials.jsonl").read_text().splitlines()
+
+
+def cached_table(cache_dir: Path) -> LatencyTable:
+    (path,) = (cache_dir / "latency").glob("*.json")
+    return LatencyTable.from_dict(json.loads(path.read_text()))
+
+
+def values(trial_like: dict) -> list[float]:
+    return [trial_like["objectives"][name] for name in OBJECTIVES]
+
+
+# --------------------------------------------------------------------------------------------- the folder
+
+
+def test_search_writes_the_run_folder(search_run, cache_dir, capsys) -> None:
+    assert all((search_run / name).is_file() for name in FILES)
+    assert (search_run / "pareto.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(lines(search_run)) == 6
+    trials = read_trials(search_run)
+    assert [t.index for t in trials] == list(range(6))
+    assert len({t.config for t in trials}) == 6
+    job = SearchJob.from_dict(json.loads((search_run / "search.json").read_text()))
+    assert job.search == SearchConfig(objectives=OBJECTIVES, optimizer="nsga2", evaluations=6, seed=0)
+    assert (job.latency.batch_size, job.latency.seq_len, job.latency.device) == (2, None, "cpu")
+    assert job.params_kind == "encoder"
+    assert SearchJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    # the latency table went to $NASPRUNE_CACHE, at the run's max length
+    table = cached_table(cache_dir)
+    assert (table.batch_size, table.seq_len) == (2, 16)
+    # the first three trials: largest (= full), smallest, middle of the uniform space
+    run = Run(search_run)
+    space = run.space(run.load_supernet().config)
+    assert [t.config for t in trials[:3]] == [space.largest(), space.smallest(), space.middle()]
+
+
+def test_trials_record_what_they_measure(search_run, cache_dir) -> None:
+    run = Run(search_run)
+    supernet = run.load_supernet()
+    table = cached_table(cache_dir)
+    validation = run.batches("validation")
+    for trial in read_trials(search_run):
+        metrics = evaluate(supernet, validation, run.task.spec, sub=trial.config)
+        assert trial.validation == metrics
+        assert trial.objectives["error"] == pytest.approx(1 - metrics["accuracy"])
+        assert trial.objectives["params"] == count_params(supernet.config, trial.config).encoder
+        assert trial.objectives["latency"] == trial.latency_ms == table.predict(trial.config)
+        assert trial.macs == count_macs(supernet.config, trial.config, seq_len=16)
+
+
+def _check_point(point: dict, supernet_config) -> None:
+    assert set(point) == {"config", "objectives", "validation", "test", "params", "macs", "latency_ms"}
+    sub = SubNetworkConfig.from_dict(point["config"]).validate(supernet_config)
+    assert list(point["objectives"]) == OBJECTIVES
+    assert all(isinstance(v, float) for v in point["objectives"].values())
+    assert set(point["validation"]) == set(point["test"]) == {"accuracy", "f1"}
+    assert point["params"] == count_params(supernet_config, sub).to_dict()
+    assert set(point["params"]) == {"encoder", "total"}
+    assert type(point["macs"]) is int and point["macs"] == count_macs(supernet_config, sub, seq_len=16)
+    assert type(point["latency_ms"]) is float and point["latency_ms"] == point["objectives"]["latency"]
+
+
+def test_front_json(search_run) -> None:
+    front = json.loads((search_run / "front.json").read_text())
+    run = Run(search_run)
+    supernet = run.load_supernet()
+    assert front["objectives"] == OBJECTIVES and front["task"] == run.task.spec.name
+    assert front["main_metric"] == "accuracy" and front["evaluations"] == 6
+    assert front["points"]
+    for point in front["points"]:
+        _check_point(point, supernet.config)
+    reference = front["reference"]
+    _check_point(reference, supernet.config)
+    assert SubNetworkConfig.from_dict(reference["config"]) == supernet.full_config()
+    assert reference["objectives"]["error"] == pytest.approx(1 - reference["validation"]["accuracy"])
+    # test metrics are those of the test split
+    test = run.batches("test")
+    for point in front["points"][:2] + [reference]:
+        sub = SubNetworkConfig.from_dict(point["config"])
+        assert point["test"] == evaluate(supernet, test, run.task.spec, sub=sub)
+    # hypervolume: one entry per trial, non-decreasing, ending at the front's hypervolume
+    history = front["hypervolume_history"]
+    assert len(history) == 6 and history == sorted(history)
+    assert front["hypervolume"] == pytest.approx(history[-1]) and front["hypervolume"] > 0
+    normalisation = front["normalisation"]
+    assert normalisation["lower"] == [0.0, 0.0, 0.0] and normalisation["reference_point"] == [1.1, 1.1, 1.1]
+    assert normalisation["upper"] == [1.0, reference["objectives"]["params"], reference["objectives"]["latency"]]
+
+
+def test_front_is_non_dominated_among_trials(search_run) -> None:
+    front = json.loads((search_run / "front.json").read_text())
+    trials = [t.to_dict() for t in read_trials(search_run)]
+    F = np.array([values(t) for t in trials])
+    expected = {json.dumps(trials[i]["config"]) for i in np.flatnonzero(non_dominated(F))}
+    assert {json.dumps(p["config"]) for p in front["points"]} == expected
+    by_config = {json.dumps(t["config"]): t for t in trials}
+    for point in front["points"]:
+        trial = by_config[json.dumps(point["config"])]
+        assert point["objectives"] == trial["objectives"] and point["validation"] == trial["validation"]
+        p = np.array(values(point))
+        assert not np.any(np.all(F <= p, axis=1) & np.any(F < p, axis=1))
+
+
+# ------------------------------------------------------------------------------------ resume and refusals
+
+
+def test_rerun_evaluates_nothing(run_copy, workspace, capsys) -> None:
+    before = (run_copy / "trials.jsonl").read_bytes()
+    front = json.loads((run_copy / "front.json").read_text())
+    assert cli(search_args(workspace, run_copy)) == 0
+    assert (run_copy / "trials.jsonl").read_bytes() == before
+    again = json.loads((run_copy / "front.json").read_text())
+    assert again["points"] == front["points"] and again["hypervolume"] == front["hypervolume"]
+    assert "6 sub-networks evaluated" in capsys.readouterr().out
+
+
+def test_more_evaluations_extend_the_search(run_copy, workspace, capsys) -> None:
+    before = lines(run_copy)
+    code = cli(search_args(workspace, run_copy, evaluations=8))
+    assert code == 0, capsys.readouterr().err
+    after = lines(run_copy)
+    assert len(after) == 8 and after[:6] == before
+    trials = read_trials(run_copy)
+    assert [t.index for t in trials] == list(range(8))
+    assert len({t.config for t in trials}) == 8
+    front = json.loads((run_copy / "front.json").read_text())
+    assert front["evaluations"] == 8 and len(front["hypervolume_history"]) == 8
+
+
+def test_another_optimizer_in_the_same_folder_is_refused(run_copy, workspace, capsys) -> None:
+    before = {name: (run_copy / name).read_bytes() for name in ("search.json", "trials.jsonl", "front.json")}
+    capsys.readouterr()
+    assert cli(search_args(workspace, run_copy, "--optimizer", "local")) == 2
+    err = capsys.readouterr().err
+    assert "nasprune: error:" in err and "different search" in err
+    assert {name: (run_copy / name).read_bytes() for name in before} == before
+
+
+def test_torn_last_line_is_ignored(tmp_path) -> None:
+    trial = Trial(index=0, config=SubNetworkConfig(layers=(0,), heads=(1, 0), units=(2, 0)),
+                  objectives={"error": 0.5, "params": 10.0}, validation={"accuracy": 0.5}, params={"encoder": 10,
+                  "total": 20}, macs=5, latency_ms=0.1, elapsed_s=0.2)
+    line = json.dumps(trial.to_dict())
+    second = json.dumps(trial.to_dict() | {"index": 1})
+    (tmp_path / "trials.jsonl").write_text(line + "\n" + second + "\n" + second[: len(second) // 2])
+    assert read_trials(tmp_path) == [trial, Trial.from_dict(json.loads(second))]
+    (tmp_path / "trials.jsonl").write_text(line + "\n" + "{")
+    assert read_trials(tmp_path) == [trial]
+    assert read_trials(tmp_path / "nowhere") == []
+
+
+def test_resume_after_a_torn_last_line(run_copy, search_run, workspace) -> None:
+    """A crash while trial 4 was being written: the rerun evaluates it again and keeps every trial readable."""
+    original = lines(search_run)
+    (run_copy / "trials.jsonl").write_text("\n".join(original[:4]) + "\n" + original[4][: len(original[4]) // 2])
+    assert len(read_trials(run_copy)) == 4
+    assert cli(search_args(workspace, run_copy)) == 0
+    trials = read_trials(run_copy)
+    expected = read_trials(search_run)
+    assert [(t.index, t.config, t.objectives) for t in trials] == [(t.index, t.config, t.objectives)
+                                                                   for t in expected]
+    # and a second rerun finds the search finished
+    assert cli(search_args(workspace, run_copy)) == 0
+    assert len(read_trials(run_copy)) == 6
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def test_export_a_point(search_run, tmp_path, capsys) -> None:
+    out = tmp_path / "point-0"
+    assert cli(["export", "--run", str(search_run), "--point", "0", "--out", str(out)]) == 0
+    assert "exported" in capsys.readouterr().out
+    point = json.loads((search_run / "front.json").read_text())["points"][0]
+    record = json.loads((out / SUBNETWORK_FILE).read_text())
+    assert record["config"] == point["config"]
+    model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
+    run = Run(search_run)
+    metrics = evaluate(model, run.batches("validation"), run.task.spec)
+    assert metrics["accuracy"] == point["validation"]["accuracy"]
+    assert metrics == point["validation"]
+    assert sum(p.numel() for p in model.parameters()) == point["params"]["total"]
+
+
+def test_export_point_out_of_range(search_run, tmp_path, capsys) -> None:
+    capsys.readouterr()
+    assert cli(["export", "--run", str(search_run), "--point", "99", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "nasprune: error:" in err and "--point" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_search_with_an_unknown_objective(workspace, tmp_path, capsys) -> None:
+    argv = search_args(workspace, tmp_path / "run")
+    argv[argv.index("--objectives") + 1] = "error,speed"
+    capsys.readouterr()
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "nasprune: error:" in err and "speed" in err
+    assert not (tmp_path / "run").exists()  # refused before any training
+
+
+def test_search_with_a_single_objective(workspace, tmp_path, capsys) -> None:
+    argv = search_args(workspace, tmp_path / "run")
+    argv[argv.index("--objectives") + 1] = "error"
+    assert cli(argv) == 2
+    assert "two" in capsys.readouterr().err
