@@ -216,3 +216,19 @@ def task_args(ws: Path) -> list[str]:
     """CLI flags for the tiny model on the toy custom CSV task of `workspace`."""
     return ["--model", str(ws / "model"), "--task", "custom/toy", "--train-file", str(ws / "train.csv"),
             "--test-file", str(ws / "test.csv"), "--text-columns", "text"]
+
+
+@pytest.fixture
+def evaluated(monkeypatch) -> list[SubNetworkConfig | None]:
+    """Every sub-network that search.objectives evaluates on the validation batches, in order."""
+    from search import objectives as objectives_module
+    from supernet.evaluation import evaluate
+
+    calls: list[SubNetworkConfig | None] = []
+
+    def counting(model, batches, spec, *, sub=None, progress=False):
+        calls.append(sub)
+        return evaluate(model, batches, spec, sub=sub, progress=progress)
+
+    monkeypatch.setattr(objectives_module, "evaluate", counting)
+    return calls

@@ -7,7 +7,6 @@ import random
 import pytest
 from conftest import TOY_SPEC, hand_latency_table, toy_batches
 
-from search import objectives as objectives_module
 from search.objectives import (
     OBJECTIVES,
     Measurements,
@@ -27,19 +26,6 @@ from supernet.space import make_space
 def measurements(tiny_supernet) -> Measurements:
     return Measurements(supernet=tiny_supernet, validation_batches=toy_batches(), task=TOY_SPEC,
                         latency=hand_latency_table(tiny_supernet.config), seq_len=8)
-
-
-@pytest.fixture
-def count_evaluations(monkeypatch) -> list[SubNetworkConfig | None]:
-    """Every call of `evaluate` made by search.objectives, as the sub-network it evaluated."""
-    calls: list[SubNetworkConfig | None] = []
-
-    def counting(model, batches, spec, *, sub=None, progress=False):
-        calls.append(sub)
-        return evaluate(model, batches, spec, sub=sub, progress=progress)
-
-    monkeypatch.setattr(objectives_module, "evaluate", counting)
-    return calls
 
 
 def _subs(config, count: int = 6) -> list[SubNetworkConfig]:
@@ -150,7 +136,7 @@ def test_reference_is_the_full_model(measurements) -> None:
     assert reference.validation == evaluate(measurements.supernet, measurements.validation_batches, TOY_SPEC)
 
 
-def test_measurements_evaluate_each_config_once(measurements, count_evaluations) -> None:
+def test_measurements_evaluate_each_config_once(measurements, evaluated) -> None:
     subs = _subs(measurements.supernet.config)
     everything = resolve_objectives(["error", "params", "macs", "latency"])
     for _ in range(3):
@@ -158,23 +144,23 @@ def test_measurements_evaluate_each_config_once(measurements, count_evaluations)
             measurements.figures(sub)
             objective_values(everything, sub, measurements)
     measurements.reference()
-    assert len(count_evaluations) == len(subs) == len(set(subs))
-    assert set(count_evaluations) == set(subs)
+    assert len(evaluated) == len(subs) == len(set(subs))
+    assert set(evaluated) == set(subs)
     # equal configurations built separately share the cache entry
     again = SubNetworkConfig(layers=subs[1].layers, heads=subs[1].heads, units=subs[1].units)
     assert measurements.figures(again) is measurements.figures(subs[1])
-    assert len(count_evaluations) == len(subs)
+    assert len(evaluated) == len(subs)
 
 
-def test_cost_objectives_need_no_evaluation(measurements, count_evaluations) -> None:
+def test_cost_objectives_need_no_evaluation(measurements, evaluated) -> None:
     costs = resolve_objectives(["params", "macs", "latency"])
     for sub in _subs(measurements.supernet.config):
         objective_values(costs, sub, measurements)
     normalisation_bounds(costs, measurements)
-    assert count_evaluations == []
+    assert evaluated == []
 
 
-def test_remembered_figures_are_not_measured_again(measurements, count_evaluations) -> None:
+def test_remembered_figures_are_not_measured_again(measurements, evaluated) -> None:
     subs = _subs(measurements.supernet.config, 3)
     figures = {sub: measurements.figures(sub) for sub in subs}
     assert measurements.known() == figures
@@ -184,7 +170,7 @@ def test_remembered_figures_are_not_measured_again(measurements, count_evaluatio
                          task=TOY_SPEC, latency=measurements.latency, seq_len=8)
     for sub, value in figures.items():
         other.remember(sub, value)
-    count_evaluations.clear()
+    evaluated.clear()
     assert all(other.figures(sub) is figures[sub] for sub in subs)
     assert OBJECTIVES["error"].fn(subs[1], other) == OBJECTIVES["error"].fn(subs[1], measurements)
-    assert count_evaluations == []
+    assert evaluated == []

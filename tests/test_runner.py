@@ -35,19 +35,6 @@ def batches():
     return toy_batches(count=3, size=4, tokens=8)
 
 
-@pytest.fixture
-def evaluated(monkeypatch) -> list[SubNetworkConfig | None]:
-    """Every sub-network search.objectives evaluates on the validation batches, in order."""
-    calls: list[SubNetworkConfig | None] = []
-
-    def counting(model, batches, spec, *, sub=None, progress=False):
-        calls.append(sub)
-        return evaluate(model, batches, spec, sub=sub, progress=progress)
-
-    monkeypatch.setattr(objectives_module, "evaluate", counting)
-    return calls
-
-
 def measurements(supernet, batches, table) -> Measurements:
     """A fresh Measurements (empty cache) on the toy batches."""
     return Measurements(supernet=supernet, validation_batches=batches, task=TOY_SPEC, latency=table, seq_len=8)
