@@ -1,0 +1,110 @@
+"""Service settings, read from `NASPRUNE_*` environment variables once at start.
+
+Nothing here opens a database or touches the disk: the server, each worker process and the tests build their
+engine from a `Settings` they hold, so importing the service never has side effects.
+
+    NASPRUNE_DATA_ROOT=/srv/nasprune NASPRUNE_WORKERS=2 nasprune serve
+    NASPRUNE_ALLOWED_MODEL_ROOTS='["/models", "/shared/hf"]'   # a JSON list ...
+    NASPRUNE_ALLOWED_DATA_ROOTS=/data/a,/data/b                # ... or comma-separated paths
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DATABASE_FILE = "nasprune.db"
+SEARCHES_DIR = "searches"
+
+
+def within_roots(path: str | Path, roots: list[Path]) -> bool:
+    """Whether `path` (symlinks and `..` resolved) lies inside one of `roots`.
+
+    Resolving first is what makes this a security check: `root/../etc` or a symlink out of a root is refused.
+    """
+    resolved = Path(path).expanduser().resolve()
+    return any(resolved.is_relative_to(root.expanduser().resolve()) for root in roots)
+
+
+class Settings(BaseSettings):
+    """Everything the server and workers need to agree on: where data lives, which database, which paths a
+    request may name, how many workers, and the timings of the heartbeat / stale-job recovery."""
+
+    model_config = SettingsConfigDict(env_prefix="NASPRUNE_", extra="ignore", validate_default=True)
+
+    data_root: Path = Path("nasprune-data")
+    # None: sqlite:///<data_root>/nasprune.db (filled in after validation, so it follows NASPRUNE_DATA_ROOT)
+    database_url: str | None = None
+    # Folders a request may name as a model or a dataset, besides data_root (always allowed: uploads land there).
+    allowed_model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    allowed_data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    workers: int = Field(1, ge=0, description="worker processes started by `nasprune serve`; 0 = API only")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    heartbeat_s: float = Field(10.0, gt=0, description="how often a worker stamps its job as alive")
+    stale_after_s: float = Field(60.0, gt=0, description="a running job silent this long is taken back")
+    max_attempts: int = Field(3, ge=1, description="runs a job gets before a lost worker fails it")
+
+    @field_validator("allowed_model_roots", "allowed_data_roots", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        """Accept a JSON list or comma-separated paths from the environment (NoDecode skips JSON-only parsing)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        # Absolute paths: worker processes may start in another working directory and must find the same files.
+        self.data_root = self.data_root.expanduser().resolve()
+        self.allowed_model_roots = [p.expanduser().resolve() for p in self.allowed_model_roots]
+        self.allowed_data_roots = [p.expanduser().resolve() for p in self.allowed_data_roots]
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_root / DATABASE_FILE}"
+        if self.stale_after_s <= self.heartbeat_s:
+            raise ValueError(f"stale_after_s ({self.stale_after_s}) must exceed heartbeat_s ({self.heartbeat_s}), "
+                             "or live jobs would be taken from their workers; a few heartbeats is a good margin")
+        return self
+
+    @property
+    def url(self) -> str:
+        """The database URL (never None after validation; typed as str for callers)."""
+        if self.database_url is None:  # unreachable: _resolve fills it in
+            raise RuntimeError("settings were not validated")
+        return self.database_url
+
+    @property
+    def model_roots(self) -> list[Path]:
+        """data_root, then the configured model roots."""
+        return _unique([self.data_root, *self.allowed_model_roots])
+
+    @property
+    def data_roots(self) -> list[Path]:
+        """data_root, then the configured data roots."""
+        return _unique([self.data_root, *self.allowed_data_roots])
+
+    @property
+    def searches_root(self) -> Path:
+        return self.data_root / SEARCHES_DIR
+
+    def search_folder(self, search_id: str) -> Path:
+        """The run folder of one search (supernet checkpoints, trials.jsonl, front.json, exports)."""
+        return self.searches_root / search_id
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    return list(dict.fromkeys(paths))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use (`get_settings.cache_clear()` re-reads)."""
+    return Settings()

@@ -1,0 +1,214 @@
+"""Database tables (SQLAlchemy 2 typed mappings). The schema itself is made by the migrations, never here.
+
+    searches      one row per search job: its request, queue state (status, worker, heartbeat, attempts) and
+                  progress figures the API shows while it runs
+    trials        one row per evaluated sub-network; UNIQUE(search_id, config_key) is what guarantees at the
+                  database level that no sub-network of a search is stored (and so counted) twice
+    front_points  the Pareto front with test metrics, replaced as a whole when the front is written
+    exports       cached export archives of front points, one per (point, format)
+
+A sub-network is stored as `SubNetworkConfig.to_dict()` JSON: the same shape the sampler draws, the optimizer
+decodes, the API returns and the exporter reads.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints: Alembic's batch mode (how SQLite alters tables) can only drop or alter what has a name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite has no time zones: values are stored as naive UTC text and come back tagged UTC. Naive datetimes are
+    refused on the way in, since nothing could tell local time from UTC afterwards. Fixed-width text also makes
+    SQLite's string comparison (heartbeat_at < cutoff) a time comparison.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware one, e.g. datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class SearchStatus(enum.StrEnum):
+    QUEUED = "queued"
+    TRAINING = "training"
+    SEARCHING = "searching"
+    EXPORTING = "exporting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_running(self) -> bool:
+        return self in RUNNING_STATUSES
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+RUNNING_STATUSES = frozenset({SearchStatus.TRAINING, SearchStatus.SEARCHING, SearchStatus.EXPORTING})
+TERMINAL_STATUSES = frozenset({SearchStatus.SUCCEEDED, SearchStatus.FAILED, SearchStatus.CANCELLED})
+
+# Stored as the lower-case values (not the member names) in a VARCHAR with a CHECK constraint: readable in the
+# database, portable, and a new status is a migration of the CHECK only.
+STATUS_TYPE = Enum(SearchStatus, name="search_status", native_enum=False, create_constraint=True, length=16,
+                   values_callable=lambda members: [m.value for m in members], validate_strings=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Search(Base):
+    __tablename__ = "searches"
+    __table_args__ = (Index("ix_searches_status_created_at", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    status: Mapped[SearchStatus] = mapped_column(STATUS_TYPE, default=SearchStatus.QUEUED)
+    # What the client sent: {"run": RunSpec.to_dict(), "job": SearchJob.to_dict()} (see repository.request_dict)
+    request: Mapped[dict[str, Any]]
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Runs lost to a dead worker (stale heartbeat); the job fails once this reaches Settings.max_attempts.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]  # start of the latest run
+    finished_at: Mapped[datetime | None]
+    # Progress, written by the worker as it goes.
+    stage: Mapped[str | None] = mapped_column(String(64))
+    epoch: Mapped[int | None]
+    step: Mapped[int | None]
+    total_steps: Mapped[int | None]
+    evaluations_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    evaluations_total: Mapped[int | None]
+    hypervolume: Mapped[float | None] = mapped_column(Float)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    folder: Mapped[str | None] = mapped_column(Text)  # the run folder (checkpoints, trials.jsonl, front.json)
+
+    # passive_deletes: the database's ON DELETE CASCADE removes children; the ORM need not load them first.
+    trials: Mapped[list[TrialRow]] = relationship(back_populates="search", cascade="all, delete-orphan",
+                                                  passive_deletes=True, order_by="TrialRow.index")
+    front_points: Mapped[list[FrontPoint]] = relationship(back_populates="search", cascade="all, delete-orphan",
+                                                          passive_deletes=True, order_by="FrontPoint.position")
+    exports: Mapped[list[Export]] = relationship(back_populates="search", cascade="all, delete-orphan",
+                                                 passive_deletes=True)
+
+    def __repr__(self) -> str:
+        return f"Search(id={self.id!r}, status={self.status!s}, attempts={self.attempts})"
+
+
+class TrialRow(Base):
+    """One evaluated sub-network (`search.runner.Trial` in the database; named apart from it on purpose)."""
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("search_id", "index"), UniqueConstraint("search_id", "config_key"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    index: Mapped[int]
+    config: Mapped[dict[str, Any]]
+    # Canonical JSON of the SubNetworkConfig (sorted keys, no spaces): equal sub-networks, equal keys.
+    config_key: Mapped[str] = mapped_column(Text)
+    objectives: Mapped[dict[str, Any]]
+    validation: Mapped[dict[str, Any]]
+    params: Mapped[dict[str, Any]]
+    macs: Mapped[int] = mapped_column(BigInteger)  # MACs pass 2**31 on BERT-base
+    latency_ms: Mapped[float] = mapped_column(Float)
+    elapsed_s: Mapped[float] = mapped_column(Float)
+
+    search: Mapped[Search] = relationship(back_populates="trials")
+
+
+class FrontPoint(Base):
+    """One point of a search's Pareto front, as in front.json "points" (position = its index there)."""
+
+    __tablename__ = "front_points"
+    __table_args__ = (UniqueConstraint("search_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    trial_index: Mapped[int | None]  # the trial this point is (None if it is not among the stored trials)
+    config: Mapped[dict[str, Any]]
+    objectives: Mapped[dict[str, Any]]
+    validation: Mapped[dict[str, Any]]
+    test: Mapped[dict[str, Any]]
+    params: Mapped[dict[str, Any]]
+    macs: Mapped[int] = mapped_column(BigInteger)  # MACs pass 2**31 on BERT-base
+    latency_ms: Mapped[float] = mapped_column(Float)
+
+    search: Mapped[Search] = relationship(back_populates="front_points")
+
+
+class Export(Base):
+    """An export archive of a front point already built (the download route serves it instead of rebuilding)."""
+
+    __tablename__ = "exports"
+    __table_args__ = (UniqueConstraint("search_id", "position", "format"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    format: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    search: Mapped[Search] = relationship(back_populates="exports")

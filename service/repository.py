@@ -1,0 +1,334 @@
+"""Keyword-only data functions over a SQLAlchemy Session: searches, trials, the front, export records.
+
+The caller owns the transaction (these functions flush, never commit), so an API route or a worker step can
+group several calls into one unit of work. Every read-then-write that could race another process is a single
+statement (INSERT ... ON CONFLICT DO NOTHING, conditional UPDATE), which is what keeps them correct with several
+workers on one SQLite file; see service/db.py for why SQLite transactions alone would not.
+
+Searches are returned as ORM objects (`models.Search`); trials convert to and from `search.runner.Trial`, the
+type the search loop hands to its `on_trial` callback and takes back to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from supernet.config import ConfigError, SubNetworkConfig
+
+from .models import (
+    RUNNING_STATUSES,
+    Export,
+    FrontPoint,
+    Search,
+    SearchStatus,
+    TrialRow,
+    new_id,
+    utcnow,
+)
+
+if TYPE_CHECKING:  # search.runner imports torch and transformers: seconds the API and the queue need not pay
+    from search.job import SearchJob
+    from search.runner import Trial
+    from supernet.run import RunSpec
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 1000
+# What a worker may write with update_progress (status moves go through service.queue, which checks ownership).
+PROGRESS_FIELDS = frozenset({"stage", "epoch", "step", "total_steps", "evaluations_done", "evaluations_total",
+                             "hypervolume", "eta_s", "folder"})
+
+
+class RepositoryError(Exception):
+    """Base of the errors below, so a caller can map them all (e.g. to HTTP responses) in one place."""
+
+
+class SearchNotFound(RepositoryError, LookupError):
+    def __init__(self, search_id: str) -> None:
+        super().__init__(f"no search with id {search_id!r}")
+        self.search_id = search_id
+
+
+class InvalidArgument(RepositoryError, ValueError):
+    """An argument the caller can fix: an unknown field or status, a negative offset, a malformed request."""
+
+
+class TrialConflict(RepositoryError):
+    """A trial index that already holds another sub-network, or a sub-network already stored under another
+    index: the search and the database disagree about what was evaluated, which resuming must not paper over."""
+
+
+class SearchActive(RepositoryError):
+    """The search is running; cancel it and wait for it to stop before deleting it."""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def config_key(config: SubNetworkConfig | Mapping[str, Any]) -> str:
+    """Canonical JSON of a sub-network: equal SubNetworkConfigs give equal keys (the UNIQUE trial key)."""
+    try:
+        sub = config if isinstance(config, SubNetworkConfig) else SubNetworkConfig.from_dict(config)
+    except ConfigError as exc:
+        raise InvalidArgument(f"not a sub-network config: {exc}") from None
+    return json.dumps(sub.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def request_dict(spec: RunSpec, job: SearchJob) -> dict[str, Any]:
+    """The stored form of a search request: {"run": RunSpec dict, "job": SearchJob dict}."""
+    return {"run": spec.to_dict(), "job": job.to_dict()}
+
+
+def parse_request(request: Mapping[str, Any]) -> tuple[RunSpec, SearchJob]:
+    """RunSpec and SearchJob back from a stored request (what the worker runs)."""
+    from search.job import SearchJob
+    from supernet.run import RunSpec
+
+    try:
+        return RunSpec.from_dict(request["run"]), SearchJob.from_dict(request["job"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"malformed search request ({type(exc).__name__}: {exc}); expected "
+                              '{"run": RunSpec fields, "job": SearchJob fields}') from None
+
+
+def _statuses(status: SearchStatus | str | Iterable[SearchStatus | str] | None) -> list[SearchStatus] | None:
+    if status is None:
+        return None
+    values = [status] if isinstance(status, str) else list(status)
+    try:
+        return [SearchStatus(v) for v in values]
+    except ValueError:
+        raise InvalidArgument(f"unknown status in {values!r}; known: {', '.join(s.value for s in SearchStatus)}"
+                              ) from None
+
+
+def _insert_ignoring_conflicts(session: Session, table: Table, values: dict[str, Any]) -> bool:
+    """INSERT that does nothing when a unique constraint already holds the row; True if a row was added.
+
+    One statement on SQLite and PostgreSQL (atomic against other writers, no savepoint needed); elsewhere a
+    savepoint around a plain INSERT.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        result = session.execute(insert(table).values(**values).on_conflict_do_nothing())
+        return bool(result.rowcount)
+    try:
+        with session.begin_nested():
+            session.execute(table.insert().values(**values))
+    except IntegrityError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ searches
+
+
+def create_search(session: Session, *, request: dict[str, Any], idempotency_key: str | None = None,
+                  folder_root: str | Path | None = None) -> tuple[Search, bool]:
+    """Queue a new search; (search, created). A known idempotency key returns its search with created=False, so a
+    client retrying a POST after a timeout gets the same search instead of a second one.
+
+    `folder_root`, if given, sets the run folder to <folder_root>/<id>.
+    """
+    if idempotency_key is not None:
+        existing = session.scalar(select(Search).where(Search.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing, False
+    search_id = new_id()  # chosen here, so the folder can name it
+    values: dict[str, Any] = {
+        "id": search_id, "status": SearchStatus.QUEUED, "request": request, "idempotency_key": idempotency_key,
+        "created_at": utcnow(), "cancel_requested": False, "attempts": 0, "evaluations_done": 0,
+        "folder": str(Path(folder_root) / search_id) if folder_root is not None else None,
+    }
+    if idempotency_key is None:
+        search = Search(**values)
+        session.add(search)
+        session.flush()
+        return search, True
+    # Two clients racing with one key: exactly one INSERT lands; the other reads the winner's row.
+    if _insert_ignoring_conflicts(session, Search.__table__, values):
+        return session.get_one(Search, search_id), True
+    winner = session.scalar(select(Search).where(Search.idempotency_key == idempotency_key))
+    if winner is None:  # the conflict was not on the key (a uuid4 collision): not a real possibility
+        raise RepositoryError(f"could not store the search with idempotency key {idempotency_key!r}")
+    return winner, False
+
+
+def get_search(session: Session, search_id: str) -> Search:
+    search = session.get(Search, search_id)
+    if search is None:
+        raise SearchNotFound(search_id)
+    return search
+
+
+def list_searches(session: Session, *, status: SearchStatus | str | Iterable[SearchStatus | str] | None = None,
+                  offset: int = 0, limit: int = 50) -> tuple[list[Search], int]:
+    """A page of searches, newest first, and the total count matching the filter (for the pager)."""
+    if offset < 0 or not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgument(f"need offset >= 0 and 1 <= limit <= {MAX_PAGE}, got offset={offset}, limit={limit}")
+    statuses = _statuses(status)
+    where = [Search.status.in_(statuses)] if statuses is not None else []
+    total = session.scalar(select(func.count()).select_from(Search).where(*where)) or 0
+    rows = session.scalars(select(Search).where(*where).order_by(Search.created_at.desc(), Search.id.desc())
+                           .offset(offset).limit(limit)).all()
+    return list(rows), total
+
+
+def update_progress(session: Session, search_id: str, **fields: Any) -> Search:
+    """Set progress fields (stage, epoch, step, total_steps, evaluations_done, evaluations_total, hypervolume,
+    eta_s, folder); an unknown field is an error rather than silently dropped."""
+    unknown = set(fields) - PROGRESS_FIELDS
+    if unknown:
+        raise InvalidArgument(f"not progress fields: {', '.join(sorted(unknown))}; "
+                              f"allowed: {', '.join(sorted(PROGRESS_FIELDS))}")
+    search = get_search(session, search_id)
+    for name, value in fields.items():
+        setattr(search, name, value)
+    session.flush()
+    return search
+
+
+def request_cancel(session: Session, search_id: str) -> Search:
+    """Ask a search to stop. A queued one is cancelled at once (no worker holds it); a running one is flagged
+    and its worker stops at its next heartbeat; a finished one is left as it is."""
+    search = get_search(session, search_id)
+    # Conditional UPDATEs, not a read then a write: a worker may claim the queued search at the same moment.
+    session.execute(update(Search).where(Search.id == search_id, Search.status == SearchStatus.QUEUED)
+                    .values(status=SearchStatus.CANCELLED, cancel_requested=True, finished_at=utcnow())
+                    .execution_options(synchronize_session=False))
+    session.execute(update(Search).where(Search.id == search_id, Search.status.in_(RUNNING_STATUSES))
+                    .values(cancel_requested=True).execution_options(synchronize_session=False))
+    session.refresh(search)
+    return search
+
+
+def delete_search(session: Session, search_id: str, *, force: bool = False) -> None:
+    """Delete a search and (by ON DELETE CASCADE) its trials, front and export records. Its files are the
+    caller's to remove. A running search is refused unless `force`: its worker would keep writing."""
+    search = get_search(session, search_id)
+    if search.status in RUNNING_STATUSES and not force:
+        raise SearchActive(f"search {search_id} is {search.status}; cancel it and wait until it stops, "
+                           "or delete with force")
+    session.delete(search)  # rows of children already loaded go through the ORM; the rest through the cascade
+    session.flush()
+
+
+# ------------------------------------------------------------------------------------------------ trials
+
+
+def trial_values(trial: Trial) -> dict[str, Any]:
+    data = trial.to_dict()
+    return data | {"config_key": config_key(trial.config)}
+
+
+def to_trial(row: TrialRow) -> Trial:
+    from search.runner import Trial
+
+    return Trial.from_dict({"index": row.index, "config": row.config, "objectives": row.objectives,
+                            "validation": row.validation, "params": row.params, "macs": row.macs,
+                            "latency_ms": row.latency_ms, "elapsed_s": row.elapsed_s})
+
+
+def add_trial(session: Session, search_id: str, trial: Trial) -> bool:
+    """Store a finished trial; True if it is new. The same trial again (a resumed search replaying its
+    callback) is ignored; another sub-network under a stored index, or a stored one under a new index, raises
+    TrialConflict."""
+    get_search(session, search_id)
+    values = trial_values(trial) | {"search_id": search_id}
+    if _insert_ignoring_conflicts(session, TrialRow.__table__, values):
+        return True
+    stored = session.scalars(select(TrialRow).where(
+        TrialRow.search_id == search_id,
+        (TrialRow.index == trial.index) | (TrialRow.config_key == values["config_key"]))).all()
+    if any(row.index != trial.index or row.config_key != values["config_key"] for row in stored):
+        raise TrialConflict(f"search {search_id}: trial {trial.index} {values['config_key']} clashes with stored "
+                            + ", ".join(f"trial {row.index} {row.config_key}" for row in stored))
+    log.debug("search %s: trial %d already stored", search_id, trial.index)
+    return False
+
+
+def list_trials(session: Session, search_id: str, *, offset: int = 0, limit: int | None = None) -> list[TrialRow]:
+    """Trials in evaluation order."""
+    get_search(session, search_id)
+    query = select(TrialRow).where(TrialRow.search_id == search_id).order_by(TrialRow.index).offset(offset)
+    return list(session.scalars(query.limit(limit) if limit is not None else query).all())
+
+
+def count_trials(session: Session, search_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.search_id == search_id)) or 0
+
+
+def load_trials(session: Session, search_id: str) -> list[Trial]:
+    """All trials of a search as `search.runner.Trial`, ready to resume the search loop with."""
+    return [to_trial(row) for row in list_trials(session, search_id)]
+
+
+# ------------------------------------------------------------------------------------------------ front
+
+
+def replace_front(session: Session, search_id: str, points: Sequence[Mapping[str, Any]]) -> list[FrontPoint]:
+    """Make `points` (front.json "points": config, objectives, validation, test, params, macs, latency_ms) the
+    search's front, in order; each is linked to the stored trial of the same sub-network when there is one."""
+    get_search(session, search_id)
+    indices = {key: index for key, index in session.execute(
+        select(TrialRow.config_key, TrialRow.index).where(TrialRow.search_id == search_id))}
+    rows = []
+    for position, point in enumerate(points):
+        try:
+            key = config_key(point["config"])
+            rows.append(FrontPoint(search_id=search_id, position=position, trial_index=indices.get(key),
+                                   config=json.loads(key), objectives=dict(point["objectives"]),
+                                   validation=dict(point["validation"]), test=dict(point.get("test") or {}),
+                                   params=dict(point["params"]), macs=int(point["macs"]),
+                                   latency_ms=float(point["latency_ms"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"front point {position} is malformed ({type(exc).__name__}: {exc})") from None
+    # "fetch": the old points leave the session too, so new rows reusing their ids do not collide with them
+    session.execute(delete(FrontPoint).where(FrontPoint.search_id == search_id)
+                    .execution_options(synchronize_session="fetch"))
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def list_front(session: Session, search_id: str) -> list[FrontPoint]:
+    get_search(session, search_id)
+    return list(session.scalars(select(FrontPoint).where(FrontPoint.search_id == search_id)
+                                .order_by(FrontPoint.position)).all())
+
+
+def get_front_point(session: Session, search_id: str, position: int) -> FrontPoint | None:
+    return session.scalar(select(FrontPoint).where(FrontPoint.search_id == search_id,
+                                                   FrontPoint.position == position))
+
+
+# ------------------------------------------------------------------------------------------------ exports
+
+
+def record_export(session: Session, *, search_id: str, position: int, format: str, path: str) -> Export:
+    """Remember a built export archive (replacing an older record of the same point and format)."""
+    get_search(session, search_id)
+    export = get_export(session, search_id=search_id, position=position, format=format)
+    if export is None:
+        export = Export(search_id=search_id, position=position, format=format, path=str(path))
+        session.add(export)
+    else:
+        export.path, export.created_at = str(path), utcnow()
+    session.flush()
+    return export
+
+
+def get_export(session: Session, *, search_id: str, position: int, format: str) -> Export | None:
+    return session.scalar(select(Export).where(Export.search_id == search_id, Export.position == position,
+                                               Export.format == format))
+
