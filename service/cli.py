@@ -5,6 +5,11 @@
     nasprune train  --model minilm --task glue/rte --data-dir ../shared/data/glue --out runs/rte
     nasprune export --run runs/rte --point 0 --out runs/rte/point-0 [--format hf|onnx]
     nasprune export --run runs/rte --config middle --out runs/rte/export-middle
+
+The service (settings from NASPRUNE_* variables, see service/config.py):
+    nasprune db upgrade                   # bring the database schema up to date
+    nasprune serve [--workers N]          # db upgrade, N worker processes and the HTTP API (docs at /docs)
+    nasprune worker [--once]              # one more worker process (on this or another machine)
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -206,6 +214,85 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from service.config import get_settings
+    from service.db import upgrade
+
+    settings = get_settings()
+    upgrade(settings.url, args.revision)
+    print(f"database {settings.url} is at revision {args.revision}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run jobs until SIGTERM / Ctrl-C; the job in progress stops at its next step and goes back to the queue."""
+    from service.config import get_settings
+    from service.worker import run_worker
+
+    shutdown = threading.Event()
+
+    def stop(*_: object) -> None:
+        log.warning("worker: stopping (the job in progress is checkpointed and requeued)")
+        shutdown.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run_worker(get_settings(), worker_id=args.worker_id, once=args.once, poll_s=args.poll, shutdown=shutdown)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _stop_processes(processes: list[subprocess.Popen], timeout_s: float = 30.0) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """db upgrade, start `--workers` worker processes, serve the API; the workers stop when the server does."""
+    import uvicorn
+
+    from service.api import create_app
+    from service.config import get_settings
+    from service.db import upgrade
+
+    settings = get_settings()
+    workers = settings.workers if args.workers is None else args.workers
+    host = args.host or settings.host
+    port = args.port or settings.port
+    upgrade(settings.url)
+    env = os.environ | {"NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url}
+    command = [sys.executable, "-m", "service.cli"] + (["-v"] if args.verbose else []) + ["worker"]
+    processes = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    log.warning("serving on http://%s:%d with %d worker process(es); data root %s", host, port, workers,
+                settings.data_root)
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    # uvicorn handles SIGINT/SIGTERM itself, then restores these handlers and raises the signal again: they turn
+    # it into SystemExit, so the `finally` below stops the workers instead of leaving them orphaned.
+    previous = {sig: signal.signal(sig, leave) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info" if args.verbose else "warning")
+    except SystemExit as exc:
+        log.warning("server stopped (%s)", exc.code)
+    finally:
+        _stop_processes(processes)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasprune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,12 +321,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder for the exported model")
     export.add_argument("--format", choices=["hf", "onnx"], default="hf")
     export.set_defaults(func=cmd_export)
+    serve = sub.add_parser("serve", help="the HTTP API and its worker processes (settings: NASPRUNE_* variables)")
+    serve.add_argument("--host", default=None, help="default $NASPRUNE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default $NASPRUNE_PORT or 8000")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes; default $NASPRUNE_WORKERS or 1")
+    serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="a worker process: claim queued searches and run them")
+    worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    worker.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
+    worker.add_argument("--worker-id", default=None, help="default host:pid:random")
+    worker.set_defaults(func=cmd_worker)
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_upgrade = db_sub.add_parser("upgrade", help="apply the migrations (creates a new SQLite file)")
+    db_upgrade.add_argument("--revision", default="head")
+    db_upgrade.set_defaults(func=cmd_db_upgrade)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    service = args.command in ("serve", "worker", "db")  # long-running services log what they do
+    logging.basicConfig(level=logging.INFO if args.verbose or service else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # transformers' load reports (e.g. "classifier: MISSING", expected) are noise here
         transformers.logging.set_verbosity_error()

@@ -1,0 +1,221 @@
+"""The routes: thin wrappers over service.repository / service.queue; validation in .validation, exports in
+.exports. Errors are HTTPExceptions (or repository errors mapped in create_app) with a `detail` message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi.responses import FileResponse, PlainTextResponse
+from sqlalchemy import text
+
+from .. import repository as repo
+from ..db import current_revision
+from ..models import Search, SearchStatus, TrialRow
+from ..worker import LOG_FILE
+from .deps import SessionDep, SettingsDep
+from .exports import FORMATS, archive_name, build_export
+from .schemas import (
+    Health,
+    Links,
+    ParetoRead,
+    PointRead,
+    Progress,
+    SearchCreate,
+    SearchPage,
+    SearchRead,
+    TrialPage,
+    TrialRead,
+)
+from .validation import InvalidSearch, build_request
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def links(search_id: str) -> Links:
+    base = f"/searches/{search_id}"
+    return Links(self=base, trials=f"{base}/trials", pareto=f"{base}/pareto", logs=f"{base}/logs",
+                 cancel=f"{base}/cancel")
+
+
+def search_read(search: Search) -> SearchRead:
+    elapsed = None
+    if search.started_at is not None:
+        end = search.finished_at or datetime.now(UTC)
+        elapsed = max((end - search.started_at).total_seconds(), 0.0)
+    progress = Progress(stage=search.stage, epoch=search.epoch, step=search.step, total_steps=search.total_steps,
+                        evaluations_done=search.evaluations_done, evaluations_total=search.evaluations_total,
+                        hypervolume=search.hypervolume, elapsed_s=elapsed,
+                        eta_s=None if search.status.is_terminal else search.eta_s)
+    return SearchRead(id=search.id, status=search.status.value, cancel_requested=search.cancel_requested,
+                      attempts=search.attempts, worker_id=search.worker_id, error=search.error,
+                      created_at=search.created_at, started_at=search.started_at, finished_at=search.finished_at,
+                      heartbeat_at=search.heartbeat_at, progress=progress, request=search.request,
+                      links=links(search.id))
+
+
+def trial_read(row: TrialRow) -> TrialRead:
+    return TrialRead(index=row.index, config=row.config, objectives=row.objectives, validation=row.validation,
+                     params=row.params, macs=row.macs, latency_ms=row.latency_ms, elapsed_s=row.elapsed_s)
+
+
+def folder_of(search: Search, settings: Any) -> Path:
+    return Path(search.folder) if search.folder else settings.search_folder(search.id)
+
+
+# ------------------------------------------------------------------------------------------------ routes
+
+
+@router.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@router.get("/healthz", response_model=Health, tags=["meta"])
+def healthz(session: SessionDep) -> Health:
+    session.execute(text("SELECT 1"))
+    return Health(status="ok", database="ok", schema_revision=current_revision(session.get_bind()))
+
+
+@router.post("/searches", response_model=SearchRead, status_code=status.HTTP_201_CREATED, tags=["searches"],
+             responses={200: {"description": "the search already created with this idempotency key"},
+                        409: {"description": "the idempotency key was used for another request"},
+                        422: {"description": "the request cannot run (the detail says why)"}})
+def create_search(body: SearchCreate, response: Response, settings: SettingsDep, session: SessionDep,
+                  idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> SearchRead:
+    key = body.idempotency_key or idempotency_key
+    if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
+        raise HTTPException(422, "the Idempotency-Key header and the idempotency_key field differ")
+    try:
+        spec, job = build_request(body, settings)
+    except InvalidSearch as exc:
+        raise HTTPException(422, str(exc)) from None
+    request = repo.request_dict(spec, job)
+    search, created = repo.create_search(session, request=request, idempotency_key=key,
+                                         folder_root=settings.searches_root)
+    if not created and search.request != request:
+        raise HTTPException(409, f"idempotency key {key!r} was already used for a different request "
+                                 f"(search {search.id})")
+    session.commit()
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    else:
+        log.info("queued search %s", search.id)
+    return search_read(search)
+
+
+@router.get("/searches", response_model=SearchPage, tags=["searches"])
+def list_searches(session: SessionDep, offset: Annotated[int, Query(ge=0)] = 0,
+                  limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
+                  status_filter: Annotated[list[SearchStatus] | None, Query(alias="status")] = None) -> SearchPage:
+    rows, total = repo.list_searches(session, status=status_filter, offset=offset, limit=limit)
+    return SearchPage(items=[search_read(s) for s in rows], total=total, offset=offset, limit=limit)
+
+
+@router.get("/searches/{search_id}", response_model=SearchRead, tags=["searches"])
+def get_search(search_id: str, session: SessionDep) -> SearchRead:
+    return search_read(repo.get_search(session, search_id))
+
+
+@router.get("/searches/{search_id}/trials", response_model=TrialPage, tags=["searches"])
+def list_trials(search_id: str, session: SessionDep, offset: Annotated[int, Query(ge=0)] = 0,
+                limit: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> TrialPage:
+    rows = repo.list_trials(session, search_id, offset=offset, limit=limit)
+    return TrialPage(items=[trial_read(r) for r in rows], total=repo.count_trials(session, search_id),
+                     offset=offset)
+
+
+def _front_file(search: Search, settings: Any) -> dict[str, Any]:
+    from search.job import FRONT_FILE
+
+    path = folder_of(search, settings) / FRONT_FILE
+    if search.status != SearchStatus.SUCCEEDED or not path.is_file():
+        raise HTTPException(409, f"search {search.id} is {search.status.value}: its Pareto front is written when it "
+                                 "succeeds (GET .../trials shows the trials so far)")
+    return json.loads(path.read_text())
+
+
+@router.get("/searches/{search_id}/pareto", response_model=ParetoRead, tags=["searches"])
+def pareto(search_id: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    search = repo.get_search(session, search_id)
+    front = _front_file(search, settings)
+    points = []
+    for row in repo.list_front(session, search_id):
+        downloads = {f: f"/searches/{search_id}/pareto/{row.position}/download?format={f}" for f in FORMATS}
+        points.append(PointRead(position=row.position, trial_index=row.trial_index, config=row.config,
+                                objectives=row.objectives, validation=row.validation, test=row.test,
+                                params=row.params, macs=row.macs, latency_ms=row.latency_ms, downloads=downloads))
+    return front | {"points": points}
+
+
+@router.get("/searches/{search_id}/pareto/{point}/download", tags=["searches"],
+            response_class=FileResponse, responses={200: {"content": {"application/gzip": {}}}})
+def download(search_id: str, point: int, session: SessionDep, settings: SettingsDep,
+             format: Literal["hf", "onnx"] = "hf") -> FileResponse:
+    """The front point as a .tar.gz of a Hugging Face folder (`hf`) or of that folder plus model.onnx (`onnx`).
+    Built on the first request (seconds to minutes), then served from the cache."""
+    search = repo.get_search(session, search_id)
+    _front_file(search, settings)
+    row = repo.get_front_point(session, search_id, point)
+    if row is None:
+        count = len(repo.list_front(session, search_id))
+        raise HTTPException(404, f"search {search_id} has no front point {point} (it has {count}: 0..{count - 1})")
+    cached = repo.get_export(session, search_id=search_id, position=point, format=format)
+    if cached is not None and Path(cached.path).is_file():
+        path = Path(cached.path)
+    else:
+        from supernet.extract import ExportError
+
+        data = {"config": row.config, "validation": row.validation, "test": row.test}
+        try:
+            path = build_export(folder_of(search, settings), search_id, point, format, data)
+        except ExportError as exc:
+            raise HTTPException(422, str(exc)) from None
+        repo.record_export(session, search_id=search_id, position=point, format=format, path=str(path))
+        session.commit()
+    return FileResponse(path, media_type="application/gzip",
+                        filename=f"{archive_name(search_id, point, format)}.tar.gz")
+
+
+@router.post("/searches/{search_id}/cancel", response_model=SearchRead, tags=["searches"])
+def cancel(search_id: str, session: SessionDep) -> SearchRead:
+    """A queued search is cancelled at once; a running one stops at its worker's next heartbeat, keeping the
+    trials done; an ended one is left as it is."""
+    search = repo.request_cancel(session, search_id)
+    session.commit()
+    return search_read(search)
+
+
+@router.delete("/searches/{search_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["searches"],
+               responses={409: {"description": "the search is running: cancel it first"}})
+def delete(search_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+    search = repo.get_search(session, search_id)
+    folder = folder_of(search, settings)
+    repo.delete_search(session, search_id)
+    session.commit()
+    # Only ever remove a folder inside the searches root (the folder column comes from the database).
+    if folder.is_dir() and folder.resolve().is_relative_to(settings.searches_root.resolve()):
+        shutil.rmtree(folder, ignore_errors=True)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/searches/{search_id}/logs", response_class=PlainTextResponse, tags=["searches"])
+def logs(search_id: str, session: SessionDep, settings: SettingsDep,
+         tail: Annotated[int | None, Query(ge=1, le=100_000, description="only the last N lines")] = None) -> str:
+    search = repo.get_search(session, search_id)
+    path = folder_of(search, settings) / LOG_FILE
+    if not path.is_file():
+        return ""
+    content = path.read_text(encoding="utf-8", errors="replace")
+    if tail is not None:
+        content = "\n".join(content.splitlines()[-tail:]) + "\n"
+    return content
+

@@ -1,0 +1,168 @@
+"""Request and response bodies of the HTTP API (pydantic), kept apart from the database tables.
+
+Field names and defaults follow the `nasprune search` flags, so a CLI call and a POST /searches body read alike:
+`--max-length 16 --evaluations 6` is `{"max_length": 16, "budget": {"evaluations": 6}}`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class CustomTaskIn(BaseModel):
+    """A user's dataset: CSV, TSV or JSONL files under an allowed data root (relative paths: under data_root)."""
+
+    model_config = _STRICT
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    train_file: str = Field(min_length=1, max_length=1000)
+    test_file: str = Field(min_length=1, max_length=1000)
+    text_columns: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
+    label_column: str = Field("label", min_length=1, max_length=200)
+    task_type: Literal["classification", "regression"] = "classification"
+
+
+class BudgetIn(BaseModel):
+    model_config = _STRICT
+
+    epochs: float = Field(3.0, gt=0, le=100, description="supernet training epochs (may be fractional)")
+    evaluations: int = Field(100, ge=1, le=100_000, description="distinct sub-networks to evaluate")
+    time_limit_s: float | None = Field(None, gt=0, le=30 * 24 * 3600, description="search wall-clock limit")
+    train_limit: int | None = Field(None, ge=1, description="cap on training examples")
+    validation_limit: int | None = Field(None, ge=1, description="cap on validation examples")
+
+
+class LatencyIn(BaseModel):
+    model_config = _STRICT
+
+    batch_size: int = Field(32, ge=1, le=4096)
+    seq_len: int | None = Field(None, ge=1, le=8192, description="default: max_length")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+class SearchCreate(BaseModel):
+    """POST /searches. Everything but `model` and `task` has the CLI's default."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field("minilm", min_length=1, max_length=1000,
+                       description="'minilm', a local folder under an allowed model root, or a hub id")
+    task: str | CustomTaskIn = Field("glue/rte", description="a GLUE name ('glue/rte') or a custom task object")
+    data_dir: str | None = Field(None, max_length=1000, description="GLUE folder (classic TSV layout)")
+    space: str = "uniform"
+    objectives: list[str] = Field(default_factory=lambda: ["error", "params"], min_length=1, max_length=8)
+    optimizer: str = "nsga2"
+    budget: BudgetIn = Field(default_factory=BudgetIn)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    max_length: int = Field(128, ge=8, le=8192)
+    batch_size: int = Field(32, ge=1, le=4096)
+    eval_batch_size: int = Field(64, ge=1, le=4096)
+    latency: LatencyIn = Field(default_factory=LatencyIn)
+    params: Literal["encoder", "total"] = "encoder"
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
+                                        description="also accepted as the Idempotency-Key header")
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        """Accept "error,params" as the CLI does."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class Links(BaseModel):
+    self: str
+    trials: str
+    pareto: str
+    logs: str
+    cancel: str
+
+
+class Progress(BaseModel):
+    stage: str | None
+    epoch: int | None
+    step: int | None
+    total_steps: int | None
+    evaluations_done: int
+    evaluations_total: int | None
+    hypervolume: float | None
+    elapsed_s: float | None = Field(description="seconds since the latest run started (to its end if ended)")
+    eta_s: float | None = Field(description="estimated seconds left in the current stage")
+
+
+class SearchRead(BaseModel):
+    id: str
+    status: str
+    cancel_requested: bool
+    attempts: int
+    worker_id: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    progress: Progress
+    request: dict[str, Any]
+    links: Links
+
+
+class SearchPage(BaseModel):
+    items: list[SearchRead]
+    total: int
+    offset: int
+    limit: int
+
+
+class TrialRead(BaseModel):
+    index: int
+    config: dict[str, Any]
+    objectives: dict[str, float]
+    validation: dict[str, float]
+    params: dict[str, int]
+    macs: int
+    latency_ms: float
+    elapsed_s: float
+
+
+class TrialPage(BaseModel):
+    items: list[TrialRead]
+    total: int
+    offset: int
+
+
+class PointRead(BaseModel):
+    """A front.json point, with its position, the trial it is and its download links."""
+
+    position: int
+    trial_index: int | None
+    config: dict[str, Any]
+    objectives: dict[str, float]
+    validation: dict[str, float]
+    test: dict[str, float]
+    params: dict[str, int]
+    macs: int
+    latency_ms: float
+    downloads: dict[str, str]
+
+
+class ParetoRead(BaseModel):
+    """front.json: the points from the database, the rest (reference, hypervolume, ...) from the file."""
+
+    model_config = ConfigDict(extra="allow")
+
+    objectives: list[str]
+    points: list[PointRead]
+    reference: dict[str, Any] | None = None
+    hypervolume: float | None = None
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    schema_revision: str | None

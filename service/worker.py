@@ -1,0 +1,319 @@
+"""The worker: claim a queued search, run it with `search.job.run_search_job`, persist what it produces.
+
+    loop: recover_stale -> claim_next -> run the job -> store front -> finish (succeeded | failed | cancelled)
+
+One job at a time per process; run several processes for parallel jobs (`nasprune serve --workers N` or several
+`nasprune worker`). While a job runs:
+  * a heartbeat thread stamps the row every `Settings.heartbeat_s`. A thread rather than the training or search
+    callbacks, because some stages call no callback for a long time (loading the model, latency calibration,
+    the test re-evaluation of the front) and a long silence would make the job look dead. When the heartbeat
+    says the job is no longer ours (cancel requested, or taken over after we looked dead) the thread sets a
+    flag that `should_stop` returns, and the run stops at its next training step or trial;
+  * `on_train_step` writes progress (epoch, step, total_steps, eta), throttled;
+  * `on_trial` stores each trial (`repository.add_trial`, idempotent) and the search progress, and moves the
+    status to searching on the first trial and to exporting (test re-evaluation, front) after the last.
+
+Resuming: a job whose worker died goes back to the queue (`queue.recover_stale`) and the next worker calls
+`run_search_job` on the same folder, which resumes from checkpoint.pt and trials.jsonl. trials.jsonl is the
+source of truth (a trial is appended there before `on_trial` stores it), so before running, the worker copies
+any trial of trials.jsonl the database lacks; the search never re-evaluates a trial in trials.jsonl.
+
+Each job's log goes to <search folder>/worker.log (a FileHandler on the root logger while the job runs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import update
+
+from . import queue
+from . import repository as repo
+from .config import Settings
+from .db import check_schema, make_engine, session_factory
+from .models import RUNNING_STATUSES, Search, SearchStatus
+
+if TYPE_CHECKING:
+    from search.runner import SearchResult, Trial
+    from supernet.training import TrainState
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "worker.log"
+PROGRESS_EVERY_S = 1.0  # at most one progress write per second from the training loop
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass
+class _JobState:
+    """What the callbacks of one job share."""
+
+    search_id: str
+    worker_id: str
+    evaluations_total: int
+    time_limit_s: float | None
+    stop: threading.Event = field(default_factory=threading.Event)  # set: the run must stop
+    lost: threading.Event = field(default_factory=threading.Event)  # set: no longer our job (or cancel asked)
+    train_start: float | None = None
+    train_start_step: int = 0
+    last_progress: float = 0.0
+    search_start: float | None = None
+    search_start_done: int = 0
+    evaluations_done: int = 0
+    status: SearchStatus = SearchStatus.TRAINING
+
+
+class Heartbeat(threading.Thread):
+    """Stamps the job every `interval_s`; sets `state.lost` (and `state.stop`) once the job is not ours."""
+
+    def __init__(self, factory: queue.SessionFactory, state: _JobState, interval_s: float) -> None:
+        super().__init__(name=f"heartbeat-{state.search_id}", daemon=True)
+        self.factory, self.state, self.interval_s = factory, state, interval_s
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval_s):
+            try:
+                alive = queue.heartbeat(self.factory, self.state.search_id, self.state.worker_id)
+            except Exception:  # a database hiccup: try again next time rather than kill the job
+                log.exception("heartbeat of search %s failed", self.state.search_id)
+                continue
+            if not alive:
+                self.state.lost.set()
+                self.state.stop.set()
+                return
+
+
+def _attach_log(folder: Path) -> tuple[logging.Handler, int]:
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder / LOG_FILE, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    previous = root.level
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    return handler, previous
+
+
+def _detach_log(handler: logging.Handler, previous: int) -> None:
+    root = logging.getLogger()
+    root.removeHandler(handler)
+    root.setLevel(previous)
+    handler.close()
+
+
+def release(factory: queue.SessionFactory, search_id: str, worker_id: str) -> bool:
+    """Give an owned running job back to the queue at once (a worker shutting down cleanly), without counting
+    an attempt: the next worker resumes it from its checkpoint. False if the job was not ours any more."""
+    stmt = (update(Search).where(Search.id == search_id, Search.worker_id == worker_id,
+                                 Search.status.in_(RUNNING_STATUSES), Search.cancel_requested.is_(False))
+            .values(status=SearchStatus.QUEUED, worker_id=None, heartbeat_at=None, eta_s=None)
+            .returning(Search.id))
+    with factory.begin() as session:
+        return session.execute(stmt, execution_options={"synchronize_session": False}).first() is not None
+
+
+def _sync_trials(factory: queue.SessionFactory, search_id: str, folder: Path) -> int:
+    """Store the trials of trials.jsonl the database lacks (a worker killed between the two writes)."""
+    from search.job import read_trials
+
+    trials = read_trials(folder)
+    added = 0
+    with factory.begin() as session:
+        for trial in trials:
+            added += repo.add_trial(session, search_id, trial)
+        if trials:
+            repo.update_progress(session, search_id, evaluations_done=repo.count_trials(session, search_id))
+    if added:
+        log.info("search %s: copied %d trial(s) of trials.jsonl to the database", search_id, added)
+    return len(trials)
+
+
+class JobRunner:
+    """Runs one claimed search to its end state."""
+
+    def __init__(self, settings: Settings, factory: queue.SessionFactory, search: Search, worker_id: str,
+                 shutdown: threading.Event) -> None:
+        self.settings, self.factory, self.search, self.worker_id = settings, factory, search, worker_id
+        self.shutdown = shutdown
+        self.folder = Path(search.folder) if search.folder else settings.search_folder(search.id)
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _progress(self, **fields: Any) -> None:
+        with self.factory.begin() as session:
+            repo.update_progress(session, self.search.id, **fields)
+
+    def _advance(self, state: _JobState, status: SearchStatus) -> None:
+        if state.status == status:
+            return
+        if queue.advance(self.factory, state.search_id, state.worker_id, status):
+            state.status = status
+        else:
+            state.lost.set()
+            state.stop.set()
+
+    def on_train_step(self, state: _JobState, train: TrainState) -> None:
+        now = time.monotonic()
+        if state.train_start is None:
+            state.train_start, state.train_start_step = now, train.step - 1
+        last = train.step >= train.total_steps
+        if not last and now - state.last_progress < min(PROGRESS_EVERY_S, self.settings.heartbeat_s):
+            return
+        state.last_progress = now
+        done = train.step - state.train_start_step
+        eta = (now - state.train_start) / done * (train.total_steps - train.step) if done > 0 else None
+        self._progress(stage="training", epoch=train.epoch, step=train.step, total_steps=train.total_steps,
+                       eta_s=eta)
+
+    def on_trial(self, state: _JobState, trial: Trial, current: SearchResult) -> None:
+        now = time.monotonic()
+        with self.factory.begin() as session:
+            repo.add_trial(session, state.search_id, trial)
+            done = repo.count_trials(session, state.search_id)
+            if state.search_start is None:
+                state.search_start, state.search_start_done = now, done - 1
+            per_trial = (now - state.search_start) / max(done - state.search_start_done, 1)
+            eta = per_trial * max(state.evaluations_total - done, 0)
+            if state.time_limit_s is not None:
+                eta = min(eta, max(state.time_limit_s - trial.elapsed_s, 0.0))
+            finished = done >= state.evaluations_total
+            repo.update_progress(session, state.search_id, stage="test evaluation" if finished else "searching",
+                                 evaluations_done=done, evaluations_total=state.evaluations_total,
+                                 hypervolume=current.hypervolume, eta_s=None if finished else eta)
+        state.evaluations_done = done
+        self._advance(state, SearchStatus.EXPORTING if finished else SearchStatus.SEARCHING)
+
+    def should_stop(self, state: _JobState) -> bool:
+        if self.shutdown.is_set():
+            state.stop.set()
+        return state.stop.is_set()
+
+    # ------------------------------------------------------------------ the job
+
+    def run(self) -> SearchStatus | None:
+        """Run the job; the status it ended with (None: it stopped without ending: released or taken over)."""
+        handler, previous = _attach_log(self.folder)
+        try:
+            log.info("worker %s: running search %s (attempt %d) in %s", self.worker_id, self.search.id,
+                     self.search.attempts + 1, self.folder)
+            return self._run()
+        finally:
+            _detach_log(handler, previous)
+
+    def _run(self) -> SearchStatus | None:
+        from search.job import FRONT_FILE, run_search_job
+
+        search_id = self.search.id
+        try:
+            spec, job = repo.parse_request(self.search.request)
+        except repo.InvalidArgument as exc:
+            log.error("search %s: %s", search_id, exc)
+            return self._finish(SearchStatus.FAILED, str(exc))
+        state = _JobState(search_id=search_id, worker_id=self.worker_id, evaluations_total=job.search.evaluations,
+                          time_limit_s=job.search.time_limit_s)
+        beat = Heartbeat(self.factory, state, self.settings.heartbeat_s)
+        beat.start()
+        try:
+            self._progress(folder=str(self.folder), evaluations_total=job.search.evaluations, stage="training")
+            done = _sync_trials(self.factory, search_id, self.folder)
+            if done:
+                log.info("search %s: resuming with %d trial(s) done", search_id, done)
+            result = run_search_job(
+                spec, job, folder=self.folder, progress=False,
+                on_train_step=lambda train: self.on_train_step(state, train),
+                on_trial=lambda trial, current: self.on_trial(state, trial, current),
+                should_stop=lambda: self.should_stop(state))
+            if result is None:
+                return self._stopped(state)
+            self._advance(state, SearchStatus.EXPORTING)
+            if state.lost.is_set():
+                return self._stopped(state)
+            front = json.loads((self.folder / FRONT_FILE).read_text())
+            with self.factory.begin() as session:
+                repo.replace_front(session, search_id, front["points"])
+                repo.update_progress(session, search_id, stage="done", hypervolume=front.get("hypervolume"),
+                                     evaluations_done=repo.count_trials(session, search_id))
+            return self._finish(SearchStatus.SUCCEEDED)
+        except Exception as exc:
+            log.error("search %s failed:\n%s", search_id, traceback.format_exc())
+            if state.lost.is_set():  # e.g. the search folder deleted under us after a takeover
+                return self._stopped(state)
+            return self._finish(SearchStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        finally:
+            beat.done.set()
+            beat.join()
+
+    def _finish(self, status: SearchStatus, error: str | None = None) -> SearchStatus | None:
+        ended = queue.finish(self.factory, self.search.id, status, error, worker_id=self.worker_id)
+        return status if ended else None
+
+    def _stopped(self, state: _JobState) -> SearchStatus | None:
+        """The run stopped early: cancelled, taken over, or this worker is shutting down."""
+        with self.factory() as session:
+            row = repo.get_search(session, state.search_id)
+            cancel, owner, status = row.cancel_requested, row.worker_id, row.status
+        if cancel and owner == self.worker_id and status in RUNNING_STATUSES:
+            log.info("search %s cancelled; %d trial(s) kept", state.search_id, state.evaluations_done)
+            return self._finish(SearchStatus.CANCELLED)
+        if self.shutdown.is_set() and not state.lost.is_set():
+            if release(self.factory, state.search_id, self.worker_id):
+                log.info("search %s released to the queue (worker shutting down)", state.search_id)
+            return None
+        log.warning("search %s is no longer ours (status %s, owner %s); stopping", state.search_id, status, owner)
+        return None
+
+
+def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool = False, poll_s: float = 1.0,
+               shutdown: threading.Event | None = None,
+               on_job: Callable[[str, SearchStatus | None], None] | None = None) -> int:
+    """Claim and run jobs until `shutdown` is set; the number of jobs run.
+
+    `once`: run at most one job and return (also when nothing is queued). Stale jobs of dead workers are
+    recovered before every claim, so any worker takes over a dead worker's job.
+    """
+    shutdown = shutdown or threading.Event()
+    worker_id = worker_id or queue.default_worker_id()
+    engine = make_engine(settings.url)
+    try:
+        check_schema(engine)
+        factory = session_factory(engine)
+        log.info("worker %s started (database %s, data root %s)", worker_id,
+                 engine.url.render_as_string(hide_password=True), settings.data_root)
+        jobs = 0
+        while not shutdown.is_set():
+            try:
+                queue.recover_stale(factory, settings.stale_after_s, settings.max_attempts)
+                search = queue.claim_next(factory, worker_id)
+            except Exception:
+                log.exception("worker %s: could not reach the queue; retrying in %g s", worker_id, poll_s)
+                search = None
+            if search is None:
+                if once:
+                    break
+                shutdown.wait(poll_s)
+                continue
+            try:
+                status = JobRunner(settings, factory, search, worker_id, shutdown).run()
+            except Exception:  # never let one job kill the loop
+                log.exception("worker %s: search %s crashed the job runner", worker_id, search.id)
+                status = None
+            jobs += 1
+            if on_job is not None:
+                on_job(search.id, status)
+            if once:
+                break
+        log.info("worker %s stopped after %d job(s)", worker_id, jobs)
+        return jobs
+    finally:
+        engine.dispose()

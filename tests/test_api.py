@@ -1,0 +1,378 @@
+"""The HTTP API over a real SQLite file, with real worker processes (`python -m service.cli worker`): a search
+submitted, run, read, downloaded and loaded; the validation errors; 404s; idempotency; cancel; delete; a worker
+killed with SIGKILL whose job another worker finishes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service import queue
+from service.api import create_app
+from service.config import Settings
+from service.db import current_revision, head_revision, make_engine, session_factory
+
+REPO = Path(__file__).resolve().parents[1]
+HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
+EVALUATIONS = 5
+
+
+@pytest.fixture(scope="module")
+def settings(workspace, tmp_path_factory) -> Settings:
+    root = tmp_path_factory.mktemp("service")
+    return Settings(data_root=root / "data", allowed_model_roots=[workspace], allowed_data_roots=[workspace],
+                    heartbeat_s=HEARTBEAT_S, stale_after_s=STALE_AFTER_S, max_attempts=3)
+
+
+@pytest.fixture(scope="module")
+def worker_env(settings, tmp_path_factory) -> dict[str, str]:
+    """The environment of worker processes: the same settings, the latency cache shared by this module."""
+    return os.environ | {
+        "NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url,
+        "NASPRUNE_ALLOWED_MODEL_ROOTS": json.dumps([str(p) for p in settings.allowed_model_roots]),
+        "NASPRUNE_ALLOWED_DATA_ROOTS": json.dumps([str(p) for p in settings.allowed_data_roots]),
+        "NASPRUNE_HEARTBEAT_S": str(HEARTBEAT_S), "NASPRUNE_STALE_AFTER_S": str(STALE_AFTER_S),
+        "NASPRUNE_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
+    }
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def body(ws: Path, **overrides) -> dict:
+    data = {"model": str(ws / "model"),
+            "task": {"name": "toy", "train_file": str(ws / "train.csv"), "test_file": str(ws / "test.csv"),
+                     "text_columns": ["text"]},
+            "objectives": ["error", "params", "latency"], "budget": {"epochs": 1, "evaluations": EVALUATIONS},
+            "max_length": 16, "batch_size": 8, "latency": {"batch_size": 2}}
+    return data | overrides
+
+
+def start_worker(env: dict[str, str], *, once: bool = True) -> subprocess.Popen:
+    command = [sys.executable, "-m", "service.cli", "worker", "--poll", "0.2"] + (["--once"] if once else [])
+    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(client: TestClient, search_id: str, predicate, timeout_s: float = 90.0, what: str = "") -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        data = client.get(f"/searches/{search_id}").json()
+        if predicate(data):
+            return data
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}: {data}")
+        time.sleep(0.05)
+
+
+def run_worker_once(env: dict[str, str], timeout_s: float = 120.0) -> None:
+    process = start_worker(env, once=True)
+    _, err = process.communicate(timeout=timeout_s)
+    assert process.returncode == 0, err
+
+
+def trials_jsonl(settings: Settings, search_id: str) -> list[dict]:
+    path = settings.search_folder(search_id) / "trials.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+
+@pytest.fixture(scope="module")
+def finished(client, workspace, worker_env) -> str:
+    """One search run to the end by a worker process."""
+    response = client.post("/searches", json=body(workspace))
+    assert response.status_code == 201, response.text
+    run_worker_once(worker_env)
+    return response.json()["id"]
+
+
+# ------------------------------------------------------------------------------------------ the happy path
+
+
+@pytest.mark.slow
+def test_a_search_runs_in_a_worker_process(client, finished, settings, tmp_path) -> None:
+    search = client.get(f"/searches/{finished}").json()
+    assert search["status"] == "succeeded", search["error"]
+    progress = search["progress"]
+    assert progress["evaluations_done"] == progress["evaluations_total"] == EVALUATIONS
+    assert progress["step"] == progress["total_steps"] > 0 and progress["hypervolume"] > 0
+    assert progress["elapsed_s"] > 0 and progress["eta_s"] is None
+    assert search["links"]["pareto"] == f"/searches/{finished}/pareto"
+    listed = client.get("/searches", params={"status": "succeeded"}).json()
+    assert finished in [s["id"] for s in listed["items"]]
+
+    trials = client.get(f"/searches/{finished}/trials").json()
+    assert trials["total"] == EVALUATIONS and [t["index"] for t in trials["items"]] == list(range(EVALUATIONS))
+    assert len({json.dumps(t["config"], sort_keys=True) for t in trials["items"]}) == EVALUATIONS
+    # the database and trials.jsonl agree
+    assert [t["config"] for t in trials_jsonl(settings, finished)] == [t["config"] for t in trials["items"]]
+
+    pareto = client.get(f"/searches/{finished}/pareto").json()
+    front_file = json.loads((settings.search_folder(finished) / "front.json").read_text())
+    assert pareto["objectives"] == ["error", "params", "latency"]
+    assert pareto["reference"] == front_file["reference"] and pareto["hypervolume"] == front_file["hypervolume"]
+    assert [p["config"] for p in pareto["points"]] == [p["config"] for p in front_file["points"]]
+    values = [[p["objectives"][n] for n in pareto["objectives"]] for p in pareto["points"]]
+    assert values and not any(dominates(a, b) for a in values for b in values)
+    all_values = [[t["objectives"][n] for n in pareto["objectives"]] for t in trials["items"]]
+    assert not any(dominates(t, p) for t in all_values for p in values)  # nothing evaluated beats the front
+
+    log = client.get(f"/searches/{finished}/logs").text
+    assert "running search" in log and "succeeded" in log
+
+
+@pytest.mark.slow
+def test_download_an_hf_archive_and_load_it(client, finished, settings, tmp_path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    point = client.get(f"/searches/{finished}/pareto").json()["points"][0]
+    response = client.get(point["downloads"]["hf"])
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    (folder,) = tmp_path.iterdir()
+    assert {"config.json", "model.safetensors", "subnetwork.json", "tokenizer.json"} <= {p.name for p in
+                                                                                         folder.iterdir()}
+    assert json.loads((folder / "subnetwork.json").read_text())["config"] == point["config"]
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    assert sum(p.numel() for p in model.parameters()) == point["params"]["total"]
+    # the second request is served from the cache
+    archive = settings.search_folder(finished) / "exports" / "0-hf.tar.gz"
+    stamp = archive.stat().st_mtime_ns
+    again = client.get(point["downloads"]["hf"])
+    assert again.content == response.content and archive.stat().st_mtime_ns == stamp
+    assert client.get(f"/searches/{finished}/pareto/99/download").status_code == 404
+    assert client.get(f"/searches/{finished}/pareto/0/download", params={"format": "zip"}).status_code == 422
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _bad_bodies(ws: Path, outside: Path) -> dict[str, tuple[dict, str]]:
+    custom = body(ws)["task"]
+    return {
+        "model outside the roots": (body(ws, model=str(outside / "model")), "outside the allowed folders"),
+        "model path with ..": (body(ws, model=str(ws / "model" / ".." / "model")), "'..'"),
+        "unsupported architecture": (body(ws, model=str(ws / "gpt2")), "gpt2"),
+        "unknown GLUE task": (body(ws, task="glue/nope"), "unknown task"),
+        "missing custom file": (body(ws, task=custom | {"train_file": str(ws / "missing.csv")}), "no such file"),
+        "custom file outside roots": (body(ws, task=custom | {"test_file": str(outside / "t.csv")}), "outside"),
+        "glue data_dir outside roots": (body(ws, task="glue/rte", data_dir=str(outside)), "outside"),
+        "glue data_dir without the files": (body(ws, task="glue/rte", data_dir=str(ws)), "RTE/train.tsv"),
+        "zero evaluations": (body(ws, budget={"evaluations": 0}), "budget.evaluations"),
+        "negative epochs": (body(ws, budget={"epochs": -1}), "budget.epochs"),
+        "huge max_length": (body(ws, max_length=100_000), "max_length"),
+        "max_length over the model's positions": (body(ws, max_length=128), "positions"),
+        "bad batch size": (body(ws, batch_size=0), "batch_size"),
+        "unknown optimizer": (body(ws, optimizer="annealing"), "unknown optimizer"),
+        "unknown objective": (body(ws, objectives=["error", "speed"]), "unknown objective"),
+        "one objective": (body(ws, objectives=["error"]), "at least two"),
+        "unknown space": (body(ws, space="galaxy"), "unknown search space"),
+        "unknown field": (body(ws, epochs=3), "epochs"),
+        "bad params kind": (body(ws, params="all"), "params"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(workspace, tmp_path_factory) -> Path:
+    (workspace / "gpt2").mkdir(exist_ok=True)
+    (workspace / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "model").mkdir()
+    (outside / "model" / "config.json").write_text((workspace / "model" / "config.json").read_text())
+    (outside / "t.csv").write_text("text,label\na,pos\n")
+    return outside
+
+
+@pytest.mark.parametrize("case", list(_bad_bodies(Path("/w"), Path("/o"))))
+def test_bad_requests_are_refused_with_a_message(client, workspace, bad_inputs, case) -> None:
+    payload, message = _bad_bodies(workspace, bad_inputs)[case]
+    response = client.post("/searches", json=payload)
+    assert response.status_code in (400, 422), response.text
+    assert message in response.json()["detail"]
+
+
+def test_ehvi_without_botorch_says_how_to_install(client, workspace, monkeypatch) -> None:
+    from search.optimizers import synetune
+
+    monkeypatch.setattr(synetune, "botorch_available", lambda: False)
+    response = client.post("/searches", json=body(workspace, optimizer="ehvi"))
+    assert response.status_code == 422 and "nasprune[ehvi]" in response.json()["detail"]
+
+
+def test_unknown_ids_are_404_on_every_route(client) -> None:
+    routes = [("get", "/searches/nope"), ("get", "/searches/nope/trials"), ("get", "/searches/nope/pareto"),
+              ("get", "/searches/nope/pareto/0/download"), ("post", "/searches/nope/cancel"),
+              ("delete", "/searches/nope"), ("get", "/searches/nope/logs")]
+    for method, url in routes:
+        response = getattr(client, method)(url)
+        assert response.status_code == 404, (method, url, response.text)
+        assert "nope" in response.json()["detail"]
+
+
+def test_health_docs_page_and_migrations_at_start(client, settings) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "schema_revision": head_revision()}
+    assert current_revision(make_engine(settings.url)) == head_revision()
+    assert "/searches/{search_id}/pareto" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<svg id="plot"' in page.text and "/pareto" in page.text and "/trials" in page.text
+
+
+# ------------------------------------------------------------------------------------------ queue operations
+
+
+def test_idempotency_key(client, workspace) -> None:
+    first = client.post("/searches", json=body(workspace), headers={"Idempotency-Key": "k-1"})
+    again = client.post("/searches", json=body(workspace), headers={"Idempotency-Key": "k-1"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    in_body = client.post("/searches", json=body(workspace, idempotency_key="k-1"))
+    assert in_body.status_code == 200 and in_body.json()["id"] == first.json()["id"]
+    other = client.post("/searches", json=body(workspace, seed=7), headers={"Idempotency-Key": "k-1"})
+    assert other.status_code == 409 and "different request" in other.json()["detail"]
+    assert client.post(f"/searches/{first.json()['id']}/cancel").json()["status"] == "cancelled"
+
+
+def test_cancel_a_queued_search_then_delete_it(client, workspace, settings) -> None:
+    search_id = client.post("/searches", json=body(workspace)).json()["id"]
+    folder = settings.search_folder(search_id)
+    folder.mkdir(parents=True)
+    (folder / "worker.log").write_text("hello\n")
+    assert client.get(f"/searches/{search_id}/logs").text == "hello\n"
+    cancelled = client.post(f"/searches/{search_id}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["cancel_requested"]
+    assert client.get(f"/searches/{search_id}/pareto").status_code == 409
+    assert client.delete(f"/searches/{search_id}").status_code == 204
+    assert not folder.exists()
+    assert client.get(f"/searches/{search_id}").status_code == 404
+
+
+def test_delete_a_running_search_is_refused(client, workspace, settings) -> None:
+    search_id = client.post("/searches", json=body(workspace)).json()["id"]
+    engine = make_engine(settings.url)
+    factory = session_factory(engine)
+    claimed = queue.claim_next(factory, "test-worker")  # this test pretends to be the worker
+    assert claimed is not None and claimed.id == search_id
+    response = client.delete(f"/searches/{search_id}")
+    assert response.status_code == 409 and "cancel" in response.json()["detail"]
+    assert queue.finish(factory, search_id, "failed", "test over", worker_id="test-worker")
+    assert client.delete(f"/searches/{search_id}").status_code == 204
+    engine.dispose()
+
+
+def test_list_is_paged_and_filtered(client, workspace) -> None:
+    ids = [client.post("/searches", json=body(workspace)).json()["id"] for _ in range(3)]
+    page = client.get("/searches", params={"limit": 2, "status": "queued"}).json()
+    assert page["limit"] == 2 and len(page["items"]) == 2 and page["total"] >= 3
+    assert all(item["status"] == "queued" for item in page["items"])
+    assert client.get("/searches", params={"status": "bogus"}).status_code == 422
+    assert client.get("/searches", params={"limit": 0}).status_code == 422
+    for search_id in ids:
+        client.post(f"/searches/{search_id}/cancel")
+
+
+# ------------------------------------------------------------------------------------------ running workers
+
+
+@pytest.mark.slow
+def test_cancel_a_running_search(client, workspace, worker_env) -> None:
+    search_id = client.post("/searches", json=body(workspace, budget={"epochs": 40, "evaluations": 5})).json()["id"]
+    worker = start_worker(worker_env, once=True)
+    try:
+        wait_for(client, search_id, lambda s: s["status"] == "training" and (s["progress"]["step"] or 0) >= 1,
+                 what="training")
+        asked = time.monotonic()
+        client.post(f"/searches/{search_id}/cancel")
+        data = wait_for(client, search_id, lambda s: s["status"] == "cancelled", timeout_s=15, what="cancelled")
+        assert time.monotonic() - asked < 10
+        assert data["progress"]["step"] < data["progress"]["total_steps"]
+        assert worker.wait(timeout=30) == 0
+        assert client.get(f"/searches/{search_id}/trials").json()["total"] == data["progress"]["evaluations_done"]
+        assert "cancelled" in client.get(f"/searches/{search_id}/logs").text
+    finally:
+        worker.kill()
+
+
+def _stale(client: TestClient, search_id: str) -> bool:
+    beat = client.get(f"/searches/{search_id}").json()["heartbeat_at"]
+    return beat is None or (datetime.now(UTC) - datetime.fromisoformat(beat)).total_seconds() > STALE_AFTER_S + 0.5
+
+
+@pytest.mark.slow
+def test_a_killed_workers_job_is_finished_by_another(client, workspace, worker_env, settings) -> None:
+    search_id = client.post("/searches", json=body(workspace, budget={"epochs": 4, "evaluations": 6})).json()["id"]
+    worker = start_worker(worker_env, once=False)
+    try:
+        # past the end of epoch 1 (6 steps), where a checkpoint is written
+        wait_for(client, search_id, lambda s: (s["progress"]["step"] or 0) >= 8, what="step 8")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    killed_at = client.get(f"/searches/{search_id}").json()
+    assert killed_at["status"] == "training" and killed_at["attempts"] == 0
+    deadline = time.monotonic() + 30
+    while not _stale(client, search_id):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    run_worker_once(worker_env)
+    data = client.get(f"/searches/{search_id}").json()
+    assert data["status"] == "succeeded", data["error"]
+    assert data["attempts"] == 1 and data["worker_id"] != killed_at["worker_id"]
+    trials = client.get(f"/searches/{search_id}/trials").json()["items"]
+    configs = [json.dumps(t["config"], sort_keys=True) for t in trials]
+    assert len(trials) == 6 and len(set(configs)) == 6
+    assert [t["config"] for t in trials_jsonl(settings, search_id)] == [t["config"] for t in trials]
+    assert "resuming from step" in client.get(f"/searches/{search_id}/logs").text
+
+
+@pytest.mark.slow
+def test_serve_starts_workers_and_stops_them(worker_env, tmp_path) -> None:
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in worker_env.items() if k != "NASPRUNE_DATABASE_URL"}
+    env["NASPRUNE_DATA_ROOT"] = str(tmp_path / "data")
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "1"],
+                              env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert response.json()["status"] == "ok"
+        assert (tmp_path / "data" / "nasprune.db").is_file()
+        workers = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 1
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=40)
+        assert not Path(f"/proc/{workers[0]}").exists()  # stopped and reaped by serve
+    finally:
+        server.kill()

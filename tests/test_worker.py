@@ -1,0 +1,114 @@
+"""service.worker in this process, over a real SQLite file: a failing job is marked failed with its traceback in
+worker.log and the loop goes on; trials of trials.jsonl missing from the database are copied on resume; a worker
+shutting down gives its job back; `nasprune db upgrade`."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+from search.job import LatencyShape, SearchJob
+from search.runner import SearchConfig, Trial
+from service import queue
+from service import repository as repo
+from service.config import Settings, get_settings
+from service.db import current_revision, head_revision, make_engine, session_factory, upgrade
+from service.models import SearchStatus
+from service.worker import LOG_FILE, _sync_trials, release, run_worker
+from supernet.config import SubNetworkConfig
+from supernet.run import RunSpec
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    settings = Settings(data_root=tmp_path / "data", heartbeat_s=1, stale_after_s=3)
+    upgrade(settings.url)
+    return settings
+
+
+@pytest.fixture
+def factory(settings):
+    engine = make_engine(settings.url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def request(model: str) -> dict:
+    spec = RunSpec(model=model, task="custom/toy")
+    return repo.request_dict(spec, SearchJob(search=SearchConfig(evaluations=2), latency=LatencyShape()))
+
+
+def test_a_failing_job_is_marked_failed_and_the_loop_goes_on(settings, factory, tmp_path) -> None:
+    bad = queue.enqueue(factory, request=request(str(tmp_path / "no-model")), folder_root=settings.searches_root)[0]
+    malformed = queue.enqueue(factory, request={"run": {"nope": 1}}, folder_root=settings.searches_root)[0]
+    seen: list[tuple[str, SearchStatus | None]] = []
+    assert run_worker(settings, poll_s=0.1, shutdown=_stop_after(2, seen), on_job=lambda i, s: seen.append((i, s))) == 2
+    with factory() as session:
+        for search_id in (bad.id, malformed.id):
+            search = repo.get_search(session, search_id)
+            assert search.status == SearchStatus.FAILED and search.error
+            assert search.finished_at is not None
+    assert seen == [(bad.id, SearchStatus.FAILED), (malformed.id, SearchStatus.FAILED)]
+    log = (settings.search_folder(bad.id) / LOG_FILE).read_text()
+    assert "Traceback" in log and "failed" in log
+
+
+def _stop_after(jobs: int, seen: list) -> threading.Event:
+    """An Event that is set once `jobs` jobs were seen (checked by the worker loop between polls)."""
+
+    class Stop(threading.Event):
+        def is_set(self) -> bool:
+            return len(seen) >= jobs or super().is_set()
+
+    return Stop()
+
+
+def test_once_returns_when_nothing_is_queued(settings) -> None:
+    assert run_worker(settings, once=True) == 0
+
+
+def _trial(index: int, heads: int) -> Trial:
+    sub = SubNetworkConfig(layers=(0,), heads=(heads,), units=(8,))
+    return Trial(index=index, config=sub, objectives={"error": 0.5, "params": 10.0 * heads},
+                 validation={"accuracy": 0.5}, params={"encoder": 10, "total": 20}, macs=100, latency_ms=1.0,
+                 elapsed_s=0.1 * index)
+
+
+def test_trials_in_the_file_but_not_the_database_are_copied(settings, factory) -> None:
+    search = queue.enqueue(factory, request=request("minilm"), folder_root=settings.searches_root)[0]
+    folder = Path(search.folder)
+    folder.mkdir(parents=True)
+    trials = [_trial(0, 1), _trial(1, 2), _trial(2, 3)]
+    (folder / "trials.jsonl").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in trials))
+    with factory.begin() as session:
+        repo.add_trial(session, search.id, trials[0])  # the worker died after writing trials 1 and 2 to the file
+    assert _sync_trials(factory, search.id, folder) == 3
+    assert _sync_trials(factory, search.id, folder) == 3  # idempotent
+    with factory() as session:
+        assert [t.to_dict() for t in repo.load_trials(session, search.id)] == [t.to_dict() for t in trials]
+        assert repo.get_search(session, search.id).evaluations_done == 3
+
+
+def test_release_gives_an_owned_job_back(settings, factory) -> None:
+    search = queue.enqueue(factory, request=request("minilm"))[0]
+    assert queue.claim_next(factory, "w1") is not None
+    assert not release(factory, search.id, "w2")
+    assert release(factory, search.id, "w1")
+    with factory() as session:
+        row = repo.get_search(session, search.id)
+        assert row.status == SearchStatus.QUEUED and row.worker_id is None and row.attempts == 0
+
+
+def test_db_upgrade_command(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("NASPRUNE_DATA_ROOT", str(tmp_path / "fresh"))
+    get_settings.cache_clear()
+    try:
+        assert cli(["db", "upgrade"]) == 0
+        assert (tmp_path / "fresh" / "nasprune.db").is_file()
+        assert current_revision(make_engine(get_settings().url)) == head_revision()
+    finally:
+        get_settings.cache_clear()
