@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Run("/nonexistent", RunSpec(task=args.task, data_dir=args.data_dir, eval_batch_size=args.eval_batch_size))
-    batches = run.batches("validation")
+    batches = list(run.batches("validation"))  # collated once, as search.objectives.Measurements does
     lengths = [(batch["input_ids"].shape[0], batch["input_ids"].shape[1]) for batch in batches]
     model = load_supernet_from_pretrained("minilm", num_labels=run.task.spec.num_labels).eval()
     cfg = model.config

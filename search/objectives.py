@@ -49,6 +49,8 @@ class Measurements:
     _cache: dict[SubNetworkConfig, Figures] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        # Collate the validation batches once: every evaluation reuses the same tensors.
+        self.validation_batches = list(self.validation_batches)
         if self.params_kind not in ("encoder", "total"):
             raise ObjectiveError(f"params_kind must be 'encoder' or 'total', not {self.params_kind!r}")
 
