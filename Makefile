@@ -9,7 +9,7 @@ EVALUATIONS ?= 30
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run search test lint bench clean
 
 $(BIN)/nasprune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ $(BIN)/nasprune: pyproject.toml
 
 setup: $(BIN)/nasprune
 
-# The main job on embedded defaults: train the offline MiniLM's supernet on RTE, search the Pareto front
-# (error x params x latency, NSGA-II), export front point 0 and load it with plain transformers.
+# The main job on embedded defaults: start the service (API + one worker, SQLite under runs/service), submit a
+# small search of the offline MiniLM on RTE, watch it, download front point 0, load it with transformers, stop.
 run: setup
+	$(BIN)/python examples/service_demo.py --glue-dir $(GLUE_DIR) --data-root runs/service \
+		--epochs $(EPOCHS) --evaluations $(EVALUATIONS)
+
+# The same pipeline through the local CLI: supernet training + search into $(RUN_DIR), export point 0, load it.
+search: setup
 	$(BIN)/nasprune search --model minilm --task glue/rte --data-dir $(GLUE_DIR) --objectives error,params,latency \
 		--optimizer nsga2 --epochs $(EPOCHS) --evaluations $(EVALUATIONS) --out $(RUN_DIR)
 	$(BIN)/nasprune export --run $(RUN_DIR) --point 0 --out $(RUN_DIR)/point-0
