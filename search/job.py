@@ -22,7 +22,7 @@ from supernet.run import Run, RunSpec, train_run
 from supernet.training import TrainState
 
 from .latency import load_or_calibrate
-from .objectives import Measurements, objective_values, resolve_objectives
+from .objectives import Measurements, figures_dict, objective_values, resolve_objectives
 from .plot import plot_front
 from .runner import SearchConfig, SearchResult, Trial, run_search
 
@@ -89,11 +89,11 @@ def _append_trial(folder: Path, trial: Trial) -> None:
         os.fsync(f.fileno())
 
 
-def _test_metrics(run: Run, supernet, sub) -> dict[str, float]:
+def _test_metrics(run: Run, supernet, sub, test_batches: dict[str, list]) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    for split in run.task.test:
-        values = evaluate(supernet, run.batches(split), run.task.spec, sub=sub)
-        prefix = "" if len(run.task.test) == 1 else f"{split}/"
+    for split, batches in test_batches.items():
+        values = evaluate(supernet, batches, run.task.spec, sub=sub)
+        prefix = "" if len(test_batches) == 1 else f"{split}/"
         metrics.update({f"{prefix}{k}": v for k, v in values.items()})
     return metrics
 
@@ -106,15 +106,15 @@ def _point(trial_like: dict[str, Any], test: dict[str, float]) -> dict[str, Any]
 def write_front(run: Run, result: SearchResult, measurements: Measurements, names: list[str]) -> dict[str, Any]:
     """Re-evaluate the front (and the full model) on the test split and write front.json + pareto.png."""
     supernet = measurements.supernet
-    points = []
-    for trial in result.front:
-        points.append(_point(trial.to_dict(), _test_metrics(run, supernet, trial.config)))
+    # Tokenised and collated once, then reused for every front point and the full model.
+    test_batches = {split: list(run.batches(split)) for split in run.task.test}
+    points = [_point(trial.to_dict(), _test_metrics(run, supernet, trial.config, test_batches))
+              for trial in result.front]
     full = supernet.full_config()
-    figures = measurements.reference()
     full_objectives = objective_values(resolve_objectives(names), full, measurements)
-    reference = _point({"config": full.to_dict(), "objectives": full_objectives, "validation": figures.validation,
-                        "params": figures.params, "macs": figures.macs, "latency_ms": figures.latency_ms},
-                       _test_metrics(run, supernet, None))
+    reference = _point({"config": full.to_dict(), "objectives": full_objectives,
+                        **figures_dict(measurements.reference())},
+                       _test_metrics(run, supernet, None, test_batches))
     front = {
         "task": run.task.spec.name, "main_metric": run.task.spec.main_metric, "objectives": names,
         "points": points, "reference": reference, "majority_baseline": run.task.majority_baseline,
