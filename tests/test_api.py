@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -320,7 +321,9 @@ def _stale(client: TestClient, search_id: str) -> bool:
 
 @pytest.mark.slow
 def test_a_killed_workers_job_is_finished_by_another(client, workspace, worker_env, settings) -> None:
-    search_id = client.post("/searches", json=body(workspace, budget={"epochs": 4, "evaluations": 6})).json()["id"]
+    # 40 epochs of 6 steps: progress is written at most once a second, so the kill must land well before the
+    # end of training even on a fast machine (a tiny step takes ~25 ms here)
+    search_id = client.post("/searches", json=body(workspace, budget={"epochs": 40, "evaluations": 6})).json()["id"]
     worker = start_worker(worker_env, once=False)
     try:
         # past the end of epoch 1 (6 steps), where a checkpoint is written
@@ -342,7 +345,9 @@ def test_a_killed_workers_job_is_finished_by_another(client, workspace, worker_e
     configs = [json.dumps(t["config"], sort_keys=True) for t in trials]
     assert len(trials) == 6 and len(set(configs)) == 6
     assert [t["config"] for t in trials_jsonl(settings, search_id)] == [t["config"] for t in trials]
-    assert "resuming from step" in client.get(f"/searches/{search_id}/logs").text
+    resumed = re.search(r"resuming from step (\d+) of (\d+)", client.get(f"/searches/{search_id}/logs").text)
+    assert resumed, "the second worker did not resume from the checkpoint"
+    assert 6 <= int(resumed[1]) < int(resumed[2]) == 240
 
 
 @pytest.mark.slow
