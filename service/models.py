@@ -6,6 +6,10 @@
                   database level that no sub-network of a search is stored (and so counted) twice
     front_points  the Pareto front with test metrics, replaced as a whole when the front is written
     exports       cached export archives of front points, one per (point, format)
+    api_tokens    bearer tokens (SHA-256 of the token only; the token itself is shown once, when created)
+    datasets      custom datasets uploaded through POST /datasets (the file lives under the data root)
+
+`owner_id` (searches, datasets) is the token that created the row; None when the server runs without tokens.
 
 A sub-network is stored as `SubNetworkConfig.to_dict()` JSON: the same shape the sampler draws, the optimizer
 decodes, the API returns and the exporter reads.
@@ -142,6 +146,7 @@ class Search(Base):
     hypervolume: Mapped[float | None] = mapped_column(Float)
     eta_s: Mapped[float | None] = mapped_column(Float)
     folder: Mapped[str | None] = mapped_column(Text)  # the run folder (checkpoints, trials.jsonl, front.json)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
 
     # passive_deletes: the database's ON DELETE CASCADE removes children; the ORM need not load them first.
     trials: Mapped[list[TrialRow]] = relationship(back_populates="search", cascade="all, delete-orphan",
@@ -212,3 +217,34 @@ class Export(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     search: Mapped[Search] = relationship(back_populates="exports")
+
+
+class ApiToken(Base):
+    """A bearer token. Only its SHA-256 is stored: tokens are 256-bit random strings, so a fast hash is enough
+    (no password stretching needed), and a stolen database gives no usable token."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class Dataset(Base):
+    """A custom dataset uploaded through the API, referenced by id in a search's task."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(String(255))  # the client's file name (display only, never a path)
+    format: Mapped[str] = mapped_column(String(16))  # csv, tsv or jsonl
+    path: Mapped[str] = mapped_column(Text)  # where the server stored it, under <data_root>/datasets
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    num_rows: Mapped[int]
+    columns: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

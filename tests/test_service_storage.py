@@ -22,7 +22,7 @@ from service.models import Base, SearchStatus, TrialRow
 from supernet.config import SubNetworkConfig
 from supernet.run import RunSpec
 
-TABLES = {"searches", "trials", "front_points", "exports"}
+TABLES = {"searches", "trials", "front_points", "exports", "api_tokens", "datasets"}
 
 
 @pytest.fixture
@@ -153,6 +153,31 @@ def test_downgrade_to_base_then_upgrade_again(url: str) -> None:
     assert tables(url) - {"alembic_version"} == set()
     upgrade(url)
     assert tables(url) == TABLES | {"alembic_version"}
+
+
+def test_upgrade_from_0001_keeps_rows_and_downgrade_keeps_them_too(tmp_path: Path) -> None:
+    """Searches stored before tokens existed survive 0001 -> 0002 (batch mode copies the table) and back."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0001")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO searches (id, status, request, created_at) "
+                                    "VALUES ('a' , 'queued', '{}', '2026-01-01 00:00:00')"))
+            connection.execute(text("INSERT INTO trials (search_id, \"index\", config, config_key, objectives, "
+                                    "validation, params, macs, latency_ms, elapsed_s) VALUES "
+                                    "('a', 0, '{}', 'k', '{}', '{}', '{}', 1, 1.0, 1.0)"))
+        upgrade(url)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT id, owner_id FROM searches")).all() == [("a", None)]
+            assert connection.execute(text("SELECT count(*) FROM trials")).scalar() == 1
+            assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+        downgrade(url, "0001")
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT id FROM searches")).all() == [("a",)]
+            assert connection.execute(text("SELECT count(*) FROM trials")).scalar() == 1
+    finally:
+        engine.dispose()
 
 
 def test_schema_check_refuses_an_unmigrated_database(tmp_path: Path) -> None:
