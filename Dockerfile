@@ -17,7 +17,7 @@ COPY supernet ./supernet
 COPY search ./search
 COPY service ./service
 COPY migrations ./migrations
-RUN pip install ".[onnx]"
+RUN pip install ".[onnx,postgres]"
 
 RUN useradd --create-home --uid 1000 nasprune && mkdir -p /data && chown nasprune /data
 USER nasprune

@@ -120,8 +120,10 @@ def _insert_ignoring_conflicts(session: Session, table: Table, values: dict[str,
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
         insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-        result = session.execute(insert(table).values(**values).on_conflict_do_nothing())
-        return bool(result.rowcount)
+        # RETURNING, not rowcount: psycopg reports rowcount -1 for an INSERT with RETURNING, which SQLAlchemy
+        # adds on PostgreSQL for server-generated keys; a returned row is the portable "it was inserted".
+        statement = insert(table).values(**values).on_conflict_do_nothing()
+        return session.execute(statement.returning(*table.primary_key.columns)).first() is not None
     try:
         with session.begin_nested():
             session.execute(table.insert().values(**values))

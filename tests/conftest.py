@@ -232,3 +232,29 @@ def evaluated(monkeypatch) -> list[SubNetworkConfig | None]:
 
     monkeypatch.setattr(objectives_module, "evaluate", counting)
     return calls
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server (tests/postgres.py), or a skip saying why there is none."""
+    from tests.postgres import PostgresServer
+
+    reason = PostgresServer.unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path: Path) -> str:
+    """A fresh, migrated database: a SQLite file, then (same test again) a PostgreSQL database."""
+    from service.db import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db' / 'nasprune.db'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    upgrade(url)
+    return url

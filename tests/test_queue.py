@@ -1,5 +1,5 @@
-"""The job queue over a real SQLite file: claim order, exactly-once claims across worker processes, heartbeats,
-recovery of stale jobs, cancel and finish.
+"""The job queue over a real SQLite file and a real PostgreSQL database: claim order, exactly-once claims
+across worker processes, heartbeats, recovery of stale jobs, cancel and finish.
 
 Kept free of torch imports: the spawned worker processes import this module and should start in well under a second.
 """
@@ -9,13 +9,12 @@ from __future__ import annotations
 import multiprocessing
 from collections import Counter
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
 from service import queue
-from service.db import make_engine, session_factory, upgrade
+from service.db import make_engine, session_factory
 from service.models import Search, SearchStatus, utcnow
 from service.repository import get_search, request_cancel
 
@@ -23,10 +22,9 @@ STALE_S = 60.0
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'queue.db'}"
-    upgrade(url)
-    return url
+def url(database_url: str) -> str:
+    """A migrated database: every test runs on SQLite and on PostgreSQL (conftest.database_url)."""
+    return database_url
 
 
 @pytest.fixture
