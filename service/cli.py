@@ -10,6 +10,8 @@ The service (settings from NASPRUNE_* variables, see service/config.py):
     nasprune db upgrade                   # bring the database schema up to date
     nasprune serve [--workers N]          # db upgrade, N worker processes and the HTTP API (docs at /docs)
     nasprune worker [--once]              # one more worker process (on this or another machine)
+    nasprune token create NAME            # an API token (printed once); from then on the API needs one
+    nasprune token list | revoke NAME
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import transformers
 
@@ -224,6 +227,64 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _token_session() -> Iterator[tuple[Any, Any]]:
+    """(settings, session) on the service database, brought up to date first (as `serve` does)."""
+    from service.config import get_settings
+    from service.db import make_engine, session_factory, upgrade
+
+    settings = get_settings()
+    upgrade(settings.url)
+    engine = make_engine(settings.url)
+    try:
+        with session_factory(engine)() as session:
+            yield settings, session
+    finally:
+        engine.dispose()
+
+
+def _stamp(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from service import tokens
+    from service.repository import RepositoryError
+
+    with _token_session() as (settings, session):
+        try:
+            if args.token_command == "create":
+                row, token = tokens.create_token(session, args.name)
+                session.commit()
+                print(token)  # alone on stdout, so `TOKEN=$(nasprune token create ci)` works
+                print(f"created token {row.name!r}: the line above is the token, shown this once (only its hash is "
+                      "stored). Send it as `Authorization: Bearer <token>`; the web page asks for it. "
+                      + ("The API now needs a token on every route but /healthz and the docs."
+                         if settings.auth == "auto" else ""), file=sys.stderr)
+            elif args.token_command == "list":
+                rows = tokens.list_tokens(session)
+                if not rows:
+                    print(f"no tokens (NASPRUNE_AUTH={settings.auth}: "
+                          + ("the API is open to anyone)" if settings.auth == "auto" else "the API refuses requests)"))
+                    return 0
+                width = max(len("name"), *(len(r.name) for r in rows))
+                print(f"{'name':<{width}}  {'created':<20}  {'last used':<20}  status")
+                for r in rows:
+                    state = f"revoked {_stamp(r.revoked_at)}" if r.revoked_at else "active"
+                    print(f"{r.name:<{width}}  {_stamp(r.created_at):<20}  {_stamp(r.last_used_at):<20}  {state}")
+            else:
+                row = tokens.revoke_token(session, args.name)
+                session.commit()
+                print(f"token {row.name!r} revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+                if settings.auth == "auto" and not tokens.active_tokens_exist(session):
+                    print("warning: no active token is left, so the API is open to anyone again "
+                          "(NASPRUNE_AUTH=required keeps it closed)", file=sys.stderr)
+        except RepositoryError as exc:
+            print(f"nasprune: error: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run jobs until SIGTERM / Ctrl-C; the job in progress stops at its next step and goes back to the queue."""
     from service.config import get_settings
@@ -336,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     db_upgrade = db_sub.add_parser("upgrade", help="apply the migrations (creates a new SQLite file)")
     db_upgrade.add_argument("--revision", default="head")
     db_upgrade.set_defaults(func=cmd_db_upgrade)
+    token = sub.add_parser("token", help="API tokens: once one exists, the API needs one (settings: NASPRUNE_*)")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a token and print it (the only time it is shown)")
+    create.add_argument("name", help="who or what holds it, e.g. alice or ci (unique, never reused)")
+    token_sub.add_parser("list", help="the tokens: name, created, last used, revoked (never the token itself)")
+    revoke = token_sub.add_parser("revoke", help="revoke a token at once (its searches stay in the database)")
+    revoke.add_argument("name")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

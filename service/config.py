@@ -6,6 +6,7 @@ engine from a `Settings` they hold, so importing the service never has side effe
     NASPRUNE_DATA_ROOT=/srv/nasprune NASPRUNE_WORKERS=2 nasprune serve
     NASPRUNE_ALLOWED_MODEL_ROOTS='["/models", "/shared/hf"]'   # a JSON list ...
     NASPRUNE_ALLOWED_DATA_ROOTS=/data/a,/data/b                # ... or comma-separated paths
+    NASPRUNE_AUTH=required                                     # bearer tokens even before one exists
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(10.0, gt=0, description="how often a worker stamps its job as alive")
     stale_after_s: float = Field(60.0, gt=0, description="a running job silent this long is taken back")
     max_attempts: int = Field(3, ge=1, description="runs a job gets before a lost worker fails it")
+    # auto: the API needs a bearer token once `nasprune token create` has made one (and is open while no active
+    # token exists); required: it always needs one, and refuses everything but /healthz and the docs until then.
+    auth: Literal["auto", "required"] = "auto"
 
     @field_validator("allowed_model_roots", "allowed_data_roots", mode="before")
     @classmethod

@@ -7,10 +7,15 @@ workers on one SQLite file; see service/db.py for why SQLite transactions alone 
 
 Searches are returned as ORM objects (`models.Search`); trials convert to and from `search.runner.Trial`, the
 type the search loop hands to its `on_trial` callback and takes back to resume.
+
+Ownership: with API tokens on, each search belongs to the token that created it. The functions an API route
+calls first take `owner` (the caller's token id): a search of another owner is SearchNotFound, exactly like an
+unknown id, so a caller cannot even learn that it exists. `owner=None` (no tokens; the worker) sees every search.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -135,24 +140,40 @@ def _insert_ignoring_conflicts(session: Session, table: Table, values: dict[str,
 # ------------------------------------------------------------------------------------------------ searches
 
 
+def scoped_key(idempotency_key: str | None, owner: str | None) -> str | None:
+    """The stored form of a client's idempotency key: the key itself without an owner; with one,
+    "<owner>:<sha256 of the key>", so equal keys of two tokens are two searches (the UNIQUE constraint stays
+    global) and the value fits the 200-character column whatever the key's length."""
+    if idempotency_key is None or owner is None:
+        return idempotency_key
+    return f"{owner}:{hashlib.sha256(idempotency_key.encode('utf-8')).hexdigest()}"
+
+
+def _owned(owner: str | None) -> list[Any]:
+    """The WHERE clause limiting searches to `owner`'s (none without an owner)."""
+    return [] if owner is None else [Search.owner_id == owner]
+
+
 def create_search(session: Session, *, request: dict[str, Any], idempotency_key: str | None = None,
-                  folder_root: str | Path | None = None) -> tuple[Search, bool]:
-    """Queue a new search; (search, created). A known idempotency key returns its search with created=False, so a
-    client retrying a POST after a timeout gets the same search instead of a second one.
+                  folder_root: str | Path | None = None, owner: str | None = None) -> tuple[Search, bool]:
+    """Queue a new search owned by `owner`; (search, created). A known idempotency key (of the same owner)
+    returns its search with created=False, so a client retrying a POST after a timeout gets the same search
+    instead of a second one.
 
     `folder_root`, if given, sets the run folder to <folder_root>/<id>.
     """
-    if idempotency_key is not None:
-        existing = session.scalar(select(Search).where(Search.idempotency_key == idempotency_key))
+    key = scoped_key(idempotency_key, owner)
+    if key is not None:
+        existing = session.scalar(select(Search).where(Search.idempotency_key == key, *_owned(owner)))
         if existing is not None:
             return existing, False
     search_id = new_id()  # chosen here, so the folder can name it
     values: dict[str, Any] = {
-        "id": search_id, "status": SearchStatus.QUEUED, "request": request, "idempotency_key": idempotency_key,
+        "id": search_id, "status": SearchStatus.QUEUED, "request": request, "idempotency_key": key,
         "created_at": utcnow(), "cancel_requested": False, "attempts": 0, "evaluations_done": 0,
-        "folder": str(Path(folder_root) / search_id) if folder_root is not None else None,
+        "folder": str(Path(folder_root) / search_id) if folder_root is not None else None, "owner_id": owner,
     }
-    if idempotency_key is None:
+    if key is None:
         search = Search(**values)
         session.add(search)
         session.flush()
@@ -160,26 +181,27 @@ def create_search(session: Session, *, request: dict[str, Any], idempotency_key:
     # Two clients racing with one key: exactly one INSERT lands; the other reads the winner's row.
     if _insert_ignoring_conflicts(session, Search.__table__, values):
         return session.get_one(Search, search_id), True
-    winner = session.scalar(select(Search).where(Search.idempotency_key == idempotency_key))
+    winner = session.scalar(select(Search).where(Search.idempotency_key == key, *_owned(owner)))
     if winner is None:  # the conflict was not on the key (a uuid4 collision): not a real possibility
         raise RepositoryError(f"could not store the search with idempotency key {idempotency_key!r}")
     return winner, False
 
 
-def get_search(session: Session, search_id: str) -> Search:
+def get_search(session: Session, search_id: str, *, owner: str | None = None) -> Search:
+    """The search `search_id`; SearchNotFound if there is none or, given an owner, if it is someone else's."""
     search = session.get(Search, search_id)
-    if search is None:
+    if search is None or (owner is not None and search.owner_id != owner):
         raise SearchNotFound(search_id)
     return search
 
 
 def list_searches(session: Session, *, status: SearchStatus | str | Iterable[SearchStatus | str] | None = None,
-                  offset: int = 0, limit: int = 50) -> tuple[list[Search], int]:
-    """A page of searches, newest first, and the total count matching the filter (for the pager)."""
+                  offset: int = 0, limit: int = 50, owner: str | None = None) -> tuple[list[Search], int]:
+    """A page of searches (of `owner`, if given), newest first, and the total count matching the filter."""
     if offset < 0 or not 1 <= limit <= MAX_PAGE:
         raise InvalidArgument(f"need offset >= 0 and 1 <= limit <= {MAX_PAGE}, got offset={offset}, limit={limit}")
     statuses = _statuses(status)
-    where = [Search.status.in_(statuses)] if statuses is not None else []
+    where = ([Search.status.in_(statuses)] if statuses is not None else []) + _owned(owner)
     total = session.scalar(select(func.count()).select_from(Search).where(*where)) or 0
     rows = session.scalars(select(Search).where(*where).order_by(Search.created_at.desc(), Search.id.desc())
                            .offset(offset).limit(limit)).all()
@@ -200,10 +222,10 @@ def update_progress(session: Session, search_id: str, **fields: Any) -> Search:
     return search
 
 
-def request_cancel(session: Session, search_id: str) -> Search:
+def request_cancel(session: Session, search_id: str, *, owner: str | None = None) -> Search:
     """Ask a search to stop. A queued one is cancelled at once (no worker holds it); a running one is flagged
     and its worker stops at its next heartbeat; a finished one is left as it is."""
-    search = get_search(session, search_id)
+    search = get_search(session, search_id, owner=owner)
     # Conditional UPDATEs, not a read then a write: a worker may claim the queued search at the same moment.
     session.execute(update(Search).where(Search.id == search_id, Search.status == SearchStatus.QUEUED)
                     .values(status=SearchStatus.CANCELLED, cancel_requested=True, finished_at=utcnow())
@@ -214,10 +236,10 @@ def request_cancel(session: Session, search_id: str) -> Search:
     return search
 
 
-def delete_search(session: Session, search_id: str, *, force: bool = False) -> None:
+def delete_search(session: Session, search_id: str, *, force: bool = False, owner: str | None = None) -> None:
     """Delete a search and (by ON DELETE CASCADE) its trials, front and export records. Its files are the
     caller's to remove. A running search is refused unless `force`: its worker would keep writing."""
-    search = get_search(session, search_id)
+    search = get_search(session, search_id, owner=owner)
     if search.status in RUNNING_STATUSES and not force:
         raise SearchActive(f"search {search_id} is {search.status}; cancel it and wait until it stops, "
                            "or delete with force")
@@ -259,9 +281,10 @@ def add_trial(session: Session, search_id: str, trial: Trial) -> bool:
     return False
 
 
-def list_trials(session: Session, search_id: str, *, offset: int = 0, limit: int | None = None) -> list[TrialRow]:
+def list_trials(session: Session, search_id: str, *, offset: int = 0, limit: int | None = None,
+                owner: str | None = None) -> list[TrialRow]:
     """Trials in evaluation order."""
-    get_search(session, search_id)
+    get_search(session, search_id, owner=owner)
     query = select(TrialRow).where(TrialRow.search_id == search_id).order_by(TrialRow.index).offset(offset)
     return list(session.scalars(query.limit(limit) if limit is not None else query).all())
 
@@ -303,8 +326,8 @@ def replace_front(session: Session, search_id: str, points: Sequence[Mapping[str
     return rows
 
 
-def list_front(session: Session, search_id: str) -> list[FrontPoint]:
-    get_search(session, search_id)
+def list_front(session: Session, search_id: str, *, owner: str | None = None) -> list[FrontPoint]:
+    get_search(session, search_id, owner=owner)
     return list(session.scalars(select(FrontPoint).where(FrontPoint.search_id == search_id)
                                 .order_by(FrontPoint.position)).all())
 

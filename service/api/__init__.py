@@ -5,6 +5,9 @@
 
 The app brings the database schema up to date when it starts (service.db.upgrade, then check_schema), so a
 fresh data root works at once; it creates its engine there, never at import time.
+
+Every route runs `auth.current_owner` (an app-level dependency): with API tokens on, a route cannot be reached
+without one unless it is declared with `openapi_extra=auth.PUBLIC`.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from .. import repository as repo
 from ..config import Settings, get_settings
 from ..db import check_schema, make_engine, session_factory, upgrade
+from .auth import current_owner, document_security
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             engine.dispose()
 
-    app = FastAPI(title="nasprune", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="nasprune", version="0.1.0", lifespan=lifespan, dependencies=[Depends(current_owner)],
                   description="Search for the best ways to prune a fine-tuned BERT encoder: submit a search, "
                               "follow its progress, download the sub-networks on its Pareto front.")
 
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from .routes import router
 
     app.include_router(router)
+    document_security(app)
     return app
 
 

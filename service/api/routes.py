@@ -18,6 +18,7 @@ from .. import repository as repo
 from ..db import current_revision
 from ..models import Search, SearchStatus, TrialRow
 from ..worker import LOG_FILE
+from .auth import PUBLIC, OwnerDep
 from .deps import SessionDep, SettingsDep
 from .exports import FORMATS, archive_name, build_export
 from .schemas import (
@@ -74,12 +75,12 @@ def folder_of(search: Search, settings: Any) -> Path:
 # ------------------------------------------------------------------------------------------------ routes
 
 
-@router.get("/", include_in_schema=False)
+@router.get("/", include_in_schema=False, openapi_extra=PUBLIC)
 def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-@router.get("/healthz", response_model=Health, tags=["meta"])
+@router.get("/healthz", response_model=Health, tags=["meta"], openapi_extra=PUBLIC)
 def healthz(session: SessionDep) -> Health:
     session.execute(text("SELECT 1"))
     return Health(status="ok", database="ok", schema_revision=current_revision(session.get_bind()))
@@ -90,7 +91,7 @@ def healthz(session: SessionDep) -> Health:
                         409: {"description": "the idempotency key was used for another request"},
                         422: {"description": "the request cannot run (the detail says why)"}})
 def create_search(body: SearchCreate, response: Response, settings: SettingsDep, session: SessionDep,
-                  idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> SearchRead:
+                  owner: OwnerDep, idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> SearchRead:
     key = body.idempotency_key or idempotency_key
     if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
         raise HTTPException(422, "the Idempotency-Key header and the idempotency_key field differ")
@@ -100,7 +101,7 @@ def create_search(body: SearchCreate, response: Response, settings: SettingsDep,
         raise HTTPException(422, str(exc)) from None
     request = repo.request_dict(spec, job)
     search, created = repo.create_search(session, request=request, idempotency_key=key,
-                                         folder_root=settings.searches_root)
+                                         folder_root=settings.searches_root, owner=owner)
     if not created and search.request != request:
         raise HTTPException(409, f"idempotency key {key!r} was already used for a different request "
                                  f"(search {search.id})")
@@ -113,22 +114,22 @@ def create_search(body: SearchCreate, response: Response, settings: SettingsDep,
 
 
 @router.get("/searches", response_model=SearchPage, tags=["searches"])
-def list_searches(session: SessionDep, offset: Annotated[int, Query(ge=0)] = 0,
+def list_searches(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0)] = 0,
                   limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
                   status_filter: Annotated[list[SearchStatus] | None, Query(alias="status")] = None) -> SearchPage:
-    rows, total = repo.list_searches(session, status=status_filter, offset=offset, limit=limit)
+    rows, total = repo.list_searches(session, status=status_filter, offset=offset, limit=limit, owner=owner)
     return SearchPage(items=[search_read(s) for s in rows], total=total, offset=offset, limit=limit)
 
 
 @router.get("/searches/{search_id}", response_model=SearchRead, tags=["searches"])
-def get_search(search_id: str, session: SessionDep) -> SearchRead:
-    return search_read(repo.get_search(session, search_id))
+def get_search(search_id: str, session: SessionDep, owner: OwnerDep) -> SearchRead:
+    return search_read(repo.get_search(session, search_id, owner=owner))
 
 
 @router.get("/searches/{search_id}/trials", response_model=TrialPage, tags=["searches"])
-def list_trials(search_id: str, session: SessionDep, offset: Annotated[int, Query(ge=0)] = 0,
+def list_trials(search_id: str, session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0)] = 0,
                 limit: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> TrialPage:
-    rows = repo.list_trials(session, search_id, offset=offset, limit=limit)
+    rows = repo.list_trials(session, search_id, offset=offset, limit=limit, owner=owner)
     return TrialPage(items=[trial_read(r) for r in rows], total=repo.count_trials(session, search_id),
                      offset=offset)
 
@@ -144,11 +145,11 @@ def _front_file(search: Search, settings: Any) -> dict[str, Any]:
 
 
 @router.get("/searches/{search_id}/pareto", response_model=ParetoRead, tags=["searches"])
-def pareto(search_id: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    search = repo.get_search(session, search_id)
+def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> dict[str, Any]:
+    search = repo.get_search(session, search_id, owner=owner)
     front = _front_file(search, settings)
     points = []
-    for row in repo.list_front(session, search_id):
+    for row in repo.list_front(session, search_id, owner=owner):
         downloads = {f: f"/searches/{search_id}/pareto/{row.position}/download?format={f}" for f in FORMATS}
         points.append(PointRead(position=row.position, trial_index=row.trial_index, config=row.config,
                                 objectives=row.objectives, validation=row.validation, test=row.test,
@@ -158,15 +159,15 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep) -> dict[s
 
 @router.get("/searches/{search_id}/pareto/{point}/download", tags=["searches"],
             response_class=FileResponse, responses={200: {"content": {"application/gzip": {}}}})
-def download(search_id: str, point: int, session: SessionDep, settings: SettingsDep,
+def download(search_id: str, point: int, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
              format: Literal["hf", "onnx"] = "hf") -> FileResponse:
     """The front point as a .tar.gz of a Hugging Face folder (`hf`) or of that folder plus model.onnx (`onnx`).
     Built on the first request (seconds to minutes), then served from the cache."""
-    search = repo.get_search(session, search_id)
+    search = repo.get_search(session, search_id, owner=owner)
     _front_file(search, settings)
     row = repo.get_front_point(session, search_id, point)
     if row is None:
-        count = len(repo.list_front(session, search_id))
+        count = len(repo.list_front(session, search_id, owner=owner))
         raise HTTPException(404, f"search {search_id} has no front point {point} (it has {count}: 0..{count - 1})")
     cached = repo.get_export(session, search_id=search_id, position=point, format=format)
     if cached is not None and Path(cached.path).is_file():
@@ -186,20 +187,20 @@ def download(search_id: str, point: int, session: SessionDep, settings: Settings
 
 
 @router.post("/searches/{search_id}/cancel", response_model=SearchRead, tags=["searches"])
-def cancel(search_id: str, session: SessionDep) -> SearchRead:
+def cancel(search_id: str, session: SessionDep, owner: OwnerDep) -> SearchRead:
     """A queued search is cancelled at once; a running one stops at its worker's next heartbeat, keeping the
     trials done; an ended one is left as it is."""
-    search = repo.request_cancel(session, search_id)
+    search = repo.request_cancel(session, search_id, owner=owner)
     session.commit()
     return search_read(search)
 
 
 @router.delete("/searches/{search_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["searches"],
                responses={409: {"description": "the search is running: cancel it first"}})
-def delete(search_id: str, session: SessionDep, settings: SettingsDep) -> Response:
-    search = repo.get_search(session, search_id)
+def delete(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> Response:
+    search = repo.get_search(session, search_id, owner=owner)
     folder = folder_of(search, settings)
-    repo.delete_search(session, search_id)
+    repo.delete_search(session, search_id, owner=owner)
     session.commit()
     # Only ever remove a folder inside the searches root (the folder column comes from the database).
     if folder.is_dir() and folder.resolve().is_relative_to(settings.searches_root.resolve()):
@@ -208,9 +209,9 @@ def delete(search_id: str, session: SessionDep, settings: SettingsDep) -> Respon
 
 
 @router.get("/searches/{search_id}/logs", response_class=PlainTextResponse, tags=["searches"])
-def logs(search_id: str, session: SessionDep, settings: SettingsDep,
+def logs(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
          tail: Annotated[int | None, Query(ge=1, le=100_000, description="only the last N lines")] = None) -> str:
-    search = repo.get_search(session, search_id)
+    search = repo.get_search(session, search_id, owner=owner)
     path = folder_of(search, settings) / LOG_FILE
     if not path.is_file():
         return ""
