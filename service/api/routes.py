@@ -19,7 +19,7 @@ from ..db import current_revision
 from ..models import Search, SearchStatus, TrialRow
 from ..worker import LOG_FILE
 from .deps import SessionDep, SettingsDep
-from .exports import FORMATS, archive_name, build_export
+from .exports import FORMATS, archive_name, build_export, servable
 from .schemas import (
     Health,
     Links,
@@ -169,7 +169,7 @@ def download(search_id: str, point: int, session: SessionDep, settings: Settings
         count = len(repo.list_front(session, search_id))
         raise HTTPException(404, f"search {search_id} has no front point {point} (it has {count}: 0..{count - 1})")
     cached = repo.get_export(session, search_id=search_id, position=point, format=format)
-    if cached is not None and Path(cached.path).is_file():
+    if cached is not None and servable(cached.path, folder_of(search, settings)):
         path = Path(cached.path)
     else:
         from supernet.extract import ExportError
