@@ -18,6 +18,7 @@ from .. import repository as repo
 from ..db import current_revision
 from ..models import Search, SearchStatus, TrialRow
 from ..worker import LOG_FILE
+from .auth import OwnerDep
 from .deps import SessionDep, SettingsDep
 from .exports import FORMATS, archive_name, build_export, servable
 from .schemas import (
@@ -90,12 +91,13 @@ def healthz(session: SessionDep) -> Health:
                         409: {"description": "the idempotency key was used for another request"},
                         422: {"description": "the request cannot run (the detail says why)"}})
 def create_search(body: SearchCreate, response: Response, settings: SettingsDep, session: SessionDep,
-                  idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> SearchRead:
+                  owner: OwnerDep, idempotency_key: Annotated[str | None, Header(max_length=200)] = None
+                  ) -> SearchRead:
     key = body.idempotency_key or idempotency_key
     if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
         raise HTTPException(422, "the Idempotency-Key header and the idempotency_key field differ")
     try:
-        spec, job = build_request(body, settings)
+        spec, job = build_request(body, settings, session=session, owner_id=owner)
     except InvalidSearch as exc:
         raise HTTPException(422, str(exc)) from None
     request = repo.request_dict(spec, job)
