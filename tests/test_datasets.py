@@ -94,6 +94,7 @@ def test_upload_read_list_delete(client, workspace, settings) -> None:
     ("train.jsonl", {}, b'{"text": "a", "label": 1}\n\n{"label": 0, "text": "b"}\n', "jsonl", ["text", "label"]),
     ("export.txt", {"format": "csv"}, "\ufefftext,label\nh\u00e9llo,1\n".encode(), "csv", ["text", "label"]),
     ("x.CSV", {"format": "CSV"}, b"text,label\r\na,1\r\n", "csv", ["text", "label"]),
+    ("x.tsv", {"format": ""}, b"text\tlabel\na,b\t1\n", "tsv", ["text", "label"]),  # an empty field: from the name
 ])
 def test_upload_formats(client, filename, fields, content, fmt, columns) -> None:
     response = upload(client, content, filename=filename, **fields)

@@ -190,7 +190,7 @@ async def upload(request: Request, settings: SettingsDep, factory: FactoryDep, o
         if not name or len(name) > MAX_NAME or not name.isprintable():
             raise HTTPException(422, f"the form field `name` is required: 1 to {MAX_NAME} printable characters")
         try:
-            fmt = ds.format_for(ds.display_name(upload.filename), upload.fields.get("format"))
+            fmt = ds.format_for(ds.display_name(upload.filename), upload.fields.get("format") or None)
         except ds.DatasetError as exc:
             raise HTTPException(422, str(exc)) from None
         dataset = await run_in_threadpool(_store, settings, factory, owner, dataset_id, part, upload, name, fmt)
