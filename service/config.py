@@ -7,6 +7,7 @@ engine from a `Settings` they hold, so importing the service never has side effe
     NASPRUNE_ALLOWED_MODEL_ROOTS='["/models", "/shared/hf"]'   # a JSON list ...
     NASPRUNE_ALLOWED_DATA_ROOTS=/data/a,/data/b                # ... or comma-separated paths
     NASPRUNE_AUTH=required                                     # bearer tokens even before one exists
+    NASPRUNE_MAX_UPLOAD_BYTES=1073741824 NASPRUNE_MAX_BODY_BYTES=65536   # request size limits (HTTP 413)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DATABASE_FILE = "nasprune.db"
 SEARCHES_DIR = "searches"
+DATASETS_DIR = "datasets"
+MIB = 1024 * 1024
 
 
 def within_roots(path: str | Path, roots: list[Path]) -> bool:
@@ -53,6 +56,9 @@ class Settings(BaseSettings):
     # auto: the API needs a bearer token once `nasprune token create` has made one (and is open while no active
     # token exists); required: it always needs one, and refuses everything but /healthz and the docs until then.
     auth: Literal["auto", "required"] = "auto"
+    # Request size limits (HTTP 413 past them): a dataset file uploaded to POST /datasets, any other request body.
+    max_upload_bytes: int = Field(200 * MIB, ge=1, description="largest dataset file POST /datasets accepts")
+    max_body_bytes: int = Field(MIB, ge=1, description="largest request body of the other routes")
 
     @field_validator("allowed_model_roots", "allowed_data_roots", mode="before")
     @classmethod
@@ -102,6 +108,14 @@ class Settings(BaseSettings):
     def search_folder(self, search_id: str) -> Path:
         """The run folder of one search (supernet checkpoints, trials.jsonl, front.json, exports)."""
         return self.searches_root / search_id
+
+    @property
+    def datasets_root(self) -> Path:
+        return self.data_root / DATASETS_DIR
+
+    def dataset_folder(self, dataset_id: str) -> Path:
+        """The folder of one uploaded dataset (the file, under a name the server chose)."""
+        return self.datasets_root / dataset_id
 
 
 def _unique(paths: list[Path]) -> list[Path]:

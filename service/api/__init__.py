@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from .. import datasets
 from .. import repository as repo
 from ..config import Settings, get_settings
 from ..db import check_schema, make_engine, session_factory, upgrade
@@ -33,7 +34,11 @@ ERROR_STATUS: dict[type[Exception], int] = {
     repo.SearchActive: 409,
     repo.TrialConflict: 409,
     repo.InvalidArgument: 422,
+    datasets.DatasetNotFound: 404,
+    datasets.DatasetInUse: 409,
 }
+# Room for the multipart framing and the small form fields around an uploaded file of max_upload_bytes.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -76,9 +81,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         return JSONResponse({"detail": _validation_detail(exc), "errors": errors}, status_code=422)
 
+    from .datasets import UPLOAD_ROUTE
+    from .datasets import router as datasets_router
+    from .limits import BodySizeLimit
     from .routes import router
 
     app.include_router(router)
+    app.include_router(datasets_router)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes,  # type: ignore[arg-type]
+                       upload_limit=settings.max_upload_bytes + UPLOAD_OVERHEAD_BYTES,
+                       upload_routes=frozenset({UPLOAD_ROUTE}))
     document_security(app)
     return app
 

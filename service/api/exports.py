@@ -6,17 +6,26 @@
 Both are written under a temporary name and renamed into place, so a crash or a concurrent request never leaves
 a half-written export where the next request would serve it. A lock per (search, point, format) keeps two
 requests in this process from building the same export twice.
+
+The archive holds the export folder's regular files and folders only, as relative members under one top folder:
+a symlink, a hard link (a file with more than one link), a device or a pipe found there is left out, never
+followed, so nothing planted in the folder can pull a file from elsewhere into a download. Members carry no
+owner and plain modes. A cached archive is served only if it is a plain file where the server wrote it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import stat
 import tarfile
 import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "onnx")
 EXPORTS_DIR = "exports"
@@ -34,6 +43,45 @@ def archive_name(search_id: str, position: int, format: str) -> str:
     return f"nasprune-{search_id[:8]}-point{position}-{format}"
 
 
+def is_plain_file(path: str | Path) -> bool:
+    """A regular file with one link, the path itself not a symlink (what the server writes, nothing planted)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
+def servable(path: str | Path, folder: Path) -> bool:
+    """Whether a cached archive path may be served: a plain file inside the search folder's exports."""
+    path = Path(path)
+    exports = (folder / EXPORTS_DIR).resolve()
+    return is_plain_file(path) and path.resolve().parent == exports
+
+
+def _add_tree(tar: tarfile.TarFile, folder: Path, arcname: str) -> list[str]:
+    """Add `folder` as `arcname`: its folders and plain files, recursively; returns what was left out."""
+    info = tarfile.TarInfo(arcname)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(os.lstat(folder).st_mtime)
+    tar.addfile(info)
+    skipped = []
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            name = f"{arcname}/{entry.name}"
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                skipped += _add_tree(tar, Path(entry.path), name)
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)  # swapped for a symlink since: fails
+                with os.fdopen(fd, "rb") as f:
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode, info.mtime = os.fstat(fd).st_size, 0o644, int(st.st_mtime)
+                    tar.addfile(info, f)
+            else:
+                skipped.append(name)
+    return skipped
+
+
 def build_export(folder: Path, search_id: str, position: int, format: str, point: dict[str, Any]) -> Path:
     """The .tar.gz of front point `position` in `format`, built if it is not there yet."""
     from supernet.config import SubNetworkConfig
@@ -44,9 +92,13 @@ def build_export(folder: Path, search_id: str, position: int, format: str, point
     out = exports / f"{position}-{format}"
     archive = exports / f"{position}-{format}.tar.gz"
     with _lock((search_id, position, format)):
-        if archive.is_file():
+        if is_plain_file(archive):
             return archive
         exports.mkdir(parents=True, exist_ok=True)
+        if archive.is_symlink() or archive.exists():
+            archive.unlink()  # not a file the server wrote (a symlink, a hard link): build it again
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            out.unlink()
         if not out.is_dir():
             run = Run(folder)
             supernet = run.load_supernet()
@@ -64,7 +116,9 @@ def build_export(folder: Path, search_id: str, position: int, format: str, point
         tmp_archive = exports / f".{archive.name}.tmp"
         try:
             with tarfile.open(tmp_archive, "w:gz") as tar:
-                tar.add(out, arcname=archive_name(search_id, position, format))
+                skipped = _add_tree(tar, out, archive_name(search_id, position, format))
+            if skipped:
+                log.warning("export %s left out what is not a plain file or folder: %s", out, ", ".join(skipped))
             os.replace(tmp_archive, archive)
         finally:
             tmp_archive.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from ..models import Search, SearchStatus, TrialRow
 from ..worker import LOG_FILE
 from .auth import PUBLIC, OwnerDep
 from .deps import SessionDep, SettingsDep
-from .exports import FORMATS, archive_name, build_export
+from .exports import FORMATS, archive_name, build_export, servable
 from .schemas import (
     Health,
     Links,
@@ -91,12 +91,13 @@ def healthz(session: SessionDep) -> Health:
                         409: {"description": "the idempotency key was used for another request"},
                         422: {"description": "the request cannot run (the detail says why)"}})
 def create_search(body: SearchCreate, response: Response, settings: SettingsDep, session: SessionDep,
-                  owner: OwnerDep, idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> SearchRead:
+                  owner: OwnerDep, idempotency_key: Annotated[str | None, Header(max_length=200)] = None
+                  ) -> SearchRead:
     key = body.idempotency_key or idempotency_key
     if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
         raise HTTPException(422, "the Idempotency-Key header and the idempotency_key field differ")
     try:
-        spec, job = build_request(body, settings)
+        spec, job = build_request(body, settings, session=session, owner_id=owner)
     except InvalidSearch as exc:
         raise HTTPException(422, str(exc)) from None
     request = repo.request_dict(spec, job)
@@ -170,7 +171,7 @@ def download(search_id: str, point: int, session: SessionDep, settings: Settings
         count = len(repo.list_front(session, search_id, owner=owner))
         raise HTTPException(404, f"search {search_id} has no front point {point} (it has {count}: 0..{count - 1})")
     cached = repo.get_export(session, search_id=search_id, position=point, format=format)
-    if cached is not None and Path(cached.path).is_file():
+    if cached is not None and servable(cached.path, folder_of(search, settings)):
         path = Path(cached.path)
     else:
         from supernet.extract import ExportError

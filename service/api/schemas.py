@@ -9,22 +9,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _STRICT = ConfigDict(extra="forbid")
 
 
 class CustomTaskIn(BaseModel):
-    """A user's dataset: CSV, TSV or JSONL files under an allowed data root (relative paths: under data_root)."""
+    """A user's dataset: for each split, an uploaded dataset's id (POST /datasets) or a CSV, TSV or JSONL file
+    under an allowed data root (relative paths: under data_root)."""
 
     model_config = _STRICT
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    train_file: str = Field(min_length=1, max_length=1000)
-    test_file: str = Field(min_length=1, max_length=1000)
+    train_file: str | None = Field(None, min_length=1, max_length=1000)
+    test_file: str | None = Field(None, min_length=1, max_length=1000)
+    train_dataset: str | None = Field(None, min_length=1, max_length=64, description="an uploaded dataset's id")
+    test_dataset: str | None = Field(None, min_length=1, max_length=64, description="an uploaded dataset's id")
     text_columns: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
     label_column: str = Field("label", min_length=1, max_length=200)
     task_type: Literal["classification", "regression"] = "classification"
+
+    @model_validator(mode="after")
+    def _one_source_per_split(self) -> CustomTaskIn:
+        for split in ("train", "test"):
+            if (getattr(self, f"{split}_file") is None) == (getattr(self, f"{split}_dataset") is None):
+                raise ValueError(f"give exactly one of {split}_file (a path) and {split}_dataset (an uploaded "
+                                 "dataset's id)")
+        return self
 
 
 class BudgetIn(BaseModel):
@@ -160,6 +171,26 @@ class ParetoRead(BaseModel):
     points: list[PointRead]
     reference: dict[str, Any] | None = None
     hypervolume: float | None = None
+
+
+class DatasetRead(BaseModel):
+    """An uploaded dataset (its server-side path is not shown: a search names it by id)."""
+
+    id: str
+    name: str
+    filename: str = Field(description="the uploaded file's name, for display")
+    format: str
+    size_bytes: int
+    num_rows: int
+    columns: list[str]
+    created_at: datetime
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetRead]
+    total: int
+    offset: int
+    limit: int
 
 
 class Health(BaseModel):

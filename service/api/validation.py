@@ -2,13 +2,21 @@
 
 A request that would fail in the worker minutes later should fail here at once, with a message the client can
 act on: the model's architecture (read from its config only, never remote code), paths inside the allowed
-roots, the task's files, the names of the space, objectives and optimizer. Every problem is an `InvalidSearch`
-(HTTP 422).
+roots, the task's files and their columns, the names of the space, objectives and optimizer. Every problem is
+an `InvalidSearch` (HTTP 422).
+
+Paths are a security boundary: a URL (anything with a scheme), '..', a control character, or a path that leaves
+the allowed roots once symlinks are resolved is refused, and the resolved path is what the worker gets. Uploaded
+datasets are named by id and looked up for the caller only; their files cannot be named by path.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from search.job import LatencyShape, SearchJob
 from search.objectives import ObjectiveError, resolve_objectives
@@ -20,11 +28,14 @@ from supernet.run import CustomTask, RunSpec
 from supernet.space import SPACES
 from supernet.training import TrainingConfig
 
+from .. import datasets
 from ..config import Settings, within_roots
-from .schemas import SearchCreate
+from .schemas import CustomTaskIn, SearchCreate
 
 MODEL_ALIASES = ("minilm",)
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
+# "http://...", "file:...", "s3://...", "hf://...": any scheme. (A hub id "org/name" has no colon.)
+URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 class InvalidSearch(ValueError):
@@ -35,30 +46,56 @@ def _roots_text(roots: list[Path]) -> str:
     return ", ".join(str(r) for r in roots)
 
 
+def _check_text(text: str, what: str) -> None:
+    """Refuse URLs and control characters before anything treats `text` as a path."""
+    url = URL_RE.match(text)
+    if url:
+        raise InvalidSearch(f"{what} {text!r}: URLs ({url.group(0)}...) are not accepted; give a path inside the "
+                            "allowed folders" + (" or a hub id such as 'org/name'" if what == "model" else ""))
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise InvalidSearch(f"{what} {text!r}: control characters are not allowed in a path")
+
+
 def _local_path(text: str, what: str, roots: list[Path], base: Path) -> Path:
     """`text` as an absolute path inside `roots` (relative paths are taken under `base`)."""
+    _check_text(text, what)
     path = Path(text).expanduser()
     if ".." in path.parts:
         raise InvalidSearch(f"{what} {text!r}: paths must not contain '..'")
     if not path.is_absolute():
         path = base / path
-    if not within_roots(path, roots):
-        raise InvalidSearch(f"{what} {text!r} is outside the allowed folders ({_roots_text(roots)}); "
-                            "set NASPRUNE_ALLOWED_MODEL_ROOTS / NASPRUNE_ALLOWED_DATA_ROOTS to allow more")
-    return path.resolve()
+    try:
+        inside = within_roots(path, roots)
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a name too long for the file system, a symlink loop
+        raise InvalidSearch(f"{what} {text!r}: not a usable path ({exc})") from None
+    if not inside:
+        raise InvalidSearch(f"{what} {text!r} is outside the allowed folders ({_roots_text(roots)}) once "
+                            "symlinks are followed; set NASPRUNE_ALLOWED_MODEL_ROOTS / NASPRUNE_ALLOWED_DATA_ROOTS "
+                            "to allow more")
+    return resolved
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a file name too long
+        return False
 
 
 def _looks_local(name: str) -> bool:
-    return name.startswith(("/", "~", ".")) or "\\" in name or Path(name).exists() or name.count("/") > 1
+    return (name.startswith(("/", "~", ".")) or "\\" in name or os.path.exists(name)  # never raises
+            or name.count("/") > 1)
 
 
 def check_model(name: str, settings: Settings, max_length: int) -> str:
     """The model reference to store: 'minilm', an absolute folder inside the model roots, or a hub id."""
+    _check_text(name, "model")
     if name in MODEL_ALIASES:
         ref = name
     elif _looks_local(name):
         path = _local_path(name, "model", settings.model_roots, settings.data_root)
-        if not (path / "config.json").is_file():
+        if not _is_file(path / "config.json"):
             raise InvalidSearch(f"model {name!r}: no config.json in {path}")
         ref = str(path)
     else:
@@ -87,23 +124,69 @@ def _check_glue(task: str, data_dir: str | None, settings: Settings) -> tuple[st
     folder = _local_path(data_dir, "data_dir", settings.data_roots, settings.data_root)
     glue = GLUE_TASKS[key]
     needed = [glue.train_file, *(name for _, name in glue.test_files)]
-    missing = [name for name in needed if not (folder / glue.directory / name).is_file()]
+    missing = [name for name in needed if not _is_file(folder / glue.directory / name)]
     if missing:
         raise InvalidSearch(f"data_dir {data_dir!r} has no {glue.directory}/{', '.join(missing)} for {key}")
     return key, str(folder)
 
 
-def _check_data_file(text: str, what: str, settings: Settings) -> str:
+def _check_data_file(text: str, what: str, settings: Settings) -> tuple[str, list[str]]:
+    """The resolved path of a data file named in the request, and its columns (from its first line)."""
     path = _local_path(text, what, settings.data_roots, settings.data_root)
+    if path.is_relative_to(settings.datasets_root.resolve()):
+        # the id is what is checked against the caller; a path would reach another owner's upload
+        raise InvalidSearch(f"{what} {text!r} is an uploaded dataset's file: name it by id "
+                            f"({what.replace('_file', '_dataset')}), GET /datasets lists yours")
     if path.suffix.lower() not in DATA_SUFFIXES:
         raise InvalidSearch(f"{what} {text!r}: expected a {', '.join(DATA_SUFFIXES)} file")
-    if not path.is_file():
+    if not _is_file(path):
         raise InvalidSearch(f"{what} {text!r}: no such file ({path})")
-    return str(path)
+    try:
+        columns = datasets.read_columns(path)
+    except (datasets.DatasetError, OSError) as exc:
+        raise InvalidSearch(f"{what} {text!r}: {exc}") from None
+    return str(path), columns
 
 
-def build_request(body: SearchCreate, settings: Settings) -> tuple[RunSpec, SearchJob]:
-    """Validate `body` and build what the worker runs; raises InvalidSearch."""
+def _check_dataset(dataset_id: str, what: str, session: Session | None, owner_id: str | None) -> tuple[str, list[str]]:
+    """The stored path and columns of the caller's uploaded dataset `dataset_id`."""
+    if session is None:
+        raise InvalidSearch(f"{what}: uploaded datasets can only be named through the API")
+    try:
+        dataset = datasets.get_dataset(session, dataset_id, owner_id=owner_id)
+    except datasets.DatasetNotFound:
+        raise InvalidSearch(f"{what}: no dataset with id {dataset_id!r} (GET /datasets lists yours)") from None
+    if not _is_file(Path(dataset.path)):
+        raise InvalidSearch(f"{what}: the file of dataset {dataset_id!r} is gone; upload it again")
+    return dataset.path, list(dataset.columns)
+
+
+def _check_custom(c: CustomTaskIn, settings: Settings, session: Session | None,
+                  owner_id: str | None) -> CustomTask:
+    """The custom task with its files resolved, once both splits have the text and label columns."""
+    needed = [*c.text_columns, c.label_column]
+    files = {}
+    for split in ("train", "test"):
+        file, dataset_id = getattr(c, f"{split}_file"), getattr(c, f"{split}_dataset")
+        if dataset_id is not None:
+            what = f"{split}_dataset {dataset_id!r}"
+            path, columns = _check_dataset(dataset_id, f"{split}_dataset", session, owner_id)
+        else:
+            what = f"{split}_file {file!r}"
+            path, columns = _check_data_file(file, f"{split}_file", settings)
+        missing = [name for name in needed if name not in columns]
+        if missing:
+            raise InvalidSearch(f"{what} has no column(s) {missing} (text_columns {c.text_columns}, label_column "
+                                f"{c.label_column!r}); its columns are {columns}")
+        files[split] = path
+    return CustomTask(name=c.name, train_file=files["train"], test_file=files["test"],
+                      text_columns=list(c.text_columns), label_column=c.label_column, task_type=c.task_type)
+
+
+def build_request(body: SearchCreate, settings: Settings, *, session: Session | None = None,
+                  owner_id: str | None = None) -> tuple[RunSpec, SearchJob]:
+    """Validate `body` and build what the worker runs; raises InvalidSearch. `session` and `owner_id` look up
+    the uploaded datasets the task names (the caller's only)."""
     if body.space not in SPACES:
         raise InvalidSearch(f"unknown search space {body.space!r}; choose one of {', '.join(SPACES)}")
     if body.optimizer not in OPTIMIZERS:
@@ -123,11 +206,8 @@ def build_request(body: SearchCreate, settings: Settings) -> tuple[RunSpec, Sear
     if isinstance(body.task, str):
         task, data_dir = _check_glue(body.task, body.data_dir, settings)
     else:
-        c = body.task
-        custom = CustomTask(name=c.name, train_file=_check_data_file(c.train_file, "train_file", settings),
-                            test_file=_check_data_file(c.test_file, "test_file", settings),
-                            text_columns=list(c.text_columns), label_column=c.label_column, task_type=c.task_type)
-        task, data_dir = f"custom/{c.name}", None
+        custom = _check_custom(body.task, settings, session, owner_id)
+        task, data_dir = f"custom/{custom.name}", None
     budget = body.budget
     try:
         training = TrainingConfig(epochs=budget.epochs, seed=body.seed)

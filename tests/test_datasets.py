@@ -1,0 +1,306 @@
+"""Uploaded datasets over HTTP, against a real SQLite file: POST /datasets (streamed to the data root, size-limited,
+parsed before it is kept), list / read / delete, owner filtering, searches naming datasets by id (columns
+checked), one such search run by a real worker process, and the download archive of its front built from the
+export folder alone (a planted symlink or hard link pulls nothing in)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from test_api import REPO, body, run_worker_once
+
+from service import tokens
+from service.api import create_app
+from service.config import Settings
+from service.db import make_engine, session_factory
+from service.models import Dataset
+
+MAX_UPLOAD = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def settings(workspace, tmp_path_factory) -> Settings:
+    root = tmp_path_factory.mktemp("datasets")
+    return Settings(data_root=root / "data", allowed_model_roots=[workspace], allowed_data_roots=[workspace],
+                    max_upload_bytes=MAX_UPLOAD, heartbeat_s=1.0, stale_after_s=3.0)
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def worker_env(settings, tmp_path_factory) -> dict[str, str]:
+    return os.environ | {
+        "NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url,
+        "NASPRUNE_ALLOWED_MODEL_ROOTS": json.dumps([str(p) for p in settings.allowed_model_roots]),
+        "NASPRUNE_ALLOWED_DATA_ROOTS": json.dumps([str(p) for p in settings.allowed_data_roots]),
+        "NASPRUNE_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
+    }
+
+
+def upload(client: TestClient, content: bytes, filename: str = "train.csv", name: str | None = "toy",
+           headers: dict[str, str] | None = None, **fields):
+    data = ({"name": name} if name is not None else {}) | fields
+    return client.post("/datasets", files={"file": (filename, content)}, data=data, headers=headers)
+
+
+def leftovers(settings: Settings) -> set[str]:
+    """Folders under the datasets root with no row: what a refused upload must not leave behind."""
+    folders = {p.name for p in settings.datasets_root.iterdir()} if settings.datasets_root.exists() else set()
+    with session_factory(make_engine(settings.url))() as session:
+        known = {d.id for d in session.query(Dataset).all()}
+    return folders - known
+
+
+def custom(**fields) -> dict:
+    return {"name": "toy", "text_columns": ["text"]} | fields
+
+
+# ------------------------------------------------------------------------------------------ uploads
+
+
+def test_upload_read_list_delete(client, workspace, settings) -> None:
+    content = (workspace / "train.csv").read_bytes()
+    response = upload(client, content, name="toy train")
+    assert response.status_code == 201, response.text
+    data = response.json()
+    assert (data["name"], data["filename"], data["format"]) == ("toy train", "train.csv", "csv")
+    assert (data["columns"], data["num_rows"], data["size_bytes"]) == (["id", "text", "label"], 60, len(content))
+    assert "path" not in data  # a search names it by id; the server's paths are not shown
+    stored = settings.dataset_folder(data["id"])
+    assert [p.name for p in stored.iterdir()] == ["data.csv"] and (stored / "data.csv").read_bytes() == content
+
+    assert client.get(f"/datasets/{data['id']}").json() == data
+    page = client.get("/datasets", params={"limit": 1}).json()
+    assert page["limit"] == 1 and page["total"] >= 1 and page["items"][0]["id"] == data["id"]  # newest first
+    assert client.get("/datasets", params={"limit": 0}).status_code == 422
+
+    assert client.delete(f"/datasets/{data['id']}").status_code == 204
+    assert not stored.exists()
+    assert client.get(f"/datasets/{data['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(("filename", "fields", "content", "fmt", "columns"), [
+    ("train.tsv", {}, b"sentence\tlabel\nhello there\t1\nbye\t0\n", "tsv", ["sentence", "label"]),
+    ("train.jsonl", {}, b'{"text": "a", "label": 1}\n\n{"label": 0, "text": "b"}\n', "jsonl", ["text", "label"]),
+    ("export.txt", {"format": "csv"}, "\ufefftext,label\nh\u00e9llo,1\n".encode(), "csv", ["text", "label"]),
+    ("x.CSV", {"format": "CSV"}, b"text,label\r\na,1\r\n", "csv", ["text", "label"]),
+    ("x.tsv", {"format": ""}, b"text\tlabel\na,b\t1\n", "tsv", ["text", "label"]),  # an empty field: from the name
+])
+def test_upload_formats(client, filename, fields, content, fmt, columns) -> None:
+    response = upload(client, content, filename=filename, **fields)
+    assert response.status_code == 201, response.text
+    assert (response.json()["format"], response.json()["columns"]) == (fmt, columns)
+
+
+BAD_UPLOADS: dict[str, tuple[str, bytes, dict, str]] = {
+    "not UTF-8": ("a.csv", "text,label\ncaf\u00e9,1\n".encode("latin-1"), {}, "not UTF-8"),
+    "binary": ("a.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", {}, "not UTF-8"),
+    "NUL bytes": ("a.csv", b"text,label\na\x00b,1\n", {}, "line 2 contains NUL bytes"),
+    "empty file": ("a.csv", b"", {}, "empty file"),
+    "header only": ("a.csv", b"text,label\n", {}, "no data rows"),
+    "ragged rows": ("a.csv", b"text,label\na,1\nb,0,extra\n", {}, "line 3 has 3 fields"),
+    "repeated column": ("a.csv", b"text,text,label\na,b,1\n", {}, "['text'] appear more than once"),
+    "too many columns": ("a.csv", (",".join(f"c{i}" for i in range(1001)) + "\n" + "1," * 1000 + "1\n").encode(),
+                         {}, "at most 1000"),
+    "TSV named .csv": ("a.csv", b"text\tlabel\na\t1\n", {}, "is this TSV?"),
+    "JSON array line": ("a.jsonl", b'{"text": "a", "label": 1}\n[1, 2]\n', {}, "line 2: expected a JSON object"),
+    "JSON keys differ": ("a.jsonl", b'{"text": "a", "label": 1}\n{"text": "b"}\n', {}, "line 2 has keys"),
+    "invalid JSON": ("a.jsonl", b'{"text": "a", "label": 1\n', {}, "line 1: invalid JSON"),
+    "one JSON document": ("a.jsonl", b'[{"text": "a", "label": 1}]', {}, "expected a JSON object"),
+    "unknown extension": ("a.xlsx", b"text,label\na,1\n", {}, "cannot tell the format"),
+    "no extension": ("data", b"text,label\na,1\n", {}, "cannot tell the format"),
+    "format vs extension": ("a.jsonl", b"text,label\na,1\n", {"format": "csv"}, "contradicts"),
+    "unknown format": ("a.csv", b"text,label\na,1\n", {"format": "parquet"}, "not one of csv, tsv, jsonl"),
+    "unexpected field": ("a.csv", b"text,label\na,1\n", {"path": "/etc/passwd"}, "unexpected form field 'path'"),
+    "overlong field": ("a.csv", b"text,label\na,1\n", {"format": "c" * 2000}, "longer than 1024 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_uploads_are_refused_and_leave_nothing(client, settings, case) -> None:
+    filename, content, fields, message = BAD_UPLOADS[case]
+    response = upload(client, content, filename=filename, **fields)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
+    assert not leftovers(settings)
+
+
+def test_malformed_forms_are_refused(client, settings) -> None:
+    csv = b"text,label\na,1\n"
+    assert "`name` is required" in upload(client, csv, name=None).json()["detail"]
+    assert "`name` is required" in upload(client, csv, name="  ").json()["detail"]
+    no_file = client.post("/datasets", data={"name": "x"}, files={"other": ("a.csv", csv)})
+    assert no_file.status_code == 422 and "unexpected form field 'other'" in no_file.json()["detail"]
+    only_fields = client.post("/datasets", data={"name": "x"}, files={})
+    assert only_fields.status_code == 415  # urlencoded, not multipart
+    two = client.post("/datasets", data={"name": "x"}, files=[("file", ("a.csv", csv)), ("file", ("b.csv", csv))])
+    assert two.status_code == 422 and "one file per upload" in two.json()["detail"]
+    as_json = client.post("/datasets", json={"name": "x", "file": "text,label\na,1\n"})
+    assert as_json.status_code == 415 and "multipart/form-data" in as_json.json()["detail"]
+    form = (b'--b0undary\r\nContent-Disposition: form-data; name="name"\r\n\r\nx\r\n--b0undary\r\n'
+            b'Content-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\ntext,label\na,1\nb,0\n')
+    headers = {"content-type": "multipart/form-data; boundary=b0undary"}
+    assert client.post("/datasets", content=form + b"\r\n--b0undary--\r\n", headers=headers).status_code == 201
+    cut = client.post("/datasets", content=form, headers=headers)
+    assert cut.status_code == 422 and "closing boundary" in cut.json()["detail"]
+    garbage = client.post("/datasets", content=b"garbage" + form, headers=headers)
+    assert garbage.status_code == 422 and "malformed multipart body" in garbage.json()["detail"]
+    nameless = client.post("/datasets", content=form.replace(b' name="file";', b""), headers=headers)
+    assert nameless.status_code == 422 and "unexpected form field ''" in nameless.json()["detail"]
+    assert not leftovers(settings)
+
+
+def test_upload_over_the_limit_is_413_and_removed(client, settings) -> None:
+    line = b"some words to fill the file up,1\n"
+    at_limit = b"text,label\n" + line * ((MAX_UPLOAD - 11) // len(line))
+    at_limit += b"x" * (MAX_UPLOAD - len(at_limit) - 3) + b",1\n"
+    assert len(at_limit) == MAX_UPLOAD
+    assert upload(client, at_limit).status_code == 201
+    response = upload(client, at_limit + b"y,1\n")
+    assert response.status_code == 413, response.text
+    assert "NASPRUNE_MAX_UPLOAD_BYTES" in response.json()["detail"]
+    assert not leftovers(settings)
+
+
+def test_the_client_filename_is_never_a_path(client, settings, tmp_path) -> None:
+    for filename in ("../../../escape.csv", "/tmp/abs.csv", "..\\..\\win.csv", "a\x00b\nc.csv", ".."):
+        response = upload(client, b"text,label\na,1\n", filename=filename, format="csv")
+        assert response.status_code == 201, (filename, response.text)
+        data = response.json()
+        assert "/" not in data["filename"] and "\\" not in data["filename"] and "\n" not in data["filename"]
+        assert [p.name for p in settings.dataset_folder(data["id"]).iterdir()] == ["data.csv"]
+    assert not (settings.data_root.parent / "escape.csv").exists() and not Path("/tmp/abs.csv").exists()
+
+
+def test_another_owners_dataset_is_not_found(client, workspace, settings) -> None:
+    """With real tokens (the server switches to auth mode while they are active): B never sees A's dataset."""
+    factory = session_factory(make_engine(settings.url))
+    with factory() as session:
+        _, token_a = tokens.create_token(session, "datasets owner a")
+        _, token_b = tokens.create_token(session, "datasets owner b")
+        session.commit()
+    a, b = {"Authorization": f"Bearer {token_a}"}, {"Authorization": f"Bearer {token_b}"}
+    try:
+        assert upload(client, b"text,label\na,1\n").status_code == 401  # anonymous, now that tokens exist
+        dataset_id = upload(client, b"text,label\na,1\n", headers=a).json()["id"]
+        assert client.get(f"/datasets/{dataset_id}", headers=b).status_code == 404
+        assert client.delete(f"/datasets/{dataset_id}", headers=b).status_code == 404
+        assert client.get("/datasets", headers=b).json()["total"] == 0
+        search = client.post("/searches", headers=b, json=body(workspace, task=custom(train_dataset=dataset_id,
+                                                                                      test_dataset=dataset_id)))
+        assert search.status_code == 422 and "no dataset with id" in search.json()["detail"]
+        mine = upload(client, b"text,label\nb,0\n", headers=b).json()
+        assert mine["id"] != dataset_id and client.get("/datasets", headers=b).json()["total"] == 1
+        assert client.get(f"/datasets/{dataset_id}", headers=a).status_code == 200
+        assert client.get(f"/datasets/{mine['id']}", headers=a).status_code == 404
+    finally:
+        with factory() as session:
+            tokens.revoke_token(session, "datasets owner a")
+            tokens.revoke_token(session, "datasets owner b")
+            session.commit()
+    # open again (no active token): anonymous sees only anonymous rows
+    assert client.get(f"/datasets/{dataset_id}").status_code == 404
+
+
+# ------------------------------------------------------------------------------------------ searches naming datasets
+
+
+def test_a_search_names_datasets_and_their_columns_are_checked(client, workspace, settings) -> None:
+    train = upload(client, (workspace / "train.csv").read_bytes()).json()["id"]
+    test = upload(client, b"sentence,label\nhello,pos\n", filename="test.csv").json()["id"]
+
+    def refused(task: dict, message: str) -> None:
+        response = client.post("/searches", json=body(workspace, task=task))
+        assert response.status_code == 422, response.text
+        assert message in response.json()["detail"], response.json()["detail"]
+
+    refused(custom(train_dataset=train, test_dataset=test),
+            f"test_dataset '{test}' has no column(s) ['text'] (text_columns ['text'], label_column 'label'); "
+            "its columns are ['sentence', 'label']")
+    refused(custom(train_dataset=train, test_dataset=train, label_column="y"), "no column(s) ['y']")
+    refused(custom(train_dataset=train, train_file=str(workspace / "train.csv"), test_dataset=train),
+            "exactly one of train_file (a path) and train_dataset")
+    refused(custom(train_dataset=train), "exactly one of test_file (a path) and test_dataset")
+    refused(custom(train_dataset="nope", test_dataset=train), "no dataset with id 'nope'")
+    # files given by path: the header is read
+    refused(custom(train_file=str(workspace / "train.csv"), test_file=str(workspace / "test.csv"),
+                   text_columns=["text", "text_b"]), f"train_file '{workspace}/train.csv' has no column(s) ['text_b']")
+    # an upload's file named by path would skip the owner check
+    stored = str(settings.dataset_folder(train) / "data.csv")
+    refused(custom(train_file=stored, test_dataset=train), "name it by id (train_dataset)")
+
+    accepted = client.post("/searches", json=body(workspace, task=custom(train_dataset=train,
+                                                                         test_file=str(workspace / "test.csv"))))
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["request"]["run"]["custom"]["train_file"] == stored
+    client.post(f"/searches/{accepted.json()['id']}/cancel")
+
+
+@pytest.mark.slow
+def test_a_search_on_uploaded_datasets_runs_in_a_worker(client, workspace, worker_env, settings, tmp_path) -> None:
+    train = upload(client, (workspace / "train.csv").read_bytes(), name="toy train").json()
+    jsonl = "".join(json.dumps({"label": label, "text": text}) + "\n" for _, text, label in
+                    (line.split(",") for line in (workspace / "test.csv").read_text().splitlines()[1:]))
+    test = upload(client, jsonl.encode(), filename="test.jsonl", name="toy test").json()
+    assert test["num_rows"] == 20
+    response = client.post("/searches", json=body(workspace, task=custom(train_dataset=train["id"],
+                                                                         test_dataset=test["id"])))
+    assert response.status_code == 201, response.text
+    search_id = response.json()["id"]
+    in_use = client.delete(f"/datasets/{train['id']}")
+    assert in_use.status_code == 409 and search_id in in_use.json()["detail"]
+
+    run_worker_once(worker_env)
+    search = client.get(f"/searches/{search_id}").json()
+    assert search["status"] == "succeeded", search["error"]
+    assert client.get(f"/searches/{search_id}/trials").json()["total"] == 5
+    assert client.delete(f"/datasets/{train['id']}").status_code == 204  # no longer read by an active search
+
+    _check_archive(client, search_id, settings, tmp_path)
+
+
+def _members(content: bytes) -> list[tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
+        return tar.getmembers()
+
+
+def _check_archive(client: TestClient, search_id: str, settings: Settings, tmp_path: Path) -> None:
+    """The archive has plain members under one top folder; what is planted in the export folder stays out."""
+    url = f"/searches/{search_id}/pareto/0/download"
+    first = client.get(url)
+    assert first.status_code == 200, first.text
+    members = _members(first.content)
+    top = members[0].name
+    assert members[0].isdir() and "/" not in top
+    for m in members:
+        assert (m.isfile() or m.isdir()) and not m.name.startswith("/") and ".." not in m.name.split("/")
+        assert m.name == top or m.name.startswith(top + "/")
+        assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", "")
+    assert {f"{top}/config.json", f"{top}/model.safetensors"} <= {m.name for m in members}
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the export folder")
+    exports = settings.search_folder(search_id) / "exports"
+    (exports / "0-hf" / "planted-link").symlink_to(secret)
+    (exports / "0-hf" / "planted-dir").symlink_to(tmp_path, target_is_directory=True)
+    os.link(secret, exports / "0-hf" / "planted-hardlink")
+    (exports / "0-hf.tar.gz").unlink()
+    (exports / "0-hf.tar.gz").symlink_to(secret)  # a planted archive: not served, built again
+    again = client.get(url)
+    assert again.status_code == 200, again.text
+    assert [m.name for m in _members(again.content)] == [m.name for m in members]  # nothing planted came in
+    with tarfile.open(fileobj=io.BytesIO(again.content), mode="r:gz") as tar:
+        contents = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
+    assert not any(b"outside the export folder" in c for c in contents)
+    assert not (exports / "0-hf.tar.gz").is_symlink()
