@@ -15,16 +15,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from .. import datasets
 from .. import repository as repo
 from ..config import Settings, get_settings
 from ..db import check_schema, make_engine, session_factory, upgrade
 from .auth import current_owner, document_security
+from .schemas import ErrorRead
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,27 @@ def _validation_detail(exc: RequestValidationError) -> str:
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {error.get('msg', 'invalid')}")
     return "; ".join(parts)
+
+
+def _document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every 4xx/5xx body in the OpenAPI document as the handlers below write it (ErrorRead: a `detail` string,
+    plus `errors` for 422s); FastAPI would document 422s as {"detail": [...]}, which no response here matches.
+    Routes with a body also answer 400 when it cannot be decoded at all (FastAPI's own check, before validation)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    error = ErrorRead.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(error.pop("$defs", {}))
+    components["ErrorRead"] = error
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorRead"}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if "requestBody" in operation:
+                operation["responses"].setdefault("400", {"description": "the body cannot be decoded"})
+            for code, response in operation.get("responses", {}).items():
+                if code[0] in "45":
+                    response["content"] = content
+    return schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,6 +106,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         return JSONResponse({"detail": _validation_detail(exc), "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette's Allow lists the methods of the first route whose path matched; a path served by several
+            # routes (GET and DELETE /searches/{id}) must list them all (RFC 9110).
+            methods = {method for route in app.router.routes if isinstance(route, Route)
+                       and route.matches(request.scope)[0] is not Match.NONE for method in route.methods or ()}
+            exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(sorted(methods))})
+        return await http_exception_handler(request, exc)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _document_errors(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     from .datasets import UPLOAD_ROUTE
     from .datasets import router as datasets_router

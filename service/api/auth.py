@@ -77,6 +77,10 @@ def document_security(app: FastAPI) -> None:
                     if operation.get("x-public"):
                         operation.pop("security", None)
                     else:
+                        # optional while no token exists (NASPRUNE_AUTH=auto): `{}` is "no credentials"
+                        security = operation.get("security", [])
+                        if {} not in security:
+                            operation["security"] = [*security, {}]
                         operation.setdefault("responses", {}).setdefault(
                             "401", {"description": "no valid API token (when the server uses tokens)"})
         return app.openapi_schema

@@ -157,6 +157,11 @@ def _store(settings: Settings, factory: Any, owner: str | None, dataset_id: str,
         return dataset_read(dataset)
 
 
+# a larger offset cannot be bound to a SQLite query
+MAX_INT = 2**63 - 1
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no dataset with this id (of yours)"}}
+
+
 @router.post("", response_model=DatasetRead, status_code=status.HTTP_201_CREATED, openapi_extra=_FORM_SCHEMA,
              responses={413: {"description": "the file is larger than NASPRUNE_MAX_UPLOAD_BYTES"},
                         415: {"description": "not a multipart/form-data body"},
@@ -202,19 +207,19 @@ async def upload(request: Request, settings: SettingsDep, factory: FactoryDep, o
 
 
 @router.get("", response_model=DatasetPage)
-def list_datasets(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0)] = 0,
+def list_datasets(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50) -> DatasetPage:
     rows, total = ds.list_datasets(session, owner_id=owner, offset=offset, limit=limit)
     return DatasetPage(items=[dataset_read(d) for d in rows], total=total, offset=offset, limit=limit)
 
 
-@router.get("/{dataset_id}", response_model=DatasetRead)
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=NOT_FOUND)
 def get_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> DatasetRead:
     return dataset_read(ds.get_dataset(session, dataset_id, owner_id=owner))
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses={409: {"description": "a queued or running search reads it"}})
+               responses={**NOT_FOUND, 409: {"description": "a queued or running search reads it"}})
 def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> Response:
     dataset = ds.delete_dataset(session, dataset_id, owner_id=owner)
     folder = Path(dataset.path).parent

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy import text
 
@@ -39,6 +40,12 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 STATIC = Path(__file__).resolve().parent / "static"
+# Error statuses in the OpenAPI document (create_app gives every error response the ErrorRead body).
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no search with this id"}}
+NOT_ENDED: dict[int | str, dict[str, Any]] = {
+    409: {"description": "the search has not succeeded: its front is not written yet"}}
+# SQLite's largest integer: a larger offset or position cannot even be bound to a query (it was a 500).
+MAX_INT = 2**63 - 1
 
 
 def links(search_id: str) -> Links:
@@ -115,20 +122,21 @@ def create_search(body: SearchCreate, response: Response, settings: SettingsDep,
 
 
 @router.get("/searches", response_model=SearchPage, tags=["searches"])
-def list_searches(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0)] = 0,
+def list_searches(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                   limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
                   status_filter: Annotated[list[SearchStatus] | None, Query(alias="status")] = None) -> SearchPage:
     rows, total = repo.list_searches(session, status=status_filter, offset=offset, limit=limit, owner=owner)
     return SearchPage(items=[search_read(s) for s in rows], total=total, offset=offset, limit=limit)
 
 
-@router.get("/searches/{search_id}", response_model=SearchRead, tags=["searches"])
+@router.get("/searches/{search_id}", response_model=SearchRead, tags=["searches"], responses=NOT_FOUND)
 def get_search(search_id: str, session: SessionDep, owner: OwnerDep) -> SearchRead:
     return search_read(repo.get_search(session, search_id, owner=owner))
 
 
-@router.get("/searches/{search_id}/trials", response_model=TrialPage, tags=["searches"])
-def list_trials(search_id: str, session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0)] = 0,
+@router.get("/searches/{search_id}/trials", response_model=TrialPage, tags=["searches"], responses=NOT_FOUND)
+def list_trials(search_id: str, session: SessionDep, owner: OwnerDep,
+                offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                 limit: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> TrialPage:
     rows = repo.list_trials(session, search_id, offset=offset, limit=limit, owner=owner)
     return TrialPage(items=[trial_read(r) for r in rows], total=repo.count_trials(session, search_id),
@@ -145,7 +153,8 @@ def _front_file(search: Search, settings: Any) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-@router.get("/searches/{search_id}/pareto", response_model=ParetoRead, tags=["searches"])
+@router.get("/searches/{search_id}/pareto", response_model=ParetoRead, tags=["searches"],
+            responses=NOT_FOUND | NOT_ENDED)
 def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> dict[str, Any]:
     search = repo.get_search(session, search_id, owner=owner)
     front = _front_file(search, settings)
@@ -159,8 +168,10 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
 
 
 @router.get("/searches/{search_id}/pareto/{point}/download", tags=["searches"],
-            response_class=FileResponse, responses={200: {"content": {"application/gzip": {}}}})
-def download(search_id: str, point: int, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
+            response_class=FileResponse, responses={200: {"content": {"application/gzip": {}}}, **NOT_ENDED,
+                                                    404: {"description": "no search or no front point with this id"}})
+def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], session: SessionDep, settings: SettingsDep,
+             owner: OwnerDep,
              format: Literal["hf", "onnx"] = "hf") -> FileResponse:
     """The front point as a .tar.gz of a Hugging Face folder (`hf`) or of that folder plus model.onnx (`onnx`).
     Built on the first request (seconds to minutes), then served from the cache."""
@@ -187,7 +198,7 @@ def download(search_id: str, point: int, session: SessionDep, settings: Settings
                         filename=f"{archive_name(search_id, point, format)}.tar.gz")
 
 
-@router.post("/searches/{search_id}/cancel", response_model=SearchRead, tags=["searches"])
+@router.post("/searches/{search_id}/cancel", response_model=SearchRead, tags=["searches"], responses=NOT_FOUND)
 def cancel(search_id: str, session: SessionDep, owner: OwnerDep) -> SearchRead:
     """A queued search is cancelled at once; a running one stops at its worker's next heartbeat, keeping the
     trials done; an ended one is left as it is."""
@@ -197,7 +208,7 @@ def cancel(search_id: str, session: SessionDep, owner: OwnerDep) -> SearchRead:
 
 
 @router.delete("/searches/{search_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["searches"],
-               responses={409: {"description": "the search is running: cancel it first"}})
+               responses={**NOT_FOUND, 409: {"description": "the search is running: cancel it first"}})
 def delete(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> Response:
     search = repo.get_search(session, search_id, owner=owner)
     folder = folder_of(search, settings)
@@ -209,7 +220,7 @@ def delete(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/searches/{search_id}/logs", response_class=PlainTextResponse, tags=["searches"])
+@router.get("/searches/{search_id}/logs", response_class=PlainTextResponse, tags=["searches"], responses=NOT_FOUND)
 def logs(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
          tail: Annotated[int | None, Query(ge=1, le=100_000, description="only the last N lines")] = None) -> str:
     search = repo.get_search(session, search_id, owner=owner)

@@ -197,3 +197,17 @@ class Health(BaseModel):
     status: str
     database: str
     schema_revision: str | None
+
+
+class FieldErrorRead(BaseModel):
+    loc: list[str | int] = Field(description="where: ['body', 'budget', 'epochs'], ['query', 'limit'], ...")
+    msg: str
+    type: str
+
+
+class ErrorRead(BaseModel):
+    """The body of every error response: `detail` says what is wrong and what to do about it; `errors` lists the
+    invalid fields when the request did not match the schema (422s only)."""
+
+    detail: str
+    errors: list[FieldErrorRead] | None = None
