@@ -74,9 +74,11 @@ class FineTuneResult:
 def finetune(model: torch.nn.Module, train_batches: Sequence[Mapping[str, torch.Tensor]],
              validation_batches: Iterable[Mapping[str, torch.Tensor]],
              test_batches: Iterable[Mapping[str, torch.Tensor]], task: TaskSpec, config: TrainingConfig, *,
-             generator: torch.Generator | None = None, progress: bool = True) -> FineTuneResult:
+             generator: torch.Generator | None = None, progress: bool = True,
+             on_epoch: Callable[[EpochResult], None] | None = None) -> FineTuneResult:
     """Plain fine-tuning (config.num_random_subnets must be 0) with validation and test metrics after every
-    whole epoch. `model` is a Supernet (trained as the full network) or a PrunedModel."""
+    whole epoch (`on_epoch` sees each, e.g. to keep the weights of the best). `model` is a Supernet (trained
+    as the full network) or a PrunedModel."""
     if config.num_random_subnets != 0:
         raise ValueError("finetune is plain fine-tuning: set num_random_subnets=0")
     result = FineTuneResult(learning_rate=config.learning_rate)
@@ -95,6 +97,8 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[Mapping[str, torch.
         result.epochs.append(EpochResult(epoch=epoch, validation=validation, test=test,
                                          validation_error=error_from_metrics(task, validation)))
         log.info("epoch %d: validation %s, test %s", epoch, validation, test)
+        if on_epoch is not None:
+            on_epoch(result.epochs[-1])
         model.train()
         evaluating += time.perf_counter() - began
 

@@ -86,8 +86,9 @@ def test_finetune_records_every_epoch_and_chooses_on_validation(pruned: bool) ->
     before = [p.detach().clone() for p in model.parameters()]
     train, validation, test = toy_batches(4, seed=0), toy_batches(2, seed=10), toy_batches(2, seed=20)
     config = TrainingConfig(epochs=3, learning_rate=1e-3, num_random_subnets=0, seed=0)
-    result = finetune(model, train, validation, test, TOY_SPEC, config, progress=False)
-    assert [e.epoch for e in result.epochs] == [1, 2, 3]
+    seen = []
+    result = finetune(model, train, validation, test, TOY_SPEC, config, progress=False, on_epoch=seen.append)
+    assert [e.epoch for e in result.epochs] == [1, 2, 3] and seen == result.epochs
     assert result.best.validation_error == min(e.validation_error for e in result.epochs)
     assert all(set(e.test) == {"accuracy", "f1"} for e in result.epochs) and result.train_s > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
