@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(10.0, gt=0, description="how often a worker stamps its job as alive")
     stale_after_s: float = Field(60.0, gt=0, description="a running job silent this long is taken back")
     max_attempts: int = Field(3, ge=1, description="runs a job gets before a lost worker fails it")
+    min_free_mb: int = Field(500, ge=0, description="free disk space under data_root that the server and workers "
+                                                    "need to start, and a worker needs to take a job")
 
     @field_validator("allowed_model_roots", "allowed_data_roots", mode="before")
     @classmethod
