@@ -568,50 +568,58 @@ def test_a_job_whose_workers_die_twice_fails_and_never_runs_a_third_time(fresh) 
 # ------------------------------------------------------------------------------------------ startup
 
 
+NOT_WRITABLE = "is not a folder this user can write ("
+SAY_WHAT_TO_SET = "set NASPRUNE_DATA_ROOT (or NASPRUNE_DATABASE_URL) to one that is"
+
+
 @pytest.mark.slow
-def test_an_unusable_data_root_stops_every_command_with_one_clear_line(tmp_path) -> None:
+def test_serve_with_an_unusable_data_root_exits_at_once_with_one_clear_line(tmp_path) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    base = service_env(Settings(data_root=tmp_path / "ok"), tmp_path / "cache")
-    base = {k: v for k, v in base.items() if k != "NASPRUNE_DATABASE_URL"}
-    cases = {  # run side by side: each process spends seconds importing torch before it checks anything
-        "serve": (["serve", "--workers", "1", "--port", str(free_port())], tmp_path / "a-file" / "data"),
-        "worker": (["worker"], Path("/proc/nasprune-data")),  # even root cannot create a folder there
-        "db upgrade": (["db", "upgrade"], tmp_path / "a-file" / "data"),
-    }
-    processes = {name: subprocess.Popen([sys.executable, "-m", "service.cli", *argv], cwd=REPO, text=True,
-                                        env=base | {"NASPRUNE_DATA_ROOT": str(root)},
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for name, (argv, root) in cases.items()}
-    for name, process in processes.items():
-        try:
-            _, err = process.communicate(timeout=120)  # no hang, no restart loop
-        finally:
-            process.kill()
-        lines = err.strip().splitlines()
-        assert process.returncode == 2, (name, err)
-        assert len(lines) == 1, (name, err)  # no traceback, no log spew
-        assert lines[0].startswith(f"nasprune: error: data root {cases[name][1]} is not a folder this user can "
-                                   "write ("), (name, err)
-        assert lines[0].endswith("set NASPRUNE_DATA_ROOT (or NASPRUNE_DATABASE_URL) to one that is"), (name, err)
+    root = tmp_path / "a-file" / "data"  # its parent is a regular file: not even root can create it
+    env = service_env(Settings(data_root=root), tmp_path / "cache")
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--workers", "2", "--port",
+                               str(free_port())], env=env, cwd=REPO, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        _, err = server.communicate(timeout=120)  # it exits: no server left up, no workers started or restarted
+    finally:
+        server.kill()
+    lines = err.strip().splitlines()
+    assert server.returncode == 2 and len(lines) == 1, err  # one line: no traceback, no log spew
+    assert lines[0].startswith(f"nasprune: error: data root {root} {NOT_WRITABLE}Not a directory)"), err
+    assert lines[0].endswith(SAY_WHAT_TO_SET), err
 
 
+@pytest.mark.parametrize("problem", ["parent is a file", "under /proc", "disk full"])
 @pytest.mark.parametrize("argv", [["serve", "--workers", "1"], ["worker"], ["db", "upgrade"]], ids=" ".join)
-def test_too_little_free_space_stops_every_command_with_one_clear_line(argv, tmp_path, monkeypatch, capsys) -> None:
+def test_every_command_stops_on_an_unusable_data_root_with_one_clear_line(argv, problem, tmp_path, monkeypatch,
+                                                                          capsys) -> None:
+    """The same checks as the process above, through the CLI's main() in this process (no torch import to pay)."""
     from conftest import cli
 
     from service.config import get_settings
 
-    monkeypatch.setenv("NASPRUNE_DATA_ROOT", str(tmp_path / "data"))
-    monkeypatch.setenv("NASPRUNE_MIN_FREE_MB", str(10**12))  # more than any disk has free
+    (tmp_path / "a-file").write_text("not a folder")
+    root = {"parent is a file": tmp_path / "a-file" / "data", "under /proc": Path("/proc/nasprune-data"),
+            "disk full": tmp_path / "data"}[problem]
+    monkeypatch.setenv("NASPRUNE_DATA_ROOT", str(root))
+    monkeypatch.delenv("NASPRUNE_DATABASE_URL", raising=False)
+    if problem == "disk full":
+        monkeypatch.setenv("NASPRUNE_MIN_FREE_MB", str(10**12))  # more than any disk has free
     get_settings.cache_clear()
     try:
         assert cli(argv) == 2
     finally:
         get_settings.cache_clear()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("nasprune: error: disk full: only "), err
-    assert f"MB free under {tmp_path / 'data'}, below NASPRUNE_MIN_FREE_MB=1000000000000" in err[0]
-    assert not (tmp_path / "data" / "nasprune.db").exists()  # nothing was started
+    assert len(err) == 1, err
+    if problem == "disk full":
+        assert err[0].startswith("nasprune: error: disk full: only "), err
+        assert f"MB free under {root}, below NASPRUNE_MIN_FREE_MB=1000000000000" in err[0], err
+        assert not (root / "nasprune.db").exists()  # nothing was started
+    else:
+        assert err[0].startswith(f"nasprune: error: data root {root} {NOT_WRITABLE}") and err[0].endswith(
+            SAY_WHAT_TO_SET), err
 
 
 def _pool(code: str, **kwargs):
