@@ -468,6 +468,7 @@ def test_jobs_that_fail_late_are_marked_failed_and_the_next_job_runs(client, wor
     assert searches["full"]["error"].startswith("disk full: OSError: [Errno 28]")
     assert searches["full"]["progress"]["step"] == searches["full"]["progress"]["total_steps"]  # failed mid-job
     assert len({s["worker_id"] for s in searches.values()}) == 1  # one worker process ran all four
+    (settings.search_folder(full) / "trials.jsonl").unlink()  # nothing should ever read /dev/full (endless zeros)
     assert integrity(database_file(settings)) == "ok"
 
 
