@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -220,8 +219,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from service.config import get_settings
     from service.db import upgrade
+    from service.startup import check_startup
 
     settings = get_settings()
+    check_startup(settings)
     upgrade(settings.url, args.revision)
     print(f"database {settings.url} is at revision {args.revision}")
     return 0
@@ -288,8 +289,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run jobs until SIGTERM / Ctrl-C; the job in progress stops at its next step and goes back to the queue."""
     from service.config import get_settings
+    from service.startup import check_startup
     from service.worker import run_worker
 
+    settings = get_settings()
+    check_startup(settings)
     shutdown = threading.Event()
 
     def stop(*_: object) -> None:
@@ -298,24 +302,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        run_worker(get_settings(), worker_id=args.worker_id, once=args.once, poll_s=args.poll, shutdown=shutdown)
+        run_worker(settings, worker_id=args.worker_id, once=args.once, poll_s=args.poll, shutdown=shutdown)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
-
-
-def _stop_processes(processes: list[subprocess.Popen], timeout_s: float = 30.0) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    deadline = time.monotonic() + timeout_s
-    for process in processes:
-        try:
-            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -325,15 +316,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.api import create_app
     from service.config import get_settings
     from service.db import upgrade
+    from service.startup import check_startup
+    from service.supervisor import WorkerPool
 
     settings = get_settings()
     workers = settings.workers if args.workers is None else args.workers
     host = args.host or settings.host
     port = args.port or settings.port
+    check_startup(settings)  # before any worker starts: a worker that cannot start is not started at all
     upgrade(settings.url)
     env = os.environ | {"NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url}
     command = [sys.executable, "-m", "service.cli"] + (["-v"] if args.verbose else []) + ["worker"]
-    processes = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    pool = WorkerPool(command, env, workers).start()  # restarts a worker that dies, unless it dies at startup
     log.warning("serving on http://%s:%d with %d worker process(es); data root %s", host, port, workers,
                 settings.data_root)
 
@@ -348,7 +342,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SystemExit as exc:
         log.warning("server stopped (%s)", exc.code)
     finally:
-        _stop_processes(processes)
+        pool.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
@@ -415,9 +409,19 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # transformers' load reports (e.g. "classifier: MISSING", expected) are noise here
         transformers.logging.set_verbosity_error()
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # "setup plugin ..." at import
+    from pydantic import ValidationError
+
+    from service.startup import StartupError
+
     try:
         return args.func(args)
-    except (DataError, ConfigError, ModelLoadError, ExportError, ObjectiveError, FileNotFoundError, ValueError) as exc:
+    except ValidationError as exc:  # a NASPRUNE_* variable that does not parse: one line per bad setting
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        print(f"nasprune: error: invalid settings (NASPRUNE_* variables): {problems}", file=sys.stderr)
+        return 2
+    except (DataError, ConfigError, ModelLoadError, ExportError, ObjectiveError, FileNotFoundError, ValueError,
+            StartupError) as exc:
         print(f"nasprune: error: {exc}", file=sys.stderr)
         return 2
 

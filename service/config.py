@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # Request size limits (HTTP 413 past them): a dataset file uploaded to POST /datasets, any other request body.
     max_upload_bytes: int = Field(200 * MIB, ge=1, description="largest dataset file POST /datasets accepts")
     max_body_bytes: int = Field(MIB, ge=1, description="largest request body of the other routes")
+    min_free_mb: int = Field(500, ge=0, description="free disk space under data_root that the server and workers "
+                                                    "need to start, and a worker needs to take a job")
 
     @field_validator("allowed_model_roots", "allowed_data_roots", mode="before")
     @classmethod

@@ -51,6 +51,14 @@ def _sqlite_in_memory(url: URL) -> bool:
     return database in ("", ":memory:") or url.query.get("mode") == "memory" or database.startswith("file::memory:")
 
 
+def sqlite_file(url: str | URL) -> Path | None:
+    """The database file of a SQLite URL; None for another backend or an in-memory database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or _sqlite_in_memory(parsed) or not parsed.database:
+        return None
+    return Path(parsed.database).expanduser()
+
+
 def make_engine(url: str | URL, *, for_migrations: bool = False, **kwargs: Any) -> Engine:
     """An engine for `url`; SQLite connections get the pragmas above and the file's folder is created.
 

@@ -18,13 +18,20 @@ Resuming: a job whose worker died goes back to the queue (`queue.recover_stale`)
 source of truth (a trial is appended there before `on_trial` stores it), so before running, the worker copies
 any trial of trials.jsonl the database lacks; the search never re-evaluates a trial in trials.jsonl.
 
+Failures: any exception in a job marks that job failed (its `error` and worker.log say why) and the worker goes on
+with the next job. Out of memory (MemoryError, torch's allocator errors) and a full disk (ENOSPC) get a reason that
+says so (`failure_reason`). On a disk below `Settings.min_free_mb` the worker takes no job until space is freed,
+rather than fail every queued job in turn.
+
 Each job's log goes to <search folder>/worker.log (a FileHandler on the root logger while the job runs).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -40,6 +47,7 @@ from . import repository as repo
 from .config import Settings
 from .db import check_schema, make_engine, session_factory
 from .models import RUNNING_STATUSES, Search, SearchStatus
+from .startup import low_disk
 
 if TYPE_CHECKING:
     from search.runner import SearchResult, Trial
@@ -110,6 +118,45 @@ def _detach_log(handler: logging.Handler, previous: int) -> None:
     root.removeHandler(handler)
     root.setLevel(previous)
     handler.close()
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# torch's CPU allocator fails with a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory: ...")
+TORCH_OOM_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # loaded if the error can be torch's; never imported just to check
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in TORCH_OOM_MESSAGES)
+
+
+def failure_reason(exc: BaseException, settings: Settings | None = None) -> str:
+    """The `error` of a failed job: the exception, prefixed with "out of memory" or "disk full" (and what to do)
+    when that is the cause, so a user can tell a bad request from a machine that ran out of room."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    causes = _causes(exc)
+    if any(isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS for e in causes):
+        return f"disk full: {text}; free some space on the data root's disk and submit the search again"
+    if any(_out_of_memory(e) for e in causes):
+        return (f"out of memory: {text}; try a smaller model, batch_size, eval_batch_size or max_length, or a "
+                "worker with more memory")
+    if settings is not None and (low := low_disk(settings)):  # e.g. torch.save's "file write failed"
+        return f"{low}; the job failed with {text}"
+    return text
 
 
 def release(factory: queue.SessionFactory, search_id: str, worker_id: str) -> bool:
@@ -245,11 +292,11 @@ class JobRunner:
                 repo.update_progress(session, search_id, stage="done", hypervolume=front.get("hypervolume"),
                                      evaluations_done=repo.count_trials(session, search_id))
             return self._finish(SearchStatus.SUCCEEDED)
-        except Exception as exc:
+        except Exception as exc:  # MemoryError included: one job out of memory must not take the worker down
             log.error("search %s failed:\n%s", search_id, traceback.format_exc())
             if state.lost.is_set():  # e.g. the search folder deleted under us after a takeover
                 return self._stopped(state)
-            return self._finish(SearchStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            return self._finish(SearchStatus.FAILED, failure_reason(exc, self.settings))
         finally:
             beat.done.set()
             beat.join()
@@ -274,6 +321,15 @@ class JobRunner:
         return None
 
 
+def _fail(factory: queue.SessionFactory, search_id: str, worker_id: str, reason: str) -> SearchStatus | None:
+    try:
+        return SearchStatus.FAILED if queue.finish(factory, search_id, SearchStatus.FAILED, reason,
+                                                   worker_id=worker_id) else None
+    except Exception:  # the database is unreachable too: recover_stale will take the job back later
+        log.exception("worker %s: could not mark search %s failed", worker_id, search_id)
+        return None
+
+
 def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool = False, poll_s: float = 1.0,
                shutdown: threading.Event | None = None,
                on_job: Callable[[str, SearchStatus | None], None] | None = None) -> int:
@@ -290,8 +346,19 @@ def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool =
         factory = session_factory(engine)
         log.info("worker %s started (database %s, data root %s)", worker_id,
                  engine.url.render_as_string(hide_password=True), settings.data_root)
-        jobs = 0
+        jobs, paused = 0, False
         while not shutdown.is_set():
+            if full := low_disk(settings):
+                if not paused:
+                    log.warning("worker %s: %s; taking no job until space is freed", worker_id, full)
+                paused = True
+                if once:
+                    break
+                shutdown.wait(poll_s)
+                continue
+            if paused:
+                log.info("worker %s: disk space is back; taking jobs again", worker_id)
+                paused = False
             try:
                 queue.recover_stale(factory, settings.stale_after_s, settings.max_attempts)
                 search = queue.claim_next(factory, worker_id)
@@ -305,9 +372,9 @@ def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool =
                 continue
             try:
                 status = JobRunner(settings, factory, search, worker_id, shutdown).run()
-            except Exception:  # never let one job kill the loop
+            except Exception as exc:  # never let one job kill the loop, nor leave it running with no one on it
                 log.exception("worker %s: search %s crashed the job runner", worker_id, search.id)
-                status = None
+                status = _fail(factory, search.id, worker_id, failure_reason(exc, settings))
             jobs += 1
             if on_job is not None:
                 on_job(search.id, status)

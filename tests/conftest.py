@@ -11,8 +11,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network, whatever the caller's environment
 
 import csv  # noqa: E402
+import json  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -258,3 +262,57 @@ def database_url(request, tmp_path: Path) -> str:
         url = request.getfixturevalue("postgres").new_database()
     upgrade(url)
     return url
+
+
+# ------------------------------------------------------------------------------ service: worker processes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def service_env(settings, cache: Path) -> dict[str, str]:
+    """The environment of worker and server processes: `settings` as NASPRUNE_* variables, a latency cache,
+    offline, one thread."""
+    return os.environ | {
+        "NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url,
+        "NASPRUNE_ALLOWED_MODEL_ROOTS": json.dumps([str(p) for p in settings.allowed_model_roots]),
+        "NASPRUNE_ALLOWED_DATA_ROOTS": json.dumps([str(p) for p in settings.allowed_data_roots]),
+        "NASPRUNE_HEARTBEAT_S": str(settings.heartbeat_s), "NASPRUNE_STALE_AFTER_S": str(settings.stale_after_s),
+        "NASPRUNE_MAX_ATTEMPTS": str(settings.max_attempts),
+        "NASPRUNE_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
+    }
+
+
+def start_worker(env: dict[str, str], *, once: bool = True, log: Path | None = None) -> subprocess.Popen:
+    """`nasprune worker` in a new process; its stderr (the service log) goes to `log`, or to a pipe to read with
+    communicate() (a long run should pass `log`: a full pipe would block the worker)."""
+    command = [sys.executable, "-m", "service.cli", "worker", "--poll", "0.2"] + (["--once"] if once else [])
+    stderr = open(log, "a") if log is not None else subprocess.PIPE  # noqa: SIM115 (the child holds it)
+    try:
+        return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    finally:
+        if log is not None:
+            stderr.close()
+
+
+def run_worker_once(env: dict[str, str], timeout_s: float = 120.0) -> None:
+    process = start_worker(env, once=True)
+    _, err = process.communicate(timeout=timeout_s)
+    assert process.returncode == 0, err
+
+
+def wait_for(client, search_id: str, predicate, timeout_s: float = 90.0, what: str = "") -> dict:
+    """Poll GET /searches/{id} (a TestClient or an httpx.Client with a base_url) until `predicate` holds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        data = client.get(f"/searches/{search_id}").json()
+        if predicate(data):
+            return data
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}: {data}")
+        time.sleep(0.05)
+
+
+def trials_jsonl(settings, search_id: str) -> list[dict]:
+    path = settings.search_folder(search_id) / "trials.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_worker_once, service_env, start_worker, trials_jsonl, wait_for
 from fastapi.testclient import TestClient
 
 from service import queue
@@ -24,7 +24,6 @@ from service.api import create_app
 from service.config import Settings
 from service.db import current_revision, head_revision, make_engine, session_factory
 
-REPO = Path(__file__).resolve().parents[1]
 HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
 EVALUATIONS = 5
 
@@ -39,14 +38,7 @@ def settings(workspace, tmp_path_factory) -> Settings:
 @pytest.fixture(scope="module")
 def worker_env(settings, tmp_path_factory) -> dict[str, str]:
     """The environment of worker processes: the same settings, the latency cache shared by this module."""
-    return os.environ | {
-        "NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url,
-        "NASPRUNE_ALLOWED_MODEL_ROOTS": json.dumps([str(p) for p in settings.allowed_model_roots]),
-        "NASPRUNE_ALLOWED_DATA_ROOTS": json.dumps([str(p) for p in settings.allowed_data_roots]),
-        "NASPRUNE_HEARTBEAT_S": str(HEARTBEAT_S), "NASPRUNE_STALE_AFTER_S": str(STALE_AFTER_S),
-        "NASPRUNE_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
-    }
+    return service_env(settings, tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
@@ -62,33 +54,6 @@ def body(ws: Path, **overrides) -> dict:
             "objectives": ["error", "params", "latency"], "budget": {"epochs": 1, "evaluations": EVALUATIONS},
             "max_length": 16, "batch_size": 8, "latency": {"batch_size": 2}}
     return data | overrides
-
-
-def start_worker(env: dict[str, str], *, once: bool = True) -> subprocess.Popen:
-    command = [sys.executable, "-m", "service.cli", "worker", "--poll", "0.2"] + (["--once"] if once else [])
-    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(client: TestClient, search_id: str, predicate, timeout_s: float = 90.0, what: str = "") -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        data = client.get(f"/searches/{search_id}").json()
-        if predicate(data):
-            return data
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}: {data}")
-        time.sleep(0.05)
-
-
-def run_worker_once(env: dict[str, str], timeout_s: float = 120.0) -> None:
-    process = start_worker(env, once=True)
-    _, err = process.communicate(timeout=timeout_s)
-    assert process.returncode == 0, err
-
-
-def trials_jsonl(settings: Settings, search_id: str) -> list[dict]:
-    path = settings.search_folder(search_id) / "trials.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def dominates(a: list[float], b: list[float]) -> bool:

@@ -9,13 +9,14 @@ import os
 import time
 
 import pytest
+from conftest import REPO, run_worker_once, start_worker, trials_jsonl
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from test_api import body
 
 from service.api import create_app
 from service.config import Settings
 from service.db import make_engine
-from tests.test_api import REPO, body, run_worker_once, start_worker, trials_jsonl
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from .. import datasets
 from .. import repository as repo
 from ..config import Settings, get_settings
 from ..db import check_schema, make_engine, session_factory, upgrade
+from ..startup import check_startup
 from .auth import current_owner, document_security
 from .schemas import ErrorRead
 
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_root.mkdir(parents=True, exist_ok=True)
+        check_startup(settings)  # a writable data root with room, or a StartupError that says so
         upgrade(settings.url)
         engine = make_engine(settings.url)
         check_schema(engine)
