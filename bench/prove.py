@@ -1,0 +1,332 @@
+"""Prove the fronts: nasprune against plain fine-tuning and the pruning baselines on one GLUE task.
+
+Same pre-trained model (all-MiniLM-L6-v2), same data split (split seed 0), max length 128, batch 32, CPU.
+Methods (each yields points: configuration, validation and test metrics, encoder params, MACs, training cost):
+
+  reference   plain fine-tuning of the full model; learning rate from --lrs and epoch chosen on validation
+  layer_drop  the full model without its top k layers (k = 1..5), each fine-tuned like the reference
+  oneshot     Kwon-style pruning of the best reference model without retraining: Fisher importance of heads and
+              units on training batches, masks per MAC budget 0.9 .. 0.2 by importance
+  oneshot_ft  the same masks, each pruned model fine-tuned for --short-epochs (a retraining baseline)
+  nas_small   a small NAS: uniform sub-networks (75/50/33/25 % of heads and units), each fine-tuned alone
+  nasprune    the service's own job on default settings: supernet training (--epochs), NSGA-II search
+              (--evaluations) on (error, encoder params), test re-evaluation of the front
+
+Every unit of work (one fine-tuning run, one mask evaluation, the nasprune job) writes its JSON under
+bench/out/prove/<task>/seed<k>/ when it ends, so a rerun continues where it stopped. bench/prove_report.py turns
+the JSON into bench/RESULTS.md and the plots.
+
+    python bench/prove.py --task glue/mrpc --seed 0
+    python bench/prove.py --task glue/sst2 --train-limit 20000
+    python bench/prove.py --task glue/rte --methods reference nasprune
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from search.baselines import (
+    FineTuneResult,
+    PrunedModel,
+    finetune,
+    kwon_mask,
+    layer_drop_configs,
+    sorted_importance,
+    uniform_configs,
+)
+from search.job import SearchJob, run_search_job
+from search.latency import measure_latency
+from search.runner import SearchConfig
+from supernet.config import SubNetworkConfig
+from supernet.convert import load_supernet_from_pretrained
+from supernet.counting import count_macs, count_params
+from supernet.data import error_from_metrics
+from supernet.extract import extract
+from supernet.importance import fisher_importance, reorder_by_importance
+from supernet.model import Supernet
+from supernet.run import Run, RunSpec, train_run
+from supernet.training import TrainingConfig
+
+OUT = Path(__file__).resolve().parent / "out" / "prove"
+METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune")
+BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+NAS_FRACTIONS = (0.75, 0.5, 0.33, 0.25)
+log = logging.getLogger("prove")
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def config_key(sub: SubNetworkConfig) -> str:
+    return json.dumps(sub.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+class Experiment:
+    """One task and seed: the data, the pre-trained model, and the folder where every unit's result lands."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.folder = Path(args.out) / args.task.replace("/", "-") / f"seed{args.seed}"
+        self.spec = RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
+                            max_length=args.max_length, batch_size=args.batch_size,
+                            training=TrainingConfig(epochs=args.epochs, seed=args.seed))
+        self.run = Run(self.folder / "data", self.spec)  # data and tokenizer only (nothing is trained there)
+        self.task = self.run.task
+        self.generator = torch.Generator()
+        self.train = self.run.batches("train", shuffle=True, generator=self.generator)
+        self.validation = list(self.run.batches("validation"))
+        test_split = next(iter(self.task.test))
+        self.test = list(self.run.batches(test_split))
+
+    # -- models ---------------------------------------------------------------------------------------------
+    def pretrained(self) -> Supernet:
+        """The pre-trained model with a classifier head drawn from the seed (the same head for every method)."""
+        torch.manual_seed(self.args.seed)
+        return load_supernet_from_pretrained(self.spec.model, num_labels=self.task.spec.num_labels)
+
+    def training(self, learning_rate: float, epochs: float) -> TrainingConfig:
+        return TrainingConfig(epochs=epochs, learning_rate=learning_rate, num_random_subnets=0, seed=self.args.seed)
+
+    def point(self, method: str, label: str, sub: SubNetworkConfig, validation: dict[str, float],
+              test: dict[str, float], **extra: Any) -> dict[str, Any]:
+        config = self.pretrained_config
+        params = count_params(config, sub)
+        full = count_params(config)
+        macs = count_macs(config, sub, seq_len=self.spec.max_length)
+        return {"method": method, "label": label, "config": sub.to_dict(), "validation": validation, "test": test,
+                "validation_error": error_from_metrics(self.task.spec, validation),
+                "test_error": error_from_metrics(self.task.spec, test),
+                "params_encoder": params.encoder, "params_fraction": params.encoder / full.encoder,
+                "macs": macs, "macs_fraction": macs / count_macs(config, seq_len=self.spec.max_length)} | extra
+
+    @property
+    def pretrained_config(self):
+        if not hasattr(self, "_config"):
+            self._config = self.pretrained().config
+        return self._config
+
+    # -- one fine-tuning run --------------------------------------------------------------------------------
+    def finetune_unit(self, path: Path, build_model, learning_rate: float, epochs: float,
+                      keep_best: Path | None = None) -> dict[str, Any]:
+        """Fine-tune the model `build_model()` returns, unless `path` already holds the result."""
+        if path.is_file():
+            return read_json(path)
+        model = build_model()
+        best_error = [float("inf")]
+
+        def on_epoch(epoch) -> None:
+            if keep_best is not None and epoch.validation_error < best_error[0]:
+                best_error[0] = epoch.validation_error
+                keep_best.parent.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, keep_best)
+
+        log.info("%s: lr %g, %g epochs", path.relative_to(self.folder), learning_rate, epochs)
+        result: FineTuneResult = finetune(model, self.train, self.validation, self.test, self.task.spec,
+                                          self.training(learning_rate, epochs), generator=self.generator,
+                                          on_epoch=on_epoch)
+        data = result.to_dict()
+        write_json(path, data)
+        return data
+
+    def best_of_grid(self, folder: Path, build_model, epochs: float, *, keep_best: bool = False
+                     ) -> tuple[dict[str, Any], float, float]:
+        """Fine-tune over the learning-rate grid; (best epoch's metrics, its lr, total training seconds)."""
+        runs = []
+        for lr in self.args.lrs:
+            weights = folder / f"lr{lr:g}.safetensors" if keep_best else None
+            runs.append(self.finetune_unit(folder / f"lr{lr:g}.json", build_model, lr, epochs, keep_best=weights))
+        chosen = min(runs, key=lambda r: min(e["validation_error"] for e in r["epochs"]))
+        best = next(e for e in chosen["epochs"] if e["epoch"] == chosen["best_epoch"])
+        return best, chosen["learning_rate"], sum(r["train_s"] for r in runs)
+
+    # -- methods --------------------------------------------------------------------------------------------
+    def reference(self) -> list[dict[str, Any]]:
+        folder = self.folder / "reference"
+        best, lr, cost = self.best_of_grid(folder, self.pretrained, self.args.epochs, keep_best=True)
+        full = SubNetworkConfig.full(self.pretrained_config)
+        plain = read_json(folder / f"lr{5e-5:g}.json") if 5e-5 in self.args.lrs else None
+        # the plain fine-tuning time at nasprune's default learning rate: the denominator of the cost ratio
+        return [self.point("reference", "full", full, best["validation"], best["test"], learning_rate=lr,
+                           epoch=best["epoch"], cost_s=cost, plain_train_s=plain["train_s"] if plain else None)]
+
+    def best_reference(self) -> Supernet:
+        """The fine-tuned full model of the learning rate and epoch chosen on validation."""
+        point = self.reference()[0]
+        model = self.pretrained()
+        model.load_state_dict(load_file(self.folder / "reference" / f"lr{point['learning_rate']:g}.safetensors"))
+        return model.eval()
+
+    def layer_drop(self) -> list[dict[str, Any]]:
+        points = []
+        pretrained = self.pretrained()
+        for sub in layer_drop_configs(pretrained.config):
+            k = pretrained.config.num_layers - len(sub.layers)
+            best, lr, cost = self.best_of_grid(self.folder / "layer_drop" / f"drop{k}",
+                                               lambda sub=sub: PrunedModel(extract(self.pretrained(), sub)),
+                                               self.args.epochs)
+            points.append(self.point("layer_drop", f"drop top {k}", sub, best["validation"], best["test"],
+                                     learning_rate=lr, epoch=best["epoch"], cost_s=cost))
+        return points
+
+    def ordered_reference(self) -> tuple[Supernet, list[SubNetworkConfig], float]:
+        """The best reference model ordered by Fisher importance on training batches, and the masks per budget."""
+        model = self.best_reference()
+        started = time.perf_counter()
+        self.generator.manual_seed(self.args.seed)
+        importance = fisher_importance(model, self.train, max_batches=self.args.importance_batches)
+        reorder_by_importance(model, importance)
+        ordered = sorted_importance(importance)
+        masks = [kwon_mask(model.config, ordered, b, seq_len=self.spec.max_length) for b in BUDGETS]
+        return model.eval(), masks, time.perf_counter() - started
+
+    def oneshot(self) -> list[dict[str, Any]]:
+        path = self.folder / "oneshot" / "points.json"
+        if path.is_file():
+            return read_json(path)
+        model, masks, scoring_s = self.ordered_reference()
+        from supernet.evaluation import evaluate
+
+        points = []
+        for budget, sub in zip(BUDGETS, masks, strict=True):
+            validation = evaluate(model, self.validation, self.task.spec, sub=sub)
+            test = evaluate(model, self.test, self.task.spec, sub=sub)
+            points.append(self.point("oneshot", f"MACs {budget:.0%}", sub, validation, test, budget=budget,
+                                     cost_s=scoring_s))
+        write_json(path, points)
+        return points
+
+    def oneshot_ft(self) -> list[dict[str, Any]]:
+        masks = [SubNetworkConfig.from_dict(p["config"]) for p in self.oneshot()]
+        model: Supernet | None = None
+        points = []
+        for budget, sub in zip(BUDGETS, masks, strict=True):
+            folder = self.folder / "oneshot_ft" / f"macs{round(budget * 100)}"
+            if model is None and not all((folder / f"lr{lr:g}.json").is_file() for lr in self.args.lrs):
+                model, _, _ = self.ordered_reference()
+
+            def build(sub=sub, model=model):
+                return PrunedModel(extract(model, sub))
+
+            best, lr, cost = self.best_of_grid(folder, build, self.args.short_epochs)
+            points.append(self.point("oneshot_ft", f"MACs {budget:.0%} + {self.args.short_epochs:g} ep", sub,
+                                     best["validation"], best["test"], budget=budget, learning_rate=lr,
+                                     epoch=best["epoch"], cost_s=cost))
+        return points
+
+    def ordered_pretrained(self) -> Supernet:
+        """The pre-trained model ordered by Fisher importance, as nasprune orders it before supernet training."""
+        model = self.pretrained()
+        self.generator.manual_seed(self.args.seed)
+        reorder_by_importance(model, fisher_importance(model, self.train, max_batches=self.spec.importance_batches))
+        return model
+
+    def nas_small(self) -> list[dict[str, Any]]:
+        points = []
+        for fraction, sub in zip(NAS_FRACTIONS, uniform_configs(self.pretrained_config, NAS_FRACTIONS), strict=True):
+            folder = self.folder / "nas_small" / f"uniform{round(fraction * 100)}"
+            best, lr, cost = self.best_of_grid(folder, lambda sub=sub: PrunedModel(extract(self.ordered_pretrained(),
+                                                                                             sub)), self.args.epochs)
+            points.append(self.point("nas_small", f"uniform {fraction:.0%}", sub, best["validation"], best["test"],
+                                     learning_rate=lr, epoch=best["epoch"], cost_s=cost))
+        return points
+
+    def nasprune(self) -> list[dict[str, Any]]:
+        folder = self.folder / "nasprune"
+        times_file = folder / "times.json"
+        times = read_json(times_file) if times_file.is_file() else {}
+        run_folder = folder / "run"
+        if "train_s" not in times:
+            started = time.perf_counter()
+            train_run(self.spec, run_folder)
+            times["train_s"] = time.perf_counter() - started
+            write_json(times_file, times)
+        if "search_and_test_s" not in times:
+            job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed))
+            started = time.perf_counter()
+            run_search_job(self.spec, job, run_folder)
+            times["search_and_test_s"] = time.perf_counter() - started
+            write_json(times_file, times)
+        front = read_json(run_folder / "front.json")
+        cost = times["train_s"] + times["search_and_test_s"]
+        points = [self.point("nasprune", f"front {i}", SubNetworkConfig.from_dict(p["config"]), p["validation"],
+                             p["test"], cost_s=cost, **{f"job_{k}": v for k, v in times.items()})
+                  for i, p in enumerate(front["points"])]
+        reference = front["reference"]
+        points.append(self.point("nasprune", "supernet full", SubNetworkConfig.from_dict(reference["config"]),
+                                 reference["validation"], reference["test"], cost_s=cost, on_front=False))
+        return points
+
+    # -- latency --------------------------------------------------------------------------------------------
+    def add_latency(self, points: list[dict[str, Any]]) -> None:
+        """Measured forward latency (ms) of each point's physically pruned model at batch 1 and 32 x seq len."""
+        cache_file = Path(self.args.out) / f"latency-{platform.node()}-{torch.get_num_threads()}t.json"
+        cache = read_json(cache_file) if cache_file.is_file() else {}
+        pretrained = None
+        for point in points:
+            key = config_key(SubNetworkConfig.from_dict(point["config"]))
+            if key not in cache:
+                pretrained = pretrained or self.pretrained()
+                model = extract(pretrained, SubNetworkConfig.from_dict(point["config"]))
+                cache[key] = {str(b): measure_latency(model, batch_size=b, seq_len=self.spec.max_length,
+                                                      repeats=self.args.latency_repeats,
+                                                      vocab_size=pretrained.config.vocab_size) for b in (1, 32)}
+                write_json(cache_file, cache)
+            point["latency_ms"] = cache[key]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="glue/mrpc")
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=float, default=3.0, help="epochs of every full-length fine-tuning run")
+    parser.add_argument("--short-epochs", type=float, default=1.0, help="epochs of the oneshot_ft fine-tuning")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 5e-5, 1e-4])
+    parser.add_argument("--evaluations", type=int, default=100)
+    parser.add_argument("--importance-batches", type=int, default=64, help="batches for the oneshot Fisher")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--latency-repeats", type=int, default=7)
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    experiment = Experiment(args)
+    write_json(experiment.folder / "settings.json", vars(args) | {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or
+        platform.machine(), "majority_baseline": experiment.task.majority_baseline,
+        "main_metric": experiment.task.spec.main_metric,
+        "sizes": {"train": len(experiment.task.train), "validation": len(experiment.task.validation),
+                  "test": sum(len(b["labels"]) for b in experiment.test)}})
+    for method in args.methods:
+        started = time.perf_counter()
+        points = getattr(experiment, method)()
+        experiment.add_latency(points)
+        write_json(experiment.folder / f"{method}.json", points)
+        log.info("%s: %d point(s) in %.0f s", method, len(points), time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Turn bench/out/prove/ (written by bench/prove.py) into bench/RESULTS.md and the plots in bench/results/.
+
+    python bench/prove_report.py                 # every task and seed found under bench/out/prove
+
+Quality is read against chance: beside each raw metric, the majority-class score and the normalised retention
+(metric - majority) / (full - majority), where "full" is the plainly fine-tuned full model of the same seed.
+Hypervolume (higher is better) is computed per method on (encoder params as a fraction of the full encoder,
+test error), normalised so that the reference point is (1.1, majority-class error): a point only counts where
+it is smaller than 1.1 x the full encoder and better than always answering the majority class. Points are
+chosen on validation; test figures are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from search.pareto import hypervolume  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out" / "prove"
+METHODS = ("nasprune", "reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small")
+NAMES = {"nasprune": "nasprune front", "reference": "full fine-tuning", "layer_drop": "layer dropping + FT",
+         "oneshot": "one-shot Kwon (no retraining)", "oneshot_ft": "Kwon masks + short FT",
+         "nas_small": "uniform sub-nets, each FT"}
+STYLE = {"nasprune": ("tab:red", "o"), "reference": ("black", "*"), "layer_drop": ("tab:blue", "s"),
+         "oneshot": ("tab:gray", "x"), "oneshot_ft": ("tab:green", "^"), "nas_small": ("tab:purple", "D")}
+BUDGETS = (0.75, 0.5, 0.33)
+PARAMS_REF = 1.1
+
+
+def load(folder: Path) -> dict[str, Any]:
+    """One seed: settings and each method's points (only methods that finished)."""
+    data = {"settings": json.loads((folder / "settings.json").read_text()), "methods": {}}
+    for method in METHODS:
+        path = folder / f"{method}.json"
+        if path.is_file():
+            data["methods"][method] = json.loads(path.read_text())
+    return data
+
+
+def main_metric(seed: dict[str, Any]) -> str:
+    return seed["settings"]["main_metric"]
+
+
+def majority(seed: dict[str, Any]) -> float:
+    """The majority-class score of the main metric on the test split."""
+    baseline = seed["settings"]["majority_baseline"]
+    return float(baseline.get(main_metric(seed), baseline.get(f"test/{main_metric(seed)}", 0.0)))
+
+
+def chance_error(seed: dict[str, Any]) -> float:
+    return 1.0 - majority(seed)
+
+
+def points_of(seed: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    points = seed["methods"].get(method, [])
+    return [p for p in points if p.get("on_front", True)]
+
+
+def full_metric(seed: dict[str, Any]) -> float | None:
+    reference = seed["methods"].get("reference")
+    return reference[0]["test"][main_metric(seed)] if reference else None
+
+
+def retention(seed: dict[str, Any], metric: float) -> tuple[float | None, float | None]:
+    full = full_metric(seed)
+    if full is None:
+        return None, None
+    base = majority(seed)
+    normalised = (metric - base) / (full - base) if full != base else None
+    return metric / full, normalised
+
+
+def method_hypervolume(seed: dict[str, Any], method: str, *, with_full: bool = False) -> float | None:
+    points = points_of(seed, method)
+    if with_full and method != "reference":
+        points = points + points_of(seed, "reference")
+    if not points:
+        return None
+    F = [[p["params_fraction"] / PARAMS_REF, p["test_error"] / chance_error(seed)] for p in points]
+    return hypervolume(F, reference=[1.0, 1.0])
+
+
+def best_under(seed: dict[str, Any], method: str, budget: float) -> dict[str, Any] | None:
+    """The point with at most `budget` of the encoder's params that is best on validation."""
+    candidates = [p for p in points_of(seed, method) if p["params_fraction"] <= budget + 1e-9]
+    return min(candidates, key=lambda p: (p["validation_error"], p["params_fraction"])) if candidates else None
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def mean_spread(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+
+def plot_task(task: str, seed: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for axis, label, key in (("params", "encoder params (fraction of full)", "params_fraction"),
+                             ("latency", "measured latency, batch 32 x 128 (ms)", None)):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method in METHODS:
+            points = points_of(seed, method)
+            if not points:
+                continue
+            xs = [p[key] if key else p["latency_ms"]["32"] for p in points]
+            ys = [p["test_error"] for p in points]
+            color, marker = STYLE[method]
+            order = sorted(range(len(xs)), key=lambda i: xs[i])
+            ax.plot([xs[i] for i in order], [ys[i] for i in order], marker=marker, color=color,
+                    linestyle="-" if method == "nasprune" else ":", label=NAMES[method], markersize=6)
+        ax.axhline(chance_error(seed), color="gray", linewidth=0.8, linestyle="--", label="majority class")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"test error (1 - {main_metric(seed)})")
+        ax.set_title(f"{task} (seed {seed['settings']['seed']})")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        path = out / f"{task}-error-vs-{axis}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path]) -> list[str]:
+    first = seeds[min(seeds)]
+    settings = first["settings"]
+    metric = main_metric(first)
+    lines = [f"## {task}", ""]
+    lines.append(f"Seeds: {', '.join(str(s) for s in sorted(seeds))}. Train / validation / test examples: "
+                 f"{settings['sizes']['train']} / {settings['sizes']['validation']} / {settings['sizes']['test']}; "
+                 f"main metric {metric}; majority class {majority(first):.3f} on test. Command: `python "
+                 f"bench/prove.py --task {settings['task']} --seed {settings['seed']}"
+                 + (f" --train-limit {settings['train_limit']}" if settings.get("train_limit") else "") + "`.")
+    lines.append("")
+    lines += [f"![{p.stem}](results/{p.name})" for p in plots]
+    lines.append("")
+
+    lines += ["### Hypervolume (test error vs encoder params; higher is better)", "",
+              "| method | hypervolume | with the full model added |", "|---|---|---|"]
+    for method in METHODS:
+        own = [method_hypervolume(s, method) for s in seeds.values() if method in s["methods"]]
+        plus = [method_hypervolume(s, method, with_full=True) for s in seeds.values() if method in s["methods"]]
+        if own:
+            lines.append(f"| {NAMES[method]} | {mean_spread(own)} | {mean_spread(plus)} |")
+    lines.append("")
+
+    lines += [f"### Best {metric} at a parameter budget (chosen on validation; test figures)", "",
+              "| method | " + " | ".join(f"≤ {b:.0%} params: {metric} (raw ratio, normalised)" for b in BUDGETS) + " |",
+              "|---|" + "---|" * len(BUDGETS)]
+    for method in METHODS:
+        if not any(method in s["methods"] for s in seeds.values()):
+            continue
+        cells = []
+        for budget in BUDGETS:
+            metrics, raws, norms = [], [], []
+            for seed in seeds.values():
+                point = best_under(seed, method, budget)
+                if point is None:
+                    continue
+                value = point["test"][metric]
+                raw, norm = retention(seed, value)
+                metrics.append(value)
+                raws.append(raw)
+                norms.append(norm)
+            cells.append("–" if not metrics else f"{mean_spread(metrics)} ({mean_spread(raws)}, {mean_spread(norms)})")
+        lines.append(f"| {NAMES[method]} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    lines += ["### Every point (first seed)", "",
+              f"| method | point | encoder params | MACs | val {metric} | test {metric} | retention (raw, norm.) "
+              "| latency b1 / b32 (ms) | training cost (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for method in METHODS:
+        for p in sorted(points_of(first, method), key=lambda p: -p["params_fraction"]):
+            raw, norm = retention(first, p["test"][metric])
+            latency = p.get("latency_ms", {})
+            lines.append(f"| {NAMES[method]} | {p['label']} | {p['params_fraction']:.1%} | {p['macs_fraction']:.1%} | "
+                         f"{p['validation'][metric]:.3f} | {p['test'][metric]:.3f} | {fmt(raw)}, {fmt(norm)} | "
+                         f"{fmt(latency.get('1'), '.1f')} / {fmt(latency.get('32'), '.0f')} | "
+                         f"{fmt(p.get('cost_s'), '.0f')} |")
+    lines.append("")
+
+    nas = [p for p in first["methods"].get("nasprune", []) if p.get("job_train_s") is not None]
+    reference = first["methods"].get("reference")
+    if nas and reference and reference[0].get("plain_train_s"):
+        job = nas[0]["job_train_s"] + nas[0]["job_search_and_test_s"]
+        plain = reference[0]["plain_train_s"]
+        lines += ["### Cost", "",
+                  f"nasprune job {job:.0f} s (supernet training {nas[0]['job_train_s']:.0f} s, search and test "
+                  f"re-evaluation {nas[0]['job_search_and_test_s']:.0f} s) ÷ plain fine-tuning of the full model for "
+                  f"the same epochs at the same learning rate ({plain:.0f} s) = **{job / plain:.2f}** (target ≤ 2.5).",
+                  ""]
+        lines += ["| method | total training time (s) |", "|---|---|"]
+        for method in ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small"):
+            points = first["methods"].get(method)
+            if points:
+                total = points[0]["cost_s"] if method == "oneshot" else sum(p.get("cost_s", 0) for p in points)
+                lines.append(f"| {NAMES[method]} | {total:.0f} |")
+        lines.append(f"| nasprune (whole job) | {job:.0f} |")
+        lines.append("")
+
+    front = [p for p in first["methods"].get("nasprune", []) if p.get("on_front", True) and "latency_ms" in p]
+    full = [p for p in first["methods"].get("nasprune", []) if not p.get("on_front", True)]
+    if front and full and "latency_ms" in full[0]:
+        base = full[0]
+        lines += ["### Measured speed of the exported front points", "",
+                  "| point | MACs | MAC reduction | speed-up b1 | speed-up b32 | speed-up b32 ÷ MAC reduction |",
+                  "|---|---|---|---|---|---|"]
+        for p in sorted(front, key=lambda p: -p["macs_fraction"]):
+            reduction = base["macs"] / p["macs"]
+            s1 = base["latency_ms"]["1"] / p["latency_ms"]["1"]
+            s32 = base["latency_ms"]["32"] / p["latency_ms"]["32"]
+            lines.append(f"| {p['label']} | {p['macs_fraction']:.1%} | {reduction:.2f}x | {s1:.2f}x | {s32:.2f}x | "
+                         f"{s32 / reduction:.2f} |")
+        lines.append("")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args()
+    runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for settings in sorted(Path(args.out).glob("*/seed*/settings.json")):
+        folder = settings.parent
+        runs[folder.parent.name][int(folder.name.removeprefix("seed"))] = load(folder)
+    results = Path(args.results)
+    plot_dir = results.parent / "results"
+    any_settings = next((s["settings"] for seeds in runs.values() for s in seeds.values()), {})
+    lines = ["# Results: nasprune fronts against plain fine-tuning and pruning baselines", "",
+             "Generated by `python bench/prove_report.py` from the JSON that `bench/prove.py` writes; do not edit.",
+             "", f"Machine: {any_settings.get('machine', platform.machine())}, torch {any_settings.get('torch')}, "
+             f"{any_settings.get('threads')} threads; model {any_settings.get('model')}; max length "
+             f"{any_settings.get('max_length')}, batch {any_settings.get('batch_size')}, data split seed 0; "
+             f"learning-rate grid {any_settings.get('lrs')}, {any_settings.get('epochs')} epochs (epoch chosen on "
+             "validation), nasprune on default settings (uniform space, NSGA-II, objectives error and encoder "
+             f"params, {any_settings.get('evaluations')} evaluations).", "", __doc__.split("\n\n", 2)[2], ""]
+    for task in sorted(runs):
+        first = runs[task][min(runs[task])]
+        plots = plot_task(task, first, plot_dir)
+        lines += task_section(task, runs[task], plots)
+    results.write_text("\n".join(lines) + "\n")
+    print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")
+
+
+if __name__ == "__main__":
+    main()
