@@ -340,7 +340,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info" if args.verbose else "warning")
     except SystemExit as exc:
-        log.warning("server stopped (%s)", exc.code)
+        code = exc.code
+        reason = signal.Signals(code - 128).name if isinstance(code, int) and 128 < code < 128 + 65 else code
+        log.warning("server stopped (%s); stopping the workers", reason)
     finally:
         pool.stop()
         for sig, handler in previous.items():
