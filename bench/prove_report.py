@@ -261,6 +261,9 @@ def main() -> None:
              f"learning-rate grid {any_settings.get('lrs')}, {any_settings.get('epochs')} epochs (epoch chosen on "
              "validation), nasprune on default settings (uniform space, NSGA-II, objectives error and encoder "
              f"params, {any_settings.get('evaluations')} evaluations).", "", __doc__.split("\n\n", 2)[2], ""]
+    notes = HERE / "RESULTS_NOTES.md"  # the hand-written reading of the figures (what wins, what loses, why)
+    if notes.is_file():
+        lines += [notes.read_text().strip(), ""]
     for task in sorted(runs):
         first = runs[task][min(runs[task])]
         plots = plot_task(task, first, plot_dir)
