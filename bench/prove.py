@@ -29,6 +29,7 @@ import logging
 import os
 import platform
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_macs, count_params
 from supernet.data import error_from_metrics
+from supernet.evaluation import evaluate
 from supernet.extract import extract
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
@@ -117,11 +119,14 @@ class Experiment:
                 "params_encoder": params.encoder, "params_fraction": params.encoder / full.encoder,
                 "macs": macs, "macs_fraction": macs / count_macs(config, seq_len=self.spec.max_length)} | extra
 
+    @cached_property
+    def extraction_source(self) -> Supernet:
+        """The pre-trained model to slice pruned models from (extract copies, so one instance serves all)."""
+        return self.pretrained()
+
     @property
     def pretrained_config(self):
-        if not hasattr(self, "_config"):
-            self._config = self.pretrained().config
-        return self._config
+        return self.extraction_source.config
 
     # -- one fine-tuning run --------------------------------------------------------------------------------
     def finetune_unit(self, path: Path, build_model, learning_rate: float, epochs: float,
@@ -176,11 +181,11 @@ class Experiment:
 
     def layer_drop(self) -> list[dict[str, Any]]:
         points = []
-        pretrained = self.pretrained()
+        pretrained = self.extraction_source
         for sub in layer_drop_configs(pretrained.config):
             k = pretrained.config.num_layers - len(sub.layers)
             best, lr, cost = self.best_of_grid(self.folder / "layer_drop" / f"drop{k}",
-                                               lambda sub=sub: PrunedModel(extract(self.pretrained(), sub)),
+                                               lambda sub=sub: PrunedModel(extract(pretrained, sub)),
                                                self.args.epochs)
             points.append(self.point("layer_drop", f"drop top {k}", sub, best["validation"], best["test"],
                                      learning_rate=lr, epoch=best["epoch"], cost_s=cost))
@@ -202,8 +207,6 @@ class Experiment:
         if path.is_file():
             return read_json(path)
         model, masks, scoring_s = self.ordered_reference()
-        from supernet.evaluation import evaluate
-
         points = []
         for budget, sub in zip(BUDGETS, masks, strict=True):
             validation = evaluate(model, self.validation, self.task.spec, sub=sub)
@@ -231,8 +234,10 @@ class Experiment:
                                      epoch=best["epoch"], cost_s=cost))
         return points
 
+    @cached_property
     def ordered_pretrained(self) -> Supernet:
-        """The pre-trained model ordered by Fisher importance, as nasprune orders it before supernet training."""
+        """The pre-trained model ordered by Fisher importance, as nasprune orders it before supernet training
+        (scored once; extract copies the slices)."""
         model = self.pretrained()
         self.generator.manual_seed(self.args.seed)
         reorder_by_importance(model, fisher_importance(model, self.train, max_batches=self.spec.importance_batches))
@@ -242,8 +247,8 @@ class Experiment:
         points = []
         for fraction, sub in zip(NAS_FRACTIONS, uniform_configs(self.pretrained_config, NAS_FRACTIONS), strict=True):
             folder = self.folder / "nas_small" / f"uniform{round(fraction * 100)}"
-            best, lr, cost = self.best_of_grid(folder, lambda sub=sub: PrunedModel(extract(self.ordered_pretrained(),
-                                                                                             sub)), self.args.epochs)
+            best, lr, cost = self.best_of_grid(
+                folder, lambda sub=sub: PrunedModel(extract(self.ordered_pretrained, sub)), self.args.epochs)
             points.append(self.point("nas_small", f"uniform {fraction:.0%}", sub, best["validation"], best["test"],
                                      learning_rate=lr, epoch=best["epoch"], cost_s=cost))
         return points
@@ -279,11 +284,10 @@ class Experiment:
         """Measured forward latency (ms) of each point's physically pruned model at batch 1 and 32 x seq len."""
         cache_file = Path(self.args.out) / f"latency-{platform.node()}-{torch.get_num_threads()}t.json"
         cache = read_json(cache_file) if cache_file.is_file() else {}
-        pretrained = None
         for point in points:
             key = config_key(SubNetworkConfig.from_dict(point["config"]))
             if key not in cache:
-                pretrained = pretrained or self.pretrained()
+                pretrained = self.extraction_source
                 model = extract(pretrained, SubNetworkConfig.from_dict(point["config"]))
                 cache[key] = {str(b): measure_latency(model, batch_size=b, seq_len=self.spec.max_length,
                                                       repeats=self.args.latency_repeats,

@@ -24,7 +24,6 @@ from supernet.counting import count_macs, layer_macs
 from supernet.data import TaskSpec, error_from_metrics
 from supernet.evaluation import evaluate
 from supernet.importance import Importance
-from supernet.model import Supernet
 from supernet.training import SupernetTrainer, TrainingConfig, TrainState
 
 log = logging.getLogger(__name__)
@@ -178,14 +177,3 @@ def sorted_importance(importance: Importance) -> Importance:
     """The scores in the order `reorder_by_importance` leaves the weights (most important first per layer)."""
     return Importance(heads=[torch.sort(h, descending=True, stable=True).values for h in importance.heads],
                       units=[torch.sort(u, descending=True, stable=True).values for u in importance.units])
-
-
-def evaluate_subnetworks(supernet: Supernet, subs: Sequence[SubNetworkConfig], batches: Iterable,
-                         task: TaskSpec, *, on_each: Callable[[int], None] | None = None) -> list[dict[str, float]]:
-    """Metrics of each sub-network sliced out of `supernet` (no training)."""
-    results = []
-    for index, sub in enumerate(subs):
-        results.append(evaluate(supernet, batches, task, sub=sub))
-        if on_each is not None:
-            on_each(index)
-    return results

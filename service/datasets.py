@@ -127,17 +127,22 @@ def _inspect_csv(f: Any, fmt: str) -> tuple[int, list[str]]:
     return rows, columns
 
 
+def _json_object(line: str, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{where}: invalid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise DatasetError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def _inspect_jsonl(f: Any) -> tuple[int, list[str]]:
     rows, columns = 0, None
     for line_no, line in enumerate(f, start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"line {line_no}: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DatasetError(f"line {line_no}: expected a JSON object, got {type(record).__name__}")
+        record = _json_object(line, f"line {line_no}")
         if columns is None:
             columns = _check_columns(list(record))
         elif set(record) != set(columns):
@@ -161,13 +166,7 @@ def read_columns(path: Path) -> list[str]:
     except UnicodeDecodeError:
         raise DatasetError("not UTF-8 text") from None
     if fmt == "jsonl":
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"first line: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DatasetError(f"first line: expected a JSON object, got {type(record).__name__}")
-        return list(record)
+        return list(_json_object(line, "first line"))
     try:
         header = next(csv.reader([line], delimiter="\t" if fmt == "tsv" else ","), [])
     except csv.Error as exc:

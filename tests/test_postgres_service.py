@@ -5,11 +5,10 @@ can be started (tests/postgres.py)."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
-from conftest import REPO, run_worker_once, start_worker, trials_jsonl
+from conftest import run_worker_once, service_env, start_worker, trials_jsonl
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from test_api import body
@@ -24,12 +23,7 @@ def test_two_workers_run_searches_on_postgres(postgres, workspace, tmp_path) -> 
     url = postgres.new_database()
     settings = Settings(data_root=tmp_path / "data", database_url=url, allowed_model_roots=[workspace],
                         allowed_data_roots=[workspace], heartbeat_s=1.0, stale_after_s=3.0)
-    env = os.environ | {
-        "NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": url,
-        "NASPRUNE_ALLOWED_MODEL_ROOTS": json.dumps([str(workspace)]),
-        "NASPRUNE_ALLOWED_DATA_ROOTS": json.dumps([str(workspace)]), "NASPRUNE_CACHE": str(tmp_path / "cache"),
-        "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
-    }
+    env = service_env(settings, tmp_path / "cache")
     with TestClient(create_app(settings)) as client:  # the app applies the migrations to the empty database
         assert client.get("/healthz").json()["status"] == "ok"
         ids = [client.post("/searches", json=body(workspace, seed=seed)).json()["id"] for seed in (0, 1)]
