@@ -11,6 +11,7 @@ Methods (each yields points: configuration, validation and test metrics, encoder
   nas_small   a small NAS: uniform sub-networks (75/50/33/25 % of heads and units), each fine-tuned alone
   nasprune    the service's own job on default settings: supernet training (--epochs), NSGA-II search
               (--evaluations) on (error, encoder params), test re-evaluation of the front
+  nasprune_v0 the same job with the first default training recipe (before the fix this benchmark prompted)
 
 Every unit of work (one fine-tuning run, one mask evaluation, the nasprune job) writes its JSON under
 bench/out/prove/<task>/seed<k>/ when it ends, so a rerun continues where it stopped. bench/prove_report.py turns
@@ -29,6 +30,7 @@ import logging
 import os
 import platform
 import time
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,10 @@ from supernet.run import Run, RunSpec, train_run
 from supernet.training import TrainingConfig
 
 OUT = Path(__file__).resolve().parent / "out" / "prove"
-METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune")
+METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune", "nasprune_v0")
+# nasprune's first default recipe (Fisher order on the random head, then 3 sandwich epochs at 5e-5): the "before"
+V0_TRAINING = {"learning_rate": 5e-5, "plain_fraction": 0.0, "num_random_subnets": 2, "temperature": 10.0,
+               "label_loss_weight": 0.0}
 BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 NAS_FRACTIONS = (0.75, 0.5, 0.33, 0.25)
 log = logging.getLogger("prove")
@@ -254,28 +259,34 @@ class Experiment:
         return points
 
     def nasprune(self) -> list[dict[str, Any]]:
-        folder = self.folder / "nasprune"
+        return self.nasprune_job("nasprune", self.spec)
+
+    def nasprune_v0(self) -> list[dict[str, Any]]:
+        return self.nasprune_job("nasprune_v0", replace(self.spec, training=replace(self.spec.training, **V0_TRAINING)))
+
+    def nasprune_job(self, method: str, spec: RunSpec) -> list[dict[str, Any]]:
+        folder = self.folder / method
         times_file = folder / "times.json"
         times = read_json(times_file) if times_file.is_file() else {}
         run_folder = folder / "run"
         if "train_s" not in times:
             started = time.perf_counter()
-            train_run(self.spec, run_folder)
+            train_run(spec, run_folder)
             times["train_s"] = time.perf_counter() - started
             write_json(times_file, times)
         if "search_and_test_s" not in times:
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed))
             started = time.perf_counter()
-            run_search_job(self.spec, job, run_folder)
+            run_search_job(spec, job, run_folder)
             times["search_and_test_s"] = time.perf_counter() - started
             write_json(times_file, times)
         front = read_json(run_folder / "front.json")
         cost = times["train_s"] + times["search_and_test_s"]
-        points = [self.point("nasprune", f"front {i}", SubNetworkConfig.from_dict(p["config"]), p["validation"],
+        points = [self.point(method, f"front {i}", SubNetworkConfig.from_dict(p["config"]), p["validation"],
                              p["test"], cost_s=cost, **{f"job_{k}": v for k, v in times.items()})
                   for i, p in enumerate(front["points"])]
         reference = front["reference"]
-        points.append(self.point("nasprune", "supernet full", SubNetworkConfig.from_dict(reference["config"]),
+        points.append(self.point(method, "supernet full", SubNetworkConfig.from_dict(reference["config"]),
                                  reference["validation"], reference["test"], cost_s=cost, on_front=False))
         return points
 

@@ -56,18 +56,22 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="label", help="custom task: label column")
     p.add_argument("--task-type", choices=["classification", "regression"], default="classification")
     p.add_argument("--space", default="uniform", choices=["uniform", "per_layer", "layers"])
-    p.add_argument("--epochs", type=float, default=3.0, help="supernet epochs (may be fractional)")
+    p.add_argument("--epochs", type=float, default=TrainingConfig.epochs, help="supernet epochs (may be fractional)")
+    p.add_argument("--plain-fraction", type=float, default=TrainingConfig.plain_fraction,
+                   help="share of the training steps that fine-tune only the full model before importance ordering "
+                        "and sandwich training")
     p.add_argument("--train-limit", type=int, default=None, help="cap on training examples")
     p.add_argument("--validation-limit", type=int, default=None,
                    help="cap on validation examples (a seeded random subset): cheaper search evaluations")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=TrainingConfig.learning_rate)
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--num-random-subnets", type=int, default=2, help="k of the sandwich rule; 0 = plain fine-tuning")
-    p.add_argument("--temperature", type=float, default=10.0)
-    p.add_argument("--label-loss-weight", type=float, default=0.0)
+    p.add_argument("--num-random-subnets", type=int, default=TrainingConfig.num_random_subnets,
+                   help="k of the sandwich rule; 0 = plain fine-tuning")
+    p.add_argument("--temperature", type=float, default=TrainingConfig.temperature)
+    p.add_argument("--label-loss-weight", type=float, default=TrainingConfig.label_loss_weight)
     p.add_argument("--importance", choices=["fisher", "none"], default="fisher")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0)
@@ -82,7 +86,8 @@ def _spec_from_args(args: argparse.Namespace) -> RunSpec:
         custom = CustomTask(name=args.task.split("/", 1)[1], train_file=args.train_file, test_file=args.test_file,
                             text_columns=[c for c in args.text_columns.split(",") if c],
                             label_column=args.label_column, task_type=args.task_type)
-    training = TrainingConfig(epochs=args.epochs, learning_rate=args.lr, gradient_accumulation=args.grad_accum,
+    training = TrainingConfig(epochs=args.epochs, plain_fraction=args.plain_fraction, learning_rate=args.lr,
+                              gradient_accumulation=args.grad_accum,
                               num_random_subnets=args.num_random_subnets, temperature=args.temperature,
                               label_loss_weight=args.label_loss_weight, seed=args.seed)
     return RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, custom=custom, space=args.space,

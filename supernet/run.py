@@ -169,7 +169,7 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     run = Run(folder, spec)
     run.folder.mkdir(parents=True, exist_ok=True)
     run_file = run.folder / RUN_FILE
-    if run_file.is_file() and json.loads(run_file.read_text()) != spec.to_dict():
+    if run_file.is_file() and RunSpec.from_dict(json.loads(run_file.read_text())) != spec:  # new fields default
         raise ValueError(f"{run.folder} holds a different run; choose another output folder")
     run_file.write_text(json.dumps(spec.to_dict(), indent=2))
     finished = run.folder / TRAINING_FILE
@@ -182,18 +182,25 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     space = run.space(model.config)
     generator = torch.Generator()
     loader = run.batches("train", shuffle=True, generator=generator)
-    trainer = SupernetTrainer(model, space, loader, spec.training, generator=generator,
-                              checkpoint_path=run.folder / CHECKPOINT_FILE, on_step=on_step,
-                              should_stop=should_stop, should_checkpoint=should_checkpoint, progress=progress)
-    if (run.folder / CHECKPOINT_FILE).is_file():
-        state = trainer.load_checkpoint()
-        log.info("resuming from step %d of %d", state.step, state.total_steps)
-    elif spec.importance == "fisher":
+    if spec.importance not in ("fisher", "none"):
+        raise ValueError(f"unknown importance method {spec.importance!r}; use 'fisher' or 'none'")
+
+    def order_by_importance(model: Supernet) -> None:
         generator.manual_seed(spec.training.seed)
         importance = fisher_importance(model, loader, max_batches=spec.importance_batches, progress=progress)
         reorder_by_importance(model, importance)
-    elif spec.importance != "none":
-        raise ValueError(f"unknown importance method {spec.importance!r}; use 'fisher' or 'none'")
+
+    # with plain epochs first, importance is scored once they end (on a trained head), not on the random head
+    score_later = spec.importance == "fisher" and spec.training.plain_fraction > 0
+    trainer = SupernetTrainer(model, space, loader, spec.training, generator=generator,
+                              checkpoint_path=run.folder / CHECKPOINT_FILE, on_step=on_step,
+                              should_stop=should_stop, should_checkpoint=should_checkpoint,
+                              on_plain_end=order_by_importance if score_later else None, progress=progress)
+    if (run.folder / CHECKPOINT_FILE).is_file():
+        state = trainer.load_checkpoint()
+        log.info("resuming from step %d of %d", state.step, state.total_steps)
+    elif spec.importance == "fisher" and not score_later:
+        order_by_importance(model)
     state = trainer.train()
     if state.stopped:
         return state

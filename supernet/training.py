@@ -34,6 +34,9 @@ Batch = Mapping[str, torch.Tensor]
 @dataclass
 class TrainingConfig:
     epochs: float = 3.0
+    # The first `plain_fraction` of the steps fine-tune only the full model (no sub-networks), so that importance
+    # can be scored on a model whose classifier head has learned the task before the sandwich steps share it.
+    plain_fraction: float = 0.0
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
@@ -50,6 +53,8 @@ class TrainingConfig:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.gradient_accumulation < 1 or self.num_random_subnets < 0 or self.temperature <= 0:
             raise ValueError("gradient_accumulation >= 1, num_random_subnets >= 0 and temperature > 0 are required")
+        if not 0 <= self.plain_fraction < 1:
+            raise ValueError(f"plain_fraction must be >= 0 and < 1, got {self.plain_fraction}")
 
 
 @dataclass
@@ -86,27 +91,36 @@ class SupernetTrainer:
                  generator: torch.Generator | None = None, checkpoint_path: str | Path | None = None,
                  on_step: Callable[[TrainState], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 should_checkpoint: Callable[[], bool] | None = None, progress: bool = True) -> None:
+                 should_checkpoint: Callable[[], bool] | None = None,
+                 on_plain_end: Callable[[Supernet], None] | None = None, progress: bool = True) -> None:
         if not isinstance(loader, Sized) or len(loader) == 0:
             raise ValueError("the training loader is empty")
         self.model, self.space, self.loader, self.config = model, space, loader, config
         self.generator = generator
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.on_step, self.should_stop, self.should_checkpoint = on_step, should_stop, should_checkpoint
+        self.on_plain_end = on_plain_end
         self.progress = progress
         accumulation = config.gradient_accumulation
         self.steps_per_epoch = math.ceil(len(loader) / accumulation)
         total = max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        # plain steps first (at least one sandwich step is left); each phase has its own warm-up and decay
+        self.plain_steps = min(total - 1, round(config.plain_fraction * total))
         self.state = TrainState(total_steps=total)
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
         self.optimizer = torch.optim.AdamW(_decay_groups(model, config.weight_decay), lr=config.learning_rate)
-        warmup = int(config.warmup_ratio * total)
+        plain = self.plain_steps
 
-        def linear(step: int) -> float:
+        def phase(step: int, start: int, end: int) -> float:
+            step, length = step - start, end - start
+            warmup = int(config.warmup_ratio * length)
             if step < warmup:
                 return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
+            return max(0.0, (length - step) / max(1, length - warmup))
+
+        def linear(step: int) -> float:
+            return phase(step, 0, plain) if step < plain else phase(step, plain, total)
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear)
         self._checkpoint_requested = False
@@ -121,7 +135,7 @@ class SupernetTrainer:
         loss = task_loss(logits, labels)
         (loss * scale).backward()
         losses = {"loss_full": loss.item()}
-        if cfg.num_random_subnets == 0:
+        if cfg.num_random_subnets == 0 or self.state.step < self.plain_steps:
             return losses
         teacher = logits.detach()
         subnets = [self.space.smallest()] + [self.space.sample(self.rng) for _ in range(cfg.num_random_subnets)]
@@ -148,6 +162,15 @@ class SupernetTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _end_plain_phase(self) -> None:
+        """Run the hook (e.g. importance reordering, which permutes weights), then start the sandwich phase
+        with fresh optimizer moments (they belong to the old order) and checkpoint, so a resume never repeats it."""
+        if self.on_plain_end is not None:  # may draw from the loader's generator: epochs are re-seeded anyway
+            self.on_plain_end(self.model)
+        self.model.train()
+        self.optimizer.state.clear()
+        self.save_checkpoint()
 
     # -- the loop -------------------------------------------------------------------------------------------
     def request_checkpoint(self) -> None:
@@ -176,6 +199,8 @@ class SupernetTrainer:
                 state.step += 1
                 state.history.append({k: v / pending for k, v in sums.items()} | {"step": state.step})
                 pending, sums = 0, {}
+                if state.step == self.plain_steps:
+                    self._end_plain_phase()
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in state.history[-1].items() if k != "step"})
                 if self.on_step is not None:

@@ -132,6 +132,32 @@ def test_importance_ordering_keeps_the_function(workspace, tmp_path, importance:
             torch.testing.assert_close(heads, heads.sort(descending=True).values, rtol=1e-3, atol=1e-12)
 
 
+def test_plain_fraction_scores_importance_once_on_the_fine_tuned_model(workspace, tmp_path, monkeypatch) -> None:
+    """With --plain-fraction, Fisher ordering runs once, after the plain steps (not on the random head first)."""
+    import supernet.run as run_module
+    from supernet.training import SupernetTrainer
+
+    steps, scored_at = {"n": 0}, []
+    original_step, original_fisher = SupernetTrainer._optimizer_step, run_module.fisher_importance
+
+    def counting_step(self, pending):
+        original_step(self, pending)
+        steps["n"] += 1
+
+    def recording_fisher(*args, **kwargs):
+        scored_at.append(steps["n"])
+        return original_fisher(*args, **kwargs)
+
+    monkeypatch.setattr(SupernetTrainer, "_optimizer_step", counting_step)
+    monkeypatch.setattr(run_module, "fisher_importance", recording_fisher)
+    out = tmp_path / "plain"
+    assert cli(_train_args(workspace, out, "--epochs", "2", "--plain-fraction", "0.5")) == 0
+    history = json.loads((out / "training.json").read_text())["history"]
+    assert len(history) == 12 and scored_at == [6]  # 42 examples in batches of 8: 6 steps per epoch
+    assert all("loss_subnets" not in h for h in history[:6]) and all("loss_subnets" in h for h in history[6:])
+    assert Run(out).spec.training.plain_fraction == 0.5
+
+
 def test_run_batches_for_the_test_split(trained_run) -> None:
     run = Run(trained_run)
     batches = run.batches("test")

@@ -341,3 +341,92 @@ def test_config_and_loader_validation() -> None:
         _trainer(make_supernet(), iter([{"labels": torch.zeros(1)}]), TrainingConfig())  # no length
     tiny = _trainer(make_supernet(), FakeLoader(toy_data(4), 4), TrainingConfig(epochs=0.01))
     assert tiny.state.total_steps == 1
+
+
+PLAIN_CONFIG = dict(epochs=2.5, plain_fraction=0.375, gradient_accumulation=2, num_random_subnets=2, learning_rate=2e-3,
+                    warmup_ratio=0.2, seed=3)
+
+
+def _reorder_hook(loader, calls: list[int]):
+    """Fisher-reorder the model on the training loader (as train_run does), recording each call."""
+    from supernet.importance import fisher_importance, reorder_by_importance
+
+    def hook(model) -> None:
+        calls.append(1)
+        reorder_by_importance(model, fisher_importance(model, loader, max_batches=2, progress=False))
+    return hook
+
+
+def test_plain_steps_come_first_then_the_hook_then_sandwich_with_fresh_moments(tmp_path) -> None:
+    data = toy_data(18)
+    model = make_supernet(seed=1)
+    generator = torch.Generator()
+    loader = FakeLoader(data, 4, generator)
+    calls: list[int] = []
+    adam_steps: dict[int, int] = {}
+
+    def on_step(state: TrainState) -> None:
+        moments = list(trainer.optimizer.state.values())
+        adam_steps[state.step] = int(moments[0]["step"]) if moments else 0
+
+    trainer = _trainer(model, loader, TrainingConfig(**PLAIN_CONFIG), generator=generator,
+                       on_plain_end=_reorder_hook(loader, calls), on_step=on_step,
+                       checkpoint_path=tmp_path / "checkpoint.pt")
+    assert trainer.plain_steps == 3 and trainer.state.total_steps == 8
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = trainer.train()
+    assert calls == [1]
+    assert [set(h) for h in state.history[:3]] == [{"loss_full", "step"}] * 3
+    assert all("loss_subnets" in h for h in state.history[3:])
+    assert [adam_steps[s] for s in range(1, 9)] == [1, 2, 0, 1, 2, 3, 4, 5]  # cleared at the hook
+    lr = trainer.scheduler.lr_lambdas[0]
+    # each phase has its own warm-up (20 % of its steps, rounded down) and decays to zero at its end
+    assert [lr(s) for s in range(3)] == [1.0, 2 / 3, 1 / 3]
+    assert [lr(s) for s in range(3, 8)] == [1 / 2, 1.0, 3 / 4, 2 / 4, 1 / 4]
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_plain_fraction_zero_keeps_the_single_schedule() -> None:
+    trainer = _trainer(make_supernet(seed=1), FakeLoader(toy_data(18), 4), TrainingConfig(**RESUME_CONFIG))
+    lr, total = trainer.scheduler.lr_lambdas[0], trainer.state.total_steps
+    warmup = int(0.2 * total)
+    assert trainer.plain_steps == 0
+    assert [lr(s) for s in range(total)] == [(s + 1) / (warmup + 1) if s < warmup else (total - s) / (total - warmup)
+                                            for s in range(total)]
+
+
+@pytest.mark.parametrize("stop", [2, 3, 4], ids=["before-hook", "at-hook", "after-hook"])
+def test_resume_across_the_plain_steps_is_bitwise_identical_and_runs_the_hook_once(tmp_path, stop: int) -> None:
+    data = toy_data(18)
+
+    def run(model, path, stop_at=None, resume=False):
+        generator = torch.Generator()
+        loader = FakeLoader(data, 4, generator)
+        trainer = _trainer(model, loader, TrainingConfig(**PLAIN_CONFIG), generator=generator, checkpoint_path=path,
+                           on_plain_end=_reorder_hook(loader, calls),
+                           should_stop=lambda: stop_at is not None and trainer.state.step >= stop_at)
+        if resume:
+            trainer.load_checkpoint()
+        return trainer, trainer.train()
+
+    calls: list[int] = []
+    reference = make_supernet(seed=1)
+    _, ref_state = run(reference, tmp_path / "uninterrupted.pt")
+    assert calls == [1]
+    calls.clear()
+    path = tmp_path / "checkpoint.pt"
+    _, state = run(make_supernet(seed=1), path, stop_at=stop)
+    assert state.stopped and state.step == stop
+    model = make_supernet(seed=7)
+    _, state = run(model, path, resume=True)
+    assert calls == [1]  # scored once, before or after the interruption
+    assert state.history == ref_state.history
+    assert _equal_state(model, reference)
+
+
+def test_plain_fraction_validation() -> None:
+    for bad in (-0.5, 1.0, 4.0):
+        with pytest.raises(ValueError, match="plain_fraction"):
+            TrainingConfig(epochs=3.0, plain_fraction=bad)
+    config = TrainingConfig(epochs=0.1, plain_fraction=0.99)  # at least one sandwich step is always left
+    assert _trainer(make_supernet(seed=1), FakeLoader(toy_data(18), 4), config).plain_steps == 0

@@ -1,0 +1,117 @@
+"""Screen supernet training recipes on one task without a search: train each recipe's supernet, then slice a
+fixed set of architectures out of it (uniform 75/50/33/25 % and, when bench/prove.py has run on this task and
+seed, its one-shot Kwon masks at MAC budgets 0.9 .. 0.2) and measure them on validation and test.
+
+The same architectures on every supernet make the recipes comparable at a fraction of a search's cost; the
+recipe that wins here becomes nasprune's default and is then proven by bench/prove.py with a full search.
+
+    python bench/supernet_recipes.py --task glue/mrpc --recipes v0 lr1e-4 plain2-lr1e-4
+
+Results: bench/out/recipes/<task>/seed<k>/<recipe>.json (a finished recipe is not retrained or re-measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from search.baselines import uniform_configs
+from supernet.config import SubNetworkConfig
+from supernet.counting import count_params
+from supernet.evaluation import evaluate
+from supernet.run import Run, RunSpec, train_run
+from supernet.training import TrainingConfig
+
+OUT = Path(__file__).resolve().parent / "out"
+# name -> changes to the TrainingConfig defaults of the run (3 epochs in all)
+RECIPES: dict[str, dict] = {
+    "v0": {"learning_rate": 5e-5, "plain_fraction": 0.0},  # the first default: Fisher on the random head, 3 sandwich
+    "lr1e-4": {"learning_rate": 1e-4, "plain_fraction": 0.0},
+    "plain1": {"learning_rate": 5e-5, "plain_fraction": 1 / 3},
+    "plain1-lr1e-4": {"learning_rate": 1e-4, "plain_fraction": 1 / 3},
+    "plain2-lr1e-4": {"learning_rate": 1e-4, "plain_fraction": 2 / 3},
+    "plain2-lr1e-4-k1": {"learning_rate": 1e-4, "plain_fraction": 2 / 3, "num_random_subnets": 1},
+    "plain2-lr1e-4-ll1": {"learning_rate": 1e-4, "plain_fraction": 2 / 3, "temperature": 1.0, "label_loss_weight": 1.0},
+}
+log = logging.getLogger("recipes")
+
+
+def architectures(config, prove_points: Path) -> list[tuple[str, SubNetworkConfig]]:
+    fractions = (0.75, 0.5, 0.33, 0.25)
+    archs = [(f"uniform {f:.0%}", sub) for f, sub in zip(fractions, uniform_configs(config, fractions), strict=True)]
+    if prove_points.is_file():
+        archs += [(f"kwon {p['label']}", SubNetworkConfig.from_dict(p["config"]))
+                  for p in json.loads(prove_points.read_text())]
+    return archs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="glue/mrpc")
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    slug = f"{args.task.replace('/', '-')}/seed{args.seed}"
+    folder = OUT / "recipes" / slug
+    prove_points = OUT / "prove" / slug / "oneshot" / "points.json"
+    for name in args.recipes:
+        result_file = folder / f"{name}.json"
+        if result_file.is_file():
+            continue
+        training = replace(TrainingConfig(epochs=args.epochs, seed=args.seed), **RECIPES[name])
+        spec = RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
+                       training=training)
+        run_folder = folder / name
+        started = time.perf_counter()
+        train_run(spec, run_folder)
+        train_s = time.perf_counter() - started
+        run = Run(run_folder)
+        model, task = run.load_supernet(), run.task
+        validation, test = list(run.batches("validation")), list(run.batches(next(iter(task.test))))
+        full = count_params(model.config).encoder
+        points = []
+        for label, sub in architectures(model.config, prove_points):
+            points.append({"label": label, "config": sub.to_dict(),
+                           "params_fraction": count_params(model.config, sub).encoder / full,
+                           "validation": evaluate(model, validation, task.spec, sub=sub),
+                           "test": evaluate(model, test, task.spec, sub=sub)})
+            log.info("%s %s: %s", name, label, points[-1]["test"])
+        result_file.write_text(json.dumps({"recipe": name, "training": RECIPES[name], "train_s": train_s,
+                                           "points": points}, indent=2))
+    metric = None
+    rows = {}
+    for name in args.recipes:
+        result_file = folder / f"{name}.json"
+        if result_file.is_file():
+            data = json.loads(result_file.read_text())
+            metric = metric or next(iter(data["points"][0]["test"]))
+            rows[name] = data
+    if not rows:
+        return
+    labels = [p["label"] for p in next(iter(rows.values()))["points"]]
+    print(f"\n{slug}: validation / test {metric} of the same architectures sliced from each recipe's supernet")
+    print("| architecture | params | " + " | ".join(rows) + " |")
+    print("|---|---|" + "---|" * len(rows))
+    for i, label in enumerate(labels):
+        cells = [f"{d['points'][i]['validation'][metric]:.3f} / {d['points'][i]['test'][metric]:.3f}"
+                 for d in rows.values()]
+        print(f"| {label} | {next(iter(rows.values()))['points'][i]['params_fraction']:.0%} | " + " | ".join(cells)
+              + " |")
+    print("| train s | | " + " | ".join(f"{d['train_s']:.0f}" for d in rows.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
