@@ -38,6 +38,9 @@ RECIPES: dict[str, dict] = {
     "plain2-lr1e-4": {"learning_rate": 1e-4, "plain_fraction": 2 / 3},
     "plain2-lr1e-4-k1": {"learning_rate": 1e-4, "plain_fraction": 2 / 3, "num_random_subnets": 1},
     "plain2-lr1e-4-ll1": {"learning_rate": 1e-4, "plain_fraction": 2 / 3, "temperature": 1.0, "label_loss_weight": 1.0},
+    # 3 plain epochs (as long as the reference fine-tuning) and then half or one sandwich epoch
+    "plain3-s0.5-lr1e-4": {"learning_rate": 1e-4, "epochs": 3.5, "plain_fraction": 6 / 7},
+    "plain3-s1-lr1e-4": {"learning_rate": 1e-4, "epochs": 4.0, "plain_fraction": 3 / 4},
 }
 log = logging.getLogger("recipes")
 

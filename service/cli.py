@@ -56,7 +56,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="label", help="custom task: label column")
     p.add_argument("--task-type", choices=["classification", "regression"], default="classification")
     p.add_argument("--space", default="uniform", choices=["uniform", "per_layer", "layers"])
-    p.add_argument("--epochs", type=float, default=TrainingConfig.epochs, help="supernet epochs (may be fractional)")
+    p.add_argument("--epochs", type=float, default=TrainingConfig.epochs,
+                   help="training epochs, the plain ones (--plain-fraction) included; may be fractional")
     p.add_argument("--plain-fraction", type=float, default=TrainingConfig.plain_fraction,
                    help="share of the training steps that fine-tune only the full model before importance ordering "
                         "and sandwich training")

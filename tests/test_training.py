@@ -56,8 +56,8 @@ def _equal_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-RESUME_CONFIG = dict(epochs=2.5, gradient_accumulation=2, num_random_subnets=2, learning_rate=2e-3, warmup_ratio=0.2,
-                     seed=3, label_loss_weight=0.5)
+RESUME_CONFIG = dict(epochs=2.5, plain_fraction=0.0, gradient_accumulation=2, num_random_subnets=2, learning_rate=2e-3,
+                     warmup_ratio=0.2, seed=3, label_loss_weight=0.5)
 
 
 def _full_run(tmp_path, data) -> tuple[torch.nn.Module, TrainState]:
@@ -119,7 +119,7 @@ def test_gradient_accumulation_equals_larger_batches() -> None:
         model = make_supernet(no_dropout, seed=2)
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         generator = torch.Generator()
-        config = TrainingConfig(epochs=2, gradient_accumulation=accumulation, num_random_subnets=1,
+        config = TrainingConfig(epochs=2, plain_fraction=0.0, gradient_accumulation=accumulation, num_random_subnets=1,
                                 learning_rate=0.0, max_grad_norm=1e9, seed=0)
         trainer = _trainer(model, FakeLoader(data, batch_size, generator), config, generator=generator)
         assert trainer.steps_per_epoch == 3 and trainer.state.total_steps == 6
@@ -170,8 +170,8 @@ def test_sandwich_trains_the_full_net_the_smallest_and_random_subnets() -> None:
 
     model.set_sub_network = spy  # type: ignore[method-assign]
     data = toy_data(32, seed=1)
-    config = TrainingConfig(epochs=8, num_random_subnets=2, learning_rate=3e-3, warmup_ratio=0.0, temperature=2.0,
-                            seed=1)
+    config = TrainingConfig(epochs=8, plain_fraction=0.0, num_random_subnets=2, learning_rate=3e-3, warmup_ratio=0.0,
+                            temperature=2.0, seed=1)
     trainer = SupernetTrainer(model, space, FakeLoader(data, 8, torch.Generator()), config, progress=False)
     state = trainer.train()
     assert state.step == 32 and all(set(h) == {"loss_full", "loss_subnets", "step"} for h in state.history)
@@ -199,14 +199,15 @@ def test_sandwich_gradients_differ_from_plain_fine_tuning() -> None:
     results = []
     for k in (0, 1):
         model = make_supernet(seed=5)
-        _trainer(model, FakeLoader(data, 4), TrainingConfig(epochs=1, num_random_subnets=k, seed=0)).train()
+        config = TrainingConfig(epochs=1, plain_fraction=0.0, num_random_subnets=k, seed=0)
+        _trainer(model, FakeLoader(data, 4), config).train()
         results.append(model)
     assert not _equal_state(*results)
 
 
 def test_regression_training() -> None:
     model = make_supernet(supernet_config(num_labels=1), seed=6)
-    config = TrainingConfig(epochs=6, num_random_subnets=1, learning_rate=3e-3, warmup_ratio=0.0)
+    config = TrainingConfig(epochs=6, plain_fraction=0.0, num_random_subnets=1, learning_rate=3e-3, warmup_ratio=0.0)
     state = _trainer(model, FakeLoader(toy_data(16, regression=True), 8, torch.Generator()), config).train()
     assert all(math.isfinite(h["loss_full"]) and math.isfinite(h["loss_subnets"]) for h in state.history)
     assert state.history[-1]["loss_full"] < state.history[0]["loss_full"]
@@ -263,7 +264,8 @@ def test_checkpoint_after_each_epoch(tmp_path) -> None:
             seen_on_disk.append((state.step, torch.load(path, weights_only=True)["state"]["step"]))
 
     trainer = _recording(model, FakeLoader(toy_data(10), 4, torch.Generator()),  # 3 batches per epoch
-                         TrainingConfig(epochs=3, num_random_subnets=1), checkpoint_path=path, on_step=on_step)
+                         TrainingConfig(epochs=3, plain_fraction=0.0, num_random_subnets=1), checkpoint_path=path,
+                         on_step=on_step)
     state = trainer.train()
     assert state.step == 9
     assert trainer.saved == [(3, 1, 0), (6, 2, 0), (9, 3, 0)]  # two epoch ends, then the final checkpoint
@@ -430,3 +432,7 @@ def test_plain_fraction_validation() -> None:
             TrainingConfig(epochs=3.0, plain_fraction=bad)
     config = TrainingConfig(epochs=0.1, plain_fraction=0.99)  # at least one sandwich step is always left
     assert _trainer(make_supernet(seed=1), FakeLoader(toy_data(18), 4), config).plain_steps == 0
+    # plain fine-tuning (k = 0) is one phase whatever the fraction: no boundary, one warm-up and decay
+    plain = _trainer(make_supernet(seed=1), FakeLoader(toy_data(18), 4),
+                     TrainingConfig(epochs=2, plain_fraction=0.5, num_random_subnets=0, warmup_ratio=0.2))
+    assert plain.plain_steps == 0 and plain.scheduler.lr_lambdas[0](5) == (10 - 5) / (10 - 2)

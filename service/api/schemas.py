@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from supernet.training import TrainingConfig
+
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -41,7 +43,9 @@ class CustomTaskIn(BaseModel):
 class BudgetIn(BaseModel):
     model_config = _STRICT
 
-    epochs: float = Field(3.0, gt=0, le=100, description="supernet training epochs (may be fractional)")
+    epochs: float = Field(TrainingConfig.epochs, gt=0, le=100,
+                          description="training epochs (may be fractional): the first three quarters fine-tune the "
+                                      "full model, the rest train the supernet's sub-networks")
     evaluations: int = Field(100, ge=1, le=100_000, description="distinct sub-networks to evaluate")
     time_limit_s: float | None = Field(None, gt=0, le=30 * 24 * 3600, description="search wall-clock limit")
     train_limit: int | None = Field(None, ge=1, description="cap on training examples")
