@@ -247,6 +247,35 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     return lines
 
 
+RECIPE_ORDER = ("v0", "lr1e-4", "plain1", "plain1-lr1e-4", "plain2-lr1e-4", "plain2-lr1e-4-k1", "plain2-lr1e-4-ll1",
+                "plain3-s0.5-lr1e-4", "plain3-s1-lr1e-4", "reference-sliced")
+
+
+def recipes_section(task: str, recipes: Path) -> list[str]:
+    """bench/supernet_recipes.py's screening: the same architectures sliced from each recipe's supernet."""
+    folder = recipes / task / "seed0"
+    found = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    rows = {name: found[name] for name in sorted(found, key=lambda n: (RECIPE_ORDER + (n,)).index(n))}
+    if not rows:
+        return []
+    first = next(iter(rows.values()))
+    metric = next(iter(first["points"][0]["test"]))
+    lines = [f"### Training recipes (`python bench/supernet_recipes.py --task {task.replace('-', '/', 1)}`, seed 0)",
+             "", f"Validation / test {metric} of the same architectures sliced out of each recipe's supernet, no "
+             "search. Recipes: learning rate, plain (full-model-only) epochs before Fisher ordering and sandwich "
+             "epochs; `reference-sliced` is no supernet at all (the chosen full fine-tuning, Fisher-ordered, "
+             "sliced).", "",
+             "| architecture | params | " + " | ".join(rows) + " |", "|---|---|" + "---|" * len(rows)]
+    for i, point in enumerate(first["points"]):
+        cells = [f"{r['points'][i]['validation'][metric]:.3f} / {r['points'][i]['test'][metric]:.3f}"
+                 for r in rows.values()]
+        lines.append(f"| {point['label']} | {point['params_fraction']:.0%} | " + " | ".join(cells) + " |")
+    lines += ["| training time (s) | | " + " | ".join(f"{r['train_s']:.0f}" for r in rows.values()) + " |", "",
+              "Training times of the screening are not comparable with the cost table: the recipes trained two at "
+              "a time with one thread each (v0 and reference-sliced: their quiet 2-thread runs above).", ""]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(OUT))
@@ -274,6 +303,7 @@ def main() -> None:
         first = runs[task][min(runs[task])]
         plots = plot_task(task, first, plot_dir)
         lines += task_section(task, runs[task], plots)
+        lines += recipes_section(task, Path(args.out).parent / "recipes")
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")
 

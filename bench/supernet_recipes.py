@@ -20,11 +20,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from search.baselines import uniform_configs
 from supernet.config import SubNetworkConfig
+from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_params
 from supernet.evaluation import evaluate
+from supernet.importance import fisher_importance, reorder_by_importance
+from supernet.model import Supernet
 from supernet.run import Run, RunSpec, train_run
 from supernet.training import TrainingConfig
 
@@ -42,7 +46,23 @@ RECIPES: dict[str, dict] = {
     "plain3-s0.5-lr1e-4": {"learning_rate": 1e-4, "epochs": 3.5, "plain_fraction": 6 / 7},
     "plain3-s1-lr1e-4": {"learning_rate": 1e-4, "epochs": 4.0, "plain_fraction": 3 / 4},
 }
+# the control: no supernet at all, the best plain fine-tuning of bench/prove.py (its reference), Fisher-ordered
+# with the same batches as train_run, sliced
+CONTROL = "reference-sliced"
 log = logging.getLogger("recipes")
+
+
+def reference_sliced(spec: RunSpec, folder: Path, prove_folder: Path) -> Supernet:
+    """The chosen reference model of bench/prove.py, ordered as train_run orders (not retrained)."""
+    reference = json.loads((prove_folder / "reference.json").read_text())[0]
+    run = Run(folder, spec)
+    torch.manual_seed(spec.training.seed)  # the head bench/prove.py drew (then overwritten by the weights)
+    model = load_supernet_from_pretrained(spec.model, num_labels=run.task.spec.num_labels)
+    model.load_state_dict(load_file(prove_folder / "reference" / f"lr{reference['learning_rate']:g}.safetensors"))
+    generator = torch.Generator().manual_seed(spec.training.seed)
+    batches = run.batches("train", shuffle=True, generator=generator)
+    reorder_by_importance(model, fisher_importance(model, batches, max_batches=spec.importance_batches))
+    return model.eval()
 
 
 def architectures(config, prove_points: Path) -> list[tuple[str, SubNetworkConfig]]:
@@ -62,7 +82,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=[*RECIPES, CONTROL])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -74,15 +94,20 @@ def main() -> None:
         result_file = folder / f"{name}.json"
         if result_file.is_file():
             continue
-        training = replace(TrainingConfig(epochs=args.epochs, seed=args.seed), **RECIPES[name])
+        training = replace(TrainingConfig(epochs=args.epochs, seed=args.seed), **RECIPES.get(name, {}))
         spec = RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
                        training=training)
         run_folder = folder / name
         started = time.perf_counter()
-        train_run(spec, run_folder)
-        train_s = time.perf_counter() - started
-        run = Run(run_folder)
-        model, task = run.load_supernet(), run.task
+        if name == CONTROL:
+            model = reference_sliced(spec, run_folder, prove_points.parents[1])
+            train_s = json.loads((prove_points.parents[1] / "reference.json").read_text())[0]["plain_train_s"]
+        else:
+            train_run(spec, run_folder)
+            train_s = time.perf_counter() - started
+            model = Run(run_folder).load_supernet()
+        run = Run(run_folder, spec)
+        task = run.task
         validation, test = list(run.batches("validation")), list(run.batches(next(iter(task.test))))
         full = count_params(model.config).encoder
         points = []
@@ -92,7 +117,7 @@ def main() -> None:
                            "validation": evaluate(model, validation, task.spec, sub=sub),
                            "test": evaluate(model, test, task.spec, sub=sub)})
             log.info("%s %s: %s", name, label, points[-1]["test"])
-        result_file.write_text(json.dumps({"recipe": name, "training": RECIPES[name], "train_s": train_s,
+        result_file.write_text(json.dumps({"recipe": name, "training": RECIPES.get(name, {}), "train_s": train_s,
                                            "points": points}, indent=2))
     metric = None
     rows = {}
