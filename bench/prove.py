@@ -48,7 +48,7 @@ from search.baselines import (
     uniform_configs,
 )
 from search.job import SearchJob, run_search_job
-from search.latency import measure_latency
+from search.latency import time_calls
 from search.runner import SearchConfig
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
@@ -294,19 +294,30 @@ class Experiment:
         return points
 
     # -- latency --------------------------------------------------------------------------------------------
-    def add_latency(self, points: list[dict[str, Any]]) -> None:
-        """Measured forward latency (ms) of each point's physically pruned model at batch 1 and 32 x seq len."""
+    def add_latency(self, points: list[dict[str, Any]], *, fresh: bool = False) -> None:
+        """Measured forward latency (ms) of each point's physically pruned model at batch 1 and 32 x seq len.
+
+        Configurations not yet in the cache (all of them with `fresh`) are timed together, round-robin, so the
+        speed-ups within one method are measured side by side under the same machine load."""
         cache_file = Path(self.args.out) / f"latency-{platform.node()}-{torch.get_num_threads()}t.json"
         cache = read_json(cache_file) if cache_file.is_file() else {}
-        for point in points:
-            key = config_key(SubNetworkConfig.from_dict(point["config"]))
-            if key not in cache:
-                pretrained = self.extraction_source
-                model = extract(pretrained, SubNetworkConfig.from_dict(point["config"]))
-                cache[key] = {str(b): measure_latency(model, batch_size=b, seq_len=self.spec.max_length,
-                                                      repeats=self.args.latency_repeats,
-                                                      vocab_size=pretrained.config.vocab_size) for b in (1, 32)}
-                write_json(cache_file, cache)
+        keys = [config_key(SubNetworkConfig.from_dict(point["config"])) for point in points]
+        todo = sorted({key for key in keys if fresh or key not in cache})
+        if todo:
+            pretrained = self.extraction_source
+            models = [extract(pretrained, SubNetworkConfig.from_dict(json.loads(key))).eval() for key in todo]
+            measured: dict[str, dict[str, float]] = {key: {} for key in todo}
+            for batch in (1, 32):
+                ids = torch.randint(1, pretrained.config.vocab_size, (batch, self.spec.max_length))
+                mask = torch.ones_like(ids)
+                with torch.inference_mode():
+                    times = time_calls([lambda m=m, i=ids, a=mask: m(i, a) for m in models],
+                                       repeats=self.args.latency_repeats)
+                for key, ms in zip(todo, times, strict=True):
+                    measured[key][str(batch)] = ms
+            cache.update(measured)
+            write_json(cache_file, cache)
+        for point, key in zip(points, keys, strict=True):
             point["latency_ms"] = cache[key]
 
 
@@ -327,6 +338,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-repeats", type=int, default=7)
+    parser.add_argument("--fresh-latency", action="store_true",
+                        help="then re-time every point of the chosen methods together, round-robin (on a quiet "
+                             "machine, after they have finished)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -338,12 +352,17 @@ def main() -> None:
         "main_metric": experiment.task.spec.main_metric,
         "sizes": {"train": len(experiment.task.train), "validation": len(experiment.task.validation),
                   "test": sum(len(b["labels"]) for b in experiment.test)}})
+    results = {}
     for method in args.methods:
         started = time.perf_counter()
-        points = getattr(experiment, method)()
+        results[method] = points = getattr(experiment, method)()
         experiment.add_latency(points)
         write_json(experiment.folder / f"{method}.json", points)
         log.info("%s: %d point(s) in %.0f s", method, len(points), time.perf_counter() - started)
+    if args.fresh_latency:  # every point of every chosen method timed again, side by side in one pass
+        experiment.add_latency([p for points in results.values() for p in points], fresh=True)
+        for method, points in results.items():
+            write_json(experiment.folder / f"{method}.json", points)
 
 
 if __name__ == "__main__":
