@@ -29,13 +29,15 @@ from search.pareto import hypervolume  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "prove"
-METHODS = ("nasprune", "nasprune_v0", "reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small")
-NASPRUNE = ("nasprune", "nasprune_v0")
+METHODS = ("nasprune", "nasprune_v1", "nasprune_v0", "reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small")
+NASPRUNE = ("nasprune", "nasprune_v1", "nasprune_v0")
 NAMES = {"nasprune": "nasprune front", "nasprune_v0": "nasprune front, first recipe (before)",
+         "nasprune_v1": "nasprune front, second recipe (no labels, T = 10)",
          "reference": "full fine-tuning", "layer_drop": "layer dropping + FT",
          "oneshot": "one-shot Kwon (no retraining)", "oneshot_ft": "Kwon masks + short FT",
          "nas_small": "uniform sub-nets, each FT"}
-STYLE = {"nasprune": ("tab:red", "o"), "nasprune_v0": ("tab:orange", "o"), "reference": ("black", "*"),
+STYLE = {"nasprune": ("tab:red", "o"), "nasprune_v0": ("tab:orange", "o"), "nasprune_v1": ("tab:pink", "o"),
+         "reference": ("black", "*"),
          "layer_drop": ("tab:blue", "s"), "oneshot": ("tab:gray", "x"), "oneshot_ft": ("tab:green", "^"),
          "nas_small": ("tab:purple", "D")}
 BUDGETS = (0.75, 0.5, 0.33)
@@ -248,7 +250,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
 
 
 RECIPE_ORDER = ("v0", "lr1e-4", "plain1", "plain1-lr1e-4", "plain2-lr1e-4", "plain2-lr1e-4-k1", "plain2-lr1e-4-ll1",
-                "plain3-s0.5-lr1e-4", "plain3-s1-lr1e-4", "reference-sliced")
+                "plain3-s0.5-lr1e-4", "plain3-s1-lr1e-4", "plain3-s1-lr1e-4-ll1", "reference-sliced")
 
 
 def recipes_section(task: str, recipes: Path) -> list[str]:

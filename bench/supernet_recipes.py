@@ -45,6 +45,9 @@ RECIPES: dict[str, dict] = {
     # 3 plain epochs (as long as the reference fine-tuning) and then half or one sandwich epoch
     "plain3-s0.5-lr1e-4": {"learning_rate": 1e-4, "epochs": 3.5, "plain_fraction": 6 / 7},
     "plain3-s1-lr1e-4": {"learning_rate": 1e-4, "epochs": 4.0, "plain_fraction": 3 / 4},
+    # the same with the labels in every sub-network's loss (as the masks + fine-tuning baseline trains) and T = 1
+    "plain3-s1-lr1e-4-ll1": {"learning_rate": 1e-4, "epochs": 4.0, "plain_fraction": 3 / 4, "temperature": 1.0,
+                             "label_loss_weight": 1.0},
 }
 # the control: no supernet at all, the best plain fine-tuning of bench/prove.py (its reference), Fisher-ordered
 # with the same batches as train_run, sliced
