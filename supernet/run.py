@@ -190,16 +190,15 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
         importance = fisher_importance(model, loader, max_batches=spec.importance_batches, progress=progress)
         reorder_by_importance(model, importance)
 
-    # with plain epochs first, importance is scored once they end (on a trained head), not on the random head
-    score_later = spec.importance == "fisher" and spec.training.plain_fraction > 0
+    fisher = spec.importance == "fisher"
     trainer = SupernetTrainer(model, space, loader, spec.training, generator=generator,
                               checkpoint_path=run.folder / CHECKPOINT_FILE, on_step=on_step,
                               should_stop=should_stop, should_checkpoint=should_checkpoint,
-                              on_plain_end=order_by_importance if score_later else None, progress=progress)
+                              on_plain_end=order_by_importance if fisher else None, progress=progress)
     if (run.folder / CHECKPOINT_FILE).is_file():
         state = trainer.load_checkpoint()
         log.info("resuming from step %d of %d", state.step, state.total_steps)
-    elif spec.importance == "fisher" and not score_later:
+    elif fisher and trainer.plain_steps == 0:  # else scored when the plain steps end (on a trained head)
         order_by_importance(model)
     state = trainer.train()
     if state.stopped:

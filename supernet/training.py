@@ -111,13 +111,12 @@ class SupernetTrainer:
         total = max(1, math.ceil(config.epochs * self.steps_per_epoch))
         # plain steps first (at least one sandwich step is left); each phase has its own warm-up and decay. With
         # k = 0 the whole run is plain fine-tuning: one phase, one schedule.
-        plain = round(config.plain_fraction * total) if config.num_random_subnets else 0
-        self.plain_steps = min(total - 1, plain)
+        self.plain_steps = min(total - 1, round(config.plain_fraction * total)) if config.num_random_subnets else 0
         self.state = TrainState(total_steps=total)
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
         self.optimizer = torch.optim.AdamW(_decay_groups(model, config.weight_decay), lr=config.learning_rate)
-        plain = self.plain_steps
+        plain = self.plain_steps  # the first phase; the sandwich phase is [plain, total)
 
         def phase(step: int, start: int, end: int) -> float:
             step, length = step - start, end - start

@@ -111,11 +111,14 @@ def test_export_with_json_config_and_errors(trained_run, tmp_path, capsys) -> No
     assert "run.json" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("importance", ["fisher", "none"])
-def test_importance_ordering_keeps_the_function(workspace, tmp_path, importance: str) -> None:
-    """With a learning rate of 0 the run only reorders: same logits as the original model, sorted importance."""
+@pytest.mark.parametrize(("importance", "extra"), [("fisher", ()), ("none", ()),
+                                                   ("fisher", ("--num-random-subnets", "0"))],
+                         ids=["fisher", "none", "fisher-plain-fine-tuning"])
+def test_importance_ordering_keeps_the_function(workspace, tmp_path, importance: str, extra: tuple) -> None:
+    """With a learning rate of 0 the run only reorders: same logits as the original model, sorted importance.
+    Plain fine-tuning (k = 0) has no plain phase to end, so it is ordered before training, whatever the fraction."""
     out = tmp_path / importance
-    assert cli(_train_args(workspace, out, "--lr", "0", "--importance", importance)) == 0
+    assert cli(_train_args(workspace, out, "--lr", "0", "--importance", importance, *extra)) == 0
     run = Run(out)
     trained, original = run.load_supernet(), load_supernet_from_model(workspace / "model").eval()
     validation = run.batches("validation")
