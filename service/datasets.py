@@ -11,7 +11,6 @@ never commit.
 from __future__ import annotations
 
 import csv
-import json
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+
+from supernet.data import DataError, json_object
 
 from .models import RUNNING_STATUSES, Dataset, Search, SearchStatus
 from .repository import MAX_PAGE, InvalidArgument, RepositoryError
@@ -129,12 +130,9 @@ def _inspect_csv(f: Any, fmt: str) -> tuple[int, list[str]]:
 
 def _json_object(line: str, where: str) -> dict[str, Any]:
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{where}: invalid JSON ({exc.msg})") from None
-    if not isinstance(record, dict):
-        raise DatasetError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    return record
+        return json_object(line, where)
+    except DataError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _inspect_jsonl(f: Any) -> tuple[int, list[str]]:

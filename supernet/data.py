@@ -549,17 +549,21 @@ def _csv_rows(path: Path, f: TextIO, fmt: str) -> Iterator[tuple[int, dict[str, 
         yield reader.line_num, dict(zip(header, row, strict=True))
 
 
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line as the readers accept it: a JSON object (the service's upload check uses the same rule)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def _jsonl_rows(path: Path, f: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
     for line_no, line in enumerate(f, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {line_no}: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: line {line_no}: expected a JSON object, got {type(record).__name__}")
-        yield line_no, record
+        if line.strip():
+            yield line_no, json_object(line, f"{path}: line {line_no}")
 
 
 def _label_key(value: Any) -> str:
