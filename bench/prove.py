@@ -86,6 +86,20 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """What defines an experiment's data and model (shared with bench/supernet_recipes.py)."""
+    parser.add_argument("--task", default="glue/mrpc")
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-limit", type=int, default=None)
+
+
+def seed_folder(task: str, seed: int) -> str:
+    """<task>/seed<k> under bench/out/prove (and bench/out/recipes)."""
+    return f"{task.replace('/', '-')}/seed{seed}"
+
+
 def config_key(sub: SubNetworkConfig) -> str:
     return json.dumps(sub.to_dict(), sort_keys=True, separators=(",", ":"))
 
@@ -95,7 +109,7 @@ class Experiment:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.folder = Path(args.out) / args.task.replace("/", "-") / f"seed{args.seed}"
+        self.folder = Path(args.out) / seed_folder(args.task, args.seed)
         self.spec = RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
                             max_length=args.max_length, batch_size=args.batch_size,
                             training=TrainingConfig(epochs=args.epochs, seed=args.seed))
@@ -178,7 +192,7 @@ class Experiment:
         best, lr, cost = self.best_of_grid(folder, self.pretrained, self.args.epochs, keep_best=True)
         full = SubNetworkConfig.full(self.pretrained_config)
         plain = read_json(folder / f"lr{5e-5:g}.json") if 5e-5 in self.args.lrs else None
-        # the plain fine-tuning time at nasprune's default learning rate: the denominator of the cost ratio
+        # the plain fine-tuning time at 5e-5 (the time does not depend on the rate): the denominator of the cost ratio
         return [self.point("reference", "full", full, best["validation"], best["test"], learning_rate=lr,
                            epoch=best["epoch"], cost_s=cost, plain_train_s=plain["train_s"] if plain else None)]
 
@@ -331,11 +345,7 @@ class Experiment:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="glue/mrpc")
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
-    parser.add_argument("--model", default="minilm")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-limit", type=int, default=None)
+    add_task_arguments(parser)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=float, default=3.0, help="epochs of every full-length fine-tuning run")

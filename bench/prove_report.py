@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
 
 from search.pareto import hypervolume  # noqa: E402
 
@@ -249,33 +250,17 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     return lines
 
 
-RECIPE_ORDER = ("v0", "lr1e-4", "plain1", "plain1-lr1e-4", "plain2-lr1e-4", "plain2-lr1e-4-k1", "plain2-lr1e-4-ll1",
-                "plain3-s0.5-lr1e-4", "plain3-s1-lr1e-4", "plain3-s1-lr1e-4-ll1", "reference-sliced")
-
-
 def recipes_section(task: str, recipes: Path) -> list[str]:
     """bench/supernet_recipes.py's screening: the same architectures sliced from each recipe's supernet."""
-    folder = recipes / task / "seed0"
-    found = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
-    rows = {name: found[name] for name in sorted(found, key=lambda n: (RECIPE_ORDER + (n,)).index(n))}
-    if not rows:
+    table = recipe_table(recipes / task / "seed0", [*RECIPES, CONTROL])
+    if not table:
         return []
-    first = next(iter(rows.values()))
-    metric = next(iter(first["points"][0]["test"]))
-    lines = [f"### Training recipes (`python bench/supernet_recipes.py --task {task.replace('-', '/', 1)}`, seed 0)",
-             "", f"Validation / test {metric} of the same architectures sliced out of each recipe's supernet, no "
-             "search. Recipes: learning rate, plain (full-model-only) epochs before Fisher ordering and sandwich "
-             "epochs; `reference-sliced` is no supernet at all (the chosen full fine-tuning, Fisher-ordered, "
-             "sliced).", "",
-             "| architecture | params | " + " | ".join(rows) + " |", "|---|---|" + "---|" * len(rows)]
-    for i, point in enumerate(first["points"]):
-        cells = [f"{r['points'][i]['validation'][metric]:.3f} / {r['points'][i]['test'][metric]:.3f}"
-                 for r in rows.values()]
-        lines.append(f"| {point['label']} | {point['params_fraction']:.0%} | " + " | ".join(cells) + " |")
-    lines += ["| training time (s) | | " + " | ".join(f"{r['train_s']:.0f}" for r in rows.values()) + " |", "",
-              "Training times of the screening are not comparable with the cost table: the recipes trained two at "
-              "a time with one thread each (v0 and reference-sliced: their quiet 2-thread runs above).", ""]
-    return lines
+    return [f"### Training recipes (`python bench/supernet_recipes.py --task {task.replace('-', '/', 1)}`, seed 0)",
+            "", "Recipes: learning rate, plain (full-model-only) epochs before Fisher ordering and sandwich epochs; "
+            "`reference-sliced` is no supernet at all (the chosen full fine-tuning, Fisher-ordered, sliced).", "",
+            *table, "", "Training times of the screening are not comparable with the cost table: the recipes "
+            "trained two at a time with one thread each (v0 and reference-sliced: their quiet 2-thread runs above).",
+            ""]
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
+from prove import V0_TRAINING, add_task_arguments, seed_folder
 from safetensors.torch import load_file
 
 from search.baselines import uniform_configs
@@ -33,9 +33,10 @@ from supernet.run import Run, RunSpec, train_run
 from supernet.training import TrainingConfig
 
 OUT = Path(__file__).resolve().parent / "out"
-# name -> changes to the TrainingConfig defaults of the run (3 epochs in all)
+# name -> changes to nasprune's first recipe (prove.V0_TRAINING: 3 epochs, lr 5e-5, Fisher order on the random head,
+# sandwich from the first step, distillation only at T = 10), so that a recipe means the same whatever the defaults
 RECIPES: dict[str, dict] = {
-    "v0": {"learning_rate": 5e-5, "plain_fraction": 0.0},  # the first default: Fisher on the random head, 3 sandwich
+    "v0": {},
     "lr1e-4": {"learning_rate": 1e-4, "plain_fraction": 0.0},
     "plain1": {"learning_rate": 5e-5, "plain_fraction": 1 / 3},
     "plain1-lr1e-4": {"learning_rate": 1e-4, "plain_fraction": 1 / 3},
@@ -55,10 +56,10 @@ CONTROL = "reference-sliced"
 log = logging.getLogger("recipes")
 
 
-def reference_sliced(spec: RunSpec, folder: Path, prove_folder: Path) -> Supernet:
+def reference_sliced(run: Run, prove_folder: Path) -> Supernet:
     """The chosen reference model of bench/prove.py, ordered as train_run orders (not retrained)."""
+    spec = run.spec
     reference = json.loads((prove_folder / "reference.json").read_text())[0]
-    run = Run(folder, spec)
     torch.manual_seed(spec.training.seed)  # the head bench/prove.py drew (then overwritten by the weights)
     model = load_supernet_from_pretrained(spec.model, num_labels=run.task.spec.num_labels)
     model.load_state_dict(load_file(prove_folder / "reference" / f"lr{reference['learning_rate']:g}.safetensors"))
@@ -79,37 +80,31 @@ def architectures(config, prove_points: Path) -> list[tuple[str, SubNetworkConfi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="glue/mrpc")
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
-    parser.add_argument("--model", default="minilm")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--epochs", type=float, default=3.0)
+    add_task_arguments(parser)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=[*RECIPES, CONTROL])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
-    slug = f"{args.task.replace('/', '-')}/seed{args.seed}"
+    slug = seed_folder(args.task, args.seed)
     folder = OUT / "recipes" / slug
     prove_points = OUT / "prove" / slug / "oneshot" / "points.json"
     for name in args.recipes:
         result_file = folder / f"{name}.json"
         if result_file.is_file():
             continue
-        training = replace(TrainingConfig(epochs=args.epochs, seed=args.seed), **RECIPES.get(name, {}))
+        training = TrainingConfig(seed=args.seed, **(V0_TRAINING | RECIPES.get(name, {})))
         spec = RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
                        training=training)
-        run_folder = folder / name
-        started = time.perf_counter()
+        run = Run(folder / name, spec)
         if name == CONTROL:
-            model = reference_sliced(spec, run_folder, prove_points.parents[1])
+            model = reference_sliced(run, prove_points.parents[1])
             train_s = json.loads((prove_points.parents[1] / "reference.json").read_text())[0]["plain_train_s"]
         else:
-            train_run(spec, run_folder)
+            started = time.perf_counter()
+            train_run(spec, run.folder)
             train_s = time.perf_counter() - started
-            model = Run(run_folder).load_supernet()
-        run = Run(run_folder, spec)
+            model = run.load_supernet()
         task = run.task
         validation, test = list(run.batches("validation")), list(run.batches(next(iter(task.test))))
         full = count_params(model.config).encoder
@@ -122,27 +117,24 @@ def main() -> None:
             log.info("%s %s: %s", name, label, points[-1]["test"])
         result_file.write_text(json.dumps({"recipe": name, "training": RECIPES.get(name, {}), "train_s": train_s,
                                            "points": points}, indent=2))
-    metric = None
-    rows = {}
-    for name in args.recipes:
-        result_file = folder / f"{name}.json"
-        if result_file.is_file():
-            data = json.loads(result_file.read_text())
-            metric = metric or next(iter(data["points"][0]["test"]))
-            rows[name] = data
-    if not rows:
-        return
-    labels = [p["label"] for p in next(iter(rows.values()))["points"]]
-    print(f"\n{slug}: validation / test {metric} of the same architectures sliced from each recipe's supernet")
-    print("| architecture | params | " + " | ".join(rows) + " |")
-    print("|---|---|" + "---|" * len(rows))
-    for i, label in enumerate(labels):
-        cells = [f"{d['points'][i]['validation'][metric]:.3f} / {d['points'][i]['test'][metric]:.3f}"
-                 for d in rows.values()]
-        print(f"| {label} | {next(iter(rows.values()))['points'][i]['params_fraction']:.0%} | " + " | ".join(cells)
-              + " |")
-    print("| train s | | " + " | ".join(f"{d['train_s']:.0f}" for d in rows.values()) + " |")
+    print("\n".join(recipe_table(folder, [*args.recipes])))
 
+
+def recipe_table(folder: Path, names: list[str]) -> list[str]:
+    """Markdown rows: validation / test main metric of every architecture under each finished recipe of `names`."""
+    rows = {n: json.loads((folder / f"{n}.json").read_text()) for n in names if (folder / f"{n}.json").is_file()}
+    if not rows:
+        return []
+    first = next(iter(rows.values()))
+    metric = next(iter(first["points"][0]["test"]))
+    lines = [f"Validation / test {metric} of the same architectures sliced out of each recipe's supernet, no "
+             "search.", "", "| architecture | params | " + " | ".join(rows) + " |", "|---|---|" + "---|" * len(rows)]
+    for i, point in enumerate(first["points"]):
+        cells = [f"{r['points'][i]['validation'][metric]:.3f} / {r['points'][i]['test'][metric]:.3f}"
+                 for r in rows.values()]
+        lines.append(f"| {point['label']} | {point['params_fraction']:.0%} | " + " | ".join(cells) + " |")
+    lines.append("| training time (s) | | " + " | ".join(f"{r['train_s']:.0f}" for r in rows.values()) + " |")
+    return lines
 
 if __name__ == "__main__":
     main()
