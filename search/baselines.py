@@ -24,25 +24,12 @@ from supernet.counting import count_macs, layer_macs
 from supernet.data import TaskSpec, error_from_metrics
 from supernet.evaluation import evaluate
 from supernet.importance import Importance
+from supernet.refine import PrunedModel
 from supernet.training import SupernetTrainer, TrainingConfig, TrainState
 
 log = logging.getLogger(__name__)
 
-
-class PrunedModel(torch.nn.Module):
-    """An exported (physically smaller) model in the interface SupernetTrainer uses for plain fine-tuning."""
-
-    def __init__(self, exported: torch.nn.Module) -> None:
-        super().__init__()
-        self.exported = exported
-        self.config = exported.config  # the trainer's checkpoints record config.to_dict()
-
-    def reset_super_network(self) -> None:
-        """Nothing to reset: the model is the sub-network."""
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.exported.model(input_ids, attention_mask, token_type_ids)
+__all__ = ["PrunedModel", "finetune", "kwon_mask", "layer_drop_configs", "sorted_importance", "uniform_configs"]
 
 
 @dataclass

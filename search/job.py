@@ -5,6 +5,8 @@ The CLI and the service's workers call the same `run_search_job`. Files it adds 
     trials.jsonl   one line per evaluated sub-network, appended as soon as it is done (resume reads it)
     front.json     the Pareto front with validation and test metrics, and the full model's figures
     pareto.png     the front over all trials
+    refined/<n>/   front point n refined (SearchJob.refine): an exported model folder; front.json's point n then
+                   holds "refined" (its validation and test metrics, training time, settings)
 """
 
 from __future__ import annotations
@@ -12,12 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from supernet.config import SubNetworkConfig
 from supernet.evaluation import evaluate
+from supernet.extract import SUBNETWORK_FILE, save_folder, subnetwork_record
+from supernet.refine import PrunedModel, RefineConfig, refine_subnetwork
 from supernet.run import Run, RunSpec, train_run
 from supernet.training import TrainState
 
@@ -29,6 +37,7 @@ from .runner import SearchConfig, SearchResult, Trial, run_search
 log = logging.getLogger(__name__)
 
 SEARCH_FILE, TRIALS_FILE, FRONT_FILE, PLOT_FILE = "search.json", "trials.jsonl", "front.json", "pareto.png"
+REFINED_DIR = "refined"
 
 
 @dataclass
@@ -43,6 +52,7 @@ class SearchJob:
     search: SearchConfig = field(default_factory=SearchConfig)
     latency: LatencyShape = field(default_factory=LatencyShape)
     params_kind: str = "encoder"
+    refine: RefineConfig = field(default_factory=RefineConfig)  # after the search: fine-tune each front point
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,7 +60,7 @@ class SearchJob:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchJob:
         return cls(search=SearchConfig(**data["search"]), latency=LatencyShape(**data["latency"]),
-                   params_kind=data.get("params_kind", "encoder"))
+                   params_kind=data.get("params_kind", "encoder"), refine=RefineConfig(**data.get("refine", {})))
 
 
 def read_trials(folder: str | Path) -> list[Trial]:
@@ -68,9 +78,10 @@ def read_trials(folder: str | Path) -> list[Trial]:
 
 
 def _identity(job: dict[str, Any]) -> dict[str, Any]:
-    """What makes two searches the same search: everything but the budget, which a rerun may raise."""
+    """What makes two searches the same search: everything but the budget, which a rerun may raise, and the
+    refining after it (a stage of its own: refined points record their settings and are redone if they differ)."""
     search = {k: v for k, v in job["search"].items() if k not in ("evaluations", "time_limit_s")}
-    return job | {"search": search}
+    return {k: v for k, v in job.items() if k != "refine"} | {"search": search}
 
 
 def _rewrite_trials(folder: Path, trials: list[Trial]) -> None:
@@ -123,18 +134,78 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
                           "reference_point": result.reference_point},
         "evaluations": len(result.trials),
     }
-    tmp = run.folder / f".{FRONT_FILE}.tmp"
-    tmp.write_text(json.dumps(front, indent=2))
-    os.replace(tmp, run.folder / FRONT_FILE)
+    _save_front(run.folder, front)
     plot_front(front, [t.to_dict() for t in result.trials], run.folder / PLOT_FILE)
     return front
+
+
+def _save_front(folder: Path, front: dict[str, Any]) -> None:
+    tmp = folder / f".{FRONT_FILE}.tmp"
+    tmp.write_text(json.dumps(front, indent=2))
+    os.replace(tmp, folder / FRONT_FILE)
+
+
+def _refined_record(folder: Path, config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The "refined" entry of a point refined earlier with the same settings (a resumed job keeps it)."""
+    try:
+        record = json.loads((folder / SUBNETWORK_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    refined = record.get("metrics", {}).get("refined")
+    if record.get("config") != config or not isinstance(refined, dict) or refined.get("settings") != settings:
+        return None
+    return refined
+
+
+def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig, *, progress: bool = True,
+                 on_point: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> bool:
+    """Fine-tune every front point at its own size (`refine_subnetwork`) into refined/<position>/, evaluate it on
+    validation and test, and record that as the point's "refined" entry in front.json after each point (so a
+    stopped job resumes at the next one). `on_point(done, total)` reports progress. False if stopped early."""
+    points = front["points"]
+    settings = config.to_dict() | {"seed": run.spec.training.seed}
+    validation = list(run.batches("validation"))
+    test_batches = {split: list(run.batches(split)) for split in run.task.test}
+    generator = torch.Generator()
+    loader = run.batches("train", shuffle=True, generator=generator)
+    for position, point in enumerate(points):
+        if on_point is not None:
+            on_point(position, len(points))
+        folder = run.folder / REFINED_DIR / str(position)
+        refined = _refined_record(folder, point["config"], settings)
+        if refined is None:
+            if should_stop is not None and should_stop():
+                return False
+            sub = SubNetworkConfig.from_dict(point["config"])
+            started = time.perf_counter()
+            model = refine_subnetwork(supernet, sub, loader, config, seed=run.spec.training.seed,
+                                      generator=generator, should_stop=should_stop, progress=progress)
+            if model is None:
+                return False
+            train_s = time.perf_counter() - started
+            wrapped = PrunedModel(model).eval()
+            refined = {"validation": evaluate(wrapped, validation, run.task.spec),
+                       "test": _test_metrics(run, wrapped, None, test_batches), "train_s": train_s,
+                       "settings": settings, "folder": f"{REFINED_DIR}/{position}"}
+            record = subnetwork_record(supernet, sub, seq_len=run.spec.max_length,
+                                       metrics={"validation": point["validation"], "test": point["test"],
+                                                "refined": refined})
+            save_folder(model, folder, tokenizer=run.tokenizer, record=record)
+        point["refined"] = refined
+        _save_front(run.folder, front)
+    if on_point is not None:
+        on_point(len(points), len(points))
+    return True
 
 
 def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progress: bool = True,
                    on_train_step: Callable[[TrainState], None] | None = None,
                    on_trial: Callable[[Trial, SearchResult], None] | None = None,
+                   on_refine: Callable[[int, int], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> SearchResult | None:
-    """Train (or resume) the supernet, search (or resume), then write the front. None if stopped early."""
+    """Train (or resume) the supernet, search (or resume), write the front, then refine its points if the job
+    asks for it (`on_refine(done, total)`). None if stopped early."""
     folder = Path(folder)
     state = train_run(spec, folder, progress=progress, on_step=on_train_step, should_stop=should_stop)
     if state.stopped:
@@ -163,5 +234,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
                         should_stop=should_stop, progress=progress)
     if result.stopped:
         return None
-    write_front(run, result, measurements, job.search.objectives)
+    front = write_front(run, result, measurements, job.search.objectives)
+    if job.refine.enabled and not refine_front(run, front, supernet, job.refine, progress=progress,
+                                               on_point=on_refine, should_stop=should_stop):
+        return None
     return result

@@ -1,9 +1,9 @@
 """`nasprune` command line: the same pipeline as the service, run locally.
 
     nasprune search --model minilm --task glue/rte --data-dir ../shared/data/glue --objectives error,params,latency \
-                    --optimizer nsga2 --evaluations 100 --out runs/rte
+                    --optimizer nsga2 --evaluations 100 [--refine-epochs 1] --out runs/rte
     nasprune train  --model minilm --task glue/rte --data-dir ../shared/data/glue --out runs/rte
-    nasprune export --run runs/rte --point 0 --out runs/rte/point-0 [--format hf|onnx]
+    nasprune export --run runs/rte --point 0 --out runs/rte/point-0 [--format hf|onnx] [--sliced]
     nasprune export --run runs/rte --config middle --out runs/rte/export-middle
 
 The service (settings from NASPRUNE_* variables, see service/config.py):
@@ -31,7 +31,7 @@ from typing import Any
 
 import transformers
 
-from search.job import FRONT_FILE, LatencyShape, SearchJob, run_search_job
+from search.job import FRONT_FILE, REFINED_DIR, LatencyShape, SearchJob, run_search_job
 from search.objectives import OBJECTIVES, ObjectiveError
 from search.optimizers import OPTIMIZERS
 from search.runner import SearchConfig
@@ -39,7 +39,8 @@ from supernet.config import ConfigError, SubNetworkConfig
 from supernet.convert import ModelLoadError
 from supernet.data import DataError
 from supernet.evaluation import evaluate
-from supernet.extract import ExportError, export_onnx, export_subnetwork, load_exported
+from supernet.extract import SUBNETWORK_FILE, ExportError, export_onnx, export_subnetwork, load_exported, save_folder
+from supernet.refine import RefineConfig
 from supernet.run import CustomTask, Run, RunSpec, train_run
 from supernet.training import TrainingConfig
 
@@ -147,7 +148,8 @@ def _search_job_from_args(args: argparse.Namespace) -> SearchJob:
                           evaluations=args.evaluations, time_limit_s=args.time_limit, seed=args.seed)
     latency = LatencyShape(batch_size=args.latency_batch_size, seq_len=args.latency_seq_len,
                            device=args.latency_device)
-    return SearchJob(search=search, latency=latency, params_kind=args.params)
+    return SearchJob(search=search, latency=latency, params_kind=args.params,
+                     refine=RefineConfig(epochs=args.refine_epochs, learning_rate=args.refine_lr))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -163,13 +165,17 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"{len(front['points'])} on the front, hypervolume {result.hypervolume:.4f}")
     ref = front["reference"]
     main = front["main_metric"]
+    refined = job.refine.enabled
     header = f"  {'point':>5}  {'enc. params':>11}  {'MACs':>6}  {'latency':>9}  {'val ' + main:>12}"
-    print(header + f"  {'test ' + main:>12}")
+    print(header + f"  {'test ' + main:>12}" + (f"  {'refined val':>11}  {'refined test':>12}" if refined else ""))
     rows = [("full", ref)] + list(enumerate(front["points"]))
     for name, p in rows:
-        print(f"  {name!s:>5}  {p['params']['encoder'] / ref['params']['encoder']:>11.1%}  "
-              f"{p['macs'] / ref['macs']:>6.1%}  {p['latency_ms']:>7.1f}ms  {p['validation'][main]:>12.4f}  "
-              f"{_first(p['test'], main):>12.4f}")
+        line = (f"  {name!s:>5}  {p['params']['encoder'] / ref['params']['encoder']:>11.1%}  "
+                f"{p['macs'] / ref['macs']:>6.1%}  {p['latency_ms']:>7.1f}ms  {p['validation'][main]:>12.4f}  "
+                f"{_first(p['test'], main):>12.4f}")
+        if "refined" in p:
+            line += f"  {p['refined']['validation'][main]:>11.4f}  {_first(p['refined']['test'], main):>12.4f}"
+        print(line)
     print(f"  files: {args.out}/front.json, trials.jsonl, pareto.png; export a point with "
           f"`nasprune export --run {args.out} --point K --out DIR`")
     return 0
@@ -197,6 +203,7 @@ def _parse_sub(text: str, run: Run, config) -> SubNetworkConfig:
 def cmd_export(args: argparse.Namespace) -> int:
     run = Run(args.run)
     supernet = run.load_supernet()
+    refined_folder = None
     if args.point is not None:
         front_file = Path(args.run) / FRONT_FILE
         if not front_file.is_file():
@@ -205,15 +212,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not 0 <= args.point < len(points):
             raise ConfigError(f"--point must be between 0 and {len(points) - 1}, got {args.point}")
         sub = SubNetworkConfig.from_dict(points[args.point]["config"]).validate(supernet.config)
+        if "refined" in points[args.point] and not args.sliced:
+            refined_folder = Path(args.run) / REFINED_DIR / str(args.point)
     else:
         sub = _parse_sub(args.config, run, supernet.config)
     validation = run.batches("validation")
     spec = run.task.spec
     sliced = evaluate(supernet, validation, spec, sub=sub, progress=True)
-    out = export_subnetwork(supernet, sub, args.out, tokenizer=run.tokenizer, seq_len=run.spec.max_length,
-                            metrics={"validation": sliced})
+    if refined_folder is not None:  # the point's refined model (search --refine-epochs), not the supernet slice
+        record = json.loads((refined_folder / SUBNETWORK_FILE).read_text())
+        out = save_folder(load_exported(refined_folder), args.out, tokenizer=run.tokenizer, record=record)
+    else:
+        out = export_subnetwork(supernet, sub, args.out, tokenizer=run.tokenizer, seq_len=run.spec.max_length,
+                                metrics={"validation": sliced})
     exported = evaluate(load_exported(out), validation, spec, progress=True)
-    print(f"exported {sub.to_json()} to {out}")
+    print(f"exported {sub.to_json()}{' (refined)' if refined_folder else ''} to {out}")
     print("  validation, sliced in the supernet: " + ", ".join(f"{k}={v:.4f}" for k, v in sliced.items()))
     print("  validation, exported model:         " + ", ".join(f"{k}={v:.4f}" for k, v in exported.items()))
     if args.format == "onnx":
@@ -372,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--latency-batch-size", type=int, default=32)
     search.add_argument("--latency-seq-len", type=int, default=None, help="default: --max-length")
     search.add_argument("--latency-device", default="cpu")
+    search.add_argument("--refine-epochs", type=float, default=RefineConfig.epochs,
+                        help="after the search, fine-tune each front point at its own size for this many epochs "
+                             "(labels only; 0 = off); `export --point` then exports the refined model")
+    search.add_argument("--refine-lr", type=float, default=RefineConfig.learning_rate)
     search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="fine-tune the weight-sharing supernet of a model on a task")
     _add_training_flags(train)
@@ -383,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--config", help="smallest | middle | largest | a SubNetworkConfig as JSON or a JSON file")
     export.add_argument("--out", required=True, help="folder for the exported model")
     export.add_argument("--format", choices=["hf", "onnx"], default="hf")
+    export.add_argument("--sliced", action="store_true",
+                        help="with --point: export the supernet's slice even if the point was refined")
     export.set_defaults(func=cmd_export)
     serve = sub.add_parser("serve", help="the HTTP API and its worker processes (settings: NASPRUNE_* variables)")
     serve.add_argument("--host", default=None, help="default $NASPRUNE_HOST or 127.0.0.1")

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import cli, task_args
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from search.job import SearchJob, read_trials
+from search.job import SearchJob, read_trials, run_search_job
 from search.latency import LatencyTable
 from search.pareto import non_dominated
 from search.runner import SearchConfig, Trial
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
 from supernet.evaluation import evaluate
-from supernet.extract import SUBNETWORK_FILE
+from supernet.extract import SUBNETWORK_FILE, extract
+from supernet.refine import RefineConfig
 from supernet.run import Run
 
 OBJECTIVES = ["error", "params", "latency"]
@@ -266,3 +270,92 @@ def test_search_with_a_single_objective(workspace, tmp_path, capsys) -> None:
     argv[argv.index("--objectives") + 1] = "error"
     assert cli(argv) == 2
     assert "two" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------- refining the front
+
+
+def refined_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_refine_stage_writes_refined_points(run_copy, workspace, capsys) -> None:
+    trials_before = (run_copy / "trials.jsonl").read_bytes()
+    assert cli(search_args(workspace, run_copy, "--refine-epochs", "0.5", "--refine-lr", "1e-3")) == 0
+    assert "refined test" in capsys.readouterr().out
+    assert (run_copy / "trials.jsonl").read_bytes() == trials_before  # refining is a stage after the search
+    front = json.loads((run_copy / "front.json").read_text())
+    run, supernet = Run(run_copy), Run(run_copy).load_supernet()
+    for position, point in enumerate(front["points"]):
+        refined = point["refined"]
+        assert refined["folder"] == f"refined/{position}" and refined["train_s"] > 0
+        assert refined["settings"] == {"epochs": 0.5, "learning_rate": 1e-3, "weight_decay": 0.01,
+                                       "warmup_ratio": 0.06, "seed": 0}
+        folder = run_copy / refined["folder"]
+        model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        assert evaluate(model, run.batches("validation"), run.task.spec) == refined["validation"]
+        assert sum(p.numel() for p in model.parameters()) == point["params"]["total"]
+        record = json.loads((folder / SUBNETWORK_FILE).read_text())
+        assert record["config"] == point["config"] and record["metrics"]["refined"] == refined
+        sliced = extract(supernet, SubNetworkConfig.from_dict(point["config"])).state_dict()
+        weights = refined_weights(folder)
+        assert any(not torch.equal(weights[k], sliced[k]) for k in weights)  # trained, not the slice
+
+
+def test_refined_points_survive_a_rerun_and_redo_on_new_settings(run_copy, workspace) -> None:
+    refine = ("--refine-epochs", "0.5", "--refine-lr", "1e-3")
+    assert cli(search_args(workspace, run_copy, *refine)) == 0
+    weights = (run_copy / "refined/0/model.safetensors").read_bytes()
+    front = json.loads((run_copy / "front.json").read_text())
+    assert cli(search_args(workspace, run_copy, *refine)) == 0
+    assert (run_copy / "refined/0/model.safetensors").read_bytes() == weights  # kept, not trained again
+    assert json.loads((run_copy / "front.json").read_text())["points"] == front["points"]
+    assert cli(search_args(workspace, run_copy, "--refine-epochs", "0.5", "--refine-lr", "2e-3")) == 0
+    again = json.loads((run_copy / "front.json").read_text())["points"][0]["refined"]
+    assert again["settings"]["learning_rate"] == 2e-3
+    assert (run_copy / "refined/0/model.safetensors").read_bytes() != weights
+
+
+def test_a_refine_stopped_mid_point_leaves_no_half_trained_model(run_copy, workspace) -> None:
+    run = Run(run_copy)
+    job = SearchJob.from_dict(json.loads((run_copy / "search.json").read_text()))
+    job = replace(job, refine=RefineConfig(epochs=0.5, learning_rate=1e-3))
+    seen: list[tuple[int, int]] = []
+    asked = []
+
+    def stop_during_the_first_point() -> bool:  # asked once before the point, then after each training step
+        asked.append(seen[-1] if seen else None)
+        return asked.count((0, total)) > 1
+
+    total = len(json.loads((run_copy / "front.json").read_text())["points"])
+    assert run_search_job(run.spec, job, run_copy, progress=False, on_refine=lambda *p: seen.append(p),
+                          should_stop=stop_during_the_first_point) is None
+    assert seen == [(0, total)]
+    assert all("refined" not in p for p in json.loads((run_copy / "front.json").read_text())["points"])
+    assert not (run_copy / "refined/0").exists()
+    seen.clear()
+    assert run_search_job(run.spec, job, run_copy, progress=False, on_refine=lambda *p: seen.append(p)) is not None
+    assert seen == [(i, total) for i in range(total + 1)]
+    assert all("refined" in p for p in json.loads((run_copy / "front.json").read_text())["points"])
+
+
+def test_export_a_refined_point(run_copy, workspace, tmp_path, capsys) -> None:
+    assert cli(search_args(workspace, run_copy, "--refine-epochs", "0.5", "--refine-lr", "1e-3")) == 0
+    capsys.readouterr()
+    out = tmp_path / "refined"
+    assert cli(["export", "--run", str(run_copy), "--point", "0", "--out", str(out)]) == 0
+    assert "(refined)" in capsys.readouterr().out
+    exported, refined = refined_weights(out), refined_weights(run_copy / "refined/0")
+    assert exported.keys() == refined.keys() and all(torch.equal(exported[k], refined[k]) for k in exported)
+    sliced = tmp_path / "sliced"
+    assert cli(["export", "--run", str(run_copy), "--point", "0", "--sliced", "--out", str(sliced)]) == 0
+    point = json.loads((run_copy / "front.json").read_text())["points"][0]
+    model = AutoModelForSequenceClassification.from_pretrained(sliced, trust_remote_code=True).eval()
+    run = Run(run_copy)
+    assert evaluate(model, run.batches("validation"), run.task.spec) == point["validation"]
+
+
+def test_bad_refine_epochs_are_refused(workspace, tmp_path, capsys) -> None:
+    assert cli(search_args(workspace, tmp_path / "run", "--refine-epochs", "-1")) == 2
+    assert "refine epochs" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

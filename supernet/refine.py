@@ -1,0 +1,81 @@
+"""Refining a front point: a short fine-tuning of its physically pruned model at its own size.
+
+A sub-network's weights are shared with every other sub-network during supernet training; a few steps of
+training on its own fit them to that one architecture. bench/RESULTS.md measured why this matters: Kwon-style
+masks plus one epoch of fine-tuning per pruned model beat the supernet's sub-networks as sliced. Refining gives
+nasprune's front points the same last step, on the task's labels, with the project's trainer (AdamW, warm-up,
+linear decay, clipping), and yields an ordinary exported model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .config import SubNetworkConfig
+from .extract import extract
+from .model import Supernet
+from .modeling_nasprune import NasPruneForSequenceClassification
+from .training import SupernetTrainer, TrainingConfig
+
+
+class PrunedModel(torch.nn.Module):
+    """An exported (physically smaller) model in the interface SupernetTrainer uses for plain fine-tuning."""
+
+    def __init__(self, exported: torch.nn.Module) -> None:
+        super().__init__()
+        self.exported = exported
+        self.config = exported.config  # the trainer's checkpoints record config.to_dict()
+
+    def reset_super_network(self) -> None:
+        """Nothing to reset: the model is the sub-network."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.exported.model(input_ids, attention_mask, token_type_ids)
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """How front points are refined; epochs = 0 turns refining off."""
+
+    epochs: float = 0.0
+    learning_rate: float = 1e-4  # the rate chosen for MiniLM's fine-tuning (bench/RESULTS.md)
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.epochs <= 100:
+            raise ValueError(f"refine epochs must be in [0, 100], got {self.epochs}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"refine learning_rate must be > 0, got {self.learning_rate}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.epochs > 0
+
+    def training(self, seed: int) -> TrainingConfig:
+        return TrainingConfig(epochs=self.epochs, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                              warmup_ratio=self.warmup_ratio, num_random_subnets=0, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def refine_subnetwork(supernet: Supernet, sub: SubNetworkConfig, loader: Iterable[Mapping[str, torch.Tensor]],
+                      config: RefineConfig, *, seed: int = 0, generator: torch.Generator | None = None,
+                      should_stop: Callable[[], bool] | None = None,
+                      progress: bool = True) -> NasPruneForSequenceClassification | None:
+    """Extract `sub` from `supernet` (which is left untouched) and fine-tune the copy on `loader`'s labels.
+    None if `should_stop` stopped it (a point is short: it is redone whole, never resumed)."""
+    if not config.enabled:
+        raise ValueError("refine epochs is 0: nothing to refine")
+    model = extract(supernet, sub)
+    trainer = SupernetTrainer(PrunedModel(model), None, loader, config.training(seed),  # type: ignore[arg-type]
+                              generator=generator, should_stop=should_stop, progress=progress)
+    if trainer.train().stopped:
+        return None
+    return model.eval()

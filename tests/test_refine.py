@@ -1,0 +1,74 @@
+"""supernet.refine on the tiny supernet: the refined model has the point's exact size, learns, leaves the
+supernet alone, is reproducible, and stops when asked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_supernet, toy_batches
+
+from supernet.config import SubNetworkConfig
+from supernet.counting import count_params
+from supernet.extract import extract
+from supernet.importance import task_loss
+from supernet.refine import PrunedModel, RefineConfig, refine_subnetwork
+
+
+def mean_loss(model: torch.nn.Module, batches) -> float:
+    wrapped = PrunedModel(model).eval()
+    with torch.no_grad():
+        return sum(task_loss(wrapped(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"]).item()
+                   for b in batches) / len(batches)
+
+
+@pytest.fixture
+def sub() -> SubNetworkConfig:
+    return SubNetworkConfig(layers=(0, 2), heads=(2, 4, 1), units=(20, 48, 7))
+
+
+def test_refined_model_has_the_exact_size_and_learns(sub) -> None:
+    supernet = make_supernet()
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    batches = toy_batches(count=4)
+    sliced = extract(supernet, sub)
+    refined = refine_subnetwork(supernet, sub, batches, RefineConfig(epochs=8, learning_rate=3e-3), progress=False)
+    assert not refined.training
+    assert sum(p.numel() for p in refined.parameters()) == count_params(supernet.config, sub).total
+    assert refined.config.layer_heads == sliced.config.layer_heads
+    assert refined.config.layer_units == sliced.config.layer_units
+    assert mean_loss(refined, batches) < 0.9 * mean_loss(sliced, batches)
+    assert all(torch.equal(v, before[k]) for k, v in supernet.state_dict().items())  # the supernet is untouched
+
+
+def test_refining_is_reproducible(sub) -> None:
+    supernet, batches = make_supernet(), toy_batches()
+    config = RefineConfig(epochs=2, learning_rate=1e-3)
+    first = refine_subnetwork(supernet, sub, batches, config, seed=3, progress=False).state_dict()
+    second = refine_subnetwork(supernet, sub, batches, config, seed=3, progress=False).state_dict()
+    other = refine_subnetwork(supernet, sub, batches, config, seed=4, progress=False).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)  # dropout draws from the seed
+
+
+def test_stop_returns_nothing(sub) -> None:
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return True
+
+    assert refine_subnetwork(make_supernet(), sub, toy_batches(), RefineConfig(epochs=2), should_stop=stop,
+                             progress=False) is None
+    assert calls == [1]  # after the first step
+
+
+@pytest.mark.parametrize("fields", [{"epochs": -1}, {"epochs": 101}, {"epochs": 1, "learning_rate": 0}])
+def test_bad_settings_are_refused(fields) -> None:
+    with pytest.raises(ValueError, match="refine"):
+        RefineConfig(**fields)
+
+
+def test_nothing_to_refine_at_zero_epochs(sub) -> None:
+    assert not RefineConfig().enabled
+    with pytest.raises(ValueError, match="nothing to refine"):
+        refine_subnetwork(make_supernet(), sub, toy_batches(), RefineConfig(), progress=False)
