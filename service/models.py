@@ -4,7 +4,8 @@
                   progress figures the API shows while it runs
     trials        one row per evaluated sub-network; UNIQUE(search_id, config_key) is what guarantees at the
                   database level that no sub-network of a search is stored (and so counted) twice
-    front_points  the Pareto front with test metrics, replaced as a whole when the front is written
+    front_points  the Pareto front with test metrics (and, for a refined point, the refined model's figures),
+                  replaced as a whole when the front is written
     exports       cached export archives of front points, one per (point, format)
     api_tokens    bearer tokens (SHA-256 of the token only; the token itself is shown once, when created)
     datasets      custom datasets uploaded through POST /datasets (the file lives under the data root)
@@ -199,6 +200,9 @@ class FrontPoint(Base):
     params: Mapped[dict[str, Any]]
     macs: Mapped[int] = mapped_column(BigInteger)  # MACs pass 2**31 on BERT-base
     latency_ms: Mapped[float] = mapped_column(Float)
+    # front.json's "refined" entry (validation, test, train_s, settings, folder) of a point fine-tuned after the
+    # search (SearchJob.refine); None if it was not refined. Its model is <search folder>/refined/<position>/.
+    refined: Mapped[dict[str, Any] | None]
 
     search: Mapped[Search] = relationship(back_populates="front_points")
 

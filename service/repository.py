@@ -302,8 +302,9 @@ def load_trials(session: Session, search_id: str) -> list[Trial]:
 
 
 def replace_front(session: Session, search_id: str, points: Sequence[Mapping[str, Any]]) -> list[FrontPoint]:
-    """Make `points` (front.json "points": config, objectives, validation, test, params, macs, latency_ms) the
-    search's front, in order; each is linked to the stored trial of the same sub-network when there is one."""
+    """Make `points` (front.json "points": config, objectives, validation, test, params, macs, latency_ms, and
+    "refined" for a point refined after the search) the search's front, in order; each is linked to the stored
+    trial of the same sub-network when there is one."""
     get_search(session, search_id)
     indices = {key: index for key, index in session.execute(
         select(TrialRow.config_key, TrialRow.index).where(TrialRow.search_id == search_id))}
@@ -311,11 +312,15 @@ def replace_front(session: Session, search_id: str, points: Sequence[Mapping[str
     for position, point in enumerate(points):
         try:
             key = config_key(point["config"])
+            refined = point.get("refined")
+            if refined is not None and not isinstance(refined, Mapping):
+                raise TypeError(f"refined is a {type(refined).__name__}, not an object")
             rows.append(FrontPoint(search_id=search_id, position=position, trial_index=indices.get(key),
                                    config=json.loads(key), objectives=dict(point["objectives"]),
                                    validation=dict(point["validation"]), test=dict(point.get("test") or {}),
                                    params=dict(point["params"]), macs=int(point["macs"]),
-                                   latency_ms=float(point["latency_ms"])))
+                                   latency_ms=float(point["latency_ms"]),
+                                   refined=dict(refined) if refined is not None else None))
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"front point {position} is malformed ({type(exc).__name__}: {exc})") from None
     # "fetch": the old points leave the session too, so new rows reusing their ids do not collide with them

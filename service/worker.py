@@ -11,7 +11,9 @@ One job at a time per process; run several processes for parallel jobs (`nasprun
     flag that `should_stop` returns, and the run stops at its next training step or trial;
   * `on_train_step` writes progress (epoch, step, total_steps, eta), throttled;
   * `on_trial` stores each trial (`repository.add_trial`, idempotent) and the search progress, and moves the
-    status to searching on the first trial and to exporting (test re-evaluation, front) after the last.
+    status to searching on the first trial and to exporting (test re-evaluation, front) after the last;
+  * `on_refine` (only for a job that refines its front: SearchJob.refine) reports the refining of the front
+    points as stage "refining <done>/<total>" with an eta; the status stays exporting.
 
 Resuming: a job whose worker died goes back to the queue (`queue.recover_stale`) and the next worker calls
 `run_search_job` on the same folder, which resumes from checkpoint.pt and trials.jsonl. trials.jsonl is the
@@ -76,6 +78,8 @@ class _JobState:
     search_start: float | None = None
     search_start_done: int = 0
     evaluations_done: int = 0
+    refine_start: float | None = None
+    refine_start_done: int = 0
     status: SearchStatus = SearchStatus.TRAINING
 
 
@@ -241,6 +245,20 @@ class JobRunner:
         state.evaluations_done = done
         self._advance(state, SearchStatus.EXPORTING if finished else SearchStatus.SEARCHING)
 
+    def on_refine(self, state: _JobState, done: int, total: int) -> None:
+        """Before each front point is refined, and once at the end (done == total)."""
+        now = time.monotonic()
+        if state.refine_start is None:
+            state.refine_start, state.refine_start_done = now, done
+        refined = done - state.refine_start_done  # points refined by this run (a resumed job skips earlier ones)
+        eta = (now - state.refine_start) / refined * (total - done) if refined > 0 else None
+        self._progress(stage=f"refining {done}/{total}", eta_s=eta)
+        self._advance(state, SearchStatus.EXPORTING)
+        if done < total:
+            log.info("search %s: refining front point %d of %d", state.search_id, done + 1, total)
+        else:
+            log.info("search %s: %d front point(s) refined", state.search_id, total)
+
     def should_stop(self, state: _JobState) -> bool:
         if self.shutdown.is_set():
             state.stop.set()
@@ -280,6 +298,7 @@ class JobRunner:
                 spec, job, folder=self.folder, progress=False,
                 on_train_step=lambda train: self.on_train_step(state, train),
                 on_trial=lambda trial, current: self.on_trial(state, trial, current),
+                on_refine=lambda done, total: self.on_refine(state, done, total),
                 should_stop=lambda: self.should_stop(state))
             if result is None:
                 return self._stopped(state)

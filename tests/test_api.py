@@ -1,6 +1,7 @@
 """The HTTP API over a real SQLite file, with real worker processes (`python -m service.cli worker`): a search
-submitted, run, read, downloaded and loaded; the validation errors; 404s; idempotency; cancel; delete; a worker
-killed with SIGKILL whose job another worker finishes."""
+submitted, run, read, downloaded and loaded; a search that refines its front, whose downloads are the refined
+models; the validation errors; 404s; idempotency; cancel; delete; a worker killed with SIGKILL whose job another
+worker finishes."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from service.db import current_revision, head_revision, make_engine, session_fac
 
 HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
 EVALUATIONS = 5
+REFINE_EPOCHS = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +63,31 @@ def dominates(a: list[float], b: list[float]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def finished(client, workspace, worker_env) -> str:
+def ran(client, workspace, worker_env, tmp_path_factory) -> dict[str, str]:
+    """Two searches run to the end, one after the other, by one worker process (its start, mostly imports, is paid
+    once): "plain", and "refined", which refines its front points after the search."""
+    budgets = {"plain": None, "refined": {"epochs": 1, "evaluations": 3, "refine_epochs": REFINE_EPOCHS}}
+    ids = {}
+    for name, budget in budgets.items():
+        response = client.post("/searches", json=body(workspace, **({"budget": budget} if budget else {})))
+        assert response.status_code == 201, response.text
+        ids[name] = response.json()["id"]
+    log = tmp_path_factory.mktemp("worker") / "worker.err"
+    worker = start_worker(worker_env, once=False, log=log)
+    try:
+        for search_id in ids.values():
+            wait_for(client, search_id, lambda s: s["status"] in ("succeeded", "failed", "cancelled")
+                     or worker.poll() is not None, timeout_s=120, what=f"search {search_id} to end")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, log.read_text()
+    return ids
+
+
+@pytest.fixture(scope="module")
+def finished(ran) -> str:
     """One search run to the end by a worker process."""
-    response = client.post("/searches", json=body(workspace))
-    assert response.status_code == 201, response.text
-    run_worker_once(worker_env)
-    return response.json()["id"]
+    return ran["plain"]
 
 
 # ------------------------------------------------------------------------------------------ the happy path
@@ -129,6 +150,129 @@ def test_download_an_hf_archive_and_load_it(client, finished, settings, tmp_path
     assert client.get(f"/searches/{finished}/pareto/0/download", params={"format": "zip"}).status_code == 422
 
 
+# ------------------------------------------------------------------------------------------ refining the front
+
+
+@pytest.fixture(scope="module")
+def refined(ran) -> str:
+    """A search that refines its front points (budget.refine_epochs), run to the end by a worker process."""
+    return ran["refined"]
+
+
+def _extract(content: bytes, into: Path) -> Path:
+    with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
+        tar.extractall(into, filter="data")
+    (folder,) = into.iterdir()
+    return folder
+
+
+def _logits(folder: Path, inputs: dict):
+    import torch
+
+    from supernet.extract import load_exported
+
+    with torch.no_grad():
+        return load_exported(folder)(**inputs).logits
+
+
+@pytest.mark.slow
+def test_a_refined_search_lists_and_serves_the_refined_models(client, refined, settings, tmp_path) -> None:
+    import torch
+    from conftest import random_inputs
+
+    from search.job import REFINED_DIR
+    from supernet.config import SubNetworkConfig
+    from supernet.extract import extract
+    from supernet.run import Run
+
+    search = client.get(f"/searches/{refined}").json()
+    assert search["status"] == "succeeded", search["error"]
+    assert search["progress"]["stage"] == "done" and search["request"]["job"]["refine"]["epochs"] == REFINE_EPOCHS
+    log = client.get(f"/searches/{refined}/logs").text
+    assert "refining front point 1 of" in log and "front point(s) refined" in log
+
+    run_folder = settings.search_folder(refined)
+    response = client.get(f"/searches/{refined}/pareto")
+    assert str(settings.data_root) not in response.text  # no server path, e.g. the refined folder, is shown
+    points = response.json()["points"]
+    front_file = json.loads((run_folder / "front.json").read_text())["points"]
+    assert len(points) == len(front_file) >= 1
+    for point, stored in zip(points, front_file, strict=True):
+        assert set(point["refined"]) == {"validation", "test", "train_s", "settings"}
+        assert point["refined"]["settings"]["epochs"] == REFINE_EPOCHS and point["refined"]["train_s"] > 0
+        assert point["refined"]["test"] == stored["refined"]["test"]
+        assert (run_folder / REFINED_DIR / str(point["position"]) / "model.safetensors").is_file()
+
+    point = points[0]
+    download = client.get(point["downloads"]["hf"])
+    assert download.status_code == 200, download.text
+    assert "point0-hf-refined.tar.gz" in download.headers["content-disposition"]
+    assert (run_folder / "exports" / "0-hf-refined.tar.gz").is_file()
+    folder = _extract(download.content, tmp_path / "download")
+    record = json.loads((folder / "subnetwork.json").read_text())
+    assert record["config"] == point["config"] and record["metrics"]["refined"]["test"] == point["refined"]["test"]
+
+    run = Run(run_folder)
+    inputs = random_inputs(vocab_size=run.tokenizer.vocab_size)
+    served = _logits(folder, inputs)
+    assert torch_equal(served, _logits(run_folder / REFINED_DIR / "0", inputs))  # the refined model, exactly
+    sliced = extract(run.load_supernet(), SubNetworkConfig.from_dict(point["config"])).eval()
+    with torch.no_grad():
+        assert not torch_equal(served, sliced(**inputs).logits)  # not the supernet's slice
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+@pytest.mark.slow
+def test_a_sliced_export_cached_earlier_is_not_served_for_a_refined_point(client, refined, settings,
+                                                                          tmp_path) -> None:
+    """The cache key says refined or sliced: an archive of the slice (built before the point was refined, or while
+    its refined folder was missing) is rebuilt from the refined model, and the reverse."""
+    from search.job import REFINED_DIR
+    from service import repository as repo
+    from service.api.exports import build_export
+
+    run_folder = settings.search_folder(refined)
+    point = client.get(f"/searches/{refined}/pareto").json()["points"][-1]
+    position, url = point["position"], point["downloads"]["hf"]
+    data = {"config": point["config"], "validation": point["validation"], "test": point["test"]}
+    sliced_archive = build_export(run_folder, refined, position, "hf", data)  # the slice, no source
+    assert sliced_archive.name == f"{position}-hf.tar.gz"
+    engine = make_engine(settings.url)
+    try:
+        with session_factory(engine).begin() as session:
+            repo.record_export(session, search_id=refined, position=position, format="hf", path=str(sliced_archive))
+        served = _extract(client.get(url).content, tmp_path / "refined")
+        assert served.name.endswith("-refined")
+        assert "refined" in json.loads((served / "subnetwork.json").read_text())["metrics"]
+        with session_factory(engine)() as session:
+            record = repo.get_export(session, search_id=refined, position=position, format="hf")
+            assert Path(record.path).name == f"{position}-hf-refined.tar.gz"
+
+        # Asked for, the slice is served from its own cache entry; without its refined folder the point is not
+        # served at all by default (never the slice in place of the refined model the listing describes).
+        response = client.get(url, params={"sliced": "true"})
+        assert f"point{position}-hf.tar.gz" in response.headers["content-disposition"]
+        assert response.content == sliced_archive.read_bytes()
+        refined_folder = run_folder / REFINED_DIR / str(position)
+        aside = run_folder / "aside"
+        refined_folder.rename(aside)
+        try:
+            response = client.get(url)
+            assert response.status_code == 409 and "sliced=true" in response.json()["detail"]
+            assert client.get(url, params={"sliced": "true"}).content == sliced_archive.read_bytes()
+        finally:
+            aside.rename(refined_folder)
+        served = _extract(client.get(url).content, tmp_path / "again")
+        assert served.name.endswith("-refined")
+    finally:
+        engine.dispose()
+
+
 # ------------------------------------------------------------------------------------------ validation
 
 
@@ -145,6 +289,8 @@ def _bad_bodies(ws: Path, outside: Path) -> dict[str, tuple[dict, str]]:
         "glue data_dir without the files": (body(ws, task="glue/rte", data_dir=str(ws)), "RTE/train.tsv"),
         "zero evaluations": (body(ws, budget={"evaluations": 0}), "budget.evaluations"),
         "negative epochs": (body(ws, budget={"epochs": -1}), "budget.epochs"),
+        "negative refine epochs": (body(ws, budget={"refine_epochs": -0.5}), "budget.refine_epochs"),
+        "too many refine epochs": (body(ws, budget={"refine_epochs": 11}), "budget.refine_epochs"),
         "huge max_length": (body(ws, max_length=100_000), "max_length"),
         "max_length over the model's positions": (body(ws, max_length=128), "positions"),
         "bad batch size": (body(ws, batch_size=0), "batch_size"),
@@ -174,6 +320,17 @@ def test_bad_requests_are_refused_with_a_message(client, workspace, bad_inputs, 
     response = client.post("/searches", json=payload)
     assert response.status_code in (400, 422), response.text
     assert message in response.json()["detail"]
+
+
+def test_refine_epochs_are_accepted_and_stored(client, workspace) -> None:
+    response = client.post("/searches", json=body(workspace, budget={"evaluations": 2, "refine_epochs": 0.25}))
+    assert response.status_code == 201, response.text
+    assert response.json()["request"]["job"]["refine"] == {"epochs": 0.25, "learning_rate": 1e-4,
+                                                           "weight_decay": 0.01, "warmup_ratio": 0.06}
+    off = client.post("/searches", json=body(workspace))
+    assert off.json()["request"]["job"]["refine"]["epochs"] == 0
+    for search in (response, off):
+        assert client.post(f"/searches/{search.json()['id']}/cancel").json()["status"] == "cancelled"
 
 
 def test_ehvi_without_botorch_says_how_to_install(client, workspace, monkeypatch) -> None:

@@ -1,13 +1,21 @@
 """Build (once) and cache the downloadable archive of a front point.
 
-    <search folder>/exports/<point>-<format>/         the exported model folder (HF folder; + model.onnx)
-    <search folder>/exports/<point>-<format>.tar.gz   the archive served, built from that folder only
+    <search folder>/exports/<stem>/         the exported model folder (HF folder; + model.onnx)
+    <search folder>/exports/<stem>.tar.gz   the archive served, built from that folder only
 
-Both are written under a temporary name (starting with ".<point>-<format>.") and renamed into place, so a crash or
-a concurrent request never leaves a half-written export where the next request would serve it. A build holds a
-lock per (search, point, format): a thread lock, and an flock on .<point>-<format>.lock that other server processes
-honour and the kernel releases when its holder dies. Holding it, a build first removes the temporaries of an
-earlier build that was killed halfway, so they do not pile up in the cache.
+where <stem> is "<point>-<format>" for the sub-network sliced from the supernet, and "<point>-<format>-refined"
+for a point refined after the search (its stored front point has a "refined" entry and the job wrote its model
+to <search folder>/refined/<point>/): the archive is then built from that model folder instead. Refined or not is
+part of the cache key, so an archive built from the slice is never served for a refined point, nor the reverse;
+the exports table keeps one record per (point, format), which the route serves only if it names the archive the
+point calls for now (`archive_path`). The refined folder's path is never read from JSON: it is derived from the
+search folder and the position, and used only if it resolves to a folder inside the search folder.
+
+Both are written under a temporary name (starting with ".<stem>.") and renamed into place, so a crash or a
+concurrent request never leaves a half-written export where the next request would serve it. A build holds a
+lock per (search, stem): a thread lock, and an flock on .<stem>.lock that other server processes honour and the
+kernel releases when its holder dies. Holding it, a build first removes the temporaries of an earlier build that
+was killed halfway, so they do not pile up in the cache.
 
 The archive holds the export folder's regular files and folders only, as relative members under one top folder:
 a symlink, a hard link (a file with more than one link), a device or a pipe found there is left out, never
@@ -18,6 +26,7 @@ owner and plain modes. A cached archive is served only if it is a plain file whe
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -25,7 +34,7 @@ import stat
 import tarfile
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,12 +43,13 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "onnx")
 EXPORTS_DIR = "exports"
+REFINED_SUFFIX = "-refined"
 
-_locks: defaultdict[tuple[str, int, str], threading.Lock] = defaultdict(threading.Lock)
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
 
 
-def _lock(key: tuple[str, int, str]) -> threading.Lock:
+def _lock(key: tuple[str, str]) -> threading.Lock:
     with _locks_guard:
         return _locks[key]
 
@@ -54,8 +64,50 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def archive_name(search_id: str, position: int, format: str) -> str:
-    return f"nasprune-{search_id[:8]}-point{position}-{format}"
+def archive_name(search_id: str, position: int, format: str, *, refined: bool = False) -> str:
+    """The name of the archive's top folder and of the downloaded file (without .tar.gz)."""
+    return f"nasprune-{search_id[:8]}-point{position}-{format}" + (REFINED_SUFFIX if refined else "")
+
+
+def export_stem(position: int, format: str, *, refined: bool = False) -> str:
+    """The cache key of an export under <search folder>/exports: refined or sliced is part of it."""
+    return f"{int(position)}-{format}" + (REFINED_SUFFIX if refined else "")
+
+
+def archive_path(folder: Path, position: int, format: str, *, refined: bool = False) -> Path:
+    """Where the archive of this point, format and kind is cached."""
+    return folder / EXPORTS_DIR / f"{export_stem(position, format, refined=refined)}.tar.gz"
+
+
+def refined_source(folder: Path, position: int, point: Mapping[str, Any]) -> Path | None:
+    """The refined model folder of front point `position` (<folder>/refined/<position>, resolved), or None: the
+    point has no "refined" entry (slice it from the supernet), or the folder is not there, resolves outside the
+    search folder (a symlink planted there) or holds another sub-network (the route refuses to serve it)."""
+    from search.job import REFINED_DIR
+    from supernet.extract import SUBNETWORK_FILE
+
+    if not isinstance(point.get("refined"), Mapping):
+        return None
+    base = folder.resolve()
+    candidate = folder / REFINED_DIR / str(int(position))  # never the entry's "folder" value
+    try:
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(base):
+            log.warning("%s resolves to %s, outside the search folder: not served", candidate, resolved)
+            return None
+        if not resolved.is_dir():
+            log.warning("front point %d of %s was refined but %s is missing: not served",
+                        position, folder, candidate)
+            return None
+        record = json.loads((resolved / SUBNETWORK_FILE).read_text())
+    except (OSError, RuntimeError, ValueError) as exc:  # unreadable, a symlink loop, broken JSON
+        log.warning("%s is not a usable refined model (%s): not served", candidate, exc)
+        return None
+    if not isinstance(record, dict) or record.get("config") != point.get("config"):
+        log.warning("%s holds another sub-network than front point %d: not served",
+                    candidate, position)
+        return None
+    return resolved
 
 
 def is_plain_file(path: str | Path) -> bool:
@@ -97,15 +149,15 @@ def _add_tree(tar: tarfile.TarFile, folder: Path, arcname: str) -> list[str]:
     return skipped
 
 
-def leftovers(exports: Path, position: int, format: str) -> list[Path]:
-    """Temporaries of a build of this point and format (".0-hf.tmp", "..0-hf.tmp.x1y2", ".0-hf.tar.gz.tmp"; not
-    the lock file): what a build killed halfway leaves behind."""
-    stem = f"{position}-{format}."
-    lock = f".{position}-{format}.lock"
+def leftovers(exports: Path, stem: str) -> list[Path]:
+    """Temporaries of a build of export `stem` (".0-hf.tmp", "..0-hf.tmp.x1y2", ".0-hf.tar.gz.tmp"; not the lock
+    file; not those of "0-hf-refined", whose names go on with "-" where these have "."): what a build killed
+    halfway leaves behind."""
+    lock = f".{stem}.lock"
     if not exports.is_dir():
         return []
     return [p for p in exports.iterdir()
-            if p.name.startswith(".") and p.name.lstrip(".").startswith(stem) and p.name != lock]
+            if p.name.startswith(".") and p.name.lstrip(".").startswith(f"{stem}.") and p.name != lock]
 
 
 def _remove(path: Path) -> None:
@@ -115,40 +167,67 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def build_export(folder: Path, search_id: str, position: int, format: str, point: dict[str, Any]) -> Path:
-    """The .tar.gz of front point `position` in `format`, built if it is not there yet."""
+def build_export(folder: Path, search_id: str, position: int, format: str, point: dict[str, Any], *,
+                 source: Path | None = None) -> Path:
+    """The .tar.gz of front point `position` in `format`, built if it is not there yet: from the refined model
+    folder `source` (see `refined_source`) if given, else sliced from the supernet."""
+    refined = source is not None
+    stem = export_stem(position, format, refined=refined)
     exports = folder / EXPORTS_DIR
-    archive = exports / f"{position}-{format}.tar.gz"
-    with _lock((search_id, position, format)):
+    archive = archive_path(folder, position, format, refined=refined)
+    with _lock((search_id, stem)):
         if is_plain_file(archive):
             return archive
         exports.mkdir(parents=True, exist_ok=True)
-        with _file_lock(exports / f".{position}-{format}.lock"):
+        with _file_lock(exports / f".{stem}.lock"):
             if is_plain_file(archive):  # another process built it while we waited
                 return archive
-            for path in leftovers(exports, position, format):
+            for path in leftovers(exports, stem):
                 _remove(path)
-            return _build(exports, archive, search_id, position, format, point)
+            return _build(exports, archive, stem, archive_name(search_id, position, format, refined=refined),
+                          format, point, source)
 
 
-def _build(exports: Path, archive: Path, search_id: str, position: int, format: str, point: dict[str, Any]) -> Path:
+def _copy_plain_files(source: Path, dest: Path) -> None:
+    """Copy the plain files at the top of `source` into the new folder `dest`; anything else (a symlink, a hard
+    link, a folder, a pipe) is left out, never followed."""
+    dest.mkdir()
+    skipped = []
+    with os.scandir(source) as entries:
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
+                skipped.append(entry.name)
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)  # swapped for a symlink since: fails
+            with os.fdopen(fd, "rb") as src, open(dest / entry.name, "xb") as out:
+                shutil.copyfileobj(src, out)
+    if skipped:
+        log.warning("refined model %s: left out what is not a plain file: %s", source, ", ".join(sorted(skipped)))
+
+
+def _build(exports: Path, archive: Path, stem: str, top: str, format: str, point: dict[str, Any],
+           source: Path | None) -> Path:
     from supernet.config import SubNetworkConfig
     from supernet.extract import export_onnx, export_subnetwork, load_exported
     from supernet.run import Run
 
     if archive.is_symlink() or archive.exists():
         archive.unlink()  # not a file the server wrote (a symlink, a hard link): build it again
-    out = exports / f"{position}-{format}"
+    out = exports / stem
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         out.unlink()
     if not out.is_dir():
         run = Run(exports.parent)
-        supernet = run.load_supernet()
-        sub = SubNetworkConfig.from_dict(point["config"]).validate(supernet.config)
-        tmp = exports / f".{position}-{format}.tmp"
+        tmp = exports / f".{stem}.tmp"
         try:
-            export_subnetwork(supernet, sub, tmp, tokenizer=run.tokenizer, seq_len=run.spec.max_length,
-                              metrics={"validation": point["validation"], "test": point["test"]})
+            if source is not None:  # the refined model: already an exported folder
+                _copy_plain_files(source, tmp)
+            else:
+                supernet = run.load_supernet()
+                sub = SubNetworkConfig.from_dict(point["config"]).validate(supernet.config)
+                export_subnetwork(supernet, sub, tmp, tokenizer=run.tokenizer, seq_len=run.spec.max_length,
+                                  metrics={"validation": point["validation"], "test": point["test"]})
             if format == "onnx":
                 export_onnx(load_exported(tmp), tmp / "model.onnx", seq_len=run.spec.max_length)
             os.replace(tmp, out)
@@ -158,7 +237,7 @@ def _build(exports: Path, archive: Path, search_id: str, position: int, format: 
     try:
         with open(tmp_archive, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-                skipped = _add_tree(tar, out, archive_name(search_id, position, format))
+                skipped = _add_tree(tar, out, top)
             raw.flush()
             os.fsync(raw.fileno())  # the archive's bytes are on disk before its name is
         if skipped:

@@ -21,13 +21,14 @@ from ..models import Search, SearchStatus, TrialRow
 from ..worker import LOG_FILE
 from .auth import PUBLIC, OwnerDep
 from .deps import SessionDep, SettingsDep
-from .exports import FORMATS, archive_name, build_export, servable
+from .exports import FORMATS, archive_name, archive_path, build_export, refined_source, servable
 from .schemas import (
     Health,
     Links,
     ParetoRead,
     PointRead,
     Progress,
+    RefinedRead,
     SearchCreate,
     SearchPage,
     SearchRead,
@@ -163,8 +164,18 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
         downloads = {f: f"/searches/{search_id}/pareto/{row.position}/download?format={f}" for f in FORMATS}
         points.append(PointRead(position=row.position, trial_index=row.trial_index, config=row.config,
                                 objectives=row.objectives, validation=row.validation, test=row.test,
-                                params=row.params, macs=row.macs, latency_ms=row.latency_ms, downloads=downloads))
+                                params=row.params, macs=row.macs, latency_ms=row.latency_ms,
+                                refined=refined_read(row.refined), downloads=downloads))
     return front | {"points": points}
+
+
+def refined_read(refined: dict[str, Any] | None) -> RefinedRead | None:
+    """The stored "refined" entry as the API shows it: its figures and settings, not its folder (no server paths
+    in responses)."""
+    if refined is None:
+        return None
+    return RefinedRead(validation=refined["validation"], test=refined["test"], train_s=refined["train_s"],
+                       settings=refined["settings"])
 
 
 @router.get("/searches/{search_id}/pareto/{point}/download", tags=["searches"],
@@ -172,30 +183,42 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
                                                     404: {"description": "no search or no front point with this id"}})
 def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], session: SessionDep, settings: SettingsDep,
              owner: OwnerDep,
-             format: Literal["hf", "onnx"] = "hf") -> FileResponse:
-    """The front point as a .tar.gz of a Hugging Face folder (`hf`) or of that folder plus model.onnx (`onnx`).
-    Built on the first request (seconds to minutes), then served from the cache."""
+             format: Literal["hf", "onnx"] = "hf", sliced: bool = False) -> FileResponse:
+    """The front point as a .tar.gz of a Hugging Face folder (`hf`) or of that folder plus model.onnx (`onnx`):
+    the refined model if the search refined its front (the file name then ends in -refined), else, or with
+    `sliced=true`, the sub-network sliced from the supernet. Built on the first request (seconds to minutes),
+    then served from the cache."""
     search = repo.get_search(session, search_id, owner=owner)
     _front_file(search, settings)
     row = repo.get_front_point(session, search_id, point)
     if row is None:
         count = len(repo.list_front(session, search_id, owner=owner))
         raise HTTPException(404, f"search {search_id} has no front point {point} (it has {count}: 0..{count - 1})")
+    folder = folder_of(search, settings)
+    data = {"config": row.config, "validation": row.validation, "test": row.test, "refined": row.refined}
+    source = None if sliced else refined_source(folder, point, data)
+    if source is None and row.refined is not None and not sliced:  # never the slice in place of what is listed
+        raise HTTPException(409, f"front point {point} of search {search_id} was refined, but its refined model is "
+                                 "missing or unusable on the server (the server log says why); add ?sliced=true "
+                                 "to download the sub-network sliced from the supernet instead")
+    refined = source is not None
     cached = repo.get_export(session, search_id=search_id, position=point, format=format)
-    if cached is not None and servable(cached.path, folder_of(search, settings)):
+    # The record is per (point, format); its archive is served only if it is the kind (refined or sliced) the
+    # point calls for now, so an archive built before the point was refined is never served for it.
+    if (cached is not None and servable(cached.path, folder)
+            and Path(cached.path).name == archive_path(folder, point, format, refined=refined).name):
         path = Path(cached.path)
     else:
         from supernet.extract import ExportError
 
-        data = {"config": row.config, "validation": row.validation, "test": row.test}
         try:
-            path = build_export(folder_of(search, settings), search_id, point, format, data)
+            path = build_export(folder, search_id, point, format, data, source=source)
         except ExportError as exc:
             raise HTTPException(422, str(exc)) from None
         repo.record_export(session, search_id=search_id, position=point, format=format, path=str(path))
         session.commit()
     return FileResponse(path, media_type="application/gzip",
-                        filename=f"{archive_name(search_id, point, format)}.tar.gz")
+                        filename=f"{archive_name(search_id, point, format, refined=refined)}.tar.gz")
 
 
 @router.post("/searches/{search_id}/cancel", response_model=SearchRead, tags=["searches"], responses=NOT_FOUND)

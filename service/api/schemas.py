@@ -50,6 +50,11 @@ class BudgetIn(BaseModel):
     time_limit_s: float | None = Field(None, gt=0, le=30 * 24 * 3600, description="search wall-clock limit")
     train_limit: int | None = Field(None, ge=1, description="cap on training examples")
     validation_limit: int | None = Field(None, ge=1, description="cap on validation examples")
+    refine_epochs: float = Field(0, ge=0, le=10,
+                                 description="after the search, fine-tune each Pareto-front point at its own size "
+                                             "for this many epochs (may be fractional) on the task's labels (0: "
+                                             "off); downloads then serve the refined models. Costs about this many "
+                                             "epochs of training per front point, at the point's size")
 
 
 class LatencyIn(BaseModel):
@@ -151,8 +156,18 @@ class TrialPage(BaseModel):
     offset: int
 
 
+class RefinedRead(BaseModel):
+    """A front point after refining (fine-tuning at its own size): its figures and how it was trained."""
+
+    validation: dict[str, float]
+    test: dict[str, float]
+    train_s: float = Field(description="seconds spent fine-tuning the point")
+    settings: dict[str, Any] = Field(description="the refining settings (epochs, learning_rate, ..., seed)")
+
+
 class PointRead(BaseModel):
-    """A front.json point, with its position, the trial it is and its download links."""
+    """A front.json point, with its position, the trial it is and its download links. `refined` is set when the
+    search refined its front (budget.refine_epochs > 0): the downloads are then the refined model."""
 
     position: int
     trial_index: int | None
@@ -163,6 +178,7 @@ class PointRead(BaseModel):
     params: dict[str, int]
     macs: int
     latency_ms: float
+    refined: RefinedRead | None = None
     downloads: dict[str, str]
 
 

@@ -24,6 +24,7 @@ from search.optimizers import OPTIMIZERS
 from search.runner import SearchConfig
 from supernet.convert import ModelLoadError, read_model_config
 from supernet.data import GLUE_TASKS
+from supernet.refine import RefineConfig
 from supernet.run import CustomTask, RunSpec
 from supernet.space import SPACES
 from supernet.training import TrainingConfig
@@ -213,6 +214,7 @@ def build_request(body: SearchCreate, settings: Settings, *, session: Session | 
         training = TrainingConfig(epochs=budget.epochs, seed=body.seed)
         search = SearchConfig(objectives=list(body.objectives), optimizer=body.optimizer,
                               evaluations=budget.evaluations, time_limit_s=budget.time_limit_s, seed=body.seed)
+        refine = RefineConfig(epochs=budget.refine_epochs)
     except (ValueError, ObjectiveError) as exc:
         raise InvalidSearch(str(exc)) from None
     spec = RunSpec(model=model, task=task, data_dir=data_dir, custom=custom, space=body.space,
@@ -220,4 +222,4 @@ def build_request(body: SearchCreate, settings: Settings, *, session: Session | 
                    train_limit=budget.train_limit, validation_limit=budget.validation_limit, training=training)
     latency = LatencyShape(batch_size=body.latency.batch_size, seq_len=body.latency.seq_len,
                            device=body.latency.device)
-    return spec, SearchJob(search=search, latency=latency, params_kind=body.params)
+    return spec, SearchJob(search=search, latency=latency, params_kind=body.params, refine=refine)
