@@ -13,6 +13,8 @@ Methods (each yields points: configuration, validation and test metrics, encoder
               (--evaluations) on (error, encoder params), test re-evaluation of the front
   nasprune_refined  the same job with its refine stage: each front point fine-tuned for --short-epochs at its own
               size (labels, the default refine rate; what oneshot_ft does to its masks)
+  nasprune_importance  the same job in the importance search space (how many heads and units the network keeps,
+              placed across layers by Fisher score: the shapes of Kwon's masks)
   nasprune_v0 the same job with the first default training recipe (before the fix this benchmark prompted)
   nasprune_v1 the second recipe (3 plain epochs, then 1 sandwich epoch distilling at T = 10 without labels)
 
@@ -67,7 +69,7 @@ from supernet.training import TrainingConfig
 
 OUT = Path(__file__).resolve().parent / "out" / "prove"
 METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune", "nasprune_refined",
-           "nasprune_v0", "nasprune_v1")
+           "nasprune_importance", "nasprune_v0", "nasprune_v1")
 # nasprune's first default recipe (Fisher order on the random head, then 3 sandwich epochs at 5e-5): the "before"
 V0_TRAINING = {"epochs": 3.0, "learning_rate": 5e-5, "plain_fraction": 0.0, "num_random_subnets": 2,
                "temperature": 10.0, "label_loss_weight": 0.0}
@@ -284,6 +286,11 @@ class Experiment:
     def nasprune(self) -> list[dict[str, Any]]:
         """The job exactly as the service runs it: default training settings (their epochs, not --epochs)."""
         return self.nasprune_job("nasprune", replace(self.spec, training=TrainingConfig(seed=self.args.seed)))
+
+    def nasprune_importance(self) -> list[dict[str, Any]]:
+        """The default job in the importance space (heads and units placed across layers by Fisher score)."""
+        return self.nasprune_job("nasprune_importance", replace(self.spec, space="importance",
+                                                                training=TrainingConfig(seed=self.args.seed)))
 
     def nasprune_v0(self) -> list[dict[str, Any]]:
         return self.nasprune_job("nasprune_v0", replace(self.spec, training=TrainingConfig(seed=self.args.seed,

@@ -30,16 +30,17 @@ from search.pareto import hypervolume  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "prove"
-METHODS = ("nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0", "reference",
+METHODS = ("nasprune_importance", "nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0", "reference",
            "layer_drop", "oneshot", "oneshot_ft", "nas_small")
-NASPRUNE = ("nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0")
-NAMES = {"nasprune_refined": "nasprune front, refined (1 epoch per point)", "nasprune": "nasprune front",
+NASPRUNE = ("nasprune_importance", "nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0")
+NAMES = {"nasprune_importance": "nasprune front, importance space",
+         "nasprune_refined": "nasprune front, refined (1 epoch per point)", "nasprune": "nasprune front",
          "nasprune_v0": "nasprune front, first recipe (before)",
          "nasprune_v1": "nasprune front, second recipe (no labels, T = 10)",
          "reference": "full fine-tuning", "layer_drop": "layer dropping + FT",
          "oneshot": "one-shot Kwon (no retraining)", "oneshot_ft": "Kwon masks + short FT",
          "nas_small": "uniform sub-nets, each FT"}
-STYLE = {"nasprune_refined": ("darkred", "P"), "nasprune": ("tab:red", "o"),
+STYLE = {"nasprune_importance": ("tab:olive", "o"), "nasprune_refined": ("darkred", "P"), "nasprune": ("tab:red", "o"),
          "nasprune_v0": ("tab:orange", "o"), "nasprune_v1": ("tab:pink", "o"),
          "reference": ("black", "*"),
          "layer_drop": ("tab:blue", "s"), "oneshot": ("tab:gray", "x"), "oneshot_ft": ("tab:green", "^"),

@@ -162,5 +162,4 @@ def kwon_mask(config: SupernetConfig, importance: Importance, mac_budget: float,
 
 def sorted_importance(importance: Importance) -> Importance:
     """The scores in the order `reorder_by_importance` leaves the weights (most important first per layer)."""
-    return Importance(heads=[torch.sort(h, descending=True, stable=True).values for h in importance.heads],
-                      units=[torch.sort(u, descending=True, stable=True).values for u in importance.units])
+    return importance.sorted()

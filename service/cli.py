@@ -42,6 +42,7 @@ from supernet.evaluation import evaluate
 from supernet.extract import SUBNETWORK_FILE, ExportError, export_onnx, export_subnetwork, load_exported, save_folder
 from supernet.refine import RefineConfig
 from supernet.run import CustomTask, Run, RunSpec, train_run
+from supernet.space import SPACES
 from supernet.training import TrainingConfig
 
 log = logging.getLogger("nasprune")
@@ -56,7 +57,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-columns", default="text", help="custom task: one or two comma-separated columns")
     p.add_argument("--label-column", default="label", help="custom task: label column")
     p.add_argument("--task-type", choices=["classification", "regression"], default="classification")
-    p.add_argument("--space", default="uniform", choices=["uniform", "per_layer", "layers"])
+    p.add_argument("--space", default="uniform", choices=list(SPACES),
+                   help="importance: how many heads and units the network keeps, placed by importance across layers")
     p.add_argument("--epochs", type=float, default=TrainingConfig.epochs,
                    help="training epochs, the plain ones (--plain-fraction) included; may be fractional")
     p.add_argument("--plain-fraction", type=float, default=TrainingConfig.plain_fraction,

@@ -27,6 +27,19 @@ class Importance:
     heads: list[torch.Tensor]  # per layer, (num_heads,)
     units: list[torch.Tensor]  # per layer, (units,)
 
+    def to_dict(self) -> dict[str, list[list[float]]]:
+        return {"heads": [h.tolist() for h in self.heads], "units": [u.tolist() for u in self.units]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, list[list[float]]]) -> Importance:
+        return cls(heads=[torch.tensor(h, dtype=torch.float32) for h in data["heads"]],
+                   units=[torch.tensor(u, dtype=torch.float32) for u in data["units"]])
+
+    def sorted(self) -> Importance:
+        """The scores in the order `reorder_by_importance` leaves the weights (most important first per layer)."""
+        return Importance(heads=[torch.sort(h, descending=True, stable=True).values for h in self.heads],
+                          units=[torch.sort(u, descending=True, stable=True).values for u in self.units])
+
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if logits.shape[-1] == 1:

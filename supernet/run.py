@@ -6,6 +6,8 @@ Run folder layout:
     checkpoint.pt   the training checkpoint (a rerun with the same folder resumes from it)
     supernet/       final weights (model.safetensors), supernet_config.json and the tokenizer files
     training.json   loss history and validation metrics of the full, middle and smallest sub-networks
+    importance.json the importance scores the supernet was ordered by (sorted as its weights are; the
+                    `importance` search space places heads and units by them)
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from .config import SupernetConfig
 from .convert import load_supernet_from_pretrained, load_tokenizer
 from .data import TaskData, load_custom_task, load_task, make_batches
 from .evaluation import evaluate
-from .importance import fisher_importance, reorder_by_importance
+from .importance import Importance, fisher_importance, reorder_by_importance
 from .model import Supernet
-from .space import SearchSpace, make_space
+from .space import ImportanceSpace, SearchSpace, make_space
 from .training import SupernetTrainer, TrainingConfig, TrainState
 
 log = logging.getLogger(__name__)
 
 RUN_FILE, CHECKPOINT_FILE, SUPERNET_DIR, TRAINING_FILE = "run.json", "checkpoint.pt", "supernet", "training.json"
+IMPORTANCE_FILE = "importance.json"
 
 
 @dataclass
@@ -155,7 +158,19 @@ class Run:
                             sort_by_length=split != "train")
 
     def space(self, config: SupernetConfig) -> SearchSpace:
-        return make_space(self.spec.space, config)
+        """The run's search space; the `importance` space with the scores the supernet was ordered by."""
+        space = make_space(self.spec.space, config)
+        if isinstance(space, ImportanceSpace):
+            importance = self.importance()
+            if importance is None:
+                raise FileNotFoundError(f"{self.folder}: no {IMPORTANCE_FILE} (the importance space needs a supernet "
+                                        "ordered by importance 'fisher')")
+            space.set_importance(importance)
+        return space
+
+    def importance(self) -> Importance | None:
+        path = self.folder / IMPORTANCE_FILE
+        return Importance.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
     def load_supernet(self) -> Supernet:
         return load_supernet(self.folder / SUPERNET_DIR)
@@ -179,16 +194,24 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     task = run.task
     log.info("task %s: %d train, %d validation examples", task.spec.name, len(task.train), len(task.validation))
     model = load_supernet_from_pretrained(spec.model, num_labels=task.spec.num_labels)
-    space = run.space(model.config)
+    space = make_space(spec.space, model.config)  # importance scores, if the space needs them, come below
     generator = torch.Generator()
     loader = run.batches("train", shuffle=True, generator=generator)
     if spec.importance not in ("fisher", "none"):
         raise ValueError(f"unknown importance method {spec.importance!r}; use 'fisher' or 'none'")
+    if isinstance(space, ImportanceSpace) and spec.importance != "fisher":
+        raise ValueError("the importance space places heads and units by their scores: it needs importance 'fisher'")
 
     def order_by_importance(model: Supernet) -> None:
         generator.manual_seed(spec.training.seed)
         importance = fisher_importance(model, loader, max_batches=spec.importance_batches, progress=progress)
         reorder_by_importance(model, importance)
+        scores = importance.sorted()
+        tmp = run.folder / f".{IMPORTANCE_FILE}.tmp"  # written before the checkpoint that follows the ordering
+        tmp.write_text(json.dumps(scores.to_dict()))
+        tmp.replace(run.folder / IMPORTANCE_FILE)
+        if isinstance(space, ImportanceSpace):
+            space.set_importance(scores)
 
     fisher = spec.importance == "fisher"
     trainer = SupernetTrainer(model, space, loader, spec.training, generator=generator,
@@ -198,6 +221,9 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     if (run.folder / CHECKPOINT_FILE).is_file():
         state = trainer.load_checkpoint()
         log.info("resuming from step %d of %d", state.step, state.total_steps)
+        scores = run.importance()
+        if isinstance(space, ImportanceSpace) and scores is not None and state.step >= trainer.plain_steps:
+            space.set_importance(scores)  # ordered before the checkpoint; not ordered again
     elif fisher and trainer.plain_steps == 0:  # else scored when the plain steps end (on a trained head)
         order_by_importance(model)
     state = trainer.train()

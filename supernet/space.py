@@ -3,7 +3,8 @@
 Each space maps a `SubNetworkConfig` to and from a vector of integers with inclusive bounds, samples
 random members, and knows its smallest, largest and middle member. Spaces follow Klein et al.
 (TMLR 2024): `uniform` (SMALL: layers, heads and units shared by all kept layers, keep the first k),
-`per_layer` (MEDIUM: heads and units per layer) and `layers` (LAYER: keep or drop each layer).
+`per_layer` (MEDIUM: heads and units per layer) and `layers` (LAYER: keep or drop each layer); and
+`importance`: how many heads and units the whole network keeps, placed by importance score across layers.
 FFN units move in steps of `unit_step` (default: a 24th of the FFN width) to keep the grid small.
 """
 
@@ -170,7 +171,78 @@ class LayerSpace(SearchSpace):
         return self.decode([1] + [0] * (self.config.num_layers - 1))
 
 
-SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (UniformSpace, PerLayerSpace, LayerSpace)}
+class ImportanceSpace(SearchSpace):
+    """[heads kept in the whole network, unit steps kept in the whole network]: the most important heads and FFN
+    units across all layers, by the supernet's importance scores (Fisher, as it was ordered), so each layer keeps
+    the first k of its own, k set by how its scores compare with the other layers'. Two genes reach the shapes
+    Kwon et al.'s masks take (wide bottom layers, top FFNs nearly empty; bench/RESULTS.md), which the uniform space
+    cannot express and the per_layer space holds among far too many others. All layers are kept (a layer may
+    keep 0 heads or 0 units).
+
+    The scores are the run's (`importance` with per-layer `heads` and `units`, sorted most important first, as
+    the weights are); until they are set (`set_importance`, when the supernet is ordered) nothing decodes.
+    """
+
+    name = "importance"
+
+    def __init__(self, config: SupernetConfig, *, unit_step: int | None = None, importance=None) -> None:
+        super().__init__(config, unit_step=unit_step)
+        self._heads: list[tuple[int, int]] | None = None
+        self._units: list[tuple[int, int]] | None = None
+        if importance is not None:
+            self.set_importance(importance)
+
+    def set_importance(self, importance) -> None:
+        """Rank every head and unit of the network by score (ties: lower layer, then lower index first)."""
+        heads = [[float(x) for x in layer] for layer in importance.heads]
+        units = [[float(x) for x in layer] for layer in importance.units]
+        if [len(h) for h in heads] != list(self.config.layer_heads) or [len(u) for u in units] != list(
+                self.config.layer_units):
+            raise ConfigError("importance scores do not match the supernet's layers, heads and units")
+        for layer in heads + units:
+            if any(a < b for a, b in zip(layer, layer[1:], strict=False)):
+                raise ConfigError("importance scores must be sorted most important first, as the weights are")
+
+        def ranking(scores: list[list[float]]) -> list[tuple[int, int]]:
+            ranked = sorted((-score, layer, index) for layer, row in enumerate(scores) for index, score in
+                            enumerate(row))
+            return [(layer, index) for _, layer, index in ranked]
+
+        self._heads, self._units = ranking(heads), ranking(units)
+
+    @property
+    def lower(self) -> list[int]:
+        return [1, 1]
+
+    @property
+    def upper(self) -> list[int]:
+        return [sum(self.config.layer_heads), sum(self.config.layer_units) // self.unit_step]
+
+    def _ranked(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        if self._heads is None or self._units is None:
+            raise ConfigError("the importance space needs the supernet's importance scores (importance 'fisher'); "
+                              "they are set when the supernet is ordered")
+        return self._heads, self._units
+
+    def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
+        n_heads, steps = self._check(vector)
+        ranked_heads, ranked_units = self._ranked()
+        heads, units = [0] * self.config.num_layers, [0] * self.config.num_layers
+        for layer, _ in ranked_heads[:n_heads]:
+            heads[layer] += 1
+        for layer, _ in ranked_units[:steps * self.unit_step]:
+            units[layer] += 1
+        return SubNetworkConfig(layers=tuple(range(self.config.num_layers)), heads=tuple(heads), units=tuple(units))
+
+    def encode(self, sub: SubNetworkConfig) -> list[int]:
+        vector = [sum(sub.heads), sum(sub.units) // self.unit_step]
+        if len(sub.layers) != self.config.num_layers or self.decode(vector) != sub:
+            raise ConfigError(f"{sub} is not in the importance space (the globally most important heads and units)")
+        return vector
+
+
+SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (UniformSpace, PerLayerSpace, LayerSpace,
+                                                                  ImportanceSpace)}
 
 
 def make_space(name: str, config: SupernetConfig, **kwargs) -> SearchSpace:

@@ -211,6 +211,35 @@ def test_interrupted_cli_run_resumes_to_the_same_weights(workspace, tmp_path, mo
         (tmp_path / "resumed" / "training.json").read_text())["history"]
 
 
+def test_importance_space_run_resumed_after_the_ordering_is_the_same(workspace, tmp_path, monkeypatch,
+                                                                      capsys) -> None:
+    """The importance space samples by the scores of the ordering; a run resumed after it reads them back from
+    importance.json (it is not ordered again) and ends with the same weights as a run never stopped."""
+    from supernet.training import SupernetTrainer
+
+    args = ("--space", "importance", "--epochs", "2", "--plain-fraction", "0.5")
+    assert cli(_train_args(workspace, tmp_path / "straight", *args)) == 0
+    original = SupernetTrainer._optimizer_step
+    calls = {"n": 0}
+
+    def step_then_interrupt(self, pending):
+        original(self, pending)
+        calls["n"] += 1
+        if calls["n"] == 8:  # two sandwich steps after the ordering at step 6
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(SupernetTrainer, "_optimizer_step", step_then_interrupt)
+    assert cli(_train_args(workspace, tmp_path / "resumed", *args)) == 130
+    assert (tmp_path / "resumed" / "importance.json").is_file()
+    monkeypatch.setattr(SupernetTrainer, "_optimizer_step", original)
+    assert cli(_train_args(workspace, tmp_path / "resumed", *args)) == 0
+    a = load_supernet(tmp_path / "straight" / "supernet").state_dict()
+    b = load_supernet(tmp_path / "resumed" / "supernet").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight" / "importance.json").read_text() == (tmp_path / "resumed" / "importance.json"
+                                                                        ).read_text()
+
+
 @pytest.mark.skipif(not (GLUE_DIR / "RTE" / "train.tsv").is_file(), reason=f"GLUE data not found at {GLUE_DIR}")
 def test_glue_rte_run(workspace, tmp_path) -> None:
     out = tmp_path / "rte"

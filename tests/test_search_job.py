@@ -359,3 +359,23 @@ def test_bad_refine_epochs_are_refused(workspace, tmp_path, capsys) -> None:
     assert cli(search_args(workspace, tmp_path / "run", "--refine-epochs", "-1")) == 2
     assert "refine epochs" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_search_in_the_importance_space(workspace, tmp_path) -> None:
+    out = tmp_path / "run"
+    assert cli(search_args(workspace, out, "--space", "importance")) == 0
+    run = Run(out)
+    scores = run.importance()
+    space = run.space(run.load_supernet().config)
+    assert space.name == "importance"
+    for layer in scores.heads + scores.units:  # sorted as the weights were ordered
+        assert torch.equal(layer, torch.sort(layer, descending=True, stable=True).values)
+    points = json.loads((out / "front.json").read_text())["points"]
+    for trial in read_trials(out):  # every evaluated sub-network is a member of the space
+        assert space.decode(space.encode(trial.config)) == trial.config
+    assert all(space.encode(SubNetworkConfig.from_dict(p["config"])) for p in points)
+
+
+def test_the_importance_space_needs_fisher_scores(workspace, tmp_path, capsys) -> None:
+    assert cli(search_args(workspace, tmp_path / "run", "--space", "importance", "--importance", "none")) == 2
+    assert "needs importance 'fisher'" in capsys.readouterr().err

@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 from conftest import supernet_config
 
 from supernet.config import ConfigError, SubNetworkConfig, SupernetConfig
 from supernet.counting import count_params
-from supernet.space import SPACES, LayerSpace, PerLayerSpace, UniformSpace, make_space
+from supernet.importance import Importance
+from supernet.space import SPACES, ImportanceSpace, LayerSpace, PerLayerSpace, UniformSpace, make_space
 
 BERT_BASE = SupernetConfig(num_layers=12, hidden_size=768, num_heads=12, head_size=64, intermediate_size=3072,
                            vocab_size=30522, max_position_embeddings=512, type_vocab_size=2, num_labels=2)
@@ -23,9 +25,21 @@ def config(request) -> SupernetConfig:
     return CONFIGS[request.param]
 
 
-@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers"])
+def random_scores(config: SupernetConfig, seed: int = 0) -> Importance:
+    """Importance scores sorted most important first in every layer, as an ordered supernet's are."""
+    g = torch.Generator().manual_seed(seed)
+    return Importance(heads=[torch.rand(h, generator=g) for h in config.layer_heads],
+                      units=[torch.rand(u, generator=g) for u in config.layer_units]).sorted()
+
+
+def space_of(name: str, config: SupernetConfig):
+    """Every space, the importance one with random (sorted) scores."""
+    return make_space(name, config, **({"importance": random_scores(config)} if name == "importance" else {}))
+
+
+@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers", "importance"])
 def test_round_trips(name: str, config: SupernetConfig) -> None:
-    space = make_space(name, config)
+    space = space_of(name, config)
     assert space.name == name and isinstance(space, SPACES[name])
     assert len(space.lower) == len(space.upper) == space.dimension
     rng = random.Random(0)
@@ -42,9 +56,9 @@ def test_round_trips(name: str, config: SupernetConfig) -> None:
         assert sub.validate(config) and sub.layers
 
 
-@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers"])
+@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers", "importance"])
 def test_smallest_middle_largest(name: str, config: SupernetConfig) -> None:
-    space = make_space(name, config)
+    space = space_of(name, config)
     smallest, middle, largest = space.smallest(), space.middle(), space.largest()
     for sub in (smallest, middle, largest):
         sub.validate(config)
@@ -95,7 +109,7 @@ def test_per_layer_space_min_bounds() -> None:
 
 def test_sampling_is_deterministic(config: SupernetConfig) -> None:
     for name in SPACES:
-        space = make_space(name, config)
+        space = space_of(name, config)
         first = [space.sample(random.Random(7)) for _ in range(3)]
         rng_a, rng_b = random.Random(42), random.Random(42)
         a = [space.sample(rng_a) for _ in range(30)]
@@ -106,9 +120,9 @@ def test_sampling_is_deterministic(config: SupernetConfig) -> None:
         assert [space.sample(rng_c) for _ in range(30)] != a  # another seed, another sequence
 
 
-@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers"])
+@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers", "importance"])
 def test_out_of_bounds_vectors_raise(name: str, config: SupernetConfig) -> None:
-    space = make_space(name, config)
+    space = space_of(name, config)
     for i in range(space.dimension):
         low, high = list(space.lower), list(space.upper)
         low[i] -= 1
@@ -166,3 +180,41 @@ def test_make_space_unknown_name() -> None:
     with pytest.raises(ConfigError, match="unknown search space"):
         make_space("nope", supernet_config())
     assert make_space("per_layer", supernet_config(), min_heads=0).lower[0] == 0
+
+
+# ------------------------------------------------------------------------------------------- importance space
+
+
+def test_importance_space_keeps_the_globally_most_important() -> None:
+    config = supernet_config()  # 3 layers x 4 heads x 48 units, unit step 2
+    # layer 1's heads matter most, then layer 0's; layer 2's units matter most, layer 1's least
+    scores = Importance(heads=[torch.tensor([4.0, 3, 2, 1]), torch.tensor([9.0, 8, 7, 6]), torch.tensor([.5] * 4)],
+                        units=[torch.linspace(5, 4, 48), torch.linspace(1, 0, 48), torch.linspace(9, 8, 48)])
+    space = ImportanceSpace(config, importance=scores)
+    assert space.lower == [1, 1] and space.upper == [12, 72]
+    assert space.decode([3, 10]) == SubNetworkConfig(layers=(0, 1, 2), heads=(0, 3, 0), units=(0, 0, 20))
+    assert space.decode([6, 30]) == SubNetworkConfig(layers=(0, 1, 2), heads=(2, 4, 0), units=(12, 0, 48))
+    assert space.decode([10, 72]) == SubNetworkConfig(layers=(0, 1, 2), heads=(4, 4, 2), units=(48, 48, 48))
+    assert space.largest() == SubNetworkConfig.full(config)
+    # ties go to the lower layer: layer 2's four equal heads are taken in order
+    assert space.decode([9, 1]).heads == (4, 4, 1)
+    with pytest.raises(ConfigError, match="not in the importance space"):
+        space.encode(SubNetworkConfig(layers=(0, 1, 2), heads=(3, 0, 0), units=(0, 0, 20)))  # not the top 3 heads
+    with pytest.raises(ConfigError, match="not in the importance space"):
+        space.encode(SubNetworkConfig(layers=(1, 2), heads=(0, 3, 0), units=(0, 0, 20)))  # a layer dropped
+
+
+def test_importance_space_needs_sorted_matching_scores() -> None:
+    config = supernet_config()
+    space = ImportanceSpace(config)
+    with pytest.raises(ConfigError, match="importance scores"):
+        space.sample(random.Random(0))  # nothing decodes before the scores are set
+    scores = random_scores(config)
+    unsorted = Importance(heads=[h.flip(0) for h in scores.heads], units=scores.units)
+    with pytest.raises(ConfigError, match="sorted"):
+        space.set_importance(unsorted)
+    with pytest.raises(ConfigError, match="do not match"):
+        space.set_importance(random_scores(supernet_config(num_layers=2)))
+    space.set_importance(scores)
+    assert space.sample(random.Random(0)).validate(config)
+    assert Importance.from_dict(scores.to_dict()).to_dict() == scores.to_dict()
