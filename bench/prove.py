@@ -15,6 +15,7 @@ Methods (each yields points: configuration, validation and test metrics, encoder
               size (labels, the default refine rate; what oneshot_ft does to its masks)
   nasprune_importance  the same job in the importance search space (how many heads and units the network keeps,
               placed across layers by Fisher score: the shapes of Kwon's masks)
+  nasprune_importance_refined  that job with its front refined, as nasprune_refined
   nasprune_v0 the same job with the first default training recipe (before the fix this benchmark prompted)
   nasprune_v1 the second recipe (3 plain epochs, then 1 sandwich epoch distilling at T = 10 without labels)
 
@@ -69,7 +70,7 @@ from supernet.training import TrainingConfig
 
 OUT = Path(__file__).resolve().parent / "out" / "prove"
 METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune", "nasprune_refined",
-           "nasprune_importance", "nasprune_v0", "nasprune_v1")
+           "nasprune_importance", "nasprune_importance_refined", "nasprune_v0", "nasprune_v1")
 # nasprune's first default recipe (Fisher order on the random head, then 3 sandwich epochs at 5e-5): the "before"
 V0_TRAINING = {"epochs": 3.0, "learning_rate": 5e-5, "plain_fraction": 0.0, "num_random_subnets": 2,
                "temperature": 10.0, "label_loss_weight": 0.0}
@@ -304,19 +305,29 @@ class Experiment:
         """nasprune's job, then each front point refined (`--refine-epochs`: --short-epochs at the default rate,
         labels only): the same last step as oneshot_ft, from the supernet's weights and the searched shapes."""
         self.nasprune()
-        folder = self.folder / "nasprune"
+        return self.refined_job("nasprune_refined", "nasprune", self.spec)
+
+    def nasprune_importance_refined(self) -> list[dict[str, Any]]:
+        """nasprune_importance's job with its front refined, as nasprune_refined."""
+        self.nasprune_importance()
+        return self.refined_job("nasprune_importance_refined", "nasprune_importance",
+                                replace(self.spec, space="importance"))
+
+    def refined_job(self, method: str, job_method: str, spec: RunSpec) -> list[dict[str, Any]]:
+        """Refine the front of `job_method`'s finished job in its own folder (its cost adds the refining)."""
+        folder = self.folder / job_method
         times = read_json(folder / "times.json")
         refine = RefineConfig(epochs=self.args.short_epochs)
         if "refine_s" not in times:
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed), refine=refine)
             started = time.perf_counter()
-            run_search_job(replace(self.spec, training=TrainingConfig(seed=self.args.seed)), job, folder / "run")
+            run_search_job(replace(spec, training=TrainingConfig(seed=self.args.seed)), job, folder / "run")
             times["refine_s"] = time.perf_counter() - started  # the front's test re-evaluation included (~1 %)
             times["refine_load_average"] = os.getloadavg()[0]  # 1-minute load at the end: was the machine shared?
             write_json(folder / "times.json", times)
         front = read_json(folder / "run" / "front.json")
         cost = times["train_s"] + times["search_and_test_s"] + times["refine_s"]
-        return [self.point("nasprune_refined", f"front {i} refined", SubNetworkConfig.from_dict(p["config"]),
+        return [self.point(method, f"front {i} refined", SubNetworkConfig.from_dict(p["config"]),
                            p["refined"]["validation"], p["refined"]["test"], cost_s=cost,
                            refine_train_s=p["refined"]["train_s"], **{f"job_{k}": v for k, v in times.items()})
                 for i, p in enumerate(front["points"])]

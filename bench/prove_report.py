@@ -30,17 +30,19 @@ from search.pareto import hypervolume  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "prove"
-METHODS = ("nasprune_importance", "nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0", "reference",
-           "layer_drop", "oneshot", "oneshot_ft", "nas_small")
-NASPRUNE = ("nasprune_importance", "nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0")
-NAMES = {"nasprune_importance": "nasprune front, importance space",
+NASPRUNE = ("nasprune_importance_refined", "nasprune_importance", "nasprune_refined", "nasprune", "nasprune_v1",
+            "nasprune_v0")
+METHODS = (*NASPRUNE, "reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small")
+NAMES = {"nasprune_importance_refined": "nasprune front, importance space, refined",
+         "nasprune_importance": "nasprune front, importance space",
          "nasprune_refined": "nasprune front, refined (1 epoch per point)", "nasprune": "nasprune front",
          "nasprune_v0": "nasprune front, first recipe (before)",
          "nasprune_v1": "nasprune front, second recipe (no labels, T = 10)",
          "reference": "full fine-tuning", "layer_drop": "layer dropping + FT",
          "oneshot": "one-shot Kwon (no retraining)", "oneshot_ft": "Kwon masks + short FT",
          "nas_small": "uniform sub-nets, each FT"}
-STYLE = {"nasprune_importance": ("tab:olive", "o"), "nasprune_refined": ("darkred", "P"), "nasprune": ("tab:red", "o"),
+STYLE = {"nasprune_importance_refined": ("darkgreen", "P"), "nasprune_importance": ("tab:olive", "o"),
+         "nasprune_refined": ("darkred", "P"), "nasprune": ("tab:red", "o"),
          "nasprune_v0": ("tab:orange", "o"), "nasprune_v1": ("tab:pink", "o"),
          "reference": ("black", "*"),
          "layer_drop": ("tab:blue", "s"), "oneshot": ("tab:gray", "x"), "oneshot_ft": ("tab:green", "^"),
@@ -226,7 +228,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                   "| whole job (s) | ÷ plain |", "|---|---|---|---|---|---|"]
         for method, p in jobs.items():
             if p:
-                refine = p.get("job_refine_s", 0.0) if method == "nasprune_refined" else 0.0
+                refine = p.get("job_refine_s", 0.0) if method.endswith("_refined") else 0.0
                 job = p["job_train_s"] + p["job_search_and_test_s"] + refine
                 lines.append(f"| {NAMES[method]} | {p['job_train_s']:.0f} | {p['job_search_and_test_s']:.0f} | "
                              f"{refine:.0f} | {job:.0f} | **{job / plain:.2f}** |")
