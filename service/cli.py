@@ -57,7 +57,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-columns", default="text", help="custom task: one or two comma-separated columns")
     p.add_argument("--label-column", default="label", help="custom task: label column")
     p.add_argument("--task-type", choices=["classification", "regression"], default="classification")
-    p.add_argument("--space", default="uniform", choices=list(SPACES),
+    p.add_argument("--space", default=RunSpec.space, choices=list(SPACES),
                    help="importance: how many heads and units the network keeps, placed by importance across layers")
     p.add_argument("--epochs", type=float, default=TrainingConfig.epochs,
                    help="training epochs, the plain ones (--plain-fraction) included; may be fractional")

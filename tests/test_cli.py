@@ -17,7 +17,6 @@ from supernet.evaluation import evaluate, predict
 from supernet.extract import SUBNETWORK_FILE, load_exported
 from supernet.importance import fisher_importance
 from supernet.run import Run, RunSpec, load_supernet
-from supernet.space import make_space
 
 
 def _train_args(ws: Path, out: Path, *extra: str) -> list[str]:
@@ -55,7 +54,7 @@ def test_train_writes_the_run_folder(trained_run, workspace) -> None:
     supernet = run.load_supernet()
     for key, value in supernet.state_dict().items():
         assert torch.equal(value, checkpoint["model"][key]), key
-    space = make_space(spec.space, supernet.config)
+    space = run.space(supernet.config)  # the importance space, with the scores of importance.json
     validation = run.batches("validation")
     assert evaluate(supernet, validation, run.task.spec) == summary["validation"]["full"]
     assert evaluate(supernet, validation, run.task.spec, sub=space.middle()) == summary["validation"]["middle"]
@@ -76,7 +75,8 @@ def test_export_loads_with_plain_transformers_and_keeps_the_metric(trained_run, 
     assert "exported" in capsys.readouterr().out
     run = Run(trained_run)
     supernet = run.load_supernet()
-    sub = make_space("uniform", supernet.config).middle()
+    sub = run.space(supernet.config).middle()  # the run's space (importance, the default)
+    assert run.spec.space == "importance"
     record = json.loads((out / SUBNETWORK_FILE).read_text())
     assert SubNetworkConfig.from_dict(record["config"]) == sub
     assert record["seq_len"] == 32
@@ -118,7 +118,8 @@ def test_importance_ordering_keeps_the_function(workspace, tmp_path, importance:
     """With a learning rate of 0 the run only reorders: same logits as the original model, sorted importance.
     Plain fine-tuning (k = 0) has no plain phase to end, so it is ordered before training, whatever the fraction."""
     out = tmp_path / importance
-    assert cli(_train_args(workspace, out, "--lr", "0", "--importance", importance, *extra)) == 0
+    space = ("--space", "uniform") if importance == "none" else ()  # the default space needs the scores
+    assert cli(_train_args(workspace, out, "--lr", "0", "--importance", importance, *space, *extra)) == 0
     run = Run(out)
     trained, original = run.load_supernet(), load_supernet_from_model(workspace / "model").eval()
     validation = run.batches("validation")
@@ -185,7 +186,7 @@ def test_rerun_resumes_and_a_different_spec_is_refused(trained_run, workspace, c
 def test_interrupted_cli_run_resumes_to_the_same_weights(workspace, tmp_path, monkeypatch, capsys) -> None:
     from supernet.training import SupernetTrainer
 
-    args = ("--num-random-subnets", "1", "--grad-accum", "2", "--importance", "none")
+    args = ("--num-random-subnets", "1", "--grad-accum", "2", "--importance", "none", "--space", "uniform")
     assert cli(_train_args(workspace, tmp_path / "straight", *args)) == 0
     original = SupernetTrainer._optimizer_step
     calls = {"n": 0}

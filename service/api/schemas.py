@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from supernet.run import RunSpec
 from supernet.training import TrainingConfig
 
 _STRICT = ConfigDict(extra="forbid")
@@ -74,7 +75,7 @@ class SearchCreate(BaseModel):
                        description="'minilm', a local folder under an allowed model root, or a hub id")
     task: str | CustomTaskIn = Field("glue/rte", description="a GLUE name ('glue/rte') or a custom task object")
     data_dir: str | None = Field(None, max_length=1000, description="GLUE folder (classic TSV layout)")
-    space: str = "uniform"
+    space: str = Field(RunSpec.space, description="search space: importance (default), uniform, per_layer or layers")
     objectives: list[str] = Field(default_factory=lambda: ["error", "params"], min_length=1, max_length=8)
     optimizer: str = "nsga2"
     budget: BudgetIn = Field(default_factory=BudgetIn)
