@@ -9,12 +9,13 @@ Methods (each yields points: configuration, validation and test metrics, encoder
               units on training batches, masks per MAC budget 0.9 .. 0.2 by importance
   oneshot_ft  the same masks, each pruned model fine-tuned for --short-epochs (a retraining baseline)
   nas_small   a small NAS: uniform sub-networks (75/50/33/25 % of heads and units), each fine-tuned alone
-  nasprune    the service's own job on default settings: supernet training (its default epochs), NSGA-II search
-              (--evaluations) on (error, encoder params), test re-evaluation of the front
+  nasprune    the service's job on default training settings (its epochs, not --epochs) in the uniform space (the
+              default until the importance space): supernet training, NSGA-II search (--evaluations) on (error,
+              encoder params), test re-evaluation of the front
   nasprune_refined  the same job with its refine stage: each front point fine-tuned for --short-epochs at its own
               size (labels, the default refine rate; what oneshot_ft does to its masks)
-  nasprune_importance  the same job in the importance search space (how many heads and units the network keeps,
-              placed across layers by Fisher score: the shapes of Kwon's masks)
+  nasprune_importance  the service's own job on its defaults: the same in the importance search space (how many
+              heads and units the network keeps, placed across layers by Fisher score: the shapes of Kwon's masks)
   nasprune_importance_refined  that job with its front refined, as nasprune_refined
   nasprune_v0 the same job with the first default training recipe (before the fix this benchmark prompted)
   nasprune_v1 the second recipe (3 plain epochs, then 1 sandwich epoch distilling at T = 10 without labels)
@@ -117,8 +118,9 @@ class Experiment:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.folder = Path(args.out) / seed_folder(args.task, args.seed)
+        # space: the uniform space of the earlier defaults; nasprune_importance runs the current default
         self.spec = RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
-                            max_length=args.max_length, batch_size=args.batch_size,
+                            space="uniform", max_length=args.max_length, batch_size=args.batch_size,
                             training=TrainingConfig(epochs=args.epochs, seed=args.seed))
         self.run = Run(self.folder / "data", self.spec)  # data and tokenizer only (nothing is trained there)
         self.task = self.run.task
@@ -285,11 +287,13 @@ class Experiment:
         return points
 
     def nasprune(self) -> list[dict[str, Any]]:
-        """The job exactly as the service runs it: default training settings (their epochs, not --epochs)."""
+        """The job as the service ran it before the importance space: default training settings (their epochs, not
+        --epochs), uniform space."""
         return self.nasprune_job("nasprune", replace(self.spec, training=TrainingConfig(seed=self.args.seed)))
 
     def nasprune_importance(self) -> list[dict[str, Any]]:
-        """The default job in the importance space (heads and units placed across layers by Fisher score)."""
+        """The job exactly as the service runs it now: default training settings, the importance space (heads and
+        units placed across layers by Fisher score)."""
         return self.nasprune_job("nasprune_importance", replace(self.spec, space="importance",
                                                                 training=TrainingConfig(seed=self.args.seed)))
 

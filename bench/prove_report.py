@@ -33,9 +33,9 @@ OUT = HERE / "out" / "prove"
 NASPRUNE = ("nasprune_importance_refined", "nasprune_importance", "nasprune_refined", "nasprune", "nasprune_v1",
             "nasprune_v0")
 METHODS = (*NASPRUNE, "reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small")
-NAMES = {"nasprune_importance_refined": "nasprune front, importance space, refined",
-         "nasprune_importance": "nasprune front, importance space",
-         "nasprune_refined": "nasprune front, refined (1 epoch per point)", "nasprune": "nasprune front",
+NAMES = {"nasprune_importance_refined": "nasprune front (importance space), refined",
+         "nasprune_importance": "nasprune front (importance space, default)",
+         "nasprune_refined": "nasprune front (uniform space), refined", "nasprune": "nasprune front (uniform space)",
          "nasprune_v0": "nasprune front, first recipe (before)",
          "nasprune_v1": "nasprune front, second recipe (no labels, T = 10)",
          "reference": "full fine-tuning", "layer_drop": "layer dropping + FT",
@@ -240,11 +240,12 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                 lines.append(f"| {NAMES[method]} | {total:.0f} |")
         lines.append("")
 
-    front = [p for p in first["methods"].get("nasprune", []) if p.get("on_front", True) and "latency_ms" in p]
-    full = [p for p in first["methods"].get("nasprune", []) if not p.get("on_front", True)]
+    default = "nasprune_importance" if "nasprune_importance" in first["methods"] else "nasprune"
+    front = [p for p in first["methods"].get(default, []) if p.get("on_front", True) and "latency_ms" in p]
+    full = [p for p in first["methods"].get(default, []) if not p.get("on_front", True)]
     if front and full and "latency_ms" in full[0]:
         base = full[0]
-        lines += ["### Measured speed of the exported front points", "",
+        lines += [f"### Measured speed of the exported front points ({NAMES[default]})", "",
                   "| point | MACs | MAC reduction | speed-up b1 | speed-up b32 | speed-up b32 ÷ MAC reduction |",
                   "|---|---|---|---|---|---|"]
         for p in sorted(front, key=lambda p: -p["macs_fraction"]):
