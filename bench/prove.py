@@ -331,10 +331,19 @@ class Experiment:
             write_json(folder / "times.json", times)
         front = read_json(folder / "run" / "front.json")
         cost = times["train_s"] + times["search_and_test_s"] + times["refine_s"]
-        return [self.point(method, f"front {i} refined", SubNetworkConfig.from_dict(p["config"]),
-                           p["refined"]["validation"], p["refined"]["test"], cost_s=cost,
-                           refine_train_s=p["refined"]["train_s"], **{f"job_{k}": v for k, v in times.items()})
-                for i, p in enumerate(front["points"])]
+        points = []
+        for i, p in enumerate(front["points"]):
+            refined = p["refined"]
+            # what the job serves: the refined model only if at least as good on validation ("kept"; fronts
+            # refined before that rule have no flag and get it computed here the same way)
+            kept = refined.get("kept", error_from_metrics(self.task.spec, refined["validation"])
+                               <= error_from_metrics(self.task.spec, p["validation"]))
+            chosen = refined if kept else p
+            points.append(self.point(method, f"front {i} {'refined' if kept else 'slice kept'}",
+                                     SubNetworkConfig.from_dict(p["config"]), chosen["validation"], chosen["test"],
+                                     cost_s=cost, refine_kept=kept, refine_train_s=refined["train_s"],
+                                     **{f"job_{k}": v for k, v in times.items()}))
+        return points
 
     def nasprune_job(self, method: str, spec: RunSpec) -> list[dict[str, Any]]:
         folder = self.folder / method

@@ -177,6 +177,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"{_first(p['test'], main):>12.4f}")
         if "refined" in p:
             line += f"  {p['refined']['validation'][main]:>11.4f}  {_first(p['refined']['test'], main):>12.4f}"
+            line += "" if p["refined"].get("kept", True) else "  (slice kept: better on validation)"
         print(line)
     print(f"  files: {args.out}/front.json, trials.jsonl, pareto.png; export a point with "
           f"`nasprune export --run {args.out} --point K --out DIR`")
@@ -214,7 +215,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not 0 <= args.point < len(points):
             raise ConfigError(f"--point must be between 0 and {len(points) - 1}, got {args.point}")
         sub = SubNetworkConfig.from_dict(points[args.point]["config"]).validate(supernet.config)
-        if "refined" in points[args.point] and not args.sliced:
+        if points[args.point].get("refined", {}).get("kept", True) and "refined" in points[args.point] \
+                and not args.sliced:  # the refined model, where it is at least as good as the slice on validation
             refined_folder = Path(args.run) / REFINED_DIR / str(args.point)
     else:
         sub = _parse_sub(args.config, run, supernet.config)

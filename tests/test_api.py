@@ -198,7 +198,7 @@ def test_a_refined_search_lists_and_serves_the_refined_models(client, refined, s
     front_file = json.loads((run_folder / "front.json").read_text())["points"]
     assert len(points) == len(front_file) >= 1
     for point, stored in zip(points, front_file, strict=True):
-        assert set(point["refined"]) == {"validation", "test", "train_s", "settings"}
+        assert set(point["refined"]) == {"validation", "test", "train_s", "kept", "settings"}
         assert point["refined"]["settings"]["epochs"] == REFINE_EPOCHS and point["refined"]["train_s"] > 0
         assert point["refined"]["test"] == stored["refined"]["test"]
         assert (run_folder / REFINED_DIR / str(point["position"]) / "model.safetensors").is_file()
@@ -270,6 +270,34 @@ def test_a_sliced_export_cached_earlier_is_not_served_for_a_refined_point(client
         served = _extract(client.get(url).content, tmp_path / "again")
         assert served.name.endswith("-refined")
     finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_refined_model_worse_than_its_slice_is_not_served(client, refined, settings, tmp_path) -> None:
+    """A point whose refined model lost to its slice on validation ("kept": false) downloads as the slice."""
+    from sqlalchemy import select
+
+    from service.models import FrontPoint
+
+    point = client.get(f"/searches/{refined}/pareto").json()["points"][0]
+    engine = make_engine(settings.url)
+    try:
+        with session_factory(engine).begin() as session:
+            row = session.scalars(select(FrontPoint).where(FrontPoint.search_id == refined,
+                                                           FrontPoint.position == point["position"])).one()
+            row.refined = row.refined | {"kept": False}
+        assert client.get(f"/searches/{refined}/pareto").json()["points"][0]["refined"]["kept"] is False
+        response = client.get(point["downloads"]["hf"])
+        assert response.status_code == 200, response.text
+        assert f"point{point['position']}-hf.tar.gz" in response.headers["content-disposition"]  # the slice
+        served = _extract(response.content, tmp_path / "slice")
+        assert "refined" not in json.loads((served / "subnetwork.json").read_text())["metrics"]
+    finally:
+        with session_factory(engine).begin() as session:
+            row = session.scalars(select(FrontPoint).where(FrontPoint.search_id == refined,
+                                                           FrontPoint.position == point["position"])).one()
+            row.refined = row.refined | {"kept": True}
         engine.dispose()
 
 

@@ -29,7 +29,7 @@ from supernet.refine import RefineConfig
 from supernet.run import RunSpec
 
 CONFIG = SubNetworkConfig(layers=(0,), heads=(2,), units=(8,)).to_dict()
-REFINED = {"validation": {"accuracy": 0.9}, "test": {"accuracy": 0.85}, "train_s": 1.5,
+REFINED = {"validation": {"accuracy": 0.9}, "test": {"accuracy": 0.85}, "train_s": 1.5, "kept": True,
            "settings": RefineConfig(epochs=0.5).to_dict() | {"seed": 0}, "folder": f"{REFINED_DIR}/0"}
 
 
@@ -171,6 +171,8 @@ def test_the_refined_folder_is_derived_and_confined(tmp_path: Path) -> None:
     inside = _refined_folder(search / REFINED_DIR / "0")
     assert refined_source(search, 0, refined) == inside.resolve()
     assert refined_source(search, 0, point()) is None  # the point was not refined: slice it
+    # refined but worse than the slice on validation: the slice is served
+    assert refined_source(search, 0, point(refined=REFINED | {"kept": False})) is None
     # refined/1: a symlink planted to a folder outside the search folder
     (search / REFINED_DIR / "1").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     assert refined_source(search, 1, refined) is None

@@ -379,3 +379,14 @@ def test_search_in_the_importance_space(workspace, tmp_path) -> None:
 def test_the_importance_space_needs_fisher_scores(workspace, tmp_path, capsys) -> None:
     assert cli(search_args(workspace, tmp_path / "run", "--space", "importance", "--importance", "none")) == 2
     assert "needs importance 'fisher'" in capsys.readouterr().err
+
+
+def test_a_refined_model_is_kept_only_if_not_worse_on_validation(run_copy, workspace) -> None:
+    from supernet.data import error_from_metrics
+
+    assert cli(search_args(workspace, run_copy, "--refine-epochs", "0.5", "--refine-lr", "1e-3")) == 0
+    run = Run(run_copy)
+    for point in json.loads((run_copy / "front.json").read_text())["points"]:
+        refined = point["refined"]
+        assert refined["kept"] == (error_from_metrics(run.task.spec, refined["validation"])
+                                   <= error_from_metrics(run.task.spec, point["validation"]))

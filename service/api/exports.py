@@ -86,8 +86,8 @@ def refined_source(folder: Path, position: int, point: Mapping[str, Any]) -> Pat
     from search.job import REFINED_DIR
     from supernet.extract import SUBNETWORK_FILE
 
-    if not isinstance(point.get("refined"), Mapping):
-        return None
+    if not isinstance(point.get("refined"), Mapping) or not point["refined"].get("kept", True):
+        return None  # not refined, or the refined model was worse on validation than the slice
     base = folder.resolve()
     candidate = folder / REFINED_DIR / str(int(position))  # never the entry's "folder" value
     try:

@@ -175,7 +175,7 @@ def refined_read(refined: dict[str, Any] | None) -> RefinedRead | None:
     if refined is None:
         return None
     return RefinedRead(validation=refined["validation"], test=refined["test"], train_s=refined["train_s"],
-                       settings=refined["settings"])
+                       kept=refined.get("kept", True), settings=refined["settings"])
 
 
 @router.get("/searches/{search_id}/pareto/{point}/download", tags=["searches"],
@@ -197,7 +197,8 @@ def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], sessi
     folder = folder_of(search, settings)
     data = {"config": row.config, "validation": row.validation, "test": row.test, "refined": row.refined}
     source = None if sliced else refined_source(folder, point, data)
-    if source is None and row.refined is not None and not sliced:  # never the slice in place of what is listed
+    kept = row.refined is not None and row.refined.get("kept", True)
+    if source is None and kept and not sliced:  # never the slice in place of the refined model the listing shows
         raise HTTPException(409, f"front point {point} of search {search_id} was refined, but its refined model is "
                                  "missing or unusable on the server (the server log says why); add ?sliced=true "
                                  "to download the sub-network sliced from the supernet instead")

@@ -163,6 +163,8 @@ class RefinedRead(BaseModel):
     validation: dict[str, float]
     test: dict[str, float]
     train_s: float = Field(description="seconds spent fine-tuning the point")
+    kept: bool = Field(True, description="whether the refined model is at least as good as the slice on validation, "
+                                         "and so what the downloads serve (else the slice)")
     settings: dict[str, Any] = Field(description="the refining settings (epochs, learning_rate, ..., seed)")
 
 
