@@ -51,10 +51,9 @@ from search.baselines import (
     finetune,
     kwon_mask,
     layer_drop_configs,
-    sorted_importance,
     uniform_configs,
 )
-from search.job import SearchJob, run_search_job
+from search.job import SearchJob, keeps_refined, run_search_job
 from search.latency import time_calls
 from search.runner import SearchConfig
 from supernet.config import SubNetworkConfig
@@ -231,7 +230,7 @@ class Experiment:
         self.generator.manual_seed(self.args.seed)
         importance = fisher_importance(model, self.train, max_batches=self.args.importance_batches)
         reorder_by_importance(model, importance)
-        ordered = sorted_importance(importance)
+        ordered = importance.sorted()
         masks = [kwon_mask(model.config, ordered, b, seq_len=self.spec.max_length) for b in BUDGETS]
         return model.eval(), masks, time.perf_counter() - started
 
@@ -336,8 +335,7 @@ class Experiment:
             refined = p["refined"]
             # what the job serves: the refined model only if at least as good on validation ("kept"; fronts
             # refined before that rule have no flag and get it computed here the same way)
-            kept = refined.get("kept", error_from_metrics(self.task.spec, refined["validation"])
-                               <= error_from_metrics(self.task.spec, p["validation"]))
+            kept = refined.get("kept", keeps_refined(self.task.spec, refined["validation"], p["validation"]))
             chosen = refined if kept else p
             points.append(self.point(method, f"front {i} {'refined' if kept else 'slice kept'}",
                                      SubNetworkConfig.from_dict(p["config"]), chosen["validation"], chosen["test"],

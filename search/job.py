@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from supernet.config import SubNetworkConfig
-from supernet.data import error_from_metrics
+from supernet.data import TaskSpec, error_from_metrics
 from supernet.evaluation import evaluate
 from supernet.extract import SUBNETWORK_FILE, save_folder, subnetwork_record
 from supernet.refine import PrunedModel, RefineConfig, refine_subnetwork
@@ -159,6 +159,19 @@ def _refined_record(folder: Path, config: dict[str, Any], settings: dict[str, An
     return refined
 
 
+def keeps_refined(task: TaskSpec, refined: Mapping[str, float], sliced: Mapping[str, float]) -> bool:
+    """Whether a refined model replaces its slice: at least as good on validation (never chosen on test). One
+    epoch at lr 1e-4 can unsettle a large point the supernet already trained well (MRPC: 0.857 -> 0.844 at 69 %
+    params) while it lifts the small ones; bench/RESULTS.md."""
+    return error_from_metrics(task, refined) <= error_from_metrics(task, sliced)
+
+
+def serves_refined(point: Mapping[str, Any]) -> bool:
+    """Whether exports and downloads of a front point serve its refined model: it was refined, and kept."""
+    refined = point.get("refined")
+    return isinstance(refined, Mapping) and bool(refined.get("kept", True))
+
+
 def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig, *, progress: bool = True,
                  on_point: Callable[[int, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> bool:
@@ -188,12 +201,9 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
             train_s = time.perf_counter() - started
             wrapped = PrunedModel(model).eval()
             metrics = evaluate(wrapped, validation, run.task.spec)
-            # kept: served in place of the slice only if at least as good on validation (never chosen on test).
-            # One epoch at lr 1e-4 can unsettle a large point the supernet already trained well (MRPC: 0.857 ->
-            # 0.844 at 69 % params) while it lifts the small ones; bench/RESULTS.md.
-            kept = error_from_metrics(run.task.spec, metrics) <= error_from_metrics(run.task.spec, point["validation"])
             refined = {"validation": metrics, "test": _test_metrics(run, wrapped, None, test_batches),
-                       "train_s": train_s, "kept": kept, "settings": settings, "folder": f"{REFINED_DIR}/{position}"}
+                       "train_s": train_s, "kept": keeps_refined(run.task.spec, metrics, point["validation"]),
+                       "settings": settings, "folder": f"{REFINED_DIR}/{position}"}
             record = subnetwork_record(supernet, sub, seq_len=run.spec.max_length,
                                        metrics={"validation": point["validation"], "test": point["test"],
                                                 "refined": refined})

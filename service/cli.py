@@ -31,7 +31,7 @@ from typing import Any
 
 import transformers
 
-from search.job import FRONT_FILE, REFINED_DIR, LatencyShape, SearchJob, run_search_job
+from search.job import FRONT_FILE, REFINED_DIR, LatencyShape, SearchJob, run_search_job, serves_refined
 from search.objectives import OBJECTIVES, ObjectiveError
 from search.optimizers import OPTIMIZERS
 from search.runner import SearchConfig
@@ -177,7 +177,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"{_first(p['test'], main):>12.4f}")
         if "refined" in p:
             line += f"  {p['refined']['validation'][main]:>11.4f}  {_first(p['refined']['test'], main):>12.4f}"
-            line += "" if p["refined"].get("kept", True) else "  (slice kept: better on validation)"
+            line += "" if serves_refined(p) else "  (slice kept: better on validation)"
         print(line)
     print(f"  files: {args.out}/front.json, trials.jsonl, pareto.png; export a point with "
           f"`nasprune export --run {args.out} --point K --out DIR`")
@@ -215,8 +215,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not 0 <= args.point < len(points):
             raise ConfigError(f"--point must be between 0 and {len(points) - 1}, got {args.point}")
         sub = SubNetworkConfig.from_dict(points[args.point]["config"]).validate(supernet.config)
-        if points[args.point].get("refined", {}).get("kept", True) and "refined" in points[args.point] \
-                and not args.sliced:  # the refined model, where it is at least as good as the slice on validation
+        if serves_refined(points[args.point]) and not args.sliced:
             refined_folder = Path(args.run) / REFINED_DIR / str(args.point)
     else:
         sub = _parse_sub(args.config, run, supernet.config)

@@ -83,10 +83,10 @@ def refined_source(folder: Path, position: int, point: Mapping[str, Any]) -> Pat
     """The refined model folder of front point `position` (<folder>/refined/<position>, resolved), or None: the
     point has no "refined" entry (slice it from the supernet), or the folder is not there, resolves outside the
     search folder (a symlink planted there) or holds another sub-network (the route refuses to serve it)."""
-    from search.job import REFINED_DIR
+    from search.job import REFINED_DIR, serves_refined
     from supernet.extract import SUBNETWORK_FILE
 
-    if not isinstance(point.get("refined"), Mapping) or not point["refined"].get("kept", True):
+    if not serves_refined(point):
         return None  # not refined, or the refined model was worse on validation than the slice
     base = folder.resolve()
     candidate = folder / REFINED_DIR / str(int(position))  # never the entry's "folder" value

@@ -188,6 +188,8 @@ def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], sessi
     the refined model if the search refined its front (the file name then ends in -refined), else, or with
     `sliced=true`, the sub-network sliced from the supernet. Built on the first request (seconds to minutes),
     then served from the cache."""
+    from search.job import serves_refined
+
     search = repo.get_search(session, search_id, owner=owner)
     _front_file(search, settings)
     row = repo.get_front_point(session, search_id, point)
@@ -197,8 +199,7 @@ def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], sessi
     folder = folder_of(search, settings)
     data = {"config": row.config, "validation": row.validation, "test": row.test, "refined": row.refined}
     source = None if sliced else refined_source(folder, point, data)
-    kept = row.refined is not None and row.refined.get("kept", True)
-    if source is None and kept and not sliced:  # never the slice in place of the refined model the listing shows
+    if source is None and serves_refined(data) and not sliced:  # never the slice in place of the refined model
         raise HTTPException(409, f"front point {point} of search {search_id} was refined, but its refined model is "
                                  "missing or unusable on the server (the server log says why); add ?sliced=true "
                                  "to download the sub-network sliced from the supernet instead")
