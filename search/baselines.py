@@ -29,7 +29,7 @@ from supernet.training import SupernetTrainer, TrainingConfig, TrainState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrunedModel", "finetune", "kwon_mask", "layer_drop_configs", "sorted_importance", "uniform_configs"]
+__all__ = ["PrunedModel", "finetune", "kwon_mask", "layer_drop_configs", "uniform_configs"]
 
 
 @dataclass
@@ -158,8 +158,3 @@ def kwon_mask(config: SupernetConfig, importance: Importance, mac_budget: float,
     for _, i in units[:m]:
         layer_units[i] += 1
     return SubNetworkConfig(layers=tuple(range(L)), heads=tuple(layer_heads), units=tuple(layer_units))
-
-
-def sorted_importance(importance: Importance) -> Importance:
-    """The scores in the order `reorder_by_importance` leaves the weights (most important first per layer)."""
-    return importance.sorted()

@@ -12,7 +12,6 @@ from search.baselines import (
     finetune,
     kwon_mask,
     layer_drop_configs,
-    sorted_importance,
     uniform_configs,
 )
 from supernet.config import SubNetworkConfig
@@ -51,7 +50,7 @@ def test_kwon_mask_uses_the_order_left_by_reordering() -> None:
     supernet = make_supernet(seed=3)
     importance = fisher_importance(supernet, toy_batches(), progress=False)
     reorder_by_importance(supernet, importance)
-    ordered = sorted_importance(importance)
+    ordered = importance.sorted()
     assert all(bool((h[:-1] >= h[1:]).all()) for h in ordered.heads)
     again = fisher_importance(supernet, toy_batches(), progress=False)  # re-scored after the permutation
     for before, after in zip(ordered.heads, again.heads, strict=True):
