@@ -183,21 +183,30 @@ def test_rerun_resumes_and_a_different_spec_is_refused(trained_run, workspace, c
     assert "different run" in capsys.readouterr().err
 
 
-def test_interrupted_cli_run_resumes_to_the_same_weights(workspace, tmp_path, monkeypatch, capsys) -> None:
+def _interrupt_after_step(monkeypatch, step: int):
+    """Press Ctrl-C (SIGINT) during optimizer step `step` of the next run; the unpatched step is returned, to put
+    back before the resume."""
     from supernet.training import SupernetTrainer
 
-    args = ("--num-random-subnets", "1", "--grad-accum", "2", "--importance", "none", "--space", "uniform")
-    assert cli(_train_args(workspace, tmp_path / "straight", *args)) == 0
     original = SupernetTrainer._optimizer_step
     calls = {"n": 0}
 
     def step_then_interrupt(self, pending):
         original(self, pending)
         calls["n"] += 1
-        if calls["n"] == 2:
-            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during the second step
+        if calls["n"] == step:
+            signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(SupernetTrainer, "_optimizer_step", step_then_interrupt)
+    return original
+
+
+def test_interrupted_cli_run_resumes_to_the_same_weights(workspace, tmp_path, monkeypatch, capsys) -> None:
+    from supernet.training import SupernetTrainer
+
+    args = ("--num-random-subnets", "1", "--grad-accum", "2", "--importance", "none", "--space", "uniform")
+    assert cli(_train_args(workspace, tmp_path / "straight", *args)) == 0
+    original = _interrupt_after_step(monkeypatch, 2)
     capsys.readouterr()
     assert cli(_train_args(workspace, tmp_path / "resumed", *args)) == 130
     assert "stopped at step 2/3" in capsys.readouterr().out
@@ -220,16 +229,7 @@ def test_importance_space_run_resumed_after_the_ordering_is_the_same(workspace, 
 
     args = ("--space", "importance", "--epochs", "2", "--plain-fraction", "0.5")
     assert cli(_train_args(workspace, tmp_path / "straight", *args)) == 0
-    original = SupernetTrainer._optimizer_step
-    calls = {"n": 0}
-
-    def step_then_interrupt(self, pending):
-        original(self, pending)
-        calls["n"] += 1
-        if calls["n"] == 8:  # two sandwich steps after the ordering at step 6
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(SupernetTrainer, "_optimizer_step", step_then_interrupt)
+    original = _interrupt_after_step(monkeypatch, 8)  # two sandwich steps after the ordering at step 6
     assert cli(_train_args(workspace, tmp_path / "resumed", *args)) == 130
     assert (tmp_path / "resumed" / "importance.json").is_file()
     monkeypatch.setattr(SupernetTrainer, "_optimizer_step", original)
