@@ -5,18 +5,21 @@ The CLI and the service's workers call the same `run_search_job`. Files it adds 
     trials.jsonl   one line per evaluated sub-network, appended as soon as it is done (resume reads it)
     front.json     the Pareto front with validation and test metrics, and the full model's figures
     pareto.png     the front over all trials
-    refined/<n>/   front point n refined (SearchJob.refine): an exported model folder; front.json's point n then
+    refined/<n>/   front point n refined (by the job's SearchJob.refine, or on demand by refine_points): an exported
+                   model folder; front.json's point n then
                    holds "refined" (its validation and test metrics, training time, settings, and "kept": whether
                    it is at least as good as the slice on validation, and so what exports and downloads serve)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +139,12 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
                           "reference_point": result.reference_point},
         "evaluations": len(result.trials),
     }
-    _save_front(run.folder, front)
+    for position, point in enumerate(points):  # refined earlier (by the job or on demand) and still this point
+        refined = _refined_record(run.folder / REFINED_DIR / str(position), point["config"])
+        if refined is not None:
+            point["refined"] = refined
+    with _front_lock(run.folder):
+        _save_front(run.folder, front)
     plot_front(front, [t.to_dict() for t in result.trials], run.folder / PLOT_FILE)
     return front
 
@@ -147,14 +155,18 @@ def _save_front(folder: Path, front: dict[str, Any]) -> None:
     os.replace(tmp, folder / FRONT_FILE)
 
 
-def _refined_record(folder: Path, config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The "refined" entry of a point refined earlier with the same settings (a resumed job keeps it)."""
+def _refined_record(folder: Path, config: dict[str, Any],
+                    settings: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The "refined" entry of a point refined earlier (with the same settings, if given): a resumed or rerun job
+    keeps it."""
     try:
         record = json.loads((folder / SUBNETWORK_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
     refined = record.get("metrics", {}).get("refined")
-    if record.get("config") != config or not isinstance(refined, dict) or refined.get("settings") != settings:
+    if record.get("config") != config or not isinstance(refined, dict):
+        return None
+    if settings is not None and refined.get("settings") != settings:
         return None
     return refined
 
@@ -172,21 +184,56 @@ def serves_refined(point: Mapping[str, Any]) -> bool:
     return isinstance(refined, Mapping) and bool(refined.get("kept", True))
 
 
-def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig, *, progress: bool = True,
+@contextmanager
+def _front_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on front.json updates: a job's refine stage and on-demand refines of single points (CLI
+    or service workers) may update different points of one front at the same time."""
+    with open(folder / f".{FRONT_FILE}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _store_refined(folder: Path, front: dict[str, Any], position: int, refined: dict[str, Any]) -> None:
+    """Set point `position`'s "refined" entry in `front` and in front.json (read again under the lock, so a
+    concurrent refine of another point is not overwritten), unless front.json now holds a different front."""
+    front["points"][position]["refined"] = refined
+    with _front_lock(folder):
+        try:
+            stored = json.loads((folder / FRONT_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            stored = None
+        points = stored["points"] if stored is not None else []
+        if position >= len(points) or points[position]["config"] != front["points"][position]["config"]:
+            raise RuntimeError(f"{folder / FRONT_FILE} changed while point {position} was refined")
+        points[position]["refined"] = refined
+        _save_front(folder, stored)
+
+
+def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig, *,
+                 positions: Sequence[int] | None = None, progress: bool = True,
                  on_point: Callable[[int, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> bool:
-    """Fine-tune every front point at its own size (`refine_subnetwork`) into refined/<position>/, evaluate it on
-    validation and test, and record that as the point's "refined" entry in front.json after each point (so a
-    stopped job resumes at the next one). `on_point(done, total)` reports progress. False if stopped early."""
+    """Fine-tune front points at their own size (`refine_subnetwork`) into refined/<position>/, evaluate them on
+    validation and test, and record that as each point's "refined" entry in front.json as soon as it is done (so
+    a stopped job resumes at the next one). `positions`: only those points (default: all). `on_point(done,
+    total)` reports progress. False if stopped early."""
     points = front["points"]
+    chosen = list(range(len(points))) if positions is None else list(positions)
+    bad = [p for p in chosen if not 0 <= p < len(points)]
+    if bad:
+        raise ValueError(f"no front point {bad[0]}: the front has points 0 to {len(points) - 1}")
     settings = config.to_dict() | {"seed": run.spec.training.seed}
     validation = list(run.batches("validation"))
     test_batches = {split: list(run.batches(split)) for split in run.task.test}
     generator = torch.Generator()
     loader = run.batches("train", shuffle=True, generator=generator)
-    for position, point in enumerate(points):
+    for done, position in enumerate(chosen):
         if on_point is not None:
-            on_point(position, len(points))
+            on_point(done, len(chosen))
+        point = points[position]
         folder = run.folder / REFINED_DIR / str(position)
         refined = _refined_record(folder, point["config"], settings)
         if refined is None:
@@ -208,11 +255,30 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
                                        metrics={"validation": point["validation"], "test": point["test"],
                                                 "refined": refined})
             save_folder(model, folder, tokenizer=run.tokenizer, record=record)
-        point["refined"] = refined
-        _save_front(run.folder, front)
+        _store_refined(run.folder, front, position, refined)
     if on_point is not None:
-        on_point(len(points), len(points))
+        on_point(len(chosen), len(chosen))
     return True
+
+
+def refine_points(folder: str | Path, positions: Sequence[int], config: RefineConfig, *, progress: bool = True,
+                  on_point: Callable[[int, int], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+    """Refine chosen points of a finished search, on demand: refining costs about one fine-tuning epoch of the
+    point's own size, so refining only the points a user will download is far cheaper than the whole front
+    (bench/RESULTS.md). Returns the updated front, or None if stopped early."""
+    folder = Path(folder)
+    front_file = folder / FRONT_FILE
+    if not front_file.is_file():
+        raise FileNotFoundError(f"{front_file}: no front here; run the search first")
+    if not config.enabled:
+        raise ValueError("refine epochs is 0: nothing to refine")
+    run = Run(folder)
+    front = json.loads(front_file.read_text())
+    if not refine_front(run, front, run.load_supernet(), config, positions=positions, progress=progress,
+                        on_point=on_point, should_stop=should_stop):
+        return None
+    return front
 
 
 def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progress: bool = True,

@@ -3,6 +3,7 @@
     nasprune search --model minilm --task glue/rte --data-dir ../shared/data/glue --objectives error,params,latency \
                     --optimizer nsga2 --evaluations 100 [--refine-epochs 1] --out runs/rte
     nasprune train  --model minilm --task glue/rte --data-dir ../shared/data/glue --out runs/rte
+    nasprune refine --run runs/rte --point 0 3 [--epochs 1]     # fine-tune chosen front points at their own size
     nasprune export --run runs/rte --point 0 --out runs/rte/point-0 [--format hf|onnx] [--sliced]
     nasprune export --run runs/rte --config middle --out runs/rte/export-middle
 
@@ -31,7 +32,15 @@ from typing import Any
 
 import transformers
 
-from search.job import FRONT_FILE, REFINED_DIR, LatencyShape, SearchJob, run_search_job, serves_refined
+from search.job import (
+    FRONT_FILE,
+    REFINED_DIR,
+    LatencyShape,
+    SearchJob,
+    refine_points,
+    run_search_job,
+    serves_refined,
+)
 from search.objectives import OBJECTIVES, ObjectiveError
 from search.optimizers import OPTIMIZERS
 from search.runner import SearchConfig
@@ -165,12 +174,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     front = json.loads((Path(args.out) / FRONT_FILE).read_text())
     print(f"search done in {time.perf_counter() - start:.0f} s: {len(result.trials)} sub-networks evaluated, "
           f"{len(front['points'])} on the front, hypervolume {result.hypervolume:.4f}")
-    ref = front["reference"]
-    main = front["main_metric"]
-    refined = job.refine.enabled
+    _print_front(front)
+    print(f"  files: {args.out}/front.json, trials.jsonl, pareto.png; export a point with "
+          f"`nasprune export --run {args.out} --point K --out DIR` (refine it first with `nasprune refine`)")
+    return 0
+
+
+def _print_front(front: dict[str, Any], positions: list[int] | None = None) -> None:
+    """The front as a table: size, speed and metrics of each point (refined figures where a point has them)."""
+    ref, main = front["reference"], front["main_metric"]
+    chosen = range(len(front["points"])) if positions is None else positions
+    rows = [("full", ref)] + [(k, front["points"][k]) for k in chosen]
+    refined = any("refined" in p for _, p in rows)
     header = f"  {'point':>5}  {'enc. params':>11}  {'MACs':>6}  {'latency':>9}  {'val ' + main:>12}"
     print(header + f"  {'test ' + main:>12}" + (f"  {'refined val':>11}  {'refined test':>12}" if refined else ""))
-    rows = [("full", ref)] + list(enumerate(front["points"]))
     for name, p in rows:
         line = (f"  {name!s:>5}  {p['params']['encoder'] / ref['params']['encoder']:>11.1%}  "
                 f"{p['macs'] / ref['macs']:>6.1%}  {p['latency_ms']:>7.1f}ms  {p['validation'][main]:>12.4f}  "
@@ -179,8 +196,19 @@ def cmd_search(args: argparse.Namespace) -> int:
             line += f"  {p['refined']['validation'][main]:>11.4f}  {_first(p['refined']['test'], main):>12.4f}"
             line += "" if serves_refined(p) else "  (slice kept: better on validation)"
         print(line)
-    print(f"  files: {args.out}/front.json, trials.jsonl, pareto.png; export a point with "
-          f"`nasprune export --run {args.out} --point K --out DIR`")
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    config = RefineConfig(epochs=args.epochs, learning_rate=args.lr)
+    start = time.perf_counter()
+    with _signal_flags() as flags:
+        front = refine_points(args.run, args.point, config, should_stop=lambda: flags["stop"])
+    if front is None:
+        print("stopped; rerun the same command to refine the points not done yet")
+        return 130
+    print(f"refined {len(args.point)} point(s) in {time.perf_counter() - start:.0f} s")
+    _print_front(front, args.point)
+    print(f"  `nasprune export --run {args.run} --point K --out DIR` exports a refined point's model if it was kept")
     return 0
 
 
@@ -396,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune the weight-sharing supernet of a model on a task")
     _add_training_flags(train)
     train.set_defaults(func=cmd_train)
+    refine = sub.add_parser("refine", help="fine-tune chosen front points of a search at their own size (on demand)")
+    refine.add_argument("--run", required=True, help="run folder written by `nasprune search`")
+    refine.add_argument("--point", type=int, nargs="+", required=True, help="indices of points in front.json")
+    refine.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs per point (labels only)")
+    refine.add_argument("--lr", type=float, default=RefineConfig.learning_rate)
+    refine.set_defaults(func=cmd_refine)
     export = sub.add_parser("export", help="export a sub-network of a trained run as a smaller model")
     export.add_argument("--run", required=True, help="run folder written by `nasprune train`")
     which = export.add_mutually_exclusive_group(required=True)

@@ -390,3 +390,61 @@ def test_a_refined_model_is_kept_only_if_not_worse_on_validation(run_copy, works
         refined = point["refined"]
         assert refined["kept"] == (error_from_metrics(run.task.spec, refined["validation"])
                                    <= error_from_metrics(run.task.spec, point["validation"]))
+
+
+# ------------------------------------------------------------------------------------- refining on demand
+
+REFINE = ("--epochs", "0.5", "--lr", "1e-3")
+
+
+def test_refine_chosen_points_on_demand(run_copy, workspace, capsys) -> None:
+    """`nasprune refine` trains only the chosen points, exactly as the job's refine stage would have."""
+    before = json.loads((run_copy / "front.json").read_text())
+    last = len(before["points"]) - 1
+    assert cli(["refine", "--run", str(run_copy), "--point", str(last), *REFINE]) == 0
+    assert "refined test" in capsys.readouterr().out
+    front = json.loads((run_copy / "front.json").read_text())
+    assert [("refined" in p) for p in front["points"]] == [k == last for k in range(last + 1)]
+    assert {k: v for k, v in front.items() if k != "points"} == {k: v for k, v in before.items() if k != "points"}
+    on_demand = front["points"][last]["refined"]
+    assert sorted(p.name for p in (run_copy / "refined").iterdir()) == [str(last)]
+    weights = refined_weights(run_copy / "refined" / str(last))
+    # The job's refine stage with the same settings keeps that point (same record) and trains the others
+    assert cli(search_args(workspace, run_copy, "--refine-epochs", "0.5", "--refine-lr", "1e-3")) == 0
+    points = json.loads((run_copy / "front.json").read_text())["points"]
+    assert points[last]["refined"] == on_demand and all("refined" in p for p in points)
+    assert refined_weights(run_copy / "refined" / str(last)).keys() == weights.keys()
+
+
+def test_points_refined_on_demand_survive_a_rerun_of_the_search(run_copy, workspace) -> None:
+    assert cli(["refine", "--run", str(run_copy), "--point", "0", *REFINE]) == 0
+    refined = json.loads((run_copy / "front.json").read_text())["points"][0]["refined"]
+    assert cli(search_args(workspace, run_copy)) == 0  # no refine stage: the point keeps its refined model
+    assert json.loads((run_copy / "front.json").read_text())["points"][0]["refined"] == refined
+
+
+def test_refine_refuses_bad_points_and_runs_without_a_front(run_copy, tmp_path, capsys) -> None:
+    front = (run_copy / "front.json").read_bytes()
+    size = len(json.loads(front)["points"])
+    assert cli(["refine", "--run", str(run_copy), "--point", str(size), *REFINE]) == 2
+    assert f"no front point {size}" in capsys.readouterr().err
+    assert cli(["refine", "--run", str(run_copy), "--point", "0", "--epochs", "0"]) == 2
+    assert "nothing to refine" in capsys.readouterr().err
+    assert (run_copy / "front.json").read_bytes() == front and not (run_copy / "refined").exists()
+    assert cli(["refine", "--run", str(tmp_path / "nothing"), "--point", "0"]) == 2
+    assert "no front here" in capsys.readouterr().err
+
+
+def test_refine_notices_a_front_rewritten_under_it(run_copy) -> None:
+    """A refine must not write its figures into a different front (the search rerun with a larger budget)."""
+    from search.job import refine_points
+
+    def rewrite_front(done: int, total: int) -> None:
+        if done == 0:
+            front = json.loads((run_copy / "front.json").read_text())
+            front["points"][0]["config"] = {**front["points"][0]["config"], "layers": "changed"}
+            (run_copy / "front.json").write_text(json.dumps(front))
+
+    with pytest.raises(RuntimeError, match="changed while point 0 was refined"):
+        refine_points(run_copy, [0], RefineConfig(epochs=0.5, learning_rate=1e-3), progress=False,
+                      on_point=rewrite_front)
