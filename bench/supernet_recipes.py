@@ -50,6 +50,13 @@ RECIPES: dict[str, dict] = {
     "plain3-s1-lr1e-4-ll1": {"learning_rate": 1e-4, "epochs": 4.0, "plain_fraction": 3 / 4, "temperature": 1.0,
                              "label_loss_weight": 1.0},
 }
+# The recipes above were screened in the uniform space (the default then); these train in the importance space,
+# nasprune's default since: its default recipe, and the sandwich drawing only members above a floor
+# (TrainingConfig.sample_floor; the space's smallest member is ~1 % of the encoder, no better than the majority)
+IMPORTANCE_RECIPES = {"importance": RECIPES["plain3-s1-lr1e-4-ll1"]}
+IMPORTANCE_RECIPES |= {f"importance-floor{f:g}": IMPORTANCE_RECIPES["importance"] | {"sample_floor": f}
+                       for f in (0.1, 0.2, 0.3)}
+RECIPES |= IMPORTANCE_RECIPES
 # the control: no supernet at all, the best plain fine-tuning of bench/prove.py (its reference), Fisher-ordered
 # with the same batches as train_run, sliced
 CONTROL = "reference-sliced"
@@ -70,11 +77,17 @@ def reference_sliced(run: Run, prove_folder: Path) -> Supernet:
 
 
 def architectures(config, prove_points: Path) -> list[tuple[str, SubNetworkConfig]]:
+    """Uniform 75/50/33/25 %, bench/prove.py's Kwon masks and the front of its importance-space job (the shapes
+    the default search finds), where those have run on this task and seed."""
     fractions = (0.75, 0.5, 0.33, 0.25)
     archs = [(f"uniform {f:.0%}", sub) for f, sub in zip(fractions, uniform_configs(config, fractions), strict=True)]
     if prove_points.is_file():
         archs += [(f"kwon {p['label']}", SubNetworkConfig.from_dict(p["config"]))
                   for p in json.loads(prove_points.read_text())]
+    front = prove_points.parents[1] / "nasprune_importance.json"
+    if front.is_file():
+        archs += [(f"importance {p['label']}", SubNetworkConfig.from_dict(p["config"]))
+                  for p in json.loads(front.read_text()) if p["label"].startswith("front")]
     return archs
 
 
@@ -95,7 +108,7 @@ def main() -> None:
             continue
         training = TrainingConfig(seed=args.seed, **(V0_TRAINING | RECIPES.get(name, {})))
         spec = RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
-                       training=training)
+                       training=training, space="importance" if name in IMPORTANCE_RECIPES else "uniform")
         run = Run(folder / name, spec)
         if name == CONTROL:
             model = reference_sliced(run, prove_points.parents[1])

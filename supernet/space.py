@@ -10,6 +10,7 @@ FFN units move in steps of `unit_step` (default: a 24th of the FFN width) to kee
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -54,11 +55,18 @@ class SearchSpace(ABC):
                 raise ConfigError(f"{self.name} space: value {v} at position {i} outside [{lo}, {hi}]")
         return values
 
-    def sample(self, rng: random.Random) -> SubNetworkConfig:
-        return self.decode([rng.randint(lo, hi) for lo, hi in zip(self.lower, self.upper, strict=True)])
+    def floor(self, fraction: float = 0.0) -> list[int]:
+        """The lower bounds raised by `fraction` of each gene's range: supernet training can then skip members
+        too small to be of use (see TrainingConfig.sample_floor); the search still spans the whole space."""
+        if not 0 <= fraction <= 1:
+            raise ConfigError(f"a sampling floor is a fraction in [0, 1], got {fraction}")
+        return [lo + math.ceil(fraction * (hi - lo)) for lo, hi in zip(self.lower, self.upper, strict=True)]
 
-    def smallest(self) -> SubNetworkConfig:
-        return self.decode(self.lower)
+    def sample(self, rng: random.Random, floor: float = 0.0) -> SubNetworkConfig:
+        return self.decode([rng.randint(lo, hi) for lo, hi in zip(self.floor(floor), self.upper, strict=True)])
+
+    def smallest(self, floor: float = 0.0) -> SubNetworkConfig:
+        return self.decode(self.floor(floor))
 
     def largest(self) -> SubNetworkConfig:
         return self.decode(self.upper)
@@ -167,8 +175,18 @@ class LayerSpace(SearchSpace):
             raise ConfigError(f"{sub} prunes heads or units; the layers space keeps full widths")
         return [int(i in sub.layers) for i in range(self.config.num_layers)]
 
-    def smallest(self) -> SubNetworkConfig:
-        return self.decode([1] + [0] * (self.config.num_layers - 1))
+    def smallest(self, floor: float = 0.0) -> SubNetworkConfig:
+        kept = max(1, math.ceil(floor * self.config.num_layers))  # 0/1 genes: the floor is a number of layers
+        return self.decode([1] * kept + [0] * (self.config.num_layers - kept))
+
+    def sample(self, rng: random.Random, floor: float = 0.0) -> SubNetworkConfig:
+        if not floor:
+            return super().sample(rng)
+        minimum = max(1, math.ceil(floor * self.config.num_layers))
+        while True:  # rejection: keep at least `minimum` layers (a fraction >= 1/L of draws succeeds)
+            bits = [rng.randint(0, 1) for _ in range(self.config.num_layers)]
+            if sum(bits) >= minimum:
+                return self.decode(bits)
 
 
 class ImportanceSpace(SearchSpace):

@@ -46,6 +46,10 @@ class TrainingConfig:
     gradient_accumulation: int = 1
     max_grad_norm: float = 1.0
     num_random_subnets: int = 2  # k; 0 means plain fine-tuning of the full model (no sandwich)
+    # The sandwich's smallest and random sub-networks keep at least this fraction of each gene's range
+    # (SearchSpace.floor): 0 trains the space's very smallest member, which in the importance space is ~1 %
+    # of the encoder and no better than the majority class.
+    sample_floor: float = 0.0
     temperature: float = 1.0
     # weight of the label loss added to each sub-network's distillation loss: with it the small sub-networks
     # learn the task, not only the full network's logits (bench/RESULTS.md: +0.01-0.02 F1 at 25-40 % on MRPC)
@@ -58,6 +62,8 @@ class TrainingConfig:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.gradient_accumulation < 1 or self.num_random_subnets < 0 or self.temperature <= 0:
             raise ValueError("gradient_accumulation >= 1, num_random_subnets >= 0 and temperature > 0 are required")
+        if not 0 <= self.sample_floor <= 1:
+            raise ValueError(f"sample_floor must be in [0, 1], got {self.sample_floor}")
         if not 0 <= self.plain_fraction < 1:
             raise ValueError(f"plain_fraction must be >= 0 and < 1, got {self.plain_fraction}")
 
@@ -144,7 +150,9 @@ class SupernetTrainer:
         if cfg.num_random_subnets == 0 or self.state.step < self.plain_steps:
             return losses
         teacher = logits.detach()
-        subnets = [self.space.smallest()] + [self.space.sample(self.rng) for _ in range(cfg.num_random_subnets)]
+        floor = cfg.sample_floor
+        subnets = [self.space.smallest(floor)] + [self.space.sample(self.rng, floor)
+                                                  for _ in range(cfg.num_random_subnets)]
         total = 0.0
         for sub in subnets:
             model.set_sub_network(sub)

@@ -218,3 +218,27 @@ def test_importance_space_needs_sorted_matching_scores() -> None:
     space.set_importance(scores)
     assert space.sample(random.Random(0)).validate(config)
     assert Importance.from_dict(scores.to_dict()).to_dict() == scores.to_dict()
+
+
+@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers", "importance"])
+def test_a_sampling_floor_keeps_training_samples_above_it(name: str) -> None:
+    space = space_of(name, MINILM)
+    assert space.floor(0.0) == space.lower and space.floor(1.0) == space.upper
+    assert space.smallest(0.0) == space.smallest()
+    params = count_params(MINILM).encoder
+    small = count_params(MINILM, space.smallest()).encoder / params
+    floored = count_params(MINILM, space.smallest(0.25)).encoder / params
+    assert floored > small
+    assert floored >= (2 / 6 if name == "layers" else 0.25 ** (2 if name == "uniform" else 1)) - 0.02
+    rng = random.Random(0)
+    for _ in range(100):
+        if name == "layers":
+            assert len(space.sample(rng, 0.25).layers) >= 2  # ceil(0.25 * 6)
+        else:
+            vector = space.encode(space.sample(rng, 0.25))
+            assert all(v >= f for v, f in zip(vector, space.floor(0.25), strict=True))
+    # without a floor the draws (and so training) are exactly as before the floor existed
+    assert [space.sample(random.Random(1)) for _ in range(5)] == [space.sample(random.Random(1), 0.0)
+                                                                  for _ in range(5)]
+    with pytest.raises(ConfigError, match="fraction in"):
+        space.floor(1.5)

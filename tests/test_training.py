@@ -125,7 +125,7 @@ def test_gradient_accumulation_equals_larger_batches() -> None:
         assert trainer.steps_per_epoch == 3 and trainer.state.total_steps == 6
         # one "random" sub-network per micro-batch would differ between the runs: make it a fixed one
         fixed = SubNetworkConfig(layers=(0, 2), heads=(2, 0, 3), units=(10, 0, 30))
-        trainer.space.sample = lambda rng, fixed=fixed: fixed
+        trainer.space.sample = lambda rng, floor=0.0, fixed=fixed: fixed
         recorded = []
         trainer.optimizer.register_step_pre_hook(
             lambda *_, recorded=recorded, model=model: recorded.append(
@@ -436,3 +436,26 @@ def test_plain_fraction_validation() -> None:
     plain = _trainer(make_supernet(seed=1), FakeLoader(toy_data(18), 4),
                      TrainingConfig(epochs=2, plain_fraction=0.5, num_random_subnets=0, warmup_ratio=0.2))
     assert plain.plain_steps == 0 and plain.scheduler.lr_lambdas[0](5) == (10 - 5) / (10 - 2)
+
+
+def test_a_sampling_floor_trains_only_members_above_it() -> None:
+    model = make_supernet(seed=4)
+    space = make_space("uniform", model.config)
+    seen: list[SubNetworkConfig] = []
+    original = model.set_sub_network
+
+    def spy(sub: SubNetworkConfig) -> None:
+        seen.append(sub)
+        original(sub)
+
+    model.set_sub_network = spy  # type: ignore[method-assign]
+    config = TrainingConfig(epochs=2, plain_fraction=0.0, num_random_subnets=2, learning_rate=1e-3, seed=1,
+                            sample_floor=0.5)
+    SupernetTrainer(model, space, FakeLoader(toy_data(16, seed=1), 8, torch.Generator()), config,
+                    progress=False).train()
+    assert len(seen) == 3 * 4 and space.smallest(0.5) != space.smallest()
+    assert all(seen[i] == space.smallest(0.5) for i in range(0, len(seen), 3))
+    floor = space.floor(0.5)
+    assert all(all(v >= f for v, f in zip(space.encode(sub), floor, strict=True)) for sub in seen)
+    with pytest.raises(ValueError, match="sample_floor"):
+        TrainingConfig(sample_floor=2.0)
