@@ -9,8 +9,11 @@
     exports       cached export archives of front points, one per (point, format)
     api_tokens    bearer tokens (SHA-256 of the token only; the token itself is shown once, when created)
     datasets      custom datasets uploaded through POST /datasets (the file lives under the data root)
+    refinements   on-demand refines of single front points of a finished search: settings and queue state (a
+                  job queue of its own, next to the searches'; see service/refinements.py)
 
-`owner_id` (searches, datasets) is the token that created the row; None when the server runs without tokens.
+`owner_id` (searches, datasets, refinements) is the token that created the row; None when the server runs without
+tokens.
 
 A sub-network is stored as `SubNetworkConfig.to_dict()` JSON: the same shape the sampler draws, the optimizer
 decodes, the API returns and the exporter reads.
@@ -114,6 +117,20 @@ STATUS_TYPE = Enum(SearchStatus, name="search_status", native_enum=False, create
                    values_callable=lambda members: [m.value for m in members], validate_strings=True)
 
 
+class RefinementStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+REFINEMENT_ENDED = frozenset({RefinementStatus.SUCCEEDED, RefinementStatus.FAILED, RefinementStatus.CANCELLED})
+REFINEMENT_STATUS_TYPE = Enum(RefinementStatus, name="refinement_status", native_enum=False, create_constraint=True,
+                              length=16, values_callable=lambda members: [m.value for m in members],
+                              validate_strings=True)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
@@ -156,6 +173,8 @@ class Search(Base):
                                                           passive_deletes=True, order_by="FrontPoint.position")
     exports: Mapped[list[Export]] = relationship(back_populates="search", cascade="all, delete-orphan",
                                                  passive_deletes=True)
+    refinements: Mapped[list[Refinement]] = relationship(back_populates="search", cascade="all, delete-orphan",
+                                                         passive_deletes=True)
 
     def __repr__(self) -> str:
         return f"Search(id={self.id!r}, status={self.status!s}, attempts={self.attempts})"
@@ -221,6 +240,42 @@ class Export(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     search: Mapped[Search] = relationship(back_populates="exports")
+
+
+class Refinement(Base):
+    """A refine of one front point asked for after the search (POST .../pareto/{point}/refine), queued for a worker.
+
+    At most one refinement of a search runs at a time: the partial unique index below makes the database refuse a
+    second, which is what keeps two workers from writing one point's refined/<position>/ folder at once on
+    PostgreSQL too (SQLite's single writer already serialises the claims).
+    """
+
+    __tablename__ = "refinements"
+    __table_args__ = (
+        Index("ix_refinements_status_created_at", "status", "created_at"),
+        Index("uq_refinements_running_search_id", "search_id", unique=True,
+              sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int]
+    settings: Mapped[dict[str, Any]]  # RefineConfig fields: {"epochs", "learning_rate"}
+    status: Mapped[RefinementStatus] = mapped_column(REFINEMENT_STATUS_TYPE, default=RefinementStatus.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+
+    search: Mapped[Search] = relationship(back_populates="refinements")
+
+    def __repr__(self) -> str:
+        return f"Refinement(id={self.id!r}, search={self.search_id!r}, point={self.position}, status={self.status!s})"
 
 
 class ApiToken(Base):

@@ -46,7 +46,7 @@ class QueueError(ValueError):
 
 @dataclass
 class Recovery:
-    """What one `recover_stale` pass did, by search id."""
+    """What one `recover_stale` pass did, by job id (searches here; refinements in service.refinements)."""
 
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)

@@ -33,6 +33,8 @@ from .models import (
     RUNNING_STATUSES,
     Export,
     FrontPoint,
+    Refinement,
+    RefinementStatus,
     Search,
     SearchStatus,
     TrialRow,
@@ -73,7 +75,8 @@ class TrialConflict(RepositoryError):
 
 
 class SearchActive(RepositoryError):
-    """The search is running; cancel it and wait for it to stop before deleting it."""
+    """The search (or a refinement of one of its points) is running; cancel it and wait for it to stop before
+    deleting it."""
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -243,6 +246,12 @@ def delete_search(session: Session, search_id: str, *, force: bool = False, owne
     if search.status in RUNNING_STATUSES and not force:
         raise SearchActive(f"search {search_id} is {search.status}; cancel it and wait until it stops, "
                            "or delete with force")
+    refining = session.scalar(select(Refinement).where(Refinement.search_id == search_id,
+                                                       Refinement.status == RefinementStatus.RUNNING))
+    if refining is not None and not force:
+        raise SearchActive(f"front point {refining.position} of search {search_id} is being refined (refinement "
+                           f"{refining.id}); cancel it (POST /searches/{search_id}/refinements/{refining.id}/cancel) "
+                           "and wait until it stops, or delete with force")
     session.delete(search)  # rows of children already loaded go through the ORM; the rest through the cascade
     session.flush()
 
@@ -331,6 +340,22 @@ def replace_front(session: Session, search_id: str, points: Sequence[Mapping[str
     return rows
 
 
+def set_refined(session: Session, search_id: str, position: int, point: Mapping[str, Any]) -> FrontPoint:
+    """Store front.json point `position`'s "refined" entry on its row alone (an on-demand refine of one point; the
+    other points, refined meanwhile perhaps, are left as they are). InvalidArgument if the stored point is
+    another sub-network: the front was rewritten since."""
+    row = get_front_point(session, search_id, position)
+    refined = point.get("refined")
+    if row is None or config_key(row.config) != config_key(point["config"]):
+        raise InvalidArgument(f"search {search_id}: front point {position} is not the sub-network that was refined "
+                              "(the front was rewritten meanwhile)")
+    if not isinstance(refined, Mapping):
+        raise InvalidArgument(f"search {search_id}: front point {position} has no refined entry")
+    row.refined = dict(refined)
+    session.flush()
+    return row
+
+
 def list_front(session: Session, search_id: str, *, owner: str | None = None) -> list[FrontPoint]:
     get_search(session, search_id, owner=owner)
     return list(session.scalars(select(FrontPoint).where(FrontPoint.search_id == search_id)
@@ -356,6 +381,18 @@ def record_export(session: Session, *, search_id: str, position: int, format: st
         export.path, export.created_at = str(path), utcnow()
     session.flush()
     return export
+
+
+def forget_exports(session: Session, *, search_id: str, position: int, names: Iterable[str]) -> int:
+    """Drop the export records of point `position` whose archive file is named one of `names` (archives now
+    stale); how many were dropped."""
+    names = set(names)
+    rows = session.scalars(select(Export).where(Export.search_id == search_id, Export.position == position)).all()
+    stale = [row for row in rows if Path(row.path).name in names]
+    for row in stale:
+        session.delete(row)
+    session.flush()
+    return len(stale)
 
 
 def get_export(session: Session, *, search_id: str, position: int, format: str) -> Export | None:

@@ -2,6 +2,11 @@
 
     loop: recover_stale -> claim_next -> run the job -> store front -> finish (succeeded | failed | cancelled)
 
+With no search to claim, it claims a refinement (service/refinements.py: one front point of a finished search to
+refine on demand) and runs `search.job.refine_points` on it (`RefinementRunner`): the same heartbeat, cancel,
+release and failure rules, logged to the search's worker.log; on success only that point's row is updated
+(`repository.set_refined`) and its cached refined exports, built from the model just replaced, are deleted.
+
 One job at a time per process; run several processes for parallel jobs (`nasprune serve --workers N` or several
 `nasprune worker`). While a job runs:
   * a heartbeat thread stamps the row every `Settings.heartbeat_s`. A thread rather than the training or search
@@ -44,11 +49,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
-from . import queue
+from . import queue, refinements
 from . import repository as repo
 from .config import Settings
 from .db import check_schema, make_engine, session_factory
-from .models import RUNNING_STATUSES, Search, SearchStatus
+from .models import RUNNING_STATUSES, Refinement, RefinementStatus, Search, SearchStatus
 from .startup import low_disk
 
 if TYPE_CHECKING:
@@ -84,23 +89,25 @@ class _JobState:
 
 
 class Heartbeat(threading.Thread):
-    """Stamps the job every `interval_s`; sets `state.lost` (and `state.stop`) once the job is not ours."""
+    """Calls `beat` every `interval_s`; once it returns False (the job is not ours any more, or a cancel was asked)
+    sets `lost` and `stop`. Searches and refinements share it, each with its queue's heartbeat."""
 
-    def __init__(self, factory: queue.SessionFactory, state: _JobState, interval_s: float) -> None:
-        super().__init__(name=f"heartbeat-{state.search_id}", daemon=True)
-        self.factory, self.state, self.interval_s = factory, state, interval_s
+    def __init__(self, beat: Callable[[], bool], lost: threading.Event, stop: threading.Event, interval_s: float,
+                 what: str) -> None:
+        super().__init__(name=f"heartbeat-{what}", daemon=True)
+        self.beat, self.lost, self.stop, self.interval_s, self.what = beat, lost, stop, interval_s, what
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(self.interval_s):
             try:
-                alive = queue.heartbeat(self.factory, self.state.search_id, self.state.worker_id)
+                alive = self.beat()
             except Exception:  # a database hiccup: try again next time rather than kill the job
-                log.exception("heartbeat of search %s failed", self.state.search_id)
+                log.exception("heartbeat of %s failed", self.what)
                 continue
             if not alive:
-                self.state.lost.set()
-                self.state.stop.set()
+                self.lost.set()
+                self.stop.set()
                 return
 
 
@@ -287,7 +294,8 @@ class JobRunner:
             return self._finish(SearchStatus.FAILED, str(exc))
         state = _JobState(search_id=search_id, worker_id=self.worker_id, evaluations_total=job.search.evaluations,
                           time_limit_s=job.search.time_limit_s)
-        beat = Heartbeat(self.factory, state, self.settings.heartbeat_s)
+        beat = Heartbeat(lambda: queue.heartbeat(self.factory, search_id, self.worker_id), state.lost, state.stop,
+                         self.settings.heartbeat_s, f"search {search_id}")
         beat.start()
         try:
             self._progress(folder=str(self.folder), evaluations_total=job.search.evaluations, stage="training")
@@ -340,18 +348,138 @@ class JobRunner:
         return None
 
 
-def _fail(factory: queue.SessionFactory, search_id: str, worker_id: str, reason: str) -> SearchStatus | None:
-    try:
-        return SearchStatus.FAILED if queue.finish(factory, search_id, SearchStatus.FAILED, reason,
-                                                   worker_id=worker_id) else None
-    except Exception:  # the database is unreachable too: recover_stale will take the job back later
-        log.exception("worker %s: could not mark search %s failed", worker_id, search_id)
+class RefinementRunner:
+    """Runs one claimed refinement: `search.job.refine_points` on its point, then that point's row and the cached
+    refined exports the new model makes stale. The search's own row is never changed."""
+
+    def __init__(self, settings: Settings, factory: queue.SessionFactory, refinement: Refinement, worker_id: str,
+                 shutdown: threading.Event) -> None:
+        self.settings, self.factory, self.refinement, self.worker_id = settings, factory, refinement, worker_id
+        self.shutdown = shutdown
+        self.stop, self.lost = threading.Event(), threading.Event()
+
+    def should_stop(self) -> bool:
+        if self.shutdown.is_set():
+            self.stop.set()
+        return self.stop.is_set()
+
+    def run(self) -> RefinementStatus | None:
+        """Run it; the status it ended with (None: released, taken over, or its search deleted)."""
+        r = self.refinement
+        with self.factory() as session:
+            search = session.get(Search, r.search_id)
+            folder = None if search is None else Path(search.folder or self.settings.search_folder(search.id))
+        if folder is None or not folder.is_dir():  # deleted meanwhile (the row went with it, or goes soon)
+            log.warning("refinement %s: search %s or its folder is gone; nothing to refine", r.id, r.search_id)
+            return self._finish(RefinementStatus.FAILED, f"search {r.search_id} or its folder is gone")
+        handler, previous = _attach_log(folder)  # the search's log: where a user looks for what happened
+        try:
+            log.info("worker %s: refining front point %d of search %s with %s (refinement %s, attempt %d)",
+                     self.worker_id, r.position, r.search_id, r.settings, r.id, r.attempts + 1)
+            return self._run(folder)
+        finally:
+            _detach_log(handler, previous)
+
+    def _run(self, folder: Path) -> RefinementStatus | None:
+        from search.job import refine_points
+        from supernet.refine import RefineConfig
+
+        r = self.refinement
+        beat = Heartbeat(lambda: refinements.heartbeat(self.factory, r.id, self.worker_id), self.lost, self.stop,
+                         self.settings.heartbeat_s, f"refinement {r.id}")
+        beat.start()
+        try:
+            front = refine_points(folder, [r.position], RefineConfig(**r.settings), progress=False,
+                                  should_stop=self.should_stop)
+            if front is None:
+                return self._stopped()
+            self._store(folder, front["points"][r.position])
+            return self._finish(RefinementStatus.SUCCEEDED)
+        except Exception as exc:  # MemoryError included, as for searches
+            log.error("refinement %s failed:\n%s", r.id, traceback.format_exc())
+            if self.lost.is_set():
+                return self._stopped()
+            return self._finish(RefinementStatus.FAILED, failure_reason(exc, self.settings))
+        finally:
+            beat.done.set()
+            beat.join()
+
+    def _store(self, folder: Path, point: dict[str, Any]) -> None:
+        """The refined entry on the point's row, after the point's refined archives are deleted: they were built
+        from the model this refine replaced (the next download rebuilds them from the new one)."""
+        from .api.exports import remove_refined_exports
+
+        r = self.refinement
+        names = remove_refined_exports(folder, r.search_id, r.position)
+        with self.factory.begin() as session:
+            repo.forget_exports(session, search_id=r.search_id, position=r.position, names=names)
+            repo.set_refined(session, r.search_id, r.position, point)
+        refined = point["refined"]
+        log.info("search %s: front point %d refined in %.1f s (test %s; %s)", r.search_id, r.position,
+                 refined["train_s"], refined["test"],
+                 "downloads serve it" if refined.get("kept", True) else "the slice stays: better on validation")
+
+    def _finish(self, status: RefinementStatus, error: str | None = None) -> RefinementStatus | None:
+        ended = refinements.finish(self.factory, self.refinement.id, status, error, worker_id=self.worker_id)
+        return status if ended else None
+
+    def _stopped(self) -> RefinementStatus | None:
+        """Stopped early: cancelled, taken over, its search deleted, or this worker is shutting down."""
+        r = self.refinement
+        with self.factory() as session:
+            row = session.get(Refinement, r.id)
+            state = None if row is None else (row.cancel_requested, row.worker_id, row.status)
+        if state is None:
+            log.warning("refinement %s is gone (its search was deleted); stopping", r.id)
+            return None
+        cancel, owner, status = state
+        if cancel and owner == self.worker_id and status == RefinementStatus.RUNNING:
+            log.info("refinement %s of front point %d cancelled", r.id, r.position)
+            return self._finish(RefinementStatus.CANCELLED)
+        if self.shutdown.is_set() and not self.lost.is_set():
+            if refinements.release(self.factory, r.id, self.worker_id):
+                log.info("refinement %s released to the queue (worker shutting down)", r.id)
+            return None
+        log.warning("refinement %s is no longer ours (status %s, owner %s); stopping", r.id, status, owner)
         return None
+
+
+Job = Search | Refinement
+JobStatus = SearchStatus | RefinementStatus
+
+
+def _fail(factory: queue.SessionFactory, job: Job, worker_id: str, reason: str) -> JobStatus | None:
+    finish, failed = ((refinements.finish, RefinementStatus.FAILED) if isinstance(job, Refinement)
+                      else (queue.finish, SearchStatus.FAILED))
+    try:
+        return failed if finish(factory, job.id, failed, reason, worker_id=worker_id) else None
+    except Exception:  # the database is unreachable too: recovery will take the job back later
+        log.exception("worker %s: could not mark %s failed", worker_id, job)
+        return None
+
+
+def _claim(settings: Settings, factory: queue.SessionFactory, worker_id: str) -> Job | None:
+    """Recover the jobs of dead workers, then claim a search, or else a refinement: a refine is short and only
+    asked for on a finished search, so it waits for no search but never keeps one waiting either."""
+    queue.recover_stale(factory, settings.stale_after_s, settings.max_attempts)
+    refinements.recover_stale(factory, settings.stale_after_s, settings.max_attempts)
+    return queue.claim_next(factory, worker_id) or refinements.claim_next(factory, worker_id)
+
+
+def _run_job(settings: Settings, factory: queue.SessionFactory, job: Job, worker_id: str,
+             shutdown: threading.Event) -> JobStatus | None:
+    runner = (RefinementRunner(settings, factory, job, worker_id, shutdown) if isinstance(job, Refinement)
+              else JobRunner(settings, factory, job, worker_id, shutdown))
+    try:
+        return runner.run()
+    except Exception as exc:  # never let one job kill the loop, nor leave it running with no one on it
+        log.exception("worker %s: %r crashed its runner", worker_id, job)
+        return _fail(factory, job, worker_id, failure_reason(exc, settings))
 
 
 def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool = False, poll_s: float = 1.0,
                shutdown: threading.Event | None = None,
-               on_job: Callable[[str, SearchStatus | None], None] | None = None) -> int:
+               on_job: Callable[[str, JobStatus | None], None] | None = None) -> int:
     """Claim and run jobs until `shutdown` is set; the number of jobs run.
 
     `once`: run at most one job and return (also when nothing is queued). Stale jobs of dead workers are
@@ -379,24 +507,19 @@ def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool =
                 log.info("worker %s: disk space is back; taking jobs again", worker_id)
                 paused = False
             try:
-                queue.recover_stale(factory, settings.stale_after_s, settings.max_attempts)
-                search = queue.claim_next(factory, worker_id)
+                job = _claim(settings, factory, worker_id)
             except Exception:
                 log.exception("worker %s: could not reach the queue; retrying in %g s", worker_id, poll_s)
-                search = None
-            if search is None:
+                job = None
+            if job is None:
                 if once:
                     break
                 shutdown.wait(poll_s)
                 continue
-            try:
-                status = JobRunner(settings, factory, search, worker_id, shutdown).run()
-            except Exception as exc:  # never let one job kill the loop, nor leave it running with no one on it
-                log.exception("worker %s: search %s crashed the job runner", worker_id, search.id)
-                status = _fail(factory, search.id, worker_id, failure_reason(exc, settings))
+            status = _run_job(settings, factory, job, worker_id, shutdown)
             jobs += 1
             if on_job is not None:
-                on_job(search.id, status)
+                on_job(job.id, status)
             if once:
                 break
         log.info("worker %s stopped after %d job(s)", worker_id, jobs)

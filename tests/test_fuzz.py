@@ -3,7 +3,8 @@ not, against a real SQLite file holding one succeeded search (trials, front, fro
 be a documented status with a body matching the schema, and never a 5xx.
 
 Two passes: one with made-up ids (404s, validation errors, queued searches from fuzzed POST bodies), one with every
-`search_id` set to the seeded search, so the query parameters of the read routes are fuzzed against real rows.
+`search_id` set to the seeded search (and `point` to one of its front points, `refinement_id` to its queued
+refinement), so the query parameters and bodies of these routes are fuzzed against real rows.
 The routes are read from the app, so new ones are fuzzed as they land. Left out of the second pass: the export
 download (it would build a model archive, seconds each) and DELETE (it would remove the rows the pass reads).
 About 1,700 requests, ~10 s.
@@ -20,7 +21,7 @@ from schemathesis.python import asgi
 
 from search.job import FRONT_FILE, LatencyShape, SearchJob
 from search.runner import SearchConfig, Trial
-from service import queue
+from service import queue, refinements
 from service import repository as repo
 from service.api import create_app
 from service.config import Settings
@@ -48,8 +49,9 @@ def _trial(index: int, config: SubNetworkConfig) -> Trial:
                  macs=10**6 * (index + 1), latency_ms=1.0 + index, elapsed_s=0.5 * index)
 
 
-def seed_succeeded_search(settings: Settings) -> str:
-    """A search as a worker leaves it: claimed, three trials, a front of two, succeeded, front.json and a log."""
+def seed_succeeded_search(settings: Settings) -> tuple[str, str]:
+    """A search as a worker leaves it: claimed, three trials, a front of two, succeeded, front.json and a log; and
+    a refinement of its point 0, queued. (search id, refinement id)"""
     upgrade(settings.url)
     engine = make_engine(settings.url)
     factory = session_factory(engine)
@@ -70,13 +72,16 @@ def seed_succeeded_search(settings: Settings) -> str:
         repo.update_progress(session, search_id, stage="done", evaluations_done=3, evaluations_total=3,
                              hypervolume=0.25, step=6, total_steps=6, epoch=1)
     assert queue.finish(factory, search_id, SearchStatus.SUCCEEDED, worker_id="fuzz-worker")
+    with factory.begin() as session:
+        refinement_id = refinements.create(session, search_id=search_id, position=0,
+                                           settings={"epochs": 1.0, "learning_rate": 1e-4}).id
     engine.dispose()
     folder = settings.search_folder(search_id)
     folder.mkdir(parents=True)
     (folder / FRONT_FILE).write_text(json.dumps({"task": "rte", "objectives": ["error", "params"], "points": points,
                                                  "reference": points[0], "hypervolume": 0.25}))
     (folder / LOG_FILE).write_text("running search\nsucceeded\n")
-    return search_id
+    return search_id, refinement_id
 
 
 # The routes and their schema, from an app that is never started (building the document touches no disk); the
@@ -88,9 +93,9 @@ SCHEMA = schemathesis.openapi.from_dict(
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory) -> tuple[Settings, str]:
+def seeded(tmp_path_factory) -> tuple[Settings, str, str]:
     settings = Settings(data_root=tmp_path_factory.mktemp("fuzz") / "data")
-    return settings, seed_succeeded_search(settings)
+    return settings, *seed_succeeded_search(settings)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +116,8 @@ def test_fuzz_with_any_ids(case, app) -> None:
 def test_fuzz_the_seeded_search(case, app, seeded) -> None:
     on_search = "search_id" in (case.path_parameters or {})
     if on_search:
-        case.path_parameters["search_id"] = seeded[1]
+        seeded_ids = {"search_id": seeded[1], "point": 0, "refinement_id": seeded[2]}
+        case.path_parameters |= {k: v for k, v in seeded_ids.items() if k in case.path_parameters}
     response = case.call_and_validate(app=app)
     if on_search and case.meta is not None and case.meta.generation.mode.is_positive:
         # a valid request about a search that exists is answered with its data (else the pass read no rows)

@@ -21,7 +21,7 @@ from service.models import Base, SearchStatus, TrialRow
 from supernet.config import SubNetworkConfig
 from supernet.run import RunSpec
 
-TABLES = {"searches", "trials", "front_points", "exports", "api_tokens", "datasets"}
+TABLES = {"searches", "trials", "front_points", "exports", "api_tokens", "datasets", "refinements"}
 
 
 @pytest.fixture

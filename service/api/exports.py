@@ -11,6 +11,9 @@ the exports table keeps one record per (point, format), which the route serves o
 point calls for now (`archive_path`). The refined folder's path is never read from JSON: it is derived from the
 search folder and the position, and used only if it resolves to a folder inside the search folder.
 
+A refined model replaced by a later refine of the point (other settings) makes its cached refined exports stale:
+`remove_refined_exports` deletes them, under the same locks as a build, so the next download rebuilds them.
+
 Both are written under a temporary name (starting with ".<stem>.") and renamed into place, so a crash or a
 concurrent request never leaves a half-written export where the next request would serve it. A build holds a
 lock per (search, stem): a thread lock, and an flock on .<stem>.lock that other server processes honour and the
@@ -186,6 +189,24 @@ def build_export(folder: Path, search_id: str, position: int, format: str, point
                 _remove(path)
             return _build(exports, archive, stem, archive_name(search_id, position, format, refined=refined),
                           format, point, source)
+
+
+def remove_refined_exports(folder: Path, search_id: str, position: int) -> list[str]:
+    """Delete the cached refined exports of point `position` in every format (archive, export folder,
+    temporaries), each under its build lock so no build is cut in half; the archive names, for the records."""
+    exports = folder / EXPORTS_DIR
+    names = []
+    for format in FORMATS:
+        stem = export_stem(position, format, refined=True)
+        archive = archive_path(folder, position, format, refined=True)
+        names.append(archive.name)
+        if not exports.is_dir():
+            continue
+        with _lock((search_id, stem)), _file_lock(exports / f".{stem}.lock"):
+            for path in [archive, exports / stem, *leftovers(exports, stem)]:
+                if path.is_symlink() or path.exists():
+                    _remove(path)
+    return names
 
 
 def _copy_plain_files(source: Path, dest: Path) -> None:

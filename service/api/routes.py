@@ -1,5 +1,6 @@
-"""The routes: thin wrappers over service.repository / service.queue; validation in .validation, exports in
-.exports. Errors are HTTPExceptions (or repository errors mapped in create_app) with a `detail` message."""
+"""The routes: thin wrappers over service.repository / service.queue / service.refinements; validation in
+.validation, exports in .exports. Errors are HTTPExceptions (or repository errors mapped in create_app) with a
+`detail` message."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
+from .. import refinements
 from .. import repository as repo
 from ..db import current_revision
-from ..models import Search, SearchStatus, TrialRow
+from ..models import FrontPoint, Refinement, Search, SearchStatus, TrialRow
 from ..worker import LOG_FILE
 from .auth import PUBLIC, OwnerDep
 from .deps import SessionDep, SettingsDep
@@ -28,7 +31,10 @@ from .schemas import (
     ParetoRead,
     PointRead,
     Progress,
+    RefineCreate,
     RefinedRead,
+    RefinementBrief,
+    RefinementRead,
     SearchCreate,
     SearchPage,
     SearchRead,
@@ -52,7 +58,7 @@ MAX_INT = 2**63 - 1
 def links(search_id: str) -> Links:
     base = f"/searches/{search_id}"
     return Links(self=base, trials=f"{base}/trials", pareto=f"{base}/pareto", logs=f"{base}/logs",
-                 cancel=f"{base}/cancel")
+                 cancel=f"{base}/cancel", refinements=f"{base}/refinements")
 
 
 def search_read(search: Search) -> SearchRead:
@@ -159,13 +165,17 @@ def _front_file(search: Search, settings: Any) -> dict[str, Any]:
 def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> dict[str, Any]:
     search = repo.get_search(session, search_id, owner=owner)
     front = _front_file(search, settings)
+    latest = refinements.latest_by_position(session, search_id)
     points = []
     for row in repo.list_front(session, search_id, owner=owner):
         downloads = {f: f"/searches/{search_id}/pareto/{row.position}/download?format={f}" for f in FORMATS}
+        asked = latest.get(row.position)
         points.append(PointRead(position=row.position, trial_index=row.trial_index, config=row.config,
                                 objectives=row.objectives, validation=row.validation, test=row.test,
                                 params=row.params, macs=row.macs, latency_ms=row.latency_ms,
-                                refined=refined_read(row.refined), downloads=downloads))
+                                refined=refined_read(row.refined), downloads=downloads,
+                                refinement=None if asked is None else RefinementBrief(
+                                    id=asked.id, status=asked.status.value, error=asked.error)))
     return front | {"points": points}
 
 
@@ -176,6 +186,14 @@ def refined_read(refined: dict[str, Any] | None) -> RefinedRead | None:
         return None
     return RefinedRead(validation=refined["validation"], test=refined["test"], train_s=refined["train_s"],
                        kept=refined.get("kept", True), settings=refined["settings"])
+
+
+def _front_point(session: Session, search_id: str, point: int, owner: str | None) -> FrontPoint:
+    row = repo.get_front_point(session, search_id, point)
+    if row is None:
+        count = len(repo.list_front(session, search_id, owner=owner))
+        raise HTTPException(404, f"search {search_id} has no front point {point} (it has {count}: 0..{count - 1})")
+    return row
 
 
 @router.get("/searches/{search_id}/pareto/{point}/download", tags=["searches"],
@@ -192,10 +210,7 @@ def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], sessi
 
     search = repo.get_search(session, search_id, owner=owner)
     _front_file(search, settings)
-    row = repo.get_front_point(session, search_id, point)
-    if row is None:
-        count = len(repo.list_front(session, search_id, owner=owner))
-        raise HTTPException(404, f"search {search_id} has no front point {point} (it has {count}: 0..{count - 1})")
+    row = _front_point(session, search_id, point, owner)
     folder = folder_of(search, settings)
     data = {"config": row.config, "validation": row.validation, "test": row.test, "refined": row.refined}
     source = None if sliced else refined_source(folder, point, data)
@@ -223,6 +238,79 @@ def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], sessi
                         filename=f"{archive_name(search_id, point, format, refined=refined)}.tar.gz")
 
 
+# ------------------------------------------------------------------------------------------------ refinements
+
+
+def refinement_read(row: Refinement) -> RefinementRead:
+    return RefinementRead(id=row.id, search_id=row.search_id, position=row.position, settings=row.settings,
+                          status=row.status.value, error=row.error, created_at=row.created_at,
+                          started_at=row.started_at, finished_at=row.finished_at)
+
+
+def _refined_with(refined: dict[str, Any] | None, settings: dict[str, float]) -> bool:
+    """Whether the point's refined model was made with these epochs and learning rate."""
+    stored = (refined or {}).get("settings") or {}
+    try:
+        return all(float(stored[k]) == v for k, v in settings.items())
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+@router.post("/searches/{search_id}/pareto/{point}/refine", response_model=RefinementRead,
+             status_code=status.HTTP_202_ACCEPTED, tags=["refinements"],
+             responses={200: {"description": "the same refinement, already queued or running"},
+                        404: {"description": "no search or no front point with this id"},
+                        409: {"description": "the search has not succeeded, or the point is already refined with "
+                                             "these settings"}})
+def refine(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], response: Response,
+           session: SessionDep, settings: SettingsDep, owner: OwnerDep, body: RefineCreate | None = None
+           ) -> RefinementRead:
+    """Queue a refine of one front point of a succeeded search (fine-tuning at its own size, on the labels); a
+    worker runs it, after which the point's downloads serve the refined model (if it is kept: at least as good
+    as the slice on validation). Costs about `epochs` epochs of training at the point's size."""
+    body = body or RefineCreate()
+    search = repo.get_search(session, search_id, owner=owner)
+    if search.status != SearchStatus.SUCCEEDED:
+        raise HTTPException(409, f"search {search_id} is {search.status.value}: its front points can be refined "
+                                 "once it has succeeded")
+    _front_file(search, settings)
+    row = _front_point(session, search_id, point, owner)
+    wanted = {"epochs": body.epochs, "learning_rate": body.learning_rate}
+    existing = refinements.find_active(session, search_id, point, wanted)
+    if existing is not None:
+        response.status_code = status.HTTP_200_OK
+        return refinement_read(existing)
+    if _refined_with(row.refined, wanted):
+        raise HTTPException(409, f"front point {point} of search {search_id} is already refined with these settings "
+                                 f"(epochs {body.epochs:g}, learning_rate {body.learning_rate:g}); download it, or "
+                                 "ask for other settings")
+    created = refinements.create(session, search_id=search_id, position=point, settings=wanted, owner=owner)
+    session.commit()
+    log.info("queued refinement %s of front point %d of search %s", created.id, point, search_id)
+    return refinement_read(created)
+
+
+@router.get("/searches/{search_id}/refinements", response_model=list[RefinementRead], tags=["refinements"],
+            responses=NOT_FOUND)
+def list_refinements(search_id: str, session: SessionDep, owner: OwnerDep) -> list[RefinementRead]:
+    """The search's refinements, newest first."""
+    return [refinement_read(r) for r in refinements.list_for_search(session, search_id, owner=owner)]
+
+
+@router.post("/searches/{search_id}/refinements/{refinement_id}/cancel", response_model=RefinementRead,
+             tags=["refinements"], responses={404: {"description": "no search or no refinement with this id"}})
+def cancel_refinement(search_id: str, refinement_id: Annotated[str, PathParam(max_length=64)], session: SessionDep,
+                      owner: OwnerDep) -> RefinementRead:
+    """A queued refinement is cancelled at once; a running one stops at its worker's next heartbeat (the point
+    keeps the refined model it had, if any); an ended one is left as it is."""
+    row = refinements.request_cancel(session, search_id, refinement_id, owner=owner)
+    session.commit()
+    return refinement_read(row)
+
+
+# ------------------------------------------------------------------------------------------------ the rest
+
+
 @router.post("/searches/{search_id}/cancel", response_model=SearchRead, tags=["searches"], responses=NOT_FOUND)
 def cancel(search_id: str, session: SessionDep, owner: OwnerDep) -> SearchRead:
     """A queued search is cancelled at once; a running one stops at its worker's next heartbeat, keeping the
@@ -233,7 +321,8 @@ def cancel(search_id: str, session: SessionDep, owner: OwnerDep) -> SearchRead:
 
 
 @router.delete("/searches/{search_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["searches"],
-               responses={**NOT_FOUND, 409: {"description": "the search is running: cancel it first"}})
+               responses={**NOT_FOUND, 409: {"description": "the search, or a refinement of one of its points, is "
+                                                          "running: cancel it first"}})
 def delete(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> Response:
     search = repo.get_search(session, search_id, owner=owner)
     folder = folder_of(search, settings)

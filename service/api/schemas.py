@@ -103,6 +103,7 @@ class Links(BaseModel):
     pareto: str
     logs: str
     cancel: str
+    refinements: str
 
 
 class Progress(BaseModel):
@@ -168,9 +169,42 @@ class RefinedRead(BaseModel):
     settings: dict[str, Any] = Field(description="the refining settings (epochs, learning_rate, ..., seed)")
 
 
+class RefineCreate(BaseModel):
+    """POST /searches/{id}/pareto/{point}/refine: how to fine-tune the point (the `nasprune refine` options)."""
+
+    model_config = _STRICT
+
+    epochs: float = Field(1.0, gt=0, le=10, allow_inf_nan=False,
+                          description="epochs of fine-tuning at the point's own size (may be fractional)")
+    learning_rate: float = Field(1e-4, gt=0, allow_inf_nan=False)
+
+
+class RefinementRead(BaseModel):
+    """A refine of one front point asked for after the search, and where it stands."""
+
+    id: str
+    search_id: str
+    position: int
+    settings: dict[str, Any] = Field(description="epochs and learning_rate")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RefinementBrief(BaseModel):
+    """The latest refinement of a front point, in the front listing."""
+
+    id: str
+    status: str
+    error: str | None
+
+
 class PointRead(BaseModel):
     """A front.json point, with its position, the trial it is and its download links. `refined` is set when the
-    search refined its front (budget.refine_epochs > 0): the downloads are then the refined model."""
+    point was refined (by the search, budget.refine_epochs > 0, or on demand, POST .../refine): the downloads are
+    then the refined model, if it was kept."""
 
     position: int
     trial_index: int | None
@@ -182,6 +216,7 @@ class PointRead(BaseModel):
     macs: int
     latency_ms: float
     refined: RefinedRead | None = None
+    refinement: RefinementBrief | None = Field(None, description="the point's latest on-demand refinement, if any")
     downloads: dict[str, str]
 
 
