@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -76,6 +77,24 @@ def reference_sliced(run: Run, prove_folder: Path) -> Supernet:
     return model.eval()
 
 
+def reuse_prove_supernet(name: str, spec: RunSpec, folder: Path, prove: Path) -> float | None:
+    """The default recipe is what bench/prove.py's importance job trained (same spec and seed: a bitwise equal
+    supernet on this machine's deterministic CPU kernels): copy its supernet instead of training it again, and
+    report its training time. None if there is nothing to reuse."""
+    job = prove / "nasprune_importance"
+    source = job / "run"
+    if name != "importance" or folder.exists() or not (source / "training.json").is_file():
+        return None
+    if RunSpec.from_dict(json.loads((source / "run.json").read_text())) != spec:
+        return None
+    folder.mkdir(parents=True)
+    for item in ("run.json", "importance.json", "training.json"):
+        shutil.copy2(source / item, folder / item)
+    shutil.copytree(source / "supernet", folder / "supernet")
+    log.info("%s: reusing the supernet of %s", name, source)
+    return json.loads((job / "times.json").read_text())["train_s"]
+
+
 def architectures(config, prove_points: Path) -> list[tuple[str, SubNetworkConfig]]:
     """Uniform 75/50/33/25 %, bench/prove.py's Kwon masks and the front of its importance-space job (the shapes
     the default search finds), where those have run on this task and seed."""
@@ -115,8 +134,9 @@ def main() -> None:
             train_s = json.loads((prove_points.parents[1] / "reference.json").read_text())[0]["plain_train_s"]
         else:
             started = time.perf_counter()
+            train_s = reuse_prove_supernet(name, spec, run.folder, prove_points.parents[1])
             train_run(spec, run.folder)
-            train_s = time.perf_counter() - started
+            train_s = train_s or time.perf_counter() - started
             model = run.load_supernet()
         task = run.task
         validation, test = list(run.batches("validation")), list(run.batches(next(iter(task.test))))
@@ -134,20 +154,24 @@ def main() -> None:
 
 
 def recipe_table(folder: Path, names: list[str]) -> list[str]:
-    """Markdown rows: validation / test main metric of every architecture under each finished recipe of `names`."""
+    """Markdown rows: validation / test main metric of every architecture under each finished recipe of `names`
+    (recipes screened before an architecture was added show "-" for it)."""
     rows = {n: json.loads((folder / f"{n}.json").read_text()) for n in names if (folder / f"{n}.json").is_file()}
     if not rows:
         return []
-    first = next(iter(rows.values()))
-    metric = next(iter(first["points"][0]["test"]))
+    by_label = {name: {p["label"]: p for p in r["points"]} for name, r in rows.items()}
+    labels = list(dict.fromkeys(p["label"] for r in rows.values() for p in r["points"]))
+    fraction = {p["label"]: p["params_fraction"] for r in rows.values() for p in r["points"]}
+    metric = next(iter(next(iter(rows.values()))["points"][0]["test"]))
     lines = [f"Validation / test {metric} of the same architectures sliced out of each recipe's supernet, no "
              "search.", "", "| architecture | params | " + " | ".join(rows) + " |", "|---|---|" + "---|" * len(rows)]
-    for i, point in enumerate(first["points"]):
-        cells = [f"{r['points'][i]['validation'][metric]:.3f} / {r['points'][i]['test'][metric]:.3f}"
-                 for r in rows.values()]
-        lines.append(f"| {point['label']} | {point['params_fraction']:.0%} | " + " | ".join(cells) + " |")
+    for label in labels:
+        cells = [f"{p['validation'][metric]:.3f} / {p['test'][metric]:.3f}" if (p := points.get(label)) else "-"
+                 for points in by_label.values()]
+        lines.append(f"| {label} | {fraction[label]:.0%} | " + " | ".join(cells) + " |")
     lines.append("| training time (s) | | " + " | ".join(f"{r['train_s']:.0f}" for r in rows.values()) + " |")
     return lines
+
 
 if __name__ == "__main__":
     main()
