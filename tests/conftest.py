@@ -283,6 +283,27 @@ def service_env(settings, cache: Path) -> dict[str, str]:
     }
 
 
+def service_settings(workspace: Path, root: Path, **overrides):
+    """Service settings for tests over a real SQLite file under `root`: the toy workspace allowed as model and data
+    root, heartbeats fast enough for tests to see a dead worker's job taken over within seconds."""
+    from service.config import Settings
+
+    values = {"data_root": root / "data", "allowed_model_roots": [workspace], "allowed_data_roots": [workspace],
+              "heartbeat_s": 1.0, "stale_after_s": 3.0, "max_attempts": 3}
+    return Settings(**(values | overrides))
+
+
+def search_body(ws: Path, default_objectives: list[str], evaluations: int, **overrides) -> dict:
+    """A POST /searches body for the tiny model and the toy CSV task of `workspace`: one epoch, short inputs;
+    `overrides` replace top-level fields (objectives included)."""
+    data = {"model": str(ws / "model"),
+            "task": {"name": "toy", "train_file": str(ws / "train.csv"), "test_file": str(ws / "test.csv"),
+                     "text_columns": ["text"]},
+            "objectives": default_objectives, "budget": {"epochs": 1, "evaluations": evaluations},
+            "max_length": 16, "batch_size": 8, "latency": {"batch_size": 2}}
+    return data | overrides
+
+
 def start_worker(env: dict[str, str], *, once: bool = True, log: Path | None = None) -> subprocess.Popen:
     """`nasprune worker` in a new process; its stderr (the service log) goes to `log`, or to a pipe to read with
     communicate() (a long run should pass `log`: a full pipe would block the worker)."""

@@ -17,7 +17,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_worker_once, service_env, start_worker, trials_jsonl, wait_for
+from conftest import (
+    REPO,
+    run_worker_once,
+    search_body,
+    service_env,
+    service_settings,
+    start_worker,
+    trials_jsonl,
+    wait_for,
+)
 from fastapi.testclient import TestClient
 
 from service import queue
@@ -32,9 +41,8 @@ REFINE_EPOCHS = 0.5
 
 @pytest.fixture(scope="module")
 def settings(workspace, tmp_path_factory) -> Settings:
-    root = tmp_path_factory.mktemp("service")
-    return Settings(data_root=root / "data", allowed_model_roots=[workspace], allowed_data_roots=[workspace],
-                    heartbeat_s=HEARTBEAT_S, stale_after_s=STALE_AFTER_S, max_attempts=3)
+    return service_settings(workspace, tmp_path_factory.mktemp("service"), heartbeat_s=HEARTBEAT_S,
+                            stale_after_s=STALE_AFTER_S)
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +58,7 @@ def client(settings):
 
 
 def body(ws: Path, **overrides) -> dict:
-    data = {"model": str(ws / "model"),
-            "task": {"name": "toy", "train_file": str(ws / "train.csv"), "test_file": str(ws / "test.csv"),
-                     "text_columns": ["text"]},
-            "objectives": ["error", "params", "latency"], "budget": {"epochs": 1, "evaluations": EVALUATIONS},
-            "max_length": 16, "batch_size": 8, "latency": {"batch_size": 2}}
-    return data | overrides
+    return search_body(ws, ["error", "params", "latency"], EVALUATIONS, **overrides)
 
 
 def dominates(a: list[float], b: list[float]) -> bool:

@@ -205,9 +205,10 @@ HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
 
 @pytest.fixture(scope="module")
 def settings(workspace, tmp_path_factory) -> Settings:
-    root = tmp_path_factory.mktemp("refinements")
-    return Settings(data_root=root / "data", allowed_model_roots=[workspace], allowed_data_roots=[workspace],
-                    heartbeat_s=HEARTBEAT_S, stale_after_s=STALE_AFTER_S, max_attempts=3)
+    from conftest import service_settings
+
+    return service_settings(workspace, tmp_path_factory.mktemp("refinements"), heartbeat_s=HEARTBEAT_S,
+                            stale_after_s=STALE_AFTER_S)
 
 
 @pytest.fixture(scope="module")
@@ -228,12 +229,11 @@ def client(settings):
 
 
 def body(ws: Path, **overrides) -> dict:
-    data = {"model": str(ws / "model"),
-            "task": {"name": "toy", "train_file": str(ws / "train.csv"), "test_file": str(ws / "test.csv"),
-                     "text_columns": ["text"]},
-            "objectives": ["error", "params", "macs"], "budget": {"epochs": 1, "evaluations": 10},
-            "max_length": 16, "batch_size": 8, "latency": {"batch_size": 2}}
-    return data | overrides
+    """Error, params and MACs over 10 evaluations: with this seed a front of two points (error and params alone
+    give one)."""
+    from conftest import search_body
+
+    return search_body(ws, ["error", "params", "macs"], 10, **overrides)
 
 
 @pytest.fixture(scope="module")
