@@ -242,6 +242,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                 lines.append(f"| {NAMES[method]} | {epochs:g} | {p['job_train_s']:.0f} | "
                              f"{p['job_search_and_test_s']:.0f} | {refine:.0f} | {job:.0f} | "
                              f"**{job / (plain * epochs / plain_epochs):.2f}** | {job / plain:.2f} |")
+        lines += on_demand_refine(first, jobs, plain / plain_epochs)
         lines += ["", "| method | total training time (s) |", "|---|---|"]
         for method in ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small"):
             points = first["methods"].get(method)
@@ -266,6 +267,26 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                          f"{s32 / reduction:.2f} |")
         lines.append("")
     return lines
+
+
+def on_demand_refine(seed: dict[str, Any], jobs: dict[str, Any], plain_per_epoch: float) -> list[str]:
+    """What refining only the point a user downloads costs (`nasprune refine`, POST .../pareto/{k}/refine): the
+    per-point training times of the refined importance front, against plain fine-tuning for the job's epochs."""
+    refined = [p for p in seed["methods"].get("nasprune_importance_refined", []) if p.get("refine_train_s")]
+    job = jobs.get("nasprune_importance")
+    if not refined or not job:
+        return []
+    epochs = seed["job_epochs"].get("nasprune_importance", 1.0)
+    plain = plain_per_epoch * epochs
+    times = sorted(p["refine_train_s"] for p in refined)
+    half = [p["refine_train_s"] for p in refined if p["params_fraction"] <= 0.5]
+    whole = job["job_train_s"] + job["job_search_and_test_s"]
+    median = statistics.median(times)
+    return ["", f"Refining one point on demand instead of the whole front (`nasprune refine`, `POST "
+            f"/searches/{{id}}/pareto/{{k}}/refine`): {times[0]:.0f}-{times[-1]:.0f} s of training per point "
+            f"(median {median:.0f} s; {statistics.median(half) if half else float('nan'):.0f} s at ≤ 50 % params), "
+            f"{median / plain:.2f} x plain fine-tuning for the job's epochs; the default job plus one refined "
+            f"point costs {(whole + median) / plain:.2f} x."]
 
 
 def recipes_section(task: str, recipes: Path) -> list[str]:
