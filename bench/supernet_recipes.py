@@ -61,6 +61,7 @@ RECIPES |= IMPORTANCE_RECIPES
 # the control: no supernet at all, the best plain fine-tuning of bench/prove.py (its reference), Fisher-ordered
 # with the same batches as train_run, sliced
 CONTROL = "reference-sliced"
+PROVE_THREADS = 2  # bench/prove.py's default --threads
 log = logging.getLogger("recipes")
 
 
@@ -114,12 +115,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_arguments(parser)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=[*RECIPES, CONTROL])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=PROVE_THREADS,
+                        help="other counts write to <seed>-threads<k>/ (compare recipes at one thread count)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     slug = seed_folder(args.task, args.seed)
-    folder = OUT / "recipes" / slug
+    # Another thread count sums in another order: the same recipe trains a (slightly) different supernet, so
+    # recipes are compared only at one thread count (2 unless said, as bench/prove.py trains)
+    folder = OUT / "recipes" / (slug if args.threads == PROVE_THREADS else f"{slug}-threads{args.threads}")
     prove_points = OUT / "prove" / slug / "oneshot" / "points.json"
     for name in args.recipes:
         result_file = folder / f"{name}.json"
@@ -134,7 +138,8 @@ def main() -> None:
             train_s = json.loads((prove_points.parents[1] / "reference.json").read_text())[0]["plain_train_s"]
         else:
             started = time.perf_counter()
-            train_s = reuse_prove_supernet(name, spec, run.folder, prove_points.parents[1])
+            same_threads = args.threads == PROVE_THREADS
+            train_s = reuse_prove_supernet(name, spec, run.folder, prove_points.parents[1]) if same_threads else None
             train_run(spec, run.folder)
             train_s = train_s or time.perf_counter() - started
             model = run.load_supernet()
