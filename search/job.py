@@ -6,9 +6,9 @@ The CLI and the service's workers call the same `run_search_job`. Files it adds 
     front.json     the Pareto front with validation and test metrics, and the full model's figures
     pareto.png     the front over all trials
     refined/<n>/   front point n refined (by the job's SearchJob.refine, or on demand by refine_points): an exported
-                   model folder; front.json's point n then
-                   holds "refined" (its validation and test metrics, training time, settings, and "kept": whether
-                   it is at least as good as the slice on validation, and so what exports and downloads serve)
+                   model folder; front.json's point n then holds "refined" (its validation and test metrics,
+                   training time, settings, and "kept": whether it is at least as good as the slice on validation,
+                   and so what exports and downloads serve)
 """
 
 from __future__ import annotations

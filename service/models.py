@@ -111,10 +111,15 @@ class SearchStatus(enum.StrEnum):
 RUNNING_STATUSES = frozenset({SearchStatus.TRAINING, SearchStatus.SEARCHING, SearchStatus.EXPORTING})
 TERMINAL_STATUSES = frozenset({SearchStatus.SUCCEEDED, SearchStatus.FAILED, SearchStatus.CANCELLED})
 
-# Stored as the lower-case values (not the member names) in a VARCHAR with a CHECK constraint: readable in the
-# database, portable, and a new status is a migration of the CHECK only.
-STATUS_TYPE = Enum(SearchStatus, name="search_status", native_enum=False, create_constraint=True, length=16,
-                   values_callable=lambda members: [m.value for m in members], validate_strings=True)
+
+def status_type(statuses: type[enum.StrEnum], name: str) -> Enum:
+    """A status column's type: the lower-case values (not the member names) in a VARCHAR with a CHECK constraint:
+    readable in the database, portable, and a new status is a migration of the CHECK only."""
+    return Enum(statuses, name=name, native_enum=False, create_constraint=True, length=16,
+                values_callable=lambda members: [m.value for m in members], validate_strings=True)
+
+
+STATUS_TYPE = status_type(SearchStatus, "search_status")
 
 
 class RefinementStatus(enum.StrEnum):
@@ -126,9 +131,7 @@ class RefinementStatus(enum.StrEnum):
 
 
 REFINEMENT_ENDED = frozenset({RefinementStatus.SUCCEEDED, RefinementStatus.FAILED, RefinementStatus.CANCELLED})
-REFINEMENT_STATUS_TYPE = Enum(RefinementStatus, name="refinement_status", native_enum=False, create_constraint=True,
-                              length=16, values_callable=lambda members: [m.value for m in members],
-                              validate_strings=True)
+REFINEMENT_STATUS_TYPE = status_type(RefinementStatus, "refinement_status")
 
 
 class Base(DeclarativeBase):

@@ -87,11 +87,6 @@ def get(session: Session, search_id: str, refinement_id: str, *, owner: str | No
     return row
 
 
-def running(session: Session, search_id: str) -> Refinement | None:
-    return session.scalar(select(Refinement).where(Refinement.search_id == search_id,
-                                                   Refinement.status == RefinementStatus.RUNNING))
-
-
 def request_cancel(session: Session, search_id: str, refinement_id: str, *, owner: str | None = None) -> Refinement:
     """A queued refinement is cancelled at once; a running one is flagged and stops at its worker's next
     heartbeat; an ended one is left as it is. Conditional UPDATEs: a worker may claim it at the same moment."""
