@@ -327,9 +327,9 @@ def cmd_token(args: argparse.Namespace) -> int:
                 row = tokens.revoke_token(session, args.name)
                 session.commit()
                 print(f"token {row.name!r} revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
-                if settings.auth == "auto" and not tokens.active_tokens_exist(session):
-                    print("warning: no active token is left, so the API is open to anyone again "
-                          "(NASPRUNE_AUTH=required keeps it closed)", file=sys.stderr)
+                if not tokens.active_tokens_exist(session):
+                    print("warning: no active token is left: the API refuses every call until "
+                          "`nasprune token create NAME` makes a new one", file=sys.stderr)
         except RepositoryError as exc:
             print(f"nasprune: error: {exc}", file=sys.stderr)
             return 2

@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(10.0, gt=0, description="how often a worker stamps its job as alive")
     stale_after_s: float = Field(60.0, gt=0, description="a running job silent this long is taken back")
     max_attempts: int = Field(3, ge=1, description="runs a job gets before a lost worker fails it")
-    # auto: the API needs a bearer token once `nasprune token create` has made one (and is open while no active
-    # token exists); required: it always needs one, and refuses everything but /healthz and the docs until then.
+    # auto: the API needs a bearer token once `nasprune token create` has made one (open on a fresh install,
+    # closed for good after: revoking the last token does not reopen it); required: it always needs one, and
+    # refuses everything but /healthz and the docs until one exists.
     auth: Literal["auto", "required"] = "auto"
     # Request size limits (HTTP 413 past them): a dataset file uploaded to POST /datasets, any other request body.
     max_upload_bytes: int = Field(200 * MIB, ge=1, description="largest dataset file POST /datasets accepts")

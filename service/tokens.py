@@ -73,8 +73,14 @@ def revoke_token(session: Session, name: str) -> ApiToken:
 
 
 def active_tokens_exist(session: Session) -> bool:
-    """Whether any unrevoked token exists: in NASPRUNE_AUTH=auto mode, what turns authentication on."""
+    """Whether any unrevoked token exists."""
     return bool(session.scalar(select(exists().where(ApiToken.revoked_at.is_(None)))))
+
+
+def tokens_exist(session: Session) -> bool:
+    """Whether any token was ever created, revoked ones included: in NASPRUNE_AUTH=auto mode, what turns
+    authentication on for good (revoking a leaked last token must not open the server to anyone)."""
+    return bool(session.scalar(select(exists().where(ApiToken.id.is_not(None)))))
 
 
 def authenticate(session: Session, token: str) -> ApiToken | None:

@@ -1,4 +1,5 @@
-"""API tokens over HTTP against a real SQLite file: the API is open without tokens and closed once one exists;
+"""API tokens over HTTP against a real SQLite file: the API is open without tokens and closed for good once one
+exists;
 every route but the public ones refuses a missing, wrong or revoked token; each search belongs to the token
 that created it and is a 404 to any other; idempotency keys are per token; only hashes are stored; the
 `nasprune token` commands; a worker runs an owned search as any other."""
@@ -93,12 +94,14 @@ def call(client: TestClient, method: str, url: str, token: str | None = None, **
 # ------------------------------------------------------------------------------------------ on and off
 
 
-def test_the_api_is_open_until_a_token_exists_and_again_after_the_last_is_revoked(workspace, tmp_path) -> None:
+def test_the_api_is_open_until_a_token_exists_and_stays_closed_after_the_last_is_revoked(workspace, tmp_path) -> None:
     settings = make_settings(tmp_path, workspace)
     with TestClient(create_app(settings)) as client:
         created = client.post("/searches", json=body(workspace))
         assert created.status_code == 201, created.text
         assert client.get("/searches").json()["total"] == 1
+        # an Authorization header of another scheme (e.g. a proxy's Basic auth) is no token: left alone
+        assert client.get("/searches", headers={"Authorization": "Basic dTpw"}).status_code == 200
         store = Tokens(settings)
         try:
             # the running server closes at once, without a restart
@@ -109,14 +112,13 @@ def test_the_api_is_open_until_a_token_exists_and_again_after_the_last_is_revoke
             assert client.get("/searches", headers=bearer(token)).json()["total"] == 0  # the old search is no one's
             assert client.get(f"/searches/{created.json()['id']}", headers=bearer(token)).status_code == 404
             store.revoke("first")
-            assert client.get("/searches").json()["total"] == 1  # open again
+            closed = client.get("/searches")  # revoking a (perhaps leaked) last token does not open the server
+            assert closed.status_code == 401 and "every one has been revoked" in closed.json()["detail"]
             # a token that is sent is checked all the same
             revoked = client.get("/searches", headers=bearer(token))
             assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
         finally:
             store.engine.dispose()
-        # an Authorization header of another scheme (e.g. a proxy's Basic auth) is no token: left alone
-        assert client.get("/searches", headers={"Authorization": "Basic dTpw"}).status_code == 200
 
 
 def test_required_mode_refuses_everything_until_a_token_exists(workspace, tmp_path) -> None:
@@ -353,7 +355,7 @@ def test_token_commands_in_process(monkeypatch, tmp_path, capsys) -> None:
         assert "no token named 'bob'" in capsys.readouterr().err
         assert cli(["token", "revoke", "alice"]) == 0
         out, err = capsys.readouterr()
-        assert "revoked" in out and "open to anyone" in err
+        assert "revoked" in out and "refuses every call" in err
     finally:
         get_settings.cache_clear()
 

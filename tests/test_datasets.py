@@ -183,8 +183,17 @@ def test_the_client_filename_is_never_a_path(client, settings, tmp_path) -> None
     assert not (settings.data_root.parent / "escape.csv").exists() and not Path("/tmp/abs.csv").exists()
 
 
-def test_another_owners_dataset_is_not_found(client, workspace, settings) -> None:
-    """With real tokens (the server switches to auth mode while they are active): B never sees A's dataset."""
+def test_another_owners_dataset_is_not_found(workspace, settings, tmp_path) -> None:
+    """With real tokens (the server switches to auth mode for good once one exists, so this test has its own
+    database): B never sees A's dataset."""
+    own = settings.model_dump(exclude={"data_root", "database_url"}) | {"data_root": tmp_path / "data"}
+    settings = Settings(**own)
+    assert str(tmp_path) in settings.url
+    with TestClient(create_app(settings)) as client:
+        _another_owners_dataset_is_not_found(client, workspace, settings)
+
+
+def _another_owners_dataset_is_not_found(client, workspace, settings) -> None:
     factory = session_factory(make_engine(settings.url))
     with factory() as session:
         _, token_a = tokens.create_token(session, "datasets owner a")
@@ -209,8 +218,9 @@ def test_another_owners_dataset_is_not_found(client, workspace, settings) -> Non
             tokens.revoke_token(session, "datasets owner a")
             tokens.revoke_token(session, "datasets owner b")
             session.commit()
-    # open again (no active token): anonymous sees only anonymous rows
-    assert client.get(f"/datasets/{dataset_id}").status_code == 404
+    # every token revoked: the server stays closed (it does not fall back to anonymous access)
+    assert client.get(f"/datasets/{dataset_id}").status_code == 401
+    assert client.get(f"/datasets/{dataset_id}", headers=a).status_code == 401
 
 
 # ------------------------------------------------------------------------------------------ searches naming datasets

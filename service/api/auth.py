@@ -6,8 +6,9 @@ hides everyone else's rows (as 404s).
 only routes declared with `openapi_extra=PUBLIC` skip the check (FastAPI's /docs, /redoc and /openapi.json are
 not API routes and need none).
 
-Authentication is on when NASPRUNE_AUTH=required, or (auto, the default) while an unrevoked token exists: one
-indexed query per request, so `nasprune token create` closes a running server at once. A Bearer token that is
+Authentication is on when NASPRUNE_AUTH=required, or (auto, the default) once a token has been created, revoked
+or not: one indexed query per request, so `nasprune token create` closes a running server at once, and revoking
+the last (perhaps leaked) token leaves it closed rather than open to anyone. A Bearer token that is
 sent is always checked, even while authentication is off: a client holding a revoked token learns it.
 """
 
@@ -46,15 +47,15 @@ def current_owner(request: Request, settings: SettingsDep, factory: FactoryDep,
             if token is None:
                 raise _refused("invalid or revoked API token")
             return token.id
-        active = tokens.active_tokens_exist(session)
-        if settings.auth == "required" and not active:
-            raise _refused(f"this server needs an API token and none exists yet: {HOW_TO_GET_ONE}")
-        if active:
-            sent = request.headers.get("authorization")
-            hint = " (the Authorization header must read 'Bearer <token>')" if sent else ""
-            raise _refused(f"this server needs an API token: send `Authorization: Bearer <token>`{hint}; "
-                           f"{HOW_TO_GET_ONE}")
-    return None
+        if settings.auth == "auto" and not tokens.tokens_exist(session):
+            return None
+        if not tokens.active_tokens_exist(session):
+            state = "every one has been revoked" if tokens.tokens_exist(session) else "none exists yet"
+            raise _refused(f"this server needs an API token and {state}: {HOW_TO_GET_ONE}")
+        sent = request.headers.get("authorization")
+        hint = " (the Authorization header must read 'Bearer <token>')" if sent else ""
+        raise _refused(f"this server needs an API token: send `Authorization: Bearer <token>`{hint}; "
+                       f"{HOW_TO_GET_ONE}")
 
 
 OwnerDep = Annotated[str | None, Depends(current_owner)]
