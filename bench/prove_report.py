@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from search_budget import table_lines as budget_table  # noqa: E402
 from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
 
 from search.pareto import hypervolume  # noqa: E402
@@ -289,6 +290,22 @@ def on_demand_refine(seed: dict[str, Any], jobs: dict[str, Any], plain_per_epoch
             f"point costs {(whole + median) / plain:.2f} x."]
 
 
+def search_budget_section(task: str, budgets: Path) -> list[str]:
+    """bench/search_budget.py: the default job's search on a validation subset, one table per seed."""
+    lines: list[str] = []
+    for folder in sorted((budgets / task).glob("seed*")):
+        table = budget_table(folder)
+        if table:
+            seed = folder.name.removeprefix("seed")
+            lines += [f"### Search on a validation subset (`python bench/search_budget.py --task "
+                      f"{task.replace('-', '/', 1)} --seed {seed}`)", "",
+                      "The importance job's supernet searched again (100 evaluations, the job's seed), each search "
+                      "seeing a seeded random subset of the validation split (`validation_limit`); the searches ran "
+                      "one after the other in one process. Test figures of the front each finds, chosen on its own "
+                      "subset; the job ratio keeps the job's training time.", "", *table, ""]
+    return lines
+
+
 def recipes_section(task: str, recipes: Path) -> list[str]:
     """bench/supernet_recipes.py's screening: the same architectures sliced from each recipe's supernet, one
     table per thread count (seed0: 2 threads, as bench/prove.py; seed0-threads<k>: k)."""
@@ -341,6 +358,7 @@ def main() -> None:
         plots = plot_task(task, first, plot_dir)
         lines += task_section(task, runs[task], plots)
         lines += recipes_section(task, Path(args.out).parent / "recipes")
+        lines += search_budget_section(task, Path(args.out).parent / "search_budget")
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")
 

@@ -1,0 +1,147 @@
+"""What a smaller validation set buys the search: time against the quality of the front it finds.
+
+The search evaluates every sub-network it tries on the validation split; on MRPC that is 1,100 pairs, and the
+search with the front's test re-evaluation is 46 % of the default job (527 of 1,153 s). `validation_limit` (a
+seeded random subset, `RunSpec.validation_limit`) cuts that roughly in proportion, at the price of a noisier
+choice. This script takes the supernet bench/prove.py's importance job trained (`nasprune_importance`, same task
+and seed: the training is not repeated), runs the same search (100 evaluations, the job's seed) once per limit,
+one after the other in one process (so their times are measured side by side), and scores each front on test
+under bench/prove_report.py's hypervolume normalisation, with the best test metric at <= 75 / 50 / 33 % of the
+encoder's parameters (chosen on the search's own validation subset, as a user would choose).
+
+    python bench/search_budget.py --task glue/mrpc --seed 0 --limits 275 550 full
+
+Each limit's result is written to bench/out/search_budget/<task>/seed<k>/<limit>.json when it ends (a rerun
+continues); the table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.job import SearchJob, run_search_job
+from search.pareto import hypervolume
+from search.runner import SearchConfig
+from supernet.run import RunSpec
+
+HERE = Path(__file__).resolve().parent
+PROVE = HERE / "out" / "prove"
+BUDGETS = (0.75, 0.5, 0.33)
+PARAMS_REF = 1.1  # bench/prove_report.py's hypervolume reference point: 1.1 x the full encoder
+TRAINING_FILES = ("importance.json", "training.json")
+
+log = logging.getLogger("search_budget")
+
+
+def seed_folder(task: str, seed: int) -> str:
+    return f"{task.replace('/', '-')}/seed{seed}"
+
+
+def prepare(source: Path, folder: Path, limit: int | None) -> RunSpec:
+    """A run folder holding the source job's trained supernet, its spec with `validation_limit` set."""
+    spec = replace(RunSpec.from_dict(json.loads((source / "run.json").read_text())), validation_limit=limit)
+    if not (folder / "supernet").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        for item in TRAINING_FILES:
+            shutil.copy2(source / item, folder / item)
+        (folder / "run.json").write_text(json.dumps(spec.to_dict(), indent=2))
+        shutil.copytree(source / "supernet", folder / "supernet")
+    return spec
+
+
+def score(front: dict[str, Any], chance_error: float) -> dict[str, Any]:
+    """Test hypervolume under prove_report's normalisation, and the best test metric under each budget."""
+    full, metric = front["reference"]["params"]["encoder"], front["main_metric"]
+    points = [{"fraction": p["params"]["encoder"] / full, "validation_error": 1.0 - p["validation"][metric],
+               "test_error": 1.0 - p["test"][metric], "test": p["test"]} for p in front["points"]]
+    hv = hypervolume([[p["fraction"] / PARAMS_REF, p["test_error"] / chance_error] for p in points],
+                     reference=[1.0, 1.0])
+    best = {}
+    for budget in BUDGETS:
+        fitting = [p for p in points if p["fraction"] <= budget + 1e-9]
+        chosen = min(fitting, key=lambda p: (p["validation_error"], p["fraction"])) if fitting else None
+        best[str(budget)] = chosen and {"fraction": chosen["fraction"], "test": chosen["test"]}
+    return {"hypervolume": hv, "front_size": len(points), "best_under": best}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="glue/mrpc")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limits", nargs="+", default=["275", "550", "full"],
+                        help="validation examples the search sees; 'full' for the whole split")
+    parser.add_argument("--evaluations", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "out" / "search_budget"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+
+    prove = PROVE / seed_folder(args.task, args.seed)
+    source = prove / "nasprune_importance" / "run"
+    if not (source / "training.json").is_file():
+        raise SystemExit(f"{source} holds no trained supernet: run bench/prove.py --task {args.task} "
+                         f"--seed {args.seed} --methods nasprune_importance first")
+    settings = json.loads((prove / "settings.json").read_text())
+    reference = json.loads((prove / "reference.json").read_text())[0]
+    metric = settings["main_metric"]
+    out = Path(args.out) / seed_folder(args.task, args.seed)
+    for limit_arg in args.limits:
+        result_file = out / f"{limit_arg}.json"
+        if result_file.is_file():
+            continue
+        spec = prepare(source, out / limit_arg, None if limit_arg == "full" else int(limit_arg))
+        job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=args.seed))
+        started = time.perf_counter()
+        run_search_job(spec, job, out / limit_arg)
+        elapsed = time.perf_counter() - started
+        front = json.loads((out / limit_arg / "front.json").read_text())
+        result = {"task": args.task, "seed": args.seed, "limit": limit_arg,
+                  "validation_size": settings["sizes"]["validation"], "search_and_test_s": elapsed,
+                  "load_average": os.getloadavg()[0], "threads": args.threads,
+                  "train_s": json.loads((source.parent / "times.json").read_text())["train_s"],
+                  "job_epochs": spec.training.epochs,
+                  "plain_per_epoch_s": reference["plain_train_s"] / settings["epochs"],
+                  "main_metric": metric, **score(front, 1.0 - settings["majority_baseline"][metric])}
+        result_file.write_text(json.dumps(result, indent=2))
+    print("\n".join(table_lines(out)))
+
+
+def table_lines(folder: Path) -> list[str]:
+    """The Markdown table of one task and seed's results (limits in increasing order, the whole split last)."""
+    rows = [json.loads(f.read_text()) for f in folder.glob("*.json")]
+    if not rows:
+        return []
+    rows.sort(key=lambda r: float("inf") if r["limit"] == "full" else int(r["limit"]))
+    metric, first = rows[0]["main_metric"], rows[0]
+    lines = [f"{first['task']} seed {first['seed']}, {first['threads']} threads: supernet training "
+             f"{first['train_s']:.0f} s ({first['job_epochs']} epochs), plain fine-tuning "
+             f"{first['plain_per_epoch_s']:.0f} s per epoch.", "",
+             "| validation examples | search + test (s) | ÷ whole split's | whole job ÷ plain, same epochs "
+             "| hypervolume | front size | " + " | ".join(f"test {metric} ≤ {b:.0%}" for b in BUDGETS)
+             + " | 1-min load |",
+             "|---" * (7 + len(BUDGETS)) + "|"]
+    full = next((r["search_and_test_s"] for r in rows if r["limit"] == "full"), None)
+    for row in rows:
+        best = [row["best_under"][str(b)] for b in BUDGETS]
+        ratio = (row["train_s"] + row["search_and_test_s"]) / (row["plain_per_epoch_s"] * row["job_epochs"])
+        share = "–" if full is None else f"{row['search_and_test_s'] / full:.2f}"
+        size = f"all {row['validation_size']}" if row["limit"] == "full" else row["limit"]
+        cells = ["–" if b is None else f"{b['test'][metric]:.3f} ({b['fraction']:.0%})" for b in best]
+        lines.append(f"| {size} | {row['search_and_test_s']:.0f} | {share} | {ratio:.2f} | {row['hypervolume']:.3f} | "
+                     f"{row['front_size']} | {' | '.join(cells)} | {row['load_average']:.1f} |")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
