@@ -245,12 +245,16 @@ class Export(Base):
     search: Mapped[Search] = relationship(back_populates="exports")
 
 
+ACTIVE_REFINEMENT = "status IN ('queued', 'running')"  # the partial indexes' condition: a refinement not ended
+
+
 class Refinement(Base):
     """A refine of one front point asked for after the search (POST .../pareto/{point}/refine), queued for a worker.
 
     At most one refinement of a search runs at a time: the partial unique index below makes the database refuse a
     second, which is what keeps two workers from writing one point's refined/<position>/ folder at once on
-    PostgreSQL too (SQLite's single writer already serialises the claims).
+    PostgreSQL too (SQLite's single writer already serialises the claims). A point has at most one active
+    (queued or running) refinement: two identical requests at the same instant queue one, not two.
     """
 
     __tablename__ = "refinements"
@@ -258,6 +262,8 @@ class Refinement(Base):
         Index("ix_refinements_status_created_at", "status", "created_at"),
         Index("uq_refinements_running_search_id", "search_id", unique=True,
               sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
+        Index("uq_refinements_active_point", "search_id", "position", unique=True,
+              sqlite_where=text(ACTIVE_REFINEMENT), postgresql_where=text(ACTIVE_REFINEMENT)),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -26,9 +26,9 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from .models import REFINEMENT_ENDED, Refinement, RefinementStatus, Search, SearchStatus, utcnow
+from .models import REFINEMENT_ENDED, Refinement, RefinementStatus, Search, SearchStatus, new_id, utcnow
 from .queue import QueueError, Recovery, SessionFactory
-from .repository import RepositoryError, get_search
+from .repository import RepositoryError, get_search, insert_ignoring_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +45,24 @@ class RefinementNotFound(RepositoryError, LookupError):
 
 
 def create(session: Session, *, search_id: str, position: int, settings: Mapping[str, Any],
-           owner: str | None = None) -> Refinement:
-    """Queue a refinement of front point `position` (the caller checked that the point exists)."""
-    row = Refinement(search_id=search_id, position=position, settings=dict(settings), owner_id=owner,
-                     status=RefinementStatus.QUEUED, cancel_requested=False, attempts=0, created_at=utcnow())
-    session.add(row)
-    session.flush()
-    return row
+           owner: str | None = None) -> Refinement | None:
+    """Queue a refinement of front point `position` (the caller checked that the point exists); None if the point
+    already has a queued or running one (the partial unique index decides, so of two requests at the same instant
+    only one is queued: the caller then reads the other with `find_active`)."""
+    refinement_id = new_id()
+    values = {"id": refinement_id, "search_id": search_id, "position": position, "settings": dict(settings),
+              "owner_id": owner, "status": RefinementStatus.QUEUED, "cancel_requested": False, "attempts": 0,
+              "created_at": utcnow()}
+    if not insert_ignoring_conflicts(session, Refinement.__table__, values):
+        return None
+    return session.get_one(Refinement, refinement_id)
 
 
-def find_active(session: Session, search_id: str, position: int, settings: Mapping[str, Any]) -> Refinement | None:
-    """A queued or running refinement of this point with these settings: a repeated POST returns it instead of
-    refining the point twice over."""
-    rows = session.scalars(select(Refinement).where(
-        Refinement.search_id == search_id, Refinement.position == position, Refinement.status.in_(ACTIVE))
-        .order_by(Refinement.created_at.desc()))
-    return next((row for row in rows if row.settings == dict(settings)), None)
+def find_active(session: Session, search_id: str, position: int) -> Refinement | None:
+    """The point's queued or running refinement (at most one): a repeated POST returns it instead of refining the
+    point twice over, and one with other settings waits for it to end."""
+    return session.scalar(select(Refinement).where(
+        Refinement.search_id == search_id, Refinement.position == position, Refinement.status.in_(ACTIVE)))
 
 
 def list_for_search(session: Session, search_id: str, *, owner: str | None = None) -> list[Refinement]:

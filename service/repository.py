@@ -119,7 +119,7 @@ def _statuses(status: SearchStatus | str | Iterable[SearchStatus | str] | None) 
                               ) from None
 
 
-def _insert_ignoring_conflicts(session: Session, table: Table, values: dict[str, Any]) -> bool:
+def insert_ignoring_conflicts(session: Session, table: Table, values: dict[str, Any]) -> bool:
     """INSERT that does nothing when a unique constraint already holds the row; True if a row was added.
 
     One statement on SQLite and PostgreSQL (atomic against other writers, no savepoint needed); elsewhere a
@@ -182,7 +182,7 @@ def create_search(session: Session, *, request: dict[str, Any], idempotency_key:
         session.flush()
         return search, True
     # Two clients racing with one key: exactly one INSERT lands; the other reads the winner's row.
-    if _insert_ignoring_conflicts(session, Search.__table__, values):
+    if insert_ignoring_conflicts(session, Search.__table__, values):
         return session.get_one(Search, search_id), True
     winner = session.scalar(select(Search).where(Search.idempotency_key == key, *_owned(owner)))
     if winner is None:  # the conflict was not on the key (a uuid4 collision): not a real possibility
@@ -278,7 +278,7 @@ def add_trial(session: Session, search_id: str, trial: Trial) -> bool:
     TrialConflict."""
     get_search(session, search_id)
     values = trial_values(trial) | {"search_id": search_id}
-    if _insert_ignoring_conflicts(session, TrialRow.__table__, values):
+    if insert_ignoring_conflicts(session, TrialRow.__table__, values):
         return True
     stored = session.scalars(select(TrialRow).where(
         TrialRow.search_id == search_id,

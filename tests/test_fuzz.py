@@ -120,5 +120,8 @@ def test_fuzz_the_seeded_search(case, app, seeded) -> None:
         case.path_parameters |= {k: v for k, v in seeded_ids.items() if k in case.path_parameters}
     response = case.call_and_validate(app=app)
     if on_search and case.meta is not None and case.meta.generation.mode.is_positive:
-        # a valid request about a search that exists is answered with its data (else the pass read no rows)
-        assert response.status_code < 300, (case.method, case.formatted_path, response.status_code, response.text)
+        # a valid request about a search that exists is answered with its data (else the pass read no rows); a
+        # refine of the point with other settings than its queued refinement's waits for that one (409)
+        busy = response.status_code == 409 and "wait for it to end" in response.text
+        assert response.status_code < 300 or busy, (case.method, case.formatted_path, response.status_code,
+                                                    response.text)

@@ -55,7 +55,7 @@ def test_migration_0004_keeps_the_rows_of_a_0003_database(tmp_path: Path) -> Non
                                     "('a', 0, 'hf', '/x/0-hf.tar.gz', '2026-01-01 00:00:00')"))
         assert "refinements" not in table_names(url)
         upgrade(url)
-        assert current_revision(engine) == head_revision() == "0004" and "refinements" in table_names(url)
+        assert current_revision(engine) == head_revision() and "refinements" in table_names(url)
         with engine.connect() as connection:
             assert connection.execute(text("SELECT id, status FROM searches")).all() == [("a", "succeeded")]
             assert connection.execute(text("SELECT position, refined FROM front_points")).all() == [
@@ -71,6 +71,38 @@ def test_migration_0004_keeps_the_rows_of_a_0003_database(tmp_path: Path) -> Non
         with engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM front_points")).scalar() == 1
             assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    finally:
+        engine.dispose()
+
+
+def test_migration_0005_cancels_duplicate_active_refinements_and_keeps_one_per_point(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'dups.db'}"
+    upgrade(url, "0004")
+    engine = make_engine(url)
+    rows = [("r1", 0, "queued", "2026-01-01 00:00:01"), ("r2", 0, "queued", "2026-01-01 00:00:02"),  # r2: dup
+            ("r3", 1, "queued", "2026-01-01 00:00:01"), ("r4", 1, "running", "2026-01-01 00:00:02"),  # r3: dup
+            ("r5", 2, "queued", "2026-01-01 00:00:03"), ("r6", 2, "succeeded", "2026-01-01 00:00:01"),
+            ("r7", 3, "queued", "2026-01-01 00:00:05"), ("r8", 3, "queued", "2026-01-01 00:00:05")]  # r8: dup
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO searches (id, status, request, created_at) "
+                                    "VALUES ('a', 'succeeded', '{}', '2026-01-01 00:00:00')"))
+            for rid, position, status, created in rows:
+                connection.execute(text("INSERT INTO refinements (id, search_id, position, settings, status, "
+                                        "created_at) VALUES (:id, 'a', :position, '{}', :status, :created)"),
+                                   {"id": rid, "position": position, "status": status, "created": created})
+        upgrade(url)
+        with engine.connect() as connection:
+            after = dict(connection.execute(text("SELECT id, status FROM refinements")).all())
+            reasons = connection.execute(text("SELECT error FROM refinements WHERE status = 'cancelled'")).scalars()
+            assert all("duplicate" in reason for reason in reasons)
+        assert after == {"r1": "queued", "r2": "cancelled", "r3": "cancelled", "r4": "running", "r5": "queued",
+                         "r6": "succeeded", "r7": "queued", "r8": "cancelled"}
+        with pytest.raises(Exception, match="(?i)unique"), engine.begin() as connection:
+            connection.execute(text("UPDATE refinements SET status = 'queued' WHERE id = 'r2'"))
+        downgrade(url, "0004")
+        with engine.begin() as connection:  # no index: a second active refinement of a point is possible again
+            connection.execute(text("UPDATE refinements SET status = 'queued' WHERE id = 'r2'"))
     finally:
         engine.dispose()
 
@@ -94,7 +126,9 @@ def finished_search(factory, status: SearchStatus = SearchStatus.SUCCEEDED, owne
 
 def ask(factory, search_id: str, position: int = 0, settings: dict = SETTINGS_A) -> str:
     with factory.begin() as session:
-        return refinements.create(session, search_id=search_id, position=position, settings=settings).id
+        row = refinements.create(session, search_id=search_id, position=position, settings=settings)
+        assert row is not None, f"point {position} of {search_id} already has an active refinement"
+        return row.id
 
 
 def load(factory, refinement_id: str) -> Refinement:
@@ -158,6 +192,22 @@ def test_the_database_refuses_a_second_running_refinement_of_a_search(factory) -
     assert refinements.claim_next(factory, "w1").id == first
     with pytest.raises(Exception, match="(?i)unique"), factory.begin() as session:
         session.execute(update(Refinement).where(Refinement.id == second).values(status=RefinementStatus.RUNNING))
+
+
+def test_a_point_has_at_most_one_active_refinement(factory) -> None:
+    search_id = finished_search(factory)
+    first = ask(factory, search_id, 0)
+    with factory.begin() as session:  # queued: a second one, whatever its settings, is not added
+        assert refinements.create(session, search_id=search_id, position=0, settings=SETTINGS_B) is None
+    assert refinements.claim_next(factory, "w1").id == first
+    with factory.begin() as session:  # running: the same
+        assert refinements.create(session, search_id=search_id, position=0, settings=SETTINGS_A) is None
+        assert refinements.find_active(session, search_id, 0).id == first
+    assert refinements.finish(factory, first, "succeeded", worker_id="w1")
+    second = ask(factory, search_id, 0)  # ended: the point may be refined again
+    with factory() as session:
+        assert refinements.find_active(session, search_id, 0).id == second
+        assert [r.id for r in refinements.list_for_search(session, search_id)] == [second, first]
 
 
 def test_heartbeat_cancel_release_and_recovery(factory) -> None:
@@ -455,6 +505,57 @@ def test_already_refined_with_these_settings_is_409(client, settings) -> None:
     other = client.post(f"/searches/{search_id}/pareto/0/refine", json={"epochs": 2})
     assert other.status_code == 202
     client.post(f"/searches/{search_id}/refinements/{other.json()['id']}/cancel")
+
+
+def test_another_refinement_of_a_busy_point_is_409_until_it_ends(client, settings) -> None:
+    search_id = fake_search(settings)
+    url = f"/searches/{search_id}/pareto/0/refine"
+    first = client.post(url, json=SETTINGS_A).json()
+    busy = client.post(url, json=SETTINGS_B)
+    assert busy.status_code == 409
+    assert busy.json()["detail"] == (f"front point 0 of search {search_id} has refinement {first['id']} queued with "
+                                     "other settings (epochs 0.5, learning_rate 0.001); wait for it to end or cancel "
+                                     "it, then ask again")
+    assert client.post(url, json=SETTINGS_A).status_code == 200
+    client.post(f"/searches/{search_id}/refinements/{first['id']}/cancel")
+    second = client.post(url, json=SETTINGS_B)
+    assert second.status_code == 202, second.text
+    client.post(f"/searches/{search_id}/refinements/{second.json()['id']}/cancel")
+
+
+def test_two_requests_at_the_same_instant_queue_one_refinement(client, settings, monkeypatch) -> None:
+    """The race the partial unique index closes: each request finds no active refinement, then both insert. Here
+    another request's insert lands between this request's check and its own insert."""
+    from service.api import routes
+
+    search_id = fake_search(settings)
+    engine = make_engine(settings.url)
+    factory = session_factory(engine)
+    real_find_active = routes.refinements.find_active
+    rival: list[str] = []
+
+    def find_active_then_lose_the_race(session, search_id_, position):
+        found = real_find_active(session, search_id_, position)
+        if not rival:  # the rival's whole request runs between this check and this request's insert
+            rival.append(ask(factory, search_id_, position, settings=rival_settings))
+        return found
+
+    monkeypatch.setattr(routes.refinements, "find_active", find_active_then_lose_the_race)
+    try:
+        url = f"/searches/{search_id}/pareto/0/refine"
+        rival_settings = SETTINGS_A  # the same request twice: both get the one refinement
+        same = client.post(url, json=SETTINGS_A)
+        assert same.status_code == 200 and same.json()["id"] == rival[0]
+        rival_settings, url = SETTINGS_B, f"/searches/{search_id}/pareto/1/refine"
+        rival.clear()
+        other = client.post(url, json=SETTINGS_A)  # other settings: refused, as if asked a moment later
+        assert other.status_code == 409 and f"has refinement {rival[0]} queued" in other.json()["detail"]
+        listed = client.get(f"/searches/{search_id}/refinements").json()
+        assert sorted((r["position"], r["status"]) for r in listed) == [(0, "queued"), (1, "queued")]
+        for r in listed:
+            client.post(f"/searches/{search_id}/refinements/{r['id']}/cancel")
+    finally:
+        engine.dispose()
 
 
 def test_delete_while_a_refinement_runs_is_refused(client, settings) -> None:

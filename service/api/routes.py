@@ -260,8 +260,8 @@ def _refined_with(refined: dict[str, Any] | None, settings: dict[str, float]) ->
              status_code=status.HTTP_202_ACCEPTED, tags=["refinements"],
              responses={200: {"description": "the same refinement, already queued or running"},
                         404: {"description": "no search or no front point with this id"},
-                        409: {"description": "the search has not succeeded, or the point is already refined with "
-                                             "these settings"}})
+                        409: {"description": "the search has not succeeded, the point is already refined with "
+                                             "these settings, or another refinement of it is queued or running"}})
 def refine(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], response: Response,
            session: SessionDep, settings: SettingsDep, owner: OwnerDep, body: RefineCreate | None = None
            ) -> RefinementRead:
@@ -276,18 +276,32 @@ def refine(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], respons
     _front_file(search, settings)
     row = _front_point(session, search_id, point, owner)
     wanted = {"epochs": body.epochs, "learning_rate": body.learning_rate}
-    existing = refinements.find_active(session, search_id, point, wanted)
-    if existing is not None:
-        response.status_code = status.HTTP_200_OK
-        return refinement_read(existing)
-    if _refined_with(row.refined, wanted):
-        raise HTTPException(409, f"front point {point} of search {search_id} is already refined with these settings "
-                                 f"(epochs {body.epochs:g}, learning_rate {body.learning_rate:g}); download it, or "
-                                 "ask for other settings")
-    created = refinements.create(session, search_id=search_id, position=point, settings=wanted, owner=owner)
-    session.commit()
-    log.info("queued refinement %s of front point %d of search %s", created.id, point, search_id)
-    return refinement_read(created)
+    existing = refinements.find_active(session, search_id, point)
+    if existing is None:
+        if _refined_with(row.refined, wanted):
+            raise HTTPException(409, f"front point {point} of search {search_id} is already refined with these "
+                                     f"settings (epochs {body.epochs:g}, learning_rate {body.learning_rate:g}); "
+                                     "download it, or ask for other settings")
+        created = refinements.create(session, search_id=search_id, position=point, settings=wanted, owner=owner)
+        if created is not None:
+            session.commit()
+            log.info("queued refinement %s of front point %d of search %s", created.id, point, search_id)
+            return refinement_read(created)
+        existing = refinements.find_active(session, search_id, point)  # queued by a request just before this one
+        if existing is None:  # and already ended: rare enough that the client may simply ask again
+            raise HTTPException(409, f"front point {point} of search {search_id} was being refined by another "
+                                     "request that has just ended; ask again")
+    if existing.settings != wanted:
+        raise HTTPException(409, f"front point {point} of search {search_id} has refinement {existing.id} "
+                                 f"{existing.status.value} with other settings ({_settings_text(existing.settings)});"
+                                 " wait for it to end or cancel it, then ask again")
+    response.status_code = status.HTTP_200_OK
+    return refinement_read(existing)
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value:g}" if isinstance(value, float | int) else f"{key} {value}"
+                     for key, value in settings.items())
 
 
 @router.get("/searches/{search_id}/refinements", response_model=list[RefinementRead], tags=["refinements"],
