@@ -175,6 +175,14 @@ class LayerSpace(SearchSpace):
             raise ConfigError(f"{sub} prunes heads or units; the layers space keeps full widths")
         return [int(i in sub.layers) for i in range(self.config.num_layers)]
 
+    def floor(self, fraction: float = 0.0) -> list[int]:
+        """Per-gene bounds cannot say "at least k layers" (every gene is 0/1, and a raised bound of 1 would keep
+        every layer): this space's floor is a number of kept layers, which `smallest` and `sample` apply."""
+        if 0 < fraction < 1:
+            raise ConfigError("the layers space has no per-gene floor (its genes are 0/1): smallest(fraction) and "
+                              "sample(rng, fraction) keep at least ceil(fraction x layers) layers")
+        return super().floor(fraction)
+
     def smallest(self, floor: float = 0.0) -> SubNetworkConfig:
         kept = max(1, math.ceil(floor * self.config.num_layers))  # 0/1 genes: the floor is a number of layers
         return self.decode([1] * kept + [0] * (self.config.num_layers - kept))

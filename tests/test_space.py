@@ -234,6 +234,8 @@ def test_a_sampling_floor_keeps_training_samples_above_it(name: str) -> None:
     for _ in range(100):
         if name == "layers":
             assert len(space.sample(rng, 0.25).layers) >= 2  # ceil(0.25 * 6)
+            with pytest.raises(ConfigError, match="no per-gene floor"):
+                space.floor(0.25)
         else:
             vector = space.encode(space.sample(rng, 0.25))
             assert all(v >= f for v, f in zip(vector, space.floor(0.25), strict=True))
