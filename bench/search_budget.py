@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--task", default="glue/mrpc")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limits", nargs="+", default=["275", "550", "full"],
-                        help="validation examples the search sees; 'full' for the whole split")
+                        help="validation examples the search sees; 'full' for the whole split, 'job' for the whole "
+                             "split as bench/prove.py's job searched it (its front and time, not run again: for "
+                             "tasks whose whole-split search takes long)")
     parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "out" / "search_budget"))
@@ -100,17 +102,22 @@ def main() -> None:
         result_file = out / f"{limit_arg}.json"
         if result_file.is_file():
             continue
-        spec = prepare(source, out / limit_arg, None if limit_arg == "full" else int(limit_arg))
-        job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=args.seed))
-        started = time.perf_counter()
-        run_search_job(spec, job, out / limit_arg)
-        elapsed = time.perf_counter() - started
-        front = json.loads((out / limit_arg / "front.json").read_text())
+        if limit_arg == "job":  # the prove job's own search of the whole split, timed in its own run
+            elapsed = json.loads((source.parent / "times.json").read_text())["search_and_test_s"]
+            front, epochs = json.loads((source / "front.json").read_text()), json.loads(
+                (source / "run.json").read_text())["training"]["epochs"]
+        else:
+            spec = prepare(source, out / limit_arg, None if limit_arg == "full" else int(limit_arg))
+            job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=args.seed))
+            started = time.perf_counter()
+            run_search_job(spec, job, out / limit_arg)
+            elapsed = time.perf_counter() - started
+            front, epochs = json.loads((out / limit_arg / "front.json").read_text()), spec.training.epochs
         result = {"task": args.task, "seed": args.seed, "limit": limit_arg,
                   "validation_size": settings["sizes"]["validation"], "search_and_test_s": elapsed,
                   "load_average": os.getloadavg()[0], "threads": args.threads,
                   "train_s": json.loads((source.parent / "times.json").read_text())["train_s"],
-                  "job_epochs": spec.training.epochs,
+                  "job_epochs": epochs,
                   "plain_per_epoch_s": reference["plain_train_s"] / settings["epochs"],
                   "main_metric": metric, **score(front, 1.0 - settings["majority_baseline"][metric])}
         result_file.write_text(json.dumps(result, indent=2))
@@ -122,7 +129,7 @@ def table_lines(folder: Path) -> list[str]:
     rows = [json.loads(f.read_text()) for f in folder.glob("*.json")]
     if not rows:
         return []
-    rows.sort(key=lambda r: float("inf") if r["limit"] == "full" else int(r["limit"]))
+    rows.sort(key=lambda r: float("inf") if r["limit"] in ("full", "job") else int(r["limit"]))
     metric, first = rows[0]["main_metric"], rows[0]
     lines = [f"{first['task']} seed {first['seed']}, {first['threads']} threads: supernet training "
              f"{first['train_s']:.0f} s ({first['job_epochs']} epochs), plain fine-tuning "
@@ -131,12 +138,13 @@ def table_lines(folder: Path) -> list[str]:
              "| hypervolume | front size | " + " | ".join(f"test {metric} ≤ {b:.0%}" for b in BUDGETS)
              + " | 1-min load |",
              "|---" * (7 + len(BUDGETS)) + "|"]
-    full = next((r["search_and_test_s"] for r in rows if r["limit"] == "full"), None)
+    full = next((r["search_and_test_s"] for r in rows if r["limit"] in ("full", "job")), None)
     for row in rows:
         best = [row["best_under"][str(b)] for b in BUDGETS]
         ratio = (row["train_s"] + row["search_and_test_s"]) / (row["plain_per_epoch_s"] * row["job_epochs"])
         share = "–" if full is None else f"{row['search_and_test_s'] / full:.2f}"
-        size = f"all {row['validation_size']}" if row["limit"] == "full" else row["limit"]
+        size = {"full": f"all {row['validation_size']}",
+                "job": f"all {row['validation_size']} (bench/prove.py's own search)"}.get(row["limit"], row["limit"])
         cells = ["–" if b is None else f"{b['test'][metric]:.3f} ({b['fraction']:.0%})" for b in best]
         lines.append(f"| {size} | {row['search_and_test_s']:.0f} | {share} | {ratio:.2f} | {row['hypervolume']:.3f} | "
                      f"{row['front_size']} | {' | '.join(cells)} | {row['load_average']:.1f} |")
