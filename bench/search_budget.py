@@ -115,13 +115,17 @@ def main() -> None:
             front, epochs = json.loads((out / limit_arg / "front.json").read_text()), spec.training.epochs
         result = {"task": args.task, "seed": args.seed, "limit": limit_arg,
                   "validation_size": settings["sizes"]["validation"], "search_and_test_s": elapsed,
-                  "load_average": os.getloadavg()[0], "threads": args.threads,
+                  "load_average": None if limit_arg == "job" else os.getloadavg()[0], "threads": args.threads,
                   "train_s": json.loads((source.parent / "times.json").read_text())["train_s"],
                   "job_epochs": epochs,
                   "plain_per_epoch_s": reference["plain_train_s"] / settings["epochs"],
                   "main_metric": metric, **score(front, 1.0 - settings["majority_baseline"][metric])}
         result_file.write_text(json.dumps(result, indent=2))
     print("\n".join(table_lines(out)))
+
+
+def fmt_load(load: float | None) -> str:
+    return "–" if load is None else f"{load:.1f}"
 
 
 def table_lines(folder: Path) -> list[str]:
@@ -147,7 +151,7 @@ def table_lines(folder: Path) -> list[str]:
                 "job": f"all {row['validation_size']} (bench/prove.py's own search)"}.get(row["limit"], row["limit"])
         cells = ["–" if b is None else f"{b['test'][metric]:.3f} ({b['fraction']:.0%})" for b in best]
         lines.append(f"| {size} | {row['search_and_test_s']:.0f} | {share} | {ratio:.2f} | {row['hypervolume']:.3f} | "
-                     f"{row['front_size']} | {' | '.join(cells)} | {row['load_average']:.1f} |")
+                     f"{row['front_size']} | {' | '.join(cells)} | {fmt_load(row['load_average'])} |")
     return lines
 
 
