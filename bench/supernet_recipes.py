@@ -57,6 +57,9 @@ RECIPES: dict[str, dict] = {
 IMPORTANCE_RECIPES = {"importance": RECIPES["plain3-s1-lr1e-4-ll1"]}
 IMPORTANCE_RECIPES |= {f"importance-floor{f:g}": IMPORTANCE_RECIPES["importance"] | {"sample_floor": f}
                        for f in (0.1, 0.2, 0.3)}
+# a second sandwich epoch (3 plain + 2 sandwich): does more shared training close the gap to the masks + FT
+# baseline, whose every mask gets an epoch of its own?
+IMPORTANCE_RECIPES["importance-s2"] = IMPORTANCE_RECIPES["importance"] | {"epochs": 5.0, "plain_fraction": 3 / 5}
 RECIPES |= IMPORTANCE_RECIPES
 # the control: no supernet at all, the best plain fine-tuning of bench/prove.py (its reference), Fisher-ordered
 # with the same batches as train_run, sliced
