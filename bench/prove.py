@@ -65,7 +65,7 @@ from supernet.extract import extract
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
 from supernet.refine import RefineConfig
-from supernet.run import Run, RunSpec, train_run
+from supernet.run import DEFAULT_VALIDATION_LIMIT, Run, RunSpec, train_run
 from supernet.training import TrainingConfig
 
 OUT = Path(__file__).resolve().parent / "out" / "prove"
@@ -117,10 +117,12 @@ class Experiment:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.folder = Path(args.out) / seed_folder(args.task, args.seed)
-        # space: the uniform space of the earlier defaults; nasprune_importance runs the current default
+        # space: the uniform space of the earlier defaults; nasprune_importance runs the current default. The
+        # baselines choose learning rates, epochs and points on the whole validation split; the nasprune jobs
+        # search on the service's default subset of it (job_spec)
         self.spec = RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
                             space="uniform", max_length=args.max_length, batch_size=args.batch_size,
-                            training=TrainingConfig(epochs=args.epochs, seed=args.seed))
+                            validation_limit=None, training=TrainingConfig(epochs=args.epochs, seed=args.seed))
         self.run = Run(self.folder / "data", self.spec)  # data and tokenizer only (nothing is trained there)
         self.task = self.run.task
         self.generator = torch.Generator()
@@ -285,36 +287,40 @@ class Experiment:
                                      learning_rate=lr, epoch=best["epoch"], cost_s=cost))
         return points
 
+    def job_spec(self, **changes: Any) -> RunSpec:
+        """The spec of a nasprune job: the service's defaults (its validation subset included) and `changes`."""
+        return replace(self.spec, validation_limit=DEFAULT_VALIDATION_LIMIT, **changes)
+
     def nasprune(self) -> list[dict[str, Any]]:
         """The job as the service ran it before the importance space: default training settings (their epochs, not
         --epochs), uniform space."""
-        return self.nasprune_job("nasprune", replace(self.spec, training=TrainingConfig(seed=self.args.seed)))
+        return self.nasprune_job("nasprune", self.job_spec(training=TrainingConfig(seed=self.args.seed)))
 
     def nasprune_importance(self) -> list[dict[str, Any]]:
         """The job exactly as the service runs it now: default training settings, the importance space (heads and
         units placed across layers by Fisher score)."""
-        return self.nasprune_job("nasprune_importance", replace(self.spec, space="importance",
+        return self.nasprune_job("nasprune_importance", self.job_spec(space="importance",
                                                                 training=TrainingConfig(seed=self.args.seed)))
 
     def nasprune_v0(self) -> list[dict[str, Any]]:
-        return self.nasprune_job("nasprune_v0", replace(self.spec, training=TrainingConfig(seed=self.args.seed,
+        return self.nasprune_job("nasprune_v0", self.job_spec(training=TrainingConfig(seed=self.args.seed,
                                                                                            **V0_TRAINING)))
 
     def nasprune_v1(self) -> list[dict[str, Any]]:
-        return self.nasprune_job("nasprune_v1", replace(self.spec, training=TrainingConfig(seed=self.args.seed,
+        return self.nasprune_job("nasprune_v1", self.job_spec(training=TrainingConfig(seed=self.args.seed,
                                                                                            **V1_TRAINING)))
 
     def nasprune_refined(self) -> list[dict[str, Any]]:
         """nasprune's job, then each front point refined (`--refine-epochs`: --short-epochs at the default rate,
         labels only): the same last step as oneshot_ft, from the supernet's weights and the searched shapes."""
         self.nasprune()
-        return self.refined_job("nasprune_refined", "nasprune", self.spec)
+        return self.refined_job("nasprune_refined", "nasprune", self.job_spec())
 
     def nasprune_importance_refined(self) -> list[dict[str, Any]]:
         """nasprune_importance's job with its front refined, as nasprune_refined."""
         self.nasprune_importance()
         return self.refined_job("nasprune_importance_refined", "nasprune_importance",
-                                replace(self.spec, space="importance"))
+                                self.job_spec(space="importance"))
 
     def refined_job(self, method: str, job_method: str, spec: RunSpec) -> list[dict[str, Any]]:
         """Refine the front of `job_method`'s finished job in its own folder (its cost adds the refining)."""

@@ -30,7 +30,7 @@ from supernet.counting import count_params
 from supernet.evaluation import evaluate
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
-from supernet.run import Run, RunSpec, train_run
+from supernet.run import Run, RunSpec, same_run, train_run
 from supernet.training import TrainingConfig
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -89,7 +89,7 @@ def reuse_prove_supernet(name: str, spec: RunSpec, folder: Path, prove: Path) ->
     source = job / "run"
     if name != "importance" or folder.exists() or not (source / "training.json").is_file():
         return None
-    if RunSpec.from_dict(json.loads((source / "run.json").read_text())) != spec:
+    if not same_run(RunSpec.from_dict(json.loads((source / "run.json").read_text())), spec):
         return None
     folder.mkdir(parents=True)
     for item in ("run.json", "importance.json", "training.json"):

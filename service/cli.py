@@ -50,7 +50,7 @@ from supernet.data import DataError
 from supernet.evaluation import evaluate
 from supernet.extract import SUBNETWORK_FILE, ExportError, export_onnx, export_subnetwork, load_exported, save_folder
 from supernet.refine import RefineConfig
-from supernet.run import CustomTask, Run, RunSpec, train_run
+from supernet.run import DEFAULT_VALIDATION_LIMIT, CustomTask, Run, RunSpec, train_run
 from supernet.space import SPACES
 from supernet.training import TrainingConfig
 
@@ -74,8 +74,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="share of the training steps that fine-tune only the full model before importance ordering "
                         "and sandwich training")
     p.add_argument("--train-limit", type=int, default=None, help="cap on training examples")
-    p.add_argument("--validation-limit", type=int, default=None,
-                   help="cap on validation examples (a seeded random subset): cheaper search evaluations")
+    p.add_argument("--validation-limit", type=_limit, default=DEFAULT_VALIDATION_LIMIT,
+                   help="cap on validation examples (a seeded random subset; 'all': the whole split): the search "
+                        f"evaluates every sub-network it tries on them (default {DEFAULT_VALIDATION_LIMIT})")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)
@@ -89,6 +90,19 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder (rerun with the same folder to resume)")
+
+
+def _limit(value: str) -> int | None:
+    """A positive number of examples, or 'all' (None: no cap)."""
+    if value == "all":
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of examples or 'all', got {value!r}") from None
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 example, got {limit}")
+    return limit
 
 
 def _spec_from_args(args: argparse.Namespace) -> RunSpec:

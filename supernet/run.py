@@ -16,7 +16,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,9 @@ class CustomTask:
     task_type: str = "classification"
 
 
+DEFAULT_VALIDATION_LIMIT = 2000
+
+
 @dataclass
 class RunSpec:
     model: str = "minilm"
@@ -61,7 +64,10 @@ class RunSpec:
     batch_size: int = 32
     eval_batch_size: int = 64
     train_limit: int | None = None
-    validation_limit: int | None = None  # cap on validation examples (a seeded random subset) for cheaper search
+    # Cap on validation examples (a seeded random subset; None: the whole split). The search evaluates every
+    # sub-network it tries on them, so on a large task (SST-2's split is 20,205 sentences) the whole split would
+    # cost more than the training: bench/search_budget.py measures what a cap costs in quality.
+    validation_limit: int | None = DEFAULT_VALIDATION_LIMIT
     split_seed: int = 0
     importance: str = "fisher"  # or "none"
     importance_batches: int = 8
@@ -72,7 +78,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        data = dict(data)
+        data = {"validation_limit": None} | dict(data)  # written before the cap existed: the whole split
         data["training"] = TrainingConfig(**data.get("training", {}))
         if data.get("custom"):
             data["custom"] = CustomTask(**data["custom"])
@@ -176,6 +182,18 @@ class Run:
         return load_supernet(self.folder / SUPERNET_DIR)
 
 
+def same_run(stored: RunSpec, spec: RunSpec) -> bool:
+    """Whether `spec` continues the run stored as `stored`: equal, or equal but for validation limits that keep the
+    same examples (None and any limit at least the split's size all mean the whole split). Only that case loads the
+    task, to learn the split's size."""
+    if stored == spec:
+        return True
+    if replace(stored, validation_limit=None) != replace(spec, validation_limit=None):
+        return False
+    size = len(load_run_task(replace(spec, validation_limit=None)).validation)
+    return min(stored.validation_limit or size, size) == min(spec.validation_limit or size, size)
+
+
 def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
               on_step: Callable[[TrainState], None] | None = None,
               should_stop: Callable[[], bool] | None = None,
@@ -184,7 +202,7 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     run = Run(folder, spec)
     run.folder.mkdir(parents=True, exist_ok=True)
     run_file = run.folder / RUN_FILE
-    if run_file.is_file() and RunSpec.from_dict(json.loads(run_file.read_text())) != spec:  # new fields default
+    if run_file.is_file() and not same_run(RunSpec.from_dict(json.loads(run_file.read_text())), spec):
         raise ValueError(f"{run.folder} holds a different run; choose another output folder")
     run_file.write_text(json.dumps(spec.to_dict(), indent=2))
     finished = run.folder / TRAINING_FILE

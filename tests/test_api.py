@@ -33,6 +33,7 @@ from service import queue
 from service.api import create_app
 from service.config import Settings
 from service.db import current_revision, head_revision, make_engine, session_factory
+from supernet.run import DEFAULT_VALIDATION_LIMIT
 
 HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
 EVALUATIONS = 5
@@ -362,6 +363,18 @@ def test_refine_epochs_are_accepted_and_stored(client, workspace) -> None:
     assert off.json()["request"]["job"]["refine"]["epochs"] == 0
     for search in (response, off):
         assert client.post(f"/searches/{search.json()['id']}/cancel").json()["status"] == "cancelled"
+
+
+def test_the_validation_cap_defaults_and_null_means_the_whole_split(client, workspace) -> None:
+    searches = {limit: client.post("/searches", json=body(workspace, budget=budget))
+                for limit, budget in ((DEFAULT_VALIDATION_LIMIT, {}), (None, {"validation_limit": None}),
+                                      (7, {"validation_limit": 7}))}
+    for limit, response in searches.items():
+        assert response.status_code == 201, response.text
+        assert response.json()["request"]["run"]["validation_limit"] == limit
+        assert client.post(f"/searches/{response.json()['id']}/cancel").json()["status"] == "cancelled"
+    refused = client.post("/searches", json=body(workspace, budget={"validation_limit": 0}))
+    assert refused.status_code == 422 and "validation_limit" in refused.json()["detail"]
 
 
 def test_ehvi_without_botorch_says_how_to_install(client, workspace, monkeypatch) -> None:

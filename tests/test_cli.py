@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from supernet.counting import count_macs, count_params
 from supernet.evaluation import evaluate, predict
 from supernet.extract import SUBNETWORK_FILE, load_exported
 from supernet.importance import fisher_importance
-from supernet.run import Run, RunSpec, load_supernet
+from supernet.run import DEFAULT_VALIDATION_LIMIT, Run, RunSpec, load_run_task, load_supernet, same_run
 
 
 def _train_args(ws: Path, out: Path, *extra: str) -> list[str]:
@@ -181,6 +182,42 @@ def test_rerun_resumes_and_a_different_spec_is_refused(trained_run, workspace, c
     capsys.readouterr()
     assert cli(_train_args(workspace, trained_run, "--lr", "1e-3")) == 2
     assert "different run" in capsys.readouterr().err
+
+
+def test_the_validation_cap(trained_run, workspace, capsys) -> None:
+    """The search's validation examples: at most DEFAULT_VALIDATION_LIMIT by default (a seeded subset), 'all' for
+    the whole split; a run written before the cap existed, or with any limit that keeps every example, resumes."""
+    stored = json.loads((trained_run / "run.json").read_text())
+    assert stored["validation_limit"] == DEFAULT_VALIDATION_LIMIT == RunSpec().validation_limit
+    spec = RunSpec.from_dict(stored)
+    whole = load_run_task(replace(spec, validation_limit=None)).validation
+    assert len(whole) == 18 < DEFAULT_VALIDATION_LIMIT  # 30 % of the toy task's 60 rows: the cap keeps them all
+    five = load_run_task(replace(spec, validation_limit=5)).validation
+    assert len(five) == 5 and all(example in whole for example in five)
+    assert five == load_run_task(replace(spec, validation_limit=5)).validation  # seeded: the same subset
+    assert five != load_run_task(replace(spec, validation_limit=5, split_seed=1)).validation[:5]
+    legacy = {k: v for k, v in stored.items() if k != "validation_limit"}
+    assert RunSpec.from_dict(legacy).validation_limit is None  # written before the cap: the whole split
+    for limit in (None, 18, 10_000):  # every example either way: the same run
+        assert same_run(spec, replace(spec, validation_limit=limit))
+    assert not same_run(spec, replace(spec, validation_limit=5))
+    assert not same_run(replace(spec, validation_limit=None), replace(spec, validation_limit=None, max_length=64))
+
+    (trained_run / "run.json").write_text(json.dumps(stored | {"validation_limit": None}))
+    before = (trained_run / "supernet" / "model.safetensors").read_bytes()
+    try:
+        assert cli(_train_args(workspace, trained_run)) == 0  # the default cap keeps all 18: resumes (done)
+        assert cli(_train_args(workspace, trained_run, "--validation-limit", "all")) == 0
+        assert (trained_run / "supernet" / "model.safetensors").read_bytes() == before
+        capsys.readouterr()
+        assert cli(_train_args(workspace, trained_run, "--validation-limit", "5")) == 2  # fewer examples: another
+        assert "different run" in capsys.readouterr().err
+    finally:
+        (trained_run / "run.json").write_text(json.dumps(stored))
+    for bad in ("0", "-3", "some"):
+        with pytest.raises(SystemExit):
+            cli(_train_args(workspace, trained_run, "--validation-limit", bad))
+        assert "--validation-limit: expected" in capsys.readouterr().err
 
 
 def _interrupt_after_step(monkeypatch, step: int):

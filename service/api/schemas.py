@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from supernet.run import RunSpec
+from supernet.run import DEFAULT_VALIDATION_LIMIT, RunSpec
 from supernet.training import TrainingConfig
 
 _STRICT = ConfigDict(extra="forbid")
@@ -50,7 +50,10 @@ class BudgetIn(BaseModel):
     evaluations: int = Field(100, ge=1, le=100_000, description="distinct sub-networks to evaluate")
     time_limit_s: float | None = Field(None, gt=0, le=30 * 24 * 3600, description="search wall-clock limit")
     train_limit: int | None = Field(None, ge=1, description="cap on training examples")
-    validation_limit: int | None = Field(None, ge=1, description="cap on validation examples")
+    validation_limit: int | None = Field(
+        DEFAULT_VALIDATION_LIMIT, ge=1,
+        description="cap on validation examples (a seeded random subset; null: the whole split): the search "
+                    "evaluates every sub-network it tries on them")
     refine_epochs: float = Field(0, ge=0, le=10,
                                  description="after the search, fine-tune each Pareto-front point at its own size "
                                              "for this many epochs (may be fractional) on the task's labels (0: "
