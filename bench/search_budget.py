@@ -79,9 +79,8 @@ def main() -> None:
     parser.add_argument("--task", default="glue/mrpc")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limits", nargs="+", default=["275", "550", "full"],
-                        help="validation examples the search sees; 'full' for the whole split, 'job' for the whole "
-                             "split as bench/prove.py's job searched it (its front and time, not run again: for "
-                             "tasks whose whole-split search takes long)")
+                        help="validation examples the search sees; 'full' for the whole split, 'job' for "
+                             "bench/prove.py's job's own search (its front and time, not run again)")
     parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "out" / "search_budget"))
@@ -98,14 +97,17 @@ def main() -> None:
     reference = json.loads((prove / "reference.json").read_text())[0]
     metric = settings["main_metric"]
     out = Path(args.out) / seed_folder(args.task, args.seed)
+    out.mkdir(parents=True, exist_ok=True)
     for limit_arg in args.limits:
         result_file = out / f"{limit_arg}.json"
         if result_file.is_file():
             continue
-        if limit_arg == "job":  # the prove job's own search of the whole split, timed in its own run
+        size = settings["sizes"]["validation"]
+        if limit_arg == "job":  # the prove job's own search (on its own validation_limit), timed in its own run
             elapsed = json.loads((source.parent / "times.json").read_text())["search_and_test_s"]
-            front, epochs = json.loads((source / "front.json").read_text()), json.loads(
-                (source / "run.json").read_text())["training"]["epochs"]
+            job_spec = RunSpec.from_dict(json.loads((source / "run.json").read_text()))
+            front, epochs, examples = (json.loads((source / "front.json").read_text()), job_spec.training.epochs,
+                                       min(job_spec.validation_limit or size, size))
         else:
             spec = prepare(source, out / limit_arg, None if limit_arg == "full" else int(limit_arg))
             job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=args.seed))
@@ -113,7 +115,8 @@ def main() -> None:
             run_search_job(spec, job, out / limit_arg)
             elapsed = time.perf_counter() - started
             front, epochs = json.loads((out / limit_arg / "front.json").read_text()), spec.training.epochs
-        result = {"task": args.task, "seed": args.seed, "limit": limit_arg,
+            examples = min(spec.validation_limit or size, size)
+        result = {"task": args.task, "seed": args.seed, "limit": limit_arg, "validation_examples": examples,
                   "validation_size": settings["sizes"]["validation"], "search_and_test_s": elapsed,
                   "load_average": None if limit_arg == "job" else os.getloadavg()[0], "threads": args.threads,
                   "train_s": json.loads((source.parent / "times.json").read_text())["train_s"],
@@ -129,26 +132,27 @@ def fmt_load(load: float | None) -> str:
 
 
 def table_lines(folder: Path) -> list[str]:
-    """The Markdown table of one task and seed's results (limits in increasing order, the whole split last)."""
+    """The Markdown table of one task and seed's results, in increasing numbers of validation examples; the ratio
+    column divides by the largest search's time."""
     rows = [json.loads(f.read_text()) for f in folder.glob("*.json")]
     if not rows:
         return []
-    rows.sort(key=lambda r: float("inf") if r["limit"] in ("full", "job") else int(r["limit"]))
+    rows.sort(key=lambda r: (r["validation_examples"], r["limit"] == "job"))
     metric, first = rows[0]["main_metric"], rows[0]
     lines = [f"{first['task']} seed {first['seed']}, {first['threads']} threads: supernet training "
              f"{first['train_s']:.0f} s ({first['job_epochs']} epochs), plain fine-tuning "
              f"{first['plain_per_epoch_s']:.0f} s per epoch.", "",
-             "| validation examples | search + test (s) | ÷ whole split's | whole job ÷ plain, same epochs "
+             "| validation examples | search + test (s) | ÷ largest's | whole job ÷ plain, same epochs "
              "| hypervolume | front size | " + " | ".join(f"test {metric} ≤ {b:.0%}" for b in BUDGETS)
              + " | 1-min load |",
              "|---" * (7 + len(BUDGETS)) + "|"]
-    full = next((r["search_and_test_s"] for r in rows if r["limit"] in ("full", "job")), None)
+    full = rows[-1]["search_and_test_s"]
     for row in rows:
         best = [row["best_under"][str(b)] for b in BUDGETS]
         ratio = (row["train_s"] + row["search_and_test_s"]) / (row["plain_per_epoch_s"] * row["job_epochs"])
-        share = "–" if full is None else f"{row['search_and_test_s'] / full:.2f}"
-        size = {"full": f"all {row['validation_size']}",
-                "job": f"all {row['validation_size']} (bench/prove.py's own search)"}.get(row["limit"], row["limit"])
+        share = f"{row['search_and_test_s'] / full:.2f}"
+        size = f"{row['validation_examples']}" + (" (all)" if row["validation_examples"] == row["validation_size"]
+                                                 else "") + (" (bench/prove.py's job)" if row["limit"] == "job" else "")
         cells = ["–" if b is None else f"{b['test'][metric]:.3f} ({b['fraction']:.0%})" for b in best]
         lines.append(f"| {size} | {row['search_and_test_s']:.0f} | {share} | {ratio:.2f} | {row['hypervolume']:.3f} | "
                      f"{row['front_size']} | {' | '.join(cells)} | {fmt_load(row['load_average'])} |")
