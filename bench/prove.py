@@ -201,10 +201,11 @@ class Experiment:
         folder = self.folder / "reference"
         best, lr, cost = self.best_of_grid(folder, self.pretrained, self.args.epochs, keep_best=True)
         full = SubNetworkConfig.full(self.pretrained_config)
-        plain = read_json(folder / f"lr{5e-5:g}.json") if 5e-5 in self.args.lrs else None
-        # the plain fine-tuning time at 5e-5 (the time does not depend on the rate): the denominator of the cost ratio
+        # the plain fine-tuning time at 5e-5, or at the grid's first rate if 5e-5 is not in it (the time does not
+        # depend on the rate): the denominator of the cost ratio
+        plain = read_json(folder / f"lr{(5e-5 if 5e-5 in self.args.lrs else self.args.lrs[0]):g}.json")
         return [self.point("reference", "full", full, best["validation"], best["test"], learning_rate=lr,
-                           epoch=best["epoch"], cost_s=cost, plain_train_s=plain["train_s"] if plain else None)]
+                           epoch=best["epoch"], cost_s=cost, plain_train_s=plain["train_s"])]
 
     def best_reference(self) -> Supernet:
         """The fine-tuned full model of the learning rate and epoch chosen on validation."""

@@ -226,10 +226,12 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
             for m in NASPRUNE}
     if any(jobs.values()) and reference and reference[0].get("plain_train_s"):
         plain, plain_epochs = reference[0]["plain_train_s"], first["settings"]["epochs"]
+        lrs = first["settings"]["lrs"]
+        plain_lr = 5e-5 if 5e-5 in lrs else lrs[0]
         lines += ["### Cost", "", f"Whole nasprune job ÷ plain fine-tuning of the full model for the same epochs as "
-                  f"the job's supernet training (target ≤ 2.5): the reference's {plain_epochs:g}-epoch run at lr 5e-5 "
-                  f"took {plain:.0f} s, and its time is proportional to the epochs (the same steps per epoch; "
-                  "evaluations are not counted), so plain fine-tuning for E epochs is taken as "
+                  f"the job's supernet training (target ≤ 2.5): the reference's {plain_epochs:g}-epoch run at lr "
+                  f"{plain_lr:g} took {plain:.0f} s, and its time is proportional to the epochs (the same steps per "
+                  "epoch; evaluations are not counted), so plain fine-tuning for E epochs is taken as "
                   f"{plain:.0f} s x E / {plain_epochs:g}. The last column divides by the {plain_epochs:g}-epoch "
                   "run instead, whatever the job's epochs.", "",
                   "| job | epochs | supernet training (s) | search + test re-evaluation (s) | refining the front (s) "
