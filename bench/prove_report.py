@@ -49,6 +49,7 @@ STYLE = {"nasprune_importance_refined": ("darkgreen", "P"), "nasprune_importance
          "layer_drop": ("tab:blue", "s"), "oneshot": ("tab:gray", "x"), "oneshot_ft": ("tab:green", "^"),
          "nas_small": ("tab:purple", "D")}
 BUDGETS = (0.75, 0.5, 0.33)
+DEFAULT_LRS = [3e-5, 5e-5, 1e-4]  # bench/prove.py's --lrs
 PARAMS_REF = 1.1
 
 
@@ -172,7 +173,11 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                  f"{settings['sizes']['train']} / {settings['sizes']['validation']} / {settings['sizes']['test']}; "
                  f"main metric {metric}; majority class {majority(first):.3f} on test. Command: `python "
                  f"bench/prove.py --task {settings['task']} --seed {settings['seed']}"
-                 + (f" --train-limit {settings['train_limit']}" if settings.get("train_limit") else "") + "`.")
+                 + (f" --train-limit {settings['train_limit']}" if settings.get("train_limit") else "")
+                 + ("" if settings["lrs"] == DEFAULT_LRS else f" --lrs {' '.join(f'{lr:g}' for lr in settings['lrs'])}")
+                 + "`." + ("" if settings["lrs"] == DEFAULT_LRS else
+                           f" **Learning-rate grid of this task: {', '.join(f'{lr:g}' for lr in settings['lrs'])} "
+                           "only** (the reference and masks + FT pick from it)."))
     lines.append("")
     lines += [f"![{p.stem}](results/{p.name})" for p in plots]
     lines.append("")
