@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -226,10 +227,14 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
     if bad:
         raise ValueError(f"no front point {bad[0]}: the front has points 0 to {len(points) - 1}")
     settings = config.to_dict() | {"seed": run.spec.training.seed}
-    validation = list(run.batches("validation"))
-    test_batches = {split: list(run.batches(split)) for split in run.task.test}
     generator = torch.Generator()
-    loader = run.batches("train", shuffle=True, generator=generator)
+
+    @cache
+    def data() -> tuple[list, dict[str, list], Any]:
+        """Validation and test batches and the training loader, tokenised only if a point needs training."""
+        return (list(run.batches("validation")), {split: list(run.batches(split)) for split in run.task.test},
+                run.batches("train", shuffle=True, generator=generator))
+
     for done, position in enumerate(chosen):
         if on_point is not None:
             on_point(done, len(chosen))
@@ -240,6 +245,7 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
             if should_stop is not None and should_stop():
                 return False
             sub = SubNetworkConfig.from_dict(point["config"])
+            validation, test_batches, loader = data()
             started = time.perf_counter()
             model = refine_subnetwork(supernet, sub, loader, config, seed=run.spec.training.seed,
                                       generator=generator, should_stop=should_stop, progress=progress)

@@ -416,6 +416,21 @@ def test_refine_chosen_points_on_demand(run_copy, workspace, capsys) -> None:
     assert refined_weights(run_copy / "refined" / str(last)).keys() == weights.keys()
 
 
+def test_refining_points_already_refined_loads_no_data(run_copy, monkeypatch) -> None:
+    """A repeated on-demand refine of refined points returns at once: no tokenising, no training."""
+    from search.job import refine_points
+
+    assert cli(["refine", "--run", str(run_copy), "--point", "0", *REFINE]) == 0
+    front = json.loads((run_copy / "front.json").read_text())
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("refine_front loaded data for a point already refined")
+
+    monkeypatch.setattr(Run, "batches", no_data)
+    again = refine_points(run_copy, [0], RefineConfig(epochs=0.5, learning_rate=1e-3), progress=False)  # = REFINE
+    assert again is not None and again["points"][0]["refined"] == front["points"][0]["refined"]
+
+
 def test_points_refined_on_demand_survive_a_rerun_of_the_search(run_copy, workspace) -> None:
     assert cli(["refine", "--run", str(run_copy), "--point", "0", *REFINE]) == 0
     refined = json.loads((run_copy / "front.json").read_text())["points"][0]["refined"]
