@@ -68,6 +68,7 @@ from supernet.refine import RefineConfig
 from supernet.run import DEFAULT_VALIDATION_LIMIT, Run, RunSpec, train_run
 from supernet.training import TrainingConfig
 
+DEFAULT_LRS = [3e-5, 5e-5, 1e-4]
 OUT = Path(__file__).resolve().parent / "out" / "prove"
 METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune", "nasprune_refined",
            "nasprune_importance", "nasprune_importance_refined", "nasprune_v0", "nasprune_v1")
@@ -100,6 +101,12 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None)
+
+
+def plain_rate(lrs: list[float]) -> float:
+    """The rate whose reference run times plain fine-tuning (the cost ratio's denominator): 5e-5, or the grid's
+    first rate if 5e-5 is not in it."""
+    return 5e-5 if 5e-5 in lrs else lrs[0]
 
 
 def seed_folder(task: str, seed: int) -> str:
@@ -201,9 +208,8 @@ class Experiment:
         folder = self.folder / "reference"
         best, lr, cost = self.best_of_grid(folder, self.pretrained, self.args.epochs, keep_best=True)
         full = SubNetworkConfig.full(self.pretrained_config)
-        # the plain fine-tuning time at 5e-5, or at the grid's first rate if 5e-5 is not in it (the time does not
-        # depend on the rate): the denominator of the cost ratio
-        plain = read_json(folder / f"lr{(5e-5 if 5e-5 in self.args.lrs else self.args.lrs[0]):g}.json")
+        # the plain fine-tuning time (it does not depend on the rate): the denominator of the cost ratio
+        plain = read_json(folder / f"lr{plain_rate(self.args.lrs):g}.json")
         return [self.point("reference", "full", full, best["validation"], best["test"], learning_rate=lr,
                            epoch=best["epoch"], cost_s=cost, plain_train_s=plain["train_s"])]
 
@@ -411,7 +417,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=float, default=3.0, help="epochs of every full-length fine-tuning run")
     parser.add_argument("--short-epochs", type=float, default=1.0, help="epochs of the oneshot_ft fine-tuning")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 5e-5, 1e-4])
+    parser.add_argument("--lrs", type=float, nargs="+", default=DEFAULT_LRS)
     parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--importance-batches", type=int, default=64, help="batches for the oneshot Fisher")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

@@ -24,10 +24,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from prove import DEFAULT_LRS, plain_rate  # noqa: E402
+from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
 from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
-
-from search.pareto import hypervolume  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "prove"
@@ -48,9 +48,6 @@ STYLE = {"nasprune_importance_refined": ("darkgreen", "P"), "nasprune_importance
          "reference": ("black", "*"),
          "layer_drop": ("tab:blue", "s"), "oneshot": ("tab:gray", "x"), "oneshot_ft": ("tab:green", "^"),
          "nas_small": ("tab:purple", "D")}
-BUDGETS = (0.75, 0.5, 0.33)
-DEFAULT_LRS = [3e-5, 5e-5, 1e-4]  # bench/prove.py's --lrs
-PARAMS_REF = 1.1
 
 
 def load(folder: Path) -> dict[str, Any]:
@@ -105,14 +102,7 @@ def method_hypervolume(seed: dict[str, Any], method: str, *, with_full: bool = F
         points = points + points_of(seed, "reference")
     if not points:
         return None
-    F = [[p["params_fraction"] / PARAMS_REF, p["test_error"] / chance_error(seed)] for p in points]
-    return hypervolume(F, reference=[1.0, 1.0])
-
-
-def best_under(seed: dict[str, Any], method: str, budget: float) -> dict[str, Any] | None:
-    """The point with at most `budget` of the encoder's params that is best on validation."""
-    candidates = [p for p in points_of(seed, method) if p["params_fraction"] <= budget + 1e-9]
-    return min(candidates, key=lambda p: (p["validation_error"], p["params_fraction"])) if candidates else None
+    return test_error_hypervolume(points, chance_error(seed))
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:
@@ -201,7 +191,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
         for budget in BUDGETS:
             metrics, raws, norms = [], [], []
             for seed in seeds.values():
-                point = best_under(seed, method, budget)
+                point = best_under(points_of(seed, method), budget)
                 if point is None:
                     continue
                 value = point["test"][metric]
@@ -231,8 +221,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
             for m in NASPRUNE}
     if any(jobs.values()) and reference and reference[0].get("plain_train_s"):
         plain, plain_epochs = reference[0]["plain_train_s"], first["settings"]["epochs"]
-        lrs = first["settings"]["lrs"]
-        plain_lr = 5e-5 if 5e-5 in lrs else lrs[0]
+        plain_lr = plain_rate(first["settings"]["lrs"])
         lines += ["### Cost", "", f"Whole nasprune job ÷ plain fine-tuning of the full model for the same epochs as "
                   f"the job's supernet training (target ≤ 2.5): the reference's {plain_epochs:g}-epoch run at lr "
                   f"{plain_lr:g} took {plain:.0f} s, and its time is proportional to the epochs (the same steps per "

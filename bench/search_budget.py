@@ -28,23 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from prove import seed_folder
+from scoring import BUDGETS, best_under, test_error_hypervolume
 
 from search.job import SearchJob, run_search_job
-from search.pareto import hypervolume
 from search.runner import SearchConfig
 from supernet.run import RunSpec
 
 HERE = Path(__file__).resolve().parent
 PROVE = HERE / "out" / "prove"
-BUDGETS = (0.75, 0.5, 0.33)
-PARAMS_REF = 1.1  # bench/prove_report.py's hypervolume reference point: 1.1 x the full encoder
 TRAINING_FILES = ("importance.json", "training.json")
 
 log = logging.getLogger("search_budget")
-
-
-def seed_folder(task: str, seed: int) -> str:
-    return f"{task.replace('/', '-')}/seed{seed}"
 
 
 def prepare(source: Path, folder: Path, limit: int | None) -> RunSpec:
@@ -60,18 +55,13 @@ def prepare(source: Path, folder: Path, limit: int | None) -> RunSpec:
 
 
 def score(front: dict[str, Any], chance_error: float) -> dict[str, Any]:
-    """Test hypervolume under prove_report's normalisation, and the best test metric under each budget."""
+    """Test hypervolume and the best test metric under each budget, scored as bench/prove_report.py scores."""
     full, metric = front["reference"]["params"]["encoder"], front["main_metric"]
-    points = [{"fraction": p["params"]["encoder"] / full, "validation_error": 1.0 - p["validation"][metric],
+    points = [{"params_fraction": p["params"]["encoder"] / full, "validation_error": 1.0 - p["validation"][metric],
                "test_error": 1.0 - p["test"][metric], "test": p["test"]} for p in front["points"]]
-    hv = hypervolume([[p["fraction"] / PARAMS_REF, p["test_error"] / chance_error] for p in points],
-                     reference=[1.0, 1.0])
-    best = {}
-    for budget in BUDGETS:
-        fitting = [p for p in points if p["fraction"] <= budget + 1e-9]
-        chosen = min(fitting, key=lambda p: (p["validation_error"], p["fraction"])) if fitting else None
-        best[str(budget)] = chosen and {"fraction": chosen["fraction"], "test": chosen["test"]}
-    return {"hypervolume": hv, "front_size": len(points), "best_under": best}
+    best = {str(budget): best_under(points, budget) for budget in BUDGETS}
+    return {"hypervolume": test_error_hypervolume(points, chance_error), "front_size": len(points),
+            "best_under": {k: p and {"fraction": p["params_fraction"], "test": p["test"]} for k, p in best.items()}}
 
 
 def main() -> None:
