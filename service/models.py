@@ -131,6 +131,7 @@ class RefinementStatus(enum.StrEnum):
 
 
 REFINEMENT_ENDED = frozenset({RefinementStatus.SUCCEEDED, RefinementStatus.FAILED, RefinementStatus.CANCELLED})
+REFINEMENT_ACTIVE = (RefinementStatus.QUEUED, RefinementStatus.RUNNING)  # at most one per front point
 REFINEMENT_STATUS_TYPE = status_type(RefinementStatus, "refinement_status")
 
 
@@ -245,7 +246,8 @@ class Export(Base):
     search: Mapped[Search] = relationship(back_populates="exports")
 
 
-ACTIVE_REFINEMENT = "status IN ('queued', 'running')"  # the partial indexes' condition: a refinement not ended
+# the partial index's condition on REFINEMENT_ACTIVE: "status IN ('queued', 'running')"
+ACTIVE_REFINEMENT = f"status IN ({', '.join(repr(s.value) for s in REFINEMENT_ACTIVE)})"
 
 
 class Refinement(Base):

@@ -26,14 +26,22 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from .models import REFINEMENT_ENDED, Refinement, RefinementStatus, Search, SearchStatus, new_id, utcnow
+from .models import (
+    REFINEMENT_ACTIVE,
+    REFINEMENT_ENDED,
+    Refinement,
+    RefinementStatus,
+    Search,
+    SearchStatus,
+    new_id,
+    utcnow,
+)
 from .queue import QueueError, Recovery, SessionFactory
 from .repository import RepositoryError, get_search, insert_ignoring_conflicts
 
 log = logging.getLogger(__name__)
 
 _BULK = {"synchronize_session": False}
-ACTIVE = (RefinementStatus.QUEUED, RefinementStatus.RUNNING)
 
 
 class RefinementNotFound(RepositoryError, LookupError):
@@ -62,7 +70,7 @@ def find_active(session: Session, search_id: str, position: int) -> Refinement |
     """The point's queued or running refinement (at most one): a repeated POST returns it instead of refining the
     point twice over, and one with other settings waits for it to end."""
     return session.scalar(select(Refinement).where(
-        Refinement.search_id == search_id, Refinement.position == position, Refinement.status.in_(ACTIVE)))
+        Refinement.search_id == search_id, Refinement.position == position, Refinement.status.in_(REFINEMENT_ACTIVE)))
 
 
 def list_for_search(session: Session, search_id: str, *, owner: str | None = None) -> list[Refinement]:

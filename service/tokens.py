@@ -77,10 +77,12 @@ def active_tokens_exist(session: Session) -> bool:
     return bool(session.scalar(select(exists().where(ApiToken.revoked_at.is_(None)))))
 
 
-def tokens_exist(session: Session) -> bool:
-    """Whether any token was ever created, revoked ones included: in NASPRUNE_AUTH=auto mode, what turns
-    authentication on for good (revoking a leaked last token must not open the server to anyone)."""
-    return bool(session.scalar(select(exists().where(ApiToken.id.is_not(None)))))
+def token_state(session: Session) -> tuple[bool, bool]:
+    """(any token was ever created, revoked ones included; an unrevoked one exists), in one query. The first is
+    what turns NASPRUNE_AUTH=auto on for good (revoking a leaked last token must not open the server to anyone)."""
+    created, active = session.execute(select(exists().where(ApiToken.id.is_not(None)),
+                                             exists().where(ApiToken.revoked_at.is_(None)))).one()
+    return bool(created), bool(active)
 
 
 def authenticate(session: Session, token: str) -> ApiToken | None:

@@ -47,10 +47,11 @@ def current_owner(request: Request, settings: SettingsDep, factory: FactoryDep,
             if token is None:
                 raise _refused("invalid or revoked API token")
             return token.id
-        if settings.auth == "auto" and not tokens.tokens_exist(session):
+        created, active = tokens.token_state(session)
+        if settings.auth == "auto" and not created:
             return None
-        if not tokens.active_tokens_exist(session):
-            state = "every one has been revoked" if tokens.tokens_exist(session) else "none exists yet"
+        if not active:
+            state = "every one has been revoked" if created else "none exists yet"
             raise _refused(f"this server needs an API token and {state}: {HOW_TO_GET_ONE}")
         sent = request.headers.get("authorization")
         hint = " (the Authorization header must read 'Bearer <token>')" if sent else ""

@@ -280,8 +280,7 @@ def refine(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], respons
     if existing is None:
         if _refined_with(row.refined, wanted):
             raise HTTPException(409, f"front point {point} of search {search_id} is already refined with these "
-                                     f"settings (epochs {body.epochs:g}, learning_rate {body.learning_rate:g}); "
-                                     "download it, or ask for other settings")
+                                     f"settings ({_settings_text(wanted)}); download it, or ask for other settings")
         created = refinements.create(session, search_id=search_id, position=point, settings=wanted, owner=owner)
         if created is not None:
             session.commit()
@@ -299,9 +298,9 @@ def refine(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], respons
     return refinement_read(existing)
 
 
-def _settings_text(settings: dict[str, Any]) -> str:
-    return ", ".join(f"{key} {value:g}" if isinstance(value, float | int) else f"{key} {value}"
-                     for key, value in settings.items())
+def _settings_text(settings: dict[str, float]) -> str:
+    """Refine settings as the 409s quote them: "epochs 1, learning_rate 0.0001"."""
+    return ", ".join(f"{key} {value:g}" for key, value in settings.items())
 
 
 @router.get("/searches/{search_id}/refinements", response_model=list[RefinementRead], tags=["refinements"],
