@@ -13,7 +13,11 @@ usual `FOR UPDATE SKIP LOCKED` queue, whose SKIP LOCKED is added on PostgreSQL).
 
 A worker owns a job while the row carries its worker_id and a running status. Once its job is recovered (and
 perhaps re-claimed by another worker) or cancelled, `heartbeat` returns False and the worker must stop; the
-`worker_id` argument of `advance`/`finish` keeps such a worker from overwriting the new owner's state.
+`worker_id` argument of `advance`/`finish` keeps such a worker from overwriting the new owner's state. A worker
+shutting down cleanly `release`s its job to the queue without counting an attempt.
+
+The rules are written once, in `JobTable`: `SEARCHES` applies them to searches, and service.refinements'
+`REFINEMENTS` to refinements of single front points.
 """
 
 from __future__ import annotations
@@ -68,46 +72,153 @@ def enqueue(session_factory: SessionFactory, *, request: dict[str, Any], idempot
         return create_search(session, request=request, idempotency_key=idempotency_key, folder_root=folder_root)
 
 
-def claim_next(session_factory: SessionFactory, worker_id: str) -> Search | None:
-    """Take the oldest queued search for `worker_id` (status -> training, heartbeat now); None if none is queued.
+class JobTable:
+    """The queue rules for one table of jobs (searches here, refinements in service.refinements), written once.
 
-    One UPDATE whose WHERE picks the oldest queued id: on SQLite the statement holds the write lock from start to
-    end, so two processes can never both see the same row as queued; on PostgreSQL SKIP LOCKED lets concurrent
-    claims pass each other instead of queueing on one row.
+    A job table has a queued status, the status a claim sets, its running and ended statuses, and the columns a
+    job clears whenever it leaves the running states (a search's `eta_s`); every method is one conditional
+    UPDATE ... RETURNING in its own short transaction.
     """
-    with session_factory() as session:  # a lock-free read first: idle workers polling take no write lock
-        if not session.scalar(select(exists().where(Search.status == SearchStatus.QUEUED))):
-            return None
-    now = utcnow()
+
+    def __init__(self, noun: str, model: Any, *, queued: Any, claimed: Any, running: frozenset[Any],
+                 ended: frozenset[Any], cleared: dict[str, Any] | None = None) -> None:
+        self.noun, self.model = noun, model
+        self.queued, self.claimed, self.running, self.ended = queued, claimed, running, ended
+        self.cleared = cleared or {}
+
+    def owned(self, job_id: str, worker_id: str) -> Any:
+        """The WHERE of a job `worker_id` runs; a cancel request does not end ownership (the worker must finish)."""
+        m = self.model
+        return and_(m.id == job_id, m.worker_id == worker_id, m.status.in_(self.running))
+
+    def claim(self, session_factory: SessionFactory, worker_id: str, oldest: Any) -> Any | None:
+        """Run the job `oldest` (a scalar subquery picking one queued id) for `worker_id`; None if none is queued.
+
+        One UPDATE whose WHERE picks the id: on SQLite the statement holds the write lock from start to end, so two
+        processes can never both see the same row as queued; on PostgreSQL SKIP LOCKED (in `oldest`) lets
+        concurrent claims pass each other instead of queueing on one row.
+        """
+        m = self.model
+        with session_factory() as session:  # a lock-free read first: idle workers polling take no write lock
+            if not session.scalar(select(exists().where(m.status == self.queued))):
+                return None
+        now = utcnow()
+        stmt = (update(m).where(m.id == oldest, m.status == self.queued)
+                .values(status=self.claimed, worker_id=worker_id, heartbeat_at=now, started_at=now,
+                        finished_at=None, error=None)
+                .returning(m))
+        with session_factory.begin() as session:
+            return session.scalars(stmt, execution_options=_BULK).one_or_none()
+
+    def heartbeat(self, session_factory: SessionFactory, job_id: str, worker_id: str,
+                  status: Any | None = None) -> bool:
+        """Stamp an owned job as alive (moving it to the running `status` if given). False when the worker must
+        stop: a cancel was requested, or the job was recovered, re-claimed, ended or deleted."""
+        m = self.model
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if status is not None:
+            values["status"] = status
+        stmt = (update(m).where(self.owned(job_id, worker_id), m.cancel_requested.is_(False))
+                .values(**values).returning(m.id))
+        with session_factory.begin() as session:
+            alive = session.execute(stmt, execution_options=_BULK).first() is not None
+        if not alive:
+            log.info("worker %s: %s %s is no longer ours to run (cancelled, taken over, ended or deleted)",
+                     worker_id, self.noun, job_id)
+        return alive
+
+    def finish(self, session_factory: SessionFactory, job_id: str, status: Any, error: str | None = None,
+               *, worker_id: str | None = None) -> bool:
+        """End a job with one of the ended statuses; True if this call ended it.
+
+        A job already ended is left alone (False). With `worker_id`, only the job's current owner can end it, so
+        a worker that lost its job to recovery cannot mark the new owner's run as failed.
+        """
+        if status not in self.ended:
+            raise QueueError(f"finish takes {', '.join(sorted(self.ended))}, not {status}")
+        m = self.model
+        where = [m.id == job_id, m.status.not_in(self.ended)]
+        if worker_id is not None:
+            where.append(m.worker_id == worker_id)
+        stmt = (update(m).where(*where).values(status=status, error=error, finished_at=utcnow(), **self.cleared)
+                .returning(m.id))
+        with session_factory.begin() as session:
+            ended = session.execute(stmt, execution_options=_BULK).first() is not None
+        if ended:
+            log.info("%s %s %s%s", self.noun, job_id, status, f": {error}" if error else "")
+        else:
+            log.warning("%s %s: not marked %s (already ended, deleted, or no longer owned by %s)", self.noun,
+                        job_id, status, worker_id)
+        return ended
+
+    def release(self, session_factory: SessionFactory, job_id: str, worker_id: str) -> bool:
+        """Give an owned running job back to the queue at once (a worker shutting down cleanly), without counting
+        an attempt: the next worker resumes it. False if the job was not ours any more."""
+        m = self.model
+        stmt = (update(m).where(self.owned(job_id, worker_id), m.cancel_requested.is_(False))
+                .values(status=self.queued, worker_id=None, heartbeat_at=None, **self.cleared).returning(m.id))
+        with session_factory.begin() as session:
+            return session.execute(stmt, execution_options=_BULK).first() is not None
+
+    def recover_stale(self, session_factory: SessionFactory, stale_after_s: float, max_attempts: int) -> Recovery:
+        """Take back running jobs whose worker went silent for `stale_after_s` (a crash, a kill -9, a lost
+        machine).
+
+        Each goes back to the queue with attempts + 1 (the next worker resumes it from its folder), or fails once
+        attempts reaches `max_attempts` (a job that kills its worker every time should not do so forever), or is
+        cancelled if a cancel was requested. Safe to run from every worker at once: each row moves once.
+        """
+        if max_attempts < 1:
+            raise QueueError(f"max_attempts must be >= 1, got {max_attempts}")
+        m = self.model
+        now = utcnow()
+        stale = and_(m.status.in_(self.running),
+                     or_(m.heartbeat_at.is_(None), m.heartbeat_at < now - timedelta(seconds=stale_after_s)))
+        lost = f"its worker stopped sending heartbeats (none for {stale_after_s:g} s)"
+        give_up = m.attempts + 1 >= max_attempts
+        recovery = Recovery()
+        with session_factory.begin() as session:
+            def move(*where: Any, **values: Any) -> list[str]:
+                stmt = update(m).where(stale, *where).values(**values, **self.cleared).returning(m.id)
+                return list(session.scalars(stmt, execution_options=_BULK))
+
+            recovery.cancelled = move(m.cancel_requested.is_(True), status=self.status("cancelled"),
+                                      finished_at=now)
+            recovery.failed = move(m.cancel_requested.is_(False), give_up, status=self.status("failed"),
+                                   attempts=m.attempts + 1, finished_at=now,
+                                   error=f"{lost} in each of {max_attempts} attempt(s); giving up")
+            recovery.requeued = move(m.cancel_requested.is_(False), ~give_up, status=self.queued,
+                                     attempts=m.attempts + 1, worker_id=None, heartbeat_at=None,
+                                     error=f"requeued: {lost}")
+        for name in ("requeued", "failed", "cancelled"):
+            if ids := getattr(recovery, name):
+                log.warning("stale %ss %s: %s", self.noun, name, ", ".join(ids))
+        return recovery
+
+    def status(self, value: str) -> Any:
+        """The table's status named `value` (both status enums name their ends "failed" and "cancelled")."""
+        return type(self.queued)(value)
+
+
+SEARCHES = JobTable("search", Search, queued=SearchStatus.QUEUED, claimed=SearchStatus.TRAINING,
+                    running=RUNNING_STATUSES, ended=TERMINAL_STATUSES, cleared={"eta_s": None})
+
+
+def claim_next(session_factory: SessionFactory, worker_id: str) -> Search | None:
+    """Take the oldest queued search for `worker_id` (status -> training, heartbeat now); None if none is queued."""
     oldest = (select(Search.id).where(Search.status == SearchStatus.QUEUED)
               .order_by(Search.created_at, Search.id).limit(1)
               .with_for_update(skip_locked=True).scalar_subquery())
-    claim = (update(Search).where(Search.id == oldest, Search.status == SearchStatus.QUEUED)
-             .values(status=SearchStatus.TRAINING, worker_id=worker_id, heartbeat_at=now, started_at=now,
-                     finished_at=None, error=None)
-             .returning(Search))
-    with session_factory.begin() as session:
-        search = session.scalars(claim, execution_options=_BULK).one_or_none()
+    search = SEARCHES.claim(session_factory, worker_id, oldest)
     if search is not None:
         log.info("worker %s claimed search %s (attempt %d)", worker_id, search.id, search.attempts + 1)
     return search
 
 
-def _owned(search_id: str, worker_id: str) -> Any:
-    return and_(Search.id == search_id, Search.worker_id == worker_id, Search.status.in_(RUNNING_STATUSES))
-
-
 def heartbeat(session_factory: SessionFactory, search_id: str, worker_id: str) -> bool:
     """Stamp the job as alive. False when the worker no longer owns a running job (recovered, re-claimed,
     finished) or a cancel was requested: the worker should then stop (and `finish(..., "cancelled")` if asked)."""
-    stmt = (update(Search).where(_owned(search_id, worker_id), Search.cancel_requested.is_(False))
-            .values(heartbeat_at=utcnow()).returning(Search.id))
-    with session_factory.begin() as session:
-        alive = session.execute(stmt, execution_options=_BULK).first() is not None
-    if not alive:
-        log.info("worker %s: search %s is no longer ours to run (taken over, finished or cancelled)",
-                 worker_id, search_id)
-    return alive
+    return SEARCHES.heartbeat(session_factory, search_id, worker_id)
 
 
 def advance(session_factory: SessionFactory, search_id: str, worker_id: str, status: SearchStatus | str) -> bool:
@@ -117,67 +228,20 @@ def advance(session_factory: SessionFactory, search_id: str, worker_id: str, sta
     if status not in RUNNING_STATUSES:
         raise QueueError(f"advance moves between running states ({', '.join(sorted(RUNNING_STATUSES))}), "
                          f"not to {status}; use finish() to end a job")
-    stmt = (update(Search).where(_owned(search_id, worker_id), Search.cancel_requested.is_(False))
-            .values(status=status, heartbeat_at=utcnow()).returning(Search.id))
-    with session_factory.begin() as session:
-        return session.execute(stmt, execution_options=_BULK).first() is not None
+    return SEARCHES.heartbeat(session_factory, search_id, worker_id, status)
 
 
 def finish(session_factory: SessionFactory, search_id: str, status: SearchStatus | str, error: str | None = None,
            *, worker_id: str | None = None) -> bool:
-    """End a job as succeeded, failed or cancelled; True if this call ended it.
+    """End a search as succeeded, failed or cancelled (`JobTable.finish`)."""
+    return SEARCHES.finish(session_factory, search_id, SearchStatus(status), error, worker_id=worker_id)
 
-    A job already ended is left alone (False). With `worker_id`, only the job's current owner can end it, so a
-    worker that lost its job to recovery cannot mark the new owner's run as failed.
-    """
-    status = SearchStatus(status)
-    if status not in TERMINAL_STATUSES:
-        raise QueueError(f"finish takes {', '.join(sorted(TERMINAL_STATUSES))}, not {status}")
-    where = [Search.id == search_id, Search.status.not_in(TERMINAL_STATUSES)]
-    if worker_id is not None:
-        where.append(Search.worker_id == worker_id)
-    stmt = (update(Search).where(*where)
-            .values(status=status, error=error, finished_at=utcnow(), eta_s=None).returning(Search.id))
-    with session_factory.begin() as session:
-        ended = session.execute(stmt, execution_options=_BULK).first() is not None
-    if ended:
-        log.info("search %s %s%s", search_id, status, f": {error}" if error else "")
-    else:
-        log.warning("search %s: not marked %s (already ended, or no longer owned by %s)", search_id, status,
-                    worker_id)
-    return ended
+
+def release(session_factory: SessionFactory, search_id: str, worker_id: str) -> bool:
+    """Give an owned running search back to the queue without counting an attempt (`JobTable.release`)."""
+    return SEARCHES.release(session_factory, search_id, worker_id)
 
 
 def recover_stale(session_factory: SessionFactory, stale_after_s: float, max_attempts: int) -> Recovery:
-    """Take back running jobs whose worker went silent for `stale_after_s` (a crash, a kill -9, a lost machine).
-
-    Each goes back to the queue with attempts + 1 (the next worker resumes it from its run folder), or fails once
-    attempts reaches `max_attempts` (a job that kills its worker every time should not do so forever), or is
-    cancelled if a cancel was requested. Safe to run from every worker at once: each row moves once.
-    """
-    if max_attempts < 1:
-        raise QueueError(f"max_attempts must be >= 1, got {max_attempts}")
-    now = utcnow()
-    stale = and_(Search.status.in_(RUNNING_STATUSES),
-                 or_(Search.heartbeat_at.is_(None), Search.heartbeat_at < now - timedelta(seconds=stale_after_s)))
-    lost = f"its worker stopped sending heartbeats (none for {stale_after_s:g} s)"
-    recovery = Recovery()
-    with session_factory.begin() as session:
-        recovery.cancelled = list(session.scalars(
-            update(Search).where(stale, Search.cancel_requested.is_(True))
-            .values(status=SearchStatus.CANCELLED, finished_at=now, eta_s=None)
-            .returning(Search.id), execution_options=_BULK))
-        recovery.failed = list(session.scalars(
-            update(Search).where(stale, Search.cancel_requested.is_(False), Search.attempts + 1 >= max_attempts)
-            .values(status=SearchStatus.FAILED, attempts=Search.attempts + 1, finished_at=now, eta_s=None,
-                    error=f"{lost} in each of {max_attempts} attempt(s); giving up")
-            .returning(Search.id), execution_options=_BULK))
-        recovery.requeued = list(session.scalars(
-            update(Search).where(stale, Search.cancel_requested.is_(False), Search.attempts + 1 < max_attempts)
-            .values(status=SearchStatus.QUEUED, attempts=Search.attempts + 1, worker_id=None, heartbeat_at=None,
-                    eta_s=None, error=f"requeued: {lost}")
-            .returning(Search.id), execution_options=_BULK))
-    for name in ("requeued", "failed", "cancelled"):
-        if ids := getattr(recovery, name):
-            log.warning("stale jobs %s: %s", name, ", ".join(ids))
-    return recovery
+    """Take back running searches whose worker went silent (`JobTable.recover_stale`)."""
+    return SEARCHES.recover_stale(session_factory, stale_after_s, max_attempts)

@@ -5,8 +5,8 @@
        └──recover_stale───────┘  silent for stale_after_s: back to queued (attempts + 1), failed once attempts
                                  reaches max_attempts, or cancelled if a cancel was requested
 
-A second, small job queue next to the searches' (service/queue.py), with the same rules and the same reasons:
-every state change is one conditional UPDATE ... RETURNING, so the database decides who wins a race. A
+A second, small job queue next to the searches' (service/queue.py), run by the same `queue.JobTable` rules: every
+state change is one conditional UPDATE ... RETURNING, so the database decides who wins a race. A
 refinement is claimable once its search has succeeded (its front is written) and while no other refinement of
 that search runs: one point at a time per search keeps two workers off one point's refined/<position>/ folder
 (the partial unique index on refinements makes the database refuse a second running one, even where two
@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -36,12 +35,14 @@ from .models import (
     new_id,
     utcnow,
 )
-from .queue import QueueError, Recovery, SessionFactory
+from .queue import JobTable, Recovery, SessionFactory
 from .repository import RepositoryError, get_search, insert_ignoring_conflicts
 
 log = logging.getLogger(__name__)
 
 _BULK = {"synchronize_session": False}
+REFINEMENTS = JobTable("refinement", Refinement, queued=RefinementStatus.QUEUED, claimed=RefinementStatus.RUNNING,
+                       running=frozenset({RefinementStatus.RUNNING}), ended=REFINEMENT_ENDED)
 
 
 class RefinementNotFound(RepositoryError, LookupError):
@@ -116,27 +117,18 @@ def request_cancel(session: Session, search_id: str, refinement_id: str, *, owne
 def claim_next(factory: SessionFactory, worker_id: str) -> Refinement | None:
     """Take the oldest queued refinement of a succeeded search with no refinement running; None if there is none.
 
-    One UPDATE whose WHERE picks the id, as `queue.claim_next` does: exactly-once across processes. A claim that
-    loses the one-running-per-search race to another (only possible on PostgreSQL) ends in the unique index's
-    IntegrityError and returns None; the worker polls again.
+    `JobTable.claim`, as for searches: exactly-once across processes. A claim that loses the one-running-per-search
+    race to another (only possible on PostgreSQL) ends in the unique index's IntegrityError and returns None; the
+    worker polls again.
     """
-    with factory() as session:  # a lock-free read first: idle workers polling take no write lock
-        if not session.scalar(select(exists().where(Refinement.status == RefinementStatus.QUEUED))):
-            return None
     candidate, other = aliased(Refinement), aliased(Refinement)
     finished_search = exists().where(Search.id == candidate.search_id, Search.status == SearchStatus.SUCCEEDED)
     busy = exists().where(other.search_id == candidate.search_id, other.status == RefinementStatus.RUNNING)
     oldest = (select(candidate.id).where(candidate.status == RefinementStatus.QUEUED, finished_search, ~busy)
               .order_by(candidate.created_at, candidate.id).limit(1)
               .with_for_update(skip_locked=True, of=candidate).scalar_subquery())
-    now = utcnow()
-    claim = (update(Refinement).where(Refinement.id == oldest, Refinement.status == RefinementStatus.QUEUED)
-             .values(status=RefinementStatus.RUNNING, worker_id=worker_id, heartbeat_at=now, started_at=now,
-                     finished_at=None, error=None)
-             .returning(Refinement))
     try:
-        with factory.begin() as session:
-            row = session.scalars(claim, execution_options=_BULK).one_or_none()
+        row = REFINEMENTS.claim(factory, worker_id, oldest)
     except IntegrityError:
         log.info("worker %s: another worker started a refinement of the same search first", worker_id)
         return None
@@ -146,79 +138,24 @@ def claim_next(factory: SessionFactory, worker_id: str) -> Refinement | None:
     return row
 
 
-def _owned(refinement_id: str, worker_id: str) -> Any:
-    return and_(Refinement.id == refinement_id, Refinement.worker_id == worker_id,
-                Refinement.status == RefinementStatus.RUNNING)
-
-
 def heartbeat(factory: SessionFactory, refinement_id: str, worker_id: str) -> bool:
     """Stamp the refinement as alive. False when the worker must stop: a cancel was requested, the refinement
     was taken over or ended, or it is gone (its search was deleted)."""
-    stmt = (update(Refinement).where(_owned(refinement_id, worker_id), Refinement.cancel_requested.is_(False))
-            .values(heartbeat_at=utcnow()).returning(Refinement.id))
-    with factory.begin() as session:
-        alive = session.execute(stmt, execution_options=_BULK).first() is not None
-    if not alive:
-        log.info("worker %s: refinement %s is no longer ours to run (cancelled, taken over, ended or deleted)",
-                 worker_id, refinement_id)
-    return alive
+    return REFINEMENTS.heartbeat(factory, refinement_id, worker_id)
 
 
 def finish(factory: SessionFactory, refinement_id: str, status: RefinementStatus | str, error: str | None = None,
            *, worker_id: str | None = None) -> bool:
     """End a refinement; True if this call ended it (with `worker_id`: only while that worker owns it)."""
-    status = RefinementStatus(status)
-    if status not in REFINEMENT_ENDED:
-        raise QueueError(f"finish takes {', '.join(sorted(REFINEMENT_ENDED))}, not {status}")
-    where = [Refinement.id == refinement_id, Refinement.status.not_in(REFINEMENT_ENDED)]
-    if worker_id is not None:
-        where.append(Refinement.worker_id == worker_id)
-    stmt = (update(Refinement).where(*where).values(status=status, error=error, finished_at=utcnow())
-            .returning(Refinement.id))
-    with factory.begin() as session:
-        ended = session.execute(stmt, execution_options=_BULK).first() is not None
-    if ended:
-        log.info("refinement %s %s%s", refinement_id, status, f": {error}" if error else "")
-    else:
-        log.warning("refinement %s: not marked %s (already ended, deleted, or no longer owned by %s)",
-                    refinement_id, status, worker_id)
-    return ended
+    return REFINEMENTS.finish(factory, refinement_id, RefinementStatus(status), error, worker_id=worker_id)
 
 
 def release(factory: SessionFactory, refinement_id: str, worker_id: str) -> bool:
     """Give an owned running refinement back to the queue without counting an attempt (a worker shutting down)."""
-    stmt = (update(Refinement).where(_owned(refinement_id, worker_id), Refinement.cancel_requested.is_(False))
-            .values(status=RefinementStatus.QUEUED, worker_id=None, heartbeat_at=None).returning(Refinement.id))
-    with factory.begin() as session:
-        return session.execute(stmt, execution_options=_BULK).first() is not None
+    return REFINEMENTS.release(factory, refinement_id, worker_id)
 
 
 def recover_stale(factory: SessionFactory, stale_after_s: float, max_attempts: int) -> Recovery:
     """`queue.recover_stale`'s rules for refinements whose worker went silent: requeued with attempts + 1,
     failed once attempts reaches `max_attempts`, or cancelled if a cancel was requested."""
-    if max_attempts < 1:
-        raise QueueError(f"max_attempts must be >= 1, got {max_attempts}")
-    now = utcnow()
-    stale = and_(Refinement.status == RefinementStatus.RUNNING,
-                 or_(Refinement.heartbeat_at.is_(None),
-                     Refinement.heartbeat_at < now - timedelta(seconds=stale_after_s)))
-    lost = f"its worker stopped sending heartbeats (none for {stale_after_s:g} s)"
-    give_up = Refinement.attempts + 1 >= max_attempts
-    recovery = Recovery()
-    with factory.begin() as session:
-        def move(where: Any, **values: Any) -> list[str]:
-            stmt = update(Refinement).where(stale, *where).values(**values).returning(Refinement.id)
-            return list(session.scalars(stmt, execution_options=_BULK))
-
-        recovery.cancelled = move([Refinement.cancel_requested.is_(True)],
-                                  status=RefinementStatus.CANCELLED, finished_at=now)
-        recovery.failed = move([Refinement.cancel_requested.is_(False), give_up],
-                               status=RefinementStatus.FAILED, attempts=Refinement.attempts + 1, finished_at=now,
-                               error=f"{lost} in each of {max_attempts} attempt(s); giving up")
-        recovery.requeued = move([Refinement.cancel_requested.is_(False), ~give_up],
-                                 status=RefinementStatus.QUEUED, attempts=Refinement.attempts + 1, worker_id=None,
-                                 heartbeat_at=None, error=f"requeued: {lost}")
-    for name in ("requeued", "failed", "cancelled"):
-        if ids := getattr(recovery, name):
-            log.warning("stale refinements %s: %s", name, ", ".join(ids))
-    return recovery
+    return REFINEMENTS.recover_stale(factory, stale_after_s, max_attempts)

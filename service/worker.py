@@ -47,8 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
-
 from . import queue, refinements
 from . import repository as repo
 from .config import Settings
@@ -168,17 +166,6 @@ def failure_reason(exc: BaseException, settings: Settings | None = None) -> str:
     if settings is not None and (low := low_disk(settings)):  # e.g. torch.save's "file write failed"
         return f"{low}; the job failed with {text}"
     return text
-
-
-def release(factory: queue.SessionFactory, search_id: str, worker_id: str) -> bool:
-    """Give an owned running job back to the queue at once (a worker shutting down cleanly), without counting
-    an attempt: the next worker resumes it from its checkpoint. False if the job was not ours any more."""
-    stmt = (update(Search).where(Search.id == search_id, Search.worker_id == worker_id,
-                                 Search.status.in_(RUNNING_STATUSES), Search.cancel_requested.is_(False))
-            .values(status=SearchStatus.QUEUED, worker_id=None, heartbeat_at=None, eta_s=None)
-            .returning(Search.id))
-    with factory.begin() as session:
-        return session.execute(stmt, execution_options={"synchronize_session": False}).first() is not None
 
 
 def _sync_trials(factory: queue.SessionFactory, search_id: str, folder: Path) -> int:
@@ -341,7 +328,7 @@ class JobRunner:
             log.info("search %s cancelled; %d trial(s) kept", state.search_id, state.evaluations_done)
             return self._finish(SearchStatus.CANCELLED)
         if self.shutdown.is_set() and not state.lost.is_set():
-            if release(self.factory, state.search_id, self.worker_id):
+            if queue.release(self.factory, state.search_id, self.worker_id):
                 log.info("search %s released to the queue (worker shutting down)", state.search_id)
             return None
         log.warning("search %s is no longer ours (status %s, owner %s); stopping", state.search_id, status, owner)

@@ -18,7 +18,7 @@ from service import repository as repo
 from service.config import Settings, get_settings
 from service.db import current_revision, head_revision, make_engine, session_factory, upgrade
 from service.models import SearchStatus
-from service.worker import LOG_FILE, _sync_trials, release, run_worker
+from service.worker import LOG_FILE, _sync_trials, run_worker
 from supernet.config import SubNetworkConfig
 from supernet.run import RunSpec
 
@@ -96,8 +96,8 @@ def test_trials_in_the_file_but_not_the_database_are_copied(settings, factory) -
 def test_release_gives_an_owned_job_back(settings, factory) -> None:
     search = queue.enqueue(factory, request=request("minilm"))[0]
     assert queue.claim_next(factory, "w1") is not None
-    assert not release(factory, search.id, "w2")
-    assert release(factory, search.id, "w1")
+    assert not queue.release(factory, search.id, "w2")
+    assert queue.release(factory, search.id, "w1")
     with factory() as session:
         row = repo.get_search(session, search.id)
         assert row.status == SearchStatus.QUEUED and row.worker_id is None and row.attempts == 0
