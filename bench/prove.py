@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from dataclasses import replace
 from functools import cached_property
@@ -65,7 +66,7 @@ from supernet.extract import extract
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
 from supernet.refine import RefineConfig
-from supernet.run import DEFAULT_VALIDATION_LIMIT, Run, RunSpec, train_run
+from supernet.run import DEFAULT_VALIDATION_LIMIT, Run, RunSpec, same_run, train_run
 from supernet.training import TrainingConfig
 
 DEFAULT_LRS = [3e-5, 5e-5, 1e-4]
@@ -81,6 +82,17 @@ V1_TRAINING = {"epochs": 4.0, "learning_rate": 1e-4, "plain_fraction": 0.75, "nu
 BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 NAS_FRACTIONS = (0.75, 0.5, 0.33, 0.25)
 log = logging.getLogger("prove")
+
+
+def copy_trained(source: Path, folder: Path, spec: RunSpec) -> None:
+    """A new run folder for `spec` holding `source`'s trained supernet: `spec` may differ from the source's in
+    `validation_limit` only, which the training never reads (the search does)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("importance.json", "training.json"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, folder / name)
+    shutil.copytree(source / "supernet", folder / "supernet")
+    write_json(folder / "run.json", spec.to_dict())
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -361,6 +373,16 @@ class Experiment:
         times_file = folder / "times.json"
         times = read_json(times_file) if times_file.is_file() else {}
         run_folder = folder / "run"
+        stored = RunSpec.from_dict(read_json(run_folder / "run.json")) if (run_folder / "run.json").is_file() else None
+        if (stored is not None and "search_and_test_s" in times and not same_run(stored, spec)
+                and replace(stored, validation_limit=spec.validation_limit) == spec):
+            # the default validation cap changed since this job ran: search its trained supernet again, and keep
+            # the earlier search (folder and time) beside it
+            earlier = f"validation{stored.validation_limit}"
+            run_folder.rename(folder / f"run-{earlier}")
+            copy_trained(folder / f"run-{earlier}", run_folder, spec)
+            times[f"search_and_test_s_{earlier}"] = times.pop("search_and_test_s")
+            write_json(times_file, times)
         if "train_s" not in times:
             started = time.perf_counter()
             train_run(spec, run_folder)

@@ -21,14 +21,13 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from prove import seed_folder
+from prove import copy_trained, seed_folder
 from scoring import BUDGETS, best_under, test_error_hypervolume
 
 from search.job import SearchJob, run_search_job
@@ -37,7 +36,6 @@ from supernet.run import RunSpec
 
 HERE = Path(__file__).resolve().parent
 PROVE = HERE / "out" / "prove"
-TRAINING_FILES = ("importance.json", "training.json")
 
 log = logging.getLogger("search_budget")
 
@@ -46,11 +44,7 @@ def prepare(source: Path, folder: Path, limit: int | None) -> RunSpec:
     """A run folder holding the source job's trained supernet, its spec with `validation_limit` set."""
     spec = replace(RunSpec.from_dict(json.loads((source / "run.json").read_text())), validation_limit=limit)
     if not (folder / "supernet").is_dir():
-        folder.mkdir(parents=True, exist_ok=True)
-        for item in TRAINING_FILES:
-            shutil.copy2(source / item, folder / item)
-        (folder / "run.json").write_text(json.dumps(spec.to_dict(), indent=2))
-        shutil.copytree(source / "supernet", folder / "supernet")
+        copy_trained(source, folder, spec)
     return spec
 
 
@@ -141,8 +135,9 @@ def table_lines(folder: Path) -> list[str]:
         best = [row["best_under"][str(b)] for b in BUDGETS]
         ratio = (row["train_s"] + row["search_and_test_s"]) / (row["plain_per_epoch_s"] * row["job_epochs"])
         share = f"{row['search_and_test_s'] / full:.2f}"
+        source = row.get("source") or ("bench/prove.py's job" if row["limit"] == "job" else "")
         size = f"{row['validation_examples']}" + (" (all)" if row["validation_examples"] == row["validation_size"]
-                                                 else "") + (" (bench/prove.py's job)" if row["limit"] == "job" else "")
+                                                 else "") + (f" ({source})" if source else "")
         cells = ["–" if b is None else f"{b['test'][metric]:.3f} ({b['fraction']:.0%})" for b in best]
         lines.append(f"| {size} | {row['search_and_test_s']:.0f} | {share} | {ratio:.2f} | {row['hypervolume']:.3f} | "
                      f"{row['front_size']} | {' | '.join(cells)} | {fmt_load(row['load_average'])} |")
