@@ -159,7 +159,9 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     settings = first["settings"]
     metric = main_metric(first)
     lines = [f"## {task}", ""]
-    lines.append(f"Seeds: {', '.join(str(s) for s in sorted(seeds))}. Train / validation / test examples: "
+    done = [str(k) for k in sorted(seeds) if seeds[k]["methods"]]
+    lines.append(f"Seeds with results: {', '.join(done)} (each table's seeds column says which method has how many; "
+                 f"± is the sample standard deviation over them). Train / validation / test examples: "
                  f"{settings['sizes']['train']} / {settings['sizes']['validation']} / {settings['sizes']['test']}; "
                  f"main metric {metric}; majority class {majority(first):.3f} on test. Command: `python "
                  f"bench/prove.py --task {settings['task']} --seed {settings['seed']}"
@@ -173,12 +175,14 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     lines.append("")
 
     lines += ["### Hypervolume (test error vs encoder params; higher is better)", "",
-              "| method | hypervolume | with the full model added |", "|---|---|---|"]
+              "| method | seeds | hypervolume | with the full model added |", "|---|---|---|---|"]
     for method in METHODS:
-        own = [method_hypervolume(s, method) for s in seeds.values() if method in s["methods"]]
-        plus = [method_hypervolume(s, method, with_full=True) for s in seeds.values() if method in s["methods"]]
+        have = [k for k, s in sorted(seeds.items()) if method in s["methods"]]
+        own = [method_hypervolume(seeds[k], method) for k in have]
+        plus = [method_hypervolume(seeds[k], method, with_full=True) for k in have]
         if own:
-            lines.append(f"| {NAMES[method]} | {mean_spread(own)} | {mean_spread(plus)} |")
+            lines.append(f"| {NAMES[method]} | {', '.join(map(str, have))} | {mean_spread(own)} | "
+                         f"{mean_spread(plus)} |")
     lines.append("")
 
     lines += [f"### Best {metric} at a parameter budget (chosen on validation; test figures)", "",
