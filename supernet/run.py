@@ -197,6 +197,20 @@ def same_run(stored: RunSpec, spec: RunSpec) -> bool:
     return min(stored.validation_limit or size, size) == min(spec.validation_limit or size, size)
 
 
+def spec_differences(stored: RunSpec, spec: RunSpec) -> str:
+    """'name: stored -> asked' for each setting that differs (training settings as training.name), so a user
+    resuming a folder sees which option to repeat, e.g. a default that changed since the run began."""
+    def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    old, new = flat(stored.to_dict()), flat(spec.to_dict())
+    return "; ".join(f"{k}: {old.get(k)!r} stored, {new.get(k)!r} asked"
+                     for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+
+
 def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
               on_step: Callable[[TrainState], None] | None = None,
               should_stop: Callable[[], bool] | None = None,
@@ -205,8 +219,9 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     run = Run(folder, spec)
     run.folder.mkdir(parents=True, exist_ok=True)
     run_file = run.folder / RUN_FILE
-    if run_file.is_file() and not same_run(RunSpec.from_dict(json.loads(run_file.read_text())), spec):
-        raise ValueError(f"{run.folder} holds a different run; choose another output folder")
+    if run_file.is_file() and not same_run(stored := RunSpec.from_dict(json.loads(run_file.read_text())), spec):
+        raise ValueError(f"{run.folder} holds a different run ({spec_differences(stored, spec)}); choose another "
+                         "output folder, or the settings it was run with")
     run_file.write_text(json.dumps(spec.to_dict(), indent=2))
     finished = run.folder / TRAINING_FILE
     if finished.is_file() and (run.folder / SUPERNET_DIR / "model.safetensors").is_file():

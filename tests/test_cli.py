@@ -181,7 +181,8 @@ def test_rerun_resumes_and_a_different_spec_is_refused(trained_run, workspace, c
     assert (trained_run / "supernet" / "model.safetensors").read_bytes() == before
     capsys.readouterr()
     assert cli(_train_args(workspace, trained_run, "--lr", "1e-3")) == 2
-    assert "different run" in capsys.readouterr().err
+    err = capsys.readouterr().err  # names the setting that differs, with both values
+    assert "different run (training.learning_rate: 0.0001 stored, 0.001 asked)" in err
 
 
 def test_the_validation_cap(trained_run, workspace, capsys) -> None:
@@ -211,7 +212,7 @@ def test_the_validation_cap(trained_run, workspace, capsys) -> None:
         assert (trained_run / "supernet" / "model.safetensors").read_bytes() == before
         capsys.readouterr()
         assert cli(_train_args(workspace, trained_run, "--validation-limit", "5")) == 2  # fewer examples: another
-        assert "different run" in capsys.readouterr().err
+        assert "(validation_limit: None stored, 5 asked)" in capsys.readouterr().err
     finally:
         (trained_run / "run.json").write_text(json.dumps(stored))
     for bad in ("0", "-3", "some"):
