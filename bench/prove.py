@@ -38,7 +38,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,33 @@ V1_TRAINING = {"epochs": 4.0, "learning_rate": 1e-4, "plain_fraction": 0.75, "nu
 BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 NAS_FRACTIONS = (0.75, 0.5, 0.33, 0.25)
 log = logging.getLogger("prove")
+
+
+class Stopwatch:
+    """Wall seconds, and the share of this process's threads' CPU time it used meanwhile: a share well under 1
+    means other work shared the cores, so the wall time is an upper bound, not a cost."""
+
+    def __enter__(self) -> Stopwatch:
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
+        self.cpu_share = (time.process_time() - self.cpu_started) / (self.seconds * torch.get_num_threads())
+
+
+@dataclass
+class GridResult:
+    """The learning-rate grid's choice (on validation) and what the whole grid cost."""
+
+    best: dict[str, Any]  # the chosen run's best epoch: validation and test metrics
+    learning_rate: float
+    cost_s: float
+    cpu_share: float | None  # the lowest of the grid's units (None if a unit was timed before it was recorded)
+
+    def extra(self) -> dict[str, Any]:
+        return {"learning_rate": self.learning_rate, "epoch": self.best["epoch"], "cost_s": self.cost_s,
+                "cpu_share": self.cpu_share}
 
 
 def copy_trained(source: Path, folder: Path, spec: RunSpec) -> None:
@@ -196,34 +223,37 @@ class Experiment:
                 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, keep_best)
 
         log.info("%s: lr %g, %g epochs", path.relative_to(self.folder), learning_rate, epochs)
-        result: FineTuneResult = finetune(model, self.train, self.validation, self.test, self.task.spec,
-                                          self.training(learning_rate, epochs), generator=self.generator,
-                                          on_epoch=on_epoch)
+        with Stopwatch() as watch:
+            result: FineTuneResult = finetune(model, self.train, self.validation, self.test, self.task.spec,
+                                              self.training(learning_rate, epochs), generator=self.generator,
+                                              on_epoch=on_epoch)
         # how the time was measured: a unit that shared the cores with other work is slower than a quiet one
-        data = result.to_dict() | {"threads": torch.get_num_threads(), "load_average": os.getloadavg()[0]}
+        data = result.to_dict() | {"threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
+                                   "cpu_share": watch.cpu_share}
         write_json(path, data)
         return data
 
-    def best_of_grid(self, folder: Path, build_model, epochs: float, *, keep_best: bool = False
-                     ) -> tuple[dict[str, Any], float, float]:
-        """Fine-tune over the learning-rate grid; (best epoch's metrics, its lr, total training seconds)."""
+    def best_of_grid(self, folder: Path, build_model, epochs: float, *, keep_best: bool = False) -> GridResult:
+        """Fine-tune over the learning-rate grid; the run and epoch chosen on validation, and the grid's cost."""
         runs = []
         for lr in self.args.lrs:
             weights = folder / f"lr{lr:g}.safetensors" if keep_best else None
             runs.append(self.finetune_unit(folder / f"lr{lr:g}.json", build_model, lr, epochs, keep_best=weights))
         chosen = min(runs, key=lambda r: min(e["validation_error"] for e in r["epochs"]))
         best = next(e for e in chosen["epochs"] if e["epoch"] == chosen["best_epoch"])
-        return best, chosen["learning_rate"], sum(r["train_s"] for r in runs)
+        shares = [r.get("cpu_share") for r in runs]
+        return GridResult(best, chosen["learning_rate"], sum(r["train_s"] for r in runs),
+                          None if None in shares else min(shares))
 
     # -- methods --------------------------------------------------------------------------------------------
     def reference(self) -> list[dict[str, Any]]:
         folder = self.folder / "reference"
-        best, lr, cost = self.best_of_grid(folder, self.pretrained, self.args.epochs, keep_best=True)
+        grid = self.best_of_grid(folder, self.pretrained, self.args.epochs, keep_best=True)
         full = SubNetworkConfig.full(self.pretrained_config)
         # the plain fine-tuning time (it does not depend on the rate): the denominator of the cost ratio
         plain = read_json(folder / f"lr{plain_rate(self.args.lrs):g}.json")
-        return [self.point("reference", "full", full, best["validation"], best["test"], learning_rate=lr,
-                           epoch=best["epoch"], cost_s=cost, plain_train_s=plain["train_s"])]
+        return [self.point("reference", "full", full, grid.best["validation"], grid.best["test"], **grid.extra(),
+                           plain_train_s=plain["train_s"], plain_cpu_share=plain.get("cpu_share"))]
 
     def best_reference(self) -> Supernet:
         """The fine-tuned full model of the learning rate and epoch chosen on validation."""
@@ -237,11 +267,10 @@ class Experiment:
         pretrained = self.extraction_source
         for sub in layer_drop_configs(pretrained.config):
             k = pretrained.config.num_layers - len(sub.layers)
-            best, lr, cost = self.best_of_grid(self.folder / "layer_drop" / f"drop{k}",
-                                               lambda sub=sub: PrunedModel(extract(pretrained, sub)),
-                                               self.args.epochs)
-            points.append(self.point("layer_drop", f"drop top {k}", sub, best["validation"], best["test"],
-                                     learning_rate=lr, epoch=best["epoch"], cost_s=cost))
+            grid = self.best_of_grid(self.folder / "layer_drop" / f"drop{k}",
+                                     lambda sub=sub: PrunedModel(extract(pretrained, sub)), self.args.epochs)
+            points.append(self.point("layer_drop", f"drop top {k}", sub, grid.best["validation"], grid.best["test"],
+                                     **grid.extra()))
         return points
 
     def ordered_reference(self) -> tuple[Supernet, list[SubNetworkConfig], float]:
@@ -281,10 +310,9 @@ class Experiment:
             def build(sub=sub, model=model):
                 return PrunedModel(extract(model, sub))
 
-            best, lr, cost = self.best_of_grid(folder, build, self.args.short_epochs)
+            grid = self.best_of_grid(folder, build, self.args.short_epochs)
             points.append(self.point("oneshot_ft", f"MACs {budget:.0%} + {self.args.short_epochs:g} ep", sub,
-                                     best["validation"], best["test"], budget=budget, learning_rate=lr,
-                                     epoch=best["epoch"], cost_s=cost))
+                                     grid.best["validation"], grid.best["test"], budget=budget, **grid.extra()))
         return points
 
     @cached_property
@@ -300,10 +328,10 @@ class Experiment:
         points = []
         for fraction, sub in zip(NAS_FRACTIONS, uniform_configs(self.pretrained_config, NAS_FRACTIONS), strict=True):
             folder = self.folder / "nas_small" / f"uniform{round(fraction * 100)}"
-            best, lr, cost = self.best_of_grid(
+            grid = self.best_of_grid(
                 folder, lambda sub=sub: PrunedModel(extract(self.ordered_pretrained, sub)), self.args.epochs)
-            points.append(self.point("nas_small", f"uniform {fraction:.0%}", sub, best["validation"], best["test"],
-                                     learning_rate=lr, epoch=best["epoch"], cost_s=cost))
+            points.append(self.point("nas_small", f"uniform {fraction:.0%}", sub, grid.best["validation"],
+                                     grid.best["test"], **grid.extra()))
         return points
 
     def job_spec(self, **changes: Any) -> RunSpec:
@@ -348,9 +376,10 @@ class Experiment:
         refine = RefineConfig(epochs=self.args.short_epochs)
         if "refine_s" not in times:
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed), refine=refine)
-            started = time.perf_counter()
-            run_search_job(replace(spec, training=TrainingConfig(seed=self.args.seed)), job, folder / "run")
-            times["refine_s"] = time.perf_counter() - started  # the front's test re-evaluation included (~1 %)
+            with Stopwatch() as watch:
+                run_search_job(replace(spec, training=TrainingConfig(seed=self.args.seed)), job, folder / "run")
+            times["refine_s"] = watch.seconds  # the front's test re-evaluation included (~1 %)
+            times["refine_cpu_share"] = watch.cpu_share
             times["refine_load_average"] = os.getloadavg()[0]  # 1-minute load at the end: was the machine shared?
             write_json(folder / "times.json", times)
         front = read_json(folder / "run" / "front.json")
@@ -381,18 +410,20 @@ class Experiment:
             earlier = f"validation{stored.validation_limit}"
             run_folder.rename(folder / f"run-{earlier}")
             copy_trained(folder / f"run-{earlier}", run_folder, spec)
-            times[f"search_and_test_s_{earlier}"] = times.pop("search_and_test_s")
+            for key in ("search_and_test_s", "search_and_test_cpu_share"):
+                if key in times:
+                    times[f"{key}_{earlier}"] = times.pop(key)
             write_json(times_file, times)
         if "train_s" not in times:
-            started = time.perf_counter()
-            train_run(spec, run_folder)
-            times["train_s"] = time.perf_counter() - started
+            with Stopwatch() as watch:
+                train_run(spec, run_folder)
+            times["train_s"], times["train_cpu_share"] = watch.seconds, watch.cpu_share
             write_json(times_file, times)
         if "search_and_test_s" not in times:
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed))
-            started = time.perf_counter()
-            run_search_job(spec, job, run_folder)
-            times["search_and_test_s"] = time.perf_counter() - started
+            with Stopwatch() as watch:
+                run_search_job(spec, job, run_folder)
+            times["search_and_test_s"], times["search_and_test_cpu_share"] = watch.seconds, watch.cpu_share
             write_json(times_file, times)
         front = read_json(run_folder / "front.json")
         cost = times["train_s"] + times["search_and_test_s"]

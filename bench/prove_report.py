@@ -105,6 +105,24 @@ def method_hypervolume(seed: dict[str, Any], method: str, *, with_full: bool = F
     return test_error_hypervolume(points, chance_error(seed))
 
 
+# below this share of its threads' CPU time, a timed unit shared the cores with other work (prove.Stopwatch)
+SHARED_CPU = 0.75
+SHARED_NOTE = (f"\\* timed while other work shared the cores (the process used under {SHARED_CPU:.0%} of its threads' "
+               "CPU time): an upper bound, not a cost. Units timed before the CPU share was recorded carry no mark; "
+               "RESULTS_NOTES.md says which shared the cores.")
+
+
+def shared_mark(*shares: float | None) -> str:
+    """'*' if any of the recorded CPU shares says the cores were shared while it was timed."""
+    return "\\*" if any(s is not None and s < SHARED_CPU for s in shares) else ""
+
+
+def point_shares(p: dict[str, Any]) -> list[float | None]:
+    """Every CPU share recorded for a point's cost: its fine-tuning grid's, or its nasprune job's stages'."""
+    return [p.get("cpu_share"), p.get("job_train_cpu_share"), p.get("job_search_and_test_cpu_share"),
+            p.get("job_refine_cpu_share")]
+
+
 def fmt(value: float | None, spec: str = ".3f") -> str:
     return "–" if value is None else format(value, spec)
 
@@ -210,15 +228,18 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     lines += ["### Every point (first seed)", "",
               f"| method | point | encoder params | MACs | val {metric} | test {metric} | retention (raw, norm.) "
               "| latency b1 / b32 (ms) | training cost (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    marked = False
     for method in METHODS:
         for p in sorted(points_of(first, method), key=lambda p: -p["params_fraction"]):
             raw, norm = retention(first, p["test"][metric])
             latency = p.get("latency_ms", {})
+            mark = shared_mark(*point_shares(p))
+            marked |= bool(mark)
             lines.append(f"| {NAMES[method]} | {p['label']} | {p['params_fraction']:.1%} | {p['macs_fraction']:.1%} | "
                          f"{p['validation'][metric]:.3f} | {p['test'][metric]:.3f} | {fmt(raw)}, {fmt(norm)} | "
                          f"{fmt(latency.get('1'), '.1f')} / {fmt(latency.get('32'), '.0f')} | "
-                         f"{fmt(p.get('cost_s'), '.0f')} |")
-    lines.append("")
+                         f"{fmt(p.get('cost_s'), '.0f')}{mark} |")
+    lines += ["", SHARED_NOTE, ""] if marked else [""]
 
     reference = first["methods"].get("reference")
     jobs = {m: next((p for p in first["methods"].get(m, []) if p.get("job_train_s") is not None), None)
@@ -226,6 +247,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     if any(jobs.values()) and reference and reference[0].get("plain_train_s"):
         plain, plain_epochs = reference[0]["plain_train_s"], first["settings"]["epochs"]
         plain_lr = plain_rate(first["settings"]["lrs"])
+        cost_start = len(lines)
         lines += ["### Cost", "", f"Whole nasprune job ÷ plain fine-tuning of the full model for the same epochs as "
                   f"the job's supernet training (target ≤ 2.5): the reference's {plain_epochs:g}-epoch run at lr "
                   f"{plain_lr:g} took {plain:.0f} s, and its time is proportional to the epochs (the same steps per "
@@ -240,17 +262,20 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                 refine = p.get("job_refine_s", 0.0) if method.endswith("_refined") else 0.0
                 job = p["job_train_s"] + p["job_search_and_test_s"] + refine
                 epochs = first["job_epochs"].get(method, plain_epochs)
-                lines.append(f"| {NAMES[method]} | {epochs:g} | {p['job_train_s']:.0f} | "
-                             f"{p['job_search_and_test_s']:.0f} | {refine:.0f} | {job:.0f} | "
-                             f"**{job / (plain * epochs / plain_epochs):.2f}** | {job / plain:.2f} |")
+                train_mark = shared_mark(p.get("job_train_cpu_share"))
+                search_mark = shared_mark(p.get("job_search_and_test_cpu_share"))
+                refine_mark = shared_mark(p.get("job_refine_cpu_share")) if method.endswith("_refined") else ""
+                lines.append(f"| {NAMES[method]} | {epochs:g} | {p['job_train_s']:.0f}{train_mark} | "
+                             f"{p['job_search_and_test_s']:.0f}{search_mark} | {refine:.0f}{refine_mark} | "
+                             f"{job:.0f} | **{job / (plain * epochs / plain_epochs):.2f}** | {job / plain:.2f} |")
         lines += on_demand_refine(first, jobs, plain / plain_epochs)
         lines += ["", "| method | total training time (s) |", "|---|---|"]
         for method in ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small"):
             points = first["methods"].get(method)
             if points:
                 total = points[0]["cost_s"] if method == "oneshot" else sum(p.get("cost_s", 0) for p in points)
-                lines.append(f"| {NAMES[method]} | {total:.0f} |")
-        lines.append("")
+                lines.append(f"| {NAMES[method]} | {total:.0f}{shared_mark(*(p.get('cpu_share') for p in points))} |")
+        lines += ["", SHARED_NOTE, ""] if any("\\*" in line for line in lines[cost_start:]) else [""]
 
     default = "nasprune_importance" if "nasprune_importance" in first["methods"] else "nasprune"
     front = [p for p in first["methods"].get(default, []) if p.get("on_front", True) and "latency_ms" in p]

@@ -21,13 +21,12 @@ import argparse
 import json
 import logging
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from prove import copy_trained, seed_folder
+from prove import Stopwatch, copy_trained, seed_folder
 from scoring import BUDGETS, best_under, test_error_hypervolume
 
 from search.job import SearchJob, run_search_job
@@ -92,17 +91,19 @@ def main() -> None:
             job_spec = RunSpec.from_dict(json.loads((source / "run.json").read_text()))
             front, epochs, examples = (json.loads((source / "front.json").read_text()), job_spec.training.epochs,
                                        min(job_spec.validation_limit or size, size))
+            cpu_share = json.loads((source.parent / "times.json").read_text()).get("search_and_test_cpu_share")
         else:
             spec = prepare(source, out / limit_arg, None if limit_arg == "full" else int(limit_arg))
             job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=args.seed))
-            started = time.perf_counter()
-            run_search_job(spec, job, out / limit_arg)
-            elapsed = time.perf_counter() - started
+            with Stopwatch() as watch:
+                run_search_job(spec, job, out / limit_arg)
+            elapsed, cpu_share = watch.seconds, watch.cpu_share
             front, epochs = json.loads((out / limit_arg / "front.json").read_text()), spec.training.epochs
             examples = min(spec.validation_limit or size, size)
         result = {"task": args.task, "seed": args.seed, "limit": limit_arg, "validation_examples": examples,
                   "validation_size": settings["sizes"]["validation"], "search_and_test_s": elapsed,
                   "load_average": None if limit_arg == "job" else os.getloadavg()[0], "threads": args.threads,
+                  "cpu_share": cpu_share,
                   "train_s": json.loads((source.parent / "times.json").read_text())["train_s"],
                   "job_epochs": epochs,
                   "plain_per_epoch_s": reference["plain_train_s"] / settings["epochs"],
