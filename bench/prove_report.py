@@ -112,9 +112,21 @@ SHARED_NOTE = (f"\\* timed while other work shared the cores (the process used u
                "RESULTS_NOTES.md says which shared the cores.")
 
 
-def shared_mark(*shares: float | None) -> str:
-    """'*' if any of the recorded CPU shares says the cores were shared while it was timed."""
-    return "\\*" if any(s is not None and s < SHARED_CPU for s in shares) else ""
+class SharedMarks:
+    """Marks a cost timed while the cores were shared, and remembers whether it marked any (for the footnote)."""
+
+    def __init__(self) -> None:
+        self.marked = False
+
+    def __call__(self, *shares: float | None) -> str:
+        """'*' if any of the recorded CPU shares says the cores were shared while it was timed."""
+        shared = any(s is not None and s < SHARED_CPU for s in shares)
+        self.marked |= shared
+        return "\\*" if shared else ""
+
+    def footnote(self) -> list[str]:
+        """The lines that end a table: SHARED_NOTE only if a cell of it was marked."""
+        return ["", SHARED_NOTE, ""] if self.marked else [""]
 
 
 def point_shares(p: dict[str, Any]) -> list[float | None]:
@@ -228,18 +240,17 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     lines += ["### Every point (first seed)", "",
               f"| method | point | encoder params | MACs | val {metric} | test {metric} | retention (raw, norm.) "
               "| latency b1 / b32 (ms) | training cost (s) |", "|---|---|---|---|---|---|---|---|---|"]
-    marked = False
+    shared_mark = SharedMarks()
     for method in METHODS:
         for p in sorted(points_of(first, method), key=lambda p: -p["params_fraction"]):
             raw, norm = retention(first, p["test"][metric])
             latency = p.get("latency_ms", {})
             mark = shared_mark(*point_shares(p))
-            marked |= bool(mark)
             lines.append(f"| {NAMES[method]} | {p['label']} | {p['params_fraction']:.1%} | {p['macs_fraction']:.1%} | "
                          f"{p['validation'][metric]:.3f} | {p['test'][metric]:.3f} | {fmt(raw)}, {fmt(norm)} | "
                          f"{fmt(latency.get('1'), '.1f')} / {fmt(latency.get('32'), '.0f')} | "
                          f"{fmt(p.get('cost_s'), '.0f')}{mark} |")
-    lines += ["", SHARED_NOTE, ""] if marked else [""]
+    lines += shared_mark.footnote()
 
     reference = first["methods"].get("reference")
     jobs = {m: next((p for p in first["methods"].get(m, []) if p.get("job_train_s") is not None), None)
@@ -247,7 +258,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     if any(jobs.values()) and reference and reference[0].get("plain_train_s"):
         plain, plain_epochs = reference[0]["plain_train_s"], first["settings"]["epochs"]
         plain_lr = plain_rate(first["settings"]["lrs"])
-        cost_start = len(lines)
+        shared_mark = SharedMarks()
         lines += ["### Cost", "", f"Whole nasprune job ÷ plain fine-tuning of the full model for the same epochs as "
                   f"the job's supernet training (target ≤ 2.5): the reference's {plain_epochs:g}-epoch run at lr "
                   f"{plain_lr:g} took {plain:.0f} s, and its time is proportional to the epochs (the same steps per "
@@ -275,7 +286,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
             if points:
                 total = points[0]["cost_s"] if method == "oneshot" else sum(p.get("cost_s", 0) for p in points)
                 lines.append(f"| {NAMES[method]} | {total:.0f}{shared_mark(*(p.get('cpu_share') for p in points))} |")
-        lines += ["", SHARED_NOTE, ""] if any("\\*" in line for line in lines[cost_start:]) else [""]
+        lines += shared_mark.footnote()
 
     default = "nasprune_importance" if "nasprune_importance" in first["methods"] else "nasprune"
     front = [p for p in first["methods"].get(default, []) if p.get("on_front", True) and "latency_ms" in p]

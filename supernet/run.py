@@ -198,7 +198,7 @@ def same_run(stored: RunSpec, spec: RunSpec) -> bool:
 
 
 def spec_differences(stored: RunSpec, spec: RunSpec) -> str:
-    """'name: stored -> asked' for each setting that differs (training settings as training.name), so a user
+    """'name: X stored, Y asked' for each setting that differs (training settings as training.name), so a user
     resuming a folder sees which option to repeat, e.g. a default that changed since the run began."""
     def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
