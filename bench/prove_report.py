@@ -105,7 +105,9 @@ def method_hypervolume(seed: dict[str, Any], method: str, *, with_full: bool = F
     return test_error_hypervolume(points, chance_error(seed))
 
 
-# below this share of its threads' CPU time, a timed unit shared the cores with other work (prove.Stopwatch)
+# below this share of its threads' CPU time, a timed unit shared the cores with other work (prove.Stopwatch).
+# Calibrated on this 2-core machine at 2 threads: quiet fine-tuning units read 0.96-0.985 (MRPC seed 2's
+# masks + FT), a matmul beside another 2-thread job 0.50; the threshold sits between.
 SHARED_CPU = 0.75
 SHARED_NOTE = (f"\\* timed while other work shared the cores (the process used under {SHARED_CPU:.0%} of its threads' "
                "CPU time): an upper bound, not a cost. Units timed before the CPU share was recorded carry no mark; "
