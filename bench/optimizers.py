@@ -25,8 +25,8 @@ from search.latency import load_or_calibrate
 from search.objectives import Figures, Measurements
 from search.runner import SearchConfig, run_search
 from supernet.config import SubNetworkConfig
-from supernet.run import Run, RunSpec, train_run
-from supernet.training import TrainingConfig
+from supernet.run import Run, train_run
+from supernet.settings import RunSpec, TrainingConfig
 
 OUT = Path(__file__).resolve().parent / "out" / "optimizers"
 

@@ -65,9 +65,8 @@ from supernet.evaluation import evaluate
 from supernet.extract import extract
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
-from supernet.refine import RefineConfig
-from supernet.run import DEFAULT_VALIDATION_LIMIT, Run, RunSpec, same_run, train_run
-from supernet.training import TrainingConfig
+from supernet.run import Run, same_run, train_run
+from supernet.settings import DEFAULT_VALIDATION_LIMIT, RefineConfig, RunSpec, TrainingConfig
 
 DEFAULT_LRS = [3e-5, 5e-5, 1e-4]
 OUT = Path(__file__).resolve().parent / "out" / "prove"

@@ -31,7 +31,7 @@ from scoring import BUDGETS, best_under, test_error_hypervolume
 
 from search.job import SearchJob, run_search_job
 from search.runner import SearchConfig
-from supernet.run import RunSpec
+from supernet.settings import RunSpec
 
 HERE = Path(__file__).resolve().parent
 PROVE = HERE / "out" / "prove"

@@ -23,7 +23,8 @@ from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_macs
 from supernet.evaluation import evaluate
-from supernet.run import Run, RunSpec
+from supernet.run import Run
+from supernet.settings import RunSpec
 from supernet.space import make_space
 
 

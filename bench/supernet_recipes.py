@@ -30,8 +30,8 @@ from supernet.counting import count_params
 from supernet.evaluation import evaluate
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
-from supernet.run import Run, RunSpec, same_run, train_run
-from supernet.training import TrainingConfig
+from supernet.run import Run, same_run, train_run
+from supernet.settings import RunSpec, TrainingConfig
 
 OUT = Path(__file__).resolve().parent / "out"
 # name -> changes to nasprune's first recipe (prove.V0_TRAINING: 3 epochs, lr 5e-5, Fisher order on the random head,

@@ -24,8 +24,9 @@ from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_macs
 from supernet.extract import extract
+from supernet.settings import TrainingConfig
 from supernet.space import make_space
-from supernet.training import SupernetTrainer, TrainingConfig
+from supernet.training import SupernetTrainer
 
 
 def timed(fn) -> float:

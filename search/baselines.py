@@ -25,7 +25,8 @@ from supernet.data import TaskSpec, error_from_metrics
 from supernet.evaluation import evaluate
 from supernet.importance import Importance
 from supernet.refine import PrunedModel
-from supernet.training import SupernetTrainer, TrainingConfig, TrainState
+from supernet.settings import TrainingConfig
+from supernet.training import SupernetTrainer, TrainState
 
 log = logging.getLogger(__name__)
 

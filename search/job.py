@@ -31,8 +31,9 @@ from supernet.config import SubNetworkConfig
 from supernet.data import TaskSpec, error_from_metrics
 from supernet.evaluation import evaluate
 from supernet.extract import SUBNETWORK_FILE, save_folder, subnetwork_record
-from supernet.refine import PrunedModel, RefineConfig, refine_subnetwork
-from supernet.run import Run, RunSpec, train_run
+from supernet.refine import PrunedModel, refine_subnetwork
+from supernet.run import Run, train_run
+from supernet.settings import RefineConfig, RunSpec
 from supernet.training import TrainState
 
 from .latency import load_or_calibrate

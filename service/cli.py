@@ -28,31 +28,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import transformers
-
-from search.job import (
-    FRONT_FILE,
-    REFINED_DIR,
-    LatencyShape,
-    SearchJob,
-    refine_points,
-    run_search_job,
-    serves_refined,
-)
-from search.objectives import OBJECTIVES, ObjectiveError
+from search.names import OBJECTIVE_NAMES
 from search.optimizers import OPTIMIZERS
-from search.runner import SearchConfig
 from supernet.config import ConfigError, SubNetworkConfig
-from supernet.convert import ModelLoadError
-from supernet.data import DataError
-from supernet.evaluation import evaluate
-from supernet.extract import SUBNETWORK_FILE, ExportError, export_onnx, export_subnetwork, load_exported, save_folder
-from supernet.refine import RefineConfig
-from supernet.run import DEFAULT_VALIDATION_LIMIT, CustomTask, Run, RunSpec, train_run
+from supernet.settings import DEFAULT_VALIDATION_LIMIT, CustomTask, RefineConfig, RunSpec, TrainingConfig
 from supernet.space import SPACES
-from supernet.training import TrainingConfig
+
+if TYPE_CHECKING:
+    from search.job import SearchJob
+    from supernet.run import Run
+
+# Only torch-free modules above: `nasprune --help`, `db upgrade` and `token` start without torch, transformers or
+# datasets (several seconds); each command imports what it runs.
 
 log = logging.getLogger("nasprune")
 
@@ -106,6 +95,8 @@ def _limit(value: str) -> int | None:
 
 
 def _spec_from_args(args: argparse.Namespace) -> RunSpec:
+    from supernet.data import DataError
+
     custom = None
     if args.task.startswith("custom/"):
         if not args.train_file or not args.test_file:
@@ -125,6 +116,8 @@ def _spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from supernet.run import train_run
+
     spec = _spec_from_args(args)
     start = time.perf_counter()
     with _signal_flags() as flags:
@@ -169,6 +162,9 @@ def _signal_flags() -> Iterator[dict]:
 
 
 def _search_job_from_args(args: argparse.Namespace) -> SearchJob:
+    from search.job import LatencyShape, SearchJob
+    from search.runner import SearchConfig
+
     search = SearchConfig(objectives=[o for o in args.objectives.split(",") if o], optimizer=args.optimizer,
                           evaluations=args.evaluations, time_limit_s=args.time_limit, seed=args.seed)
     latency = LatencyShape(batch_size=args.latency_batch_size, seq_len=args.latency_seq_len,
@@ -178,6 +174,8 @@ def _search_job_from_args(args: argparse.Namespace) -> SearchJob:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from search.job import FRONT_FILE, run_search_job
+
     spec, job = _spec_from_args(args), _search_job_from_args(args)
     start = time.perf_counter()
     with _signal_flags() as flags:
@@ -196,6 +194,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _print_front(front: dict[str, Any], positions: list[int] | None = None) -> None:
     """The front as a table: size, speed and metrics of each point (refined figures where a point has them)."""
+    from search.job import serves_refined
+
     ref, main = front["reference"], front["main_metric"]
     chosen = range(len(front["points"])) if positions is None else positions
     rows = [("full", ref)] + [(k, front["points"][k]) for k in chosen]
@@ -213,6 +213,8 @@ def _print_front(front: dict[str, Any], positions: list[int] | None = None) -> N
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
+    from search.job import refine_points
+
     config = RefineConfig(epochs=args.epochs, learning_rate=args.lr)
     start = time.perf_counter()
     with _signal_flags() as flags:
@@ -246,6 +248,11 @@ def _parse_sub(text: str, run: Run, config) -> SubNetworkConfig:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from search.job import FRONT_FILE, REFINED_DIR, serves_refined
+    from supernet.evaluation import evaluate
+    from supernet.extract import SUBNETWORK_FILE, export_onnx, export_subnetwork, load_exported, save_folder
+    from supernet.run import Run
+
     run = Run(args.run)
     supernet = run.load_supernet()
     refined_folder = None
@@ -421,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     search = sub.add_parser("search", help="train the supernet, then search for the Pareto front of sub-networks")
     _add_training_flags(search)
-    search.add_argument("--objectives", default="error,params", help=f"comma-separated: {', '.join(OBJECTIVES)}")
+    search.add_argument("--objectives", default="error,params", help=f"comma-separated: {', '.join(OBJECTIVE_NAMES)}")
     search.add_argument("--optimizer", default="nsga2", choices=sorted(OPTIMIZERS))
     search.add_argument("--evaluations", type=int, default=100, help="number of distinct sub-networks to evaluate")
     search.add_argument("--time-limit", type=float, default=None, help="search wall-clock limit in seconds")
@@ -486,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose or service else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # transformers' load reports (e.g. "classifier: MISSING", expected) are noise here
-        transformers.logging.set_verbosity_error()
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+        if "transformers" in sys.modules:  # already imported (main called in-process, as the tests do)
+            sys.modules["transformers"].logging.set_verbosity_error()
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # "setup plugin ..." at import
     from pydantic import ValidationError
 
@@ -498,8 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
         print(f"nasprune: error: invalid settings (NASPRUNE_* variables): {problems}", file=sys.stderr)
         return 2
-    except (DataError, ConfigError, ModelLoadError, ExportError, ObjectiveError, FileNotFoundError, ValueError,
-            StartupError) as exc:
+    except (ValueError, FileNotFoundError, StartupError) as exc:  # DataError, ConfigError, ExportError ... too
         print(f"nasprune: error: {exc}", file=sys.stderr)
         return 2
 

@@ -45,7 +45,7 @@ from .models import (
 if TYPE_CHECKING:  # search.runner imports torch and transformers: seconds the API and the queue need not pay
     from search.job import SearchJob
     from search.runner import Trial
-    from supernet.run import RunSpec
+    from supernet.settings import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def request_dict(spec: RunSpec, job: SearchJob) -> dict[str, Any]:
 def parse_request(request: Mapping[str, Any]) -> tuple[RunSpec, SearchJob]:
     """RunSpec and SearchJob back from a stored request (what the worker runs)."""
     from search.job import SearchJob
-    from supernet.run import RunSpec
+    from supernet.settings import RunSpec
 
     try:
         return RunSpec.from_dict(request["run"]), SearchJob.from_dict(request["job"])

@@ -369,7 +369,7 @@ class RefinementRunner:
 
     def _run(self, folder: Path) -> RefinementStatus | None:
         from search.job import refine_points
-        from supernet.refine import RefineConfig
+        from supernet.settings import RefineConfig
 
         r = self.refinement
         beat = Heartbeat(lambda: refinements.heartbeat(self.factory, r.id, self.worker_id), self.lost, self.stop,

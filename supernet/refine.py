@@ -10,8 +10,6 @@ linear decay, clipping), and yields an ordinary exported model.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 
@@ -19,7 +17,8 @@ from .config import SubNetworkConfig
 from .extract import extract
 from .model import Supernet
 from .modeling_nasprune import NasPruneForSequenceClassification
-from .training import SupernetTrainer, TrainingConfig
+from .settings import RefineConfig
+from .training import SupernetTrainer
 
 
 class PrunedModel(torch.nn.Module):
@@ -36,33 +35,6 @@ class PrunedModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.exported.model(input_ids, attention_mask, token_type_ids)
-
-
-@dataclass(frozen=True)
-class RefineConfig:
-    """How front points are refined; epochs = 0 turns refining off."""
-
-    epochs: float = 0.0
-    learning_rate: float = 1e-4  # the rate chosen for MiniLM's fine-tuning (bench/RESULTS.md)
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.epochs <= 100:
-            raise ValueError(f"refine epochs must be in [0, 100], got {self.epochs}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"refine learning_rate must be > 0, got {self.learning_rate}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.epochs > 0
-
-    def training(self, seed: int) -> TrainingConfig:
-        return TrainingConfig(epochs=self.epochs, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                              warmup_ratio=self.warmup_ratio, num_random_subnets=0, seed=seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def refine_subnetwork(supernet: Supernet, sub: SubNetworkConfig, loader: Iterable[Mapping[str, torch.Tensor]],

@@ -16,7 +16,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,63 +29,14 @@ from .data import TaskData, load_custom_task, load_task, make_batches
 from .evaluation import evaluate
 from .importance import Importance, fisher_importance, reorder_by_importance
 from .model import Supernet
+from .settings import RunSpec
 from .space import ImportanceSpace, SearchSpace, make_space
-from .training import SupernetTrainer, TrainingConfig, TrainState
+from .training import SupernetTrainer, TrainState
 
 log = logging.getLogger(__name__)
 
 RUN_FILE, CHECKPOINT_FILE, SUPERNET_DIR, TRAINING_FILE = "run.json", "checkpoint.pt", "supernet", "training.json"
 IMPORTANCE_FILE = "importance.json"
-
-
-@dataclass
-class CustomTask:
-    """A user's dataset: CSV, TSV or JSONL files with one or two text columns and a label column."""
-
-    name: str
-    train_file: str
-    test_file: str
-    text_columns: list[str]
-    label_column: str = "label"
-    task_type: str = "classification"
-
-
-# The search evaluates each sub-network it tries on the validation split, so the split's size sets its cost. On
-# SST-2 (bench/search_budget.py, one seed) searching on 5,000 of its 20,205 sentences found a better front than on
-# 500-2,000 (test hypervolume 0.663 against 0.636-0.647) for 1.58 x plain fine-tuning against 1.46 x.
-DEFAULT_VALIDATION_LIMIT = 5000
-
-
-@dataclass
-class RunSpec:
-    model: str = "minilm"
-    task: str = "glue/rte"
-    data_dir: str | None = None
-    custom: CustomTask | None = None
-    space: str = "importance"  # bench/RESULTS.md: beats uniform at every size on MRPC
-    max_length: int = 128
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    train_limit: int | None = None
-    # Cap on validation examples (a seeded random subset; None: the whole split). The search evaluates every
-    # sub-network it tries on them, so on a large task (SST-2's split is 20,205 sentences) the whole split would
-    # cost more than the training: bench/search_budget.py measures what a cap costs in quality.
-    validation_limit: int | None = DEFAULT_VALIDATION_LIMIT
-    split_seed: int = 0
-    importance: str = "fisher"  # or "none"
-    importance_batches: int = 8
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        data = {"validation_limit": None} | dict(data)  # written before the cap existed: the whole split
-        data["training"] = TrainingConfig(**data.get("training", {}))
-        if data.get("custom"):
-            data["custom"] = CustomTask(**data["custom"])
-        return cls(**data)
 
 
 def load_run_task(spec: RunSpec) -> TaskData:

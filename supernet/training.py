@@ -24,48 +24,12 @@ from tqdm.auto import tqdm
 
 from .importance import task_loss
 from .model import Supernet
+from .settings import TrainingConfig
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 Batch = Mapping[str, torch.Tensor]
-
-
-@dataclass
-class TrainingConfig:
-    # Defaults from bench/supernet_recipes.py on MRPC (bench/RESULTS.md): 3 epochs of plain fine-tuning, Fisher
-    # ordering of the fine-tuned model, then 1 sandwich epoch with labels + distillation at T = 1, all at 1e-4
-    # (the best rate of plain fine-tuning too).
-    epochs: float = 4.0
-    # The first `plain_fraction` of the steps fine-tune only the full model (no sub-networks), so that importance
-    # is scored on a model that has learned the task, and the sandwich steps start from a good teacher.
-    plain_fraction: float = 0.75
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    gradient_accumulation: int = 1
-    max_grad_norm: float = 1.0
-    num_random_subnets: int = 2  # k; 0 means plain fine-tuning of the full model (no sandwich)
-    # The sandwich's smallest and random sub-networks keep at least this fraction of each gene's range
-    # (SearchSpace.floor): 0 trains the space's very smallest member, which in the importance space is ~1 %
-    # of the encoder and no better than the majority class.
-    sample_floor: float = 0.0
-    temperature: float = 1.0
-    # weight of the label loss added to each sub-network's distillation loss: with it the small sub-networks
-    # learn the task, not only the full network's logits (bench/RESULTS.md: +0.01-0.02 F1 at 25-40 % on MRPC)
-    label_loss_weight: float = 1.0
-    seed: int = 0
-    checkpoint_every_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.gradient_accumulation < 1 or self.num_random_subnets < 0 or self.temperature <= 0:
-            raise ValueError("gradient_accumulation >= 1, num_random_subnets >= 0 and temperature > 0 are required")
-        if not 0 <= self.sample_floor <= 1:
-            raise ValueError(f"sample_floor must be in [0, 1], got {self.sample_floor}")
-        if not 0 <= self.plain_fraction < 1:
-            raise ValueError(f"plain_fraction must be >= 0 and < 1, got {self.plain_fraction}")
 
 
 @dataclass

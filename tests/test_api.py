@@ -33,7 +33,7 @@ from service import queue
 from service.api import create_app
 from service.config import Settings
 from service.db import current_revision, head_revision, make_engine, session_factory
-from supernet.run import DEFAULT_VALIDATION_LIMIT
+from supernet.settings import DEFAULT_VALIDATION_LIMIT
 
 HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
 EVALUATIONS = 5

@@ -18,7 +18,7 @@ from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs
 from supernet.extract import extract
 from supernet.importance import Importance, fisher_importance, reorder_by_importance
-from supernet.training import TrainingConfig
+from supernet.settings import TrainingConfig
 
 
 def encoder_macs(config, sub=None) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,12 +14,15 @@ import torch
 from conftest import GLUE_DIR, cli, task_args
 from transformers import AutoModelForSequenceClassification
 
+from search.names import OBJECTIVE_NAMES
+from search.objectives import OBJECTIVES
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
 from supernet.evaluation import evaluate, predict
 from supernet.extract import SUBNETWORK_FILE, load_exported
 from supernet.importance import fisher_importance
-from supernet.run import DEFAULT_VALIDATION_LIMIT, Run, RunSpec, load_run_task, load_supernet, same_run
+from supernet.run import Run, load_run_task, load_supernet, same_run
+from supernet.settings import DEFAULT_VALIDATION_LIMIT, RunSpec
 
 
 def _train_args(ws: Path, out: Path, *extra: str) -> list[str]:
@@ -329,3 +334,17 @@ def test_parser_rejects_bad_flags(capsys) -> None:
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         cli(["export", "--config", "middle"])  # --run and --out are required
+
+
+def test_the_cli_starts_without_torch() -> None:
+    """`nasprune --help`, `db upgrade` and `token` import only torch-free modules (torch, transformers and datasets
+    cost seconds); a command imports what it runs."""
+    heavy = ("torch", "transformers", "datasets", "search.objectives", "supernet.run")
+    code = f"import sys, service.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_objective_names_the_cli_lists_are_the_search_objectives() -> None:
+    assert OBJECTIVE_NAMES == tuple(OBJECTIVES)

@@ -506,7 +506,7 @@ def fresh(tmp_path) -> Iterator[tuple[Settings, sessionmaker]]:
 def _request() -> dict:
     from search.job import LatencyShape, SearchJob
     from search.runner import SearchConfig
-    from supernet.run import RunSpec
+    from supernet.settings import RunSpec
 
     return repo.request_dict(RunSpec(model="minilm", task="custom/toy"),
                              SearchJob(search=SearchConfig(evaluations=2), latency=LatencyShape()))

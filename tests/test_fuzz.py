@@ -29,7 +29,7 @@ from service.db import make_engine, session_factory, upgrade
 from service.models import SearchStatus
 from service.worker import LOG_FILE
 from supernet.config import SubNetworkConfig
-from supernet.run import RunSpec
+from supernet.settings import RunSpec
 
 MAX_EXAMPLES = 25
 # Deterministic (same cases every run, no example database written into the repository), no shrinking: a failure

@@ -11,7 +11,8 @@ from supernet.config import SubNetworkConfig
 from supernet.counting import count_params
 from supernet.extract import extract
 from supernet.importance import task_loss
-from supernet.refine import PrunedModel, RefineConfig, refine_subnetwork
+from supernet.refine import PrunedModel, refine_subnetwork
+from supernet.settings import RefineConfig
 
 
 def mean_loss(model: torch.nn.Module, batches) -> float:

@@ -25,8 +25,7 @@ from service.models import SearchStatus
 from service.worker import JobRunner, _JobState
 from supernet.config import SubNetworkConfig
 from supernet.extract import SUBNETWORK_FILE
-from supernet.refine import RefineConfig
-from supernet.run import RunSpec
+from supernet.settings import RefineConfig, RunSpec
 
 CONFIG = SubNetworkConfig(layers=(0,), heads=(2,), units=(8,)).to_dict()
 REFINED = {"validation": {"accuracy": 0.9}, "test": {"accuracy": 0.85}, "train_s": 1.5, "kept": True,

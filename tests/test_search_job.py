@@ -23,8 +23,8 @@ from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
 from supernet.evaluation import evaluate
 from supernet.extract import SUBNETWORK_FILE, extract
-from supernet.refine import RefineConfig
 from supernet.run import Run
+from supernet.settings import RefineConfig
 
 OBJECTIVES = ["error", "params", "latency"]
 FILES = ("run.json", "search.json", "trials.jsonl", "front.json", "pareto.png")

@@ -19,7 +19,7 @@ from service.config import Settings, get_settings, within_roots
 from service.db import SchemaError, check_schema, downgrade, make_engine, session_factory, upgrade
 from service.models import Base, SearchStatus, TrialRow
 from supernet.config import SubNetworkConfig
-from supernet.run import RunSpec
+from supernet.settings import RunSpec
 
 TABLES = {"searches", "trials", "front_points", "exports", "api_tokens", "datasets", "refinements"}
 

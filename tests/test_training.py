@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from conftest import make_supernet, supernet_config
 
 from supernet.config import SubNetworkConfig
+from supernet.settings import TrainingConfig
 from supernet.space import make_space
-from supernet.training import SupernetTrainer, TrainingConfig, TrainState, distillation_loss
+from supernet.training import SupernetTrainer, TrainState, distillation_loss
 
 
 class FakeLoader:

@@ -20,7 +20,7 @@ from service.db import current_revision, head_revision, make_engine, session_fac
 from service.models import SearchStatus
 from service.worker import LOG_FILE, _sync_trials, run_worker
 from supernet.config import SubNetworkConfig
-from supernet.run import RunSpec
+from supernet.settings import RunSpec
 
 
 @pytest.fixture

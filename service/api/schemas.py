@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from supernet.run import DEFAULT_VALIDATION_LIMIT, RunSpec
-from supernet.training import TrainingConfig
+from supernet.settings import DEFAULT_VALIDATION_LIMIT, RunSpec, TrainingConfig
 
 _STRICT = ConfigDict(extra="forbid")
 

@@ -24,10 +24,8 @@ from search.optimizers import OPTIMIZERS
 from search.runner import SearchConfig
 from supernet.convert import ModelLoadError, read_model_config
 from supernet.data import GLUE_TASKS
-from supernet.refine import RefineConfig
-from supernet.run import CustomTask, RunSpec
+from supernet.settings import CustomTask, RefineConfig, RunSpec, TrainingConfig
 from supernet.space import SPACES
-from supernet.training import TrainingConfig
 
 from .. import datasets
 from ..config import Settings, within_roots
