@@ -474,6 +474,10 @@ def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool =
     """
     shutdown = shutdown or threading.Event()
     worker_id = worker_id or queue.default_worker_id()
+    # The pipeline (torch, transformers: seconds of imports that hold the GIL) is imported before the first claim:
+    # imported inside a job it would starve that job's heartbeat thread, and the job would look dead.
+    import search.job  # noqa: F401
+
     engine = make_engine(settings.url)
     try:
         check_schema(engine)
