@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,16 @@ import torch
 
 from supernet.config import SubNetworkConfig
 from supernet.data import TaskSpec, error_from_metrics
-from supernet.evaluation import evaluate
+from supernet.evaluation import evaluate, resolve_dtype
 from supernet.extract import SUBNETWORK_FILE, save_folder, subnetwork_record
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, train_run
-from supernet.settings import RefineConfig, RunSpec
+from supernet.settings import EVALUATION_DTYPES, RefineConfig, RunSpec
 from supernet.training import TrainState
 
 from .latency import load_or_calibrate
 from .objectives import Measurements, figures_dict, objective_values, resolve_objectives
+from .pareto import non_dominated
 from .plot import plot_front
 from .runner import SearchConfig, SearchResult, Trial, run_search
 
@@ -60,6 +61,15 @@ class SearchJob:
     latency: LatencyShape = field(default_factory=LatencyShape)
     params_kind: str = "encoder"
     refine: RefineConfig = field(default_factory=RefineConfig)  # after the search: fine-tune each front point
+    # the precision the search ranks sub-networks in (supernet/evaluation.py): auto is bfloat16 where the CPU (or
+    # GPU) computes it natively, about 3 x faster on this project's CPU (bench/eval_precision.py); the front's
+    # figures are float32 whatever this says
+    evaluation_dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.evaluation_dtype not in EVALUATION_DTYPES:
+            raise ValueError(f"evaluation_dtype must be one of {', '.join(EVALUATION_DTYPES)}; "
+                             f"got {self.evaluation_dtype!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +77,9 @@ class SearchJob:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchJob:
         return cls(search=SearchConfig(**data["search"]), latency=LatencyShape(**data["latency"]),
-                   params_kind=data.get("params_kind", "encoder"), refine=RefineConfig(**data.get("refine", {})))
+                   params_kind=data.get("params_kind", "encoder"), refine=RefineConfig(**data.get("refine", {})),
+                   # searches stored before the setting existed evaluated in float32
+                   evaluation_dtype=data.get("evaluation_dtype", "float32"))
 
 
 def read_trials(folder: str | Path) -> list[Trial]:
@@ -121,13 +133,34 @@ def _point(trial_like: dict[str, Any], test: dict[str, float]) -> dict[str, Any]
             } | {"test": test}
 
 
+def _front_in_float32(front: Sequence[Trial], measurements: Measurements, names: list[str]
+                      ) -> tuple[list[dict[str, Any]], Measurements]:
+    """The front's trials as dicts with float32 figures, and the float32 measurements. A search that ranked in a
+    lower precision has its front evaluated again on validation in float32 (what an exported model scores; the
+    search's figures stay under "search_validation"), and the points those figures show dominated are dropped."""
+    if measurements.dtype == torch.float32:
+        return [trial.to_dict() for trial in front], measurements
+    precise = replace(measurements, dtype=torch.float32, _cache={})
+    objectives = resolve_objectives(names)
+    points = [{"config": trial.config.to_dict(), "objectives": objective_values(objectives, trial.config, precise),
+               **figures_dict(precise.figures(trial.config)), "search_validation": trial.validation}
+              for trial in front]
+    if not points:
+        return points, precise
+    keep = non_dominated([[p["objectives"][name] for name in names] for p in points])
+    return [p for p, kept in zip(points, keep, strict=True) if kept], precise
+
+
 def write_front(run: Run, result: SearchResult, measurements: Measurements, names: list[str]) -> dict[str, Any]:
     """Re-evaluate the front (and the full model) on the test split and write front.json + pareto.png."""
     supernet = measurements.supernet
     # Tokenised and collated once, then reused for every front point and the full model.
     test_batches = {split: list(run.batches(split)) for split in run.task.test}
-    points = [_point(trial.to_dict(), _test_metrics(run, supernet, trial.config, test_batches))
-              for trial in result.front]
+    search_dtype = str(measurements.dtype).removeprefix("torch.")
+    chosen, measurements = _front_in_float32(result.front, measurements, names)
+    points = [_point(p, _test_metrics(run, supernet, SubNetworkConfig.from_dict(p["config"]), test_batches))
+              | ({"search_validation": p["search_validation"]} if "search_validation" in p else {})
+              for p in chosen]
     full = supernet.full_config()
     full_objectives = objective_values(resolve_objectives(names), full, measurements)
     reference = _point({"config": full.to_dict(), "objectives": full_objectives,
@@ -140,6 +173,7 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
         "normalisation": {"lower": result.bounds[0], "upper": result.bounds[1],
                           "reference_point": result.reference_point},
         "evaluations": len(result.trials),
+        "search_dtype": search_dtype,  # the precision the search ranked in; the figures here are float32
     }
     for position, point in enumerate(points):  # refined earlier (by the job or on demand) and still this point
         refined = _refined_record(run.folder / REFINED_DIR / str(position), point["config"])
@@ -300,17 +334,23 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     if state.stopped:
         return None
     search_file = folder / SEARCH_FILE
-    if search_file.is_file() and _identity(json.loads(search_file.read_text())) != _identity(job.to_dict()):
+    stored = SearchJob.from_dict(json.loads(search_file.read_text())) if search_file.is_file() else None
+    if stored is not None and job.evaluation_dtype == "auto":  # a resumed search keeps the precision it ranked in
+        job = replace(job, evaluation_dtype=stored.evaluation_dtype)
+    if stored is not None and _identity(stored.to_dict()) != _identity(job.to_dict()):
         raise ValueError(f"{folder} holds a different search; choose another output folder")
-    search_file.write_text(json.dumps(job.to_dict(), indent=2))
     run = Run(folder, spec)
     supernet = run.load_supernet()
+    dtype = resolve_dtype(job.evaluation_dtype, next(supernet.parameters()).device)
+    # search.json names the precision itself, so a resume on another machine ranks the same way
+    job = replace(job, evaluation_dtype=str(dtype).removeprefix("torch."))
+    search_file.write_text(json.dumps(job.to_dict(), indent=2))
     seq_len = job.latency.seq_len or spec.max_length
     space = run.space(supernet.config)
     table = load_or_calibrate(supernet.config, batch_size=job.latency.batch_size, seq_len=seq_len,
                               unit_step=space.unit_step, device=job.latency.device)
     measurements = Measurements(supernet=supernet, validation_batches=run.batches("validation"), task=run.task.spec,
-                                latency=table, seq_len=seq_len, params_kind=job.params_kind)
+                                latency=table, seq_len=seq_len, params_kind=job.params_kind, dtype=dtype)
 
     def record(trial: Trial, current: SearchResult) -> None:
         _append_trial(folder, trial)

@@ -46,6 +46,9 @@ class Measurements:
     latency: LatencyTable
     seq_len: int = 128
     params_kind: str = "encoder"  # which parameter count the `params` objective uses: encoder or total
+    # the precision validation runs in while the search ranks sub-networks (supernet/evaluation.py); the front is
+    # evaluated again in float32 (search.job.write_front)
+    dtype: torch.dtype = torch.float32
     _cache: dict[SubNetworkConfig, Figures] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -62,7 +65,7 @@ class Measurements:
 
     def figures(self, sub: SubNetworkConfig) -> Figures:
         if sub not in self._cache:
-            metrics = evaluate(self.supernet, self.validation_batches, self.task, sub=sub)
+            metrics = evaluate(self.supernet, self.validation_batches, self.task, sub=sub, dtype=self.dtype)
             params, macs, latency = self.cost(sub)
             self._cache[sub] = Figures(validation=metrics, params=params, macs=macs, latency_ms=latency)
         return self._cache[sub]

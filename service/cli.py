@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 from search.names import OBJECTIVE_NAMES
 from search.optimizers import OPTIMIZERS
 from supernet.config import ConfigError, SubNetworkConfig
-from supernet.settings import DEFAULT_VALIDATION_LIMIT, CustomTask, RefineConfig, RunSpec, TrainingConfig
+from supernet.settings import (
+    DEFAULT_VALIDATION_LIMIT,
+    EVALUATION_DTYPES,
+    CustomTask,
+    RefineConfig,
+    RunSpec,
+    TrainingConfig,
+)
 from supernet.space import SPACES
 
 if TYPE_CHECKING:
@@ -170,7 +177,8 @@ def _search_job_from_args(args: argparse.Namespace) -> SearchJob:
     latency = LatencyShape(batch_size=args.latency_batch_size, seq_len=args.latency_seq_len,
                            device=args.latency_device)
     return SearchJob(search=search, latency=latency, params_kind=args.params,
-                     refine=RefineConfig(epochs=args.refine_epochs, learning_rate=args.refine_lr))
+                     refine=RefineConfig(epochs=args.refine_epochs, learning_rate=args.refine_lr),
+                     evaluation_dtype=args.evaluation_dtype)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -441,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="after the search, fine-tune each front point at its own size for this many epochs "
                              "(labels only; 0 = off); `export --point` then exports the refined model")
     search.add_argument("--refine-lr", type=float, default=RefineConfig.learning_rate)
+    search.add_argument("--evaluation-dtype", choices=EVALUATION_DTYPES, default="auto",
+                        help="precision the search ranks sub-networks in; auto: bfloat16 where the CPU has it natively "
+                             "(about 3 x faster), else float32. The front's figures are float32 either way")
     search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="fine-tune the weight-sharing supernet of a model on a task")
     _add_training_flags(train)

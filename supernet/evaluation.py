@@ -1,8 +1,14 @@
-"""Evaluate the supernet (or one of its sub-networks) on a split: predictions, then task metrics."""
+"""Evaluate the supernet (or one of its sub-networks) on a split: predictions, then task metrics.
+
+`dtype=torch.bfloat16` evaluates under autocast (matrix products in bfloat16, normalisation and softmax in float32):
+on a CPU with native bfloat16 (AVX512-BF16 or AMX) about 3 x faster, with 99.7-99.9 % of predictions unchanged
+(bench/eval_precision.py); the search ranks its candidates that way, and reports float32 figures.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -12,17 +18,48 @@ from .config import SubNetworkConfig
 from .data import TaskSpec, compute_metrics
 from .model import Supernet
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def fast_bfloat16(device: str | torch.device = "cpu") -> bool:
+    """Whether `device` computes bfloat16 natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports it);
+    elsewhere bfloat16 is emulated and slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is not None and check() for check in checks)
+
+
+def resolve_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """'float32', 'bfloat16', or 'auto': bfloat16 where `device` computes it natively, float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if fast_bfloat16(device) else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"evaluation dtype must be auto, {' or '.join(DTYPES)}; got {name!r}")
+    return DTYPES[name]
+
+
+def _precision(model: torch.nn.Module, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=dtype)
+
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], *,
-            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of every example, in loader order."""
+def predict(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], *, progress: bool = False,
+            dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (float32) and labels of every example, in loader order; `dtype` as in the module's docstring."""
     model.eval()
     logits, labels = [], []
-    for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
-        out = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
-        logits.append(getattr(out, "logits", out).float().numpy())
-        labels.append(batch["labels"].numpy())
+    with _precision(model, dtype):
+        for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
+            out = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+            logits.append(getattr(out, "logits", out).float().numpy())
+            labels.append(batch["labels"].numpy())
     return np.concatenate(logits), np.concatenate(labels)
 
 
@@ -32,11 +69,12 @@ def metrics_from_logits(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) 
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], spec: TaskSpec, *,
-             sub: SubNetworkConfig | None = None, progress: bool = False) -> dict[str, float]:
+             sub: SubNetworkConfig | None = None, progress: bool = False,
+             dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Task metrics of `model`; for a Supernet, of sub-network `sub` (None: the full network)."""
     if isinstance(model, Supernet):
         with model.use(sub):
-            return metrics_from_logits(spec, *predict(model, batches, progress=progress))
+            return metrics_from_logits(spec, *predict(model, batches, progress=progress, dtype=dtype))
     if sub is not None:
         raise ValueError("a sub-network can only be chosen inside a Supernet")
-    return metrics_from_logits(spec, *predict(model, batches, progress=progress))
+    return metrics_from_logits(spec, *predict(model, batches, progress=progress, dtype=dtype))

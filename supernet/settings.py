@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# The precisions a search may rank sub-networks in (supernet/evaluation.py): auto is bfloat16 where the device
+# computes it natively, float32 elsewhere.
+EVALUATION_DTYPES = ("auto", "float32", "bfloat16")
+
 
 @dataclass
 class TrainingConfig:

@@ -21,7 +21,7 @@ from search.pareto import non_dominated
 from search.runner import SearchConfig, Trial
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
-from supernet.evaluation import evaluate
+from supernet.evaluation import evaluate, predict, resolve_dtype
 from supernet.extract import SUBNETWORK_FILE, extract
 from supernet.run import Run
 from supernet.settings import RefineConfig
@@ -30,10 +30,11 @@ OBJECTIVES = ["error", "params", "latency"]
 FILES = ("run.json", "search.json", "trials.jsonl", "front.json", "pareto.png")
 
 
-def search_args(ws: Path, out: Path, *extra: str, evaluations: int = 6) -> list[str]:
+def search_args(ws: Path, out: Path, *extra: str, evaluations: int = 6, dtype: str = "float32") -> list[str]:
+    """float32 unless asked: what these tests compare against does not depend on whether the CPU has bfloat16."""
     return ["search", *task_args(ws), "--epochs", "1", "--batch-size", "8", "--evaluations", str(evaluations),
             "--objectives", ",".join(OBJECTIVES), "--latency-batch-size", "2", "--max-length", "16",
-            "--out", str(out), *extra]
+            "--out", str(out), *(["--evaluation-dtype", dtype] if dtype else []), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -463,3 +464,60 @@ def test_refine_notices_a_front_rewritten_under_it(run_copy) -> None:
     with pytest.raises(RuntimeError, match="changed while point 0 was refined"):
         refine_points(run_copy, [0], RefineConfig(epochs=0.5, learning_rate=1e-3), progress=False,
                       on_point=rewrite_front)
+
+
+# ------------------------------------------------------------------------------------------- precision
+
+
+def test_a_bfloat16_search_ranks_in_bfloat16_and_reports_float32(workspace, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli(search_args(workspace, out, dtype="bfloat16")) == 0, capsys.readouterr().err
+    assert json.loads((out / "search.json").read_text())["evaluation_dtype"] == "bfloat16"
+    run = Run(out)
+    supernet, spec = run.load_supernet(), run.task.spec
+    validation = run.batches("validation")
+    exact, rounded = predict(supernet, validation)[0], predict(supernet, validation, dtype=torch.bfloat16)[0]
+    assert not np.array_equal(exact, rounded) and np.allclose(exact, rounded, atol=0.05)  # really two precisions
+    trials = {t.config: t for t in read_trials(out)}
+    for config, trial in trials.items():  # what the search saw
+        assert trial.validation == evaluate(supernet, validation, spec, sub=config, dtype=torch.bfloat16)
+    front = json.loads((out / "front.json").read_text())
+    assert front["search_dtype"] == "bfloat16" and front["points"]
+    for point in front["points"]:  # what the front reports: float32, as the exported model scores
+        sub = SubNetworkConfig.from_dict(point["config"])
+        assert point["search_validation"] == trials[sub].validation
+        assert point["validation"] == evaluate(supernet, validation, spec, sub=sub)
+        assert point["objectives"]["error"] == pytest.approx(1 - point["validation"]["accuracy"])
+        assert point["objectives"]["params"] == trials[sub].objectives["params"]
+    assert non_dominated(np.array([values(p) for p in front["points"]])).all()
+    assert front["reference"]["validation"] == evaluate(supernet, validation, spec)
+    # a rerun on the default (auto) keeps the precision the search ranked in, whatever this CPU has
+    before = lines(out)
+    assert cli(search_args(workspace, out, dtype="")) == 0
+    assert lines(out) == before
+    capsys.readouterr()
+    assert cli(search_args(workspace, out, dtype="float32")) == 2
+    assert "different search" in capsys.readouterr().err
+
+
+def test_a_search_stored_before_the_precision_setting_resumes_in_float32(run_copy, workspace) -> None:
+    job = json.loads((run_copy / "search.json").read_text())
+    del job["evaluation_dtype"]
+    (run_copy / "search.json").write_text(json.dumps(job))
+    before = lines(run_copy)
+    assert cli(search_args(workspace, run_copy, dtype="")) == 0
+    assert lines(run_copy) == before
+    assert json.loads((run_copy / "search.json").read_text())["evaluation_dtype"] == "float32"
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [
+    (True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32)])
+def test_auto_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert resolve_dtype("auto") == expected
+    assert resolve_dtype("float32") == torch.float32 and resolve_dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="evaluation dtype"):
+        resolve_dtype("float16")
+    with pytest.raises(ValueError, match="evaluation_dtype"):
+        SearchJob(evaluation_dtype="half")

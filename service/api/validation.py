@@ -220,4 +220,5 @@ def build_request(body: SearchCreate, settings: Settings, *, session: Session | 
                    train_limit=budget.train_limit, validation_limit=budget.validation_limit, training=training)
     latency = LatencyShape(batch_size=body.latency.batch_size, seq_len=body.latency.seq_len,
                            device=body.latency.device)
-    return spec, SearchJob(search=search, latency=latency, params_kind=body.params, refine=refine)
+    return spec, SearchJob(search=search, latency=latency, params_kind=body.params, refine=refine,
+                           evaluation_dtype=body.evaluation_dtype)
