@@ -338,9 +338,11 @@ def search_budget_section(task: str, budgets: Path) -> list[str]:
             lines += [f"### Search on a validation subset (`python bench/search_budget.py --task "
                       f"{task.replace('-', '/', 1)} --seed {seed}`)", "",
                       "The importance job's supernet searched again (100 evaluations, the job's seed), each search "
-                      "seeing a seeded random subset of the validation split (`validation_limit`); the searches ran "
-                      "one after the other in one process. Test figures of the front each finds, chosen on its own "
-                      "subset; the job ratio keeps the job's training time.", "", *table, ""]
+                      "seeing a seeded random subset of the validation split (`validation_limit`) and ranking in "
+                      "the precision its row names (`evaluation_dtype`; bfloat16 is the default on this CPU since "
+                      "the sixth session, and its front is scored again in float32); the searches of one command "
+                      "ran one after the other in one process. Test figures of the front each finds, chosen on its "
+                      "own subset; the job ratio keeps the job's training time.", "", *table, ""]
     return lines
 
 

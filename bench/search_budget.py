@@ -9,10 +9,12 @@ one after the other in one process (so their times are measured side by side), a
 under bench/prove_report.py's hypervolume normalisation, with the best test metric at <= 75 / 50 / 33 % of the
 encoder's parameters (chosen on the search's own validation subset, as a user would choose).
 
-    python bench/search_budget.py --task glue/mrpc --seed 0 --limits 275 550 full
+    python bench/search_budget.py --task glue/mrpc --seed 0 --limits job 275 550 full
 
-Each limit's result is written to bench/out/search_budget/<task>/seed<k>/<limit>.json when it ends (a rerun
-continues); the table is printed at the end.
+`--dtype` is the precision the search ranks in (`SearchJob.evaluation_dtype`; the front is scored in float32
+either way): auto, the service's default, is bfloat16 on a CPU that computes it natively. Each limit's result is
+written to bench/out/search_budget/<task>/seed<k>/<limit>[-bfloat16].json when it ends (a rerun continues; searches
+in float32, the default before bfloat16, carry no suffix); the table is printed at the end.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from scoring import BUDGETS, best_under, test_error_hypervolume
 
 from search.job import SearchJob, run_search_job
 from search.runner import SearchConfig
-from supernet.settings import RunSpec
+from supernet.evaluation import resolve_dtype
+from supernet.settings import EVALUATION_DTYPES, RunSpec
 
 HERE = Path(__file__).resolve().parent
 PROVE = HERE / "out" / "prove"
@@ -65,6 +68,8 @@ def main() -> None:
                         help="validation examples the search sees; 'full' for the whole split, 'job' for "
                              "bench/prove.py's job's own search (its front and time, not run again)")
     parser.add_argument("--evaluations", type=int, default=100)
+    parser.add_argument("--dtype", choices=EVALUATION_DTYPES, default="auto",
+                        help="precision the searches rank in (the job row keeps its own)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "out" / "search_budget"))
     args = parser.parse_args()
@@ -81,8 +86,11 @@ def main() -> None:
     metric = settings["main_metric"]
     out = Path(args.out) / seed_folder(args.task, args.seed)
     out.mkdir(parents=True, exist_ok=True)
+    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    suffix = "" if dtype == "float32" else f"-{dtype}"
     for limit_arg in args.limits:
-        result_file = out / f"{limit_arg}.json"
+        name = limit_arg if limit_arg == "job" else f"{limit_arg}{suffix}"
+        result_file = out / f"{name}.json"
         if result_file.is_file():
             continue
         size = settings["sizes"]["validation"]
@@ -92,18 +100,19 @@ def main() -> None:
             front, epochs, examples = (json.loads((source / "front.json").read_text()), job_spec.training.epochs,
                                        min(job_spec.validation_limit or size, size))
             cpu_share = json.loads((source.parent / "times.json").read_text()).get("search_and_test_cpu_share")
+            searched_in = json.loads((source / "search.json").read_text()).get("evaluation_dtype", "float32")
         else:
-            spec = prepare(source, out / limit_arg, None if limit_arg == "full" else int(limit_arg))
-            job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=args.seed))
+            spec = prepare(source, out / name, None if limit_arg == "full" else int(limit_arg))
+            job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=args.seed), evaluation_dtype=dtype)
             with Stopwatch() as watch:
-                run_search_job(spec, job, out / limit_arg)
-            elapsed, cpu_share = watch.seconds, watch.cpu_share
-            front, epochs = json.loads((out / limit_arg / "front.json").read_text()), spec.training.epochs
+                run_search_job(spec, job, out / name)
+            elapsed, cpu_share, searched_in = watch.seconds, watch.cpu_share, dtype
+            front, epochs = json.loads((out / name / "front.json").read_text()), spec.training.epochs
             examples = min(spec.validation_limit or size, size)
         result = {"task": args.task, "seed": args.seed, "limit": limit_arg, "validation_examples": examples,
                   "validation_size": settings["sizes"]["validation"], "search_and_test_s": elapsed,
                   "load_average": None if limit_arg == "job" else os.getloadavg()[0], "threads": args.threads,
-                  "cpu_share": cpu_share,
+                  "cpu_share": cpu_share, "dtype": searched_in,
                   "train_s": json.loads((source.parent / "times.json").read_text())["train_s"],
                   "job_epochs": epochs,
                   "plain_per_epoch_s": reference["plain_train_s"] / settings["epochs"],
@@ -118,20 +127,21 @@ def fmt_load(load: float | None) -> str:
 
 def table_lines(folder: Path) -> list[str]:
     """The Markdown table of one task and seed's results, in increasing numbers of validation examples; the ratio
-    column divides by the largest search's time."""
+    column divides by the slowest search's time on the most examples."""
     rows = [json.loads(f.read_text()) for f in folder.glob("*.json")]
     if not rows:
         return []
-    rows.sort(key=lambda r: (r["validation_examples"], r["limit"] == "job"))
+    rows.sort(key=lambda r: (r["validation_examples"], r["limit"] == "job", r.get("dtype", "float32")))
     metric, first = rows[0]["main_metric"], rows[0]
     lines = [f"{first['task']} seed {first['seed']}, {first['threads']} threads: supernet training "
              f"{first['train_s']:.0f} s ({first['job_epochs']} epochs), plain fine-tuning "
              f"{first['plain_per_epoch_s']:.0f} s per epoch.", "",
-             "| validation examples | search + test (s) | ÷ largest's | whole job ÷ plain, same epochs "
+             "| validation examples | search precision | search + test (s) | ÷ slowest's "
+             "| whole job ÷ plain, same epochs "
              "| hypervolume | front size | " + " | ".join(f"test {metric} ≤ {b:.0%}" for b in BUDGETS)
              + " | 1-min load |",
-             "|---" * (7 + len(BUDGETS)) + "|"]
-    full = rows[-1]["search_and_test_s"]
+             "|---" * (8 + len(BUDGETS)) + "|"]
+    full = max(r["search_and_test_s"] for r in rows if r["validation_examples"] == rows[-1]["validation_examples"])
     for row in rows:
         best = [row["best_under"][str(b)] for b in BUDGETS]
         ratio = (row["train_s"] + row["search_and_test_s"]) / (row["plain_per_epoch_s"] * row["job_epochs"])
@@ -140,7 +150,8 @@ def table_lines(folder: Path) -> list[str]:
         size = f"{row['validation_examples']}" + (" (all)" if row["validation_examples"] == row["validation_size"]
                                                  else "") + (f" ({source})" if source else "")
         cells = ["–" if b is None else f"{b['test'][metric]:.3f} ({b['fraction']:.0%})" for b in best]
-        lines.append(f"| {size} | {row['search_and_test_s']:.0f} | {share} | {ratio:.2f} | {row['hypervolume']:.3f} | "
+        lines.append(f"| {size} | {row.get('dtype', 'float32')} | {row['search_and_test_s']:.0f} | {share} | "
+                     f"{ratio:.2f} | {row['hypervolume']:.3f} | "
                      f"{row['front_size']} | {' | '.join(cells)} | {fmt_load(row['load_average'])} |")
     return lines
 

@@ -1,0 +1,90 @@
+"""What bfloat16 buys the search's evaluations on this CPU: time and agreement against float32.
+
+The search evaluates every sub-network it tries on the validation split (on MRPC 46 % of the default job). This
+CPU has AVX512-BF16; this script takes a trained supernet (bench/prove.py's importance job of --task and --seed)
+and evaluates the same sub-networks on the same validation batches in float32, under CPU autocast to bfloat16,
+and with a bfloat16 copy of the weights, interleaved (float32, autocast, bf16 weights, then again) so that the
+three are timed side by side, and prints each mode's median time, its speed-up, its metric and how many
+predictions agree with float32's.
+
+    python bench/eval_precision.py --task glue/mrpc --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from prove import seed_folder
+
+from supernet.evaluation import metrics_from_logits, predict
+from supernet.run import Run
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="glue/mrpc")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subnetworks", type=int, default=6, help="random members of the space, beside full/middle")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "out" / "eval_precision"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    run = Run(HERE / "out" / "prove" / seed_folder(args.task, args.seed) / "nasprune_importance" / "run")
+    model = run.load_supernet().eval()
+    bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
+    batches = list(run.batches("validation"))
+    space, spec = run.space(model.config), run.task.spec
+    rng = random.Random(0)
+    subs = [("full", space.largest()), ("middle", space.middle())]
+    subs += [(f"random {i}", space.sample(rng)) for i in range(args.subnetworks)]
+    full_params = sum(p.numel() for p in model.parameters())
+
+    modes = {"float32": (model, nullcontext), "autocast bf16": (model, lambda: torch.autocast("cpu", torch.bfloat16)),
+             "bf16 weights": (bf16, nullcontext)}
+    rows = []
+    for name, sub in subs:
+        times = {mode: [] for mode in modes}
+        logits = {}
+        for _ in range(args.repeats):
+            for mode, (net, context) in modes.items():
+                with net.use(sub), context():
+                    started = time.perf_counter()
+                    out, labels = predict(net, batches)
+                    times[mode].append(time.perf_counter() - started)
+                logits[mode] = out
+        base = logits["float32"].argmax(-1)
+        row = {"sub": name, "config": sub.to_dict(), "examples": len(labels)}
+        for mode in modes:
+            row[mode] = {"median_s": statistics.median(times[mode]),
+                         "metrics": metrics_from_logits(spec, logits[mode], labels),
+                         "agreement": float(np.mean(logits[mode].argmax(-1) == base))}
+        rows.append(row)
+        print(f"{name:>9}: " + "; ".join(
+            f"{mode} {row[mode]['median_s']:.2f} s ({row['float32']['median_s'] / row[mode]['median_s']:.2f} x), "
+            f"{spec.main_metric} {row[mode]['metrics'][spec.main_metric]:.4f}, agree {row[mode]['agreement']:.3f}"
+            for mode in modes), flush=True)
+    total = {mode: sum(r[mode]["median_s"] for r in rows) for mode in modes}
+    print("all sub-networks: " + ", ".join(f"{mode} {total[mode]:.1f} s ({total['float32'] / total[mode]:.2f} x)"
+                                           for mode in modes))
+    out = Path(args.out) / seed_folder(args.task, args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"threads": args.threads, "torch": torch.__version__,
+                                                  "parameters": full_params, "rows": rows, "total_s": total},
+                                                 indent=1))
+
+
+if __name__ == "__main__":
+    main()
