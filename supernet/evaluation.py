@@ -1,7 +1,7 @@
 """Evaluate the supernet (or one of its sub-networks) on a split: predictions, then task metrics.
 
 `dtype=torch.bfloat16` evaluates under autocast (matrix products in bfloat16, normalisation and softmax in float32):
-on a CPU with native bfloat16 (AVX512-BF16 or AMX) about 3 x faster, with 99.7-99.9 % of predictions unchanged
+on a CPU with native bfloat16 (AVX512-BF16 or AMX) 2.0-3.0 x faster, with 99.7-100 % of predictions unchanged
 (bench/eval_precision.py); the search ranks its candidates that way, and reports float32 figures.
 """
 

@@ -89,7 +89,7 @@ class SearchCreate(BaseModel):
     params: Literal["encoder", "total"] = "encoder"
     evaluation_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="precision the search ranks sub-networks in; auto: bfloat16 where the worker's CPU has "
-                            "it natively (about 3 x faster), else float32. The front's figures are float32 either way")
+                            "it natively (about 2.5 x faster), else float32; the front's figures are float32")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="also accepted as the Idempotency-Key header")
 
