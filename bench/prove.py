@@ -112,13 +112,17 @@ class GridResult:
 
 def copy_trained(source: Path, folder: Path, spec: RunSpec) -> None:
     """A new run folder for `spec` holding `source`'s trained supernet: `spec` may differ from the source's in
-    `validation_limit` only, which the training never reads (the search does)."""
+    `validation_limit` only, which the training never reads (the search does). The supernet folder appears last
+    and whole (copied beside it, then renamed): callers take its presence to mean the copy is complete."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("importance.json", "training.json"):
         if (source / name).is_file():
             shutil.copy2(source / name, folder / name)
-    shutil.copytree(source / "supernet", folder / "supernet")
     write_json(folder / "run.json", spec.to_dict())
+    partial = folder / ".supernet.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by a copy that was killed
+    shutil.copytree(source / "supernet", partial)
+    partial.rename(folder / "supernet")
 
 
 def write_json(path: Path, data: Any) -> None:
