@@ -230,9 +230,9 @@ def evaluated(monkeypatch) -> list[SubNetworkConfig | None]:
 
     calls: list[SubNetworkConfig | None] = []
 
-    def counting(model, batches, spec, *, sub=None, progress=False):
+    def counting(model, batches, spec, *, sub=None, progress=False, dtype=torch.float32):
         calls.append(sub)
-        return evaluate(model, batches, spec, sub=sub, progress=progress)
+        return evaluate(model, batches, spec, sub=sub, progress=progress, dtype=dtype)
 
     monkeypatch.setattr(objectives_module, "evaluate", counting)
     return calls

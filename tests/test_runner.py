@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import TOY_SPEC, make_supernet, toy_batches
 
 from search import objectives as objectives_module
@@ -206,9 +207,9 @@ def test_should_stop_before_anything(supernet, batches, tiny_latency_table, eval
 
 
 def test_time_limit_stops_early(supernet, batches, tiny_latency_table, monkeypatch) -> None:
-    def slow(model, batches, spec, *, sub=None, progress=False):
+    def slow(model, batches, spec, *, sub=None, progress=False, dtype=torch.float32):
         time.sleep(0.05)
-        return evaluate(model, batches, spec, sub=sub)
+        return evaluate(model, batches, spec, sub=sub, dtype=dtype)
 
     monkeypatch.setattr(objectives_module, "evaluate", slow)
     start = time.perf_counter()
