@@ -33,7 +33,7 @@ from scoring import BUDGETS, best_under, test_error_hypervolume
 
 from search.job import SearchJob, run_search_job
 from search.runner import SearchConfig
-from supernet.evaluation import resolve_dtype
+from supernet.evaluation import dtype_name, resolve_dtype
 from supernet.settings import EVALUATION_DTYPES, RunSpec
 
 HERE = Path(__file__).resolve().parent
@@ -86,7 +86,7 @@ def main() -> None:
     metric = settings["main_metric"]
     out = Path(args.out) / seed_folder(args.task, args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    dtype = dtype_name(resolve_dtype(args.dtype))
     suffix = "" if dtype == "float32" else f"-{dtype}"
     for limit_arg in args.limits:
         name = limit_arg if limit_arg == "job" else f"{limit_arg}{suffix}"

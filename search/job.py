@@ -29,7 +29,7 @@ import torch
 
 from supernet.config import SubNetworkConfig
 from supernet.data import TaskSpec, error_from_metrics
-from supernet.evaluation import evaluate, resolve_dtype
+from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.extract import SUBNETWORK_FILE, save_folder, subnetwork_record
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, train_run
@@ -129,8 +129,9 @@ def _test_metrics(run: Run, supernet, sub, test_batches: dict[str, list]) -> dic
 
 
 def _point(trial_like: dict[str, Any], test: dict[str, float]) -> dict[str, Any]:
-    return {key: trial_like[key] for key in ("config", "objectives", "validation", "params", "macs", "latency_ms")
-            } | {"test": test}
+    """A front.json point; "search_validation" only where the search ranked in another precision."""
+    keys = ("config", "objectives", "validation", "params", "macs", "latency_ms", "search_validation")
+    return {key: trial_like[key] for key in keys if key in trial_like} | {"test": test}
 
 
 def _front_in_float32(front: Sequence[Trial], measurements: Measurements, names: list[str]
@@ -156,10 +157,9 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
     supernet = measurements.supernet
     # Tokenised and collated once, then reused for every front point and the full model.
     test_batches = {split: list(run.batches(split)) for split in run.task.test}
-    search_dtype = str(measurements.dtype).removeprefix("torch.")
+    search_dtype = dtype_name(measurements.dtype)
     chosen, measurements = _front_in_float32(result.front, measurements, names)
     points = [_point(p, _test_metrics(run, supernet, SubNetworkConfig.from_dict(p["config"]), test_batches))
-              | ({"search_validation": p["search_validation"]} if "search_validation" in p else {})
               for p in chosen]
     full = supernet.full_config()
     full_objectives = objective_values(resolve_objectives(names), full, measurements)
@@ -343,7 +343,7 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     supernet = run.load_supernet()
     dtype = resolve_dtype(job.evaluation_dtype, next(supernet.parameters()).device)
     # search.json names the precision itself, so a resume on another machine ranks the same way
-    job = replace(job, evaluation_dtype=str(dtype).removeprefix("torch."))
+    job = replace(job, evaluation_dtype=dtype_name(dtype))
     search_file.write_text(json.dumps(job.to_dict(), indent=2))
     seq_len = job.latency.seq_len or spec.max_length
     space = run.space(supernet.config)

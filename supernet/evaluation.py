@@ -17,8 +17,15 @@ from tqdm.auto import tqdm
 from .config import SubNetworkConfig
 from .data import TaskSpec, compute_metrics
 from .model import Supernet
+from .settings import EVALUATION_DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# the names of supernet.settings.EVALUATION_DTYPES but "auto", as torch dtypes
+DTYPES = {name: getattr(torch, name) for name in EVALUATION_DTYPES if name != "auto"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name a dtype has in DTYPES, settings and JSON files: 'bfloat16' for torch.bfloat16."""
+    return str(dtype).removeprefix("torch.")
 
 
 def fast_bfloat16(device: str | torch.device = "cpu") -> bool:
