@@ -11,6 +11,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -31,6 +32,12 @@ def call(base: str, method: str, path: str, body: dict | None = None) -> tuple[i
         return exc.code, exc.read()
 
 
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:port; a second demo there would poll the first demo's server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--glue-dir", default="../shared/data/glue")
@@ -44,10 +51,14 @@ def main() -> int:
     env = os.environ | {"NASPRUNE_DATA_ROOT": str(root), "NASPRUNE_ALLOWED_DATA_ROOTS": str(glue),
                         "HF_HUB_OFFLINE": "1"}
     base = f"http://127.0.0.1:{args.port}"
+    if not port_is_free(args.port):
+        raise SystemExit(f"port {args.port} is in use (another demo or server?): stop it or pass --port")
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(args.port),
                                "--workers", "1"], env=env)
     try:
         for _ in range(120):
+            if server.poll() is not None:
+                raise SystemExit(f"the server exited with code {server.returncode} before it answered")
             try:
                 if call(base, "GET", "/healthz")[0] == 200:
                     break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -348,3 +349,18 @@ def test_the_cli_starts_without_torch() -> None:
 
 def test_the_objective_names_the_cli_lists_are_the_search_objectives() -> None:
     assert OBJECTIVE_NAMES == tuple(OBJECTIVES)
+
+
+def test_the_demo_refuses_a_port_in_use(tmp_path) -> None:
+    """`make run` on a port another server holds would poll that server's searches: the demo stops first, with a
+    reason, before it starts its own server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "examples/service_demo.py", "--port", str(port),
+                              "--data-root", str(tmp_path / "service")], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert out.returncode != 0
+    assert f"port {port} is in use" in out.stderr
+    assert not (tmp_path / "service").exists()
