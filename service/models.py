@@ -149,6 +149,9 @@ class Search(Base):
     # What the client sent: {"run": RunSpec.to_dict(), "job": SearchJob.to_dict()} (see repository.request_dict)
     request: Mapped[dict[str, Any]]
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # sha256 of the body as sent (repository.body_digest): a retry with the same key and body is the same request
+    # even when the server's defaults, which `request` has filled in, changed between the two calls.
+    request_digest: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Runs lost to a dead worker (stale heartbeat); the job fails once this reaches Settings.max_attempts.

@@ -96,6 +96,19 @@ def request_dict(spec: RunSpec, job: SearchJob) -> dict[str, Any]:
     return {"run": spec.to_dict(), "job": job.to_dict()}
 
 
+def body_digest(body: Mapping[str, Any]) -> str:
+    """sha256 of a request body as the client sent it (canonical JSON): what makes a retried POST the same request
+    whatever defaults the server fills in."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def is_same_request(search: Search, request: Mapping[str, Any], digest: str | None) -> bool:
+    """Whether a POST that reused `search`'s idempotency key asks for the same search: the same body as sent, or,
+    for a search stored without a digest (before migration 0006) or a body sent differently, the same request once
+    the defaults are filled in."""
+    return (digest is not None and search.request_digest == digest) or search.request == request
+
+
 def parse_request(request: Mapping[str, Any]) -> tuple[RunSpec, SearchJob]:
     """RunSpec and SearchJob back from a stored request (what the worker runs)."""
     from search.job import SearchJob
@@ -158,12 +171,14 @@ def _owned(owner: str | None) -> list[Any]:
 
 
 def create_search(session: Session, *, request: dict[str, Any], idempotency_key: str | None = None,
-                  folder_root: str | Path | None = None, owner: str | None = None) -> tuple[Search, bool]:
+                  folder_root: str | Path | None = None, owner: str | None = None,
+                  request_digest: str | None = None) -> tuple[Search, bool]:
     """Queue a new search owned by `owner`; (search, created). A known idempotency key (of the same owner)
     returns its search with created=False, so a client retrying a POST after a timeout gets the same search
     instead of a second one.
 
-    `folder_root`, if given, sets the run folder to <folder_root>/<id>.
+    `folder_root`, if given, sets the run folder to <folder_root>/<id>; `request_digest` is `body_digest` of the
+    body as sent (see `is_same_request`).
     """
     key = scoped_key(idempotency_key, owner)
     if key is not None:
@@ -172,7 +187,8 @@ def create_search(session: Session, *, request: dict[str, Any], idempotency_key:
             return existing, False
     search_id = new_id()  # chosen here, so the folder can name it
     values: dict[str, Any] = {
-        "id": search_id, "status": SearchStatus.QUEUED, "request": request, "idempotency_key": key,
+        "id": search_id, "status": SearchStatus.QUEUED, "request": request, "request_digest": request_digest,
+        "idempotency_key": key,
         "created_at": utcnow(), "cancel_requested": False, "attempts": 0, "evaluations_done": 0,
         "folder": str(Path(folder_root) / search_id) if folder_root is not None else None, "owner_id": owner,
     }

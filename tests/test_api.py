@@ -33,6 +33,7 @@ from service import queue
 from service.api import create_app
 from service.config import Settings
 from service.db import current_revision, head_revision, make_engine, session_factory
+from service.models import Search
 from supernet.settings import DEFAULT_VALIDATION_LIMIT
 
 HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
@@ -418,6 +419,33 @@ def test_idempotency_key(client, workspace) -> None:
     other = client.post("/searches", json=body(workspace, seed=7), headers={"Idempotency-Key": "k-1"})
     assert other.status_code == 409 and "different request" in other.json()["detail"]
     assert client.post(f"/searches/{first.json()['id']}/cancel").json()["status"] == "cancelled"
+
+
+def test_an_idempotent_retry_is_the_same_request_when_the_server_defaults_changed(client, workspace,
+                                                                                   settings) -> None:
+    """The stored request has the server's defaults filled in; a retry of the same body after those defaults changed
+    (an upgrade, or two servers of different versions behind one address) is the same search, not a 409. A search
+    stored before the body's digest existed keeps the old comparison."""
+    first = client.post("/searches", json=body(workspace), headers={"Idempotency-Key": "k-2"}).json()
+    engine = make_engine(settings.url)
+    factory = session_factory(engine)
+    with factory() as session:
+        row = session.get(Search, first["id"])
+        assert row.request_digest is not None
+        # as an older server with another validation cap would have stored it
+        row.request = {**row.request, "run": {**row.request["run"], "validation_limit": DEFAULT_VALIDATION_LIMIT + 1}}
+        session.commit()
+    again = client.post("/searches", json=body(workspace), headers={"Idempotency-Key": "k-2"})
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    other = client.post("/searches", json=body(workspace, seed=7), headers={"Idempotency-Key": "k-2"})
+    assert other.status_code == 409
+    with factory() as session:
+        session.get(Search, first["id"]).request_digest = None  # stored before migration 0006
+        session.commit()
+    old = client.post("/searches", json=body(workspace), headers={"Idempotency-Key": "k-2"})
+    assert old.status_code == 409 and "different request" in old.json()["detail"]
+    engine.dispose()
+    assert client.post(f"/searches/{first['id']}/cancel").json()["status"] == "cancelled"
 
 
 def test_cancel_a_queued_search_then_delete_it(client, workspace, settings) -> None:

@@ -115,9 +115,10 @@ def create_search(body: SearchCreate, response: Response, settings: SettingsDep,
     except InvalidSearch as exc:
         raise HTTPException(422, str(exc)) from None
     request = repo.request_dict(spec, job)
+    digest = repo.body_digest(body.model_dump(mode="json", exclude_unset=True, exclude={"idempotency_key"}))
     search, created = repo.create_search(session, request=request, idempotency_key=key,
-                                         folder_root=settings.searches_root, owner=owner)
-    if not created and search.request != request:
+                                         folder_root=settings.searches_root, owner=owner, request_digest=digest)
+    if not created and not repo.is_same_request(search, request, digest):
         raise HTTPException(409, f"idempotency key {key!r} was already used for a different request "
                                  f"(search {search.id})")
     session.commit()
