@@ -90,7 +90,7 @@ def finetune(model: torch.nn.Module, train_batches: Sequence[Mapping[str, torch.
         evaluating += time.perf_counter() - began
 
     trainer = SupernetTrainer(model, None, train_batches, config, generator=generator,  # type: ignore[arg-type]
-                              on_step=on_step, progress=progress)
+                              on_step=on_step, progress=progress, description="fine-tuning")
     trainer.train()
     result.train_s = time.perf_counter() - started - evaluating
     return result

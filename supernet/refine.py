@@ -47,7 +47,8 @@ def refine_subnetwork(supernet: Supernet, sub: SubNetworkConfig, loader: Iterabl
         raise ValueError("refine epochs is 0: nothing to refine")
     model = extract(supernet, sub)
     trainer = SupernetTrainer(PrunedModel(model), None, loader, config.training(seed),  # type: ignore[arg-type]
-                              generator=generator, should_stop=should_stop, progress=progress)
+                              generator=generator, should_stop=should_stop, progress=progress,
+                              description="refining")
     if trainer.train().stopped:
         return None
     return model.eval()

@@ -67,7 +67,8 @@ class SupernetTrainer:
                  on_step: Callable[[TrainState], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  should_checkpoint: Callable[[], bool] | None = None,
-                 on_plain_end: Callable[[Supernet], None] | None = None, progress: bool = True) -> None:
+                 on_plain_end: Callable[[Supernet], None] | None = None, progress: bool = True,
+                 description: str = "supernet training") -> None:
         if not isinstance(loader, Sized) or len(loader) == 0:
             raise ValueError("the training loader is empty")
         self.model, self.space, self.loader, self.config = model, space, loader, config
@@ -75,7 +76,7 @@ class SupernetTrainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.on_step, self.should_stop, self.should_checkpoint = on_step, should_stop, should_checkpoint
         self.on_plain_end = on_plain_end
-        self.progress = progress
+        self.progress, self.description = progress, description  # the progress bar's label
         accumulation = config.gradient_accumulation
         self.steps_per_epoch = math.ceil(len(loader) / accumulation)
         total = max(1, math.ceil(config.epochs * self.steps_per_epoch))
@@ -158,7 +159,7 @@ class SupernetTrainer:
     def train(self) -> TrainState:
         state, accumulation = self.state, self.config.gradient_accumulation
         self.model.train()
-        bar = tqdm(total=state.total_steps, initial=state.step, desc="supernet training", disable=not self.progress)
+        bar = tqdm(total=state.total_steps, initial=state.step, desc=self.description, disable=not self.progress)
         pending, sums = 0, {}
         while state.step < state.total_steps and not state.stopped:
             if self.generator is not None:
