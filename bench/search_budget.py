@@ -13,8 +13,11 @@ encoder's parameters (chosen on the search's own validation subset, as a user wo
 
 `--dtype` is the precision the search ranks in (`SearchJob.evaluation_dtype`; the front is scored in float32
 either way): auto, the service's default, is bfloat16 on a CPU that computes it natively. Each limit's result is
-written to bench/out/search_budget/<task>/seed<k>/<limit>[-bfloat16].json when it ends (a rerun continues; searches
-in float32, the default before bfloat16, carry no suffix); the table is printed at the end.
+written to bench/out/search_budget/<task>/seed<k>/<limit>[-bfloat16][-search<j>].json when it ends (a rerun continues;
+searches in float32, the default before bfloat16, carry no suffix); the table is printed at the end.
+
+`--search-seed J` runs the searches with another seed on the same trained supernet: how much the front found
+moves with the search's own randomness, the yardstick for any other difference between two rows.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--dtype", choices=EVALUATION_DTYPES, default="auto",
                         help="precision the searches rank in (the job row keeps its own)")
+    parser.add_argument("--search-seed", type=int, default=None,
+                        help="the searches' seed (default: --seed, the job's); the job row is the job's own")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "out" / "search_budget"))
     args = parser.parse_args()
@@ -87,7 +92,8 @@ def main() -> None:
     out = Path(args.out) / seed_folder(args.task, args.seed)
     out.mkdir(parents=True, exist_ok=True)
     dtype = dtype_name(resolve_dtype(args.dtype))
-    suffix = "" if dtype == "float32" else f"-{dtype}"
+    search_seed = args.seed if args.search_seed is None else args.search_seed
+    suffix = ("" if dtype == "float32" else f"-{dtype}") + ("" if search_seed == args.seed else f"-search{search_seed}")
     for limit_arg in args.limits:
         name = limit_arg if limit_arg == "job" else f"{limit_arg}{suffix}"
         result_file = out / f"{name}.json"
@@ -103,13 +109,14 @@ def main() -> None:
             searched_in = json.loads((source / "search.json").read_text()).get("evaluation_dtype", "float32")
         else:
             spec = prepare(source, out / name, None if limit_arg == "full" else int(limit_arg))
-            job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=args.seed), evaluation_dtype=dtype)
+            job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=search_seed), evaluation_dtype=dtype)
             with Stopwatch() as watch:
                 run_search_job(spec, job, out / name)
             elapsed, cpu_share, searched_in = watch.seconds, watch.cpu_share, dtype
             front, epochs = json.loads((out / name / "front.json").read_text()), spec.training.epochs
             examples = min(spec.validation_limit or size, size)
-        result = {"task": args.task, "seed": args.seed, "limit": limit_arg, "validation_examples": examples,
+        result = {"task": args.task, "seed": args.seed, "limit": limit_arg,
+                  "search_seed": args.seed if limit_arg == "job" else search_seed, "validation_examples": examples,
                   "validation_size": settings["sizes"]["validation"], "search_and_test_s": elapsed,
                   "load_average": None if limit_arg == "job" else os.getloadavg()[0], "threads": args.threads,
                   "cpu_share": cpu_share, "dtype": searched_in,
@@ -131,7 +138,8 @@ def table_lines(folder: Path) -> list[str]:
     rows = [json.loads(f.read_text()) for f in folder.glob("*.json")]
     if not rows:
         return []
-    rows.sort(key=lambda r: (r["validation_examples"], r["limit"] == "job", r.get("dtype", "float32")))
+    rows.sort(key=lambda r: (r["validation_examples"], r["limit"] == "job", r.get("dtype", "float32"),
+                             r.get("search_seed", r["seed"])))
     metric, first = rows[0]["main_metric"], rows[0]
     lines = [f"{first['task']} seed {first['seed']}, {first['threads']} threads: supernet training "
              f"{first['train_s']:.0f} s ({first['job_epochs']} epochs), plain fine-tuning "
@@ -150,7 +158,9 @@ def table_lines(folder: Path) -> list[str]:
         size = f"{row['validation_examples']}" + (" (all)" if row["validation_examples"] == row["validation_size"]
                                                  else "") + (f" ({source})" if source else "")
         cells = ["–" if b is None else f"{b['test'][metric]:.3f} ({b['fraction']:.0%})" for b in best]
-        lines.append(f"| {size} | {row.get('dtype', 'float32')} | {row['search_and_test_s']:.0f} | {share} | "
+        precision = row.get("dtype", "float32") + ("" if row.get("search_seed", row["seed"]) == row["seed"]
+                                                   else f", search seed {row['search_seed']}")
+        lines.append(f"| {size} | {precision} | {row['search_and_test_s']:.0f} | {share} | "
                      f"{ratio:.2f} | {row['hypervolume']:.3f} | "
                      f"{row['front_size']} | {' | '.join(cells)} | {fmt_load(row['load_average'])} |")
     return lines
