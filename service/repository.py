@@ -82,13 +82,18 @@ class SearchActive(RepositoryError):
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+def _canonical_json(data: Any) -> str:
+    """One JSON text per value (sorted keys, no spaces): what trial keys and request digests compare."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
 def config_key(config: SubNetworkConfig | Mapping[str, Any]) -> str:
     """Canonical JSON of a sub-network: equal SubNetworkConfigs give equal keys (the UNIQUE trial key)."""
     try:
         sub = config if isinstance(config, SubNetworkConfig) else SubNetworkConfig.from_dict(config)
     except ConfigError as exc:
         raise InvalidArgument(f"not a sub-network config: {exc}") from None
-    return json.dumps(sub.to_dict(), sort_keys=True, separators=(",", ":"))
+    return _canonical_json(sub.to_dict())
 
 
 def request_dict(spec: RunSpec, job: SearchJob) -> dict[str, Any]:
@@ -99,7 +104,7 @@ def request_dict(spec: RunSpec, job: SearchJob) -> dict[str, Any]:
 def body_digest(body: Mapping[str, Any]) -> str:
     """sha256 of a request body as the client sent it (canonical JSON): what makes a retried POST the same request
     whatever defaults the server fills in."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical_json(body).encode("utf-8")).hexdigest()
 
 
 def is_same_request(search: Search, request: Mapping[str, Any], digest: str | None) -> bool:
