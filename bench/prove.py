@@ -212,9 +212,9 @@ class Experiment:
 
     # -- one fine-tuning run --------------------------------------------------------------------------------
     def finetune_unit(self, path: Path, build_model, learning_rate: float, epochs: float,
-                      keep_best: Path | None = None) -> dict[str, Any]:
-        """Fine-tune the model `build_model()` returns, unless `path` already holds the result."""
-        if path.is_file():
+                      keep_best: Path | None = None, again: bool = False) -> dict[str, Any]:
+        """Fine-tune the model `build_model()` returns, unless `path` already holds the result (or `again`)."""
+        if path.is_file() and not again:
             return read_json(path)
         model = build_model()
         best_error = [float("inf")]
@@ -261,8 +261,14 @@ class Experiment:
     def best_reference(self) -> Supernet:
         """The fine-tuned full model of the learning rate and epoch chosen on validation."""
         point = self.reference()[0]
+        name = f"lr{point['learning_rate']:g}"
+        weights = self.folder / "reference" / f"{name}.safetensors"
+        if not weights.is_file():  # the records are committed, the weights are not: a new checkout trains it again
+            log.warning("%s is missing: fine-tuning the chosen reference run again", weights)
+            self.finetune_unit(weights.with_suffix(".json"), self.pretrained, point["learning_rate"],
+                               self.args.epochs, keep_best=weights, again=True)
         model = self.pretrained()
-        model.load_state_dict(load_file(self.folder / "reference" / f"lr{point['learning_rate']:g}.safetensors"))
+        model.load_state_dict(load_file(weights))
         return model.eval()
 
     def layer_drop(self) -> list[dict[str, Any]]:
