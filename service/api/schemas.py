@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from supernet.settings import DEFAULT_VALIDATION_LIMIT, RunSpec, TrainingConfig
+from supernet.settings import DEFAULT_VALIDATION_LIMIT, EVALUATION_DTYPES, RunSpec, TrainingConfig
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -87,7 +87,7 @@ class SearchCreate(BaseModel):
     eval_batch_size: int = Field(64, ge=1, le=4096)
     latency: LatencyIn = Field(default_factory=LatencyIn)
     params: Literal["encoder", "total"] = "encoder"
-    evaluation_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+    evaluation_dtype: Literal[EVALUATION_DTYPES] = Field(
         "auto", description="precision the search ranks sub-networks in; auto: bfloat16 where the worker's CPU has "
                             "it natively (about 2.5 x faster), else float32; the front's figures are float32")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
