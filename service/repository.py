@@ -175,6 +175,14 @@ def _owned(owner: str | None) -> list[Any]:
     return [] if owner is None else [Search.owner_id == owner]
 
 
+def search_by_key(session: Session, idempotency_key: str | None, *, owner: str | None = None) -> Search | None:
+    """The search `owner` created with `idempotency_key`, or None (also for no key)."""
+    key = scoped_key(idempotency_key, owner)
+    if key is None:
+        return None
+    return session.scalar(select(Search).where(Search.idempotency_key == key, *_owned(owner)))
+
+
 def create_search(session: Session, *, request: dict[str, Any], idempotency_key: str | None = None,
                   folder_root: str | Path | None = None, owner: str | None = None,
                   request_digest: str | None = None) -> tuple[Search, bool]:
@@ -186,10 +194,9 @@ def create_search(session: Session, *, request: dict[str, Any], idempotency_key:
     body as sent (see `is_same_request`).
     """
     key = scoped_key(idempotency_key, owner)
-    if key is not None:
-        existing = session.scalar(select(Search).where(Search.idempotency_key == key, *_owned(owner)))
-        if existing is not None:
-            return existing, False
+    existing = search_by_key(session, idempotency_key, owner=owner)
+    if existing is not None:
+        return existing, False
     search_id = new_id()  # chosen here, so the folder can name it
     values: dict[str, Any] = {
         "id": search_id, "status": SearchStatus.QUEUED, "request": request, "request_digest": request_digest,
@@ -205,7 +212,7 @@ def create_search(session: Session, *, request: dict[str, Any], idempotency_key:
     # Two clients racing with one key: exactly one INSERT lands; the other reads the winner's row.
     if insert_ignoring_conflicts(session, Search.__table__, values):
         return session.get_one(Search, search_id), True
-    winner = session.scalar(select(Search).where(Search.idempotency_key == key, *_owned(owner)))
+    winner = search_by_key(session, idempotency_key, owner=owner)
     if winner is None:  # the conflict was not on the key (a uuid4 collision): not a real possibility
         raise RepositoryError(f"could not store the search with idempotency key {idempotency_key!r}")
     return winner, False

@@ -448,6 +448,25 @@ def test_an_idempotent_retry_is_the_same_request_when_the_server_defaults_change
     assert client.post(f"/searches/{first['id']}/cancel").json()["status"] == "cancelled"
 
 
+def test_an_idempotent_retry_gets_its_search_even_if_the_body_no_longer_resolves(client, workspace) -> None:
+    """The client timed out and retries; meanwhile the training file moved. The search exists, so the retry learns
+    its id (200) rather than a 422 about the file; a new request with the same key still has to resolve."""
+    moving = workspace / "retry-train.csv"
+    moving.write_bytes((workspace / "train.csv").read_bytes())
+    sent = body(workspace)
+    sent["task"] = {**sent["task"], "train_file": str(moving)}
+    first = client.post("/searches", json=sent, headers={"Idempotency-Key": "k-3"})
+    assert first.status_code == 201
+    moving.unlink()
+    again = client.post("/searches", json=sent, headers={"Idempotency-Key": "k-3"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    other = client.post("/searches", json=sent | {"seed": 7}, headers={"Idempotency-Key": "k-3"})
+    assert other.status_code == 422 and "retry-train.csv" in other.json()["detail"]
+    fresh = client.post("/searches", json=sent, headers={"Idempotency-Key": "k-4"})
+    assert fresh.status_code == 422
+    assert client.post(f"/searches/{first.json()['id']}/cancel").json()["status"] == "cancelled"
+
+
 def test_cancel_a_queued_search_then_delete_it(client, workspace, settings) -> None:
     search_id = client.post("/searches", json=body(workspace)).json()["id"]
     folder = settings.search_folder(search_id)

@@ -110,12 +110,18 @@ def create_search(body: SearchCreate, response: Response, settings: SettingsDep,
     key = body.idempotency_key or idempotency_key
     if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
         raise HTTPException(422, "the Idempotency-Key header and the idempotency_key field differ")
+    digest = repo.body_digest(body.model_dump(mode="json", exclude_unset=True, exclude={"idempotency_key"}))
+    # a retry of the same body is answered from the stored search, even if that body would no longer resolve (its
+    # data file moved, a model root changed): the search exists and the client must learn its id
+    retried = repo.search_by_key(session, key, owner=owner)
+    if retried is not None and retried.request_digest == digest:
+        response.status_code = status.HTTP_200_OK
+        return search_read(retried)
     try:
         spec, job = build_request(body, settings, session=session, owner_id=owner)
     except InvalidSearch as exc:
         raise HTTPException(422, str(exc)) from None
     request = repo.request_dict(spec, job)
-    digest = repo.body_digest(body.model_dump(mode="json", exclude_unset=True, exclude={"idempotency_key"}))
     search, created = repo.create_search(session, request=request, idempotency_key=key,
                                          folder_root=settings.searches_root, owner=owner, request_digest=digest)
     if not created and not repo.is_same_request(search, request, digest):
