@@ -88,6 +88,7 @@ def main() -> None:
                          f"--seed {args.seed} --methods nasprune_importance first")
     settings = json.loads((prove / "settings.json").read_text())
     reference = json.loads((prove / "reference.json").read_text())[0]
+    job_times = json.loads((source.parent / "times.json").read_text())  # the prove job's training and search
     metric = settings["main_metric"]
     out = Path(args.out) / seed_folder(args.task, args.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,11 +102,11 @@ def main() -> None:
             continue
         size = settings["sizes"]["validation"]
         if limit_arg == "job":  # the prove job's own search (on its own validation_limit), timed in its own run
-            elapsed = json.loads((source.parent / "times.json").read_text())["search_and_test_s"]
+            elapsed = job_times["search_and_test_s"]
             job_spec = RunSpec.from_dict(json.loads((source / "run.json").read_text()))
             front, epochs, examples = (json.loads((source / "front.json").read_text()), job_spec.training.epochs,
                                        min(job_spec.validation_limit or size, size))
-            cpu_share = json.loads((source.parent / "times.json").read_text()).get("search_and_test_cpu_share")
+            cpu_share = job_times.get("search_and_test_cpu_share")
             searched_in = json.loads((source / "search.json").read_text()).get("evaluation_dtype", "float32")
         else:
             spec = prepare(source, out / name, None if limit_arg == "full" else int(limit_arg))
@@ -120,7 +121,7 @@ def main() -> None:
                   "validation_size": settings["sizes"]["validation"], "search_and_test_s": elapsed,
                   "load_average": None if limit_arg == "job" else os.getloadavg()[0], "threads": args.threads,
                   "cpu_share": cpu_share, "dtype": searched_in,
-                  "train_s": json.loads((source.parent / "times.json").read_text())["train_s"],
+                  "train_s": job_times["train_s"],
                   "job_epochs": epochs,
                   "plain_per_epoch_s": reference["plain_train_s"] / settings["epochs"],
                   "main_metric": metric, **score(front, 1.0 - settings["majority_baseline"][metric])}
