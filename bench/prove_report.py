@@ -388,8 +388,9 @@ def main() -> None:
              f"{any_settings.get('threads')} threads; model {any_settings.get('model')}; max length "
              f"{any_settings.get('max_length')}, batch {any_settings.get('batch_size')}, data split seed 0; "
              f"learning-rate grid {any_settings.get('lrs')}, {any_settings.get('epochs')} epochs (epoch chosen on "
-             "validation), nasprune on default settings (uniform space, NSGA-II, objectives error and encoder "
-             f"params, {any_settings.get('evaluations')} evaluations).", "", __doc__.split("\n\n", 2)[2], ""]
+             "validation); nasprune's job on the service's defaults (importance search space, NSGA-II on error and "
+             f"encoder params, {any_settings.get('evaluations')} evaluations, ranked in bfloat16 where the CPU has "
+             "it) unless a method's name says otherwise.", "", __doc__.split("\n\n", 2)[2], ""]
     notes = HERE / "RESULTS_NOTES.md"  # the hand-written reading of the figures (what wins, what loses, why)
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
