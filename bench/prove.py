@@ -261,8 +261,7 @@ class Experiment:
     def best_reference(self) -> Supernet:
         """The fine-tuned full model of the learning rate and epoch chosen on validation."""
         point = self.reference()[0]
-        name = f"lr{point['learning_rate']:g}"
-        weights = self.folder / "reference" / f"{name}.safetensors"
+        weights = self.folder / "reference" / f"lr{point['learning_rate']:g}.safetensors"
         if not weights.is_file():  # the records are committed, the weights are not: a new checkout trains it again
             log.warning("%s is missing: fine-tuning the chosen reference run again", weights)
             self.finetune_unit(weights.with_suffix(".json"), self.pretrained, point["learning_rate"],
