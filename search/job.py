@@ -62,7 +62,7 @@ class SearchJob:
     params_kind: str = "encoder"
     refine: RefineConfig = field(default_factory=RefineConfig)  # after the search: fine-tune each front point
     # the precision the search ranks sub-networks in (supernet/evaluation.py): auto is bfloat16 where the CPU (or
-    # GPU) computes it natively, 2.5 x faster on this project's CPU (bench/eval_precision.py); the front's
+    # GPU) computes it natively, 2-2.5 x faster on this project's CPUs (bench/eval_precision.py); the front's
     # figures are float32 whatever this says
     evaluation_dtype: str = "auto"
 

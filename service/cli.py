@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--refine-lr", type=float, default=RefineConfig.learning_rate)
     search.add_argument("--evaluation-dtype", choices=EVALUATION_DTYPES, default="auto",
                         help="precision the search ranks sub-networks in; auto: bfloat16 where the CPU has it natively "
-                             "(about 2.5 x faster), else float32. The front's figures are float32 either way")
+                             "(about 2-2.5 x faster), else float32. The front's figures are float32 either way")
     search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="fine-tune the weight-sharing supernet of a model on a task")
     _add_training_flags(train)

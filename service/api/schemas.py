@@ -89,7 +89,7 @@ class SearchCreate(BaseModel):
     params: Literal["encoder", "total"] = "encoder"
     evaluation_dtype: Literal[EVALUATION_DTYPES] = Field(
         "auto", description="precision the search ranks sub-networks in; auto: bfloat16 where the worker's CPU has "
-                            "it natively (about 2.5 x faster), else float32; the front's figures are float32")
+                            "it natively (about 2-2.5 x faster), else float32; the front's figures are float32")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="also accepted as the Idempotency-Key header")
 
