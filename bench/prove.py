@@ -66,7 +66,7 @@ from supernet.extract import extract
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
 from supernet.run import Run, same_run, train_run
-from supernet.settings import DEFAULT_VALIDATION_LIMIT, RefineConfig, RunSpec, TrainingConfig
+from supernet.settings import DEFAULT_SEARCH_EXAMPLES, DEFAULT_VALIDATION_LIMIT, RefineConfig, RunSpec, TrainingConfig
 
 DEFAULT_LRS = [3e-5, 5e-5, 1e-4]
 OUT = Path(__file__).resolve().parent / "out" / "prove"
@@ -405,6 +405,18 @@ class Experiment:
                                      **{f"job_{k}": v for k, v in times.items()}))
         return points
 
+    @staticmethod
+    def set_search_aside(folder: Path, spec: RunSpec, times: dict[str, Any], earlier: str) -> None:
+        """Keep a job's earlier search (run folder and time) beside it as run-`earlier`, so that its trained
+        supernet is searched again on the current defaults."""
+        run_folder = folder / "run"
+        run_folder.rename(folder / f"run-{earlier}")
+        copy_trained(folder / f"run-{earlier}", run_folder, spec)
+        for key in ("search_and_test_s", "search_and_test_cpu_share"):
+            if key in times:
+                times[f"{key}_{earlier}"] = times.pop(key)
+        write_json(folder / "times.json", times)
+
     def nasprune_job(self, method: str, spec: RunSpec) -> list[dict[str, Any]]:
         folder = self.folder / method
         times_file = folder / "times.json"
@@ -413,15 +425,14 @@ class Experiment:
         stored = RunSpec.from_dict(read_json(run_folder / "run.json")) if (run_folder / "run.json").is_file() else None
         if (stored is not None and "search_and_test_s" in times and not same_run(stored, spec)
                 and replace(stored, validation_limit=spec.validation_limit) == spec):
-            # the default validation cap changed since this job ran: search its trained supernet again, and keep
-            # the earlier search (folder and time) beside it
-            earlier = f"validation{stored.validation_limit}"
-            run_folder.rename(folder / f"run-{earlier}")
-            copy_trained(folder / f"run-{earlier}", run_folder, spec)
-            for key in ("search_and_test_s", "search_and_test_cpu_share"):
-                if key in times:
-                    times[f"{key}_{earlier}"] = times.pop(key)
-            write_json(times_file, times)
+            # the default validation cap changed since this job ran: search its trained supernet again
+            self.set_search_aside(folder, spec, times, f"validation{stored.validation_limit}")
+        if "search_and_test_s" in times:
+            searched = SearchJob.from_dict(read_json(run_folder / "search.json")).search_examples
+            size = len(Run(run_folder, spec).task.validation)
+            if searched != (DEFAULT_SEARCH_EXAMPLES if DEFAULT_SEARCH_EXAMPLES < size else None):
+                # so did the validation subset the search ranks on
+                self.set_search_aside(folder, spec, times, f"search{searched or size}")
         if "train_s" not in times:
             with Stopwatch() as watch:
                 train_run(spec, run_folder)

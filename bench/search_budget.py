@@ -110,7 +110,10 @@ def main() -> None:
             searched_in = json.loads((source / "search.json").read_text()).get("evaluation_dtype", "float32")
         else:
             spec = prepare(source, out / name, None if limit_arg == "full" else int(limit_arg))
-            job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=search_seed), evaluation_dtype=dtype)
+            # ranked on the whole (capped) split, as every search did before SearchJob.search_examples: a row's
+            # limit is the validation examples the search and its front both see
+            job = SearchJob(search=SearchConfig(evaluations=args.evaluations, seed=search_seed), evaluation_dtype=dtype,
+                            search_examples=None)
             with Stopwatch() as watch:
                 run_search_job(spec, job, out / name)
             elapsed, cpu_share, searched_in = watch.seconds, watch.cpu_share, dtype

@@ -32,8 +32,8 @@ from supernet.data import TaskSpec, error_from_metrics
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.extract import SUBNETWORK_FILE, save_folder, subnetwork_record
 from supernet.refine import PrunedModel, refine_subnetwork
-from supernet.run import Run, train_run
-from supernet.settings import EVALUATION_DTYPES, RefineConfig, RunSpec
+from supernet.run import Run, settings_differences, train_run
+from supernet.settings import DEFAULT_SEARCH_EXAMPLES, EVALUATION_DTYPES, RefineConfig, RunSpec
 from supernet.training import TrainState
 
 from .latency import load_or_calibrate
@@ -65,11 +65,17 @@ class SearchJob:
     # GPU) computes it natively, 2-2.5 x faster on this project's CPUs (bench/eval_precision.py); the front's
     # figures are float32 whatever this says
     evaluation_dtype: str = "auto"
+    # validation examples the search ranks sub-networks on (a seeded subset of the run's validation split; None:
+    # all of it); the front is evaluated again on the whole split (supernet/settings.py says why this default)
+    search_examples: int | None = DEFAULT_SEARCH_EXAMPLES
 
     def __post_init__(self) -> None:
         if self.evaluation_dtype not in EVALUATION_DTYPES:
             raise ValueError(f"evaluation_dtype must be one of {', '.join(EVALUATION_DTYPES)}; "
                              f"got {self.evaluation_dtype!r}")
+        if self.search_examples is not None and self.search_examples < 1:
+            raise ValueError(f"search_examples must be >= 1 (or None: the whole validation split); "
+                             f"got {self.search_examples}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,8 +84,9 @@ class SearchJob:
     def from_dict(cls, data: dict[str, Any]) -> SearchJob:
         return cls(search=SearchConfig(**data["search"]), latency=LatencyShape(**data["latency"]),
                    params_kind=data.get("params_kind", "encoder"), refine=RefineConfig(**data.get("refine", {})),
-                   # searches stored before the setting existed evaluated in float32
-                   evaluation_dtype=data.get("evaluation_dtype", "float32"))
+                   # searches stored before these settings existed ranked in float32, on the whole split
+                   evaluation_dtype=data.get("evaluation_dtype", "float32"),
+                   search_examples=data.get("search_examples"))
 
 
 def read_trials(folder: str | Path) -> list[Trial]:
@@ -129,19 +136,22 @@ def _test_metrics(run: Run, supernet, sub, test_batches: dict[str, list]) -> dic
 
 
 def _point(trial_like: dict[str, Any], test: dict[str, float]) -> dict[str, Any]:
-    """A front.json point; "search_validation" only where the search ranked in another precision."""
+    """A front.json point; "search_validation" only where the search ranked in another precision or on a
+    subset."""
     keys = ("config", "objectives", "validation", "params", "macs", "latency_ms", "search_validation")
     return {key: trial_like[key] for key in keys if key in trial_like} | {"test": test}
 
 
-def _front_in_float32(front: Sequence[Trial], measurements: Measurements, names: list[str]
-                      ) -> tuple[list[dict[str, Any]], Measurements]:
-    """The front's trials as dicts with float32 figures, and the float32 measurements. A search that ranked in a
-    lower precision has its front evaluated again on validation in float32 (what an exported model scores; the
-    search's figures stay under "search_validation"), and the points those figures show dominated are dropped."""
-    if measurements.dtype == torch.float32:
+def _front_scored_again(front: Sequence[Trial], measurements: Measurements, names: list[str],
+                        validation: list | None) -> tuple[list[dict[str, Any]], Measurements]:
+    """The front's trials as dicts with figures in float32 on the whole validation split, and the measurements
+    that took them. A search that ranked in a lower precision, or on a subset (`validation`: the whole split's
+    batches), has its front evaluated again (what an exported model scores, on every example; the search's
+    figures stay under "search_validation"), and the points those figures show dominated are dropped."""
+    if measurements.dtype == torch.float32 and validation is None:
         return [trial.to_dict() for trial in front], measurements
-    precise = replace(measurements, dtype=torch.float32, _cache={})
+    precise = replace(measurements, dtype=torch.float32, _cache={},
+                      validation_batches=measurements.validation_batches if validation is None else validation)
     objectives = resolve_objectives(names)
     points = [{"config": trial.config.to_dict(), "objectives": objective_values(objectives, trial.config, precise),
                **figures_dict(precise.figures(trial.config)), "search_validation": trial.validation}
@@ -152,13 +162,18 @@ def _front_in_float32(front: Sequence[Trial], measurements: Measurements, names:
     return [p for p, kept in zip(points, keep, strict=True) if kept], precise
 
 
-def write_front(run: Run, result: SearchResult, measurements: Measurements, names: list[str]) -> dict[str, Any]:
-    """Re-evaluate the front (and the full model) on the test split and write front.json + pareto.png."""
+def write_front(run: Run, result: SearchResult, measurements: Measurements, names: list[str], *,
+                search_examples: int | None = None) -> dict[str, Any]:
+    """Re-evaluate the front (and the full model) on the test split and write front.json + pareto.png.
+    `search_examples`: the size of the validation subset `measurements` ranked on (None: the whole split)."""
     supernet = measurements.supernet
     # Tokenised and collated once, then reused for every front point and the full model.
     test_batches = {split: list(run.batches(split)) for split in run.task.test}
     search_dtype = dtype_name(measurements.dtype)
-    chosen, measurements = _front_in_float32(result.front, measurements, names)
+    size = len(run.task.validation)
+    subset = search_examples is not None and search_examples < size
+    chosen, measurements = _front_scored_again(result.front, measurements, names,
+                                               list(run.batches("validation")) if subset else None)
     points = [_point(p, _test_metrics(run, supernet, SubNetworkConfig.from_dict(p["config"]), test_batches))
               for p in chosen]
     full = supernet.full_config()
@@ -174,6 +189,8 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
                           "reference_point": result.reference_point},
         "evaluations": len(result.trials),
         "search_dtype": search_dtype,  # the precision the search ranked in; the figures here are float32
+        # the validation examples the search ranked on; the figures here are on all `validation_examples`
+        "search_examples": search_examples if subset else size, "validation_examples": size,
     }
     for position, point in enumerate(points):  # refined earlier (by the job or on demand) and still this point
         refined = _refined_record(run.folder / REFINED_DIR / str(position), point["config"])
@@ -337,9 +354,12 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     stored = SearchJob.from_dict(json.loads(search_file.read_text())) if search_file.is_file() else None
     if stored is not None and job.evaluation_dtype == "auto":  # a resumed search keeps the precision it ranked in
         job = replace(job, evaluation_dtype=stored.evaluation_dtype)
-    if stored is not None and _identity(stored.to_dict()) != _identity(job.to_dict()):
-        raise ValueError(f"{folder} holds a different search; choose another output folder")
     run = Run(folder, spec)
+    if job.search_examples is not None and job.search_examples >= len(run.task.validation):
+        job = replace(job, search_examples=None)  # the whole split, as a search stored before the setting ranked
+    if stored is not None and _identity(stored.to_dict()) != _identity(job.to_dict()):
+        differences = settings_differences(_identity(stored.to_dict()), _identity(job.to_dict()))
+        raise ValueError(f"{folder} holds a different search ({differences}); choose another output folder")
     supernet = run.load_supernet()
     dtype = resolve_dtype(job.evaluation_dtype, next(supernet.parameters()).device)
     # search.json names the precision itself, so a resume on another machine ranks the same way
@@ -349,7 +369,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     space = run.space(supernet.config)
     table = load_or_calibrate(supernet.config, batch_size=job.latency.batch_size, seq_len=seq_len,
                               unit_step=space.unit_step, device=job.latency.device)
-    measurements = Measurements(supernet=supernet, validation_batches=run.batches("validation"), task=run.task.spec,
+    measurements = Measurements(supernet=supernet, task=run.task.spec,
+                                validation_batches=run.batches("validation", subset=job.search_examples),
                                 latency=table, seq_len=seq_len, params_kind=job.params_kind, dtype=dtype)
 
     def record(trial: Trial, current: SearchResult) -> None:
@@ -363,7 +384,7 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
                         should_stop=should_stop, progress=progress)
     if result.stopped:
         return None
-    front = write_front(run, result, measurements, job.search.objectives)
+    front = write_front(run, result, measurements, job.search.objectives, search_examples=job.search_examples)
     if job.refine.enabled and not refine_front(run, front, supernet, job.refine, progress=progress,
                                                on_point=on_refine, should_stop=should_stop):
         return None

@@ -34,6 +34,7 @@ from search.names import OBJECTIVE_NAMES
 from search.optimizers import OPTIMIZERS
 from supernet.config import ConfigError, SubNetworkConfig
 from supernet.settings import (
+    DEFAULT_SEARCH_EXAMPLES,
     DEFAULT_VALIDATION_LIMIT,
     EVALUATION_DTYPES,
     CustomTask,
@@ -71,8 +72,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
                         "and sandwich training")
     p.add_argument("--train-limit", type=int, default=None, help="cap on training examples")
     p.add_argument("--validation-limit", type=_limit, default=DEFAULT_VALIDATION_LIMIT,
-                   help="cap on validation examples (a seeded random subset; 'all': the whole split): the search "
-                        f"evaluates every sub-network it tries on them (default {DEFAULT_VALIDATION_LIMIT})")
+                   help="cap on validation examples (a seeded random subset; 'all': the whole split): the front's "
+                        f"figures are measured on them (default {DEFAULT_VALIDATION_LIMIT})")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)
@@ -178,7 +179,7 @@ def _search_job_from_args(args: argparse.Namespace) -> SearchJob:
                            device=args.latency_device)
     return SearchJob(search=search, latency=latency, params_kind=args.params,
                      refine=RefineConfig(epochs=args.refine_epochs, learning_rate=args.refine_lr),
-                     evaluation_dtype=args.evaluation_dtype)
+                     evaluation_dtype=args.evaluation_dtype, search_examples=args.search_examples)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -452,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--evaluation-dtype", choices=EVALUATION_DTYPES, default="auto",
                         help="precision the search ranks sub-networks in; auto: bfloat16 where the CPU has it natively "
                              "(about 2-2.5 x faster), else float32. The front's figures are float32 either way")
+    search.add_argument("--search-examples", type=_limit, default=DEFAULT_SEARCH_EXAMPLES,
+                        help="validation examples the search ranks each sub-network on (a seeded subset; 'all': "
+                             f"every one); the front is evaluated again on all of them (default "
+                             f"{DEFAULT_SEARCH_EXAMPLES})")
     search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="fine-tune the weight-sharing supernet of a model on a task")
     _add_training_flags(train)

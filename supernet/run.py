@@ -50,10 +50,16 @@ def load_run_task(spec: RunSpec) -> TaskData:
     if spec.validation_limit is not None:
         if spec.validation_limit < 1:
             raise ValueError(f"validation_limit must be >= 1, got {spec.validation_limit}")
-        if spec.validation_limit < len(task.validation):
-            keep = sorted(random.Random(spec.split_seed).sample(range(len(task.validation)), spec.validation_limit))
-            task.validation = [task.validation[i] for i in keep]
+        task.validation = seeded_subset(task.validation, spec.validation_limit, spec.split_seed)
     return task
+
+
+def seeded_subset(examples: list, size: int, seed: int) -> list:
+    """`size` of `examples` drawn at random with `seed`, in their original order; all of them if there are no
+    more than `size`."""
+    if size >= len(examples):
+        return examples
+    return [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), size))]
 
 
 def save_supernet(model: Supernet, folder: str | Path, tokenizer: Any = None) -> Path:
@@ -104,14 +110,18 @@ class Run:
             self._tokenizer = load_tokenizer(source)
         return self._tokenizer
 
-    def batches(self, split: str, *, shuffle: bool = False, generator: torch.Generator | None = None):
-        """Batches of "train", "validation" or a test split (a key of `task.test`, e.g. "test")."""
+    def batches(self, split: str, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                subset: int | None = None):
+        """Batches of "train", "validation" or a test split (a key of `task.test`, e.g. "test"); `subset`: only
+        that many of the split's examples, drawn with the run's split seed (the same ones every time)."""
         if split in ("train", "validation"):
             examples = getattr(self.task, split)
         elif split in self.task.test:
             examples = self.task.test[split]
         else:
             raise ValueError(f"unknown split {split!r}; this task has train, validation, {', '.join(self.task.test)}")
+        if subset is not None:
+            examples = seeded_subset(examples, subset, self.spec.split_seed)
         size = self.spec.batch_size if split == "train" else self.spec.eval_batch_size
         return make_batches(examples, self.tokenizer, batch_size=size, max_length=self.spec.max_length,
                             shuffle=shuffle, generator=generator, is_regression=self.task.spec.is_regression,
@@ -151,13 +161,18 @@ def same_run(stored: RunSpec, spec: RunSpec) -> bool:
 def spec_differences(stored: RunSpec, spec: RunSpec) -> str:
     """'name: X stored, Y asked' for each setting that differs (training settings as training.name), so a user
     resuming a folder sees which option to repeat, e.g. a default that changed since the run began."""
+    return settings_differences(stored.to_dict(), spec.to_dict())
+
+
+def settings_differences(stored: dict[str, Any], asked: dict[str, Any]) -> str:
+    """spec_differences for any nested settings dict (nested keys as outer.inner)."""
     def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in data.items():
             out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
         return out
 
-    old, new = flat(stored.to_dict()), flat(spec.to_dict())
+    old, new = flat(stored), flat(asked)
     return "; ".join(f"{k}: {old.get(k)!r} stored, {new.get(k)!r} asked"
                      for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
 

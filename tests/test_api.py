@@ -34,7 +34,7 @@ from service.api import create_app
 from service.config import Settings
 from service.db import current_revision, head_revision, make_engine, session_factory
 from service.models import Search
-from supernet.settings import DEFAULT_VALIDATION_LIMIT
+from supernet.settings import DEFAULT_SEARCH_EXAMPLES, DEFAULT_VALIDATION_LIMIT
 
 HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
 EVALUATIONS = 5
@@ -376,6 +376,18 @@ def test_the_validation_cap_defaults_and_null_means_the_whole_split(client, work
         assert client.post(f"/searches/{response.json()['id']}/cancel").json()["status"] == "cancelled"
     refused = client.post("/searches", json=body(workspace, budget={"validation_limit": 0}))
     assert refused.status_code == 422 and "validation_limit" in refused.json()["detail"]
+
+
+def test_the_search_subset_defaults_and_null_means_every_validation_example(client, workspace) -> None:
+    searches = {examples: client.post("/searches", json=body(workspace, budget=budget))
+                for examples, budget in ((DEFAULT_SEARCH_EXAMPLES, {}), (None, {"search_examples": None}),
+                                         (7, {"search_examples": 7}))}
+    for examples, response in searches.items():
+        assert response.status_code == 201, response.text
+        assert response.json()["request"]["job"]["search_examples"] == examples
+        assert client.post(f"/searches/{response.json()['id']}/cancel").json()["status"] == "cancelled"
+    refused = client.post("/searches", json=body(workspace, budget={"search_examples": 0}))
+    assert refused.status_code == 422 and "search_examples" in refused.json()["detail"]
 
 
 def test_ehvi_without_botorch_says_how_to_install(client, workspace, monkeypatch) -> None:

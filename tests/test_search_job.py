@@ -502,12 +502,46 @@ def test_a_bfloat16_search_ranks_in_bfloat16_and_reports_float32(workspace, tmp_
 
 def test_a_search_stored_before_the_precision_setting_resumes_in_float32(run_copy, workspace) -> None:
     job = json.loads((run_copy / "search.json").read_text())
-    del job["evaluation_dtype"]
+    del job["evaluation_dtype"], job["search_examples"]
     (run_copy / "search.json").write_text(json.dumps(job))
     before = lines(run_copy)
-    assert cli(search_args(workspace, run_copy, dtype="")) == 0
+    assert cli(search_args(workspace, run_copy, dtype="")) == 0  # the default subset is larger than this split
     assert lines(run_copy) == before
-    assert json.loads((run_copy / "search.json").read_text())["evaluation_dtype"] == "float32"
+    stored = json.loads((run_copy / "search.json").read_text())
+    assert (stored["evaluation_dtype"], stored["search_examples"]) == ("float32", None)
+
+
+def test_a_search_on_a_validation_subset_reports_the_whole_split(workspace, tmp_path, capsys) -> None:
+    """The search ranks on a seeded subset; the front is measured again on every validation example."""
+    out = tmp_path / "run"
+    assert cli(search_args(workspace, out, "--search-examples", "8")) == 0, capsys.readouterr().err
+    assert json.loads((out / "search.json").read_text())["search_examples"] == 8
+    run = Run(out)
+    supernet, spec = run.load_supernet(), run.task.spec
+    validation, subset = run.batches("validation"), run.batches("validation", subset=8)
+    assert sum(len(b["labels"]) for b in subset) == 8 < len(run.task.validation)
+    trials = {t.config: t for t in read_trials(out)}
+    for config, trial in trials.items():  # what the search saw
+        assert trial.validation == evaluate(supernet, subset, spec, sub=config)
+    assert any(trial.validation != evaluate(supernet, validation, spec, sub=config)  # really two sets
+               for config, trial in trials.items())
+    front = json.loads((out / "front.json").read_text())
+    assert (front["search_examples"], front["validation_examples"]) == (8, len(run.task.validation))
+    assert front["points"]
+    for point in front["points"]:  # what the front reports: the whole split
+        sub = SubNetworkConfig.from_dict(point["config"])
+        assert point["search_validation"] == trials[sub].validation
+        assert point["validation"] == evaluate(supernet, validation, spec, sub=sub)
+        assert point["objectives"]["error"] == pytest.approx(1 - point["validation"]["accuracy"])
+    assert non_dominated(np.array([values(p) for p in front["points"]])).all()
+    assert front["reference"]["validation"] == evaluate(supernet, validation, spec)
+    # a rerun with the same subset continues; another size is another search, and the refusal names it
+    before = lines(out)
+    assert cli(search_args(workspace, out, "--search-examples", "8")) == 0
+    assert lines(out) == before
+    capsys.readouterr()
+    assert cli(search_args(workspace, out, "--search-examples", "all")) == 2
+    assert "different search (search_examples: 8 stored, None asked)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [

@@ -11,7 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from supernet.settings import DEFAULT_VALIDATION_LIMIT, EVALUATION_DTYPES, RunSpec, TrainingConfig
+from supernet.settings import (
+    DEFAULT_SEARCH_EXAMPLES,
+    DEFAULT_VALIDATION_LIMIT,
+    EVALUATION_DTYPES,
+    RunSpec,
+    TrainingConfig,
+)
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -53,6 +59,10 @@ class BudgetIn(BaseModel):
         DEFAULT_VALIDATION_LIMIT, ge=1,
         description="cap on validation examples (a seeded random subset; null: the whole split): the search "
                     "evaluates every sub-network it tries on them")
+    search_examples: int | None = Field(
+        DEFAULT_SEARCH_EXAMPLES, ge=1,
+        description="validation examples the search ranks each sub-network on (a seeded subset of the capped "
+                    "split; null: all of it); the front is evaluated again on the whole capped split")
     refine_epochs: float = Field(0, ge=0, le=10,
                                  description="after the search, fine-tune each Pareto-front point at its own size "
                                              "for this many epochs (may be fractional) on the task's labels (0: "

@@ -221,4 +221,4 @@ def build_request(body: SearchCreate, settings: Settings, *, session: Session | 
     latency = LatencyShape(batch_size=body.latency.batch_size, seq_len=body.latency.seq_len,
                            device=body.latency.device)
     return spec, SearchJob(search=search, latency=latency, params_kind=body.params, refine=refine,
-                           evaluation_dtype=body.evaluation_dtype)
+                           evaluation_dtype=body.evaluation_dtype, search_examples=budget.search_examples)
