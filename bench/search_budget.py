@@ -9,6 +9,10 @@ one after the other in one process (so their times are measured side by side), a
 under bench/prove_report.py's hypervolume normalisation, with the best test metric at <= 75 / 50 / 33 % of the
 encoder's parameters (chosen on the search's own validation subset, as a user would choose).
 
+Since `SearchJob.search_examples` the service's job itself ranks on a subset (550 by default) and measures its
+front again on the whole capped split: the `job` row of such a job is written as job-search<n>.json and reads "n,
+front on N", beside the rows above, whose searches and fronts both see `limit` examples.
+
     python bench/search_budget.py --task glue/mrpc --seed 0 --limits job 275 550 full
 
 `--dtype` is the precision the search ranks in (`SearchJob.evaluation_dtype`; the front is scored in float32
@@ -96,7 +100,7 @@ def main() -> None:
     search_seed = args.seed if args.search_seed is None else args.search_seed
     suffix = ("" if dtype == "float32" else f"-{dtype}") + ("" if search_seed == args.seed else f"-search{search_seed}")
     for limit_arg in args.limits:
-        name = limit_arg if limit_arg == "job" else f"{limit_arg}{suffix}"
+        name = job_row_name(source) if limit_arg == "job" else f"{limit_arg}{suffix}"
         result_file = out / f"{name}.json"
         if result_file.is_file():
             continue
@@ -106,6 +110,7 @@ def main() -> None:
             job_spec = RunSpec.from_dict(json.loads((source / "run.json").read_text()))
             front, epochs, examples = (json.loads((source / "front.json").read_text()), job_spec.training.epochs,
                                        min(job_spec.validation_limit or size, size))
+            searched = front.get("search_examples", examples)  # a job since SearchJob.search_examples ranks on fewer
             cpu_share = job_times.get("search_and_test_cpu_share")
             searched_in = json.loads((source / "search.json").read_text()).get("evaluation_dtype", "float32")
         else:
@@ -119,8 +124,10 @@ def main() -> None:
             elapsed, cpu_share, searched_in = watch.seconds, watch.cpu_share, dtype
             front, epochs = json.loads((out / name / "front.json").read_text()), spec.training.epochs
             examples = min(spec.validation_limit or size, size)
+            searched = examples
         result = {"task": args.task, "seed": args.seed, "limit": limit_arg,
                   "search_seed": args.seed if limit_arg == "job" else search_seed, "validation_examples": examples,
+                  "search_examples": searched,
                   "validation_size": settings["sizes"]["validation"], "search_and_test_s": elapsed,
                   "load_average": None if limit_arg == "job" else os.getloadavg()[0], "threads": args.threads,
                   "cpu_share": cpu_share, "dtype": searched_in,
@@ -130,6 +137,14 @@ def main() -> None:
                   "main_metric": metric, **score(front, 1.0 - settings["majority_baseline"][metric])}
         result_file.write_text(json.dumps(result, indent=2))
     print("\n".join(table_lines(out)))
+
+
+def job_row_name(source: Path) -> str:
+    """The job row's file: "job" for a job that ranked on its whole (capped) validation split, "job-search<n>" for
+    one that ranked on a subset of n (SearchJob.search_examples), so a job searched again keeps both rows."""
+    front = json.loads((source / "front.json").read_text())
+    searched, examples = front.get("search_examples"), front.get("validation_examples")
+    return "job" if searched is None or searched == examples else f"job-search{searched}"
 
 
 def fmt_load(load: float | None) -> str:
@@ -142,8 +157,8 @@ def table_lines(folder: Path) -> list[str]:
     rows = [json.loads(f.read_text()) for f in folder.glob("*.json")]
     if not rows:
         return []
-    rows.sort(key=lambda r: (r["validation_examples"], r["limit"] == "job", r.get("dtype", "float32"),
-                             r.get("search_seed", r["seed"])))
+    rows.sort(key=lambda r: (r.get("search_examples", r["validation_examples"]), r["validation_examples"],
+                             r["limit"] == "job", r.get("dtype", "float32"), r.get("search_seed", r["seed"])))
     metric, first = rows[0]["main_metric"], rows[0]
     lines = [f"{first['task']} seed {first['seed']}, {first['threads']} threads: supernet training "
              f"{first['train_s']:.0f} s ({first['job_epochs']} epochs), plain fine-tuning "
@@ -159,8 +174,12 @@ def table_lines(folder: Path) -> list[str]:
         ratio = (row["train_s"] + row["search_and_test_s"]) / (row["plain_per_epoch_s"] * row["job_epochs"])
         share = f"{row['search_and_test_s'] / full:.2f}"
         source = row.get("source") or ("bench/prove.py's job" if row["limit"] == "job" else "")
+        searched = row.get("search_examples", row["validation_examples"])
         size = f"{row['validation_examples']}" + (" (all)" if row["validation_examples"] == row["validation_size"]
-                                                 else "") + (f" ({source})" if source else "")
+                                                 else "")
+        if searched != row["validation_examples"]:  # ranked on a subset, the front measured on all of them
+            size = f"{searched}, front on {size}"
+        size += f" ({source})" if source else ""
         cells = ["–" if b is None else f"{b['test'][metric]:.3f} ({b['fraction']:.0%})" for b in best]
         precision = row.get("dtype", "float32") + ("" if row.get("search_seed", row["seed"]) == row["seed"]
                                                    else f", search seed {row['search_seed']}")
