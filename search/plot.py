@@ -23,11 +23,18 @@ def plot_front(front: dict[str, Any], trials: list[dict[str, Any]], path: str | 
     costs = [n for n in names if n != "error"] or names[1:]
     y_name = "error" if "error" in names else names[0]
     reference = front["reference"]["objectives"]
+    # the search's figures (its subset, its precision) and the front's (float32 on the whole split) may differ
+    searched, examples = front.get("search_examples"), front.get("validation_examples")
+    dtype = front.get("search_dtype", "float32")
+    trials_label = "evaluated" + (f" (search: {searched} examples, {dtype})" if searched != examples
+                                  else f" (search: {dtype})" if dtype != "float32" else "")
+    front_label = "Pareto front (all objectives" + (f"; float32, all {examples} examples)"
+                                                    if trials_label != "evaluated" else ")")
     fig, axes = plt.subplots(1, len(costs), figsize=(5.5 * len(costs), 4.2), squeeze=False)
     for ax, cost in zip(axes[0], costs, strict=True):
         scale = reference[cost] or 1.0
         ax.scatter([t["objectives"][cost] / scale for t in trials], [t["objectives"][y_name] for t in trials],
-                   s=12, color="0.7", label="evaluated")
+                   s=12, color="0.7", label=trials_label)
         xy = np.array([[t["objectives"][cost] / scale, t["objectives"][y_name]] for t in trials])
         if len(xy):  # the 2-D front of this panel as a staircase
             staircase = xy[non_dominated(xy)]
@@ -35,7 +42,7 @@ def plot_front(front: dict[str, Any], trials: list[dict[str, Any]], path: str | 
             ax.step(staircase[:, 0], staircase[:, 1], where="post", color="tab:blue", alpha=0.6)
         points = front["points"]
         ax.scatter([p["objectives"][cost] / scale for p in points], [p["objectives"][y_name] for p in points],
-                   s=22, color="tab:blue", label="Pareto front (all objectives)", zorder=2)
+                   s=22, color="tab:blue", label=front_label, zorder=2)
         ax.scatter([1.0], [reference[y_name]], marker="*", s=160, color="tab:red", label="full model", zorder=3)
         ax.set_xlabel(_COST_LABELS.get(cost, cost))
         ax.set_ylabel(f"validation {y_name}" if y_name == "error" else y_name)
