@@ -7,8 +7,9 @@ on the whole validation split and on test (timing each), and scores the front ea
 float32 time the rule spends measuring its candidates again:
 
     subset front        the search's front as it ranked it, on the subset's figures (no second measurement)
-    front, filtered     the subset's front measured again, dominated points dropped (the job's rule)
+    front, filtered     the subset's front measured again, dominated points dropped (the job's first rule)
     K layers            the first K non-dominated layers of the subset's ranking measured again, their front kept
+                        (2 is the job's rule since: search.job.SUBSET_RESCORED_LAYERS)
     every trial         all trials measured again (what ranking on the whole split would choose among them)
 
 Test hypervolume and the best test metric under each budget as bench/prove_report.py scores them. Figures are
@@ -33,7 +34,7 @@ from scoring import BUDGETS, best_under, test_error_hypervolume
 from tqdm import tqdm
 
 from search.job import read_trials
-from search.pareto import non_dominated
+from search.pareto import first_layers, non_dominated
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_params
 from supernet.evaluation import evaluate
@@ -41,16 +42,6 @@ from supernet.run import Run
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("front_rescoring")
-
-
-def layers(objectives: np.ndarray) -> list[np.ndarray]:
-    """Indices of the successive non-dominated layers of `objectives` (n, m), best first."""
-    left, out = np.arange(len(objectives)), []
-    while len(left):
-        mask = non_dominated(objectives[left])
-        out.append(left[mask])
-        left = left[~mask]
-    return out
 
 
 def measure(run: Run, supernet, configs: list[SubNetworkConfig], cache: Path) -> dict[str, dict[str, Any]]:
@@ -110,7 +101,6 @@ def main() -> None:
 
     names = front["objectives"]
     ranked = np.array([[t.objectives[n] for n in names] for t in trials])
-    order = layers(ranked)
 
     def kept_front(candidates: list[int]) -> list[dict[str, Any]]:
         points = [precise(trials[i]) for i in candidates]
@@ -118,11 +108,12 @@ def main() -> None:
         return [p for p, keep in zip(points, mask, strict=True) if keep]
 
     rules: dict[str, tuple[list[dict[str, Any]], list[int]]] = {}
-    subset_front = [{**precise(trials[i]), "validation_error": trials[i].objectives["error"]} for i in order[0]]
+    subset_front = [{**precise(trials[i]), "validation_error": trials[i].objectives["error"]}
+                    for i in first_layers(ranked, 1)]
     rules["subset front (not measured again)"] = (subset_front, [])
     for k in (1, 2, 3):
-        candidates = [int(i) for layer in order[:k] for i in layer]
-        label = "front, filtered (the job's rule)" if k == 1 else f"{k} layers"
+        candidates = [int(i) for i in first_layers(ranked, k)]
+        label = {1: "front, filtered (the rule before)", 2: "2 layers (the job's rule)"}.get(k, f"{k} layers")
         rules[label] = (kept_front(candidates), candidates)
     rules["every trial"] = (kept_front(list(range(len(trials)))), list(range(len(trials))))
 

@@ -88,6 +88,20 @@ def pareto_front_indices(F: ArrayLike) -> np.ndarray:
     return np.flatnonzero(non_dominated(F))
 
 
+def first_layers(F: ArrayLike, count: int) -> np.ndarray:
+    """Indices (ascending) of the points of ``F`` in its first ``count`` non-dominated layers: the front, then the
+    front of what is left, and so on (NSGA-II's non-dominated sorting, stopped after ``count`` ranks)."""
+    array = _as_matrix(F)
+    left, chosen = np.arange(array.shape[0]), []
+    for _ in range(count):
+        if not len(left):
+            break
+        mask = non_dominated(array[left])
+        chosen.append(left[mask])
+        left = left[~mask]
+    return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
+
+
 def normalize(F: ArrayLike, lower: float | Sequence[float], upper: float | Sequence[float]) -> np.ndarray:
     """Per-objective min-max normalisation ``(F - lower) / (upper - lower)`` with fixed bounds.
 

@@ -10,6 +10,7 @@ import pytest
 from search.pareto import (
     DEFAULT_REFERENCE,
     ParetoError,
+    first_layers,
     hypervolume,
     hypervolume_history,
     non_dominated,
@@ -40,6 +41,15 @@ def test_non_dominated_in_three_objectives_and_on_empty_input():
     assert non_dominated(F).tolist() == [True, True, True, False, True]
     assert non_dominated(np.empty((0, 2))).shape == (0,)
     assert pareto_front_indices([]).tolist() == []
+
+
+def test_first_layers_peel_the_fronts_off_in_order():
+    F = [[1, 3], [2, 2], [3, 3], [3, 1], [4, 4], [2, 4], [5, 5]]  # layers: {0, 1, 3}, {2, 5}, {4}, {6}
+    assert first_layers(F, 1).tolist() == [0, 1, 3]
+    assert first_layers(F, 2).tolist() == [0, 1, 2, 3, 5]
+    assert first_layers(F, 3).tolist() == [0, 1, 2, 3, 4, 5]
+    assert first_layers(F, 10).tolist() == list(range(7))
+    assert first_layers(np.empty((0, 2)), 2).tolist() == []
 
 
 def test_bad_input_raises_a_value_error():

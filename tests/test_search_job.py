@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from transformers import AutoModelForSequenceClassification
 
 from search.job import SearchJob, read_trials, run_search_job
 from search.latency import LatencyTable
-from search.pareto import non_dominated
+from search.pareto import first_layers, non_dominated
 from search.runner import SearchConfig, Trial
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
@@ -74,6 +75,10 @@ def cached_table(cache_dir: Path) -> LatencyTable:
 
 def values(trial_like: dict) -> list[float]:
     return [trial_like["objectives"][name] for name in OBJECTIVES]
+
+
+def non_dominated_trials(trials: list[Trial]) -> list[Trial]:
+    return [t for t, keep in zip(trials, non_dominated([values(t.to_dict()) for t in trials]), strict=True) if keep]
 
 
 # --------------------------------------------------------------------------------------------- the folder
@@ -511,7 +516,7 @@ def test_a_search_stored_before_the_precision_setting_resumes_in_float32(run_cop
     assert (stored["evaluation_dtype"], stored["search_examples"]) == ("float32", None)
 
 
-def test_a_search_on_a_validation_subset_reports_the_whole_split(workspace, tmp_path, capsys) -> None:
+def test_a_search_on_a_validation_subset_reports_the_whole_split(workspace, tmp_path, capsys, evaluated) -> None:
     """The search ranks on a seeded subset; the front is measured again on every validation example."""
     out = tmp_path / "run"
     assert cli(search_args(workspace, out, "--search-examples", "8")) == 0, capsys.readouterr().err
@@ -527,7 +532,15 @@ def test_a_search_on_a_validation_subset_reports_the_whole_split(workspace, tmp_
                for config, trial in trials.items())
     front = json.loads((out / "front.json").read_text())
     assert (front["search_examples"], front["validation_examples"]) == (8, len(run.task.validation))
-    assert front["points"]
+    # measured again: the first two non-dominated layers of the search's ranking; kept: their front on all examples
+    ranked = list(trials.values())
+    candidates = [ranked[i].config for i in first_layers([values(t.to_dict()) for t in ranked], 2)]
+    assert len(candidates) > len(non_dominated_trials(ranked))
+    assert all(Counter(evaluated)[c] == 2 for c in candidates)  # once by the search, once on all examples
+    precise = [[1 - evaluate(supernet, validation, spec, sub=c)["accuracy"], trials[c].objectives["params"],
+                trials[c].objectives["latency"]] for c in candidates]
+    expected = {c for c, keep in zip(candidates, non_dominated(precise), strict=True) if keep}
+    assert {SubNetworkConfig.from_dict(p["config"]) for p in front["points"]} == expected
     for point in front["points"]:  # what the front reports: the whole split
         sub = SubNetworkConfig.from_dict(point["config"])
         assert point["search_validation"] == trials[sub].validation
