@@ -407,12 +407,13 @@ class Experiment:
 
     @staticmethod
     def set_search_aside(folder: Path, spec: RunSpec, times: dict[str, Any], earlier: str) -> None:
-        """Keep a job's earlier search (run folder and time) beside it as run-`earlier`, so that its trained
-        supernet is searched again on the current defaults."""
+        """Keep a job's earlier search (run folder and time, and the refining of its front) beside it as
+        run-`earlier`, so that its trained supernet is searched again on the current defaults."""
         run_folder = folder / "run"
         run_folder.rename(folder / f"run-{earlier}")
         copy_trained(folder / f"run-{earlier}", run_folder, spec)
-        for key in ("search_and_test_s", "search_and_test_cpu_share"):
+        for key in ("search_and_test_s", "search_and_test_cpu_share", "refine_s", "refine_cpu_share",
+                    "refine_load_average"):
             if key in times:
                 times[f"{key}_{earlier}"] = times.pop(key)
         write_json(folder / "times.json", times)
