@@ -322,9 +322,12 @@ def earlier_searches(point: dict[str, Any]) -> dict[str, float]:
 
 
 def describe_earlier(key: str) -> str:
-    """'search1100' -> 'ranked on 1100 validation examples'; 'validation2000' -> 'validation cap 2000'."""
+    """'search1100' -> 'ranked on 1100 validation examples'; 'search550-front1' adds that only its front (its
+    first 1 non-dominated layer) was measured again on every example; 'validation2000' -> 'validation cap 2000'."""
     if key.startswith("search"):
-        return f"ranked on {key.removeprefix('search')} validation examples"
+        examples, _, layers = key.removeprefix("search").partition("-front")
+        return f"ranked on {examples} validation examples" + (
+            f", only its first {layers} non-dominated layer(s) measured again on all" if layers else "")
     return f"validation cap {key.removeprefix('validation')}"
 
 
