@@ -96,10 +96,10 @@ class CustomTask:
 DEFAULT_VALIDATION_LIMIT = 5000
 
 # How many of those validation examples the search ranks each sub-network on (a seeded subset; None: all). Ranking
-# 100 sub-networks is the search's whole cost, and the front it finds is evaluated again on the whole (capped)
-# split in float32, so the figures a user chooses a point by do not come from the subset. On MRPC seed 0
-# (bench/search_budget.py, a 2-core Zen 4 VM) ranking on 550 of the 1,100 pairs found test hypervolume 0.202
-# against 0.199 for all of them, and 275 pairs 0.171.
+# 100 sub-networks is the search's whole cost; the best of them are then measured again on the whole (capped)
+# split in float32 (search.job.SUBSET_RESCORED_LAYERS), so the figures a user chooses a point by do not come from
+# the subset. On MRPC seed 0 (bench/RESULTS_NOTES.md, a 2-core Zen 4 VM) the job fell from 2.78 x to 2.14 x plain
+# fine-tuning; its test hypervolume, 0.186 against 0.199, moved less than another search seed moves it (0.170).
 DEFAULT_SEARCH_EXAMPLES = 550
 
 
