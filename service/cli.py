@@ -455,8 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(about 2-2.5 x faster), else float32. The front's figures are float32 either way")
     search.add_argument("--search-examples", type=_limit, default=DEFAULT_SEARCH_EXAMPLES,
                         help="validation examples the search ranks each sub-network on (a seeded subset; 'all': "
-                             f"every one); the front is evaluated again on all of them (default "
-                             f"{DEFAULT_SEARCH_EXAMPLES})")
+                             "every one); the best of them (two non-dominated layers) are measured again on all of "
+                             f"them (default {DEFAULT_SEARCH_EXAMPLES})")
     search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="fine-tune the weight-sharing supernet of a model on a task")
     _add_training_flags(train)

@@ -62,7 +62,8 @@ class BudgetIn(BaseModel):
     search_examples: int | None = Field(
         DEFAULT_SEARCH_EXAMPLES, ge=1,
         description="validation examples the search ranks each sub-network on (a seeded subset of the capped "
-                    "split; null: all of it); the front is evaluated again on the whole capped split")
+                    "split; null: all of it); the best of them (two non-dominated layers) are measured again on "
+                    "the whole capped split and their front kept")
     refine_epochs: float = Field(0, ge=0, le=10,
                                  description="after the search, fine-tune each Pareto-front point at its own size "
                                              "for this many epochs (may be fractional) on the task's labels (0: "
