@@ -281,7 +281,9 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                 lines.append(f"| {NAMES[method]} | {epochs:g} | {p['job_train_s']:.0f}{train_mark} | "
                              f"{p['job_search_and_test_s']:.0f}{search_mark} | {refine:.0f}{refine_mark} | "
                              f"{job:.0f} | **{job / (plain * epochs / plain_epochs):.2f}** | {job / plain:.2f} |")
-                for key, seconds in earlier_searches(p).items():  # set aside by prove.py when a default changed
+                # earlier searches set aside by prove.py when a default changed (the job alone: their fronts'
+                # refining is not this front's)
+                for key, seconds in ({} if method.endswith("_refined") else earlier_searches(p)).items():
                     before = p["job_train_s"] + seconds + refine
                     mark = shared_mark(p.get(f"job_search_and_test_cpu_share_{key}"))
                     lines.append(f"| {NAMES[method]}, its earlier search ({describe_earlier(key)}) | {epochs:g} | "
