@@ -66,7 +66,8 @@ class SearchJob:
     # figures are float32 whatever this says
     evaluation_dtype: str = "auto"
     # validation examples the search ranks sub-networks on (a seeded subset of the run's validation split; None:
-    # all of it); the front is evaluated again on the whole split (supernet/settings.py says why this default)
+    # all of it); its best (SUBSET_RESCORED_LAYERS) are measured again on the whole split, and their front kept
+    # (supernet/settings.py says why this default)
     search_examples: int | None = DEFAULT_SEARCH_EXAMPLES
 
     def __post_init__(self) -> None:
