@@ -54,7 +54,7 @@ from search.baselines import (
     layer_drop_configs,
     uniform_configs,
 )
-from search.job import SearchJob, keeps_refined, run_search_job
+from search.job import SearchJob, keeps_refined, ranked_subset, run_search_job
 from search.latency import time_calls
 from search.runner import SearchConfig
 from supernet.config import SubNetworkConfig
@@ -431,7 +431,7 @@ class Experiment:
         if "search_and_test_s" in times:
             searched = SearchJob.from_dict(read_json(run_folder / "search.json")).search_examples
             size = len(Run(run_folder, spec).task.validation)
-            if searched != (DEFAULT_SEARCH_EXAMPLES if DEFAULT_SEARCH_EXAMPLES < size else None):
+            if searched != ranked_subset(DEFAULT_SEARCH_EXAMPLES, size):
                 # so did the validation subset the search ranks on
                 self.set_search_aside(folder, spec, times, f"search{searched or size}")
         if "train_s" not in times:

@@ -150,6 +150,12 @@ def _point(trial_like: dict[str, Any], test: dict[str, float]) -> dict[str, Any]
 SUBSET_RESCORED_LAYERS = 2
 
 
+def ranked_subset(search_examples: int | None, validation_size: int) -> int | None:
+    """The validation subset a search ranks on: `search_examples`, or None (the whole split) where that many is at
+    least the split's size."""
+    return search_examples if search_examples is not None and search_examples < validation_size else None
+
+
 def _front_scored_again(result: SearchResult, measurements: Measurements, names: list[str],
                         validation: list | None) -> tuple[list[dict[str, Any]], Measurements]:
     """The front as dicts with figures in float32 on the whole validation split, and the measurements that took
@@ -185,9 +191,9 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
     test_batches = {split: list(run.batches(split)) for split in run.task.test}
     search_dtype = dtype_name(measurements.dtype)
     size = len(run.task.validation)
-    subset = search_examples is not None and search_examples < size
+    subset = ranked_subset(search_examples, size)
     chosen, measurements = _front_scored_again(result, measurements, names,
-                                               list(run.batches("validation")) if subset else None)
+                                               None if subset is None else list(run.batches("validation")))
     points = [_point(p, _test_metrics(run, supernet, SubNetworkConfig.from_dict(p["config"]), test_batches))
               for p in chosen]
     full = supernet.full_config()
@@ -204,7 +210,7 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
         "evaluations": len(result.trials),
         "search_dtype": search_dtype,  # the precision the search ranked in; the figures here are float32
         # the validation examples the search ranked on; the figures here are on all `validation_examples`
-        "search_examples": search_examples if subset else size, "validation_examples": size,
+        "search_examples": subset or size, "validation_examples": size,
     }
     for position, point in enumerate(points):  # refined earlier (by the job or on demand) and still this point
         refined = _refined_record(run.folder / REFINED_DIR / str(position), point["config"])
@@ -369,8 +375,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     if stored is not None and job.evaluation_dtype == "auto":  # a resumed search keeps the precision it ranked in
         job = replace(job, evaluation_dtype=stored.evaluation_dtype)
     run = Run(folder, spec)
-    if job.search_examples is not None and job.search_examples >= len(run.task.validation):
-        job = replace(job, search_examples=None)  # the whole split, as a search stored before the setting ranked
+    # a subset as large as the split is the whole split, as a search stored before the setting ranked on
+    job = replace(job, search_examples=ranked_subset(job.search_examples, len(run.task.validation)))
     if stored is not None and _identity(stored.to_dict()) != _identity(job.to_dict()):
         differences = settings_differences(_identity(stored.to_dict()), _identity(job.to_dict()))
         raise ValueError(f"{folder} holds a different search ({differences}); choose another output folder")
