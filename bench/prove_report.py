@@ -273,23 +273,22 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
         for method, p in jobs.items():
             if p:
                 refine = p.get("job_refine_s", 0.0) if method.endswith("_refined") else 0.0
-                job = p["job_train_s"] + p["job_search_and_test_s"] + refine
                 epochs = first["job_epochs"].get(method, plain_epochs)
                 train_mark = shared_mark(p.get("job_train_cpu_share"))
                 search_mark = shared_mark(p.get("job_search_and_test_cpu_share"))
                 refine_mark = shared_mark(p.get("job_refine_cpu_share")) if method.endswith("_refined") else ""
-                lines.append(f"| {NAMES[method]} | {epochs:g} | {p['job_train_s']:.0f}{train_mark} | "
-                             f"{p['job_search_and_test_s']:.0f}{search_mark} | {refine:.0f}{refine_mark} | "
-                             f"{job:.0f} | **{job / (plain * epochs / plain_epochs):.2f}** | {job / plain:.2f} |")
+                rows = [(NAMES[method], p["job_search_and_test_s"], search_mark, True)]
                 # earlier searches set aside by prove.py when a default changed (the job alone: their fronts'
                 # refining is not this front's)
                 for key, seconds in ({} if method.endswith("_refined") else earlier_searches(p)).items():
-                    before = p["job_train_s"] + seconds + refine
-                    mark = shared_mark(p.get(f"job_search_and_test_cpu_share_{key}"))
-                    lines.append(f"| {NAMES[method]}, its earlier search ({describe_earlier(key)}) | {epochs:g} | "
-                                 f"{p['job_train_s']:.0f}{train_mark} | {seconds:.0f}{mark} | {refine:.0f}"
-                                 f"{refine_mark} | {before:.0f} | {before / (plain * epochs / plain_epochs):.2f} | "
-                                 f"{before / plain:.2f} |")
+                    rows.append((f"{NAMES[method]}, its earlier search ({describe_earlier(key)})", seconds,
+                                 shared_mark(p.get(f"job_search_and_test_cpu_share_{key}")), False))
+                for label, search_s, mark, bold in rows:
+                    job = p["job_train_s"] + search_s + refine
+                    ratio = f"{job / (plain * epochs / plain_epochs):.2f}"
+                    lines.append(f"| {label} | {epochs:g} | {p['job_train_s']:.0f}{train_mark} | "
+                                 f"{search_s:.0f}{mark} | {refine:.0f}{refine_mark} | {job:.0f} | "
+                                 f"{f'**{ratio}**' if bold else ratio} | {job / plain:.2f} |")
         lines += on_demand_refine(first, jobs, plain / plain_epochs)
         lines += ["", "| method | total training time (s) |", "|---|---|"]
         for method in ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small"):
