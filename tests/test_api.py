@@ -366,28 +366,18 @@ def test_refine_epochs_are_accepted_and_stored(client, workspace) -> None:
         assert client.post(f"/searches/{search.json()['id']}/cancel").json()["status"] == "cancelled"
 
 
-def test_the_validation_cap_defaults_and_null_means_the_whole_split(client, workspace) -> None:
-    searches = {limit: client.post("/searches", json=body(workspace, budget=budget))
-                for limit, budget in ((DEFAULT_VALIDATION_LIMIT, {}), (None, {"validation_limit": None}),
-                                      (7, {"validation_limit": 7}))}
-    for limit, response in searches.items():
+@pytest.mark.parametrize(("field", "part", "default"), [("validation_limit", "run", DEFAULT_VALIDATION_LIMIT),
+                                                          ("search_examples", "job", DEFAULT_SEARCH_EXAMPLES)])
+def test_a_validation_budget_defaults_and_null_means_the_whole_split(client, workspace, field, part, default) -> None:
+    """budget.validation_limit (the split's cap) and budget.search_examples (the search's subset of it)."""
+    searches = {value: client.post("/searches", json=body(workspace, budget=budget))
+                for value, budget in ((default, {}), (None, {field: None}), (7, {field: 7}))}
+    for value, response in searches.items():
         assert response.status_code == 201, response.text
-        assert response.json()["request"]["run"]["validation_limit"] == limit
+        assert response.json()["request"][part][field] == value
         assert client.post(f"/searches/{response.json()['id']}/cancel").json()["status"] == "cancelled"
-    refused = client.post("/searches", json=body(workspace, budget={"validation_limit": 0}))
-    assert refused.status_code == 422 and "validation_limit" in refused.json()["detail"]
-
-
-def test_the_search_subset_defaults_and_null_means_every_validation_example(client, workspace) -> None:
-    searches = {examples: client.post("/searches", json=body(workspace, budget=budget))
-                for examples, budget in ((DEFAULT_SEARCH_EXAMPLES, {}), (None, {"search_examples": None}),
-                                         (7, {"search_examples": 7}))}
-    for examples, response in searches.items():
-        assert response.status_code == 201, response.text
-        assert response.json()["request"]["job"]["search_examples"] == examples
-        assert client.post(f"/searches/{response.json()['id']}/cancel").json()["status"] == "cancelled"
-    refused = client.post("/searches", json=body(workspace, budget={"search_examples": 0}))
-    assert refused.status_code == 422 and "search_examples" in refused.json()["detail"]
+    refused = client.post("/searches", json=body(workspace, budget={field: 0}))
+    assert refused.status_code == 422 and field in refused.json()["detail"]
 
 
 def test_ehvi_without_botorch_says_how_to_install(client, workspace, monkeypatch) -> None:
