@@ -290,6 +290,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                                  f"{search_s:.0f}{mark} | {refine:.0f}{refine_mark} | {job:.0f} | "
                                  f"{f'**{ratio}**' if bold else ratio} | {job / plain:.2f} |")
         lines += on_demand_refine(first, jobs, plain / plain_epochs)
+        lines += job_cost_per_seed(seeds)
         lines += ["", "| method | total training time (s) |", "|---|---|"]
         for method in ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small"):
             points = first["methods"].get(method)
@@ -314,6 +315,24 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                          f"{s32 / reduction:.2f} |")
         lines.append("")
     return lines
+
+
+def job_cost_per_seed(seeds: dict[int, dict[str, Any]]) -> list[str]:
+    """The default job ÷ plain fine-tuning for the same epochs, seed by seed (each seed's own plain run)."""
+    ratios = {}
+    for k, seed in sorted(seeds.items()):
+        method = "nasprune_importance" if "nasprune_importance" in seed["methods"] else "nasprune"
+        job = next((p for p in seed["methods"].get(method, []) if p.get("job_train_s") is not None), None)
+        reference = seed["methods"].get("reference")
+        if job and reference and reference[0].get("plain_train_s"):
+            plain_epochs = seed["settings"]["epochs"]
+            plain = reference[0]["plain_train_s"] * seed["job_epochs"].get(method, plain_epochs) / plain_epochs
+            ratios[k] = (job["job_train_s"] + job["job_search_and_test_s"]) / plain
+    if len(ratios) < 2:
+        return []
+    each = ", ".join(f"seed {k} {ratio:.2f}" for k, ratio in ratios.items())
+    return ["", f"The default job ÷ plain fine-tuning for the same epochs, each seed against its own plain run: {each} "
+            f"(mean {statistics.mean(ratios.values()):.2f} ± {statistics.stdev(ratios.values()):.2f} x)."]
 
 
 def earlier_searches(point: dict[str, Any]) -> dict[str, float]:
