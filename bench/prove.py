@@ -504,7 +504,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     experiment = Experiment(args)
-    write_json(experiment.folder / "settings.json", vars(args) | {
+    settings_path = experiment.folder / "settings.json"
+    earlier = set(read_json(settings_path).get("methods", [])) if settings_path.exists() else set()
+    write_json(settings_path, vars(args) | {
+        "methods": [m for m in METHODS if m in earlier | set(args.methods)], "methods_this_run": args.methods,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or
         platform.machine(), "majority_baseline": experiment.task.majority_baseline,
         "main_metric": experiment.task.spec.main_metric,
