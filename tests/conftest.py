@@ -283,14 +283,41 @@ def service_env(settings, cache: Path) -> dict[str, str]:
     }
 
 
+HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
+
+
 def service_settings(workspace: Path, root: Path, **overrides):
     """Service settings for tests over a real SQLite file under `root`: the toy workspace allowed as model and data
     root, heartbeats fast enough for tests to see a dead worker's job taken over within seconds."""
     from service.config import Settings
 
     values = {"data_root": root / "data", "allowed_model_roots": [workspace], "allowed_data_roots": [workspace],
-              "heartbeat_s": 1.0, "stale_after_s": 3.0, "max_attempts": 3}
+              "heartbeat_s": HEARTBEAT_S, "stale_after_s": STALE_AFTER_S, "max_attempts": 3}
     return Settings(**(values | overrides))
+
+
+@pytest.fixture(scope="module")
+def settings(workspace, tmp_path_factory):
+    """Each API test module's own service (database, data root) over `service_settings`; a module that needs other
+    settings (limits, tokens, data roots) defines its own `settings`, which `client` and `worker_env` then use."""
+    return service_settings(workspace, tmp_path_factory.mktemp("service"))
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    """The app over the module's `settings`, through FastAPI's test client (startup and shutdown run)."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def worker_env(settings, tmp_path_factory) -> dict[str, str]:
+    """The environment of the module's worker processes: the same settings, a latency cache shared by the module."""
+    return service_env(settings, tmp_path_factory.mktemp("cache"))
 
 
 def search_body(ws: Path, default_objectives: list[str], evaluations: int, **overrides) -> dict:

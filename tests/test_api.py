@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import (
     REPO,
+    STALE_AFTER_S,
     run_worker_once,
     search_body,
-    service_env,
-    service_settings,
     start_worker,
     trials_jsonl,
     wait_for,
@@ -30,33 +29,12 @@ from conftest import (
 from fastapi.testclient import TestClient
 
 from service import queue
-from service.api import create_app
-from service.config import Settings
 from service.db import current_revision, head_revision, make_engine, session_factory
 from service.models import Search
 from supernet.settings import DEFAULT_SEARCH_EXAMPLES, DEFAULT_VALIDATION_LIMIT
 
-HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
 EVALUATIONS = 5
 REFINE_EPOCHS = 0.5
-
-
-@pytest.fixture(scope="module")
-def settings(workspace, tmp_path_factory) -> Settings:
-    return service_settings(workspace, tmp_path_factory.mktemp("service"), heartbeat_s=HEARTBEAT_S,
-                            stale_after_s=STALE_AFTER_S)
-
-
-@pytest.fixture(scope="module")
-def worker_env(settings, tmp_path_factory) -> dict[str, str]:
-    """The environment of worker processes: the same settings, the latency cache shared by this module."""
-    return service_env(settings, tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 def body(ws: Path, **overrides) -> dict:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from test_api import body
 
 from service.api import UPLOAD_OVERHEAD_BYTES, create_app
@@ -53,12 +52,6 @@ def settings(workspace, tmp_path_factory) -> Settings:
     root = tmp_path_factory.mktemp("safety")
     return Settings(data_root=root / "data", allowed_model_roots=[workspace], allowed_data_roots=[workspace],
                     max_body_bytes=MAX_BODY, max_upload_bytes=MAX_UPLOAD)
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 def glue(ws: Path, data_dir: str) -> dict:

@@ -71,12 +71,6 @@ def settings(workspace, tmp_path_factory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def made(client, settings) -> dict[str, tuple[str, str]]:
     """Tokens a and b (active) and old (revoked), in the module's database: from here on the API is closed."""
     store = Tokens(settings)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_api import REPO, body, run_worker_once
+from test_api import body, run_worker_once
 
 from service import tokens
 from service.api import create_app
@@ -29,23 +29,6 @@ def settings(workspace, tmp_path_factory) -> Settings:
     root = tmp_path_factory.mktemp("datasets")
     return Settings(data_root=root / "data", allowed_model_roots=[workspace], allowed_data_roots=[workspace],
                     max_upload_bytes=MAX_UPLOAD, heartbeat_s=1.0, stale_after_s=3.0)
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def worker_env(settings, tmp_path_factory) -> dict[str, str]:
-    return os.environ | {
-        "NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url,
-        "NASPRUNE_ALLOWED_MODEL_ROOTS": json.dumps([str(p) for p in settings.allowed_model_roots]),
-        "NASPRUNE_ALLOWED_DATA_ROOTS": json.dumps([str(p) for p in settings.allowed_data_roots]),
-        "NASPRUNE_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
-    }
 
 
 def upload(client: TestClient, content: bytes, filename: str = "train.csv", name: str | None = "toy",

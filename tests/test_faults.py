@@ -31,13 +31,11 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO, service_env, start_worker, trials_jsonl, wait_for, write_csv
-from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
 
 from search.job import read_trials
 from service import queue
 from service import repository as repo
-from service.api import create_app
 from service.config import Settings
 from service.db import make_engine, session_factory, upgrade
 from service.models import SearchStatus
@@ -70,12 +68,6 @@ def settings(workspace, data, tmp_path_factory) -> Settings:
 @pytest.fixture(scope="module")
 def env(settings, tmp_path_factory) -> dict[str, str]:
     return service_env(settings, tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -250,34 +250,6 @@ def test_heartbeat_cancel_release_and_recovery(factory) -> None:
 # ------------------------------------------------------------------------------------------------ end to end
 
 
-HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
-
-
-@pytest.fixture(scope="module")
-def settings(workspace, tmp_path_factory) -> Settings:
-    from conftest import service_settings
-
-    return service_settings(workspace, tmp_path_factory.mktemp("refinements"), heartbeat_s=HEARTBEAT_S,
-                            stale_after_s=STALE_AFTER_S)
-
-
-@pytest.fixture(scope="module")
-def worker_env(settings, tmp_path_factory) -> dict[str, str]:
-    from conftest import service_env
-
-    return service_env(settings, tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    from fastapi.testclient import TestClient
-
-    from service.api import create_app
-
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
 def body(ws: Path, **overrides) -> dict:
     """Error, params and MACs over 10 evaluations: with this seed a front of two points (error and params alone
     give one)."""
