@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import service_settings
 from fastapi.testclient import TestClient
 from test_api import body, run_worker_once
 
@@ -26,9 +27,7 @@ MAX_UPLOAD = 64 * 1024
 
 @pytest.fixture(scope="module")
 def settings(workspace, tmp_path_factory) -> Settings:
-    root = tmp_path_factory.mktemp("datasets")
-    return Settings(data_root=root / "data", allowed_model_roots=[workspace], allowed_data_roots=[workspace],
-                    max_upload_bytes=MAX_UPLOAD, heartbeat_s=1.0, stale_after_s=3.0)
+    return service_settings(workspace, tmp_path_factory.mktemp("datasets"), max_upload_bytes=MAX_UPLOAD)
 
 
 def upload(client: TestClient, content: bytes, filename: str = "train.csv", name: str | None = "toy",

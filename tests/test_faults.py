@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, service_env, start_worker, trials_jsonl, wait_for, write_csv
+from conftest import HEARTBEAT_S, REPO, STALE_AFTER_S, service_env, start_worker, trials_jsonl, wait_for, write_csv
 from sqlalchemy.orm import sessionmaker
 
 from search.job import read_trials
@@ -41,7 +41,6 @@ from service.db import make_engine, session_factory, upgrade
 from service.models import SearchStatus
 from service.worker import failure_reason, run_worker
 
-HEARTBEAT_S, STALE_AFTER_S = 1.0, 3.0
 TERMINAL = ("succeeded", "failed", "cancelled")
 BIG_ROWS = 4000  # a train file of 4000 rows has a validation split of 1200
 
@@ -63,11 +62,6 @@ def settings(workspace, data, tmp_path_factory) -> Settings:
     return Settings(data_root=root / "data", allowed_model_roots=[workspace, data],
                     allowed_data_roots=[workspace, data], heartbeat_s=HEARTBEAT_S, stale_after_s=STALE_AFTER_S,
                     max_attempts=3)
-
-
-@pytest.fixture(scope="module")
-def env(settings, tmp_path_factory) -> dict[str, str]:
-    return service_env(settings, tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +125,15 @@ def attempt_log(log: str, attempt: int) -> str:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_search_is_resumed_by_another(client, workspace, data, settings, env, logs) -> None:
+def test_a_worker_killed_mid_search_is_resumed_by_another(client, workspace, data, settings, worker_env, logs) -> None:
     evaluations = 12
     search_id = submit(client, body(workspace, data, evaluations=evaluations))
     folder = settings.search_folder(search_id)
-    first = start_worker(env, once=False, log=logs / "mid-search-1.log")
+    first = start_worker(worker_env, once=False, log=logs / "mid-search-1.log")
     second = None
     try:
         wait_for(client, search_id, lambda s: s["status"] != "queued", timeout_s=120, what="a claim")
-        second = start_worker(env, once=False, log=logs / "mid-search-2.log")  # stands by for the takeover
+        second = start_worker(worker_env, once=False, log=logs / "mid-search-2.log")  # stands by for the takeover
         # Each evaluation takes ~0.5 s here (1200 examples one at a time): after the 2nd, 10 remain, seconds of
         # margin for the kill even on a machine twice as fast.
         wait_for(client, search_id, lambda s: s["progress"]["evaluations_done"] >= 2 or s["status"] in TERMINAL,
@@ -177,16 +171,16 @@ def test_a_worker_killed_mid_search_is_resumed_by_another(client, workspace, dat
 
 
 @pytest.fixture(scope="module")
-def killed_while_exporting(client, workspace, data, settings, env, logs) -> dict:
+def killed_while_exporting(client, workspace, data, settings, worker_env, logs) -> dict:
     """A search whose worker is killed in its exporting stage (the front re-evaluated on a 4000-row test file,
     one example at a time: seconds), then finished by another worker."""
     search_id = submit(client, body(workspace, data, evaluations=4, test="test-big.csv",
                                     budget={"validation_limit": 40}))
-    first = start_worker(env, once=False, log=logs / "exporting-1.log")
+    first = start_worker(worker_env, once=False, log=logs / "exporting-1.log")
     second = None
     try:
         wait_for(client, search_id, lambda s: s["status"] != "queued", timeout_s=120, what="a claim")
-        second = start_worker(env, once=False, log=logs / "exporting-2.log")  # stands by for the takeover
+        second = start_worker(worker_env, once=False, log=logs / "exporting-2.log")  # stands by for the takeover
         wait_for(client, search_id, lambda s: s["status"] in ("exporting", *TERMINAL), timeout_s=180,
                  what="the exporting stage")
         kill(first)
@@ -255,7 +249,7 @@ def temporaries(folder: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_the_server_killed_while_building_a_download_serves_a_whole_archive_after_restart(
-        killed_while_exporting, settings, env, logs, tmp_path) -> None:
+        killed_while_exporting, settings, worker_env, logs, tmp_path) -> None:
     from transformers import AutoModelForSequenceClassification
 
     search_id = killed_while_exporting["id"]
@@ -263,7 +257,7 @@ def test_the_server_killed_while_building_a_download_serves_a_whole_archive_afte
     exports = settings.search_folder(search_id) / "exports"
     archive = exports / "0-hf.tar.gz"
     assert not archive.exists()
-    server, url = start_server(env, logs / "download-1.log")
+    server, url = start_server(worker_env, logs / "download-1.log")
     got: dict = {}
 
     def download() -> None:
@@ -286,7 +280,7 @@ def test_the_server_killed_while_building_a_download_serves_a_whole_archive_afte
     assert not archive.exists() and temporaries(exports), sorted(p.name for p in exports.iterdir())
     assert "response" not in got, "a response came from a server killed before the archive existed"
 
-    server, url = start_server(env, logs / "download-2.log")
+    server, url = start_server(worker_env, logs / "download-2.log")
     try:
         response = httpx.get(f"{url}/searches/{search_id}/pareto/0/download", timeout=120)
         point = httpx.get(f"{url}/searches/{search_id}/pareto").json()["points"][0]
@@ -423,7 +417,7 @@ def huge_vocab_model(workspace, data) -> Path:
 
 
 @pytest.mark.slow
-def test_jobs_that_fail_late_are_marked_failed_and_the_next_job_runs(client, workspace, data, settings, env,
+def test_jobs_that_fail_late_are_marked_failed_and_the_next_job_runs(client, workspace, data, settings, worker_env,
                                                                      huge_vocab_model, logs) -> None:
     small = {"budget": {"validation_limit": 20}}
     # 1. a data file that is fine when queued and corrupt (not UTF-8) when the worker reads it
@@ -442,7 +436,7 @@ def test_jobs_that_fail_late_are_marked_failed_and_the_next_job_runs(client, wor
     # 4. a good job, queued last
     good = submit(client, body(workspace, data, evaluations=2, **small))
 
-    worker = start_worker(env, once=False, log=logs / "late-failures.log")
+    worker = start_worker(worker_env, once=False, log=logs / "late-failures.log")
     try:
         wait_for(client, good, lambda s: s["status"] in TERMINAL, timeout_s=240, what="the good job")
         assert worker.poll() is None  # still running: no failure took it down
