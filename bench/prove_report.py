@@ -255,8 +255,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     lines += shared_mark.footnote()
 
     reference = first["methods"].get("reference")
-    jobs = {m: next((p for p in first["methods"].get(m, []) if p.get("job_train_s") is not None), None)
-            for m in NASPRUNE}
+    jobs = {m: job_point(first, m) for m in NASPRUNE}
     if any(jobs.values()) and reference and reference[0].get("plain_train_s"):
         plain, plain_epochs = reference[0]["plain_train_s"], first["settings"]["epochs"]
         plain_lr = plain_rate(first["settings"]["lrs"])
@@ -317,12 +316,17 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
     return lines
 
 
+def job_point(seed: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """The first point of a nasprune method that carries its job's times (training, search, refining)."""
+    return next((p for p in seed["methods"].get(method, []) if p.get("job_train_s") is not None), None)
+
+
 def job_cost_per_seed(seeds: dict[int, dict[str, Any]]) -> list[str]:
     """The default job ÷ plain fine-tuning for the same epochs, seed by seed (each seed's own plain run)."""
     ratios = {}
     for k, seed in sorted(seeds.items()):
         method = "nasprune_importance" if "nasprune_importance" in seed["methods"] else "nasprune"
-        job = next((p for p in seed["methods"].get(method, []) if p.get("job_train_s") is not None), None)
+        job = job_point(seed, method)
         reference = seed["methods"].get("reference")
         if job and reference and reference[0].get("plain_train_s"):
             plain_epochs = seed["settings"]["epochs"]
