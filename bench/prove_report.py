@@ -290,6 +290,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                                  f"{f'**{ratio}**' if bold else ratio} | {job / plain:.2f} |")
         lines += on_demand_refine(first, jobs, plain / plain_epochs)
         lines += job_cost_per_seed(seeds)
+        lines += budget_picks_refined(seeds)
         lines += ["", "| method | total training time (s) |", "|---|---|"]
         for method in ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small"):
             points = first["methods"].get(method)
@@ -337,6 +338,51 @@ def job_cost_per_seed(seeds: dict[int, dict[str, Any]]) -> list[str]:
     each = ", ".join(f"seed {k} {ratio:.2f}" for k, ratio in ratios.items())
     return ["", f"The default job ÷ plain fine-tuning for the same epochs, each seed against its own plain run: {each} "
             f"(mean {statistics.mean(ratios.values()):.2f} ± {statistics.stdev(ratios.values()):.2f} x)."]
+
+
+def budget_picks_refined(seeds: dict[int, dict[str, Any]]) -> list[str]:
+    """Refining only the points a user would download (the best on validation under each reported budget, as
+    `nasprune refine` or POST .../pareto/{k}/refine would do one by one) instead of the whole front: composed from
+    the records, since the whole-front refine fine-tuned each point alone with the same recipe. A point's cost is
+    its training time plus its share of the refine stage's evaluation time (the stage's time less its training,
+    spread evenly over the points)."""
+    rows = []
+    for k, seed in sorted(seeds.items()):
+        front = points_of(seed, "nasprune_importance")
+        refined = {p["label"].split(" ")[1]: p for p in points_of(seed, "nasprune_importance_refined")
+                   if p["label"].startswith("front ")}
+        job = job_point(seed, "nasprune_importance")
+        reference = seed["methods"].get("reference")
+        stage = job_point(seed, "nasprune_importance_refined")
+        if not (front and refined and job and stage and reference and reference[0].get("plain_train_s")):
+            continue
+        picks = {p["label"].removeprefix("front "): p for b in BUDGETS if (p := best_under(front, b)) is not None}
+        if any(i not in refined or refined[i]["config"] != p["config"] for i, p in picks.items()):
+            continue  # the refined run refined another front
+        evaluation = (stage["job_refine_s"] - sum(p["refine_train_s"] for p in refined.values())) / len(refined)
+        points = [refined[i] if (i := p["label"].removeprefix("front ")) in picks else p for p in front]
+        refine_s = sum(refined[i]["refine_train_s"] + evaluation for i in picks)
+        plain_epochs = seed["settings"]["epochs"]
+        plain = reference[0]["plain_train_s"] * seed["job_epochs"].get("nasprune_importance", 1.0) / plain_epochs
+        whole = job["job_train_s"] + job["job_search_and_test_s"] + refine_s
+        rows.append((k, len(picks), refine_s, whole / plain, test_error_hypervolume(points, chance_error(seed)),
+                     method_hypervolume(seed, "oneshot_ft"), method_hypervolume(seed, "nasprune_importance_refined")))
+    if not rows:
+        return []
+    lines = ["", "Refining only the points a user would download: the best on validation under "
+             + " / ".join(f"{b:.0%}" for b in BUDGETS) + " params (one point may serve two budgets), each refined "
+             "alone as `nasprune refine` does, the rest of the front as the job left it. Composed from the whole-front "
+             "refine's records (each point fine-tuned alone with the same recipe); a point's cost is its training "
+             "time plus an even share of the refine stage's evaluation time.", "",
+             "| seed | points refined | refining (s) | job + refining ÷ plain, same epochs | test hypervolume | "
+             "masks + FT | whole front refined |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {n} | {seconds:.0f} | {ratio:.2f} | {hv:.3f} | {fmt(masks)} | {fmt(whole)} |"
+              for k, n, seconds, ratio, hv, masks, whole in rows]
+    if len(rows) > 1:
+        lines.append(f"| mean | | | {statistics.mean(r[3] for r in rows):.2f} | "
+                     f"{mean_spread([r[4] for r in rows])} | {mean_spread([r[5] for r in rows if r[5] is not None])} "
+                     f"| {mean_spread([r[6] for r in rows if r[6] is not None])} |")
+    return lines
 
 
 def earlier_searches(point: dict[str, Any]) -> dict[str, float]:
@@ -425,7 +471,9 @@ def main() -> None:
     runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for settings in sorted(Path(args.out).glob("*/seed*/settings.json")):
         folder = settings.parent
-        runs[folder.parent.name][int(folder.name.removeprefix("seed"))] = load(folder)
+        seed = load(folder)
+        if seed["methods"]:  # a seed whose first unit has not finished yet has nothing to report
+            runs[folder.parent.name][int(folder.name.removeprefix("seed"))] = seed
     results = Path(args.results)
     plot_dir = results.parent / "results"
     any_settings = next((s["settings"] for seeds in runs.values() for s in seeds.values()), {})
