@@ -285,6 +285,25 @@ def _store_refined(folder: Path, front: dict[str, Any], position: int, refined: 
         _save_front(folder, stored)
 
 
+def budget_points(front: Mapping[str, Any], budgets: Sequence[float], task: TaskSpec,
+                  params_kind: str = "encoder") -> list[int]:
+    """The positions of the points a user would download at these budgets: for each budget (a fraction of the full
+    model's params of `params_kind`), the front point within it that is best on validation, the smaller on a tie
+    (bench/scoring.best_under's rule). A budget no point fits picks none; two budgets may pick one point."""
+    full = front["reference"]["params"][params_kind]
+    points = front["points"]
+    chosen = set()
+    for budget in budgets:
+        within = [i for i, p in enumerate(points) if p["params"][params_kind] <= budget * full + 1e-9]
+        if within:
+            chosen.add(min(within, key=lambda i: (error_from_metrics(task, points[i]["validation"]),
+                                                  points[i]["params"][params_kind])))
+        else:
+            log.warning("no front point within %g of the full model's %s params: nothing to refine for it",
+                        budget, params_kind)
+    return sorted(chosen)
+
+
 def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig, *,
                  positions: Sequence[int] | None = None, progress: bool = True,
                  on_point: Callable[[int, int], None] | None = None,
@@ -298,7 +317,7 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
     bad = [p for p in chosen if not 0 <= p < len(points)]
     if bad:
         raise ValueError(f"no front point {bad[0]}: the front has points 0 to {len(points) - 1}")
-    settings = config.to_dict() | {"seed": run.spec.training.seed}
+    settings = config.recipe() | {"seed": run.spec.training.seed}
     generator = torch.Generator()
 
     @cache
@@ -405,7 +424,9 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     if result.stopped:
         return None
     front = write_front(run, result, measurements, job.search.objectives, search_examples=job.search_examples)
-    if job.refine.enabled and not refine_front(run, front, supernet, job.refine, progress=progress,
-                                               on_point=on_refine, should_stop=should_stop):
+    positions = (budget_points(front, job.refine.budgets, run.task.spec, job.params_kind)
+                 if job.refine.budgets else None)
+    if job.refine.enabled and not refine_front(run, front, supernet, job.refine, positions=positions,
+                                               progress=progress, on_point=on_refine, should_stop=should_stop):
         return None
     return result

@@ -89,6 +89,15 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder (rerun with the same folder to resume)")
 
 
+def _fractions(value: str) -> tuple[float, ...]:
+    """Comma-separated fractions, e.g. '0.5,0.33' (range checks are RefineConfig's)."""
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions such as 0.5,0.33, got {value!r}") \
+            from None
+
+
 def _limit(value: str) -> int | None:
     """A positive number of examples, or 'all' (None: no cap)."""
     if value == "all":
@@ -178,7 +187,8 @@ def _search_job_from_args(args: argparse.Namespace) -> SearchJob:
     latency = LatencyShape(batch_size=args.latency_batch_size, seq_len=args.latency_seq_len,
                            device=args.latency_device)
     return SearchJob(search=search, latency=latency, params_kind=args.params,
-                     refine=RefineConfig(epochs=args.refine_epochs, learning_rate=args.refine_lr),
+                     refine=RefineConfig(epochs=args.refine_epochs, learning_rate=args.refine_lr,
+                                         budgets=args.refine_budgets),
                      evaluation_dtype=args.evaluation_dtype, search_examples=args.search_examples)
 
 
@@ -450,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="after the search, fine-tune each front point at its own size for this many epochs "
                              "(labels only; 0 = off); `export --point` then exports the refined model")
     search.add_argument("--refine-lr", type=float, default=RefineConfig.learning_rate)
+    search.add_argument("--refine-budgets", type=_fractions, default=(), metavar="F[,F...]",
+                        help="refine only the points a user would download: for each fraction of the full model's "
+                             "params, the front point within it that is best on validation (e.g. 0.5,0.33; "
+                             "default: every front point)")
     search.add_argument("--evaluation-dtype", choices=EVALUATION_DTYPES, default="auto",
                         help="precision the search ranks sub-networks in; auto: bfloat16 where the CPU has it natively "
                              "(about 2-2.5 x faster), else float32. The front's figures are float32 either way")

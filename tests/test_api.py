@@ -302,6 +302,11 @@ def _bad_bodies(ws: Path, outside: Path) -> dict[str, tuple[dict, str]]:
         "negative epochs": (body(ws, budget={"epochs": -1}), "budget.epochs"),
         "negative refine epochs": (body(ws, budget={"refine_epochs": -0.5}), "budget.refine_epochs"),
         "too many refine epochs": (body(ws, budget={"refine_epochs": 11}), "budget.refine_epochs"),
+        "refine budget over the full model": (body(ws, budget={"refine_epochs": 1, "refine_budgets": [0.5, 1.2]}),
+                                              "fractions of the full model's params"),
+        "refine budgets without refining": (body(ws, budget={"refine_budgets": [0.5]}), "need refine epochs > 0"),
+        "refine budget not a number": (body(ws, budget={"refine_epochs": 1, "refine_budgets": ["half"]}),
+                                       "budget.refine_budgets"),
         "huge max_length": (body(ws, max_length=100_000), "max_length"),
         "max_length over the model's positions": (body(ws, max_length=128), "positions"),
         "bad batch size": (body(ws, batch_size=0), "batch_size"),
@@ -337,10 +342,14 @@ def test_refine_epochs_are_accepted_and_stored(client, workspace) -> None:
     response = client.post("/searches", json=body(workspace, budget={"evaluations": 2, "refine_epochs": 0.25}))
     assert response.status_code == 201, response.text
     assert response.json()["request"]["job"]["refine"] == {"epochs": 0.25, "learning_rate": 1e-4,
-                                                           "weight_decay": 0.01, "warmup_ratio": 0.06}
+                                                           "weight_decay": 0.01, "warmup_ratio": 0.06, "budgets": []}
+    picks = client.post("/searches", json=body(workspace, budget={"evaluations": 2, "refine_epochs": 1,
+                                                                  "refine_budgets": [0.33, 0.5]}))
+    assert picks.status_code == 201, picks.text
+    assert picks.json()["request"]["job"]["refine"]["budgets"] == [0.5, 0.33]
     off = client.post("/searches", json=body(workspace))
     assert off.json()["request"]["job"]["refine"]["epochs"] == 0
-    for search in (response, off):
+    for search in (response, picks, off):
         assert client.post(f"/searches/{search.json()['id']}/cancel").json()["status"] == "cancelled"
 
 

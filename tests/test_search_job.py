@@ -568,3 +568,70 @@ def test_auto_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, avx512_bf1
         resolve_dtype("float16")
     with pytest.raises(ValueError, match="evaluation_dtype"):
         SearchJob(evaluation_dtype="half")
+
+
+def point_at(params: int, accuracy: float) -> dict:
+    return {"params": {"encoder": params, "total": params + 50}, "validation": {"accuracy": accuracy}}
+
+
+def test_budget_points_pick_the_best_on_validation_within_each_budget() -> None:
+    from search.job import budget_points
+    from supernet.data import TaskSpec
+
+    task = TaskSpec("toy", False, ("no", "yes"), ("accuracy",), "accuracy")
+    front = {"reference": point_at(1000, 0.9),
+             "points": [point_at(900, 0.88), point_at(600, 0.86), point_at(500, 0.86), point_at(480, 0.84),
+                        point_at(300, 0.80), point_at(100, 0.70)]}
+    assert budget_points(front, [0.5], task) == [2]  # 600 is over half; of 500 and 480, 500 is better
+    assert budget_points(front, [0.75, 0.5], task) == [2]  # 600 and 500 tie on validation: the smaller
+    assert budget_points(front, [0.33, 0.2, 0.05], task) == [4, 5]  # nothing fits 5 %
+    assert budget_points(front, [1.0], task) == [0]
+    assert budget_points(front, [0.45], task, params_kind="total") == [4]  # 480 + 50 > 0.45 x 1050
+
+
+def test_refine_budgets_refine_only_the_points_within_them(run_copy, workspace, caplog) -> None:
+    """Through the CLI: a budget no point fits refines nothing (and says so), one that fits refines its pick, and
+    the whole front refined later with the same recipe keeps that model (which points is no part of a recipe).
+    The toy front is small (often one point): budget_points' choice among many is the test above."""
+    refine = ("--refine-epochs", "0.5", "--refine-lr", "1e-3")
+    front = json.loads((run_copy / "front.json").read_text())
+    full = front["reference"]["params"]["encoder"]
+    smallest = min(p["params"]["encoder"] for p in front["points"]) / full
+    assert cli(search_args(workspace, run_copy, *refine, "--refine-budgets", f"{smallest / 2:.6f}")) == 0
+    assert all("refined" not in p for p in json.loads((run_copy / "front.json").read_text())["points"])
+    assert not (run_copy / "refined").exists()
+    assert "no front point within" in caplog.text
+    assert cli(search_args(workspace, run_copy, *refine, "--refine-budgets", f"{smallest * 1.01:.6f},0.001")) == 0
+    points = json.loads((run_copy / "front.json").read_text())["points"]
+    picks = [i for i, p in enumerate(points) if p["params"]["encoder"] <= smallest * 1.01 * full]
+    assert picks and [i for i, p in enumerate(points) if "refined" in p] == picks
+    assert sorted(int(d.name) for d in (run_copy / "refined").iterdir()) == picks
+    weights = (run_copy / f"refined/{picks[0]}/model.safetensors").read_bytes()
+    assert cli(search_args(workspace, run_copy, *refine)) == 0
+    assert all("refined" in p for p in json.loads((run_copy / "front.json").read_text())["points"])
+    assert (run_copy / f"refined/{picks[0]}/model.safetensors").read_bytes() == weights
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--refine-epochs", "1", "--refine-budgets", "0.5,1.5"), "fractions of the full model's params"),
+    (("--refine-budgets", "0.5"), "need refine epochs > 0"),
+])
+def test_bad_refine_budgets_are_refused(workspace, tmp_path, capsys, flags, message) -> None:
+    assert cli(search_args(workspace, tmp_path / "run", *flags)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_refine_budgets_that_are_not_numbers_are_a_usage_error(workspace, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli(search_args(workspace, tmp_path / "run", "--refine-epochs", "1", "--refine-budgets", "half"))
+    assert exc.value.code == 2 and "comma-separated fractions" in capsys.readouterr().err
+
+
+def test_refine_budgets_round_trip_through_the_stored_job() -> None:
+    job = SearchJob(refine=RefineConfig(epochs=1, budgets=(0.33, 0.5, 0.5)))
+    assert job.refine.budgets == (0.5, 0.33)
+    stored = json.loads(json.dumps(job.to_dict()))
+    assert stored["refine"]["budgets"] == [0.5, 0.33] and SearchJob.from_dict(stored) == job
+    assert "budgets" not in job.refine.recipe()
+    assert SearchJob.from_dict({**stored, "refine": {"epochs": 1}}).refine.budgets == ()  # stored before budgets

@@ -69,6 +69,11 @@ class BudgetIn(BaseModel):
                                              "for this many epochs (may be fractional) on the task's labels (0: "
                                              "off); downloads then serve the refined models. Costs about this many "
                                              "epochs of training per front point, at the point's size")
+    refine_budgets: list[float] = Field(
+        default_factory=list, max_length=16,
+        description="refine only the points a user would download (needs refine_epochs > 0): for each fraction "
+                    "of the full model's params in (0, 1], the front point within it that is best on validation "
+                    "(e.g. [0.5, 0.33]); empty: every front point")
 
 
 class LatencyIn(BaseModel):

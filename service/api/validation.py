@@ -212,7 +212,7 @@ def build_request(body: SearchCreate, settings: Settings, *, session: Session | 
         training = TrainingConfig(epochs=budget.epochs, seed=body.seed)
         search = SearchConfig(objectives=list(body.objectives), optimizer=body.optimizer,
                               evaluations=budget.evaluations, time_limit_s=budget.time_limit_s, seed=body.seed)
-        refine = RefineConfig(epochs=budget.refine_epochs)
+        refine = RefineConfig(epochs=budget.refine_epochs, budgets=tuple(budget.refine_budgets))
     except (ValueError, ObjectiveError) as exc:
         raise InvalidSearch(str(exc)) from None
     spec = RunSpec(model=model, task=task, data_dir=data_dir, custom=custom, space=body.space,
