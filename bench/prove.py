@@ -17,6 +17,8 @@ Methods (each yields points: configuration, validation and test metrics, encoder
   nasprune_importance  the service's own job on its defaults: the same in the importance search space (how many
               heads and units the network keeps, placed across layers by Fisher score: the shapes of Kwon's masks)
   nasprune_importance_refined  that job with its front refined, as nasprune_refined
+  nasprune_importance_picks_refined  that job with `refine budgets` PICK_BUDGETS: only the front points best on
+              validation within 50 % and 33 % of the encoder refined (what a user at those budgets downloads)
   nasprune_v0 the same job with the first default training recipe (before the fix this benchmark prompted)
   nasprune_v1 the second recipe (3 plain epochs, then 1 sandwich epoch distilling at T = 10 without labels)
 
@@ -71,7 +73,11 @@ from supernet.settings import DEFAULT_SEARCH_EXAMPLES, DEFAULT_VALIDATION_LIMIT,
 DEFAULT_LRS = [3e-5, 5e-5, 1e-4]
 OUT = Path(__file__).resolve().parent / "out" / "prove"
 METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune", "nasprune_refined",
-           "nasprune_importance", "nasprune_importance_refined", "nasprune_v0", "nasprune_v1")
+           "nasprune_importance", "nasprune_importance_refined", "nasprune_importance_picks_refined", "nasprune_v0",
+           "nasprune_v1")
+# the refine budgets of nasprune_importance_picks_refined: composed from MRPC's whole-front refines (three seeds),
+# refining the picks under 50 % and 33 % beat masks + FT on every seed within 2.5 x plain fine-tuning
+PICK_BUDGETS = (0.5, 0.33)
 # nasprune's first default recipe (Fisher order on the random head, then 3 sandwich epochs at 5e-5): the "before"
 V0_TRAINING = {"epochs": 3.0, "learning_rate": 5e-5, "plain_fraction": 0.0, "num_random_subnets": 2,
                "temperature": 10.0, "label_loss_weight": 0.0}
@@ -377,11 +383,33 @@ class Experiment:
         return self.refined_job("nasprune_importance_refined", "nasprune_importance",
                                 self.job_spec(space="importance"))
 
-    def refined_job(self, method: str, job_method: str, spec: RunSpec) -> list[dict[str, Any]]:
-        """Refine the front of `job_method`'s finished job in its own folder (its cost adds the refining)."""
+    def nasprune_importance_picks_refined(self) -> list[dict[str, Any]]:
+        """nasprune_importance's job with refine budgets PICK_BUDGETS, in a copy of its folder (trained supernet,
+        trials: the search resumes finished) so that no model of the whole-front refine is reused; its cost is the
+        job's plus this refine stage."""
+        self.nasprune_importance()
+        source, folder = self.folder / "nasprune_importance", self.folder / "nasprune_importance_picks"
+        spec = self.job_spec(space="importance", training=TrainingConfig(seed=self.args.seed))
+        if not (folder / "times.json").is_file():
+            if not (source / "run" / "supernet").is_dir():  # a new checkout has the job's records, not its weights
+                log.info("%s: the job's supernet is not here; training it again (seeded: the same supernet)", source)
+                train_run(spec, source / "run")
+            copy_trained(source / "run", folder / "run", spec)
+            for name in ("search.json", "trials.jsonl"):
+                shutil.copy2(source / "run" / name, folder / "run" / name)
+            times = read_json(source / "times.json")
+            write_json(folder / "times.json", {k: times[k] for k in ("train_s", "train_cpu_share", "search_and_test_s",
+                                                                      "search_and_test_cpu_share") if k in times})
+        return self.refined_job("nasprune_importance_picks_refined", "nasprune_importance_picks", spec,
+                                budgets=PICK_BUDGETS)
+
+    def refined_job(self, method: str, job_method: str, spec: RunSpec,
+                    budgets: tuple[float, ...] = ()) -> list[dict[str, Any]]:
+        """Refine the front of `job_method`'s finished job in its own folder (its cost adds the refining): every
+        point, or with `budgets` the best on validation within each (the other points stay slices)."""
         folder = self.folder / job_method
         times = read_json(folder / "times.json")
-        refine = RefineConfig(epochs=self.args.short_epochs)
+        refine = RefineConfig(epochs=self.args.short_epochs, budgets=budgets)
         if "refine_s" not in times:
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed), refine=refine)
             with Stopwatch() as watch:
@@ -394,7 +422,12 @@ class Experiment:
         cost = times["train_s"] + times["search_and_test_s"] + times["refine_s"]
         points = []
         for i, p in enumerate(front["points"]):
-            refined = p["refined"]
+            refined = p.get("refined")
+            if refined is None:  # not one of the budgets' picks
+                points.append(self.point(method, f"front {i}", SubNetworkConfig.from_dict(p["config"]),
+                                         p["validation"], p["test"], cost_s=cost,
+                                         **{f"job_{k}": v for k, v in times.items()}))
+                continue
             # what the job serves: the refined model only if at least as good on validation ("kept"; fronts
             # refined before that rule have no flag and get it computed here the same way)
             kept = refined.get("kept", keeps_refined(self.task.spec, refined["validation"], p["validation"]))

@@ -24,17 +24,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from prove import DEFAULT_LRS, plain_rate  # noqa: E402
+from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
 from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "prove"
-NASPRUNE = ("nasprune_importance_refined", "nasprune_importance", "nasprune_refined", "nasprune", "nasprune_v1",
-            "nasprune_v0")
+NASPRUNE = ("nasprune_importance_refined", "nasprune_importance_picks_refined", "nasprune_importance",
+            "nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0")
 METHODS = (*NASPRUNE, "reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small")
 NAMES = {"nasprune_importance_refined": "nasprune front (importance space), refined",
+         "nasprune_importance_picks_refined": "nasprune front (importance space), picks ≤ 50 / 33 % refined",
          "nasprune_importance": "nasprune front (importance space, default)",
          "nasprune_refined": "nasprune front (uniform space), refined", "nasprune": "nasprune front (uniform space)",
          "nasprune_v0": "nasprune front, first recipe (before)",
@@ -43,6 +44,7 @@ NAMES = {"nasprune_importance_refined": "nasprune front (importance space), refi
          "oneshot": "one-shot Kwon (no retraining)", "oneshot_ft": "Kwon masks + short FT",
          "nas_small": "uniform sub-nets, each FT"}
 STYLE = {"nasprune_importance_refined": ("darkgreen", "P"), "nasprune_importance": ("tab:olive", "o"),
+         "nasprune_importance_picks_refined": ("tab:cyan", "v"),
          "nasprune_refined": ("darkred", "P"), "nasprune": ("tab:red", "o"),
          "nasprune_v0": ("tab:orange", "o"), "nasprune_v1": ("tab:pink", "o"),
          "reference": ("black", "*"),
@@ -341,48 +343,65 @@ def job_cost_per_seed(seeds: dict[int, dict[str, Any]]) -> list[str]:
 
 
 def budget_picks_refined(seeds: dict[int, dict[str, Any]]) -> list[str]:
-    """Refining only the points a user would download (the best on validation under each reported budget, as
-    `nasprune refine` or POST .../pareto/{k}/refine would do one by one) instead of the whole front: composed from
-    the records, since the whole-front refine fine-tuned each point alone with the same recipe. A point's cost is
-    its training time plus its share of the refine stage's evaluation time (the stage's time less its training,
+    """Refining only the points a user would download (the best on validation within each budget, what a job with
+    `refine budgets` does, or `nasprune refine` point by point) instead of the whole front: composed from the
+    whole-front refine's records, since that refine fine-tuned each point alone with the same recipe, data order and
+    seed (a point refined alone is the same model: the measured picks column checks it where it ran). A point's cost
+    is its training time plus its share of the refine stage's evaluation time (the stage's time less its training,
     spread evenly over the points)."""
     rows = []
-    for k, seed in sorted(seeds.items()):
-        front = points_of(seed, "nasprune_importance")
-        refined = {p["label"].split(" ")[1]: p for p in points_of(seed, "nasprune_importance_refined")
-                   if p["label"].startswith("front ")}
-        job = job_point(seed, "nasprune_importance")
-        reference = seed["methods"].get("reference")
-        stage = job_point(seed, "nasprune_importance_refined")
-        if not (front and refined and job and stage and reference and reference[0].get("plain_train_s")):
-            continue
-        picks = {p["label"].removeprefix("front "): p for b in BUDGETS if (p := best_under(front, b)) is not None}
-        if any(i not in refined or refined[i]["config"] != p["config"] for i, p in picks.items()):
-            continue  # the refined run refined another front
-        evaluation = (stage["job_refine_s"] - sum(p["refine_train_s"] for p in refined.values())) / len(refined)
-        points = [refined[i] if (i := p["label"].removeprefix("front ")) in picks else p for p in front]
-        refine_s = sum(refined[i]["refine_train_s"] + evaluation for i in picks)
-        plain_epochs = seed["settings"]["epochs"]
-        plain = reference[0]["plain_train_s"] * seed["job_epochs"].get("nasprune_importance", 1.0) / plain_epochs
-        whole = job["job_train_s"] + job["job_search_and_test_s"] + refine_s
-        rows.append((k, len(picks), refine_s, whole / plain, test_error_hypervolume(points, chance_error(seed)),
-                     method_hypervolume(seed, "oneshot_ft"), method_hypervolume(seed, "nasprune_importance_refined")))
+    for budgets in (BUDGETS, PICK_BUDGETS):
+        for k, seed in sorted(seeds.items()):
+            row = composed_picks(seed, budgets)
+            if row is not None:
+                rows.append((budgets, k, *row, method_hypervolume(seed, "oneshot_ft"),
+                             method_hypervolume(seed, "nasprune_importance_refined")))
     if not rows:
         return []
-    lines = ["", "Refining only the points a user would download: the best on validation under "
-             + " / ".join(f"{b:.0%}" for b in BUDGETS) + " params (one point may serve two budgets), each refined "
-             "alone as `nasprune refine` does, the rest of the front as the job left it. Composed from the whole-front "
-             "refine's records (each point fine-tuned alone with the same recipe); a point's cost is its training "
-             "time plus an even share of the refine stage's evaluation time.", "",
-             "| seed | points refined | refining (s) | job + refining ÷ plain, same epochs | test hypervolume | "
-             "masks + FT | whole front refined |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {k} | {n} | {seconds:.0f} | {ratio:.2f} | {hv:.3f} | {fmt(masks)} | {fmt(whole)} |"
-              for k, n, seconds, ratio, hv, masks, whole in rows]
-    if len(rows) > 1:
-        lines.append(f"| mean | | | {statistics.mean(r[3] for r in rows):.2f} | "
-                     f"{mean_spread([r[4] for r in rows])} | {mean_spread([r[5] for r in rows if r[5] is not None])} "
-                     f"| {mean_spread([r[6] for r in rows if r[6] is not None])} |")
+    lines = ["", "Refining only the points a user would download: the best on validation within each budget of "
+             "params (one point may serve two budgets), each refined alone (`--refine-budgets`, or `nasprune refine` "
+             "point by point), the rest of the front as the job left it. Composed from the whole-front refine's "
+             "records (each point fine-tuned alone with the same recipe, data order and seed); a point's cost is its "
+             "training time plus an even share of the refine stage's evaluation time. The measured column is the "
+             "job run with `--refine-budgets 0.5,0.33` (prove.py's nasprune_importance_picks_refined) where it ran.",
+             "", "| budgets | seed | points refined | refining (s) | job + refining ÷ plain, same epochs | "
+             "test hypervolume | measured | masks + FT | whole front refined |", "|---" * 9 + "|"]
+    for budgets in (BUDGETS, PICK_BUDGETS):
+        mine = [r for r in rows if r[0] == budgets]
+        names = " / ".join(f"{b:.0%}" for b in budgets)
+        lines += [f"| {names} | {k} | {n} | {seconds:.0f} | {ratio:.2f} | {hv:.3f} | {fmt(measured)} | {fmt(masks)} | "
+                  f"{fmt(whole)} |" for _, k, n, seconds, ratio, hv, measured, masks, whole in mine]
+        if len(mine) > 1:
+            lines.append(f"| {names} | mean | | | {statistics.mean(r[4] for r in mine):.2f} | "
+                         f"{mean_spread([r[5] for r in mine])} | {mean_spread([r[6] for r in mine])} | "
+                         f"{mean_spread([r[7] for r in mine])} | {mean_spread([r[8] for r in mine])} |")
     return lines
+
+
+def composed_picks(seed: dict[str, Any], budgets: tuple[float, ...]) -> tuple | None:
+    """(points refined, refining s, job + refining ÷ plain, test hypervolume, measured picks method's hypervolume)
+    of refining the budgets' picks of the default job's front, composed from its whole-front refine; None where a
+    record is missing or the refine refined another front."""
+    front = points_of(seed, "nasprune_importance")
+    refined = {p["label"].split(" ")[1]: p for p in points_of(seed, "nasprune_importance_refined")
+               if p["label"].startswith("front ")}
+    job = job_point(seed, "nasprune_importance")
+    reference = seed["methods"].get("reference")
+    stage = job_point(seed, "nasprune_importance_refined")
+    if not (front and refined and job and stage and reference and reference[0].get("plain_train_s")):
+        return None
+    picks = {p["label"].removeprefix("front ") for b in budgets if (p := best_under(front, b)) is not None}
+    by_label = {p["label"].removeprefix("front "): p for p in front}
+    if any(i not in refined or refined[i]["config"] != by_label[i]["config"] for i in picks):
+        return None
+    evaluation = (stage["job_refine_s"] - sum(p["refine_train_s"] for p in refined.values())) / len(refined)
+    points = [refined[i] if (i := p["label"].removeprefix("front ")) in picks else p for p in front]
+    refine_s = sum(refined[i]["refine_train_s"] + evaluation for i in picks)
+    epochs = seed["job_epochs"].get("nasprune_importance", 1.0)
+    plain = reference[0]["plain_train_s"] * epochs / seed["settings"]["epochs"]
+    whole = job["job_train_s"] + job["job_search_and_test_s"] + refine_s
+    measured = method_hypervolume(seed, "nasprune_importance_picks_refined") if budgets == PICK_BUDGETS else None
+    return len(picks), refine_s, whole / plain, test_error_hypervolume(points, chance_error(seed)), measured
 
 
 def earlier_searches(point: dict[str, Any]) -> dict[str, float]:
