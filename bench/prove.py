@@ -420,22 +420,19 @@ class Experiment:
             write_json(folder / "times.json", times)
         front = read_json(folder / "run" / "front.json")
         cost = times["train_s"] + times["search_and_test_s"] + times["refine_s"]
+        job_times = {f"job_{k}": v for k, v in times.items()}
         points = []
         for i, p in enumerate(front["points"]):
-            refined = p.get("refined")
-            if refined is None:  # not one of the budgets' picks
-                points.append(self.point(method, f"front {i}", SubNetworkConfig.from_dict(p["config"]),
-                                         p["validation"], p["test"], cost_s=cost,
-                                         **{f"job_{k}": v for k, v in times.items()}))
-                continue
-            # what the job serves: the refined model only if at least as good on validation ("kept"; fronts
-            # refined before that rule have no flag and get it computed here the same way)
-            kept = refined.get("kept", keeps_refined(self.task.spec, refined["validation"], p["validation"]))
-            chosen = refined if kept else p
-            points.append(self.point(method, f"front {i} {'refined' if kept else 'slice kept'}",
-                                     SubNetworkConfig.from_dict(p["config"]), chosen["validation"], chosen["test"],
-                                     cost_s=cost, refine_kept=kept, refine_train_s=refined["train_s"],
-                                     **{f"job_{k}": v for k, v in times.items()}))
+            refined, label, chosen, extra = p.get("refined"), f"front {i}", p, {}
+            if refined is not None:  # else not one of the budgets' picks: the slice, as the job left it
+                # what the job serves: the refined model only if at least as good on validation ("kept"; fronts
+                # refined before that rule have no flag and get it computed here the same way)
+                kept = refined.get("kept", keeps_refined(self.task.spec, refined["validation"], p["validation"]))
+                chosen = refined if kept else p
+                label += " refined" if kept else " slice kept"
+                extra = {"refine_kept": kept, "refine_train_s": refined["train_s"]}
+            points.append(self.point(method, label, SubNetworkConfig.from_dict(p["config"]), chosen["validation"],
+                                     chosen["test"], cost_s=cost, **extra, **job_times))
         return points
 
     @staticmethod

@@ -351,37 +351,37 @@ def budget_picks_refined(seeds: dict[int, dict[str, Any]]) -> list[str]:
     spread evenly over the points)."""
     rows = []
     for budgets in (BUDGETS, PICK_BUDGETS):
+        names = " / ".join(f"{b:.0%}" for b in budgets)
+        mine = []
         for k, seed in sorted(seeds.items()):
-            row = composed_picks(seed, budgets)
-            if row is not None:
-                rows.append((budgets, k, *row, method_hypervolume(seed, "oneshot_ft"),
+            composed = composed_picks(seed, budgets)
+            if composed is not None:
+                measured = method_hypervolume(seed, "nasprune_importance_picks_refined") \
+                    if budgets == PICK_BUDGETS else None
+                mine.append((k, *composed, measured, method_hypervolume(seed, "oneshot_ft"),
                              method_hypervolume(seed, "nasprune_importance_refined")))
+        rows += [f"| {names} | {k} | {n} | {seconds:.0f} | {ratio:.2f} | {hv:.3f} | {fmt(measured)} | {fmt(masks)} | "
+                 f"{fmt(whole)} |" for k, n, seconds, ratio, hv, measured, masks, whole in mine]
+        if len(mine) > 1:
+            rows.append(f"| {names} | mean | | | {statistics.mean(r[3] for r in mine):.2f} | "
+                        f"{mean_spread([r[4] for r in mine])} | {mean_spread([r[5] for r in mine])} | "
+                        f"{mean_spread([r[6] for r in mine])} | {mean_spread([r[7] for r in mine])} |")
     if not rows:
         return []
-    lines = ["", "Refining only the points a user would download: the best on validation within each budget of "
-             "params (one point may serve two budgets), each refined alone (`--refine-budgets`, or `nasprune refine` "
-             "point by point), the rest of the front as the job left it. Composed from the whole-front refine's "
-             "records (each point fine-tuned alone with the same recipe, data order and seed); a point's cost is its "
-             "training time plus an even share of the refine stage's evaluation time. The measured column is the "
-             "job run with `--refine-budgets 0.5,0.33` (prove.py's nasprune_importance_picks_refined) where it ran.",
-             "", "| budgets | seed | points refined | refining (s) | job + refining ÷ plain, same epochs | "
-             "test hypervolume | measured | masks + FT | whole front refined |", "|---" * 9 + "|"]
-    for budgets in (BUDGETS, PICK_BUDGETS):
-        mine = [r for r in rows if r[0] == budgets]
-        names = " / ".join(f"{b:.0%}" for b in budgets)
-        lines += [f"| {names} | {k} | {n} | {seconds:.0f} | {ratio:.2f} | {hv:.3f} | {fmt(measured)} | {fmt(masks)} | "
-                  f"{fmt(whole)} |" for _, k, n, seconds, ratio, hv, measured, masks, whole in mine]
-        if len(mine) > 1:
-            lines.append(f"| {names} | mean | | | {statistics.mean(r[4] for r in mine):.2f} | "
-                         f"{mean_spread([r[5] for r in mine])} | {mean_spread([r[6] for r in mine])} | "
-                         f"{mean_spread([r[7] for r in mine])} | {mean_spread([r[8] for r in mine])} |")
-    return lines
+    return ["", "Refining only the points a user would download: the best on validation within each budget of "
+            "params (one point may serve two budgets), each refined alone (`--refine-budgets`, or `nasprune refine` "
+            "point by point), the rest of the front as the job left it. Composed from the whole-front refine's "
+            "records (each point fine-tuned alone with the same recipe, data order and seed); a point's cost is its "
+            "training time plus an even share of the refine stage's evaluation time. The measured column is the "
+            "job run with `--refine-budgets 0.5,0.33` (prove.py's nasprune_importance_picks_refined) where it ran.",
+            "", "| budgets | seed | points refined | refining (s) | job + refining ÷ plain, same epochs | "
+            "test hypervolume | measured | masks + FT | whole front refined |", "|---" * 9 + "|", *rows]
 
 
 def composed_picks(seed: dict[str, Any], budgets: tuple[float, ...]) -> tuple | None:
-    """(points refined, refining s, job + refining ÷ plain, test hypervolume, measured picks method's hypervolume)
-    of refining the budgets' picks of the default job's front, composed from its whole-front refine; None where a
-    record is missing or the refine refined another front."""
+    """(points refined, refining s, job + refining ÷ plain, test hypervolume) of refining the budgets' picks of
+    the default job's front, composed from its whole-front refine; None where a record is missing or the refine
+    refined another front."""
     front = points_of(seed, "nasprune_importance")
     refined = {p["label"].split(" ")[1]: p for p in points_of(seed, "nasprune_importance_refined")
                if p["label"].startswith("front ")}
@@ -400,8 +400,7 @@ def composed_picks(seed: dict[str, Any], budgets: tuple[float, ...]) -> tuple | 
     epochs = seed["job_epochs"].get("nasprune_importance", 1.0)
     plain = reference[0]["plain_train_s"] * epochs / seed["settings"]["epochs"]
     whole = job["job_train_s"] + job["job_search_and_test_s"] + refine_s
-    measured = method_hypervolume(seed, "nasprune_importance_picks_refined") if budgets == PICK_BUDGETS else None
-    return len(picks), refine_s, whole / plain, test_error_hypervolume(points, chance_error(seed)), measured
+    return len(picks), refine_s, whole / plain, test_error_hypervolume(points, chance_error(seed))
 
 
 def earlier_searches(point: dict[str, Any]) -> dict[str, float]:
