@@ -39,6 +39,8 @@ import logging
 import os
 import platform
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -56,7 +58,7 @@ from search.baselines import (
     layer_drop_configs,
     uniform_configs,
 )
-from search.job import SearchJob, keeps_refined, ranked_subset, run_search_job
+from search.job import REFINED_DIR, SearchJob, keeps_refined, ranked_subset, run_search_job
 from search.latency import time_calls
 from search.runner import SearchConfig
 from supernet.config import SubNetworkConfig
@@ -64,7 +66,7 @@ from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_macs, count_params
 from supernet.data import error_from_metrics
 from supernet.evaluation import evaluate
-from supernet.extract import extract
+from supernet.extract import SUBNETWORK_FILE, extract
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
 from supernet.run import Run, same_run, train_run
@@ -412,9 +414,23 @@ class Experiment:
         refine = RefineConfig(epochs=self.args.short_epochs, budgets=budgets)
         if "refine_s" not in times:
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed), refine=refine)
-            with Stopwatch() as watch:
-                run_search_job(replace(spec, training=TrainingConfig(seed=self.args.seed)), job, folder / "run")
-            times["refine_s"] = watch.seconds  # the front's test re-evaluation included (~1 %)
+            earlier_s = times.get("refine_partial_s", 0.0)  # earlier, stopped runs of this refine
+            started_at = time.time()
+            try:
+                with Stopwatch() as watch:
+                    run_search_job(replace(spec, training=TrainingConfig(seed=self.args.seed)), job, folder / "run")
+            except BaseException:
+                # the refine resumes at its next unrefined point, so keep the time up to the last point it finished
+                # (a point stopped half-way is trained again, and counted then)
+                finished = [f.stat().st_mtime for f in (folder / "run" / REFINED_DIR).glob(f"*/{SUBNETWORK_FILE}")
+                            if f.stat().st_mtime >= started_at]
+                if finished:
+                    times["refine_partial_s"] = earlier_s + max(finished) - started_at
+                    write_json(folder / "times.json", times)
+                    log.info("%s: refine stopped; %.0f s of it kept for the resumed run", method,
+                             times["refine_partial_s"])
+                raise
+            times["refine_s"] = earlier_s + watch.seconds  # the front's test re-evaluation included (~1 %)
             times["refine_cpu_share"] = watch.cpu_share
             times["refine_load_average"] = os.getloadavg()[0]  # 1-minute load at the end: was the machine shared?
             write_json(folder / "times.json", times)
@@ -531,6 +547,8 @@ def main() -> None:
                              "machine, after they have finished)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
+    # a stop by kill runs the cleanup of a stopped run (the refine keeps its time) as Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     experiment = Experiment(args)
