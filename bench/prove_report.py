@@ -481,6 +481,27 @@ def recipes_section(task: str, recipes: Path) -> list[str]:
     return lines
 
 
+COVERED = ("reference", "nasprune_importance", "nasprune_importance_refined", "layer_drop", "oneshot", "oneshot_ft",
+           "nas_small")  # the issue's methods: the job, its refined front and every baseline
+
+
+def coverage_lines(out: Path) -> list[str]:
+    """Which of the issue's methods have finished records for which task and seed, so a missing run is visible
+    in the report itself (settings.json lists every method ever asked for, finished or not)."""
+    rows = []
+    for settings in sorted(out.glob("*/seed*/settings.json")):
+        folder = settings.parent
+        cells = ["done" if (folder / f"{method}.json").is_file() else "**not yet**" for method in COVERED]
+        rows.append(f"| {folder.parent.name} | {folder.name.removeprefix('seed')} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["## What has been measured", "",
+            "A method counts as done for a seed when its whole record (`<method>.json`) exists; a method that "
+            "stopped part-way keeps its finished units but is not reported until it completes.", "",
+            "| task | seed | " + " | ".join(NAMES[method] for method in COVERED) + " |",
+            "|---|---|" + "---|" * len(COVERED), *rows, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(OUT))
@@ -504,6 +525,7 @@ def main() -> None:
              "validation); nasprune's job on the service's defaults (importance search space, NSGA-II on error and "
              f"encoder params, {any_settings.get('evaluations')} evaluations, ranked in bfloat16 where the CPU has "
              "it) unless a method's name says otherwise.", "", __doc__.split("\n\n", 2)[2], ""]
+    lines += coverage_lines(Path(args.out))
     notes = HERE / "RESULTS_NOTES.md"  # the hand-written reading of the figures (what wins, what loses, why)
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
