@@ -485,16 +485,15 @@ COVERED = ("reference", "nasprune_importance", "nasprune_importance_refined", "l
            "nas_small")  # the issue's methods: the job, its refined front and every baseline
 
 
-def coverage_lines(out: Path) -> list[str]:
-    """Which of the issue's methods have finished records for which task and seed, so a missing run is visible
-    in the report itself (settings.json lists every method ever asked for, finished or not)."""
-    rows = []
-    for settings in sorted(out.glob("*/seed*/settings.json")):
-        folder = settings.parent
-        cells = ["done" if (folder / f"{method}.json").is_file() else "**not yet**" for method in COVERED]
-        rows.append(f"| {folder.parent.name} | {folder.name.removeprefix('seed')} | " + " | ".join(cells) + " |")
-    if not rows:
+def coverage_lines(seeds: dict[Path, dict[str, Any]]) -> list[str]:
+    """Which of the issue's methods have finished records for which task and seed (`seeds`: every seed folder and
+    its `load`, finished methods or not), so a missing run is visible in the report itself (settings.json lists
+    every method ever asked for, finished or not)."""
+    if not seeds:
         return []
+    rows = [f"| {folder.parent.name} | {folder.name.removeprefix('seed')} | "
+            + " | ".join("done" if method in seed["methods"] else "**not yet**" for method in COVERED) + " |"
+            for folder, seed in seeds.items()]
     return ["## What has been measured", "",
             "A method counts as done for a seed when its whole record (`<method>.json`) exists; a method that "
             "stopped part-way keeps its finished units but is not reported until it completes.", "",
@@ -507,10 +506,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args()
+    folders = [settings.parent for settings in sorted(Path(args.out).glob("*/seed*/settings.json"))]
+    seeds = {folder: load(folder) for folder in folders}  # every seed, finished methods or not
     runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for settings in sorted(Path(args.out).glob("*/seed*/settings.json")):
-        folder = settings.parent
-        seed = load(folder)
+    for folder, seed in seeds.items():
         if seed["methods"]:  # a seed whose first unit has not finished yet has nothing to report
             runs[folder.parent.name][int(folder.name.removeprefix("seed"))] = seed
     results = Path(args.results)
@@ -525,7 +524,7 @@ def main() -> None:
              "validation); nasprune's job on the service's defaults (importance search space, NSGA-II on error and "
              f"encoder params, {any_settings.get('evaluations')} evaluations, ranked in bfloat16 where the CPU has "
              "it) unless a method's name says otherwise.", "", __doc__.split("\n\n", 2)[2], ""]
-    lines += coverage_lines(Path(args.out))
+    lines += coverage_lines(seeds)
     notes = HERE / "RESULTS_NOTES.md"  # the hand-written reading of the figures (what wins, what loses, why)
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
