@@ -393,9 +393,7 @@ class Experiment:
         source, folder = self.folder / "nasprune_importance", self.folder / "nasprune_importance_picks"
         spec = self.job_spec(space="importance", training=TrainingConfig(seed=self.args.seed))
         if not (folder / "times.json").is_file():
-            if not (source / "run" / "supernet").is_dir():  # a new checkout has the job's records, not its weights
-                log.info("%s: the job's supernet is not here; training it again (seeded: the same supernet)", source)
-                train_run(spec, source / "run")
+            self.ensure_supernet(source, spec)
             copy_trained(source / "run", folder / "run", spec)
             for name in ("search.json", "trials.jsonl"):
                 shutil.copy2(source / "run" / name, folder / "run" / name)
@@ -405,6 +403,14 @@ class Experiment:
         return self.refined_job("nasprune_importance_picks_refined", "nasprune_importance_picks", spec,
                                 budgets=PICK_BUDGETS)
 
+    @staticmethod
+    def ensure_supernet(folder: Path, spec: RunSpec) -> None:
+        """A new checkout has a finished job's records, not its weights: train its supernet again (seeded: the same
+        supernet), before and outside any refine's clock, whose cost must not count the job's training twice."""
+        if not (folder / "run" / "supernet").is_dir():
+            log.info("%s: the job's supernet is not here; training it again (seeded: the same supernet)", folder)
+            train_run(spec, folder / "run")
+
     def refined_job(self, method: str, job_method: str, spec: RunSpec,
                     budgets: tuple[float, ...] = ()) -> list[dict[str, Any]]:
         """Refine the front of `job_method`'s finished job in its own folder (its cost adds the refining): every
@@ -413,6 +419,7 @@ class Experiment:
         times = read_json(folder / "times.json")
         refine = RefineConfig(epochs=self.args.short_epochs, budgets=budgets)
         if "refine_s" not in times:
+            self.ensure_supernet(folder, replace(spec, training=TrainingConfig(seed=self.args.seed)))
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed), refine=refine)
             earlier_s = times.get("refine_partial_s", 0.0)  # earlier, stopped runs of this refine
             started_at = time.time()
