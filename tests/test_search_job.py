@@ -382,6 +382,29 @@ def test_search_in_the_importance_space(workspace, tmp_path) -> None:
     assert all(space.encode(SubNetworkConfig.from_dict(p["config"])) for p in points)
 
 
+def test_a_run_without_its_weights_trains_the_same_supernet_again(workspace, tmp_path) -> None:
+    """A new checkout of bench/out holds a job's records but not its weights (.gitignore): the benchmark trains the
+    supernet again and refines the recorded front on it, which is only sound if the seeded training is bitwise the
+    same (Fisher ordering included) and the resumed search rewrites the same front."""
+    out = tmp_path / "run"
+    args = search_args(workspace, out, "--space", "importance")
+    assert cli(args) == 0
+    weights = load_file(out / "supernet" / "model.safetensors")
+    front = json.loads((out / "front.json").read_text())
+    importance = (out / "importance.json").read_text()
+    shutil.rmtree(out / "supernet")
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    assert cli(args) == 0
+    again = load_file(out / "supernet" / "model.safetensors")
+    assert again.keys() == weights.keys()
+    assert all(torch.equal(again[name], weights[name]) for name in weights)
+    assert (out / "importance.json").read_text() == importance
+    assert len(read_trials(out)) == 6  # the search resumed finished: nothing evaluated again
+    rewritten = json.loads((out / "front.json").read_text())
+    assert [(p["config"], p["validation"], p["test"]) for p in rewritten["points"]] == \
+        [(p["config"], p["validation"], p["test"]) for p in front["points"]]
+
+
 def test_the_importance_space_needs_fisher_scores(workspace, tmp_path, capsys) -> None:
     assert cli(search_args(workspace, tmp_path / "run", "--space", "importance", "--importance", "none")) == 2
     assert "needs importance 'fisher'" in capsys.readouterr().err
