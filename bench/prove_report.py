@@ -293,12 +293,7 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
         lines += on_demand_refine(first, jobs, plain / plain_epochs)
         lines += job_cost_per_seed(seeds)
         lines += budget_picks_refined(seeds)
-        lines += ["", "| method | total training time (s) |", "|---|---|"]
-        for method in ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small"):
-            points = first["methods"].get(method)
-            if points:
-                total = points[0]["cost_s"] if method == "oneshot" else sum(p.get("cost_s", 0) for p in points)
-                lines.append(f"| {NAMES[method]} | {total:.0f}{shared_mark(*(p.get('cpu_share') for p in points))} |")
+        lines += baseline_training_times(seeds, shared_mark)
         lines += shared_mark.footnote()
 
     default = "nasprune_importance" if "nasprune_importance" in first["methods"] else "nasprune"
@@ -322,6 +317,30 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
 def job_point(seed: dict[str, Any], method: str) -> dict[str, Any] | None:
     """The first point of a nasprune method that carries its job's times (training, search, refining)."""
     return next((p for p in seed["methods"].get(method, []) if p.get("job_train_s") is not None), None)
+
+
+def baseline_training_times(seeds: dict[int, dict[str, Any]], shared_mark) -> list[str]:
+    """Each baseline's total training time, one column per seed (the mean where every seed has it): seeds differ by
+    up to a third on this machine, so the first seed alone would be one draw."""
+    keys = sorted(seeds)
+    many = len(keys) > 1
+    lines = ["", "| method | " + " | ".join(f"total training time, seed {k} (s)" for k in keys)
+             + (" | mean ± sd (s) |" if many else " |"), "|---|" + "---|" * (len(keys) + many)]
+    for method in ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small"):
+        cells, totals = [], []
+        for k in keys:
+            points = seeds[k]["methods"].get(method)
+            if not points:
+                cells.append("not yet")
+                continue
+            total = points[0]["cost_s"] if method == "oneshot" else sum(p.get("cost_s", 0) for p in points)
+            totals.append(total)
+            cells.append(f"{total:.0f}{shared_mark(*(p.get('cpu_share') for p in points))}")
+        if totals:
+            mean = (f" | {statistics.mean(totals):.0f} ± {statistics.stdev(totals):.0f}"
+                    if many and len(totals) == len(keys) else " | –" if many else "")
+            lines.append(f"| {NAMES[method]} | " + " | ".join(cells) + mean + " |")
+    return lines
 
 
 def job_cost_per_seed(seeds: dict[int, dict[str, Any]]) -> list[str]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from prove_report import COVERED, coverage_lines, load  # noqa: E402
+from prove_report import COVERED, SharedMarks, baseline_training_times, coverage_lines, load  # noqa: E402
 
 
 def test_coverage_marks_finished_methods_and_not_requested_ones(tmp_path: Path) -> None:
@@ -32,3 +32,19 @@ def test_coverage_marks_finished_methods_and_not_requested_ones(tmp_path: Path) 
 
 def test_no_seeds_no_coverage_section() -> None:
     assert coverage_lines({}) == []
+
+
+def test_training_times_show_every_seed_and_their_mean() -> None:
+    def seed(**methods: list[float]) -> dict:
+        return {"methods": {m: [{"cost_s": c, "cpu_share": 0.99} for c in costs] for m, costs in methods.items()}}
+
+    seeds = {0: seed(reference=[100.0], layer_drop=[10.0, 20.0], oneshot=[5.0, 5.0]),
+             1: seed(reference=[110.0], layer_drop=[40.0, 50.0], oneshot=[7.0, 7.0]),
+             2: seed(reference=[120.0], oneshot=[9.0, 9.0])}
+    lines = baseline_training_times(seeds, SharedMarks())
+    assert lines[1].endswith("seed 2 (s) | mean ± sd (s) |") and lines[2].count("---") == 5
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[3:])}
+    assert rows["full fine-tuning"] == ["100", "110", "120", "110 ± 10"]
+    assert rows["layer dropping + FT"] == ["30", "90", "not yet", "–"]  # the mean waits for every seed
+    assert rows["one-shot Kwon (no retraining)"] == ["5", "7", "9", "7 ± 2"]  # one scoring pass, not one per point
+    assert len(rows) == 3  # methods no seed has are left out
