@@ -59,7 +59,7 @@ from search.baselines import (
     uniform_configs,
 )
 from search.job import REFINED_DIR, SearchJob, keeps_refined, ranked_subset, run_search_job
-from search.latency import time_calls
+from search.latency import device_name, time_calls
 from search.runner import SearchConfig
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
@@ -560,11 +560,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     experiment = Experiment(args)
     settings_path = experiment.folder / "settings.json"
-    earlier = set(read_json(settings_path).get("methods", [])) if settings_path.exists() else set()
+    stored = read_json(settings_path) if settings_path.exists() else {}
+    earlier = set(stored.get("methods", []))
+    # which CPU each method last ran on: a seed's methods may span sessions, and sessions may get other machines
+    cpu = device_name("cpu")
     write_json(settings_path, vars(args) | {
         "methods": [m for m in METHODS if m in earlier | set(args.methods)], "methods_this_run": args.methods,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or
-        platform.machine(), "majority_baseline": experiment.task.majority_baseline,
+        platform.machine(), "cpu": cpu,
+        "cpu_by_method": stored.get("cpu_by_method", {}) | dict.fromkeys(args.methods, cpu),
+        "majority_baseline": experiment.task.majority_baseline,
         "main_metric": experiment.task.spec.main_metric,
         "sizes": {"train": len(experiment.task.train), "validation": len(experiment.task.validation),
                   "test": sum(len(b["labels"]) for b in experiment.test)}})

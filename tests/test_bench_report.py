@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from prove_report import COVERED, SharedMarks, baseline_training_times, coverage_lines, load  # noqa: E402
+from prove_report import (  # noqa: E402
+    COVERED,
+    SharedMarks,
+    baseline_training_times,
+    coverage_lines,
+    cpu_lines,
+    load,
+)
 
 
 def test_coverage_marks_finished_methods_and_not_requested_ones(tmp_path: Path) -> None:
@@ -48,3 +55,13 @@ def test_training_times_show_every_seed_and_their_mean() -> None:
     assert rows["layer dropping + FT"] == ["30", "90", "not yet", "–"]  # the mean waits for every seed
     assert rows["one-shot Kwon (no retraining)"] == ["5", "7", "9", "7 ± 2"]  # one scoring pass, not one per point
     assert len(rows) == 3  # methods no seed has are left out
+
+
+def test_methods_run_on_another_cpu_are_named() -> None:
+    xeon, epyc = "cpu-Intel(R) Xeon(R) Processor-2t", "cpu-AMD EPYC 9R14 96-Core Processor-2t"
+    seeds = {0: {"settings": {"cpu_by_method": {"nas_small": xeon, "oneshot": epyc, "layer_drop": xeon}},
+                 "methods": {"nas_small": [], "oneshot": []}},  # layer_drop has not finished: not reported
+             1: {"settings": {}, "methods": {"reference": []}}}  # before the CPU was recorded
+    assert cpu_lines(seeds) == ["", "**Ran on another CPU, Intel(R) Xeon(R) Processor-2t:** uniform sub-nets, each "
+                                "FT (seed 0). Its wall times are that machine's."]
+    assert cpu_lines({1: seeds[1]}) == []
