@@ -58,7 +58,15 @@ from search.baselines import (
     layer_drop_configs,
     uniform_configs,
 )
-from search.job import REFINED_DIR, SearchJob, keeps_refined, ranked_subset, run_search_job
+from search.job import (
+    REFINED_DIR,
+    SearchJob,
+    budget_points,
+    keeps_refined,
+    ranked_subset,
+    refine_points,
+    run_search_job,
+)
 from search.latency import device_name, time_calls
 from search.runner import SearchConfig
 from supernet.config import SubNetworkConfig
@@ -423,9 +431,20 @@ class Experiment:
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed), refine=refine)
             earlier_s = times.get("refine_partial_s", 0.0)  # earlier, stopped runs of this refine
             started_at = time.time()
+            front_file = folder / "run" / "front.json"
+            started_front = read_json(front_file) if "refine_partial_s" in times and front_file.is_file() else None
             try:
                 with Stopwatch() as watch:
-                    run_search_job(replace(spec, training=TrainingConfig(seed=self.args.seed)), job, folder / "run")
+                    if started_front is not None:
+                        # resume on the front the stopped refine began: rerunning the job would write the front
+                        # again from a supernet trained again, which on another CPU is close but not bitwise the
+                        # same, and a point that moved would lose its refined record (they are kept by position)
+                        positions = (budget_points(started_front, budgets, self.task.spec) if budgets
+                                     else list(range(len(started_front["points"]))))
+                        refine_points(folder / "run", positions, refine)
+                    else:
+                        run_search_job(replace(spec, training=TrainingConfig(seed=self.args.seed)), job,
+                                       folder / "run")
             except BaseException:
                 # the refine resumes at its next unrefined point, so keep the time up to the last point it finished
                 # (a point stopped half-way is trained again, and counted then)
