@@ -413,10 +413,11 @@ class Experiment:
 
     @staticmethod
     def ensure_supernet(folder: Path, spec: RunSpec) -> None:
-        """A new checkout has a finished job's records, not its weights: train its supernet again (seeded: the same
-        supernet), before and outside any refine's clock, whose cost must not count the job's training twice."""
+        """A new checkout has a finished job's records, not its weights: train its supernet again (seeded: bitwise
+        the same on one CPU, close on another; bench/RESULTS_NOTES.md), before and outside any refine's clock,
+        whose cost must not count the job's training twice."""
         if not (folder / "run" / "supernet").is_dir():
-            log.info("%s: the job's supernet is not here; training it again (seeded: the same supernet)", folder)
+            log.info("%s: the job's supernet is not here; training it again (seeded)", folder)
             train_run(spec, folder / "run")
 
     def refined_job(self, method: str, job_method: str, spec: RunSpec,
@@ -427,7 +428,8 @@ class Experiment:
         times = read_json(folder / "times.json")
         refine = RefineConfig(epochs=self.args.short_epochs, budgets=budgets)
         if "refine_s" not in times:
-            self.ensure_supernet(folder, replace(spec, training=TrainingConfig(seed=self.args.seed)))
+            seeded = replace(spec, training=TrainingConfig(seed=self.args.seed))
+            self.ensure_supernet(folder, seeded)
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed), refine=refine)
             earlier_s = times.get("refine_partial_s", 0.0)  # earlier, stopped runs of this refine
             started_at = time.time()
@@ -443,8 +445,7 @@ class Experiment:
                                      else list(range(len(started_front["points"]))))
                         refine_points(folder / "run", positions, refine)
                     else:
-                        run_search_job(replace(spec, training=TrainingConfig(seed=self.args.seed)), job,
-                                       folder / "run")
+                        run_search_job(seeded, job, folder / "run")
             except BaseException:
                 # the refine resumes at its next unrefined point, so keep the time up to the last point it finished
                 # (a point stopped half-way is trained again, and counted then)
