@@ -457,7 +457,7 @@ class Experiment:
                     log.info("%s: refine stopped; %.0f s of it kept for the resumed run", method,
                              times["refine_partial_s"])
                 raise
-            times["refine_s"] = earlier_s + watch.seconds  # the front's test re-evaluation included (~1 %)
+            times["refine_s"] = earlier_s + watch.seconds  # a whole job's run includes re-testing the front (~1 %)
             times["refine_cpu_share"] = watch.cpu_share
             times["refine_load_average"] = os.getloadavg()[0]  # 1-minute load at the end: was the machine shared?
             write_json(folder / "times.json", times)

@@ -414,27 +414,32 @@ def budget_picks_refined(seeds: dict[int, dict[str, Any]]) -> list[str]:
 
 def composed_picks(seed: dict[str, Any], budgets: tuple[float, ...]) -> tuple | None:
     """(points refined, refining s, job + refining ÷ plain, test hypervolume) of refining the budgets' picks of
-    the default job's front, composed from its whole-front refine; None where a record is missing or the refine
-    refined another front."""
+    the default job's front, composed from its whole-front refine; None where a record is missing or a pick is not
+    on the refined front. Points are matched by configuration, not position: a front written again from a supernet
+    retrained on another CPU can gain or lose a point (SST-2's refine)."""
     front = points_of(seed, "nasprune_importance")
-    refined = {p["label"].split(" ")[1]: p for p in points_of(seed, "nasprune_importance_refined")
+    refined = {config_id(p): p for p in points_of(seed, "nasprune_importance_refined")
                if p["label"].startswith("front ")}
     job = job_point(seed, "nasprune_importance")
     reference = seed["methods"].get("reference")
     stage = job_point(seed, "nasprune_importance_refined")
     if not (front and refined and job and stage and reference and reference[0].get("plain_train_s")):
         return None
-    picks = {p["label"].removeprefix("front ") for b in budgets if (p := best_under(front, b)) is not None}
-    by_label = {p["label"].removeprefix("front "): p for p in front}
-    if any(i not in refined or refined[i]["config"] != by_label[i]["config"] for i in picks):
+    picks = {config_id(p) for b in budgets if (p := best_under(front, b)) is not None}
+    if any(i not in refined for i in picks):
         return None
     evaluation = (stage["job_refine_s"] - sum(p["refine_train_s"] for p in refined.values())) / len(refined)
-    points = [refined[i] if (i := p["label"].removeprefix("front ")) in picks else p for p in front]
+    points = [refined[i] if (i := config_id(p)) in picks else p for p in front]
     refine_s = sum(refined[i]["refine_train_s"] + evaluation for i in picks)
     epochs = seed["job_epochs"].get("nasprune_importance", 1.0)
     plain = reference[0]["plain_train_s"] * epochs / seed["settings"]["epochs"]
     whole = job["job_train_s"] + job["job_search_and_test_s"] + refine_s
     return len(picks), refine_s, whole / plain, test_error_hypervolume(points, chance_error(seed))
+
+
+def config_id(point: dict[str, Any]) -> str:
+    """A point's sub-network as a hashable key."""
+    return json.dumps(point["config"], sort_keys=True)
 
 
 def earlier_searches(point: dict[str, Any]) -> dict[str, float]:
