@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import scoring  # noqa: E402
 from prove_report import (  # noqa: E402
     COVERED,
     SharedMarks,
     baseline_training_times,
+    composed_picks,
     coverage_lines,
     cpu_lines,
     load,
@@ -65,3 +67,28 @@ def test_methods_run_on_another_cpu_are_named() -> None:
     assert cpu_lines(seeds) == ["", "**Ran on another CPU, Intel(R) Xeon(R) Processor-2t:** uniform sub-nets, each "
                                 "FT (seed 0). Its wall times are that machine's."]
     assert cpu_lines({1: seeds[1]}) == []
+
+
+def test_composed_picks_match_the_refined_front_by_configuration_not_position() -> None:
+    """A front written again from a supernet retrained on another CPU can lose a point, shifting every later
+    position (SST-2): the budgets' picks are still found on it by their sub-network."""
+    def point(label: str, layers: int, params: float, val_error: float, test_error: float, **extra) -> dict:
+        return {"label": label, "config": {"layers": list(range(layers))}, "params_fraction": params,
+                "validation_error": val_error, "test_error": test_error, **extra}
+
+    job = {"job_train_s": 300.0, "job_search_and_test_s": 100.0}
+    default = [point("front 0", 5, 0.7, 0.10, 0.10, **job), point("front 1", 4, 0.45, 0.12, 0.14),
+               point("front 2", 2, 0.3, 0.15, 0.20)]
+    refined = [point("front 0 refined", 4, 0.45, 0.11, 0.12, refine_train_s=40.0, job_refine_s=100.0, **job),
+               point("front 1 refined", 2, 0.3, 0.13, 0.15, refine_train_s=20.0)]  # the 0.7 point is gone
+    seed = {"settings": {"main_metric": "accuracy", "majority_baseline": {"accuracy": 0.5}, "epochs": 3.0},
+            "job_epochs": {"nasprune_importance": 3.0},
+            "methods": {"nasprune_importance": default, "nasprune_importance_refined": refined,
+                        "reference": [{"plain_train_s": 200.0}]}}
+    n, refine_s, ratio, hypervolume = composed_picks(seed, (0.5, 0.33))
+    evaluation = (100.0 - 60.0) / 2  # the refine stage's time less its training, shared evenly over its points
+    assert n == 2 and refine_s == 40.0 + 20.0 + 2 * evaluation
+    assert ratio == (300.0 + 100.0 + refine_s) / 200.0
+    with_picks_refined = [default[0], refined[0], refined[1]]
+    assert hypervolume == scoring.test_error_hypervolume(with_picks_refined, 0.5)
+    assert composed_picks(seed, (0.75, 0.5)) is None  # the 0.7 pick is not on the refined front
