@@ -31,7 +31,8 @@ from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # the machine of every run before settings.json recorded the CPU (sessions 1-16, from their notes)
-EARLIER_CPU = "a 2-core AMD EPYC VM (Zen 4, AVX512-BF16, KVM)"
+EARLIER_CPU_MODEL = "AMD EPYC"  # what device_name() holds on that machine (the exact model was never recorded)
+EARLIER_CPU = f"a 2-core {EARLIER_CPU_MODEL} VM (Zen 4, AVX512-BF16, KVM)"
 OUT = HERE / "out" / "prove"
 NASPRUNE = ("nasprune_importance_refined", "nasprune_importance_picks_refined", "nasprune_importance",
             "nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0")
@@ -328,7 +329,7 @@ def cpu_lines(seeds: dict[int, dict[str, Any]]) -> list[str]:
     by_cpu: dict[str, list[str]] = defaultdict(list)
     for k, seed in sorted(seeds.items()):
         for method, cpu in seed["settings"].get("cpu_by_method", {}).items():
-            if method in seed["methods"] and "AMD EPYC" not in cpu:
+            if method in seed["methods"] and EARLIER_CPU_MODEL not in cpu:
                 by_cpu[cpu.removeprefix("cpu-")].append(f"{NAMES.get(method, method)} (seed {k})")
     return ["", *(f"**Ran on another CPU, {cpu}:** {'; '.join(methods)}. Its wall times are that machine's."
                   for cpu, methods in by_cpu.items())] if by_cpu else []
