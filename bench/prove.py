@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -533,8 +534,11 @@ class Experiment:
         """Measured forward latency (ms) of each point's physically pruned model at batch 1 and 32 x seq len.
 
         Configurations not yet in the cache (all of them with `fresh`) are timed together, round-robin, so the
-        speed-ups within one method are measured side by side under the same machine load."""
-        cache_file = Path(self.args.out) / f"latency-{platform.node()}-{torch.get_num_threads()}t.json"
+        speed-ups within one method are measured side by side under the same machine load. The cache is kept per
+        CPU model and thread count, and each point records the device it was timed on (`latency_device`): a
+        host name is the same on two VMs whose float32 speed differs 2 x (`vm`: an AMD EPYC, later a Xeon)."""
+        device = device_name()
+        cache_file = Path(self.args.out) / latency_cache_name(device)
         cache = read_json(cache_file) if cache_file.is_file() else {}
         keys = [config_key(SubNetworkConfig.from_dict(point["config"])) for point in points]
         todo = sorted({key for key in keys if fresh or key not in cache})
@@ -554,6 +558,12 @@ class Experiment:
             write_json(cache_file, cache)
         for point, key in zip(points, keys, strict=True):
             point["latency_ms"] = cache[key]
+            point["latency_device"] = device
+
+
+def latency_cache_name(device: str) -> str:
+    """The latency cache's file name for a device name such as "cpu-Intel(R) Xeon(R) Processor-2t"."""
+    return "latency-" + re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") + ".json"
 
 
 def main() -> None:

@@ -309,6 +309,8 @@ def task_section(task: str, seeds: dict[int, dict[str, Any]], plots: list[Path])
                   "| point | MACs | MAC reduction | speed-up b1 | speed-up b32 | speed-up b32 ÷ MAC reduction |",
                   "|---|---|---|---|---|---|"]
         for p in sorted(front, key=lambda p: -p["macs_fraction"]):
+            if p.get("latency_device") != base.get("latency_device"):
+                continue  # timed on another device than the full model: no speed-up to read
             reduction = base["macs"] / p["macs"]
             s1 = base["latency_ms"]["1"] / p["latency_ms"]["1"]
             s32 = base["latency_ms"]["32"] / p["latency_ms"]["32"]
@@ -325,14 +327,26 @@ def job_point(seed: dict[str, Any], method: str) -> dict[str, Any] | None:
 
 def cpu_lines(seeds: dict[int, dict[str, Any]]) -> list[str]:
     """The methods that ran on another CPU than EARLIER_CPU (recorded per method in settings.json since the
-    seventeenth session; an unrecorded method ran on EARLIER_CPU): their times are not that machine's."""
+    seventeenth session; an unrecorded method ran on EARLIER_CPU): their times are not that machine's. Latencies are
+    named apart, by the device each point records (`latency_device`, since the eighteenth session; none recorded:
+    EARLIER_CPU's cache), since a method that ran elsewhere may have been timed from the earlier CPU's cache."""
     by_cpu: dict[str, list[str]] = defaultdict(list)
+    timed_on: dict[str, list[str]] = defaultdict(list)
     for k, seed in sorted(seeds.items()):
         for method, cpu in seed["settings"].get("cpu_by_method", {}).items():
             if method in seed["methods"] and EARLIER_CPU_MODEL not in cpu:
                 by_cpu[cpu.removeprefix("cpu-")].append(f"{NAMES.get(method, method)} (seed {k})")
-    return ["", *(f"**Ran on another CPU, {cpu}:** {'; '.join(methods)}. Its wall times are that machine's."
-                  for cpu, methods in by_cpu.items())] if by_cpu else []
+        for method, points in seed["methods"].items():
+            for device in sorted({p.get("latency_device") or EARLIER_CPU_MODEL for p in points if "latency_ms" in p}):
+                if EARLIER_CPU_MODEL not in device:
+                    timed_on[device.removeprefix("cpu-")].append(f"{NAMES.get(method, method)} (seed {k})")
+    lines = [f"**Ran on another CPU, {cpu}:** {'; '.join(methods)}. Its training and evaluation times are that "
+             f"machine's; its latencies are the {EARLIER_CPU_MODEL}'s unless a line below says otherwise."
+             for cpu, methods in by_cpu.items()]
+    lines += [f"**Latencies timed on another CPU, {cpu}:** {'; '.join(methods)}. Set them beside the others' with "
+              "care: the AMD EPYC and the Intel Xeon measured here differ 2 x in float32 speed at 128 tokens."
+              for cpu, methods in timed_on.items()]
+    return ["", *lines] if lines else []
 
 
 def baseline_training_times(seeds: dict[int, dict[str, Any]], shared_mark) -> list[str]:

@@ -65,8 +65,22 @@ def test_methods_run_on_another_cpu_are_named() -> None:
                  "methods": {"nas_small": [], "oneshot": []}},  # layer_drop has not finished: not reported
              1: {"settings": {}, "methods": {"reference": []}}}  # before the CPU was recorded
     assert cpu_lines(seeds) == ["", "**Ran on another CPU, Intel(R) Xeon(R) Processor-2t:** uniform sub-nets, each "
-                                "FT (seed 0). Its wall times are that machine's."]
+                                "FT (seed 0). Its training and evaluation times are that machine's; its latencies are "
+                                "the AMD EPYC's unless a line below says otherwise."]
     assert cpu_lines({1: seeds[1]}) == []
+
+
+def test_latencies_timed_on_another_cpu_are_named_apart_from_where_the_method_ran() -> None:
+    xeon, epyc = "cpu-Intel(R) Xeon(R) Processor-2t", "cpu-AMD EPYC 9R14 96-Core Processor-2t"
+    seeds = {0: {"settings": {"cpu_by_method": {"nas_small": xeon}},
+                 "methods": {"nas_small": [{"latency_ms": {"1": 1.0}}],  # ran on the Xeon, timed from the AMD cache
+                             "oneshot": [{"latency_ms": {"1": 1.0}, "latency_device": epyc}],
+                             "layer_drop": [{"latency_ms": {"1": 1.0}, "latency_device": xeon}, {}]}}}
+    lines = cpu_lines(seeds)
+    assert lines[1].startswith("**Ran on another CPU, Intel(R) Xeon(R) Processor-2t:** uniform sub-nets")
+    assert lines[2].startswith("**Latencies timed on another CPU, Intel(R) Xeon(R) Processor-2t:** layer dropping "
+                               "+ FT (seed 0).")
+    assert len(lines) == 3
 
 
 def test_composed_picks_match_the_refined_front_by_configuration_not_position() -> None:
@@ -92,3 +106,12 @@ def test_composed_picks_match_the_refined_front_by_configuration_not_position() 
     with_picks_refined = [default[0], refined[0], refined[1]]
     assert hypervolume == scoring.test_error_hypervolume(with_picks_refined, 0.5)
     assert composed_picks(seed, (0.75, 0.5)) is None  # the 0.7 pick is not on the refined front
+
+
+def test_latency_caches_are_kept_per_cpu_model_and_thread_count() -> None:
+    from prove import latency_cache_name
+
+    xeon = latency_cache_name("cpu-Intel(R) Xeon(R) Processor-2t")
+    assert xeon == "latency-cpu-intel-r-xeon-r-processor-2t.json"
+    assert latency_cache_name("cpu-AMD EPYC 9R14 96-Core Processor-2t") != xeon
+    assert latency_cache_name("cpu-Intel(R) Xeon(R) Processor-4t") != xeon
