@@ -177,6 +177,11 @@ def config_key(sub: SubNetworkConfig) -> str:
     return json.dumps(sub.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
+def point_key(point: dict[str, Any]) -> str:
+    """A recorded point's sub-network as config_key: equal networks, equal keys, whatever the JSON's layout."""
+    return config_key(SubNetworkConfig.from_dict(point["config"]))
+
+
 class Experiment:
     """One task and seed: the data, the pre-trained model, and the folder where every unit's result lands."""
 
@@ -540,7 +545,7 @@ class Experiment:
         device = device_name()
         cache_file = Path(self.args.out) / latency_cache_name(device)
         cache = read_json(cache_file) if cache_file.is_file() else {}
-        keys = [config_key(SubNetworkConfig.from_dict(point["config"])) for point in points]
+        keys = [point_key(point) for point in points]
         todo = sorted({key for key in keys if fresh or key not in cache})
         if todo:
             pretrained = self.extraction_source

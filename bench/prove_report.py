@@ -24,7 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate  # noqa: E402
+from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
 from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
@@ -433,28 +433,23 @@ def composed_picks(seed: dict[str, Any], budgets: tuple[float, ...]) -> tuple | 
     on the refined front. Points are matched by configuration, not position: a front written again from a supernet
     retrained on another CPU can gain or lose a point (SST-2's refine)."""
     front = points_of(seed, "nasprune_importance")
-    refined = {config_id(p): p for p in points_of(seed, "nasprune_importance_refined")
+    refined = {point_key(p): p for p in points_of(seed, "nasprune_importance_refined")
                if p["label"].startswith("front ")}
     job = job_point(seed, "nasprune_importance")
     reference = seed["methods"].get("reference")
     stage = job_point(seed, "nasprune_importance_refined")
     if not (front and refined and job and stage and reference and reference[0].get("plain_train_s")):
         return None
-    picks = {config_id(p) for b in budgets if (p := best_under(front, b)) is not None}
+    picks = {point_key(p) for b in budgets if (p := best_under(front, b)) is not None}
     if any(i not in refined for i in picks):
         return None
     evaluation = (stage["job_refine_s"] - sum(p["refine_train_s"] for p in refined.values())) / len(refined)
-    points = [refined[i] if (i := config_id(p)) in picks else p for p in front]
+    points = [refined[i] if (i := point_key(p)) in picks else p for p in front]
     refine_s = sum(refined[i]["refine_train_s"] + evaluation for i in picks)
     epochs = seed["job_epochs"].get("nasprune_importance", 1.0)
     plain = reference[0]["plain_train_s"] * epochs / seed["settings"]["epochs"]
     whole = job["job_train_s"] + job["job_search_and_test_s"] + refine_s
     return len(picks), refine_s, whole / plain, test_error_hypervolume(points, chance_error(seed))
-
-
-def config_id(point: dict[str, Any]) -> str:
-    """A point's sub-network as a hashable key."""
-    return json.dumps(point["config"], sort_keys=True)
 
 
 def earlier_searches(point: dict[str, Any]) -> dict[str, float]:

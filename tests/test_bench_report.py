@@ -87,7 +87,9 @@ def test_composed_picks_match_the_refined_front_by_configuration_not_position() 
     """A front written again from a supernet retrained on another CPU can lose a point, shifting every later
     position (SST-2): the budgets' picks are still found on it by their sub-network."""
     def point(label: str, layers: int, params: float, val_error: float, test_error: float, **extra) -> dict:
-        return {"label": label, "config": {"layers": list(range(layers))}, "params_fraction": params,
+        config = {"layers": list(range(layers)), "heads": [2] * layers + [0] * (6 - layers),
+                  "units": [64] * layers + [0] * (6 - layers)}
+        return {"label": label, "config": config, "params_fraction": params,
                 "validation_error": val_error, "test_error": test_error, **extra}
 
     job = {"job_train_s": 300.0, "job_search_and_test_s": 100.0}
