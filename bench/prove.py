@@ -541,7 +541,7 @@ class Experiment:
         Configurations not yet in the cache (all of them with `fresh`) are timed together, round-robin, so the
         speed-ups within one method are measured side by side under the same machine load. The cache is kept per
         CPU model and thread count, and each point records the device it was timed on (`latency_device`): a
-        host name is the same on two VMs whose float32 speed differs 2 x (`vm`: an AMD EPYC, later a Xeon)."""
+        host name is the same on two VMs with different CPUs (`vm`: an AMD EPYC, later an Intel Xeon)."""
         device = device_name()
         cache_file = Path(self.args.out) / latency_cache_name(device)
         cache = read_json(cache_file) if cache_file.is_file() else {}
