@@ -73,10 +73,10 @@ from search.runner import SearchConfig
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_macs, count_params
-from supernet.data import error_from_metrics
 from supernet.evaluation import evaluate
 from supernet.extract import SUBNETWORK_FILE, extract
 from supernet.importance import fisher_importance, reorder_by_importance
+from supernet.metrics import error_from_metrics
 from supernet.model import Supernet
 from supernet.run import Run, same_run, train_run
 from supernet.settings import DEFAULT_SEARCH_EXAMPLES, DEFAULT_VALIDATION_LIMIT, RefineConfig, RunSpec, TrainingConfig

@@ -21,11 +21,12 @@ import torch
 
 from supernet.config import SubNetworkConfig, SupernetConfig
 from supernet.counting import count_macs, layer_macs
-from supernet.data import TaskSpec, error_from_metrics
 from supernet.evaluation import evaluate
 from supernet.importance import Importance
+from supernet.metrics import error_from_metrics
 from supernet.refine import PrunedModel
 from supernet.settings import TrainingConfig
+from supernet.tasks import TaskSpec
 from supernet.training import SupernetTrainer, TrainState
 
 log = logging.getLogger(__name__)

@@ -28,12 +28,13 @@ from typing import Any
 import torch
 
 from supernet.config import SubNetworkConfig
-from supernet.data import TaskSpec, error_from_metrics
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.extract import SUBNETWORK_FILE, save_folder, subnetwork_record
+from supernet.metrics import error_from_metrics
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, settings_differences, train_run
 from supernet.settings import DEFAULT_SEARCH_EXAMPLES, EVALUATION_DTYPES, RefineConfig, RunSpec
+from supernet.tasks import TaskSpec
 from supernet.training import TrainState
 
 from .latency import load_or_calibrate

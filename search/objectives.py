@@ -15,9 +15,10 @@ import torch
 
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
-from supernet.data import TaskSpec, error_from_metrics
 from supernet.evaluation import evaluate
+from supernet.metrics import error_from_metrics
 from supernet.model import Supernet
+from supernet.tasks import TaskSpec
 
 from .latency import LatencyTable
 

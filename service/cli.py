@@ -112,7 +112,7 @@ def _limit(value: str) -> int | None:
 
 
 def _spec_from_args(args: argparse.Namespace) -> RunSpec:
-    from supernet.data import DataError
+    from supernet.tasks import DataError
 
     custom = None
     if args.task.startswith("custom/"):

@@ -20,7 +20,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from supernet.data import DataError, json_object
+from supernet.readers import json_object
+from supernet.tasks import DataError
 
 from .models import RUNNING_STATUSES, Dataset, Search, SearchStatus
 from .repository import MAX_PAGE, InvalidArgument, RepositoryError

@@ -15,9 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SubNetworkConfig
-from .data import TaskSpec, compute_metrics
+from .metrics import compute_metrics
 from .model import Supernet
 from .settings import EVALUATION_DTYPES
+from .tasks import TaskSpec
 
 # the names of supernet.settings.EVALUATION_DTYPES but "auto", as torch dtypes
 DTYPES = {name: getattr(torch, name) for name in EVALUATION_DTYPES if name != "auto"}

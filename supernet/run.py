@@ -23,14 +23,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .batching import make_batches
 from .config import SupernetConfig
 from .convert import load_supernet_from_pretrained, load_tokenizer
-from .data import TaskData, load_custom_task, load_task, make_batches
 from .evaluation import evaluate
 from .importance import Importance, fisher_importance, reorder_by_importance
+from .loading import load_custom_task, load_task
 from .model import Supernet
 from .settings import RunSpec
 from .space import ImportanceSpace, SearchSpace, make_space
+from .tasks import TaskData
 from .training import SupernetTrainer, TrainState
 
 log = logging.getLogger(__name__)

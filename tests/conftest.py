@@ -23,8 +23,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from supernet.config import SubNetworkConfig, SupernetConfig  # noqa: E402
-from supernet.data import TaskSpec  # noqa: E402
 from supernet.model import Supernet  # noqa: E402
+from supernet.tasks import TaskSpec  # noqa: E402
 
 # The models here are tiny: one intra-op thread is fastest, and it keeps timings stable on a busy machine
 # (OpenMP threads spin-waiting for a contended core made each tiny op take milliseconds).

@@ -8,9 +8,10 @@ import torch
 from conftest import make_supernet, random_inputs, supernet_config
 
 from supernet.config import SubNetworkConfig
-from supernet.data import TaskSpec, compute_metrics
 from supernet.evaluation import evaluate, metrics_from_logits, predict
 from supernet.extract import extract
+from supernet.metrics import compute_metrics
+from supernet.tasks import TaskSpec
 
 
 def _batches(num_labels: int = 2) -> list[dict[str, torch.Tensor]]:

