@@ -10,27 +10,21 @@ never commit.
 
 from __future__ import annotations
 
-import csv
 import unicodedata
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from supernet.readers import json_object
+from supernet import readers
 from supernet.tasks import DataError
 
 from .models import RUNNING_STATUSES, Dataset, Search, SearchStatus
 from .repository import MAX_PAGE, InvalidArgument, RepositoryError
 
-FORMATS = ("csv", "tsv", "jsonl")
-# The suffixes supernet.data reads, and the format each means.
-SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json-lines": "jsonl", ".ndjson": "jsonl"}
+FORMATS = readers.FORMATS
+SUFFIXES = readers.SUFFIXES  # the suffixes the readers know, and the format each means
 MAX_COLUMNS = 1000
-HEADER_BYTES = 1024 * 1024  # the most read_columns reads to find a header line
 DATA_STEM = "data"
 
 
@@ -75,102 +69,26 @@ def format_for(filename: str, given: str | None) -> str:
     return inferred
 
 
-def inspect(path: Path, fmt: str) -> tuple[int, list[str]]:
-    """(data rows, columns) of a dataset file, read the way supernet.data reads it; raises DatasetError.
-
-    UTF-8 text; CSV/TSV: a header of unique names, then rows of as many fields; JSONL: one object per line, all
-    with the same keys. At least one data row, at most MAX_COLUMNS columns.
-    """
+def inspect(path: Path, fmt: str, name: str) -> tuple[int, list[str]]:
+    """(data rows, columns) of an uploaded file, checked by supernet.readers.check_file: the very function the
+    worker's loader reads custom files with, so an upload this accepts is one a search can read. `name` (the
+    client's file name, made safe) names the file in messages. On top: at most MAX_COLUMNS columns."""
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            lines = _text_lines(f)
-            rows, columns = _inspect_jsonl(lines) if fmt == "jsonl" else _inspect_csv(lines, fmt)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"not UTF-8 text ({exc.reason})") from None
-    except csv.Error as exc:
-        raise DatasetError(f"cannot parse as {fmt.upper()}: {exc}") from None
-    if rows == 0:
-        raise DatasetError("no data rows (a dataset needs at least one example)")
-    return rows, columns
-
-
-def _text_lines(f: Any) -> Iterator[str]:
-    """The lines of `f`, refusing NUL characters: valid UTF-8, but the mark of a binary file, not text."""
-    for line_no, line in enumerate(f, start=1):
-        if "\x00" in line:
-            raise DatasetError(f"line {line_no} contains NUL bytes: a binary file, not text")
-        yield line
-
-
-def _check_columns(columns: list[str]) -> list[str]:
-    if len(columns) > MAX_COLUMNS:
-        raise DatasetError(f"{len(columns)} columns; at most {MAX_COLUMNS} are accepted")
-    repeated = sorted(name for name, count in Counter(columns).items() if count > 1)
-    if repeated:
-        raise DatasetError(f"column name(s) {repeated} appear more than once in the header")
-    return columns
-
-
-def _inspect_csv(f: Any, fmt: str) -> tuple[int, list[str]]:
-    reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",")
-    header = next(reader, None)
-    if not header or all(not h.strip() for h in header):
-        raise DatasetError("empty file: expected a header line naming the columns")
-    columns = _check_columns([h.strip() for h in header])
-    if fmt == "csv" and len(columns) == 1 and "\t" in columns[0]:
-        raise DatasetError(f"the header {columns[0]!r} is one column with tabs in it: is this TSV? (format=tsv)")
-    rows = 0
-    for row in reader:
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # blank lines, as supernet.data skips them
-        if len(row) != len(columns):
-            raise DatasetError(f"line {reader.line_num} has {len(row)} fields, the header has {len(columns)}")
-        rows += 1
-    return rows, columns
-
-
-def _json_object(line: str, where: str) -> dict[str, Any]:
-    try:
-        return json_object(line, where)
+        checked = readers.check_file(path, fmt, source=name)
     except DataError as exc:
         raise DatasetError(str(exc)) from None
-
-
-def _inspect_jsonl(f: Any) -> tuple[int, list[str]]:
-    rows, columns = 0, None
-    for line_no, line in enumerate(f, start=1):
-        if not line.strip():
-            continue
-        record = _json_object(line, f"line {line_no}")
-        if columns is None:
-            columns = _check_columns(list(record))
-        elif set(record) != set(columns):
-            raise DatasetError(f"line {line_no} has keys {sorted(record)}, the first object has {sorted(columns)}")
-        rows += 1
-    return rows, columns or []
+    if len(checked.columns) > MAX_COLUMNS:
+        raise DatasetError(f"{name}: {len(checked.columns)} columns; at most {MAX_COLUMNS} are accepted")
+    return checked.rows, checked.columns
 
 
 def read_columns(path: Path) -> list[str]:
-    """The columns of a CSV/TSV/JSONL file from its first line alone (cheap: for paths given in a request)."""
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise DatasetError(f"unsupported file type {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
+    """The columns of a CSV/TSV/JSONL file from its header alone (cheap: for paths given in a request), by the
+    readers' header rules."""
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            line = ""
-            while not line.strip():
-                line = f.readline(HEADER_BYTES)
-                if not line:
-                    raise DatasetError("empty file")
-    except UnicodeDecodeError:
-        raise DatasetError("not UTF-8 text") from None
-    if fmt == "jsonl":
-        return list(_json_object(line, "first line"))
-    try:
-        header = next(csv.reader([line], delimiter="\t" if fmt == "tsv" else ","), [])
-    except csv.Error as exc:
-        raise DatasetError(f"cannot parse the header as {fmt.upper()}: {exc}") from None
-    return [h.strip() for h in header]
+        return readers.read_columns(path, source=path.name)
+    except DataError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------------------------ rows

@@ -230,7 +230,7 @@ def check_file(
         except UnicodeDecodeError as exc:
             raise DataError(f"{source}: not UTF-8 text ({exc})") from None
     if not result.rows:
-        raise DataError(f"{source}: no examples (empty file)")
+        raise DataError(f"{source}: no examples (no data rows)")
     return result
 
 

@@ -9,11 +9,13 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import service_settings
 from fastapi.testclient import TestClient
+from starlette.formparsers import MultiPartParser
 from test_api import body, run_worker_once
 
 from service import tokens
@@ -21,6 +23,8 @@ from service.api import create_app
 from service.config import Settings
 from service.db import make_engine, session_factory
 from service.models import Dataset
+from supernet.loading import load_custom_task
+from supernet.tasks import DataError
 
 MAX_UPLOAD = 64 * 1024
 
@@ -90,14 +94,15 @@ BAD_UPLOADS: dict[str, tuple[str, bytes, dict, str]] = {
     "binary": ("a.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", {}, "not UTF-8"),
     "NUL bytes": ("a.csv", b"text,label\na\x00b,1\n", {}, "line 2 contains NUL bytes"),
     "empty file": ("a.csv", b"", {}, "empty file"),
-    "header only": ("a.csv", b"text,label\n", {}, "no data rows"),
+    "header only": ("a.csv", b"text,label\n", {}, "a.csv: no examples (no data rows)"),
     "ragged rows": ("a.csv", b"text,label\na,1\nb,0,extra\n", {}, "line 3 has 3 fields"),
     "repeated column": ("a.csv", b"text,text,label\na,b,1\n", {}, "['text'] appear more than once"),
     "too many columns": ("a.csv", (",".join(f"c{i}" for i in range(1001)) + "\n" + "1," * 1000 + "1\n").encode(),
                          {}, "at most 1000"),
     "TSV named .csv": ("a.csv", b"text\tlabel\na\t1\n", {}, "is this TSV?"),
     "JSON array line": ("a.jsonl", b'{"text": "a", "label": 1}\n[1, 2]\n', {}, "line 2: expected a JSON object"),
-    "JSON keys differ": ("a.jsonl", b'{"text": "a", "label": 1}\n{"text": "b"}\n', {}, "line 2 has keys"),
+    "JSON keys missing": ("a.jsonl", b'{"text": "a", "label": 1}\n{"text": "b"}\n', {},
+                          "a.jsonl: line 2: missing column(s) ['label']"),
     "invalid JSON": ("a.jsonl", b'{"text": "a", "label": 1\n', {}, "line 1: invalid JSON"),
     "one JSON document": ("a.jsonl", b'[{"text": "a", "label": 1}]', {}, "expected a JSON object"),
     "unknown extension": ("a.xlsx", b"text,label\na,1\n", {}, "cannot tell the format"),
@@ -127,7 +132,7 @@ def test_malformed_forms_are_refused(client, settings) -> None:
     only_fields = client.post("/datasets", data={"name": "x"}, files={})
     assert only_fields.status_code == 415  # urlencoded, not multipart
     two = client.post("/datasets", data={"name": "x"}, files=[("file", ("a.csv", csv)), ("file", ("b.csv", csv))])
-    assert two.status_code == 422 and "one file per upload" in two.json()["detail"]
+    assert two.status_code == 422 and "Maximum number of files is 1" in two.json()["detail"]
     as_json = client.post("/datasets", json={"name": "x", "file": "text,label\na,1\n"})
     assert as_json.status_code == 415 and "multipart/form-data" in as_json.json()["detail"]
     form = (b'--b0undary\r\nContent-Disposition: form-data; name="name"\r\n\r\nx\r\n--b0undary\r\n'
@@ -135,11 +140,64 @@ def test_malformed_forms_are_refused(client, settings) -> None:
     headers = {"content-type": "multipart/form-data; boundary=b0undary"}
     assert client.post("/datasets", content=form + b"\r\n--b0undary--\r\n", headers=headers).status_code == 201
     cut = client.post("/datasets", content=form, headers=headers)
-    assert cut.status_code == 422 and "closing boundary" in cut.json()["detail"]
+    assert cut.status_code == 422 and "no complete `file` part" in cut.json()["detail"]
+    ended = client.post("/datasets", content=form + b"\r\n--b0undary\r\n", headers=headers)
+    assert ended.status_code == 201, ended.text  # the file part ended: it is whole, only the closing "--" is cut
+    twice = upload(client, csv, name="x", format=["csv", "csv"])
+    assert twice.status_code == 422 and "the form field 'format' is given twice" in twice.json()["detail"]
+    text_file = client.post("/datasets", content=form.replace(b'; filename="a.csv"', b"") + b"\r\n--b0undary--\r\n",
+                            headers=headers)
+    assert text_file.status_code == 422 and "the form field `file` is text" in text_file.json()["detail"]
     garbage = client.post("/datasets", content=b"garbage" + form, headers=headers)
     assert garbage.status_code == 422 and "malformed multipart body" in garbage.json()["detail"]
     nameless = client.post("/datasets", content=form.replace(b' name="file";', b""), headers=headers)
-    assert nameless.status_code == 422 and "unexpected form field ''" in nameless.json()["detail"]
+    assert nameless.status_code == 422 and 'header field "name" must be provided' in nameless.json()["detail"]
+    assert not leftovers(settings)
+
+
+# (file name, content, what the loader and the upload both say; None: both read it). Each file has two text
+# columns' worth of rows and two labels, so the loader can split it.
+AGREEMENT: dict[str, tuple[str, bytes, str | None]] = {
+    "plain CSV": ("a.csv", b"text,label\na,1\nb,0\nc,1\n", None),
+    "BOM, quoted newlines and commas": ("a.csv", '\ufefftext,label\n"a,\nb",1\n"c ""d""",0\ne,1\n'.encode(), None),
+    "JSONL extra keys later": ("a.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": 0, "note": "x"}\n'
+                               b'{"label": 1.0, "text": "c"}\n', None),  # the old upload check refused this
+    "JSON null text": ("a.jsonl", b'{"text": "a", "label": 1}\n{"text": null, "label": 0}\n{"text": "c", "label": 1}\n',
+                       "line 2: column 'text' is empty"),  # the old upload check accepted this
+    "empty first object": ("a.jsonl", b'{}\n{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n',
+                           "line 1: an empty JSON object names no columns"),  # the old check accepted it too
+    "NUL bytes": ("a.csv", b"text,label\na\x00,1\nb,0\nc,1\n", "line 2 contains NUL bytes"),
+    "repeated column": ("a.csv", b"text,label,label\na,1,1\nb,0,0\nc,1,1\n", "appear more than once"),
+    "TSV named .csv": ("a.csv", b"text\tlabel\na\t1\nb\t0\nc\t1\n", "is this TSV?"),
+    "ragged": ("a.tsv", b"text\tlabel\na\t1\nb\t0\t\nc\t1\n", "line 3 has 3 fields, the header has 2"),
+    "missing key": ("a.jsonl", b'{"text": "a", "label": 1}\n{"label": 0}\n{"text": "c", "label": 1}\n',
+                    "line 2: missing column(s) ['text']"),
+}
+
+
+@pytest.mark.parametrize("case", list(AGREEMENT))
+def test_an_upload_is_accepted_exactly_when_the_worker_can_read_it(client, settings, tmp_path, case) -> None:
+    """The upload's check is the loader's: same verdict, same message (after the file's name)."""
+    filename, content, message = AGREEMENT[case]
+    path = tmp_path / filename
+    path.write_bytes(content)
+    response = upload(client, content, filename=filename)
+    try:
+        data = load_custom_task("t", path, path, text_columns=["text"], label_column="label", validation_fraction=0.5)
+    except DataError as exc:
+        loader_error = str(exc).removeprefix(f"{path}: ")
+    else:
+        loader_error = None
+        assert len(data.train) + len(data.validation) == 3
+    if message is None:
+        assert loader_error is None and response.status_code == 201, response.text
+        stored = Path(settings.dataset_folder(response.json()["id"]) / f"data.{response.json()['format']}")
+        assert stored.read_bytes() == content
+        assert load_custom_task("t", stored, stored, text_columns=["text"], label_column="label",
+                                validation_fraction=0.5).test["test"] == data.test["test"]
+    else:
+        assert response.status_code == 422 and message in response.json()["detail"]
+        assert response.json()["detail"] == f"{filename}: {loader_error}"
     assert not leftovers(settings)
 
 
@@ -152,6 +210,37 @@ def test_upload_over_the_limit_is_413_and_removed(client, settings) -> None:
     response = upload(client, at_limit + b"y,1\n")
     assert response.status_code == 413, response.text
     assert "NASPRUNE_MAX_UPLOAD_BYTES" in response.json()["detail"]
+    assert not leftovers(settings)
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """What this process holds open under `folder` (a deleted temporary file still shows, as '... (deleted)')."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to list open files")
+def test_the_spooled_upload_is_closed_whatever_the_outcome(client, settings, tmp_path, monkeypatch) -> None:
+    """Starlette spools the file part to a temporary file once it passes spool_max_size; made tiny here, every
+    upload goes to disk under tmp_path, and none may stay open (so alive on disk) once its answer is sent."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(MultiPartParser, "spool_max_size", 16)
+    probe = tempfile.SpooledTemporaryFile(max_size=MultiPartParser.spool_max_size)
+    probe.write(b"x" * 32)  # past the size: rolled over to a real (unnamed) file under tmp_path
+    assert len(_open_files_under(tmp_path)) == 1  # the check sees such a file
+    probe.close()
+    assert _open_files_under(tmp_path) == []
+    good = b"text,label\n" + b"a,1\n" * 100
+    for content, code in ((good, 201), (b"text,label\na,1\nb\n", 422), (good * 200, 413)):
+        assert upload(client, content).status_code == code
+        assert _open_files_under(tmp_path) == []
     assert not leftovers(settings)
 
 

@@ -60,8 +60,8 @@ BAD_FILES: dict[str, tuple[str, bytes, str]] = {
     "null text": ("a.jsonl", b'{"t": "a", "l": 1}\n{"t": null, "l": 0}\n', "line 2: column 't' is empty"),
     "missing key": ("a.jsonl", b'{"t": "a", "l": 1}\n{"t": "b"}\n', "line 2: missing column(s) ['l']"),
     "ragged": ("a.tsv", b"t\tl\na\t1\nb\t0\tz\n", "line 3 has 3 fields, the header has 2"),
-    "header only": ("a.csv", b"t,l\n\n", "no examples (empty file)"),
-    "empty": ("a.jsonl", b"\n\n", "no examples (empty file)"),
+    "header only": ("a.csv", b"t,l\n\n", "no examples (no data rows)"),
+    "empty": ("a.jsonl", b"\n\n", "no examples (no data rows)"),
     "unquoted field too long": ("a.csv", b"t,l\n" + b"x" * 200_000 + b",1\n", "line 2: cannot parse as CSV"),
 }
 

@@ -1,23 +1,29 @@
 """The /datasets routes: upload a CSV/TSV/JSONL file, list, read and delete the caller's datasets.
 
-The upload is parsed as a stream (python-multipart): the file part goes straight to a temporary file in the
-dataset's own folder, counted as it comes, and is refused with 413 the moment it passes
-`Settings.max_upload_bytes`. Then the whole file is parsed the way a search will read it, and only a file that
-passes is renamed into place and recorded. Any failure removes the folder, so no partial upload stays behind.
+The upload is parsed by Starlette's multipart parser as the body streams in: the file part is spooled to a
+temporary file (memory, then disk) in a worker thread, so the event loop never waits on the parse. Size: the
+BodySizeLimit middleware cuts the body off just past `Settings.max_upload_bytes` plus room for the form's own
+fields while it streams, so no larger file is ever written whole; the file part's exact size is then checked
+against the limit (413). The spooled file is copied beside its final name, checked by the worker's own reader
+(supernet.readers.check_file, through service.datasets.inspect) and only a file that passes is renamed into place
+(supernet.files.atomic_path) and recorded. Any failure removes the dataset's folder, and the spooled file is
+closed (so deleted) whatever happens.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from supernet.files import atomic_path
 
 from .. import datasets as ds
 from ..config import Settings
@@ -34,8 +40,12 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 UPLOAD_ROUTE = ("POST", "/datasets")
 FIELDS = ("name", "format")  # the text fields of an upload, besides the `file` part
 MAX_FIELD_BYTES = 1024
+# What Starlette's parser itself accepts: a bound on memory. Within it, the fields are checked here, so that a
+# message can name the field at fault.
+PARSER_FIELDS = 16
+PARSER_PART_BYTES = 64 * 1024
 MAX_NAME = 200
-PART_FILE = ".upload.part"
+COPY_CHUNK = 1024 * 1024
 
 _FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file", "name"],
@@ -52,109 +62,99 @@ def dataset_read(dataset: Dataset) -> DatasetRead:
                        created_at=dataset.created_at)
 
 
-class _UploadParser:
-    """Callbacks of python-multipart's streaming parser: the `file` part's bytes are queued for `target` (and
-    counted against `limit`), the small text fields are kept; anything else is refused."""
-
-    def __init__(self, target: BinaryIO, limit: int) -> None:
-        self.target = target
-        self.limit = limit
-        self.size = 0
-        self.filename: str | None = None
-        self.fields: dict[str, str] = {}
-        self.pending: list[bytes] = []
-        self._header_name = b""
-        self._header_value = b""
-        self._disposition = b""
-        self._field: str | None = None  # the text field being read; None while in the file part
-        self._value = bytearray()
-        self.ended = False  # the closing boundary was read: nothing was cut off
-
-    def callbacks(self) -> dict[str, Any]:
-        return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
-                "on_header_value": self._header_value_part, "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-                "on_part_end": self._part_end, "on_end": self._end}
-
-    def _part_begin(self) -> None:
-        self._disposition, self._field, self._value = b"", None, bytearray()
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_name += data[start:end]
-
-    def _header_value_part(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def _header_end(self) -> None:
-        if self._header_name.lower() == b"content-disposition":
-            self._disposition = self._header_value
-        self._header_name, self._header_value = b"", b""
-
-    def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._disposition)
-        name = options.get(b"name", b"").decode("utf-8", "replace")
-        if name == "file":
-            if self.filename is not None:
-                raise HTTPException(422, "one file per upload: the form has more than one `file` part")
-            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
-        elif name in FIELDS:
-            if name in self.fields:
-                raise HTTPException(422, f"the form field {name!r} is given twice")
-            self._field = name
-        else:
-            raise HTTPException(422, f"unexpected form field {name!r}; an upload has `file`, `name` and optionally "
-                                     "`format`")
-
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
-        if self._field is not None:
-            if len(self._value) + len(chunk) > MAX_FIELD_BYTES:
-                raise HTTPException(422, f"the form field {self._field!r} is longer than {MAX_FIELD_BYTES} bytes")
-            self._value += chunk
-            return
-        self.size += len(chunk)
-        if self.size > self.limit:
-            raise HTTPException(413, f"the file is larger than {self.limit} bytes (the server's "
-                                     "NASPRUNE_MAX_UPLOAD_BYTES)")
-        self.pending.append(chunk)
-
-    def _part_end(self) -> None:
-        if self._field is not None:
-            self.fields[self._field] = self._value.decode("utf-8", "replace")
-
-    def _end(self) -> None:
-        self.ended = True
-
-    def flush(self) -> None:
-        """Write the queued file bytes (called in a worker thread, between chunks of the request)."""
-        if self.pending:
-            self.target.write(b"".join(self.pending))
-            self.pending.clear()
-
-
-def _boundary(request: Request) -> bytes:
+def _check_multipart(request: Request) -> None:
     kind, options = parse_options_header(request.headers.get("content-type", ""))
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise HTTPException(415, "send the dataset as multipart/form-data with a `file` part and a `name` field, "
                                  "e.g. curl -F file=@train.csv -F name=train .../datasets")
-    return options[b"boundary"]
 
 
-def _store(settings: Settings, factory: Any, owner: str | None, dataset_id: str, part: Path, upload: _UploadParser,
-           name: str, fmt: str) -> DatasetRead:
-    """Parse the uploaded file whole, move it into place and record it (blocking: run in a thread)."""
-    try:
-        rows, columns = ds.inspect(part, fmt)
-    except ds.DatasetError as exc:
-        raise HTTPException(422, f"{ds.display_name(upload.filename or '')}: {exc}") from None
-    path = part.with_name(f"{ds.DATA_STEM}.{fmt}")
-    os.replace(part, path)
+def _form_fields(form: FormData) -> tuple[UploadFile, dict[str, str]]:
+    """The `file` part and the text fields of a parsed upload form; 422 naming the field for anything else."""
+    unexpected = sorted({key for key in form.keys() if key != "file" and key not in FIELDS})
+    if unexpected:
+        raise HTTPException(422, f"unexpected form field {unexpected[0]!r}; an upload has `file`, `name` and "
+                                 "optionally `format`")
+    file = form.get("file")  # one at most: the parser allows one file part (max_files=1)
+    if file is None:
+        raise HTTPException(422, "no complete `file` part: send the dataset as the form field `file` (a body cut off "
+                                 "inside the file part has none)")
+    if not isinstance(file, UploadFile):
+        raise HTTPException(422, "the form field `file` is text: send the dataset as a file part (with a filename)")
+    fields: dict[str, str] = {}
+    for key in FIELDS:
+        values = [str(v) for v in form.getlist(key)]  # text: the one file part is `file`
+        if len(values) > 1:
+            raise HTTPException(422, f"the form field {key!r} is given twice")
+        if values and len(values[0].encode()) > MAX_FIELD_BYTES:
+            raise HTTPException(422, f"the form field {key!r} is longer than {MAX_FIELD_BYTES} bytes")
+        if values:
+            fields[key] = values[0]
+    return file, fields
+
+
+def _check_name(fields: dict[str, str]) -> str:
+    name = fields.get("name", "").strip()
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise HTTPException(422, f"the form field `name` is required: 1 to {MAX_NAME} printable characters")
+    return name
+
+
+def _copy(source: BinaryIO, target: Path) -> None:
+    source.seek(0)
+    with target.open("xb") as out:
+        shutil.copyfileobj(source, out, COPY_CHUNK)
+
+
+def _store(settings: Settings, factory: Any, owner: str | None, dataset_id: str, file: UploadFile, name: str,
+           filename: str, fmt: str) -> DatasetRead:
+    """Copy the spooled file beside its final name, check it whole the way a search reads it, rename it into place
+    and record it (blocking: run in a thread)."""
+    path = settings.dataset_folder(dataset_id) / f"{ds.DATA_STEM}.{fmt}"
+    with atomic_path(path) as tmp:
+        _copy(file.file, tmp)
+        try:
+            rows, columns = ds.inspect(tmp, fmt, filename)
+        except ds.DatasetError as exc:
+            raise HTTPException(422, str(exc)) from None
     with factory() as session:
-        dataset = ds.create_dataset(session, dataset_id=dataset_id, owner_id=owner, name=name,
-                                    filename=ds.display_name(upload.filename or ""), format=fmt, path=path,
-                                    size_bytes=upload.size, num_rows=rows, columns=columns)
+        dataset = ds.create_dataset(session, dataset_id=dataset_id, owner_id=owner, name=name, filename=filename,
+                                    format=fmt, path=path, size_bytes=file.size or 0, num_rows=rows,
+                                    columns=columns)
         session.commit()
         return dataset_read(dataset)
+
+
+async def _parse(request: Request) -> FormData:
+    """The upload form, parsed by Starlette as the body streams in (file parts spooled to a temporary file)."""
+    try:
+        return await request.form(max_files=1, max_fields=PARSER_FIELDS, max_part_size=PARSER_PART_BYTES)
+    except StarletteHTTPException as exc:
+        if exc.status_code != 400:  # 413 from BodySizeLimit: the body passed the upload limit while streaming
+            raise
+        raise HTTPException(422, f"malformed multipart body: {exc.detail}; an upload has one `file` part, a "
+                                 "`name` field and optionally `format`") from None
+
+
+async def _receive(request: Request, settings: Settings, factory: Any, owner: str | None,
+                   dataset_id: str) -> DatasetRead:
+    """Parse the form, check its fields and the file's size, and store the file; the spooled file is closed (so
+    deleted) whatever the outcome."""
+    form = await _parse(request)
+    try:
+        file, fields = _form_fields(form)
+        limit = settings.max_upload_bytes
+        if file.size is None or file.size > limit:
+            raise HTTPException(413, f"the file is larger than {limit} bytes (the server's NASPRUNE_MAX_UPLOAD_BYTES)")
+        name = _check_name(fields)
+        filename = ds.display_name(file.filename or "")
+        try:
+            fmt = ds.format_for(filename, fields.get("format") or None)
+        except ds.DatasetError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return await run_in_threadpool(_store, settings, factory, owner, dataset_id, file, name, filename, fmt)
+    finally:
+        await form.close()
 
 
 # a larger offset cannot be bound to a SQLite query
@@ -167,38 +167,15 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no dataset w
                         415: {"description": "not a multipart/form-data body"},
                         422: {"description": "not a dataset a search can read (the detail says why)"}})
 async def upload(request: Request, settings: SettingsDep, factory: FactoryDep, owner: OwnerDep) -> DatasetRead:
-    """Upload a CSV/TSV (with a header) or JSONL (objects with the same keys) file: form fields `file`, `name`,
+    """Upload a CSV/TSV (with a header) or JSONL (one object per line) file: form fields `file`, `name`,
     optional `format` (csv, tsv, jsonl; else from the file name). Name it in a search's custom task as
     `train_dataset` / `test_dataset`."""
-    boundary = _boundary(request)
+    _check_multipart(request)
     dataset_id = new_id()
     folder = settings.dataset_folder(dataset_id)
     folder.mkdir(parents=True)
-    part = folder / PART_FILE
     try:
-        with part.open("xb") as target:
-            upload = _UploadParser(target, settings.max_upload_bytes)
-            try:
-                parser = MultipartParser(boundary, upload.callbacks())
-                async for chunk in request.stream():
-                    parser.write(chunk)
-                    await run_in_threadpool(upload.flush)
-                parser.finalize()
-            except FormParserError as exc:
-                raise HTTPException(422, f"malformed multipart body: {exc}") from None
-            await run_in_threadpool(upload.flush)
-        if not upload.ended:
-            raise HTTPException(422, "incomplete multipart body: it stops before the closing boundary")
-        if upload.filename is None:
-            raise HTTPException(422, "no `file` part: send the dataset as the form field `file`")
-        name = upload.fields.get("name", "").strip()
-        if not name or len(name) > MAX_NAME or not name.isprintable():
-            raise HTTPException(422, f"the form field `name` is required: 1 to {MAX_NAME} printable characters")
-        try:
-            fmt = ds.format_for(ds.display_name(upload.filename), upload.fields.get("format") or None)
-        except ds.DatasetError as exc:
-            raise HTTPException(422, str(exc)) from None
-        dataset = await run_in_threadpool(_store, settings, factory, owner, dataset_id, part, upload, name, fmt)
+        dataset = await _receive(request, settings, factory, owner, dataset_id)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
