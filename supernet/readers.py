@@ -218,14 +218,17 @@ def check_file(
     result = CheckedFile(format=fmt, columns=[], rows=0)
     with open_text(path) as f:
         try:
-            for line, record in _records(f, fmt, source, result.columns):
-                texts, label = _row(record, wanted or result.columns, label_column, line, source)
-                if label is not None:
+            for line, values in _values(_records(f, fmt, source, result.columns), wanted, result.columns, source):
+                label = None
+                if label_column is not None:
+                    label = label_key(values.pop())
+                    if label == "":
+                        raise DataError(f"{source}: line {line}: empty label in column {label_column!r}")
                     if regression:
                         float_label(source, line, label)
                     result.labels[label] += 1
                 if keep_records:
-                    result.records.append((line, texts, label if label is not None else ""))
+                    result.records.append((line, [str(v) for v in values], label if label is not None else ""))
                 result.rows += 1
         except UnicodeDecodeError as exc:
             raise DataError(f"{source}: not UTF-8 text ({exc})") from None
@@ -251,29 +254,33 @@ def read_columns(path: str | Path, fmt: str | None = None, *, source: str | None
     return columns
 
 
-def _row(record: dict[str, Any], wanted: Sequence[str], label_column: str | None, line: int,
-         source: str) -> tuple[list[str], str | None]:
-    """(texts, raw label) of one record; texts are the wanted columns other than the label, as strings."""
-    missing = [c for c in wanted if c not in record]
-    if missing:
-        raise DataError(f"{source}: line {line}: missing column(s) {missing}")
-    texts: list[str] = []
-    label = None
-    for position, c in enumerate(wanted):
-        value = record[c]
-        if value is None:
-            raise DataError(f"{source}: line {line}: column {c!r} is empty")
-        if label_column is not None and position == len(wanted) - 1:
-            label = label_key(value)
-            if label == "":
-                raise DataError(f"{source}: line {line}: empty label in column {c!r}")
-        else:
-            texts.append(str(value))
-    return texts, label
+def _values(records: Iterable[tuple[int, Any]], wanted: Sequence[str] | None, columns: list[str],
+            source: str) -> Iterator[tuple[int, list[Any]]]:
+    """(line, values of the wanted columns, in that order) of each record; every column of the file when `wanted`
+    is None. CSV/TSV rows are lists (the header gives the positions, once); JSONL rows are objects."""
+    positions: list[int] | None = None
+    for line, record in records:
+        names = columns if wanted is None else wanted
+        if isinstance(record, dict):
+            missing = [c for c in names if c not in record]
+            if missing:
+                raise DataError(f"{source}: line {line}: missing column(s) {missing}")
+            values = [record[c] for c in names]
+            if None in values:
+                raise DataError(f"{source}: line {line}: column {names[values.index(None)]!r} is empty")
+            yield line, values
+            continue
+        if positions is None:
+            missing = [c for c in names if c not in columns]
+            if missing:
+                raise DataError(f"{source}: line {line}: missing column(s) {missing}")
+            positions = [columns.index(c) for c in names]
+        yield line, [record[i] for i in positions]
 
 
-def _records(f: TextIO, fmt: str, source: str, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, record) of each data row; fills `columns` (the header) before the first row is yielded."""
+def _records(f: TextIO, fmt: str, source: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
+    """(line, record) of each data row: a list of fields (CSV/TSV) or an object (JSONL); fills `columns` (the
+    header) before the first row is yielded."""
     lines = _text_lines(f, source)
     if fmt == "jsonl":
         yield from _jsonl_rows(lines, source, columns)
@@ -291,7 +298,7 @@ def _records(f: TextIO, fmt: str, source: str, columns: list[str]) -> Iterator[t
                 raise DataError(
                     f"{source}: line {reader.line_num} has {len(row)} fields, the header has {len(columns)}"
                 )
-            yield reader.line_num, dict(zip(columns, row, strict=True))
+            yield reader.line_num, row
     except csv.Error as exc:
         raise DataError(f"{source}: line {reader.line_num}: cannot parse as {fmt.upper()}: {exc}") from None
 
