@@ -1,5 +1,6 @@
-"""Uploaded datasets over HTTP, against a real SQLite file: POST /datasets (streamed to the data root, size-limited,
-parsed before it is kept), list / read / delete, owner filtering, searches naming datasets by id (columns
+"""Uploaded datasets over HTTP, against a real SQLite file: POST /datasets (parsed by Starlette as it streams,
+size-limited, its spooled file always closed, checked by the worker's own reader before it is kept: accepted exactly
+when the loader can read it), list / read / delete, owner filtering, searches naming datasets by id (columns
 checked), one such search run by a real worker process, and the download archive of its front built from the
 export folder alone (a planted symlink or hard link pulls nothing in)."""
 
