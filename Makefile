@@ -9,7 +9,7 @@ EVALUATIONS ?= 30
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run search test lint bench clean
+.PHONY: setup run search test test-fast lint bench clean
 
 $(BIN)/nasprune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ search: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# For development: everything but the tests marked slow (the MiniLM model, real service processes, ONNX).
+# CI (.ci/run) still runs the whole suite with `make test`.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

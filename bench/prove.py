@@ -75,6 +75,7 @@ from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_macs, count_params
 from supernet.evaluation import evaluate
 from supernet.extract import SUBNETWORK_FILE, extract
+from supernet.files import atomic_write_json
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.metrics import error_from_metrics
 from supernet.model import Supernet
@@ -143,10 +144,7 @@ def copy_trained(source: Path, folder: Path, spec: RunSpec) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def read_json(path: Path) -> Any:

@@ -26,10 +26,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from filelock import FileLock
 from scipy import stats
+from scipy.optimize import isotonic_regression
 
 from supernet.config import SubNetworkConfig, SupernetConfig
 from supernet.extract import extract
+from supernet.files import atomic_write_json
 from supernet.model import Supernet
 from supernet.modules import ClassificationHead, ElasticBert, ElasticFeedForward, ElasticSelfAttention, Embeddings
 from supernet.space import make_space
@@ -188,35 +191,44 @@ def _fit_correction(table: LatencyTable, config: SupernetConfig, *, repeats: int
 
 
 def monotone(values: Sequence[float]) -> list[float]:
-    """The closest non-decreasing sequence in least squares (pool-adjacent-violators isotonic regression):
+    """The closest non-decreasing sequence in least squares (isotonic regression, scipy's pool-adjacent-violators):
     a wider block is never faster, and averaging violators removes timing noise without amplifying it."""
-    blocks: list[list[float]] = []  # [mean, count]
-    for value in values:
-        blocks.append([float(value), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
-            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
-    return [mean for mean, count in blocks for _ in range(int(count))]
+    return [float(v) for v in isotonic_regression(np.asarray(values, dtype=float)).x]
+
+
+def _read_table(path: Path) -> LatencyTable | None:
+    """The table cached at `path`, or None when there is none or it cannot be read (then it is calibrated anew)."""
+    if not path.is_file():
+        return None
+    try:
+        return LatencyTable.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:  # bad JSON, bad UTF-8, wrong fields
+        log.warning("ignoring unreadable latency table %s: %s", path, exc)
+        return None
 
 
 def load_or_calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 128,
                       unit_step: int | None = None, device: torch.device | str = "cpu",
                       cache_dir: str | Path | None = None, repeats: int = 5) -> LatencyTable:
-    """The cached table for this device and shape, calibrating (and caching) it on first use."""
+    """The cached table for this device and shape, calibrating (and caching) it on first use.
+
+    A file lock per table makes workers that need the same table at once calibrate it once: the others wait,
+    then read it. Two calibrations running side by side would also time each other's load into the table."""
     name = device_name(device)
     step = unit_step or max(1, max(config.layer_units) // 24)
     path = Path(cache_dir or default_cache_dir()) / f"{_cache_key(config, name, batch_size, seq_len, step)}.json"
-    if path.is_file():
-        try:
-            return LatencyTable.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:  # bad JSON, bad UTF-8, wrong fields
-            log.warning("ignoring unreadable latency table %s: %s", path, exc)
-    log.info("calibrating the latency table for %s at batch %d x %d tokens", name, batch_size, seq_len)
-    table = calibrate(config, batch_size=batch_size, seq_len=seq_len, unit_step=step, repeats=repeats, device=device)
+    table = _read_table(path)
+    if table is not None:
+        return table
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(table.to_dict(), indent=1))
-    os.replace(tmp, path)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        table = _read_table(path)  # written by another process while this one waited for the lock
+        if table is not None:
+            return table
+        log.info("calibrating the latency table for %s at batch %d x %d tokens", name, batch_size, seq_len)
+        table = calibrate(config, batch_size=batch_size, seq_len=seq_len, unit_step=step, repeats=repeats,
+                          device=device)
+        atomic_write_json(path, table.to_dict(), indent=1)
     return table
 
 

@@ -1,4 +1,4 @@
-"""Pareto fronts and hypervolume for minimised objectives (pure numpy; pymoo's exact HV for 3+ objectives).
+"""Pareto fronts and hypervolume for minimised objectives, on moocore's exact algorithms.
 
 Every objective is **minimised** (turn accuracy into error before calling anything here).
 
@@ -13,19 +13,23 @@ Normalisation and reference point, the convention nasprune uses to compare searc
   the bounds (the full model at 1.0, an error of 1.0) still gets some volume. Points that do not strictly
   dominate the reference point add no volume and are ignored.
 
-The hypervolume (Zitzler & Thiele, 1998) is exact: a sort-and-sweep for two objectives, pymoo's
-``pymoo.indicators.hv.HV`` (moocore's exact algorithms) for three or more.
+The hypervolume (Zitzler & Thiele, 1998) is exact: moocore's ``hypervolume`` (Fonseca, Paquete & López-Ibáñez,
+2006; HV3D+/HV4D+ of Guerreiro & Fonseca, 2017), the same C code pymoo's ``HV`` indicator calls. Dominance
+checks and non-dominated sorting are moocore's too; this module only fixes nasprune's conventions (minimise,
+fixed normalisation bounds, one reference point) and checks the input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import moocore
 import numpy as np
 
 __all__ = [
     "DEFAULT_REFERENCE",
     "ParetoError",
+    "first_layers",
     "hypervolume",
     "hypervolume_history",
     "non_dominated",
@@ -71,16 +75,13 @@ def non_dominated(F: ArrayLike) -> np.ndarray:
     """Boolean mask of the points of ``F`` (n, m) that no other point dominates (all objectives minimised).
 
     ``a`` dominates ``b`` when ``a <= b`` in every objective and ``a < b`` in at least one. Identical points do
-    not dominate each other, so **every copy** of a non-dominated point is kept. O(n^2 m) time, O(n m) memory.
+    not dominate each other, so **every copy** of a non-dominated point is kept (moocore's ``keep_weakly``).
+    moocore uses Kung, Luccio & Preparata's (1975) dimension sweep: O(n log n) for up to three objectives.
     """
     array = _as_matrix(F)
-    n = array.shape[0]
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        point = array[i]
-        dominators = np.all(array <= point, axis=1) & np.any(array < point, axis=1)
-        mask[i] = not dominators.any()
-    return mask
+    if array.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(moocore.is_nondominated(array, keep_weakly=True), dtype=bool)
 
 
 def pareto_front_indices(F: ArrayLike) -> np.ndarray:
@@ -90,16 +91,12 @@ def pareto_front_indices(F: ArrayLike) -> np.ndarray:
 
 def first_layers(F: ArrayLike, count: int) -> np.ndarray:
     """Indices (ascending) of the points of ``F`` in its first ``count`` non-dominated layers: the front, then the
-    front of what is left, and so on (NSGA-II's non-dominated sorting, stopped after ``count`` ranks)."""
+    front of what is left, and so on (NSGA-II's non-dominated sorting, Deb et al. 2002, stopped after ``count``
+    ranks). Copies of a point share its rank."""
     array = _as_matrix(F)
-    left, chosen = np.arange(array.shape[0]), []
-    for _ in range(count):
-        if not len(left):
-            break
-        mask = non_dominated(array[left])
-        chosen.append(left[mask])
-        left = left[~mask]
-    return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
+    if array.shape[0] == 0 or count < 1:
+        return np.array([], dtype=int)
+    return np.flatnonzero(np.asarray(moocore.pareto_rank(array)) < count)
 
 
 def normalize(F: ArrayLike, lower: float | Sequence[float], upper: float | Sequence[float]) -> np.ndarray:
@@ -117,15 +114,9 @@ def normalize(F: ArrayLike, lower: float | Sequence[float], upper: float | Seque
     return (array - lo) / (hi - lo)
 
 
-def _hypervolume_2d(points: np.ndarray, reference: np.ndarray) -> float:
-    """Sweep over points sorted by the first objective; dominated points (and copies) add nothing."""
-    order = np.lexsort((points[:, 1], points[:, 0]))
-    volume, best_second = 0.0, reference[1]
-    for f1, f2 in points[order]:
-        if f2 < best_second:
-            volume += (reference[0] - f1) * (best_second - f2)
-            best_second = f2
-    return float(volume)
+def _volume(points: np.ndarray, reference: np.ndarray) -> float:
+    """moocore's exact hypervolume of checked points (no validation: the history calls it once per new front)."""
+    return float(moocore.hypervolume(points, ref=reference))
 
 
 def hypervolume(F: ArrayLike, reference: float | Sequence[float] = DEFAULT_REFERENCE) -> float:
@@ -137,19 +128,9 @@ def hypervolume(F: ArrayLike, reference: float | Sequence[float] = DEFAULT_REFER
     array = _as_matrix(F)
     if array.shape[0] == 0:
         return 0.0
-    m = array.shape[1]
-    ref = _as_vector(reference, m, name="reference")
+    ref = _as_vector(reference, array.shape[1], name="reference")
     points = array[np.all(array < ref, axis=1)]
-    if points.shape[0] == 0:
-        return 0.0
-    if m == 1:
-        return float(ref[0] - points[:, 0].min())
-    if m == 2:
-        return _hypervolume_2d(points, ref)
-    from pymoo.indicators.hv import HV
-
-    points = np.unique(points[non_dominated(points)], axis=0)
-    return float(HV(ref_point=ref)(points))
+    return _volume(points, ref) if points.shape[0] else 0.0
 
 
 def hypervolume_history(
@@ -182,6 +163,6 @@ def hypervolume_history(
         if inside and not weakly_dominated:
             keep = ~np.all(point <= front, axis=1)  # drop front members the new point weakly dominates
             front = np.vstack([front[keep], point])
-            volume = hypervolume(front, ref)
+            volume = _volume(front, ref)
         history.append(volume)
     return history

@@ -8,6 +8,8 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from supernet.files import atomic_path
+
 from .pareto import non_dominated
 
 matplotlib.use("Agg")
@@ -51,6 +53,9 @@ def plot_front(front: dict[str, Any], trials: list[dict[str, Any]], path: str | 
     fig.suptitle(f"{front['task']}: {len(trials)} sub-networks, hypervolume {front['hypervolume']:.4f}")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # the API may serve the plot while a search rewrites it: never show a half-written image
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

@@ -9,9 +9,7 @@ The exported folder holds `config.json` (per-layer head and FFN sizes, `auto_map
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import torch
 from . import modeling_nasprune, modules
 from .config import SubNetworkConfig
 from .counting import count_macs, count_params
+from .files import atomic_path
 from .model import Supernet
 from .modeling_nasprune import NasPruneConfig, NasPruneForSequenceClassification
 
@@ -88,11 +87,9 @@ def subnetwork_record(supernet: Supernet, sub: SubNetworkConfig, *, seq_len: int
 
 def save_folder(model: NasPruneForSequenceClassification, out_dir: str | Path, *, tokenizer: Any = None,
                 record: dict[str, Any] | None = None) -> Path:
-    """Write the model folder atomically: into a temporary sibling, then renamed into place."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    """Write the model folder atomically (supernet.files): a reader never loads a half-written export."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
         model.config.auto_map = dict(AUTO_MAP)
         model.save_pretrained(tmp)
         shutil.copyfile(modules.__file__, tmp / "modules.py")
@@ -100,13 +97,7 @@ def save_folder(model: NasPruneForSequenceClassification, out_dir: str | Path, *
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / SUBNETWORK_FILE).write_text(json.dumps(record or {}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
 
 
 def export_subnetwork(supernet: Supernet, sub: SubNetworkConfig, out_dir: str | Path, *, tokenizer: Any = None,
@@ -138,8 +129,6 @@ def export_onnx(model: NasPruneForSequenceClassification, path: str | Path, *, s
         import onnx  # noqa: F401
     except ImportError:
         raise ExportError("ONNX export needs the optional extra: pip install 'nasprune[onnx]'") from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     ids = torch.ones(2, seq_len, dtype=torch.long)
     mask = torch.ones_like(ids)
@@ -154,11 +143,10 @@ def export_onnx(model: NasPruneForSequenceClassification, path: str | Path, *, s
         def forward(self, input_ids, attention_mask, token_type_ids):
             return self.inner(input_ids, attention_mask, token_type_ids).logits
 
-    tmp = path.with_name(f".{path.name}.tmp")
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens", max=model.config.max_position_embeddings)
     shapes = {"input_ids": {0: batch, 1: tokens}, "attention_mask": {0: batch, 1: tokens},
               "token_type_ids": {0: batch, 1: tokens}}
-    torch.onnx.export(_Logits(model).eval(), (ids, mask, types), str(tmp), input_names=list(shapes),
-                      output_names=["logits"], dynamic_shapes=shapes, dynamo=True, external_data=False)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.onnx.export(_Logits(model).eval(), (ids, mask, types), str(tmp), input_names=list(shapes),
+                          output_names=["logits"], dynamic_shapes=shapes, dynamo=True, external_data=False)
+    return Path(path)

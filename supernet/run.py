@@ -27,6 +27,7 @@ from .batching import make_batches
 from .config import SupernetConfig
 from .convert import load_supernet_from_pretrained, load_tokenizer
 from .evaluation import evaluate
+from .files import atomic_write_json
 from .importance import Importance, fisher_importance, reorder_by_importance
 from .loading import load_custom_task, load_task
 from .model import Supernet
@@ -211,9 +212,8 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
         importance = fisher_importance(model, loader, max_batches=spec.importance_batches, progress=progress)
         reorder_by_importance(model, importance)
         scores = importance.sorted()
-        tmp = run.folder / f".{IMPORTANCE_FILE}.tmp"  # written before the checkpoint that follows the ordering
-        tmp.write_text(json.dumps(scores.to_dict()))
-        tmp.replace(run.folder / IMPORTANCE_FILE)
+        # written (atomically) before the checkpoint that follows the ordering
+        atomic_write_json(run.folder / IMPORTANCE_FILE, scores.to_dict(), indent=None)
         if isinstance(space, ImportanceSpace):
             space.set_importance(scores)
 

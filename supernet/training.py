@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .files import atomic_path
 from .importance import task_loss
 from .model import Supernet
 from .settings import TrainingConfig
@@ -217,15 +217,13 @@ class SupernetTrainer:
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
-        """Write the checkpoint atomically (temporary file, then rename)."""
+        """Write the checkpoint atomically (supernet.files), so a job resumed after a crash never reads a torn one."""
         self._checkpoint_requested = False
         path = Path(path) if path else self.checkpoint_path
         if path is None:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.checkpoint(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(self.checkpoint(), tmp)
         log.info("checkpoint at step %d written to %s", self.state.step, path)
         return path
 

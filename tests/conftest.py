@@ -251,7 +251,8 @@ def postgres():
     server.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+# the PostgreSQL variant (a server, a database per test) runs in CI and `make test`, not in `make test-fast`
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 def database_url(request, tmp_path: Path) -> str:
     """A fresh, migrated database: a SQLite file, then (same test again) a PostgreSQL database."""
     from service.db import upgrade

@@ -265,6 +265,7 @@ def test_interrupted_cli_run_resumes_to_the_same_weights(workspace, tmp_path, mo
         (tmp_path / "resumed" / "training.json").read_text())["history"]
 
 
+@pytest.mark.slow
 def test_importance_space_run_resumed_after_the_ordering_is_the_same(workspace, tmp_path, monkeypatch,
                                                                       capsys) -> None:
     """The importance space samples by the scores of the ordering; a run resumed after it reads them back from
@@ -285,6 +286,7 @@ def test_importance_space_run_resumed_after_the_ordering_is_the_same(workspace, 
                                                                         ).read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (GLUE_DIR / "RTE" / "train.tsv").is_file(), reason=f"GLUE data not found at {GLUE_DIR}")
 def test_glue_rte_run(workspace, tmp_path) -> None:
     out = tmp_path / "rte"

@@ -177,6 +177,26 @@ def test_export_overwrites_and_regression(tmp_path) -> None:
     torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), labels))
 
 
+class _FullDiskTokenizer:
+    """A tokenizer whose save fails half-way through the export, as on a full disk."""
+
+    def save_pretrained(self, folder) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failed_export_leaves_the_previous_folder_whole(tmp_path) -> None:
+    config = supernet_config()
+    net = make_supernet(config, seed=3)
+    folder = export_subnetwork(net, SubNetworkConfig.full(config), tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    sub = SubNetworkConfig(layers=(1,), heads=(1, 1, 1), units=(8, 8, 8))
+    with pytest.raises(OSError, match="No space left"):
+        export_subnetwork(net, sub, tmp_path / "out", tokenizer=_FullDiskTokenizer())
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left beside it
+    assert load_exported(folder).config.layer_heads == [config.num_heads] * config.num_layers
+
+
 def test_roberta_supernet_exports_with_parity(tmp_path) -> None:
     from transformers import RobertaForSequenceClassification
 

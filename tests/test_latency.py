@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import hand_latency_table, supernet_config
+from conftest import REPO, hand_latency_table, supernet_config
 
 from search import latency
 from search.latency import (
@@ -191,6 +194,49 @@ def test_corrupted_cache_is_recalibrated(tmp_path, tiny_config, garbage: bytes) 
     assert len(again.attention_ms) == len(first.attention_ms)
     # the unreadable file was replaced by the new table
     assert LatencyTable.from_dict(json.loads(path.read_text())) == again
+
+
+_CALIBRATING_CHILD = """
+import json, sys, time
+from pathlib import Path
+from conftest import supernet_config
+from search import latency
+
+folder = Path(sys.argv[1])
+real = latency.calibrate
+
+def calibrate_slowly(*args, **kwargs):
+    # record every calibration that runs; take long enough that the other process surely asks meanwhile
+    with open(folder / "calibrations.txt", "a") as handle:
+        handle.write("calibrated\\n")
+    time.sleep(1.0)
+    return real(*args, **kwargs)
+
+latency.calibrate = calibrate_slowly
+(folder / f"ready-{sys.argv[2]}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.01)
+table = latency.load_or_calibrate(supernet_config(), batch_size=1, seq_len=4, repeats=1, cache_dir=folder / "cache")
+print(json.dumps(table.to_dict()))
+"""
+
+
+@pytest.mark.slow
+def test_processes_asking_for_one_table_at_once_calibrate_it_once(tmp_path) -> None:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}
+    children = [subprocess.Popen([sys.executable, "-c", _CALIBRATING_CHILD, str(tmp_path), str(i)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(c.poll() is None for c in children), "a child did not start"
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outputs = [c.communicate(timeout=120) for c in children]
+    assert [c.returncode for c in children] == [0, 0], [err for _, err in outputs]
+    assert (tmp_path / "calibrations.txt").read_text().splitlines() == ["calibrated"]
+    first, second = (json.loads(out) for out, _ in outputs)
+    assert first == second  # the waiting process read the table the other one wrote
+    assert [p.name for p in (tmp_path / "cache").glob("*.json")] != [] and not list((tmp_path / "cache").glob(".*tmp"))
 
 
 # ------------------------------------------------------------------------------------------ validation

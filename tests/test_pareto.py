@@ -29,6 +29,22 @@ def _grid_hypervolume(F: np.ndarray, reference: np.ndarray) -> int:
     return count
 
 
+def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.all(a <= b) and np.any(a < b))
+
+
+def _ranks_by_definition(F: np.ndarray) -> list[int]:
+    """Non-dominated sorting straight from the definition: peel off the points nothing left dominates."""
+    ranks, left, rank = [-1] * len(F), set(range(len(F))), 0
+    while left:
+        layer = {i for i in left if not any(_dominates(F[j], F[i]) for j in left)}
+        for i in layer:
+            ranks[i] = rank
+        left -= layer
+        rank += 1
+    return ranks
+
+
 def test_non_dominated_keeps_every_copy_and_drops_weakly_dominated_points():
     F = [[1, 3], [2, 2], [3, 1], [3, 3], [2, 2], [1, 4]]
     assert non_dominated(F).tolist() == [True, True, True, False, True, False]
@@ -50,6 +66,25 @@ def test_first_layers_peel_the_fronts_off_in_order():
     assert first_layers(F, 3).tolist() == [0, 1, 2, 3, 4, 5]
     assert first_layers(F, 10).tolist() == list(range(7))
     assert first_layers(np.empty((0, 2)), 2).tolist() == []
+    assert first_layers(F, 0).tolist() == []
+
+
+def test_first_layers_give_copies_one_rank_in_three_objectives():
+    F = [[1, 1, 3], [2, 2, 2], [1, 1, 3], [2, 2, 3], [3, 3, 3], [2, 2, 3]]  # layers: {0, 1, 2}, {3, 5}, {4}
+    assert first_layers(F, 1).tolist() == [0, 1, 2]
+    assert first_layers(F, 2).tolist() == [0, 1, 2, 3, 5]
+    assert first_layers(F, 3).tolist() == list(range(6))
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_dominance_and_sorting_agree_with_the_definition_on_random_ties(m):
+    rng = np.random.default_rng(10 + m)
+    for _ in range(5):
+        F = rng.integers(0, 4, size=(30, m)).astype(float)  # a small grid: many ties and copies
+        ranks = np.array(_ranks_by_definition(F))
+        assert non_dominated(F).tolist() == (ranks == 0).tolist()
+        for count in (1, 2, 3):
+            assert first_layers(F, count).tolist() == np.flatnonzero(ranks < count).tolist()
 
 
 def test_bad_input_raises_a_value_error():
@@ -79,12 +114,13 @@ def test_hypervolume_in_one_and_three_objectives():
     assert hypervolume([[1, 1, 2], [2, 2, 1], [2, 2, 2], [1, 1, 2], [3, 0, 0]], [3, 3, 3]) == pytest.approx(5.0)
 
 
-@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("m", [2, 3, 4, 5])
 def test_hypervolume_matches_a_brute_force_grid_count(m):
     rng = np.random.default_rng(m)
-    reference = np.full(m, 6)
+    side = 6 if m < 5 else 4
+    reference = np.full(m, side)
     for _ in range(5):
-        F = rng.integers(0, 7, size=(8, m)).astype(float)  # some on or beyond the reference
+        F = rng.integers(0, side + 1, size=(8, m)).astype(float)  # some on or beyond the reference
         assert hypervolume(F, reference) == pytest.approx(_grid_hypervolume(F, reference))
 
 
@@ -102,7 +138,7 @@ def test_reference_convention_gives_a_front_touching_the_bounds_some_volume():
     assert hypervolume(corners) == pytest.approx(1.1 * 0.1 + 0.1 * 1.1 - 0.1 * 0.1)
 
 
-@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("m", [2, 3, 4])
 def test_hypervolume_history_is_non_decreasing_and_ends_at_the_final_volume(m):
     rng = np.random.default_rng(7)
     lower, upper = np.zeros(m), np.full(m, 10.0)

@@ -82,6 +82,7 @@ def _claim_until_empty(url: str, worker_id: str, start: multiprocessing.synchron
     results.put((worker_id, got))
 
 
+@pytest.mark.slow
 def test_each_job_is_claimed_exactly_once_by_concurrent_worker_processes(factory, url: str) -> None:
     ids = enqueue(factory, 20)
     context = multiprocessing.get_context("spawn")

@@ -149,6 +149,7 @@ def _claim_once(url: str, worker_id: str, start, results) -> None:
     results.put((worker_id, got))
 
 
+@pytest.mark.slow
 def test_each_refinement_is_claimed_exactly_once_by_concurrent_processes(factory, database_url: str) -> None:
     searches = [finished_search(factory) for _ in range(3)]
     ids = [ask(factory, searches[i % 3], position=i) for i in range(9)]

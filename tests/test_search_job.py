@@ -220,6 +220,7 @@ def test_torn_last_line_is_ignored(tmp_path) -> None:
     assert read_trials(tmp_path / "nowhere") == []
 
 
+@pytest.mark.slow
 def test_resume_after_a_torn_last_line(run_copy, search_run, workspace) -> None:
     """A crash while trial 4 was being written: the rerun evaluates it again and keeps every trial readable."""
     original = lines(search_run)
@@ -308,6 +309,7 @@ def test_refine_stage_writes_refined_points(run_copy, workspace, capsys) -> None
         assert any(not torch.equal(weights[k], sliced[k]) for k in weights)  # trained, not the slice
 
 
+@pytest.mark.slow
 def test_refined_points_survive_a_rerun_and_redo_on_new_settings(run_copy, workspace) -> None:
     refine = ("--refine-epochs", "0.5", "--refine-lr", "1e-3")
     assert cli(search_args(workspace, run_copy, *refine)) == 0
@@ -322,6 +324,7 @@ def test_refined_points_survive_a_rerun_and_redo_on_new_settings(run_copy, works
     assert (run_copy / "refined/0/model.safetensors").read_bytes() != weights
 
 
+@pytest.mark.slow
 def test_a_refine_stopped_mid_point_leaves_no_half_trained_model(run_copy, workspace) -> None:
     run = Run(run_copy)
     job = SearchJob.from_dict(json.loads((run_copy / "search.json").read_text()))
@@ -345,6 +348,7 @@ def test_a_refine_stopped_mid_point_leaves_no_half_trained_model(run_copy, works
     assert all("refined" in p for p in json.loads((run_copy / "front.json").read_text())["points"])
 
 
+@pytest.mark.slow
 def test_export_a_refined_point(run_copy, workspace, tmp_path, capsys) -> None:
     assert cli(search_args(workspace, run_copy, "--refine-epochs", "0.5", "--refine-lr", "1e-3")) == 0
     capsys.readouterr()
@@ -367,6 +371,7 @@ def test_bad_refine_epochs_are_refused(workspace, tmp_path, capsys) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_search_in_the_importance_space(workspace, tmp_path) -> None:
     out = tmp_path / "run"
     assert cli(search_args(workspace, out, "--space", "importance")) == 0
@@ -382,6 +387,7 @@ def test_search_in_the_importance_space(workspace, tmp_path) -> None:
     assert all(space.encode(SubNetworkConfig.from_dict(p["config"])) for p in points)
 
 
+@pytest.mark.slow
 def test_a_run_without_its_weights_trains_the_same_supernet_again(workspace, tmp_path) -> None:
     """A new checkout of bench/out holds a job's records but not its weights (.gitignore): the benchmark trains the
     supernet again and refines the recorded front on it, which is only sound if the seeded training is bitwise the
@@ -497,6 +503,7 @@ def test_refine_notices_a_front_rewritten_under_it(run_copy) -> None:
 # ------------------------------------------------------------------------------------------- precision
 
 
+@pytest.mark.slow
 def test_a_bfloat16_search_ranks_in_bfloat16_and_reports_float32(workspace, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert cli(search_args(workspace, out, dtype="bfloat16")) == 0, capsys.readouterr().err
@@ -539,6 +546,7 @@ def test_a_search_stored_before_the_precision_setting_resumes_in_float32(run_cop
     assert (stored["evaluation_dtype"], stored["search_examples"]) == ("float32", None)
 
 
+@pytest.mark.slow
 def test_a_search_on_a_validation_subset_reports_the_whole_split(workspace, tmp_path, capsys, evaluated) -> None:
     """The search ranks on a seeded subset; the front is measured again on every validation example."""
     out = tmp_path / "run"
@@ -612,6 +620,7 @@ def test_budget_points_pick_the_best_on_validation_within_each_budget() -> None:
     assert budget_points(front, [0.45], task, params_kind="total") == [4]  # 480 + 50 > 0.45 x 1050
 
 
+@pytest.mark.slow
 def test_refine_budgets_refine_only_the_points_within_them(run_copy, workspace, caplog) -> None:
     """Through the CLI: a budget no point fits refines nothing (and says so), one that fits refines its pick, and
     the whole front refined later with the same recipe keeps that model (which points is no part of a recipe).

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..pareto import pareto_front_indices
+from ..pareto import non_dominated
 from .base import Optimizer, OptimizerConfigError, Vector
 
 
@@ -84,20 +84,15 @@ class LocalSearchOptimizer(Optimizer):
         self._results[vector] = objectives
         if previous == objectives:
             return
-        if previous is not None:  # a vector told again with other values: rebuild the front
-            vectors = list(self._results)
-            F = np.array([self._results[v] for v in vectors])
-            self._front = [vectors[i] for i in pareto_front_indices(F)]
-            return
-        # incremental update, same semantics as search.pareto.non_dominated (equal points all stay)
-        new = np.array(objectives)
-        if self._front:
-            F = np.array([self._results[v] for v in self._front])
-            if np.any(np.all(F <= new, axis=1) & np.any(F < new, axis=1)):
-                return
-            dominated = np.all(new <= F, axis=1) & np.any(new < F, axis=1)
-            self._front = [v for v, gone in zip(self._front, dominated, strict=True) if not gone]
-        self._front.append(vector)
+        # A point a former front member dominates stays dominated, so the front and the new point are enough,
+        # unless a vector was told again with other values (its old values may have dominated others): then all.
+        candidates = list(self._results) if previous is not None else [*self._front, vector]
+        self._front = self._non_dominated(candidates)
+
+    def _non_dominated(self, vectors: list[Vector]) -> list[Vector]:
+        """The non-dominated vectors among `vectors`, in their order; copies of a front point all stay."""
+        keep = non_dominated(np.array([self._results[v] for v in vectors]))
+        return [v for v, kept in zip(vectors, keep, strict=True) if kept]
 
     @property
     def num_unique_told(self) -> int:
