@@ -49,9 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-
-from search.baselines import (
+from baselines import (
     FineTuneResult,
     PrunedModel,
     finetune,
@@ -59,6 +57,8 @@ from search.baselines import (
     layer_drop_configs,
     uniform_configs,
 )
+from safetensors.torch import load_file, save_file
+
 from search.job import (
     REFINED_DIR,
     SearchJob,

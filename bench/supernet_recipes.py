@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import torch
+from baselines import uniform_configs
 from prove import V0_TRAINING, add_task_arguments, seed_folder
 from safetensors.torch import load_file
 
-from search.baselines import uniform_configs
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_params
