@@ -94,9 +94,18 @@ def require_widths(trace: WidthTrace, sub: SubNetworkConfig, what: str) -> None:
 
 
 # -- which model a latency timed ------------------------------------------------------------------------------
+EXPORTED = NasPruneForSequenceClassification.__name__
+
+
+def is_exported(model: nn.Module) -> bool:
+    """The exported class, imported from supernet/ or loaded from an export's own modeling file
+    (trust_remote_code gives the same class under another module)."""
+    return type(model).__name__ == EXPORTED and hasattr(getattr(model, "model", None), "layers")
+
+
 def exported_widths(model: nn.Module) -> list[tuple[int, int]] | None:
     """(heads, units) per layer read from an exported model's weight shapes; None if it is not an exported model."""
-    if not isinstance(model, NasPruneForSequenceClassification):
+    if not is_exported(model):
         return None
     head_size = model.config.head_size
     return [(layer.attention.query.weight.shape[0] // head_size, layer.ffn.intermediate.weight.shape[0])
@@ -107,8 +116,7 @@ def require_exported(model: nn.Module, sub: SubNetworkConfig, what: str) -> None
     """`model` is the physically smaller exported class whose weights have `sub`'s widths (not a supernet that
     slices at run time, nor another sub-network's export)."""
     widths = exported_widths(model)
-    require(widths is not None, f"{what}: timed a {type(model).__name__}, not an exported "
-                                f"{NasPruneForSequenceClassification.__name__}")
+    require(widths is not None, f"{what}: the model is a {type(model).__name__}, not an exported {EXPORTED}")
     want = list(zip(sub.kept_heads(), sub.kept_units(), strict=True))
     require(widths == want, f"{what}: the timed model's weights have (heads, units) {widths}, not {want}")
 
@@ -120,7 +128,7 @@ def models_called() -> Iterator[list[nn.Module]]:
     seen: list[nn.Module] = []
 
     def hook(module: nn.Module, _inputs: object, _output: object) -> None:
-        if isinstance(module, NasPruneForSequenceClassification) and not any(m is module for m in seen):
+        if is_exported(module) and not any(m is module for m in seen):
             seen.append(module)
 
     handle = nn.modules.module.register_module_forward_hook(hook)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from supernet.config import SupernetConfig
 from supernet.model import Supernet
+from supernet.settings import RunSpec, TrainingConfig
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared/data/glue"
 TASKS = ("MRPC", "RTE", "SST-2")
@@ -67,3 +69,33 @@ def workspace(root: Path | None = None) -> tuple[str, str]:
     """(model folder, GLUE data dir) of the tiny setting under `root` (a new temporary folder if None)."""
     root = Path(tempfile.mkdtemp(prefix="nasprune-tiny-")) if root is None else root
     return str(tiny_model(root / "model")), str(tiny_glue(root / "glue"))
+
+
+def tiny_spec(model: str, data_dir: str, task: str = "glue/mrpc", **overrides: Any) -> RunSpec:
+    """A run of the tiny setting: short inputs, small batches, one epoch (half plain, half sandwich)."""
+    values: dict[str, Any] = dict(model=model, task=task, data_dir=data_dir, max_length=TINY_MAX_LENGTH, batch_size=8,
+                                  eval_batch_size=8, importance_batches=2, training=TrainingConfig(epochs=1.0))
+    return RunSpec(**(values | overrides))
+
+
+def tiny_run(root: Path) -> Path:
+    """A trained tiny supernet's run folder under `root` (trained once; seconds)."""
+    from supernet.run import train_run
+
+    model, data_dir = workspace(root)
+    folder = root / "run"
+    train_run(tiny_spec(model, data_dir), folder, progress=False)
+    return folder
+
+
+def tiny_search(root: Path, evaluations: int = 8) -> Path:
+    """A finished tiny search job's run folder under `root` (train, search, front with test figures)."""
+    from search.job import LatencyShape, SearchJob, run_search_job
+    from search.runner import SearchConfig
+
+    model, data_dir = workspace(root)
+    folder = root / "search"
+    job = SearchJob(search=SearchConfig(evaluations=evaluations), latency=LatencyShape(batch_size=2),
+                    evaluation_dtype="float32")
+    run_search_job(tiny_spec(model, data_dir), job, folder, progress=False)
+    return folder

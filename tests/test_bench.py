@@ -4,6 +4,7 @@ purpose, so a benchmark that measures something else exits non-zero instead of p
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,12 @@ from conftest import make_supernet, random_inputs
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import checks  # noqa: E402
+import eval_precision  # noqa: E402
+import latency_model  # noqa: E402
+import search_speed  # noqa: E402
 import supernet_speed  # noqa: E402
 import tiny  # noqa: E402
+import verify_front  # noqa: E402
 
 from supernet.config import SubNetworkConfig  # noqa: E402
 from supernet.extract import extract  # noqa: E402
@@ -26,6 +31,10 @@ from supernet.extract import extract  # noqa: E402
 def workspace(tmp_path_factory) -> tuple[str, str]:
     """The tiny setting's model folder and GLUE data dir, built once for the module."""
     return tiny.workspace(tmp_path_factory.mktemp("tiny"))
+
+
+def workspace_root(workspace: tuple[str, str]) -> Path:
+    return Path(workspace[0]).parent
 
 
 def half(config) -> SubNetworkConfig:
@@ -114,3 +123,69 @@ def test_a_failed_check_exits_non_zero_with_the_reason() -> None:
     assert result.returncode == 1
     assert "benchmark check failed: a sandwich step ran 1 forward passes" in result.stderr
     assert "sandwich step (" not in result.stdout
+
+
+# -- bench/latency_model.py ------------------------------------------------------------------------------------------
+def test_latency_model_tiny_times_the_exported_models() -> None:
+    result = latency_model.main(["--tiny", "--threads", "1"])
+    assert len(result["measured_ms"]) == 4
+
+
+def test_latency_model_refuses_latencies_of_the_wrong_model(monkeypatch) -> None:
+    """A regression that timed the full network for every sub-network: the check names the widths."""
+    import search.latency
+
+    monkeypatch.setattr(search.latency, "extract", lambda supernet, sub: extract(supernet, supernet.full_config()))
+    with pytest.raises(checks.CheckFailed, match="weights have"):
+        latency_model.main(["--tiny", "--threads", "1"])
+
+
+# -- bench/search_speed.py -------------------------------------------------------------------------------------------
+def test_search_speed_tiny_evaluates_each_sub_network(tmp_path: Path, workspace) -> None:
+    rows = search_speed.main(["--tiny", "--tiny-root", str(workspace_root(workspace)), "--threads", "1"])
+    assert rows["full"]["mac_share"] == 1.0 and 0 < rows["25% heads + 25% units"]["mac_share"] < 0.3
+
+
+def test_search_speed_refuses_an_evaluation_that_ignores_the_sub_network(monkeypatch, workspace) -> None:
+    real = search_speed.evaluate
+    monkeypatch.setattr(search_speed, "evaluate", lambda model, batches, spec, sub=None: real(model, batches, spec))
+    with pytest.raises(checks.CheckFailed, match="not the sub-network's"):
+        search_speed.main(["--tiny", "--tiny-root", str(workspace_root(workspace)), "--threads", "1"])
+
+
+# -- bench/eval_precision.py -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_eval_precision_tiny_computes_in_the_precision_it_names(tmp_path: Path) -> None:
+    rows = eval_precision.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    assert [row["sub"] for row in rows] == ["full", "middle", "random 0"]
+    assert all(row["float32"]["agreement"] == 1.0 for row in rows)
+
+
+@pytest.mark.slow
+def test_eval_precision_refuses_bfloat16_figures_computed_in_float32(monkeypatch, tmp_path: Path) -> None:
+    """A regression where the autocast context does nothing (as on a device without it): float32 logits."""
+    import contextlib
+
+    monkeypatch.setattr(eval_precision.torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())
+    with pytest.raises(checks.CheckFailed, match="autocast bf16: the logits were computed in"):
+        eval_precision.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+
+
+# -- bench/verify_front.py -------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_verify_front_tiny_reloads_every_front_point(tmp_path: Path) -> None:
+    assert verify_front.main(["--tiny", "--tiny-root", str(tmp_path)]) == 0.0
+
+
+@pytest.mark.slow
+def test_verify_front_refuses_a_front_that_is_not_the_non_dominated_trials(tmp_path: Path) -> None:
+    folder = tiny.tiny_search(tmp_path)
+    front_file = folder / "front.json"
+    front = json.loads(front_file.read_text())
+    trials = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+    kept = {json.dumps(p["config"], sort_keys=True) for p in front["points"]}
+    other = next(t for t in trials if json.dumps(t["config"], sort_keys=True) not in kept)
+    front["points"].append(front["points"][0] | {"config": other["config"]})
+    front_file.write_text(json.dumps(front))
+    with pytest.raises(checks.CheckFailed, match="not the non-dominated trials"):
+        verify_front.main(["--run", str(folder)])
