@@ -30,10 +30,11 @@ from search_budget import table_lines as budget_table  # noqa: E402
 from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# the machine of every run before settings.json recorded the CPU (sessions 1-16, from their notes)
+# the machine of every run whose settings.json records no CPU (the CPU was recorded per method only later)
 EARLIER_CPU_MODEL = "AMD EPYC"  # what device_name() holds on that machine (the exact model was never recorded)
 EARLIER_CPU = f"a 2-core {EARLIER_CPU_MODEL} VM (Zen 4, AVX512-BF16, KVM)"
 OUT = HERE / "out" / "prove"
+READING = "READING.md"  # the current reading of the figures, kept by hand; the work's history is in archive/
 NASPRUNE = ("nasprune_importance_refined", "nasprune_importance_picks_refined", "nasprune_importance",
             "nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0")
 METHODS = (*NASPRUNE, "reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small")
@@ -110,13 +111,12 @@ def method_hypervolume(seed: dict[str, Any], method: str, *, with_full: bool = F
     return test_error_hypervolume(points, chance_error(seed))
 
 
-# below this share of its threads' CPU time, a timed unit shared the cores with other work (prove.Stopwatch).
-# Calibrated on this 2-core machine at 2 threads: quiet fine-tuning units read 0.96-0.985 (MRPC seed 2's
-# masks + FT), a matmul beside another 2-thread job 0.50; the threshold sits between.
+# below this share of its threads' CPU time, a timed unit shared the cores with other work (prove.Stopwatch): a
+# quiet unit uses nearly all of its threads' time and one beside another job of the same thread count about half,
+# so the threshold sits between.
 SHARED_CPU = 0.75
 SHARED_NOTE = (f"\\* timed while other work shared the cores (the process used under {SHARED_CPU:.0%} of its threads' "
-               "CPU time): an upper bound, not a cost. Units timed before the CPU share was recorded carry no mark; "
-               "RESULTS_NOTES.md says which shared the cores.")
+               "CPU time): an upper bound, not a cost. Units timed before the CPU share was recorded carry no mark.")
 
 
 class SharedMarks:
@@ -326,10 +326,10 @@ def job_point(seed: dict[str, Any], method: str) -> dict[str, Any] | None:
 
 
 def cpu_lines(seeds: dict[int, dict[str, Any]]) -> list[str]:
-    """The methods that ran on another CPU than EARLIER_CPU (recorded per method in settings.json since the
-    seventeenth session; an unrecorded method ran on EARLIER_CPU): their times are not that machine's. Latencies are
-    named apart, by the device each point records (`latency_device`, since the eighteenth session; none recorded:
-    EARLIER_CPU's cache), since a method that ran elsewhere may have been timed from the earlier CPU's cache."""
+    """The methods that ran on another CPU than EARLIER_CPU (settings.json's `cpu_by_method`; a method it does not
+    name ran on EARLIER_CPU): their times are not that machine's. Latencies are named apart, by the device each
+    point records (`latency_device`; none recorded: EARLIER_CPU's cache), since a method that ran elsewhere may
+    have been timed from the earlier CPU's cache."""
     by_cpu: dict[str, list[str]] = defaultdict(list)
     timed_on: dict[str, list[str]] = defaultdict(list)
     for k, seed in sorted(seeds.items()):
@@ -499,8 +499,8 @@ def search_budget_section(task: str, budgets: Path) -> list[str]:
                       f"{task.replace('-', '/', 1)} --seed {seed}`)", "",
                       "The importance job's supernet searched again (100 evaluations, the job's seed), each search "
                       "seeing a seeded random subset of the validation split (`validation_limit`) and ranking in "
-                      "the precision its row names (`evaluation_dtype`; bfloat16 is the default on this CPU since "
-                      "the sixth session, and its front is scored again in float32); the searches of one command "
+                      "the precision its row names (`evaluation_dtype`; bfloat16, the default on a CPU that computes "
+                      "it natively, has its front scored again in float32); the searches of one command "
                       "ran one after the other in one process. Test figures of the front each finds, chosen on its "
                       "own subset; the job ratio keeps the job's training time.", "", *table, ""]
     return lines
@@ -522,11 +522,10 @@ def recipes_section(task: str, recipes: Path) -> list[str]:
                   "Fisher-ordered, sliced); `importance*` train in the importance space, the others in the uniform "
                   "space.", "", *table, ""]
         if threads == "2":
-            lines += ["The uniform-space recipes of this table trained two at a time with one thread each, before "
-                      "the screening kept thread counts apart (v0, importance and reference-sliced are the quiet "
-                      "2-thread runs above), so their training times are not comparable with the cost table, and "
-                      "differences of ± 0.01 between them are within what a thread count alone changes (next "
-                      "table).", ""]
+            lines += ["The uniform-space recipes of this table trained two at a time with one thread each (v0, "
+                      "importance and reference-sliced are quiet 2-thread runs), so their training times are not "
+                      "comparable with the cost table, and differences of ± 0.01 between them are within what a "
+                      "thread count alone changes (next table).", ""]
     return lines
 
 
@@ -550,11 +549,11 @@ def coverage_lines(seeds: dict[Path, dict[str, Any]]) -> list[str]:
             "|---|---|" + "---|" * len(COVERED), *rows, ""]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     folders = [settings.parent for settings in sorted(Path(args.out).glob("*/seed*/settings.json"))]
     seeds = {folder: load(folder) for folder in folders}  # every seed, finished methods or not
     runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
@@ -575,7 +574,7 @@ def main() -> None:
              f"encoder params, {any_settings.get('evaluations')} evaluations, ranked in bfloat16 where the CPU has "
              "it) unless a method's name says otherwise.", "", __doc__.split("\n\n", 2)[2], ""]
     lines += coverage_lines(seeds)
-    notes = HERE / "RESULTS_NOTES.md"  # the hand-written reading of the figures (what wins, what loses, why)
+    notes = HERE / READING  # the hand-written reading of the figures (what wins, what loses, why)
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
     for task in sorted(runs):
