@@ -9,7 +9,7 @@ Every check observes the real run through forward hooks: nothing is re-run or mo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -17,6 +17,9 @@ import torch
 from torch import nn
 
 from supernet.config import SubNetworkConfig
+from supernet.data import TaskSpec
+from supernet.evaluation import evaluate
+from supernet.model import Supernet
 from supernet.modeling_nasprune import NasPruneForSequenceClassification
 from supernet.modules import ElasticBert, ElasticLayer
 
@@ -169,3 +172,13 @@ def output_dtypes(model: nn.Module) -> Iterator[DtypeTrace]:
 def require_dtype(trace: DtypeTrace, dtype: torch.dtype, what: str) -> None:
     require(trace.dtypes == {dtype}, f"{what}: the logits were computed in {sorted(map(str, trace.dtypes))}, "
                                      f"not {dtype}")
+
+
+def checked_evaluate(model: Supernet, batches: Iterable[Mapping[str, torch.Tensor]], spec: TaskSpec, *,
+                     sub: SubNetworkConfig | None = None, what: str = "evaluation") -> dict[str, float]:
+    """supernet.evaluation.evaluate of `sub` (None: the full network), refused unless every forward ran at its
+    widths: a figure credited to a sub-network is that sub-network's."""
+    with trace_widths(model) as trace:
+        metrics = evaluate(model, batches, spec, sub=sub)
+    require_widths(trace, sub or model.full_config(), what)
+    return metrics

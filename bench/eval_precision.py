@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny trains its supernet")
     parser.add_argument("--run", type=Path, default=None,
                         help="a trained run folder (default: bench/prove.py's importance job of --task, --seed)")
+    parser.add_argument("--prove", type=Path, default=HERE / "out" / "prove", help="bench/prove.py's output folder")
     parser.add_argument("--task", default="glue/mrpc")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subnetworks", type=int, default=6, help="random members of the space, beside full/middle")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.run, args.subnetworks, args.repeats, args.out = tiny.tiny_run(root), 1, 1, str(root / "out")
     torch.set_num_threads(args.threads)
 
-    run = Run(args.run or HERE / "out" / "prove" / seed_folder(args.task, args.seed) / "nasprune_importance" / "run")
+    run = Run(args.run or args.prove / seed_folder(args.task, args.seed) / "nasprune_importance" / "run")
     model = run.load_supernet().eval()
     bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
     batches = list(run.batches("validation"))

@@ -8,6 +8,9 @@ Hypervolume (higher is better) is computed per method on (encoder params as a fr
 test error), normalised so that the reference point is (1.1, majority-class error): a point only counts where
 it is smaller than 1.1 x the full encoder and better than always answering the majority class. Points are
 chosen on validation; test figures are reported.
+
+A record without the fields the tables read (a point's configuration, size, errors, the main metric) stops the
+report with its path (bench/checks.py) instead of printing blanks.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from checks import require  # noqa: E402
 from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
@@ -56,13 +60,27 @@ STYLE = {"nasprune_importance_refined": ("darkgreen", "P"), "nasprune_importance
          "nas_small": ("tab:purple", "D")}
 
 
+POINT_FIELDS = ("config", "params_fraction", "validation_error", "test_error")
+
+
+def require_points(path: Path, points: list[dict[str, Any]], metric: str | None) -> None:
+    """A record the tables read: every point with its configuration, size and errors, and the task's main metric
+    in its validation and test figures (a record of another shape would print blanks or another metric)."""
+    for k, point in enumerate(points):
+        missing = [f for f in POINT_FIELDS if f not in point]
+        missing += [f"{split}.{metric}" for split in ("validation", "test")
+                    if metric is not None and metric not in point.get(split, {})]
+        require(not missing, f"{path}, point {k}: no {', '.join(missing)}")
+
+
 def load(folder: Path) -> dict[str, Any]:
-    """One seed: settings and each method's points (only methods that finished)."""
+    """One seed: settings and each method's points (only methods that finished), checked (require_points)."""
     data = {"settings": json.loads((folder / "settings.json").read_text()), "methods": {}, "job_epochs": {}}
     for method in METHODS:
         path = folder / f"{method}.json"
         if path.is_file():
             data["methods"][method] = json.loads(path.read_text())
+            require_points(path, data["methods"][method], data["settings"].get("main_metric"))
         run_file = folder / method.removesuffix("_refined") / "run" / "run.json"  # a refined job reuses its run
         if method in NASPRUNE and run_file.is_file():
             data["job_epochs"][method] = json.loads(run_file.read_text())["training"]["epochs"]

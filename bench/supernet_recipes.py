@@ -7,7 +7,8 @@ recipe that wins here becomes nasprune's default and is then proven by bench/pro
 
     python bench/supernet_recipes.py --task glue/mrpc --recipes v0 lr1e-4 plain2-lr1e-4
 
-Results: bench/out/recipes/<task>/seed<k>/<recipe>.json (a finished recipe is not retrained or re-measured).
+Results: bench/out/recipes/<task>/seed<k>/<recipe>.json (a finished recipe is not retrained or re-measured). The
+check (bench/checks.py): every architecture's figures come from forwards at its widths.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from pathlib import Path
 
 import torch
 from baselines import uniform_configs
+from checks import checked_evaluate
 from prove import V0_TRAINING, add_task_arguments, seed_folder
 from safetensors.torch import load_file
 
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_params
-from supernet.evaluation import evaluate
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
 from supernet.run import Run, same_run, train_run
@@ -153,8 +154,8 @@ def main() -> None:
         for label, sub in architectures(model.config, prove_points):
             points.append({"label": label, "config": sub.to_dict(),
                            "params_fraction": count_params(model.config, sub).encoder / full,
-                           "validation": evaluate(model, validation, task.spec, sub=sub),
-                           "test": evaluate(model, test, task.spec, sub=sub)})
+                           "validation": checked_evaluate(model, validation, task.spec, sub=sub, what=label),
+                           "test": checked_evaluate(model, test, task.spec, sub=sub, what=label)})
             log.info("%s %s: %s", name, label, points[-1]["test"])
         result_file.write_text(json.dumps({"recipe": name, "training": RECIPES.get(name, {}), "train_s": train_s,
                                            "points": points}, indent=2))
