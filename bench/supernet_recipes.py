@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_params
+from supernet.data import TaskSpec
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
 from supernet.run import Run, same_run, train_run
@@ -149,17 +150,25 @@ def main() -> None:
             model = run.load_supernet()
         task = run.task
         validation, test = list(run.batches("validation")), list(run.batches(next(iter(task.test))))
-        full = count_params(model.config).encoder
-        points = []
-        for label, sub in architectures(model.config, prove_points):
-            points.append({"label": label, "config": sub.to_dict(),
-                           "params_fraction": count_params(model.config, sub).encoder / full,
-                           "validation": checked_evaluate(model, validation, task.spec, sub=sub, what=label),
-                           "test": checked_evaluate(model, test, task.spec, sub=sub, what=label)})
-            log.info("%s %s: %s", name, label, points[-1]["test"])
+        points = measure(model, architectures(model.config, prove_points), validation, test, task.spec)
         result_file.write_text(json.dumps({"recipe": name, "training": RECIPES.get(name, {}), "train_s": train_s,
                                            "points": points}, indent=2))
     print("\n".join(recipe_table(folder, [*args.recipes])))
+
+
+def measure(model: Supernet, archs: list[tuple[str, SubNetworkConfig]], validation: list, test: list,
+            spec: TaskSpec) -> list[dict]:
+    """Validation and test figures of each architecture sliced out of `model`, each checked to come from forwards
+    at its widths (bench/checks.py)."""
+    full = count_params(model.config).encoder
+    points = []
+    for label, sub in archs:
+        points.append({"label": label, "config": sub.to_dict(),
+                       "params_fraction": count_params(model.config, sub).encoder / full,
+                       "validation": checked_evaluate(model, validation, spec, sub=sub, what=label),
+                       "test": checked_evaluate(model, test, spec, sub=sub, what=label)})
+        log.info("%s: %s", label, points[-1]["test"])
+    return points
 
 
 def recipe_table(folder: Path, names: list[str]) -> list[str]:
