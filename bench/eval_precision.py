@@ -1,7 +1,8 @@
 """What bfloat16 buys the search's evaluations on this CPU: time and agreement against float32.
 
-The search evaluates every sub-network it tries on the validation split (on MRPC 46 % of the default job). This
-CPU has AVX512-BF16; this script takes a trained supernet (bench/prove.py's importance job of --task and --seed)
+The search evaluates every sub-network it tries on the validation split, a large share of a job's time
+(bench/RESULTS.md); a CPU with native bfloat16 (AVX512-BF16, AMX) can do it faster. This script takes a trained
+supernet (bench/prove.py's importance job of --task and --seed, or --run, or --tiny's)
 and evaluates the same sub-networks on the same validation batches in float32, under CPU autocast to bfloat16,
 and with a bfloat16 copy of the weights, interleaved (float32, autocast, bf16 weights, then again) so that the
 three are timed side by side, and prints each mode's median time, its speed-up, its metric and how many

@@ -93,8 +93,8 @@ OUT = Path(__file__).resolve().parent / "out" / "prove"
 METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune", "nasprune_refined",
            "nasprune_importance", "nasprune_importance_refined", "nasprune_importance_picks_refined", "nasprune_v0",
            "nasprune_v1")
-# the refine budgets of nasprune_importance_picks_refined: composed from MRPC's whole-front refines (three seeds),
-# refining the picks under 50 % and 33 % beat masks + FT on every seed within 2.5 x plain fine-tuning
+# the refine budgets of nasprune_importance_picks_refined: the sizes a user downloads, chosen from the whole-front
+# refines' records so that refining only those picks stays within the cost target (bench/RESULTS.md compares)
 PICK_BUDGETS = (0.5, 0.33)
 # nasprune's first default recipe (Fisher order on the random head, then 3 sandwich epochs at 5e-5): the "before"
 V0_TRAINING = {"epochs": 3.0, "learning_rate": 5e-5, "plain_fraction": 0.0, "num_random_subnets": 2,
@@ -427,7 +427,7 @@ class Experiment:
     @staticmethod
     def ensure_supernet(folder: Path, spec: RunSpec) -> None:
         """A new checkout has a finished job's records, not its weights: train its supernet again (seeded: bitwise
-        the same on one CPU, close on another; bench/RESULTS_NOTES.md), before and outside any refine's clock,
+        the same on one CPU, close on another), before and outside any refine's clock,
         whose cost must not count the job's training twice."""
         if not (folder / "run" / "supernet").is_dir():
             log.info("%s: the job's supernet is not here; training it again (seeded)", folder)
@@ -470,7 +470,7 @@ class Experiment:
                     log.info("%s: refine stopped; %.0f s of it kept for the resumed run", method,
                              times["refine_partial_s"])
                 raise
-            times["refine_s"] = earlier_s + watch.seconds  # a whole job's run includes re-testing the front (~1 %)
+            times["refine_s"] = earlier_s + watch.seconds  # a job's run re-tests the front too (a small share)
             times["refine_cpu_share"] = watch.cpu_share
             times["refine_load_average"] = os.getloadavg()[0]  # 1-minute load at the end: was the machine shared?
             write_json(folder / "times.json", times)
@@ -549,7 +549,7 @@ class Experiment:
         Configurations not yet in the cache (all of them with `fresh`) are timed together, round-robin, so the
         speed-ups within one method are measured side by side under the same machine load. The cache is kept per
         CPU model and thread count, and each point records the device it was timed on (`latency_device`): a
-        host name is the same on two VMs with different CPUs (`vm`: an AMD EPYC, later an Intel Xeon)."""
+        host name can be the same on two machines with different CPUs."""
         device = device_name()
         cache_file = Path(self.args.out) / latency_cache_name(device)
         cache = read_json(cache_file) if cache_file.is_file() else {}
@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     settings_path = experiment.folder / "settings.json"
     stored = read_json(settings_path) if settings_path.exists() else {}
     earlier = set(stored.get("methods", []))
-    # which CPU each method last ran on: a seed's methods may span sessions, and sessions may get other machines
+    # which CPU each method last ran on: a seed's methods may run at different times, on different machines
     cpu = device_name("cpu")
     write_json(settings_path, vars(args) | {
         "methods": [m for m in METHODS if m in earlier | set(args.methods)], "methods_this_run": args.methods,

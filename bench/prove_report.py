@@ -369,7 +369,7 @@ def cpu_lines(seeds: dict[int, dict[str, Any]]) -> list[str]:
 
 def baseline_training_times(seeds: dict[int, dict[str, Any]], shared_mark) -> list[str]:
     """Each baseline's total training time, one column per seed (the mean where every seed has it): seeds differ by
-    up to a third on this machine, so the first seed alone would be one draw."""
+    noticeably, so the first seed alone would be one draw."""
     keys = sorted(seeds)
     many = len(keys) > 1
     lines = ["", "| method | " + " | ".join(f"total training time, seed {k} (s)" for k in keys)

@@ -1,8 +1,8 @@
 """What a smaller validation set buys the search: time against the quality of the front it finds.
 
-The search evaluates every sub-network it tries on the validation split; on MRPC that is 1,100 pairs, and the
-search with the front's test re-evaluation is 46 % of the default job (527 of 1,153 s). `validation_limit` (a
-seeded random subset, `RunSpec.validation_limit`) cuts that roughly in proportion, at the price of a noisier
+The search evaluates every sub-network it tries on the validation split, so the split's size sets a large share
+of a job's time (bench/RESULTS.md). `validation_limit` (a seeded random subset, `RunSpec.validation_limit`) cuts
+that roughly in proportion, at the price of a noisier
 choice. This script takes the supernet bench/prove.py's importance job trained (`nasprune_importance`, same task
 and seed: the training is not repeated), runs the same search (100 evaluations, the job's seed) once per limit,
 one after the other in one process (so their times are measured side by side), and scores each front on test

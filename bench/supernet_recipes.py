@@ -85,7 +85,7 @@ def reference_sliced(run: Run, prove_folder: Path) -> Supernet:
 
 def reuse_prove_supernet(name: str, spec: RunSpec, folder: Path, prove: Path) -> float | None:
     """The default recipe is what bench/prove.py's importance job trained (same spec and seed: a bitwise equal
-    supernet on this machine's deterministic CPU kernels): copy its supernet instead of training it again, and
+    supernet on one CPU's deterministic kernels): copy its supernet instead of training it again, and
     report its training time. None if there is nothing to reuse."""
     job = prove / "nasprune_importance"
     source = job / "run"
