@@ -109,6 +109,16 @@ def test_forward_count() -> None:
     assert count.calls == 3
 
 
+def test_tiny_glue_without_the_real_data_writes_rows_each_task_reads(tmp_path: Path) -> None:
+    from supernet.data import load_task
+
+    folder = tiny.tiny_glue(tmp_path / "glue", source=tmp_path / "missing")
+    for task in ("glue/mrpc", "glue/rte", "glue/sst2"):
+        data = load_task(task, folder)
+        labels = {example.label for example in data.train}
+        assert labels == {0, 1} and len(data.train) + len(data.validation) == 48, task
+
+
 # -- bench/supernet_speed.py ---------------------------------------------------------------------------------------
 def test_supernet_speed_tiny_times_a_real_sandwich_step(capsys) -> None:
     results = supernet_speed.main(["--tiny", "--threads", "1"])
