@@ -1,13 +1,16 @@
 """What bfloat16 buys the search's evaluations on this CPU: time and agreement against float32.
 
-The search evaluates every sub-network it tries on the validation split (on MRPC 46 % of the default job). This
-CPU has AVX512-BF16; this script takes a trained supernet (bench/prove.py's importance job of --task and --seed)
+The search evaluates every sub-network it tries on the validation split, a large share of a job's time
+(bench/RESULTS.md); a CPU with native bfloat16 (AVX512-BF16, AMX) can do it faster. This script takes a trained
+supernet (bench/prove.py's importance job of --task and --seed, or --run, or --tiny's)
 and evaluates the same sub-networks on the same validation batches in float32, under CPU autocast to bfloat16,
 and with a bfloat16 copy of the weights, interleaved (float32, autocast, bf16 weights, then again) so that the
 three are timed side by side, and prints each mode's median time, its speed-up, its metric and how many
-predictions agree with float32's.
+predictions agree with float32's. The check (bench/checks.py): every timed evaluation's raw logits are in the
+precision its mode names (float32, or bfloat16 for autocast and bfloat16 weights).
 
     python bench/eval_precision.py --task glue/mrpc --seed 0
+    python bench/eval_precision.py --tiny      # seconds: a tiny supernet trained on a few MRPC rows
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import copy
 import json
 import random
 import statistics
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+import tiny
 import torch
+from checks import output_dtypes, require_dtype
 from prove import seed_folder
 
 from supernet.evaluation import metrics_from_logits, predict
@@ -31,18 +37,26 @@ from supernet.run import Run
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny supernet trained on a few rows, 1 repeat")
+    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny trains its supernet")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="a trained run folder (default: bench/prove.py's importance job of --task, --seed)")
+    parser.add_argument("--prove", type=Path, default=HERE / "out" / "prove", help="bench/prove.py's output folder")
     parser.add_argument("--task", default="glue/mrpc")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subnetworks", type=int, default=6, help="random members of the space, beside full/middle")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "out" / "eval_precision"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.tiny:
+        root = args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-"))
+        args.run, args.subnetworks, args.repeats, args.out = tiny.tiny_run(root), 1, 1, str(root / "out")
     torch.set_num_threads(args.threads)
 
-    run = Run(HERE / "out" / "prove" / seed_folder(args.task, args.seed) / "nasprune_importance" / "run")
+    run = Run(args.run or args.prove / seed_folder(args.task, args.seed) / "nasprune_importance" / "run")
     model = run.load_supernet().eval()
     bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
     batches = list(run.batches("validation"))
@@ -54,16 +68,18 @@ def main() -> None:
 
     modes = {"float32": (model, nullcontext), "autocast bf16": (model, lambda: torch.autocast("cpu", torch.bfloat16)),
              "bf16 weights": (bf16, nullcontext)}
+    named = {"float32": torch.float32, "autocast bf16": torch.bfloat16, "bf16 weights": torch.bfloat16}
     rows = []
     for name, sub in subs:
         times = {mode: [] for mode in modes}
         logits = {}
         for _ in range(args.repeats):
             for mode, (net, context) in modes.items():
-                with net.use(sub), context():
+                with net.use(sub), context(), output_dtypes(net) as computed:
                     started = time.perf_counter()
                     out, labels = predict(net, batches)
                     times[mode].append(time.perf_counter() - started)
+                require_dtype(computed, named[mode], f"{name}, {mode}")
                 logits[mode] = out
         base = logits["float32"].argmax(-1)
         row = {"sub": name, "config": sub.to_dict(), "examples": len(labels)}
@@ -84,6 +100,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"threads": args.threads, "torch": torch.__version__,
                                                   "parameters": full_params, "rows": rows, "total_s": total},
                                                  indent=1))
+    return rows
 
 
 if __name__ == "__main__":

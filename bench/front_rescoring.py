@@ -13,7 +13,8 @@ float32 time the rule spends measuring its candidates again:
     every trial         all trials measured again (what ranking on the whole split would choose among them)
 
 Test hypervolume and the best test metric under each budget as bench/prove_report.py scores them. Figures are
-cached in bench/out/front_rescoring/<task>/seed<k>/figures.jsonl (a rerun continues).
+cached in bench/out/front_rescoring/<task>/seed<k>/figures.jsonl (a rerun continues). The check
+(bench/checks.py): every measurement ran its trial's sub-network at its widths.
 
     python bench/front_rescoring.py --task glue/mrpc --seed 0
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from checks import checked_evaluate
 from prove import seed_folder
 from scoring import BUDGETS, best_under, test_error_hypervolume
 from tqdm import tqdm
@@ -37,7 +39,6 @@ from search.job import read_trials
 from search.pareto import first_layers, non_dominated
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_params
-from supernet.evaluation import evaluate
 from supernet.run import Run
 
 HERE = Path(__file__).resolve().parent
@@ -59,27 +60,28 @@ def measure(run: Run, supernet, configs: list[SubNetworkConfig], cache: Path) ->
             if key in known:
                 continue
             started = time.perf_counter()
-            metrics = evaluate(supernet, validation, spec, sub=config)
+            metrics = checked_evaluate(supernet, validation, spec, sub=config, what=f"validation of {key}")
             seconds = time.perf_counter() - started
             row = {"key": key, "validation": metrics, "validation_s": seconds,
-                   "test": evaluate(supernet, test, spec, sub=config)}
+                   "test": checked_evaluate(supernet, test, spec, sub=config, what=f"test of {key}")}
             known[key] = row
             f.write(json.dumps(row) + "\n")
             f.flush()
     return known
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prove", type=Path, default=HERE / "out" / "prove", help="bench/prove.py's output folder")
     parser.add_argument("--task", default="glue/mrpc")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", default="nasprune_importance")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "out" / "front_rescoring"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    prove = HERE / "out" / "prove" / seed_folder(args.task, args.seed)
+    prove = args.prove / seed_folder(args.task, args.seed)
     folder = prove / args.method / "run"
     front = json.loads((folder / "front.json").read_text())
     if front.get("search_examples") in (None, front.get("validation_examples")):
@@ -135,6 +137,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"task": args.task, "seed": args.seed, "rules": results,
                                                   "lines": lines}, indent=2))
     print("\n".join(lines))
+    return results
 
 
 if __name__ == "__main__":

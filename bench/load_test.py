@@ -334,7 +334,7 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"| {name} | {'ok' if ok else 'FAILED'} |")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=180, help="seconds of load")
     parser.add_argument("--clients", type=int, default=50)
@@ -351,7 +351,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (data root, server log)")
     parser.add_argument("--json", type=Path, default=REPO / "bench/out/load_test.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="nasprune-load-"))
     log_path = root / "server.log"
@@ -407,7 +407,7 @@ def main() -> int:
             "server stopped cleanly": exit_status == 0,
         }
         ok = all(checks.values())
-        result = {"command": " ".join(["python bench/load_test.py", *sys.argv[1:]]),
+        result = {"command": " ".join(["python bench/load_test.py", *(sys.argv[1:] if argv is None else argv)]),
                   "args": vars(args) | {"json": str(args.json)}, "machine": info, "figures": figures,
                   "checks": checks, "key_check": keys, "unexpected_examples": stats.unexpected,
                   "integrity_check": integrity}

@@ -9,6 +9,10 @@ Hypervolume: error in [0, 1] as is, params as a fraction of the full encoder, re
     python bench/optimizers.py --task glue/rte
     python bench/optimizers.py --task glue/mrpc
     python bench/optimizers.py --task glue/sst2 --train-limit 20000
+    python bench/optimizers.py --tiny --out /tmp/tiny-optimizers   # seconds: a tiny model on a few RTE rows
+
+The check (bench/checks.py): every run spent exactly the evaluations it names, each a distinct sub-network
+measured in the shared cache, and its front is non-dominated; a failed check exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import json
 import statistics
 from pathlib import Path
 
+import tiny
 import torch
+from checks import require
 
 from search.job import LatencyShape
 from search.latency import load_or_calibrate
 from search.objectives import Figures, Measurements
-from search.runner import SearchConfig, run_search
+from search.pareto import non_dominated
+from search.runner import SearchConfig, SearchResult, run_search
 from supernet.config import SubNetworkConfig
 from supernet.run import Run, train_run
 from supernet.settings import RunSpec, TrainingConfig
@@ -31,8 +38,23 @@ from supernet.settings import RunSpec, TrainingConfig
 OUT = Path(__file__).resolve().parent / "out" / "optimizers"
 
 
-def main() -> None:
+def require_budget(result: SearchResult, measurements: Measurements, evaluations: int, what: str) -> None:
+    """The run compared is the run named: `evaluations` trials of distinct sub-networks, each measured (in the
+    cache every run shares), and a front that no trial dominates."""
+    configs = [trial.config for trial in result.trials]
+    require(len(configs) == evaluations, f"{what}: {len(configs)} trials, not the {evaluations} evaluations named")
+    require(len(set(configs)) == len(configs), f"{what}: a sub-network was counted twice")
+    known = measurements.known()
+    require(all(c in known for c in configs), f"{what}: a trial's sub-network was never measured")
+    values = [list(t.objectives.values()) for t in result.front]
+    require(all(non_dominated(values)), f"{what}: its front holds a dominated point")
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="a tiny model on a few rows: 8 evaluations, 1 seed")
+    parser.add_argument("--out", type=Path, default=OUT, help="results per task under this folder")
+    parser.add_argument("--model", default="minilm")
     parser.add_argument("--task", default="glue/rte")
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
     parser.add_argument("--train-limit", type=int, default=None)
@@ -43,12 +65,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--optimizers", nargs="+", default=["nsga2", "morea", "random", "local"])
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    changes = {}
+    if args.tiny:
+        args.model, args.data_dir = tiny.workspace(args.out / "tiny")
+        args.evaluations, args.seeds, args.validation_limit, args.epochs = 8, [0], None, 1.0
+        changes = {"max_length": tiny.TINY_MAX_LENGTH, "batch_size": 8, "eval_batch_size": 8}
     torch.set_num_threads(args.threads)
-    folder = OUT / args.task.replace("/", "-")
-    spec = RunSpec(task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
+    folder = args.out / args.task.replace("/", "-")
+    spec = RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, train_limit=args.train_limit,
                    validation_limit=args.validation_limit, space=args.space,
-                   training=TrainingConfig(epochs=args.epochs))
+                   training=TrainingConfig(epochs=args.epochs), **changes)
     train_run(spec, folder / "run")
     run = Run(folder / "run")
     supernet = run.load_supernet()
@@ -69,6 +96,7 @@ def main() -> None:
                 before = set(measurements.known())
                 result = run_search(space, measurements, SearchConfig(
                     objectives=["error", "params"], optimizer=optimizer, evaluations=args.evaluations, seed=seed))
+                require_budget(result, measurements, args.evaluations, f"{optimizer}, seed {seed}")
                 with open(cache_file, "a") as f:
                     for sub, figures in measurements.known().items():
                         if sub not in before:
@@ -92,6 +120,7 @@ def main() -> None:
                  f"{len(measurements.known())} distinct sub-networks evaluated in all")
     print("\n".join(lines))
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
+    return results
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ the JSON into bench/RESULTS.md and the plots.
     python bench/prove.py --task glue/mrpc --seed 0
     python bench/prove.py --task glue/sst2 --train-limit 20000
     python bench/prove.py --task glue/rte --methods reference nasprune
+    python bench/prove.py --tiny --tiny-root /tmp/tiny   # seconds: reference, oneshot and the default job on a
+                                                          # tiny random BERT and a few MRPC rows
+
+Checks (bench/checks.py): every latency is of the point's exported model at its widths; every one-shot mask's
+figures come from forwards at its widths. A failed check exits non-zero.
 """
 
 from __future__ import annotations
@@ -42,16 +47,16 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import tiny
 import torch
-from safetensors.torch import load_file, save_file
-
-from search.baselines import (
+from baselines import (
     FineTuneResult,
     PrunedModel,
     finetune,
@@ -59,6 +64,9 @@ from search.baselines import (
     layer_drop_configs,
     uniform_configs,
 )
+from checks import checked_evaluate, models_called, require_timed_exports
+from safetensors.torch import load_file, save_file
+
 from search.job import (
     REFINED_DIR,
     SearchJob,
@@ -73,7 +81,6 @@ from search.runner import SearchConfig
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_macs, count_params
-from supernet.evaluation import evaluate
 from supernet.extract import SUBNETWORK_FILE, extract
 from supernet.files import atomic_write_json
 from supernet.importance import fisher_importance, reorder_by_importance
@@ -87,8 +94,8 @@ OUT = Path(__file__).resolve().parent / "out" / "prove"
 METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune", "nasprune_refined",
            "nasprune_importance", "nasprune_importance_refined", "nasprune_importance_picks_refined", "nasprune_v0",
            "nasprune_v1")
-# the refine budgets of nasprune_importance_picks_refined: composed from MRPC's whole-front refines (three seeds),
-# refining the picks under 50 % and 33 % beat masks + FT on every seed within 2.5 x plain fine-tuning
+# the refine budgets of nasprune_importance_picks_refined: the sizes a user downloads, chosen from the whole-front
+# refines' records so that refining only those picks stays within the cost target (bench/RESULTS.md compares)
 PICK_BUDGETS = (0.5, 0.33)
 # nasprune's first default recipe (Fisher order on the random head, then 3 sandwich epochs at 5e-5): the "before"
 V0_TRAINING = {"epochs": 3.0, "learning_rate": 5e-5, "plain_fraction": 0.0, "num_random_subnets": 2,
@@ -319,8 +326,8 @@ class Experiment:
         model, masks, scoring_s = self.ordered_reference()
         points = []
         for budget, sub in zip(BUDGETS, masks, strict=True):
-            validation = evaluate(model, self.validation, self.task.spec, sub=sub)
-            test = evaluate(model, self.test, self.task.spec, sub=sub)
+            validation = checked_evaluate(model, self.validation, self.task.spec, sub=sub, what=f"mask {budget}")
+            test = checked_evaluate(model, self.test, self.task.spec, sub=sub, what=f"mask {budget}")
             points.append(self.point("oneshot", f"MACs {budget:.0%}", sub, validation, test, budget=budget,
                                      cost_s=scoring_s))
         write_json(path, points)
@@ -418,7 +425,7 @@ class Experiment:
     @staticmethod
     def ensure_supernet(folder: Path, spec: RunSpec) -> None:
         """A new checkout has a finished job's records, not its weights: train its supernet again (seeded: bitwise
-        the same on one CPU, close on another; bench/RESULTS_NOTES.md), before and outside any refine's clock,
+        the same on one CPU, close on another), before and outside any refine's clock,
         whose cost must not count the job's training twice."""
         if not (folder / "run" / "supernet").is_dir():
             log.info("%s: the job's supernet is not here; training it again (seeded)", folder)
@@ -461,7 +468,7 @@ class Experiment:
                     log.info("%s: refine stopped; %.0f s of it kept for the resumed run", method,
                              times["refine_partial_s"])
                 raise
-            times["refine_s"] = earlier_s + watch.seconds  # a whole job's run includes re-testing the front (~1 %)
+            times["refine_s"] = earlier_s + watch.seconds  # a job's run re-tests the front too (a small share)
             times["refine_cpu_share"] = watch.cpu_share
             times["refine_load_average"] = os.getloadavg()[0]  # 1-minute load at the end: was the machine shared?
             write_json(folder / "times.json", times)
@@ -508,7 +515,7 @@ class Experiment:
         if "search_and_test_s" in times:
             searched = SearchJob.from_dict(read_json(run_folder / "search.json")).search_examples
             size = len(Run(run_folder, spec).task.validation)
-            if searched != ranked_subset(DEFAULT_SEARCH_EXAMPLES, size):
+            if searched != ranked_subset(self.args.search_examples, size):
                 # so did the validation subset the search ranks on
                 self.set_search_aside(folder, spec, times, f"search{searched or size}")
         if "train_s" not in times:
@@ -517,7 +524,8 @@ class Experiment:
             times["train_s"], times["train_cpu_share"] = watch.seconds, watch.cpu_share
             write_json(times_file, times)
         if "search_and_test_s" not in times:
-            job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed))
+            job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed),
+                            search_examples=self.args.search_examples)
             with Stopwatch() as watch:
                 run_search_job(spec, job, run_folder)
             times["search_and_test_s"], times["search_and_test_cpu_share"] = watch.seconds, watch.cpu_share
@@ -539,7 +547,7 @@ class Experiment:
         Configurations not yet in the cache (all of them with `fresh`) are timed together, round-robin, so the
         speed-ups within one method are measured side by side under the same machine load. The cache is kept per
         CPU model and thread count, and each point records the device it was timed on (`latency_device`): a
-        host name is the same on two VMs with different CPUs (`vm`: an AMD EPYC, later an Intel Xeon)."""
+        host name can be the same on two machines with different CPUs."""
         device = device_name()
         cache_file = Path(self.args.out) / latency_cache_name(device)
         cache = read_json(cache_file) if cache_file.is_file() else {}
@@ -547,14 +555,16 @@ class Experiment:
         todo = sorted({key for key in keys if fresh or key not in cache})
         if todo:
             pretrained = self.extraction_source
-            models = [extract(pretrained, SubNetworkConfig.from_dict(json.loads(key))).eval() for key in todo]
+            subs = [SubNetworkConfig.from_dict(json.loads(key)) for key in todo]
+            models = [extract(pretrained, sub).eval() for sub in subs]
             measured: dict[str, dict[str, float]] = {key: {} for key in todo}
             for batch in (1, 32):
                 ids = torch.randint(1, pretrained.config.vocab_size, (batch, self.spec.max_length))
                 mask = torch.ones_like(ids)
-                with torch.inference_mode():
+                with torch.inference_mode(), models_called() as timed:
                     times = time_calls([lambda m=m, i=ids, a=mask: m(i, a) for m in models],
                                        repeats=self.args.latency_repeats)
+                require_timed_exports(timed, subs, f"latency at batch {batch}")
                 for key, ms in zip(todo, times, strict=True):
                     measured[key][str(batch)] = ms
             cache.update(measured)
@@ -569,8 +579,23 @@ def latency_cache_name(device: str) -> str:
     return "latency-" + re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") + ".json"
 
 
-def main() -> None:
+TINY_METHODS = ["reference", "oneshot", "nasprune_importance"]
+
+
+def tiny_settings(args: argparse.Namespace) -> None:
+    """The smallest setting: a tiny random BERT and a few MRPC rows, one short run of each unit (seconds)."""
+    root = Path(args.tiny_root or tempfile.mkdtemp(prefix="nasprune-tiny-"))
+    args.model, args.data_dir = tiny.workspace(root)
+    args.task, args.out, args.methods = "glue/mrpc", str(root / "prove"), args.methods or TINY_METHODS
+    args.max_length, args.batch_size, args.epochs, args.short_epochs = tiny.TINY_MAX_LENGTH, 8, 1.0, 0.5
+    args.lrs, args.evaluations, args.importance_batches, args.latency_repeats = [1e-4], 8, 2, 1
+    args.search_examples = 8  # of the 14 validation rows: a subset, as the service's job ranks on
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="the smallest setting (tiny model, a few rows)")
+    parser.add_argument("--tiny-root", default=None, help="where --tiny writes its model, data and out")
     add_task_arguments(parser)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -578,15 +603,20 @@ def main() -> None:
     parser.add_argument("--short-epochs", type=float, default=1.0, help="epochs of the oneshot_ft fine-tuning")
     parser.add_argument("--lrs", type=float, nargs="+", default=DEFAULT_LRS)
     parser.add_argument("--evaluations", type=int, default=100)
+    parser.add_argument("--search-examples", type=int, default=DEFAULT_SEARCH_EXAMPLES,
+                        help="validation examples the nasprune jobs rank on (the service's default)")
     parser.add_argument("--importance-batches", type=int, default=64, help="batches for the oneshot Fisher")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: every method")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-repeats", type=int, default=7)
     parser.add_argument("--fresh-latency", action="store_true",
                         help="then re-time every point of the chosen methods together, round-robin (on a quiet "
                              "machine, after they have finished)")
     parser.add_argument("--out", default=str(OUT))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.tiny:
+        tiny_settings(args)
+    args.methods = args.methods or list(METHODS)
     # a stop by kill runs the cleanup of a stopped run (the refine keeps its time) as Ctrl-C does
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -595,7 +625,7 @@ def main() -> None:
     settings_path = experiment.folder / "settings.json"
     stored = read_json(settings_path) if settings_path.exists() else {}
     earlier = set(stored.get("methods", []))
-    # which CPU each method last ran on: a seed's methods may span sessions, and sessions may get other machines
+    # which CPU each method last ran on: a seed's methods may run at different times, on different machines
     cpu = device_name("cpu")
     write_json(settings_path, vars(args) | {
         "methods": [m for m in METHODS if m in earlier | set(args.methods)], "methods_this_run": args.methods,
@@ -617,6 +647,7 @@ def main() -> None:
         experiment.add_latency([p for points in results.values() for p in points], fresh=True)
         for method, points in results.items():
             write_json(experiment.folder / f"{method}.json", points)
+    return results
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ Hypervolume (higher is better) is computed per method on (encoder params as a fr
 test error), normalised so that the reference point is (1.1, majority-class error): a point only counts where
 it is smaller than 1.1 x the full encoder and better than always answering the majority class. Points are
 chosen on validation; test figures are reported.
+
+A record without the fields the tables read (a point's configuration, size, errors, the main metric) stops the
+report with its path (bench/checks.py) instead of printing blanks.
 """
 
 from __future__ import annotations
@@ -24,16 +27,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from checks import require  # noqa: E402
 from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
 from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# the machine of every run before settings.json recorded the CPU (sessions 1-16, from their notes)
+# the machine of every run whose settings.json records no CPU (the CPU was recorded per method only later)
 EARLIER_CPU_MODEL = "AMD EPYC"  # what device_name() holds on that machine (the exact model was never recorded)
 EARLIER_CPU = f"a 2-core {EARLIER_CPU_MODEL} VM (Zen 4, AVX512-BF16, KVM)"
 OUT = HERE / "out" / "prove"
+READING = "READING.md"  # the current reading of the figures, kept by hand; the work's history is in archive/
 NASPRUNE = ("nasprune_importance_refined", "nasprune_importance_picks_refined", "nasprune_importance",
             "nasprune_refined", "nasprune", "nasprune_v1", "nasprune_v0")
 METHODS = (*NASPRUNE, "reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small")
@@ -55,13 +60,27 @@ STYLE = {"nasprune_importance_refined": ("darkgreen", "P"), "nasprune_importance
          "nas_small": ("tab:purple", "D")}
 
 
+POINT_FIELDS = ("config", "params_fraction", "validation_error", "test_error")
+
+
+def require_points(path: Path, points: list[dict[str, Any]], metric: str | None) -> None:
+    """A record the tables read: every point with its configuration, size and errors, and the task's main metric
+    in its validation and test figures (a record of another shape would print blanks or another metric)."""
+    for k, point in enumerate(points):
+        missing = [f for f in POINT_FIELDS if f not in point]
+        missing += [f"{split}.{metric}" for split in ("validation", "test")
+                    if metric is not None and metric not in point.get(split, {})]
+        require(not missing, f"{path}, point {k}: no {', '.join(missing)}")
+
+
 def load(folder: Path) -> dict[str, Any]:
-    """One seed: settings and each method's points (only methods that finished)."""
+    """One seed: settings and each method's points (only methods that finished), checked (require_points)."""
     data = {"settings": json.loads((folder / "settings.json").read_text()), "methods": {}, "job_epochs": {}}
     for method in METHODS:
         path = folder / f"{method}.json"
         if path.is_file():
             data["methods"][method] = json.loads(path.read_text())
+            require_points(path, data["methods"][method], data["settings"].get("main_metric"))
         run_file = folder / method.removesuffix("_refined") / "run" / "run.json"  # a refined job reuses its run
         if method in NASPRUNE and run_file.is_file():
             data["job_epochs"][method] = json.loads(run_file.read_text())["training"]["epochs"]
@@ -110,13 +129,12 @@ def method_hypervolume(seed: dict[str, Any], method: str, *, with_full: bool = F
     return test_error_hypervolume(points, chance_error(seed))
 
 
-# below this share of its threads' CPU time, a timed unit shared the cores with other work (prove.Stopwatch).
-# Calibrated on this 2-core machine at 2 threads: quiet fine-tuning units read 0.96-0.985 (MRPC seed 2's
-# masks + FT), a matmul beside another 2-thread job 0.50; the threshold sits between.
+# below this share of its threads' CPU time, a timed unit shared the cores with other work (prove.Stopwatch): a
+# quiet unit uses nearly all of its threads' time and one beside another job of the same thread count about half,
+# so the threshold sits between.
 SHARED_CPU = 0.75
 SHARED_NOTE = (f"\\* timed while other work shared the cores (the process used under {SHARED_CPU:.0%} of its threads' "
-               "CPU time): an upper bound, not a cost. Units timed before the CPU share was recorded carry no mark; "
-               "RESULTS_NOTES.md says which shared the cores.")
+               "CPU time): an upper bound, not a cost. Units timed before the CPU share was recorded carry no mark.")
 
 
 class SharedMarks:
@@ -326,10 +344,10 @@ def job_point(seed: dict[str, Any], method: str) -> dict[str, Any] | None:
 
 
 def cpu_lines(seeds: dict[int, dict[str, Any]]) -> list[str]:
-    """The methods that ran on another CPU than EARLIER_CPU (recorded per method in settings.json since the
-    seventeenth session; an unrecorded method ran on EARLIER_CPU): their times are not that machine's. Latencies are
-    named apart, by the device each point records (`latency_device`, since the eighteenth session; none recorded:
-    EARLIER_CPU's cache), since a method that ran elsewhere may have been timed from the earlier CPU's cache."""
+    """The methods that ran on another CPU than EARLIER_CPU (settings.json's `cpu_by_method`; a method it does not
+    name ran on EARLIER_CPU): their times are not that machine's. Latencies are named apart, by the device each
+    point records (`latency_device`; none recorded: EARLIER_CPU's cache), since a method that ran elsewhere may
+    have been timed from the earlier CPU's cache."""
     by_cpu: dict[str, list[str]] = defaultdict(list)
     timed_on: dict[str, list[str]] = defaultdict(list)
     for k, seed in sorted(seeds.items()):
@@ -351,7 +369,7 @@ def cpu_lines(seeds: dict[int, dict[str, Any]]) -> list[str]:
 
 def baseline_training_times(seeds: dict[int, dict[str, Any]], shared_mark) -> list[str]:
     """Each baseline's total training time, one column per seed (the mean where every seed has it): seeds differ by
-    up to a third on this machine, so the first seed alone would be one draw."""
+    noticeably, so the first seed alone would be one draw."""
     keys = sorted(seeds)
     many = len(keys) > 1
     lines = ["", "| method | " + " | ".join(f"total training time, seed {k} (s)" for k in keys)
@@ -499,8 +517,8 @@ def search_budget_section(task: str, budgets: Path) -> list[str]:
                       f"{task.replace('-', '/', 1)} --seed {seed}`)", "",
                       "The importance job's supernet searched again (100 evaluations, the job's seed), each search "
                       "seeing a seeded random subset of the validation split (`validation_limit`) and ranking in "
-                      "the precision its row names (`evaluation_dtype`; bfloat16 is the default on this CPU since "
-                      "the sixth session, and its front is scored again in float32); the searches of one command "
+                      "the precision its row names (`evaluation_dtype`; bfloat16, the default on a CPU that computes "
+                      "it natively, has its front scored again in float32); the searches of one command "
                       "ran one after the other in one process. Test figures of the front each finds, chosen on its "
                       "own subset; the job ratio keeps the job's training time.", "", *table, ""]
     return lines
@@ -522,11 +540,10 @@ def recipes_section(task: str, recipes: Path) -> list[str]:
                   "Fisher-ordered, sliced); `importance*` train in the importance space, the others in the uniform "
                   "space.", "", *table, ""]
         if threads == "2":
-            lines += ["The uniform-space recipes of this table trained two at a time with one thread each, before "
-                      "the screening kept thread counts apart (v0, importance and reference-sliced are the quiet "
-                      "2-thread runs above), so their training times are not comparable with the cost table, and "
-                      "differences of ± 0.01 between them are within what a thread count alone changes (next "
-                      "table).", ""]
+            lines += ["The uniform-space recipes of this table trained two at a time with one thread each (v0, "
+                      "importance and reference-sliced are quiet 2-thread runs), so their training times are not "
+                      "comparable with the cost table, and differences of ± 0.01 between them are within what a "
+                      "thread count alone changes (next table).", ""]
     return lines
 
 
@@ -550,11 +567,11 @@ def coverage_lines(seeds: dict[Path, dict[str, Any]]) -> list[str]:
             "|---|---|" + "---|" * len(COVERED), *rows, ""]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     folders = [settings.parent for settings in sorted(Path(args.out).glob("*/seed*/settings.json"))]
     seeds = {folder: load(folder) for folder in folders}  # every seed, finished methods or not
     runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
@@ -575,7 +592,7 @@ def main() -> None:
              f"encoder params, {any_settings.get('evaluations')} evaluations, ranked in bfloat16 where the CPU has "
              "it) unless a method's name says otherwise.", "", __doc__.split("\n\n", 2)[2], ""]
     lines += coverage_lines(seeds)
-    notes = HERE / "RESULTS_NOTES.md"  # the hand-written reading of the figures (what wins, what loses, why)
+    notes = HERE / READING  # the hand-written reading of the figures (what wins, what loses, why)
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
     for task in sorted(runs):

@@ -1,8 +1,8 @@
 """What a smaller validation set buys the search: time against the quality of the front it finds.
 
-The search evaluates every sub-network it tries on the validation split; on MRPC that is 1,100 pairs, and the
-search with the front's test re-evaluation is 46 % of the default job (527 of 1,153 s). `validation_limit` (a
-seeded random subset, `RunSpec.validation_limit`) cuts that roughly in proportion, at the price of a noisier
+The search evaluates every sub-network it tries on the validation split, so the split's size sets a large share
+of a job's time (bench/RESULTS.md). `validation_limit` (a seeded random subset, `RunSpec.validation_limit`) cuts
+that roughly in proportion, at the price of a noisier
 choice. This script takes the supernet bench/prove.py's importance job trained (`nasprune_importance`, same task
 and seed: the training is not repeated), runs the same search (100 evaluations, the job's seed) once per limit,
 one after the other in one process (so their times are measured side by side), and scores each front on test
@@ -22,6 +22,10 @@ searches in float32, the default before bfloat16, carry no suffix); the table is
 
 `--search-seed J` runs the searches with another seed on the same trained supernet: how much the front found
 moves with the search's own randomness, the yardstick for any other difference between two rows.
+
+The check (bench/checks.py): each search's front saw the number of validation examples its row names and ranked
+in the precision it names; a failed check exits non-zero. `--prove` points at another bench/prove.py output (its
+`--tiny` one for a run in seconds).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from checks import require
 from prove import Stopwatch, copy_trained, seed_folder
 from scoring import BUDGETS, best_under, test_error_hypervolume
 
@@ -67,8 +72,18 @@ def score(front: dict[str, Any], chance_error: float) -> dict[str, Any]:
             "best_under": {k: p and {"fraction": p["params_fraction"], "test": p["test"]} for k, p in best.items()}}
 
 
-def main() -> None:
+def require_searched(folder: Path, examples: int, dtype: str) -> None:
+    """The search in `folder` ranked `examples` validation examples in `dtype`, as the row will say."""
+    front = json.loads((folder / "front.json").read_text())
+    ranked_in = json.loads((folder / "search.json").read_text()).get("evaluation_dtype")
+    seen = front.get("search_examples") or front.get("validation_examples")
+    require(seen == examples, f"{folder}: the search ranked {seen} validation examples, not {examples}")
+    require(ranked_in == dtype, f"{folder}: the search ranked in {ranked_in}, not {dtype}")
+
+
+def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prove", type=Path, default=PROVE, help="bench/prove.py's output folder")
     parser.add_argument("--task", default="glue/mrpc")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limits", nargs="+", default=["275", "550", "full"],
@@ -81,11 +96,11 @@ def main() -> None:
                         help="the searches' seed (default: --seed, the job's); the job row is the job's own")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "out" / "search_budget"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
 
-    prove = PROVE / seed_folder(args.task, args.seed)
+    prove = args.prove / seed_folder(args.task, args.seed)
     source = prove / "nasprune_importance" / "run"
     if not (source / "training.json").is_file():
         raise SystemExit(f"{source} holds no trained supernet: run bench/prove.py --task {args.task} "
@@ -125,6 +140,7 @@ def main() -> None:
             front, epochs = json.loads((out / name / "front.json").read_text()), spec.training.epochs
             examples = min(spec.validation_limit or size, size)
             searched = examples
+            require_searched(out / name, examples, dtype)
         result = {"task": args.task, "seed": args.seed, "limit": limit_arg,
                   "search_seed": args.seed if limit_arg == "job" else search_seed, "validation_examples": examples,
                   "search_examples": searched,
@@ -136,7 +152,9 @@ def main() -> None:
                   "plain_per_epoch_s": reference["plain_train_s"] / settings["epochs"],
                   "main_metric": metric, **score(front, 1.0 - settings["majority_baseline"][metric])}
         result_file.write_text(json.dumps(result, indent=2))
-    print("\n".join(table_lines(out)))
+    lines = table_lines(out)
+    print("\n".join(lines))
+    return lines
 
 
 def job_row_name(source: Path) -> str:

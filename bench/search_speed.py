@@ -4,8 +4,10 @@ Evaluates the MiniLM supernet's full network and sub-networks (fixed 50 % / 25 %
 and random members of the search space) on RTE's validation split (747 examples, batches sorted by length),
 interleaved, median of `--repeats`. Prints evaluations per minute and, per sub-network,
 time ÷ (full-model time × MAC share), where the MAC share counts the real padded batch lengths. Target <= 1.2.
+The check (bench/checks.py): every timed evaluation's forwards ran the sub-network's layers at its widths.
 
     python bench/search_speed.py [--task glue/rte --data-dir ../shared/data/glue --threads 2 --repeats 3]
+    python bench/search_speed.py --tiny       # seconds: a tiny random model on a few RTE rows, the same check
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import statistics
 import time
 from pathlib import Path
 
+import tiny
 import torch
+from checks import require_widths, trace_widths
 
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
@@ -28,8 +32,11 @@ from supernet.settings import RunSpec
 from supernet.space import make_space
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model on a few rows, 1 repeat")
+    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny writes its model and data")
+    parser.add_argument("--model", default="minilm")
     parser.add_argument("--task", default="glue/rte")
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/glue"))
     parser.add_argument("--threads", type=int, default=2)
@@ -37,12 +44,17 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=6, help="random members of the uniform space")
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    max_length = 128
+    if args.tiny:
+        args.model, args.data_dir = tiny.workspace(args.tiny_root)
+        args.repeats, args.random, args.eval_batch_size, max_length = 1, 2, 8, tiny.TINY_MAX_LENGTH
     torch.set_num_threads(args.threads)
-    run = Run("/nonexistent", RunSpec(task=args.task, data_dir=args.data_dir, eval_batch_size=args.eval_batch_size))
+    run = Run("/nonexistent", RunSpec(model=args.model, task=args.task, data_dir=args.data_dir,
+                                      eval_batch_size=args.eval_batch_size, max_length=max_length))
     batches = list(run.batches("validation"))  # collated once, as search.objectives.Measurements does
     lengths = [(batch["input_ids"].shape[0], batch["input_ids"].shape[1]) for batch in batches]
-    model = load_supernet_from_pretrained("minilm", num_labels=run.task.spec.num_labels).eval()
+    model = load_supernet_from_pretrained(args.model, num_labels=run.task.spec.num_labels).eval()
     cfg = model.config
     n, h, u = cfg.num_layers, cfg.num_heads, cfg.intermediate_size
     space = make_space("uniform", cfg)
@@ -51,7 +63,7 @@ def main() -> None:
         "full": None,
         "50% heads + 50% units": SubNetworkConfig(tuple(range(n)), (h // 2,) * n, (u // 2,) * n),
         "25% heads + 25% units": SubNetworkConfig(tuple(range(n)), (h // 4,) * n, (u // 4,) * n),
-        "3 of 6 layers": SubNetworkConfig(tuple(range(n // 2)), (h,) * n, (u,) * n),
+        f"{n // 2} of {n} layers": SubNetworkConfig(tuple(range(n // 2)), (h,) * n, (u,) * n),
     } | {f"random {i}": space.sample(rng) for i in range(args.random)}
 
     def macs(sub: SubNetworkConfig | None) -> int:
@@ -61,13 +73,16 @@ def main() -> None:
     evaluate(model, batches, run.task.spec)  # warm-up
     for _ in range(args.repeats):
         for name, sub in subs.items():
-            start = time.perf_counter()
-            evaluate(model, batches, run.task.spec, sub=sub)
-            times[name].append(time.perf_counter() - start)
+            with trace_widths(model) as trace:
+                start = time.perf_counter()
+                evaluate(model, batches, run.task.spec, sub=sub)
+                times[name].append(time.perf_counter() - start)
+            require_widths(trace, sub or model.full_config(), f"evaluation of {name}")
     median = {name: statistics.median(values) for name, values in times.items()}
     full_time, full_macs = median["full"], macs(None)
     print(f"{run.task.spec.name} validation ({len(run.task.validation)} examples, batch {args.eval_batch_size}, "
-          f"sorted by length), MiniLM-L6, {args.threads} threads, torch {torch.__version__}, median of {args.repeats}")
+          f"sorted by length), {args.model}, {args.threads} threads, torch {torch.__version__}, "
+          f"median of {args.repeats}")
     print("| sub-network | MAC share | eval time | time / (full time x MAC share) |")
     print("|---|---|---|---|")
     rows = {}
@@ -85,6 +100,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows,
                                          "evaluations_per_minute": per_minute}, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

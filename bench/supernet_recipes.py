@@ -7,7 +7,8 @@ recipe that wins here becomes nasprune's default and is then proven by bench/pro
 
     python bench/supernet_recipes.py --task glue/mrpc --recipes v0 lr1e-4 plain2-lr1e-4
 
-Results: bench/out/recipes/<task>/seed<k>/<recipe>.json (a finished recipe is not retrained or re-measured).
+Results: bench/out/recipes/<task>/seed<k>/<recipe>.json (a finished recipe is not retrained or re-measured). The
+check (bench/checks.py): every architecture's figures come from forwards at its widths.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import time
 from pathlib import Path
 
 import torch
+from baselines import uniform_configs
+from checks import checked_evaluate
 from prove import V0_TRAINING, add_task_arguments, seed_folder
 from safetensors.torch import load_file
 
-from search.baselines import uniform_configs
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_params
-from supernet.evaluation import evaluate
+from supernet.data import TaskSpec
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
 from supernet.run import Run, same_run, train_run
@@ -83,7 +85,7 @@ def reference_sliced(run: Run, prove_folder: Path) -> Supernet:
 
 def reuse_prove_supernet(name: str, spec: RunSpec, folder: Path, prove: Path) -> float | None:
     """The default recipe is what bench/prove.py's importance job trained (same spec and seed: a bitwise equal
-    supernet on this machine's deterministic CPU kernels): copy its supernet instead of training it again, and
+    supernet on one CPU's deterministic kernels): copy its supernet instead of training it again, and
     report its training time. None if there is nothing to reuse."""
     job = prove / "nasprune_importance"
     source = job / "run"
@@ -148,17 +150,25 @@ def main() -> None:
             model = run.load_supernet()
         task = run.task
         validation, test = list(run.batches("validation")), list(run.batches(next(iter(task.test))))
-        full = count_params(model.config).encoder
-        points = []
-        for label, sub in architectures(model.config, prove_points):
-            points.append({"label": label, "config": sub.to_dict(),
-                           "params_fraction": count_params(model.config, sub).encoder / full,
-                           "validation": evaluate(model, validation, task.spec, sub=sub),
-                           "test": evaluate(model, test, task.spec, sub=sub)})
-            log.info("%s %s: %s", name, label, points[-1]["test"])
+        points = measure(model, architectures(model.config, prove_points), validation, test, task.spec)
         result_file.write_text(json.dumps({"recipe": name, "training": RECIPES.get(name, {}), "train_s": train_s,
                                            "points": points}, indent=2))
     print("\n".join(recipe_table(folder, [*args.recipes])))
+
+
+def measure(model: Supernet, archs: list[tuple[str, SubNetworkConfig]], validation: list, test: list,
+            spec: TaskSpec) -> list[dict]:
+    """Validation and test figures of each architecture sliced out of `model`, each checked to come from forwards
+    at its widths (bench/checks.py)."""
+    full = count_params(model.config).encoder
+    points = []
+    for label, sub in archs:
+        points.append({"label": label, "config": sub.to_dict(),
+                       "params_fraction": count_params(model.config, sub).encoder / full,
+                       "validation": checked_evaluate(model, validation, spec, sub=sub, what=label),
+                       "test": checked_evaluate(model, test, spec, sub=sub, what=label)})
+        log.info("%s: %s", label, points[-1]["test"])
+    return points
 
 
 def recipe_table(folder: Path, names: list[str]) -> list[str]:

@@ -3,22 +3,27 @@ uniform sub-networks, and plain fine-tuning of the full supernet and of a physic
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import TOY_SPEC, make_supernet, supernet_config, toy_batches
 
-from search.baselines import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/baselines.py: used by bench only
+from baselines import (  # noqa: E402
     PrunedModel,
     finetune,
     kwon_mask,
     layer_drop_configs,
     uniform_configs,
 )
-from supernet.config import SubNetworkConfig
-from supernet.counting import count_macs
-from supernet.extract import extract
-from supernet.importance import Importance, fisher_importance, reorder_by_importance
-from supernet.settings import TrainingConfig
+
+from supernet.config import SubNetworkConfig  # noqa: E402
+from supernet.counting import count_macs  # noqa: E402
+from supernet.extract import extract  # noqa: E402
+from supernet.importance import Importance, fisher_importance, reorder_by_importance  # noqa: E402
+from supernet.settings import TrainingConfig  # noqa: E402
 
 
 def encoder_macs(config, sub=None) -> int:

@@ -11,12 +11,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import scoring  # noqa: E402
 from prove_report import (  # noqa: E402
     COVERED,
+    HERE,
+    READING,
     SharedMarks,
     baseline_training_times,
     composed_picks,
     coverage_lines,
     cpu_lines,
     load,
+    main,
 )
 
 
@@ -117,3 +120,13 @@ def test_latency_caches_are_kept_per_cpu_model_and_thread_count() -> None:
     assert xeon == "latency-cpu-intel-r-xeon-r-processor-2t.json"
     assert latency_cache_name("cpu-AMD EPYC 9R14 96-Core Processor-2t") != xeon
     assert latency_cache_name("cpu-Intel(R) Xeon(R) Processor-4t") != xeon
+
+
+def test_the_report_holds_the_current_reading_and_no_work_diary(tmp_path: Path) -> None:
+    """RESULTS.md states current results; the history of the work lives in bench/archive/, outside the report."""
+    results = tmp_path / "RESULTS.md"
+    main(["--out", str(tmp_path / "prove"), "--results", str(results)])
+    text = results.read_text()
+    assert (HERE / READING).read_text().strip() in text
+    assert "session" not in text.lower() and "archive/NOTES.md" in text  # pointed at, not included
+    assert not (HERE / "RESULTS_NOTES.md").exists()

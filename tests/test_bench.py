@@ -1,0 +1,354 @@
+"""Every benchmark in bench/ runs its smallest setting (`--tiny`: a tiny random BERT, a few GLUE rows) and checks
+that it exercised the path its figure names (bench/checks.py, issue 37); each check is also made to fail on
+purpose, so a benchmark that measures something else exits non-zero instead of printing a figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_supernet, random_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import checks  # noqa: E402
+import eval_precision  # noqa: E402
+import front_rescoring  # noqa: E402
+import latency_model  # noqa: E402
+import load_test  # noqa: E402
+import optimizers  # noqa: E402
+import prove  # noqa: E402
+import prove_report  # noqa: E402
+import scoring  # noqa: E402
+import search_budget  # noqa: E402
+import search_speed  # noqa: E402
+import supernet_recipes  # noqa: E402
+import supernet_speed  # noqa: E402
+import tiny  # noqa: E402
+import verify_front  # noqa: E402
+
+from supernet.config import SubNetworkConfig  # noqa: E402
+from supernet.extract import extract  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> tuple[str, str]:
+    """The tiny setting's model folder and GLUE data dir, built once for the module."""
+    return tiny.workspace(tmp_path_factory.mktemp("tiny"))
+
+
+def workspace_root(workspace: tuple[str, str]) -> Path:
+    return Path(workspace[0]).parent
+
+
+def half(config) -> SubNetworkConfig:
+    n = config.num_layers
+    return SubNetworkConfig(tuple(range(n - 1)), (config.num_heads // 2,) * n, (config.intermediate_size // 2,) * n)
+
+
+# -- bench/checks.py: each check passes on the path it names and fails on another -------------------------------
+def test_width_trace_passes_for_the_sub_network_and_fails_for_the_full_network() -> None:
+    model, inputs = make_supernet(), random_inputs()
+    sub = half(model.config)
+    with checks.trace_widths(model) as trace, torch.no_grad(), model.use(sub):
+        model(inputs["input_ids"], inputs["attention_mask"])
+    checks.require_widths(trace, sub, "sliced")
+    with checks.trace_widths(model) as trace, torch.no_grad():
+        model(inputs["input_ids"], inputs["attention_mask"])  # forgot set_sub_network: the full network ran
+    with pytest.raises(checks.CheckFailed, match="not the sub-network's"):
+        checks.require_widths(trace, sub, "sliced")
+    with pytest.raises(checks.CheckFailed, match="never called"):
+        checks.require_widths(checks.WidthTrace(), sub, "sliced")
+
+
+def test_exported_check_refuses_a_supernet_and_another_sub_networks_export() -> None:
+    model = make_supernet()
+    sub = half(model.config)
+    checks.require_exported(extract(model, sub), sub, "extracted")
+    with pytest.raises(checks.CheckFailed, match="not an exported"):
+        checks.require_exported(model, sub, "extracted")
+    with pytest.raises(checks.CheckFailed, match="weights have"):
+        checks.require_exported(extract(model, model.full_config()), sub, "extracted")
+
+
+def test_models_called_sees_models_built_inside_library_code() -> None:
+    model, inputs = make_supernet(), random_inputs()
+    subs = [half(model.config), model.full_config()]
+    exports = [extract(model, sub) for sub in subs]
+    with checks.models_called() as seen, torch.no_grad():
+        for small in [*exports, *exports]:
+            small(inputs["input_ids"], inputs["attention_mask"])
+        model(inputs["input_ids"])  # the supernet is not an export: not listed
+    checks.require_timed_exports(seen, subs, "latency")
+    with pytest.raises(checks.CheckFailed, match="2 exported models ran for 1"):
+        checks.require_timed_exports(seen, subs[:1], "latency")
+    with pytest.raises(checks.CheckFailed, match="weights have"):
+        checks.require_timed_exports(seen, subs[::-1], "latency")
+
+
+def test_dtype_check_reads_the_raw_logits() -> None:
+    model, inputs = make_supernet(), random_inputs()
+    with checks.output_dtypes(model) as trace, torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        model(inputs["input_ids"], inputs["attention_mask"])
+    checks.require_dtype(trace, torch.bfloat16, "autocast")
+    with checks.output_dtypes(model) as trace, torch.no_grad():
+        model(inputs["input_ids"], inputs["attention_mask"])
+    with pytest.raises(checks.CheckFailed, match="computed in"):
+        checks.require_dtype(trace, torch.bfloat16, "autocast")
+
+
+def test_forward_count() -> None:
+    model, inputs = make_supernet(), random_inputs()
+    with checks.count_forwards(model) as count, torch.no_grad():
+        for _ in range(3):
+            model(inputs["input_ids"])
+    assert count.calls == 3
+
+
+def test_tiny_glue_without_the_real_data_writes_rows_each_task_reads(tmp_path: Path) -> None:
+    from supernet.data import load_task
+
+    folder = tiny.tiny_glue(tmp_path / "glue", source=tmp_path / "missing")
+    for task in ("glue/mrpc", "glue/rte", "glue/sst2"):
+        data = load_task(task, folder)
+        labels = {example.label for example in data.train}
+        assert labels == {0, 1} and len(data.train) + len(data.validation) == 48, task
+
+
+# -- bench/supernet_speed.py ---------------------------------------------------------------------------------------
+def test_supernet_speed_tiny_times_a_real_sandwich_step(capsys) -> None:
+    results = supernet_speed.main(["--tiny", "--threads", "1"])
+    assert set(results) == {"50% heads + 50% units", "25% heads + 25% units", "1 of 3 layers", "training_step"}
+    assert "sandwich step (full + smallest + 2 random" in capsys.readouterr().out
+
+
+def test_supernet_speed_refuses_to_time_a_plain_phase_as_sandwich(capsys) -> None:
+    """The issue's bug: the default recipe's plain phase made the "sandwich" timing a plain step."""
+    with pytest.raises(checks.CheckFailed, match="sandwich step ran 1 forward passes, not 4"):
+        supernet_speed.main(["--tiny", "--threads", "1", "--plain-fraction", "0.75"])
+    assert "sandwich step (" not in capsys.readouterr().out  # no figure printed
+
+
+@pytest.mark.slow
+def test_a_failed_check_exits_non_zero_with_the_reason() -> None:
+    result = subprocess.run([sys.executable, "bench/supernet_speed.py", "--tiny", "--threads", "1",
+                             "--plain-fraction", "0.75"], cwd=ROOT, capture_output=True, text=True, check=False,
+                            env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert "benchmark check failed: a sandwich step ran 1 forward passes" in result.stderr
+    assert "sandwich step (" not in result.stdout
+
+
+# -- bench/latency_model.py ------------------------------------------------------------------------------------------
+def test_latency_model_tiny_times_the_exported_models() -> None:
+    result = latency_model.main(["--tiny", "--threads", "1"])
+    assert len(result["measured_ms"]) == 4
+
+
+def test_latency_model_refuses_latencies_of_the_wrong_model(monkeypatch) -> None:
+    """A regression that timed the full network for every sub-network: the check names the widths."""
+    import search.latency
+
+    monkeypatch.setattr(search.latency, "extract", lambda supernet, sub: extract(supernet, supernet.full_config()))
+    with pytest.raises(checks.CheckFailed, match="weights have"):
+        latency_model.main(["--tiny", "--threads", "1"])
+
+
+# -- bench/search_speed.py -------------------------------------------------------------------------------------------
+def test_search_speed_tiny_evaluates_each_sub_network(tmp_path: Path, workspace) -> None:
+    rows = search_speed.main(["--tiny", "--tiny-root", str(workspace_root(workspace)), "--threads", "1"])
+    assert rows["full"]["mac_share"] == 1.0 and 0 < rows["25% heads + 25% units"]["mac_share"] < 0.3
+
+
+def test_search_speed_refuses_an_evaluation_that_ignores_the_sub_network(monkeypatch, workspace) -> None:
+    real = search_speed.evaluate
+    monkeypatch.setattr(search_speed, "evaluate", lambda model, batches, spec, sub=None: real(model, batches, spec))
+    with pytest.raises(checks.CheckFailed, match="not the sub-network's"):
+        search_speed.main(["--tiny", "--tiny-root", str(workspace_root(workspace)), "--threads", "1"])
+
+
+# -- bench/eval_precision.py -----------------------------------------------------------------------------------------
+def test_eval_precision_tiny_computes_in_the_precision_it_names(tmp_path: Path) -> None:
+    rows = eval_precision.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    assert [row["sub"] for row in rows] == ["full", "middle", "random 0"]
+    assert all(row["float32"]["agreement"] == 1.0 for row in rows)
+
+
+def test_eval_precision_refuses_bfloat16_figures_computed_in_float32(monkeypatch, tmp_path: Path) -> None:
+    """A regression where the autocast context does nothing (as on a device without it): float32 logits."""
+    import contextlib
+
+    monkeypatch.setattr(eval_precision.torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())
+    with pytest.raises(checks.CheckFailed, match="autocast bf16: the logits were computed in"):
+        eval_precision.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+
+
+# -- bench/verify_front.py -------------------------------------------------------------------------------------------
+def test_verify_front_tiny_reloads_every_front_point(tmp_path: Path) -> None:
+    assert verify_front.main(["--tiny", "--tiny-root", str(tmp_path)]) == 0.0
+
+
+def test_verify_front_refuses_a_front_that_is_not_the_non_dominated_trials(tmp_path: Path) -> None:
+    folder = tiny.tiny_search(tmp_path)
+    front_file = folder / "front.json"
+    front = json.loads(front_file.read_text())
+    trials = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
+    kept = {json.dumps(p["config"], sort_keys=True) for p in front["points"]}
+    other = next(t for t in trials if json.dumps(t["config"], sort_keys=True) not in kept)
+    front["points"].append(front["points"][0] | {"config": other["config"]})
+    front_file.write_text(json.dumps(front))
+    with pytest.raises(checks.CheckFailed, match="not the non-dominated trials"):
+        verify_front.main(["--run", str(folder)])
+
+
+# -- bench/prove.py and what reads its output (prove_report, search_budget, front_rescoring, eval_precision) ---------
+@pytest.fixture(scope="module")
+def tiny_prove(tmp_path_factory) -> Path:
+    """bench/prove.py --tiny: reference, one-shot masks and the default job on a tiny model (its output folder)."""
+    root = tmp_path_factory.mktemp("prove")
+    results = prove.main(["--tiny", "--tiny-root", str(root), "--threads", "1"])
+    assert set(results) == set(prove.TINY_METHODS)
+    assert all(p["latency_ms"]["32"] > 0 for points in results.values() for p in points)
+    return root / "prove"
+
+
+def test_prove_report_on_the_tiny_prove(tiny_prove: Path, tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    prove_report.main(["--out", str(tiny_prove), "--results", str(results)])
+    text = results.read_text()
+    assert "## glue-mrpc" in text and "| nasprune front (importance space, default) | 0 |" in text
+
+
+def test_prove_report_refuses_a_record_without_the_main_metric(tmp_path: Path) -> None:
+    folder = tmp_path / "glue-mrpc" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps({"main_metric": "f1"}))
+    point = {"config": {}, "params_fraction": 1.0, "validation_error": 0.1, "test_error": 0.2,
+             "validation": {"f1": 0.9}, "test": {"accuracy": 0.8}}
+    (folder / "reference.json").write_text(json.dumps([point]))
+    with pytest.raises(checks.CheckFailed, match=r"reference.json, point 0: no test.f1"):
+        prove_report.load(folder)
+
+
+def test_prove_refuses_a_latency_of_another_model(monkeypatch, tiny_prove: Path) -> None:
+    """A regression that timed the full model for every point: the check names the widths."""
+    monkeypatch.setattr(prove, "extract", lambda supernet, sub: extract(supernet, supernet.full_config()))
+    root = tiny_prove.parent
+    with pytest.raises(checks.CheckFailed, match="weights have"):
+        prove.main(["--tiny", "--tiny-root", str(root), "--threads", "1", "--methods", "oneshot",
+                    "--fresh-latency"])
+
+
+def test_search_budget_on_the_tiny_prove(tiny_prove: Path, tmp_path: Path) -> None:
+    lines = search_budget.main(["--prove", str(tiny_prove), "--limits", "6", "job", "--evaluations", "4",
+                                "--threads", "1", "--out", str(tmp_path)])
+    rows = [line for line in lines if line.startswith("| 6 ") or line.startswith("| 8, front on")]
+    assert len(rows) == 2
+
+
+def test_search_budget_refuses_a_search_on_other_examples(tiny_prove: Path) -> None:
+    run = tiny_prove / "glue-mrpc" / "seed0" / "nasprune_importance" / "run"
+    search_budget.require_searched(run, 8, json.loads((run / "search.json").read_text())["evaluation_dtype"])
+    with pytest.raises(checks.CheckFailed, match="ranked 8 validation examples, not 6"):
+        search_budget.require_searched(run, 6, "float32")
+    with pytest.raises(checks.CheckFailed, match="not float16"):
+        search_budget.require_searched(run, 8, "float16")
+
+
+def test_front_rescoring_on_the_tiny_prove(tiny_prove: Path, tmp_path: Path) -> None:
+    results = front_rescoring.main(["--prove", str(tiny_prove), "--threads", "1", "--out", str(tmp_path)])
+    assert results["every trial"]["measured_again"] == 8
+
+
+def test_front_rescoring_refuses_figures_of_the_full_network(monkeypatch, tiny_prove: Path, tmp_path: Path) -> None:
+    """A regression where evaluation ignores the sub-network: every trial would score as the full network."""
+    real = checks.evaluate
+    monkeypatch.setattr(checks, "evaluate", lambda model, batches, spec, sub=None: real(model, batches, spec))
+    with pytest.raises(checks.CheckFailed, match="not the sub-network's"):
+        front_rescoring.main(["--prove", str(tiny_prove), "--threads", "1", "--out", str(tmp_path)])
+
+
+def test_eval_precision_on_the_tiny_prove(tiny_prove: Path, tmp_path: Path) -> None:
+    rows = eval_precision.main(["--prove", str(tiny_prove), "--threads", "1", "--subnetworks", "1", "--repeats", "1",
+                                "--out", str(tmp_path)])
+    assert len(rows) == 3 and (tmp_path / "glue-mrpc" / "seed0" / "results.json").is_file()
+
+
+# -- bench/supernet_recipes.py (a recipe trains a whole supernet: its measuring and table are tested) -------------
+def test_supernet_recipes_measures_each_architecture_at_its_widths(monkeypatch) -> None:
+    from conftest import TOY_SPEC, toy_batches
+
+    model = make_supernet()
+    archs = [("half", half(model.config)), ("full", model.full_config())]
+    points = supernet_recipes.measure(model, archs, toy_batches(2), toy_batches(2, seed=5), TOY_SPEC)
+    assert [p["label"] for p in points] == ["half", "full"] and points[1]["params_fraction"] == 1.0
+    real = checks.evaluate
+    monkeypatch.setattr(checks, "evaluate", lambda model, batches, spec, sub=None: real(model, batches, spec))
+    with pytest.raises(checks.CheckFailed, match="half: a forward ran"):
+        supernet_recipes.measure(model, archs, toy_batches(2), toy_batches(2, seed=5), TOY_SPEC)
+
+
+def test_supernet_recipes_table(tmp_path: Path) -> None:
+    point = {"label": "uniform 50%", "params_fraction": 0.5, "validation": {"f1": 0.8}, "test": {"f1": 0.75}}
+    (tmp_path / "v0.json").write_text(json.dumps({"train_s": 12.0, "points": [point]}))
+    lines = supernet_recipes.recipe_table(tmp_path, ["v0", "lr1e-4"])
+    assert lines[2] == "| architecture | params | v0 |"
+    assert lines[4] == "| uniform 50% | 50% | 0.800 / 0.750 |" and lines[5] == "| training time (s) | | 12 |"
+
+
+# -- bench/optimizers.py ---------------------------------------------------------------------------------------------
+def test_optimizers_tiny_spends_each_runs_budget(tmp_path: Path) -> None:
+    results = optimizers.main(["--tiny", "--out", str(tmp_path), "--threads", "1", "--optimizers", "random",
+                               "nsga2"])
+    assert set(results) == {"random", "nsga2"} and (tmp_path / "glue-rte" / "summary.md").is_file()
+
+
+def test_optimizers_refuses_a_run_short_of_its_budget(tiny_config) -> None:
+    from conftest import TOY_SPEC, hand_latency_table, toy_batches
+
+    from search.objectives import Measurements
+    from search.runner import SearchConfig, run_search
+    from supernet.space import make_space
+
+    model = make_supernet(tiny_config)
+    measurements = Measurements(supernet=model, validation_batches=toy_batches(2), task=TOY_SPEC,
+                                latency=hand_latency_table(tiny_config), seq_len=8)
+    result = run_search(make_space("uniform", tiny_config), measurements,
+                        SearchConfig(optimizer="random", evaluations=3, seed=0))
+    optimizers.require_budget(result, measurements, 3, "random")
+    with pytest.raises(checks.CheckFailed, match="3 trials, not the 5 evaluations named"):
+        optimizers.require_budget(result, measurements, 5, "random")
+
+
+# -- bench/scoring.py ------------------------------------------------------------------------------------------------
+def test_scoring_on_a_hand_made_front() -> None:
+    points = [{"params_fraction": 0.55, "test_error": 0.1, "validation_error": 0.2},
+              {"params_fraction": 0.22, "test_error": 0.15, "validation_error": 0.1}]
+    # normalised: (0.5, 0.5) and (0.2, 0.75) under (1, 1): 0.5 x 0.5 + 0.3 x 0.25
+    assert scoring.test_error_hypervolume(points, chance_error=0.2) == pytest.approx(0.25 + 0.075)
+    assert scoring.best_under(points, 0.5) is points[1] and scoring.best_under(points, 0.1) is None
+    with pytest.raises(ValueError, match="point 1 has no numeric 'test_error'"):
+        scoring.test_error_hypervolume([points[0], {"params_fraction": 0.5}], 0.2)
+
+
+# -- bench/load_test.py ----------------------------------------------------------------------------------------------
+def test_load_test_key_check_finds_a_key_stored_twice() -> None:
+    stats = load_test.Stats()
+    stats.ledger["a"] = [("new", 201, "id-1")]
+    stats.ledger["b"] = [("new", 201, "id-2"), ("repost", 200, "id-2")]
+    assert load_test.check_keys(stats, {"a": ["id-1"], "b": ["id-2"]}, {"id-1", "id-2"})["problem_count"] == 0
+    broken = load_test.check_keys(stats, {"a": ["id-1"], "b": ["id-2", "id-3"]}, {"id-1", "id-2"})
+    assert broken["problem_count"] == 1 and broken["problems"][0].startswith("b:")
+
+
+@pytest.mark.slow
+def test_load_test_smallest_setting_passes_its_checks(tmp_path: Path) -> None:
+    """One real server with one worker, two clients for a few seconds: every check of the script holds."""
+    status = load_test.main(["--duration", "3", "--clients", "2", "--workers", "1", "--ramp", "0.5", "--active", "1",
+                             "--evaluations", "1", "--json", str(tmp_path / "load.json")])
+    assert status == 0
+    assert all(json.loads((tmp_path / "load.json").read_text())["checks"].values())
