@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from supernet.config import SubNetworkConfig
-from supernet.data import TaskSpec
+from supernet.tasks import TaskSpec
 from supernet.evaluation import evaluate
 from supernet.model import Supernet
 from supernet.modeling_nasprune import NasPruneForSequenceClassification

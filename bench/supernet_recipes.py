@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_params
-from supernet.data import TaskSpec
+from supernet.tasks import TaskSpec
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
 from supernet.run import Run, same_run, train_run

@@ -110,7 +110,7 @@ def test_forward_count() -> None:
 
 
 def test_tiny_glue_without_the_real_data_writes_rows_each_task_reads(tmp_path: Path) -> None:
-    from supernet.data import load_task
+    from supernet.loading import load_task
 
     folder = tiny.tiny_glue(tmp_path / "glue", source=tmp_path / "missing")
     for task in ("glue/mrpc", "glue/rte", "glue/sst2"):
