@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from supernet.config import SubNetworkConfig
-from supernet.tasks import TaskSpec
 from supernet.evaluation import evaluate
 from supernet.model import Supernet
 from supernet.modeling_nasprune import NasPruneForSequenceClassification
 from supernet.modules import ElasticBert, ElasticLayer
+from supernet.tasks import TaskSpec
 
 
 class CheckFailed(SystemExit):

@@ -29,11 +29,11 @@ from safetensors.torch import load_file
 from supernet.config import SubNetworkConfig
 from supernet.convert import load_supernet_from_pretrained
 from supernet.counting import count_params
-from supernet.tasks import TaskSpec
 from supernet.importance import fisher_importance, reorder_by_importance
 from supernet.model import Supernet
 from supernet.run import Run, same_run, train_run
 from supernet.settings import RunSpec, TrainingConfig
+from supernet.tasks import TaskSpec
 
 OUT = Path(__file__).resolve().parent / "out"
 # name -> changes to nasprune's first recipe (prove.V0_TRAINING: 3 epochs, lr 5e-5, Fisher order on the random head,
