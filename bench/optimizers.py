@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from search.job import LatencyShape
 from search.latency import load_or_calibrate
 from search.objectives import Figures, Measurements
 from search.runner import SearchConfig, run_search
+from search.settings import LatencyShape
 from supernet.config import SubNetworkConfig
 from supernet.run import Run, train_run
 from supernet.settings import RunSpec, TrainingConfig

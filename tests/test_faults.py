@@ -490,8 +490,9 @@ def fresh(tmp_path) -> Iterator[tuple[Settings, sessionmaker]]:
 
 
 def _request() -> dict:
-    from search.job import LatencyShape, SearchJob
+    from search.job import SearchJob
     from search.runner import SearchConfig
+    from search.settings import LatencyShape
     from supernet.settings import RunSpec
 
     return repo.request_dict(RunSpec(model="minilm", task="custom/toy"),
