@@ -36,7 +36,7 @@ class SearchConfig(Settings):
     """The search loop's budget and optimizer; every objective is minimised (Deb et al. 2002, NSGA-II)."""
 
     objectives: list[Literal[OBJECTIVE_NAMES]] = Field(
-        default_factory=lambda: ["error", "params"], min_length=2, max_length=len(OBJECTIVE_NAMES),
+        ["error", "params"], min_length=2, max_length=len(OBJECTIVE_NAMES),
         description="objectives to minimise, at least two distinct ones (comma-separated: error,params)")
     optimizer: Literal[OPTIMIZER_NAMES] = Field(
         "nsga2", description="ehvi needs botorch (pip install 'nasprune[ehvi]')")
@@ -46,7 +46,7 @@ class SearchConfig(Settings):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, json_schema_extra=flag_extra("search-seed"),
                              description="the optimizer's seed; null: the training seed")
     optimizer_options: dict[str, Any] = Field(
-        default_factory=dict, max_length=16,
+        {}, max_length=16,
         description="extra keyword options of the optimizer (JSON), e.g. {\"population_size\": 20}")
 
     @field_validator("objectives", mode="before")

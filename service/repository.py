@@ -43,8 +43,8 @@ from .models import (
 )
 
 if TYPE_CHECKING:  # search.runner imports torch and transformers: seconds the API and the queue need not pay
-    from search.settings import SearchJob
     from search.runner import Trial
+    from search.settings import SearchJob
     from supernet.settings import RunSpec
 
 log = logging.getLogger(__name__)

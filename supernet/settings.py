@@ -161,7 +161,7 @@ class CustomTask(Settings):
                                                                         ".jsonl)")
     test_file: str = Field(min_length=1, max_length=1000, description="custom task: test file")
     text_columns: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        default_factory=lambda: ["text"], min_length=1, max_length=2,
+        ["text"], min_length=1, max_length=2,
         description="custom task: one or two text columns")
     label_column: str = Field("label", min_length=1, max_length=200, description="custom task: label column")
     task_type: Literal[TASK_TYPES] = "classification"
