@@ -138,7 +138,7 @@ def test_download_an_hf_archive_and_load_it(client, finished, settings, tmp_path
 
 @pytest.fixture(scope="module")
 def refined(ran) -> str:
-    """A search that refines its front points (budget.refine_epochs), run to the end by a worker process."""
+    """A search that refines its front points (refine.epochs), run to the end by a worker process."""
     return ran["refined"]
 
 
