@@ -66,8 +66,11 @@ def _parse_settings(args: argparse.Namespace) -> None:
         return
     data: dict[str, Any] = {}
     task = getattr(args, "settings__task", RunSpec.model_fields["task"].default)
+    custom = [f.name for f in args.settings_flags if f.path[0] == "custom" and hasattr(args, f.dest)]
     if "custom" in model.model_fields and task.startswith("custom/"):
         data["custom"] = {}  # a custom task's files are required: a missing one is named by its flag
+    elif custom:
+        raise FlagValueError(f"{', '.join(custom)} describe a custom task: give --task custom/<name> too")
     args.settings = parse_flags(model, args.settings_flags, args, **data)
 
 

@@ -397,6 +397,8 @@ def test_a_bad_flag_value_exits_2_naming_the_flag(capsys) -> None:
     assert "argument --evaluations: Input should be greater than or equal to 1 (got 0)" in capsys.readouterr().err
     assert main(["search", "--search-seed", "-1", "--out", "x"]) == 2
     assert "argument --search-seed" in capsys.readouterr().err
+    assert main(["train", "--train-file", "a.csv", "--out", "x"]) == 2
+    assert "--train-file describe a custom task: give --task custom/<name> too" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["search", "--optimizer", "annealing", "--out", "x"])
     assert exc.value.code == 2 and "argument --optimizer: invalid choice" in capsys.readouterr().err
