@@ -20,7 +20,7 @@ from supernet.settings import (
     MAX_SEED,
     RefineConfig,
     RunSpec,
-    Settings,
+    SettingsModel,
     flag_extra,
     split_commas,
 )
@@ -32,7 +32,7 @@ MAX_EVALUATIONS = 100_000
 MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
 
 
-class SearchConfig(Settings):
+class SearchConfig(SettingsModel):
     """The search loop's budget and optimizer; every objective is minimised (Deb et al. 2002, NSGA-II)."""
 
     objectives: list[Literal[OBJECTIVE_NAMES]] = Field(
@@ -63,7 +63,7 @@ class SearchConfig(Settings):
         return value
 
 
-class LatencyShape(Settings):
+class LatencyShape(SettingsModel):
     """The input shape the latency objective times each sub-network on."""
 
     batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="latency: batch size")
@@ -71,7 +71,7 @@ class LatencyShape(Settings):
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="latency: device to time on")
 
 
-class SearchJob(Settings):
+class SearchJob(SettingsModel):
     """A search after training: the search loop, the latency shape, what the params objective counts, the refining
     of front points, and how sub-networks are ranked."""
 

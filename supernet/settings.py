@@ -36,7 +36,7 @@ def split_commas(value: Any) -> Any:
     return value
 
 
-class Settings(BaseModel):
+class SettingsModel(BaseModel):
     """Base of every settings model: unknown fields are errors (a typo must not fall back to a default), and so
     are NaN and infinity (no bound holds for them)."""
 
@@ -51,7 +51,7 @@ def flag_extra(name: str | None, *aliases: str) -> dict[str, Any]:
     return {"flag": name, "aliases": list(aliases)}
 
 
-class TrainingConfig(Settings):
+class TrainingConfig(SettingsModel):
     """How the supernet is trained: plain fine-tuning of the full model, importance ordering, then sandwich steps
     (Yu & Huang 2019) with in-place distillation from the full model. The defaults are the recipe
     bench/supernet_recipes.py chose (bench/RESULTS.md has its figures)."""
@@ -84,7 +84,7 @@ class TrainingConfig(Settings):
     checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every this many steps")
 
 
-class RefineConfig(Settings):
+class RefineConfig(SettingsModel):
     """How front points are refined (fine-tuned at their own size, on the labels), and which; epochs = 0 turns
     refining off."""
 
@@ -136,7 +136,7 @@ class RefineConfig(Settings):
         return {k: v for k, v in self.to_dict().items() if k != "budgets"}
 
 
-class RefinePointConfig(Settings):
+class RefinePointConfig(SettingsModel):
     """An on-demand refine of chosen front points (`nasprune refine`, POST .../pareto/{point}/refine): the recipe
     fields of RefineConfig, with their bounds; at least some training, one epoch unless told."""
 
@@ -152,7 +152,7 @@ class RefinePointConfig(Settings):
         return RefineConfig(**self.model_dump())
 
 
-class CustomTask(Settings):
+class CustomTask(SettingsModel):
     """A user's dataset: CSV, TSV or JSONL files with one or two text columns and a label column."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", json_schema_extra=flag_extra(None),
@@ -184,7 +184,7 @@ DEFAULT_VALIDATION_LIMIT = 5000
 DEFAULT_SEARCH_EXAMPLES = 550
 
 
-class RunSpec(Settings):
+class RunSpec(SettingsModel):
     """A trained supernet: the model, the task and its splits, and how it is trained (run.json)."""
 
     model: str = Field("minilm", min_length=1, max_length=1000,
