@@ -95,11 +95,11 @@ def write_inputs(folder: Path) -> dict[str, str]:
 
 
 def search_body(inputs: dict[str, str], seed: int, evaluations: int) -> dict[str, Any]:
-    return {"model": inputs["model"],
-            "task": {"name": "toy", "train_file": inputs["train"], "test_file": inputs["test"],
-                     "text_columns": ["text"]},
-            "objectives": ["error", "params"], "budget": {"epochs": 1, "evaluations": evaluations},
-            "max_length": 16, "batch_size": 8, "latency": {"batch_size": 2}, "seed": seed}
+    return {"model": inputs["model"], "task": "custom/toy",
+            "custom": {"train_file": inputs["train"], "test_file": inputs["test"], "text_columns": ["text"]},
+            "training": {"epochs": 1, "seed": seed}, "search": {"objectives": ["error", "params"],
+                                                                 "evaluations": evaluations},
+            "max_length": 16, "batch_size": 8, "latency": {"batch_size": 2}}
 
 
 # ------------------------------------------------------------------------------------------------ server

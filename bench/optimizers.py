@@ -26,11 +26,11 @@ import tiny
 import torch
 from checks import require
 
-from search.job import LatencyShape
 from search.latency import load_or_calibrate
 from search.objectives import Figures, Measurements
 from search.pareto import non_dominated
 from search.runner import SearchConfig, SearchResult, run_search
+from search.settings import LatencyShape
 from supernet.config import SubNetworkConfig
 from supernet.run import Run, train_run
 from supernet.settings import RunSpec, TrainingConfig

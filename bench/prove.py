@@ -49,7 +49,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -371,7 +371,7 @@ class Experiment:
 
     def job_spec(self, **changes: Any) -> RunSpec:
         """The spec of a nasprune job: the service's defaults (its validation subset included) and `changes`."""
-        return replace(self.spec, validation_limit=DEFAULT_VALIDATION_LIMIT, **changes)
+        return self.spec.model_copy(update={"validation_limit": DEFAULT_VALIDATION_LIMIT, **changes})
 
     def nasprune(self) -> list[dict[str, Any]]:
         """The job as the service ran it before the importance space: default training settings (their epochs, not
@@ -439,7 +439,7 @@ class Experiment:
         times = read_json(folder / "times.json")
         refine = RefineConfig(epochs=self.args.short_epochs, budgets=budgets)
         if "refine_s" not in times:
-            seeded = replace(spec, training=TrainingConfig(seed=self.args.seed))
+            seeded = spec.model_copy(update={"training": TrainingConfig(seed=self.args.seed)})
             self.ensure_supernet(folder, seeded)
             job = SearchJob(search=SearchConfig(evaluations=self.args.evaluations, seed=self.args.seed), refine=refine)
             earlier_s = times.get("refine_partial_s", 0.0)  # earlier, stopped runs of this refine
@@ -509,7 +509,7 @@ class Experiment:
         run_folder = folder / "run"
         stored = RunSpec.from_dict(read_json(run_folder / "run.json")) if (run_folder / "run.json").is_file() else None
         if (stored is not None and "search_and_test_s" in times and not same_run(stored, spec)
-                and replace(stored, validation_limit=spec.validation_limit) == spec):
+                and stored.model_copy(update={"validation_limit": spec.validation_limit}) == spec):
             # the default validation cap changed since this job ran: search its trained supernet again
             self.set_search_aside(folder, spec, times, f"validation{stored.validation_limit}")
         if "search_and_test_s" in times:

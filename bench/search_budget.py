@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,8 @@ log = logging.getLogger("search_budget")
 
 def prepare(source: Path, folder: Path, limit: int | None) -> RunSpec:
     """A run folder holding the source job's trained supernet, its spec with `validation_limit` set."""
-    spec = replace(RunSpec.from_dict(json.loads((source / "run.json").read_text())), validation_limit=limit)
+    stored = RunSpec.from_dict(json.loads((source / "run.json").read_text()))
+    spec = stored.model_copy(update={"validation_limit": limit})
     if not (folder / "supernet").is_dir():
         copy_trained(source, folder, spec)
     return spec

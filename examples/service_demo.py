@@ -68,9 +68,9 @@ def main() -> int:
         else:
             raise SystemExit("the server did not start")
         print(f"server up at {base} (web page: {base}/, API docs: {base}/docs)")
-        request = {"model": "minilm", "task": "glue/rte", "data_dir": str(glue),
-                   "objectives": ["error", "params", "latency"], "optimizer": "nsga2",
-                   "budget": {"epochs": args.epochs, "evaluations": args.evaluations}}
+        request = {"model": "minilm", "task": "glue/rte", "data_dir": str(glue), "training": {"epochs": args.epochs},
+                   "search": {"objectives": ["error", "params", "latency"], "optimizer": "nsga2",
+                              "evaluations": args.evaluations}}
         status, body = call(base, "POST", "/searches", request)
         if status not in (200, 201):
             raise SystemExit(f"submit failed: {status} {body.decode()}")

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from supernet.extract import SUBNETWORK_FILE, save_folder, subnetwork_record
 from supernet.metrics import error_from_metrics
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, settings_differences, train_run
-from supernet.settings import DEFAULT_SEARCH_EXAMPLES, EVALUATION_DTYPES, RefineConfig, RunSpec
+from supernet.settings import RefineConfig, RunSpec
 from supernet.tasks import TaskSpec
 from supernet.training import TrainState
 
@@ -41,54 +41,13 @@ from .latency import load_or_calibrate
 from .objectives import Measurements, figures_dict, objective_values, resolve_objectives
 from .pareto import first_layers, non_dominated
 from .plot import plot_front
-from .runner import SearchConfig, SearchResult, Trial, run_search
+from .runner import SearchResult, Trial, run_search
+from .settings import SearchJob
 
 log = logging.getLogger(__name__)
 
 SEARCH_FILE, TRIALS_FILE, FRONT_FILE, PLOT_FILE = "search.json", "trials.jsonl", "front.json", "pareto.png"
 REFINED_DIR = "refined"
-
-
-@dataclass
-class LatencyShape:
-    batch_size: int = 32
-    seq_len: int | None = None  # None: the run's max_length
-    device: str = "cpu"
-
-
-@dataclass
-class SearchJob:
-    search: SearchConfig = field(default_factory=SearchConfig)
-    latency: LatencyShape = field(default_factory=LatencyShape)
-    params_kind: str = "encoder"
-    refine: RefineConfig = field(default_factory=RefineConfig)  # after the search: fine-tune each front point
-    # the precision the search ranks sub-networks in (supernet/evaluation.py): auto is bfloat16 where the CPU (or
-    # GPU) computes it natively, 2-2.5 x faster on this project's CPUs (bench/eval_precision.py); the front's
-    # figures are float32 whatever this says
-    evaluation_dtype: str = "auto"
-    # validation examples the search ranks sub-networks on (a seeded subset of the run's validation split; None:
-    # all of it); its best (SUBSET_RESCORED_LAYERS) are measured again on the whole split, and their front kept
-    # (supernet/settings.py says why this default)
-    search_examples: int | None = DEFAULT_SEARCH_EXAMPLES
-
-    def __post_init__(self) -> None:
-        if self.evaluation_dtype not in EVALUATION_DTYPES:
-            raise ValueError(f"evaluation_dtype must be one of {', '.join(EVALUATION_DTYPES)}; "
-                             f"got {self.evaluation_dtype!r}")
-        if self.search_examples is not None and self.search_examples < 1:
-            raise ValueError(f"search_examples must be >= 1 (or None: the whole validation split); "
-                             f"got {self.search_examples}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchJob:
-        return cls(search=SearchConfig(**data["search"]), latency=LatencyShape(**data["latency"]),
-                   params_kind=data.get("params_kind", "encoder"), refine=RefineConfig(**data.get("refine", {})),
-                   # searches stored before these settings existed ranked in float32, on the whole split
-                   evaluation_dtype=data.get("evaluation_dtype", "float32"),
-                   search_examples=data.get("search_examples"))
 
 
 def read_trials(folder: str | Path) -> list[Trial]:
@@ -387,23 +346,25 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     """Train (or resume) the supernet, search (or resume), write the front, then refine its points if the job
     asks for it (`on_refine(done, total)`). None if stopped early."""
     folder = Path(folder)
+    if job.search.seed is None:  # SearchConfig.seed: None is the training seed
+        job = job.model_copy(update={"search": job.search.model_copy(update={"seed": spec.training.seed})})
     state = train_run(spec, folder, progress=progress, on_step=on_train_step, should_stop=should_stop)
     if state.stopped:
         return None
     search_file = folder / SEARCH_FILE
     stored = SearchJob.from_dict(json.loads(search_file.read_text())) if search_file.is_file() else None
     if stored is not None and job.evaluation_dtype == "auto":  # a resumed search keeps the precision it ranked in
-        job = replace(job, evaluation_dtype=stored.evaluation_dtype)
+        job = job.model_copy(update={"evaluation_dtype": stored.evaluation_dtype})
     run = Run(folder, spec)
     # a subset as large as the split is the whole split, as a search stored before the setting ranked on
-    job = replace(job, search_examples=ranked_subset(job.search_examples, len(run.task.validation)))
+    job = job.model_copy(update={"search_examples": ranked_subset(job.search_examples, len(run.task.validation))})
     if stored is not None and _identity(stored.to_dict()) != _identity(job.to_dict()):
         differences = settings_differences(_identity(stored.to_dict()), _identity(job.to_dict()))
         raise ValueError(f"{folder} holds a different search ({differences}); choose another output folder")
     supernet = run.load_supernet()
     dtype = resolve_dtype(job.evaluation_dtype, next(supernet.parameters()).device)
     # search.json names the precision itself, so a resume on another machine ranks the same way
-    job = replace(job, evaluation_dtype=dtype_name(dtype))
+    job = job.model_copy(update={"evaluation_dtype": dtype_name(dtype)})
     search_file.write_text(json.dumps(job.to_dict(), indent=2))
     seq_len = job.latency.seq_len or spec.max_length
     space = run.space(supernet.config)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from supernet.space import SearchSpace
 from .objectives import Measurements, figures_dict, normalisation_bounds, objective_values, resolve_objectives
 from .optimizers import make_optimizer
 from .pareto import DEFAULT_REFERENCE, hypervolume, hypervolume_history, non_dominated, normalize
+from .settings import SearchConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +54,6 @@ class Trial:
                    objectives=dict(data["objectives"]), validation=dict(data["validation"]),
                    params=dict(data["params"]), macs=int(data["macs"]), latency_ms=float(data["latency_ms"]),
                    elapsed_s=float(data["elapsed_s"]))
-
-
-@dataclass
-class SearchConfig:
-    objectives: list[str] = field(default_factory=lambda: ["error", "params"])
-    optimizer: str = "nsga2"
-    evaluations: int = 100
-    time_limit_s: float | None = None
-    seed: int = 0
-    optimizer_options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        resolve_objectives(self.objectives)
-        if self.evaluations < 1:
-            raise ValueError(f"evaluations must be >= 1, got {self.evaluations}")
-        if self.time_limit_s is not None and self.time_limit_s <= 0:
-            raise ValueError(f"time_limit_s must be > 0, got {self.time_limit_s}")
 
 
 @dataclass
@@ -105,14 +89,16 @@ def run_search(space: SearchSpace, measurements: Measurements, config: SearchCon
     """Search `space` for sub-networks that trade the chosen objectives off best.
 
     Every run starts with the largest, smallest and middle member. The budget is `evaluations` distinct
-    sub-networks (trials passed in count towards it) and/or `time_limit_s` of search time.
+    sub-networks (trials passed in count towards it) and/or `time_limit_s` of search time. A `seed` of None
+    means the training seed (run_search_job fills it in); a search run on its own, without one, uses 0.
     """
     objectives = resolve_objectives(config.objectives)
     names = [o.name for o in objectives]
     bounds = normalisation_bounds(objectives, measurements)
     reference_point = [DEFAULT_REFERENCE] * len(names)
     initial = [space.encode(s) for s in (space.largest(), space.smallest(), space.middle())]
-    optimizer = make_optimizer(config.optimizer, space.lower, space.upper, len(names), seed=config.seed,
+    optimizer = make_optimizer(config.optimizer, space.lower, space.upper, len(names),
+                               seed=0 if config.seed is None else config.seed,
                                initial=initial, **config.optimizer_options)
     done: list[Trial] = sorted(trials, key=lambda t: t.index)
     cache = {t.config: t for t in done}

@@ -30,22 +30,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.names import OBJECTIVE_NAMES
-from search.optimizers import OPTIMIZERS
+from pydantic import BaseModel
+
+from search.settings import SearchSettings
+from service.flags import FlagValueError, add_flags, model_flags, parse_flags
 from supernet.config import ConfigError, SubNetworkConfig
-from supernet.settings import (
-    DEFAULT_SEARCH_EXAMPLES,
-    DEFAULT_VALIDATION_LIMIT,
-    EVALUATION_DTYPES,
-    CustomTask,
-    RefineConfig,
-    RunSpec,
-    TrainingConfig,
-)
-from supernet.space import SPACES
+from supernet.settings import RefinePointConfig, RunSpec
 
 if TYPE_CHECKING:
-    from search.job import SearchJob
     from supernet.run import Run
 
 # Only torch-free modules above: `nasprune --help`, `db upgrade` and `token` start without torch, transformers or
@@ -54,88 +46,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("nasprune")
 
 
-def _add_training_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="minilm", help="'minilm', a local folder or a hub id (BERT/RoBERTa family)")
-    p.add_argument("--task", default="glue/rte", help="glue/<name>, or custom/<name> with --train-file etc.")
-    p.add_argument("--data-dir", default=None, help="GLUE folder (classic TSV layout); default $GLUE_DIR or the hub")
-    p.add_argument("--train-file", help="custom task: training file (.csv, .tsv or .jsonl)")
-    p.add_argument("--test-file", help="custom task: test file")
-    p.add_argument("--text-columns", default="text", help="custom task: one or two comma-separated columns")
-    p.add_argument("--label-column", default="label", help="custom task: label column")
-    p.add_argument("--task-type", choices=["classification", "regression"], default="classification")
-    p.add_argument("--space", default=RunSpec.space, choices=list(SPACES),
-                   help="importance: how many heads and units the network keeps, placed by importance across layers")
-    p.add_argument("--epochs", type=float, default=TrainingConfig.epochs,
-                   help="training epochs, the plain ones (--plain-fraction) included; may be fractional")
-    p.add_argument("--plain-fraction", type=float, default=TrainingConfig.plain_fraction,
-                   help="share of the training steps that fine-tune only the full model before importance ordering "
-                        "and sandwich training")
-    p.add_argument("--train-limit", type=int, default=None, help="cap on training examples")
-    p.add_argument("--validation-limit", type=_limit, default=DEFAULT_VALIDATION_LIMIT,
-                   help="cap on validation examples (a seeded random subset; 'all': the whole split): the front's "
-                        f"figures are measured on them (default {DEFAULT_VALIDATION_LIMIT})")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=TrainingConfig.learning_rate)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--num-random-subnets", type=int, default=TrainingConfig.num_random_subnets,
-                   help="k of the sandwich rule; 0 = plain fine-tuning")
-    p.add_argument("--temperature", type=float, default=TrainingConfig.temperature)
-    p.add_argument("--label-loss-weight", type=float, default=TrainingConfig.label_loss_weight)
-    p.add_argument("--importance", choices=["fisher", "none"], default="fisher")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run folder (rerun with the same folder to resume)")
+def _add_settings(p: argparse.ArgumentParser, model: type[BaseModel], **options: Any) -> None:
+    """The flags of `model`'s fields (service/flags.py), grouped by section; main() parses them back into it."""
+    flags = model_flags(model, **options)
+    groups: dict[str, Any] = {}
+    for flag in flags:
+        title = flag.path[0] if len(flag.path) > 1 else "settings"
+        if title not in groups:
+            section = "" if title == "settings" else f".{title}"
+            groups[title] = p.add_argument_group(f"{title} ({model.__name__}{section})")
+        add_flags(groups[title], [flag])
+    p.set_defaults(settings_model=model, settings_flags=flags)
 
 
-def _fractions(value: str) -> tuple[float, ...]:
-    """Comma-separated fractions, e.g. '0.5,0.33' (range checks are RefineConfig's)."""
-    try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions such as 0.5,0.33, got {value!r}") \
-            from None
-
-
-def _limit(value: str) -> int | None:
-    """A positive number of examples, or 'all' (None: no cap)."""
-    if value == "all":
-        return None
-    try:
-        limit = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of examples or 'all', got {value!r}") from None
-    if limit < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 example, got {limit}")
-    return limit
-
-
-def _spec_from_args(args: argparse.Namespace) -> RunSpec:
-    from supernet.tasks import DataError
-
-    custom = None
-    if args.task.startswith("custom/"):
-        if not args.train_file or not args.test_file:
-            raise DataError("a custom task needs --train-file and --test-file")
-        custom = CustomTask(name=args.task.split("/", 1)[1], train_file=args.train_file, test_file=args.test_file,
-                            text_columns=[c for c in args.text_columns.split(",") if c],
-                            label_column=args.label_column, task_type=args.task_type)
-    training = TrainingConfig(epochs=args.epochs, plain_fraction=args.plain_fraction, learning_rate=args.lr,
-                              gradient_accumulation=args.grad_accum,
-                              num_random_subnets=args.num_random_subnets, temperature=args.temperature,
-                              label_loss_weight=args.label_loss_weight, seed=args.seed)
-    return RunSpec(model=args.model, task=args.task, data_dir=args.data_dir, custom=custom, space=args.space,
-                   max_length=args.max_length, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-                   train_limit=args.train_limit, validation_limit=args.validation_limit,
-                   split_seed=args.split_seed, importance=args.importance,
-                   training=training)
+def _parse_settings(args: argparse.Namespace) -> None:
+    """args.settings: the command's settings model, from the flags given (defaults are the model's)."""
+    model = getattr(args, "settings_model", None)
+    if model is None:
+        return
+    data: dict[str, Any] = {}
+    task = getattr(args, "settings__task", RunSpec.model_fields["task"].default)
+    custom = [f.name for f in args.settings_flags if f.path[0] == "custom" and hasattr(args, f.dest)]
+    if "custom" in model.model_fields and task.startswith("custom/"):
+        data["custom"] = {}  # a custom task's files are required: a missing one is named by its flag
+    elif custom:
+        raise FlagValueError(f"{', '.join(custom)} describe a custom task: give --task custom/<name> too")
+    args.settings = parse_flags(model, args.settings_flags, args, **data)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from supernet.run import train_run
 
-    spec = _spec_from_args(args)
+    spec: RunSpec = args.settings
     start = time.perf_counter()
     with _signal_flags() as flags:
         state = train_run(spec, args.out, should_stop=lambda: flags["stop"],
@@ -178,24 +120,10 @@ def _signal_flags() -> Iterator[dict]:
             signal.signal(sig, handler)
 
 
-def _search_job_from_args(args: argparse.Namespace) -> SearchJob:
-    from search.job import LatencyShape, SearchJob
-    from search.runner import SearchConfig
-
-    search = SearchConfig(objectives=[o for o in args.objectives.split(",") if o], optimizer=args.optimizer,
-                          evaluations=args.evaluations, time_limit_s=args.time_limit, seed=args.seed)
-    latency = LatencyShape(batch_size=args.latency_batch_size, seq_len=args.latency_seq_len,
-                           device=args.latency_device)
-    return SearchJob(search=search, latency=latency, params_kind=args.params,
-                     refine=RefineConfig(epochs=args.refine_epochs, learning_rate=args.refine_lr,
-                                         budgets=args.refine_budgets),
-                     evaluation_dtype=args.evaluation_dtype, search_examples=args.search_examples)
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from search.job import FRONT_FILE, run_search_job
 
-    spec, job = _spec_from_args(args), _search_job_from_args(args)
+    spec, job = args.settings.split()
     start = time.perf_counter()
     with _signal_flags() as flags:
         result = run_search_job(spec, job, args.out, should_stop=lambda: flags["stop"])
@@ -234,7 +162,7 @@ def _print_front(front: dict[str, Any], positions: list[int] | None = None) -> N
 def cmd_refine(args: argparse.Namespace) -> int:
     from search.job import refine_points
 
-    config = RefineConfig(epochs=args.epochs, learning_rate=args.lr)
+    config = args.settings.config()
     start = time.perf_counter()
     with _signal_flags() as flags:
         front = refine_points(args.run, args.point, config, should_stop=lambda: flags["stop"])
@@ -446,40 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     search = sub.add_parser("search", help="train the supernet, then search for the Pareto front of sub-networks")
-    _add_training_flags(search)
-    search.add_argument("--objectives", default="error,params", help=f"comma-separated: {', '.join(OBJECTIVE_NAMES)}")
-    search.add_argument("--optimizer", default="nsga2", choices=sorted(OPTIMIZERS))
-    search.add_argument("--evaluations", type=int, default=100, help="number of distinct sub-networks to evaluate")
-    search.add_argument("--time-limit", type=float, default=None, help="search wall-clock limit in seconds")
-    search.add_argument("--params", choices=["encoder", "total"], default="encoder",
-                        help="which parameter count the params objective uses")
-    search.add_argument("--latency-batch-size", type=int, default=32)
-    search.add_argument("--latency-seq-len", type=int, default=None, help="default: --max-length")
-    search.add_argument("--latency-device", default="cpu")
-    search.add_argument("--refine-epochs", type=float, default=RefineConfig.epochs,
-                        help="after the search, fine-tune each front point at its own size for this many epochs "
-                             "(labels only; 0 = off); `export --point` then exports the refined model")
-    search.add_argument("--refine-lr", type=float, default=RefineConfig.learning_rate)
-    search.add_argument("--refine-budgets", type=_fractions, default=(), metavar="F[,F...]",
-                        help="refine only the points a user would download: for each fraction of the full model's "
-                             "params, the front point within it that is best on validation (e.g. 0.5,0.33; "
-                             "default: every front point)")
-    search.add_argument("--evaluation-dtype", choices=EVALUATION_DTYPES, default="auto",
-                        help="precision the search ranks sub-networks in; auto: bfloat16 where the CPU has it natively "
-                             "(about 2-2.5 x faster), else float32. The front's figures are float32 either way")
-    search.add_argument("--search-examples", type=_limit, default=DEFAULT_SEARCH_EXAMPLES,
-                        help="validation examples the search ranks each sub-network on (a seeded subset; 'all': "
-                             "every one); the best of them (two non-dominated layers) are measured again on all of "
-                             f"them (default {DEFAULT_SEARCH_EXAMPLES})")
+    _add_settings(search, SearchSettings)
+    search.add_argument("--out", required=True, help="run folder (rerun with the same folder to resume)")
     search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="fine-tune the weight-sharing supernet of a model on a task")
-    _add_training_flags(train)
+    _add_settings(train, RunSpec)
+    train.add_argument("--out", required=True, help="run folder (rerun with the same folder to resume)")
     train.set_defaults(func=cmd_train)
     refine = sub.add_parser("refine", help="fine-tune chosen front points of a search at their own size (on demand)")
     refine.add_argument("--run", required=True, help="run folder written by `nasprune search`")
     refine.add_argument("--point", type=int, nargs="+", required=True, help="indices of points in front.json")
-    refine.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs per point (labels only)")
-    refine.add_argument("--lr", type=float, default=RefineConfig.learning_rate)
+    _add_settings(refine, RefinePointConfig)
     refine.set_defaults(func=cmd_refine)
     export = sub.add_parser("export", help="export a sub-network of a trained run as a smaller model")
     export.add_argument("--run", required=True, help="run folder written by `nasprune train`")
@@ -519,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        _parse_settings(args)
+    except FlagValueError as exc:  # a value the settings refuse, named by its flag
+        print(f"nasprune: error: {exc}", file=sys.stderr)
+        return 2
     service = args.command in ("serve", "worker", "db")  # long-running services log what they do
     logging.basicConfig(level=logging.INFO if args.verbose or service else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -43,8 +43,8 @@ from .models import (
 )
 
 if TYPE_CHECKING:  # search.runner imports torch and transformers: seconds the API and the queue need not pay
-    from search.job import SearchJob
     from search.runner import Trial
+    from search.settings import SearchJob
     from supernet.settings import RunSpec
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def is_same_request(search: Search, request: Mapping[str, Any], digest: str | No
 
 def parse_request(request: Mapping[str, Any]) -> tuple[RunSpec, SearchJob]:
     """RunSpec and SearchJob back from a stored request (what the worker runs)."""
-    from search.job import SearchJob
+    from search.settings import SearchJob
     from supernet.settings import RunSpec
 
     try:

@@ -16,7 +16,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +155,10 @@ def same_run(stored: RunSpec, spec: RunSpec) -> bool:
     task, to learn the split's size."""
     if stored == spec:
         return True
-    if replace(stored, validation_limit=None) != replace(spec, validation_limit=None):
+    whole = {"validation_limit": None}
+    if stored.model_copy(update=whole) != spec.model_copy(update=whole):
         return False
-    size = len(load_run_task(replace(spec, validation_limit=None)).validation)
+    size = len(load_run_task(spec.model_copy(update=whole)).validation)
     return min(stored.validation_limit or size, size) == min(spec.validation_limit or size, size)
 
 

@@ -1,84 +1,126 @@
-"""The settings that define a run, a training and a refinement: plain dataclasses without torch.
+"""The settings that define a run, a training and a refinement: pydantic models without torch.
 
-They live apart from the code that uses them so that what only reads or validates settings (the CLI's argument
-parser, the API's request schemas) starts without importing torch, transformers or datasets.
+Each default, bound and description is written once, here (and in search/settings.py for the search): the CLI's
+flags (service/flags.py), the API's request body (service/api/schemas.py), the stored JSON (`to_dict`) and the web
+form (GET /options) are all derived from these models, so they cannot disagree. They live apart from the code that
+uses them so that what only reads or validates settings starts without importing torch, transformers or datasets.
+
+A field may carry `json_schema_extra={"flag": ..., "aliases": [...]}`: the CLI flag's name when it is not the
+field's name (`--lr` for `learning_rate`), and other names it keeps answering to. `"flag": None` means no flag.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Search spaces by name; supernet/space.py checks that its registry holds exactly these (tests/test_settings.py).
+SPACE_NAMES = ("uniform", "per_layer", "layers", "importance")
 # The precisions a search may rank sub-networks in (supernet/evaluation.py): auto is bfloat16 where the device
 # computes it natively, float32 elsewhere.
 EVALUATION_DTYPES = ("auto", "float32", "bfloat16")
+IMPORTANCE_METHODS = ("fisher", "none")
+TASK_TYPES = ("classification", "regression")
+
+MAX_SEED = 2**31 - 1
+MAX_BATCH = 4096
+MAX_LENGTH = 8192
+MAX_EPOCHS = 100
 
 
-@dataclass
-class TrainingConfig:
-    # Defaults from bench/supernet_recipes.py on MRPC (bench/RESULTS.md): 3 epochs of plain fine-tuning, Fisher
-    # ordering of the fine-tuned model, then 1 sandwich epoch with labels + distillation at T = 1, all at 1e-4
-    # (the best rate of plain fine-tuning too).
-    epochs: float = 4.0
-    # The first `plain_fraction` of the steps fine-tune only the full model (no sub-networks), so that importance
-    # is scored on a model that has learned the task, and the sandwich steps start from a good teacher.
-    plain_fraction: float = 0.75
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    gradient_accumulation: int = 1
-    max_grad_norm: float = 1.0
-    num_random_subnets: int = 2  # k; 0 means plain fine-tuning of the full model (no sandwich)
-    # The sandwich's smallest and random sub-networks keep at least this fraction of each gene's range
-    # (SearchSpace.floor): 0 trains the space's very smallest member, which in the importance space is ~1 %
-    # of the encoder and no better than the majority class.
-    sample_floor: float = 0.0
-    temperature: float = 1.0
-    # weight of the label loss added to each sub-network's distillation loss: with it the small sub-networks
-    # learn the task, not only the full network's logits (bench/RESULTS.md: +0.01-0.02 F1 at 25-40 % on MRPC)
-    label_loss_weight: float = 1.0
-    seed: int = 0
-    checkpoint_every_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.gradient_accumulation < 1 or self.num_random_subnets < 0 or self.temperature <= 0:
-            raise ValueError("gradient_accumulation >= 1, num_random_subnets >= 0 and temperature > 0 are required")
-        if not 0 <= self.sample_floor <= 1:
-            raise ValueError(f"sample_floor must be in [0, 1], got {self.sample_floor}")
-        if not 0 <= self.plain_fraction < 1:
-            raise ValueError(f"plain_fraction must be >= 0 and < 1, got {self.plain_fraction}")
+def split_commas(value: Any) -> Any:
+    """A list given as one comma-separated string ('a,b'), as the CLI and the API both accept it."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
-@dataclass(frozen=True)
-class RefineConfig:
-    """How front points are refined, and which; epochs = 0 turns refining off."""
+class SettingsModel(BaseModel):
+    """Base of every settings model: unknown fields are errors (a typo must not fall back to a default), and so
+    are NaN and infinity (no bound holds for them)."""
 
-    epochs: float = 0.0
-    learning_rate: float = 1e-4  # the rate chosen for MiniLM's fine-tuning (bench/RESULTS.md)
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    # Which front points a job refines: empty, every one; else, for each budget (a fraction of the full model's
-    # params, as the job counts them), the point best on validation within it, the one a user would download
-    # (search.job.budget_points). Refining costs an epoch per point, and most of its gain is at the small end:
-    # on MRPC's three seeds, refining the picks under 50 % and 33 % gave about half of what refining the whole
-    # front gave (test hypervolume 0.159 -> 0.182, against 0.203) for about an eighth of its refining time; on
-    # SST-2 seed 0, whose sliced points already match the full model, it changed nothing (bench/RESULTS_NOTES.md).
-    budgets: tuple[float, ...] = ()
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.epochs <= 100:
-            raise ValueError(f"refine epochs must be in [0, 100], got {self.epochs}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"refine learning_rate must be > 0, got {self.learning_rate}")
-        budgets = tuple(sorted({float(b) for b in self.budgets}, reverse=True))
-        if any(not 0 < b <= 1 for b in budgets):
-            raise ValueError(f"refine budgets are fractions of the full model's params in (0, 1], got "
-                             f"{list(self.budgets)}")
-        if budgets and not self.enabled:
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON form (run.json, search.json, the database's request column)."""
+        return self.model_dump(mode="json")
+
+
+def flag_extra(name: str | None, *aliases: str) -> dict[str, Any]:
+    return {"flag": name, "aliases": list(aliases)}
+
+
+class TrainingConfig(SettingsModel):
+    """How the supernet is trained: plain fine-tuning of the full model, importance ordering, then sandwich steps
+    (Yu & Huang 2019) with in-place distillation from the full model. The defaults are the recipe
+    bench/supernet_recipes.py chose (bench/RESULTS.md has its figures)."""
+
+    epochs: float = Field(4.0, gt=0, le=MAX_EPOCHS,
+                          description="training epochs, the plain ones (plain_fraction) included; may be fractional")
+    plain_fraction: float = Field(
+        0.75, ge=0, lt=1,
+        description="share of the training steps that fine-tune only the full model, so that importance is scored "
+                    "on a model that has learned the task and the sandwich steps start from a good teacher")
+    learning_rate: float = Field(1e-4, ge=0, le=1, json_schema_extra=flag_extra("lr", "learning-rate"),
+                                 description="peak learning rate (0 leaves the weights as they are)")
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.06, ge=0, le=1, description="share of the steps that warm the learning rate up")
+    gradient_accumulation: int = Field(1, ge=1, le=MAX_BATCH, json_schema_extra=flag_extra("grad-accum"),
+                                       description="batches whose gradients are summed before a step")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm (a large one: no clipping)")
+    num_random_subnets: int = Field(2, ge=0, le=64,
+                                    description="k of the sandwich rule; 0 = plain fine-tuning of the full model")
+    sample_floor: float = Field(
+        0.0, ge=0, le=1,
+        description="the sandwich's smallest and random sub-networks keep at least this fraction of each gene's "
+                    "range (0: the space's very smallest member, which can be too small to learn anything)")
+    temperature: float = Field(1.0, gt=0, le=1000, description="distillation temperature")
+    label_loss_weight: float = Field(
+        1.0, ge=0, le=1000,
+        description="weight of the label loss added to each sub-network's distillation loss, so that small "
+                    "sub-networks learn the task and not only the full network's logits")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (and the search's, unless search_seed)")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every this many steps")
+
+
+class RefineConfig(SettingsModel):
+    """How front points are refined (fine-tuned at their own size, on the labels), and which; epochs = 0 turns
+    refining off."""
+
+    model_config = ConfigDict(frozen=True)
+
+    epochs: float = Field(
+        0.0, ge=0, le=MAX_EPOCHS,
+        description="after the search, fine-tune each chosen front point at its own size for this many epochs (may "
+                    "be fractional; 0: off); downloads and exports then serve the refined models")
+    learning_rate: float = Field(1e-4, gt=0, le=1, json_schema_extra=flag_extra("lr", "learning-rate"))
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.06, ge=0, le=1)
+    # Refining costs an epoch per point and most of its gain is at the small end of the front, so a user may
+    # refine only the points they would download (bench/RESULTS_NOTES.md compares the two).
+    budgets: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
+        (), max_length=16,
+        description="refine only the points a user would download (needs refine epochs > 0): for each fraction of "
+                    "the full model's params in (0, 1], the front point within it that is best on validation "
+                    "(e.g. 0.5,0.33); empty: every front point")
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _budgets_list(cls, value: Any) -> Any:
+        return split_commas(value)
+
+    @field_validator("budgets")
+    @classmethod
+    def _normalise(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        """Largest first, each once: two spellings of one choice are one refine."""
+        return tuple(sorted(set(value), reverse=True))
+
+    @model_validator(mode="after")
+    def _budgets_need_epochs(self) -> RefineConfig:
+        if self.budgets and not self.enabled:
             raise ValueError("refine budgets choose the points to refine: they need refine epochs > 0")
-        object.__setattr__(self, "budgets", budgets)  # frozen: normalised once (a JSON list becomes a tuple)
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -91,64 +133,103 @@ class RefineConfig:
     def recipe(self) -> dict[str, Any]:
         """What shapes a refined model (not which points get one): a point refined earlier is kept while these
         match."""
-        return {k: v for k, v in asdict(self).items() if k != "budgets"}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"budgets": list(self.budgets)}
+        return {k: v for k, v in self.to_dict().items() if k != "budgets"}
 
 
-@dataclass
-class CustomTask:
+class RefinePointConfig(SettingsModel):
+    """An on-demand refine of chosen front points (`nasprune refine`, POST .../pareto/{point}/refine): the recipe
+    fields of RefineConfig, with their bounds; at least some training, one epoch unless told."""
+
+    model_config = ConfigDict(frozen=True)
+
+    epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS,
+                          description="epochs of fine-tuning at the point's own size (may be fractional)")
+    learning_rate: float = RefineConfig.model_fields["learning_rate"]
+    weight_decay: float = RefineConfig.model_fields["weight_decay"]
+    warmup_ratio: float = RefineConfig.model_fields["warmup_ratio"]
+
+    def config(self) -> RefineConfig:
+        return RefineConfig(**self.model_dump())
+
+
+class CustomTask(SettingsModel):
     """A user's dataset: CSV, TSV or JSONL files with one or two text columns and a label column."""
 
-    name: str
-    train_file: str
-    test_file: str
-    text_columns: list[str]
-    label_column: str = "label"
-    task_type: str = "classification"
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", json_schema_extra=flag_extra(None),
+                      description="the task's name (task: custom/<name>)")
+    train_file: str = Field(min_length=1, max_length=1000, description="custom task: training file (.csv, .tsv or "
+                                                                        ".jsonl)")
+    test_file: str = Field(min_length=1, max_length=1000, description="custom task: test file")
+    text_columns: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        ["text"], min_length=1, max_length=2,
+        description="custom task: one or two text columns")
+    label_column: str = Field("label", min_length=1, max_length=200, description="custom task: label column")
+    task_type: Literal[TASK_TYPES] = "classification"
+
+    @field_validator("text_columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return split_commas(value)
 
 
-# The search evaluates each sub-network it tries on the validation split, so the split's size sets its cost. On
-# SST-2 (bench/search_budget.py, one seed) searching on 5,000 of its 20,205 sentences found a better front than on
-# 500-2,000 (test hypervolume 0.663 against 0.636-0.647) for 1.58 x plain fine-tuning against 1.46 x.
+# How many validation examples a run keeps (a seeded random subset; None: the whole split). The search evaluates
+# every sub-network it tries on them, so on a large task the whole split would cost more than the training;
+# bench/search_budget.py measures what a cap costs in quality (bench/RESULTS.md).
 DEFAULT_VALIDATION_LIMIT = 5000
 
-# How many of those validation examples the search ranks each sub-network on (a seeded subset; None: all). Ranking
-# 100 sub-networks is the search's whole cost; the best of them are then measured again on the whole (capped)
-# split in float32 (search.job.SUBSET_RESCORED_LAYERS), so the figures a user chooses a point by do not come from
-# the subset. On MRPC seed 0 (bench/RESULTS_NOTES.md, a 2-core Zen 4 VM) the job fell from 2.78 x to 2.14 x plain
-# fine-tuning; its test hypervolume, 0.186 against 0.199, moved less than another search seed moves it (0.170).
+# How many of those the search ranks each sub-network on (a seeded subset; None: all). Ranking is the search's
+# whole cost; the best sub-networks are measured again on the whole (capped) split in float32
+# (search.job.SUBSET_RESCORED_LAYERS), so the figures a user chooses a point by do not come from the subset.
+# bench/RESULTS_NOTES.md has what this saves and what it costs in front quality.
 DEFAULT_SEARCH_EXAMPLES = 550
 
 
-@dataclass
-class RunSpec:
-    model: str = "minilm"
-    task: str = "glue/rte"
-    data_dir: str | None = None
-    custom: CustomTask | None = None
-    space: str = "importance"  # bench/RESULTS.md: beats uniform at every size on MRPC
-    max_length: int = 128
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    train_limit: int | None = None
-    # Cap on validation examples (a seeded random subset; None: the whole split). The search evaluates every
-    # sub-network it tries on them, so on a large task (SST-2's split is 20,205 sentences) the whole split would
-    # cost more than the training: bench/search_budget.py measures what a cap costs in quality.
-    validation_limit: int | None = DEFAULT_VALIDATION_LIMIT
-    split_seed: int = 0
-    importance: str = "fisher"  # or "none"
-    importance_batches: int = 8
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+class RunSpec(SettingsModel):
+    """A trained supernet: the model, the task and its splits, and how it is trained (run.json)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    model: str = Field("minilm", min_length=1, max_length=1000,
+                       description="'minilm', a local folder or a hub id (BERT/RoBERTa family)")
+    task: str = Field("glue/rte", min_length=1, max_length=200,
+                      description="glue/<name>, or custom/<name> with the custom task's files")
+    data_dir: str | None = Field(None, max_length=1000,
+                                 description="GLUE folder (classic TSV layout); default $GLUE_DIR or the hub")
+    custom: CustomTask | None = Field(None, description="the custom task's files and columns (task custom/<name>)")
+    space: Literal[SPACE_NAMES] = Field(
+        "importance",
+        description="search space; importance (how many heads and units the network keeps, placed by importance "
+                    "across layers) beats uniform at every size (bench/RESULTS.md)")
+    max_length: int = Field(128, ge=8, le=MAX_LENGTH, description="tokens per example (longer ones are cut)")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="training batch size")
+    eval_batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="evaluation batch size")
+    train_limit: int | None = Field(None, ge=1, description="cap on training examples (null/'all': every one)")
+    validation_limit: int | None = Field(
+        DEFAULT_VALIDATION_LIMIT, ge=1,
+        description="cap on validation examples (a seeded random subset; null/'all': the whole split): the search "
+                    "evaluates every sub-network it tries on them")
+    split_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the train/validation split")
+    importance: Literal[IMPORTANCE_METHODS] = Field(
+        "fisher", description="how heads and units are ordered before sandwich training (none: as they are)")
+    importance_batches: int = Field(8, ge=1, le=10_000, description="batches the importance scores are taken on")
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _custom_name(cls, data: Any) -> Any:
+        """A custom task's name is the task's: `task: custom/<name>` need not repeat it in `custom`."""
+        if isinstance(data, dict) and isinstance(data.get("custom"), dict) and "name" not in data["custom"]:
+            task = data.get("task")
+            if isinstance(task, str) and task.startswith("custom/"):
+                data = dict(data) | {"custom": {"name": task.split("/", 1)[1]} | data["custom"]}
+        return data
+
+    @model_validator(mode="after")
+    def _custom_matches_task(self) -> RunSpec:
+        if self.custom is not None and self.task != f"custom/{self.custom.name}":
+            raise ValueError(f"custom describes task custom/{self.custom.name}, but task is {self.task!r}; "
+                             f"set task to custom/{self.custom.name}")
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        data = {"validation_limit": None} | dict(data)  # written before the cap existed: the whole split
-        data["training"] = TrainingConfig(**data.get("training", {}))
-        if data.get("custom"):
-            data["custom"] = CustomTask(**data["custom"])
-        return cls(**data)
+        """Read a stored run.json; one written before the validation cap existed used the whole split."""
+        return cls.model_validate({"validation_limit": None} | dict(data))

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from .config import ConfigError, SubNetworkConfig, SupernetConfig
+from .settings import SPACE_NAMES
 
 
 class SearchSpace(ABC):
@@ -269,6 +270,8 @@ class ImportanceSpace(SearchSpace):
 
 SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (UniformSpace, PerLayerSpace, LayerSpace,
                                                                   ImportanceSpace)}
+if tuple(SPACES) != SPACE_NAMES:  # the settings' choices (torch-free) must be exactly the spaces that exist
+    raise ImportError(f"supernet.settings.SPACE_NAMES {SPACE_NAMES} differs from the spaces defined {tuple(SPACES)}")
 
 
 def make_space(name: str, config: SupernetConfig, **kwargs) -> SearchSpace:

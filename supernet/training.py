@@ -210,7 +210,7 @@ class SupernetTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "state": asdict(self.state),
-            "training_config": asdict(self.config),
+            "training_config": self.config.to_dict(),
             "supernet_config": self.model.config.to_dict(),
             "rng_torch": torch.get_rng_state(),
             "rng_python": self.rng.getstate(),

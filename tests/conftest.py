@@ -322,14 +322,20 @@ def worker_env(settings, tmp_path_factory) -> dict[str, str]:
 
 
 def search_body(ws: Path, default_objectives: list[str], evaluations: int, **overrides) -> dict:
-    """A POST /searches body for the tiny model and the toy CSV task of `workspace`: one epoch, short inputs;
-    `overrides` replace top-level fields (objectives included)."""
-    data = {"model": str(ws / "model"),
-            "task": {"name": "toy", "train_file": str(ws / "train.csv"), "test_file": str(ws / "test.csv"),
-                     "text_columns": ["text"]},
-            "objectives": default_objectives, "budget": {"epochs": 1, "evaluations": evaluations},
+    """A POST /searches body for the tiny model and the toy CSV task of `workspace`: one epoch, short inputs.
+    `overrides` replace top-level fields; a dict given for a section (training, search, latency, refine) is merged
+    into it, so `search={"evaluations": 0}` keeps the objectives; a task that is not custom/... drops custom."""
+    data = {"model": str(ws / "model"), "task": "custom/toy",
+            "custom": {"train_file": str(ws / "train.csv"), "test_file": str(ws / "test.csv"),
+                       "text_columns": ["text"]},
+            "training": {"epochs": 1}, "search": {"objectives": default_objectives, "evaluations": evaluations},
             "max_length": 16, "batch_size": 8, "latency": {"batch_size": 2}}
-    return data | overrides
+    for key, value in overrides.items():
+        merge = key in ("training", "search", "latency", "refine") and key in data
+        data[key] = data[key] | value if merge else value
+    if not str(data["task"]).startswith("custom/") and "custom" not in overrides:
+        del data["custom"]
+    return data
 
 
 def start_worker(env: dict[str, str], *, once: bool = True, log: Path | None = None) -> subprocess.Popen:

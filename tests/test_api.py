@@ -49,10 +49,10 @@ def dominates(a: list[float], b: list[float]) -> bool:
 def ran(client, workspace, worker_env, tmp_path_factory) -> dict[str, str]:
     """Two searches run to the end, one after the other, by one worker process (its start, mostly imports, is paid
     once): "plain", and "refined", which refines its front points after the search."""
-    budgets = {"plain": None, "refined": {"epochs": 1, "evaluations": 3, "refine_epochs": REFINE_EPOCHS}}
+    budgets = {"plain": {}, "refined": {"search": {"evaluations": 3}, "refine": {"epochs": REFINE_EPOCHS}}}
     ids = {}
     for name, budget in budgets.items():
-        response = client.post("/searches", json=body(workspace, **({"budget": budget} if budget else {})))
+        response = client.post("/searches", json=body(workspace, **budget))
         assert response.status_code == 201, response.text
         ids[name] = response.json()["id"]
     log = tmp_path_factory.mktemp("worker") / "worker.err"
@@ -138,7 +138,7 @@ def test_download_an_hf_archive_and_load_it(client, finished, settings, tmp_path
 
 @pytest.fixture(scope="module")
 def refined(ran) -> str:
-    """A search that refines its front points (budget.refine_epochs), run to the end by a worker process."""
+    """A search that refines its front points (refine.epochs), run to the end by a worker process."""
     return ran["refined"]
 
 
@@ -288,34 +288,41 @@ def test_a_refined_model_worse_than_its_slice_is_not_served(client, refined, set
 
 
 def _bad_bodies(ws: Path, outside: Path) -> dict[str, tuple[dict, str]]:
-    custom = body(ws)["task"]
+    custom = body(ws)["custom"]
     return {
         "model outside the roots": (body(ws, model=str(outside / "model")), "outside the allowed folders"),
         "model path with ..": (body(ws, model=str(ws / "model" / ".." / "model")), "'..'"),
         "unsupported architecture": (body(ws, model=str(ws / "gpt2")), "gpt2"),
         "unknown GLUE task": (body(ws, task="glue/nope"), "unknown task"),
-        "missing custom file": (body(ws, task=custom | {"train_file": str(ws / "missing.csv")}), "no such file"),
-        "custom file outside roots": (body(ws, task=custom | {"test_file": str(outside / "t.csv")}), "outside"),
+        "missing custom file": (body(ws, custom=custom | {"train_file": str(ws / "missing.csv")}), "no such file"),
+        "custom file outside roots": (body(ws, custom=custom | {"test_file": str(outside / "t.csv")}), "outside"),
         "glue data_dir outside roots": (body(ws, task="glue/rte", data_dir=str(outside)), "outside"),
         "glue data_dir without the files": (body(ws, task="glue/rte", data_dir=str(ws)), "RTE/train.tsv"),
-        "zero evaluations": (body(ws, budget={"evaluations": 0}), "budget.evaluations"),
-        "negative epochs": (body(ws, budget={"epochs": -1}), "budget.epochs"),
-        "negative refine epochs": (body(ws, budget={"refine_epochs": -0.5}), "budget.refine_epochs"),
-        "too many refine epochs": (body(ws, budget={"refine_epochs": 11}), "budget.refine_epochs"),
-        "refine budget over the full model": (body(ws, budget={"refine_epochs": 1, "refine_budgets": [0.5, 1.2]}),
-                                              "fractions of the full model's params"),
-        "refine budgets without refining": (body(ws, budget={"refine_budgets": [0.5]}), "need refine epochs > 0"),
-        "refine budget not a number": (body(ws, budget={"refine_epochs": 1, "refine_budgets": ["half"]}),
-                                       "budget.refine_budgets"),
+        "zero evaluations": (body(ws, search={"evaluations": 0}), "search.evaluations: Input should be greater"),
+        "negative epochs": (body(ws, training={"epochs": -1}), "training.epochs: Input should be greater than 0"),
+        "negative refine epochs": (body(ws, refine={"epochs": -0.5}), "refine.epochs: Input should be greater"),
+        "too many refine epochs": (body(ws, refine={"epochs": 101}), "refine.epochs: Input should be less than or "
+                                                                     "equal to 100"),
+        "refine budget over the full model": (body(ws, refine={"epochs": 1, "budgets": [0.5, 1.2]}),
+                                              "refine.budgets.1: Input should be less than or equal to 1"),
+        "refine budgets without refining": (body(ws, refine={"budgets": [0.5]}), "need refine epochs > 0"),
+        "refine budget not a number": (body(ws, refine={"epochs": 1, "budgets": ["half"]}), "refine.budgets.0"),
+        "custom task without its data": (body(ws, custom=None), "needs its data"),
+        "custom data for another task": (body(ws, task="custom/other", custom=custom | {"name": "toy"}),
+                                         "custom describes task custom/toy"),
         "huge max_length": (body(ws, max_length=100_000), "max_length"),
         "max_length over the model's positions": (body(ws, max_length=128), "positions"),
         "bad batch size": (body(ws, batch_size=0), "batch_size"),
-        "unknown optimizer": (body(ws, optimizer="annealing"), "unknown optimizer"),
-        "unknown objective": (body(ws, objectives=["error", "speed"]), "unknown objective"),
-        "one objective": (body(ws, objectives=["error"]), "at least two"),
-        "unknown space": (body(ws, space="galaxy"), "unknown search space"),
-        "unknown field": (body(ws, epochs=3), "epochs"),
-        "bad params kind": (body(ws, params="all"), "params"),
+        "unknown optimizer": (body(ws, search={"optimizer": "annealing"}), "search.optimizer: Input should be 'nsga2'"),
+        "unknown objective": (body(ws, search={"objectives": ["error", "speed"]}), "search.objectives.1: Input should"),
+        "one objective": (body(ws, search={"objectives": ["error"]}), "search.objectives: List should have at least 2"),
+        "objectives twice": (body(ws, search={"objectives": "error,error"}), "objectives must be distinct"),
+        "unknown space": (body(ws, space="galaxy"), "space: Input should be 'uniform'"),
+        "unknown field": (body(ws, epochs=3), "epochs: Extra inputs are not permitted"),
+        "the old budget section": (body(ws, budget={"evaluations": 3}), "budget: Extra inputs are not permitted"),
+        "bad params kind": (body(ws, params_kind="all"), "params_kind: Input should be 'encoder' or 'total'"),
+        "bad latency device": (body(ws, latency={"device": "tpu"}), "latency.device"),
+        "search seed out of range": (body(ws, search={"seed": -1}), "search.seed"),
     }
 
 
@@ -339,12 +346,12 @@ def test_bad_requests_are_refused_with_a_message(client, workspace, bad_inputs, 
 
 
 def test_refine_epochs_are_accepted_and_stored(client, workspace) -> None:
-    response = client.post("/searches", json=body(workspace, budget={"evaluations": 2, "refine_epochs": 0.25}))
+    response = client.post("/searches", json=body(workspace, search={"evaluations": 2}, refine={"epochs": 0.25}))
     assert response.status_code == 201, response.text
     assert response.json()["request"]["job"]["refine"] == {"epochs": 0.25, "learning_rate": 1e-4,
                                                            "weight_decay": 0.01, "warmup_ratio": 0.06, "budgets": []}
-    picks = client.post("/searches", json=body(workspace, budget={"evaluations": 2, "refine_epochs": 1,
-                                                                  "refine_budgets": [0.33, 0.5]}))
+    picks = client.post("/searches", json=body(workspace, search={"evaluations": 2},
+                                               refine={"epochs": 1, "budgets": "0.33,0.5"}))
     assert picks.status_code == 201, picks.text
     assert picks.json()["request"]["job"]["refine"]["budgets"] == [0.5, 0.33]
     off = client.post("/searches", json=body(workspace))
@@ -356,22 +363,22 @@ def test_refine_epochs_are_accepted_and_stored(client, workspace) -> None:
 @pytest.mark.parametrize(("field", "part", "default"), [("validation_limit", "run", DEFAULT_VALIDATION_LIMIT),
                                                           ("search_examples", "job", DEFAULT_SEARCH_EXAMPLES)])
 def test_a_validation_budget_defaults_and_null_means_the_whole_split(client, workspace, field, part, default) -> None:
-    """budget.validation_limit (the split's cap) and budget.search_examples (the search's subset of it)."""
-    searches = {value: client.post("/searches", json=body(workspace, budget=budget))
+    """validation_limit (the split's cap) and search_examples (the search's subset of it)."""
+    searches = {value: client.post("/searches", json=body(workspace, **budget))
                 for value, budget in ((default, {}), (None, {field: None}), (7, {field: 7}))}
     for value, response in searches.items():
         assert response.status_code == 201, response.text
         assert response.json()["request"][part][field] == value
         assert client.post(f"/searches/{response.json()['id']}/cancel").json()["status"] == "cancelled"
-    refused = client.post("/searches", json=body(workspace, budget={field: 0}))
+    refused = client.post("/searches", json=body(workspace, **{field: 0}))
     assert refused.status_code == 422 and field in refused.json()["detail"]
 
 
 def test_ehvi_without_botorch_says_how_to_install(client, workspace, monkeypatch) -> None:
-    from search.optimizers import synetune
+    from service.api import validation
 
-    monkeypatch.setattr(synetune, "botorch_available", lambda: False)
-    response = client.post("/searches", json=body(workspace, optimizer="ehvi"))
+    monkeypatch.setattr(validation, "_botorch_available", lambda: False)
+    response = client.post("/searches", json=body(workspace, search={"optimizer": "ehvi"}))
     assert response.status_code == 422 and "nasprune[ehvi]" in response.json()["detail"]
 
 
@@ -405,7 +412,7 @@ def test_idempotency_key(client, workspace) -> None:
     assert first.json()["id"] == again.json()["id"]
     in_body = client.post("/searches", json=body(workspace, idempotency_key="k-1"))
     assert in_body.status_code == 200 and in_body.json()["id"] == first.json()["id"]
-    other = client.post("/searches", json=body(workspace, seed=7), headers={"Idempotency-Key": "k-1"})
+    other = client.post("/searches", json=body(workspace, training={"seed": 7}), headers={"Idempotency-Key": "k-1"})
     assert other.status_code == 409 and "different request" in other.json()["detail"]
     assert client.post(f"/searches/{first.json()['id']}/cancel").json()["status"] == "cancelled"
 
@@ -426,7 +433,7 @@ def test_an_idempotent_retry_is_the_same_request_when_the_server_defaults_change
         session.commit()
     again = client.post("/searches", json=body(workspace), headers={"Idempotency-Key": "k-2"})
     assert again.status_code == 200 and again.json()["id"] == first["id"]
-    other = client.post("/searches", json=body(workspace, seed=7), headers={"Idempotency-Key": "k-2"})
+    other = client.post("/searches", json=body(workspace, training={"seed": 7}), headers={"Idempotency-Key": "k-2"})
     assert other.status_code == 409
     with factory() as session:
         session.get(Search, first["id"]).request_digest = None  # stored before migration 0006
@@ -443,13 +450,14 @@ def test_an_idempotent_retry_gets_its_search_even_if_the_body_no_longer_resolves
     moving = workspace / "retry-train.csv"
     moving.write_bytes((workspace / "train.csv").read_bytes())
     sent = body(workspace)
-    sent["task"] = {**sent["task"], "train_file": str(moving)}
+    sent["custom"] = {**sent["custom"], "train_file": str(moving)}
     first = client.post("/searches", json=sent, headers={"Idempotency-Key": "k-3"})
     assert first.status_code == 201
     moving.unlink()
     again = client.post("/searches", json=sent, headers={"Idempotency-Key": "k-3"})
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-    other = client.post("/searches", json=sent | {"seed": 7}, headers={"Idempotency-Key": "k-3"})
+    other = client.post("/searches", json=sent | {"training": {"epochs": 1, "seed": 7}},
+                        headers={"Idempotency-Key": "k-3"})
     assert other.status_code == 422 and "retry-train.csv" in other.json()["detail"]
     fresh = client.post("/searches", json=sent, headers={"Idempotency-Key": "k-4"})
     assert fresh.status_code == 422
@@ -499,7 +507,8 @@ def test_list_is_paged_and_filtered(client, workspace) -> None:
 
 @pytest.mark.slow
 def test_cancel_a_running_search(client, workspace, worker_env) -> None:
-    search_id = client.post("/searches", json=body(workspace, budget={"epochs": 40, "evaluations": 5})).json()["id"]
+    sent = body(workspace, training={"epochs": 40}, search={"evaluations": 5})
+    search_id = client.post("/searches", json=sent).json()["id"]
     worker = start_worker(worker_env, once=True)
     try:
         wait_for(client, search_id, lambda s: s["status"] == "training" and (s["progress"]["step"] or 0) >= 1,
@@ -525,7 +534,8 @@ def _stale(client: TestClient, search_id: str) -> bool:
 def test_a_killed_workers_job_is_finished_by_another(client, workspace, worker_env, settings) -> None:
     # 40 epochs of 6 steps: progress is written at most once a second, so the kill must land well before the
     # end of training even on a fast machine (a tiny step takes ~25 ms here)
-    search_id = client.post("/searches", json=body(workspace, budget={"epochs": 40, "evaluations": 6})).json()["id"]
+    sent = body(workspace, training={"epochs": 40}, search={"evaluations": 6})
+    search_id = client.post("/searches", json=sent).json()["id"]
     worker = start_worker(worker_env, once=False)
     try:
         # past the end of epoch 1 (6 steps), where a checkpoint is written

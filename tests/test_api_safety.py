@@ -59,8 +59,7 @@ def glue(ws: Path, data_dir: str) -> dict:
 
 
 def custom(ws: Path, **files: str) -> dict:
-    task = body(ws)["task"] | files
-    return body(ws, task=task)
+    return body(ws, custom=body(ws)["custom"] | files)
 
 
 FIELDS = {

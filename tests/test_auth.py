@@ -261,7 +261,8 @@ def test_idempotency_keys_are_scoped_per_token(client, made, settings, workspace
     again_b = call(client, "POST", "/searches", token_b, json=body(workspace), headers={"Idempotency-Key": key})
     assert (again_a.status_code, again_b.status_code) == (200, 200)
     assert again_a.json()["id"] == first_a.json()["id"] and again_b.json()["id"] == first_b.json()["id"]
-    other = call(client, "POST", "/searches", token_b, json=body(workspace, seed=3), headers={"Idempotency-Key": key})
+    other = call(client, "POST", "/searches", token_b, json=body(workspace, training={"seed": 3}),
+                 headers={"Idempotency-Key": key})
     assert other.status_code == 409 and first_a.json()["id"] not in other.json()["detail"]
     with session_factory(engine := make_engine(settings.url))() as session:
         stored = [session.get(Search, r.json()["id"]).idempotency_key for r in (first_a, first_b)]
@@ -385,7 +386,7 @@ def test_token_commands_as_processes(workspace, tmp_path) -> None:
 def test_a_worker_runs_an_owned_search(client, made, settings, workspace, tmp_path_factory) -> None:
     _, token_a = made["a"]
     _, token_b = made["b"]
-    created = call(client, "POST", "/searches", token_a, json=body(workspace, budget={"epochs": 1, "evaluations": 3}))
+    created = call(client, "POST", "/searches", token_a, json=body(workspace, search={"evaluations": 3}))
     search_id = created.json()["id"]
     env = os.environ | {
         "NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url,

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -197,18 +196,19 @@ def test_the_validation_cap(trained_run, workspace, capsys) -> None:
     stored = json.loads((trained_run / "run.json").read_text())
     assert stored["validation_limit"] == DEFAULT_VALIDATION_LIMIT == RunSpec().validation_limit
     spec = RunSpec.from_dict(stored)
-    whole = load_run_task(replace(spec, validation_limit=None)).validation
+    whole = load_run_task(spec.model_copy(update=dict(validation_limit=None))).validation
     assert len(whole) == 18 < DEFAULT_VALIDATION_LIMIT  # 30 % of the toy task's 60 rows: the cap keeps them all
-    five = load_run_task(replace(spec, validation_limit=5)).validation
+    five = load_run_task(spec.model_copy(update=dict(validation_limit=5))).validation
     assert len(five) == 5 and all(example in whole for example in five)
-    assert five == load_run_task(replace(spec, validation_limit=5)).validation  # seeded: the same subset
-    assert five != load_run_task(replace(spec, validation_limit=5, split_seed=1)).validation[:5]
+    assert five == load_run_task(spec.model_copy(update=dict(validation_limit=5))).validation  # seeded: the same subset
+    assert five != load_run_task(spec.model_copy(update=dict(validation_limit=5, split_seed=1))).validation[:5]
     legacy = {k: v for k, v in stored.items() if k != "validation_limit"}
     assert RunSpec.from_dict(legacy).validation_limit is None  # written before the cap: the whole split
     for limit in (None, 18, 10_000):  # every example either way: the same run
-        assert same_run(spec, replace(spec, validation_limit=limit))
-    assert not same_run(spec, replace(spec, validation_limit=5))
-    assert not same_run(replace(spec, validation_limit=None), replace(spec, validation_limit=None, max_length=64))
+        assert same_run(spec, spec.model_copy(update=dict(validation_limit=limit)))
+    assert not same_run(spec, spec.model_copy(update=dict(validation_limit=5)))
+    uncapped = spec.model_copy(update=dict(validation_limit=None))
+    assert not same_run(uncapped, uncapped.model_copy(update=dict(max_length=64)))
 
     (trained_run / "run.json").write_text(json.dumps(stored | {"validation_limit": None}))
     before = (trained_run / "supernet" / "model.safetensors").read_bytes()
@@ -221,10 +221,12 @@ def test_the_validation_cap(trained_run, workspace, capsys) -> None:
         assert "(validation_limit: None stored, 5 asked)" in capsys.readouterr().err
     finally:
         (trained_run / "run.json").write_text(json.dumps(stored))
-    for bad in ("0", "-3", "some"):
-        with pytest.raises(SystemExit):
-            cli(_train_args(workspace, trained_run, "--validation-limit", bad))
-        assert "--validation-limit: expected" in capsys.readouterr().err
+    for bad in ("0", "-3"):  # refused by RunSpec's bound
+        assert cli(_train_args(workspace, trained_run, "--validation-limit", bad)) == 2
+        assert "argument --validation-limit: Input should be greater than or equal to 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # not a number: argparse's own error
+        cli(_train_args(workspace, trained_run, "--validation-limit", "some"))
+    assert exc.value.code == 2 and "argument --validation-limit: invalid" in capsys.readouterr().err
 
 
 def _interrupt_after_step(monkeypatch, step: int):
@@ -315,7 +317,7 @@ def test_custom_task_needs_both_files(workspace, tmp_path, capsys) -> None:
     argv = ["train", "--model", str(workspace / "model"), "--task", "custom/toy", "--train-file",
             str(workspace / "train.csv"), "--out", str(tmp_path / "run")]
     assert cli(argv) == 2
-    assert "--test-file" in capsys.readouterr().err
+    assert "nasprune: error: argument --test-file: Field required" in capsys.readouterr().err
 
 
 def test_unknown_model_folder(workspace, tmp_path, capsys) -> None:

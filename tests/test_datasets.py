@@ -278,7 +278,7 @@ def _another_owners_dataset_is_not_found(client, workspace, settings) -> None:
         assert client.get(f"/datasets/{dataset_id}", headers=b).status_code == 404
         assert client.delete(f"/datasets/{dataset_id}", headers=b).status_code == 404
         assert client.get("/datasets", headers=b).json()["total"] == 0
-        search = client.post("/searches", headers=b, json=body(workspace, task=custom(train_dataset=dataset_id,
+        search = client.post("/searches", headers=b, json=body(workspace, custom=custom(train_dataset=dataset_id,
                                                                                       test_dataset=dataset_id)))
         assert search.status_code == 422 and "no dataset with id" in search.json()["detail"]
         mine = upload(client, b"text,label\nb,0\n", headers=b).json()
@@ -303,7 +303,7 @@ def test_a_search_names_datasets_and_their_columns_are_checked(client, workspace
     test = upload(client, b"sentence,label\nhello,pos\n", filename="test.csv").json()["id"]
 
     def refused(task: dict, message: str) -> None:
-        response = client.post("/searches", json=body(workspace, task=task))
+        response = client.post("/searches", json=body(workspace, custom=task))
         assert response.status_code == 422, response.text
         assert message in response.json()["detail"], response.json()["detail"]
 
@@ -322,7 +322,7 @@ def test_a_search_names_datasets_and_their_columns_are_checked(client, workspace
     stored = str(settings.dataset_folder(train) / "data.csv")
     refused(custom(train_file=stored, test_dataset=train), "name it by id (train_dataset)")
 
-    accepted = client.post("/searches", json=body(workspace, task=custom(train_dataset=train,
+    accepted = client.post("/searches", json=body(workspace, custom=custom(train_dataset=train,
                                                                          test_file=str(workspace / "test.csv"))))
     assert accepted.status_code == 201, accepted.text
     assert accepted.json()["request"]["run"]["custom"]["train_file"] == stored
@@ -336,7 +336,7 @@ def test_a_search_on_uploaded_datasets_runs_in_a_worker(client, workspace, worke
                     (line.split(",") for line in (workspace / "test.csv").read_text().splitlines()[1:]))
     test = upload(client, jsonl.encode(), filename="test.jsonl", name="toy test").json()
     assert test["num_rows"] == 20
-    response = client.post("/searches", json=body(workspace, task=custom(train_dataset=train["id"],
+    response = client.post("/searches", json=body(workspace, custom=custom(train_dataset=train["id"],
                                                                          test_dataset=test["id"])))
     assert response.status_code == 201, response.text
     search_id = response.json()["id"]

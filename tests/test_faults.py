@@ -70,16 +70,15 @@ def logs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("process-logs")
 
 
-def body(ws: Path, data: Path, *, evaluations: int, test: str = "test-small.csv", budget: dict | None = None,
-         **overrides) -> dict:
+def body(ws: Path, data: Path, *, evaluations: int, test: str = "test-small.csv", **overrides) -> dict:
     """The tiny model on the big train file: 40 training examples (5 steps), the 1200-row validation split
     evaluated one example at a time for every sub-network."""
-    return {"model": str(ws / "model"),
-            "task": {"name": "toy", "train_file": str(data / "train-big.csv"), "test_file": str(data / test),
-                     "text_columns": ["text"]},
-            "objectives": ["error", "params"],
-            "budget": {"epochs": 1, "evaluations": evaluations, "train_limit": 40} | (budget or {}),
-            "max_length": 16, "batch_size": 8, "eval_batch_size": 1, "latency": {"batch_size": 2}} | overrides
+    return {"model": str(ws / "model"), "task": "custom/toy",
+            "custom": {"train_file": str(data / "train-big.csv"), "test_file": str(data / test),
+                       "text_columns": ["text"]},
+            "training": {"epochs": 1}, "search": {"objectives": ["error", "params"], "evaluations": evaluations},
+            "train_limit": 40, "max_length": 16, "batch_size": 8, "eval_batch_size": 1,
+            "latency": {"batch_size": 2}} | overrides
 
 
 def submit(client, payload: dict) -> str:
@@ -174,8 +173,7 @@ def test_a_worker_killed_mid_search_is_resumed_by_another(client, workspace, dat
 def killed_while_exporting(client, workspace, data, settings, worker_env, logs) -> dict:
     """A search whose worker is killed in its exporting stage (the front re-evaluated on a 4000-row test file,
     one example at a time: seconds), then finished by another worker."""
-    search_id = submit(client, body(workspace, data, evaluations=4, test="test-big.csv",
-                                    budget={"validation_limit": 40}))
+    search_id = submit(client, body(workspace, data, evaluations=4, test="test-big.csv", validation_limit=40))
     first = start_worker(worker_env, once=False, log=logs / "exporting-1.log")
     second = None
     try:
@@ -419,12 +417,12 @@ def huge_vocab_model(workspace, data) -> Path:
 @pytest.mark.slow
 def test_jobs_that_fail_late_are_marked_failed_and_the_next_job_runs(client, workspace, data, settings, worker_env,
                                                                      huge_vocab_model, logs) -> None:
-    small = {"budget": {"validation_limit": 20}}
+    small = {"validation_limit": 20}
     # 1. a data file that is fine when queued and corrupt (not UTF-8) when the worker reads it
     late = data / "late-corrupt.csv"
     shutil.copyfile(workspace / "train.csv", late)
     corrupt = submit(client, body(workspace, data, evaluations=2, **small)
-                     | {"task": {"name": "toy", "train_file": str(late), "test_file": str(data / "test-small.csv")}})
+                     | {"custom": {"train_file": str(late), "test_file": str(data / "test-small.csv")}})
     late.write_bytes(b"text,label\n\x80\x81\x82 not utf-8,pos\n")
     # 2. a model too big for any memory
     oom = submit(client, body(workspace, data, evaluations=2, **small) | {"model": str(huge_vocab_model)})
@@ -490,8 +488,9 @@ def fresh(tmp_path) -> Iterator[tuple[Settings, sessionmaker]]:
 
 
 def _request() -> dict:
-    from search.job import LatencyShape, SearchJob
+    from search.job import SearchJob
     from search.runner import SearchConfig
+    from search.settings import LatencyShape
     from supernet.settings import RunSpec
 
     return repo.request_dict(RunSpec(model="minilm", task="custom/toy"),

@@ -19,8 +19,9 @@ import pytest
 import schemathesis
 from schemathesis.python import asgi
 
-from search.job import FRONT_FILE, LatencyShape, SearchJob
+from search.job import FRONT_FILE, SearchJob
 from search.runner import SearchConfig, Trial
+from search.settings import LatencyShape
 from service import queue, refinements
 from service import repository as repo
 from service.api import create_app

@@ -26,7 +26,7 @@ def test_two_workers_run_searches_on_postgres(postgres, workspace, tmp_path) -> 
     env = service_env(settings, tmp_path / "cache")
     with TestClient(create_app(settings)) as client:  # the app applies the migrations to the empty database
         assert client.get("/healthz").json()["status"] == "ok"
-        ids = [client.post("/searches", json=body(workspace, seed=seed)).json()["id"] for seed in (0, 1)]
+        ids = [client.post("/searches", json=body(workspace, training={"seed": seed})).json()["id"] for seed in (0, 1)]
         again = client.post("/searches", json=body(workspace, idempotency_key="k")).json()["id"]
         assert client.post("/searches", json=body(workspace, idempotency_key="k")).json()["id"] == again
         ids.append(again)

@@ -65,7 +65,7 @@ def test_stop_returns_nothing(sub) -> None:
 
 @pytest.mark.parametrize("fields", [{"epochs": -1}, {"epochs": 101}, {"epochs": 1, "learning_rate": 0}])
 def test_bad_settings_are_refused(fields) -> None:
-    with pytest.raises(ValueError, match="refine"):
+    with pytest.raises(ValueError, match="RefineConfig"):
         RefineConfig(**fields)
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from search.job import REFINED_DIR, LatencyShape, SearchJob
+from search.job import REFINED_DIR, SearchJob
 from search.runner import SearchConfig
+from search.settings import LatencyShape
 from service import queue
 from service import repository as repo
 from service.api.exports import archive_name, archive_path, export_stem, leftovers, refined_source

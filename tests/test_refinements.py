@@ -25,8 +25,8 @@ from service.config import Settings
 from service.db import current_revision, downgrade, head_revision, make_engine, session_factory, upgrade
 from service.models import Refinement, RefinementStatus, Search, SearchStatus, utcnow
 
-SETTINGS_A = {"epochs": 0.5, "learning_rate": 1e-3}
-SETTINGS_B = {"epochs": 1.0, "learning_rate": 3e-4}
+SETTINGS_A = {"epochs": 0.5, "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.06}
+SETTINGS_B = {"epochs": 1.0, "learning_rate": 3e-4, "weight_decay": 0.01, "warmup_ratio": 0.06}
 
 
 def table_names(url: str) -> set[str]:
@@ -429,7 +429,7 @@ def test_refine_errors_say_what_is_wrong(client, settings) -> None:
         refused = client.post(f"/searches/{other}/pareto/0/refine", json={})
         assert refused.status_code == 409, refused.text
         assert f"is {status.value}: its front points can be refined once it has succeeded" in refused.json()["detail"]
-    cases = {"epochs": [0, -1, 10.5, "many"], "learning_rate": [0, -1e-4]}
+    cases = {"epochs": [0, -1, 100.5, "many"], "learning_rate": [0, -1e-4]}
     for field, values in cases.items():
         for value in values:
             response = client.post(url, json={field: value})
@@ -445,7 +445,8 @@ def test_refine_errors_say_what_is_wrong(client, settings) -> None:
 def test_defaults_cancel_and_a_refinement_of_another_search(client, settings) -> None:
     search_id, other = fake_search(settings), fake_search(settings)
     asked = client.post(f"/searches/{search_id}/pareto/1/refine")  # no body: the defaults
-    assert asked.status_code == 202 and asked.json()["settings"] == {"epochs": 1.0, "learning_rate": 1e-4}
+    assert asked.status_code == 202 and asked.json()["settings"] == {"epochs": 1.0, "learning_rate": 1e-4,
+                                                                  "weight_decay": 0.01, "warmup_ratio": 0.06}
     rid = asked.json()["id"]
     assert client.post(f"/searches/{other}/refinements/{rid}/cancel").status_code == 404  # not that search's
     cancelled = client.post(f"/searches/{search_id}/refinements/{rid}/cancel")
@@ -466,15 +467,16 @@ def test_already_refined_with_these_settings_is_409(client, settings) -> None:
     try:
         with session_factory(engine).begin() as session:
             refined = {"validation": {}, "test": {}, "train_s": 1.0, "kept": True,
-                       "settings": {"epochs": 1.0, "learning_rate": 1e-4, "weight_decay": 0.01, "seed": 0}}
+                       "settings": {"epochs": 1.0, "learning_rate": 1e-4, "weight_decay": 0.01,
+                                    "warmup_ratio": 0.06, "seed": 0}}
             repo.set_refined(session, search_id, 0, fake_point(refined=refined))
     finally:
         engine.dispose()
     refused = client.post(f"/searches/{search_id}/pareto/0/refine", json={"epochs": 1})
     assert refused.status_code == 409
     assert refused.json()["detail"] == (f"front point 0 of search {search_id} is already refined with these "
-                                        "settings (epochs 1, learning_rate 0.0001); download it, or ask for other "
-                                        "settings")
+                                        "settings (epochs 1, learning_rate 0.0001, weight_decay 0.01, warmup_ratio "
+                                        "0.06); download it, or ask for other settings")
     other = client.post(f"/searches/{search_id}/pareto/0/refine", json={"epochs": 2})
     assert other.status_code == 202
     client.post(f"/searches/{search_id}/refinements/{other.json()['id']}/cancel")
@@ -487,8 +489,8 @@ def test_another_refinement_of_a_busy_point_is_409_until_it_ends(client, setting
     busy = client.post(url, json=SETTINGS_B)
     assert busy.status_code == 409
     assert busy.json()["detail"] == (f"front point 0 of search {search_id} has refinement {first['id']} queued with "
-                                     "other settings (epochs 0.5, learning_rate 0.001); wait for it to end or cancel "
-                                     "it, then ask again")
+                                     "other settings (epochs 0.5, learning_rate 0.001, weight_decay 0.01, "
+                                     "warmup_ratio 0.06); wait for it to end or cancel it, then ask again")
     assert client.post(url, json=SETTINGS_A).status_code == 200
     client.post(f"/searches/{search_id}/refinements/{first['id']}/cancel")
     second = client.post(url, json=SETTINGS_B)

@@ -12,8 +12,9 @@ from pydantic import ValidationError
 from sqlalchemy import Column, Integer, MetaData, insert, inspect, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from search.job import LatencyShape, SearchJob
+from search.job import SearchJob
 from search.runner import SearchConfig, Trial
+from search.settings import LatencyShape
 from service import repository as repo
 from service.config import Settings, get_settings, within_roots
 from service.db import SchemaError, check_schema, downgrade, make_engine, session_factory, upgrade

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from search.job import LatencyShape, SearchJob
+from search.job import SearchJob
 from search.runner import SearchConfig, Trial
+from search.settings import LatencyShape
 from service import queue
 from service import repository as repo
 from service.config import Settings, get_settings

@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from ..names import OPTIMIZER_NAMES
 from .base import (
     MissingDependencyError,
     Optimizer,
@@ -31,6 +32,9 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.name: cls
     for cls in (NSGA2Optimizer, MOREAOptimizer, RandomSearchOptimizer, LocalSearchOptimizer, EHVIOptimizer)
 }
+if tuple(OPTIMIZERS) != OPTIMIZER_NAMES:  # the settings' choices (torch-free) must be exactly these optimizers
+    raise ImportError(f"search.names.OPTIMIZER_NAMES {OPTIMIZER_NAMES} differs from the optimizers defined "
+                      f"{tuple(OPTIMIZERS)}")
 
 _COMMON = {"self", "lower", "upper", "num_objectives", "seed", "initial"}
 

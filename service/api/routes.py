@@ -35,9 +35,9 @@ from .schemas import (
     RefinedRead,
     RefinementBrief,
     RefinementRead,
-    SearchCreate,
     SearchPage,
     SearchRead,
+    SearchRequest,
     TrialPage,
     TrialRead,
 )
@@ -100,11 +100,18 @@ def healthz(session: SessionDep) -> Health:
     return Health(status="ok", database="ok", schema_revision=current_revision(session.get_bind()))
 
 
+@router.get("/options", tags=["meta"])
+def options() -> dict[str, Any]:
+    """The JSON schemas of the request bodies (every field's default, bounds, choices and description): the web
+    page builds its form from them, so it cannot drift from what the API accepts."""
+    return {"search": SearchRequest.model_json_schema(), "refine": RefineCreate.model_json_schema()}
+
+
 @router.post("/searches", response_model=SearchRead, status_code=status.HTTP_201_CREATED, tags=["searches"],
              responses={200: {"description": "the search already created with this idempotency key"},
                         409: {"description": "the idempotency key was used for another request"},
                         422: {"description": "the request cannot run (the detail says why)"}})
-def create_search(body: SearchCreate, response: Response, settings: SettingsDep, session: SessionDep,
+def create_search(body: SearchRequest, response: Response, settings: SettingsDep, session: SessionDep,
                   owner: OwnerDep, idempotency_key: Annotated[str | None, Header(max_length=200)] = None
                   ) -> SearchRead:
     key = body.idempotency_key or idempotency_key
@@ -282,7 +289,7 @@ def refine(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], respons
                                  "once it has succeeded")
     _front_file(search, settings)
     row = _front_point(session, search_id, point, owner)
-    wanted = {"epochs": body.epochs, "learning_rate": body.learning_rate}
+    wanted = body.model_dump()
     existing = refinements.find_active(session, search_id, point)
     if existing is None:
         if _refined_with(row.refined, wanted):

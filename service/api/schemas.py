@@ -1,41 +1,32 @@
 """Request and response bodies of the HTTP API (pydantic), kept apart from the database tables.
 
-Field names and defaults follow the `nasprune search` flags, so a CLI call and a POST /searches body read alike:
-`--max-length 16 --evaluations 6` is `{"max_length": 16, "budget": {"evaluations": 6}}`.
+The request bodies ARE the settings models (supernet/settings.py, search/settings.py): POST /searches takes the
+fields of RunSpec and SearchJob side by side, so a CLI call and a body read alike: `--max-length 16 --evaluations 6`
+is `{"max_length": 16, "search": {"evaluations": 6}}`, and every default and bound is the CLI's. GET /options
+serves their JSON schema to the web page.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from supernet.settings import (
-    DEFAULT_SEARCH_EXAMPLES,
-    DEFAULT_VALIDATION_LIMIT,
-    EVALUATION_DTYPES,
-    RunSpec,
-    TrainingConfig,
-)
-
-_STRICT = ConfigDict(extra="forbid")
+from search.settings import SearchSettings
+from supernet.settings import CustomTask, RefinePointConfig
 
 
-class CustomTaskIn(BaseModel):
-    """A user's dataset: for each split, an uploaded dataset's id (POST /datasets) or a CSV, TSV or JSONL file
-    under an allowed data root (relative paths: under data_root)."""
+class CustomTaskIn(CustomTask):
+    """A user's dataset (task: custom/<name>): for each split, an uploaded dataset's id (POST /datasets) or a CSV,
+    TSV or JSONL file under an allowed data root (relative paths: under data_root); exactly one of the two."""
 
-    model_config = _STRICT
-
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    train_file: str | None = Field(None, min_length=1, max_length=1000)
-    test_file: str | None = Field(None, min_length=1, max_length=1000)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="the task's name; default: the <name> of task custom/<name>")
+    train_file: str | None = Field(None, min_length=1, max_length=1000, description="training file (a path)")
+    test_file: str | None = Field(None, min_length=1, max_length=1000, description="test file (a path)")
     train_dataset: str | None = Field(None, min_length=1, max_length=64, description="an uploaded dataset's id")
     test_dataset: str | None = Field(None, min_length=1, max_length=64, description="an uploaded dataset's id")
-    text_columns: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
-    label_column: str = Field("label", min_length=1, max_length=200)
-    task_type: Literal["classification", "regression"] = "classification"
 
     @model_validator(mode="after")
     def _one_source_per_split(self) -> CustomTaskIn:
@@ -46,76 +37,17 @@ class CustomTaskIn(BaseModel):
         return self
 
 
-class BudgetIn(BaseModel):
-    model_config = _STRICT
+class SearchRequest(SearchSettings):
+    """POST /searches: a RunSpec's fields (model, task, data, training) and a SearchJob's (search, latency, refine)
+    side by side, with the CLI's defaults and bounds; `custom` may name uploaded datasets."""
 
-    epochs: float = Field(TrainingConfig.epochs, gt=0, le=100,
-                          description="training epochs (may be fractional): the first three quarters fine-tune the "
-                                      "full model, the rest train the supernet's sub-networks")
-    evaluations: int = Field(100, ge=1, le=100_000, description="distinct sub-networks to evaluate")
-    time_limit_s: float | None = Field(None, gt=0, le=30 * 24 * 3600, description="search wall-clock limit")
-    train_limit: int | None = Field(None, ge=1, description="cap on training examples")
-    validation_limit: int | None = Field(
-        DEFAULT_VALIDATION_LIMIT, ge=1,
-        description="cap on validation examples (a seeded random subset; null: the whole split): the search "
-                    "evaluates every sub-network it tries on them")
-    search_examples: int | None = Field(
-        DEFAULT_SEARCH_EXAMPLES, ge=1,
-        description="validation examples the search ranks each sub-network on (a seeded subset of the capped "
-                    "split; null: all of it); the best of them (two non-dominated layers) are measured again on "
-                    "the whole capped split and their front kept")
-    refine_epochs: float = Field(0, ge=0, le=10,
-                                 description="after the search, fine-tune each Pareto-front point at its own size "
-                                             "for this many epochs (may be fractional) on the task's labels (0: "
-                                             "off); downloads then serve the refined models. Costs about this many "
-                                             "epochs of training per front point, at the point's size")
-    refine_budgets: list[float] = Field(
-        default_factory=list, max_length=16,
-        description="refine only the points a user would download (needs refine_epochs > 0): for each fraction "
-                    "of the full model's params in (0, 1], the front point within it that is best on validation "
-                    "(e.g. [0.5, 0.33]); empty: every front point")
-
-
-class LatencyIn(BaseModel):
-    model_config = _STRICT
-
-    batch_size: int = Field(32, ge=1, le=4096)
-    seq_len: int | None = Field(None, ge=1, le=8192, description="default: max_length")
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")
-
-
-class SearchCreate(BaseModel):
-    """POST /searches. Everything but `model` and `task` has the CLI's default."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field("minilm", min_length=1, max_length=1000,
-                       description="'minilm', a local folder under an allowed model root, or a hub id")
-    task: str | CustomTaskIn = Field("glue/rte", description="a GLUE name ('glue/rte') or a custom task object")
-    data_dir: str | None = Field(None, max_length=1000, description="GLUE folder (classic TSV layout)")
-    space: str = Field(RunSpec.space, description="search space: importance (default), uniform, per_layer or layers")
-    objectives: list[str] = Field(default_factory=lambda: ["error", "params"], min_length=1, max_length=8)
-    optimizer: str = "nsga2"
-    budget: BudgetIn = Field(default_factory=BudgetIn)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    max_length: int = Field(128, ge=8, le=8192)
-    batch_size: int = Field(32, ge=1, le=4096)
-    eval_batch_size: int = Field(64, ge=1, le=4096)
-    latency: LatencyIn = Field(default_factory=LatencyIn)
-    params: Literal["encoder", "total"] = "encoder"
-    evaluation_dtype: Literal[EVALUATION_DTYPES] = Field(
-        "auto", description="precision the search ranks sub-networks in; auto: bfloat16 where the worker's CPU has "
-                            "it natively (about 2-2.5 x faster), else float32; the front's figures are float32")
+    custom: CustomTaskIn | None = Field(None, description="the custom task's data (task: custom/<name>)")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="also accepted as the Idempotency-Key header")
 
-    @field_validator("objectives", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        """Accept "error,params" as the CLI does."""
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+
+class RefineCreate(RefinePointConfig):
+    """POST /searches/{id}/pareto/{point}/refine: how to fine-tune the point (the `nasprune refine` options)."""
 
 
 class Links(BaseModel):
@@ -190,23 +122,14 @@ class RefinedRead(BaseModel):
     settings: dict[str, Any] = Field(description="the refining settings (epochs, learning_rate, ..., seed)")
 
 
-class RefineCreate(BaseModel):
-    """POST /searches/{id}/pareto/{point}/refine: how to fine-tune the point (the `nasprune refine` options)."""
-
-    model_config = _STRICT
-
-    epochs: float = Field(1.0, gt=0, le=10, allow_inf_nan=False,
-                          description="epochs of fine-tuning at the point's own size (may be fractional)")
-    learning_rate: float = Field(1e-4, gt=0, allow_inf_nan=False)
-
-
 class RefinementRead(BaseModel):
     """A refine of one front point asked for after the search, and where it stands."""
 
     id: str
     search_id: str
     position: int
-    settings: dict[str, Any] = Field(description="epochs and learning_rate")
+    settings: dict[str, Any] = Field(description="the refine settings: epochs, learning_rate, weight_decay, "
+                                                 "warmup_ratio")
     status: str = Field(description="queued, running, succeeded, failed or cancelled")
     error: str | None
     created_at: datetime
@@ -224,7 +147,7 @@ class RefinementBrief(BaseModel):
 
 class PointRead(BaseModel):
     """A front.json point, with its position, the trial it is and its download links. `refined` is set when the
-    point was refined (by the search, budget.refine_epochs > 0, or on demand, POST .../refine): the downloads are
+    point was refined (by the search, refine.epochs > 0, or on demand, POST .../refine): the downloads are
     then the refined model, if it was kept."""
 
     position: int
@@ -279,7 +202,7 @@ class Health(BaseModel):
 
 
 class FieldErrorRead(BaseModel):
-    loc: list[str | int] = Field(description="where: ['body', 'budget', 'epochs'], ['query', 'limit'], ...")
+    loc: list[str | int] = Field(description="where: ['body', 'training', 'epochs'], ['query', 'limit'], ...")
     msg: str
     type: str
 

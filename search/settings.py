@@ -1,0 +1,115 @@
+"""The settings of a search: pydantic models without torch, beside supernet/settings.py's.
+
+`SearchConfig` is what the search loop (runner.py) needs, `LatencyShape` the input the latency objective is timed
+on, `SearchJob` a whole search job after training (job.py). `SearchSettings` puts a RunSpec and a SearchJob side by
+side: it is what `nasprune search` parses its flags into and what POST /searches takes (service/api/schemas.py
+adds the service's own fields), and `split()` gives back the two stored halves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from supernet.settings import (
+    DEFAULT_SEARCH_EXAMPLES,
+    EVALUATION_DTYPES,
+    MAX_BATCH,
+    MAX_LENGTH,
+    MAX_SEED,
+    RefineConfig,
+    RunSpec,
+    SettingsModel,
+    flag_extra,
+    split_commas,
+)
+
+from .names import OBJECTIVE_NAMES, OPTIMIZER_NAMES
+
+PARAMS_KINDS = ("encoder", "total")
+MAX_EVALUATIONS = 100_000
+MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
+
+
+class SearchConfig(SettingsModel):
+    """The search loop's budget and optimizer; every objective is minimised (Deb et al. 2002, NSGA-II)."""
+
+    objectives: list[Literal[OBJECTIVE_NAMES]] = Field(
+        ["error", "params"], min_length=2, max_length=len(OBJECTIVE_NAMES),
+        description="objectives to minimise, at least two distinct ones (comma-separated: error,params)")
+    optimizer: Literal[OPTIMIZER_NAMES] = Field(
+        "nsga2", description="ehvi needs botorch (pip install 'nasprune[ehvi]')")
+    evaluations: int = Field(100, ge=1, le=MAX_EVALUATIONS, description="distinct sub-networks to evaluate")
+    time_limit_s: float | None = Field(None, gt=0, le=MAX_TIME_LIMIT_S, json_schema_extra=flag_extra("time-limit"),
+                                       description="search wall-clock limit in seconds (null: none)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, json_schema_extra=flag_extra("search-seed"),
+                             description="the optimizer's seed; null: the training seed")
+    optimizer_options: dict[str, Any] = Field(
+        {}, max_length=16,
+        description="extra keyword options of the optimizer (JSON), e.g. {\"population_size\": 20}")
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        """Accept "error,params", as the CLI always has."""
+        return split_commas(value)
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"objectives must be distinct, got {value}")
+        return value
+
+
+class LatencyShape(SettingsModel):
+    """The input shape the latency objective times each sub-network on."""
+
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="latency: batch size")
+    seq_len: int | None = Field(None, ge=1, le=MAX_LENGTH, description="latency: tokens per input (null: max_length)")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="latency: device to time on")
+
+
+class SearchJob(SettingsModel):
+    """A search after training: the search loop, the latency shape, what the params objective counts, the refining
+    of front points, and how sub-networks are ranked."""
+
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    latency: LatencyShape = Field(default_factory=LatencyShape)
+    params_kind: Literal[PARAMS_KINDS] = Field("encoder", json_schema_extra=flag_extra("params"),
+                                               description="which parameter count the params objective uses")
+    refine: RefineConfig = Field(default_factory=RefineConfig)
+    # Ranking in a lower precision is faster on CPUs that compute it natively (bench/eval_precision.py); the
+    # front's figures are measured again in float32 whatever this says.
+    evaluation_dtype: Literal[EVALUATION_DTYPES] = Field(
+        "auto", description="precision the search ranks sub-networks in; auto: bfloat16 where the device has it "
+                            "natively, else float32; the front's figures are float32 either way")
+    search_examples: int | None = Field(
+        DEFAULT_SEARCH_EXAMPLES, ge=1,
+        description="validation examples the search ranks each sub-network on (a seeded subset; null/'all': every "
+                    "one); the best of them (two non-dominated layers) are measured again on the whole capped split")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchJob:
+        """Read a stored job; searches stored before these settings existed ranked in float32, on the whole
+        split."""
+        return cls.model_validate({"evaluation_dtype": "float32", "search_examples": None} | dict(data))
+
+
+class SearchSettings(SearchJob, RunSpec):
+    """A RunSpec and a SearchJob side by side (their fields do not collide): what `nasprune search` and POST
+    /searches take. The search's seed, unless given, is the training seed, so that one seed repeats a job."""
+
+    @model_validator(mode="after")
+    def _search_seed(self) -> SearchSettings:
+        if self.search.seed is None:
+            self.search = self.search.model_copy(update={"seed": self.training.seed})
+        return self
+
+    def split(self) -> tuple[RunSpec, SearchJob]:
+        """The two stored halves, each holding the fields its model declares."""
+        data = self.model_dump()
+        run = RunSpec.model_validate({name: data[name] for name in RunSpec.model_fields})
+        job = SearchJob.model_validate({name: data[name] for name in SearchJob.model_fields})
+        return run, job
