@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     train_run(spec, folder / "run")
     run = Run(folder / "run")
     supernet = run.load_supernet()
-    table = load_or_calibrate(supernet.config, batch_size=LatencyShape.batch_size, seq_len=spec.max_length)
+    table = load_or_calibrate(supernet.config, batch_size=LatencyShape().batch_size, seq_len=spec.max_length)
     measurements = Measurements(supernet=supernet, validation_batches=run.batches("validation"),
                                 task=run.task.spec, latency=table, seq_len=spec.max_length)
     cache_file = folder / "figures.jsonl"

@@ -42,8 +42,9 @@ from checks import require
 from prove import Stopwatch, copy_trained, seed_folder
 from scoring import BUDGETS, best_under, test_error_hypervolume
 
-from search.job import SearchJob, run_search_job
+from search.job import run_search_job
 from search.runner import SearchConfig
+from search.settings import SearchJob
 from supernet.evaluation import dtype_name, resolve_dtype
 from supernet.settings import EVALUATION_DTYPES, RunSpec
 

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     # are plain, so it is set explicitly and the step below checks what ran
     trainers = {
         kind: SupernetTrainer(model, space, [batch], TrainingConfig(
-            num_random_subnets=subnets, epochs=1000, plain_fraction=args.plain_fraction), progress=False)
+            num_random_subnets=subnets, epochs=100, plain_fraction=args.plain_fraction), progress=False)
         for kind, subnets in (("plain", 0), ("sandwich", k))
     }
     model.train()

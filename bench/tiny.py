@@ -124,8 +124,9 @@ def tiny_run(root: Path) -> Path:
 
 def tiny_search(root: Path, evaluations: int = 8) -> Path:
     """A finished tiny search job's run folder under `root` (train, search, front with test figures)."""
-    from search.job import LatencyShape, SearchJob, run_search_job
+    from search.job import run_search_job
     from search.runner import SearchConfig
+    from search.settings import LatencyShape, SearchJob
 
     model, data_dir = workspace(root)
     folder = root / "search"
