@@ -53,18 +53,26 @@ class Store(Protocol):
 
 
 def parse_trials(lines: list[str], where: str) -> tuple[list[Trial], bool]:
-    """Trials of trials.jsonl lines; a line that does not parse (a line torn by a crash mid-write) is skipped.
-    Also whether one was."""
+    """Trials of trials.jsonl lines, each once; a line that does not parse (a line torn by a crash mid-write) is
+    skipped. Also whether one was."""
     from .runner import Trial
 
-    trials, torn = [], False
+    trials: dict[int, Trial] = {}
+    torn = False
     for line in lines:
         try:
-            trials.append(Trial.from_dict(json.loads(line)))
+            trial = Trial.from_dict(json.loads(line))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("%s: skipping an unreadable line", where)
             torn = True
-    return trials, torn
+            continue
+        if trial.index in trials:  # stored twice (a replayed callback): one trial
+            if trials[trial.index].config != trial.config:
+                raise ValueError(f"{where}: trial {trial.index} holds two sub-networks; the file was edited or mixed "
+                                 "from two searches")
+            continue
+        trials[trial.index] = trial
+    return list(trials.values()), torn
 
 
 class FileStore:

@@ -1,6 +1,6 @@
 """service.worker in this process, over a real SQLite file: a failing job is marked failed with its traceback in
-worker.log and the loop goes on; trials of trials.jsonl missing from the database are copied on resume; a worker
-shutting down gives its job back; `nasprune db upgrade`."""
+worker.log and the loop goes on; the trials.jsonl of a search an older release began is imported once, on
+resume; a worker shutting down gives its job back; `nasprune db upgrade`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from service import repository as repo
 from service.config import Settings, get_settings
 from service.db import current_revision, head_revision, make_engine, session_factory, upgrade
 from service.models import SearchStatus
-from service.worker import LOG_FILE, _sync_trials, run_worker
+from service.store import DbStore
+from service.worker import LOG_FILE, run_worker
 from supernet.config import SubNetworkConfig
 from supernet.settings import RunSpec
 
@@ -78,18 +79,22 @@ def _trial(index: int, heads: int) -> Trial:
                  elapsed_s=0.1 * index)
 
 
-def test_trials_in_the_file_but_not_the_database_are_copied(settings, factory) -> None:
+def test_trials_of_an_older_releases_file_missing_from_the_database_are_imported_once(settings, factory) -> None:
+    """The legacy path: the release before kept trials in trials.jsonl and rows, and a worker killed between the two
+    writes left the file ahead; the store of record imports the file once on resume, and never writes it."""
     search = queue.enqueue(factory, request=request("minilm"), folder_root=settings.searches_root)[0]
     folder = Path(search.folder)
     folder.mkdir(parents=True)
     trials = [_trial(0, 1), _trial(1, 2), _trial(2, 3)]
-    (folder / "trials.jsonl").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in trials))
+    (folder / "trials.jsonl").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in trials) + '{"index": 3, "con')
     with factory.begin() as session:
         repo.add_trial(session, search.id, trials[0])  # the worker died after writing trials 1 and 2 to the file
-    assert _sync_trials(factory, search.id, folder) == 3
-    assert _sync_trials(factory, search.id, folder) == 3  # idempotent
+    store = DbStore(factory, search.id, folder)
+    assert [t.to_dict() for t in store.load_trials()] == [t.to_dict() for t in trials]  # the torn line skipped
+    assert not (folder / "trials.jsonl").exists() and (folder / "trials.jsonl.imported").is_file()
+    store.add_trial(_trial(3, 4))
+    assert len(store.load_trials()) == 4 and not (folder / "trials.jsonl").exists()
     with factory() as session:
-        assert [t.to_dict() for t in repo.load_trials(session, search.id)] == [t.to_dict() for t in trials]
         assert repo.get_search(session, search.id).evaluations_done == 3
 
 
