@@ -17,10 +17,10 @@ from search.job import REFINED_DIR, LatencyShape, SearchJob
 from search.runner import SearchConfig
 from service import queue
 from service import repository as repo
-from service.exports import archive_name, archive_path, export_stem, leftovers, refined_source
 from service.api.routes import refined_read
 from service.config import Settings
 from service.db import current_revision, downgrade, head_revision, make_engine, session_factory, upgrade
+from service.exports import archive_name, archive_path, export_stem, leftovers, refined_source
 from service.models import SearchStatus
 from service.worker import SearchRunner, _JobState
 from supernet.config import SubNetworkConfig
