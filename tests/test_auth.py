@@ -16,6 +16,7 @@ from pathlib import Path
 
 import fastapi.routing
 import pytest
+from conftest import worker_thread
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
@@ -398,6 +399,7 @@ def test_a_worker_runs_an_owned_search(client, made, settings, workspace, tmp_pa
     search = call(client, "GET", f"/searches/{search_id}", token_a).json()
     assert search["status"] == "succeeded", search["error"]
     point = call(client, "GET", f"/searches/{search_id}/pareto", token_a).json()["points"][0]
-    archive = call(client, "GET", point["downloads"]["hf"], token_a)
+    with worker_thread(settings):  # builds the export job the download queues
+        archive = call(client, "GET", point["downloads"]["hf"], token_a)
     assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
     assert call(client, "GET", point["downloads"]["hf"], token_b).status_code == 404
