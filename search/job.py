@@ -121,9 +121,9 @@ def _point(trial_like: dict[str, Any], test: dict[str, float]) -> dict[str, Any]
 
 
 # A search that ranked on a validation subset measures its first two non-dominated layers again, not only its
-# front: the subset's noise pushes good sub-networks just behind the front. bench/front_rescoring.py on MRPC seed 0
-# (550 of 1,100 pairs): the front alone kept a front of test hypervolume 0.166, two layers 0.186, as measuring all
-# 100 trials again did, for 27 evaluations in place of 100.
+# front: the subset's noise pushes good sub-networks just behind the front. Two layers recover the test front that
+# measuring every trial again gives, for a fraction of the evaluations (bench/front_rescoring.py; figures in
+# bench/RESULTS.md).
 SUBSET_RESCORED_LAYERS = 2
 
 
@@ -207,9 +207,9 @@ def _keep_refined(points: list[dict[str, Any]], previous: Mapping[str, Any] | No
 
 
 def keeps_refined(task: TaskSpec, refined: Mapping[str, float], sliced: Mapping[str, float]) -> bool:
-    """Whether a refined model replaces its slice: at least as good on validation (never chosen on test). One
-    epoch at lr 1e-4 can unsettle a large point the supernet already trained well (MRPC: 0.857 -> 0.844 at 69 %
-    params) while it lifts the small ones; bench/RESULTS.md."""
+    """Whether a refined model replaces its slice: at least as good on validation (never chosen on test). A short
+    fine-tune can unsettle a large point the supernet already trained well while it lifts the small ones
+    (bench/RESULTS.md)."""
     return error_from_metrics(task, refined) <= error_from_metrics(task, sliced)
 
 
