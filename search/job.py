@@ -39,14 +39,19 @@ from .latency import load_or_calibrate
 from .objectives import Measurements, figures_dict, objective_values, resolve_objectives
 from .pareto import first_layers, non_dominated
 from .plot import plot_front
-from .records import FRONT_FILE, PLOT_FILE, REFINED_DIR, SEARCH_FILE, SUBNETWORK_FILE, TRIALS_FILE, serves_refined
+from .records import (  # noqa: F401 (FRONT_FILE, TRIALS_FILE, serves_refined: re-exported for older callers)
+    FRONT_FILE,
+    PLOT_FILE,
+    REFINED_DIR,
+    SEARCH_FILE,
+    SUBNETWORK_FILE,
+    TRIALS_FILE,
+    serves_refined,
+)
 from .runner import SearchConfig, SearchResult, Trial, run_search
 from .store import FileStore, Store
 
 log = logging.getLogger(__name__)
-
-# re-exported: callers that name the run folder's files through search.job keep working
-__all__ = ["FRONT_FILE", "PLOT_FILE", "REFINED_DIR", "SEARCH_FILE", "TRIALS_FILE", "serves_refined"]
 
 
 @dataclass
