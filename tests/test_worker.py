@@ -117,3 +117,32 @@ def test_db_upgrade_command(tmp_path, monkeypatch, capsys) -> None:
         assert current_revision(make_engine(get_settings().url)) == head_revision()
     finally:
         get_settings.cache_clear()
+
+
+def test_an_export_that_fails_says_why_and_a_new_request_retries_it(settings, factory) -> None:
+    """A succeeded search whose folder has no supernet: its export job fails with the reason, the waiting download
+    answers 500 with it, and asking again queues the same job again (and it fails again, for the same reason)."""
+    from conftest import worker_thread
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+
+    config = SubNetworkConfig(layers=(0,), heads=(1,), units=(8,)).to_dict()
+    point = {"config": config, "objectives": {"error": 0.5, "params": 1.0}, "validation": {"accuracy": 0.5},
+             "params": {"encoder": 10, "total": 20}, "macs": 100, "latency_ms": 1.0, "test": {"accuracy": 0.5}}
+    search = queue.enqueue(factory, request=request("minilm"), folder_root=settings.searches_root)[0]
+    Path(search.folder).mkdir(parents=True)
+    with factory.begin() as session:
+        repo.get_search(session, search.id).status = SearchStatus.SUCCEEDED
+        repo.save_front(session, search.id, {"objectives": ["error", "params"], "points": [point]})
+    waiting = settings.model_copy(update={"export_wait_s": 60.0})
+    url = f"/searches/{search.id}/pareto/0/download"
+    with TestClient(create_app(waiting)) as client, worker_thread(waiting):
+        first = client.get(url)
+        assert first.status_code == 500, first.text
+        job = first.json()
+        assert job["status"] == "failed" and "not a run folder" in job["error"] and not job["refined"]
+        again = client.get(url)
+        assert again.status_code == 500 and again.json()["id"] == job["id"]
+        assert again.json()["finished_at"] > job["finished_at"]  # built (and failed) a second time
+    assert "export" in (Path(search.folder) / LOG_FILE).read_text()
