@@ -1,25 +1,24 @@
 """A whole search job in a run folder: supernet training, search, test re-evaluation, front and plot.
 
-The CLI and the service's workers call the same `run_search_job`. Files it adds to the run folder:
+The CLI and the service's workers call the same `run_search_job`; they differ only in the `Store` that keeps the
+job's records (search/store.py): the CLI's `FileStore` (trials.jsonl and front.json in the run folder, the default)
+or the service's database. What the run folder holds either way:
     search.json    the SearchConfig and latency shape of the search
-    trials.jsonl   one line per evaluated sub-network, appended as soon as it is done (resume reads it)
-    front.json     the Pareto front with validation and test metrics, and the full model's figures
     pareto.png     the front over all trials
     refined/<n>/   front point n refined (by the job's SearchJob.refine, or on demand by refine_points): an exported
-                   model folder; front.json's point n then holds "refined" (its validation and test metrics,
-                   training time, settings, and "kept": whether it is at least as good as the slice on validation,
-                   and so what exports and downloads serve)
+                   model folder, an artifact; the record is the front point's "refined" entry in the store (its
+                   validation and test metrics, training time, settings, and "kept": whether it is at least as good
+                   as the slice on validation, and so what exports and downloads serve)
+and, with a FileStore, trials.jsonl (one line per evaluated sub-network, appended as soon as it is done) and
+front.json (the Pareto front with validation and test metrics, and the full model's figures).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 from supernet.config import SubNetworkConfig
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
-from supernet.extract import SUBNETWORK_FILE, save_folder, subnetwork_record
+from supernet.extract import save_folder, subnetwork_record
 from supernet.metrics import error_from_metrics
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, settings_differences, train_run
@@ -41,27 +40,26 @@ from .latency import load_or_calibrate
 from .objectives import Measurements, figures_dict, objective_values, resolve_objectives
 from .pareto import first_layers, non_dominated
 from .plot import plot_front
+from .records import (  # noqa: F401 (FRONT_FILE, TRIALS_FILE, serves_refined: re-exported for older callers)
+    FRONT_FILE,
+    PLOT_FILE,
+    REFINED_DIR,
+    SEARCH_FILE,
+    SUBNETWORK_FILE,
+    TRIALS_FILE,
+    serves_refined,
+)
 from .runner import SearchResult, Trial, run_search
 from .settings import SearchJob
+from .store import FileStore, Store
 
 log = logging.getLogger(__name__)
 
-SEARCH_FILE, TRIALS_FILE, FRONT_FILE, PLOT_FILE = "search.json", "trials.jsonl", "front.json", "pareto.png"
-REFINED_DIR = "refined"
-
 
 def read_trials(folder: str | Path) -> list[Trial]:
-    """Trials stored in a run folder; a torn last line (a crash mid-write) is ignored."""
-    path = Path(folder) / TRIALS_FILE
-    if not path.is_file():
-        return []
-    trials = []
-    for line in path.read_text().splitlines():
-        try:
-            trials.append(Trial.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, KeyError):
-            log.warning("%s: skipping an unreadable line", path)
-    return trials
+    """Trials stored in a run folder's trials.jsonl (`FileStore`); a torn last line (a crash mid-write) is
+    ignored."""
+    return FileStore(folder).load_trials()
 
 
 def _identity(job: dict[str, Any]) -> dict[str, Any]:
@@ -69,22 +67,6 @@ def _identity(job: dict[str, Any]) -> dict[str, Any]:
     refining after it (a stage of its own: refined points record their settings and are redone if they differ)."""
     search = {k: v for k, v in job["search"].items() if k not in ("evaluations", "time_limit_s")}
     return {k: v for k, v in job.items() if k != "refine"} | {"search": search}
-
-
-def _rewrite_trials(folder: Path, trials: list[Trial]) -> None:
-    path = folder / TRIALS_FILE
-    if not path.is_file():
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in trials))
-    os.replace(tmp, path)
-
-
-def _append_trial(folder: Path, trial: Trial) -> None:
-    with open(folder / TRIALS_FILE, "a") as f:
-        f.write(json.dumps(trial.to_dict()) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _test_metrics(run: Run, supernet, sub, test_batches: dict[str, list]) -> dict[str, float]:
@@ -104,9 +86,9 @@ def _point(trial_like: dict[str, Any], test: dict[str, float]) -> dict[str, Any]
 
 
 # A search that ranked on a validation subset measures its first two non-dominated layers again, not only its
-# front: the subset's noise pushes good sub-networks just behind the front. bench/front_rescoring.py on MRPC seed 0
-# (550 of 1,100 pairs): the front alone kept a front of test hypervolume 0.166, two layers 0.186, as measuring all
-# 100 trials again did, for 27 evaluations in place of 100.
+# front: the subset's noise pushes good sub-networks just behind the front. Two layers recover the test front that
+# measuring every trial again gives, for a fraction of the evaluations (bench/front_rescoring.py; figures in
+# bench/RESULTS.md).
 SUBSET_RESCORED_LAYERS = 2
 
 
@@ -143,9 +125,11 @@ def _front_scored_again(result: SearchResult, measurements: Measurements, names:
 
 
 def write_front(run: Run, result: SearchResult, measurements: Measurements, names: list[str], *,
-                search_examples: int | None = None) -> dict[str, Any]:
-    """Re-evaluate the front (and the full model) on the test split and write front.json + pareto.png.
-    `search_examples`: the size of the validation subset `measurements` ranked on (None: the whole split)."""
+                search_examples: int | None = None, store: Store | None = None) -> dict[str, Any]:
+    """Re-evaluate the front (and the full model) on the test split, save it in `store` (default: front.json in
+    the run folder) and write pareto.png. `search_examples`: the size of the validation subset `measurements`
+    ranked on (None: the whole split)."""
+    store = store if store is not None else FileStore(run.folder)
     supernet = measurements.supernet
     # Tokenised and collated once, then reused for every front point and the full model.
     test_batches = {split: list(run.batches(split)) for split in run.task.test}
@@ -172,77 +156,35 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
         # the validation examples the search ranked on; the figures here are on all `validation_examples`
         "search_examples": subset or size, "validation_examples": size,
     }
-    for position, point in enumerate(points):  # refined earlier (by the job or on demand) and still this point
-        refined = _refined_record(run.folder / REFINED_DIR / str(position), point["config"])
-        if refined is not None:
-            point["refined"] = refined
-    with _front_lock(run.folder):
-        _save_front(run.folder, front)
+    _keep_refined(points, store.load_front())
+    store.save_front(front)
     plot_front(front, [t.to_dict() for t in result.trials], run.folder / PLOT_FILE)
     return front
 
 
-def _save_front(folder: Path, front: dict[str, Any]) -> None:
-    tmp = folder / f".{FRONT_FILE}.tmp"
-    tmp.write_text(json.dumps(front, indent=2))
-    os.replace(tmp, folder / FRONT_FILE)
-
-
-def _refined_record(folder: Path, config: dict[str, Any],
-                    settings: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The "refined" entry of a point refined earlier (with the same settings, if given): a resumed or rerun job
-    keeps it."""
-    try:
-        record = json.loads((folder / SUBNETWORK_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    refined = record.get("metrics", {}).get("refined")
-    if record.get("config") != config or not isinstance(refined, dict):
-        return None
-    if settings is not None and refined.get("settings") != settings:
-        return None
-    return refined
+def _keep_refined(points: list[dict[str, Any]], previous: Mapping[str, Any] | None) -> None:
+    """Carry the "refined" entries of the stored front over to the points written again at the same position with
+    the same sub-network (a resumed or rerun job): their refined/<position>/ models still belong to them."""
+    old = previous["points"] if previous is not None else []
+    for position, point in enumerate(points):
+        if position < len(old) and old[position].get("config") == point["config"] and "refined" in old[position]:
+            point["refined"] = old[position]["refined"]
 
 
 def keeps_refined(task: TaskSpec, refined: Mapping[str, float], sliced: Mapping[str, float]) -> bool:
-    """Whether a refined model replaces its slice: at least as good on validation (never chosen on test). One
-    epoch at lr 1e-4 can unsettle a large point the supernet already trained well (MRPC: 0.857 -> 0.844 at 69 %
-    params) while it lifts the small ones; bench/RESULTS.md."""
+    """Whether a refined model replaces its slice: at least as good on validation (never chosen on test). A short
+    fine-tune can unsettle a large point the supernet already trained well while it lifts the small ones
+    (bench/RESULTS.md)."""
     return error_from_metrics(task, refined) <= error_from_metrics(task, sliced)
 
 
-def serves_refined(point: Mapping[str, Any]) -> bool:
-    """Whether exports and downloads of a front point serve its refined model: it was refined, and kept."""
+def _refined_already(point: Mapping[str, Any], folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The point's "refined" entry if it was refined with these settings and its model is still there: a resumed
+    or rerun job, or a repeated on-demand refine, does not train it again."""
     refined = point.get("refined")
-    return isinstance(refined, Mapping) and bool(refined.get("kept", True))
-
-
-@contextmanager
-def _front_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on front.json updates: a job's refine stage and on-demand refines of single points (CLI
-    or service workers) may update different points of one front at the same time."""
-    with open(folder / f".{FRONT_FILE}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _store_refined(folder: Path, front: dict[str, Any], position: int, refined: dict[str, Any]) -> None:
-    """Set point `position`'s "refined" entry in `front` and in front.json (read again under the lock, so a
-    concurrent refine of another point is not overwritten), unless front.json now holds a different front."""
-    front["points"][position]["refined"] = refined
-    with _front_lock(folder):
-        try:
-            stored = json.loads((folder / FRONT_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            stored = None
-        points = stored["points"] if stored is not None else []
-        if position >= len(points) or points[position]["config"] != front["points"][position]["config"]:
-            raise RuntimeError(f"{folder / FRONT_FILE} changed while point {position} was refined")
-        points[position]["refined"] = refined
-        _save_front(folder, stored)
+    if isinstance(refined, dict) and refined.get("settings") == settings and (folder / SUBNETWORK_FILE).is_file():
+        return refined
+    return None
 
 
 def budget_points(front: Mapping[str, Any], budgets: Sequence[float], task: TaskSpec,
@@ -267,11 +209,12 @@ def budget_points(front: Mapping[str, Any], budgets: Sequence[float], task: Task
 def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig, *,
                  positions: Sequence[int] | None = None, progress: bool = True,
                  on_point: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> bool:
+                 should_stop: Callable[[], bool] | None = None, store: Store | None = None) -> bool:
     """Fine-tune front points at their own size (`refine_subnetwork`) into refined/<position>/, evaluate them on
-    validation and test, and record that as each point's "refined" entry in front.json as soon as it is done (so
-    a stopped job resumes at the next one). `positions`: only those points (default: all). `on_point(done,
-    total)` reports progress. False if stopped early."""
+    validation and test, and record that as each point's "refined" entry in `store` (default: front.json) as soon
+    as it is done (so a stopped job resumes at the next one). `positions`: only those points (default: all).
+    `on_point(done, total)` reports progress. False if stopped early."""
+    store = store if store is not None else FileStore(run.folder)
     points = front["points"]
     chosen = list(range(len(points))) if positions is None else list(positions)
     bad = [p for p in chosen if not 0 <= p < len(points)]
@@ -291,7 +234,7 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
             on_point(done, len(chosen))
         point = points[position]
         folder = run.folder / REFINED_DIR / str(position)
-        refined = _refined_record(folder, point["config"], settings)
+        refined = _refined_already(point, folder, settings)
         if refined is None:
             if should_stop is not None and should_stop():
                 return False
@@ -312,7 +255,8 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
                                        metrics={"validation": point["validation"], "test": point["test"],
                                                 "refined": refined})
             save_folder(model, folder, tokenizer=run.tokenizer, record=record)
-        _store_refined(run.folder, front, position, refined)
+        store.set_refined(position, point["config"], refined)
+        point["refined"] = refined
     if on_point is not None:
         on_point(len(chosen), len(chosen))
     return True
@@ -320,20 +264,22 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
 
 def refine_points(folder: str | Path, positions: Sequence[int], config: RefineConfig, *, progress: bool = True,
                   on_point: Callable[[int, int], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+                  should_stop: Callable[[], bool] | None = None, store: Store | None = None
+                  ) -> dict[str, Any] | None:
     """Refine chosen points of a finished search, on demand: refining costs about one fine-tuning epoch of the
     point's own size, so refining only the points a user will download is far cheaper than the whole front
-    (bench/RESULTS.md). Returns the updated front, or None if stopped early."""
+    (bench/RESULTS.md). `store`: where the front is (default: front.json in `folder`). Returns the updated front,
+    or None if stopped early."""
     folder = Path(folder)
-    front_file = folder / FRONT_FILE
-    if not front_file.is_file():
-        raise FileNotFoundError(f"{front_file}: no front here; run the search first")
+    store = store if store is not None else FileStore(folder)
+    front = store.load_front()
+    if front is None:
+        raise FileNotFoundError(f"{folder}: no front here; run the search first")
     if not config.enabled:
         raise ValueError("refine epochs is 0: nothing to refine")
     run = Run(folder)
-    front = json.loads(front_file.read_text())
     if not refine_front(run, front, run.load_supernet(), config, positions=positions, progress=progress,
-                        on_point=on_point, should_stop=should_stop):
+                        on_point=on_point, should_stop=should_stop, store=store):
         return None
     return front
 
@@ -342,12 +288,15 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
                    on_train_step: Callable[[TrainState], None] | None = None,
                    on_trial: Callable[[Trial, SearchResult], None] | None = None,
                    on_refine: Callable[[int, int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> SearchResult | None:
-    """Train (or resume) the supernet, search (or resume), write the front, then refine its points if the job
-    asks for it (`on_refine(done, total)`). None if stopped early."""
+                   should_stop: Callable[[], bool] | None = None, store: Store | None = None
+                   ) -> SearchResult | None:
+    """Train (or resume) the supernet, search (or resume from the trials in `store`), write the front, then refine
+    its points if the job asks for it (`on_refine(done, total)`). `store` keeps the trials and the front (default:
+    `FileStore(folder)`: trials.jsonl and front.json). None if stopped early."""
     folder = Path(folder)
     if job.search.seed is None:  # SearchConfig.seed: None is the training seed
         job = job.model_copy(update={"search": job.search.model_copy(update={"seed": spec.training.seed})})
+    store = store if store is not None else FileStore(folder)
     state = train_run(spec, folder, progress=progress, on_step=on_train_step, should_stop=should_stop)
     if state.stopped:
         return None
@@ -375,20 +324,21 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
                                 latency=table, seq_len=seq_len, params_kind=job.params_kind, dtype=dtype)
 
     def record(trial: Trial, current: SearchResult) -> None:
-        _append_trial(folder, trial)
+        store.add_trial(trial)  # durable before the search goes on: acknowledged, it is never evaluated again
         if on_trial is not None:
             on_trial(trial, current)
 
-    trials = read_trials(folder)
-    _rewrite_trials(folder, trials)  # drop a line torn by a crash, so appending starts on a clean line
+    trials = store.load_trials()
     result = run_search(space, measurements, job.search, trials=trials, on_trial=record,
                         should_stop=should_stop, progress=progress)
     if result.stopped:
         return None
-    front = write_front(run, result, measurements, job.search.objectives, search_examples=job.search_examples)
+    front = write_front(run, result, measurements, job.search.objectives, search_examples=job.search_examples,
+                        store=store)
     positions = (budget_points(front, job.refine.budgets, run.task.spec, job.params_kind)
                  if job.refine.budgets else None)
     if job.refine.enabled and not refine_front(run, front, supernet, job.refine, positions=positions,
-                                               progress=progress, on_point=on_refine, should_stop=should_stop):
+                                               progress=progress, on_point=on_refine, should_stop=should_stop,
+                                               store=store):
         return None
     return result

@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DATABASE_FILE = "nasprune.db"
 SEARCHES_DIR = "searches"
 DATASETS_DIR = "datasets"
+LOG_FILE = "worker.log"  # each search's log, in its folder: what its jobs (search, refinements, exports) logged
 MIB = 1024 * 1024
 
 
@@ -62,6 +63,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(MIB, ge=1, description="largest request body of the other routes")
     min_free_mb: int = Field(500, ge=0, description="free disk space under data_root that the server and workers "
                                                     "need to start, and a worker needs to take a job")
+    # A download whose archive is not built yet queues an export job and waits this long for a worker to build it;
+    # past it, the route answers 202 with Retry-After and the job's status.
+    export_wait_s: float = Field(120.0, ge=0, le=3600, description="seconds a download waits for its export job")
 
     @field_validator("allowed_model_roots", "allowed_data_roots", mode="before")
     @classmethod
@@ -109,7 +113,7 @@ class Settings(BaseSettings):
         return self.data_root / SEARCHES_DIR
 
     def search_folder(self, search_id: str) -> Path:
-        """The run folder of one search (supernet checkpoints, trials.jsonl, front.json, exports)."""
+        """The run folder of one search (supernet checkpoints, refined models, exports, its log)."""
         return self.searches_root / search_id
 
     @property

@@ -4,13 +4,18 @@
                   progress figures the API shows while it runs
     trials        one row per evaluated sub-network; UNIQUE(search_id, config_key) is what guarantees at the
                   database level that no sub-network of a search is stored (and so counted) twice
-    front_points  the Pareto front with test metrics (and, for a refined point, the refined model's figures),
-                  replaced as a whole when the front is written
-    exports       cached export archives of front points, one per (point, format)
+    front_points  the Pareto front with test metrics (and, for a refined point, the refined model's "refined"
+                  entry: the one record of it), replaced as a whole when the front is written
+    fronts        the rest of a search's front (reference, hypervolume, normalisation, ...), one row per search
+    exports       export jobs of front points and the archives they built, one per (point, format, kind), kind
+                  being refined or sliced (a job queue, service/exports.py)
     api_tokens    bearer tokens (SHA-256 of the token only; the token itself is shown once, when created)
     datasets      custom datasets uploaded through POST /datasets (the file lives under the data root)
     refinements   on-demand refines of single front points of a finished search: settings and queue state (a
                   job queue of its own, next to the searches'; see service/refinements.py)
+
+Searches, refinements and exports are jobs: their queue columns come from `JobColumns` and their state changes
+from service.queue.JobTable, so a new kind of job is a table with these columns and a runner (service/worker.py).
 
 `owner_id` (searches, datasets, refinements) is the token that created the row; None when the server runs without
 tokens.
@@ -135,12 +140,39 @@ REFINEMENT_ACTIVE = (RefinementStatus.QUEUED, RefinementStatus.RUNNING)  # at mo
 REFINEMENT_STATUS_TYPE = status_type(RefinementStatus, "refinement_status")
 
 
+class ExportStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+EXPORT_ENDED = frozenset({ExportStatus.SUCCEEDED, ExportStatus.FAILED, ExportStatus.CANCELLED})
+EXPORT_STATUS_TYPE = status_type(ExportStatus, "export_status")
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
 
-class Search(Base):
+class JobColumns:
+    """The queue columns every job table has (searches, refinements, exports), next to its own `status`: what
+    service.queue.JobTable reads and writes."""
+
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Runs lost to a dead worker (stale heartbeat); the job fails once this reaches Settings.max_attempts.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]  # start of the latest run
+    finished_at: Mapped[datetime | None]
+
+
+class Search(JobColumns, Base):
     __tablename__ = "searches"
     __table_args__ = (Index("ix_searches_status_created_at", "status", "created_at"),)
 
@@ -152,15 +184,6 @@ class Search(Base):
     # sha256 of the body as sent (repository.body_digest): a retry with the same key and body is the same request
     # even when the server's defaults, which `request` has filled in, changed between the two calls.
     request_digest: Mapped[str | None] = mapped_column(String(64))
-    error: Mapped[str | None] = mapped_column(Text)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    # Runs lost to a dead worker (stale heartbeat); the job fails once this reaches Settings.max_attempts.
-    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    worker_id: Mapped[str | None] = mapped_column(String(200))
-    heartbeat_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None]  # start of the latest run
-    finished_at: Mapped[datetime | None]
     # Progress, written by the worker as it goes.
     stage: Mapped[str | None] = mapped_column(String(64))
     epoch: Mapped[int | None]
@@ -170,7 +193,7 @@ class Search(Base):
     evaluations_total: Mapped[int | None]
     hypervolume: Mapped[float | None] = mapped_column(Float)
     eta_s: Mapped[float | None] = mapped_column(Float)
-    folder: Mapped[str | None] = mapped_column(Text)  # the run folder (checkpoints, trials.jsonl, front.json)
+    folder: Mapped[str | None] = mapped_column(Text)  # the run folder (checkpoints, refined models, exports, log)
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
 
     # passive_deletes: the database's ON DELETE CASCADE removes children; the ORM need not load them first.
@@ -178,6 +201,8 @@ class Search(Base):
                                                   passive_deletes=True, order_by="TrialRow.index")
     front_points: Mapped[list[FrontPoint]] = relationship(back_populates="search", cascade="all, delete-orphan",
                                                           passive_deletes=True, order_by="FrontPoint.position")
+    front: Mapped[FrontRow | None] = relationship(back_populates="search", cascade="all, delete-orphan",
+                                                  passive_deletes=True)
     exports: Mapped[list[Export]] = relationship(back_populates="search", cascade="all, delete-orphan",
                                                  passive_deletes=True)
     refinements: Mapped[list[Refinement]] = relationship(back_populates="search", cascade="all, delete-orphan",
@@ -210,7 +235,8 @@ class TrialRow(Base):
 
 
 class FrontPoint(Base):
-    """One point of a search's Pareto front, as in front.json "points" (position = its index there)."""
+    """One point of a search's Pareto front, as in search.job.write_front's "points" (position = its index
+    there)."""
 
     __tablename__ = "front_points"
     __table_args__ = (UniqueConstraint("search_id", "position"),)
@@ -226,34 +252,58 @@ class FrontPoint(Base):
     params: Mapped[dict[str, Any]]
     macs: Mapped[int] = mapped_column(BigInteger)  # MACs pass 2**31 on BERT-base
     latency_ms: Mapped[float] = mapped_column(Float)
-    # front.json's "refined" entry (validation, test, train_s, settings, folder) of a point fine-tuned after the
-    # search (SearchJob.refine); None if it was not refined. Its model is <search folder>/refined/<position>/.
+    # the "refined" entry (validation, test, train_s, kept, settings, folder) of a point fine-tuned after the
+    # search (SearchJob.refine, or a refinement); None if it was not refined. Its model is
+    # <search folder>/refined/<position>/ (an artifact: this column is the record).
     refined: Mapped[dict[str, Any] | None]
 
     search: Mapped[Search] = relationship(back_populates="front_points")
 
 
-class Export(Base):
-    """An export archive of a front point already built (the download route serves it instead of rebuilding)."""
+class FrontRow(Base):
+    """Everything of a search's front but its points (which are rows of front_points): the task, objectives, the
+    full model's figures ("reference"), hypervolume and its history, normalisation, evaluation counts. Written
+    with the points in one transaction (service/store.py)."""
+
+    __tablename__ = "fronts"
+
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    search: Mapped[Search] = relationship(back_populates="front")
+
+
+class Export(JobColumns, Base):
+    """An export job of a front point (format, refined or sliced) and, once it succeeded, the archive it built,
+    which the download route serves. One row per (point, format, kind): ten concurrent first downloads queue
+    one job."""
 
     __tablename__ = "exports"
-    __table_args__ = (UniqueConstraint("search_id", "position", "format"),)
+    __table_args__ = (UniqueConstraint("search_id", "position", "format", "refined"),
+                      Index("ix_exports_status_created_at", "status", "created_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
     position: Mapped[int]
     format: Mapped[str] = mapped_column(String(16))
-    path: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    refined: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # else the slice
+    status: Mapped[ExportStatus] = mapped_column(EXPORT_STATUS_TYPE, default=ExportStatus.QUEUED)
+    path: Mapped[str | None] = mapped_column(Text)  # the built archive (set when the job succeeds)
 
     search: Mapped[Search] = relationship(back_populates="exports")
+
+    def __repr__(self) -> str:
+        kind = "refined" if self.refined else "sliced"
+        return (f"Export(id={self.id!r}, search={self.search_id!r}, point={self.position}, {self.format}, {kind}, "
+                f"status={self.status!s})")
 
 
 # the partial index's condition on REFINEMENT_ACTIVE: "status IN ('queued', 'running')"
 ACTIVE_REFINEMENT = f"status IN ({', '.join(repr(s.value) for s in REFINEMENT_ACTIVE)})"
 
 
-class Refinement(Base):
+class Refinement(JobColumns, Base):
     """A refine of one front point asked for after the search (POST .../pareto/{point}/refine), queued for a worker.
 
     At most one refinement of a search runs at a time: the partial unique index below makes the database refuse a
@@ -276,14 +326,6 @@ class Refinement(Base):
     position: Mapped[int]
     settings: Mapped[dict[str, Any]]  # RefineConfig fields: {"epochs", "learning_rate"}
     status: Mapped[RefinementStatus] = mapped_column(REFINEMENT_STATUS_TYPE, default=RefinementStatus.QUEUED)
-    error: Mapped[str | None] = mapped_column(Text)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    worker_id: Mapped[str | None] = mapped_column(String(200))
-    heartbeat_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
 
     search: Mapped[Search] = relationship(back_populates="refinements")

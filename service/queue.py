@@ -16,8 +16,9 @@ perhaps re-claimed by another worker) or cancelled, `heartbeat` returns False an
 `worker_id` argument of `advance`/`finish` keeps such a worker from overwriting the new owner's state. A worker
 shutting down cleanly `release`s its job to the queue without counting an attempt.
 
-The rules are written once, in `JobTable`: `SEARCHES` applies them to searches, and service.refinements'
-`REFINEMENTS` to refinements of single front points.
+The rules are written once, in `JobTable`: `SEARCHES` applies them to searches, `EXPORTS` to export jobs (the
+archives downloads serve), and service.refinements' `REFINEMENTS` to refinements of single front points. A new
+kind of job is a table with `models.JobColumns` and a `JobTable` over it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,16 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import RUNNING_STATUSES, TERMINAL_STATUSES, Search, SearchStatus, utcnow
+from .models import (
+    EXPORT_ENDED,
+    RUNNING_STATUSES,
+    TERMINAL_STATUSES,
+    Export,
+    ExportStatus,
+    Search,
+    SearchStatus,
+    utcnow,
+)
 from .repository import create_search
 
 log = logging.getLogger(__name__)
@@ -127,9 +137,10 @@ class JobTable:
                      worker_id, self.noun, job_id)
         return alive
 
-    def finish(self, session_factory: SessionFactory, job_id: str, status: Any, error: str | None = None,
-               *, worker_id: str | None = None) -> bool:
-        """End a job with one of the ended statuses; True if this call ended it.
+    def finish(self, session_factory: SessionFactory, job_id: Any, status: Any, error: str | None = None,
+               *, worker_id: str | None = None, values: dict[str, Any] | None = None) -> bool:
+        """End a job with one of the ended statuses (setting `values` too, e.g. what it built); True if this call
+        ended it.
 
         A job already ended is left alone (False). With `worker_id`, only the job's current owner can end it, so
         a worker that lost its job to recovery cannot mark the new owner's run as failed.
@@ -140,7 +151,8 @@ class JobTable:
         where = [m.id == job_id, m.status.not_in(self.ended)]
         if worker_id is not None:
             where.append(m.worker_id == worker_id)
-        stmt = (update(m).where(*where).values(status=status, error=error, finished_at=utcnow(), **self.cleared)
+        stmt = (update(m).where(*where).values(status=status, error=error, finished_at=utcnow(), **self.cleared,
+                                               **(values or {}))
                 .returning(m.id))
         with session_factory.begin() as session:
             ended = session.execute(stmt, execution_options=_BULK).first() is not None
@@ -195,6 +207,13 @@ class JobTable:
                 log.warning("stale %ss %s: %s", self.noun, name, ", ".join(ids))
         return recovery
 
+    def oldest(self, *where: Any) -> Any:
+        """The scalar subquery `claim` takes: the id of the oldest queued job matching `where` (SKIP LOCKED on
+        PostgreSQL)."""
+        m = self.model
+        return (select(m.id).where(m.status == self.queued, *where).order_by(m.created_at, m.id).limit(1)
+                .with_for_update(skip_locked=True).scalar_subquery())
+
     def status(self, value: str) -> Any:
         """The table's status named `value` (both status enums name their ends "failed" and "cancelled")."""
         return type(self.queued)(value)
@@ -202,6 +221,17 @@ class JobTable:
 
 SEARCHES = JobTable("search", Search, queued=SearchStatus.QUEUED, claimed=SearchStatus.TRAINING,
                     running=RUNNING_STATUSES, ended=TERMINAL_STATUSES, cleared={"eta_s": None})
+EXPORTS = JobTable("export", Export, queued=ExportStatus.QUEUED, claimed=ExportStatus.RUNNING,
+                   running=frozenset({ExportStatus.RUNNING}), ended=EXPORT_ENDED)
+
+
+def claim_export(session_factory: SessionFactory, worker_id: str) -> Export | None:
+    """Take the oldest queued export job of a succeeded search (status -> running); None if none is queued."""
+    succeeded = exists().where(Search.id == Export.search_id, Search.status == SearchStatus.SUCCEEDED)
+    export = EXPORTS.claim(session_factory, worker_id, EXPORTS.oldest(succeeded))
+    if export is not None:
+        log.info("worker %s claimed %r", worker_id, export)
+    return export
 
 
 def claim_next(session_factory: SessionFactory, worker_id: str) -> Search | None:

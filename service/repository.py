@@ -1,4 +1,4 @@
-"""Keyword-only data functions over a SQLAlchemy Session: searches, trials, the front, export records.
+"""Keyword-only data functions over a SQLAlchemy Session: searches, trials, the front, export jobs.
 
 The caller owns the transaction (these functions flush, never commit), so an API route or a worker step can
 group several calls into one unit of work. Every read-then-write that could race another process is a single
@@ -32,7 +32,9 @@ from supernet.config import ConfigError, SubNetworkConfig
 from .models import (
     RUNNING_STATUSES,
     Export,
+    ExportStatus,
     FrontPoint,
+    FrontRow,
     Refinement,
     RefinementStatus,
     Search,
@@ -339,8 +341,8 @@ def load_trials(session: Session, search_id: str) -> list[Trial]:
 
 
 def replace_front(session: Session, search_id: str, points: Sequence[Mapping[str, Any]]) -> list[FrontPoint]:
-    """Make `points` (front.json "points": config, objectives, validation, test, params, macs, latency_ms, and
-    "refined" for a point refined after the search) the search's front, in order; each is linked to the stored
+    """Make `points` (write_front's "points": config, objectives, validation, test, params, macs, latency_ms, and
+    "refined" for a point refined after the search) the search's front points, in order; each is linked to the stored
     trial of the same sub-network when there is one."""
     get_search(session, search_id)
     indices = {key: index for key, index in session.execute(
@@ -368,8 +370,52 @@ def replace_front(session: Session, search_id: str, points: Sequence[Mapping[str
     return rows
 
 
+# The point fields front_points has columns for; any other field of a point (e.g. "search_validation") is kept in
+# the fronts row's "point_extras", so a front loads back as it was saved.
+POINT_COLUMNS = ("config", "objectives", "validation", "test", "params", "macs", "latency_ms", "refined")
+
+
+def save_front(session: Session, search_id: str, front: Mapping[str, Any]) -> None:
+    """Make `front` (search.job.write_front's dict) the search's front: its points as front_points rows
+    (`replace_front`), everything else in its fronts row. The caller's transaction makes the two one write."""
+    try:
+        points = list(front["points"])
+    except (KeyError, TypeError):
+        raise InvalidArgument(f"search {search_id}: a front needs a list of points") from None
+    replace_front(session, search_id, points)
+    extras = [{k: v for k, v in p.items() if k not in POINT_COLUMNS} for p in points]
+    data = {k: v for k, v in front.items() if k != "points"} | {"point_extras": extras}
+    row = session.get(FrontRow, search_id)
+    if row is None:
+        session.add(FrontRow(search_id=search_id, data=data))
+    else:
+        row.data, row.created_at = data, utcnow()
+    session.flush()
+
+
+def point_dict(row: FrontPoint) -> dict[str, Any]:
+    """A front_points row as a point of write_front's dict ("refined" only where the point was refined)."""
+    point = {"config": row.config, "objectives": row.objectives, "validation": row.validation, "params": row.params,
+             "macs": row.macs, "latency_ms": row.latency_ms, "test": row.test}
+    return point | ({"refined": row.refined} if row.refined is not None else {})
+
+
+def load_front(session: Session, search_id: str) -> dict[str, Any] | None:
+    """The search's front as `save_front` stored it, with each point's current "refined" entry; None if no front
+    row is stored (not written yet, or a search of an older release: service.legacy imports those)."""
+    row = session.get(FrontRow, search_id)
+    if row is None:
+        return None
+    data = dict(row.data)
+    extras = data.pop("point_extras", [])
+    points = [point_dict(p) for p in list_front(session, search_id)]
+    for point, extra in zip(points, extras, strict=False):
+        point.update({k: v for k, v in extra.items() if k not in point})
+    return data | {"points": points}
+
+
 def set_refined(session: Session, search_id: str, position: int, point: Mapping[str, Any]) -> FrontPoint:
-    """Store front.json point `position`'s "refined" entry on its row alone (an on-demand refine of one point; the
+    """Store point `position`'s "refined" entry on its row alone (an on-demand refine of one point; the
     other points, refined meanwhile perhaps, are left as they are). InvalidArgument if the stored point is
     another sub-network: the front was rewritten since."""
     row = get_front_point(session, search_id, position)
@@ -398,32 +444,43 @@ def get_front_point(session: Session, search_id: str, position: int) -> FrontPoi
 # ------------------------------------------------------------------------------------------------ exports
 
 
-def record_export(session: Session, *, search_id: str, position: int, format: str, path: str) -> Export:
-    """Remember a built export archive (replacing an older record of the same point and format)."""
-    get_search(session, search_id)
-    export = get_export(session, search_id=search_id, position=position, format=format)
+def request_export(session: Session, *, search_id: str, position: int, format: str, refined: bool) -> Export:
+    """The export job of this point, format and kind, queued if there is none (INSERT ... ON CONFLICT: of ten
+    requests at once, one queues it). A failed one is returned as it is: the caller retries it with
+    `requeue_export`."""
+    values = {"search_id": search_id, "position": position, "format": format, "refined": refined,
+              "status": ExportStatus.QUEUED, "created_at": utcnow(), "cancel_requested": False, "attempts": 0}
+    insert_ignoring_conflicts(session, Export.__table__, values)
+    export = get_export(session, search_id=search_id, position=position, format=format, refined=refined)
+    if export is None:  # deleted between the two statements (its search deleted, or made stale): queue it again
+        insert_ignoring_conflicts(session, Export.__table__, values)
+        export = get_export(session, search_id=search_id, position=position, format=format, refined=refined)
     if export is None:
-        export = Export(search_id=search_id, position=position, format=format, path=str(path))
-        session.add(export)
-    else:
-        export.path, export.created_at = str(path), utcnow()
-    session.flush()
+        raise RepositoryError(f"could not queue the export of point {position} of search {search_id}")
     return export
 
 
-def forget_exports(session: Session, *, search_id: str, position: int, names: Iterable[str]) -> int:
-    """Drop the export records of point `position` whose archive file is named one of `names` (archives now
-    stale); how many were dropped."""
-    names = set(names)
-    rows = session.scalars(select(Export).where(Export.search_id == search_id, Export.position == position)).all()
-    stale = [row for row in rows if Path(row.path).name in names]
-    for row in stale:
-        session.delete(row)
+def requeue_export(session: Session, export: Export, *, was: ExportStatus) -> Export:
+    """Queue an export job again if it is still `was` (a failed or cancelled job, or a succeeded one whose archive
+    is gone): a conditional UPDATE, so of several requests at once one requeues it and a worker claims it once."""
+    session.execute(update(Export).where(Export.id == export.id, Export.status == was)
+                    .values(status=ExportStatus.QUEUED, error=None, path=None, attempts=0, worker_id=None,
+                            heartbeat_at=None, cancel_requested=False, created_at=utcnow(), finished_at=None)
+                    .execution_options(synchronize_session=False))
+    session.refresh(export)
+    return export
+
+
+def forget_exports(session: Session, *, search_id: str, position: int, refined: bool) -> int:
+    """Drop the export jobs of point `position` of this kind (their archives are now stale: the point was refined
+    again); how many were dropped."""
+    result = session.execute(delete(Export).where(Export.search_id == search_id, Export.position == position,
+                                                  Export.refined.is_(refined))
+                             .execution_options(synchronize_session="fetch"))
     session.flush()
-    return len(stale)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def get_export(session: Session, *, search_id: str, position: int, format: str) -> Export | None:
+def get_export(session: Session, *, search_id: str, position: int, format: str, refined: bool) -> Export | None:
     return session.scalar(select(Export).where(Export.search_id == search_id, Export.position == position,
-                                               Export.format == format))
-
+                                               Export.format == format, Export.refined.is_(refined)))

@@ -1,42 +1,37 @@
-"""The worker: claim a queued search, run it with `search.job.run_search_job`, persist what it produces.
+"""The worker: claim a job (an export, a search or a refinement), run it, persist what it produces.
 
-    loop: recover_stale -> claim_next -> run the job -> store front -> finish (succeeded | failed | cancelled)
+    loop: recover_stale (every job table) -> claim (exports, then searches, then refinements) -> run -> finish
 
-With no search to claim, it claims a refinement (service/refinements.py: one front point of a finished search to
-refine on demand) and runs `search.job.refine_points` on it (`RefinementRunner`): the same heartbeat, cancel,
-release and failure rules, logged to the search's worker.log; on success only that point's row is updated
-(`repository.set_refined`) and its cached refined exports, built from the model just replaced, are deleted.
+Every kind of job runs in a `JobRunner` subclass, which adds only what its job does (`execute`) and how it is
+claimed; the rest is written once in `JobRunner`:
+  * a heartbeat thread stamps the row every `Settings.heartbeat_s`. A thread rather than the job's callbacks,
+    because some stages call no callback for a long time (loading the model, latency calibration, the test
+    re-evaluation of the front, an ONNX export) and a long silence would make the job look dead. When the
+    heartbeat says the job is no longer ours (cancel requested, or taken over after we looked dead) the thread
+    sets a flag that `should_stop` returns, and the run stops at its next training step, trial or point;
+  * stopping early ends a cancelled job as cancelled, gives a job back to the queue when this worker shuts down
+    (`release`, no attempt counted), and leaves alone a job taken over by another worker;
+  * any exception marks the job failed (`failure_reason`: out of memory and a full disk are named as such) and
+    the worker goes on with the next job;
+  * the job's log goes to its search's worker.log (a FileHandler on the root logger while it runs).
 
-One job at a time per process; run several processes for parallel jobs (`nasprune serve --workers N` or several
-`nasprune worker`). While a job runs:
-  * a heartbeat thread stamps the row every `Settings.heartbeat_s`. A thread rather than the training or search
-    callbacks, because some stages call no callback for a long time (loading the model, latency calibration,
-    the test re-evaluation of the front) and a long silence would make the job look dead. When the heartbeat
-    says the job is no longer ours (cancel requested, or taken over after we looked dead) the thread sets a
-    flag that `should_stop` returns, and the run stops at its next training step or trial;
-  * `on_train_step` writes progress (epoch, step, total_steps, eta), throttled;
-  * `on_trial` stores each trial (`repository.add_trial`, idempotent) and the search progress, and moves the
-    status to searching on the first trial and to exporting (test re-evaluation, front) after the last;
-  * `on_refine` (only for a job that refines its front: SearchJob.refine) reports the refining of the front
-    points as stage "refining <done>/<total>" with an eta; the status stays exporting.
+The kinds, in the order they are claimed (`RUNNERS`):
+  * `ExportRunner`: builds a front point's download archive (service/exports.py) that a download route is
+    waiting for: short, and a user waits, so it goes first;
+  * `SearchRunner`: `search.job.run_search_job` with a `DbStore` (service/store.py): trials, the front and the
+    refined entries go to the database only; progress (training steps, trials, refining) to the search's row;
+  * `RefinementRunner`: `search.job.refine_points` on one point of a succeeded search, with the same store.
 
-Resuming: a job whose worker died goes back to the queue (`queue.recover_stale`) and the next worker calls
-`run_search_job` on the same folder, which resumes from checkpoint.pt and trials.jsonl. trials.jsonl is the
-source of truth (a trial is appended there before `on_trial` stores it), so before running, the worker copies
-any trial of trials.jsonl the database lacks; the search never re-evaluates a trial in trials.jsonl.
+Resuming: a job whose worker died goes back to the queue (`JobTable.recover_stale`) and the next worker runs it
+again: a search resumes from checkpoint.pt and its stored trials (a trial stored is never evaluated again).
 
-Failures: any exception in a job marks that job failed (its `error` and worker.log say why) and the worker goes on
-with the next job. Out of memory (MemoryError, torch's allocator errors) and a full disk (ENOSPC) get a reason that
-says so (`failure_reason`). On a disk below `Settings.min_free_mb` the worker takes no job until space is freed,
-rather than fail every queued job in turn.
-
-Each job's log goes to <search folder>/worker.log (a FileHandler on the root logger while the job runs).
+On a disk below `Settings.min_free_mb` the worker takes no job until space is freed, rather than fail every
+queued job in turn.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import sys
 import threading
@@ -45,14 +40,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import queue, refinements
 from . import repository as repo
-from .config import Settings
+from .config import LOG_FILE, Settings
 from .db import check_schema, make_engine, session_factory
-from .models import RUNNING_STATUSES, Refinement, RefinementStatus, Search, SearchStatus
+from .models import Export, ExportStatus, Refinement, RefinementStatus, Search, SearchStatus
 from .startup import low_disk
+from .store import DbStore
 
 if TYPE_CHECKING:
     from search.runner import SearchResult, Trial
@@ -60,14 +56,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = "worker.log"
+__all__ = ["LOG_FILE", "ExportRunner", "JobRunner", "RefinementRunner", "SearchRunner", "run_worker"]
+
 PROGRESS_EVERY_S = 1.0  # at most one progress write per second from the training loop
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @dataclass
 class _JobState:
-    """What the callbacks of one job share."""
+    """What the callbacks of one search share."""
 
     search_id: str
     worker_id: str
@@ -88,7 +85,7 @@ class _JobState:
 
 class Heartbeat(threading.Thread):
     """Calls `beat` every `interval_s`; once it returns False (the job is not ours any more, or a cancel was asked)
-    sets `lost` and `stop`. Searches and refinements share it, each with its queue's heartbeat."""
+    sets `lost` and `stop`."""
 
     def __init__(self, beat: Callable[[], bool], lost: threading.Event, stop: threading.Event, interval_s: float,
                  what: str) -> None:
@@ -168,30 +165,117 @@ def failure_reason(exc: BaseException, settings: Settings | None = None) -> str:
     return text
 
 
-def _sync_trials(factory: queue.SessionFactory, search_id: str, folder: Path) -> int:
-    """Store the trials of trials.jsonl the database lacks (a worker killed between the two writes)."""
-    from search.job import read_trials
 
-    trials = read_trials(folder)
-    added = 0
-    with factory.begin() as session:
-        for trial in trials:
-            added += repo.add_trial(session, search_id, trial)
-        if trials:
-            repo.update_progress(session, search_id, evaluations_done=repo.count_trials(session, search_id))
-    if added:
-        log.info("search %s: copied %d trial(s) of trials.jsonl to the database", search_id, added)
-    return len(trials)
+# ------------------------------------------------------------------------------------------------ the base runner
 
 
 class JobRunner:
-    """Runs one claimed search to its end state."""
+    """Runs one claimed job of the table `table` to its end state: heartbeat, cancel, release, failure and log,
+    written once. A subclass says how its jobs are claimed (`claim`), where its log goes (`log_folder`) and what
+    the job does (`execute`, which returns `self.finish(...)` or `self.stopped()`)."""
+
+    table: ClassVar[queue.JobTable]
+    noun: ClassVar[str]
+
+    def __init__(self, settings: Settings, factory: queue.SessionFactory, job: Any, worker_id: str,
+                 shutdown: threading.Event) -> None:
+        self.settings, self.factory, self.job, self.worker_id = settings, factory, job, worker_id
+        self.shutdown = shutdown
+        self.stop, self.lost = threading.Event(), threading.Event()
+
+    @classmethod
+    def claim(cls, factory: queue.SessionFactory, worker_id: str) -> Any | None:
+        raise NotImplementedError
+
+    def log_folder(self) -> Path | None:
+        """The folder of the job's worker.log; None: the job's search (or its folder) is gone."""
+        raise NotImplementedError
+
+    def execute(self, folder: Path) -> Any | None:
+        raise NotImplementedError
+
+    def should_stop(self) -> bool:
+        if self.shutdown.is_set():
+            self.stop.set()
+        return self.stop.is_set()
+
+    def run(self) -> Any | None:
+        """Run the job; the status it ended with (None: it stopped without ending: released or taken over)."""
+        folder = self.log_folder()
+        if folder is None:  # deleted meanwhile (the row went with it, or goes soon)
+            log.warning("%s %s: its search or the search's folder is gone", self.noun, self.job.id)
+            return self.finish(self.table.status("failed"), f"search {self.job.search_id} or its folder is gone")
+        handler, previous = _attach_log(folder)
+        beat = Heartbeat(lambda: self.table.heartbeat(self.factory, self.job.id, self.worker_id), self.lost,
+                         self.stop, self.settings.heartbeat_s, f"{self.noun} {self.job.id}")
+        try:
+            log.info("worker %s: running %s %s (attempt %d) in %s", self.worker_id, self.noun, self.job.id,
+                     self.job.attempts + 1, folder)
+            beat.start()
+            return self.execute(folder)
+        except Exception as exc:  # MemoryError included: one job out of memory must not take the worker down
+            log.error("%s %s failed:\n%s", self.noun, self.job.id, traceback.format_exc())
+            if self.lost.is_set():  # e.g. the search folder deleted under us after a takeover
+                return self.stopped()
+            return self.finish(self.table.status("failed"), failure_reason(exc, self.settings))
+        finally:
+            beat.done.set()
+            if beat.is_alive():
+                beat.join()
+            _detach_log(handler, previous)
+
+    def finish(self, status: Any, error: str | None = None, **values: Any) -> Any | None:
+        ended = self.table.finish(self.factory, self.job.id, status, error, worker_id=self.worker_id, values=values)
+        return status if ended else None
+
+    def stopped(self) -> Any | None:
+        """The run stopped early: cancelled, taken over, its search deleted, or this worker is shutting down."""
+        with self.factory() as session:
+            row = session.get(self.table.model, self.job.id)
+            state = None if row is None else (row.cancel_requested, row.worker_id, row.status)
+        if state is None:
+            log.warning("%s %s is gone (its search was deleted); stopping", self.noun, self.job.id)
+            return None
+        cancel, owner, status = state
+        if cancel and owner == self.worker_id and status in self.table.running:
+            log.info("%s %s cancelled", self.noun, self.job.id)
+            return self.finish(self.table.status("cancelled"))
+        if self.shutdown.is_set() and not self.lost.is_set():
+            if self.table.release(self.factory, self.job.id, self.worker_id):
+                log.info("%s %s released to the queue (worker shutting down)", self.noun, self.job.id)
+            return None
+        log.warning("%s %s is no longer ours (status %s, owner %s); stopping", self.noun, self.job.id, status, owner)
+        return None
+
+    def search_folder(self, search_id: str) -> Path | None:
+        """The run folder of search `search_id` if the search and its folder are there."""
+        with self.factory() as session:
+            search = session.get(Search, search_id)
+            folder = None if search is None else Path(search.folder or self.settings.search_folder(search.id))
+        return folder if folder is not None and folder.is_dir() else None
+
+
+# ------------------------------------------------------------------------------------------------ searches
+
+
+class SearchRunner(JobRunner):
+    """Runs one claimed search: `run_search_job` with the database as its store, progress on the search's row."""
+
+    table = queue.SEARCHES
+    noun = "search"
 
     def __init__(self, settings: Settings, factory: queue.SessionFactory, search: Search, worker_id: str,
                  shutdown: threading.Event) -> None:
-        self.settings, self.factory, self.search, self.worker_id = settings, factory, search, worker_id
-        self.shutdown = shutdown
+        super().__init__(settings, factory, search, worker_id, shutdown)
+        self.search = search
         self.folder = Path(search.folder) if search.folder else settings.search_folder(search.id)
+
+    @classmethod
+    def claim(cls, factory: queue.SessionFactory, worker_id: str) -> Search | None:
+        return queue.claim_next(factory, worker_id)
+
+    def log_folder(self) -> Path:
+        return self.folder  # made by the first run
 
     # ------------------------------------------------------------------ callbacks
 
@@ -222,9 +306,9 @@ class JobRunner:
                        eta_s=eta)
 
     def on_trial(self, state: _JobState, trial: Trial, current: SearchResult) -> None:
+        """After the store has the trial: the search's progress."""
         now = time.monotonic()
         with self.factory.begin() as session:
-            repo.add_trial(session, state.search_id, trial)
             done = repo.count_trials(session, state.search_id)
             if state.search_start is None:
                 state.search_start, state.search_start_done = now, done - 1
@@ -253,220 +337,166 @@ class JobRunner:
         else:
             log.info("search %s: %d front point(s) refined", state.search_id, total)
 
-    def should_stop(self, state: _JobState) -> bool:
-        if self.shutdown.is_set():
-            state.stop.set()
-        return state.stop.is_set()
-
     # ------------------------------------------------------------------ the job
 
-    def run(self) -> SearchStatus | None:
-        """Run the job; the status it ended with (None: it stopped without ending: released or taken over)."""
-        handler, previous = _attach_log(self.folder)
-        try:
-            log.info("worker %s: running search %s (attempt %d) in %s", self.worker_id, self.search.id,
-                     self.search.attempts + 1, self.folder)
-            return self._run()
-        finally:
-            _detach_log(handler, previous)
-
-    def _run(self) -> SearchStatus | None:
-        from search.job import FRONT_FILE, run_search_job
+    def execute(self, folder: Path) -> SearchStatus | None:
+        from search.job import run_search_job
 
         search_id = self.search.id
         try:
             spec, job = repo.parse_request(self.search.request)
         except repo.InvalidArgument as exc:
             log.error("search %s: %s", search_id, exc)
-            return self._finish(SearchStatus.FAILED, str(exc))
+            return self.finish(SearchStatus.FAILED, str(exc))
         state = _JobState(search_id=search_id, worker_id=self.worker_id, evaluations_total=job.search.evaluations,
-                          time_limit_s=job.search.time_limit_s)
-        beat = Heartbeat(lambda: queue.heartbeat(self.factory, search_id, self.worker_id), state.lost, state.stop,
-                         self.settings.heartbeat_s, f"search {search_id}")
-        beat.start()
-        try:
-            self._progress(folder=str(self.folder), evaluations_total=job.search.evaluations, stage="training")
-            done = _sync_trials(self.factory, search_id, self.folder)
-            if done:
-                log.info("search %s: resuming with %d trial(s) done", search_id, done)
-            result = run_search_job(
-                spec, job, folder=self.folder, progress=False,
-                on_train_step=lambda train: self.on_train_step(state, train),
-                on_trial=lambda trial, current: self.on_trial(state, trial, current),
-                on_refine=lambda done, total: self.on_refine(state, done, total),
-                should_stop=lambda: self.should_stop(state))
-            if result is None:
-                return self._stopped(state)
-            self._advance(state, SearchStatus.EXPORTING)
-            if state.lost.is_set():
-                return self._stopped(state)
-            front = json.loads((self.folder / FRONT_FILE).read_text())
-            with self.factory.begin() as session:
-                repo.replace_front(session, search_id, front["points"])
-                repo.update_progress(session, search_id, stage="done", hypervolume=front.get("hypervolume"),
-                                     evaluations_done=repo.count_trials(session, search_id))
-            return self._finish(SearchStatus.SUCCEEDED)
-        except Exception as exc:  # MemoryError included: one job out of memory must not take the worker down
-            log.error("search %s failed:\n%s", search_id, traceback.format_exc())
-            if state.lost.is_set():  # e.g. the search folder deleted under us after a takeover
-                return self._stopped(state)
-            return self._finish(SearchStatus.FAILED, failure_reason(exc, self.settings))
-        finally:
-            beat.done.set()
-            beat.join()
+                          time_limit_s=job.search.time_limit_s, stop=self.stop, lost=self.lost)
+        self._progress(folder=str(folder), evaluations_total=job.search.evaluations, stage="training")
+        store = DbStore(self.factory, search_id, folder)
+        done = len(store.load_trials())  # also imports the trials.jsonl of a search an older release began
+        if done:
+            log.info("search %s: resuming with %d trial(s) done", search_id, done)
+        result = run_search_job(
+            spec, job, folder=folder, progress=False, store=store,
+            on_train_step=lambda train: self.on_train_step(state, train),
+            on_trial=lambda trial, current: self.on_trial(state, trial, current),
+            on_refine=lambda done, total: self.on_refine(state, done, total),
+            should_stop=self.should_stop)
+        if result is None:
+            return self.stopped()
+        self._advance(state, SearchStatus.EXPORTING)
+        if state.lost.is_set():
+            return self.stopped()
+        with self.factory.begin() as session:
+            repo.update_progress(session, search_id, stage="done", hypervolume=result.hypervolume,
+                                 evaluations_done=repo.count_trials(session, search_id))
+        return self.finish(SearchStatus.SUCCEEDED)
 
-    def _finish(self, status: SearchStatus, error: str | None = None) -> SearchStatus | None:
-        ended = queue.finish(self.factory, self.search.id, status, error, worker_id=self.worker_id)
-        return status if ended else None
-
-    def _stopped(self, state: _JobState) -> SearchStatus | None:
-        """The run stopped early: cancelled, taken over, or this worker is shutting down."""
+    def stopped(self) -> SearchStatus | None:
         with self.factory() as session:
-            row = repo.get_search(session, state.search_id)
-            cancel, owner, status = row.cancel_requested, row.worker_id, row.status
-        if cancel and owner == self.worker_id and status in RUNNING_STATUSES:
-            log.info("search %s cancelled; %d trial(s) kept", state.search_id, state.evaluations_done)
-            return self._finish(SearchStatus.CANCELLED)
-        if self.shutdown.is_set() and not state.lost.is_set():
-            if queue.release(self.factory, state.search_id, self.worker_id):
-                log.info("search %s released to the queue (worker shutting down)", state.search_id)
-            return None
-        log.warning("search %s is no longer ours (status %s, owner %s); stopping", state.search_id, status, owner)
-        return None
+            kept = repo.count_trials(session, self.search.id)
+        log.info("search %s stopped with %d trial(s) stored", self.search.id, kept)
+        return super().stopped()
 
 
-class RefinementRunner:
-    """Runs one claimed refinement: `search.job.refine_points` on its point, then that point's row and the cached
-    refined exports the new model makes stale. The search's own row is never changed."""
+# ------------------------------------------------------------------------------------------------ refinements
 
-    def __init__(self, settings: Settings, factory: queue.SessionFactory, refinement: Refinement, worker_id: str,
-                 shutdown: threading.Event) -> None:
-        self.settings, self.factory, self.refinement, self.worker_id = settings, factory, refinement, worker_id
-        self.shutdown = shutdown
-        self.stop, self.lost = threading.Event(), threading.Event()
 
-    def should_stop(self) -> bool:
-        if self.shutdown.is_set():
-            self.stop.set()
-        return self.stop.is_set()
+class RefinementRunner(JobRunner):
+    """Runs one claimed refinement: `search.job.refine_points` on its point, with the database as its store (which
+    sets that point's refined entry and drops the refined exports the new model makes stale). The search's own
+    row is never changed."""
 
-    def run(self) -> RefinementStatus | None:
-        """Run it; the status it ended with (None: released, taken over, or its search deleted)."""
-        r = self.refinement
-        with self.factory() as session:
-            search = session.get(Search, r.search_id)
-            folder = None if search is None else Path(search.folder or self.settings.search_folder(search.id))
-        if folder is None or not folder.is_dir():  # deleted meanwhile (the row went with it, or goes soon)
-            log.warning("refinement %s: search %s or its folder is gone; nothing to refine", r.id, r.search_id)
-            return self._finish(RefinementStatus.FAILED, f"search {r.search_id} or its folder is gone")
-        handler, previous = _attach_log(folder)  # the search's log: where a user looks for what happened
-        try:
-            log.info("worker %s: refining front point %d of search %s with %s (refinement %s, attempt %d)",
-                     self.worker_id, r.position, r.search_id, r.settings, r.id, r.attempts + 1)
-            return self._run(folder)
-        finally:
-            _detach_log(handler, previous)
+    table = refinements.REFINEMENTS
+    noun = "refinement"
 
-    def _run(self, folder: Path) -> RefinementStatus | None:
+    @classmethod
+    def claim(cls, factory: queue.SessionFactory, worker_id: str) -> Refinement | None:
+        return refinements.claim_next(factory, worker_id)
+
+    def log_folder(self) -> Path | None:
+        return self.search_folder(self.job.search_id)  # the search's log: where a user looks for what happened
+
+    def execute(self, folder: Path) -> RefinementStatus | None:
         from search.job import refine_points
         from supernet.settings import RefineConfig
 
-        r = self.refinement
-        beat = Heartbeat(lambda: refinements.heartbeat(self.factory, r.id, self.worker_id), self.lost, self.stop,
-                         self.settings.heartbeat_s, f"refinement {r.id}")
-        beat.start()
-        try:
-            front = refine_points(folder, [r.position], RefineConfig(**r.settings), progress=False,
-                                  should_stop=self.should_stop)
-            if front is None:
-                return self._stopped()
-            self._store(folder, front["points"][r.position])
-            return self._finish(RefinementStatus.SUCCEEDED)
-        except Exception as exc:  # MemoryError included, as for searches
-            log.error("refinement %s failed:\n%s", r.id, traceback.format_exc())
-            if self.lost.is_set():
-                return self._stopped()
-            return self._finish(RefinementStatus.FAILED, failure_reason(exc, self.settings))
-        finally:
-            beat.done.set()
-            beat.join()
-
-    def _store(self, folder: Path, point: dict[str, Any]) -> None:
-        """The refined entry on the point's row, after the point's refined archives are deleted: they were built
-        from the model this refine replaced (the next download rebuilds them from the new one)."""
-        from .api.exports import remove_refined_exports
-
-        r = self.refinement
-        names = remove_refined_exports(folder, r.search_id, r.position)
-        with self.factory.begin() as session:
-            repo.forget_exports(session, search_id=r.search_id, position=r.position, names=names)
-            repo.set_refined(session, r.search_id, r.position, point)
-        refined = point["refined"]
+        r: Refinement = self.job
+        log.info("refining front point %d of search %s with %s", r.position, r.search_id, r.settings)
+        front = refine_points(folder, [r.position], RefineConfig(**r.settings), progress=False,
+                              should_stop=self.should_stop, store=DbStore(self.factory, r.search_id, folder))
+        if front is None:
+            return self.stopped()
+        refined = front["points"][r.position]["refined"]
         log.info("search %s: front point %d refined in %.1f s (test %s; %s)", r.search_id, r.position,
                  refined["train_s"], refined["test"],
                  "downloads serve it" if refined.get("kept", True) else "the slice stays: better on validation")
+        return self.finish(RefinementStatus.SUCCEEDED)
 
-    def _finish(self, status: RefinementStatus, error: str | None = None) -> RefinementStatus | None:
-        ended = refinements.finish(self.factory, self.refinement.id, status, error, worker_id=self.worker_id)
-        return status if ended else None
 
-    def _stopped(self) -> RefinementStatus | None:
-        """Stopped early: cancelled, taken over, its search deleted, or this worker is shutting down."""
-        r = self.refinement
+# ------------------------------------------------------------------------------------------------ exports
+
+
+class ExportRunner(JobRunner):
+    """Builds one claimed export: the archive of a front point in a format, from its refined model or sliced from
+    the supernet (service/exports.py), then records its path on the job's row as it ends."""
+
+    table = queue.EXPORTS
+    noun = "export"
+
+    @classmethod
+    def claim(cls, factory: queue.SessionFactory, worker_id: str) -> Export | None:
+        return queue.claim_export(factory, worker_id)
+
+    def log_folder(self) -> Path | None:
+        return self.search_folder(self.job.search_id)
+
+    def execute(self, folder: Path) -> ExportStatus | None:
+        from supernet.extract import ExportError
+
+        from .exports import build_export, refined_source
+
+        e: Export = self.job
         with self.factory() as session:
-            row = session.get(Refinement, r.id)
-            state = None if row is None else (row.cancel_requested, row.worker_id, row.status)
-        if state is None:
-            log.warning("refinement %s is gone (its search was deleted); stopping", r.id)
-            return None
-        cancel, owner, status = state
-        if cancel and owner == self.worker_id and status == RefinementStatus.RUNNING:
-            log.info("refinement %s of front point %d cancelled", r.id, r.position)
-            return self._finish(RefinementStatus.CANCELLED)
-        if self.shutdown.is_set() and not self.lost.is_set():
-            if refinements.release(self.factory, r.id, self.worker_id):
-                log.info("refinement %s released to the queue (worker shutting down)", r.id)
-            return None
-        log.warning("refinement %s is no longer ours (status %s, owner %s); stopping", r.id, status, owner)
-        return None
+            row = repo.get_front_point(session, e.search_id, e.position)
+            point = None if row is None else {"config": row.config, "validation": row.validation, "test": row.test,
+                                              "refined": row.refined}
+        if point is None:
+            return self.finish(ExportStatus.FAILED, f"search {e.search_id} has no front point {e.position} any more")
+        source = refined_source(folder, e.position, point) if e.refined else None
+        if e.refined and source is None:
+            return self.finish(ExportStatus.FAILED, f"front point {e.position} of search {e.search_id} was refined, "
+                                                    "but its refined model is missing or unusable on the server (the "
+                                                    "search's log says why); add ?sliced=true to download the "
+                                                    "sub-network sliced from the supernet instead")
+        try:
+            path = build_export(folder, e.search_id, e.position, e.format, point, source=source)
+        except ExportError as exc:
+            return self.finish(ExportStatus.FAILED, str(exc))
+        log.info("search %s: front point %d exported as %s", e.search_id, e.position, path.name)
+        return self.finish(ExportStatus.SUCCEEDED, path=str(path))
 
 
-Job = Search | Refinement
-JobStatus = SearchStatus | RefinementStatus
+# ------------------------------------------------------------------------------------------------ the loop
+
+# The kinds of job, in the order a worker claims them: exports first (short, and a user is waiting), then searches,
+# then refinements (asked for only on a finished search, so they wait for no search but never keep one waiting).
+RUNNERS: tuple[type[JobRunner], ...] = (ExportRunner, SearchRunner, RefinementRunner)
 
 
-def _fail(factory: queue.SessionFactory, job: Job, worker_id: str, reason: str) -> JobStatus | None:
-    finish, failed = ((refinements.finish, RefinementStatus.FAILED) if isinstance(job, Refinement)
-                      else (queue.finish, SearchStatus.FAILED))
+def _fail(factory: queue.SessionFactory, runner: type[JobRunner], job: Any, worker_id: str,
+          reason: str) -> Any | None:
+    failed = runner.table.status("failed")
     try:
-        return failed if finish(factory, job.id, failed, reason, worker_id=worker_id) else None
+        return failed if runner.table.finish(factory, job.id, failed, reason, worker_id=worker_id) else None
     except Exception:  # the database is unreachable too: recovery will take the job back later
-        log.exception("worker %s: could not mark %s failed", worker_id, job)
+        log.exception("worker %s: could not mark %r failed", worker_id, job)
         return None
 
 
-def _claim(settings: Settings, factory: queue.SessionFactory, worker_id: str) -> Job | None:
-    """Recover the jobs of dead workers, then claim a search, or else a refinement: a refine is short and only
-    asked for on a finished search, so it waits for no search but never keeps one waiting either."""
-    queue.recover_stale(factory, settings.stale_after_s, settings.max_attempts)
-    refinements.recover_stale(factory, settings.stale_after_s, settings.max_attempts)
-    return queue.claim_next(factory, worker_id) or refinements.claim_next(factory, worker_id)
+def _claim(settings: Settings, factory: queue.SessionFactory, worker_id: str
+           ) -> tuple[type[JobRunner], Any] | None:
+    """Recover the jobs of dead workers, then claim the first job of the first kind in `RUNNERS` that has one."""
+    for runner in RUNNERS:
+        runner.table.recover_stale(factory, settings.stale_after_s, settings.max_attempts)
+    for runner in RUNNERS:
+        job = runner.claim(factory, worker_id)
+        if job is not None:
+            return runner, job
+    return None
 
 
-def _run_job(settings: Settings, factory: queue.SessionFactory, job: Job, worker_id: str,
-             shutdown: threading.Event) -> JobStatus | None:
-    runner = (RefinementRunner(settings, factory, job, worker_id, shutdown) if isinstance(job, Refinement)
-              else JobRunner(settings, factory, job, worker_id, shutdown))
+def _run_job(settings: Settings, factory: queue.SessionFactory, runner: type[JobRunner], job: Any, worker_id: str,
+             shutdown: threading.Event) -> Any | None:
     try:
-        return runner.run()
+        return runner(settings, factory, job, worker_id, shutdown).run()
     except Exception as exc:  # never let one job kill the loop, nor leave it running with no one on it
         log.exception("worker %s: %r crashed its runner", worker_id, job)
-        return _fail(factory, job, worker_id, failure_reason(exc, settings))
+        return _fail(factory, runner, job, worker_id, failure_reason(exc, settings))
 
 
 def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool = False, poll_s: float = 1.0,
                shutdown: threading.Event | None = None,
-               on_job: Callable[[str, JobStatus | None], None] | None = None) -> int:
+               on_job: Callable[[Any, Any | None], None] | None = None) -> int:
     """Claim and run jobs until `shutdown` is set; the number of jobs run.
 
     `once`: run at most one job and return (also when nothing is queued). Stale jobs of dead workers are
@@ -477,6 +507,7 @@ def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool =
     # The pipeline (torch, transformers: seconds of imports that hold the GIL) is imported before the first claim:
     # imported inside a job it would starve that job's heartbeat thread, and the job would look dead.
     import search.job  # noqa: F401
+    import supernet.extract  # noqa: F401
 
     engine = make_engine(settings.url)
     try:
@@ -498,16 +529,17 @@ def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool =
                 log.info("worker %s: disk space is back; taking jobs again", worker_id)
                 paused = False
             try:
-                job = _claim(settings, factory, worker_id)
+                claimed = _claim(settings, factory, worker_id)
             except Exception:
                 log.exception("worker %s: could not reach the queue; retrying in %g s", worker_id, poll_s)
-                job = None
-            if job is None:
+                claimed = None
+            if claimed is None:
                 if once:
                     break
                 shutdown.wait(poll_s)
                 continue
-            status = _run_job(settings, factory, job, worker_id, shutdown)
+            runner, job = claimed
+            status = _run_job(settings, factory, runner, job, worker_id, shutdown)
             jobs += 1
             if on_job is not None:
                 on_job(job.id, status)

@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network, whatever the caller's environment
 
+import contextlib  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
@@ -371,3 +372,23 @@ def wait_for(client, search_id: str, predicate, timeout_s: float = 90.0, what: s
 def trials_jsonl(settings, search_id: str) -> list[dict]:
     path = settings.search_folder(search_id) / "trials.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@contextlib.contextmanager
+def worker_thread(settings):
+    """A worker (service.worker.run_worker, the real loop) in a thread of this process while the block runs: what
+    builds the exports a download queues, without another process paying torch's imports again. Stopped (its job
+    released, if any) when the block ends."""
+    import threading
+
+    from service.worker import run_worker
+
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(settings,), kwargs={"poll_s": 0.05, "shutdown": stop},
+                              name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(timeout=120)

@@ -1,7 +1,8 @@
 """The HTTP API over a real SQLite file, with real worker processes (`python -m service.cli worker`): a search
-submitted, run, read, downloaded and loaded; a search that refines its front, whose downloads are the refined
-models; the validation errors; 404s; idempotency; cancel; delete; a worker killed with SIGKILL whose job another
-worker finishes."""
+submitted, run, read, downloaded and loaded (the download an export job a worker builds while the request waits);
+a search that refines its front, whose downloads are the refined models; ten concurrent first downloads that
+queue one export; a download that outwaits its wait (202); the validation errors; 404s; idempotency; cancel;
+delete; a worker killed with SIGKILL whose job another worker finishes."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from conftest import (
     STALE_AFTER_S,
     run_worker_once,
     search_body,
+    service_settings,
     start_worker,
-    trials_jsonl,
     wait_for,
+    worker_thread,
 )
 from fastapi.testclient import TestClient
 
 from service import queue
+from service.api import create_app
 from service.db import current_revision, head_revision, make_engine, session_factory
 from service.models import Search
 from supernet.settings import DEFAULT_SEARCH_EXAMPLES, DEFAULT_VALIDATION_LIMIT
@@ -91,14 +94,14 @@ def test_a_search_runs_in_a_worker_process(client, finished, settings, tmp_path)
     trials = client.get(f"/searches/{finished}/trials").json()
     assert trials["total"] == EVALUATIONS and [t["index"] for t in trials["items"]] == list(range(EVALUATIONS))
     assert len({json.dumps(t["config"], sort_keys=True) for t in trials["items"]}) == EVALUATIONS
-    # the database and trials.jsonl agree
-    assert [t["config"] for t in trials_jsonl(settings, finished)] == [t["config"] for t in trials["items"]]
+    # the database is the one store of record: no trials.jsonl or front.json beside it
+    folder = settings.search_folder(finished)
+    assert not (folder / "trials.jsonl").exists() and not (folder / "front.json").exists()
 
     pareto = client.get(f"/searches/{finished}/pareto").json()
-    front_file = json.loads((settings.search_folder(finished) / "front.json").read_text())
     assert pareto["objectives"] == ["error", "params", "latency"]
-    assert pareto["reference"] == front_file["reference"] and pareto["hypervolume"] == front_file["hypervolume"]
-    assert [p["config"] for p in pareto["points"]] == [p["config"] for p in front_file["points"]]
+    assert pareto["hypervolume"] == progress["hypervolume"] and pareto["evaluations"] == EVALUATIONS
+    assert set(pareto["reference"]) >= {"config", "objectives", "validation", "test", "params"}
     values = [[p["objectives"][n] for n in pareto["objectives"]] for p in pareto["points"]]
     assert values and not any(dominates(a, b) for a in values for b in values)
     all_values = [[t["objectives"][n] for n in pareto["objectives"]] for t in trials["items"]]
@@ -113,7 +116,8 @@ def test_download_an_hf_archive_and_load_it(client, finished, settings, tmp_path
     from transformers import AutoModelForSequenceClassification
 
     point = client.get(f"/searches/{finished}/pareto").json()["points"][0]
-    response = client.get(point["downloads"]["hf"])
+    with worker_thread(settings):  # builds the export job the download queues
+        response = client.get(point["downloads"]["hf"])
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/gzip"
     with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
@@ -178,16 +182,17 @@ def test_a_refined_search_lists_and_serves_the_refined_models(client, refined, s
     response = client.get(f"/searches/{refined}/pareto")
     assert str(settings.data_root) not in response.text  # no server path, e.g. the refined folder, is shown
     points = response.json()["points"]
-    front_file = json.loads((run_folder / "front.json").read_text())["points"]
-    assert len(points) == len(front_file) >= 1
-    for point, stored in zip(points, front_file, strict=True):
+    assert len(points) >= 1 and not (run_folder / "front.json").exists()
+    for point in points:
         assert set(point["refined"]) == {"validation", "test", "train_s", "kept", "settings"}
         assert point["refined"]["settings"]["epochs"] == REFINE_EPOCHS and point["refined"]["train_s"] > 0
-        assert point["refined"]["test"] == stored["refined"]["test"]
+        record = json.loads((run_folder / REFINED_DIR / str(point["position"]) / "subnetwork.json").read_text())
+        assert point["refined"]["test"] == record["metrics"]["refined"]["test"]
         assert (run_folder / REFINED_DIR / str(point["position"]) / "model.safetensors").is_file()
 
     point = points[0]
-    download = client.get(point["downloads"]["hf"])
+    with worker_thread(settings):
+        download = client.get(point["downloads"]["hf"])
     assert download.status_code == 200, download.text
     assert "point0-hf-refined.tar.gz" in download.headers["content-disposition"]
     assert (run_folder / "exports" / "0-hf-refined.tar.gz").is_file()
@@ -211,49 +216,94 @@ def torch_equal(a, b) -> bool:
 
 
 @pytest.mark.slow
-def test_a_sliced_export_cached_earlier_is_not_served_for_a_refined_point(client, refined, settings,
-                                                                          tmp_path) -> None:
-    """The cache key says refined or sliced: an archive of the slice (built before the point was refined, or while
-    its refined folder was missing) is rebuilt from the refined model, and the reverse."""
-    from search.job import REFINED_DIR
-    from service import repository as repo
-    from service.api.exports import build_export
+def test_a_sliced_export_is_never_served_for_a_refined_point(client, refined, settings, tmp_path) -> None:
+    """Refined or sliced is part of the export job's key: the slice, asked for, is its own job and archive, never
+    served in place of the refined model, nor the reverse; without its refined folder the point is not served at
+    all by default (never the slice in place of the refined model the listing describes)."""
+    from sqlalchemy import select
+
+    from search.records import REFINED_DIR
+    from service.models import Export
 
     run_folder = settings.search_folder(refined)
     point = client.get(f"/searches/{refined}/pareto").json()["points"][-1]
     position, url = point["position"], point["downloads"]["hf"]
-    data = {"config": point["config"], "validation": point["validation"], "test": point["test"]}
-    sliced_archive = build_export(run_folder, refined, position, "hf", data)  # the slice, no source
-    assert sliced_archive.name == f"{position}-hf.tar.gz"
+    with worker_thread(settings):
+        sliced = client.get(url, params={"sliced": "true"})
+        served = client.get(url)
+    assert f"point{position}-hf.tar.gz" in sliced.headers["content-disposition"]
+    assert "refined" not in json.loads((_extract(sliced.content, tmp_path / "s") / "subnetwork.json").read_text())[
+        "metrics"]
+    refined_folder = _extract(served.content, tmp_path / "refined")
+    assert refined_folder.name.endswith("-refined")
+    assert "refined" in json.loads((refined_folder / "subnetwork.json").read_text())["metrics"]
     engine = make_engine(settings.url)
     try:
-        with session_factory(engine).begin() as session:
-            repo.record_export(session, search_id=refined, position=position, format="hf", path=str(sliced_archive))
-        served = _extract(client.get(url).content, tmp_path / "refined")
-        assert served.name.endswith("-refined")
-        assert "refined" in json.loads((served / "subnetwork.json").read_text())["metrics"]
         with session_factory(engine)() as session:
-            record = repo.get_export(session, search_id=refined, position=position, format="hf")
-            assert Path(record.path).name == f"{position}-hf-refined.tar.gz"
-
-        # Asked for, the slice is served from its own cache entry; without its refined folder the point is not
-        # served at all by default (never the slice in place of the refined model the listing describes).
-        response = client.get(url, params={"sliced": "true"})
-        assert f"point{position}-hf.tar.gz" in response.headers["content-disposition"]
-        assert response.content == sliced_archive.read_bytes()
-        refined_folder = run_folder / REFINED_DIR / str(position)
-        aside = run_folder / "aside"
-        refined_folder.rename(aside)
-        try:
-            response = client.get(url)
-            assert response.status_code == 409 and "sliced=true" in response.json()["detail"]
-            assert client.get(url, params={"sliced": "true"}).content == sliced_archive.read_bytes()
-        finally:
-            aside.rename(refined_folder)
-        served = _extract(client.get(url).content, tmp_path / "again")
-        assert served.name.endswith("-refined")
+            rows = session.scalars(select(Export).where(Export.search_id == refined, Export.position == position,
+                                                        Export.format == "hf")).all()
+        assert sorted((r.refined, Path(r.path).name, r.status.value) for r in rows) == [
+            (False, f"{position}-hf.tar.gz", "succeeded"), (True, f"{position}-hf-refined.tar.gz", "succeeded")]
     finally:
         engine.dispose()
+    aside = run_folder / "aside"
+    (run_folder / REFINED_DIR / str(position)).rename(aside)
+    try:
+        response = client.get(url)
+        assert response.status_code == 409 and "sliced=true" in response.json()["detail"]
+        assert client.get(url, params={"sliced": "true"}).content == sliced.content  # from the cache, no worker
+    finally:
+        aside.rename(run_folder / REFINED_DIR / str(position))
+    assert client.get(url).content == served.content
+
+
+@pytest.mark.slow
+def test_ten_concurrent_first_downloads_queue_one_export_and_all_get_it(client, finished, settings) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import select
+
+    from service.models import Export
+
+    point = client.get(f"/searches/{finished}/pareto").json()["points"][-1]
+    url = point["downloads"]["hf"] + "&sliced=true"
+    with worker_thread(settings), ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda _: client.get(url), range(10)))
+    assert [r.status_code for r in responses] == [200] * 10, [r.text for r in responses if r.status_code != 200]
+    assert len({r.content for r in responses}) == 1
+    engine = make_engine(settings.url)
+    try:
+        with session_factory(engine)() as session:
+            rows = session.scalars(select(Export).where(Export.search_id == finished,
+                                                        Export.position == point["position"])).all()
+        assert [(r.format, r.refined, r.status.value, r.attempts) for r in rows] == [("hf", False, "succeeded", 0)]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_download_that_outwaits_its_export_answers_202_then_gets_it(finished, settings, workspace) -> None:
+    """With no worker about, the download answers 202 with Retry-After and the job's state once export_wait_s has
+    passed; the job stays queued, and a worker builds it for the next request."""
+    impatient = service_settings(workspace, settings.data_root.parent, export_wait_s=0.3)
+    with TestClient(create_app(impatient)) as client:
+        point = client.get(f"/searches/{finished}/pareto").json()["points"][-1]
+        url = point["downloads"]["onnx"]
+        started = time.monotonic()
+        response = client.get(url)
+        assert response.status_code == 202, response.text
+        assert 0.3 <= time.monotonic() - started < 10 and int(response.headers["retry-after"]) > 0
+        job = response.json()
+        assert (job["status"], job["format"], job["position"], job["error"]) == ("queued", "onnx", point["position"],
+                                                                                 None)
+        assert client.get(url).json()["id"] == job["id"]  # asked again: the same job
+        with worker_thread(impatient):
+            deadline = time.monotonic() + 120
+            while (response := client.get(url)).status_code == 202 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert response.status_code == 200 and response.headers["content-type"] == "application/gzip"
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+            assert any(name.endswith("/model.onnx") for name in tar.getnames())
 
 
 @pytest.mark.slow
@@ -271,7 +321,8 @@ def test_a_refined_model_worse_than_its_slice_is_not_served(client, refined, set
                                                            FrontPoint.position == point["position"])).one()
             row.refined = row.refined | {"kept": False}
         assert client.get(f"/searches/{refined}/pareto").json()["points"][0]["refined"]["kept"] is False
-        response = client.get(point["downloads"]["hf"])
+        with worker_thread(settings):
+            response = client.get(point["downloads"]["hf"])
         assert response.status_code == 200, response.text
         assert f"point{point['position']}-hf.tar.gz" in response.headers["content-disposition"]  # the slice
         served = _extract(response.content, tmp_path / "slice")
@@ -556,7 +607,7 @@ def test_a_killed_workers_job_is_finished_by_another(client, workspace, worker_e
     trials = client.get(f"/searches/{search_id}/trials").json()["items"]
     configs = [json.dumps(t["config"], sort_keys=True) for t in trials]
     assert len(trials) == 6 and len(set(configs)) == 6
-    assert [t["config"] for t in trials_jsonl(settings, search_id)] == [t["config"] for t in trials]
+    assert not (settings.search_folder(search_id) / "trials.jsonl").exists()  # the rows are the one record
     resumed = re.search(r"resuming from step (\d+) of (\d+)", client.get(f"/searches/{search_id}/logs").text)
     assert resumed, "the second worker did not resume from the checkpoint"
     assert 6 <= int(resumed[1]) < int(resumed[2]) == 240

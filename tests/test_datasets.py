@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import service_settings
+from conftest import service_settings, worker_thread
 from fastapi.testclient import TestClient
 from starlette.formparsers import MultiPartParser
 from test_api import body, run_worker_once
@@ -360,7 +360,8 @@ def _members(content: bytes) -> list[tarfile.TarInfo]:
 def _check_archive(client: TestClient, search_id: str, settings: Settings, tmp_path: Path) -> None:
     """The archive has plain members under one top folder; what is planted in the export folder stays out."""
     url = f"/searches/{search_id}/pareto/0/download"
-    first = client.get(url)
+    with worker_thread(settings):  # builds the export job the download queues
+        first = client.get(url)
     assert first.status_code == 200, first.text
     members = _members(first.content)
     top = members[0].name
@@ -379,7 +380,8 @@ def _check_archive(client: TestClient, search_id: str, settings: Settings, tmp_p
     os.link(secret, exports / "0-hf" / "planted-hardlink")
     (exports / "0-hf.tar.gz").unlink()
     (exports / "0-hf.tar.gz").symlink_to(secret)  # a planted archive: not served, built again
-    again = client.get(url)
+    with worker_thread(settings):
+        again = client.get(url)
     assert again.status_code == 200, again.text
     assert [m.name for m in _members(again.content)] == [m.name for m in members]  # nothing planted came in
     with tarfile.open(fileobj=io.BytesIO(again.content), mode="r:gz") as tar:

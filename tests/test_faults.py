@@ -1,6 +1,7 @@
 """Faults, with real processes and a real SQLite file: workers and the API server killed with SIGKILL at the worst
-moments (mid-search, mid-export, mid-download-build, amid concurrent writes), jobs that fail late (corrupt data,
-out of memory, a full disk) without blocking the queue, the retry limit, and a data root that cannot be used.
+moments (mid-search, mid-export, mid-build of a download's export, amid concurrent writes), jobs that fail late
+(corrupt data, out of memory, a full disk) without blocking the queue, the retry limit, and a data root that cannot
+be used.
 
 Every test that kills a process ends with `PRAGMA integrity_check` on the database file.
 
@@ -30,10 +31,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import HEARTBEAT_S, REPO, STALE_AFTER_S, service_env, start_worker, trials_jsonl, wait_for, write_csv
+from conftest import HEARTBEAT_S, REPO, STALE_AFTER_S, service_env, start_worker, wait_for, write_csv
 from sqlalchemy.orm import sessionmaker
 
-from search.job import read_trials
 from service import queue
 from service import repository as repo
 from service.config import Settings
@@ -139,7 +139,7 @@ def test_a_worker_killed_mid_search_is_resumed_by_another(client, workspace, dat
                  timeout_s=180, what="2 evaluations")
         kill(first)
         killed = client.get(f"/searches/{search_id}").json()
-        at_kill = [t.config.to_dict() for t in read_trials(folder)]  # skips a line torn by the kill, as resuming does
+        at_kill = [t["config"] for t in client.get(f"/searches/{search_id}/trials").json()["items"]]
         weights = folder / "supernet" / "model.safetensors"
         stamp = weights.stat().st_mtime_ns
         # the kill landed mid-search
@@ -157,7 +157,7 @@ def test_a_worker_killed_mid_search_is_resumed_by_another(client, workspace, dat
     configs = [json.dumps(t["config"], sort_keys=True) for t in trials]
     assert len(trials) == evaluations == final["progress"]["evaluations_done"] and len(set(configs)) == evaluations
     assert [t["index"] for t in trials] == list(range(evaluations))
-    assert [t["config"] for t in trials_jsonl(settings, search_id)] == [t["config"] for t in trials]
+    assert not (folder / "trials.jsonl").exists()  # the rows are the one record of the trials
     assert [t["config"] for t in trials[:len(at_kill)]] == at_kill  # kept, not evaluated again
 
     log = client.get(f"/searches/{search_id}/logs").text
@@ -183,7 +183,7 @@ def killed_while_exporting(client, workspace, data, settings, worker_env, logs) 
                  what="the exporting stage")
         kill(first)
         killed = client.get(f"/searches/{search_id}").json()
-        front_at_kill = (settings.search_folder(search_id) / "front.json").exists()
+        front_at_kill = client.get(f"/searches/{search_id}/pareto").status_code == 200
         final = wait_for(client, search_id, lambda s: s["status"] in TERMINAL, timeout_s=180, what="the end")
     finally:
         kill(first)
@@ -195,7 +195,7 @@ def killed_while_exporting(client, workspace, data, settings, worker_env, logs) 
 @pytest.mark.slow
 def test_a_worker_killed_while_exporting_is_finished_by_another(client, killed_while_exporting, settings) -> None:
     killed, final = killed_while_exporting["killed"], killed_while_exporting["final"]
-    # the kill landed in the exporting stage, before front.json was written
+    # the kill landed in the exporting stage, before the front was stored
     assert killed["status"] == "exporting" and not killed_while_exporting["front_at_kill"], killed
     assert killed["progress"]["evaluations_done"] == 4
     assert final["status"] == "succeeded", final["error"]
@@ -246,8 +246,11 @@ def temporaries(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_server_killed_while_building_a_download_serves_a_whole_archive_after_restart(
+def test_a_worker_killed_while_building_an_export_leaves_the_download_a_whole_archive(
         killed_while_exporting, settings, worker_env, logs, tmp_path) -> None:
+    """The download waits for its export job; the worker building it is killed mid-build (pieces left under
+    temporary names); its job is taken back once stale and another worker builds it: the same waiting request
+    gets a whole archive, and the killed build's pieces are gone."""
     from transformers import AutoModelForSequenceClassification
 
     search_id = killed_while_exporting["id"]
@@ -256,11 +259,13 @@ def test_the_server_killed_while_building_a_download_serves_a_whole_archive_afte
     archive = exports / "0-hf.tar.gz"
     assert not archive.exists()
     server, url = start_server(worker_env, logs / "download-1.log")
+    first = start_worker(worker_env, once=False, log=logs / "export-1.log")
+    second = None
     got: dict = {}
 
     def download() -> None:
         try:
-            got["response"] = httpx.get(f"{url}/searches/{search_id}/pareto/0/download", timeout=120)
+            got["response"] = httpx.get(f"{url}/searches/{search_id}/pareto/0/download", timeout=240)
         except httpx.TransportError as exc:
             got["error"] = exc
 
@@ -271,19 +276,19 @@ def test_the_server_killed_while_building_a_download_serves_a_whole_archive_afte
         while not temporaries(exports):  # the build has written its first temporary file
             assert thread.is_alive() and time.monotonic() < deadline, f"no build seen: {got}"
             time.sleep(0.001)
-    finally:
-        kill(server)
-        thread.join()
-    # the kill landed mid-build: the archive was not finished, its pieces lie under temporary names
-    assert not archive.exists() and temporaries(exports), sorted(p.name for p in exports.iterdir())
-    assert "response" not in got, "a response came from a server killed before the archive existed"
-
-    server, url = start_server(worker_env, logs / "download-2.log")
-    try:
-        response = httpx.get(f"{url}/searches/{search_id}/pareto/0/download", timeout=120)
+        kill(first)
+        # the kill landed mid-build: the archive was not finished, its pieces lie under temporary names
+        assert not archive.exists() and temporaries(exports), sorted(p.name for p in exports.iterdir())
+        assert thread.is_alive() and "response" not in got  # the request still waits for its job
+        second = start_worker(worker_env, once=False, log=logs / "export-2.log")
+        thread.join(timeout=240)
         point = httpx.get(f"{url}/searches/{search_id}/pareto").json()["points"][0]
     finally:
+        kill(first)
+        if second is not None:
+            stop(second)
         stop(server)
+    response = got["response"]
     assert response.status_code == 200, response.text
     assert response.content == archive.read_bytes()
     with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
@@ -426,11 +431,11 @@ def test_jobs_that_fail_late_are_marked_failed_and_the_next_job_runs(client, wor
     late.write_bytes(b"text,label\n\x80\x81\x82 not utf-8,pos\n")
     # 2. a model too big for any memory
     oom = submit(client, body(workspace, data, evaluations=2, **small) | {"model": str(huge_vocab_model)})
-    # 3. a disk that fills up mid-job: the search's results file leads to /dev/full, where every write fails with
-    #    ENOSPC (after training, at the first trial)
+    # 3. a disk that fills up mid-job: the search's settings file (search.json, written after training, as the
+    #    search starts) leads to /dev/full, where every write fails with ENOSPC
     full = submit(client, body(workspace, data, evaluations=2, **small))
     settings.search_folder(full).mkdir(parents=True)
-    (settings.search_folder(full) / "trials.jsonl").symlink_to("/dev/full")
+    (settings.search_folder(full) / "search.json").symlink_to("/dev/full")
     # 4. a good job, queued last
     good = submit(client, body(workspace, data, evaluations=2, **small))
 
@@ -452,7 +457,7 @@ def test_jobs_that_fail_late_are_marked_failed_and_the_next_job_runs(client, wor
     assert searches["full"]["error"].startswith("disk full: OSError: [Errno 28]")
     assert searches["full"]["progress"]["step"] == searches["full"]["progress"]["total_steps"]  # failed mid-job
     assert len({s["worker_id"] for s in searches.values()}) == 1  # one worker process ran all four
-    (settings.search_folder(full) / "trials.jsonl").unlink()  # nothing should ever read /dev/full (endless zeros)
+    (settings.search_folder(full) / "search.json").unlink()  # nothing should ever read /dev/full (endless zeros)
     assert integrity(database_file(settings)) == "ok"
 
 

@@ -6,29 +6,26 @@ Two passes: one with made-up ids (404s, validation errors, queued searches from 
 `search_id` set to the seeded search (and `point` to one of its front points, `refinement_id` to its queued
 refinement), so the query parameters and bodies of these routes are fuzzed against real rows.
 The routes are read from the app, so new ones are fuzzed as they land. Left out of the second pass: the export
-download (it would build a model archive, seconds each) and DELETE (it would remove the rows the pass reads).
+download (it would wait for a worker to build a model archive) and DELETE (it would remove the rows the pass reads).
 About 1,700 requests, ~10 s.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import schemathesis
 from schemathesis.python import asgi
 
-from search.job import FRONT_FILE, SearchJob
 from search.runner import SearchConfig, Trial
-from search.settings import LatencyShape
+from search.settings import LatencyShape, SearchJob
 from service import queue, refinements
 from service import repository as repo
 from service.api import create_app
-from service.config import Settings
+from service.config import LOG_FILE, Settings
 from service.db import make_engine, session_factory, upgrade
 from service.models import SearchStatus
-from service.worker import LOG_FILE
 from supernet.config import SubNetworkConfig
 from supernet.settings import RunSpec
 
@@ -41,7 +38,7 @@ GENERATION = {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "
 # says why. (404, 409 and the other 4xx statuses schemathesis expects of valid data stay as they are.)
 VALID_BUT_REFUSED = {"include-method": "POST", "checks": {"positive_data_acceptance": {
     "expected-statuses": ["2xx", "3xx", "401", "403", "404", "409", "422", "429"]}}}
-HEAVY = r"/download$"  # of a succeeded search: builds an export archive from its supernet (seconds)
+HEAVY = r"/download$"  # of a succeeded search: waits export_wait_s for a worker to build its archive
 
 
 def _trial(index: int, config: SubNetworkConfig) -> Trial:
@@ -51,7 +48,7 @@ def _trial(index: int, config: SubNetworkConfig) -> Trial:
 
 
 def seed_succeeded_search(settings: Settings) -> tuple[str, str]:
-    """A search as a worker leaves it: claimed, three trials, a front of two, succeeded, front.json and a log; and
+    """A search as a worker leaves it: claimed, three trials, a front of two (rows), succeeded, a log; and
     a refinement of its point 0, queued. (search id, refinement id)"""
     upgrade(settings.url)
     engine = make_engine(settings.url)
@@ -69,7 +66,8 @@ def seed_succeeded_search(settings: Settings) -> tuple[str, str]:
     with factory.begin() as session:
         for trial in trials:
             repo.add_trial(session, search_id, trial)
-        repo.replace_front(session, search_id, points)
+        repo.save_front(session, search_id, {"task": "rte", "objectives": ["error", "params"], "points": points,
+                                             "reference": points[0], "hypervolume": 0.25})
         repo.update_progress(session, search_id, stage="done", evaluations_done=3, evaluations_total=3,
                              hypervolume=0.25, step=6, total_steps=6, epoch=1)
     assert queue.finish(factory, search_id, SearchStatus.SUCCEEDED, worker_id="fuzz-worker")
@@ -79,8 +77,6 @@ def seed_succeeded_search(settings: Settings) -> tuple[str, str]:
     engine.dispose()
     folder = settings.search_folder(search_id)
     folder.mkdir(parents=True)
-    (folder / FRONT_FILE).write_text(json.dumps({"task": "rte", "objectives": ["error", "params"], "points": points,
-                                                 "reference": points[0], "hypervolume": 0.25}))
     (folder / LOG_FILE).write_text("running search\nsucceeded\n")
     return search_id, refinement_id
 

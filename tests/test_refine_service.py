@@ -18,14 +18,15 @@ from search.runner import SearchConfig
 from search.settings import LatencyShape
 from service import queue
 from service import repository as repo
-from service.api.exports import archive_name, archive_path, export_stem, leftovers, refined_source
 from service.api.routes import refined_read
 from service.config import Settings
 from service.db import current_revision, downgrade, head_revision, make_engine, session_factory, upgrade
+from service.exports import archive_name, archive_path, export_stem, leftovers, refined_source
 from service.models import SearchStatus
-from service.worker import JobRunner, _JobState
+from service.worker import SearchRunner, _JobState
 from supernet.config import SubNetworkConfig
 from supernet.extract import SUBNETWORK_FILE
+from supernet.files import temporary_sibling
 from supernet.settings import RefineConfig, RunSpec
 
 CONFIG = SubNetworkConfig(layers=(0,), heads=(2,), units=(8,)).to_dict()
@@ -133,7 +134,7 @@ def test_the_worker_reports_refining_as_a_stage_of_exporting(tmp_path: Path) -> 
         queue.enqueue(factory, request=request, folder_root=settings.searches_root)
         search = queue.claim_next(factory, "w1")
         assert search is not None and search.status == SearchStatus.TRAINING  # e.g. a resumed job: no trial ran
-        runner = JobRunner(settings, factory, search, "w1", threading.Event())
+        runner = SearchRunner(settings, factory, search, "w1", threading.Event())
         state = _JobState(search_id=search.id, worker_id="w1", evaluations_total=2, time_limit_s=None)
 
         def stored():
@@ -190,10 +191,13 @@ def test_refined_and_sliced_exports_have_separate_cache_entries(tmp_path: Path) 
     assert archive_name("abcdef0123", 2, "hf", refined=True) == "nasprune-abcdef01-point2-hf-refined"
     exports = tmp_path / "exports"
     exports.mkdir()
-    names = [".0-hf.tmp", "..0-hf.tmp.x1y2", ".0-hf.tar.gz.tmp", ".0-hf.lock", ".0-hf-refined.tmp",
-             ".0-hf-refined.tar.gz.tmp", ".0-hf-refined.lock", "0-hf.tar.gz", "0-hf-refined.tar.gz"]
+    # the temporaries supernet.files.atomic_path makes for the folder and the archive of each stem
+    folder, archive = (temporary_sibling(exports / name) for name in ("0-hf", "0-hf.tar.gz"))
+    refined_folder, refined_archive = (temporary_sibling(exports / n) for n in ("0-hf-refined", "0-hf-refined.tar.gz"))
+    names = [folder.name, archive.name, ".0-hf.lock", refined_folder.name, refined_archive.name, ".0-hf-refined.lock",
+             "0-hf.tar.gz", "0-hf-refined.tar.gz"]
     for name in names:
         (exports / name).touch()
-    assert sorted(p.name for p in leftovers(exports, "0-hf")) == ["..0-hf.tmp.x1y2", ".0-hf.tar.gz.tmp", ".0-hf.tmp"]
-    assert sorted(p.name for p in leftovers(exports, "0-hf-refined")) == [".0-hf-refined.tar.gz.tmp",
-                                                                           ".0-hf-refined.tmp"]
+    assert sorted(p.name for p in leftovers(exports, "0-hf")) == sorted([folder.name, archive.name])
+    assert sorted(p.name for p in leftovers(exports, "0-hf-refined")) == sorted([refined_folder.name,
+                                                                                 refined_archive.name])

@@ -286,7 +286,11 @@ def refine_once(client, worker_env, url: str, settings: dict) -> dict:
 
 
 def download(client, url: str, into: Path) -> tuple[str, Path]:
-    response = client.get(url)
+    """GET a download while a worker (a thread of this process) builds the export job it queues."""
+    from conftest import worker_thread
+
+    with worker_thread(client.app.state.settings):
+        response = client.get(url)
     assert response.status_code == 200, response.text
     with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
         tar.extractall(into, filter="data")
@@ -298,7 +302,7 @@ def export_record(settings: Settings, search_id: str, position: int):
     engine = make_engine(settings.url)
     try:
         with session_factory(engine)() as session:
-            return repo.get_export(session, search_id=search_id, position=position, format="hf")
+            return repo.get_export(session, search_id=search_id, position=position, format="hf", refined=True)
     finally:
         engine.dispose()
 
@@ -336,14 +340,15 @@ def test_a_point_refined_on_demand_is_listed_and_served(client, searched, settin
     assert f"refining front point {position} of search {searched}" in client.get(f"/searches/{searched}/logs").text
 
     listed = client.get(f"/searches/{searched}/pareto").json()["points"]
-    front_file = json.loads((folder / "front.json").read_text())["points"]
-    for point, stored in zip(listed, front_file, strict=True):
+    assert not (folder / "front.json").exists()  # the database is the one record of the refined entry
+    record = json.loads((folder / REFINED_DIR / str(position) / "subnetwork.json").read_text())
+    for point in listed:
         if point["position"] == position:
             assert point["refinement"] == {"id": created["id"], "status": "succeeded", "error": None}
             assert {k: point["refined"]["settings"][k] for k in SETTINGS_A} == SETTINGS_A
-            assert point["refined"]["test"] == stored["refined"]["test"]
+            assert point["refined"]["test"] == record["metrics"]["refined"]["test"]
         else:  # only the point asked for
-            assert point["refined"] is None and point["refinement"] is None and "refined" not in stored
+            assert point["refined"] is None and point["refinement"] is None
     assert sorted(p.name for p in (folder / REFINED_DIR).iterdir()) == [str(position)]
     assert listed[position]["refined"]["kept"], "the refined model lost to its slice: pick other settings"
 
@@ -400,18 +405,16 @@ def fake_point(**extra) -> dict:
 
 
 def fake_search(settings: Settings, owner: str | None = None, status=SearchStatus.SUCCEEDED) -> str:
-    """A succeeded search with a two-point front in the database and in front.json (no supernet: nothing runs)."""
+    """A succeeded search with a two-point front in the database (no supernet: nothing runs)."""
     engine = make_engine(settings.url)
     try:
         with session_factory(engine).begin() as session:
             search = repo.create_search(session, request={}, folder_root=settings.searches_root, owner=owner)[0]
             search.status = status
             other = fake_point(config={"layers": [0, 1], "heads": [4, 4, 4], "units": [48, 48, 48]})
-            repo.replace_front(session, search.id, [fake_point(), other])
+            repo.save_front(session, search.id, {"objectives": ["error", "params"], "points": [fake_point(), other]})
             folder = Path(search.folder)
         folder.mkdir(parents=True)
-        (folder / "front.json").write_text(json.dumps({"objectives": ["error", "params"],
-                                                       "points": [fake_point(), other]}))
         return search.id
     finally:
         engine.dispose()

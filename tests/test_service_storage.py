@@ -18,11 +18,11 @@ from search.settings import LatencyShape
 from service import repository as repo
 from service.config import Settings, get_settings, within_roots
 from service.db import SchemaError, check_schema, downgrade, make_engine, session_factory, upgrade
-from service.models import Base, SearchStatus, TrialRow
+from service.models import Base, ExportStatus, SearchStatus, TrialRow
 from supernet.config import SubNetworkConfig
 from supernet.settings import RunSpec
 
-TABLES = {"searches", "trials", "front_points", "exports", "api_tokens", "datasets", "refinements"}
+TABLES = {"searches", "trials", "front_points", "fronts", "exports", "api_tokens", "datasets", "refinements"}
 
 
 @pytest.fixture
@@ -385,20 +385,58 @@ def test_replace_front_links_points_to_trials(factory) -> None:
     assert count(factory, "front_points") == 1
 
 
-def test_exports_are_recorded_once_per_point_and_format(factory) -> None:
+def test_an_export_job_is_queued_once_per_point_format_and_kind(factory) -> None:
     with factory.begin() as session:
         search_id = repo.create_search(session, request={})[0].id
         repo.replace_front(session, search_id, [point(sub(1, 1))])
     with factory.begin() as session:
-        assert repo.get_export(session, search_id=search_id, position=0, format="hf") is None
-        first = repo.record_export(session, search_id=search_id, position=0, format="hf", path="/x/hf.tar.gz")
-        repo.record_export(session, search_id=search_id, position=0, format="onnx", path="/x/onnx.tar.gz")
+        assert repo.get_export(session, search_id=search_id, position=0, format="hf", refined=False) is None
+        first = repo.request_export(session, search_id=search_id, position=0, format="hf", refined=False)
+        assert first.status == ExportStatus.QUEUED and first.path is None
+        repo.request_export(session, search_id=search_id, position=0, format="onnx", refined=False)
+        repo.request_export(session, search_id=search_id, position=0, format="hf", refined=True)
     with factory.begin() as session:
-        again = repo.record_export(session, search_id=search_id, position=0, format="hf", path="/y/hf.tar.gz")
-        assert again.id == first.id and again.created_at >= first.created_at
-    with factory() as session:
-        assert repo.get_export(session, search_id=search_id, position=0, format="hf").path == "/y/hf.tar.gz"
+        again = repo.request_export(session, search_id=search_id, position=0, format="hf", refined=False)
+        assert again.id == first.id
+    assert count(factory, "exports") == 3
+    # a failed job is queued again by a new request, once: the UPDATE is conditional on the status it had
+    with factory.begin() as session:
+        session.execute(text("UPDATE exports SET status = 'failed', error = 'boom' WHERE id = :id"), {"id": first.id})
+    with factory.begin() as session:
+        failed = repo.get_export(session, search_id=search_id, position=0, format="hf", refined=False)
+        assert failed.status == ExportStatus.FAILED
+        requeued = repo.requeue_export(session, failed, was=ExportStatus.FAILED)
+        assert requeued.status == ExportStatus.QUEUED and requeued.error is None
+        assert repo.requeue_export(session, requeued, was=ExportStatus.FAILED).status == ExportStatus.QUEUED
+    with factory.begin() as session:  # a new refine makes the point's refined archives stale: their jobs go
+        assert repo.forget_exports(session, search_id=search_id, position=0, refined=True) == 1
     assert count(factory, "exports") == 2
+
+
+def test_a_front_saved_whole_loads_back_whole(factory) -> None:
+    """The store of record of a front: its points as rows (refined entries included), the rest in its fronts row,
+    extra point fields too."""
+    a, b = sub(1, 1), sub(2, 0)
+    front = {"task": "toy", "objectives": ["error", "params"], "hypervolume": 0.5, "reference": {"params": {}},
+             "normalisation": {"lower": [0, 0], "upper": [1, 1], "reference_point": [1.1, 1.1]},
+             "points": [point(a, search_validation={"accuracy": 0.7}), point(b)]}
+    with factory.begin() as session:
+        search_id = repo.create_search(session, request={})[0].id
+        assert repo.load_front(session, search_id) is None
+        repo.save_front(session, search_id, front)
+    with factory.begin() as session:
+        assert repo.load_front(session, search_id) == front
+        repo.set_refined(session, search_id, 1, {"config": b.to_dict(), "refined": {"kept": True}})
+    with factory() as session:
+        loaded = repo.load_front(session, search_id)
+    assert loaded["points"][1]["refined"] == {"kept": True} and "refined" not in loaded["points"][0]
+    assert loaded["points"][0]["search_validation"] == {"accuracy": 0.7}
+    with factory.begin() as session:  # saved again: replaced whole
+        repo.save_front(session, search_id, front | {"points": [point(b)], "hypervolume": 0.25})
+    with factory() as session:
+        assert repo.load_front(session, search_id) == front | {"points": [point(b)], "hypervolume": 0.25}
+    with pytest.raises(repo.InvalidArgument, match="list of points"), factory.begin() as session:
+        repo.save_front(session, search_id, {"hypervolume": 1.0})
 
 
 def test_deleting_a_search_cascades_to_its_rows(factory) -> None:
@@ -406,11 +444,12 @@ def test_deleting_a_search_cascades_to_its_rows(factory) -> None:
         keep, gone = (repo.create_search(session, request={})[0].id for _ in range(2))
         for search_id in (keep, gone):
             repo.add_trial(session, search_id, trial(0, sub(1, 1)))
-            repo.replace_front(session, search_id, [point(sub(1, 1))])
-            repo.record_export(session, search_id=search_id, position=0, format="hf", path="/x")
+            repo.save_front(session, search_id, {"points": [point(sub(1, 1))], "hypervolume": 0.5})
+            repo.request_export(session, search_id=search_id, position=0, format="hf", refined=False)
     with factory.begin() as session:
         repo.delete_search(session, gone)
-    assert [count(factory, t) for t in ("searches", "trials", "front_points", "exports")] == [1, 1, 1, 1]
+    tables = ("searches", "trials", "front_points", "fronts", "exports")
+    assert [count(factory, t) for t in tables] == [1, 1, 1, 1, 1]
     with factory() as session:
         assert repo.get_search(session, keep).id == keep
         with pytest.raises(repo.SearchNotFound):

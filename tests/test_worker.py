@@ -1,6 +1,6 @@
 """service.worker in this process, over a real SQLite file: a failing job is marked failed with its traceback in
-worker.log and the loop goes on; trials of trials.jsonl missing from the database are copied on resume; a worker
-shutting down gives its job back; `nasprune db upgrade`."""
+worker.log and the loop goes on; the trials.jsonl of a search an older release began is imported once, on
+resume; a worker shutting down gives its job back; `nasprune db upgrade`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from service import repository as repo
 from service.config import Settings, get_settings
 from service.db import current_revision, head_revision, make_engine, session_factory, upgrade
 from service.models import SearchStatus
-from service.worker import LOG_FILE, _sync_trials, run_worker
+from service.store import DbStore
+from service.worker import LOG_FILE, run_worker
 from supernet.config import SubNetworkConfig
 from supernet.settings import RunSpec
 
@@ -79,18 +80,22 @@ def _trial(index: int, heads: int) -> Trial:
                  elapsed_s=0.1 * index)
 
 
-def test_trials_in_the_file_but_not_the_database_are_copied(settings, factory) -> None:
+def test_trials_of_an_older_releases_file_missing_from_the_database_are_imported_once(settings, factory) -> None:
+    """The legacy path: the release before kept trials in trials.jsonl and rows, and a worker killed between the two
+    writes left the file ahead; the store of record imports the file once on resume, and never writes it."""
     search = queue.enqueue(factory, request=request("minilm"), folder_root=settings.searches_root)[0]
     folder = Path(search.folder)
     folder.mkdir(parents=True)
     trials = [_trial(0, 1), _trial(1, 2), _trial(2, 3)]
-    (folder / "trials.jsonl").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in trials))
+    (folder / "trials.jsonl").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in trials) + '{"index": 3, "con')
     with factory.begin() as session:
         repo.add_trial(session, search.id, trials[0])  # the worker died after writing trials 1 and 2 to the file
-    assert _sync_trials(factory, search.id, folder) == 3
-    assert _sync_trials(factory, search.id, folder) == 3  # idempotent
+    store = DbStore(factory, search.id, folder)
+    assert [t.to_dict() for t in store.load_trials()] == [t.to_dict() for t in trials]  # the torn line skipped
+    assert not (folder / "trials.jsonl").exists() and (folder / "trials.jsonl.imported").is_file()
+    store.add_trial(_trial(3, 4))
+    assert len(store.load_trials()) == 4 and not (folder / "trials.jsonl").exists()
     with factory() as session:
-        assert [t.to_dict() for t in repo.load_trials(session, search.id)] == [t.to_dict() for t in trials]
         assert repo.get_search(session, search.id).evaluations_done == 3
 
 
@@ -113,3 +118,32 @@ def test_db_upgrade_command(tmp_path, monkeypatch, capsys) -> None:
         assert current_revision(make_engine(get_settings().url)) == head_revision()
     finally:
         get_settings.cache_clear()
+
+
+def test_an_export_that_fails_says_why_and_a_new_request_retries_it(settings, factory) -> None:
+    """A succeeded search whose folder has no supernet: its export job fails with the reason, the waiting download
+    answers 500 with it, and asking again queues the same job again (and it fails again, for the same reason)."""
+    from conftest import worker_thread
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+
+    config = SubNetworkConfig(layers=(0,), heads=(1,), units=(8,)).to_dict()
+    point = {"config": config, "objectives": {"error": 0.5, "params": 1.0}, "validation": {"accuracy": 0.5},
+             "params": {"encoder": 10, "total": 20}, "macs": 100, "latency_ms": 1.0, "test": {"accuracy": 0.5}}
+    search = queue.enqueue(factory, request=request("minilm"), folder_root=settings.searches_root)[0]
+    Path(search.folder).mkdir(parents=True)
+    with factory.begin() as session:
+        repo.get_search(session, search.id).status = SearchStatus.SUCCEEDED
+        repo.save_front(session, search.id, {"objectives": ["error", "params"], "points": [point]})
+    waiting = settings.model_copy(update={"export_wait_s": 60.0})
+    url = f"/searches/{search.id}/pareto/0/download"
+    with TestClient(create_app(waiting)) as client, worker_thread(waiting):
+        first = client.get(url)
+        assert first.status_code == 500, first.text
+        job = first.json()
+        assert job["status"] == "failed" and "not a run folder" in job["error"] and not job["refined"]
+        again = client.get(url)
+        assert again.status_code == 500 and again.json()["id"] == job["id"]
+        assert again.json()["finished_at"] > job["finished_at"]  # built (and failed) a second time
+    assert "export" in (Path(search.folder) / LOG_FILE).read_text()

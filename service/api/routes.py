@@ -1,31 +1,41 @@
 """The routes: thin wrappers over service.repository / service.queue / service.refinements; validation in
-.validation, exports in .exports. Errors are HTTPExceptions (or repository errors mapped in create_app) with a
-`detail` message."""
+.validation. Errors are HTTPExceptions (or repository errors mapped in create_app) with a `detail` message.
+
+Everything here reads the database only (a search's front, trials and refined entries are rows; service/store.py)
+and never imports torch: a download queues an export job that a worker builds (service/exports.py) and waits for
+it without holding a thread or a session.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import shutil
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from .. import refinements
+from search.records import serves_refined
+
+from .. import legacy, refinements
 from .. import repository as repo
+from ..config import LOG_FILE, Settings
 from ..db import current_revision
-from ..models import FrontPoint, Refinement, Search, SearchStatus, TrialRow
-from ..worker import LOG_FILE
+from ..exports import FORMATS, archive_name, refined_source, servable
+from ..models import Export, ExportStatus, FrontPoint, Refinement, Search, SearchStatus, TrialRow
 from .auth import PUBLIC, OwnerDep
-from .deps import SessionDep, SettingsDep
-from .exports import FORMATS, archive_name, archive_path, build_export, refined_source, servable
+from .deps import FactoryDep, SessionDep, SettingsDep
 from .schemas import (
+    ExportRead,
     Health,
     Links,
     ParetoRead,
@@ -164,21 +174,24 @@ def list_trials(search_id: str, session: SessionDep, owner: OwnerDep,
                      offset=offset)
 
 
-def _front_file(search: Search, settings: Any) -> dict[str, Any]:
-    from search.job import FRONT_FILE
-
-    path = folder_of(search, settings) / FRONT_FILE
-    if search.status != SearchStatus.SUCCEEDED or not path.is_file():
+def _stored_front(session: Session, search: Search, settings: Any) -> dict[str, Any]:
+    """The front of a succeeded search (a search of an older release gets its front.json extras imported once,
+    service.legacy); 409 if there is none yet."""
+    front = None
+    if search.status == SearchStatus.SUCCEEDED:
+        front = legacy.import_front(session, search.id, folder_of(search, settings))
+    if front is None:
         raise HTTPException(409, f"search {search.id} is {search.status.value}: its Pareto front is written when it "
                                  "succeeds (GET .../trials shows the trials so far)")
-    return json.loads(path.read_text())
+    return front
 
 
 @router.get("/searches/{search_id}/pareto", response_model=ParetoRead, tags=["searches"],
             responses=NOT_FOUND | NOT_ENDED)
 def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> dict[str, Any]:
     search = repo.get_search(session, search_id, owner=owner)
-    front = _front_file(search, settings)
+    front = _stored_front(session, search, settings)
+    session.commit()  # a legacy import, if there was one
     latest = refinements.latest_by_position(session, search_id)
     points = []
     for row in repo.list_front(session, search_id, owner=owner):
@@ -210,46 +223,92 @@ def _front_point(session: Session, search_id: str, point: int, owner: str | None
     return row
 
 
-@router.get("/searches/{search_id}/pareto/{point}/download", tags=["searches"],
-            response_class=FileResponse, responses={200: {"content": {"application/gzip": {}}}, **NOT_ENDED,
-                                                    404: {"description": "no search or no front point with this id"}})
-def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], session: SessionDep, settings: SettingsDep,
-             owner: OwnerDep,
-             format: Literal["hf", "onnx"] = "hf", sliced: bool = False) -> FileResponse:
-    """The front point as a .tar.gz of a Hugging Face folder (`hf`) or of that folder plus model.onnx (`onnx`):
-    the refined model if the search refined its front (the file name then ends in -refined), else, or with
-    `sliced=true`, the sub-network sliced from the supernet. Built on the first request (seconds to minutes),
-    then served from the cache."""
-    from search.job import serves_refined
+# ------------------------------------------------------------------------------------------------ downloads
 
-    search = repo.get_search(session, search_id, owner=owner)
-    _front_file(search, settings)
-    row = _front_point(session, search_id, point, owner)
-    folder = folder_of(search, settings)
-    data = {"config": row.config, "validation": row.validation, "test": row.test, "refined": row.refined}
-    source = None if sliced else refined_source(folder, point, data)
-    if source is None and serves_refined(data) and not sliced:  # never the slice in place of the refined model
-        raise HTTPException(409, f"front point {point} of search {search_id} was refined, but its refined model is "
-                                 "missing or unusable on the server (the server log says why); add ?sliced=true "
-                                 "to download the sub-network sliced from the supernet instead")
-    refined = source is not None
-    cached = repo.get_export(session, search_id=search_id, position=point, format=format)
-    # The record is per (point, format); its archive is served only if it is the kind (refined or sliced) the
-    # point calls for now, so an archive built before the point was refined is never served for it.
-    if (cached is not None and servable(cached.path, folder)
-            and Path(cached.path).name == archive_path(folder, point, format, refined=refined).name):
-        path = Path(cached.path)
-    else:
-        from supernet.extract import ExportError
+EXPORT_ENDED = frozenset({ExportStatus.SUCCEEDED, ExportStatus.FAILED, ExportStatus.CANCELLED})
+POLL_FIRST_S, POLL_MAX_S = 0.05, 1.0  # how often a waiting download reads its job's row: soon, then each second
+RETRY_AFTER_S = 10
 
-        try:
-            path = build_export(folder, search_id, point, format, data, source=source)
-        except ExportError as exc:
-            raise HTTPException(422, str(exc)) from None
-        repo.record_export(session, search_id=search_id, position=point, format=format, path=str(path))
+
+@dataclass(frozen=True)
+class _Ticket:
+    """What a waiting download knows of its export job (read in a short session, none held while it waits)."""
+
+    export: ExportRead
+    path: str | None
+    folder: Path
+
+
+def _ticket(export: Export, folder: Path) -> _Ticket:
+    read = ExportRead(id=export.id, search_id=export.search_id, position=export.position, format=export.format,
+                      refined=export.refined, status=export.status.value, error=export.error,
+                      created_at=export.created_at, started_at=export.started_at, finished_at=export.finished_at)
+    return _Ticket(export=read, path=export.path, folder=folder)
+
+
+def _queue_export(factory: Any, settings: Settings, search_id: str, point: int, owner: str | None, format: str,
+                  sliced: bool) -> _Ticket:
+    """The export job this download needs, queued if there is none, queued again if it failed, was cancelled or
+    its archive is gone (a new request retries it)."""
+    with factory() as session:
+        search = repo.get_search(session, search_id, owner=owner)
+        _stored_front(session, search, settings)
+        row = _front_point(session, search_id, point, owner)
+        folder = folder_of(search, settings)
+        data = {"config": row.config, "refined": row.refined}
+        refined = not sliced and serves_refined(data)
+        if refined and refined_source(folder, point, data) is None:  # never the slice for the refined model
+            raise HTTPException(409, f"front point {point} of search {search_id} was refined, but its refined model "
+                                     "is missing or unusable on the server (the server log says why); add "
+                                     "?sliced=true to download the sub-network sliced from the supernet instead")
+        export = repo.request_export(session, search_id=search_id, position=point, format=format, refined=refined)
+        if export.status in (ExportStatus.FAILED, ExportStatus.CANCELLED) or (
+                export.status == ExportStatus.SUCCEEDED and not (export.path and servable(export.path, folder))):
+            export = repo.requeue_export(session, export, was=export.status)
         session.commit()
-    return FileResponse(path, media_type="application/gzip",
-                        filename=f"{archive_name(search_id, point, format, refined=refined)}.tar.gz")
+        return _ticket(export, folder)
+
+
+def _read_export(factory: Any, ticket: _Ticket) -> _Ticket | None:
+    with factory() as session:
+        export = session.get(Export, ticket.export.id)
+        return None if export is None else _ticket(export, ticket.folder)
+
+
+@router.get("/searches/{search_id}/pareto/{point}/download", tags=["searches"], response_class=FileResponse,
+            responses={200: {"content": {"application/gzip": {}}},
+                       202: {"model": ExportRead, "description": "the archive is still being built: ask again after "
+                                                                 "Retry-After seconds"},
+                       **NOT_ENDED, 404: {"description": "no search or no front point with this id"},
+                       500: {"model": ExportRead, "description": "the export failed (its error says why); asking "
+                                                                 "again retries it"}})
+async def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], factory: FactoryDep,
+                   settings: SettingsDep, owner: OwnerDep,
+                   format: Literal["hf", "onnx"] = "hf", sliced: bool = False) -> Response:
+    """The front point as a .tar.gz of a Hugging Face folder (`hf`) or of that folder plus model.onnx (`onnx`):
+    the refined model if the point was refined and kept (the file name then ends in -refined), else, or with
+    `sliced=true`, the sub-network sliced from the supernet. The first request queues an export job (one per
+    point, format and kind, however many ask at once) that a worker builds (seconds to minutes) and waits for it
+    up to the server's export_wait_s; past that it answers 202 with Retry-After. Then it is served from the
+    cache."""
+    ticket = await run_in_threadpool(_queue_export, factory, settings, search_id, point, owner, format, sliced)
+    deadline, delay = time.monotonic() + settings.export_wait_s, POLL_FIRST_S
+    while ticket.export.status not in EXPORT_ENDED and (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, POLL_MAX_S)
+        # None: the job was dropped meanwhile (the point refined again, its archive stale): queue it again
+        ticket = (await run_in_threadpool(_read_export, factory, ticket)
+                  or await run_in_threadpool(_queue_export, factory, settings, search_id, point, owner, format,
+                                             sliced))
+    export = ticket.export
+    if export.status == ExportStatus.SUCCEEDED and ticket.path and servable(ticket.path, ticket.folder):
+        return FileResponse(ticket.path, media_type="application/gzip",
+                            filename=f"{archive_name(search_id, point, format, refined=export.refined)}.tar.gz")
+    if export.status == ExportStatus.SUCCEEDED:  # built, then removed (a new refine): the next request rebuilds
+        export = export.model_copy(update={"status": ExportStatus.QUEUED.value})
+    failed = export.status in (ExportStatus.FAILED, ExportStatus.CANCELLED)
+    return JSONResponse(export.model_dump(mode="json"), status_code=500 if failed else 202,
+                        headers=None if failed else {"Retry-After": str(RETRY_AFTER_S)})
 
 
 # ------------------------------------------------------------------------------------------------ refinements
@@ -287,7 +346,7 @@ def refine(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], respons
     if search.status != SearchStatus.SUCCEEDED:
         raise HTTPException(409, f"search {search_id} is {search.status.value}: its front points can be refined "
                                  "once it has succeeded")
-    _front_file(search, settings)
+    _stored_front(session, search, settings)
     row = _front_point(session, search_id, point, owner)
     wanted = body.model_dump()
     existing = refinements.find_active(session, search_id, point)

@@ -146,7 +146,7 @@ class RefinementBrief(BaseModel):
 
 
 class PointRead(BaseModel):
-    """A front.json point, with its position, the trial it is and its download links. `refined` is set when the
+    """A front point, with its position, the trial it is and its download links. `refined` is set when the
     point was refined (by the search, refine.epochs > 0, or on demand, POST .../refine): the downloads are
     then the refined model, if it was kept."""
 
@@ -165,7 +165,8 @@ class PointRead(BaseModel):
 
 
 class ParetoRead(BaseModel):
-    """front.json: the points from the database, the rest (reference, hypervolume, ...) from the file."""
+    """The search's front as stored in the database: its points (front_points rows) and the rest (reference,
+    hypervolume, normalisation, ...: its fronts row)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -173,6 +174,22 @@ class ParetoRead(BaseModel):
     points: list[PointRead]
     reference: dict[str, Any] | None = None
     hypervolume: float | None = None
+
+
+class ExportRead(BaseModel):
+    """An export job: the archive of a front point in a format, refined or sliced, built by a worker. A download
+    answers with this while the job is queued or running (202) or once it failed (500)."""
+
+    id: int
+    search_id: str
+    position: int
+    format: str
+    refined: bool = Field(description="built from the point's refined model (else sliced from the supernet)")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    error: str | None = Field(description="why it failed; asking for the download again retries it")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
 
 
 class DatasetRead(BaseModel):

@@ -1,4 +1,6 @@
-"""Build (once) and cache the downloadable archive of a front point.
+"""Build (once) and cache the downloadable archive of a front point: the code an export job runs in a worker
+(service/worker.py's ExportRunner; the download route only queues the job and serves what it built, so the API
+process never loads torch or a supernet).
 
     <search folder>/exports/<stem>/         the exported model folder (HF folder; + model.onnx)
     <search folder>/exports/<stem>.tar.gz   the archive served, built from that folder only
@@ -7,40 +9,46 @@ where <stem> is "<point>-<format>" for the sub-network sliced from the supernet,
 for a point refined after the search (its stored front point has a "refined" entry and the job wrote its model
 to <search folder>/refined/<point>/): the archive is then built from that model folder instead. Refined or not is
 part of the cache key, so an archive built from the slice is never served for a refined point, nor the reverse;
-the exports table keeps one record per (point, format), which the route serves only if it names the archive the
-point calls for now (`archive_path`). The refined folder's path is never read from JSON: it is derived from the
-search folder and the position, and used only if it resolves to a folder inside the search folder.
+the exports table keeps one job per (point, format, kind), whose archive the route serves once it succeeded. The
+refined folder's path is never read from JSON: it is derived from the search folder and the position, and used
+only if it resolves to a folder inside the search folder.
 
 A refined model replaced by a later refine of the point (other settings) makes its cached refined exports stale:
 `remove_refined_exports` deletes them, under the same locks as a build, so the next download rebuilds them.
 
-Both are written under a temporary name (starting with ".<stem>.") and renamed into place, so a crash or a
-concurrent request never leaves a half-written export where the next request would serve it. A build holds a
-lock per (search, stem): a thread lock, and an flock on .<stem>.lock that other server processes honour and the
-kernel releases when its holder dies. Holding it, a build first removes the temporaries of an earlier build that
-was killed halfway, so they do not pile up in the cache.
+Both are written under a temporary name (starting with ".<stem>.", supernet.files.atomic_path) and renamed into
+place, so a crash never leaves a half-written export where a download would serve it. A build holds a file lock
+per stem (`filelock`: an flock on .<stem>.lock, which every thread and process honours and the kernel releases
+when its holder dies). Holding it, a build first removes the temporaries of an earlier build that was killed
+halfway, so they do not pile up in the cache.
 
 The archive holds the export folder's regular files and folders only, as relative members under one top folder:
 a symlink, a hard link (a file with more than one link), a device or a pipe found there is left out, never
 followed, so nothing planted in the folder can pull a file from elsewhere into a download. Members carry no
-owner and plain modes. A cached archive is served only if it is a plain file where the server wrote it.
+owner and plain modes. A cached archive is served only if it is a plain file where the server wrote it. (The
+archive is written member by member rather than with `TarFile.add(filter=...)`: a filter sees neither a file's
+link count nor the file as opened, and `add` opens by name, following a symlink swapped in after the check; here
+each file is opened with O_NOFOLLOW and checked as opened.)
+
+Torch-free at import (the API imports the names and checks); the build imports supernet lazily.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
 import stat
 import tarfile
-import threading
-from collections import defaultdict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
+
+from search.records import REFINED_DIR, SUBNETWORK_FILE, serves_refined
+from supernet.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +56,11 @@ FORMATS = ("hf", "onnx")
 EXPORTS_DIR = "exports"
 REFINED_SUFFIX = "-refined"
 
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
 
-
-def _lock(key: tuple[str, str]) -> threading.Lock:
-    with _locks_guard:
-        return _locks[key]
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def _build_lock(exports: Path, stem: str) -> FileLock:
+    """The lock of one export's build and removal (a new FileLock each time: its flock conflicts with every other
+    holder, in this process or another)."""
+    return FileLock(exports / f".{stem}.lock")
 
 
 def archive_name(search_id: str, position: int, format: str, *, refined: bool = False) -> str:
@@ -86,9 +82,6 @@ def refined_source(folder: Path, position: int, point: Mapping[str, Any]) -> Pat
     """The refined model folder of front point `position` (<folder>/refined/<position>, resolved), or None: the
     point has no "refined" entry (slice it from the supernet), or the folder is not there, resolves outside the
     search folder (a symlink planted there) or holds another sub-network (the route refuses to serve it)."""
-    from search.job import REFINED_DIR, serves_refined
-    from supernet.extract import SUBNETWORK_FILE
-
     if not serves_refined(point):
         return None  # not refined, or the refined model was worse on validation than the slice
     base = folder.resolve()
@@ -153,9 +146,9 @@ def _add_tree(tar: tarfile.TarFile, folder: Path, arcname: str) -> list[str]:
 
 
 def leftovers(exports: Path, stem: str) -> list[Path]:
-    """Temporaries of a build of export `stem` (".0-hf.tmp", "..0-hf.tmp.x1y2", ".0-hf.tar.gz.tmp"; not the lock
-    file; not those of "0-hf-refined", whose names go on with "-" where these have "."): what a build killed
-    halfway leaves behind."""
+    """Temporaries of a build of export `stem` (".0-hf.<pid>.<random>.tmp", ".0-hf.tar.gz.<pid>.<random>.tmp"; not
+    the lock file; not those of "0-hf-refined", whose names go on with "-" where these have "."): what a build
+    killed halfway leaves behind."""
     lock = f".{stem}.lock"
     if not exports.is_dir():
         return []
@@ -178,22 +171,21 @@ def build_export(folder: Path, search_id: str, position: int, format: str, point
     stem = export_stem(position, format, refined=refined)
     exports = folder / EXPORTS_DIR
     archive = archive_path(folder, position, format, refined=refined)
-    with _lock((search_id, stem)):
-        if is_plain_file(archive):
+    if is_plain_file(archive):
+        return archive
+    exports.mkdir(parents=True, exist_ok=True)
+    with _build_lock(exports, stem):
+        if is_plain_file(archive):  # built by another job while we waited (e.g. before a requeue)
             return archive
-        exports.mkdir(parents=True, exist_ok=True)
-        with _file_lock(exports / f".{stem}.lock"):
-            if is_plain_file(archive):  # another process built it while we waited
-                return archive
-            for path in leftovers(exports, stem):
-                _remove(path)
-            return _build(exports, archive, stem, archive_name(search_id, position, format, refined=refined),
-                          format, point, source)
+        for path in leftovers(exports, stem):
+            _remove(path)
+        return _build(exports, archive, stem, archive_name(search_id, position, format, refined=refined),
+                      format, point, source)
 
 
-def remove_refined_exports(folder: Path, search_id: str, position: int) -> list[str]:
+def remove_refined_exports(folder: Path, position: int) -> list[str]:
     """Delete the cached refined exports of point `position` in every format (archive, export folder,
-    temporaries), each under its build lock so no build is cut in half; the archive names, for the records."""
+    temporaries), each under its build lock so no build is cut in half; the archive names."""
     exports = folder / EXPORTS_DIR
     names = []
     for format in FORMATS:
@@ -202,7 +194,7 @@ def remove_refined_exports(folder: Path, search_id: str, position: int) -> list[
         names.append(archive.name)
         if not exports.is_dir():
             continue
-        with _lock((search_id, stem)), _file_lock(exports / f".{stem}.lock"):
+        with _build_lock(exports, stem):
             for path in [archive, exports / stem, *leftovers(exports, stem)]:
                 if path.is_symlink() or path.exists():
                     _remove(path)
@@ -240,8 +232,7 @@ def _build(exports: Path, archive: Path, stem: str, top: str, format: str, point
         out.unlink()
     if not out.is_dir():
         run = Run(exports.parent)
-        tmp = exports / f".{stem}.tmp"
-        try:
+        with atomic_path(out) as tmp:
             if source is not None:  # the refined model: already an exported folder
                 _copy_plain_files(source, tmp)
             else:
@@ -251,19 +242,9 @@ def _build(exports: Path, archive: Path, stem: str, top: str, format: str, point
                                   metrics={"validation": point["validation"], "test": point["test"]})
             if format == "onnx":
                 export_onnx(load_exported(tmp), tmp / "model.onnx", seq_len=run.spec.max_length)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    tmp_archive = exports / f".{archive.name}.tmp"
-    try:
-        with open(tmp_archive, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-                skipped = _add_tree(tar, out, top)
-            raw.flush()
-            os.fsync(raw.fileno())  # the archive's bytes are on disk before its name is
+    with atomic_path(archive, fsync=True) as tmp_archive:  # the archive's bytes are on disk before its name is
+        with tarfile.open(tmp_archive, mode="w:gz") as tar:
+            skipped = _add_tree(tar, out, top)
         if skipped:
             log.warning("export %s left out what is not a plain file or folder: %s", out, ", ".join(skipped))
-        os.replace(tmp_archive, archive)
-    finally:
-        tmp_archive.unlink(missing_ok=True)
     return archive
