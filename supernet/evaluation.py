@@ -1,8 +1,9 @@
 """Evaluate the supernet (or one of its sub-networks) on a split: predictions, then task metrics.
 
 `dtype=torch.bfloat16` evaluates under autocast (matrix products in bfloat16, normalisation and softmax in float32):
-on a CPU with native bfloat16 (AVX512-BF16 or AMX) 2.0-3.0 x faster, with 99.7-100 % of predictions unchanged
-(bench/eval_precision.py); the search ranks its candidates that way, and reports float32 figures.
+on a CPU with native bfloat16 (AVX512-BF16 or AMX) it is several times faster and leaves almost every prediction
+unchanged (bench/eval_precision.py measures both; figures in bench/RESULTS.md), so the search ranks its candidates
+that way, and reports float32 figures.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class RefineConfig(SettingsModel):
     weight_decay: float = Field(0.01, ge=0, le=1)
     warmup_ratio: float = Field(0.06, ge=0, le=1)
     # Refining costs an epoch per point and most of its gain is at the small end of the front, so a user may
-    # refine only the points they would download (bench/RESULTS_NOTES.md compares the two).
+    # refine only the points they would download (bench/RESULTS.md compares the two).
     budgets: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
         (), max_length=16,
         description="refine only the points a user would download (needs refine epochs > 0): for each fraction of "
@@ -180,7 +180,7 @@ DEFAULT_VALIDATION_LIMIT = 5000
 # How many of those the search ranks each sub-network on (a seeded subset; None: all). Ranking is the search's
 # whole cost; the best sub-networks are measured again on the whole (capped) split in float32
 # (search.job.SUBSET_RESCORED_LAYERS), so the figures a user chooses a point by do not come from the subset.
-# bench/RESULTS_NOTES.md has what this saves and what it costs in front quality.
+# bench/RESULTS.md has what this saves and what it costs in front quality.
 DEFAULT_SEARCH_EXAMPLES = 550
 
 

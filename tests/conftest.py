@@ -369,11 +369,6 @@ def wait_for(client, search_id: str, predicate, timeout_s: float = 90.0, what: s
         time.sleep(0.05)
 
 
-def trials_jsonl(settings, search_id: str) -> list[dict]:
-    path = settings.search_folder(search_id) / "trials.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @contextlib.contextmanager
 def worker_thread(settings):
     """A worker (service.worker.run_worker, the real loop) in a thread of this process while the block runs: what

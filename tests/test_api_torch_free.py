@@ -12,7 +12,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pytest
 from conftest import REPO
 
 from service import repository as repo
@@ -21,10 +20,6 @@ from service.db import make_engine, session_factory, upgrade
 from service.exports import archive_path
 from service.models import ExportStatus, SearchStatus
 from supernet.config import SubNetworkConfig
-
-# Modules another part of the redesign makes torch-free (name registries instead of the torch-backed modules):
-# while they still import torch, this test cannot pass, and says so instead of failing.
-NOT_YET_TORCH_FREE = ("service/api/validation.py", "service/datasets.py")
 
 SERVE = r"""
 import json, sys, time, traceback
@@ -115,7 +110,4 @@ def test_the_api_serves_every_route_without_importing_torch(tmp_path: Path) -> N
     assert all(code < 500 for code in codes.values()), codes
     print(f"API start (create_app + first request): {result['start_cpu_s']:.2f} s CPU")
     ours = [f for f in result["importers"] if f.startswith(str(REPO)) and "site-packages" not in f]
-    culprit = next((f for f in reversed(ours) if "/service/" in f), None)
-    if result["torch"] and culprit is not None and culprit.endswith(NOT_YET_TORCH_FREE):
-        pytest.xfail(f"torch is still imported through {Path(culprit).relative_to(REPO)}: {ours}")
     assert not result["torch"], f"the API imported torch through {ours}"
