@@ -21,6 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Connection, Engine, Integer, MetaData, inspect, select, text
 
+from search.records import REFINED_DIR
 from service import refinements
 from service import repository as repo
 from service.db import (
@@ -35,9 +36,10 @@ from service.db import (
 )
 from service.models import Base
 from supernet.config import SubNetworkConfig
+from supernet.settings import RefineConfig
 
 TABLES = {"searches", "trials", "front_points", "fronts", "exports", "api_tokens", "datasets", "refinements"}
-OLD = datetime(2026, 1, 1)  # naive: how SQLite's DATETIME binds; the migrations' own columns say UTC
+OLD = datetime(2026, 1, 1)  # naive: SQLite's DATETIME binds no time zone (the service stores UTC)
 
 # A valid row for every table, with a value for each column the table has at any revision: a row is inserted with
 # the columns its table has at the revision under test, so columns a later migration adds (or drops) are covered.
@@ -277,7 +279,8 @@ def test_upgrade_from_0001_keeps_rows_and_downgrade_keeps_them_too(empty_url: st
 
 
 REFINED = {"validation": {"accuracy": 0.9}, "test": {"accuracy": 0.85}, "train_s": 1.5, "kept": True,
-           "settings": {"epochs": 0.5, "seed": 0}, "folder": "refined/0"}
+           "settings": RefineConfig(epochs=0.5).to_dict() | {"seed": 0}, "folder": f"{REFINED_DIR}/0"}
+REFINE_SETTINGS = {"epochs": 0.5, "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.06}
 
 
 def test_migration_0003_keeps_front_rows_both_ways(empty_url: str) -> None:
@@ -325,7 +328,7 @@ def test_migration_0004_keeps_the_rows_of_a_0003_database(empty_url: str) -> Non
             assert connection.execute(text("SELECT position, refined FROM front_points")).all() == [(0, kept)]
             assert connection.execute(text("SELECT path FROM exports")).all() == [("/x/0-hf.tar.gz",)]
         with session_factory(engine).begin() as session:
-            refinements.create(session, search_id="a", position=0, settings={"epochs": 0.5})
+            refinements.create(session, search_id="a", position=0, settings=REFINE_SETTINGS)
         check = "CHECK constraint" if engine.dialect.name == "sqlite" else "violates check constraint"
         with engine.begin() as connection:  # the CHECK constraint holds the statuses
             with pytest.raises(Exception, match=check):
