@@ -1,5 +1,5 @@
-"""The service side of refining front points, over real SQLite files: migration 0003 (front_points.refined) up and
-down with rows in place, the repository storing a point's "refined" entry, the worker's refining progress, and the
+"""The service side of refining front points, over real SQLite files (migration 0003, front_points.refined, is in
+tests/test_migrations.py): the repository storing a point's "refined" entry, the worker's refining progress, and the
 export code choosing the refined model folder only where it is safe (no path taken from JSON, nothing outside the
 search folder). The end-to-end run through a worker process is in tests/test_api.py."""
 
@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
 
 from search.job import REFINED_DIR, SearchJob
 from search.runner import SearchConfig
@@ -20,7 +19,7 @@ from service import queue
 from service import repository as repo
 from service.api.routes import refined_read
 from service.config import Settings
-from service.db import current_revision, downgrade, head_revision, make_engine, session_factory, upgrade
+from service.db import make_engine, session_factory, upgrade
 from service.exports import archive_name, archive_path, export_stem, leftovers, refined_source
 from service.models import SearchStatus
 from service.worker import SearchRunner, _JobState
@@ -37,55 +36,6 @@ REFINED = {"validation": {"accuracy": 0.9}, "test": {"accuracy": 0.85}, "train_s
 def point(**extra) -> dict:
     return {"config": CONFIG, "objectives": {"error": 0.2, "params": 50.0}, "validation": {"accuracy": 0.8},
             "params": {"encoder": 500}, "macs": 123, "latency_ms": 2.0, "test": {"accuracy": 0.75}} | extra
-
-
-def front_columns(url: str) -> set[str]:
-    engine = make_engine(url)
-    try:
-        return {c["name"] for c in inspect(engine).get_columns("front_points")}
-    finally:
-        engine.dispose()
-
-
-# ------------------------------------------------------------------------------------------------ migration
-
-
-def test_migration_0003_on_an_empty_database(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'new.db'}"
-    upgrade(url)
-    assert "refined" in front_columns(url)
-    downgrade(url, "0002")
-    assert "refined" not in front_columns(url)
-    upgrade(url)
-    assert "refined" in front_columns(url)
-
-
-def test_migration_0003_keeps_front_rows_both_ways(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0002")
-    engine = make_engine(url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("INSERT INTO searches (id, status, request, created_at) "
-                                    "VALUES ('a', 'succeeded', '{}', '2026-01-01 00:00:00')"))
-            connection.execute(text("INSERT INTO front_points (search_id, position, config, objectives, validation, "
-                                    "test, params, macs, latency_ms) VALUES "
-                                    "('a', 0, '{}', '{}', '{}', '{}', '{}', 1, 1.0)"))
-        upgrade(url)
-        assert current_revision(engine) == head_revision()
-        with session_factory(engine)() as session:
-            (row,) = repo.list_front(session, "a")
-            assert row.position == 0 and row.refined is None  # stored before refining existed
-        with session_factory(engine).begin() as session:
-            repo.replace_front(session, "a", [point(refined=REFINED)])
-        downgrade(url, "0002")
-        assert "refined" not in front_columns(url)
-        with engine.connect() as connection:
-            assert connection.execute(text("SELECT search_id, position FROM front_points")).all() == [("a", 0)]
-            assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
-            assert connection.execute(text("PRAGMA foreign_key_check")).all() == []
-    finally:
-        engine.dispose()
 
 
 # ------------------------------------------------------------------------------------------------ repository

@@ -1,8 +1,8 @@
 """Refining single front points on demand through the service, over real SQLite files (and PostgreSQL for the
-queue): migration 0004 with rows in place; a real search and a real worker process that refines only the point
-asked for, whose downloads then serve the refined model (and the slice with ?sliced=true), a second refine with
-other settings replacing it (stale cached archives dropped); the error paths; cancel; the claim's exactly-once
-and one-running-per-search rules; recovery; ownership; delete while refining.
+queue; migrations 0004 and 0005 are tested in tests/test_migrations.py): a real search and a real worker process
+that refines only the point asked for, whose downloads then serve the refined model (and the slice with
+?sliced=true), a second refine with other settings replacing it (stale cached archives dropped); the error paths;
+cancel; the claim's exactly-once and one-running-per-search rules; recovery; ownership; delete while refining.
 
 Top-level imports stay free of torch: the claim test's spawned processes import this module."""
 
@@ -17,94 +17,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select, text, update
+from sqlalchemy import select, update
 
 from service import queue, refinements
 from service import repository as repo
 from service.config import Settings
-from service.db import current_revision, downgrade, head_revision, make_engine, session_factory, upgrade
+from service.db import make_engine, session_factory
 from service.models import Refinement, RefinementStatus, Search, SearchStatus, utcnow
 
 SETTINGS_A = {"epochs": 0.5, "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.06}
 SETTINGS_B = {"epochs": 1.0, "learning_rate": 3e-4, "weight_decay": 0.01, "warmup_ratio": 0.06}
-
-
-def table_names(url: str) -> set[str]:
-    engine = make_engine(url)
-    try:
-        return set(inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
-
-
-# ------------------------------------------------------------------------------------------------ migration
-
-
-def test_migration_0004_keeps_the_rows_of_a_0003_database(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0003")
-    engine = make_engine(url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("INSERT INTO searches (id, status, request, created_at) "
-                                    "VALUES ('a', 'succeeded', '{}', '2026-01-01 00:00:00')"))
-            connection.execute(text("INSERT INTO front_points (search_id, position, config, objectives, validation, "
-                                    "test, params, macs, latency_ms, refined) VALUES "
-                                    "('a', 0, '{}', '{}', '{}', '{}', '{}', 1, 1.0, '{\"kept\": true}')"))
-            connection.execute(text("INSERT INTO exports (search_id, position, format, path, created_at) VALUES "
-                                    "('a', 0, 'hf', '/x/0-hf.tar.gz', '2026-01-01 00:00:00')"))
-        assert "refinements" not in table_names(url)
-        upgrade(url)
-        assert current_revision(engine) == head_revision() and "refinements" in table_names(url)
-        with engine.connect() as connection:
-            assert connection.execute(text("SELECT id, status FROM searches")).all() == [("a", "succeeded")]
-            assert connection.execute(text("SELECT position, refined FROM front_points")).all() == [
-                (0, '{"kept": true}')]
-            assert connection.execute(text("SELECT path FROM exports")).all() == [("/x/0-hf.tar.gz",)]
-        with session_factory(engine).begin() as session:
-            refinements.create(session, search_id="a", position=0, settings=SETTINGS_A)
-        with engine.begin() as connection:  # the CHECK constraint holds the statuses
-            with pytest.raises(Exception, match="CHECK constraint"):
-                connection.execute(text("UPDATE refinements SET status = 'bogus'"))
-        downgrade(url, "0003")
-        assert "refinements" not in table_names(url)
-        with engine.connect() as connection:
-            assert connection.execute(text("SELECT count(*) FROM front_points")).scalar() == 1
-            assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
-    finally:
-        engine.dispose()
-
-
-def test_migration_0005_cancels_duplicate_active_refinements_and_keeps_one_per_point(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'dups.db'}"
-    upgrade(url, "0004")
-    engine = make_engine(url)
-    rows = [("r1", 0, "queued", "2026-01-01 00:00:01"), ("r2", 0, "queued", "2026-01-01 00:00:02"),  # r2: dup
-            ("r3", 1, "queued", "2026-01-01 00:00:01"), ("r4", 1, "running", "2026-01-01 00:00:02"),  # r3: dup
-            ("r5", 2, "queued", "2026-01-01 00:00:03"), ("r6", 2, "succeeded", "2026-01-01 00:00:01"),
-            ("r7", 3, "queued", "2026-01-01 00:00:05"), ("r8", 3, "queued", "2026-01-01 00:00:05")]  # r8: dup
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("INSERT INTO searches (id, status, request, created_at) "
-                                    "VALUES ('a', 'succeeded', '{}', '2026-01-01 00:00:00')"))
-            for rid, position, status, created in rows:
-                connection.execute(text("INSERT INTO refinements (id, search_id, position, settings, status, "
-                                        "created_at) VALUES (:id, 'a', :position, '{}', :status, :created)"),
-                                   {"id": rid, "position": position, "status": status, "created": created})
-        upgrade(url)
-        with engine.connect() as connection:
-            after = dict(connection.execute(text("SELECT id, status FROM refinements")).all())
-            reasons = connection.execute(text("SELECT error FROM refinements WHERE status = 'cancelled'")).scalars()
-            assert all("duplicate" in reason for reason in reasons)
-        assert after == {"r1": "queued", "r2": "cancelled", "r3": "cancelled", "r4": "running", "r5": "queued",
-                         "r6": "succeeded", "r7": "queued", "r8": "cancelled"}
-        with pytest.raises(Exception, match="(?i)unique"), engine.begin() as connection:
-            connection.execute(text("UPDATE refinements SET status = 'queued' WHERE id = 'r2'"))
-        downgrade(url, "0004")
-        with engine.begin() as connection:  # no index: a second active refinement of a point is possible again
-            connection.execute(text("UPDATE refinements SET status = 'queued' WHERE id = 'r2'"))
-    finally:
-        engine.dispose()
 
 
 # ------------------------------------------------------------------------------------------------ the queue

@@ -1,4 +1,5 @@
-"""Service storage over real SQLite files: settings, migrations vs models, pragmas, and the repository functions."""
+"""Service storage over real SQLite files: settings, the schema check, pragmas, and the repository functions (the
+migrations themselves are tested in tests/test_migrations.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from pydantic import ValidationError
-from sqlalchemy import Column, Integer, MetaData, insert, inspect, text
+from sqlalchemy import insert, inspect, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from search.job import SearchJob
@@ -17,12 +16,10 @@ from search.runner import SearchConfig, Trial
 from search.settings import LatencyShape
 from service import repository as repo
 from service.config import Settings, get_settings, within_roots
-from service.db import SchemaError, check_schema, downgrade, make_engine, session_factory, upgrade
-from service.models import Base, ExportStatus, SearchStatus, TrialRow
+from service.db import SchemaError, check_schema, make_engine, session_factory
+from service.models import ExportStatus, SearchStatus, TrialRow
 from supernet.config import SubNetworkConfig
 from supernet.settings import RunSpec
-
-TABLES = {"searches", "trials", "front_points", "fronts", "exports", "api_tokens", "datasets", "refinements"}
 
 
 @pytest.fixture
@@ -56,14 +53,6 @@ def trial(index: int, config: SubNetworkConfig) -> Trial:
 def point(config: SubNetworkConfig, **extra) -> dict:
     return {"config": config.to_dict(), "objectives": {"error": 0.2, "params": 50.0}, "validation": {"accuracy": 0.8},
             "params": {"encoder": 500}, "macs": 123, "latency_ms": 2.0, "test": {"accuracy": 0.75}} | extra
-
-
-def tables(url: str) -> set[str]:
-    engine = make_engine(url)
-    try:
-        return set(inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def count(factory, table: str) -> int:
@@ -128,57 +117,7 @@ def test_within_roots_resolves_escapes(tmp_path: Path) -> None:
     assert not within_roots(root / "link" / "x", [root])
 
 
-# ------------------------------------------------------------------------------------------------ migrations
-
-
-def _schema_diff(engine, metadata: MetaData) -> list:
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
-        return compare_metadata(context, metadata)
-
-
-def test_migrations_create_exactly_the_models(engine, url: str) -> None:
-    assert tables(url) == TABLES | {"alembic_version"}
-    assert _schema_diff(engine, Base.metadata) == []
-    check_schema(engine)
-    # The comparison can fail: a column the migrations lack is reported (as the operation that would add it).
-    changed = MetaData()
-    for table in Base.metadata.tables.values():
-        table.to_metadata(changed)
-    changed.tables["searches"].append_column(Column("extra", Integer))
-    assert [d[0] for d in _schema_diff(engine, changed)] == ["add_column"]
-
-
-def test_downgrade_to_base_then_upgrade_again(url: str) -> None:
-    downgrade(url, "base")
-    assert tables(url) - {"alembic_version"} == set()
-    upgrade(url)
-    assert tables(url) == TABLES | {"alembic_version"}
-
-
-def test_upgrade_from_0001_keeps_rows_and_downgrade_keeps_them_too(tmp_path: Path) -> None:
-    """Searches stored before tokens existed survive 0001 -> 0002 (batch mode copies the table) and back."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0001")
-    engine = make_engine(url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("INSERT INTO searches (id, status, request, created_at) "
-                                    "VALUES ('a' , 'queued', '{}', '2026-01-01 00:00:00')"))
-            connection.execute(text("INSERT INTO trials (search_id, \"index\", config, config_key, objectives, "
-                                    "validation, params, macs, latency_ms, elapsed_s) VALUES "
-                                    "('a', 0, '{}', 'k', '{}', '{}', '{}', 1, 1.0, 1.0)"))
-        upgrade(url)
-        with engine.connect() as connection:
-            assert connection.execute(text("SELECT id, owner_id FROM searches")).all() == [("a", None)]
-            assert connection.execute(text("SELECT count(*) FROM trials")).scalar() == 1
-            assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
-        downgrade(url, "0001")
-        with engine.connect() as connection:
-            assert connection.execute(text("SELECT id FROM searches")).all() == [("a",)]
-            assert connection.execute(text("SELECT count(*) FROM trials")).scalar() == 1
-    finally:
-        engine.dispose()
+# ------------------------------------------------------------------------------------------------ schema and pragmas
 
 
 def test_schema_check_refuses_an_unmigrated_database(tmp_path: Path) -> None:
