@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
 
-Written by hand to match service/models.py at this revision (tests/test_service_storage.py checks that the two
+Written by hand to match service/models.py at this revision (tests/test_migrations.py checks that the two
 agree). Types and constraint names (op.f) are spelled out here rather than taken from the models or their naming
 convention, so this file keeps its meaning when those change.
 """

@@ -4,7 +4,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-22
 
-Written by hand to match service/models.py at this revision (tests/test_service_storage.py checks that the two
+Written by hand to match service/models.py at this revision (tests/test_migrations.py checks that the two
 agree). `searches.owner_id` is added in batch mode, which is how SQLite alters a table (copy and rename).
 """
 

@@ -4,7 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-22
 
-Written by hand to match service/models.py at this revision (tests/test_service_storage.py checks that the two
+Written by hand to match service/models.py at this revision (tests/test_migrations.py checks that the two
 agree). `front_points.refined` holds front.json's "refined" entry of a point refined after the search (its
 validation and test metrics, training time and settings); NULL for a point that was not refined, which is every
 point stored before this revision. Added and dropped in batch mode, which is how SQLite alters a table.

@@ -4,7 +4,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-22
 
-Written by hand to match service/models.py at this revision (tests/test_service_storage.py checks that the two
+Written by hand to match service/models.py at this revision (tests/test_migrations.py checks that the two
 agree). A new table only: no existing table is altered, so no batch mode (SQLite's copy-and-rename) is needed and
 no existing row is touched. Its partial unique index (one running refinement per search) works on SQLite and
 PostgreSQL alike.

@@ -4,7 +4,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-22
 
-Written by hand to match service/models.py at this revision (tests/test_service_storage.py checks that the two
+Written by hand to match service/models.py at this revision (tests/test_migrations.py checks that the two
 agree). Two requests to refine the same point that arrived at the same instant could both be queued under 0004
 (each checked for an active one before either inserted); the index makes the database keep one. A database that
 already holds such duplicates keeps the oldest active refinement of each point and cancels the others (with the

@@ -4,7 +4,7 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-23
 
-Written by hand to match service/models.py at this revision (tests/test_service_storage.py checks that the two
+Written by hand to match service/models.py at this revision (tests/test_migrations.py checks that the two
 agree). `searches.request` holds the request with the server's defaults filled in, so a client retrying a POST
 with its idempotency key was refused (409, "a different request") when a default changed between the two calls,
 for instance across an upgrade or between two servers of different versions behind one address. The digest of

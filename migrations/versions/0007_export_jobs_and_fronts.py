@@ -4,7 +4,7 @@ Revision ID: 0007
 Revises: 0006
 Create Date: issue 29
 
-Written by hand to match service/models.py at this revision (tests/test_service_storage.py checks that the two
+Written by hand to match service/models.py at this revision (tests/test_migrations.py checks that the two
 agree).
 
 * `fronts`: what a search's front holds besides its points (reference, hypervolume, normalisation, ...), which
