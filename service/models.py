@@ -127,7 +127,10 @@ def status_type(statuses: type[enum.StrEnum], name: str) -> Enum:
 STATUS_TYPE = status_type(SearchStatus, "search_status")
 
 
-class RefinementStatus(enum.StrEnum):
+class JobStatus(enum.StrEnum):
+    """The states of every job kind but the search (whose running state has stages): refinements, exports, and the
+    kinds to come. Each table still has its own CHECK constraint (`status_type`), named after it."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -135,20 +138,17 @@ class RefinementStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-REFINEMENT_ENDED = frozenset({RefinementStatus.SUCCEEDED, RefinementStatus.FAILED, RefinementStatus.CANCELLED})
+RefinementStatus = JobStatus
+ExportStatus = JobStatus
+
+
+JOB_ENDED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+REFINEMENT_ENDED = JOB_ENDED
 REFINEMENT_ACTIVE = (RefinementStatus.QUEUED, RefinementStatus.RUNNING)  # at most one per front point
 REFINEMENT_STATUS_TYPE = status_type(RefinementStatus, "refinement_status")
 
 
-class ExportStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-EXPORT_ENDED = frozenset({ExportStatus.SUCCEEDED, ExportStatus.FAILED, ExportStatus.CANCELLED})
+EXPORT_ENDED = JOB_ENDED
 EXPORT_STATUS_TYPE = status_type(ExportStatus, "export_status")
 
 
