@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +81,17 @@ def test_split_keyed_test_metrics_show_the_first_split() -> None:
 def test_a_dict_that_is_not_a_front_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="'reference'"):
         front_table({"points": [], "main_metric": "accuracy"})
+
+
+def test_the_demo_downloads_the_best_point_within_its_budget() -> None:
+    """examples/service_demo.py picks what a user after a model half the size would download."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "service_demo.py"
+    spec = importlib.util.spec_from_file_location("service_demo", path)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    front = copy.deepcopy(FRONT)
+    front["points"].append(_point(4_000_000, 20.0, 0.80, 0.78))  # within half the params, better than point 1
+    assert demo.pick_point(front, 0.5) == 2
+    assert demo.pick_point(front, 0.3) == 1
+    assert demo.pick_point(front, 0.1) == 1  # none within: the smallest point
