@@ -122,6 +122,7 @@ def _signal_flags() -> Iterator[dict]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from search.job import FRONT_FILE, run_search_job
+    from search.report import front_table
 
     spec, job = args.settings.split()
     start = time.perf_counter()
@@ -133,7 +134,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     front = json.loads((Path(args.out) / FRONT_FILE).read_text())
     print(f"search done in {time.perf_counter() - start:.0f} s: {len(result.trials)} sub-networks evaluated, "
           f"{len(front['points'])} on the front, hypervolume {result.hypervolume:.4f}")
-    _print_front(front)
+    print(front_table(front))
     print(f"  files: {args.out}/front.json, trials.jsonl, pareto.png; export a point with "
           f"`nasprune export --run {args.out} --point K --out DIR` (refine it first with `nasprune refine`)")
     return 0
