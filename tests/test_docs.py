@@ -20,11 +20,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?![\w-])")
 # Flags the docs describe that the redesigned settings models generate (issue 29) and this checkout's CLI does not
 # have yet. Each must be absent from --help: once it exists, the test below says to drop it from this set.
-PENDING_FLAGS = {"--learning-rate", "--search-seed", "--optimizer-options", "--weight-decay", "--warmup-ratio",
-                 "--max-grad-norm", "--sample-floor", "--importance-batches", "--checkpoint-every-steps",
-                 "--refine-weight-decay", "--refine-warmup-ratio"}
-
-
 @cache
 def command_flags() -> dict[str, set[str]]:
     """Each command's flags as its --help shows them ("search", "db upgrade", ...; "" for the top level)."""
@@ -69,7 +64,7 @@ def test_every_nasprune_flag_in_the_docs_and_makefile_exists_for_its_command() -
     for path in [*DOCS, ROOT / "Makefile"]:
         for command, rest in nasprune_lines(path.read_text()):
             for flag in FLAG.findall(rest):
-                if flag not in command_flags()[command] | command_flags()[""] and flag not in PENDING_FLAGS:
+                if flag not in command_flags()[command] | command_flags()[""]:
                     missing.append(f"{path.name}: nasprune {command} {flag}")
     assert not missing, "flags the docs use that `nasprune <command> --help` does not list:\n" + "\n".join(missing)
 
@@ -80,14 +75,8 @@ def test_every_flag_named_in_the_cli_reference_exists() -> None:
     spans = [span for span in re.findall(r"`([^`]+)`", text) if span.startswith("--")]
     named = {flag for span in spans for flag in FLAG.findall(span)}
     assert named, "docs/cli.md names no flags: the pattern above no longer matches how it is written"
-    unknown = sorted(named - all_flags() - PENDING_FLAGS)
+    unknown = sorted(named - all_flags())
     assert not unknown, f"docs/cli.md names flags no command has: {unknown}"
-
-
-def test_pending_flags_are_still_missing() -> None:
-    """A flag that now exists must leave PENDING_FLAGS, so that the check above covers it again."""
-    landed = sorted(PENDING_FLAGS & all_flags())
-    assert not landed, f"these flags exist now; remove them from PENDING_FLAGS in tests/test_docs.py: {landed}"
 
 
 def test_readme_is_a_short_entry_page() -> None:
