@@ -117,8 +117,11 @@ class LatencyTable:
                    for heads, units in zip(sub.kept_heads(), sub.kept_units(), strict=True))
 
     def predict(self, sub: SubNetworkConfig) -> float:
-        """Predicted latency (ms) of the exported sub-network."""
-        return self.scale * self.blocks_ms(sub) + self.per_layer_ms * len(sub.layers) + self.overhead_ms
+        """Predicted latency (ms) of the exported sub-network. Never below the embeddings and head alone: the fitted
+        correction may have a negative per-layer term, which would otherwise predict zero or less for the tiniest
+        sub-networks, and no model runs faster than its embeddings and head."""
+        corrected = self.scale * self.blocks_ms(sub) + self.per_layer_ms * len(sub.layers)
+        return max(corrected, 0.0) + self.overhead_ms
 
     def to_dict(self) -> dict:
         return asdict(self)

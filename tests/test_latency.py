@@ -96,6 +96,18 @@ def test_predict_on_a_hand_built_table() -> None:
     assert plain.predict(sub) == pytest.approx(4.3 + 2.0)
 
 
+def test_a_negative_per_layer_correction_never_predicts_less_than_embeddings_and_head() -> None:
+    """A least-squares fit may give per_layer_ms < 0; the tiniest sub-networks then stay at the overhead, not at or
+    below zero (a speed-up computed from such a figure would be negative or infinite)."""
+    table = LatencyTable(device="hand", batch_size=1, seq_len=4, overhead_ms=2.0, attention_ms=[0.0, 1.0, 3.0],
+                         ffn_units=[0, 10, 20], ffn_ms=[0.0, 1.5, 5.5], scale=1.0, per_layer_ms=-4.0)
+    tiny = SubNetworkConfig(layers=(0, 1), heads=(1, 0), units=(0, 0))
+    assert table.blocks_ms(tiny) == pytest.approx(1.0)
+    assert table.predict(tiny) == pytest.approx(2.0)  # 1.0 - 8.0 would be -7 ms of layers: floored at none
+    full = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(20, 20))
+    assert table.predict(full) == pytest.approx(17.0 - 8.0 + 2.0)  # the correction still applies where it can
+
+
 def test_predict_grows_with_the_network(tiny_config) -> None:
     table = hand_latency_table(tiny_config)
     space = make_space("uniform", tiny_config)
