@@ -140,28 +140,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_front(front: dict[str, Any], positions: list[int] | None = None) -> None:
-    """The front as a table: size, speed and metrics of each point (refined figures where a point has them)."""
-    from search.job import serves_refined
-
-    ref, main = front["reference"], front["main_metric"]
-    chosen = range(len(front["points"])) if positions is None else positions
-    rows = [("full", ref)] + [(k, front["points"][k]) for k in chosen]
-    refined = any("refined" in p for _, p in rows)
-    header = f"  {'point':>5}  {'enc. params':>11}  {'MACs':>6}  {'latency':>9}  {'val ' + main:>12}"
-    print(header + f"  {'test ' + main:>12}" + (f"  {'refined val':>11}  {'refined test':>12}" if refined else ""))
-    for name, p in rows:
-        line = (f"  {name!s:>5}  {p['params']['encoder'] / ref['params']['encoder']:>11.1%}  "
-                f"{p['macs'] / ref['macs']:>6.1%}  {p['latency_ms']:>7.1f}ms  {p['validation'][main]:>12.4f}  "
-                f"{_first(p['test'], main):>12.4f}")
-        if "refined" in p:
-            line += f"  {p['refined']['validation'][main]:>11.4f}  {_first(p['refined']['test'], main):>12.4f}"
-            line += "" if serves_refined(p) else "  (slice kept: better on validation)"
-        print(line)
-
-
 def cmd_refine(args: argparse.Namespace) -> int:
     from search.job import refine_points
+    from search.report import front_table
 
     config = args.settings.config()
     start = time.perf_counter()
@@ -171,14 +152,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
         print("stopped; rerun the same command to refine the points not done yet")
         return 130
     print(f"refined {len(args.point)} point(s) in {time.perf_counter() - start:.0f} s")
-    _print_front(front, args.point)
+    print(front_table(front, args.point))
     print(f"  `nasprune export --run {args.run} --point K --out DIR` exports a refined point's model if it was kept")
     return 0
-
-
-def _first(metrics: dict[str, float], name: str) -> float:
-    """The metric `name` of the first test split (MNLI has matched and mismatched)."""
-    return next(v for k, v in metrics.items() if k == name or k.endswith(f"/{name}"))
 
 
 def _parse_sub(text: str, run: Run, config) -> SubNetworkConfig:
