@@ -51,9 +51,11 @@ def import_trials(factory: sessionmaker[Session], search_id: str, folder: Path) 
 def import_front(session: Session, search_id: str, folder: Path) -> dict[str, Any] | None:
     """The front of an old search whose extras live only in front.json: a fronts row is made from the file (its
     points stay the rows', which hold the refined entries made since), then the front is loaded from the
-    database. None if there is nothing to import (no readable front.json)."""
+    database. None if there is nothing to import (no front.json; an unreadable one is logged)."""
     if session.get(FrontRow, search_id) is not None:
         return repo.load_front(session, search_id)
+    if not (folder / FRONT_FILE).exists():  # no front yet (a new search): nothing to import
+        return None
     try:
         front = json.loads((folder / FRONT_FILE).read_text())
         points = list(front["points"])
