@@ -40,14 +40,11 @@ from .latency import load_or_calibrate
 from .objectives import Measurements, figures_dict, objective_values, resolve_objectives
 from .pareto import first_layers, non_dominated
 from .plot import plot_front
-from .records import (  # noqa: F401 (FRONT_FILE, TRIALS_FILE, serves_refined: re-exported for older callers)
-    FRONT_FILE,
+from .records import (
     PLOT_FILE,
     REFINED_DIR,
     SEARCH_FILE,
     SUBNETWORK_FILE,
-    TRIALS_FILE,
-    serves_refined,
 )
 from .runner import SearchResult, Trial, run_search
 from .settings import SearchJob

@@ -121,7 +121,8 @@ def _signal_flags() -> Iterator[dict]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.job import FRONT_FILE, run_search_job
+    from search.job import run_search_job
+    from search.records import FRONT_FILE
     from search.report import front_table
 
     spec, job = args.settings.split()
@@ -172,7 +173,7 @@ def _parse_sub(text: str, run: Run, config) -> SubNetworkConfig:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from search.job import FRONT_FILE, REFINED_DIR, serves_refined
+    from search.records import FRONT_FILE, REFINED_DIR, serves_refined
     from supernet.evaluation import evaluate
     from supernet.extract import SUBNETWORK_FILE, export_onnx, export_subnetwork, load_exported, save_folder
     from supernet.run import Run

@@ -167,7 +167,7 @@ def test_a_refined_search_lists_and_serves_the_refined_models(client, refined, s
     import torch
     from conftest import random_inputs
 
-    from search.job import REFINED_DIR
+    from search.records import REFINED_DIR
     from supernet.config import SubNetworkConfig
     from supernet.extract import extract
     from supernet.run import Run

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from search.job import REFINED_DIR, SearchJob
+from search.records import REFINED_DIR
 from search.runner import SearchConfig
-from search.settings import LatencyShape
+from search.settings import LatencyShape, SearchJob
 from service import queue
 from service import repository as repo
 from service.api.routes import refined_read

@@ -231,7 +231,7 @@ def export_record(settings: Settings, search_id: str, position: int):
 
 @pytest.mark.slow
 def test_a_point_refined_on_demand_is_listed_and_served(client, searched, settings, worker_env, tmp_path) -> None:
-    from search.job import REFINED_DIR
+    from search.records import REFINED_DIR
 
     folder = settings.search_folder(searched)
     before = client.get(f"/searches/{searched}").json()
