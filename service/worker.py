@@ -398,6 +398,7 @@ class RefinementRunner(JobRunner):
 
     def execute(self, folder: Path) -> RefinementStatus | None:
         from search.job import refine_points
+        from search.records import serves_refined
         from supernet.settings import RefineConfig
 
         r: Refinement = self.job
@@ -406,10 +407,10 @@ class RefinementRunner(JobRunner):
                               should_stop=self.should_stop, store=DbStore(self.factory, r.search_id, folder))
         if front is None:
             return self.stopped()
-        refined = front["points"][r.position]["refined"]
+        point = front["points"][r.position]
         log.info("search %s: front point %d refined in %.1f s (test %s; %s)", r.search_id, r.position,
-                 refined["train_s"], refined["test"],
-                 "downloads serve it" if refined.get("kept", True) else "the slice stays: better on validation")
+                 point["refined"]["train_s"], point["refined"]["test"],
+                 "downloads serve it" if serves_refined(point) else "the slice stays: better on validation")
         return self.finish(RefinementStatus.SUCCEEDED)
 
 

@@ -428,7 +428,7 @@ def test_a_validation_budget_defaults_and_null_means_the_whole_split(client, wor
 def test_ehvi_without_botorch_says_how_to_install(client, workspace, monkeypatch) -> None:
     from service.api import validation
 
-    monkeypatch.setattr(validation, "_botorch_available", lambda: False)
+    monkeypatch.setattr(validation, "botorch_available", lambda: False)
     response = client.post("/searches", json=body(workspace, search={"optimizer": "ehvi"}))
     assert response.status_code == 422 and "nasprune[ehvi]" in response.json()["detail"]
 

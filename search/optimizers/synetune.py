@@ -17,13 +17,13 @@ perturbed by the search. EHVI does the same with torch's global generator (botor
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..names import botorch_available
 from ..pareto import non_dominated
 from .base import MissingDependencyError, Optimizer, OptimizerConfigError, Vector
 
@@ -144,11 +144,6 @@ class RandomSearchOptimizer(SyneTuneOptimizer):
 
     def _make_searcher(self, config_space: dict[str, Any], points: list[dict[str, int]]) -> Any:
         return "random_search"
-
-
-def botorch_available() -> bool:
-    """Whether the optional EHVI dependencies (botorch, gpytorch) can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in ("botorch", "gpytorch"))
 
 
 class EHVIOptimizer(SyneTuneOptimizer):

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from search.names import botorch_available
 from search.settings import SearchJob
 from supernet.config import SUPPORTED_MODEL_TYPES
 from supernet.settings import CustomTask, RunSpec
@@ -208,7 +209,7 @@ def build_request(body: SearchRequest, settings: Settings, *, session: Session |
     """Check what the schema cannot (paths, the model, the task's files, optional dependencies) and split `body`
     into what the worker runs; raises InvalidSearch. `session` and `owner_id` look up the uploaded datasets the
     task names (the caller's only)."""
-    if body.search.optimizer == "ehvi" and not _botorch_available():
+    if body.search.optimizer == "ehvi" and not botorch_available():
         raise InvalidSearch("optimizer 'ehvi' needs botorch: pip install 'nasprune[ehvi]' on the workers and the "
                             "server, or choose another optimizer")
     model = check_model(body.model, settings, body.max_length)
@@ -221,10 +222,3 @@ def build_request(body: SearchRequest, settings: Settings, *, session: Session |
     spec, job = body.model_copy(update={"model": model, "task": task, "data_dir": data_dir, "custom": None}).split()
     return spec.model_copy(update={"custom": custom}), job
 
-
-def _botorch_available() -> bool:
-    """Whether EHVI's optional dependencies are installed (search.optimizers.synetune asks the same, but importing
-    it loads torch)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(name) is not None for name in ("botorch", "gpytorch"))
