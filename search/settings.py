@@ -8,11 +8,12 @@ adds the service's own fields), and `split()` gives back the two stored halves.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from supernet.settings import (
+    COMMA_SEPARATED,
     DEFAULT_SEARCH_EXAMPLES,
     EVALUATION_DTYPES,
     MAX_BATCH,
@@ -22,7 +23,6 @@ from supernet.settings import (
     RunSpec,
     SettingsModel,
     flag_extra,
-    split_commas,
 )
 
 from .names import OBJECTIVE_NAMES, OPTIMIZER_NAMES
@@ -35,7 +35,7 @@ MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
 class SearchConfig(SettingsModel):
     """The search loop's budget and optimizer; every objective is minimised (Deb et al. 2002, NSGA-II)."""
 
-    objectives: list[Literal[OBJECTIVE_NAMES]] = Field(
+    objectives: Annotated[list[Literal[OBJECTIVE_NAMES]], COMMA_SEPARATED] = Field(
         ["error", "params"], min_length=2, max_length=len(OBJECTIVE_NAMES),
         description="objectives to minimise, at least two distinct ones (comma-separated: error,params)")
     optimizer: Literal[OPTIMIZER_NAMES] = Field(
@@ -48,12 +48,6 @@ class SearchConfig(SettingsModel):
     optimizer_options: dict[str, Any] = Field(
         {}, max_length=16,
         description="extra keyword options of the optimizer (JSON), e.g. {\"population_size\": 20}")
-
-    @field_validator("objectives", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        """Accept "error,params", as the CLI always has."""
-        return split_commas(value)
 
     @field_validator("objectives")
     @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 # Search spaces by name; supernet/space.py checks that its registry holds exactly these (tests/test_settings.py).
 SPACE_NAMES = ("uniform", "per_layer", "layers", "importance")
@@ -34,6 +34,11 @@ def split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+# A list field that also takes one comma-separated string ('a,b'), as the CLI and the API both accept it:
+# `Annotated[list[...], COMMA_SEPARATED]`.
+COMMA_SEPARATED = BeforeValidator(split_commas)
 
 
 class SettingsModel(BaseModel):
@@ -99,16 +104,11 @@ class RefineConfig(SettingsModel):
     warmup_ratio: float = Field(0.06, ge=0, le=1)
     # Refining costs an epoch per point and most of its gain is at the small end of the front, so a user may
     # refine only the points they would download (bench/RESULTS.md compares the two).
-    budgets: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
+    budgets: Annotated[tuple[Annotated[float, Field(gt=0, le=1)], ...], COMMA_SEPARATED] = Field(
         (), max_length=16,
         description="refine only the points a user would download (needs refine epochs > 0): for each fraction of "
                     "the full model's params in (0, 1], the front point within it that is best on validation "
                     "(e.g. 0.5,0.33); empty: every front point")
-
-    @field_validator("budgets", mode="before")
-    @classmethod
-    def _budgets_list(cls, value: Any) -> Any:
-        return split_commas(value)
 
     @field_validator("budgets")
     @classmethod
@@ -160,17 +160,11 @@ class CustomTask(SettingsModel):
     train_file: str = Field(min_length=1, max_length=1000, description="custom task: training file (.csv, .tsv or "
                                                                         ".jsonl)")
     test_file: str = Field(min_length=1, max_length=1000, description="custom task: test file")
-    text_columns: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+    text_columns: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], COMMA_SEPARATED] = Field(
         ["text"], min_length=1, max_length=2,
         description="custom task: one or two text columns")
     label_column: str = Field("label", min_length=1, max_length=200, description="custom task: label column")
     task_type: Literal[TASK_TYPES] = "classification"
-
-    @field_validator("text_columns", mode="before")
-    @classmethod
-    def _columns(cls, value: Any) -> Any:
-        return split_commas(value)
-
 
 # How many validation examples a run keeps (a seeded random subset; None: the whole split). The search evaluates
 # every sub-network it tries on them, so on a large task the whole split would cost more than the training;
