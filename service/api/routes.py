@@ -31,7 +31,7 @@ from .. import repository as repo
 from ..config import LOG_FILE, Settings
 from ..db import current_revision
 from ..exports import FORMATS, archive_name, refined_source, servable
-from ..models import Export, ExportStatus, FrontPoint, Refinement, Search, SearchStatus, TrialRow
+from ..models import EXPORT_ENDED, Export, ExportStatus, FrontPoint, Refinement, Search, SearchStatus, TrialRow
 from .auth import PUBLIC, OwnerDep
 from .deps import FactoryDep, SessionDep, SettingsDep
 from .schemas import (
@@ -225,7 +225,6 @@ def _front_point(session: Session, search_id: str, point: int, owner: str | None
 
 # ------------------------------------------------------------------------------------------------ downloads
 
-EXPORT_ENDED = frozenset({ExportStatus.SUCCEEDED, ExportStatus.FAILED, ExportStatus.CANCELLED})
 POLL_FIRST_S, POLL_MAX_S = 0.05, 1.0  # how often a waiting download reads its job's row: soon, then each second
 RETRY_AFTER_S = 10
 
