@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from supernet.confine import Policy
+
 DATABASE_FILE = "nasprune.db"
 SEARCHES_DIR = "searches"
 DATASETS_DIR = "datasets"
@@ -45,7 +47,7 @@ class Settings(BaseSettings):
     data_root: Path = Path("nasprune-data")
     # None: sqlite:///<data_root>/nasprune.db (filled in after validation, so it follows NASPRUNE_DATA_ROOT)
     database_url: str | None = None
-    # Folders a request may name as a model or a dataset, besides data_root (always allowed: uploads land there).
+    # Folders a request may name as a model or a dataset; files under data_root come in only through uploads.
     allowed_model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     allowed_data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     workers: int = Field(1, ge=0, description="worker processes started by `nasprune serve`; 0 = API only")
@@ -100,13 +102,20 @@ class Settings(BaseSettings):
 
     @property
     def model_roots(self) -> list[Path]:
-        """data_root, then the configured model roots."""
-        return _unique([self.data_root, *self.allowed_model_roots])
+        """The folders a request may name a model folder in. Never the data root: what lies there (searches,
+        exports, uploads) belongs to the users who made it, and reaches others only through its routes."""
+        return _unique(self.allowed_model_roots)
 
     @property
     def data_roots(self) -> list[Path]:
-        """data_root, then the configured data roots."""
-        return _unique([self.data_root, *self.allowed_data_roots])
+        """The folders a request may name data files or a GLUE folder in (never the data root, as above)."""
+        return _unique(self.allowed_data_roots)
+
+    @property
+    def read_policy(self) -> Policy:
+        """What a worker may read on a user's behalf (supernet.confine): the allowed roots, plus the uploaded
+        datasets, which a request names by id and the API checks against the caller before it names their file."""
+        return Policy.of(self.model_roots, [*self.data_roots, self.datasets_root])
 
     @property
     def searches_root(self) -> Path:

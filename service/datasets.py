@@ -82,11 +82,11 @@ def inspect(path: Path, fmt: str, name: str) -> tuple[int, list[str]]:
     return checked.rows, checked.columns
 
 
-def read_columns(path: Path) -> list[str]:
+def read_columns(path: Path, source: str | None = None) -> list[str]:
     """The columns of a CSV/TSV/JSONL file from its header alone (cheap: for paths given in a request), by the
     readers' header rules."""
     try:
-        return readers.read_columns(path, source=path.name)
+        return readers.read_columns(path, source=source or path.name)
     except DataError as exc:
         raise DatasetError(str(exc)) from None
 

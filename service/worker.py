@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from supernet import confine
+
 from . import queue, refinements
 from . import repository as repo
 from .config import LOG_FILE, Settings
@@ -489,7 +491,8 @@ def _claim(settings: Settings, factory: queue.SessionFactory, worker_id: str
 def _run_job(settings: Settings, factory: queue.SessionFactory, runner: type[JobRunner], job: Any, worker_id: str,
              shutdown: threading.Event) -> Any | None:
     try:
-        return runner(settings, factory, job, worker_id, shutdown).run()
+        with confine.policy(settings.read_policy):  # the files a job opens for its user: inside the allowed roots
+            return runner(settings, factory, job, worker_id, shutdown).run()
     except Exception as exc:  # never let one job kill the loop, nor leave it running with no one on it
         log.exception("worker %s: %r crashed its runner", worker_id, job)
         return _fail(factory, runner, job, worker_id, failure_reason(exc, settings))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import confine
 from .tasks import HUB_DATASET, DataError, Example, GlueTask
 
 logger = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ Record = tuple[int, list[str], str]
 
 
 def open_text(path: Path) -> TextIO:
-    """Open for csv reading; utf-8-sig drops a leading BOM (MRPC's header starts with one)."""
+    """Open for csv reading; utf-8-sig drops a leading BOM (MRPC's header starts with one). Under a worker's
+    policy the file opened must lie inside the allowed data roots (supernet.confine)."""
     if not path.is_file():
         what = "is not a file" if path.exists() else "missing file"
         raise DataError(f"{path}: {what}")
-    return path.open(encoding="utf-8-sig", newline="")
+    return confine.open_text(path)
 
 
 # ------------------------------------------------------------------------------------------------ GLUE TSV

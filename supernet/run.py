@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import confine
 from .batching import make_batches
 from .config import SupernetConfig
 from .convert import load_supernet_from_pretrained, load_tokenizer
@@ -109,8 +110,10 @@ class Run:
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             trained = self.folder / SUPERNET_DIR
-            source = str(trained) if (trained / "tokenizer_config.json").is_file() else self.spec.model
-            self._tokenizer = load_tokenizer(source)
+            if (trained / "tokenizer_config.json").is_file():
+                self._tokenizer = load_tokenizer(str(trained))
+            else:  # the user's model folder: held to the worker's roots like the weights
+                self._tokenizer = load_tokenizer(confine.model_source(self.spec.model))
         return self._tokenizer
 
     def batches(self, split: str, *, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -199,7 +202,7 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
         return TrainState(**json.loads(finished.read_text())["state"])
     task = run.task
     log.info("task %s: %d train, %d validation examples", task.spec.name, len(task.train), len(task.validation))
-    model = load_supernet_from_pretrained(spec.model, num_labels=task.spec.num_labels)
+    model = load_supernet_from_pretrained(confine.model_source(spec.model), num_labels=task.spec.num_labels)
     space = make_space(spec.space, model.config)  # importance scores, if the space needs them, come below
     generator = torch.Generator()
     loader = run.batches("train", shuffle=True, generator=generator)

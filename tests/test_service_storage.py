@@ -73,8 +73,8 @@ def test_settings_from_environment(monkeypatch, tmp_path: Path) -> None:
     assert settings.data_root == (tmp_path / "data").resolve()
     assert settings.url == f"sqlite:///{(tmp_path / 'data').resolve() / 'nasprune.db'}"
     assert (settings.workers, settings.port, settings.host) == (3, 9001, "127.0.0.1")
-    assert settings.model_roots == [settings.data_root, (tmp_path / "models").resolve()]
-    assert settings.data_roots == [settings.data_root, (tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+    assert settings.model_roots == [(tmp_path / "models").resolve()]
+    assert settings.data_roots == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
     assert settings.search_folder("abc") == settings.data_root / "searches" / "abc"
     monkeypatch.setenv("NASPRUNE_DATABASE_URL", "sqlite:////elsewhere.db")
     assert Settings().url == "sqlite:////elsewhere.db"
@@ -86,7 +86,7 @@ def test_settings_defaults_and_checks(monkeypatch, tmp_path: Path) -> None:
         monkeypatch.delenv(f"NASPRUNE_{name}", raising=False)
     settings = Settings()
     assert settings.data_root == tmp_path.resolve() / "nasprune-data"
-    assert settings.model_roots == settings.data_roots == [settings.data_root]
+    assert settings.model_roots == settings.data_roots == []  # the data root is the service's, never named
     assert (settings.workers, settings.heartbeat_s, settings.stale_after_s, settings.max_attempts) == (1, 10, 60, 3)
     monkeypatch.setenv("NASPRUNE_HEARTBEAT_S", "90")
     with pytest.raises(ValidationError, match="stale_after_s"):

@@ -5,9 +5,11 @@ act on: the model's architecture (read from its config only, never remote code),
 roots, the task's files and their columns, the names of the space, objectives and optimizer. Every problem is
 an `InvalidSearch` (HTTP 422).
 
-Paths are a security boundary: a URL (anything with a scheme), '..', a control character, or a path that leaves
-the allowed roots once symlinks are resolved is refused, and the resolved path is what the worker gets. Uploaded
-datasets are named by id and looked up for the caller only; their files cannot be named by path.
+Paths are a security boundary. A URL (anything with a scheme), a relative path, '..', a control character, a
+path into the data root (searches, exports and uploads belong to their owners), or a path that leaves the allowed
+roots once symlinks are resolved is refused; so is a model folder or GLUE folder with a file inside linked out of
+them (supernet.confine, which the worker applies again as it opens the files). The resolved path is what the
+worker gets; a refusal names the path as given. Uploaded datasets are named by id, for the caller only.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from sqlalchemy.orm import Session
 
 from search.names import botorch_available
 from search.settings import SearchJob
+from supernet import confine
 from supernet.config import SUPPORTED_MODEL_TYPES
 from supernet.settings import CustomTask, RunSpec
 from supernet.tasks import GLUE_TASKS
 
 from .. import datasets
-from ..config import Settings, within_roots
+from ..config import Settings
 from .schemas import CustomTaskIn, SearchRequest
 
 MODEL_ALIASES = ("minilm",)
@@ -41,10 +44,6 @@ class InvalidSearch(ValueError):
     """A search request that cannot run; the message says why and what to change."""
 
 
-def _roots_text(roots: list[Path]) -> str:
-    return ", ".join(str(r) for r in roots)
-
-
 def _check_text(text: str, what: str) -> None:
     """Refuse URLs and control characters before anything treats `text` as a path."""
     url = URL_RE.match(text)
@@ -55,24 +54,32 @@ def _check_text(text: str, what: str) -> None:
         raise InvalidSearch(f"{what} {text!r}: control characters are not allowed in a path")
 
 
-def _local_path(text: str, what: str, roots: list[Path], base: Path) -> Path:
-    """`text` as an absolute path inside `roots` (relative paths are taken under `base`)."""
+def _local_path(text: str, what: str, roots: list[Path], settings: Settings) -> Path:
+    """`text`, an absolute path, resolved, once it lies inside `roots` and outside the data root.
+
+    Every refusal names the path as given and nothing else: not the server's folders, not whether the path
+    exists (a path into the data root is refused like any outside path, before anything looks at it)."""
     _check_text(text, what)
-    path = Path(text).expanduser()
+    path = Path(text)
     if ".." in path.parts:
         raise InvalidSearch(f"{what} {text!r}: paths must not contain '..'")
     if not path.is_absolute():
-        path = base / path
+        raise InvalidSearch(f"{what} {text!r}: give an absolute path inside the folders this server allows")
     try:
-        inside = within_roots(path, roots)
-        resolved = path.resolve()
-    except (OSError, RuntimeError) as exc:  # a name too long for the file system, a symlink loop
-        raise InvalidSearch(f"{what} {text!r}: not a usable path ({exc})") from None
-    if not inside:
-        raise InvalidSearch(f"{what} {text!r} is outside the allowed folders ({_roots_text(roots)}) once "
-                            "symlinks are followed; set NASPRUNE_ALLOWED_MODEL_ROOTS / NASPRUNE_ALLOWED_DATA_ROOTS "
-                            "to allow more")
-    return resolved
+        if confine.within(path, [settings.data_root]) or path.is_relative_to(settings.data_root):
+            # the same answer whether or not it exists, and whoever's it is
+            hint = (f"upload the file and name it by id ({what.replace('_file', '_dataset')}); GET /datasets "
+                    "lists yours" if what.endswith("_file") else "searches and exports are reached by their routes")
+            raise InvalidSearch(f"{what} {text!r} is in the server's own folders, which a request cannot name: {hint}")
+        if not roots:
+            raise confine.refusal(what, text)
+        return confine.check_file(path, roots, what=what, given=text)
+    except InvalidSearch:
+        raise
+    except confine.OutsideRoots as exc:
+        raise InvalidSearch(str(exc)) from None
+    except (OSError, RuntimeError, ValueError):  # a name too long for the file system, a symlink loop
+        raise InvalidSearch(f"{what} {text!r}: not a usable path") from None
 
 
 def _is_file(path: Path) -> bool:
@@ -93,9 +100,15 @@ def check_model(name: str, settings: Settings, max_length: int) -> str:
     if name in MODEL_ALIASES:
         ref = name
     elif _looks_local(name):
-        path = _local_path(name, "model", settings.model_roots, settings.data_root)
+        path = _local_path(name, "model", settings.model_roots, settings)
+        try:  # every file in it: a config.json linked to a file elsewhere is refused, never read
+            confine.check_folder(path, settings.model_roots, what="model", given=name)
+        except confine.OutsideRoots as exc:
+            raise InvalidSearch(str(exc)) from None
+        except OSError:
+            raise InvalidSearch(f"model {name!r}: not a readable folder") from None
         if not _is_file(path / "config.json"):
-            raise InvalidSearch(f"model {name!r}: no config.json in {path}")
+            raise InvalidSearch(f"model {name!r}: no config.json in it")
         ref = str(path)
     else:
         ref = name  # a hub id ("org/name"): allowed by name; its config is read below, never remote code
@@ -122,8 +135,11 @@ def _model_config(name: str, ref: str) -> dict[str, Any]:
 
             text = Path(hf_hub_download(ref, "config.json")).read_text()
         config = json.loads(text)
-    except Exception as exc:  # a hub id that cannot be fetched, a broken or unreadable config
-        raise InvalidSearch(f"cannot read the config of model {name!r}: {type(exc).__name__}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidSearch(f"cannot read the config of model {name!r}: config.json is not valid JSON "
+                            f"({exc.msg} at line {exc.lineno})") from None
+    except Exception as exc:  # a hub id that cannot be fetched, an unreadable config: the type, never a path
+        raise InvalidSearch(f"cannot read the config of model {name!r} ({type(exc).__name__})") from None
     if not isinstance(config, dict):
         raise InvalidSearch(f"cannot read the config of model {name!r}: config.json is not a JSON object")
     return config
@@ -142,28 +158,32 @@ def _check_glue(task: str, data_dir: str | None, settings: Settings) -> tuple[st
                             "with custom {train_file or train_dataset, test_file or test_dataset, ...}")
     if data_dir is None:
         return key, None
-    folder = _local_path(data_dir, "data_dir", settings.data_roots, settings.data_root)
+    folder = _local_path(data_dir, "data_dir", settings.data_roots, settings)
     glue = GLUE_TASKS[key]
-    needed = [glue.train_file, *(name for _, name in glue.test_files)]
-    missing = [name for name in needed if not _is_file(folder / glue.directory / name)]
+    needed = [f"{glue.directory}/{name}" for name in (glue.train_file, *(name for _, name in glue.test_files))]
+    for name in needed:  # each file itself, symlinks resolved: the folder being inside the roots is not enough
+        try:
+            confine.check_file(folder / name, settings.data_roots, what="data_dir", given=f"{data_dir}/{name}")
+        except confine.OutsideRoots as exc:
+            raise InvalidSearch(str(exc)) from None
+    missing = [name for name in needed if not _is_file(folder / name)]
     if missing:
-        raise InvalidSearch(f"data_dir {data_dir!r} has no {glue.directory}/{', '.join(missing)} for {key}")
+        raise InvalidSearch(f"data_dir {data_dir!r} has no {', '.join(missing)} for {key}")
     return key, str(folder)
 
 
 def _check_data_file(text: str, what: str, settings: Settings) -> tuple[str, list[str]]:
     """The resolved path of a data file named in the request, and its columns (from its first line)."""
-    path = _local_path(text, what, settings.data_roots, settings.data_root)
-    if path.is_relative_to(settings.datasets_root.resolve()):
-        # the id is what is checked against the caller; a path would reach another owner's upload
-        raise InvalidSearch(f"{what} {text!r} is an uploaded dataset's file: name it by id "
-                            f"({what.replace('_file', '_dataset')}), GET /datasets lists yours")
+    path = _local_path(text, what, settings.data_roots, settings)
     if path.suffix.lower() not in DATA_SUFFIXES:
         raise InvalidSearch(f"{what} {text!r}: expected a {', '.join(DATA_SUFFIXES)} file")
     if not _is_file(path):
-        raise InvalidSearch(f"{what} {text!r}: no such file ({path})")
-    try:
-        columns = datasets.read_columns(path)
+        raise InvalidSearch(f"{what} {text!r}: no such file")
+    try:  # opened under the roots, checked on the descriptor: a link swapped in meanwhile is refused unread
+        with confine.policy(confine.Policy.of([], settings.data_roots)):
+            columns = datasets.read_columns(path, source=text)
+    except confine.OutsideRoots as exc:
+        raise InvalidSearch(str(exc)) from None
     except (datasets.DatasetError, OSError) as exc:
         raise InvalidSearch(f"{what} {text!r}: {exc}") from None
     return str(path), columns
