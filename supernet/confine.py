@@ -27,6 +27,7 @@ __all__ = ["OutsideRoots", "Policy", "refusal", "policy", "current", "within", "
 # A model folder has a handful of files; a folder with thousands is not a model and is not walked whole.
 MAX_MODEL_ENTRIES = 10_000
 _FD_FOLDER = Path("/proc/self/fd")
+ALIASES = ("minilm",)  # supernet.convert.MODEL_ALIASES: names of models the server ships, not paths
 
 
 class OutsideRoots(PermissionError):
@@ -135,6 +136,10 @@ def model_source(name: str) -> str:
     """`name` unchanged, once a local model folder it names has passed the process's policy (checked just before
     transformers reads it). Aliases and hub ids are not paths a user can point at server files: they pass."""
     rules = _policy.get()
-    if rules is not None and Path(name).is_absolute():
+    if rules is None or name in ALIASES:
+        return name
+    if Path(name).is_absolute():
         check_folder(name, rules.models, what="model")
+    elif os.path.exists(name):  # transformers would load a hub id that is also a folder here as that folder
+        raise refusal("model", name, " (a hub id that names a folder on the server)")
     return name

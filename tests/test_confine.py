@@ -101,6 +101,15 @@ def test_the_worker_policy_holds_a_model_folder_changed_after_validation(workspa
             confine.model_source(str(folder))
 
 
+def test_a_hub_id_that_is_a_folder_in_the_workers_directory_is_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    with confine.policy(confine.Policy.of(models=[tmp_path / "models"], data=[])):
+        assert confine.model_source("org/other") == "org/other"  # a hub id: fetched by name
+        with pytest.raises(confine.OutsideRoots, match="a hub id that names a folder on the server"):
+            confine.model_source("org/name")
+
+
 # ------------------------------------------------------------------------------------------------ validation
 
 

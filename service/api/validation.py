@@ -34,7 +34,7 @@ from .. import datasets
 from ..config import Settings
 from .schemas import CustomTaskIn, SearchRequest
 
-MODEL_ALIASES = ("minilm",)
+MODEL_ALIASES = confine.ALIASES
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
 # "http://...", "file:...", "s3://...", "hf://...": any scheme. (A hub id "org/name" has no colon.)
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
