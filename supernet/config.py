@@ -8,6 +8,7 @@ the database stores, the API returns and the exporter reads.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,6 +17,40 @@ SUPPORTED_MODEL_TYPES = ("bert", "roberta", "nasprune_bert")
 
 class ConfigError(ValueError):
     """A configuration that does not fit the model it is meant for."""
+
+
+def _fraction(value: Any, what: str) -> float:
+    """A finite float from JSON or code; bools are refused like in `_as_int`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _canonical_keep(keep: Any, layers: tuple[int, ...], heads: tuple[int, ...]) -> tuple[float, ...] | None:
+    """Per-layer keep fractions in canonical form (see SubNetworkConfig), or None when nothing is eliminated."""
+    if keep is None:
+        return None
+    values = [_fraction(r, "a token keep fraction") for r in keep]
+    if len(values) != len(heads):
+        raise ConfigError(f"token_keep has {len(values)} entries; the supernet has {len(heads)} layers")
+    bad = [r for r in values if not 0.0 < r <= 1.0]
+    if bad:
+        raise ConfigError(f"token keep fractions must lie in (0, 1], got {bad}")
+    kept, current, canonical = set(layers), 1.0, []
+    for i, r in enumerate(values):
+        if i in kept and heads[i] > 0:  # ranking needs the layer's attention: without heads, nothing is dropped
+            current = min(current, r)
+        canonical.append(current)
+    return None if current == 1.0 else tuple(canonical)
+
+
+def _canonical_threshold(threshold: Any) -> float | None:
+    if threshold is None:
+        return None
+    value = _fraction(threshold, "exit_threshold")
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"exit_threshold is a normalised entropy in [0, 1], got {value}")
+    return None if value == 0.0 else value
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -127,11 +162,23 @@ class SubNetworkConfig:
     0 heads and 0 units (canonical form, so equal networks compare and hash equal). A kept layer may
     have 0 heads or 0 units: its attention or FFN block then adds only its output bias.
     The first k heads/units are kept; importance ordering makes those the best k.
+
+    Runtime fields change what the network computes per input, not its weights; each is None when off and is
+    written to JSON only when set, so a static network's stored key never changes:
+
+    - `token_keep`: per supernet layer, the fraction of each example's own length still present after that
+      layer (attention-based token elimination, TiltedBERT / PoWER-BERT). Canonical: elimination cannot be
+      undone, so each entry is at most the previous one; a dropped layer or one without heads keeps what it
+      reads; all ones is None (the same computation as no elimination).
+    - `exit_threshold`: the normalised prediction entropy below which an example leaves at an exit (COST-EFF,
+      DeeBERT); 0 is None (full depth).
     """
 
     layers: tuple[int, ...]
     heads: tuple[int, ...]
     units: tuple[int, ...]
+    token_keep: tuple[float, ...] | None = None
+    exit_threshold: float | None = None
 
     def __post_init__(self) -> None:
         layers = tuple(sorted({_as_int(i, "a layer index") for i in self.layers}))
@@ -149,6 +196,8 @@ class SubNetworkConfig:
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "heads", heads)
         object.__setattr__(self, "units", units)
+        object.__setattr__(self, "token_keep", _canonical_keep(self.token_keep, layers, heads))
+        object.__setattr__(self, "exit_threshold", _canonical_threshold(self.exit_threshold))
 
     @property
     def num_layers(self) -> int:
@@ -180,13 +229,31 @@ class SubNetworkConfig:
     def kept_units(self) -> list[int]:
         return [self.units[i] for i in self.layers]
 
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"layers": list(self.layers), "heads": list(self.heads), "units": list(self.units)}
+    @property
+    def is_static(self) -> bool:
+        """Whether every input runs the same computation (no runtime field is set)."""
+        return self.token_keep is None and self.exit_threshold is None
+
+    def static(self) -> SubNetworkConfig:
+        """The same structure with every runtime field off: the weights this network slices."""
+        return SubNetworkConfig(layers=self.layers, heads=self.heads, units=self.units)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"layers": list(self.layers), "heads": list(self.heads), "units": list(self.units)}
+        if self.token_keep is not None:
+            data["token_keep"] = list(self.token_keep)
+        if self.exit_threshold is not None:
+            data["exit_threshold"] = self.exit_threshold
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SubNetworkConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a sub-network config is a JSON object, got {type(data).__name__}")
         try:
-            return cls(layers=tuple(data["layers"]), heads=tuple(data["heads"]), units=tuple(data["units"]))
+            keep = data.get("token_keep")
+            return cls(layers=tuple(data["layers"]), heads=tuple(data["heads"]), units=tuple(data["units"]),
+                       token_keep=None if keep is None else tuple(keep), exit_threshold=data.get("exit_threshold"))
         except KeyError as exc:
             raise ConfigError(f"sub-network config is missing {exc.args[0]!r}") from None
         except TypeError as exc:

@@ -8,6 +8,9 @@ pooler/classifier on the first token. Embedding lookups, LayerNorm, softmax and 
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import SubNetworkConfig, SupernetConfig
@@ -45,18 +48,49 @@ def count_params(config: SupernetConfig, sub: SubNetworkConfig | None = None) ->
     return ParamCounts(embeddings=embeddings, encoder=encoder, head=head)
 
 
-def layer_macs(config: SupernetConfig, heads: int, units: int, seq_len: int) -> int:
+def layer_macs(config: SupernetConfig, heads: int, units: int, seq_len: int, kept: int | None = None) -> int:
+    """MACs of one kept layer that reads `seq_len` tokens and passes on `kept` of them (default: all).
+
+    With token elimination the ranking needs the whole attention matrix, so Q, K, V and QKᵀ see every token read;
+    only the kept queries need their context (AV), the output projection and the FFN (PoWER-BERT's placement:
+    elimination between the attention and the FFN).
+    """
+    kept = seq_len if kept is None else kept
     hidden, width = config.hidden_size, heads * config.head_size
-    projections = 4 * seq_len * hidden * width  # Q, K, V and output
-    attention = 2 * heads * seq_len * seq_len * config.head_size  # QKᵀ and AV
-    ffn = 2 * seq_len * hidden * units
+    projections = 3 * seq_len * hidden * width + kept * width * hidden  # Q, K, V on all; output on the kept
+    attention = heads * seq_len * seq_len * config.head_size + heads * kept * seq_len * config.head_size
+    ffn = 2 * kept * hidden * units
     return projections + attention + ffn
+
+
+def kept_tokens(sub: SubNetworkConfig, length: int) -> list[int]:
+    """Tokens present after each kept layer for an example of `length` tokens: ⌈r_l · length⌉ for the layer's
+    keep fraction r_l, never fewer than one ([CLS] always stays)."""
+    if sub.token_keep is None:
+        return [length] * len(sub.layers)
+    return [max(1, min(length, math.ceil(sub.token_keep[i] * length - 1e-9))) for i in sub.layers]
 
 
 def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, seq_len: int = 128,
                encoder_only: bool = False) -> int:
+    """MACs of one example of `seq_len` tokens, token elimination included (exits are a matter of the data:
+    see expected_macs)."""
     sub = (sub or SubNetworkConfig.full(config)).validate(config)
-    encoder = sum(layer_macs(config, h, u, seq_len) for h, u in zip(sub.kept_heads(), sub.kept_units(), strict=True))
+    reads, encoder = seq_len, 0
+    for h, u, kept in zip(sub.kept_heads(), sub.kept_units(), kept_tokens(sub, seq_len), strict=True):
+        encoder += layer_macs(config, h, u, reads, kept)
+        reads = kept
     if encoder_only:
         return encoder
     return encoder + config.hidden_size * config.hidden_size + config.hidden_size * config.num_labels
+
+
+def expected_macs(config: SupernetConfig, sub: SubNetworkConfig, lengths: Sequence[int], *,
+                  encoder_only: bool = False) -> float:
+    """Mean MACs per example over real input lengths (a task's validation examples, unpadded): the cost that
+    token elimination changes with each input, which one `seq_len` cannot describe."""
+    if not lengths:
+        raise ValueError("expected_macs needs at least one input length")
+    counts = Counter(int(n) for n in lengths)
+    total = sum(count * count_macs(config, sub, seq_len=n, encoder_only=encoder_only) for n, count in counts.items())
+    return total / len(lengths)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import modeling_nasprune, modules
-from .config import SubNetworkConfig
+from .config import ConfigError, SubNetworkConfig
 from .counting import count_macs, count_params
 from .files import atomic_path
 from .model import Supernet
@@ -51,6 +51,8 @@ def export_config(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneConfig:
 def extract(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneForSequenceClassification:
     """Copy the sliced weights of `sub` into a new model of exactly its size."""
     sub.validate(supernet.config)
+    if not sub.is_static:
+        raise ConfigError("only static sub-networks can be exported so far (token_keep / exit_threshold are set)")
     model = NasPruneForSequenceClassification(export_config(supernet, sub))
     small = model.model
     small.embeddings.load_state_dict(supernet.embeddings.state_dict())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .config import SubNetworkConfig, SupernetConfig
+from .config import ConfigError, SubNetworkConfig, SupernetConfig
 from .modules import ElasticBert
 
 
@@ -21,6 +21,9 @@ class Supernet(ElasticBert):
 
     def set_sub_network(self, sub: SubNetworkConfig) -> None:
         sub.validate(self.config)
+        if not sub.is_static:  # running it as the static network would report figures it does not have
+            raise ConfigError("this supernet runs static sub-networks only; token_keep and exit_threshold need "
+                              "the token-elimination and early-exit forward passes")
         self.active_layers = list(sub.layers)
         for index, layer in enumerate(self.layers):
             layer.set_sub_network(sub.heads[index], sub.units[index])

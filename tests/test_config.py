@@ -127,3 +127,56 @@ def test_from_json_errors() -> None:
         SubNetworkConfig.from_json('{"layers": [0], "heads": [1]}')
     with pytest.raises(ValueError):  # json.JSONDecodeError is a ValueError
         SubNetworkConfig.from_json("{not json")
+
+
+# ------------------------------------------------------------------------------------------------ runtime fields
+
+
+def test_a_static_network_writes_the_same_json_as_before_runtime_fields_existed() -> None:
+    sub = SubNetworkConfig(layers=(0, 2), heads=(2, 1, 4), units=(8, 8, 16))
+    assert sub.to_json() == '{"layers": [0, 2], "heads": [2, 0, 4], "units": [8, 0, 16]}'
+    assert sub.is_static and SubNetworkConfig.from_json(sub.to_json()) == sub
+
+
+def test_token_keep_is_canonical_so_equal_computations_compare_and_hash_equal() -> None:
+    base = {"layers": (0, 2, 3), "heads": (2, 2, 0, 2), "units": (4, 4, 4, 4)}
+    sub = SubNetworkConfig(**base, token_keep=(0.9, 0.1, 0.95, 0.5))
+    # layer 1 is dropped and layer 2 has no heads: each keeps what it reads; elimination is never undone
+    assert sub.token_keep == (0.9, 0.9, 0.9, 0.5)
+    assert sub == SubNetworkConfig(**base, token_keep=(0.9, 0.3, 1.0, 0.5))
+    assert hash(sub) == hash(SubNetworkConfig(**base, token_keep=(0.9, 0.3, 1.0, 0.5)))
+    assert SubNetworkConfig(**base, token_keep=(1.0, 0.2, 0.2, 1.0)).token_keep is None  # nothing eliminated
+    assert SubNetworkConfig(**base, exit_threshold=0.0).exit_threshold is None
+    assert sub.static() == SubNetworkConfig(**base) and not sub.is_static
+    data = SubNetworkConfig(**base, token_keep=(0.9, 1, 1, 0.5), exit_threshold=0.25).to_dict()
+    assert data["token_keep"] == [0.9, 0.9, 0.9, 0.5] and data["exit_threshold"] == 0.25
+    assert SubNetworkConfig.from_dict(data).to_dict() == data
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("token_keep", (0.5, 0.5), "2 entries"),
+    ("token_keep", (0.5, 0.0, 0.5), r"\(0, 1\]"),
+    ("token_keep", (0.5, 1.5, 0.5), r"\(0, 1\]"),
+    ("token_keep", (0.5, float("nan"), 0.5), "finite"),
+    ("token_keep", (0.5, True, 0.5), "finite number"),
+    ("exit_threshold", -0.1, r"\[0, 1\]"),
+    ("exit_threshold", float("inf"), "finite"),
+    ("exit_threshold", "0.3", "finite number"),
+])
+def test_runtime_fields_out_of_range_are_refused(field, value, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SubNetworkConfig(layers=(0, 1, 2), heads=(1, 1, 1), units=(1, 1, 1), **{field: value})
+
+
+def test_a_dynamic_sub_network_is_refused_by_the_static_forward_and_export() -> None:
+    from conftest import make_supernet
+
+    from supernet.extract import extract
+
+    supernet = make_supernet()
+    full = SubNetworkConfig.full(supernet.config)
+    dynamic = SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units, exit_threshold=0.3)
+    with pytest.raises(ConfigError, match="static sub-networks"):
+        supernet.set_sub_network(dynamic)
+    with pytest.raises(ConfigError, match="static sub-networks"):
+        extract(supernet, dynamic)

@@ -15,7 +15,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from supernet.config import ConfigError, SubNetworkConfig, SupernetConfig
 from supernet.convert import resolve_model
-from supernet.counting import count_macs, count_params, layer_macs, layer_params
+from supernet.counting import count_macs, count_params, expected_macs, kept_tokens, layer_macs, layer_params
 from supernet.extract import extract
 
 
@@ -141,3 +141,42 @@ def test_bert_base_full_counts_equal_hf(num_labels: int) -> None:
     with torch.device("meta"):
         hf = BertForSequenceClassification(hf_config)
     assert counts.total == sum(p.numel() for p in hf.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ token elimination
+
+
+def test_layer_macs_with_elimination_by_hand() -> None:
+    config = supernet_config()
+    h, d, hidden = 2, config.head_size, config.hidden_size
+    n, k, units = 10, 4, 6
+    by_hand = (3 * n * hidden * h * d + k * h * d * hidden  # Q, K, V on all tokens; the output on the kept
+               + h * n * n * d + h * k * n * d  # QKᵀ for the ranking; AV for the kept queries
+               + 2 * k * hidden * units)
+    assert layer_macs(config, h, units, n, k) == by_hand
+    assert layer_macs(config, h, units, n, n) == layer_macs(config, h, units, n)
+
+
+def test_count_macs_follows_the_kept_tokens_layer_by_layer() -> None:
+    config = supernet_config()
+    full = SubNetworkConfig.full(config)
+    layers = config.num_layers
+    keep = tuple(0.5 if i else 1.0 for i in range(layers))  # layer 0 keeps all, later layers half
+    sub = SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units, token_keep=keep)
+    assert kept_tokens(sub, 9) == [9] + [5] * (layers - 1)  # ⌈0.5 · 9⌉
+    expected = layer_macs(config, full.heads[0], full.units[0], 9, 9)
+    expected += layer_macs(config, full.heads[1], full.units[1], 9, 5)
+    expected += sum(layer_macs(config, full.heads[i], full.units[i], 5, 5) for i in range(2, layers))
+    assert count_macs(config, sub, seq_len=9, encoder_only=True) == expected
+    assert count_macs(config, sub, seq_len=9) < count_macs(config, full, seq_len=9)
+    assert kept_tokens(SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units,
+                                        token_keep=(0.01,) * layers), 9) == [1] * layers  # [CLS] stays
+
+
+def test_expected_macs_is_the_mean_over_real_lengths() -> None:
+    config = supernet_config()
+    full = SubNetworkConfig.full(config)
+    lengths = [5, 12, 12, 30]
+    assert expected_macs(config, full, lengths) == sum(count_macs(config, full, seq_len=n) for n in lengths) / 4
+    with pytest.raises(ValueError, match="at least one"):
+        expected_macs(config, full, [])
