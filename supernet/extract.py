@@ -44,6 +44,7 @@ def export_config(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneConfig:
         classifier_dropout=c.classifier_dropout, position_offset=c.position_offset, pad_token_id=c.pad_token_id,
         num_labels=c.num_labels, problem_type="regression" if c.is_regression else "single_label_classification",
         auto_map=dict(AUTO_MAP),
+        token_keep=None if sub.token_keep is None else [sub.token_keep[i] for i in sub.layers],
     )
 
 
@@ -51,8 +52,8 @@ def export_config(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneConfig:
 def extract(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneForSequenceClassification:
     """Copy the sliced weights of `sub` into a new model of exactly its size."""
     sub.validate(supernet.config)
-    if not sub.is_static:
-        raise ConfigError("only static sub-networks can be exported so far (token_keep / exit_threshold are set)")
+    if sub.exit_threshold is not None:
+        raise ConfigError("sub-networks with an exit_threshold cannot be exported yet (no exits)")
     model = NasPruneForSequenceClassification(export_config(supernet, sub))
     small = model.model
     small.embeddings.load_state_dict(supernet.embeddings.state_dict())

@@ -21,18 +21,19 @@ class Supernet(ElasticBert):
 
     def set_sub_network(self, sub: SubNetworkConfig) -> None:
         sub.validate(self.config)
-        if not sub.is_static:  # running it as the static network would report figures it does not have
-            raise ConfigError("this supernet runs static sub-networks only; token_keep and exit_threshold need "
-                              "the token-elimination and early-exit forward passes")
+        if sub.exit_threshold is not None:  # running it at full depth would report figures it does not have
+            raise ConfigError("this supernet has no exits yet: exit_threshold needs the early-exit forward pass")
         self.active_layers = list(sub.layers)
         for index, layer in enumerate(self.layers):
             layer.set_sub_network(sub.heads[index], sub.units[index])
+        self.token_keep = None if sub.token_keep is None else list(sub.token_keep)
         self.sub_network = sub
 
     def reset_super_network(self) -> None:
         self.active_layers = list(range(len(self.layers)))
         for layer in self.layers:
             layer.reset_super_network()
+        self.token_keep = None
         self.sub_network = None
 
     @contextmanager

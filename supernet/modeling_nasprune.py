@@ -16,6 +16,19 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from .modules import ElasticBert
 
 
+def _keep_schedule(keep: list[float], layers: int) -> list[float] | None:
+    """A checked keep schedule: one fraction in (0, 1] per layer, made non-increasing (an eliminated token
+    never comes back); all ones is None."""
+    values = [float(r) for r in keep]
+    if len(values) != layers or not all(0.0 < r <= 1.0 for r in values):
+        raise ValueError(f"token_keep needs {layers} fractions in (0, 1], one per layer; got {keep}")
+    schedule, current = [], 1.0
+    for r in values:
+        current = min(current, r)
+        schedule.append(current)
+    return None if current == 1.0 else schedule
+
+
 class NasPruneConfig(PreTrainedConfig):
     """A BERT-family encoder whose layers may differ in head count and FFN width."""
 
@@ -33,7 +46,8 @@ class NasPruneConfig(PreTrainedConfig):
                  max_position_embeddings: int = 512, type_vocab_size: int = 2, layer_norm_eps: float = 1e-12,
                  hidden_act: str = "gelu", hidden_dropout: float = 0.1, attention_dropout: float = 0.1,
                  classifier_dropout: float | None = None, position_offset: bool = False,
-                 initializer_range: float = 0.02, pad_token_id: int = 0, **kwargs) -> None:
+                 initializer_range: float = 0.02, pad_token_id: int = 0, token_keep: list[float] | None = None,
+                 **kwargs) -> None:
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -51,6 +65,8 @@ class NasPruneConfig(PreTrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.position_offset = position_offset
         self.initializer_range = initializer_range
+        # token elimination: per layer, the fraction of each example's length still present after it (None: off)
+        self.token_keep = None if token_keep is None else _keep_schedule(token_keep, len(self.layer_heads))
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
 
@@ -74,6 +90,14 @@ class NasPruneForSequenceClassification(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
+
+    def set_token_keep(self, keep: list[float] | None) -> None:
+        """Change the token-elimination schedule without retraining (TiltedBERT's offline tuning): one keep
+        fraction per layer, or None for every token in every layer. Updates `config.token_keep` too, so
+        `save_pretrained` keeps it."""
+        schedule = None if keep is None else _keep_schedule(list(keep), len(self.config.layer_heads))
+        self.config.token_keep = schedule
+        self.model.token_keep = schedule
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,

@@ -78,6 +78,49 @@ class ElasticSelfAttention(nn.Module):
             out = F.linear(context, self.dense.weight[:, :width], self.dense.bias)  # (B, T, H)
         return self.norm(x + self.dropout(out))
 
+    def forward_eliminating(self, x: torch.Tensor, valid: torch.Tensor,
+                            keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on every token read, then only the `keep[b]` most attended tokens of example b go on.
+
+        x: (B, T, H); valid: bool (B, T), the real tokens; keep: long (B,), 1 <= keep <= valid tokens, at least
+        one head active. Returns the kept tokens in their original order, re-padded to K = max(keep): (B, K, H),
+        and their validity (B, K).
+
+        Ranking (PoWER-BERT's significance score, the "attention context contribution" of TiltedBERT): token j
+        scores the attention it receives, summed over the active heads and the example's valid queries other
+        than itself, from this layer's softmax probabilities (before dropout). [CLS] (position 0) always stays
+        first: the head reads it. The ranking needs the whole attention matrix, so Q, K, V and QKᵀ run on every
+        token read; the context, the output projection (and the FFN after this block) only on the kept ones.
+        """
+        k, d = self.active_heads, self.head_size
+        width = k * d
+        batch, tokens, hidden = x.shape
+
+        def project(linear: nn.Linear) -> torch.Tensor:  # (B, k, T, d)
+            y = F.linear(x, linear.weight[:width], linear.bias[:width])
+            return y.view(batch, tokens, k, d).transpose(1, 2)
+
+        q, key, value = project(self.query), project(self.key), project(self.value)
+        scores = torch.matmul(q, key.transpose(-1, -2)) * (d ** -0.5)  # (B, k, T, T)
+        scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min)
+        probs = scores.softmax(dim=-1)
+        queries = valid[:, None, :, None].to(probs.dtype)
+        received = (probs * queries).sum(dim=(1, 2)) - (probs.diagonal(dim1=-2, dim2=-1) * queries[..., 0]).sum(1)
+        received = received.masked_fill(~valid, float("-inf"))
+        received[:, 0] = float("inf")
+        most = int(keep.max())
+        ranked = received.topk(most, dim=1).indices  # (B, K), best first
+        chosen = torch.arange(most, device=x.device)[None, :] < keep[:, None]
+        index = torch.where(chosen, ranked, tokens).sort(dim=1).values  # original order; unused slots last
+        index = index.clamp(max=tokens - 1)
+        rows = probs.gather(2, index[:, None, :, None].expand(batch, k, most, tokens))  # (B, k, K, T)
+        if self.training and self.attention_dropout > 0:
+            rows = F.dropout(rows, self.attention_dropout)
+        context = torch.matmul(rows, value).transpose(1, 2).reshape(batch, most, width)
+        out = F.linear(context, self.dense.weight[:, :width], self.dense.bias)  # (B, K, H)
+        residual = x.gather(1, index[:, :, None].expand(batch, most, hidden))
+        return self.norm(residual + self.dropout(out)), chosen
+
 
 class ElasticFeedForward(nn.Module):
     """BERT's FFN block: up-projection, activation, down-projection, residual, LayerNorm."""
@@ -127,6 +170,12 @@ class ElasticLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.ffn(self.attention(x, mask))
+
+    def forward_eliminating(self, x: torch.Tensor, valid: torch.Tensor,
+                            keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer with token elimination between its attention and its FFN (see ElasticSelfAttention)."""
+        x, valid = self.attention.forward_eliminating(x, valid, keep)
+        return self.ffn(x), valid
 
 
 class Embeddings(nn.Module):
@@ -188,6 +237,20 @@ class ElasticBert(nn.Module):
         )
         self.head = ClassificationHead(cfg)
         self.active_layers: list[int] = list(range(len(self.layers)))
+        # Token elimination: per layer (an index into `layers`), the fraction of each example's own length still
+        # present after it; None runs every token through every layer.
+        keep = getattr(cfg, "token_keep", None)
+        self.token_keep: list[float] | None = None if keep is None else [float(r) for r in keep]
+
+    def _keep_counts(self, index: int, lengths: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
+        """Tokens each example keeps after layer `index` (⌈r · its own length⌉, at least [CLS], never more than
+        it has left), or None when the layer drops none (no schedule, no heads, nothing to drop)."""
+        if self.token_keep is None or self.token_keep[index] >= 1.0 or self.layers[index].attention.active_heads == 0:
+            return None
+        keep = torch.ceil(lengths.double() * self.token_keep[index] - 1e-9).long().clamp(min=1)
+        present = lengths if valid is None else valid.sum(dim=1)
+        keep = torch.minimum(keep, present)
+        return None if bool((keep >= present).all()) else keep
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -198,6 +261,18 @@ class ElasticBert(nn.Module):
         if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         x = self.embeddings(input_ids, token_type_ids)
+        valid: torch.Tensor | None = None  # (B, T') once tokens have been eliminated
+        lengths = None
+        if self.token_keep is not None:
+            lengths = (attention_mask.sum(dim=1) if attention_mask is not None
+                       else torch.full(input_ids.shape[:1], input_ids.shape[1], device=input_ids.device))
         for index in self.active_layers:
-            x = self.layers[index](x, mask)
+            keep = None if lengths is None else self._keep_counts(index, lengths, valid)
+            if keep is None:
+                x = self.layers[index](x, mask)
+                continue
+            if valid is None:
+                valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids).bool()
+            x, valid = self.layers[index].forward_eliminating(x, valid, keep)
+            mask = valid[:, None, None, :]
         return self.head(x)
