@@ -168,7 +168,7 @@ def test_runtime_fields_out_of_range_are_refused(field, value, message) -> None:
         SubNetworkConfig(layers=(0, 1, 2), heads=(1, 1, 1), units=(1, 1, 1), **{field: value})
 
 
-def test_a_dynamic_sub_network_is_refused_by_the_static_forward_and_export() -> None:
+def test_an_exit_threshold_is_refused_until_the_supernet_has_exits() -> None:
     from conftest import make_supernet
 
     from supernet.extract import extract
@@ -176,7 +176,7 @@ def test_a_dynamic_sub_network_is_refused_by_the_static_forward_and_export() -> 
     supernet = make_supernet()
     full = SubNetworkConfig.full(supernet.config)
     dynamic = SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units, exit_threshold=0.3)
-    with pytest.raises(ConfigError, match="static sub-networks"):
+    with pytest.raises(ConfigError, match="no exits yet"):
         supernet.set_sub_network(dynamic)
-    with pytest.raises(ConfigError, match="static sub-networks"):
+    with pytest.raises(ConfigError, match="no exits"):
         extract(supernet, dynamic)
