@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import modules
 from .config import SubNetworkConfig, SupernetConfig
 
 
@@ -49,18 +50,9 @@ def count_params(config: SupernetConfig, sub: SubNetworkConfig | None = None) ->
 
 
 def layer_macs(config: SupernetConfig, heads: int, units: int, seq_len: int, kept: int | None = None) -> int:
-    """MACs of one kept layer that reads `seq_len` tokens and passes on `kept` of them (default: all).
-
-    With token elimination the ranking needs the whole attention matrix, so Q, K, V and QKᵀ see every token read;
-    only the kept queries need their context (AV), the output projection and the FFN (PoWER-BERT's placement:
-    elimination between the attention and the FFN).
-    """
-    kept = seq_len if kept is None else kept
-    hidden, width = config.hidden_size, heads * config.head_size
-    projections = 3 * seq_len * hidden * width + kept * width * hidden  # Q, K, V on all; output on the kept
-    attention = heads * seq_len * seq_len * config.head_size + heads * kept * seq_len * config.head_size
-    ffn = 2 * kept * hidden * units
-    return projections + attention + ffn
+    """MACs of one kept layer that reads `seq_len` tokens and passes on `kept` of them (default: all); the
+    formula and why is in supernet.modules.layer_macs."""
+    return modules.layer_macs(config.hidden_size, heads, config.head_size, units, seq_len, kept)
 
 
 def kept_tokens(sub: SubNetworkConfig, length: int) -> list[int]:

@@ -104,8 +104,13 @@ def save_folder(model: NasPruneForSequenceClassification, out_dir: str | Path, *
 
 
 def export_subnetwork(supernet: Supernet, sub: SubNetworkConfig, out_dir: str | Path, *, tokenizer: Any = None,
-                      seq_len: int = 128, metrics: dict[str, Any] | None = None) -> Path:
+                      seq_len: int = 128, metrics: dict[str, Any] | None = None,
+                      token_lengths: list[int] | None = None) -> Path:
+    """`token_lengths`: a sample of the task's unpadded input lengths, kept in config.json so that the exported
+    model's `set_speedup` can solve a token-keep schedule after the fact."""
     model = extract(supernet, sub)
+    if token_lengths is not None:
+        model.config.token_lengths = [int(n) for n in token_lengths]
     record = subnetwork_record(supernet, sub, seq_len=seq_len, metrics=metrics)
     return save_folder(model, out_dir, tokenizer=tokenizer, record=record)
 

@@ -8,12 +8,15 @@ Imports only torch, transformers and the sibling `modules.py`.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .modules import ElasticBert
+from .modules import ElasticBert, layer_macs
 
 
 def _keep_schedule(keep: list[float], layers: int) -> list[float] | None:
@@ -27,6 +30,61 @@ def _keep_schedule(keep: list[float], layers: int) -> list[float] | None:
         current = min(current, r)
         schedule.append(current)
     return None if current == 1.0 else schedule
+
+
+def tilted_schedule(layers: int, start: int, rate: float, floor: float = 0.1) -> list[float] | None:
+    """The keep schedule of the search's token-elimination genes: every token through the first `start` layers,
+    then a fraction shrinking geometrically by `rate` per layer, never below `floor`:
+    r_l = 1 for l < start, r_l = max(floor, (1 - rate) ** (l - start + 1)) after. Two genes (start, rate)
+    describe a TiltedBERT-style schedule that keeps more tokens early, where the ranking is least reliable and
+    dropping costs most (PoWER-BERT), and fewer deep; None when it drops nothing."""
+    if not 0 <= start <= layers or not 0.0 <= rate < 1.0 or not 0.0 < floor <= 1.0:
+        raise ValueError(f"a tilted schedule needs 0 <= start <= {layers}, 0 <= rate < 1 and 0 < floor <= 1; "
+                         f"got start={start}, rate={rate}, floor={floor}")
+    keep = [1.0 if i < start else max(floor, (1.0 - rate) ** (i - start + 1)) for i in range(layers)]
+    return None if all(r >= 1.0 for r in keep) else keep
+
+
+def expected_encoder_macs(config: Any, keep: list[float] | None, lengths: list[int]) -> float:
+    """Mean encoder MACs per example of `lengths` tokens under the keep schedule (per layer of `config`)."""
+    total = 0
+    for n in lengths:
+        reads = n
+        for i, (heads, units) in enumerate(zip(config.layer_heads, config.layer_units, strict=True)):
+            r = 1.0 if keep is None or heads == 0 else keep[i]
+            kept = min(reads, max(1, math.ceil(r * n - 1e-9)))
+            total += layer_macs(config.hidden_size, heads, config.head_size, units, reads, kept)
+            reads = kept
+    return total / len(lengths)
+
+
+def schedule_for_speedup(config: Any, speedup: float, lengths: list[int], *, start: int = 1,
+                         floor: float = 0.1) -> list[float] | None:
+    """The tilted schedule (`start`, `floor` fixed) with the gentlest rate whose expected encoder MACs over
+    `lengths` are at most 1/`speedup` of the model's without elimination: TiltedBERT's offline tuning, one
+    trained model set to a latency after training. The speed-up is analytic (MACs); bench/ measures the real
+    one. 1 is None; a speed-up beyond the steepest schedule's is refused with the most it can reach."""
+    if not math.isfinite(speedup) or speedup < 1.0:
+        raise ValueError(f"speed-up must be a finite number >= 1, got {speedup}")
+    if not lengths:
+        raise ValueError("schedule_for_speedup needs the input lengths it is solved over")
+    layers = len(config.layer_heads)
+    base = expected_encoder_macs(config, None, lengths)
+
+    def reached(rate: float) -> float:
+        return base / expected_encoder_macs(config, tilted_schedule(layers, start, rate, floor), lengths)
+
+    steepest = 1.0 - 1e-6
+    if speedup == 1.0:
+        return None
+    if reached(steepest) < speedup:
+        raise ValueError(f"speed-up {speedup:g} is beyond what this model reaches by token elimination from layer "
+                         f"{start} down to a floor of {floor:g} (at most {reached(steepest):.2f}x)")
+    low, high = 0.0, steepest
+    for _ in range(50):  # MACs fall with the rate (stepwise, through the ceilings): bisect for the gentlest
+        middle = (low + high) / 2
+        low, high = (low, middle) if reached(middle) >= speedup else (middle, high)
+    return tilted_schedule(layers, start, high, floor)
 
 
 class NasPruneConfig(PreTrainedConfig):
@@ -47,7 +105,7 @@ class NasPruneConfig(PreTrainedConfig):
                  hidden_act: str = "gelu", hidden_dropout: float = 0.1, attention_dropout: float = 0.1,
                  classifier_dropout: float | None = None, position_offset: bool = False,
                  initializer_range: float = 0.02, pad_token_id: int = 0, token_keep: list[float] | None = None,
-                 **kwargs) -> None:
+                 token_lengths: list[int] | None = None, **kwargs) -> None:
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -67,6 +125,8 @@ class NasPruneConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         # token elimination: per layer, the fraction of each example's length still present after it (None: off)
         self.token_keep = None if token_keep is None else _keep_schedule(token_keep, len(self.layer_heads))
+        # a sample of the task's input lengths (unpadded), which set_speedup solves a schedule over
+        self.token_lengths = None if token_lengths is None else [int(n) for n in token_lengths]
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
 
@@ -90,6 +150,18 @@ class NasPruneForSequenceClassification(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
+
+    def set_speedup(self, speedup: float, lengths: list[int] | None = None, *, start: int = 1,
+                    floor: float = 0.1) -> list[float] | None:
+        """Set the keep schedule that makes the encoder `speedup` times cheaper (expected MACs) than without
+        elimination, over `lengths` (default: `config.token_lengths`, the task's validation lengths saved at
+        export); returns the schedule, also in `config.token_keep`. 1 turns elimination off."""
+        lengths = list(lengths if lengths is not None else self.config.token_lengths or [])
+        if not lengths:
+            raise ValueError("set_speedup needs input lengths: pass lengths=[...] (tokens per example, unpadded)")
+        schedule = schedule_for_speedup(self.config, speedup, lengths, start=start, floor=floor)
+        self.set_token_keep(schedule)
+        return schedule
 
     def set_token_keep(self, keep: list[float] | None) -> None:
         """Change the token-elimination schedule without retraining (TiltedBERT's offline tuning): one keep

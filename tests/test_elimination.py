@@ -10,8 +10,9 @@ from conftest import make_supernet, supernet_config
 from test_counting import _measured_macs
 
 from supernet.config import SubNetworkConfig
-from supernet.counting import count_macs
+from supernet.counting import count_macs, expected_macs
 from supernet.extract import export_subnetwork, extract, load_exported
+from supernet.modeling_nasprune import expected_encoder_macs, tilted_schedule
 from supernet.modules import ElasticSelfAttention
 
 
@@ -114,9 +115,9 @@ def test_sliced_exported_and_reloaded_agree_with_elimination_on(tmp_path) -> Non
         exported = extract(supernet, sub)
         assert exported.config.token_keep == [0.8, 0.4]
         assert torch.allclose(exported(ids, mask).logits, sliced, atol=1e-5)
-        folder = export_subnetwork(supernet, sub, tmp_path / "export")
+        folder = export_subnetwork(supernet, sub, tmp_path / "export", token_lengths=[5, 7, 9, 12])
         reloaded = load_exported(folder)
-        assert reloaded.config.token_keep == [0.8, 0.4]
+        assert reloaded.config.token_keep == [0.8, 0.4] and reloaded.config.token_lengths == [5, 7, 9, 12]
         assert torch.allclose(reloaded(ids, mask).logits, sliced, atol=1e-5)
         static = extract(supernet, sub.static())(ids, mask).logits
         reloaded.set_token_keep(None)
@@ -144,3 +145,45 @@ def test_measured_macs_of_an_eliminating_model_equal_the_count(monkeypatch) -> N
     for n in (5, 10, 13):
         measured, _ = _measured_macs(model, n, monkeypatch)
         assert measured == count_macs(config, sub, seq_len=n), n
+
+
+# ------------------------------------------------------------------------------------------------ schedules
+
+
+def test_the_tilted_schedule_keeps_everything_before_start_then_shrinks_to_its_floor() -> None:
+    assert tilted_schedule(5, 2, 0.5, floor=0.2) == [1.0, 1.0, 0.5, 0.25, 0.2]
+    assert tilted_schedule(4, 4, 0.5) is None and tilted_schedule(4, 1, 0.0) is None
+    with pytest.raises(ValueError, match="0 <= rate < 1"):
+        tilted_schedule(4, 1, 1.0)
+
+
+def test_set_speedup_solves_the_gentlest_schedule_over_the_saved_lengths() -> None:
+    config = supernet_config()
+    model = extract(make_supernet(config), SubNetworkConfig.full(config))
+    model.config.token_lengths = [8, 20, 33, 47, 64]
+    base = expected_encoder_macs(model.config, None, model.config.token_lengths)
+    schedule = model.set_speedup(1.6)
+    assert model.config.token_keep == schedule == model.model.token_keep and schedule[0] == 1.0
+    reached = base / expected_encoder_macs(model.config, schedule, model.config.token_lengths)
+    assert reached >= 1.6
+    rate = 1 - schedule[1]
+    gentler = tilted_schedule(config.num_layers, 1, rate - 0.01)
+    assert base / expected_encoder_macs(model.config, gentler, model.config.token_lengths) < 1.6
+    assert model.set_speedup(1.0) is None and model.config.token_keep is None
+    with pytest.raises(ValueError, match=r"at most \d\.\d\dx"):
+        model.set_speedup(50.0)
+    with pytest.raises(ValueError, match=">= 1"):
+        model.set_speedup(0.5)
+    model.config.token_lengths = None
+    with pytest.raises(ValueError, match="needs input lengths"):
+        model.set_speedup(1.5)
+    assert model.set_speedup(1.2, lengths=[30, 40]) is not None
+
+
+def test_the_analytic_model_of_an_export_agrees_with_the_supernet_count() -> None:
+    config = supernet_config()
+    sub = SubNetworkConfig(layers=(0, 2), heads=(4, 0, 2), units=(32, 0, 16), token_keep=(0.8, 0.8, 0.4))
+    model = extract(make_supernet(config), sub)
+    lengths = [3, 9, 17]
+    assert expected_encoder_macs(model.config, model.config.token_keep, lengths) == \
+        expected_macs(config, sub, lengths, encoder_only=True)
