@@ -32,7 +32,7 @@ MAX_EPOCHS = 100
 MAX_EXAMPLES = 100_000_000
 MAX_STEPS = 1_000_000_000
 # Gradient clipping norms above this clip nothing in practice: it is how "no clipping" is asked for.
-MAX_GRAD_NORM = 1e6
+MAX_GRAD_NORM = 1e9
 
 
 def split_commas(value: Any) -> Any:
@@ -80,7 +80,7 @@ class TrainingConfig(SettingsModel):
     gradient_accumulation: int = Field(1, ge=1, le=MAX_BATCH, json_schema_extra=flag_extra("grad-accum"),
                                        description="batches whose gradients are summed before a step")
     max_grad_norm: float = Field(1.0, gt=0, le=MAX_GRAD_NORM,
-                                 description="gradient clipping norm (a large one, e.g. 1e6: no clipping)")
+                                 description="gradient clipping norm (a large one, e.g. 1e9: no clipping)")
     num_random_subnets: int = Field(2, ge=0, le=64,
                                     description="k of the sandwich rule; 0 = plain fine-tuning of the full model")
     sample_floor: float = Field(
