@@ -35,22 +35,28 @@ MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
 # The optimizers' own options are checked by the optimizers (search/optimizers/), which test their meaning but not
 # their size: every number in optimizer_options must be finite and at most this large either way.
 MAX_OPTION_MAGNITUDE = 1e9
+MAX_OPTION_DEPTH = 4  # an option is a number, a string or a short list (ehvi's reference point), never deeper
 
 
 def _check_option_numbers(value: Any, where: str) -> None:
-    """Refuse NaN, infinity and absurd magnitudes anywhere in an optimizer option (lists included)."""
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or abs(value) > MAX_OPTION_MAGNITUDE:
-            raise ValueError(f"option {where} must be a finite number between {-MAX_OPTION_MAGNITUDE:g} and "
-                             f"{MAX_OPTION_MAGNITUDE:g}, got {value!r}")
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _check_option_numbers(item, where)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_option_numbers(item, f"{where}.{key}")
+    """Refuse NaN, infinity and absurd magnitudes anywhere in an optimizer option (lists and objects included), and
+    nesting deeper than any optimizer takes. A loop over a stack, not recursion: a deeply nested body must be a
+    422, never a RecursionError."""
+    pending = [(value, where, 1)]
+    while pending:
+        item, name, depth = pending.pop()
+        if depth > MAX_OPTION_DEPTH:
+            raise ValueError(f"option {where} is nested more than {MAX_OPTION_DEPTH} levels deep")
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int | float):
+            if not math.isfinite(item) or abs(item) > MAX_OPTION_MAGNITUDE:
+                raise ValueError(f"option {name} must be a finite number between {-MAX_OPTION_MAGNITUDE:g} and "
+                                 f"{MAX_OPTION_MAGNITUDE:g}, got {item!r}")
+        elif isinstance(item, list | tuple):
+            pending.extend((inner, name, depth + 1) for inner in item)
+        elif isinstance(item, dict):
+            pending.extend((inner, f"{name}.{key}", depth + 1) for key, inner in item.items())
 
 
 class SearchConfig(SettingsModel):

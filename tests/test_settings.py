@@ -446,6 +446,7 @@ def test_every_number_a_request_takes_has_a_lower_and_an_upper_bound(client) -> 
     ({"search_examples": 10**12}, "search_examples"),
     ({"search": {"optimizer_options": {"population_size": 1e308}}}, "population_size"),
     ({"search": {"optimizer_options": {"reference": [1, 1e300]}}}, "reference"),
+    ({"search": {"optimizer_options": {"deep": json.loads("[" * 50 + "]" * 50)}}}, "nested more than 4 levels"),
 ])
 def test_an_absurd_number_in_a_search_is_422_naming_the_field(client, workspace, section, value) -> None:
     response = client.post("/searches", json=_task_body(workspace) | section)
