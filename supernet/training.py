@@ -186,12 +186,14 @@ class SupernetTrainer:
         nothing, and a NaN gradient never reaches the weights or the optimizer's moments."""
         for key, value in sums.items():
             if not math.isfinite(value):
-                what = "the full model's loss" if key == "loss_full" else "the sub-networks' loss"
+                what = ("the sub-networks' loss" if key == "loss_subnets" else
+                        "the full network's loss" if self.config.num_random_subnets else "the loss")
                 raise self._diverged(self.state.step + 1, f"{what} is {value}")
 
     def check_weights(self) -> None:
-        """TrainingDiverged if any weight is NaN or inf. Run before every checkpoint and at the end (not every
-        step: each check is a device sync), so a checkpoint never holds a diverged model."""
+        """TrainingDiverged if any weight is NaN or inf. Run before every checkpoint, at every epoch's end and at
+        the run's end (not every step: each check is a device sync), so a checkpoint never holds a diverged
+        model."""
         bad, total = count_nonfinite(self.model)
         if bad:
             raise self._diverged(self.state.step, f"{bad:,} of {total:,} weights are NaN or inf")
@@ -246,8 +248,7 @@ class SupernetTrainer:
                     self.save_checkpoint()  # at least once per epoch
         bar.close()
         self.model.eval()
-        self.check_weights()
-        self.save_checkpoint()
+        self.save_checkpoint()  # checks the weights, with or without a checkpoint file
         return state
 
     # -- checkpoints ----------------------------------------------------------------------------------------
@@ -264,12 +265,14 @@ class SupernetTrainer:
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
-        """Write the checkpoint atomically (supernet.files), so a job resumed after a crash never reads a torn one."""
+        """Write the checkpoint atomically (supernet.files), so a job resumed after a crash never reads a torn one.
+        The weights are checked first (TrainingDiverged), also when there is no checkpoint file to write: every
+        epoch's end and the run's end pass here."""
         self._checkpoint_requested = False
+        self.check_weights()
         path = Path(path) if path else self.checkpoint_path
         if path is None:
             return None
-        self.check_weights()
         with atomic_path(path) as tmp:
             torch.save(self.checkpoint(), tmp)
         log.info("checkpoint at step %d written to %s", self.state.step, path)

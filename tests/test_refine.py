@@ -84,7 +84,7 @@ def test_a_refine_that_diverges_raises_naming_refine_learning_rate() -> None:
     for batch in batches:
         batch["labels"] = batch["labels"].float() * 1e20
     sub = SubNetworkConfig(layers=(0, 2), heads=(2, 4, 1), units=(20, 48, 7))
-    with pytest.raises(TrainingDiverged, match=r"^refinement diverged at step 1 of 2: the full model's loss is inf; "
+    with pytest.raises(TrainingDiverged, match=r"^refinement diverged at step 1 of 2: the loss is inf; "
                                                r"lower refine.learning_rate \(now 0.5\)"):
         refine_subnetwork(supernet, sub, batches, RefineConfig(epochs=1, learning_rate=0.5), progress=False)
 

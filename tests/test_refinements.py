@@ -573,7 +573,7 @@ def test_training_that_diverges_fails_its_job_and_never_replaces_a_download(clie
     (refinement,) = client.get(f"/searches/{search_id}/refinements").json()
     assert refinement["status"] == "failed"
     assert refinement["error"].startswith("refinement diverged at step 1 of "), refinement["error"]
-    assert "the full model's loss is inf; lower refine.learning_rate (now 0.001)" in refinement["error"]
+    assert "the loss is inf; lower refine.learning_rate (now 0.001)" in refinement["error"]
     assert "the point's downloads are unchanged" in refinement["error"]
     point = client.get(f"/searches/{search_id}/pareto").json()["points"][0]
     assert point["refined"] is None and point["refinement"]["status"] == "failed"

@@ -473,7 +473,7 @@ def test_a_loss_that_overflows_fails_the_run_naming_the_setting_and_writes_no_ch
     data["labels"] = data["labels"] * 1e20
     config = TrainingConfig(epochs=2, plain_fraction=0.0, num_random_subnets=1)
     trainer = _trainer(model, FakeLoader(data, 8), config, checkpoint_path=tmp_path / "checkpoint.pt")
-    with pytest.raises(TrainingDiverged, match=r"supernet training diverged at step 1 of 4: the full model's loss is "
+    with pytest.raises(TrainingDiverged, match=r"supernet training diverged at step 1 of 4: the full network's loss is "
                                                r"inf; lower training.learning_rate \(now 0.0001\) or scale the task's "
                                                r"regression labels down"):
         trainer.train()
