@@ -8,6 +8,7 @@ adds the service's own fields), and `split()` gives back the two stored halves.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -17,6 +18,7 @@ from supernet.settings import (
     DEFAULT_SEARCH_EXAMPLES,
     EVALUATION_DTYPES,
     MAX_BATCH,
+    MAX_EXAMPLES,
     MAX_LENGTH,
     MAX_SEED,
     RefineConfig,
@@ -30,6 +32,31 @@ from .names import OBJECTIVE_NAMES, OPTIMIZER_NAMES
 PARAMS_KINDS = ("encoder", "total")
 MAX_EVALUATIONS = 100_000
 MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
+# The optimizers' own options are checked by the optimizers (search/optimizers/), which test their meaning but not
+# their size: every number in optimizer_options must be finite and at most this large either way.
+MAX_OPTION_MAGNITUDE = 1e9
+MAX_OPTION_DEPTH = 4  # an option is a number, a string or a short list (ehvi's reference point), never deeper
+
+
+def _check_option_numbers(value: Any, where: str) -> None:
+    """Refuse NaN, infinity and absurd magnitudes anywhere in an optimizer option (lists and objects included), and
+    nesting deeper than any optimizer takes. A loop over a stack, not recursion: a deeply nested body must be a
+    422, never a RecursionError."""
+    pending = [(value, where, 1)]
+    while pending:
+        item, name, depth = pending.pop()
+        if depth > MAX_OPTION_DEPTH:
+            raise ValueError(f"option {where} is nested more than {MAX_OPTION_DEPTH} levels deep")
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int | float):
+            if not math.isfinite(item) or abs(item) > MAX_OPTION_MAGNITUDE:
+                raise ValueError(f"option {name} must be a finite number between {-MAX_OPTION_MAGNITUDE:g} and "
+                                 f"{MAX_OPTION_MAGNITUDE:g}, got {item!r}")
+        elif isinstance(item, list | tuple):
+            pending.extend((inner, name, depth + 1) for inner in item)
+        elif isinstance(item, dict):
+            pending.extend((inner, f"{name}.{key}", depth + 1) for key, inner in item.items())
 
 
 class SearchConfig(SettingsModel):
@@ -47,13 +74,21 @@ class SearchConfig(SettingsModel):
                              description="the optimizer's seed; null: the training seed")
     optimizer_options: dict[str, Any] = Field(
         {}, max_length=16,
-        description="extra keyword options of the optimizer (JSON), e.g. {\"population_size\": 20}")
+        description="extra keyword options of the optimizer (JSON), e.g. {\"population_size\": 20}; every "
+                    f"number in them finite and at most {MAX_OPTION_MAGNITUDE:g} in size")
 
     @field_validator("objectives")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"objectives must be distinct, got {value}")
+        return value
+
+    @field_validator("optimizer_options")
+    @classmethod
+    def _finite_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            _check_option_numbers(item, key)
         return value
 
 
@@ -80,7 +115,7 @@ class SearchJob(SettingsModel):
         "auto", description="precision the search ranks sub-networks in; auto: bfloat16 where the device has it "
                             "natively, else float32; the front's figures are float32 either way")
     search_examples: int | None = Field(
-        DEFAULT_SEARCH_EXAMPLES, ge=1,
+        DEFAULT_SEARCH_EXAMPLES, ge=1, le=MAX_EXAMPLES,
         description="validation examples the search ranks each sub-network on (a seeded subset; null/'all': every "
                     "one); the best of them (two non-dominated layers) are measured again on the whole capped split")
 

@@ -401,12 +401,22 @@ class RefinementRunner(JobRunner):
     def execute(self, folder: Path) -> RefinementStatus | None:
         from search.job import refine_points
         from search.records import serves_refined
+        from supernet.evaluation import NonFiniteLogits
         from supernet.settings import RefineConfig
+        from supernet.training import TrainingDiverged
 
         r: Refinement = self.job
+        config = RefineConfig(**r.settings)
         log.info("refining front point %d of search %s with %s", r.position, r.search_id, r.settings)
-        front = refine_points(folder, [r.position], RefineConfig(**r.settings), progress=False,
-                              should_stop=self.should_stop, store=DbStore(self.factory, r.search_id, folder))
+        try:
+            front = refine_points(folder, [r.position], config, progress=False, should_stop=self.should_stop,
+                                  store=DbStore(self.factory, r.search_id, folder))
+        except (TrainingDiverged, NonFiniteLogits) as exc:
+            # A failed job rather than a finished one that is not kept: the user asked for a model and gets none,
+            # and the reason is the refinement's error. Nothing was stored, so downloads serve what they did.
+            reason = diverged_reason(exc, config)
+            log.error("search %s: front point %d not refined: %s", r.search_id, r.position, reason)
+            return self.finish(RefinementStatus.FAILED, reason)
         if front is None:
             return self.stopped()
         point = front["points"][r.position]
@@ -414,6 +424,18 @@ class RefinementRunner(JobRunner):
                  point["refined"]["train_s"], point["refined"]["test"],
                  "downloads serve it" if serves_refined(point) else "the slice stays: better on validation")
         return self.finish(RefinementStatus.SUCCEEDED)
+
+
+def diverged_reason(exc: Exception, config: Any) -> str:
+    """The error of a refinement whose training diverged (`TrainingDiverged`, which names the setting already) or
+    whose refined model gives NaN or inf logits (`NonFiniteLogits`), in the user's terms."""
+    from supernet.evaluation import NonFiniteLogits
+
+    text = str(exc)
+    if isinstance(exc, NonFiniteLogits):
+        text = (f"refinement diverged: the refined model's {text}; lower refine.learning_rate "
+                f"(now {config.learning_rate:g})")
+    return f"{text}; nothing was stored: the point's downloads are unchanged"
 
 
 # ------------------------------------------------------------------------------------------------ exports

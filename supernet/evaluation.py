@@ -72,7 +72,17 @@ def predict(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]
     return np.concatenate(logits), np.concatenate(labels)
 
 
+class NonFiniteLogits(ValueError):
+    """A model's logits hold NaN or infinity: its weights diverged (or overflow on these inputs). Metrics from such
+    logits would be meaningless yet look plausible (argmax of NaN is class 0, which can tie a real model's accuracy
+    on an unbalanced split), so nothing is scored, kept or served from them."""
+
+
 def metrics_from_logits(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The task's metrics; NonFiniteLogits if any logit is NaN or inf."""
+    bad = int(np.count_nonzero(~np.isfinite(logits)))
+    if bad:
+        raise NonFiniteLogits(f"{bad:,} of {logits.size:,} logits are NaN or inf")
     predictions = logits[:, 0] if spec.is_regression else logits.argmax(-1)
     return compute_metrics(spec, predictions, labels)
 

@@ -42,13 +42,15 @@ def refine_subnetwork(supernet: Supernet, sub: SubNetworkConfig, loader: Iterabl
                       should_stop: Callable[[], bool] | None = None,
                       progress: bool = True) -> NasPruneForSequenceClassification | None:
     """Extract `sub` from `supernet` (which is left untouched) and fine-tune the copy on `loader`'s labels.
-    None if `should_stop` stopped it (a point is short: it is redone whole, never resumed)."""
+    None if `should_stop` stopped it (a point is short: it is redone whole, never resumed). A refine whose loss or
+    weights stop being finite raises `TrainingDiverged` (naming refine.learning_rate) instead of returning a model
+    that predicts nothing."""
     if not config.enabled:
         raise ValueError("refine epochs is 0: nothing to refine")
     model = extract(supernet, sub)
     trainer = SupernetTrainer(PrunedModel(model), None, loader, config.training(seed),  # type: ignore[arg-type]
                               generator=generator, should_stop=should_stop, progress=progress,
-                              description="refining")
+                              description="refinement", learning_rate_setting="refine.learning_rate")
     if trainer.train().stopped:
         return None
     return model.eval()

@@ -27,6 +27,12 @@ MAX_SEED = 2**31 - 1
 MAX_BATCH = 4096
 MAX_LENGTH = 8192
 MAX_EPOCHS = 100
+# Caps that no real use comes near (a hundred million examples, a billion steps) but that keep a typo or a hostile
+# request from asking for a job that cannot end, or for numbers that overflow where they are used.
+MAX_EXAMPLES = 100_000_000
+MAX_STEPS = 1_000_000_000
+# Gradient clipping norms above this clip nothing in practice: it is how "no clipping" is asked for.
+MAX_GRAD_NORM = 1e9
 
 
 def split_commas(value: Any) -> Any:
@@ -73,7 +79,8 @@ class TrainingConfig(SettingsModel):
     warmup_ratio: float = Field(0.06, ge=0, le=1, description="share of the steps that warm the learning rate up")
     gradient_accumulation: int = Field(1, ge=1, le=MAX_BATCH, json_schema_extra=flag_extra("grad-accum"),
                                        description="batches whose gradients are summed before a step")
-    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm (a large one: no clipping)")
+    max_grad_norm: float = Field(1.0, gt=0, le=MAX_GRAD_NORM,
+                                 description="gradient clipping norm (a large one, e.g. 1e9: no clipping)")
     num_random_subnets: int = Field(2, ge=0, le=64,
                                     description="k of the sandwich rule; 0 = plain fine-tuning of the full model")
     sample_floor: float = Field(
@@ -86,7 +93,8 @@ class TrainingConfig(SettingsModel):
         description="weight of the label loss added to each sub-network's distillation loss, so that small "
                     "sub-networks learn the task and not only the full network's logits")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (and the search's, unless search_seed)")
-    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every this many steps")
+    checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
+                                               description="also checkpoint every this many steps")
 
 
 class RefineConfig(SettingsModel):
@@ -195,9 +203,10 @@ class RunSpec(SettingsModel):
     max_length: int = Field(128, ge=8, le=MAX_LENGTH, description="tokens per example (longer ones are cut)")
     batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="training batch size")
     eval_batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="evaluation batch size")
-    train_limit: int | None = Field(None, ge=1, description="cap on training examples (null/'all': every one)")
+    train_limit: int | None = Field(None, ge=1, le=MAX_EXAMPLES,
+                                    description="cap on training examples (null/'all': every one)")
     validation_limit: int | None = Field(
-        DEFAULT_VALIDATION_LIMIT, ge=1,
+        DEFAULT_VALIDATION_LIMIT, ge=1, le=MAX_EXAMPLES,
         description="cap on validation examples (a seeded random subset; null/'all': the whole split): the search "
                     "evaluates every sub-network it tries on them")
     split_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the train/validation split")

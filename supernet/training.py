@@ -5,6 +5,10 @@ full network's (detached) logits: T²·KL(student/T ‖ teacher/T) for classific
 optionally mixed with the label loss (Yu & Huang, "Universally Slimmable Networks and Improved Training
 Techniques", ICCV 2019; Klein et al., TMLR 2024). Gradients of all of them are accumulated before one
 AdamW step. Checkpoints hold everything needed to continue exactly where a run stopped.
+
+A run that diverges (a NaN or infinite loss, or weights that are no longer finite) stops with `TrainingDiverged`
+before it writes another checkpoint: a model that predicts nothing must not be searched over, kept or served, and
+the user needs to hear which setting to change rather than get a front of ties.
 """
 
 from __future__ import annotations
@@ -30,6 +34,20 @@ from .space import SearchSpace
 log = logging.getLogger(__name__)
 
 Batch = Mapping[str, torch.Tensor]
+
+
+class TrainingDiverged(ValueError):
+    """Training produced a NaN or infinite loss, or weights that are not finite; the message says at which step and
+    which setting to lower."""
+
+
+def count_nonfinite(model: torch.nn.Module) -> tuple[int, int]:
+    """(weights that are NaN or inf, all weights) of `model`: one device sync for the whole model."""
+    params = list(model.parameters())
+    if not params:
+        return 0, 0
+    bad = torch.stack([(~torch.isfinite(p.detach())).sum() for p in params]).sum()
+    return int(bad.item()), sum(p.numel() for p in params)
 
 
 @dataclass
@@ -68,7 +86,8 @@ class SupernetTrainer:
                  should_stop: Callable[[], bool] | None = None,
                  should_checkpoint: Callable[[], bool] | None = None,
                  on_plain_end: Callable[[Supernet], None] | None = None, progress: bool = True,
-                 description: str = "supernet training") -> None:
+                 description: str = "supernet training",
+                 learning_rate_setting: str = "training.learning_rate") -> None:
         if not isinstance(loader, Sized) or len(loader) == 0:
             raise ValueError("the training loader is empty")
         self.model, self.space, self.loader, self.config = model, space, loader, config
@@ -77,6 +96,8 @@ class SupernetTrainer:
         self.on_step, self.should_stop, self.should_checkpoint = on_step, should_stop, should_checkpoint
         self.on_plain_end = on_plain_end
         self.progress, self.description = progress, description  # the progress bar's label
+        self.learning_rate_setting = learning_rate_setting  # the setting a diverged run tells the user to lower
+        self._regression = False  # float labels seen: a diverged run may owe it to their scale too
         accumulation = config.gradient_accumulation
         self.steps_per_epoch = math.ceil(len(loader) / accumulation)
         total = max(1, math.ceil(config.epochs * self.steps_per_epoch))
@@ -107,6 +128,7 @@ class SupernetTrainer:
         model, cfg = self.model, self.config
         inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         labels = batch["labels"]
+        self._regression = labels.is_floating_point()
         model.reset_super_network()
         logits = model(*inputs)
         loss = task_loss(logits, labels)
@@ -151,6 +173,31 @@ class SupernetTrainer:
         self.optimizer.state.clear()
         self.save_checkpoint()
 
+    # -- divergence ---------------------------------------------------------------------------------------------
+    def _diverged(self, step: int, detail: str) -> TrainingDiverged:
+        hint = f"lower {self.learning_rate_setting} (now {self.config.learning_rate:g})"
+        if self._regression:
+            hint += " or scale the task's regression labels down"
+        return TrainingDiverged(f"{self.description} diverged at step {step} of "
+                                f"{self.state.total_steps}: {detail}; {hint}")
+
+    def _check_losses(self, sums: Mapping[str, float]) -> None:
+        """Before the optimizer step: the losses are floats already (`.item()` per micro-batch), so this costs
+        nothing, and a NaN gradient never reaches the weights or the optimizer's moments."""
+        for key, value in sums.items():
+            if not math.isfinite(value):
+                what = ("the sub-networks' loss" if key == "loss_subnets" else
+                        "the full network's loss" if self.config.num_random_subnets else "the loss")
+                raise self._diverged(self.state.step + 1, f"{what} is {value}")
+
+    def check_weights(self) -> None:
+        """TrainingDiverged if any weight is NaN or inf. Run before every checkpoint, at every epoch's end and at
+        the run's end (not every step: each check is a device sync), so a checkpoint never holds a diverged
+        model."""
+        bad, total = count_nonfinite(self.model)
+        if bad:
+            raise self._diverged(self.state.step, f"{bad:,} of {total:,} weights are NaN or inf")
+
     # -- the loop -------------------------------------------------------------------------------------------
     def request_checkpoint(self) -> None:
         """Ask for a checkpoint after the current optimizer step (e.g. from a signal handler)."""
@@ -174,6 +221,7 @@ class SupernetTrainer:
                 state.batch_in_epoch = index + 1
                 if pending < accumulation and state.batch_in_epoch < len(self.loader):
                     continue
+                self._check_losses(sums)
                 self._optimizer_step(pending)
                 state.step += 1
                 state.history.append({k: v / pending for k, v in sums.items()} | {"step": state.step})
@@ -200,7 +248,7 @@ class SupernetTrainer:
                     self.save_checkpoint()  # at least once per epoch
         bar.close()
         self.model.eval()
-        self.save_checkpoint()
+        self.save_checkpoint()  # checks the weights, with or without a checkpoint file
         return state
 
     # -- checkpoints ----------------------------------------------------------------------------------------
@@ -217,8 +265,11 @@ class SupernetTrainer:
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
-        """Write the checkpoint atomically (supernet.files), so a job resumed after a crash never reads a torn one."""
+        """Write the checkpoint atomically (supernet.files), so a job resumed after a crash never reads a torn one.
+        The weights are checked first (TrainingDiverged), also when there is no checkpoint file to write: every
+        epoch's end and the run's end pass here."""
         self._checkpoint_requested = False
+        self.check_weights()
         path = Path(path) if path else self.checkpoint_path
         if path is None:
             return None

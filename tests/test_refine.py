@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_supernet, toy_batches
+from conftest import TOY_SPEC, make_supernet, supernet_config, toy_batches
 
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_params
+from supernet.evaluation import NonFiniteLogits, evaluate
 from supernet.extract import extract
 from supernet.importance import task_loss
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.settings import RefineConfig
+from supernet.training import TrainingDiverged
 
 
 def mean_loss(model: torch.nn.Module, batches) -> float:
@@ -73,3 +75,27 @@ def test_nothing_to_refine_at_zero_epochs(sub) -> None:
     assert not RefineConfig().enabled
     with pytest.raises(ValueError, match="nothing to refine"):
         refine_subnetwork(make_supernet(), sub, toy_batches(), RefineConfig(), progress=False)
+
+
+def test_a_refine_that_diverges_raises_naming_refine_learning_rate() -> None:
+    """Regression labels of 1e20 overflow the loss: no refined model comes back to be kept or served."""
+    supernet = make_supernet(supernet_config(num_labels=1), seed=2)
+    batches = toy_batches(count=2)
+    for batch in batches:
+        batch["labels"] = batch["labels"].float() * 1e20
+    sub = SubNetworkConfig(layers=(0, 2), heads=(2, 4, 1), units=(20, 48, 7))
+    with pytest.raises(TrainingDiverged, match=r"^refinement diverged at step 1 of 2: the loss is inf; "
+                                               r"lower refine.learning_rate \(now 0.5\)"):
+        refine_subnetwork(supernet, sub, batches, RefineConfig(epochs=1, learning_rate=0.5), progress=False)
+
+
+def test_metrics_are_never_taken_from_logits_that_are_not_finite(sub) -> None:
+    """The refined NaN model of the finding scored its split's majority accuracy (argmax of NaN is class 0) and
+    tied the slice; now its evaluation refuses."""
+    model = extract(make_supernet(), sub)
+    batches = toy_batches()
+    assert set(evaluate(PrunedModel(model), batches, TOY_SPEC)) >= {"accuracy"}
+    with torch.no_grad():
+        model.model.head.out.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLogits, match=r"^12 of 24 logits are NaN or inf$"):
+        evaluate(PrunedModel(model), batches, TOY_SPEC)

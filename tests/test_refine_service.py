@@ -22,7 +22,7 @@ from service.config import Settings
 from service.db import make_engine, session_factory, upgrade
 from service.exports import archive_name, archive_path, export_stem, leftovers, refined_source
 from service.models import SearchStatus
-from service.worker import SearchRunner, _JobState
+from service.worker import SearchRunner, _JobState, diverged_reason
 from supernet.config import SubNetworkConfig
 from supernet.extract import SUBNETWORK_FILE
 from supernet.files import temporary_sibling
@@ -151,3 +151,19 @@ def test_refined_and_sliced_exports_have_separate_cache_entries(tmp_path: Path) 
     assert sorted(p.name for p in leftovers(exports, "0-hf")) == sorted([folder.name, archive.name])
     assert sorted(p.name for p in leftovers(exports, "0-hf-refined")) == sorted([refined_folder.name,
                                                                                  refined_archive.name])
+
+
+def test_a_diverged_refinement_says_why_and_what_to_lower() -> None:
+    """The two ways a refinement diverges, as its error reads: the trainer's message (which names the setting
+    already), and a refined model whose logits are not finite (the refined model's evaluation refused them)."""
+    from supernet.evaluation import NonFiniteLogits
+    from supernet.training import TrainingDiverged
+
+    config = RefineConfig(epochs=1, learning_rate=0.5)
+    unchanged = "; nothing was stored: the point's downloads are unchanged"
+    trained = TrainingDiverged("refinement diverged at step 2 of 8: the loss is nan; lower refine.learning_rate "
+                               "(now 0.5)")
+    assert diverged_reason(trained, config) == f"{trained}{unchanged}"
+    logits = NonFiniteLogits("12 of 24 logits are NaN or inf")
+    assert diverged_reason(logits, config) == ("refinement diverged: the refined model's 12 of 24 logits are NaN or "
+                                               f"inf; lower refine.learning_rate (now 0.5){unchanged}")

@@ -310,7 +310,8 @@ def test_a_refinement_that_cannot_run_fails_with_its_reason(client, settings, tm
     (row,) = client.get(f"/searches/{search_id}/refinements").json()
     assert seen == [(rid, "failed")] and row["status"] == "failed"
     assert row["error"].startswith("FileNotFoundError") and "not a run folder" in row["error"]
-    assert client.get(f"/searches/{search_id}").json()["status"] == "succeeded"
+    first = client.get(f"/searches/{search_id}").json()
+    assert first["status"] == "succeeded", first["error"]
     assert client.get(f"/searches/{search_id}/pareto").json()["points"][0]["refinement"]["status"] == "failed"
 
 
@@ -508,3 +509,83 @@ def test_a_refinement_of_another_tokens_search_is_404(workspace, tmp_path) -> No
             theirs = client.request(method, url, headers=b)
             assert theirs.status_code == 404 and theirs.json()["detail"] == f"no search with id {search_id!r}"
         assert [r["status"] for r in client.get(f"/searches/{search_id}/refinements", headers=a).json()] == ["queued"]
+
+
+# ------------------------------------------------------------------------------------------------ divergence
+
+
+def _write_scores(path: Path, rows: int, seed: int, scale: float = 1.0) -> Path:
+    """A toy regression CSV: the score is +1 for the positive words, -1 for the negative ones, times `scale`."""
+    import csv
+    import random
+
+    from conftest import FILLER, NEGATIVE, POSITIVE
+
+    rng = random.Random(seed)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "score"])
+        for _ in range(rows):
+            positive = rng.random() < 0.5
+            words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if positive else NEGATIVE, 2)
+            writer.writerow([" ".join(words), (1.0 if positive else -1.0) * scale])
+    return path
+
+
+def _regression_model(workspace: Path, into: Path) -> Path:
+    """The workspace's tiny model with a one-output head (regression), and its tokenizer."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(workspace / "model", num_labels=1,
+                                                          ignore_mismatched_sizes=True)
+    model.save_pretrained(into)
+    AutoTokenizer.from_pretrained(workspace / "model").save_pretrained(into)
+    return into
+
+
+@pytest.mark.slow
+def test_training_that_diverges_fails_its_job_and_never_replaces_a_download(client, workspace, settings,
+                                                                            worker_env) -> None:
+    """A regression search trained on sane scores; then its training file is rewritten with scores of 1e20 (the
+    worker reads the file again when it refines). The refinement's loss overflows: the refinement fails with the
+    reason and the setting to lower, the point keeps no refined entry, and its download is still the slice. A new
+    search on those scores fails in supernet training the same way, instead of searching over NaN."""
+    from conftest import run_worker_once, worker_thread
+
+    folder = workspace / "diverging"
+    folder.mkdir(exist_ok=True)
+    train, test = _write_scores(folder / "train.csv", 60, seed=1), _write_scores(folder / "test.csv", 20, seed=2)
+    custom = {"train_file": str(train), "test_file": str(test), "text_columns": ["text"], "label_column": "score",
+              "task_type": "regression"}
+    model = _regression_model(workspace, folder / "model")
+    request = body(workspace, model=str(model), task="custom/scores", custom=custom, search={"evaluations": 4})
+    created = client.post("/searches", json=request)
+    assert created.status_code == 201, created.text
+    search_id = created.json()["id"]
+    run_worker_once(worker_env, timeout_s=240)
+    first = client.get(f"/searches/{search_id}").json()
+    assert first["status"] == "succeeded", first["error"]
+
+    _write_scores(train, 60, seed=1, scale=1e20)
+    asked = client.post(f"/searches/{search_id}/pareto/0/refine", json={"epochs": 1, "learning_rate": 1e-3})
+    assert asked.status_code == 202, asked.text
+    run_worker_once(worker_env, timeout_s=240)
+    (refinement,) = client.get(f"/searches/{search_id}/refinements").json()
+    assert refinement["status"] == "failed"
+    assert refinement["error"].startswith("refinement diverged at step 1 of "), refinement["error"]
+    assert "the loss is inf; lower refine.learning_rate (now 0.001)" in refinement["error"]
+    assert "the point's downloads are unchanged" in refinement["error"]
+    point = client.get(f"/searches/{search_id}/pareto").json()["points"][0]
+    assert point["refined"] is None and point["refinement"]["status"] == "failed"
+    assert not (settings.search_folder(search_id) / "refined" / "0").exists()
+    with worker_thread(settings):
+        download = client.get(f"/searches/{search_id}/pareto/0/download")
+    assert download.status_code == 200 and "-refined" not in download.headers["content-disposition"]
+
+    again = client.post("/searches", json=request | {"training": {"epochs": 1, "seed": 1}})
+    assert again.status_code == 201, again.text
+    run_worker_once(worker_env, timeout_s=240)
+    failed = client.get(f"/searches/{again.json()['id']}").json()
+    assert failed["status"] == "failed"
+    assert "supernet training diverged at step 1 of " in failed["error"], failed["error"]
+    assert "lower training.learning_rate (now 0.0001) or scale the task's regression labels down" in failed["error"]

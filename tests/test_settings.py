@@ -9,6 +9,7 @@ stored rows and files, and the flag generator's own rules.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -402,3 +403,96 @@ def test_a_bad_flag_value_exits_2_naming_the_flag(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["search", "--optimizer", "annealing", "--out", "x"])
     assert exc.value.code == 2 and "argument --optimizer: invalid choice" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ bounds on every number
+
+
+def _numbers(schema: dict[str, Any], node: dict[str, Any], path: str = "") -> dict[str, dict[str, Any]]:
+    """Every number or integer in a JSON schema (array items and nested objects walked), by dotted path."""
+    node = _resolve({"components": {"schemas": schema.get("$defs", {})}},
+                    {k: v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" else v
+                     for k, v in node.items()})
+    if node.get("type") in ("number", "integer"):
+        return {path: node}
+    found: dict[str, dict[str, Any]] = {}
+    for name, prop in node.get("properties", {}).items():
+        found |= _numbers(schema, prop, f"{path}.{name}".lstrip("."))
+    if isinstance(node.get("items"), dict):
+        found |= _numbers(schema, node["items"], f"{path}[]")
+    return found
+
+
+def test_every_number_a_request_takes_has_a_lower_and_an_upper_bound(client) -> None:
+    """What GET /options serves (the API body and the web form; the CLI flags come from the same models): no
+    number without both ends, so 1e308 or a negative count is a 422 naming the field, never a job."""
+    options = client.get("/options").json()
+    for kind in ("search", "refine"):
+        numbers = _numbers(options[kind], options[kind])
+        assert {"train_limit", "training.learning_rate", "refine.learning_rate", "refine.budgets[]"} <= set(numbers) \
+            if kind == "search" else "learning_rate" in numbers
+        for path, node in numbers.items():
+            assert {"minimum", "exclusiveMinimum"} & set(node), (kind, path, node)
+            assert {"maximum", "exclusiveMaximum"} & set(node), (kind, path, node)
+
+
+@pytest.mark.parametrize(("section", "value"), [
+    ({"refine": {"epochs": 1, "learning_rate": 1e308}}, "refine.learning_rate"),
+    ({"training": {"learning_rate": 2}}, "training.learning_rate"),
+    ({"training": {"max_grad_norm": 1e308}}, "training.max_grad_norm"),
+    ({"training": {"checkpoint_every_steps": 10**12}}, "training.checkpoint_every_steps"),
+    ({"train_limit": 10**12}, "train_limit"),
+    ({"validation_limit": 10**12}, "validation_limit"),
+    ({"search_examples": 10**12}, "search_examples"),
+    ({"search": {"optimizer_options": {"population_size": 1e308}}}, "population_size"),
+    ({"search": {"optimizer_options": {"reference": [1, 1e300]}}}, "reference"),
+    ({"search": {"optimizer_options": {"deep": json.loads("[" * 50 + "]" * 50)}}}, "nested more than 4 levels"),
+])
+def test_an_absurd_number_in_a_search_is_422_naming_the_field(client, workspace, section, value) -> None:
+    response = client.post("/searches", json=_task_body(workspace) | section)
+    assert response.status_code == 422 and value in response.json()["detail"], response.text
+
+
+def test_nan_and_infinity_in_a_body_are_422(client, workspace, settings) -> None:
+    """Python's JSON reader takes NaN, Infinity and 1e999 (inf): the settings models refuse them by name."""
+    body = json.dumps(_task_body(workspace))[:-1]
+    for text, field in [('"training": {"learning_rate": NaN}', "training.learning_rate"),
+                        ('"refine": {"epochs": 1, "learning_rate": Infinity}', "refine.learning_rate"),
+                        ('"search": {"time_limit_s": 1e999}', "search.time_limit_s"),
+                        ('"search": {"optimizer_options": {"crossover_eta": NaN}}', "crossover_eta")]:
+        response = client.post("/searches", content=f"{body}, {text}}}",
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 422 and field in response.json()["detail"], response.text
+
+
+def test_an_absurd_refine_learning_rate_is_422(client, settings) -> None:
+    """POST .../pareto/{point}/refine takes RefinePointConfig: the rate that made NaN weights is refused first."""
+    from test_refinements import fake_search
+
+    url = f"/searches/{fake_search(settings)}/pareto/0/refine"
+    for body in ({"learning_rate": 1e308}, {"learning_rate": 1.5}, {"weight_decay": 1e10}, {"warmup_ratio": -1},
+                 {"epochs": 1e308}):
+        response = client.post(url, json=body)
+        (field,) = body
+        assert response.status_code == 422 and field in response.json()["detail"], response.text
+    nan = client.post(url, content='{"learning_rate": NaN}', headers={"content-type": "application/json"})
+    assert nan.status_code == 422 and "learning_rate" in nan.json()["detail"]
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["--train-limit", "1000000000000"], "--train-limit"),
+    (["--refine-epochs", "1", "--refine-lr", "1e308"], "--refine-lr"), (["--lr", "nan"], "--lr"),
+    (["--max-grad-norm", "inf"], "--max-grad-norm"),
+])
+def test_an_absurd_number_on_the_command_line_exits_2_naming_the_flag(capsys, argv, flag) -> None:
+    from service.cli import main
+
+    assert main(["search", *argv, "--out", "x"]) == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_the_refine_command_refuses_an_absurd_learning_rate(capsys, tmp_path) -> None:
+    from service.cli import main
+
+    assert main(["refine", "--run", str(tmp_path), "--point", "0", "--lr", "1e308"]) == 2
+    assert "argument --lr: Input should be less than or equal to 1" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from conftest import make_supernet, supernet_config
 from supernet.config import SubNetworkConfig
 from supernet.settings import TrainingConfig
 from supernet.space import make_space
-from supernet.training import SupernetTrainer, TrainState, distillation_loss
+from supernet.training import SupernetTrainer, TrainingDiverged, TrainState, count_nonfinite, distillation_loss
 
 
 class FakeLoader:
@@ -460,3 +460,37 @@ def test_a_sampling_floor_trains_only_members_above_it() -> None:
     assert all(all(v >= f for v, f in zip(space.encode(sub), floor, strict=True)) for sub in seen)
     with pytest.raises(ValueError, match="sample_floor"):
         TrainingConfig(sample_floor=2.0)
+
+
+# ------------------------------------------------------------------------------------------ divergence
+
+
+def test_a_loss_that_overflows_fails_the_run_naming_the_setting_and_writes_no_checkpoint(tmp_path) -> None:
+    """Regression labels of 1e20: the squared error overflows float32 at the first step. The run stops before that
+    step's update (the weights stay finite) and before any checkpoint, and says what to change."""
+    model = make_supernet(supernet_config(num_labels=1), seed=6)
+    data = toy_data(16, regression=True)
+    data["labels"] = data["labels"] * 1e20
+    config = TrainingConfig(epochs=2, plain_fraction=0.0, num_random_subnets=1)
+    trainer = _trainer(model, FakeLoader(data, 8), config, checkpoint_path=tmp_path / "checkpoint.pt")
+    with pytest.raises(TrainingDiverged, match=r"supernet training diverged at step 1 of 4: the full network's loss is "
+                                               r"inf; lower training.learning_rate \(now 0.0001\) or scale the task's "
+                                               r"regression labels down"):
+        trainer.train()
+    assert count_nonfinite(model)[0] == 0 and trainer.state.step == 0
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_weights_that_are_not_finite_fail_the_run_before_its_checkpoint(tmp_path) -> None:
+    """A NaN the loss never sees (the token-type row no input uses) still fails the run at its first checkpoint:
+    a diverged model is never written, searched over or served."""
+    model = make_supernet(seed=1)
+    with torch.no_grad():
+        model.embeddings.token_type_embeddings.weight[1, :3] = float("nan")
+    config = TrainingConfig(epochs=1, plain_fraction=0.0, num_random_subnets=0, learning_rate=1e-3)
+    trainer = _trainer(model, FakeLoader(toy_data(16), 8), config, checkpoint_path=tmp_path / "checkpoint.pt")
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 2 of 2: 3 of [\d,]+ weights are NaN or inf; "
+                                               r"lower training.learning_rate \(now 0.001\)$"):
+        trainer.train()
+    assert trainer.state.step == 2 and not (tmp_path / "checkpoint.pt").exists()
+    assert count_nonfinite(make_supernet(seed=1)) == (0, sum(p.numel() for p in model.parameters()))
