@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import modules
+from . import schedules
 from .config import SubNetworkConfig, SupernetConfig
 
 
@@ -51,8 +51,8 @@ def count_params(config: SupernetConfig, sub: SubNetworkConfig | None = None) ->
 
 def layer_macs(config: SupernetConfig, heads: int, units: int, seq_len: int, kept: int | None = None) -> int:
     """MACs of one kept layer that reads `seq_len` tokens and passes on `kept` of them (default: all); the
-    formula and why is in supernet.modules.layer_macs."""
-    return modules.layer_macs(config.hidden_size, heads, config.head_size, units, seq_len, kept)
+    formula and why is in supernet.schedules.layer_macs."""
+    return schedules.layer_macs(config.hidden_size, heads, config.head_size, units, seq_len, kept)
 
 
 def kept_tokens(sub: SubNetworkConfig, length: int) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import modeling_nasprune, modules
+from . import modeling_nasprune, modules, schedules
 from .config import ConfigError, SubNetworkConfig
 from .counting import count_macs, count_params
 from .files import atomic_path
@@ -97,6 +97,7 @@ def save_folder(model: NasPruneForSequenceClassification, out_dir: str | Path, *
         model.save_pretrained(tmp)
         shutil.copyfile(modules.__file__, tmp / "modules.py")
         shutil.copyfile(modeling_nasprune.__file__, tmp / "modeling_nasprune.py")
+        shutil.copyfile(schedules.__file__, tmp / "schedules.py")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / SUBNETWORK_FILE).write_text(json.dumps(record or {}, indent=2))

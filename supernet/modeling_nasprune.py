@@ -8,83 +8,13 @@ Imports only torch, transformers and the sibling `modules.py`.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .modules import ElasticBert, layer_macs
-
-
-def _keep_schedule(keep: list[float], layers: int) -> list[float] | None:
-    """A checked keep schedule: one fraction in (0, 1] per layer, made non-increasing (an eliminated token
-    never comes back); all ones is None."""
-    values = [float(r) for r in keep]
-    if len(values) != layers or not all(0.0 < r <= 1.0 for r in values):
-        raise ValueError(f"token_keep needs {layers} fractions in (0, 1], one per layer; got {keep}")
-    schedule, current = [], 1.0
-    for r in values:
-        current = min(current, r)
-        schedule.append(current)
-    return None if current == 1.0 else schedule
-
-
-def tilted_schedule(layers: int, start: int, rate: float, floor: float = 0.1) -> list[float] | None:
-    """The keep schedule of the search's token-elimination genes: every token through the first `start` layers,
-    then a fraction shrinking geometrically by `rate` per layer, never below `floor`:
-    r_l = 1 for l < start, r_l = max(floor, (1 - rate) ** (l - start + 1)) after. Two genes (start, rate)
-    describe a TiltedBERT-style schedule that keeps more tokens early, where the ranking is least reliable and
-    dropping costs most (PoWER-BERT), and fewer deep; None when it drops nothing."""
-    if not 0 <= start <= layers or not 0.0 <= rate < 1.0 or not 0.0 < floor <= 1.0:
-        raise ValueError(f"a tilted schedule needs 0 <= start <= {layers}, 0 <= rate < 1 and 0 < floor <= 1; "
-                         f"got start={start}, rate={rate}, floor={floor}")
-    keep = [1.0 if i < start else max(floor, (1.0 - rate) ** (i - start + 1)) for i in range(layers)]
-    return None if all(r >= 1.0 for r in keep) else keep
-
-
-def expected_encoder_macs(config: Any, keep: list[float] | None, lengths: list[int]) -> float:
-    """Mean encoder MACs per example of `lengths` tokens under the keep schedule (per layer of `config`)."""
-    total = 0
-    for n in lengths:
-        reads = n
-        for i, (heads, units) in enumerate(zip(config.layer_heads, config.layer_units, strict=True)):
-            r = 1.0 if keep is None or heads == 0 else keep[i]
-            kept = min(reads, max(1, math.ceil(r * n - 1e-9)))
-            total += layer_macs(config.hidden_size, heads, config.head_size, units, reads, kept)
-            reads = kept
-    return total / len(lengths)
-
-
-def schedule_for_speedup(config: Any, speedup: float, lengths: list[int], *, start: int = 1,
-                         floor: float = 0.1) -> list[float] | None:
-    """The tilted schedule (`start`, `floor` fixed) with the gentlest rate whose expected encoder MACs over
-    `lengths` are at most 1/`speedup` of the model's without elimination: TiltedBERT's offline tuning, one
-    trained model set to a latency after training. The speed-up is analytic (MACs); bench/ measures the real
-    one. 1 is None; a speed-up beyond the steepest schedule's is refused with the most it can reach."""
-    if not math.isfinite(speedup) or speedup < 1.0:
-        raise ValueError(f"speed-up must be a finite number >= 1, got {speedup}")
-    if not lengths:
-        raise ValueError("schedule_for_speedup needs the input lengths it is solved over")
-    layers = len(config.layer_heads)
-    base = expected_encoder_macs(config, None, lengths)
-
-    def reached(rate: float) -> float:
-        return base / expected_encoder_macs(config, tilted_schedule(layers, start, rate, floor), lengths)
-
-    steepest = 1.0 - 1e-6
-    if speedup == 1.0:
-        return None
-    if reached(steepest) < speedup:
-        raise ValueError(f"speed-up {speedup:g} is beyond what this model reaches by token elimination from layer "
-                         f"{start} down to a floor of {floor:g} (at most {reached(steepest):.2f}x)")
-    low, high = 0.0, steepest
-    for _ in range(50):  # MACs fall with the rate (stepwise, through the ceilings): bisect for the gentlest
-        middle = (low + high) / 2
-        low, high = (low, middle) if reached(middle) >= speedup else (middle, high)
-    return tilted_schedule(layers, start, high, floor)
+from .modules import ElasticBert
+from .schedules import keep_schedule, schedule_for_speedup
 
 
 class NasPruneConfig(PreTrainedConfig):
@@ -124,7 +54,7 @@ class NasPruneConfig(PreTrainedConfig):
         self.position_offset = position_offset
         self.initializer_range = initializer_range
         # token elimination: per layer, the fraction of each example's length still present after it (None: off)
-        self.token_keep = None if token_keep is None else _keep_schedule(token_keep, len(self.layer_heads))
+        self.token_keep = None if token_keep is None else keep_schedule(token_keep, len(self.layer_heads))
         # a sample of the task's input lengths (unpadded), which set_speedup solves a schedule over
         self.token_lengths = None if token_lengths is None else [int(n) for n in token_lengths]
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -167,7 +97,7 @@ class NasPruneForSequenceClassification(PreTrainedModel):
         """Change the token-elimination schedule without retraining (TiltedBERT's offline tuning): one keep
         fraction per layer, or None for every token in every layer. Updates `config.token_keep` too, so
         `save_pretrained` keeps it."""
-        schedule = None if keep is None else _keep_schedule(list(keep), len(self.config.layer_heads))
+        schedule = None if keep is None else keep_schedule(list(keep), len(self.config.layer_heads))
         self.config.token_keep = schedule
         self.model.token_keep = schedule
 

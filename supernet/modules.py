@@ -27,21 +27,6 @@ def _linear(in_features: int, out_features: int) -> nn.Linear:
         return nn.Linear(in_features, out_features)
 
 
-def layer_macs(hidden: int, heads: int, head_size: int, units: int, reads: int, kept: int | None = None) -> int:
-    """Multiply-accumulates of one layer that reads `reads` tokens and passes on `kept` of them (default: all).
-
-    With token elimination the ranking needs the whole attention matrix, so Q, K, V and QKᵀ see every token read;
-    only the kept queries need their context (AV), the output projection and the FFN (PoWER-BERT's placement:
-    elimination between the attention and the FFN). Here, not in supernet.counting, because an exported model
-    solves its keep schedule for a speed-up with it (this file travels with the export).
-    """
-    kept = reads if kept is None else kept
-    width = heads * head_size
-    projections = 3 * reads * hidden * width + kept * width * hidden  # Q, K, V on all; the output on the kept
-    attention = heads * reads * reads * head_size + heads * kept * reads * head_size  # QKᵀ, AV
-    return projections + attention + 2 * kept * hidden * units
-
-
 def _check_width(name: str, value: int, maximum: int) -> int:
     if not 0 <= value <= maximum:
         raise ValueError(f"{name} must be between 0 and {maximum}, got {value}")

@@ -12,8 +12,8 @@ from test_counting import _measured_macs
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, expected_macs
 from supernet.extract import export_subnetwork, extract, load_exported
-from supernet.modeling_nasprune import expected_encoder_macs, tilted_schedule
 from supernet.modules import ElasticSelfAttention
+from supernet.schedules import expected_encoder_macs, tilted_schedule
 
 
 def _batch(lengths: list[int], vocab: int = 99, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,15 +57,21 @@ def test_modules_py_imports_only_torch_transformers_and_stdlib() -> None:
     assert bad == []  # it is copied verbatim into every exported folder
 
 
-def test_modeling_file_imports_only_torch_transformers_and_modules() -> None:
+def test_modeling_file_imports_only_torch_transformers_and_its_siblings() -> None:
     path = ROOT / "supernet" / "modeling_nasprune.py"
     allowed_absolute = {"torch", "transformers", "__future__"}
     for module, level in _imports(path):
         if level:
-            assert (module, level) == ("modules", 1), f"relative import {'.' * level}{module}"
+            assert (module, level) in {("modules", 1), ("schedules", 1)}, f"relative import {'.' * level}{module}"
         else:
             assert module.split(".")[0] in allowed_absolute, module
     assert ("modules", 1) in _imports(path)
+
+
+def test_schedules_py_imports_only_the_standard_library() -> None:
+    path = ROOT / "supernet" / "schedules.py"
+    bad = [m for m, level in _imports(path) if level or m.split(".")[0] not in STDLIB]
+    assert bad == []  # copied into every exported folder, and imported by torch-free code (the search space)
 
 
 def test_the_import_parser_sees_relative_and_absolute_imports() -> None:
