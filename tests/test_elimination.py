@@ -125,6 +125,12 @@ def test_sliced_exported_and_reloaded_agree_with_elimination_on(tmp_path) -> Non
         assert torch.allclose(reloaded(ids, mask).logits, static, atol=1e-5)
         reloaded.set_token_keep([0.8, 0.4])
         assert torch.allclose(reloaded(ids, mask).logits, sliced, atol=1e-5)
+        # as a user loads it: the folder's own modeling files (schedules.py among them), no nasprune installed
+        from transformers import AutoModelForSequenceClassification
+
+        remote = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        assert torch.allclose(remote(ids, mask).logits, sliced, atol=1e-5)
+        assert remote.set_speedup(1.1) is not None and remote.config.token_keep[0] == 1.0
 
 
 def test_set_token_keep_refuses_schedules_it_cannot_run() -> None:
