@@ -14,8 +14,10 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 
 from .config import ConfigError, SubNetworkConfig, SupernetConfig
+from .schedules import tilted_schedule
 from .settings import SPACE_NAMES
 
 
@@ -266,6 +268,53 @@ class ImportanceSpace(SearchSpace):
         if len(sub.layers) != self.config.num_layers or self.decode(vector) != sub:
             raise ConfigError(f"{sub} is not in the importance space (the globally most important heads and units)")
         return vector
+
+
+# The keep-rate genes' values: the fraction of tokens each layer past the start drops (0: none). A coarse grid, so
+# a search of a few hundred evaluations sees each step; steeper than half drops most of a sentence in two layers.
+KEEP_RATES = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.0)
+
+
+class TokenEliminationSpace(SearchSpace):
+    """Any space plus two genes for token elimination (TiltedBERT): the layer elimination starts at and how fast
+    the kept fraction shrinks after it (supernet.schedules.tilted_schedule, with a fixed floor). Like the other
+    genes, larger is bigger: the upper corner (start after the last layer, rate 0) eliminates nothing, so
+    `largest()` is the base space's largest network, unchanged. Scoring a schedule needs no retraining: the
+    schedule is applied to the trained supernet's attention (zero-shot)."""
+
+    def __init__(self, base: SearchSpace, *, floor: float = 0.1) -> None:
+        super().__init__(base.config, unit_step=base.unit_step)
+        if not 0.0 < floor <= 1.0:
+            raise ConfigError(f"a keep floor is a fraction in (0, 1], got {floor}")
+        self.base, self.floor_fraction = base, floor
+        self.name = f"{base.name}+tokens"
+
+    @property
+    def lower(self) -> list[int]:
+        return [*self.base.lower, 1, 0]  # elimination never starts before the first layer's attention
+
+    @property
+    def upper(self) -> list[int]:
+        return [*self.base.upper, self.config.num_layers, len(KEEP_RATES) - 1]
+
+    def schedule(self, start: int, rate_gene: int) -> tuple[float, ...] | None:
+        keep = tilted_schedule(self.config.num_layers, start, KEEP_RATES[rate_gene], self.floor_fraction)
+        return None if keep is None else tuple(keep)
+
+    def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
+        values = self._check(vector)
+        sub = self.base.decode(values[:-2])
+        return replace(sub, token_keep=self.schedule(values[-2], values[-1]))
+
+    def encode(self, sub: SubNetworkConfig) -> list[int]:
+        static = self.base.encode(sub.static())
+        if sub.token_keep is None:
+            return [*static, self.config.num_layers, len(KEEP_RATES) - 1]
+        for start in range(1, self.config.num_layers + 1):
+            for gene in range(len(KEEP_RATES)):
+                if replace(sub.static(), token_keep=self.schedule(start, gene)) == sub:
+                    return [*static, start, gene]
+        raise ConfigError(f"token_keep {list(sub.token_keep)} is not a schedule of the {self.name} space")
 
 
 SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (UniformSpace, PerLayerSpace, LayerSpace,

@@ -11,7 +11,16 @@ from conftest import supernet_config
 from supernet.config import ConfigError, SubNetworkConfig, SupernetConfig
 from supernet.counting import count_params
 from supernet.importance import Importance
-from supernet.space import SPACES, ImportanceSpace, LayerSpace, PerLayerSpace, UniformSpace, make_space
+from supernet.space import (
+    KEEP_RATES,
+    SPACES,
+    ImportanceSpace,
+    LayerSpace,
+    PerLayerSpace,
+    TokenEliminationSpace,
+    UniformSpace,
+    make_space,
+)
 
 BERT_BASE = SupernetConfig(num_layers=12, hidden_size=768, num_heads=12, head_size=64, intermediate_size=3072,
                            vocab_size=30522, max_position_embeddings=512, type_vocab_size=2, num_labels=2)
@@ -244,3 +253,42 @@ def test_a_sampling_floor_keeps_training_samples_above_it(name: str) -> None:
                                                                   for _ in range(5)]
     with pytest.raises(ConfigError, match="fraction in"):
         space.floor(1.5)
+
+
+# ------------------------------------------------------------------------------------------------ token elimination
+
+
+@pytest.mark.parametrize("name", ["uniform", "per_layer", "layers", "importance"])
+def test_token_elimination_appends_two_genes_to_any_space(name: str, config: SupernetConfig) -> None:
+    base = space_of(name, config)
+    space = TokenEliminationSpace(base)
+    assert space.name == f"{name}+tokens" and space.dimension == base.dimension + 2
+    assert space.largest() == base.largest() and space.largest().token_keep is None  # the corner eliminates nothing
+    smallest = space.smallest()
+    assert smallest.static() == base.smallest()
+    # the steepest schedule, unless no kept layer past the first has heads to rank tokens with
+    assert (smallest.token_keep is not None) == any(smallest.heads[i] for i in smallest.layers if i >= 1)
+    rng = random.Random(1)
+    kinds = set()
+    for _ in range(200):
+        vector = [rng.randint(lo, hi) for lo, hi in zip(space.lower, space.upper, strict=True)]
+        if name == "layers" and not any(vector[:-2]):
+            continue
+        sub = space.decode(vector)
+        assert sub.validate(config) is sub and sub.static() == base.decode(vector[:-2])
+        assert space.decode(space.encode(sub)) == sub
+        kinds.add(sub.token_keep is None)
+    assert kinds == {True, False}
+
+
+def test_the_elimination_genes_decode_to_the_tilted_schedule() -> None:
+    space = TokenEliminationSpace(make_space("per_layer", MINILM), floor=0.2)
+    full = space.base.encode(space.base.largest())
+    sub = space.decode([*full, 2, KEEP_RATES.index(0.5)])
+    assert sub.token_keep == (1.0, 1.0, 0.5, 0.25, 0.2, 0.2)
+    assert space.decode([*full, 6, 0]).token_keep is None  # starting after the last layer eliminates nothing
+    foreign = SubNetworkConfig(layers=sub.layers, heads=sub.heads, units=sub.units, token_keep=(1, 1, 1, 1, 1, 0.33))
+    with pytest.raises(ConfigError, match="not a schedule of the per_layer\\+tokens space"):
+        space.encode(foreign)
+    with pytest.raises(ConfigError, match="keep floor"):
+        TokenEliminationSpace(space.base, floor=0.0)
