@@ -33,6 +33,7 @@ from supernet.metrics import error_from_metrics
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, settings_differences, train_run
 from supernet.settings import RefineConfig, RunSpec
+from supernet.space import TokenEliminationSpace
 from supernet.tasks import TaskSpec
 from supernet.training import TrainState
 
@@ -314,6 +315,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     search_file.write_text(json.dumps(job.to_dict(), indent=2))
     seq_len = job.latency.seq_len or spec.max_length
     space = run.space(supernet.config)
+    if job.dynamic.token_elimination:  # the schedule genes, scored on the trained supernet (zero-shot)
+        space = TokenEliminationSpace(space, floor=job.dynamic.keep_floor)
     table = load_or_calibrate(supernet.config, batch_size=job.latency.batch_size, seq_len=seq_len,
                               unit_step=space.unit_step, device=job.latency.device)
     measurements = Measurements(supernet=supernet, task=run.task.spec,

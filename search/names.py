@@ -5,7 +5,7 @@ search.optimizers.OPTIMIZERS."""
 
 import importlib.util
 
-OBJECTIVE_NAMES = ("error", "params", "macs", "latency")
+OBJECTIVE_NAMES = ("error", "params", "macs", "latency", "expected_macs")
 OPTIMIZER_NAMES = ("nsga2", "morea", "random", "local", "ehvi")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from supernet.config import SubNetworkConfig
-from supernet.counting import count_macs, count_params
+from supernet.counting import count_macs, count_params, expected_macs
 from supernet.evaluation import evaluate
 from supernet.metrics import error_from_metrics
 from supernet.model import Supernet
@@ -51,10 +51,14 @@ class Measurements:
     # evaluated again in float32 (search.job.write_front)
     dtype: torch.dtype = torch.float32
     _cache: dict[SubNetworkConfig, Figures] = field(default_factory=dict, repr=False)
+    _expected: dict[SubNetworkConfig, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # Collate the validation batches once: every evaluation reuses the same tensors.
         self.validation_batches = list(self.validation_batches)
+        # the real (unpadded) length of every validation example the search ranks on: what a sub-network that
+        # drops tokens costs depends on them, never on the padded width
+        self.lengths = [int(n) for batch in self.validation_batches for n in batch["attention_mask"].sum(dim=1)]
         if self.params_kind not in ("encoder", "total"):
             raise ObjectiveError(f"params_kind must be 'encoder' or 'total', not {self.params_kind!r}")
 
@@ -63,6 +67,12 @@ class Measurements:
         config = self.supernet.config
         return (count_params(config, sub).to_dict(), count_macs(config, sub, seq_len=self.seq_len),
                 self.latency.predict(sub))
+
+    def expected_macs(self, sub: SubNetworkConfig) -> float:
+        """Mean MACs per validation example at its own length, token elimination included."""
+        if sub not in self._expected:
+            self._expected[sub] = expected_macs(self.supernet.config, sub, self.lengths)
+        return self._expected[sub]
 
     def figures(self, sub: SubNetworkConfig) -> Figures:
         if sub not in self._cache:
@@ -102,6 +112,10 @@ def _latency(sub: SubNetworkConfig, m: Measurements) -> float:
     return m.cost(sub)[2]
 
 
+def _expected_macs(sub: SubNetworkConfig, m: Measurements) -> float:
+    return m.expected_macs(sub)
+
+
 @dataclass(frozen=True)
 class Objective:
     name: str
@@ -115,6 +129,7 @@ OBJECTIVES: dict[str, Objective] = {
     "params": Objective("params", _params, relative_to_full=True),
     "macs": Objective("macs", _macs, relative_to_full=True),
     "latency": Objective("latency", _latency, relative_to_full=True),
+    "expected_macs": Objective("expected_macs", _expected_macs, relative_to_full=True),
 }
 
 

@@ -100,6 +100,17 @@ class LatencyShape(SettingsModel):
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="latency: device to time on")
 
 
+class DynamicConfig(SettingsModel):
+    """Dimensions a sub-network adds at run time, searched beside its structure: what runs depends on each input,
+    so their cost is measured over the task's real input lengths (the `expected_macs` objective)."""
+
+    token_elimination: bool = Field(
+        False, description="search token-elimination schedules too (TiltedBERT): two more genes, the layer dropping "
+                           "starts at and how fast; scored on the trained supernet without retraining")
+    keep_floor: float = Field(0.1, gt=0, le=1, description="token elimination: the smallest fraction of an "
+                                                           "example's tokens any layer keeps")
+
+
 class SearchJob(SettingsModel):
     """A search after training: the search loop, the latency shape, what the params objective counts, the refining
     of front points, and how sub-networks are ranked."""
@@ -109,6 +120,7 @@ class SearchJob(SettingsModel):
     params_kind: Literal[PARAMS_KINDS] = Field("encoder", json_schema_extra=flag_extra("params"),
                                                description="which parameter count the params objective uses")
     refine: RefineConfig = Field(default_factory=RefineConfig)
+    dynamic: DynamicConfig = Field(default_factory=DynamicConfig)
     # Ranking in a lower precision is faster on CPUs that compute it natively (bench/eval_precision.py); the
     # front's figures are measured again in float32 whatever this says.
     evaluation_dtype: Literal[EVALUATION_DTYPES] = Field(
@@ -118,6 +130,15 @@ class SearchJob(SettingsModel):
         DEFAULT_SEARCH_EXAMPLES, ge=1, le=MAX_EXAMPLES,
         description="validation examples the search ranks each sub-network on (a seeded subset; null/'all': every "
                     "one); the best of them (two non-dominated layers) are measured again on the whole capped split")
+
+    @model_validator(mode="after")
+    def _latency_knows_no_tokens(self) -> SearchJob:
+        # The latency table is timed at one shape (latency.batch_size x seq_len): it cannot tell what dropping
+        # tokens saves, and an objective that ignores the genes would steer the search blind.
+        if self.dynamic.token_elimination and "latency" in self.search.objectives:
+            raise ValueError("the latency objective cannot rank token elimination yet (its table is timed at one "
+                             "input shape); use expected_macs (MACs over the task's real input lengths) instead")
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchJob:

@@ -666,3 +666,40 @@ def test_refine_budgets_round_trip_through_the_stored_job() -> None:
     assert stored["refine"]["budgets"] == [0.5, 0.33] and SearchJob.from_dict(stored) == job
     assert "budgets" not in job.refine.recipe()
     assert SearchJob.from_dict({**stored, "refine": {"epochs": 1}}).refine.budgets == ()  # stored before budgets
+
+
+# ------------------------------------------------------------------------------------------------ token elimination
+
+
+def test_a_search_with_token_elimination_ranks_schedules_by_expected_macs(workspace, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    args = search_args(workspace, out, "--token-elimination", "--space", "per_layer", evaluations=14)
+    args[args.index("--objectives") + 1] = "error,expected_macs,params"
+    assert cli(args) == 0
+    run = Run(out)
+    supernet = run.load_supernet()
+    space = run.space(supernet.config)
+    trials = read_trials(out)
+    dropping = [t for t in trials if t.config.token_keep is not None]
+    assert dropping and len(dropping) < len(trials)  # both kinds were ranked (the largest corner drops nothing)
+    from supernet.counting import expected_macs
+
+    from search.objectives import Measurements
+
+    lengths = Measurements(supernet=supernet, validation_batches=run.batches("validation"), task=run.task.spec,
+                           latency=None).lengths
+    assert lengths and max(lengths) <= 16
+    for trial in trials:
+        assert space.decode(space.encode(trial.config.static())) == trial.config.static()
+        assert trial.objectives["expected_macs"] == expected_macs(supernet.config, trial.config, lengths)
+    trial = dropping[0]
+    assert trial.objectives["expected_macs"] < expected_macs(supernet.config, trial.config.static(), lengths)
+    # the exported model computes what the search measured: per example, whatever its batch
+    model = extract(supernet, trial.config)
+    assert model.config.token_keep == [trial.config.token_keep[i] for i in trial.config.layers]
+    assert evaluate(model, run.batches("validation"), run.task.spec) == trial.validation
+
+
+def test_token_elimination_refuses_the_latency_objective(workspace, tmp_path, capsys) -> None:
+    assert cli(search_args(workspace, tmp_path / "run", "--token-elimination")) == 2
+    assert "use expected_macs" in capsys.readouterr().err
