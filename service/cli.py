@@ -215,10 +215,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from service.config import get_settings
     from service.db import upgrade
-    from service.startup import check_startup
+    from service.startup import check_startup, private_files
 
     settings = get_settings()
     check_startup(settings)
+    private_files(settings)
     upgrade(settings.url, args.revision)
     print(f"database {settings.url} is at revision {args.revision}")
     return 0
@@ -229,8 +230,10 @@ def _token_session() -> Iterator[tuple[Any, Any]]:
     """(settings, session) on the service database, brought up to date first (as `serve` does)."""
     from service.config import get_settings
     from service.db import make_engine, session_factory, upgrade
+    from service.startup import private_files
 
     settings = get_settings()
+    private_files(settings)  # the database holds the tokens' hashes: never readable by other users
     upgrade(settings.url)
     engine = make_engine(settings.url)
     try:
@@ -285,11 +288,12 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run jobs until SIGTERM / Ctrl-C; the job in progress stops at its next step and goes back to the queue."""
     from service.config import get_settings
-    from service.startup import check_startup
+    from service.startup import check_startup, private_files
     from service.worker import run_worker
 
     settings = get_settings()
     check_startup(settings)
+    private_files(settings)  # checkpoints, exports and logs: 0600 / 0700
     shutdown = threading.Event()
 
     def stop(*_: object) -> None:
@@ -312,7 +316,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.api import create_app
     from service.config import get_settings
     from service.db import upgrade
-    from service.startup import check_startup
+    from service.startup import check_startup, private_files
     from service.supervisor import WorkerPool
 
     settings = get_settings()
@@ -320,6 +324,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     check_startup(settings)  # before any worker starts: a worker that cannot start is not started at all
+    private_files(settings)  # the database, uploads, checkpoints, exports, logs: 0600 / 0700 (workers inherit it)
     upgrade(settings.url)
     env = os.environ | {"NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url}
     command = [sys.executable, "-m", "service.cli"] + (["-v"] if args.verbose else []) + ["worker"]
