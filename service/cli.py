@@ -218,8 +218,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from service.startup import check_startup, private_files
 
     settings = get_settings()
+    private_files(settings)  # first: a data root made by the check below is 0700 too
     check_startup(settings)
-    private_files(settings)
     upgrade(settings.url, args.revision)
     print(f"database {settings.url} is at revision {args.revision}")
     return 0
@@ -292,8 +292,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from service.worker import run_worker
 
     settings = get_settings()
+    private_files(settings)  # checkpoints, exports and logs: 0600 / 0700 (first: the data root too, if made here)
     check_startup(settings)
-    private_files(settings)  # checkpoints, exports and logs: 0600 / 0700
     shutdown = threading.Event()
 
     def stop(*_: object) -> None:
@@ -323,8 +323,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = settings.workers if args.workers is None else args.workers
     host = args.host or settings.host
     port = args.port or settings.port
+    private_files(settings)  # the data root, database, uploads, checkpoints, exports, logs: 0600 / 0700 (workers
+    # inherit the umask)
     check_startup(settings)  # before any worker starts: a worker that cannot start is not started at all
-    private_files(settings)  # the database, uploads, checkpoints, exports, logs: 0600 / 0700 (workers inherit it)
     upgrade(settings.url)
     env = os.environ | {"NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url}
     command = [sys.executable, "-m", "service.cli"] + (["-v"] if args.verbose else []) + ["worker"]

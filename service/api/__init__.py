@@ -88,20 +88,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        check_startup(settings)  # a writable data root with room, or a StartupError that says so
         umask = private_files(settings)  # everything written under the data root: 0600 / 0700
-        upgrade(settings.url)
-        engine = make_engine(settings.url)
-        check_schema(engine)
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.session_factory = session_factory(engine)
-        log.info("API ready (data root %s)", settings.data_root)
         try:
-            yield
+            check_startup(settings)  # a writable data root with room, or a StartupError that says so
+            upgrade(settings.url)
+            engine = make_engine(settings.url)
+            check_schema(engine)
+            app.state.settings = settings
+            app.state.engine = engine
+            app.state.session_factory = session_factory(engine)
+            log.info("API ready (data root %s)", settings.data_root)
+            try:
+                yield
+            finally:
+                engine.dispose()
         finally:
-            engine.dispose()
-            os.umask(umask)
+            os.umask(umask)  # the process's own again (an app started inside a test process)
 
     redactor = Redactor.for_settings(settings)
     app = FastAPI(title="nasprune", version="0.1.0", lifespan=lifespan, dependencies=[Depends(current_owner)],
