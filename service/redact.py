@@ -48,10 +48,10 @@ def _install_paths() -> dict[str, str]:
     paths = sysconfig.get_paths()
     packages = [paths.get("purelib"), paths.get("platlib"), *getattr(site, "getsitepackages", list)(),
                 getattr(site, "getusersitepackages", lambda: None)()]
-    names = {p: "<python>" for p in [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                                     *paths.values()] if p}
+    names = {p: "<python>" for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix) if p}
     names |= {p: "<site-packages>" for p in packages if p}
-    names[str(Path(__file__).resolve().parents[1])] = "<nasprune>"  # the repository or the installed package
+    # the repository (an editable install, a checkout); installed as a package, it is site-packages itself
+    names.setdefault(str(Path(__file__).resolve().parents[1]), "<nasprune>")
     try:
         from huggingface_hub import constants  # torch-free; where a hub model's files land
 
