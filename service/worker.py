@@ -14,8 +14,8 @@ claimed; the rest is written once in `JobRunner`:
   * any exception marks the job failed (`failure_reason`: out of memory and a full disk are named as such) and
     the worker goes on with the next job;
   * the job's log goes to its search's worker.log (a FileHandler on the root logger while it runs), which a user
-    reads through the API: it gets one line per record, without tracebacks and with server paths named as the user
-    knows them (service/redact.py). The traceback goes to the worker's own stderr, the server log. A job's stored
+    reads through the API: its records carry no traceback and name server paths as the user knows them
+    (service/redact.py). The traceback goes to the worker's own stderr, the server log. A job's stored
     `error` is likewise one line without server paths.
 
 The kinds, in the order they are claimed (`RUNNERS`):
@@ -110,8 +110,8 @@ class Heartbeat(threading.Thread):
 
 
 class UserLogFormatter(logging.Formatter):
-    """The format of a search's worker.log, which its user reads: each record on its own lines without the
-    traceback or stack it may carry (those go to the server log only), server paths redacted."""
+    """The format of a search's worker.log, which its user reads: a record without the traceback or stack it
+    may carry (those go to the server log only), server paths redacted."""
 
     def __init__(self, redactor: Redactor) -> None:
         super().__init__(LOG_FORMAT)
