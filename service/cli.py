@@ -425,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.startup import StartupError
 
+    umask = os.umask(0o077)  # read it back: the service commands make it private; main() called in-process
+    os.umask(umask)  # (the tests) gets its own again when the command returns
     try:
         return args.func(args)
     except ValidationError as exc:  # a NASPRUNE_* variable that does not parse: one line per bad setting
@@ -434,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, StartupError) as exc:  # DataError, ConfigError, ExportError ... too
         print(f"nasprune: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        os.umask(umask)
 
 
 if __name__ == "__main__":

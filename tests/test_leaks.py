@@ -209,6 +209,33 @@ def test_a_failing_jobs_error_and_log_read_through_http_hold_no_internals(client
     assert search["attempts"] == 1 and "(attempts 1: earlier runs lost to a dead worker)" in log, log
 
 
+def test_db_upgrade_tightens_what_an_older_release_left_readable(tmp_path, monkeypatch) -> None:
+    """The database (token hashes), searches/ and datasets/ of an existing data root become the service user's
+    only; a new database is 0600; main() called in-process leaves the caller's umask as it was."""
+    from conftest import cli
+
+    from service.config import get_settings
+
+    root, old = tmp_path / "data", tmp_path / "old"
+    for folder in (root / "searches" / "s1", root / "datasets" / "d1", old):
+        folder.mkdir(parents=True)
+    (old / "nasprune.db").touch()
+    for path in (root / "searches", root / "datasets", old / "nasprune.db"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    monkeypatch.setenv("NASPRUNE_DATA_ROOT", str(root))
+    monkeypatch.setenv("NASPRUNE_DATABASE_URL", f"sqlite:///{old / 'nasprune.db'}")
+    before = os.umask(0o022)
+    get_settings.cache_clear()
+    try:
+        assert cli(["db", "upgrade"]) == 0
+        assert os.umask(0o022) == 0o022  # restored
+    finally:
+        os.umask(before)
+        get_settings.cache_clear()
+    for path, mode in ((root / "searches", 0o700), (root / "datasets", 0o700), (old / "nasprune.db", 0o600)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
 # ------------------------------------------------------------------------------------------ a real server
 
 
