@@ -325,7 +325,8 @@ def test_a_search_names_datasets_and_their_columns_are_checked(client, workspace
     accepted = client.post("/searches", json=body(workspace, custom=custom(train_dataset=train,
                                                                          test_file=str(workspace / "test.csv"))))
     assert accepted.status_code == 201, accepted.text
-    assert accepted.json()["request"]["run"]["custom"]["train_file"] == stored
+    shown = accepted.json()["request"]["run"]["custom"]  # the upload by id, as named: never its server path
+    assert shown["train_dataset"] == train and "train_file" not in shown and stored not in accepted.text
     client.post(f"/searches/{accepted.json()['id']}/cancel")
 
 
