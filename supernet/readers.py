@@ -27,7 +27,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FORMATS",
     "SUFFIXES",
+    "MAX_CLASSES",
     "CheckedFile",
+    "ColumnProfile",
+    "check_column",
     "check_file",
     "file_format",
     "read_columns",
@@ -45,6 +48,14 @@ SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json-lines": "jso
 
 # (line, texts, raw label) of one row of a custom file
 Record = tuple[int, list[str], str]
+
+# The most distinct labels a classification column may have. GLUE tasks have two or three classes and typical
+# fine-tuning sets a few dozen at most; a column with more distinct values than this is, in practice, free text,
+# an id or a measured quantity read as classes by mistake, and a head over that many classes trained on a
+# fine-tuning-sized file sees too few examples of each to learn them. A number to predict is a regression task.
+MAX_CLASSES = 100
+# how much of a value a message quotes
+QUOTE_CHARS = 60
 
 
 def open_text(path: Path) -> TextIO:
@@ -166,14 +177,113 @@ def load_glue_hub(glue: GlueTask) -> tuple[list[Example], dict[str, list[Example
 
 
 @dataclass
+class ColumnProfile:
+    """What the rules for a text or a label column need to know of one column, gathered in the one pass that reads
+    the file (`add`, row by row). An upload stores its columns' profiles, so a search naming any of them as text
+    or label is checked by `check_column` at once, without reading the file again."""
+
+    blank_line: int | None = None  # the first data row whose value is empty (or only spaces)
+    distinct: int = 0  # distinct values, counted up to MAX_CLASSES + 1
+    many_line: int | None = None  # the row that brought the (MAX_CLASSES + 1)-th distinct value
+    not_number: tuple[int, str] | None = None  # the first row whose value is not a finite number, and the value
+    fraction: tuple[int, str] | None = None  # the first row whose value is a number with a fractional part
+    _seen: set[str] = field(default_factory=set, repr=False, compare=False)  # until there are too many
+
+    def add(self, line: int, value: str) -> bool:
+        """Count one (canonical, see label_key) value; True when this row is the first of a kind that a rule may
+        refuse (blank, one class too many, not a number, a fraction), so a reader can stop at the first problem."""
+        if not value:
+            if self.blank_line is None:
+                self.blank_line = line
+                return True
+            return False
+        event = False
+        if self.many_line is None and value not in self._seen:
+            self._seen.add(value)
+            self.distinct = len(self._seen)
+            if self.distinct > MAX_CLASSES:
+                self.many_line, self._seen = line, set()  # the values are of no more use: free them
+                event = True
+        if self.not_number is None:
+            number = _finite(value)
+            if number is None:
+                self.not_number = (line, _quote(value))
+                event = True
+            elif self.fraction is None and not number.is_integer():
+                self.fraction = (line, _quote(value))
+                event = True
+        return event
+
+    def to_json(self) -> dict[str, Any]:
+        return {"blank_line": self.blank_line, "distinct": self.distinct, "many_line": self.many_line,
+                "not_number": list(self.not_number) if self.not_number else None,
+                "fraction": list(self.fraction) if self.fraction else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ColumnProfile:
+        return cls(blank_line=data.get("blank_line"), distinct=int(data.get("distinct", 0)),
+                   many_line=data.get("many_line"), not_number=_pair(data.get("not_number")),
+                   fraction=_pair(data.get("fraction")))
+
+
+def _pair(value: Any) -> tuple[int, str] | None:
+    return (int(value[0]), str(value[1])) if value else None
+
+
+def _finite(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _quote(value: str) -> str:
+    return value if len(value) <= QUOTE_CHARS else value[:QUOTE_CHARS] + "..."
+
+
+def check_column(source: str, column: str, profile: ColumnProfile, role: str, *, whole: bool = True) -> None:
+    """Raise DataError if a search cannot use `column` as `role` ("text", "classification" or "regression").
+
+    The one statement of what a usable column is, for the reader (row by row, then `whole` at the end) and for
+    the service (from an upload's stored profile): text and labels are never empty; a regression label is a
+    finite number; a classification column has two to MAX_CLASSES distinct labels and is not a column of numbers
+    with fractions in it (a quantity to predict, i.e. regression). `whole=False` checks only what a prefix of
+    the file can already show, so a reader stops at the row at fault."""
+    if profile.blank_line is not None:
+        what = f"column {column!r} is empty" if role == "text" else f"empty label in column {column!r}"
+        raise DataError(f"{source}: line {profile.blank_line}: {what}")
+    if role == "text":
+        return
+    if role == "regression":
+        if profile.not_number is not None:
+            float_label(source, *profile.not_number)  # raises: the reader's message for a bad regression label
+        return
+    if profile.many_line is not None:
+        raise DataError(f"{source}: line {profile.many_line}: column {column!r} has more than {MAX_CLASSES} distinct "
+                        "labels, too many classes for classification; if it is a number to predict, declare "
+                        "task_type regression")
+    if not whole:
+        return
+    if profile.not_number is None and profile.fraction is not None:
+        line, value = profile.fraction
+        raise DataError(f"{source}: line {line}: label {value!r} in column {column!r} is a fraction and every label "
+                        "is a number: a quantity, not a class; declare task_type regression")
+    if profile.distinct < 2:
+        raise DataError(f"{source}: column {column!r} has {profile.distinct} distinct label(s); classification "
+                        "needs at least two distinct labels")
+
+
+@dataclass
 class CheckedFile:
     """What `check_file` found: the file's format and columns, its data rows and the raw labels they carry."""
 
     format: str
     columns: list[str]  # the CSV/TSV header, or the keys of the first JSON object
     rows: int
-    labels: Counter[str] = field(default_factory=Counter)  # raw label -> rows; empty without a label column
+    labels: Counter[str] = field(default_factory=Counter)  # raw label -> rows; only with a classification label
     records: list[Record] = field(default_factory=list)  # only with keep_records=True
+    profiles: dict[str, ColumnProfile] = field(default_factory=dict)  # of every column read
 
 
 def file_format(path: str | Path, fmt: str | None = None) -> str:
@@ -203,37 +313,51 @@ def check_file(
 
     The rules: UTF-8 text (a BOM is dropped) without NUL characters; CSV/TSV have a header of distinct names and
     rows of as many fields (usual quoting rules, blank lines skipped); JSONL has one JSON object per non-blank
-    line. Every row must have the columns read (`text_columns` and `label_column`; without them, every column
-    of the header or first object, since the caller does not know yet which ones a task will read), none of
-    them null; a label is never empty, and with `regression` it is a finite number. At least one data row.
+    line, whose values are text, numbers or booleans (an object or a list is refused: a search would only read
+    its Python text). Every row must have the columns read (`text_columns` and `label_column`; without
+    `text_columns`, every column of the header or first object, since the caller does not know yet which ones a
+    task will read), none of them null. The text and label columns named must be usable as such
+    (`check_column`: no empty text or label, a finite number with `regression`, else two to MAX_CLASSES classes
+    that are not fractions). At least one data row.
 
     `source` names the file in messages (default: the path), e.g. the name a client uploaded it under.
     """
     path = Path(path)
     source = source or str(path)
     fmt = file_format(path, fmt)
-    if text_columns is None and label_column is not None:
-        raise ValueError("check_file: label_column needs text_columns")
     wanted = None if text_columns is None else [*text_columns, *([label_column] if label_column else [])]
+    roles = dict.fromkeys(text_columns or (), "text")
+    if label_column is not None:
+        roles[label_column] = "regression" if regression else "classification"
     result = CheckedFile(format=fmt, columns=[], rows=0)
+    label_at: int | None = None
     with open_text(path) as f:
         try:
             for line, values in _values(_records(f, fmt, source, result.columns), wanted, result.columns, source):
+                names = result.columns if wanted is None else wanted
+                keys = [label_key(v) for v in values]
+                for name, key in zip(names, keys, strict=True):
+                    profile = result.profiles.get(name) or result.profiles.setdefault(name, ColumnProfile())
+                    if profile.add(line, key) and name in roles:
+                        check_column(source, name, profile, roles[name], whole=False)
                 label = None
                 if label_column is not None:
-                    label = label_key(values.pop())
-                    if label == "":
-                        raise DataError(f"{source}: line {line}: empty label in column {label_column!r}")
-                    if regression:
-                        float_label(source, line, label)
-                    result.labels[label] += 1
-                if keep_records:
-                    result.records.append((line, [str(v) for v in values], label if label is not None else ""))
+                    label_at = names.index(label_column) if label_at is None else label_at
+                    label = keys[label_at]
+                    if not regression:
+                        result.labels[label] += 1
+                if keep_records:  # the text columns come first in `wanted`
+                    texts = [str(v) for v in values[:len(text_columns or ())]]
+                    result.records.append((line, texts, label if label is not None else ""))
                 result.rows += 1
         except UnicodeDecodeError as exc:
             raise DataError(f"{source}: not UTF-8 text ({exc})") from None
     if not result.rows:
         raise DataError(f"{source}: no examples (no data rows)")
+    if label_column is not None and label_column not in result.columns:
+        raise DataError(f"{source}: no column {label_column!r}; its columns are {result.columns}")
+    for name, role in roles.items():
+        check_column(source, name, result.profiles[name], role)
     return result
 
 
@@ -268,6 +392,7 @@ def _values(records: Iterable[tuple[int, Any]], wanted: Sequence[str] | None, co
             values = [record[c] for c in names]
             if None in values:
                 raise DataError(f"{source}: line {line}: column {names[values.index(None)]!r} is empty")
+            _scalars(record if wanted is None else dict(zip(names, values, strict=True)), line, source)
             yield line, values
             continue
         if positions is None:
@@ -276,6 +401,16 @@ def _values(records: Iterable[tuple[int, Any]], wanted: Sequence[str] | None, co
                 raise DataError(f"{source}: line {line}: missing column(s) {missing}")
             positions = [columns.index(c) for c in names]
         yield line, [record[i] for i in positions]
+
+
+def _scalars(record: dict[str, Any], line: int, source: str) -> None:
+    """Refuse a JSON object or list as a field: a search reads a field as text or a number, and would train on the
+    Python text of a nested value."""
+    for name, value in record.items():
+        if isinstance(value, (dict, list)):
+            kind = "an object" if isinstance(value, dict) else "a list"
+            raise DataError(f"{source}: line {line}: column {name!r} holds {kind}; a field must be text, a number, "
+                            "true or false")
 
 
 def _records(f: TextIO, fmt: str, source: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
