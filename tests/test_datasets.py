@@ -80,9 +80,9 @@ def test_upload_read_list_delete(client, workspace, settings) -> None:
 @pytest.mark.parametrize(("filename", "fields", "content", "fmt", "columns"), [
     ("train.tsv", {}, b"sentence\tlabel\nhello there\t1\nbye\t0\n", "tsv", ["sentence", "label"]),
     ("train.jsonl", {}, b'{"text": "a", "label": 1}\n\n{"label": 0, "text": "b"}\n', "jsonl", ["text", "label"]),
-    ("export.txt", {"format": "csv"}, "\ufefftext,label\nh\u00e9llo,1\n".encode(), "csv", ["text", "label"]),
-    ("x.CSV", {"format": "CSV"}, b"text,label\r\na,1\r\n", "csv", ["text", "label"]),
-    ("x.tsv", {"format": ""}, b"text\tlabel\na,b\t1\n", "tsv", ["text", "label"]),  # an empty field: from the name
+    ("export.txt", {"format": "csv"}, "\ufefftext,label\nh\u00e9llo,1\nbye,0\n".encode(), "csv", ["text", "label"]),
+    ("x.CSV", {"format": "CSV"}, b"text,label\r\na,1\r\nb,0\r\n", "csv", ["text", "label"]),
+    ("x.tsv", {"format": ""}, b"text\tlabel\na,b\t1\nc\t0\n", "tsv", ["text", "label"]),  # format "": by name
 ])
 def test_upload_formats(client, filename, fields, content, fmt, columns) -> None:
     response = upload(client, content, filename=filename, **fields)
@@ -125,7 +125,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(client, settings, case) -> No
 
 
 def test_malformed_forms_are_refused(client, settings) -> None:
-    csv = b"text,label\na,1\n"
+    csv = b"text,label\na,1\nb,0\n"
     assert "`name` is required" in upload(client, csv, name=None).json()["detail"]
     assert "`name` is required" in upload(client, csv, name="  ").json()["detail"]
     no_file = client.post("/datasets", data={"name": "x"}, files={"other": ("a.csv", csv)})
@@ -204,7 +204,7 @@ def test_an_upload_is_accepted_exactly_when_the_worker_can_read_it(client, setti
 
 def test_upload_over_the_limit_is_413_and_removed(client, settings) -> None:
     line = b"some words to fill the file up,1\n"
-    at_limit = b"text,label\n" + line * ((MAX_UPLOAD - 11) // len(line))
+    at_limit = b"text,label\nb,0\n" + line * ((MAX_UPLOAD - 15) // len(line))
     at_limit += b"x" * (MAX_UPLOAD - len(at_limit) - 3) + b",1\n"
     assert len(at_limit) == MAX_UPLOAD
     assert upload(client, at_limit).status_code == 201
@@ -238,7 +238,7 @@ def test_the_spooled_upload_is_closed_whatever_the_outcome(client, settings, tmp
     assert len(_open_files_under(tmp_path)) == 1  # the check sees such a file
     probe.close()
     assert _open_files_under(tmp_path) == []
-    good = b"text,label\n" + b"a,1\n" * 100
+    good = b"text,label\n" + b"a,1\nb,0\n" * 50
     for content, code in ((good, 201), (b"text,label\na,1\nb\n", 422), (good * 200, 413)):
         assert upload(client, content).status_code == code
         assert _open_files_under(tmp_path) == []
@@ -247,7 +247,7 @@ def test_the_spooled_upload_is_closed_whatever_the_outcome(client, settings, tmp
 
 def test_the_client_filename_is_never_a_path(client, settings, tmp_path) -> None:
     for filename in ("../../../escape.csv", "/tmp/abs.csv", "..\\..\\win.csv", "a\x00b\nc.csv", ".."):
-        response = upload(client, b"text,label\na,1\n", filename=filename, format="csv")
+        response = upload(client, b"text,label\na,1\nb,0\n", filename=filename, format="csv")
         assert response.status_code == 201, (filename, response.text)
         data = response.json()
         assert "/" not in data["filename"] and "\\" not in data["filename"] and "\n" not in data["filename"]
@@ -274,14 +274,14 @@ def _another_owners_dataset_is_not_found(client, workspace, settings) -> None:
     a, b = {"Authorization": f"Bearer {token_a}"}, {"Authorization": f"Bearer {token_b}"}
     try:
         assert upload(client, b"text,label\na,1\n").status_code == 401  # anonymous, now that tokens exist
-        dataset_id = upload(client, b"text,label\na,1\n", headers=a).json()["id"]
+        dataset_id = upload(client, b"text,label\na,1\nb,0\n", headers=a).json()["id"]
         assert client.get(f"/datasets/{dataset_id}", headers=b).status_code == 404
         assert client.delete(f"/datasets/{dataset_id}", headers=b).status_code == 404
         assert client.get("/datasets", headers=b).json()["total"] == 0
         search = client.post("/searches", headers=b, json=body(workspace, custom=custom(train_dataset=dataset_id,
                                                                                       test_dataset=dataset_id)))
         assert search.status_code == 422 and "no dataset with id" in search.json()["detail"]
-        mine = upload(client, b"text,label\nb,0\n", headers=b).json()
+        mine = upload(client, b"text,label\nb,0\nc,1\n", headers=b).json()
         assert mine["id"] != dataset_id and client.get("/datasets", headers=b).json()["total"] == 1
         assert client.get(f"/datasets/{dataset_id}", headers=a).status_code == 200
         assert client.get(f"/datasets/{mine['id']}", headers=a).status_code == 404
@@ -300,7 +300,7 @@ def _another_owners_dataset_is_not_found(client, workspace, settings) -> None:
 
 def test_a_search_names_datasets_and_their_columns_are_checked(client, workspace, settings) -> None:
     train = upload(client, (workspace / "train.csv").read_bytes()).json()["id"]
-    test = upload(client, b"sentence,label\nhello,pos\n", filename="test.csv").json()["id"]
+    test = upload(client, b"sentence,label\nhello,pos\nbye,neg\n", filename="test.csv").json()["id"]
 
     def refused(task: dict, message: str) -> None:
         response = client.post("/searches", json=body(workspace, custom=task))
