@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import shutil
+import socket
 import tarfile
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import uvicorn
 from conftest import service_settings, worker_thread
 from fastapi.testclient import TestClient
 from starlette.formparsers import MultiPartParser
@@ -21,7 +27,7 @@ from test_api import body, run_worker_once
 
 from service import tokens
 from service.api import create_app
-from service.config import Settings
+from service.config import MIB, Settings
 from service.db import make_engine, session_factory
 from service.models import Dataset
 from supernet.loading import load_custom_task
@@ -41,9 +47,13 @@ def upload(client: TestClient, content: bytes, filename: str = "train.csv", name
     return client.post("/datasets", files={"file": (filename, content)}, data=data, headers=headers)
 
 
+def _folders(settings: Settings) -> set[str]:
+    return {p.name for p in settings.datasets_root.iterdir()} if settings.datasets_root.exists() else set()
+
+
 def leftovers(settings: Settings) -> set[str]:
     """Folders under the datasets root with no row: what a refused upload must not leave behind."""
-    folders = {p.name for p in settings.datasets_root.iterdir()} if settings.datasets_root.exists() else set()
+    folders = _folders(settings)
     with session_factory(make_engine(settings.url))() as session:
         known = {d.id for d in session.query(Dataset).all()}
     return folders - known
@@ -489,3 +499,89 @@ def _check_archive(client: TestClient, search_id: str, settings: Settings, tmp_p
         contents = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
     assert not any(b"outside the export folder" in c for c in contents)
     assert not (exports / "0-hf.tar.gz").is_symlink()
+
+
+# ------------------------------------------------------------------------------------------ room on the server
+
+
+def test_each_token_has_a_quota_of_stored_bytes(workspace, settings, tmp_path) -> None:
+    """Two real tokens, their own database: A's uploads stop at NASPRUNE_MAX_DATASET_BYTES_PER_OWNER (507, nothing
+    kept) while B still has room; deleting one of A's datasets makes room again."""
+    content = b"text,label\na,1\nb,0\n"  # 19 bytes: two fit under the quota, a third does not
+    own = settings.model_dump(exclude={"data_root", "database_url"}) | {"data_root": tmp_path / "data",
+                                                                        "max_dataset_bytes_per_owner": 45}
+    settings = Settings(**own)
+    with TestClient(create_app(settings)) as client:
+        factory = session_factory(make_engine(settings.url))
+        with factory() as session:
+            a = {"Authorization": f"Bearer {tokens.create_token(session, 'quota a')[1]}"}
+            b = {"Authorization": f"Bearer {tokens.create_token(session, 'quota b')[1]}"}
+            session.commit()
+        first = upload(client, content, headers=a).json()["id"]
+        assert upload(client, content, headers=a).status_code == 201
+        refused = upload(client, content, headers=a)
+        assert refused.status_code == 507, refused.text
+        assert refused.json()["detail"] == (
+            "storing this file (19 bytes) would take your datasets to 57 bytes, over the server's limit of 45 bytes "
+            "per token (NASPRUNE_MAX_DATASET_BYTES_PER_OWNER): delete datasets you no longer need "
+            "(DELETE /datasets/{id}) and try again")
+        assert not leftovers(settings)
+        assert upload(client, content, headers=b).status_code == 201  # B's datasets are B's own count
+        assert client.delete(f"/datasets/{first}", headers=a).status_code == 204
+        assert upload(client, content, headers=a).status_code == 201
+
+
+def test_an_upload_that_would_leave_too_little_free_space_is_507(client, settings) -> None:
+    """The disk fills up after the server started: NASPRUNE_MIN_FREE_MB set above what the data root's disk has
+    free (read with shutil.disk_usage) refuses every upload with 507, and nothing is written."""
+    free = shutil.disk_usage(settings.data_root).free // MIB
+    state = client.app.state
+    state.settings = settings.model_copy(update={"min_free_mb": free + 1024})
+    try:
+        before = _folders(settings)
+        response = upload(client, b"text,label\na,1\nb,0\n")
+        assert response.status_code == 507, response.text
+        assert response.json()["detail"] == (
+            f"the server's disk would have less than its reserve of NASPRUNE_MIN_FREE_MB={free + 1024} MB free after "
+            "storing this file: free space on the server (delete datasets or old searches) and try again")
+        assert str(settings.data_root) not in response.text
+        assert _folders(settings) == before
+    finally:
+        state.settings = settings
+    assert upload(client, b"text,label\na,1\nb,0\n").status_code == 201
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_one_log_line_and_nothing_on_disk(settings, caplog) -> None:
+    """Through uvicorn (a real socket): the client sends the headers and half of a multipart body, then closes the
+    connection. The server logs one warning, no traceback, and keeps nothing of the upload."""
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_config=None,
+                                           log_level="info"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    caplog.set_level(logging.INFO)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.02)
+        before = _folders(settings)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        part = (b'--b0undary\r\nContent-Disposition: form-data; name="name"\r\n\r\ncut\r\n--b0undary\r\n'
+                b'Content-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\ntext,label\n'
+                + b"some words,1\n" * 2000)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"POST /datasets HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b0undary"
+                         b"\r\nContent-Length: " + str(len(part) * 2).encode() + b"\r\n\r\n" + part)
+            time.sleep(0.3)  # the server is reading the body
+        deadline = time.monotonic() + 30
+        while not any("closed the connection" in r.getMessage() or r.exc_info for r in caplog.records):
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.05)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    warned = [r for r in caplog.records if "closed the connection" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert "nothing was stored" in warned[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in caplog.text], caplog.text
+    assert _folders(settings) == before
