@@ -165,6 +165,25 @@ def get_dataset(session: Session, dataset_id: str, *, owner_id: str | None) -> D
     return dataset
 
 
+def check_labels(session: Session, train_id: str, test_id: str, *, owner_id: str | None, label_column: str,
+                 task_type: str) -> None:
+    """Refuse (DatasetError) a classification search whose test dataset has labels its train dataset lacks: the
+    loader indexes classes by the train file's labels and would fail the job on the first unknown one. Judged
+    from the label counts stored at upload, so only when both uploads were checked in this label column."""
+    if task_type != "classification":
+        return
+    train, test = (get_dataset(session, i, owner_id=owner_id) for i in (train_id, test_id))
+    if train.label_column != label_column or test.label_column != label_column:
+        return
+    if train.label_counts is None or test.label_counts is None:
+        return
+    unknown = [label for label in test.label_counts if label not in train.label_counts]
+    if unknown:
+        raise DatasetError(f"custom.label_column: test_dataset {test_id!r} has label(s) {unknown} in column "
+                           f"{label_column!r} that train_dataset {train_id!r} does not (its labels: "
+                           f"{list(train.label_counts)})")
+
+
 def stored_bytes(session: Session, *, owner_id: str | None) -> int:
     """The bytes of the owner's stored datasets: what NASPRUNE_MAX_DATASET_BYTES_PER_OWNER bounds."""
     total = session.scalar(select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.owner_id == owner_id))

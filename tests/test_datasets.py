@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from conftest import service_settings, worker_thread
+from conftest import service_settings, wait_for, worker_thread
 from fastapi.testclient import TestClient
 from starlette.formparsers import MultiPartParser
 from test_api import body, run_worker_once
@@ -433,11 +433,30 @@ def test_a_search_naming_columns_that_could_not_run_is_refused_at_once(client, w
         response = post(**fields)
         assert response.status_code == 422, (fields, response.text)
         assert response.json()["detail"].startswith(message), response.json()["detail"]
+    other = upload(client, b"text,label\nx,a\ny,c\nz,b\n", filename="test.csv").json()["id"]
+    unknown = client.post("/searches", json=body(workspace, custom=custom(train_dataset=dataset, test_dataset=other)))
+    assert unknown.status_code == 422 and unknown.json()["detail"] == (
+        f"custom.label_column: test_dataset '{other}' has label(s) ['c'] in column 'label' that train_dataset "
+        f"'{dataset}' does not (its labels: ['a', 'b'])")
     for fields in ({"label_column": "score", "task_type": "regression"}, {"label_column": "label"},
                    {"label_column": "id", "task_type": "regression"}):
         accepted = post(**fields)
         assert accepted.status_code == 201, (fields, accepted.text)
         client.post(f"/searches/{accepted.json()['id']}/cancel")
+
+
+def test_a_file_named_by_path_is_held_to_the_same_rules_by_the_worker(client, workspace, settings) -> None:
+    """A file under an allowed data root is read by the worker only (the request checks its header): the reader's
+    rules fail the search with the reason, before any training."""
+    path = workspace / f"nested-{os.getpid()}.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{"text": {"nested": "b"}, "label": 0}\n{"text": "c", "label": 0}\n')
+    response = client.post("/searches", json=body(workspace, custom=custom(train_file=str(path),
+                                                                         test_file=str(workspace / "test.csv"))))
+    assert response.status_code == 201, response.text
+    with worker_thread(settings):
+        search = wait_for(client, response.json()["id"], lambda s: s["status"] in ("failed", "succeeded"))
+    assert search["status"] == "failed"
+    assert "line 2: column 'text' holds an object; a field must be text, a number, true or false" in search["error"]
 
 
 @pytest.mark.slow

@@ -207,6 +207,12 @@ def _check_custom(c: CustomTaskIn, settings: Settings, session: Session | None,
             raise InvalidSearch(f"{what} has no column(s) {missing} (text_columns {c.text_columns}, label_column "
                                 f"{c.label_column!r}); its columns are {columns}")
         files[split] = path
+    if c.train_dataset is not None and c.test_dataset is not None and session is not None:
+        try:
+            datasets.check_labels(session, c.train_dataset, c.test_dataset, owner_id=owner_id,
+                                  label_column=c.label_column, task_type=c.task_type)
+        except datasets.DatasetError as exc:
+            raise InvalidSearch(str(exc)) from None
     return CustomTask(name=c.name, train_file=files["train"], test_file=files["test"],
                       text_columns=list(c.text_columns), label_column=c.label_column, task_type=c.task_type)
 
