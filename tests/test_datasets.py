@@ -449,7 +449,8 @@ def test_a_file_named_by_path_is_held_to_the_same_rules_by_the_worker(client, wo
     """A file under an allowed data root is read by the worker only (the request checks its header): the reader's
     rules fail the search with the reason, before any training."""
     path = workspace / f"nested-{os.getpid()}.jsonl"
-    path.write_text('{"text": "a", "label": 1}\n{"text": {"nested": "b"}, "label": 0}\n{"text": "c", "label": 0}\n')
+    path.write_text('{"text": "a", "label": "pos"}\n{"text": {"nested": "b"}, "label": "neg"}\n'
+                    '{"text": "c", "label": "neg"}\n')
     response = client.post("/searches", json=body(workspace, custom=custom(train_file=str(path),
                                                                          test_file=str(workspace / "test.csv"))))
     assert response.status_code == 201, response.text
