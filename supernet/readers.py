@@ -56,6 +56,8 @@ Record = tuple[int, list[str], str]
 MAX_CLASSES = 100
 # how much of a value a message quotes
 QUOTE_CHARS = 60
+# rows read before their columns are profiled together (ColumnProfile.add)
+PROFILE_ROWS = 2048
 
 
 def open_text(path: Path) -> TextIO:
@@ -189,30 +191,56 @@ class ColumnProfile:
     fraction: tuple[int, str] | None = None  # the first row whose value is a number with a fractional part
     _seen: set[str] = field(default_factory=set, repr=False, compare=False)  # until there are too many
 
-    def add(self, line: int, value: str) -> bool:
-        """Count one (canonical, see label_key) value; True when this row is the first of a kind that a rule may
-        refuse (blank, one class too many, not a number, a fraction), so a reader can stop at the first problem."""
-        if not value:
+    def add(self, lines: Sequence[int], values: Sequence[str]) -> bool:
+        """Count a run of values (canonical, see label_key) read from rows `lines`; True when it brought a fact a rule
+        may refuse (a blank, one class too many, a non-number, a fraction). A run at a time: the checks are then
+        set and map operations over many rows rather than Python steps per field, so that profiling every column
+        of an upload costs little more than parsing it."""
+        before = (self.blank_line, self.many_line, self.not_number, self.fraction)
+        if "" in values:
             if self.blank_line is None:
-                self.blank_line = line
-                return True
-            return False
-        event = False
-        if self.many_line is None and value not in self._seen:
-            self._seen.add(value)
-            self.distinct = len(self._seen)
-            if self.distinct > MAX_CLASSES:
-                self.many_line, self._seen = line, set()  # the values are of no more use: free them
-                event = True
+                self.blank_line = lines[values.index("")]
+            kept = [i for i, value in enumerate(values) if value]
+            lines, values = [lines[i] for i in kept], [values[i] for i in kept]
+        if self.many_line is None:
+            self._count(lines, values)
         if self.not_number is None:
-            number = _finite(value)
-            if number is None:
+            self._numbers(lines, values)
+        return before != (self.blank_line, self.many_line, self.not_number, self.fraction)
+
+    def _count(self, lines: Sequence[int], values: Sequence[str]) -> None:
+        new = set(values) - self._seen
+        if len(self._seen) + len(new) <= MAX_CLASSES:
+            self._seen |= new
+            self.distinct = len(self._seen)
+            return
+        for line, value in zip(lines, values, strict=True):  # the row whose value was one too many
+            if value not in self._seen:
+                self._seen.add(value)
+                if len(self._seen) > MAX_CLASSES:
+                    self.many_line, self.distinct, self._seen = line, MAX_CLASSES + 1, set()  # values: no more use
+                    return
+
+    def _numbers(self, lines: Sequence[int], values: Sequence[str]) -> None:
+        try:
+            numbers: list[float] | None = list(map(float, values))
+        except ValueError:
+            numbers = None
+        if numbers is not None and all(map(math.isfinite, numbers)):
+            if self.fraction is None and not all(map(float.is_integer, numbers)):
+                at = next(i for i, number in enumerate(numbers) if not number.is_integer())
+                self.fraction = (lines[at], _quote(values[at]))
+            return
+        for line, value in zip(lines, values, strict=True):  # the first non-number, and any fraction before it
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
                 self.not_number = (line, _quote(value))
-                event = True
-            elif self.fraction is None and not number.is_integer():
+                return
+            if self.fraction is None and not number.is_integer():
                 self.fraction = (line, _quote(value))
-                event = True
-        return event
 
     def to_json(self) -> dict[str, Any]:
         return {"blank_line": self.blank_line, "distinct": self.distinct, "many_line": self.many_line,
@@ -228,14 +256,6 @@ class ColumnProfile:
 
 def _pair(value: Any) -> tuple[int, str] | None:
     return (int(value[0]), str(value[1])) if value else None
-
-
-def _finite(value: str) -> float | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _quote(value: str) -> str:
@@ -330,32 +350,51 @@ def check_file(
     if label_column is not None:
         roles[label_column] = "regression" if regression else "classification"
     result = CheckedFile(format=fmt, columns=[], rows=0)
-    label_at: int | None = None
+    columns: list[tuple[str, ColumnProfile, str | None]] = []  # (name, profile, role) of each value read
+    label_at = -1
+    lines: list[int] = []
+    pending: list[list[Any]] = []  # the rows not yet profiled, `lines` their line numbers
+
+    def profile() -> None:
+        """Profile the pending rows, column by column; refuse at once what a part of the file already shows."""
+        if not pending:
+            return
+        at, rows = lines.copy(), pending.copy()
+        lines.clear()
+        pending.clear()
+        for (name, column_profile, role), column in zip(columns, zip(*rows, strict=True), strict=True):
+            values = _canonical(column, fmt)
+            if column_profile.add(at, values) and role is not None:
+                check_column(source, name, column_profile, role, whole=False)
+            if name == label_column and not regression:
+                result.labels.update(values)
+
     with open_text(path) as f:
         try:
             for line, values in _values(_records(f, fmt, source, result.columns), wanted, result.columns, source):
-                names = result.columns if wanted is None else wanted
-                keys = [label_key(v) for v in values]
-                for name, key in zip(names, keys, strict=True):
-                    profile = result.profiles.get(name) or result.profiles.setdefault(name, ColumnProfile())
-                    if profile.add(line, key) and name in roles:
-                        check_column(source, name, profile, roles[name], whole=False)
-                label = None
-                if label_column is not None:
-                    label_at = names.index(label_column) if label_at is None else label_at
-                    label = keys[label_at]
-                    if not regression:
-                        result.labels[label] += 1
+                if not columns:  # the first row: the columns read are known (and the same for every row)
+                    names = result.columns if wanted is None else wanted
+                    if label_column is not None and label_column not in names:
+                        raise DataError(f"{source}: no column {label_column!r}; its columns are {names}")
+                    label_at = names.index(label_column) if label_column is not None else -1
+                    columns = [(n, result.profiles.setdefault(n, ColumnProfile()), roles.get(n)) for n in names]
+                lines.append(line)
+                pending.append(values)
                 if keep_records:  # the text columns come first in `wanted`
-                    texts = [str(v) for v in values[:len(text_columns or ())]]
-                    result.records.append((line, texts, label if label is not None else ""))
+                    label = label_key(values[label_at]) if label_column is not None else ""
+                    result.records.append((line, [str(v) for v in values[:len(text_columns or ())]], label))
                 result.rows += 1
+                if len(pending) >= PROFILE_ROWS:
+                    profile()
         except UnicodeDecodeError as exc:
+            profile()  # a problem in the rows before this one is the first problem
             raise DataError(f"{source}: not UTF-8 text ({exc})") from None
+        except DataError:
+            profile()
+            raise
+    profile()
     if not result.rows:
         raise DataError(f"{source}: no examples (no data rows)")
-    if label_column is not None and label_column not in result.columns:
-        raise DataError(f"{source}: no column {label_column!r}; its columns are {result.columns}")
     for name, role in roles.items():
         check_column(source, name, result.profiles[name], role)
     return result
@@ -479,6 +518,11 @@ def _jsonl_rows(lines: Iterable[str], source: str, columns: list[str]) -> Iterat
                 raise DataError(f"{source}: line {line_no}: an empty JSON object names no columns")
             columns.extend(record)
         yield line_no, record
+
+
+def _canonical(column: Sequence[Any], fmt: str) -> list[str]:
+    """label_key of each value of a column: CSV/TSV fields are text already, JSON values may be numbers."""
+    return list(map(str.strip, column)) if fmt != "jsonl" else [label_key(v) for v in column]
 
 
 def label_key(value: Any) -> str:

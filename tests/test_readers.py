@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from supernet.loading import load_custom_task
-from supernet.readers import ColumnProfile, check_column, check_file, file_format, read_columns
+from supernet.readers import PROFILE_ROWS, ColumnProfile, check_column, check_file, file_format, read_columns
 from supernet.tasks import DataError, Example
 
 
@@ -181,3 +181,24 @@ def test_profiles_record_what_the_rules_need(tmp_path) -> None:
     with pytest.raises(DataError, match="line 2: column 'later' holds an object"):
         check_file(nested)  # an upload: anywhere in the object
     assert check_file(nested, text_columns=["t"], label_column="l").rows == 2  # a search reads only its columns
+
+
+def test_the_first_problem_is_reported_whatever_the_file_size(tmp_path) -> None:
+    """Columns are profiled a run of rows at a time (PROFILE_ROWS): a problem is still reported at its own line,
+    before a later row's broken structure, and in a run after the first."""
+    early = _write(tmp_path / "e.csv", "t,l\n" + "a,1\nb,0\n" * 4 + "c,\n" + "d,1\n" * 20 + "e,1,extra\n")
+    with pytest.raises(DataError, match=r"e\.csv: line 10: empty label in column 'l'$"):
+        check_file(early, text_columns=["t"], label_column="l")
+    with pytest.raises(DataError, match=r"line 31 has 3 fields"):
+        check_file(early)  # no label column named: the structure is the problem
+    rows = PROFILE_ROWS * 2 + 7
+    late = _write(tmp_path / "l.jsonl", "".join(json.dumps({"t": f"w{i}", "l": i % 2 if i != rows - 3 else ""})
+                                                + "\n" for i in range(rows)))
+    with pytest.raises(DataError, match=f"line {rows - 2}: empty label in column 'l'"):
+        check_file(late, text_columns=["t"], label_column="l")
+    many = _write(tmp_path / "m.csv", "t,l\n" + "".join(f"w{i},{i % 2 if i < PROFILE_ROWS + 5 else i}\n"
+                                                       for i in range(PROFILE_ROWS + 200)))
+    with pytest.raises(DataError, match=f"line {PROFILE_ROWS + 5 + 99 + 1}: column 'l' has more than 100"):
+        check_file(many, text_columns=["t"], label_column="l")
+    profile = check_file(many).profiles["l"]
+    assert (profile.distinct, profile.many_line, profile.fraction) == (101, PROFILE_ROWS + 5 + 99 + 1, None)
