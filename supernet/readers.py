@@ -181,8 +181,8 @@ def load_glue_hub(glue: GlueTask) -> tuple[list[Example], dict[str, list[Example
 @dataclass
 class ColumnProfile:
     """What the rules for a text or a label column need to know of one column, gathered in the one pass that reads
-    the file (`add`, row by row). An upload stores its columns' profiles, so a search naming any of them as text
-    or label is checked by `check_column` at once, without reading the file again."""
+    the file (`add`, a run of rows at a time). An upload stores its columns' profiles, so a search naming any of
+    them as text or label is checked by `check_column` at once, without reading the file again."""
 
     blank_line: int | None = None  # the first data row whose value is empty (or only spaces)
     distinct: int = 0  # distinct values, counted up to MAX_CLASSES + 1
@@ -265,11 +265,11 @@ def _quote(value: str) -> str:
 def check_column(source: str, column: str, profile: ColumnProfile, role: str, *, whole: bool = True) -> None:
     """Raise DataError if a search cannot use `column` as `role` ("text", "classification" or "regression").
 
-    The one statement of what a usable column is, for the reader (row by row, then `whole` at the end) and for
-    the service (from an upload's stored profile): text and labels are never empty; a regression label is a
+    The one statement of what a usable column is, for the reader (after each run of rows, then `whole` at the
+    end) and for the service (from an upload's stored profile): text and labels are never empty; a regression label is a
     finite number; a classification column has two to MAX_CLASSES distinct labels and is not a column of numbers
     with fractions in it (a quantity to predict, i.e. regression). `whole=False` checks only what a prefix of
-    the file can already show, so a reader stops at the row at fault."""
+    the file can already show, so a reader stops near the row at fault and names it."""
     if profile.blank_line is not None:
         what = f"column {column!r} is empty" if role == "text" else f"empty label in column {column!r}"
         raise DataError(f"{source}: line {profile.blank_line}: {what}")
