@@ -19,6 +19,7 @@ from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from python_multipart.multipart import parse_options_header
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -121,18 +122,22 @@ def _check_label(fields: dict[str, str]) -> tuple[str | None, str | None]:
     return label, task_type
 
 
-def _check_room(settings: Settings, factory: Any, owner: str | None, size: int) -> None:
-    """507 unless storing `size` more bytes keeps the owner within NASPRUNE_MAX_DATASET_BYTES_PER_OWNER and leaves
-    NASPRUNE_MIN_FREE_MB free under the data root (the workers' checkpoints and exports need that room). Two
-    uploads racing past the quota together can both pass: the bound is for a careless client, not a precise one."""
-    with factory() as session:
-        used = ds.stored_bytes(session, owner_id=owner)
+def _check_quota(session: Session, settings: Settings, owner: str | None, size: int) -> None:
+    """507 unless storing `size` more bytes keeps the owner within NASPRUNE_MAX_DATASET_BYTES_PER_OWNER. Checked
+    before the copy (to refuse early) and again in the session that records the dataset, so uploads racing each
+    other overshoot only if they end within the same moment."""
+    used = ds.stored_bytes(session, owner_id=owner)
     limit = settings.max_dataset_bytes_per_owner
     if used + size > limit:
         raise HTTPException(507, f"storing this file ({size} bytes) would take your datasets to {used + size} bytes, "
                                  f"over the server's limit of {limit} bytes per token "
                                  "(NASPRUNE_MAX_DATASET_BYTES_PER_OWNER): delete datasets you no longer need "
                                  "(DELETE /datasets/{id}) and try again")
+
+
+def _check_free(settings: Settings, size: int) -> None:
+    """507 unless storing `size` bytes leaves NASPRUNE_MIN_FREE_MB free under the data root: the workers'
+    checkpoints and exports need that room."""
     if free_mb(settings.data_root) - size / MIB < settings.min_free_mb:
         raise HTTPException(507, "the server's disk would have less than its reserve of "
                                  f"NASPRUNE_MIN_FREE_MB={settings.min_free_mb} MB free after storing this file: "
@@ -151,7 +156,9 @@ def _store(settings: Settings, factory: Any, owner: str | None, dataset_id: str,
     it, rename it into place and record it (blocking: run in a thread)."""
     label_column, task_type = _check_label(fields)
     size = file.size or 0
-    _check_room(settings, factory, owner, size)
+    with factory() as session:
+        _check_quota(session, settings, owner, size)
+    _check_free(settings, size)
     path = settings.dataset_folder(dataset_id) / f"{ds.DATA_STEM}.{fmt}"
     with atomic_path(path) as tmp:
         _copy(file.file, tmp)
@@ -160,6 +167,7 @@ def _store(settings: Settings, factory: Any, owner: str | None, dataset_id: str,
         except ds.DatasetError as exc:
             raise HTTPException(422, str(exc)) from None
     with factory() as session:
+        _check_quota(session, settings, owner, size)
         dataset = ds.create_dataset(session, dataset_id=dataset_id, owner_id=owner, name=name, filename=filename,
                                     format=fmt, path=path, size_bytes=size, found=found)
         session.commit()
