@@ -206,6 +206,9 @@ class DatasetRead(BaseModel):
     num_rows: int
     columns: list[str]
     created_at: datetime
+    label_column: str | None = Field(None, description="the label column the upload was checked in, if any")
+    task_type: str | None = Field(None, description="what that column was checked as: classification or regression")
+    label_counts: dict[str, int] | None = Field(None, description="rows per class, in class order (classification)")
 
 
 class DatasetPage(BaseModel):
