@@ -30,15 +30,6 @@ LOG_FILE = "worker.log"  # each search's log, in its folder: what its jobs (sear
 MIB = 1024 * 1024
 
 
-def within_roots(path: str | Path, roots: list[Path]) -> bool:
-    """Whether `path` (symlinks and `..` resolved) lies inside one of `roots`.
-
-    Resolving first is what makes this a security check: `root/../etc` or a symlink out of a root is refused.
-    """
-    resolved = Path(path).expanduser().resolve()
-    return any(resolved.is_relative_to(root.expanduser().resolve()) for root in roots)
-
-
 class Settings(BaseSettings):
     """Everything the server and workers need to agree on: where data lives, which database, which paths a
     request may name, how many workers, and the timings of the heartbeat / stale-job recovery."""

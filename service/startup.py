@@ -80,7 +80,7 @@ def _tighten(path: Path, mode: int) -> None:
         os.chmod(path, mode)
         log.info("made %s private (mode %o)", path, mode)
     except OSError as exc:  # not there yet, or not ours to change: the umask still covers what is created
-        if not isinstance(exc, FileNotFoundError):
+        if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):  # an unusable data root: check_startup says
             log.warning("could not make %s private: %s", path, exc)
 
 

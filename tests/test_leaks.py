@@ -185,16 +185,17 @@ def test_an_older_log_is_read_back_without_its_tracebacks_or_paths(client, works
 
 def test_a_failing_jobs_error_and_log_read_through_http_hold_no_internals(client, workspace, settings,
                                                                          factory) -> None:
-    """A real job in a real worker loop, failing on a GLUE folder under the data root that is gone when it runs,
+    """A real job in a real worker loop, failing on a GLUE folder in an allowed root that is gone when it runs,
     after a first run lost to a dead worker: `attempts` reads alike in the API and the log."""
-    glue = settings.data_root / "glue-gone" / "RTE"
+    given = workspace / "leaks" / "glue-gone"
+    glue = given / "RTE"
     glue.mkdir(parents=True)
     for name in ("train.tsv", "dev.tsv"):
         (glue / name).write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
-    created = client.post("/searches", json=body(workspace, task="glue/rte", data_dir="glue-gone"))
+    created = client.post("/searches", json=body(workspace, task="glue/rte", data_dir=str(given)))
     assert created.status_code == 201, created.text
     search_id = created.json()["id"]
-    assert created.json()["request"]["run"]["data_dir"] == "glue-gone"  # as given, not resolved on the server
+    assert created.json()["request"]["run"]["data_dir"] == str(given)  # as given
     for name in ("train.tsv", "dev.tsv"):
         (glue / name).unlink()
     assert queue.claim_next(factory, "dies").id == search_id  # a worker that dies at once (this test plays it)
