@@ -116,6 +116,8 @@ def start_server(root: Path, port: int, workers: int, log_path: Path) -> subproc
         "NASPRUNE_DATA_ROOT": str(root / "data"), "NASPRUNE_HEARTBEAT_S": "2", "NASPRUNE_STALE_AFTER_S": "30",
         "NASPRUNE_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
+        # the inputs' folder, beside the data root: a request names files only there, never in the data root
+        "NASPRUNE_ALLOWED_MODEL_ROOTS": str(root / "inputs"), "NASPRUNE_ALLOWED_DATA_ROOTS": str(root / "inputs"),
     }
     env.pop("NASPRUNE_DATABASE_URL", None)
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers)]
@@ -357,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = root / "server.log"
     info = machine()
     print(f"data root and server log in {root}", flush=True)
-    inputs = write_inputs(root / "data" / "inputs")  # inside the data root: allowed without extra roots
+    inputs = write_inputs(root / "inputs")  # an allowed root of the server (start_server)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(root, port, args.workers, log_path)

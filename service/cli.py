@@ -215,9 +215,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from service.config import get_settings
     from service.db import upgrade
-    from service.startup import check_startup
+    from service.startup import check_startup, private_files
 
     settings = get_settings()
+    private_files(settings)  # first: a data root made by the check below is 0700 too
     check_startup(settings)
     upgrade(settings.url, args.revision)
     print(f"database {settings.url} is at revision {args.revision}")
@@ -229,8 +230,10 @@ def _token_session() -> Iterator[tuple[Any, Any]]:
     """(settings, session) on the service database, brought up to date first (as `serve` does)."""
     from service.config import get_settings
     from service.db import make_engine, session_factory, upgrade
+    from service.startup import private_files
 
     settings = get_settings()
+    private_files(settings)  # the database holds the tokens' hashes: never readable by other users
     upgrade(settings.url)
     engine = make_engine(settings.url)
     try:
@@ -285,10 +288,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run jobs until SIGTERM / Ctrl-C; the job in progress stops at its next step and goes back to the queue."""
     from service.config import get_settings
-    from service.startup import check_startup
+    from service.startup import check_startup, private_files
     from service.worker import run_worker
 
     settings = get_settings()
+    private_files(settings)  # checkpoints, exports and logs: 0600 / 0700 (first: the data root too, if made here)
     check_startup(settings)
     shutdown = threading.Event()
 
@@ -312,13 +316,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.api import create_app
     from service.config import get_settings
     from service.db import upgrade
-    from service.startup import check_startup
+    from service.startup import check_startup, private_files
     from service.supervisor import WorkerPool
 
     settings = get_settings()
     workers = settings.workers if args.workers is None else args.workers
     host = args.host or settings.host
     port = args.port or settings.port
+    private_files(settings)  # the data root, database, uploads, checkpoints, exports, logs: 0600 / 0700 (workers
+    # inherit the umask)
     check_startup(settings)  # before any worker starts: a worker that cannot start is not started at all
     upgrade(settings.url)
     env = os.environ | {"NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url}
@@ -419,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.startup import StartupError
 
+    umask = os.umask(0o077)  # read it back: the service commands make it private; main() called in-process
+    os.umask(umask)  # (the tests) gets its own again when the command returns
     try:
         return args.func(args)
     except ValidationError as exc:  # a NASPRUNE_* variable that does not parse: one line per bad setting
@@ -428,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, StartupError) as exc:  # DataError, ConfigError, ExportError ... too
         print(f"nasprune: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        os.umask(umask)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ engine from a `Settings` they hold, so importing the service never has side effe
     NASPRUNE_ALLOWED_DATA_ROOTS=/data/a,/data/b                # ... or comma-separated paths
     NASPRUNE_AUTH=required                                     # bearer tokens even before one exists
     NASPRUNE_MAX_UPLOAD_BYTES=1073741824 NASPRUNE_MAX_BODY_BYTES=65536   # request size limits (HTTP 413)
+    NASPRUNE_MAX_DATASET_BYTES_PER_OWNER=10737418240                    # stored datasets per token (HTTP 507)
 """
 
 from __future__ import annotations
@@ -27,15 +28,6 @@ SEARCHES_DIR = "searches"
 DATASETS_DIR = "datasets"
 LOG_FILE = "worker.log"  # each search's log, in its folder: what its jobs (search, refinements, exports) logged
 MIB = 1024 * 1024
-
-
-def within_roots(path: str | Path, roots: list[Path]) -> bool:
-    """Whether `path` (symlinks and `..` resolved) lies inside one of `roots`.
-
-    Resolving first is what makes this a security check: `root/../etc` or a symlink out of a root is refused.
-    """
-    resolved = Path(path).expanduser().resolve()
-    return any(resolved.is_relative_to(root.expanduser().resolve()) for root in roots)
 
 
 class Settings(BaseSettings):
@@ -64,7 +56,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(200 * MIB, ge=1, description="largest dataset file POST /datasets accepts")
     max_body_bytes: int = Field(MIB, ge=1, description="largest request body of the other routes")
     min_free_mb: int = Field(500, ge=0, description="free disk space under data_root that the server and workers "
-                                                    "need to start, and a worker needs to take a job")
+                                                    "need to start, a worker needs to take a job, and an upload "
+                                                    "must leave (HTTP 507)")
+    # The sum of one token's stored datasets (HTTP 507 past it): one client cannot fill the disk the others share.
+    max_dataset_bytes_per_owner: int = Field(10 * 1024 * MIB, ge=1, description="largest total size of the "
+                                             "datasets one token (or, without tokens, everyone) may store")
     # A download whose archive is not built yet queues an export job and waits this long for a worker to build it;
     # past it, the route answers 202 with Retry-After and the job's status.
     export_wait_s: float = Field(120.0, ge=0, le=3600, description="seconds a download waits for its export job")

@@ -11,7 +11,10 @@ never commit.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -69,17 +72,66 @@ def format_for(filename: str, given: str | None) -> str:
     return inferred
 
 
-def inspect(path: Path, fmt: str, name: str) -> tuple[int, list[str]]:
-    """(data rows, columns) of an uploaded file, checked by supernet.readers.check_file: the very function the
-    worker's loader reads custom files with, so an upload this accepts is one a search can read. `name` (the
-    client's file name, made safe) names the file in messages. On top: at most MAX_COLUMNS columns."""
+@dataclass
+class Inspected:
+    """What an upload's check found: what the `datasets` row stores of the file."""
+
+    rows: int
+    columns: list[str]
+    label_column: str | None  # the label column its classes were checked in (None: none known)
+    task_type: str | None  # what the label column was checked as
+    label_counts: dict[str, int] | None  # rows per class, in class order (classification)
+    profile: dict[str, Any]  # column -> readers.ColumnProfile.to_json()
+
+
+def inspect(path: Path, fmt: str, name: str, *, label_column: str | None = None,
+            task_type: str | None = None) -> Inspected:
+    """Check an uploaded file with supernet.readers.check_file, the very function the worker's loader reads custom
+    files with, so an upload this accepts is one a search can read. `name` (the client's file name, made safe)
+    names the file in messages. On top: at most MAX_COLUMNS columns.
+
+    The label column (`label_column`, else a column named `label` if there is one) is checked as `task_type`
+    (default classification) the way a search would read it: two to MAX_CLASSES classes, no fractions read as
+    classes, no empty label. Without a label column nothing is known of the classes yet; the stored profile of
+    every column lets POST /searches check the columns it names."""
     try:
-        checked = readers.check_file(path, fmt, source=name)
+        columns = readers.read_columns(path, fmt, source=name)
+        if len(columns) > MAX_COLUMNS:
+            raise DatasetError(f"{name}: {len(columns)} columns; at most {MAX_COLUMNS} are accepted")
+        if label_column is not None and label_column not in columns:
+            raise DatasetError(f"label_column {label_column!r}: {name} has no such column; its columns are {columns}")
+        label = label_column if label_column is not None else ("label" if "label" in columns else None)
+        if label is None and task_type is not None:
+            raise DatasetError(f"task_type {task_type!r} needs a label column: {name} has no column `label`; name "
+                               "the label column with the form field label_column")
+        kind = task_type or "classification"
+        checked = readers.check_file(path, fmt, label_column=label, regression=kind == "regression", source=name)
+        counts = None
+        if label is not None and kind == "classification":
+            counts = {c: checked.labels[c] for c in readers.sorted_labels(name, checked.labels)}
     except DataError as exc:
         raise DatasetError(str(exc)) from None
-    if len(checked.columns) > MAX_COLUMNS:
-        raise DatasetError(f"{name}: {len(checked.columns)} columns; at most {MAX_COLUMNS} are accepted")
-    return checked.rows, checked.columns
+    return Inspected(rows=checked.rows, columns=checked.columns, label_column=label,
+                     task_type=kind if label is not None else None, label_counts=counts,
+                     profile={c: p.to_json() for c, p in checked.profiles.items()})
+
+
+def check_use(dataset: Dataset, what: str, *, text_columns: Sequence[str], label_column: str, task_type: str) -> None:
+    """Refuse (DatasetError, naming the field, the dataset, the line and the column) a search that names
+    `dataset`'s columns as text and label columns it could not run on, judged from the profile stored at upload
+    by the reader's own rules (readers.check_column). A row stored before profiles existed is left to the
+    worker's reader. Columns the file lacks are the caller's to report."""
+    if not dataset.profile:
+        return
+    uses = [("text_columns", column, "text") for column in text_columns]
+    uses.append(("label_column", label_column, task_type))
+    for field, column, role in uses:
+        if column not in dataset.profile:
+            continue
+        try:
+            readers.check_column(what, column, readers.ColumnProfile.from_json(dataset.profile[column]), role)
+        except DataError as exc:
+            raise DatasetError(f"custom.{field}: {exc}") from None
 
 
 def read_columns(path: Path, source: str | None = None) -> list[str]:
@@ -95,9 +147,11 @@ def read_columns(path: Path, source: str | None = None) -> list[str]:
 
 
 def create_dataset(session: Session, *, dataset_id: str, owner_id: str | None, name: str, filename: str,
-                   format: str, path: str | Path, size_bytes: int, num_rows: int, columns: list[str]) -> Dataset:
+                   format: str, path: str | Path, size_bytes: int, found: Inspected) -> Dataset:
     dataset = Dataset(id=dataset_id, owner_id=owner_id, name=name, filename=filename, format=format,
-                      path=str(path), size_bytes=size_bytes, num_rows=num_rows, columns=list(columns))
+                      path=str(path), size_bytes=size_bytes, num_rows=found.rows, columns=list(found.columns),
+                      label_column=found.label_column, task_type=found.task_type, label_counts=found.label_counts,
+                      profile=found.profile)
     session.add(dataset)
     session.flush()
     return dataset
@@ -109,6 +163,31 @@ def get_dataset(session: Session, dataset_id: str, *, owner_id: str | None) -> D
     if dataset is None:
         raise DatasetNotFound(dataset_id)
     return dataset
+
+
+def check_labels(session: Session, train_id: str, test_id: str, *, owner_id: str | None, label_column: str,
+                 task_type: str) -> None:
+    """Refuse (DatasetError) a classification search whose test dataset has labels its train dataset lacks: the
+    loader indexes classes by the train file's labels and would fail the job on the first unknown one. Judged
+    from the label counts stored at upload, so only when both uploads were checked in this label column."""
+    if task_type != "classification":
+        return
+    train, test = (get_dataset(session, i, owner_id=owner_id) for i in (train_id, test_id))
+    if train.label_column != label_column or test.label_column != label_column:
+        return
+    if train.label_counts is None or test.label_counts is None:
+        return
+    unknown = [label for label in test.label_counts if label not in train.label_counts]
+    if unknown:
+        raise DatasetError(f"custom.label_column: test_dataset {test_id!r} has label(s) {unknown} in column "
+                           f"{label_column!r} that train_dataset {train_id!r} does not (its labels: "
+                           f"{list(train.label_counts)})")
+
+
+def stored_bytes(session: Session, *, owner_id: str | None) -> int:
+    """The bytes of the owner's stored datasets: what NASPRUNE_MAX_DATASET_BYTES_PER_OWNER bounds."""
+    total = session.scalar(select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.owner_id == owner_id))
+    return int(total or 0)
 
 
 def list_datasets(session: Session, *, owner_id: str | None, offset: int = 0,

@@ -28,13 +28,15 @@ followed, so nothing planted in the folder can pull a file from elsewhere into a
 owner and plain modes. A cached archive is served only if it is a plain file where the server wrote it. (The
 archive is written member by member rather than with `TarFile.add(filter=...)`: a filter sees neither a file's
 link count nor the file as opened, and `add` opens by name, following a symlink swapped in after the check; here
-each file is opened with O_NOFOLLOW and checked as opened.)
+each file is opened with O_NOFOLLOW and checked as opened.) The gzip header names no file and no time
+(`_gzip_writer`): the temporary name an archive is built under never reaches a download.
 
 Torch-free at import (the API imports the names and checks); the build imports supernet lazily.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -43,7 +45,7 @@ import stat
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from filelock import FileLock
 
@@ -145,6 +147,12 @@ def _add_tree(tar: tarfile.TarFile, folder: Path, arcname: str) -> list[str]:
     return skipped
 
 
+def _gzip_writer(raw: BinaryIO) -> gzip.GzipFile:
+    """A gzip stream over `raw` whose header names no file and no time: `tarfile.open(path, "w:gz")` would store
+    the temporary file's name (FNAME) and the build's time in every download."""
+    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+
+
 def leftovers(exports: Path, stem: str) -> list[Path]:
     """Temporaries of a build of export `stem` (".0-hf.<pid>.<random>.tmp", ".0-hf.tar.gz.<pid>.<random>.tmp"; not
     the lock file; not those of "0-hf-refined", whose names go on with "-" where these have "."): what a build
@@ -243,7 +251,7 @@ def _build(exports: Path, archive: Path, stem: str, top: str, format: str, point
             if format == "onnx":
                 export_onnx(load_exported(tmp), tmp / "model.onnx", seq_len=run.spec.max_length)
     with atomic_path(archive, fsync=True) as tmp_archive:  # the archive's bytes are on disk before its name is
-        with tarfile.open(tmp_archive, mode="w:gz") as tar:
+        with open(tmp_archive, "xb") as raw, _gzip_writer(raw) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
             skipped = _add_tree(tar, out, top)
         if skipped:
             log.warning("export %s left out what is not a plain file or folder: %s", out, ", ".join(skipped))

@@ -363,3 +363,9 @@ class Dataset(Base):
     num_rows: Mapped[int]
     columns: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # What the upload was checked as (NULL: no label column was known, or a row older than these columns).
+    label_column: Mapped[str | None] = mapped_column(String(200))
+    task_type: Mapped[str | None] = mapped_column(String(16))  # classification or regression
+    label_counts: Mapped[dict[str, int] | None] = mapped_column(JSON)  # label -> rows (classification)
+    # column -> supernet.readers.ColumnProfile.to_json(): what POST /searches checks text and label columns by
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSON)

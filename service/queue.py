@@ -241,7 +241,7 @@ def claim_next(session_factory: SessionFactory, worker_id: str) -> Search | None
               .with_for_update(skip_locked=True).scalar_subquery())
     search = SEARCHES.claim(session_factory, worker_id, oldest)
     if search is not None:
-        log.info("worker %s claimed search %s (attempt %d)", worker_id, search.id, search.attempts + 1)
+        log.info("worker %s claimed search %s (attempts %d)", worker_id, search.id, search.attempts)
     return search
 
 

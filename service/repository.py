@@ -274,14 +274,14 @@ def delete_search(session: Session, search_id: str, *, force: bool = False, owne
     caller's to remove. A running search is refused unless `force`: its worker would keep writing."""
     search = get_search(session, search_id, owner=owner)
     if search.status in RUNNING_STATUSES and not force:
-        raise SearchActive(f"search {search_id} is {search.status}; cancel it and wait until it stops, "
-                           "or delete with force")
+        raise SearchActive(f"search {search_id} is {search.status}; cancel it (POST /searches/{search_id}/cancel), "
+                           "wait until its status is cancelled, then delete it")
     refining = session.scalar(select(Refinement).where(Refinement.search_id == search_id,
                                                        Refinement.status == RefinementStatus.RUNNING))
     if refining is not None and not force:
         raise SearchActive(f"front point {refining.position} of search {search_id} is being refined (refinement "
                            f"{refining.id}); cancel it (POST /searches/{search_id}/refinements/{refining.id}/cancel) "
-                           "and wait until it stops, or delete with force")
+                           "and wait until it stops, then delete the search")
     session.delete(search)  # rows of children already loaded go through the ORM; the rest through the cascade
     session.flush()
 

@@ -13,7 +13,10 @@ claimed; the rest is written once in `JobRunner`:
     (`release`, no attempt counted), and leaves alone a job taken over by another worker;
   * any exception marks the job failed (`failure_reason`: out of memory and a full disk are named as such) and
     the worker goes on with the next job;
-  * the job's log goes to its search's worker.log (a FileHandler on the root logger while it runs).
+  * the job's log goes to its search's worker.log (a FileHandler on the root logger while it runs), which a user
+    reads through the API: its records carry no traceback and name server paths as the user knows them
+    (service/redact.py). The traceback goes to the worker's own stderr, the server log. A job's stored
+    `error` is likewise one line without server paths.
 
 The kinds, in the order they are claimed (`RUNNERS`):
   * `ExportRunner`: builds a front point's download archive (service/exports.py) that a download route is
@@ -36,7 +39,6 @@ import logging
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,7 @@ from . import repository as repo
 from .config import LOG_FILE, Settings
 from .db import check_schema, make_engine, session_factory
 from .models import Export, ExportStatus, Refinement, RefinementStatus, Search, SearchStatus
+from .redact import Redactor
 from .startup import low_disk
 from .store import DbStore
 
@@ -108,11 +111,25 @@ class Heartbeat(threading.Thread):
                 return
 
 
-def _attach_log(folder: Path) -> tuple[logging.Handler, int]:
+class UserLogFormatter(logging.Formatter):
+    """The format of a search's worker.log, which its user reads: a record without the traceback or stack it
+    may carry (those go to the server log only), server paths redacted."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__(LOG_FORMAT)
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        # a copy: the record goes on to the server log's handlers, traceback and all
+        bare = logging.makeLogRecord(record.__dict__ | {"exc_info": None, "exc_text": None, "stack_info": None})
+        return self.redactor.user_text(super().format(bare))
+
+
+def _attach_log(folder: Path, redactor: Redactor) -> tuple[logging.Handler, int]:
     folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(folder / LOG_FILE, encoding="utf-8")
     handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(UserLogFormatter(redactor))
     root = logging.getLogger()
     previous = root.level
     if root.level == logging.NOTSET or root.level > logging.INFO:
@@ -184,6 +201,7 @@ class JobRunner:
         self.settings, self.factory, self.job, self.worker_id = settings, factory, job, worker_id
         self.shutdown = shutdown
         self.stop, self.lost = threading.Event(), threading.Event()
+        self.redactor = Redactor.for_settings(settings)
 
     @classmethod
     def claim(cls, factory: queue.SessionFactory, worker_id: str) -> Any | None:
@@ -207,19 +225,22 @@ class JobRunner:
         if folder is None:  # deleted meanwhile (the row went with it, or goes soon)
             log.warning("%s %s: its search or the search's folder is gone", self.noun, self.job.id)
             return self.finish(self.table.status("failed"), f"search {self.job.search_id} or its folder is gone")
-        handler, previous = _attach_log(folder)
+        handler, previous = _attach_log(folder, self.redactor)
         beat = Heartbeat(lambda: self.table.heartbeat(self.factory, self.job.id, self.worker_id), self.lost,
                          self.stop, self.settings.heartbeat_s, f"{self.noun} {self.job.id}")
         try:
-            log.info("worker %s: running %s %s (attempt %d) in %s", self.worker_id, self.noun, self.job.id,
-                     self.job.attempts + 1, folder)
+            # the job's `attempts`, as the API shows it: runs of it lost to a dead worker before this one
+            log.info("worker %s: running %s %s (attempts %d: earlier runs lost to a dead worker) in %s",
+                     self.worker_id, self.noun, self.job.id, self.job.attempts, folder)
             beat.start()
             return self.execute(folder)
         except Exception as exc:  # MemoryError included: one job out of memory must not take the worker down
-            log.error("%s %s failed:\n%s", self.noun, self.job.id, traceback.format_exc())
+            reason = self.redactor.error(failure_reason(exc, self.settings))
+            # the traceback reaches the server log only (UserLogFormatter leaves it out of worker.log)
+            log.error("%s %s failed: %s", self.noun, self.job.id, reason, exc_info=True)
             if self.lost.is_set():  # e.g. the search folder deleted under us after a takeover
                 return self.stopped()
-            return self.finish(self.table.status("failed"), failure_reason(exc, self.settings))
+            return self.finish(self.table.status("failed"), reason)
         finally:
             beat.done.set()
             if beat.is_alive():
@@ -227,6 +248,8 @@ class JobRunner:
             _detach_log(handler, previous)
 
     def finish(self, status: Any, error: str | None = None, **values: Any) -> Any | None:
+        """End the job as `status`; `error` is stored as its user reads it (one line, no server paths)."""
+        error = self.redactor.error(error)
         ended = self.table.finish(self.factory, self.job.id, status, error, worker_id=self.worker_id, values=values)
         return status if ended else None
 
@@ -488,9 +511,10 @@ class ExportRunner(JobRunner):
 RUNNERS: tuple[type[JobRunner], ...] = (ExportRunner, SearchRunner, RefinementRunner)
 
 
-def _fail(factory: queue.SessionFactory, runner: type[JobRunner], job: Any, worker_id: str,
+def _fail(settings: Settings, factory: queue.SessionFactory, runner: type[JobRunner], job: Any, worker_id: str,
           reason: str) -> Any | None:
     failed = runner.table.status("failed")
+    reason = Redactor.for_settings(settings).error(reason) or reason
     try:
         return failed if runner.table.finish(factory, job.id, failed, reason, worker_id=worker_id) else None
     except Exception:  # the database is unreachable too: recovery will take the job back later
@@ -517,7 +541,7 @@ def _run_job(settings: Settings, factory: queue.SessionFactory, runner: type[Job
             return runner(settings, factory, job, worker_id, shutdown).run()
     except Exception as exc:  # never let one job kill the loop, nor leave it running with no one on it
         log.exception("worker %s: %r crashed its runner", worker_id, job)
-        return _fail(factory, runner, job, worker_id, failure_reason(exc, settings))
+        return _fail(settings, factory, runner, job, worker_id, failure_reason(exc, settings))
 
 
 def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool = False, poll_s: float = 1.0,

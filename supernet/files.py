@@ -3,6 +3,11 @@
 A reader (another process, or the same job resumed after a crash) sees either the old content or the new, never a
 half-written file: the content goes to a temporary name beside the target (same file system, so the rename is
 atomic) and is renamed over it only once it is complete.
+
+Modes: a file or folder written through `atomic_path` gets what the process umask gives it (the service sets
+0o077: files 0600, folders 0700; service/startup.py), and the rename keeps that mode. The records
+`atomic_write_text` writes (settings, fronts, summaries) are created 0600 whatever the umask: they are the run's
+own, and nothing needs them readable by other users.
 """
 
 from __future__ import annotations
@@ -52,9 +57,14 @@ def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
             _remove(tmp)
 
 
+PRIVATE_FILE_MODE = 0o600
+
+
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool = False) -> Path:
     with atomic_path(path, fsync=fsync) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
     return Path(path)
 
 

@@ -64,7 +64,10 @@ def load_custom_task(
 
     CSV and TSV follow the usual quoting rules (as pandas writes them) and need a header row.
     Classification labels are collected from the train file and sorted (numerically if they all look like
-    integers), so index i is the i-th sorted label; a test label not seen in train is an error.
+    integers), so index i is the i-th sorted label; a test label not seen in train is an error. Each file is held
+    to readers.check_column's rules for its text and label columns (no empty text or label, no JSON object or
+    list, two to MAX_CLASSES classes, numbers with fractions only as regression), the very rules an upload is
+    checked with, so a file named by path fails its job with the reason an upload would have got.
     Regression labels must parse as floats. The train file is split like a GLUE train file; the test file
     is the held-out test set.
     """

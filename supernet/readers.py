@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FORMATS",
     "SUFFIXES",
+    "MAX_CLASSES",
     "CheckedFile",
+    "ColumnProfile",
+    "check_column",
     "check_file",
     "file_format",
     "read_columns",
@@ -46,6 +49,16 @@ SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json-lines": "jso
 
 # (line, texts, raw label) of one row of a custom file
 Record = tuple[int, list[str], str]
+
+# The most distinct labels a classification column may have. GLUE tasks have two or three classes and typical
+# fine-tuning sets a few dozen at most; a column with more distinct values than this is, in practice, free text,
+# an id or a measured quantity read as classes by mistake, and a head over that many classes trained on a
+# fine-tuning-sized file sees too few examples of each to learn them. A number to predict is a regression task.
+MAX_CLASSES = 100
+# how much of a value a message quotes
+QUOTE_CHARS = 60
+# rows read before their columns are profiled together (ColumnProfile.add)
+PROFILE_ROWS = 2048
 
 
 def open_text(path: Path) -> TextIO:
@@ -168,14 +181,131 @@ def load_glue_hub(glue: GlueTask) -> tuple[list[Example], dict[str, list[Example
 
 
 @dataclass
+class ColumnProfile:
+    """What the rules for a text or a label column need to know of one column, gathered in the one pass that reads
+    the file (`add`, a run of rows at a time). An upload stores its columns' profiles, so a search naming any of
+    them as text or label is checked by `check_column` at once, without reading the file again."""
+
+    blank_line: int | None = None  # the first data row whose value is empty (or only spaces)
+    distinct: int = 0  # distinct values, counted up to MAX_CLASSES + 1
+    many_line: int | None = None  # the row that brought the (MAX_CLASSES + 1)-th distinct value
+    not_number: tuple[int, str] | None = None  # the first row whose value is not a finite number, and the value
+    fraction: tuple[int, str] | None = None  # the first row whose value is a number with a fractional part
+    _seen: set[str] = field(default_factory=set, repr=False, compare=False)  # until there are too many
+
+    def add(self, lines: Sequence[int], values: Sequence[str]) -> bool:
+        """Count a run of values (canonical, see label_key) read from rows `lines`; True when it brought a fact a rule
+        may refuse (a blank, one class too many, a non-number, a fraction). A run at a time: the checks are then
+        set and map operations over many rows rather than Python steps per field, so that profiling every column
+        of an upload costs little more than parsing it."""
+        before = (self.blank_line, self.many_line, self.not_number, self.fraction)
+        if "" in values:
+            if self.blank_line is None:
+                self.blank_line = lines[values.index("")]
+            kept = [i for i, value in enumerate(values) if value]
+            lines, values = [lines[i] for i in kept], [values[i] for i in kept]
+        if self.many_line is None:
+            self._count(lines, values)
+        if self.not_number is None:
+            self._numbers(lines, values)
+        return before != (self.blank_line, self.many_line, self.not_number, self.fraction)
+
+    def _count(self, lines: Sequence[int], values: Sequence[str]) -> None:
+        new = set(values) - self._seen
+        if len(self._seen) + len(new) <= MAX_CLASSES:
+            self._seen |= new
+            self.distinct = len(self._seen)
+            return
+        for line, value in zip(lines, values, strict=True):  # the row whose value was one too many
+            if value not in self._seen:
+                self._seen.add(value)
+                if len(self._seen) > MAX_CLASSES:
+                    self.many_line, self.distinct, self._seen = line, MAX_CLASSES + 1, set()  # values: no more use
+                    return
+
+    def _numbers(self, lines: Sequence[int], values: Sequence[str]) -> None:
+        try:
+            numbers: list[float] | None = list(map(float, values))
+        except ValueError:
+            numbers = None
+        if numbers is not None and all(map(math.isfinite, numbers)):
+            if self.fraction is None and not all(map(float.is_integer, numbers)):
+                at = next(i for i, number in enumerate(numbers) if not number.is_integer())
+                self.fraction = (lines[at], _quote(values[at]))
+            return
+        for line, value in zip(lines, values, strict=True):  # the first non-number, and any fraction before it
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                self.not_number = (line, _quote(value))
+                return
+            if self.fraction is None and not number.is_integer():
+                self.fraction = (line, _quote(value))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"blank_line": self.blank_line, "distinct": self.distinct, "many_line": self.many_line,
+                "not_number": list(self.not_number) if self.not_number else None,
+                "fraction": list(self.fraction) if self.fraction else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ColumnProfile:
+        return cls(blank_line=data.get("blank_line"), distinct=int(data.get("distinct", 0)),
+                   many_line=data.get("many_line"), not_number=_pair(data.get("not_number")),
+                   fraction=_pair(data.get("fraction")))
+
+
+def _pair(value: Any) -> tuple[int, str] | None:
+    return (int(value[0]), str(value[1])) if value else None
+
+
+def _quote(value: str) -> str:
+    return value if len(value) <= QUOTE_CHARS else value[:QUOTE_CHARS] + "..."
+
+
+def check_column(source: str, column: str, profile: ColumnProfile, role: str, *, whole: bool = True) -> None:
+    """Raise DataError if a search cannot use `column` as `role` ("text", "classification" or "regression").
+
+    The one statement of what a usable column is, for the reader (after each run of rows, then `whole` at the
+    end) and for the service (from an upload's stored profile): text and labels are never empty; a regression label is a
+    finite number; a classification column has two to MAX_CLASSES distinct labels and is not a column of numbers
+    with fractions in it (a quantity to predict, i.e. regression). `whole=False` checks only what a prefix of
+    the file can already show, so a reader stops near the row at fault and names it."""
+    if profile.blank_line is not None:
+        what = f"column {column!r} is empty" if role == "text" else f"empty label in column {column!r}"
+        raise DataError(f"{source}: line {profile.blank_line}: {what}")
+    if role == "text":
+        return
+    if role == "regression":
+        if profile.not_number is not None:
+            float_label(source, *profile.not_number)  # raises: the reader's message for a bad regression label
+        return
+    if profile.many_line is not None:
+        raise DataError(f"{source}: line {profile.many_line}: column {column!r} has more than {MAX_CLASSES} distinct "
+                        "labels, too many classes for classification; if it is a number to predict, declare "
+                        "task_type regression")
+    if not whole:
+        return
+    if profile.not_number is None and profile.fraction is not None:
+        line, value = profile.fraction
+        raise DataError(f"{source}: line {line}: label {value!r} in column {column!r} is a fraction and every label "
+                        "is a number: a quantity, not a class; declare task_type regression")
+    if profile.distinct < 2:
+        raise DataError(f"{source}: column {column!r} has {profile.distinct} distinct label(s); classification "
+                        "needs at least two distinct labels")
+
+
+@dataclass
 class CheckedFile:
     """What `check_file` found: the file's format and columns, its data rows and the raw labels they carry."""
 
     format: str
     columns: list[str]  # the CSV/TSV header, or the keys of the first JSON object
     rows: int
-    labels: Counter[str] = field(default_factory=Counter)  # raw label -> rows; empty without a label column
+    labels: Counter[str] = field(default_factory=Counter)  # raw label -> rows; only with a classification label
     records: list[Record] = field(default_factory=list)  # only with keep_records=True
+    profiles: dict[str, ColumnProfile] = field(default_factory=dict)  # of every column read
 
 
 def file_format(path: str | Path, fmt: str | None = None) -> str:
@@ -205,37 +335,70 @@ def check_file(
 
     The rules: UTF-8 text (a BOM is dropped) without NUL characters; CSV/TSV have a header of distinct names and
     rows of as many fields (usual quoting rules, blank lines skipped); JSONL has one JSON object per non-blank
-    line. Every row must have the columns read (`text_columns` and `label_column`; without them, every column
-    of the header or first object, since the caller does not know yet which ones a task will read), none of
-    them null; a label is never empty, and with `regression` it is a finite number. At least one data row.
+    line, whose values are text, numbers or booleans (an object or a list is refused: a search would only read
+    its Python text). Every row must have the columns read (`text_columns` and `label_column`; without
+    `text_columns`, every column of the header or first object, since the caller does not know yet which ones a
+    task will read), none of them null. The text and label columns named must be usable as such
+    (`check_column`: no empty text or label, a finite number with `regression`, else two to MAX_CLASSES classes
+    that are not fractions). At least one data row.
 
     `source` names the file in messages (default: the path), e.g. the name a client uploaded it under.
     """
     path = Path(path)
     source = source or str(path)
     fmt = file_format(path, fmt)
-    if text_columns is None and label_column is not None:
-        raise ValueError("check_file: label_column needs text_columns")
     wanted = None if text_columns is None else [*text_columns, *([label_column] if label_column else [])]
+    roles = dict.fromkeys(text_columns or (), "text")
+    if label_column is not None:
+        roles[label_column] = "regression" if regression else "classification"
     result = CheckedFile(format=fmt, columns=[], rows=0)
+    columns: list[tuple[str, ColumnProfile, str | None]] = []  # (name, profile, role) of each value read
+    label_at = -1
+    lines: list[int] = []
+    pending: list[list[Any]] = []  # the rows not yet profiled, `lines` their line numbers
+
+    def profile() -> None:
+        """Profile the pending rows, column by column; refuse at once what a part of the file already shows."""
+        if not pending:
+            return
+        at, rows = lines.copy(), pending.copy()
+        lines.clear()
+        pending.clear()
+        for (name, column_profile, role), column in zip(columns, zip(*rows, strict=True), strict=True):
+            values = _canonical(column, fmt)
+            if column_profile.add(at, values) and role is not None:
+                check_column(source, name, column_profile, role, whole=False)
+            if name == label_column and not regression:
+                result.labels.update(values)
+
     with open_text(path) as f:
         try:
             for line, values in _values(_records(f, fmt, source, result.columns), wanted, result.columns, source):
-                label = None
-                if label_column is not None:
-                    label = label_key(values.pop())
-                    if label == "":
-                        raise DataError(f"{source}: line {line}: empty label in column {label_column!r}")
-                    if regression:
-                        float_label(source, line, label)
-                    result.labels[label] += 1
-                if keep_records:
-                    result.records.append((line, [str(v) for v in values], label if label is not None else ""))
+                if not columns:  # the first row: the columns read are known (and the same for every row)
+                    names = result.columns if wanted is None else wanted
+                    if label_column is not None and label_column not in names:
+                        raise DataError(f"{source}: no column {label_column!r}; its columns are {names}")
+                    label_at = names.index(label_column) if label_column is not None else -1
+                    columns = [(n, result.profiles.setdefault(n, ColumnProfile()), roles.get(n)) for n in names]
+                lines.append(line)
+                pending.append(values)
+                if keep_records:  # the text columns come first in `wanted`
+                    label = label_key(values[label_at]) if label_column is not None else ""
+                    result.records.append((line, [str(v) for v in values[:len(text_columns or ())]], label))
                 result.rows += 1
+                if len(pending) >= PROFILE_ROWS:
+                    profile()
         except UnicodeDecodeError as exc:
+            profile()  # a problem in the rows before this one is the first problem
             raise DataError(f"{source}: not UTF-8 text ({exc})") from None
+        except DataError:
+            profile()
+            raise
+    profile()
     if not result.rows:
         raise DataError(f"{source}: no examples (no data rows)")
+    for name, role in roles.items():
+        check_column(source, name, result.profiles[name], role)
     return result
 
 
@@ -270,6 +433,7 @@ def _values(records: Iterable[tuple[int, Any]], wanted: Sequence[str] | None, co
             values = [record[c] for c in names]
             if None in values:
                 raise DataError(f"{source}: line {line}: column {names[values.index(None)]!r} is empty")
+            _scalars(record if wanted is None else dict(zip(names, values, strict=True)), line, source)
             yield line, values
             continue
         if positions is None:
@@ -278,6 +442,16 @@ def _values(records: Iterable[tuple[int, Any]], wanted: Sequence[str] | None, co
                 raise DataError(f"{source}: line {line}: missing column(s) {missing}")
             positions = [columns.index(c) for c in names]
         yield line, [record[i] for i in positions]
+
+
+def _scalars(record: dict[str, Any], line: int, source: str) -> None:
+    """Refuse a JSON object or list as a field: a search reads a field as text or a number, and would train on the
+    Python text of a nested value."""
+    for name, value in record.items():
+        if isinstance(value, (dict, list)):
+            kind = "an object" if isinstance(value, dict) else "a list"
+            raise DataError(f"{source}: line {line}: column {name!r} holds {kind}; a field must be text, a number, "
+                            "true or false")
 
 
 def _records(f: TextIO, fmt: str, source: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
@@ -346,6 +520,11 @@ def _jsonl_rows(lines: Iterable[str], source: str, columns: list[str]) -> Iterat
                 raise DataError(f"{source}: line {line_no}: an empty JSON object names no columns")
             columns.extend(record)
         yield line_no, record
+
+
+def _canonical(column: Sequence[Any], fmt: str) -> list[str]:
+    """label_key of each value of a column: CSV/TSV fields are text already, JSON values may be numbers."""
+    return list(map(str.strip, column)) if fmt != "jsonl" else [label_key(v) for v in column]
 
 
 def label_key(value: Any) -> str:

@@ -173,7 +173,7 @@ def _multipart(content: bytes) -> tuple[bytes, dict[str, str]]:
 
 
 def test_uploads_have_their_own_limit(client, settings) -> None:
-    rows = b"text,label\n" + b"a line of words,1\n" * ((MAX_UPLOAD - 11) // 18)
+    rows = b"text,label\n" + b"a line of words,1\na line of words,0\n" * ((MAX_UPLOAD - 11) // 36)
     assert MAX_BODY < len(rows) <= MAX_UPLOAD
     form, headers = _multipart(rows)
     assert client.post("/datasets", content=form, headers=headers).status_code == 201  # over max_body_bytes: fine

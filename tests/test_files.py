@@ -33,3 +33,22 @@ def test_a_folder_replaces_a_folder(tmp_path):
             (tmp / "weights").write_text(content)
     assert (target / "weights").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_records_are_written_0600_whatever_the_umask(tmp_path):
+    """A world-readable umask (0o022, the usual default) still gives the records 0600, also when one replaces a
+    file that was readable by all."""
+    import os
+    import stat
+
+    target = tmp_path / "search.json"
+    target.write_text("{}")
+    target.chmod(0o644)
+    previous = os.umask(0o022)
+    try:
+        atomic_write_json(target, {"x": 1})
+        atomic_write_text(tmp_path / "new.txt", "x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o600

@@ -310,6 +310,7 @@ def test_custom_bad_regression_label_and_missing_file(tmp_path) -> None:
     with pytest.raises(DataError, match=r"train\.csv: line 3: label 'oops' is not a number"):
         load_custom_task("r", train, test, text_columns=["t"], label_column="y", task_type="regression")
     train.write_text("t,y\na,1\nb,0\n")
+    test.write_text("t,y\na,1\nb,0\n")
     with pytest.raises(DataError, match=r"nothere\.csv: missing file"):
         load_custom_task("r", train, tmp_path / "nothere.csv", text_columns=["t"], label_column="y")
     with pytest.raises(DataError, match=r"train\.csv: 2 examples are too few to split"):

@@ -15,10 +15,11 @@ from search.job import SearchJob
 from search.runner import SearchConfig, Trial
 from search.settings import LatencyShape
 from service import repository as repo
-from service.config import Settings, get_settings, within_roots
+from service.config import Settings, get_settings
 from service.db import SchemaError, check_schema, make_engine, session_factory
 from service.models import ExportStatus, SearchStatus, TrialRow
 from supernet.config import SubNetworkConfig
+from supernet.confine import within
 from supernet.settings import RunSpec
 
 
@@ -112,9 +113,9 @@ def test_within_roots_resolves_escapes(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "model").mkdir(parents=True)
     (root / "link").symlink_to(tmp_path)
-    assert within_roots(root / "model", [root])
-    assert not within_roots(root / ".." / "other", [root])
-    assert not within_roots(root / "link" / "x", [root])
+    assert within(root / "model", [root])
+    assert not within(root / ".." / "other", [root])
+    assert not within(root / "link" / "x", [root])
 
 
 # ------------------------------------------------------------------------------------------------ schema and pragmas

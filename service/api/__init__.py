@@ -8,11 +8,16 @@ fresh data root works at once; it creates its engine there, never at import time
 
 Every route runs `auth.current_owner` (an app-level dependency): with API tokens on, a route cannot be reached
 without one unless it is declared with `openapi_extra=auth.PUBLIC`.
+
+Nothing here answers with a redirect: Starlette's trailing-slash redirect (`/searches/` -> 307) builds its
+Location from the request's Host header and answers before authentication, so it is off and such a path is a 404.
+Every error's detail passes through the settings' `Redactor` (service/redact.py): no server path in a response.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,7 +33,8 @@ from .. import datasets, refinements
 from .. import repository as repo
 from ..config import Settings, get_settings
 from ..db import check_schema, make_engine, session_factory, upgrade
-from ..startup import check_startup
+from ..redact import Redactor
+from ..startup import check_startup, private_files
 from .auth import current_owner, document_security
 from .schemas import ErrorRead
 
@@ -48,11 +54,11 @@ ERROR_STATUS: dict[type[Exception], int] = {
 UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
-def _validation_detail(exc: RequestValidationError) -> str:
+def _validation_detail(exc: RequestValidationError, redactor: Redactor) -> str:
     parts = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        parts.append(f"{where}: {redactor.text(str(error.get('msg', 'invalid')))}")
     return "; ".join(parts)
 
 
@@ -82,32 +88,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        check_startup(settings)  # a writable data root with room, or a StartupError that says so
-        upgrade(settings.url)
-        engine = make_engine(settings.url)
-        check_schema(engine)
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.session_factory = session_factory(engine)
-        log.info("API ready (data root %s)", settings.data_root)
+        umask = private_files(settings)  # everything written under the data root: 0600 / 0700
         try:
-            yield
+            check_startup(settings)  # a writable data root with room, or a StartupError that says so
+            upgrade(settings.url)
+            engine = make_engine(settings.url)
+            check_schema(engine)
+            app.state.settings = settings
+            app.state.engine = engine
+            app.state.session_factory = session_factory(engine)
+            log.info("API ready (data root %s)", settings.data_root)
+            try:
+                yield
+            finally:
+                engine.dispose()
         finally:
-            engine.dispose()
+            os.umask(umask)  # the process's own again (an app started inside a test process)
 
+    redactor = Redactor.for_settings(settings)
     app = FastAPI(title="nasprune", version="0.1.0", lifespan=lifespan, dependencies=[Depends(current_owner)],
+                  redirect_slashes=False,
                   description="Search for the best ways to prune a fine-tuned BERT encoder: submit a search, "
                               "follow its progress, download the sub-networks on its Pareto front.")
 
     @app.exception_handler(repo.RepositoryError)
     async def _repository_error(_request: Request, exc: repo.RepositoryError) -> JSONResponse:
         code = next((c for t, c in ERROR_STATUS.items() if isinstance(exc, t)), 400)
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        return JSONResponse({"detail": redactor.text(str(exc))}, status_code=code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return JSONResponse({"detail": _validation_detail(exc), "errors": errors}, status_code=422)
+        errors = [{k: redactor.text(v) if k == "msg" and isinstance(v, str) else v for k, v in e.items()
+                   if k in ("loc", "msg", "type")} for e in exc.errors()]
+        return JSONResponse({"detail": _validation_detail(exc, redactor), "errors": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -117,6 +130,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             methods = {method for route in app.router.routes if isinstance(route, Route)
                        and route.matches(request.scope)[0] is not Match.NONE for method in route.methods or ()}
             exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(sorted(methods))})
+        elif exc.status_code == 404 and request.url.path.endswith("/") and request.url.path != "/":
+            exc = StarletteHTTPException(404, "Not Found (no route here ends with '/')", headers=exc.headers)
+        elif isinstance(exc.detail, str):
+            exc = StarletteHTTPException(exc.status_code, redactor.text(exc.detail), headers=exc.headers)
         return await http_exception_handler(request, exc)
 
     def openapi() -> dict[str, Any]:

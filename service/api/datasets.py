@@ -19,16 +19,20 @@ from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from python_multipart.multipart import parse_options_header
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from supernet.files import atomic_path
+from supernet.readers import MAX_CLASSES
 
 from .. import datasets as ds
-from ..config import Settings
+from ..config import MIB, Settings
 from ..models import Dataset, new_id
 from ..repository import MAX_PAGE
+from ..startup import free_mb
 from .auth import OwnerDep
 from .deps import FactoryDep, SessionDep, SettingsDep
 from .schemas import DatasetPage, DatasetRead
@@ -38,7 +42,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 UPLOAD_ROUTE = ("POST", "/datasets")
-FIELDS = ("name", "format")  # the text fields of an upload, besides the `file` part
+FIELDS = ("name", "format", "label_column", "task_type")  # the text fields of an upload, besides the `file` part
+TASK_TYPES = ("classification", "regression")
 MAX_FIELD_BYTES = 1024
 # What Starlette's parser itself accepts: a bound on memory. Within it, the fields are checked here, so that a
 # message can name the field at fault.
@@ -53,13 +58,20 @@ _FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-da
         "file": {"type": "string", "format": "binary", "description": "CSV or TSV with a header, or JSON lines"},
         "name": {"type": "string", "maxLength": MAX_NAME, "description": "a name to show"},
         "format": {"type": "string", "enum": list(ds.FORMATS), "description": "default: from the file name"},
+        "label_column": {"type": "string", "maxLength": MAX_NAME,
+                         "description": "the column of labels, checked as task_type (default: `label` if the "
+                                        "file has one)"},
+        "task_type": {"type": "string", "enum": list(TASK_TYPES), "default": "classification",
+                      "description": "what the label column is checked as: classification (2 to "
+                                     f"{MAX_CLASSES} classes, no fractions) or regression (finite numbers)"},
     }}}}}}
 
 
 def dataset_read(dataset: Dataset) -> DatasetRead:
     return DatasetRead(id=dataset.id, name=dataset.name, filename=dataset.filename, format=dataset.format,
                        size_bytes=dataset.size_bytes, num_rows=dataset.num_rows, columns=list(dataset.columns),
-                       created_at=dataset.created_at)
+                       created_at=dataset.created_at, label_column=dataset.label_column, task_type=dataset.task_type,
+                       label_counts=dataset.label_counts)
 
 
 def _check_multipart(request: Request) -> None:
@@ -74,7 +86,7 @@ def _form_fields(form: FormData) -> tuple[UploadFile, dict[str, str]]:
     unexpected = sorted({key for key in form.keys() if key != "file" and key not in FIELDS})
     if unexpected:
         raise HTTPException(422, f"unexpected form field {unexpected[0]!r}; an upload has `file`, `name` and "
-                                 "optionally `format`")
+                                 "optionally `format`, `label_column` and `task_type`")
     file = form.get("file")  # one at most: the parser allows one file part (max_files=1)
     if file is None:
         raise HTTPException(422, "no complete `file` part: send the dataset as the form field `file` (a body cut off "
@@ -100,6 +112,38 @@ def _check_name(fields: dict[str, str]) -> str:
     return name
 
 
+def _check_label(fields: dict[str, str]) -> tuple[str | None, str | None]:
+    """The label column and task type the upload is to be checked with (None: not given)."""
+    label = fields.get("label_column", "").strip() or None
+    task_type = fields.get("task_type", "").strip().lower() or None
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise HTTPException(422, f"the form field `task_type` is {fields['task_type']!r}; use one of "
+                                 f"{', '.join(TASK_TYPES)}")
+    return label, task_type
+
+
+def _check_quota(session: Session, settings: Settings, owner: str | None, size: int) -> None:
+    """507 unless storing `size` more bytes keeps the owner within NASPRUNE_MAX_DATASET_BYTES_PER_OWNER. Checked
+    before the copy (to refuse early) and again in the session that records the dataset, so uploads racing each
+    other overshoot only if they end within the same moment."""
+    used = ds.stored_bytes(session, owner_id=owner)
+    limit = settings.max_dataset_bytes_per_owner
+    if used + size > limit:
+        raise HTTPException(507, f"storing this file ({size} bytes) would take your datasets to {used + size} bytes, "
+                                 f"over the server's limit of {limit} bytes per token "
+                                 "(NASPRUNE_MAX_DATASET_BYTES_PER_OWNER): delete datasets you no longer need "
+                                 "(DELETE /datasets/{id}) and try again")
+
+
+def _check_free(settings: Settings, size: int) -> None:
+    """507 unless storing `size` bytes leaves NASPRUNE_MIN_FREE_MB free under the data root: the workers'
+    checkpoints and exports need that room."""
+    if free_mb(settings.data_root) - size / MIB < settings.min_free_mb:
+        raise HTTPException(507, "the server's disk would have less than its reserve of "
+                                 f"NASPRUNE_MIN_FREE_MB={settings.min_free_mb} MB free after storing this file: "
+                                 "free space on the server (delete datasets or old searches) and try again")
+
+
 def _copy(source: BinaryIO, target: Path) -> None:
     source.seek(0)
     with target.open("xb") as out:
@@ -107,20 +151,25 @@ def _copy(source: BinaryIO, target: Path) -> None:
 
 
 def _store(settings: Settings, factory: Any, owner: str | None, dataset_id: str, file: UploadFile, name: str,
-           filename: str, fmt: str) -> DatasetRead:
-    """Copy the spooled file beside its final name, check it whole the way a search reads it, rename it into place
-    and record it (blocking: run in a thread)."""
+           filename: str, fmt: str, fields: dict[str, str]) -> DatasetRead:
+    """Check there is room, copy the spooled file beside its final name, check it whole the way a search reads
+    it, rename it into place and record it (blocking: run in a thread)."""
+    label_column, task_type = _check_label(fields)
+    size = file.size or 0
+    with factory() as session:
+        _check_quota(session, settings, owner, size)
+    _check_free(settings, size)
     path = settings.dataset_folder(dataset_id) / f"{ds.DATA_STEM}.{fmt}"
     with atomic_path(path) as tmp:
         _copy(file.file, tmp)
         try:
-            rows, columns = ds.inspect(tmp, fmt, filename)
+            found = ds.inspect(tmp, fmt, filename, label_column=label_column, task_type=task_type)
         except ds.DatasetError as exc:
             raise HTTPException(422, str(exc)) from None
     with factory() as session:
+        _check_quota(session, settings, owner, size)
         dataset = ds.create_dataset(session, dataset_id=dataset_id, owner_id=owner, name=name, filename=filename,
-                                    format=fmt, path=path, size_bytes=file.size or 0, num_rows=rows,
-                                    columns=columns)
+                                    format=fmt, path=path, size_bytes=size, found=found)
         session.commit()
         return dataset_read(dataset)
 
@@ -152,7 +201,8 @@ async def _receive(request: Request, settings: Settings, factory: Any, owner: st
             fmt = ds.format_for(filename, fields.get("format") or None)
         except ds.DatasetError as exc:
             raise HTTPException(422, str(exc)) from None
-        return await run_in_threadpool(_store, settings, factory, owner, dataset_id, file, name, filename, fmt)
+        return await run_in_threadpool(_store, settings, factory, owner, dataset_id, file, name, filename, fmt,
+                                       fields)
     finally:
         await form.close()
 
@@ -165,17 +215,28 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no dataset w
 @router.post("", response_model=DatasetRead, status_code=status.HTTP_201_CREATED, openapi_extra=_FORM_SCHEMA,
              responses={413: {"description": "the file is larger than NASPRUNE_MAX_UPLOAD_BYTES"},
                         415: {"description": "not a multipart/form-data body"},
-                        422: {"description": "not a dataset a search can read (the detail says why)"}})
-async def upload(request: Request, settings: SettingsDep, factory: FactoryDep, owner: OwnerDep) -> DatasetRead:
+                        422: {"description": "not a dataset a search can read (the detail says why)"},
+                        507: {"description": "no room: past NASPRUNE_MAX_DATASET_BYTES_PER_OWNER, or the disk "
+                                             "would keep less than NASPRUNE_MIN_FREE_MB free"}})
+async def upload(request: Request, settings: SettingsDep, factory: FactoryDep,
+                 owner: OwnerDep) -> DatasetRead | Response:
     """Upload a CSV/TSV (with a header) or JSONL (one object per line) file: form fields `file`, `name`,
-    optional `format` (csv, tsv, jsonl; else from the file name). Name it in a search's custom task as
-    `train_dataset` / `test_dataset`."""
+    optional `format` (csv, tsv, jsonl; else from the file name), `label_column` (default: `label` if the file
+    has one) and `task_type` (classification, the default, or regression) that the label column is checked as.
+    Name it in a search's custom task as `train_dataset` / `test_dataset`."""
     _check_multipart(request)
     dataset_id = new_id()
     folder = settings.dataset_folder(dataset_id)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, mode=0o700)
     try:
         dataset = await _receive(request, settings, factory, owner, dataset_id)
+    except ClientDisconnect:
+        # The client went away mid-body: nothing to answer and nothing wrong with the server, so one line, not
+        # the traceback the ASGI server would log for an exception that escapes the app.
+        shutil.rmtree(folder, ignore_errors=True)
+        log.warning("upload %s: the client closed the connection before the body ended; nothing was stored",
+                    dataset_id)
+        return Response(status_code=status.HTTP_400_BAD_REQUEST)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

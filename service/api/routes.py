@@ -32,6 +32,7 @@ from ..config import LOG_FILE, Settings
 from ..db import current_revision
 from ..exports import FORMATS, archive_name, refined_source, servable
 from ..models import EXPORT_ENDED, Export, ExportStatus, FrontPoint, Refinement, Search, SearchStatus, TrialRow
+from ..redact import Redactor
 from .auth import PUBLIC, OwnerDep
 from .deps import FactoryDep, SessionDep, SettingsDep
 from .schemas import (
@@ -71,7 +72,9 @@ def links(search_id: str) -> Links:
                  cancel=f"{base}/cancel", refinements=f"{base}/refinements")
 
 
-def search_read(search: Search) -> SearchRead:
+def search_read(search: Search, redactor: Redactor) -> SearchRead:
+    """The search as its user sees it: the stored request and error name paths as the user gave them (an upload by
+    its dataset id), never where the server keeps them (service/redact.py)."""
     elapsed = None
     if search.started_at is not None:
         end = search.finished_at or datetime.now(UTC)
@@ -81,9 +84,10 @@ def search_read(search: Search) -> SearchRead:
                         hypervolume=search.hypervolume, elapsed_s=elapsed,
                         eta_s=None if search.status.is_terminal else search.eta_s)
     return SearchRead(id=search.id, status=search.status.value, cancel_requested=search.cancel_requested,
-                      attempts=search.attempts, worker_id=search.worker_id, error=search.error,
+                      attempts=search.attempts, worker_id=search.worker_id, error=redactor.error(search.error),
                       created_at=search.created_at, started_at=search.started_at, finished_at=search.finished_at,
-                      heartbeat_at=search.heartbeat_at, progress=progress, request=search.request,
+                      heartbeat_at=search.heartbeat_at, progress=progress,
+                      request=redactor.request(search.request),
                       links=links(search.id))
 
 
@@ -133,7 +137,7 @@ def create_search(body: SearchRequest, response: Response, settings: SettingsDep
     retried = repo.search_by_key(session, key, owner=owner)
     if retried is not None and retried.request_digest == digest:
         response.status_code = status.HTTP_200_OK
-        return search_read(retried)
+        return search_read(retried, Redactor.for_settings(settings))
     try:
         spec, job = build_request(body, settings, session=session, owner_id=owner)
     except InvalidSearch as exc:
@@ -149,20 +153,22 @@ def create_search(body: SearchRequest, response: Response, settings: SettingsDep
         response.status_code = status.HTTP_200_OK
     else:
         log.info("queued search %s", search.id)
-    return search_read(search)
+    return search_read(search, Redactor.for_settings(settings))
 
 
 @router.get("/searches", response_model=SearchPage, tags=["searches"])
-def list_searches(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+def list_searches(session: SessionDep, settings: SettingsDep, owner: OwnerDep,
+                  offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                   limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
                   status_filter: Annotated[list[SearchStatus] | None, Query(alias="status")] = None) -> SearchPage:
     rows, total = repo.list_searches(session, status=status_filter, offset=offset, limit=limit, owner=owner)
-    return SearchPage(items=[search_read(s) for s in rows], total=total, offset=offset, limit=limit)
+    redactor = Redactor.for_settings(settings)
+    return SearchPage(items=[search_read(s, redactor) for s in rows], total=total, offset=offset, limit=limit)
 
 
 @router.get("/searches/{search_id}", response_model=SearchRead, tags=["searches"], responses=NOT_FOUND)
-def get_search(search_id: str, session: SessionDep, owner: OwnerDep) -> SearchRead:
-    return search_read(repo.get_search(session, search_id, owner=owner))
+def get_search(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> SearchRead:
+    return search_read(repo.get_search(session, search_id, owner=owner), Redactor.for_settings(settings))
 
 
 @router.get("/searches/{search_id}/trials", response_model=TrialPage, tags=["searches"], responses=NOT_FOUND)
@@ -193,6 +199,7 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
     front = _stored_front(session, search, settings)
     session.commit()  # a legacy import, if there was one
     latest = refinements.latest_by_position(session, search_id)
+    redactor = Redactor.for_settings(settings)
     points = []
     for row in repo.list_front(session, search_id, owner=owner):
         downloads = {f: f"/searches/{search_id}/pareto/{row.position}/download?format={f}" for f in FORMATS}
@@ -202,7 +209,7 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
                                 params=row.params, macs=row.macs, latency_ms=row.latency_ms,
                                 refined=refined_read(row.refined), downloads=downloads,
                                 refinement=None if asked is None else RefinementBrief(
-                                    id=asked.id, status=asked.status.value, error=asked.error)))
+                                    id=asked.id, status=asked.status.value, error=redactor.error(asked.error))))
     return front | {"points": points}
 
 
@@ -236,13 +243,14 @@ class _Ticket:
     export: ExportRead
     path: str | None
     folder: Path
+    redactor: Redactor
 
 
-def _ticket(export: Export, folder: Path) -> _Ticket:
+def _ticket(export: Export, folder: Path, redactor: Redactor) -> _Ticket:
     read = ExportRead(id=export.id, search_id=export.search_id, position=export.position, format=export.format,
-                      refined=export.refined, status=export.status.value, error=export.error,
+                      refined=export.refined, status=export.status.value, error=redactor.error(export.error),
                       created_at=export.created_at, started_at=export.started_at, finished_at=export.finished_at)
-    return _Ticket(export=read, path=export.path, folder=folder)
+    return _Ticket(export=read, path=export.path, folder=folder, redactor=redactor)
 
 
 def _queue_export(factory: Any, settings: Settings, search_id: str, point: int, owner: str | None, format: str,
@@ -265,13 +273,13 @@ def _queue_export(factory: Any, settings: Settings, search_id: str, point: int, 
                 export.status == ExportStatus.SUCCEEDED and not (export.path and servable(export.path, folder))):
             export = repo.requeue_export(session, export, was=export.status)
         session.commit()
-        return _ticket(export, folder)
+        return _ticket(export, folder, Redactor.for_settings(settings))
 
 
 def _read_export(factory: Any, ticket: _Ticket) -> _Ticket | None:
     with factory() as session:
         export = session.get(Export, ticket.export.id)
-        return None if export is None else _ticket(export, ticket.folder)
+        return None if export is None else _ticket(export, ticket.folder, ticket.redactor)
 
 
 @router.get("/searches/{search_id}/pareto/{point}/download", tags=["searches"], response_class=FileResponse,
@@ -313,9 +321,9 @@ async def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)],
 # ------------------------------------------------------------------------------------------------ refinements
 
 
-def refinement_read(row: Refinement) -> RefinementRead:
+def refinement_read(row: Refinement, redactor: Redactor) -> RefinementRead:
     return RefinementRead(id=row.id, search_id=row.search_id, position=row.position, settings=row.settings,
-                          status=row.status.value, error=row.error, created_at=row.created_at,
+                          status=row.status.value, error=redactor.error(row.error), created_at=row.created_at,
                           started_at=row.started_at, finished_at=row.finished_at)
 
 
@@ -357,7 +365,7 @@ def refine(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], respons
         if created is not None:
             session.commit()
             log.info("queued refinement %s of front point %d of search %s", created.id, point, search_id)
-            return refinement_read(created)
+            return refinement_read(created, Redactor.for_settings(settings))
         existing = refinements.find_active(session, search_id, point)  # queued by a request just before this one
         if existing is None:  # and already ended: rare enough that the client may simply ask again
             raise HTTPException(409, f"front point {point} of search {search_id} was being refined by another "
@@ -367,7 +375,7 @@ def refine(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], respons
                                  f"{existing.status.value} with other settings ({_settings_text(existing.settings)});"
                                  " wait for it to end or cancel it, then ask again")
     response.status_code = status.HTTP_200_OK
-    return refinement_read(existing)
+    return refinement_read(existing, Redactor.for_settings(settings))
 
 
 def _settings_text(settings: dict[str, float]) -> str:
@@ -377,32 +385,34 @@ def _settings_text(settings: dict[str, float]) -> str:
 
 @router.get("/searches/{search_id}/refinements", response_model=list[RefinementRead], tags=["refinements"],
             responses=NOT_FOUND)
-def list_refinements(search_id: str, session: SessionDep, owner: OwnerDep) -> list[RefinementRead]:
+def list_refinements(search_id: str, session: SessionDep, settings: SettingsDep,
+                     owner: OwnerDep) -> list[RefinementRead]:
     """The search's refinements, newest first."""
-    return [refinement_read(r) for r in refinements.list_for_search(session, search_id, owner=owner)]
+    redactor = Redactor.for_settings(settings)
+    return [refinement_read(r, redactor) for r in refinements.list_for_search(session, search_id, owner=owner)]
 
 
 @router.post("/searches/{search_id}/refinements/{refinement_id}/cancel", response_model=RefinementRead,
              tags=["refinements"], responses={404: {"description": "no search or no refinement with this id"}})
 def cancel_refinement(search_id: str, refinement_id: Annotated[str, PathParam(max_length=64)], session: SessionDep,
-                      owner: OwnerDep) -> RefinementRead:
+                      settings: SettingsDep, owner: OwnerDep) -> RefinementRead:
     """A queued refinement is cancelled at once; a running one stops at its worker's next heartbeat (the point
     keeps the refined model it had, if any); an ended one is left as it is."""
     row = refinements.request_cancel(session, search_id, refinement_id, owner=owner)
     session.commit()
-    return refinement_read(row)
+    return refinement_read(row, Redactor.for_settings(settings))
 
 
 # ------------------------------------------------------------------------------------------------ the rest
 
 
 @router.post("/searches/{search_id}/cancel", response_model=SearchRead, tags=["searches"], responses=NOT_FOUND)
-def cancel(search_id: str, session: SessionDep, owner: OwnerDep) -> SearchRead:
+def cancel(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> SearchRead:
     """A queued search is cancelled at once; a running one stops at its worker's next heartbeat, keeping the
     trials done; an ended one is left as it is."""
     search = repo.request_cancel(session, search_id, owner=owner)
     session.commit()
-    return search_read(search)
+    return search_read(search, Redactor.for_settings(settings))
 
 
 @router.delete("/searches/{search_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["searches"],
@@ -422,11 +432,14 @@ def delete(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
 @router.get("/searches/{search_id}/logs", response_class=PlainTextResponse, tags=["searches"], responses=NOT_FOUND)
 def logs(search_id: str, session: SessionDep, settings: SettingsDep, owner: OwnerDep,
          tail: Annotated[int | None, Query(ge=1, le=100_000, description="only the last N lines")] = None) -> str:
+    """What the search's jobs logged, in its user's terms: no tracebacks (those stay in the server log), paths as
+    the user gave them. The worker writes it so; a log written by an older release is read through the same
+    filter."""
     search = repo.get_search(session, search_id, owner=owner)
     path = folder_of(search, settings) / LOG_FILE
     if not path.is_file():
         return ""
-    content = path.read_text(encoding="utf-8", errors="replace")
+    content = Redactor.for_settings(settings).user_text(path.read_text(encoding="utf-8", errors="replace"))
     if tail is not None:
         content = "\n".join(content.splitlines()[-tail:]) + "\n"
     return content

@@ -75,9 +75,12 @@ class SearchRead(BaseModel):
     id: str
     status: str
     cancel_requested: bool
-    attempts: int
+    attempts: int = Field(description="runs of this search lost to a dead worker (no heartbeat for stale_after_s) "
+                                      "and taken back: 0 while its first run goes, 1 once a second worker resumed "
+                                      "it; at NASPRUNE_MAX_ATTEMPTS it fails. The log's \"attempts N\" is this "
+                                      "number. A worker that shuts down cleanly gives its job back without one.")
     worker_id: str | None
-    error: str | None
+    error: str | None = Field(description="why it failed, one line (paths as the request gave them)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -203,6 +206,9 @@ class DatasetRead(BaseModel):
     num_rows: int
     columns: list[str]
     created_at: datetime
+    label_column: str | None = Field(None, description="the label column the upload was checked in, if any")
+    task_type: str | None = Field(None, description="what that column was checked as: classification or regression")
+    label_counts: dict[str, int] | None = Field(None, description="rows per class, in class order (classification)")
 
 
 class DatasetPage(BaseModel):

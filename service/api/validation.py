@@ -189,8 +189,10 @@ def _check_data_file(text: str, what: str, settings: Settings) -> tuple[str, lis
     return str(path), columns
 
 
-def _check_dataset(dataset_id: str, what: str, session: Session | None, owner_id: str | None) -> tuple[str, list[str]]:
-    """The stored path and columns of the caller's uploaded dataset `dataset_id`."""
+def _check_dataset(dataset_id: str, what: str, session: Session | None, owner_id: str | None,
+                   c: CustomTaskIn) -> tuple[str, list[str]]:
+    """The stored path and columns of the caller's uploaded dataset `dataset_id`, once the columns `c` names are
+    usable as its text and label columns by what the upload recorded of them."""
     if session is None:
         raise InvalidSearch(f"{what}: uploaded datasets can only be named through the API")
     try:
@@ -199,6 +201,11 @@ def _check_dataset(dataset_id: str, what: str, session: Session | None, owner_id
         raise InvalidSearch(f"{what}: no dataset with id {dataset_id!r} (GET /datasets lists yours)") from None
     if not _is_file(Path(dataset.path)):
         raise InvalidSearch(f"{what}: the file of dataset {dataset_id!r} is gone; upload it again")
+    try:
+        datasets.check_use(dataset, f"{what} {dataset_id!r}", text_columns=c.text_columns,
+                           label_column=c.label_column, task_type=c.task_type)
+    except datasets.DatasetError as exc:
+        raise InvalidSearch(str(exc)) from None
     return dataset.path, list(dataset.columns)
 
 
@@ -211,7 +218,7 @@ def _check_custom(c: CustomTaskIn, settings: Settings, session: Session | None,
         file, dataset_id = getattr(c, f"{split}_file"), getattr(c, f"{split}_dataset")
         if dataset_id is not None:
             what = f"{split}_dataset {dataset_id!r}"
-            path, columns = _check_dataset(dataset_id, f"{split}_dataset", session, owner_id)
+            path, columns = _check_dataset(dataset_id, f"{split}_dataset", session, owner_id, c)
         else:
             what = f"{split}_file {file!r}"
             path, columns = _check_data_file(file, f"{split}_file", settings)
@@ -220,6 +227,12 @@ def _check_custom(c: CustomTaskIn, settings: Settings, session: Session | None,
             raise InvalidSearch(f"{what} has no column(s) {missing} (text_columns {c.text_columns}, label_column "
                                 f"{c.label_column!r}); its columns are {columns}")
         files[split] = path
+    if c.train_dataset is not None and c.test_dataset is not None and session is not None:
+        try:
+            datasets.check_labels(session, c.train_dataset, c.test_dataset, owner_id=owner_id,
+                                  label_column=c.label_column, task_type=c.task_type)
+        except datasets.DatasetError as exc:
+            raise InvalidSearch(str(exc)) from None
     return CustomTask(name=c.name, train_file=files["train"], test_file=files["test"],
                       text_columns=list(c.text_columns), label_column=c.label_column, task_type=c.task_type)
 
