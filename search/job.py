@@ -79,7 +79,7 @@ def _test_metrics(run: Run, supernet, sub, test_batches: dict[str, list]) -> dic
 def _point(trial_like: dict[str, Any], test: dict[str, float]) -> dict[str, Any]:
     """A front.json point; "search_validation" only where the search ranked in another precision or on a
     subset."""
-    keys = ("config", "objectives", "validation", "params", "macs", "latency_ms", "search_validation")
+    keys = ("config", "objectives", "validation", "params", "macs", "latency_ms", "dynamics", "search_validation")
     return {key: trial_like[key] for key in keys if key in trial_like} | {"test": test}
 
 

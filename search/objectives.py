@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from supernet.config import SubNetworkConfig
-from supernet.counting import count_macs, count_params, expected_macs
+from supernet.counting import count_macs, count_params, expected_macs, kept_tokens
 from supernet.evaluation import evaluate
 from supernet.metrics import error_from_metrics
 from supernet.model import Supernet
@@ -35,6 +35,8 @@ class Figures:
     params: dict[str, int]  # {"encoder": ..., "total": ...}
     macs: int
     latency_ms: float
+    # what a sub-network that changes with its input costs on the real validation inputs (None: static)
+    dynamics: dict[str, Any] | None = None
 
 
 @dataclass
@@ -74,11 +76,21 @@ class Measurements:
             self._expected[sub] = expected_macs(self.supernet.config, sub, self.lengths)
         return self._expected[sub]
 
+    def dynamics(self, sub: SubNetworkConfig) -> dict[str, Any] | None:
+        """Expected MACs and the mean tokens after each kept layer, over the validation lengths; None for a
+        static sub-network."""
+        if sub.is_static:
+            return None
+        kept = [kept_tokens(sub, n) for n in self.lengths]
+        return {"expected_macs": self.expected_macs(sub),
+                "mean_tokens": [sum(layer) / len(kept) for layer in zip(*kept, strict=True)]}
+
     def figures(self, sub: SubNetworkConfig) -> Figures:
         if sub not in self._cache:
             metrics = evaluate(self.supernet, self.validation_batches, self.task, sub=sub, dtype=self.dtype)
             params, macs, latency = self.cost(sub)
-            self._cache[sub] = Figures(validation=metrics, params=params, macs=macs, latency_ms=latency)
+            self._cache[sub] = Figures(validation=metrics, params=params, macs=macs, latency_ms=latency,
+                                       dynamics=self.dynamics(sub))
         return self._cache[sub]
 
     def remember(self, sub: SubNetworkConfig, figures: Figures) -> None:
@@ -156,5 +168,8 @@ def normalisation_bounds(objectives: list[Objective], m: Measurements) -> tuple[
 
 
 def figures_dict(figures: Figures) -> dict[str, Any]:
-    return {"validation": figures.validation, "params": figures.params, "macs": figures.macs,
+    """The figures as a trial or front point records them ("dynamics" only where there are some, so a static
+    sub-network's record is what it always was)."""
+    data = {"validation": figures.validation, "params": figures.params, "macs": figures.macs,
             "latency_ms": figures.latency_ms}
+    return data | ({"dynamics": figures.dynamics} if figures.dynamics is not None else {})

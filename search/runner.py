@@ -42,18 +42,21 @@ class Trial:
     macs: int
     latency_ms: float
     elapsed_s: float  # search time when the trial finished
+    dynamics: dict[str, Any] | None = None  # search.objectives.Measurements.dynamics; None for a static network
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "config": self.config.to_dict(), "objectives": self.objectives,
+        data = {"index": self.index, "config": self.config.to_dict(), "objectives": self.objectives,
                 "validation": self.validation, "params": self.params, "macs": self.macs,
                 "latency_ms": self.latency_ms, "elapsed_s": self.elapsed_s}
+        return data | ({"dynamics": self.dynamics} if self.dynamics is not None else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trial:
+        dynamics = data.get("dynamics")
         return cls(index=data["index"], config=SubNetworkConfig.from_dict(data["config"]),
                    objectives=dict(data["objectives"]), validation=dict(data["validation"]),
                    params=dict(data["params"]), macs=int(data["macs"]), latency_ms=float(data["latency_ms"]),
-                   elapsed_s=float(data["elapsed_s"]))
+                   elapsed_s=float(data["elapsed_s"]), dynamics=None if dynamics is None else dict(dynamics))
 
 
 @dataclass

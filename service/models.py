@@ -230,6 +230,8 @@ class TrialRow(Base):
     macs: Mapped[int] = mapped_column(BigInteger)  # MACs pass 2**31 on BERT-base
     latency_ms: Mapped[float] = mapped_column(Float)
     elapsed_s: Mapped[float] = mapped_column(Float)
+    # expected MACs and mean tokens per layer over the real validation inputs; None for a static sub-network
+    dynamics: Mapped[dict[str, Any] | None]
 
     search: Mapped[Search] = relationship(back_populates="trials")
 
@@ -252,6 +254,7 @@ class FrontPoint(Base):
     params: Mapped[dict[str, Any]]
     macs: Mapped[int] = mapped_column(BigInteger)  # MACs pass 2**31 on BERT-base
     latency_ms: Mapped[float] = mapped_column(Float)
+    dynamics: Mapped[dict[str, Any] | None]  # as on trials
     # the "refined" entry (validation, test, train_s, kept, settings, folder) of a point fine-tuned after the
     # search (SearchJob.refine, or a refinement); None if it was not refined. Its model is
     # <search folder>/refined/<position>/ (an artifact: this column is the record).

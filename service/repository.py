@@ -291,7 +291,7 @@ def delete_search(session: Session, search_id: str, *, force: bool = False, owne
 
 def trial_values(trial: Trial) -> dict[str, Any]:
     data = trial.to_dict()
-    return data | {"config_key": config_key(trial.config)}
+    return data | {"config_key": config_key(trial.config), "dynamics": trial.dynamics}
 
 
 def to_trial(row: TrialRow) -> Trial:
@@ -299,7 +299,7 @@ def to_trial(row: TrialRow) -> Trial:
 
     return Trial.from_dict({"index": row.index, "config": row.config, "objectives": row.objectives,
                             "validation": row.validation, "params": row.params, "macs": row.macs,
-                            "latency_ms": row.latency_ms, "elapsed_s": row.elapsed_s})
+                            "latency_ms": row.latency_ms, "elapsed_s": row.elapsed_s, "dynamics": row.dynamics})
 
 
 def add_trial(session: Session, search_id: str, trial: Trial) -> bool:
@@ -358,7 +358,7 @@ def replace_front(session: Session, search_id: str, points: Sequence[Mapping[str
                                    config=json.loads(key), objectives=dict(point["objectives"]),
                                    validation=dict(point["validation"]), test=dict(point.get("test") or {}),
                                    params=dict(point["params"]), macs=int(point["macs"]),
-                                   latency_ms=float(point["latency_ms"]),
+                                   latency_ms=float(point["latency_ms"]), dynamics=point.get("dynamics"),
                                    refined=dict(refined) if refined is not None else None))
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"front point {position} is malformed ({type(exc).__name__}: {exc})") from None
@@ -372,7 +372,8 @@ def replace_front(session: Session, search_id: str, points: Sequence[Mapping[str
 
 # The point fields front_points has columns for; any other field of a point (e.g. "search_validation") is kept in
 # the fronts row's "point_extras", so a front loads back as it was saved.
-POINT_COLUMNS = ("config", "objectives", "validation", "test", "params", "macs", "latency_ms", "refined")
+POINT_COLUMNS = ("config", "objectives", "validation", "test", "params", "macs", "latency_ms", "refined",
+                 "dynamics")
 
 
 def save_front(session: Session, search_id: str, front: Mapping[str, Any]) -> None:
@@ -397,7 +398,8 @@ def point_dict(row: FrontPoint) -> dict[str, Any]:
     """A front_points row as a point of write_front's dict ("refined" only where the point was refined)."""
     point = {"config": row.config, "objectives": row.objectives, "validation": row.validation, "params": row.params,
              "macs": row.macs, "latency_ms": row.latency_ms, "test": row.test}
-    return point | ({"refined": row.refined} if row.refined is not None else {})
+    return (point | ({"refined": row.refined} if row.refined is not None else {})
+            | ({"dynamics": row.dynamics} if row.dynamics is not None else {}))
 
 
 def load_front(session: Session, search_id: str) -> dict[str, Any] | None:

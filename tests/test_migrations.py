@@ -56,10 +56,11 @@ ROWS: dict[str, dict[str, Any]] = {
                  "label_counts": {"a": 1, "b": 1}, "profile": {"label": {"distinct": 2}}},
     "trials": {"id": 1, "search_id": "s1", "index": 0, "config": {"layers": [0]}, "config_key": "k",
                "objectives": {"error": 0.2}, "validation": {"accuracy": 0.8}, "params": {"encoder": 500}, "macs": 7,
-               "latency_ms": 1.5, "elapsed_s": 0.25},
+               "latency_ms": 1.5, "elapsed_s": 0.25, "dynamics": {"expected_macs": 5.5}},
     "front_points": {"id": 1, "search_id": "s1", "position": 0, "trial_index": 0, "config": {"layers": [0]},
                      "objectives": {"error": 0.2}, "validation": {"accuracy": 0.8}, "test": {"accuracy": 0.75},
-                     "params": {"encoder": 500}, "macs": 7, "latency_ms": 1.5, "refined": {"kept": True}},
+                     "params": {"encoder": 500}, "macs": 7, "latency_ms": 1.5, "refined": {"kept": True},
+                     "dynamics": {"expected_macs": 5.5}},
     "fronts": {"search_id": "s1", "data": {"hypervolume": 0.5, "reference": {}}, "created_at": OLD},
     "exports": {"id": 1, "search_id": "s1", "position": 0, "format": "hf", "path": "/data/searches/s1/0-hf.tar.gz",
                 "created_at": OLD, "refined": False, "status": "succeeded", "attempts": 1, "finished_at": OLD},
@@ -241,7 +242,8 @@ def test_downgrade_to_base_then_upgrade_again(database_url: str) -> None:
 
 # The column each of these revisions adds: there at the head, gone one step below it, back at the head again.
 ADDED_COLUMNS = [("0002", "searches", "owner_id"), ("0003", "front_points", "refined"),
-                 ("0006", "searches", "request_digest"), ("0007", "exports", "status")]
+                 ("0006", "searches", "request_digest"), ("0007", "exports", "status"),
+                 ("0009", "trials", "dynamics")]
 
 
 @pytest.mark.parametrize(("revision", "table", "column"), ADDED_COLUMNS, ids=[r for r, _, _ in ADDED_COLUMNS])

@@ -682,9 +682,8 @@ def test_a_search_with_token_elimination_ranks_schedules_by_expected_macs(worksp
     trials = read_trials(out)
     dropping = [t for t in trials if t.config.token_keep is not None]
     assert dropping and len(dropping) < len(trials)  # both kinds were ranked (the largest corner drops nothing)
-    from supernet.counting import expected_macs
-
     from search.objectives import Measurements
+    from supernet.counting import expected_macs
 
     lengths = Measurements(supernet=supernet, validation_batches=run.batches("validation"), task=run.task.spec,
                            latency=None).lengths
@@ -694,6 +693,12 @@ def test_a_search_with_token_elimination_ranks_schedules_by_expected_macs(worksp
         assert trial.objectives["expected_macs"] == expected_macs(supernet.config, trial.config, lengths)
     trial = dropping[0]
     assert trial.objectives["expected_macs"] < expected_macs(supernet.config, trial.config.static(), lengths)
+    assert all((t.dynamics is None) == (t.config.token_keep is None) for t in trials)
+    assert trial.dynamics["expected_macs"] == trial.objectives["expected_macs"]
+    assert len(trial.dynamics["mean_tokens"]) == len(trial.config.layers)
+    assert trial.dynamics["mean_tokens"][-1] < sum(lengths) / len(lengths)
+    for point in json.loads((out / "front.json").read_text())["points"]:
+        assert ("dynamics" in point) == ("token_keep" in point["config"])
     # the exported model computes what the search measured: per example, whatever its batch
     model = extract(supernet, trial.config)
     assert model.config.token_keep == [trial.config.token_keep[i] for i in trial.config.layers]

@@ -114,3 +114,23 @@ def test_the_torch_free_names_match_the_exporters() -> None:
     from supernet.extract import SUBNETWORK_FILE as EXTRACT_FILE
 
     assert SUBNETWORK_FILE == EXTRACT_FILE
+
+
+def test_a_dynamic_trial_and_point_keep_their_runtime_fields_and_dynamics(store) -> None:
+    dropping = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(8, 8), token_keep=(1.0, 0.5))
+    dynamics = {"expected_macs": 1234.5, "mean_tokens": [12.0, 6.5]}
+    stored = Trial(index=0, config=dropping, objectives={"error": 0.4, "expected_macs": 1234.5},
+                   validation={"accuracy": 0.6}, params={"encoder": 10, "total": 20}, macs=99, latency_ms=1.0,
+                   elapsed_s=0.1, dynamics=dynamics)
+    store.add_trial(stored)
+    store.add_trial(trial(1, 1))
+    loaded = store.load_trials()
+    assert loaded[0] == stored and loaded[0].config.token_keep == (1.0, 0.5) and loaded[1].dynamics is None
+    data = front(1)
+    data["points"].append({"config": dropping.to_dict(), "objectives": {"error": 0.4, "params": 1.0},
+                           "validation": {"accuracy": 0.6}, "params": {"encoder": 10}, "macs": 99,
+                           "latency_ms": 1.0, "test": {"accuracy": 0.5}, "dynamics": dynamics})
+    store.save_front(data)
+    points = store.load_front()["points"]
+    assert "dynamics" not in points[0] and points[1]["dynamics"] == dynamics
+    assert SubNetworkConfig.from_dict(points[1]["config"]) == dropping

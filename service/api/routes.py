@@ -93,7 +93,8 @@ def search_read(search: Search, redactor: Redactor) -> SearchRead:
 
 def trial_read(row: TrialRow) -> TrialRead:
     return TrialRead(index=row.index, config=row.config, objectives=row.objectives, validation=row.validation,
-                     params=row.params, macs=row.macs, latency_ms=row.latency_ms, elapsed_s=row.elapsed_s)
+                     params=row.params, macs=row.macs, latency_ms=row.latency_ms, elapsed_s=row.elapsed_s,
+                     dynamics=row.dynamics)
 
 
 def folder_of(search: Search, settings: Any) -> Path:
@@ -207,7 +208,7 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
         points.append(PointRead(position=row.position, trial_index=row.trial_index, config=row.config,
                                 objectives=row.objectives, validation=row.validation, test=row.test,
                                 params=row.params, macs=row.macs, latency_ms=row.latency_ms,
-                                refined=refined_read(row.refined), downloads=downloads,
+                                dynamics=row.dynamics, refined=refined_read(row.refined), downloads=downloads,
                                 refinement=None if asked is None else RefinementBrief(
                                     id=asked.id, status=asked.status.value, error=redactor.error(asked.error))))
     return front | {"points": points}

@@ -106,6 +106,9 @@ class TrialRead(BaseModel):
     macs: int
     latency_ms: float
     elapsed_s: float
+    dynamics: dict[str, Any] | None = Field(
+        None, description="a sub-network that changes with its input (token_keep in its config): expected_macs and "
+                          "mean_tokens after each kept layer over the validation inputs at their own lengths")
 
 
 class TrialPage(BaseModel):
@@ -162,6 +165,7 @@ class PointRead(BaseModel):
     params: dict[str, int]
     macs: int
     latency_ms: float
+    dynamics: dict[str, Any] | None = Field(None, description="as on trials")
     refined: RefinedRead | None = None
     refinement: RefinementBrief | None = Field(None, description="the point's latest on-demand refinement, if any")
     downloads: dict[str, str]
