@@ -138,6 +138,11 @@ def export_onnx(model: NasPruneForSequenceClassification, path: str | Path, *, s
         import onnx  # noqa: F401
     except ImportError:
         raise ExportError("ONNX export needs the optional extra: pip install 'nasprune[onnx]'") from None
+    if model.config.token_keep is not None:
+        # how many tokens go on is decided by the data (each example's length and attention) inside the graph, a
+        # shape a static ONNX graph cannot hold; the Hugging Face folder runs it
+        raise ExportError("ONNX export of a sub-network that drops tokens is not supported: download it as a Hugging "
+                          "Face folder (format hf), or export it without elimination (its static structure)")
     model = model.eval()
     ids = torch.ones(2, seq_len, dtype=torch.long)
     mask = torch.ones_like(ids)

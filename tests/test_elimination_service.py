@@ -49,3 +49,36 @@ def test_trials_and_points_show_their_dynamics(client, workspace, settings, tmp_
     assert item["dynamics"] == dynamics and item["config"]["token_keep"] == [1.0, 0.5]
     (point,) = client.get(f"/searches/{search_id}/pareto").json()["points"]
     assert point["dynamics"] == dynamics and point["config"]["token_keep"] == [1.0, 0.5]
+
+
+def test_an_eliminating_point_is_refused_as_onnx_with_the_reason(client, workspace, settings, tmp_path) -> None:
+    created = client.post("/searches", json=body(workspace, dynamic={"token_elimination": True},
+                                                 search={"objectives": ["error", "expected_macs"]}))
+    search_id = created.json()["id"]
+    engine = make_engine(settings.url)
+    dropping = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(8, 8), token_keep=(1.0, 0.5))
+    DbStore(session_factory(engine), search_id, tmp_path).save_front({
+        "task": "toy", "objectives": ["error", "expected_macs"], "hypervolume": 0.1,
+        "points": [{"config": dropping.to_dict(), "objectives": {"error": 0.3, "expected_macs": 3.0},
+                    "validation": {"accuracy": 0.7}, "params": {"encoder": 5}, "macs": 4, "latency_ms": 2.0,
+                    "test": {"accuracy": 0.6}}]})
+    with session_factory(engine).begin() as session:
+        session.execute(update(Search).where(Search.id == search_id).values(status=SearchStatus.SUCCEEDED))
+    engine.dispose()
+    response = client.get(f"/searches/{search_id}/pareto/0/download?format=onnx")
+    assert response.status_code == 409 and "format=hf" in response.json()["detail"], response.text
+
+
+def test_export_onnx_refuses_a_model_that_drops_tokens(tmp_path) -> None:
+    import pytest
+    from conftest import make_supernet, supernet_config
+
+    from supernet.extract import ExportError, export_onnx, extract
+
+    config = supernet_config()
+    full = SubNetworkConfig.full(config)
+    model = extract(make_supernet(config), SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units,
+                                                            token_keep=(1.0, 0.5, 0.5)))
+    pytest.importorskip("onnx")
+    with pytest.raises(ExportError, match="drops tokens"):
+        export_onnx(model, tmp_path / "m.onnx")

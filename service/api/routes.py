@@ -264,6 +264,9 @@ def _queue_export(factory: Any, settings: Settings, search_id: str, point: int, 
         row = _front_point(session, search_id, point, owner)
         folder = folder_of(search, settings)
         data = {"config": row.config, "refined": row.refined}
+        if format == "onnx" and row.config.get("token_keep") is not None:  # supernet.extract.export_onnx says why
+            raise HTTPException(409, f"front point {point} drops tokens, which an ONNX graph cannot express: "
+                                     "download it with format=hf (the folder runs it with transformers)")
         refined = not sliced and serves_refined(data)
         if refined and refined_source(folder, point, data) is None:  # never the slice for the refined model
             raise HTTPException(409, f"front point {point} of search {search_id} was refined, but its refined model "
@@ -287,7 +290,9 @@ def _read_export(factory: Any, ticket: _Ticket) -> _Ticket | None:
             responses={200: {"content": {"application/gzip": {}}},
                        202: {"model": ExportRead, "description": "the archive is still being built: ask again after "
                                                                  "Retry-After seconds"},
-                       **NOT_ENDED, 404: {"description": "no search or no front point with this id"},
+                       404: {"description": "no search or no front point with this id"},
+                       409: {"description": "the search has not succeeded, or the point cannot be had in this "
+                                            "format or kind (the detail says why)"},
                        500: {"model": ExportRead, "description": "the export failed (its error says why); asking "
                                                                  "again retries it"}})
 async def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], factory: FactoryDep,
