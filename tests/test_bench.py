@@ -16,6 +16,7 @@ from conftest import make_supernet, random_inputs
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import checks  # noqa: E402
+import elimination  # noqa: E402
 import eval_precision  # noqa: E402
 import front_rescoring  # noqa: E402
 import latency_model  # noqa: E402
@@ -117,6 +118,18 @@ def test_tiny_glue_without_the_real_data_writes_rows_each_task_reads(tmp_path: P
         data = load_task(task, folder)
         labels = {example.label for example in data.train}
         assert labels == {0, 1} and len(data.train) + len(data.validation) == 48, task
+
+
+# -- bench/elimination.py -----------------------------------------------------------------------------------------
+def test_elimination_tiny_times_exported_models_that_drop_tokens(tmp_path: Path) -> None:
+    rows = elimination.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    assert len(rows) == 2 and all(r["ffn_tokens"]["eliminating"] < r["ffn_tokens"]["static"] for r in rows)
+    assert all(r["analytic_speedup"] >= 1.1 and r["schedule"][0] == 1.0 for r in rows)
+
+
+def test_elimination_refuses_to_report_a_speedup_where_nothing_was_dropped(tmp_path: Path) -> None:
+    with pytest.raises(checks.CheckFailed, match="nothing was eliminated"):
+        elimination.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--speedups", "1.0"])
 
 
 # -- bench/supernet_speed.py ---------------------------------------------------------------------------------------
