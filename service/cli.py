@@ -201,7 +201,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = save_folder(load_exported(refined_folder), args.out, tokenizer=run.tokenizer, record=record)
     else:
         out = export_subnetwork(supernet, sub, args.out, tokenizer=run.tokenizer, seq_len=run.spec.max_length,
-                                metrics={"validation": sliced})
+                                metrics={"validation": sliced}, token_lengths=run.token_lengths(sub))
     exported = evaluate(load_exported(out), validation, spec, progress=True)
     print(f"exported {sub.to_json()}{' (refined)' if refined_folder else ''} to {out}")
     print("  validation, sliced in the supernet: " + ", ".join(f"{k}={v:.4f}" for k, v in sliced.items()))

@@ -247,7 +247,8 @@ def _build(exports: Path, archive: Path, stem: str, top: str, format: str, point
                 supernet = run.load_supernet()
                 sub = SubNetworkConfig.from_dict(point["config"]).validate(supernet.config)
                 export_subnetwork(supernet, sub, tmp, tokenizer=run.tokenizer, seq_len=run.spec.max_length,
-                                  metrics={"validation": point["validation"], "test": point["test"]})
+                                  metrics={"validation": point["validation"], "test": point["test"]},
+                                  token_lengths=run.token_lengths(sub))
             if format == "onnx":
                 export_onnx(load_exported(tmp), tmp / "model.onnx", seq_len=run.spec.max_length)
     with atomic_path(archive, fsync=True) as tmp_archive:  # the archive's bytes are on disk before its name is

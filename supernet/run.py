@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from . import confine
 from .batching import make_batches
-from .config import SupernetConfig
+from .config import SubNetworkConfig, SupernetConfig
 from .convert import load_supernet_from_pretrained, load_tokenizer
 from .evaluation import evaluate
 from .files import atomic_write_json
@@ -115,6 +115,17 @@ class Run:
             else:  # the user's model folder: held to the worker's roots like the weights
                 self._tokenizer = load_tokenizer(confine.model_source(self.spec.model))
         return self._tokenizer
+
+    def token_lengths(self, sub: SubNetworkConfig, limit: int = 512) -> list[int] | None:
+        """For an export of `sub` that drops tokens: the validation examples' token counts (unpadded; at most
+        `limit` of them, evenly spread over the sorted counts), which its `set_speedup` solves a schedule over.
+        None for a static sub-network."""
+        if sub.token_keep is None:
+            return None
+        lengths = sorted(int(n) for batch in self.batches("validation") for n in batch["attention_mask"].sum(dim=1))
+        if len(lengths) > limit:
+            lengths = [lengths[round(i * (len(lengths) - 1) / (limit - 1))] for i in range(limit)]
+        return lengths
 
     def batches(self, split: str, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 subset: int | None = None):

@@ -703,6 +703,14 @@ def test_a_search_with_token_elimination_ranks_schedules_by_expected_macs(worksp
     model = extract(supernet, trial.config)
     assert model.config.token_keep == [trial.config.token_keep[i] for i in trial.config.layers]
     assert evaluate(model, run.batches("validation"), run.task.spec) == trial.validation
+    # `nasprune export` of such a point: the folder keeps the lengths set_speedup solves over
+    exported = tmp_path / "export"
+    assert cli(["export", "--run", str(out), "--config", trial.config.to_json(), "--out", str(exported)]) == 0
+    reloaded = AutoModelForSequenceClassification.from_pretrained(exported, trust_remote_code=True).eval()
+    assert reloaded.config.token_lengths == sorted(lengths)
+    assert evaluate(reloaded, run.batches("validation"), run.task.spec) == trial.validation
+    reloaded.set_speedup(1.2)
+    assert reloaded.config.token_keep[0] == 1.0
 
 
 def test_token_elimination_refuses_the_latency_objective(workspace, tmp_path, capsys) -> None:

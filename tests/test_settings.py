@@ -61,7 +61,7 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("training", "label_loss_weight"): ("0.5", 0.5),
     ("training", "seed"): ("7", 7),
     ("training", "checkpoint_every_steps"): ("50", 50),
-    ("search", "objectives"): ("error,macs,latency", ["error", "macs", "latency"]),
+    ("search", "objectives"): ("error,macs,expected_macs", ["error", "macs", "expected_macs"]),
     ("search", "optimizer"): ("random", "random"),
     ("search", "evaluations"): ("12", 12),
     ("search", "time_limit_s"): ("600", 600.0),
@@ -78,6 +78,8 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("refine", "budgets"): ("0.33,0.5", [0.33, 0.5]),
     ("evaluation_dtype",): ("bfloat16", "bfloat16"),
     ("search_examples",): ("100", 100),
+    ("dynamic", "token_elimination"): ("", True),  # a switch: the flag alone
+    ("dynamic", "keep_floor"): ("0.2", 0.2),
 }
 # Fields set by the test's task in both forms (the model, the task and its files), and fields without a flag.
 TASK_FIELDS = {("model",), ("task",), ("custom", "train_file"), ("custom", "test_file")}
@@ -191,7 +193,7 @@ def test_non_default_values_through_the_cli_and_the_api_are_stored_alike(client,
     argv = ["search", *_task_argv(workspace), "--out", "unused"]
     body = _task_body(workspace)
     for path, (text, value) in NON_DEFAULT.items():
-        argv[-2:-2] = [_flag_name(path), text]
+        argv[-2:-2] = [_flag_name(path), *([text] if text else [])]
         node = body
         for key in path[:-1]:
             node = node.setdefault(key, {})
@@ -298,7 +300,9 @@ def test_a_row_stored_by_the_previous_release_parses_and_round_trips() -> None:
     spec, job = repo.parse_request(OLD_ROW)
     assert spec.custom == CustomTask(name="toy", train_file="/data/train.csv", test_file="/data/test.csv")
     assert job.refine.budgets == (0.5, 0.33) and job.search.objectives == ["error", "params", "latency"]
-    assert repo.request_dict(spec, job) == OLD_ROW
+    # sections added since appear with their defaults; everything the old row held is as it was
+    added = {"dynamic": {"token_elimination": False, "keep_floor": 0.1}}
+    assert repo.request_dict(spec, job) == OLD_ROW | {"job": OLD_ROW["job"] | added}
 
 
 def test_files_from_before_the_newer_settings_read_as_they_ran() -> None:
