@@ -92,6 +92,10 @@ class TrainingConfig(SettingsModel):
         1.0, ge=0, le=1000,
         description="weight of the label loss added to each sub-network's distillation loss, so that small "
                     "sub-networks learn the task and not only the full network's logits")
+    token_elimination: bool = Field(
+        False, json_schema_extra=flag_extra("train-token-elimination"),
+        description="elimination-aware sandwich: each random sub-network also draws a token-keep schedule (the full "
+                    "network, the teacher, and the smallest never drop tokens), for searches with token elimination")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (and the search's, unless search_seed)")
     checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
                                                description="also checkpoint every this many steps")

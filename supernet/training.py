@@ -29,7 +29,7 @@ from .files import atomic_path
 from .importance import task_loss
 from .model import Supernet
 from .settings import TrainingConfig
-from .space import SearchSpace
+from .space import SearchSpace, TokenEliminationSpace
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,9 @@ class SupernetTrainer:
             return losses
         teacher = logits.detach()
         floor = cfg.sample_floor
-        subnets = [self.space.smallest(floor)] + [self.space.sample(self.rng, floor)
+        # elimination-aware: the random members also draw a keep schedule (the teacher pass never eliminates)
+        sampler = TokenEliminationSpace(self.space) if cfg.token_elimination else self.space
+        subnets = [self.space.smallest(floor)] + [sampler.sample(self.rng, floor)
                                                   for _ in range(cfg.num_random_subnets)]
         total = 0.0
         for sub in subnets:

@@ -61,6 +61,7 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("training", "label_loss_weight"): ("0.5", 0.5),
     ("training", "seed"): ("7", 7),
     ("training", "checkpoint_every_steps"): ("50", 50),
+    ("training", "token_elimination"): ("", True),
     ("search", "objectives"): ("error,macs,expected_macs", ["error", "macs", "expected_macs"]),
     ("search", "optimizer"): ("random", "random"),
     ("search", "evaluations"): ("12", 12),
@@ -302,7 +303,9 @@ def test_a_row_stored_by_the_previous_release_parses_and_round_trips() -> None:
     assert job.refine.budgets == (0.5, 0.33) and job.search.objectives == ["error", "params", "latency"]
     # sections added since appear with their defaults; everything the old row held is as it was
     added = {"dynamic": {"token_elimination": False, "keep_floor": 0.1}}
-    assert repo.request_dict(spec, job) == OLD_ROW | {"job": OLD_ROW["job"] | added}
+    training = OLD_ROW["run"]["training"] | {"token_elimination": False}
+    assert repo.request_dict(spec, job) == {"run": OLD_ROW["run"] | {"training": training},
+                                            "job": OLD_ROW["job"] | added}
 
 
 def test_files_from_before_the_newer_settings_read_as_they_ran() -> None:

@@ -494,3 +494,30 @@ def test_weights_that_are_not_finite_fail_the_run_before_its_checkpoint(tmp_path
         trainer.train()
     assert trainer.state.step == 2 and not (tmp_path / "checkpoint.pt").exists()
     assert count_nonfinite(make_supernet(seed=1)) == (0, sum(p.numel() for p in model.parameters()))
+
+
+def test_elimination_aware_sandwich_draws_schedules_for_the_random_members_only() -> None:
+    model = make_supernet(seed=4)
+    space = make_space("uniform", model.config)
+    seen: list[SubNetworkConfig] = []
+    original = model.set_sub_network
+
+    def spy(sub: SubNetworkConfig) -> None:
+        seen.append(sub)
+        original(sub)
+
+    model.set_sub_network = spy  # type: ignore[method-assign]
+    config = TrainingConfig(epochs=2, plain_fraction=0.0, num_random_subnets=2, learning_rate=1e-3,
+                            warmup_ratio=0.0, seed=1, token_elimination=True)
+    state = SupernetTrainer(model, space, FakeLoader(toy_data(32, seed=1), 8, torch.Generator()), config,
+                            progress=False).train()
+    assert state.step == 8 and all(math.isfinite(h["loss_subnets"]) for h in state.history)
+    smallest, random_members = seen[0::3], [s for i, s in enumerate(seen) if i % 3]
+    assert all(s == space.smallest() and s.token_keep is None for s in smallest)
+    assert any(s.token_keep is not None for s in random_members)  # a schedule was drawn and run
+    assert all(space.decode(space.encode(s.static())) == s.static() for s in random_members)
+    # off (the default), the random members are static and drawn exactly as before the option existed
+    seen.clear()
+    SupernetTrainer(model, space, FakeLoader(toy_data(32, seed=1), 8, torch.Generator()),
+                    TrainingConfig(epochs=1, plain_fraction=0.0, seed=1), progress=False).train()
+    assert seen and all(s.token_keep is None for s in seen)
