@@ -171,5 +171,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def table_lines(results: Path) -> list[str]:
+    """The Markdown table of one task and seed's results.json (bench/prove_report.py puts it in RESULTS.md)."""
+    if not results.is_file():
+        return []
+    data = json.loads(results.read_text())
+    rows = data["rows"]
+    if not rows:
+        return []
+    metric = rows[0]["metric"]
+    lines = [f"{len(rows)} settings, {data['examples']} validation examples (mean {data['mean_length']:.0f} tokens), "
+             f"{data['threads']} threads; medians of interleaved repeats; both sides padded per batch.", "",
+             f"| structure | speed-up asked (analytic) | measured, batch 32 by length | measured, batch 1 "
+             f"| {metric} static | {metric} eliminating | keep per layer |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        keep = " ".join(f"{r:.2f}" for r in row["schedule"] or [])
+        lines.append(f"| {row['structure']} | {row['analytic_speedup']:.2f}x | {row['measured_speedup_b32']:.2f}x "
+                     f"| {row['measured_speedup_b1']:.2f}x | {row['static_metrics'][metric]:.4f} "
+                     f"| {row['metrics'][metric]:.4f} | {keep} |")
+    return lines
+
+
 if __name__ == "__main__":
     main()

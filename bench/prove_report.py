@@ -28,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from checks import require  # noqa: E402
+from elimination import table_lines as elimination_table  # noqa: E402
 from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
@@ -524,6 +525,22 @@ def search_budget_section(task: str, budgets: Path) -> list[str]:
     return lines
 
 
+def elimination_section(task: str, elimination: Path) -> list[str]:
+    """bench/elimination.py: exported front structures dropping tokens against the same structures without, one
+    table per seed."""
+    lines: list[str] = []
+    for folder in sorted((elimination / task).glob("seed*")):
+        table = elimination_table(folder / "results.json")
+        if table:
+            seed = folder.name.removeprefix("seed")
+            lines += [f"### Token elimination (`python bench/elimination.py --task {task.replace('-', '/', 1)} "
+                      f"--seed {seed}`)", "",
+                      "The importance job's supernet; each structure exported, then set to each speed-up with "
+                      "`model.set_speedup` (the schedule solved on expected MACs over the validation lengths, no "
+                      "retraining) and timed against the same structure without elimination.", "", *table, ""]
+    return lines
+
+
 def recipes_section(task: str, recipes: Path) -> list[str]:
     """bench/supernet_recipes.py's screening: the same architectures sliced from each recipe's supernet, one
     table per thread count (seed0: 2 threads, as bench/prove.py; seed0-threads<k>: k)."""
@@ -601,6 +618,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += task_section(task, runs[task], plots)
         lines += recipes_section(task, Path(args.out).parent / "recipes")
         lines += search_budget_section(task, Path(args.out).parent / "search_budget")
+        lines += elimination_section(task, Path(args.out).parent / "elimination")
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")
 

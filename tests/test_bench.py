@@ -125,6 +125,9 @@ def test_elimination_tiny_times_exported_models_that_drop_tokens(tmp_path: Path)
     rows = elimination.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
     assert len(rows) == 2 and all(r["ffn_tokens"]["eliminating"] < r["ffn_tokens"]["static"] for r in rows)
     assert all(r["analytic_speedup"] >= 1.1 and r["schedule"][0] == 1.0 for r in rows)
+    (results,) = (tmp_path / "out").rglob("results.json")
+    table = elimination.table_lines(results)  # what bench/prove_report.py writes into RESULTS.md
+    assert len([line for line in table if line.startswith("| full") or line.startswith("| <=")]) == 2
 
 
 def test_elimination_refuses_to_report_a_speedup_where_nothing_was_dropped(tmp_path: Path) -> None:
