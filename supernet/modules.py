@@ -102,11 +102,16 @@ class ElasticSelfAttention(nn.Module):
 
         q, key, value = project(self.query), project(self.key), project(self.value)
         scores = torch.matmul(q, key.transpose(-1, -2)) * (d ** -0.5)  # (B, k, T, T)
-        scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min)
+        padded = not bool(valid.all())  # a batch of one, or of equal lengths, has no padding to mask
+        if padded:
+            scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min)
         probs = scores.softmax(dim=-1)
-        queries = valid[:, None, :, None].to(probs.dtype)
-        received = (probs * queries).sum(dim=(1, 2)) - (probs.diagonal(dim1=-2, dim2=-1) * queries[..., 0]).sum(1)
-        received = received.masked_fill(~valid, float("-inf"))
+        if padded:
+            queries = valid[:, None, :, None].to(probs.dtype)
+            received = (probs * queries).sum(dim=(1, 2)) - (probs.diagonal(dim1=-2, dim2=-1) * queries[..., 0]).sum(1)
+            received = received.masked_fill(~valid, float("-inf"))
+        else:
+            received = probs.sum(dim=(1, 2)) - probs.diagonal(dim1=-2, dim2=-1).sum(1)
         received[:, 0] = float("inf")
         most = int(keep.max())
         ranked = received.topk(most, dim=1).indices  # (B, K), best first
@@ -274,5 +279,6 @@ class ElasticBert(nn.Module):
             if valid is None:
                 valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids).bool()
             x, valid = self.layers[index].forward_eliminating(x, valid, keep)
-            mask = valid[:, None, None, :]
+            # every example kept as many tokens (always so at batch 1): no padding, and SDPA's unmasked path is faster
+            mask = None if bool(valid.all()) and not torch.compiler.is_compiling() else valid[:, None, None, :]
         return self.head(x)
