@@ -317,11 +317,15 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     space = run.space(supernet.config)
     if job.dynamic.token_elimination:  # the schedule genes, scored on the trained supernet (zero-shot)
         space = TokenEliminationSpace(space, floor=job.dynamic.keep_floor)
+    real_lengths = job.latency.lengths == "validation"
+    # a token axis where inputs keep their own lengths or tokens are dropped; the one shape otherwise (cheaper)
     table = load_or_calibrate(supernet.config, batch_size=job.latency.batch_size, seq_len=seq_len,
-                              unit_step=space.unit_step, device=job.latency.device)
+                              unit_step=space.unit_step, device=job.latency.device,
+                              token_axis=real_lengths or job.dynamic.token_elimination)
     measurements = Measurements(supernet=supernet, task=run.task.spec,
                                 validation_batches=run.batches("validation", subset=job.search_examples),
-                                latency=table, seq_len=seq_len, params_kind=job.params_kind, dtype=dtype)
+                                latency=table, seq_len=seq_len, params_kind=job.params_kind, dtype=dtype,
+                                latency_on_lengths=real_lengths)
 
     def record(trial: Trial, current: SearchResult) -> None:
         store.add_trial(trial)  # durable before the search goes on: acknowledged, it is never evaluated again

@@ -19,7 +19,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,7 +35,8 @@ from supernet.extract import extract
 from supernet.files import atomic_write_json
 from supernet.model import Supernet
 from supernet.modules import ClassificationHead, ElasticBert, ElasticFeedForward, ElasticSelfAttention, Embeddings
-from supernet.space import make_space
+from supernet.schedules import tilted_schedule
+from supernet.space import TokenEliminationSpace, make_space
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +98,110 @@ def measure_latency(model: torch.nn.Module, *, batch_size: int, seq_len: int, re
     return time_calls([_forward(model, batch_size, seq_len, device, vocab_size)], repeats=repeats, device=device)[0]
 
 
+TOKEN_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 448, 512)
+
+
+def token_grid(seq_len: int) -> list[int]:
+    """The token counts a table with a token axis is timed at: dense where real sentences are (short), up to
+    `seq_len`. Counts in between are interpolated linearly (block time is close to linear in tokens there)."""
+    return sorted({t for t in TOKEN_GRID if t < seq_len} | {seq_len})
+
+
+def _row(values: Sequence[float] | Sequence[Sequence[float]]) -> np.ndarray:
+    return np.asarray(values, dtype=float)
+
+
 @dataclass
 class LatencyTable:
+    """Block times on a grid of token counts (`tokens`): one count (`seq_len`) for inputs that always have it, a
+    grid up to `seq_len` where inputs keep their own lengths or tokens are eliminated. Times are in ms for one
+    batch of `batch_size` inputs."""
+
     device: str
     batch_size: int
     seq_len: int
-    overhead_ms: float  # embeddings + classification head
-    attention_ms: list[float]  # index h: an attention block with h heads
+    tokens: list[int]  # the token-count axis of every entry below
+    overhead_ms: list[float]  # per token count: embeddings + classification head
+    attention_ms: list[list[float]]  # [h][t]: an attention block with h heads reading tokens[t] tokens
     ffn_units: list[int]  # grid of FFN widths
-    ffn_ms: list[float]  # time of an FFN block of each width in ffn_units
+    ffn_ms: list[list[float]]  # [i][t]: an FFN block of ffn_units[i] units on tokens[t] tokens
+    # An attention block that ranks its tokens and passes on only some (token elimination): [h][t] when it keeps
+    # all tokens[t] and when it keeps a quarter of them; a keep count in between is interpolated. None: the table
+    # was calibrated without elimination and cannot predict it.
+    eliminating_ms: list[list[float]] | None = None
+    eliminating_quarter_ms: list[list[float]] | None = None
     # Correction fitted on whole anchor models: latency = scale * blocks + per_layer_ms * layers + overhead.
     # Blocks timed alone run on a cache-warm input; inside a model each layer pays a little more.
     scale: float = 1.0
     per_layer_ms: float = 0.0
 
-    def blocks_ms(self, sub: SubNetworkConfig) -> float:
-        """Sum of the block times of the kept layers (no correction)."""
-        return sum(self.attention_ms[heads] + float(np.interp(units, self.ffn_units, self.ffn_ms))
-                   for heads, units in zip(sub.kept_heads(), sub.kept_units(), strict=True))
+    @property
+    def eliminates(self) -> bool:
+        return self.eliminating_ms is not None and self.eliminating_quarter_ms is not None
 
-    def predict(self, sub: SubNetworkConfig) -> float:
-        """Predicted latency (ms) of the exported sub-network. Never below the embeddings and head alone: the fitted
-        correction may have a negative per-layer term, which would otherwise predict zero or less for the tiniest
-        sub-networks, and no model runs faster than its embeddings and head."""
-        corrected = self.scale * self.blocks_ms(sub) + self.per_layer_ms * len(sub.layers)
-        return max(corrected, 0.0) + self.overhead_ms
+    def _at(self, rows: Sequence[float], widths: np.ndarray) -> np.ndarray:
+        """One row of the table (over `tokens`) at each token count in `widths`, interpolated."""
+        return np.interp(widths, self.tokens, _row(rows))
+
+    def _ffn(self, units: int, widths: np.ndarray) -> np.ndarray:
+        table = _row(self.ffn_ms)  # (units grid, tokens)
+        at_units = np.array([np.interp(units, self.ffn_units, table[:, t]) for t in range(len(self.tokens))])
+        return np.interp(widths, self.tokens, at_units)
+
+    def _eliminating(self, heads: int, reads: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        if not self.eliminates:
+            raise ValueError("this latency table was calibrated without token elimination; calibrate one with "
+                             "token_axis=True to predict a sub-network that drops tokens")
+        everything = self._at(self.eliminating_ms[heads], reads)
+        quarter = self._at(self.eliminating_quarter_ms[heads], reads)
+        lowest = np.ceil(reads / 4)
+        share = np.where(reads > lowest, (kept - lowest) / np.maximum(reads - lowest, 1), 1.0)
+        return quarter + (everything - quarter) * share
+
+    def blocks(self, sub: SubNetworkConfig, widths: np.ndarray) -> np.ndarray:
+        """Sum of the block times of the kept layers (no correction) for batches `widths` tokens wide: an
+        eliminating layer reads the batch's width and passes on the tokens its longest example keeps."""
+        total = np.zeros_like(widths, dtype=float)
+        reads = widths.astype(float)
+        keep = sub.token_keep
+        for index, heads, units in zip(sub.layers, sub.kept_heads(), sub.kept_units(), strict=True):
+            r = 1.0 if keep is None else keep[index]
+            kept = np.minimum(reads, np.maximum(1.0, np.ceil(r * widths - 1e-9)))
+            dropping = kept < reads
+            plain = self._at(self.attention_ms[heads], reads)
+            attention = np.where(dropping, self._eliminating(heads, reads, kept), plain) if dropping.any() else plain
+            total += attention + self._ffn(units, kept)
+            reads = kept
+        return total
+
+    def blocks_ms(self, sub: SubNetworkConfig, width: int | None = None) -> float:
+        """Sum of the block times of the kept layers for one batch `width` tokens wide (default: seq_len)."""
+        return float(self.blocks(sub, np.array([width or self.seq_len]))[0])
+
+    def widths(self, lengths: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """The batch widths a set of inputs runs at and each one's share of the batches: every batch `seq_len`
+        wide without lengths; else the lengths sorted into batches of `batch_size`, each padded to its longest
+        (dynamic padding; batch 1 is every input alone at its own length)."""
+        if lengths is None:
+            return np.array([self.seq_len]), np.array([1.0])
+        ordered = np.sort(np.asarray(lengths, dtype=int))
+        if ordered.size == 0:
+            raise ValueError("latency over real lengths needs at least one input length")
+        longest = ordered[np.minimum(np.arange(self.batch_size - 1, ordered.size + self.batch_size - 1,
+                                               self.batch_size), ordered.size - 1)]
+        values, counts = np.unique(longest, return_counts=True)
+        return values, counts / counts.sum()
+
+    def predict(self, sub: SubNetworkConfig, lengths: Sequence[int] | None = None) -> float:
+        """Predicted latency (ms per batch) of the exported sub-network: of a full batch of `seq_len` tokens, or,
+        given real input lengths, the mean over their batches (see `widths`).
+
+        Never below the embeddings and head alone: the fitted correction may have a negative per-layer term, which
+        would otherwise predict zero or less for the tiniest sub-networks, and no model runs faster than its
+        embeddings and head."""
+        widths, shares = self.widths(lengths)
+        corrected = self.scale * self.blocks(sub, widths) + self.per_layer_ms * len(sub.layers)
+        return float(np.sum((np.maximum(corrected, 0.0) + self._at(self.overhead_ms, widths)) * shares))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,10 +211,11 @@ class LatencyTable:
         return cls(**data)
 
 
-def _cache_key(config: SupernetConfig, device: str, batch_size: int, seq_len: int, unit_step: int) -> str:
+def _cache_key(config: SupernetConfig, device: str, batch_size: int, seq_len: int, unit_step: int,
+               token_axis: bool) -> str:
     shape = json.dumps([device, batch_size, seq_len, unit_step, config.hidden_size, config.head_size,
                         max(config.layer_heads), max(config.layer_units), config.hidden_act, config.vocab_size,
-                        config.num_labels, torch.__version__])
+                        config.num_labels, torch.__version__, token_grid(seq_len) if token_axis else [seq_len]])
     return hashlib.sha256(shape.encode()).hexdigest()[:16]
 
 
@@ -143,14 +224,14 @@ def default_cache_dir() -> Path:
 
 
 def calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 128, unit_step: int | None = None,
-              repeats: int = 5, device: torch.device | str = "cpu") -> LatencyTable:
-    """Time every building block once at its physical size (dropout off, no autograd)."""
+              repeats: int = 5, device: torch.device | str = "cpu", token_axis: bool = False) -> LatencyTable:
+    """Time every building block once at its physical size (dropout off, no autograd), at `seq_len` tokens or,
+    with `token_axis`, on the token grid up to it, eliminating attention blocks included."""
     device = torch.device(device)
     cfg = SimpleNamespace(**config.to_dict())
     cfg.hidden_dropout = cfg.attention_dropout = 0.0
     hidden = config.hidden_size
-    x = torch.randn(batch_size, seq_len, hidden, device=device)
-    ids = torch.randint(1, config.vocab_size, (batch_size, seq_len), device=device)
+    tokens = token_grid(seq_len) if token_axis else [seq_len]
     max_heads, max_units = max(config.layer_heads), max(config.layer_units)
     step = unit_step or max(1, max_units // 24)
     attention = [ElasticSelfAttention(hidden, h, config.head_size, 0.0, 0.0, config.layer_norm_eps).to(device).eval()
@@ -159,35 +240,83 @@ def calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 12
     ffns = [ElasticFeedForward(hidden, u, config.hidden_act, 0.0, config.layer_norm_eps).to(device).eval()
             for u in ffn_units]
     embeddings, head = Embeddings(cfg).to(device).eval(), ClassificationHead(cfg).to(device).eval()
-    calls = [lambda block=block: block(x, None) for block in attention]
-    calls += [lambda block=block: block(x) for block in ffns]
-    times = time_calls([*calls, lambda: head(embeddings(ids, None))], repeats=repeats, device=device)
-    attention_ms, ffn_ms, overhead = times[:len(attention)], times[len(attention):-1], times[-1]
-    table = LatencyTable(device=device_name(device), batch_size=batch_size, seq_len=seq_len, overhead_ms=overhead,
-                         attention_ms=monotone(attention_ms), ffn_units=ffn_units, ffn_ms=monotone(ffn_ms))
+    calls: list[Callable[[], object]] = []
+    for t in tokens:
+        x = torch.randn(batch_size, t, hidden, device=device)
+        ids = torch.randint(1, config.vocab_size, (batch_size, t), device=device)
+        calls.append(lambda ids=ids: head(embeddings(ids, None)))
+        calls += [lambda block=block, x=x: block(x, None) for block in attention]
+        calls += [lambda block=block, x=x: block(x) for block in ffns]
+        if token_axis:
+            valid = torch.ones(batch_size, t, dtype=torch.bool, device=device)
+            for kept in (t, -(-t // 4)):
+                keep = torch.full((batch_size,), kept, dtype=torch.long, device=device)
+                calls += [lambda block=block, x=x, valid=valid, keep=keep: block.forward_eliminating(x, valid, keep)
+                          for block in attention[1:]]
+    times = iter(time_calls(calls, repeats=repeats, device=device))
+    overhead, attention_ms, ffn_ms = [], [[] for _ in attention], [[] for _ in ffns]
+    eliminating = [[[] for _ in attention] for _ in range(2)] if token_axis else None
+    for _ in tokens:
+        overhead.append(next(times))
+        for row in attention_ms:
+            row.append(next(times))
+        for row in ffn_ms:
+            row.append(next(times))
+        if eliminating is not None:
+            for which in eliminating:
+                which[0].append(attention_ms[0][-1])  # no heads: nothing is ranked or dropped
+                for row in which[1:]:
+                    row.append(next(times))
+    table = LatencyTable(device=device_name(device), batch_size=batch_size, seq_len=seq_len, tokens=tokens,
+                         overhead_ms=monotone(overhead), attention_ms=monotone_grid(attention_ms),
+                         ffn_units=ffn_units, ffn_ms=monotone_grid(ffn_ms),
+                         eliminating_ms=None if eliminating is None else monotone_grid(eliminating[0]),
+                         eliminating_quarter_ms=None if eliminating is None else monotone_grid(eliminating[1]))
     _fit_correction(table, config, repeats=repeats, device=device)
     return table
 
 
-def anchor_subnetworks(config: SupernetConfig) -> list[SubNetworkConfig]:
-    """Whole models of varied depth and width that calibrate the table's correction."""
+def anchor_subnetworks(config: SupernetConfig, *, eliminating: bool = False) -> list[SubNetworkConfig]:
+    """Whole models of varied depth and width that calibrate the table's correction (with `eliminating`, two of
+    them also drop tokens on a tilted schedule)."""
     n, h, u = config.num_layers, max(config.layer_heads), max(config.layer_units)
     shapes = [(1, h, u), (n, h, u), (max(1, n // 2), h, u), (n, max(1, h // 2), u // 2), (n, max(1, h // 4), u // 4),
               (max(1, n // 3), max(1, h // 2), u // 2), (n, 1, max(1, u // 12)), (max(1, (2 * n) // 3), h, u // 4)]
-    return [SubNetworkConfig(layers=tuple(range(k)), heads=(heads,) * n, units=(units,) * n)
-            for k, heads, units in shapes]
+    anchors = [SubNetworkConfig(layers=tuple(range(k)), heads=(heads,) * n, units=(units,) * n)
+               for k, heads, units in shapes]
+    if eliminating:
+        for anchor, rate in ((anchors[1], 0.25), (anchors[3], 0.5)):
+            keep = tilted_schedule(n, 1, rate)
+            anchors.append(SubNetworkConfig(layers=anchor.layers, heads=anchor.heads, units=anchor.units,
+                                            token_keep=None if keep is None else tuple(keep)))
+    return anchors
+
+
+def _physical(config: SupernetConfig, sub: SubNetworkConfig) -> ElasticBert:
+    """The sub-network built at its physical size (what extraction exports), dropout off."""
+    keep = None if sub.token_keep is None else [sub.token_keep[i] for i in sub.layers]
+    cfg = SimpleNamespace(**(config.to_dict() | {"layer_heads": sub.kept_heads(), "layer_units": sub.kept_units(),
+                                                 "hidden_dropout": 0.0, "attention_dropout": 0.0,
+                                                 "token_keep": keep}))
+    return ElasticBert(cfg)
+
+
+def anchor_widths(table: LatencyTable) -> list[int]:
+    """The batch widths the correction is fitted at: the table's one, or three spanning its token axis."""
+    if len(table.tokens) == 1:
+        return [table.seq_len]
+    return sorted({table.seq_len, max(1, table.seq_len // 2), max(1, table.seq_len // 4)})
 
 
 def _fit_correction(table: LatencyTable, config: SupernetConfig, *, repeats: int, device: torch.device | str) -> None:
     """Least-squares fit of scale and per-layer cost on anchor models built at their physical size."""
-    anchors = anchor_subnetworks(config)
-    calls = []
-    for sub in anchors:
-        cfg = SimpleNamespace(**(config.to_dict() | {"layer_heads": sub.kept_heads(), "layer_units": sub.kept_units(),
-                                                     "hidden_dropout": 0.0, "attention_dropout": 0.0}))
-        calls.append(_forward(ElasticBert(cfg), table.batch_size, table.seq_len, device, config.vocab_size))
-    measured = np.array(time_calls(calls, repeats=repeats, device=device)) - table.overhead_ms
-    design = np.array([[table.blocks_ms(sub), len(sub.layers)] for sub in anchors])
+    anchors = anchor_subnetworks(config, eliminating=table.eliminates)
+    rows = [(sub, width) for width in anchor_widths(table) for sub in anchors]
+    calls = [_forward(_physical(config, sub), table.batch_size, width, device, config.vocab_size)
+             for sub, width in rows]
+    measured = np.array(time_calls(calls, repeats=repeats, device=device))
+    measured -= np.array([table._at(table.overhead_ms, np.array([width]))[0] for _, width in rows])
+    design = np.array([[table.blocks_ms(sub, width), len(sub.layers)] for sub, width in rows])
     (scale, per_layer), *_ = np.linalg.lstsq(design, measured, rcond=None)
     if scale > 0:  # a degenerate fit (absurdly noisy timings) keeps the plain sum of blocks
         table.scale, table.per_layer_ms = float(scale), float(per_layer)
@@ -197,6 +326,13 @@ def monotone(values: Sequence[float]) -> list[float]:
     """The closest non-decreasing sequence in least squares (isotonic regression, scipy's pool-adjacent-violators):
     a wider block is never faster, and averaging violators removes timing noise without amplifying it."""
     return [float(v) for v in isotonic_regression(np.asarray(values, dtype=float)).x]
+
+
+def monotone_grid(rows: Sequence[Sequence[float]]) -> list[list[float]]:
+    """A [width][tokens] grid made non-decreasing along tokens in each row, then along widths at each token count:
+    more heads, units or tokens never make a block faster."""
+    along_tokens = np.array([monotone(row) for row in rows])
+    return np.array([monotone(column) for column in along_tokens.T]).T.tolist()
 
 
 def _read_table(path: Path) -> LatencyTable | None:
@@ -212,14 +348,17 @@ def _read_table(path: Path) -> LatencyTable | None:
 
 def load_or_calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 128,
                       unit_step: int | None = None, device: torch.device | str = "cpu",
-                      cache_dir: str | Path | None = None, repeats: int = 5) -> LatencyTable:
-    """The cached table for this device and shape, calibrating (and caching) it on first use.
+                      cache_dir: str | Path | None = None, repeats: int = 5, token_axis: bool = False
+                      ) -> LatencyTable:
+    """The cached table for this device and shape, calibrating (and caching) it on first use. `token_axis`: a
+    table that predicts inputs of their own lengths and token elimination (see `calibrate`).
 
     A file lock per table makes workers that need the same table at once calibrate it once: the others wait,
     then read it. Two calibrations running side by side would also time each other's load into the table."""
     name = device_name(device)
     step = unit_step or max(1, max(config.layer_units) // 24)
-    path = Path(cache_dir or default_cache_dir()) / f"{_cache_key(config, name, batch_size, seq_len, step)}.json"
+    key = _cache_key(config, name, batch_size, seq_len, step, token_axis)
+    path = Path(cache_dir or default_cache_dir()) / f"{key}.json"
     table = _read_table(path)
     if table is not None:
         return table
@@ -228,9 +367,10 @@ def load_or_calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: 
         table = _read_table(path)  # written by another process while this one waited for the lock
         if table is not None:
             return table
-        log.info("calibrating the latency table for %s at batch %d x %d tokens", name, batch_size, seq_len)
+        log.info("calibrating the latency table for %s at batch %d x %s%d tokens", name, batch_size,
+                 "up to " if token_axis else "", seq_len)
         table = calibrate(config, batch_size=batch_size, seq_len=seq_len, unit_step=step, repeats=repeats,
-                          device=device)
+                          device=device, token_axis=token_axis)
         atomic_write_json(path, table.to_dict(), indent=1)
     return table
 
@@ -244,18 +384,33 @@ class ValidationResult:
     configs: list[dict]
 
 
+def _run_batches(model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
+                 device: torch.device | str) -> Callable[[], object]:
+    model = model.eval().to(device)
+    moved = [{k: v.to(device) for k, v in b.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+             for b in batches]
+    return lambda: [model(b["input_ids"], b["attention_mask"], b.get("token_type_ids")) for b in moved]
+
+
 def validate(supernet: Supernet, table: LatencyTable, subs: Sequence[SubNetworkConfig], *, repeats: int = 5,
-             device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None
-             ) -> ValidationResult:
-    """Measure each sub-network's extracted model and compare with the table's prediction."""
+             device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None,
+             batches: Sequence[Mapping[str, torch.Tensor]] | None = None) -> ValidationResult:
+    """Measure each sub-network's extracted model and compare with the table's prediction: on a full batch of
+    `seq_len` random tokens, or on real inputs (`batches`, each padded to its longest; batch 1 is every example
+    alone), then per batch on average and predicted over the same lengths."""
     calls = []
     for index, sub in enumerate(subs):
-        calls.append(_forward(extract(supernet, sub), table.batch_size, table.seq_len, device,
-                              supernet.config.vocab_size))
+        model = extract(supernet, sub)
+        calls.append(_forward(model, table.batch_size, table.seq_len, device, supernet.config.vocab_size)
+                     if batches is None else _run_batches(model, batches, device))
         if progress:
             progress(index + 1, len(subs))
     measured = time_calls(calls, repeats=repeats, device=device)
-    predicted = [table.predict(sub) for sub in subs]
+    lengths = None
+    if batches is not None:
+        measured = [ms / len(batches) for ms in measured]
+        lengths = [int(n) for b in batches for n in b["attention_mask"].sum(dim=1)]
+    predicted = [table.predict(sub, lengths) for sub in subs]
     p, m = np.array(predicted), np.array(measured)
     rho = float(stats.spearmanr(p, m).statistic) if len(p) > 1 else float("nan")
     mape = float(np.mean(np.abs(p - m) / m) * 100)
@@ -263,9 +418,12 @@ def validate(supernet: Supernet, table: LatencyTable, subs: Sequence[SubNetworkC
                             configs=[s.to_dict() for s in subs])
 
 
-def random_subnetworks(config: SupernetConfig, count: int, *, seed: int = 0, unit_step: int | None = None
-                       ) -> list[SubNetworkConfig]:
-    """A mix of the three spaces' random members (layer drop, uniform and per-layer widths)."""
+def random_subnetworks(config: SupernetConfig, count: int, *, seed: int = 0, unit_step: int | None = None,
+                       eliminating: bool = False) -> list[SubNetworkConfig]:
+    """A mix of the three spaces' random members (layer drop, uniform and per-layer widths); with `eliminating`,
+    each with a random token-elimination schedule too (the search's genes)."""
     rng = random.Random(seed)
     spaces = [make_space(name, config, unit_step=unit_step) for name in ("per_layer", "uniform", "layers")]
+    if eliminating:
+        spaces = [TokenEliminationSpace(space) for space in spaces]
     return [spaces[i % len(spaces)].sample(rng) for i in range(count)]

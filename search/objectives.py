@@ -52,6 +52,8 @@ class Measurements:
     # the precision validation runs in while the search ranks sub-networks (supernet/evaluation.py); the front is
     # evaluated again in float32 (search.job.write_front)
     dtype: torch.dtype = torch.float32
+    # latency over the validation examples' own lengths (batched by length) instead of full seq_len batches
+    latency_on_lengths: bool = False
     _cache: dict[SubNetworkConfig, Figures] = field(default_factory=dict, repr=False)
     _expected: dict[SubNetworkConfig, float] = field(default_factory=dict, repr=False)
 
@@ -68,7 +70,7 @@ class Measurements:
         """Size and cost without evaluating: params, MACs and predicted latency."""
         config = self.supernet.config
         return (count_params(config, sub).to_dict(), count_macs(config, sub, seq_len=self.seq_len),
-                self.latency.predict(sub))
+                self.latency.predict(sub, self.lengths if self.latency_on_lengths else None))
 
     def expected_macs(self, sub: SubNetworkConfig) -> float:
         """Mean MACs per validation example at its own length, token elimination included."""

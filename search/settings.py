@@ -98,6 +98,10 @@ class LatencyShape(SettingsModel):
     batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="latency: batch size")
     seq_len: int | None = Field(None, ge=1, le=MAX_LENGTH, description="latency: tokens per input (null: max_length)")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="latency: device to time on")
+    lengths: Literal["fixed", "validation"] = Field(
+        "fixed", description="latency: 'fixed': every input has seq_len tokens; 'validation': the task's validation "
+                             "examples at their own lengths, sorted into batches of batch_size, each padded to its "
+                             "longest (batch 1: every example alone), the time per batch averaged over them")
 
 
 class DynamicConfig(SettingsModel):
@@ -130,15 +134,6 @@ class SearchJob(SettingsModel):
         DEFAULT_SEARCH_EXAMPLES, ge=1, le=MAX_EXAMPLES,
         description="validation examples the search ranks each sub-network on (a seeded subset; null/'all': every "
                     "one); the best of them (two non-dominated layers) are measured again on the whole capped split")
-
-    @model_validator(mode="after")
-    def _latency_knows_no_tokens(self) -> SearchJob:
-        # The latency table is timed at one shape (latency.batch_size x seq_len): it cannot tell what dropping
-        # tokens saves, and an objective that ignores the genes would steer the search blind.
-        if self.dynamic.token_elimination and "latency" in self.search.objectives:
-            raise ValueError("the latency objective cannot rank token elimination yet (its table is timed at one "
-                             "input shape); use expected_macs (MACs over the task's real input lengths) instead")
-        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchJob:

@@ -153,9 +153,9 @@ def hand_latency_table(config: SupernetConfig, *, step: int = 8):
     from search.latency import LatencyTable
 
     units = sorted(set(range(0, max(config.layer_units) + 1, step)) | {max(config.layer_units)})
-    return LatencyTable(device="hand", batch_size=2, seq_len=8, overhead_ms=1.0,
-                        attention_ms=[0.5 * h for h in range(max(config.layer_heads) + 1)],
-                        ffn_units=units, ffn_ms=[0.25 + u / 16 for u in units], scale=1.0, per_layer_ms=0.125)
+    return LatencyTable(device="hand", batch_size=2, seq_len=8, tokens=[8], overhead_ms=[1.0],
+                        attention_ms=[[0.5 * h] for h in range(max(config.layer_heads) + 1)],
+                        ffn_units=units, ffn_ms=[[0.25 + u / 16] for u in units], scale=1.0, per_layer_ms=0.125)
 
 
 @pytest.fixture(scope="session")

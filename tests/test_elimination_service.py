@@ -1,5 +1,6 @@
-"""Token elimination through the API: the `dynamic` section in POST /searches and GET /options, its refusal of the
-latency objective (422 naming the field), and the dynamics of trials and front points read back over HTTP."""
+"""Token elimination through the API: the `dynamic` section in POST /searches and GET /options, the latency shape
+over real lengths beside it (422 naming the field when wrong), and the dynamics of trials and front points read back
+over HTTP."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ def test_the_dynamic_section_is_in_the_options_and_checked(client, workspace) ->
     schema = client.get("/options").json()
     text = str(schema)
     assert "token_elimination" in text and "keep_floor" in text and "expected_macs" in text
-    refused = client.post("/searches", json=body(workspace, dynamic={"token_elimination": True}))
-    assert refused.status_code == 422 and "use expected_macs" in refused.text, refused.text
+    refused = client.post("/searches", json=body(workspace, latency={"lengths": "padded"}))
+    assert refused.status_code == 422 and "lengths" in refused.text, refused.text
+    with_latency = client.post("/searches", json=body(workspace, dynamic={"token_elimination": True},
+                                                      latency={"batch_size": 1, "lengths": "validation"}))
+    assert with_latency.status_code == 201, with_latency.text
+    assert with_latency.json()["request"]["job"]["latency"]["lengths"] == "validation"
     bad = client.post("/searches", json=body(workspace, dynamic={"token_elimination": True, "keep_floor": 0}))
     assert bad.status_code == 422 and "keep_floor" in bad.text
     accepted = client.post("/searches", json=body(workspace, dynamic={"token_elimination": True},

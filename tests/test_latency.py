@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO, hand_latency_table, supernet_config
 
 from search import latency
@@ -79,8 +80,9 @@ def test_monotone_properties() -> None:
 
 
 def test_predict_on_a_hand_built_table() -> None:
-    table = LatencyTable(device="hand", batch_size=1, seq_len=4, overhead_ms=2.0, attention_ms=[0.0, 1.0, 3.0],
-                         ffn_units=[0, 10, 20], ffn_ms=[0.5, 1.5, 5.5], scale=2.0, per_layer_ms=0.25)
+    table = LatencyTable(device="hand", batch_size=1, seq_len=4, tokens=[4], overhead_ms=[2.0],
+                         attention_ms=[[0.0], [1.0], [3.0]], ffn_units=[0, 10, 20], ffn_ms=[[0.5], [1.5], [5.5]],
+                         scale=2.0, per_layer_ms=0.25)
     full = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(20, 20))
     assert table.blocks_ms(full) == pytest.approx(2 * (3.0 + 5.5))
     assert table.predict(full) == pytest.approx(2.0 * 17.0 + 0.25 * 2 + 2.0)
@@ -99,8 +101,9 @@ def test_predict_on_a_hand_built_table() -> None:
 def test_a_negative_per_layer_correction_never_predicts_less_than_embeddings_and_head() -> None:
     """A least-squares fit may give per_layer_ms < 0; the tiniest sub-networks then stay at the overhead, not at or
     below zero (a speed-up computed from such a figure would be negative or infinite)."""
-    table = LatencyTable(device="hand", batch_size=1, seq_len=4, overhead_ms=2.0, attention_ms=[0.0, 1.0, 3.0],
-                         ffn_units=[0, 10, 20], ffn_ms=[0.0, 1.5, 5.5], scale=1.0, per_layer_ms=-4.0)
+    table = LatencyTable(device="hand", batch_size=1, seq_len=4, tokens=[4], overhead_ms=[2.0],
+                         attention_ms=[[0.0], [1.0], [3.0]], ffn_units=[0, 10, 20], ffn_ms=[[0.0], [1.5], [5.5]],
+                         scale=1.0, per_layer_ms=-4.0)
     tiny = SubNetworkConfig(layers=(0, 1), heads=(1, 0), units=(0, 0))
     assert table.blocks_ms(tiny) == pytest.approx(1.0)
     assert table.predict(tiny) == pytest.approx(2.0)  # 1.0 - 8.0 would be -7 ms of layers: floored at none
@@ -130,11 +133,13 @@ def test_table_round_trip(tiny_latency_table) -> None:
 def test_calibrate_tiny_config(tiny_latency_table, tiny_config) -> None:
     table = tiny_latency_table
     assert (table.batch_size, table.seq_len) == (2, 8)
+    assert table.tokens == [8] and not table.eliminates  # one shape: no token axis unless asked for
     assert len(table.attention_ms) == 4 + 1  # 0..4 heads
     assert table.ffn_units[0] == 0 and table.ffn_units[-1] == 48 and table.ffn_units == sorted(table.ffn_units)
     assert len(table.ffn_ms) == len(table.ffn_units) == 25  # step 48 // 24 = 2
-    assert _is_non_decreasing(table.attention_ms) and _is_non_decreasing(table.ffn_ms)
-    assert all(v > 0 for v in table.attention_ms + table.ffn_ms) and table.overhead_ms > 0
+    attention, ffn = [row[0] for row in table.attention_ms], [row[0] for row in table.ffn_ms]
+    assert _is_non_decreasing(attention) and _is_non_decreasing(ffn)
+    assert all(v > 0 for v in attention + ffn) and table.overhead_ms[0] > 0
     assert table.scale > 0
     assert table.device == latency.device_name("cpu")
     full = SubNetworkConfig.full(tiny_config)
@@ -308,3 +313,80 @@ def test_time_calls_one_positive_minimum_per_function() -> None:
 def test_measure_latency_on_a_small_model(tiny_supernet) -> None:
     ms = latency.measure_latency(tiny_supernet, batch_size=1, seq_len=4, repeats=1, vocab_size=99)
     assert isinstance(ms, float) and ms > 0
+
+
+# ----------------------------------------------------------------------------------- the token-count axis
+
+
+def _token_table(**overrides) -> LatencyTable:
+    """Two layers of up to 2 heads and 20 units, timed at 4 and 8 tokens: entries proportional to tokens."""
+    data = {"device": "hand", "batch_size": 1, "seq_len": 8, "tokens": [4, 8], "overhead_ms": [1.0, 2.0],
+            "attention_ms": [[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]], "ffn_units": [0, 20],
+            "ffn_ms": [[0.0, 0.0], [4.0, 8.0]], "eliminating_ms": [[0.0, 0.0], [1.5, 3.0], [3.0, 6.0]],
+            "eliminating_quarter_ms": [[0.0, 0.0], [1.25, 2.5], [2.5, 5.0]]}
+    return LatencyTable(**(data | overrides))
+
+
+def test_predict_over_real_lengths_interpolates_the_token_axis() -> None:
+    table = _token_table()
+    full = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(20, 20))
+    # 6 tokens: halfway between the 4- and 8-token entries: per layer 3 + 6, overhead 1.5
+    assert table.predict(full, [6]) == pytest.approx(2 * (3.0 + 6.0) + 1.5)
+    # batch 1: the mean over examples, each at its own length (below the grid, np.interp holds the first entry)
+    assert table.predict(full, [4, 8, 6]) == pytest.approx(((2 * 6 + 1) + (2 * 12 + 2) + (2 * 9 + 1.5)) / 3)
+    assert table.predict(full) == table.predict(full, [8]) == pytest.approx(2 * 12.0 + 2.0)  # no lengths: seq_len
+    # batch 2: sorted, each batch as wide as its longest: [4, 6] -> 6, [8] -> 8
+    wide = LatencyTable(**(table.to_dict() | {"batch_size": 2}))
+    widths, shares = wide.widths([8, 4, 6])
+    assert widths.tolist() == [6, 8] and shares.tolist() == [0.5, 0.5]
+    assert wide.predict(full, [8, 4, 6]) == pytest.approx(((2 * 9 + 1.5) + (2 * 12 + 2)) / 2)
+    with pytest.raises(ValueError, match="at least one input length"):
+        table.predict(full, [])
+
+
+def test_an_eliminating_layer_costs_its_ranking_and_saves_downstream() -> None:
+    table = _token_table()
+    static = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(20, 20))
+    dropping = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(20, 20), token_keep=(0.5, 0.5))
+    # 8 tokens: layer 0 ranks 8 and keeps 4 (between its keep-all 6.0 and keep-a-quarter 5.0: (4-2)/(8-2) of the
+    # way), its FFN and layer 1 see 4 tokens, and layer 1 keeps ceil(0.5 * 8) = 4 of its 4: nothing more to drop
+    layer0 = 5.0 + (6.0 - 5.0) * (4 - 2) / (8 - 2) + 4.0
+    layer1 = 2.0 + 4.0
+    assert table.blocks_ms(dropping, 8) == pytest.approx(layer0 + layer1)
+    assert table.predict(dropping, [8]) == pytest.approx(layer0 + layer1 + 2.0)
+    assert table.predict(dropping, [8]) < table.predict(static, [8])
+    # keeping every token runs the plain attention, exactly the static prediction
+    keeps_all = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(20, 20), token_keep=(1.0, 1.0))
+    assert table.predict(keeps_all, [5, 8]) == table.predict(static, [5, 8])
+    # a table calibrated without elimination refuses to guess
+    plain = _token_table(eliminating_ms=None, eliminating_quarter_ms=None)
+    assert plain.predict(static, [8]) == table.predict(static, [8])
+    with pytest.raises(ValueError, match="token_axis=True"):
+        plain.predict(dropping, [8])
+
+
+def test_calibrate_with_a_token_axis(tiny_config, tiny_supernet) -> None:
+    table = calibrate(tiny_config, batch_size=1, seq_len=8, repeats=1, token_axis=True)
+    assert table.tokens == latency.token_grid(8) == [1, 2, 4, 8] and table.eliminates
+    for grid in (table.attention_ms, table.ffn_ms, table.eliminating_ms, table.eliminating_quarter_ms):
+        assert all(len(row) == 4 and _is_non_decreasing(row) for row in grid)  # more tokens never faster
+        assert all(_is_non_decreasing(column) for column in zip(*grid, strict=True))  # nor more heads or units
+    assert _is_non_decreasing(table.overhead_ms) and len(table.overhead_ms) == 4
+    assert LatencyTable.from_dict(json.loads(json.dumps(table.to_dict()))) == table
+    full = SubNetworkConfig.full(tiny_config)
+    assert table.predict(full, [2, 5, 8]) < table.predict(full)  # shorter inputs are faster
+    # validated on real inputs: one example at a time at its own length, eliminating sub-networks among them
+    subs = random_subnetworks(tiny_config, 6, seed=2, eliminating=True)
+    assert any(s.token_keep is not None for s in subs)
+    batches = [{"input_ids": torch.randint(5, 90, (1, n)), "attention_mask": torch.ones(1, n, dtype=torch.long)}
+               for n in (3, 8, 5, 8)]
+    result = validate(tiny_supernet, table, subs, repeats=1, batches=batches)
+    assert result.predicted_ms == [table.predict(s, [3, 8, 5, 8]) for s in subs]
+    assert all(m > 0 for m in result.measured_ms)
+
+
+def test_a_token_axis_table_is_cached_apart(tmp_path, tiny_config) -> None:
+    one = load_or_calibrate(tiny_config, batch_size=1, seq_len=4, repeats=1, cache_dir=tmp_path)
+    axis = load_or_calibrate(tiny_config, batch_size=1, seq_len=4, repeats=1, cache_dir=tmp_path, token_axis=True)
+    assert one.tokens == [4] and axis.tokens == [1, 2, 4] and axis.eliminates and not one.eliminates
+    assert len(list(tmp_path.glob("*.json"))) == 2

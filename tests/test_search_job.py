@@ -713,6 +713,31 @@ def test_a_search_with_token_elimination_ranks_schedules_by_expected_macs(worksp
     assert reloaded.config.token_keep[0] == 1.0
 
 
-def test_token_elimination_refuses_the_latency_objective(workspace, tmp_path, capsys) -> None:
-    assert cli(search_args(workspace, tmp_path / "run", "--token-elimination")) == 2
-    assert "use expected_macs" in capsys.readouterr().err
+def test_token_elimination_ranked_by_batch_1_latency_over_the_real_lengths(workspace, tmp_path, monkeypatch) -> None:
+    """`latency` with elimination: predicted at batch 1 over the validation examples' own lengths, from a table with a
+    token axis; a schedule that drops tokens is predicted faster than the same structure without it."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NASPRUNE_CACHE", str(cache))
+    out = tmp_path / "run"
+    args = search_args(workspace, out, "--token-elimination", "--space", "per_layer", "--latency-batch-size", "1",
+                       "--latency-lengths", "validation", evaluations=10)
+    args[args.index("--objectives") + 1] = "error,latency"
+    assert cli(args) == 0
+    (path,) = (cache / "latency").glob("*.json")
+    table = LatencyTable.from_dict(json.loads(path.read_text()))
+    assert table.batch_size == 1 and table.eliminates and len(table.tokens) > 1
+    run = Run(out)
+    from search.objectives import Measurements
+
+    lengths = Measurements(supernet=run.load_supernet(), validation_batches=run.batches("validation"),
+                           task=run.task.spec, latency=None).lengths
+    assert max(lengths) < table.seq_len  # the examples' own lengths, shorter than the padded width
+    trials = read_trials(out)
+    dropping = [t for t in trials if t.config.token_keep is not None]
+    assert dropping
+    for trial in trials:
+        assert trial.objectives["latency"] == trial.latency_ms == table.predict(trial.config, lengths)
+    trial = dropping[0]
+    # the schedule is priced (its ranking and the fewer tokens after it), not ignored
+    assert trial.latency_ms != table.predict(trial.config.static(), lengths)
+    assert trial.latency_ms != table.predict(trial.config)  # not the padded seq_len shape

@@ -71,6 +71,7 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("latency", "batch_size"): ("8", 8),
     ("latency", "seq_len"): ("24", 24),
     ("latency", "device"): ("cuda:1", "cuda:1"),
+    ("latency", "lengths"): ("validation", "validation"),
     ("params_kind",): ("total", "total"),
     ("refine", "epochs"): ("0.5", 0.5),
     ("refine", "learning_rate"): ("2e-3", 2e-3),
@@ -302,7 +303,8 @@ def test_a_row_stored_by_the_previous_release_parses_and_round_trips() -> None:
     assert spec.custom == CustomTask(name="toy", train_file="/data/train.csv", test_file="/data/test.csv")
     assert job.refine.budgets == (0.5, 0.33) and job.search.objectives == ["error", "params", "latency"]
     # sections added since appear with their defaults; everything the old row held is as it was
-    added = {"dynamic": {"token_elimination": False, "keep_floor": 0.1}}
+    added = {"dynamic": {"token_elimination": False, "keep_floor": 0.1},
+             "latency": OLD_ROW["job"]["latency"] | {"lengths": "fixed"}}
     training = OLD_ROW["run"]["training"] | {"token_elimination": False}
     assert repo.request_dict(spec, job) == {"run": OLD_ROW["run"] | {"training": training},
                                             "job": OLD_ROW["job"] | added}
