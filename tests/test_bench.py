@@ -204,8 +204,30 @@ def test_eval_precision_refuses_bfloat16_figures_computed_in_float32(monkeypatch
 
 
 # -- bench/verify_front.py -------------------------------------------------------------------------------------------
-def test_verify_front_tiny_reloads_every_front_point(tmp_path: Path) -> None:
+def test_verify_front_tiny_reloads_every_front_point(tmp_path: Path, capsys) -> None:
     assert verify_front.main(["--tiny", "--tiny-root", str(tmp_path)]) == 0.0
+    out = capsys.readouterr().out
+    # --tiny searches keep schedules too: a point that drops tokens is checked alone and in mixed batches of 32
+    dropping = [line for line in out.splitlines() if line.startswith("point ") and "keep [" in line]
+    assert dropping and all("batch 1:" in line and "batch 32 mixed:" in line for line in dropping)
+    assert "points dropping tokens (checked at batch 1 and 32 too): 0 of" not in out
+
+
+def test_verify_front_checks_an_eliminating_point_alone_and_in_mixed_batches(tmp_path: Path) -> None:
+    folder = tiny.tiny_search(tmp_path, evaluations=verify_front.TINY_EVALUATIONS, token_elimination=True)
+    reports = verify_front.verify_points(folder)
+    eliminating = [r for r in reports if r["eliminating"]]
+    assert eliminating and all(set(r["differences"]) == {verify_front.SEARCHED, verify_front.ALONE,
+                                                         verify_front.MIXED} for r in eliminating)
+    assert all(set(r["differences"]) == {verify_front.SEARCHED} for r in reports if not r["eliminating"])
+    assert all(r["logits_batch1_vs_32"] < 1e-5 for r in eliminating)
+    # a recorded metric the export does not reproduce stops the check
+    front = json.loads((folder / "front.json").read_text())
+    k = next(r["point"] for r in eliminating)
+    front["points"][k]["validation"] = {m: v + 0.01 for m, v in front["points"][k]["validation"].items()}
+    (folder / "front.json").write_text(json.dumps(front))
+    with pytest.raises(checks.CheckFailed, match="differ from its record"):
+        verify_front.main(["--run", str(folder)])
 
 
 def test_verify_front_refuses_a_front_that_is_not_the_non_dominated_trials(tmp_path: Path) -> None:
