@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import checks  # noqa: E402
 import elimination  # noqa: E402
+import elimination_front  # noqa: E402
 import eval_precision  # noqa: E402
 import front_rescoring  # noqa: E402
 import latency_model  # noqa: E402
@@ -32,6 +33,7 @@ import supernet_speed  # noqa: E402
 import tiny  # noqa: E402
 import verify_front  # noqa: E402
 
+from search.settings import DynamicConfig  # noqa: E402
 from supernet.config import SubNetworkConfig  # noqa: E402
 from supernet.extract import extract  # noqa: E402
 
@@ -133,6 +135,42 @@ def test_elimination_tiny_times_exported_models_that_drop_tokens(tmp_path: Path)
 def test_elimination_refuses_to_report_a_speedup_where_nothing_was_dropped(tmp_path: Path) -> None:
     with pytest.raises(checks.CheckFailed, match="nothing was eliminated"):
         elimination.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--speedups", "1.0"])
+
+
+# -- bench/elimination_front.py ---------------------------------------------------------------------------------
+def test_elimination_front_tiny_compares_the_joint_front_with_the_static_one(tmp_path: Path) -> None:
+    data = elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    static, joint = data["searches"]["static"], data["searches"]["joint"]
+    assert static["evaluations"] == joint["evaluations"] == elimination_front.TINY_EVALUATIONS
+    assert static["eliminating_points"] == 0 and joint["eliminating_points"] >= 1
+    assert all(s["search_s"] > 0 and 0 <= s["hypervolume_expected_macs"]["validation"] <= 1 for s in (static, joint))
+    assert data["test_split"] == "test" and all(s["hypervolume_expected_macs"]["test"] is not None
+                                                for s in (static, joint))
+    latency = data["latency"]
+    # every point of both fronts and the full model timed one example at a time, as fractions of the full model
+    assert latency["models_timed"] >= 2 and latency["examples"] > 1
+    assert all(len(latency["fronts"][kind]["latency_fraction"]) == data["searches"][kind]["front_size"]
+               for kind in ("static", "joint"))
+    (results,) = (tmp_path / "out").rglob("results.json")
+    table = elimination_front.table_lines(results)  # what bench/prove_report.py writes into RESULTS.md
+    assert [line.split(" | ")[0] for line in table if line.startswith("| static") or line.startswith("| joint")] \
+        == ["| static", "| joint"]
+    section = prove_report.elimination_front_section("glue-mrpc", tmp_path / "out")
+    assert section[0].startswith("### Joint front") and all(line in section for line in table)
+
+
+def test_elimination_front_refuses_a_joint_search_that_drops_no_tokens(monkeypatch, tmp_path: Path) -> None:
+    # a setting the job ignored: the "joint" search searched structures only
+    monkeypatch.setattr(elimination_front, "DynamicConfig", lambda **_: DynamicConfig())
+    with pytest.raises(checks.CheckFailed, match="holds no point that drops tokens"):
+        elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--warmup-evaluations", "0"])
+
+
+def test_elimination_front_refuses_latencies_of_another_model(monkeypatch, tmp_path: Path) -> None:
+    full_network = lambda supernet, sub: extract(supernet, supernet.full_config())  # noqa: E731
+    monkeypatch.setattr(elimination_front, "extract", full_network)
+    with pytest.raises(checks.CheckFailed, match="latency of .*weights have"):
+        elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--warmup-evaluations", "0"])
 
 
 # -- bench/supernet_speed.py ---------------------------------------------------------------------------------------
