@@ -546,14 +546,16 @@ def elimination_front_section(task: str, fronts: Path) -> list[str]:
     """bench/elimination_front.py: the joint (structure + schedule) front against the static one, one table per
     seed."""
     lines: list[str] = []
-    for folder in sorted((fronts / task).glob("seed*")):
-        table = elimination_front_table(folder / "results.json")
+    for results in sorted((fronts / task).glob("seed*/results*.json")):  # results-joint-first.json: joint first
+        folder, table = results.parent, elimination_front_table(results)
         if table:
             seed = folder.name.removeprefix("seed")
+            order = " --order joint,static" if results.stem.endswith("joint-first") else ""
             lines += [f"### Joint front with token elimination against the static front (`python "
-                      f"bench/elimination_front.py --task {task.replace('-', '/', 1)} --seed {seed}`)", "",
+                      f"bench/elimination_front.py --task {task.replace('-', '/', 1)} --seed {seed}{order}`)", "",
                       "The importance job's supernet searched twice with the same seed and budget on error and "
-                      "expected MACs: structures only, then structures and keep schedules.", "", *table, ""]
+                      "expected MACs: structures only (static), and structures with keep schedules (joint).", "",
+                      *table, ""]
     return lines
 
 

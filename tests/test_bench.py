@@ -159,6 +159,18 @@ def test_elimination_front_tiny_compares_the_joint_front_with_the_static_one(tmp
     assert section[0].startswith("### Joint front") and all(line in section for line in table)
 
 
+def test_elimination_front_joint_first_keeps_its_own_results(tmp_path: Path) -> None:
+    data = elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--order",
+                                   "joint,static", "--warmup-evaluations", "0"])
+    assert data["order"] == ["joint", "static"]
+    (results,) = (tmp_path / "out").rglob("results*.json")
+    assert results.name == "results-joint-first.json"
+    table = elimination_front.table_lines(results)
+    assert [line.split(" | ")[0] for line in table if line.startswith("| ")][1:] == ["| joint", "| static"]
+    section = prove_report.elimination_front_section("glue-mrpc", tmp_path / "out")
+    assert "--order joint,static" in section[0]
+
+
 def test_elimination_front_refuses_a_joint_search_that_drops_no_tokens(monkeypatch, tmp_path: Path) -> None:
     # a setting the job ignored: the "joint" search searched structures only
     monkeypatch.setattr(elimination_front, "DynamicConfig", lambda **_: DynamicConfig())
@@ -249,6 +261,12 @@ def test_verify_front_tiny_reloads_every_front_point(tmp_path: Path, capsys) -> 
     dropping = [line for line in out.splitlines() if line.startswith("point ") and "keep [" in line]
     assert dropping and all("batch 1:" in line and "batch 32 mixed:" in line for line in dropping)
     assert "points dropping tokens (checked at batch 1 and 32 too): 0 of" not in out
+
+
+def test_verify_front_checks_a_static_front_as_searched_only(tmp_path: Path) -> None:
+    reports = verify_front.verify_points(tiny.tiny_search(tmp_path))
+    assert reports and all(not r["eliminating"] and r["differences"] == {verify_front.SEARCHED: 0.0}
+                           for r in reports)
 
 
 def test_verify_front_checks_an_eliminating_point_alone_and_in_mixed_batches(tmp_path: Path) -> None:
