@@ -22,7 +22,8 @@ normalisation: cost as a fraction of the full model's over 1.1, error over the m
 point (1, 1) for both fronts alike.
 
 The checks (bench/checks.py): the joint front really holds points that drop tokens, both searches did the same
-number of evaluations, and every timed model is an exported model of the structure named (its schedule included).
+number of evaluations, every timed model is an exported model of the structure named (its schedule included),
+and the exported points with a schedule gave their FFNs fewer tokens than they read (forward hooks).
 
     python bench/elimination_front.py --task glue/mrpc --seed 0
     python bench/elimination_front.py --tiny      # seconds: a tiny supernet trained on a few MRPC rows
@@ -44,6 +45,7 @@ from typing import Any
 import tiny
 import torch
 from checks import require, require_exported
+from elimination import ffn_tokens
 from prove import Stopwatch, copy_trained, seed_folder
 from scoring import PARAMS_REF
 
@@ -145,12 +147,17 @@ def exported_model(supernet, sub: SubNetworkConfig, what: str) -> torch.nn.Modul
 
 
 def batch1_latencies(supernet, subs: dict[str, SubNetworkConfig], examples: list[dict[str, torch.Tensor]],
-                     repeats: int) -> dict[str, float]:
+                     repeats: int) -> tuple[dict[str, float], dict[str, float]]:
     """Median seconds to run `examples` one at a time through each exported sub-network, repeats interleaved (the
-    order reversed every other round, so a drift in load hits every model alike)."""
+    order reversed every other round, so a drift in load hits every model alike); and, from one untimed pass
+    first, the tokens each model's FFNs were given as a share of every token through every layer it runs."""
     models = {key: exported_model(supernet, sub, f"latency of {key}") for key, sub in subs.items()}
-    for model in models.values():  # one untimed pass each: first-call allocations are not the model's cost
-        run_alone(model, examples[:2])
+    tokens = sum(lengths_of(examples))
+    ffn_share = {}
+    for key, model in models.items():  # untimed: first-call allocations are not the model's cost
+        with ffn_tokens(model) as seen:
+            run_alone(model, examples)
+        ffn_share[key] = seen[0] / (tokens * len(model.model.layers)) if model.model.layers else 1.0
     times: dict[str, list[float]] = {key: [] for key in models}
     order = list(models)
     for round_ in range(repeats):
@@ -158,7 +165,7 @@ def batch1_latencies(supernet, subs: dict[str, SubNetworkConfig], examples: list
             started = time.perf_counter()
             run_alone(models[key], examples)
             times[key].append(time.perf_counter() - started)
-    return {key: statistics.median(values) for key, values in times.items()}
+    return {key: statistics.median(values) for key, values in times.items()}, ffn_share
 
 
 def config_key(sub: SubNetworkConfig) -> str:
@@ -174,7 +181,11 @@ def latency_section(fronts: dict[str, dict[str, Any]], run: Run, supernet, chanc
                               is_regression=run.task.spec.is_regression))
     points = [SubNetworkConfig.from_dict(p["config"]) for front in fronts.values() for p in front["points"]]
     subs = {"full": supernet.full_config()} | {config_key(sub): sub for sub in points}  # a shared point once
-    seconds = batch1_latencies(supernet, subs, alone, args.repeats)
+    seconds, ffn_share = batch1_latencies(supernet, subs, alone, args.repeats)
+    dropping = [key for key, sub in subs.items() if sub.token_keep is not None]
+    require(any(ffn_share[key] < 1.0 for key in dropping),
+            f"none of the {len(dropping)} exported points with a keep schedule gave its FFNs fewer tokens than it "
+            f"read on these {len(alone)} examples: the latencies would show no elimination")
     fraction = {key: value / seconds["full"] for key, value in seconds.items()}
     per_kind = {}
     for kind, front in fronts.items():
@@ -182,7 +193,7 @@ def latency_section(fronts: dict[str, dict[str, Any]], run: Run, supernet, chanc
         per_kind[kind] = {
             "hypervolume": scaled_hypervolume([(fraction[k], p["objectives"]["error"])
                                                for k, p in zip(keys, front["points"], strict=True)], chance_error),
-            "latency_fraction": [fraction[k] for k in keys]}
+            "latency_fraction": [fraction[k] for k in keys], "ffn_token_share": [ffn_share[k] for k in keys]}
     return {"examples": len(alone), "mean_length": statistics.mean(lengths_of(alone)), "repeats": args.repeats,
             "full_s": seconds["full"], "models_timed": len(subs), "fronts": per_kind}
 

@@ -151,12 +151,22 @@ def test_elimination_front_tiny_compares_the_joint_front_with_the_static_one(tmp
     assert latency["models_timed"] >= 2 and latency["examples"] > 1
     assert all(len(latency["fronts"][kind]["latency_fraction"]) == data["searches"][kind]["front_size"]
                for kind in ("static", "joint"))
+    shares = {kind: latency["fronts"][kind]["ffn_token_share"] for kind in ("static", "joint")}
+    assert min(shares["joint"]) < 1.0 == max(shares["static"])  # the eliminating exports gave their FFNs fewer tokens
     (results,) = (tmp_path / "out").rglob("results.json")
     table = elimination_front.table_lines(results)  # what bench/prove_report.py writes into RESULTS.md
     assert [line.split(" | ")[0] for line in table if line.startswith("| static") or line.startswith("| joint")] \
         == ["| static", "| joint"]
     section = prove_report.elimination_front_section("glue-mrpc", tmp_path / "out")
     assert section[0].startswith("### Joint front") and all(line in section for line in table)
+
+
+def test_elimination_front_refuses_latencies_of_exports_that_drop_nothing(monkeypatch, tmp_path: Path) -> None:
+    from supernet.modules import ElasticBert
+
+    monkeypatch.setattr(ElasticBert, "_keep_counts", lambda *_: None)  # every schedule silently ignored
+    with pytest.raises(checks.CheckFailed, match="gave its FFNs fewer tokens"):
+        elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--warmup-evaluations", "0"])
 
 
 def test_elimination_front_joint_first_keeps_its_own_results(tmp_path: Path) -> None:
