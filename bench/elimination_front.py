@@ -99,7 +99,7 @@ def scaled_hypervolume(pairs: Sequence[tuple[float, float]], chance_error: float
     return hypervolume([[cost / PARAMS_REF, error / chance_error] for cost, error in pairs], reference=[1.0, 1.0])
 
 
-def test_key(front: dict[str, Any], run: Run) -> tuple[str, str] | None:
+def scored_test_split(front: dict[str, Any], run: Run) -> tuple[str, str] | None:
     """(test split, key of its main metric in a point's "test") where the task has test labels, else None."""
     metric = front["main_metric"]
     splits = list(run.task.test)
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     source_run = Run(source)
     train_run(source_run.spec, source, progress=False)  # a run whose weights were removed trains the same ones again
     spec = source_run.spec
-    out = Path(args.out) / seed_folder(args.task, args.seed)
+    out = Path(args.out) / seed_folder(spec.task, args.seed)  # the run's own task, whichever --run names
     out.mkdir(parents=True, exist_ok=True)
     supernet = source_run.load_supernet().eval()
     warm_latency_table(spec, search_job(args, "static"), source_run, supernet)
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     metric = fronts["static"]["main_metric"]
     chance_error = 1.0 - fronts["static"]["majority_baseline"][metric]
-    key = test_key(fronts["static"], source_run)
+    key = scored_test_split(fronts["static"], source_run)
     test_lengths = None if key is None else lengths_of(source_run.batches(key[0]))
     macs = {kind: macs_hypervolumes(front, source_run, supernet, chance_error, test_lengths, key and key[1])
             for kind, front in fronts.items()}
