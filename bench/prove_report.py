@@ -29,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from checks import require  # noqa: E402
 from elimination import table_lines as elimination_table  # noqa: E402
+from elimination_front import table_lines as elimination_front_table  # noqa: E402
 from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
@@ -541,6 +542,23 @@ def elimination_section(task: str, elimination: Path) -> list[str]:
     return lines
 
 
+def elimination_front_section(task: str, fronts: Path) -> list[str]:
+    """bench/elimination_front.py: the joint (structure + schedule) front against the static one, one table per
+    seed."""
+    lines: list[str] = []
+    for results in sorted((fronts / task).glob("seed*/results*.json")):  # results-joint-first.json: joint first
+        folder, table = results.parent, elimination_front_table(results)
+        if table:
+            seed = folder.name.removeprefix("seed")
+            order = " --order joint,static" if results.stem.endswith("joint-first") else ""
+            lines += [f"### Joint front with token elimination against the static front (`python "
+                      f"bench/elimination_front.py --task {task.replace('-', '/', 1)} --seed {seed}{order}`)", "",
+                      "The importance job's supernet searched twice with the same seed and budget on error and "
+                      "expected MACs: structures only (static), and structures with keep schedules (joint).", "",
+                      *table, ""]
+    return lines
+
+
 def recipes_section(task: str, recipes: Path) -> list[str]:
     """bench/supernet_recipes.py's screening: the same architectures sliced from each recipe's supernet, one
     table per thread count (seed0: 2 threads, as bench/prove.py; seed0-threads<k>: k)."""
@@ -619,6 +637,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += recipes_section(task, Path(args.out).parent / "recipes")
         lines += search_budget_section(task, Path(args.out).parent / "search_budget")
         lines += elimination_section(task, Path(args.out).parent / "elimination")
+        lines += elimination_front_section(task, Path(args.out).parent / "elimination_front")
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")
 

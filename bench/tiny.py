@@ -122,15 +122,20 @@ def tiny_run(root: Path) -> Path:
     return folder
 
 
-def tiny_search(root: Path, evaluations: int = 8) -> Path:
-    """A finished tiny search job's run folder under `root` (train, search, front with test figures)."""
+def tiny_search(root: Path, evaluations: int = 8, *, token_elimination: bool = False) -> Path:
+    """A finished tiny search job's run folder under `root` (train, search, front with test figures).
+    `token_elimination`: search keep schedules too, on error and expected MACs (the objective that sees them), in
+    its own folder."""
     from search.job import run_search_job
     from search.runner import SearchConfig
-    from search.settings import LatencyShape, SearchJob
+    from search.settings import DynamicConfig, LatencyShape, SearchJob
 
     model, data_dir = workspace(root)
-    folder = root / "search"
-    job = SearchJob(search=SearchConfig(evaluations=evaluations), latency=LatencyShape(batch_size=2),
-                    evaluation_dtype="float32")
+    folder = root / ("search-tokens" if token_elimination else "search")
+    search = SearchConfig(evaluations=evaluations)
+    if token_elimination:
+        search = SearchConfig(evaluations=evaluations, objectives=["error", "expected_macs"])
+    job = SearchJob(search=search, latency=LatencyShape(batch_size=2), evaluation_dtype="float32",
+                    dynamic=DynamicConfig(token_elimination=token_elimination))
     run_search_job(tiny_spec(model, data_dir), job, folder, progress=False)
     return folder

@@ -3,8 +3,14 @@ transformers (trust_remote_code=True), reproduces its recorded validation metric
 each reloaded model is the exported class with its point's sliced widths; a front that is not the non-dominated
 trials, or a metric off by more than --tolerance, exits non-zero.
 
+A point that drops tokens (`token_keep` in its config) is checked three ways: in the run's evaluation batches
+(sorted by length, as the search scored it), at batch 1 (every example alone, unpadded) and at batch 32 in the
+split's own order (mixed lengths, each batch padded to its longest). Elimination keeps ⌈r · length⌉ tokens of
+each example's own length, so neither padding nor the company an example keeps may change its prediction; a
+static point keeps the first check only. Each point's line says which checks ran.
+
     python bench/verify_front.py --run runs/rte
-    python bench/verify_front.py --tiny       # seconds: a tiny search job on a few MRPC rows, then the same
+    python bench/verify_front.py --tiny       # seconds: a tiny search job with token elimination, then the same
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tiny
@@ -20,25 +27,19 @@ from checks import require, require_exported
 from transformers import AutoModelForSequenceClassification
 
 from search.pareto import non_dominated
+from supernet.batching import make_batches
 from supernet.config import SubNetworkConfig
-from supernet.evaluation import evaluate
+from supernet.evaluation import metrics_from_logits, predict
 from supernet.extract import export_subnetwork
 from supernet.run import Run
 
+SEARCHED = "as searched"  # the run's evaluation batches, sorted by length: how the search scored the point
+ALONE = "batch 1"  # every example alone, unpadded
+MIXED = "batch 32 mixed"  # the split's own order, each batch of 32 padded to its longest example
 
-def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, help="a finished search's run folder")
-    parser.add_argument("--tiny", action="store_true", help="run a tiny search job first and verify its front")
-    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny runs its search")
-    parser.add_argument("--tolerance", type=float, default=1e-9)
-    args = parser.parse_args(argv)
-    if args.tiny:
-        args.run = tiny.tiny_search(args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-")))
-    if args.run is None:
-        parser.error("--run is required (or --tiny)")
-    front = json.loads((args.run / "front.json").read_text())
-    trials = [json.loads(line) for line in (args.run / "trials.jsonl").read_text().splitlines()]
+
+def check_front_is_non_dominated(folder: Path, front: dict[str, Any]) -> None:
+    trials = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
     names = front["objectives"]
     values = np.array([[t["objectives"][n] for n in names] for t in trials])
     front_configs = {json.dumps(p["config"], sort_keys=True) for p in front["points"]}
@@ -46,28 +47,84 @@ def main(argv: list[str] | None = None) -> float:
     expected = {json.dumps(t["config"], sort_keys=True) for t, keep in zip(trials, mask, strict=True) if keep}
     print(f"{len(trials)} trials, {len(front['points'])} front points; front == non-dominated trials: "
           f"{front_configs == expected}")
-    require(front_configs == expected, f"{args.run}: the front is not the non-dominated trials")
-    run = Run(args.run)
+    require(front_configs == expected, f"{folder}: the front is not the non-dominated trials")
+
+
+def batchings(run: Run) -> dict[str, list]:
+    """The validation split in each batching a check runs (tokenised once)."""
+    examples, tokenizer, spec = run.task.validation, run.tokenizer, run.spec
+
+    def batches(size: int) -> list:
+        return list(make_batches(examples, tokenizer, batch_size=size, max_length=spec.max_length,
+                                 is_regression=run.task.spec.is_regression))
+
+    return {SEARCHED: list(run.batches("validation")), ALONE: batches(1), MIXED: batches(32)}
+
+
+def verify_points(folder: Path) -> list[dict[str, Any]]:
+    """Per front point: whether it drops tokens, and the largest metric difference of each check that ran."""
+    front = json.loads((folder / "front.json").read_text())
+    check_front_is_non_dominated(folder, front)
+    run = Run(folder)
     supernet = run.load_supernet()
-    validation = run.batches("validation")
+    data = batchings(run)
     full_encoder = front["reference"]["params"]["encoder"]
-    worst = 0.0
+    reports = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, point in enumerate(front["points"]):
             sub = SubNetworkConfig.from_dict(point["config"])
-            folder = export_subnetwork(supernet, sub, Path(tmp) / f"point-{k}", tokenizer=run.tokenizer)
-            model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+            exported = export_subnetwork(supernet, sub, Path(tmp) / f"point-{k}", tokenizer=run.tokenizer)
+            model = AutoModelForSequenceClassification.from_pretrained(exported, trust_remote_code=True)
             require_exported(model, sub, f"point {k}, reloaded")
-            got = evaluate(model, validation, run.task.spec)
-            diff = max(abs(got[m] - point["validation"][m]) for m in got)
-            worst = max(worst, diff)
+            eliminating = sub.token_keep is not None
+            require((model.config.token_keep is not None) == eliminating,
+                    f"point {k}: the reloaded config's token_keep is {model.config.token_keep}, the point's "
+                    f"{sub.token_keep}")
+            checks = (SEARCHED, ALONE, MIXED) if eliminating else (SEARCHED,)
+            logits = {name: predict(model, data[name]) for name in checks}
+            got = {name: metrics_from_logits(run.task.spec, *logits[name]) for name in checks}
+            diffs = {name: max(abs(metrics[m] - point["validation"][m]) for m in metrics)
+                     for name, metrics in got.items()}
+            # the same examples in the same order at batch 1 and 32: how far padding moved any logit
+            apart = float(np.abs(logits[ALONE][0] - logits[MIXED][0]).max()) if eliminating else None
             share = point["params"]["encoder"] / full_encoder
-            print(f"point {k}: encoder params {share:6.1%}, recorded {point['validation']}, exported {got}")
+            keep = "" if not eliminating else f", keep {[round(r, 2) for r in sub.token_keep or ()]}"
+            print(f"point {k}: encoder params {share:6.1%}{keep}, recorded {point['validation']}; "
+                  + "; ".join(f"{name}: {got[name]} (off by {diffs[name]:.1e})" for name in checks)
+                  + ("" if apart is None else f"; logits at batch 1 vs 32 differ by at most {apart:.1e}"))
+            reports.append({"point": k, "eliminating": eliminating, "params_share": share, "differences": diffs,
+                            "logits_batch1_vs_32": apart})
+    return reports
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="a finished search's run folder")
+    parser.add_argument("--tiny", action="store_true",
+                        help="run a tiny search job with token elimination first and verify its front")
+    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny runs its search")
+    parser.add_argument("--tolerance", type=float, default=1e-9)
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.run = tiny.tiny_search(args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-")),
+                                    evaluations=TINY_EVALUATIONS, token_elimination=True)
+    if args.run is None:
+        parser.error("--run is required (or --tiny)")
+    reports = verify_points(args.run)
+    worst = max((d for r in reports for d in r["differences"].values()), default=0.0)
+    eliminating = [r for r in reports if r["eliminating"]]
+    front = json.loads((args.run / "front.json").read_text())
     print(f"largest metric difference: {worst:.2e} ({'OK' if worst <= args.tolerance else 'MISMATCH'}); "
-          f"points below 50 % of the encoder: "
-          f"{sum(p['params']['encoder'] < 0.5 * full_encoder for p in front['points'])}")
+          f"points below 50 % of the encoder: {sum(r['params_share'] < 0.5 for r in reports)}; points dropping "
+          f"tokens (checked at batch 1 and 32 too): {len(eliminating)} of {len(front['points'])}")
+    if args.tiny:
+        require(bool(eliminating), "the tiny search's front has no point that drops tokens: the batch-1 and "
+                                   "batch-32 checks did not run")
     require(worst <= args.tolerance, f"a reloaded front point's metrics differ from its record by {worst:.2e}")
     return worst
+
+
+TINY_EVALUATIONS = 12  # enough for the tiny token-elimination search to put schedules on its front
 
 
 if __name__ == "__main__":

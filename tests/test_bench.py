@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import checks  # noqa: E402
 import elimination  # noqa: E402
+import elimination_front  # noqa: E402
 import eval_precision  # noqa: E402
 import front_rescoring  # noqa: E402
 import latency_model  # noqa: E402
@@ -32,6 +33,7 @@ import supernet_speed  # noqa: E402
 import tiny  # noqa: E402
 import verify_front  # noqa: E402
 
+from search.settings import DynamicConfig  # noqa: E402
 from supernet.config import SubNetworkConfig  # noqa: E402
 from supernet.extract import extract  # noqa: E402
 
@@ -135,6 +137,64 @@ def test_elimination_refuses_to_report_a_speedup_where_nothing_was_dropped(tmp_p
         elimination.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--speedups", "1.0"])
 
 
+# -- bench/elimination_front.py ---------------------------------------------------------------------------------
+def test_elimination_front_tiny_compares_the_joint_front_with_the_static_one(tmp_path: Path) -> None:
+    data = elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    static, joint = data["searches"]["static"], data["searches"]["joint"]
+    assert static["evaluations"] == joint["evaluations"] == elimination_front.TINY_EVALUATIONS
+    assert static["eliminating_points"] == 0 and joint["eliminating_points"] >= 1
+    assert all(s["search_s"] > 0 and 0 <= s["hypervolume_expected_macs"]["validation"] <= 1 for s in (static, joint))
+    assert data["test_split"] == "test" and all(s["hypervolume_expected_macs"]["test"] is not None
+                                                for s in (static, joint))
+    latency = data["latency"]
+    # every point of both fronts and the full model timed one example at a time, as fractions of the full model
+    assert latency["models_timed"] >= 2 and latency["examples"] > 1
+    assert all(len(latency["fronts"][kind]["latency_fraction"]) == data["searches"][kind]["front_size"]
+               for kind in ("static", "joint"))
+    shares = {kind: latency["fronts"][kind]["ffn_token_share"] for kind in ("static", "joint")}
+    assert min(shares["joint"]) < 1.0 == max(shares["static"])  # the eliminating exports gave their FFNs fewer tokens
+    (results,) = (tmp_path / "out").rglob("results.json")
+    table = elimination_front.table_lines(results)  # what bench/prove_report.py writes into RESULTS.md
+    assert [line.split(" | ")[0] for line in table if line.startswith("| static") or line.startswith("| joint")] \
+        == ["| static", "| joint"]
+    section = prove_report.elimination_front_section("glue-mrpc", tmp_path / "out")
+    assert section[0].startswith("### Joint front") and all(line in section for line in table)
+
+
+def test_elimination_front_refuses_latencies_of_exports_that_drop_nothing(monkeypatch, tmp_path: Path) -> None:
+    from supernet.modules import ElasticBert
+
+    monkeypatch.setattr(ElasticBert, "_keep_counts", lambda *_: None)  # every schedule silently ignored
+    with pytest.raises(checks.CheckFailed, match="gave its FFNs fewer tokens"):
+        elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--warmup-evaluations", "0"])
+
+
+def test_elimination_front_joint_first_keeps_its_own_results(tmp_path: Path) -> None:
+    data = elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--order",
+                                   "joint,static", "--warmup-evaluations", "0"])
+    assert data["order"] == ["joint", "static"]
+    (results,) = (tmp_path / "out").rglob("results*.json")
+    assert results.name == "results-joint-first.json"
+    table = elimination_front.table_lines(results)
+    assert [line.split(" | ")[0] for line in table if line.startswith("| ")][1:] == ["| joint", "| static"]
+    section = prove_report.elimination_front_section("glue-mrpc", tmp_path / "out")
+    assert "--order joint,static" in section[0]
+
+
+def test_elimination_front_refuses_a_joint_search_that_drops_no_tokens(monkeypatch, tmp_path: Path) -> None:
+    # a setting the job ignored: the "joint" search searched structures only
+    monkeypatch.setattr(elimination_front, "DynamicConfig", lambda **_: DynamicConfig())
+    with pytest.raises(checks.CheckFailed, match="holds no point that drops tokens"):
+        elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--warmup-evaluations", "0"])
+
+
+def test_elimination_front_refuses_latencies_of_another_model(monkeypatch, tmp_path: Path) -> None:
+    full_network = lambda supernet, sub: extract(supernet, supernet.full_config())  # noqa: E731
+    monkeypatch.setattr(elimination_front, "extract", full_network)
+    with pytest.raises(checks.CheckFailed, match="latency of .*weights have"):
+        elimination_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--warmup-evaluations", "0"])
+
+
 # -- bench/supernet_speed.py ---------------------------------------------------------------------------------------
 def test_supernet_speed_tiny_times_a_real_sandwich_step(capsys) -> None:
     results = supernet_speed.main(["--tiny", "--threads", "1"])
@@ -204,8 +264,36 @@ def test_eval_precision_refuses_bfloat16_figures_computed_in_float32(monkeypatch
 
 
 # -- bench/verify_front.py -------------------------------------------------------------------------------------------
-def test_verify_front_tiny_reloads_every_front_point(tmp_path: Path) -> None:
+def test_verify_front_tiny_reloads_every_front_point(tmp_path: Path, capsys) -> None:
     assert verify_front.main(["--tiny", "--tiny-root", str(tmp_path)]) == 0.0
+    out = capsys.readouterr().out
+    # --tiny searches keep schedules too: a point that drops tokens is checked alone and in mixed batches of 32
+    dropping = [line for line in out.splitlines() if line.startswith("point ") and "keep [" in line]
+    assert dropping and all("batch 1:" in line and "batch 32 mixed:" in line for line in dropping)
+    assert "points dropping tokens (checked at batch 1 and 32 too): 0 of" not in out
+
+
+def test_verify_front_checks_a_static_front_as_searched_only(tmp_path: Path) -> None:
+    reports = verify_front.verify_points(tiny.tiny_search(tmp_path))
+    assert reports and all(not r["eliminating"] and r["differences"] == {verify_front.SEARCHED: 0.0}
+                           for r in reports)
+
+
+def test_verify_front_checks_an_eliminating_point_alone_and_in_mixed_batches(tmp_path: Path) -> None:
+    folder = tiny.tiny_search(tmp_path, evaluations=verify_front.TINY_EVALUATIONS, token_elimination=True)
+    reports = verify_front.verify_points(folder)
+    eliminating = [r for r in reports if r["eliminating"]]
+    assert eliminating and all(set(r["differences"]) == {verify_front.SEARCHED, verify_front.ALONE,
+                                                         verify_front.MIXED} for r in eliminating)
+    assert all(set(r["differences"]) == {verify_front.SEARCHED} for r in reports if not r["eliminating"])
+    assert all(r["logits_batch1_vs_32"] < 1e-5 for r in eliminating)
+    # a recorded metric the export does not reproduce stops the check
+    front = json.loads((folder / "front.json").read_text())
+    k = next(r["point"] for r in eliminating)
+    front["points"][k]["validation"] = {m: v + 0.01 for m, v in front["points"][k]["validation"].items()}
+    (folder / "front.json").write_text(json.dumps(front))
+    with pytest.raises(checks.CheckFailed, match="differ from its record"):
+        verify_front.main(["--run", str(folder)])
 
 
 def test_verify_front_refuses_a_front_that_is_not_the_non_dominated_trials(tmp_path: Path) -> None:
