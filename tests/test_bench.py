@@ -225,6 +225,12 @@ def test_latency_model_tiny_times_the_exported_models() -> None:
     assert len(result["measured_ms"]) == 4
 
 
+def test_latency_model_tiny_over_real_lengths_times_eliminating_exports() -> None:
+    """The token-axis mode: sub-networks that drop tokens, timed on inputs of their own lengths."""
+    result = latency_model.main(["--tiny", "--threads", "1", "--lengths", "validation"])
+    assert len(result["measured_ms"]) == 4 and result["eliminating"] >= 1
+
+
 def test_latency_model_refuses_latencies_of_the_wrong_model(monkeypatch) -> None:
     """A regression that timed the full network for every sub-network: the check names the widths."""
     import search.latency
