@@ -166,7 +166,7 @@ class LatencyTable:
         keep = sub.token_keep
         for index, heads, units in zip(sub.layers, sub.kept_heads(), sub.kept_units(), strict=True):
             r = 1.0 if keep is None else keep[index]
-            kept = np.minimum(reads, np.maximum(1.0, np.ceil(r * widths - 1e-9)))
+            kept = np.minimum(reads, np.maximum(1.0, np.ceil(r * widths - 1e-9)))  # supernet.schedules.kept_count
             dropping = kept < reads
             plain = self._at(self.attention_ms[heads], reads)
             attention = np.where(dropping, self._eliminating(heads, reads, kept), plain) if dropping.any() else plain

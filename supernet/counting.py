@@ -8,7 +8,6 @@ pooler/classifier on the first token. Embedding lookups, LayerNorm, softmax and 
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ def kept_tokens(sub: SubNetworkConfig, length: int) -> list[int]:
     keep fraction r_l, never fewer than one ([CLS] always stays)."""
     if sub.token_keep is None:
         return [length] * len(sub.layers)
-    return [max(1, min(length, math.ceil(sub.token_keep[i] * length - 1e-9))) for i in sub.layers]
+    return [schedules.kept_count(sub.token_keep[i], length) for i in sub.layers]
 
 
 def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, seq_len: int = 128,

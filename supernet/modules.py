@@ -252,7 +252,7 @@ class ElasticBert(nn.Module):
         it has left), or None when the layer drops none (no schedule, no heads, nothing to drop)."""
         if self.token_keep is None or self.token_keep[index] >= 1.0 or self.layers[index].attention.active_heads == 0:
             return None
-        keep = torch.ceil(lengths.double() * self.token_keep[index] - 1e-9).long().clamp(min=1)
+        keep = torch.ceil(lengths.double() * self.token_keep[index] - 1e-9).long().clamp(min=1)  # schedules.kept_count
         present = lengths if valid is None else valid.sum(dim=1)
         keep = torch.minimum(keep, present)
         return None if bool((keep >= present).all()) else keep

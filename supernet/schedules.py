@@ -9,7 +9,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["layer_macs", "keep_schedule", "tilted_schedule", "expected_encoder_macs", "schedule_for_speedup"]
+__all__ = ["kept_count", "layer_macs", "keep_schedule", "tilted_schedule", "expected_encoder_macs",
+           "schedule_for_speedup"]
+
+
+def kept_count(fraction: float, length: int, reads: int | None = None) -> int:
+    """Tokens an example of `length` tokens keeps after a layer with keep fraction `fraction`: ⌈fraction · length⌉
+    (of its own length, not of what the layer reads), at least [CLS], never more than the `reads` tokens it has
+    left. The one rule; modules.py (torch) and search.latency (numpy) apply it vectorised."""
+    reads = length if reads is None else reads
+    return min(reads, max(1, math.ceil(fraction * length - 1e-9)))
 
 
 def layer_macs(hidden: int, heads: int, head_size: int, units: int, reads: int, kept: int | None = None) -> int:
@@ -58,8 +67,7 @@ def expected_encoder_macs(config: Any, keep: list[float] | None, lengths: list[i
     for n in lengths:
         reads = n
         for i, (heads, units) in enumerate(zip(config.layer_heads, config.layer_units, strict=True)):
-            r = 1.0 if keep is None or heads == 0 else keep[i]
-            kept = min(reads, max(1, math.ceil(r * n - 1e-9)))
+            kept = kept_count(1.0 if keep is None or heads == 0 else keep[i], n, reads)
             total += layer_macs(config.hidden_size, heads, config.head_size, units, reads, kept)
             reads = kept
     return total / len(lengths)
