@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "table": table.to_dict(),
                                          "spearman": result.spearman, "mape": result.mape,
                                          "predicted_ms": result.predicted_ms, "measured_ms": result.measured_ms,
-                                         "configs": result.configs}, indent=1))
+                                         "configs": result.configs}, indent=1, default=str))
     return {"spearman": result.spearman, "mape": result.mape, "measured_ms": result.measured_ms,
             "eliminating": eliminating}
 
