@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import tiny
 import torch
 from checks import require, require_exported
-from prove import seed_folder
+from prove import add_trained_run_arguments, seed_folder, trained_run_folder
 
 from supernet.batching import make_batches
 from supernet.config import SubNetworkConfig
@@ -93,27 +91,16 @@ def structure(run: Run, supernet, share: float) -> SubNetworkConfig:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="a tiny supernet trained on a few rows, 1 repeat")
-    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny trains its supernet")
-    parser.add_argument("--run", type=Path, default=None,
-                        help="a trained run folder (default: bench/prove.py's importance job of --task, --seed)")
-    parser.add_argument("--prove", type=Path, default=HERE / "out" / "prove", help="bench/prove.py's output folder")
-    parser.add_argument("--task", default="glue/rte")
-    parser.add_argument("--seed", type=int, default=0)
+    add_trained_run_arguments(parser, task="glue/rte", out="elimination")
     parser.add_argument("--speedups", default=None, help="analytic speed-up targets (set_speedup; default "
                                                            "1.25,1.5,2.0, with --tiny 1.1)")
     parser.add_argument("--params-share", type=float, default=0.5, help="the smaller structure's encoder share")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(HERE / "out" / "elimination"))
     args = parser.parse_args(argv)
+    folder = trained_run_folder(args)
     if args.tiny:
-        root = args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-"))
-        args.run, args.repeats, args.out = tiny.tiny_run(root), 1, str(root / "out")
         args.speedups = args.speedups or "1.1"
     torch.set_num_threads(args.threads)
 
-    folder = args.run or args.prove / seed_folder(args.task, args.seed) / "nasprune_importance" / "run"
     run = Run(folder)
     train_run(run.spec, folder, progress=False)  # a run whose weights were removed trains the same ones again
     supernet = run.load_supernet().eval()

@@ -36,17 +36,15 @@ import json
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import tiny
 import torch
 from checks import require, require_exported
 from elimination import ffn_tokens
-from prove import Stopwatch, copy_trained, seed_folder
+from prove import Stopwatch, add_trained_run_arguments, copy_trained, seed_folder, trained_run_folder
 from scoring import PARAMS_REF
 
 from search.job import run_search_job
@@ -211,13 +209,7 @@ def summary(kind: str, result: dict[str, Any], macs: dict[str, float | None]) ->
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="a tiny supernet trained on a few rows, 1 repeat")
-    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny trains its supernet")
-    parser.add_argument("--run", type=Path, default=None,
-                        help="a trained run folder (default: bench/prove.py's importance job of --task, --seed)")
-    parser.add_argument("--prove", type=Path, default=HERE / "out" / "prove", help="bench/prove.py's output folder")
-    parser.add_argument("--task", default="glue/mrpc")
-    parser.add_argument("--seed", type=int, default=0)
+    add_trained_run_arguments(parser, task="glue/mrpc", out="elimination_front")
     parser.add_argument("--search-seed", type=int, default=None, help="both searches' seed (default: --seed)")
     parser.add_argument("--evaluations", type=int, default=100, help="each search's evaluation budget")
     parser.add_argument("--dtype", choices=EVALUATION_DTYPES, default="auto", help="precision the searches rank in")
@@ -228,13 +220,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "first-call costs")
     parser.add_argument("--latency-examples", type=int, default=200,
                         help="the first N validation examples timed one at a time")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(HERE / "out" / "elimination_front"))
     args = parser.parse_args(argv)
+    source = trained_run_folder(args)
     if args.tiny:
-        root = args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-"))
-        args.run, args.repeats, args.out = tiny.tiny_run(root), 1, str(root / "out")
         args.evaluations = min(args.evaluations, TINY_EVALUATIONS)
     if args.latency_examples < 1 or args.repeats < 1 or args.evaluations < 1 or args.warmup_evaluations < 0:
         parser.error("--latency-examples, --repeats and --evaluations must be at least 1, --warmup-evaluations "
@@ -243,7 +231,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.dtype = dtype_name(resolve_dtype(args.dtype))  # both searches rank in the same, named precision
     torch.set_num_threads(args.threads)
 
-    source = args.run or args.prove / seed_folder(args.task, args.seed) / "nasprune_importance" / "run"
     source_run = Run(source)
     train_run(source_run.spec, source, progress=False)  # a run whose weights were removed trains the same ones again
     spec = source_run.spec

@@ -20,16 +20,14 @@ import copy
 import json
 import random
 import statistics
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-import tiny
 import torch
 from checks import output_dtypes, require_dtype
-from prove import seed_folder
+from prove import add_trained_run_arguments, seed_folder, trained_run_folder
 
 from supernet.evaluation import metrics_from_logits, predict
 from supernet.run import Run
@@ -39,24 +37,15 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="a tiny supernet trained on a few rows, 1 repeat")
-    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny trains its supernet")
-    parser.add_argument("--run", type=Path, default=None,
-                        help="a trained run folder (default: bench/prove.py's importance job of --task, --seed)")
-    parser.add_argument("--prove", type=Path, default=HERE / "out" / "prove", help="bench/prove.py's output folder")
-    parser.add_argument("--task", default="glue/mrpc")
-    parser.add_argument("--seed", type=int, default=0)
+    add_trained_run_arguments(parser, task="glue/mrpc", out="eval_precision")
     parser.add_argument("--subnetworks", type=int, default=6, help="random members of the space, beside full/middle")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(HERE / "out" / "eval_precision"))
     args = parser.parse_args(argv)
+    folder = trained_run_folder(args)
     if args.tiny:
-        root = args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-"))
-        args.run, args.subnetworks, args.repeats, args.out = tiny.tiny_run(root), 1, 1, str(root / "out")
+        args.subnetworks = 1
     torch.set_num_threads(args.threads)
 
-    run = Run(args.run or args.prove / seed_folder(args.task, args.seed) / "nasprune_importance" / "run")
+    run = Run(folder)
     model = run.load_supernet().eval()
     bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
     batches = list(run.batches("validation"))

@@ -178,6 +178,29 @@ def seed_folder(task: str, seed: int) -> str:
     return f"{task.replace('/', '-')}/seed{seed}"
 
 
+def add_trained_run_arguments(parser: argparse.ArgumentParser, *, task: str, out: str) -> None:
+    """The arguments of a benchmark that measures a trained supernet: bench/prove.py's importance job of --task and
+    --seed (or --run, or --tiny's), --repeats, --threads and its --out folder under bench/out."""
+    parser.add_argument("--tiny", action="store_true", help="a tiny supernet trained on a few rows, 1 repeat")
+    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny trains its supernet")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="a trained run folder (default: bench/prove.py's importance job of --task, --seed)")
+    parser.add_argument("--prove", type=Path, default=OUT, help="bench/prove.py's output folder")
+    parser.add_argument("--task", default=task)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(OUT.parent / out))
+
+
+def trained_run_folder(args: argparse.Namespace) -> Path:
+    """The run folder those arguments name; with --tiny, a tiny run trained now, one repeat, output beside it."""
+    if args.tiny:
+        root = args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-"))
+        args.run, args.repeats, args.out = tiny.tiny_run(root), 1, str(root / "out")
+    return args.run or args.prove / seed_folder(args.task, args.seed) / "nasprune_importance" / "run"
+
+
 def config_key(sub: SubNetworkConfig) -> str:
     return json.dumps(sub.to_dict(), sort_keys=True, separators=(",", ":"))
 
