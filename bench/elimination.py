@@ -37,8 +37,6 @@ from supernet.extract import extract
 from supernet.run import Run, train_run
 from supernet.schedules import expected_encoder_macs
 
-HERE = Path(__file__).resolve().parent
-
 
 @contextmanager
 def ffn_tokens(model: torch.nn.Module):

@@ -60,7 +60,6 @@ from supernet.extract import extract
 from supernet.run import Run, train_run
 from supernet.settings import EVALUATION_DTYPES, RunSpec
 
-HERE = Path(__file__).resolve().parent
 OBJECTIVES = ["error", "expected_macs"]
 KINDS = ("static", "joint")
 

@@ -32,8 +32,6 @@ from prove import add_trained_run_arguments, seed_folder, trained_run_folder
 from supernet.evaluation import metrics_from_logits, predict
 from supernet.run import Run
 
-HERE = Path(__file__).resolve().parent
-
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
