@@ -144,9 +144,16 @@ class LatencyTable:
         return np.interp(widths, self.tokens, _row(rows))
 
     def _ffn(self, units: int, widths: np.ndarray) -> np.ndarray:
-        table = _row(self.ffn_ms)  # (units grid, tokens)
-        at_units = np.array([np.interp(units, self.ffn_units, table[:, t]) for t in range(len(self.tokens))])
-        return np.interp(widths, self.tokens, at_units)
+        return np.interp(widths, self.tokens, self._ffn_row(units))
+
+    def _ffn_row(self, units: int) -> np.ndarray:
+        """An FFN of `units` units over the token axis, interpolated between the timed widths (asked for once per
+        layer of every sub-network the search predicts, for a handful of distinct widths)."""
+        rows = self.__dict__.setdefault("_ffn_rows", {})  # not a field: asdict and the cache file never see it
+        if units not in rows:
+            table = _row(self.ffn_ms)  # (units grid, tokens)
+            rows[units] = np.array([np.interp(units, self.ffn_units, table[:, t]) for t in range(len(self.tokens))])
+        return rows[units]
 
     def _eliminating(self, heads: int, reads: np.ndarray, kept: np.ndarray) -> np.ndarray:
         if not self.eliminates:

@@ -56,6 +56,8 @@ class Measurements:
     latency_on_lengths: bool = False
     _cache: dict[SubNetworkConfig, Figures] = field(default_factory=dict, repr=False)
     _expected: dict[SubNetworkConfig, float] = field(default_factory=dict, repr=False)
+    # cost is asked for by several objectives of one trial (params, macs, latency) and by its figures
+    _costs: dict[SubNetworkConfig, tuple[dict[str, int], int, float]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # Collate the validation batches once: every evaluation reuses the same tensors.
@@ -68,9 +70,11 @@ class Measurements:
 
     def cost(self, sub: SubNetworkConfig) -> tuple[dict[str, int], int, float]:
         """Size and cost without evaluating: params, MACs and predicted latency."""
-        config = self.supernet.config
-        return (count_params(config, sub).to_dict(), count_macs(config, sub, seq_len=self.seq_len),
-                self.latency.predict(sub, self.lengths if self.latency_on_lengths else None))
+        if sub not in self._costs:
+            config = self.supernet.config
+            self._costs[sub] = (count_params(config, sub).to_dict(), count_macs(config, sub, seq_len=self.seq_len),
+                                self.latency.predict(sub, self.lengths if self.latency_on_lengths else None))
+        return self._costs[sub]
 
     def expected_macs(self, sub: SubNetworkConfig) -> float:
         """Mean MACs per validation example at its own length, token elimination included."""
