@@ -243,11 +243,14 @@ class ExitHead(nn.Module):
 
 
 def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) over the last axis ÷ ln C, in [0, 1], computed in float32 whatever the logits'
-    dtype: the exiting forward and the offline scoring of stored logits (supernet.evaluation.exit_positions) call
-    this one function on the same float32 values, so they take the same decisions. (..., C) -> (...)."""
-    log_p = logits.float().log_softmax(dim=-1)
-    return -(log_p.exp() * log_p).sum(dim=-1) / math.log(logits.shape[-1])
+    """Entropy of softmax(logits) over the last axis ÷ ln C, in [0, 1], as float32: (..., C) -> (...).
+
+    The exiting forward and the offline scoring of stored logits (supernet.evaluation.exit_positions) call this one
+    function on the same float32 values (the logits are rounded to float32 first, whatever dtype computed them),
+    so they take the same decisions. It computes in float64 and rounds once: an element-wise kernel may treat a
+    tensor's vectorised body and its tail an ulp apart, and the tail depends on the batch's shape."""
+    log_p = logits.float().double().log_softmax(dim=-1)
+    return (-(log_p.exp() * log_p).sum(dim=-1) / math.log(logits.shape[-1])).float()
 
 
 def check_exit_threshold(threshold: Any, *, exits: bool, num_labels: int) -> float | None:
