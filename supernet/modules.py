@@ -438,3 +438,20 @@ class _Running:
         self.valid = None if self.valid is None else self.valid[stay]
         self.lengths = None if self.lengths is None else self.lengths[stay]
         self.attention_mask = None if self.attention_mask is None else self.attention_mask[stay]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the trailing columns that are padding for every example still running (the longest may have
+        left), and the mask once none is left: the later layers then cost what the remaining examples need."""
+        present = self.valid if self.valid is not None else self.attention_mask
+        if present is None or self.mask is None or torch.compiler.is_compiling():
+            return
+        columns = present.bool().any(dim=0)  # (T,)
+        width = int(columns.nonzero().max()) + 1
+        if width < columns.shape[0]:
+            self.x = self.x[:, :width]
+            self.mask = self.mask[..., :width]
+            self.valid = None if self.valid is None else self.valid[:, :width]
+            self.attention_mask = None if self.attention_mask is None else self.attention_mask[:, :width]
+        if bool(self.mask.all()):  # as the plain forward does: no padding, SDPA's unmasked path is faster
+            self.mask = None

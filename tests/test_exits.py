@@ -475,3 +475,27 @@ def test_onnx_export_of_a_model_with_exits_at_full_depth(tmp_path) -> None:
                                    "token_type_ids": torch.zeros_like(ids).numpy()})[0]
     with torch.no_grad(), supernet.use(sub):
         assert np.allclose(got, supernet(ids, mask).numpy(), atol=1e-5)
+
+
+def test_when_the_longest_example_leaves_the_rest_run_without_its_padding() -> None:
+    """The batch drops the padding columns no remaining example needs; each answer stays its own."""
+    config = _exits_config()
+    supernet = make_supernet(config)
+    lengths = [12, 3, 7, 5]
+    for seed in range(20):  # find inputs whose longest example is among the most confident at the first exit
+        ids, mask = _batch(lengths, seed=seed)
+        with torch.no_grad(), supernet.use(_sub(config)):
+            first = normalised_entropy(supernet(ids, mask, all_exits=True)[0])
+        others = sorted(float(h) for h in first[1:] if h > first[0])
+        if others:
+            break
+    assert others, "no seed gave inputs whose longest example leaves first"
+    threshold = (float(first[0]) + others[0]) / 2
+    with torch.no_grad(), supernet.use(_sub(config, threshold=threshold)):
+        together = supernet(ids, mask)
+        positions = supernet.last_exit_layers.tolist()
+        assert positions[0] == 1 and max(positions) > 1
+        for row, n in enumerate(lengths):
+            alone = supernet(ids[row : row + 1, :n], mask[row : row + 1, :n])
+            assert supernet.last_exit_layers.tolist() == [positions[row]]
+            assert torch.allclose(alone[0], together[row], atol=1e-5), row
