@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ class ConfigError(ValueError):
 
 def _fraction(value: Any, what: str) -> float:
     """A finite float from JSON or code; bools are refused like in `_as_int`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ConfigError(f"{what} must be a finite number, got {value!r}")
     return float(value)
 

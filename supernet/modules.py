@@ -12,6 +12,7 @@ Shapes: B batch, T tokens, H hidden size, k active heads, d head size, u active 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -249,8 +250,8 @@ def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
     function on the same float32 values (the logits are rounded to float32 first, whatever dtype computed them),
     so they take the same decisions. It computes in float64 and rounds once: an element-wise kernel may treat a
     tensor's vectorised body and its tail an ulp apart, and the tail depends on the batch's shape."""
-    log_p = logits.float().double().log_softmax(dim=-1)
-    return (-(log_p.exp() * log_p).sum(dim=-1) / math.log(logits.shape[-1])).float()
+    probs = logits.float().double().softmax(dim=-1)
+    return (torch.special.entr(probs).sum(dim=-1) / math.log(logits.shape[-1])).float()
 
 
 def check_exit_threshold(threshold: Any, *, exits: bool, num_labels: int) -> float | None:
@@ -258,7 +259,7 @@ def check_exit_threshold(threshold: Any, *, exits: bool, num_labels: int) -> flo
     ValueError, naming exit_threshold, for a model without exit heads or a regression task (no entropy)."""
     if threshold is None:
         return None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold) \
             or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"exit_threshold is a normalised entropy in [0, 1], got {threshold!r}")
     if threshold == 0.0:

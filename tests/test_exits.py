@@ -499,3 +499,14 @@ def test_when_the_longest_example_leaves_the_rest_run_without_its_padding() -> N
             alone = supernet(ids[row : row + 1, :n], mask[row : row + 1, :n])
             assert supernet.last_exit_layers.tolist() == [positions[row]]
             assert torch.allclose(alone[0], together[row], atol=1e-5), row
+
+
+def test_thresholds_from_numpy_are_numbers_like_any_other() -> None:
+    config = _exits_config()
+    assert _sub(config, threshold=np.float32(0.25)).exit_threshold == pytest.approx(0.25)
+    model = extract(make_supernet(config), _sub(config))
+    model.set_exit_threshold(np.float64(0.5))
+    assert model.config.exit_threshold == 0.5
+    logits = np.zeros((2, 1, 3), dtype=np.float32)
+    logits[0, 0] = [30.0, -30.0, float("-inf")]  # certain: entropy 0, even with an impossible class
+    assert exit_positions(logits, np.float32(0.1)).tolist() == [1]
