@@ -510,3 +510,18 @@ def test_thresholds_from_numpy_are_numbers_like_any_other() -> None:
     logits = np.zeros((2, 1, 3), dtype=np.float32)
     logits[0, 0] = [30.0, -30.0, float("-inf")]  # certain: entropy 0, even with an impossible class
     assert exit_positions(logits, np.float32(0.1)).tolist() == [1]
+
+
+def test_an_export_with_exits_is_a_supernet_source_with_its_exit_heads(tmp_path) -> None:
+    from supernet.convert import supernet_from_hf
+
+    config = _exits_config()
+    supernet = make_supernet(config)
+    sub = _sub(config, layers=(0, 2, 3), threshold=0.5)
+    again = supernet_from_hf(load_exported(export_subnetwork(supernet, sub, tmp_path / "export"))).eval()
+    assert again.config.exits and len(again.exit_heads) == 2 and again.exit_threshold is None
+    ids, mask = _batch([6, 10, 3])
+    with torch.no_grad(), supernet.use(sub):
+        expected = supernet(ids, mask, all_exits=True)
+    with torch.no_grad():
+        assert torch.allclose(again(ids, mask, all_exits=True), expected, atol=1e-5)
