@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ class ConfigError(ValueError):
 
 def _fraction(value: Any, what: str) -> float:
     """A finite float from JSON or code; bools are refused like in `_as_int`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ConfigError(f"{what} must be a finite number, got {value!r}")
     return float(value)
 
@@ -44,13 +45,15 @@ def _canonical_keep(keep: Any, layers: tuple[int, ...], heads: tuple[int, ...]) 
     return None if current == 1.0 else tuple(canonical)
 
 
-def _canonical_threshold(threshold: Any) -> float | None:
+def _canonical_threshold(threshold: Any, layers: tuple[int, ...]) -> float | None:
+    """The threshold in canonical form: None for 0 (full depth) and when fewer than two layers are kept (the only
+    answer is the main head's, so the threshold changes nothing)."""
     if threshold is None:
         return None
     value = _fraction(threshold, "exit_threshold")
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"exit_threshold is a normalised entropy in [0, 1], got {value}")
-    return None if value == 0.0 else value
+    return None if value == 0.0 or len(layers) < 2 else value
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -89,6 +92,8 @@ class SupernetConfig:
     # Per-layer widths; None means every layer has `num_heads` heads and `intermediate_size` units.
     layer_heads: tuple[int, ...] | None = None
     layer_units: tuple[int, ...] | None = None
+    # Early exits (COST-EFF): an exit head after every layer but the last (modules.ExitHead).
+    exits: bool = False
 
     def __post_init__(self) -> None:
         if self.layer_heads is None:
@@ -137,6 +142,7 @@ class SupernetConfig:
             model_type=model_type,
             layer_heads=getattr(hf_config, "layer_heads", None),
             layer_units=getattr(hf_config, "layer_units", None),
+            exits=bool(getattr(hf_config, "exits", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +177,8 @@ class SubNetworkConfig:
       undone, so each entry is at most the previous one; a dropped layer or one without heads keeps what it
       reads; all ones is None (the same computation as no elimination).
     - `exit_threshold`: the normalised prediction entropy below which an example leaves at an exit (COST-EFF,
-      DeeBERT); 0 is None (full depth).
+      DeeBERT); 0 is None (full depth), and so is any threshold with fewer than two kept layers. It needs a
+      supernet with exits and a classification task (`validate`).
     """
 
     layers: tuple[int, ...]
@@ -197,7 +204,7 @@ class SubNetworkConfig:
         object.__setattr__(self, "heads", heads)
         object.__setattr__(self, "units", units)
         object.__setattr__(self, "token_keep", _canonical_keep(self.token_keep, layers, heads))
-        object.__setattr__(self, "exit_threshold", _canonical_threshold(self.exit_threshold))
+        object.__setattr__(self, "exit_threshold", _canonical_threshold(self.exit_threshold, layers))
 
     @property
     def num_layers(self) -> int:
@@ -221,6 +228,12 @@ class SubNetworkConfig:
                 raise ConfigError(f"layer {i}: {self.heads[i]} heads > {config.layer_heads[i]}")
             if self.units[i] > config.layer_units[i]:
                 raise ConfigError(f"layer {i}: {self.units[i]} units > {config.layer_units[i]}")
+        if self.exit_threshold is not None and not config.exits:
+            raise ConfigError("exit_threshold needs exit heads, and this supernet has no exits (train it with "
+                              "exits on)")
+        if self.exit_threshold is not None and config.is_regression:
+            raise ConfigError("early exiting needs a classification task: a regression output has no prediction "
+                              "entropy to compare with exit_threshold")
         return self
 
     def kept_heads(self) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from importlib import resources
@@ -106,14 +107,20 @@ def _hf_key_map(model: PreTrainedModel, num_layers: int) -> dict[str, str]:
     return keys
 
 
-def supernet_from_hf(model: PreTrainedModel) -> Supernet:
-    """Copy a Hugging Face BERT/RoBERTa/nasprune classifier into a new Supernet, checking every key."""
+def supernet_from_hf(model: PreTrainedModel, *, exits: bool = False) -> Supernet:
+    """Copy a Hugging Face BERT/RoBERTa/nasprune classifier into a new Supernet, checking every key.
+
+    `exits=True` gives the supernet exit heads (modules.ExitHead); a checkpoint without them leaves them freshly
+    initialised, for exit training to fill. A nasprune export with exits brings its own either way."""
     config = SupernetConfig.from_hf(model.config)
+    if exits and not config.exits:
+        config = dataclasses.replace(config, exits=True)
     supernet = Supernet(config)
     source = dict(model.named_parameters())
     target = dict(supernet.named_parameters())
     key_map = _hf_key_map(model, config.num_layers)
-    missing_target = set(target) - set(key_map)
+    fresh = {name for name in target if name.startswith("exit_heads.") and name not in key_map}
+    missing_target = set(target) - set(key_map) - fresh
     missing_source = {v for v in key_map.values() if v not in source}
     unused_source = set(source) - set(key_map.values())
     if missing_target or missing_source or unused_source:
@@ -124,6 +131,8 @@ def supernet_from_hf(model: PreTrainedModel) -> Supernet:
         )
     with torch.no_grad():
         for name, tensor in target.items():
+            if name in fresh:
+                continue
             value = source[key_map[name]]
             if value.shape != tensor.shape:
                 raise ConfigError(f"{key_map[name]}: shape {tuple(value.shape)} != {tuple(tensor.shape)}")
@@ -131,6 +140,6 @@ def supernet_from_hf(model: PreTrainedModel) -> Supernet:
     return supernet
 
 
-def load_supernet_from_pretrained(name: str, *, num_labels: int = 2) -> Supernet:
-    """`minilm`, a local folder or a hub id -> a Supernet filled from its weights."""
-    return supernet_from_hf(load_hf_model(name, num_labels=num_labels))
+def load_supernet_from_pretrained(name: str, *, num_labels: int = 2, exits: bool = False) -> Supernet:
+    """`minilm`, a local folder or a hub id -> a Supernet filled from its weights (`exits`: see supernet_from_hf)."""
+    return supernet_from_hf(load_hf_model(name, num_labels=num_labels), exits=exits)

@@ -2,8 +2,9 @@
 
 The counts equal those of the model that `extract` builds (tests check it over random configurations).
 MACs are multiply-accumulates of one example of `seq_len` tokens (no padding), matrix products only:
-the Q/K/V and output projections, the two attention products (QKᵀ and AV), the FFN, and the
-pooler/classifier on the first token. Embedding lookups, LayerNorm, softmax and activations are not MACs.
+the Q/K/V and output projections, the two attention products (QKᵀ and AV), the FFN, the
+pooler/classifier on the first token, and the exit heads an exiting example evaluates (H·C each). Embedding
+lookups, LayerNorm, softmax, activations and the exit entropies are not MACs.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ class ParamCounts:
     embeddings: int
     encoder: int
     head: int
+    exits: int = 0  # the exit heads of the kept layers but the last
 
     @property
     def total(self) -> int:
-        return self.embeddings + self.encoder + self.head
+        return self.embeddings + self.encoder + self.head + self.exits
 
     def to_dict(self) -> dict[str, int]:
-        return {"encoder": self.encoder, "total": self.total}
+        data = {"encoder": self.encoder, "total": self.total}
+        if self.exits:  # only when there are exit heads, so a static network's record never changes
+            data["exits"] = self.exits
+        return data
 
 
 def layer_params(config: SupernetConfig, heads: int, units: int) -> int:
@@ -45,7 +50,8 @@ def count_params(config: SupernetConfig, sub: SubNetworkConfig | None = None) ->
     embeddings += 2 * hidden  # LayerNorm
     encoder = sum(layer_params(config, h, u) for h, u in zip(sub.kept_heads(), sub.kept_units(), strict=True))
     head = hidden * hidden + hidden + hidden * config.num_labels + config.num_labels
-    return ParamCounts(embeddings=embeddings, encoder=encoder, head=head)
+    exits = max(0, len(sub.layers) - 1) * (hidden * config.num_labels + config.num_labels) if config.exits else 0
+    return ParamCounts(embeddings=embeddings, encoder=encoder, head=head, exits=exits)
 
 
 def layer_macs(config: SupernetConfig, heads: int, units: int, seq_len: int, kept: int | None = None) -> int:
@@ -62,26 +68,59 @@ def kept_tokens(sub: SubNetworkConfig, length: int) -> list[int]:
     return [schedules.kept_count(sub.token_keep[i], length) for i in sub.layers]
 
 
+def answers(sub: SubNetworkConfig) -> int:
+    """How many heads can answer: one per kept layer (exits, then the main head after the last), at least the
+    main head of a network without layers. Exit positions run from 1 to this."""
+    return max(1, len(sub.layers))
+
+
 def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, seq_len: int = 128,
-               encoder_only: bool = False) -> int:
-    """MACs of one example of `seq_len` tokens, token elimination included (exits are a matter of the data:
-    see expected_macs)."""
+               encoder_only: bool = False, exit_after: int | None = None) -> int:
+    """MACs of one example of `seq_len` tokens, token elimination included.
+
+    `exit_after`: the example leaves after its `exit_after`-th kept layer (1-based; None: it runs them all).
+    With an exit_threshold the example evaluates the exit head of every layer it runs but the last kept one
+    (H·C each), and the main head only when it reaches the end; without one no exit head runs and it cannot
+    leave early. Which exit an example takes is a matter of the data: see expected_macs."""
     sub = (sub or SubNetworkConfig.full(config)).validate(config)
+    last = answers(sub)
+    exit_after = last if exit_after is None else exit_after
+    if isinstance(exit_after, bool) or not isinstance(exit_after, int) or not 1 <= exit_after <= last:
+        raise ValueError(f"exit_after is a kept layer's position from 1 to {last}, got {exit_after!r}")
+    if exit_after < last and sub.exit_threshold is None:
+        raise ValueError("an example leaves before the last kept layer only under an exit_threshold")
     reads, encoder = seq_len, 0
-    for h, u, kept in zip(sub.kept_heads(), sub.kept_units(), kept_tokens(sub, seq_len), strict=True):
+    ran = zip(sub.kept_heads(), sub.kept_units(), kept_tokens(sub, seq_len), strict=True)
+    for position, (h, u, kept) in enumerate(ran, start=1):
+        if position > exit_after:
+            break
         encoder += layer_macs(config, h, u, reads, kept)
         reads = kept
     if encoder_only:
         return encoder
-    return encoder + config.hidden_size * config.hidden_size + config.hidden_size * config.num_labels
+    hidden, labels = config.hidden_size, config.num_labels
+    exit_heads = 0 if sub.exit_threshold is None else min(exit_after, last - 1)
+    main = hidden * hidden + hidden * labels if exit_after == last else 0
+    return encoder + exit_heads * hidden * labels + main
 
 
 def expected_macs(config: SupernetConfig, sub: SubNetworkConfig, lengths: Sequence[int], *,
-                  encoder_only: bool = False) -> float:
+                  encoder_only: bool = False, exit_layers: Sequence[int] | None = None) -> float:
     """Mean MACs per example over real input lengths (a task's validation examples, unpadded): the cost that
-    token elimination changes with each input, which one `seq_len` cannot describe."""
+    token elimination and early exits change with each input, which one `seq_len` cannot describe.
+
+    `exit_layers`: where each example leaves (same order as `lengths`; positions as in count_macs, e.g. the
+    forward's `last_exit_layers` or supernet.evaluation.exit_positions); None: every example runs every kept
+    layer."""
     if not lengths:
         raise ValueError("expected_macs needs at least one input length")
-    counts = Counter(int(n) for n in lengths)
-    total = sum(count * count_macs(config, sub, seq_len=n, encoder_only=encoder_only) for n, count in counts.items())
+    if exit_layers is None:
+        pairs = Counter((int(n), None) for n in lengths)
+    else:
+        if len(exit_layers) != len(lengths):
+            raise ValueError(f"expected_macs needs one exit layer per length: {len(exit_layers)} exit layers for "
+                             f"{len(lengths)} lengths")
+        pairs = Counter((int(n), int(k)) for n, k in zip(lengths, exit_layers, strict=True))
+    total = sum(count * count_macs(config, sub, seq_len=n, encoder_only=encoder_only, exit_after=k)
+                for (n, k), count in pairs.items())
     return total / len(lengths)

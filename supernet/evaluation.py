@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .config import SubNetworkConfig
 from .metrics import compute_metrics
 from .model import Supernet
+from .modules import check_exit_threshold, normalised_entropy
 from .settings import EVALUATION_DTYPES
 from .tasks import TaskSpec
 
@@ -72,6 +73,47 @@ def predict(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]
     return np.concatenate(logits), np.concatenate(labels)
 
 
+@torch.no_grad()
+def predict_exits(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], *, progress: bool = False,
+                  dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Every exit's logits (float32, (E, N, C): E answering heads, the last the main head) and the labels, in
+    loader order, from one pass with no example leaving. A Supernet answers for its active sub-network (inside
+    `use(sub)`); an exported model for itself. Exiting never changes a later layer, so every threshold is
+    scored from this one array (metrics_at_threshold) with no other forward pass."""
+    model.eval()
+    logits, labels = [], []
+    with _precision(model, dtype):
+        for batch in tqdm(batches, desc="evaluating exits", disable=not progress, leave=False):
+            out = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                        all_exits=True)
+            logits.append(getattr(out, "logits", out).float().numpy())
+            labels.append(batch["labels"].numpy())
+    return np.concatenate(logits, axis=1), np.concatenate(labels)
+
+
+def exit_positions(exit_logits: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Where each example leaves under `threshold` τ (N,), 1-based: the first exit whose normalised prediction
+    entropy is strictly below τ (an entropy exactly at τ goes on), else E, the main head. The forward's rule,
+    computed by the same function (modules.normalised_entropy) on the same float32 logits. τ None or 0: E."""
+    answers, count = exit_logits.shape[0], exit_logits.shape[1]
+    threshold = check_exit_threshold(threshold, exits=True, num_labels=exit_logits.shape[-1])
+    if threshold is None or answers == 1:
+        return np.full(count, answers, dtype=np.int64)
+    confident = (normalised_entropy(torch.from_numpy(np.ascontiguousarray(exit_logits[:-1], dtype=np.float32)))
+                 < threshold).numpy()  # (E-1, N)
+    confident = np.concatenate([confident, np.ones((1, count), dtype=bool)])
+    return confident.argmax(axis=0).astype(np.int64) + 1
+
+
+def metrics_at_threshold(spec: TaskSpec, exit_logits: np.ndarray, labels: np.ndarray,
+                         threshold: float | None) -> tuple[dict[str, float], np.ndarray]:
+    """The task's metrics when every example answers at its exit under `threshold`, and those exits (N,), from
+    predict_exits' logits alone: what `evaluate` measures with the exiting forward, without running it."""
+    positions = exit_positions(exit_logits, threshold)
+    answered = exit_logits[positions - 1, np.arange(exit_logits.shape[1])]  # (N, C)
+    return metrics_from_logits(spec, answered, labels), positions
+
+
 class NonFiniteLogits(ValueError):
     """A model's logits hold NaN or infinity: its weights diverged (or overflow on these inputs). Metrics from such
     logits would be meaningless yet look plausible (argmax of NaN is class 0, which can tie a real model's accuracy
@@ -90,7 +132,8 @@ def metrics_from_logits(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) 
 def evaluate(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], spec: TaskSpec, *,
              sub: SubNetworkConfig | None = None, progress: bool = False,
              dtype: torch.dtype = torch.float32) -> dict[str, float]:
-    """Task metrics of `model`; for a Supernet, of sub-network `sub` (None: the full network)."""
+    """Task metrics of `model`; for a Supernet, of sub-network `sub` (None: the full network). A `sub` with an
+    exit_threshold runs the exiting forward, each example answering at its own exit."""
     if isinstance(model, Supernet):
         with model.use(sub):
             return metrics_from_logits(spec, *predict(model, batches, progress=progress, dtype=dtype))

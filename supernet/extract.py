@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import modeling_nasprune, modules, schedules
-from .config import ConfigError, SubNetworkConfig
+from .config import SubNetworkConfig
 from .counting import count_macs, count_params
 from .files import atomic_path
 from .model import Supernet
@@ -45,6 +45,7 @@ def export_config(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneConfig:
         num_labels=c.num_labels, problem_type="regression" if c.is_regression else "single_label_classification",
         auto_map=dict(AUTO_MAP),
         token_keep=None if sub.token_keep is None else [sub.token_keep[i] for i in sub.layers],
+        exits=c.exits, exit_threshold=sub.exit_threshold,
     )
 
 
@@ -52,8 +53,6 @@ def export_config(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneConfig:
 def extract(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneForSequenceClassification:
     """Copy the sliced weights of `sub` into a new model of exactly its size."""
     sub.validate(supernet.config)
-    if sub.exit_threshold is not None:
-        raise ConfigError("sub-networks with an exit_threshold cannot be exported yet (no exits)")
     model = NasPruneForSequenceClassification(export_config(supernet, sub))
     small = model.model
     small.embeddings.load_state_dict(supernet.embeddings.state_dict())
@@ -73,6 +72,9 @@ def extract(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneForSequenceCla
         dst.ffn.output.weight.copy_(src.ffn.output.weight[:, :units])
         dst.ffn.output.bias.copy_(src.ffn.output.bias)
         dst.ffn.norm.load_state_dict(src.ffn.norm.state_dict())
+    exits = sub.layers[:-1] if supernet.config.exits else ()  # the last kept layer answers with the main head
+    for new_index, old_index in enumerate(exits):
+        small.exit_heads[new_index].load_state_dict(supernet.exit_heads[old_index].state_dict())
     return model.eval()
 
 
@@ -138,6 +140,11 @@ def export_onnx(model: NasPruneForSequenceClassification, path: str | Path, *, s
         import onnx  # noqa: F401
     except ImportError:
         raise ExportError("ONNX export needs the optional extra: pip install 'nasprune[onnx]'") from None
+    if getattr(model.config, "exit_threshold", None) is not None:
+        # where each example leaves is decided by its own predictions inside the graph: the batch shrinks as rows
+        # leave, a control flow a static ONNX graph cannot hold
+        raise ExportError("ONNX export of a sub-network that exits early is not supported: download it as a Hugging "
+                          "Face folder (format hf), or export it without an exit threshold (full depth)")
     if model.config.token_keep is not None:
         # how many tokens go on is decided by the data (each example's length and attention) inside the graph, a
         # shape a static ONNX graph cannot hold; the Hugging Face folder runs it

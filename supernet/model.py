@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .config import ConfigError, SubNetworkConfig, SupernetConfig
+from .config import SubNetworkConfig, SupernetConfig
 from .modules import ElasticBert
 
 
 class Supernet(ElasticBert):
     """Weight-sharing supernet over layers, heads and FFN units (Cai et al., Once-for-All, 2020;
     Klein et al., TMLR 2024). `set_sub_network` picks which layers run and the first k heads/units
-    of each; `reset_super_network` returns to the full model."""
+    of each, and its runtime knobs (token keep schedule, exit threshold); `reset_super_network` returns to the
+    full model with every runtime knob off."""
 
     def __init__(self, config: SupernetConfig) -> None:
         super().__init__(config)
@@ -20,13 +21,12 @@ class Supernet(ElasticBert):
         self.sub_network: SubNetworkConfig | None = None
 
     def set_sub_network(self, sub: SubNetworkConfig) -> None:
-        sub.validate(self.config)
-        if sub.exit_threshold is not None:  # running it at full depth would report figures it does not have
-            raise ConfigError("this supernet has no exits yet: exit_threshold needs the early-exit forward pass")
+        sub.validate(self.config)  # refuses an exit_threshold without exits or on regression
         self.active_layers = list(sub.layers)
         for index, layer in enumerate(self.layers):
             layer.set_sub_network(sub.heads[index], sub.units[index])
         self.token_keep = None if sub.token_keep is None else list(sub.token_keep)
+        self.exit_threshold = sub.exit_threshold
         self.sub_network = sub
 
     def reset_super_network(self) -> None:
@@ -34,6 +34,7 @@ class Supernet(ElasticBert):
         for layer in self.layers:
             layer.reset_super_network()
         self.token_keep = None
+        self.exit_threshold = None
         self.sub_network = None
 
     @contextmanager

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .modules import ElasticBert
+from .modules import ElasticBert, check_exit_threshold
 from .schedules import keep_schedule, schedule_for_speedup
 
 
@@ -35,7 +35,8 @@ class NasPruneConfig(PreTrainedConfig):
                  hidden_act: str = "gelu", hidden_dropout: float = 0.1, attention_dropout: float = 0.1,
                  classifier_dropout: float | None = None, position_offset: bool = False,
                  initializer_range: float = 0.02, pad_token_id: int = 0, token_keep: list[float] | None = None,
-                 token_lengths: list[int] | None = None, **kwargs) -> None:
+                 token_lengths: list[int] | None = None, exits: bool = False,
+                 exit_threshold: float | None = None, **kwargs) -> None:
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -57,7 +58,10 @@ class NasPruneConfig(PreTrainedConfig):
         self.token_keep = None if token_keep is None else keep_schedule(token_keep, len(self.layer_heads))
         # a sample of the task's input lengths (unpadded), which set_speedup solves a schedule over
         self.token_lengths = None if token_lengths is None else [int(n) for n in token_lengths]
+        # early exits: an exit head after every layer but the last; exit_threshold τ (None: full depth)
+        self.exits = bool(exits)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.exit_threshold = check_exit_threshold(exit_threshold, exits=self.exits, num_labels=self.num_labels)
 
 
 class NasPruneForSequenceClassification(PreTrainedModel):
@@ -101,14 +105,38 @@ class NasPruneForSequenceClassification(PreTrainedModel):
         self.config.token_keep = schedule
         self.model.token_keep = schedule
 
+    def set_exit_threshold(self, threshold: float | None) -> None:
+        """Change the early-exit threshold τ without retraining: an example leaves at the first exit whose
+        normalised prediction entropy is below τ; None or 0 runs every layer. Updates `config.exit_threshold`
+        too, so `save_pretrained` keeps it. Refused (ValueError) on a model without exits or a regression task."""
+        value = check_exit_threshold(threshold, exits=self.config.exits, num_labels=self.config.num_labels)
+        self.model.exit_threshold = value
+        self.config.exit_threshold = value
+
+    @property
+    def last_exit_layers(self) -> torch.Tensor | None:
+        """After a forward pass: per example, the 1-based layer whose head answered (the last layer: the main
+        head, which is every example's when no threshold is set)."""
+        return self.model.last_exit_layers
+
+    def exit_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Every layer's answer from one pass, no example leaving: (layers, B, num_labels), the last from the
+        main head. Scoring thresholds offline needs nothing else (exiting never changes later layers)."""
+        return self.model(input_ids, attention_mask, token_type_ids, all_exits=True)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **kwargs) -> SequenceClassifierOutput:
-        logits = self.model(input_ids, attention_mask, token_type_ids)
+                all_exits: bool = False, **kwargs) -> SequenceClassifierOutput:
+        """`all_exits=True`: logits of every exit, (layers, B, num_labels), as `exit_logits`; the loss is then
+        the mean of every exit's loss."""
+        logits = self.model(input_ids, attention_mask, token_type_ids, all_exits=all_exits)
         loss = None
         if labels is not None:
+            flat = logits.reshape(-1, logits.shape[-1])
+            targets = labels.repeat(logits.shape[0]) if all_exits else labels
             if self.config.num_labels == 1:
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+                loss = nn.functional.mse_loss(flat.squeeze(-1), targets.float())
             else:
-                loss = nn.functional.cross_entropy(logits, labels)
+                loss = nn.functional.cross_entropy(flat, targets)
         return SequenceClassifierOutput(loss=loss, logits=logits)

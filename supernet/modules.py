@@ -11,6 +11,8 @@ Shapes: B batch, T tokens, H hidden size, k active heads, d head size, u active 
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from typing import Any
 
@@ -226,12 +228,61 @@ class ClassificationHead(nn.Module):
         return self.out(self.dropout(pooled))  # (B, num_labels)
 
 
+class ExitHead(nn.Module):
+    """An early exit after a layer (COST-EFF, Shen et al., EMNLP 2022): tanh of the layer's first-token state,
+    dropout, one linear classifier. No pooler dense: H·C + C parameters, a few hundred, so that exits stay slender
+    and their cost tiny next to a layer's (the paper's choice); the last kept layer answers with the main head."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        dropout = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(cfg.hidden_size, cfg.num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(torch.tanh(hidden[:, 0])))  # (B, num_labels)
+
+
+def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last axis ÷ ln C, in [0, 1], as float32: (..., C) -> (...).
+
+    The exiting forward and the offline scoring of stored logits (supernet.evaluation.exit_positions) call this one
+    function on the same float32 values (the logits are rounded to float32 first, whatever dtype computed them),
+    so they take the same decisions. It computes in float64 and rounds once: an element-wise kernel may treat a
+    tensor's vectorised body and its tail an ulp apart, and the tail depends on the batch's shape."""
+    probs = logits.float().double().softmax(dim=-1)
+    return (torch.special.entr(probs).sum(dim=-1) / math.log(logits.shape[-1])).float()
+
+
+def check_exit_threshold(threshold: Any, *, exits: bool, num_labels: int) -> float | None:
+    """A usable exit threshold: a normalised entropy in [0, 1]; 0 and None mean full depth (None is returned).
+    ValueError, naming exit_threshold, for a model without exit heads or a regression task (no entropy)."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold) \
+            or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"exit_threshold is a normalised entropy in [0, 1], got {threshold!r}")
+    if threshold == 0.0:
+        return None
+    if not exits:
+        raise ValueError("exit_threshold needs exit heads, and this model has no exits (build or train it with "
+                         "exits on)")
+    if num_labels == 1:
+        raise ValueError("early exiting needs a classification task: a regression output has no prediction "
+                         "entropy to compare with exit_threshold")
+    return float(threshold)
+
+
 class ElasticBert(nn.Module):
-    """Embeddings, a stack of elastic layers and a classification head.
+    """Embeddings, a stack of elastic layers and a classification head, optionally with early exits.
 
     `cfg` is any object with the field names of `supernet.config.SupernetConfig` (that class, or
     the exported model's Hugging Face config). Layer i has `cfg.layer_heads[i]` heads and
     `cfg.layer_units[i]` FFN units; `active_layers` says which layers run, in order.
+
+    With `cfg.exits`, `exit_heads[i]` is an ExitHead after layer i, for every layer but the last; the last
+    *kept* layer always answers with the main head, whichever its index. `exit_threshold` (τ, None: full depth)
+    makes the forward exit per example: see `forward`.
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -241,11 +292,29 @@ class ElasticBert(nn.Module):
             ElasticLayer(cfg, heads, units) for heads, units in zip(cfg.layer_heads, cfg.layer_units, strict=True)
         )
         self.head = ClassificationHead(cfg)
+        self.num_labels = int(cfg.num_labels)
+        self.exits = bool(getattr(cfg, "exits", False))
+        self.exit_heads = nn.ModuleList(
+            ExitHead(cfg) for _ in range(len(self.layers) - 1 if self.exits else 0)
+        )
         self.active_layers: list[int] = list(range(len(self.layers)))
         # Token elimination: per layer (an index into `layers`), the fraction of each example's own length still
         # present after it; None runs every token through every layer.
         keep = getattr(cfg, "token_keep", None)
         self.token_keep: list[float] | None = None if keep is None else [float(r) for r in keep]
+        self.exit_threshold = getattr(cfg, "exit_threshold", None)
+        # after each forward: per example, the 1-based position (among the kept layers) of the head that answered
+        self.last_exit_layers: torch.Tensor | None = None
+
+    @property
+    def exit_threshold(self) -> float | None:
+        """τ: an example leaves after a kept layer whose exit's normalised prediction entropy is below it; None
+        (or 0 when set) runs every example through every kept layer. Checked by check_exit_threshold."""
+        return self._exit_threshold
+
+    @exit_threshold.setter
+    def exit_threshold(self, value: float | None) -> None:
+        self._exit_threshold = check_exit_threshold(value, exits=self.exits, num_labels=self.num_labels)
 
     def _keep_counts(self, index: int, lengths: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
         """Tokens each example keeps after layer `index` (⌈r · its own length⌉, at least [CLS], never more than
@@ -258,8 +327,20 @@ class ElasticBert(nn.Module):
         return None if bool((keep >= present).all()) else keep
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids, attention_mask, token_type_ids: (B, T). Returns logits (B, num_labels)."""
+                token_type_ids: torch.Tensor | None = None, *, all_exits: bool = False) -> torch.Tensor:
+        """input_ids, attention_mask, token_type_ids: (B, T). Returns logits (B, num_labels).
+
+        `all_exits=True` returns (E, B, num_labels) instead: the answer of every kept layer's exit in order, the
+        last from the main head (E kept layers, at least one answer), from one pass with no example leaving. It
+        is what exit training and the offline scoring of thresholds read.
+
+        Otherwise, with `exit_threshold` τ set, an example leaves after a kept layer (but the last) whose exit's
+        normalised entropy is strictly below τ (one exactly at τ goes on), with that exit's logits; the others go
+        on, so the batch shrinks. `last_exit_layers` (B,) then says where each example left (E: the main head).
+        Exiting composes with token elimination: an exit reads position 0, which elimination always keeps.
+        """
+        if all_exits and not self.exits and len(self.active_layers) > 1:
+            raise ValueError("all_exits needs exit heads, and this model has no exits")
         mask = None
         # An all-ones mask is dropped so SDPA can take its fast path; under export the check is data
         # dependent, so the mask is kept.
@@ -271,14 +352,107 @@ class ElasticBert(nn.Module):
         if self.token_keep is not None:
             lengths = (attention_mask.sum(dim=1) if attention_mask is not None
                        else torch.full(input_ids.shape[:1], input_ids.shape[1], device=input_ids.device))
-        for index in self.active_layers:
-            keep = None if lengths is None else self._keep_counts(index, lengths, valid)
-            if keep is None:
-                x = self.layers[index](x, mask)
-                continue
-            if valid is None:
-                valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids).bool()
-            x, valid = self.layers[index].forward_eliminating(x, valid, keep)
-            # every example kept as many tokens (always so at batch 1): no padding, and SDPA's unmasked path is faster
-            mask = None if bool(valid.all()) and not torch.compiler.is_compiling() else valid[:, None, None, :]
-        return self.head(x)
+        threshold = None if all_exits else self.exit_threshold
+        answers = max(1, len(self.active_layers))
+        state = _Running(x, mask, valid, lengths, attention_mask)
+        exits: list[torch.Tensor] = []
+        for position, index in enumerate(self.active_layers, start=1):
+            self._layer(index, state)
+            if position == answers:
+                break
+            if all_exits:
+                exits.append(self.exit_heads[index](state.x))
+            elif threshold is not None:
+                state.leave(self.exit_heads[index](state.x), threshold, position)
+                if state.done:
+                    break
+        if all_exits:
+            exits.append(self.head(state.x))
+            self._record_exits(None, answers, input_ids.shape[0], x.device)
+            return torch.stack(exits)
+        if threshold is None:
+            self._record_exits(None, answers, input_ids.shape[0], x.device)
+            return self.head(state.x)
+        if not state.done:
+            state.answer(self.head(state.x), answers)
+        self.last_exit_layers = state.positions
+        return state.logits
+
+    def _record_exits(self, positions: torch.Tensor | None, answers: int, batch: int, device: torch.device) -> None:
+        """`last_exit_layers` of a forward in which no example left early (not under export: tracing cannot hold
+        a tensor attribute written at run time)."""
+        if not torch.compiler.is_compiling():
+            self.last_exit_layers = torch.full((batch,), answers, dtype=torch.long, device=device)
+
+    def _layer(self, index: int, state: _Running) -> None:
+        """Run layer `index` on the examples still running, eliminating tokens where the schedule says so."""
+        keep = None if state.lengths is None else self._keep_counts(index, state.lengths, state.valid)
+        if keep is None:
+            state.x = self.layers[index](state.x, state.mask)
+            return
+        if state.valid is None:
+            state.valid = (state.attention_mask.bool() if state.attention_mask is not None
+                           else torch.ones(state.x.shape[:2], dtype=torch.bool, device=state.x.device))
+        state.x, state.valid = self.layers[index].forward_eliminating(state.x, state.valid, keep)
+        # every example kept as many tokens (always so at batch 1): no padding, and SDPA's unmasked path is faster
+        state.mask = (None if bool(state.valid.all()) and not torch.compiler.is_compiling()
+                      else state.valid[:, None, None, :])
+
+
+class _Running:
+    """The examples of a batch still running through the layers, and the answers of those that left.
+
+    `rows` maps each running example to its row in the input batch; `leave` moves the confident ones out (their
+    logits into `logits`, their exit into `positions`) and keeps every per-example tensor of the others.
+    """
+
+    def __init__(self, x: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor | None,
+                 lengths: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
+        self.x, self.mask, self.valid, self.lengths, self.attention_mask = x, mask, valid, lengths, attention_mask
+        batch = x.shape[0]
+        self.rows = torch.arange(batch, device=x.device)
+        self.positions = torch.zeros(batch, dtype=torch.long, device=x.device)
+        self.logits: torch.Tensor | None = None
+        self.done = False
+
+    def answer(self, logits: torch.Tensor, position: int, chosen: torch.Tensor | None = None) -> None:
+        """Record `logits` (of the running examples, or of those `chosen`) as their answers, given at `position`."""
+        rows = self.rows if chosen is None else self.rows[chosen]
+        if self.logits is None:
+            self.logits = logits.new_empty((self.positions.shape[0], logits.shape[-1]))
+        self.logits[rows] = logits if chosen is None else logits[chosen]
+        self.positions[rows] = position
+
+    def leave(self, logits: torch.Tensor, threshold: float, position: int) -> None:
+        """Examples whose normalised entropy is below `threshold` leave with `logits` (B', C) at `position`."""
+        confident = normalised_entropy(logits) < threshold  # (B',)
+        if not bool(confident.any()):
+            return
+        self.answer(logits, position, confident)
+        stay = ~confident
+        if not bool(stay.any()):
+            self.done = True
+            return
+        self.rows = self.rows[stay]
+        self.x = self.x[stay]
+        self.mask = None if self.mask is None else self.mask[stay]
+        self.valid = None if self.valid is None else self.valid[stay]
+        self.lengths = None if self.lengths is None else self.lengths[stay]
+        self.attention_mask = None if self.attention_mask is None else self.attention_mask[stay]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the trailing columns that are padding for every example still running (the longest may have
+        left), and the mask once none is left: the later layers then cost what the remaining examples need."""
+        present = self.valid if self.valid is not None else self.attention_mask
+        if present is None or self.mask is None or torch.compiler.is_compiling():
+            return
+        columns = present.bool().any(dim=0)  # (T,)
+        width = int(columns.nonzero().max()) + 1
+        if width < columns.shape[0]:
+            self.x = self.x[:, :width]
+            self.mask = self.mask[..., :width]
+            self.valid = None if self.valid is None else self.valid[:, :width]
+            self.attention_mask = None if self.attention_mask is None else self.attention_mask[:, :width]
+        if bool(self.mask.all()):  # as the plain forward does: no padding, SDPA's unmasked path is faster
+            self.mask = None
