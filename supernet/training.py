@@ -120,8 +120,8 @@ def gradient_equilibrium(model: Supernet) -> Iterator[None]:
 
     def exit_input(index: int) -> Callable[..., tuple[torch.Tensor, ...]]:
         def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            at, kept = position(index)  # an exit runs only after a kept layer that is not the last
-            return (scale_gradient(args[0], 1.0 / (kept - at - 1)), *args[1:])
+            at, kept = position(index)  # the forward runs an exit only after a kept layer that is not the last
+            return args if at == kept - 1 else (scale_gradient(args[0], 1.0 / (kept - at - 1)), *args[1:])
         return hook
 
     handles = [layer.ffn.register_forward_hook(layer_output(i)) for i, layer in enumerate(model.layers)]
