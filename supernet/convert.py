@@ -131,7 +131,11 @@ def supernet_from_hf(model: PreTrainedModel, *, exits: bool = False) -> Supernet
         )
     with torch.no_grad():
         for name, tensor in target.items():
-            if name in fresh:
+            if name in fresh:  # as the checkpoint's own Linear layers began: BERT's N(0, initializer_range), bias 0
+                if tensor.ndim > 1:
+                    tensor.normal_(0.0, getattr(model.config, "initializer_range", 0.02))
+                else:
+                    tensor.zero_()
                 continue
             value = source[key_map[name]]
             if value.shape != tensor.shape:

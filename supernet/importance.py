@@ -47,9 +47,24 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
+def exits_task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean of `task_loss` over every exit of (E, B, C) logits (`model(..., all_exits=True)`).
+
+    A mean, not a sum, so the figure stays on the scale of one exit's loss whatever the number of kept layers: the
+    learning rate, the gradient clipping and `label_loss_weight` mean the same with and without exits, and a
+    sampled sub-network with many layers does not outweigh a shallow one in the sandwich. Every exit weighs the
+    same, as in DeeBERT and COST-EFF; what keeps deep exits from dominating shallow layers is the trainer's
+    gradient equilibrium (supernet.training.gradient_equilibrium), not the weights here."""
+    return torch.stack([task_loss(exit_logits, labels) for exit_logits in logits]).mean()
+
+
 def fisher_importance(model: Supernet, batches: Iterable[Mapping[str, torch.Tensor]], *,
                       max_batches: int = 8, progress: bool = True) -> Importance:
-    """Sum over up to `max_batches` of the squared mask gradients of every head and FFN unit."""
+    """Sum over up to `max_batches` of the squared mask gradients of every head and FFN unit.
+
+    With exit heads (`model.exits`) the loss is the mean of every exit's task loss (`exits_task_loss`), as COST-EFF
+    (Shen et al., EMNLP 2022) measures importance: scored on the last layer's loss alone, a head that only an early
+    exit needs would look useless and be pruned first, starving that exit."""
     model.reset_super_network()
     was_training = model.training
     model.eval()  # importance of the deterministic network (no dropout)
@@ -63,8 +78,12 @@ def fisher_importance(model: Supernet, batches: Iterable[Mapping[str, torch.Tens
         if batch is None:
             break
         model.zero_grad(set_to_none=True)
-        logits = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
-        task_loss(logits, batch["labels"]).backward()
+        inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        if model.exits:  # COST-EFF: every exit's loss, so pruning keeps what shallow exits need too
+            loss = exits_task_loss(model(*inputs, all_exits=True), batch["labels"])
+        else:
+            loss = task_loss(model(*inputs), batch["labels"])
+        loss.backward()
         with torch.no_grad():
             for i, layer in enumerate(model.layers):
                 w = layer.attention.dense.weight  # (H, heads * d); no grad when the layer has 0 heads

@@ -213,7 +213,8 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
         return TrainState(**json.loads(finished.read_text())["state"])
     task = run.task
     log.info("task %s: %d train, %d validation examples", task.spec.name, len(task.train), len(task.validation))
-    model = load_supernet_from_pretrained(confine.model_source(spec.model), num_labels=task.spec.num_labels)
+    model = load_supernet_from_pretrained(confine.model_source(spec.model), num_labels=task.spec.num_labels,
+                                          exits=spec.training.exits)
     space = make_space(spec.space, model.config)  # importance scores, if the space needs them, come below
     generator = torch.Generator()
     loader = run.batches("train", shuffle=True, generator=generator)

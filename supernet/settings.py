@@ -96,6 +96,11 @@ class TrainingConfig(SettingsModel):
         False, json_schema_extra=flag_extra("train-token-elimination"),
         description="elimination-aware sandwich: each random sub-network also draws a token-keep schedule (the full "
                     "network, the teacher, and the smallest never drop tokens), for searches with token elimination")
+    exits: bool = Field(
+        False, json_schema_extra=flag_extra("train-exits"),
+        description="early exits (COST-EFF): the supernet gets a small classifier after every layer, trained on the "
+                    "labels and on the full network's answers, so that a searched model can answer easy inputs after "
+                    "a few layers; needed for searches with an exit threshold")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (and the search's, unless search_seed)")
     checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
                                                description="also checkpoint every this many steps")

@@ -6,6 +6,11 @@ optionally mixed with the label loss (Yu & Huang, "Universally Slimmable Network
 Techniques", ICCV 2019; Klein et al., TMLR 2024). Gradients of all of them are accumulated before one
 AdamW step. Checkpoints hold everything needed to continue exactly where a run stopped.
 
+With exits (`TrainingConfig.exits`, COST-EFF: Shen et al., EMNLP 2022) every loss is taken at every exit of the
+network that runs (`model(..., all_exits=True)`): the full network learns the labels at each of its exits, and each
+sampled sub-network distils the full network's *final* logits into each of its exits, plus the labels. While they
+train, gradient equilibrium (`gradient_equilibrium`) rescales what reaches each layer from the exits after it.
+
 A run that diverges (a NaN or infinite loss, or weights that are no longer finite) stops with `TrainingDiverged`
 before it writes another checkpoint: a model that predicts nothing must not be searched over, kept or served, and
 the user needs to hear which setting to change rather than get a front of ties.
@@ -16,7 +21,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .files import atomic_path
-from .importance import task_loss
+from .importance import exits_task_loss, task_loss
 from .model import Supernet
 from .settings import TrainingConfig
 from .space import SearchSpace, TokenEliminationSpace
@@ -69,11 +75,75 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
                     log_target=True) * t * t
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """`x` unchanged, with its gradient multiplied by `scale` on the way back."""
+    return _ScaleGradient.apply(x, scale)
+
+
+@contextmanager
+def gradient_equilibrium(model: Supernet) -> Iterator[None]:
+    """Gradient equilibrium (Li et al., "Improved Techniques for Training Adaptive Deep Networks", ICCV 2019), as
+    COST-EFF trains its exits: while the context is open, with E kept layers and layer l the l-th of them (0-based),
+    the gradient reaching l's output from its own exit is scaled by 1/(E-l) and the one from the next layer by
+    (E-l-1)/(E-l). By induction, layer l's output then receives the *mean* of the gradients of the exits at or
+    after it, 1/(E-l)·Σ_{k>=l} ∂L_k, instead of their sum: without it the deep exits' gradients pile up in the
+    shallow layers and drown the shallow exits' own. Exit heads and the main head keep their full gradients.
+
+    Implemented with hooks, so the modules stay untouched and the scaling exists only while exits train: a forward
+    hook on each layer's FFN (the last block of a layer, run by its plain and its token-eliminating forward alike)
+    scales the whole output by (E-l-1)/(E-l), and a pre-hook on exit head l scales its input by a further
+    1/(E-l-1), which makes the exit branch's factor 1/(E-l). The position l is read from `model.active_layers` at
+    each call, so sub-networks that drop layers count their own kept layers."""
+    def position(index: int) -> tuple[int, int]:
+        return model.active_layers.index(index), len(model.active_layers)
+
+    def layer_output(index: int) -> Callable[..., torch.Tensor | None]:
+        def hook(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor | None:
+            if index not in model.active_layers:
+                return None
+            at, kept = position(index)
+            return None if at == kept - 1 else scale_gradient(output, (kept - at - 1) / (kept - at))
+        return hook
+
+    def exit_input(index: int) -> Callable[..., tuple[torch.Tensor, ...]]:
+        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            at, kept = position(index)  # the forward runs an exit only after a kept layer that is not the last
+            return args if at == kept - 1 else (scale_gradient(args[0], 1.0 / (kept - at - 1)), *args[1:])
+        return hook
+
+    handles = [layer.ffn.register_forward_hook(layer_output(i)) for i, layer in enumerate(model.layers)]
+    handles += [head.register_forward_pre_hook(exit_input(i)) for i, head in enumerate(model.exit_heads)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _same_supernet(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a checkpoint's supernet config is the model's. One written before supernets could have exit heads
+    has no `exits` key: it had none, and a job resumed after an upgrade must not fail for that."""
+    return stored == current or {"exits": False} | stored == current
 
 
 class SupernetTrainer:
@@ -97,6 +167,10 @@ class SupernetTrainer:
         self.on_plain_end = on_plain_end
         self.progress, self.description = progress, description  # the progress bar's label
         self.learning_rate_setting = learning_rate_setting  # the setting a diverged run tells the user to lower
+        self.exits = config.exits
+        if self.exits and not getattr(model, "exits", False):
+            raise ValueError("training.exits trains exit heads, and this model has none (build the supernet with "
+                             "exits, e.g. load_supernet_from_pretrained(..., exits=True))")
         self._regression = False  # float labels seen: a diverged run may owe it to their scale too
         accumulation = config.gradient_accumulation
         self.steps_per_epoch = math.ceil(len(loader) / accumulation)
@@ -125,18 +199,43 @@ class SupernetTrainer:
 
     # -- one step -------------------------------------------------------------------------------------------
     def _forward_backward(self, batch: Batch, scale: float) -> dict[str, float]:
+        with gradient_equilibrium(self.model) if self.exits else nullcontext():
+            return self._sandwich(batch, scale)
+
+    def _logits(self, inputs: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
+        """(B, C) logits, or with exits (E, B, C): every kept layer's exit, the main head's last."""
+        return self.model(*inputs, all_exits=True) if self.exits else self.model(*inputs)
+
+    def _label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The task loss, with exits the mean over every exit (importance.exits_task_loss says why a mean)."""
+        return exits_task_loss(logits, labels) if self.exits else task_loss(logits, labels)
+
+    def _student_loss(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A sub-network's loss: distillation from the full network's final logits (B, C) plus the weighted label
+        loss; with exits, at every exit of `student` (E, B, C), averaged over them like the label loss."""
+        cfg = self.config
+
+        def at_exit(logits: torch.Tensor) -> torch.Tensor:
+            loss = distillation_loss(logits, teacher, cfg.temperature)
+            if cfg.label_loss_weight:
+                loss = loss + cfg.label_loss_weight * task_loss(logits, labels)
+            return loss
+
+        return torch.stack([at_exit(logits) for logits in student]).mean() if self.exits else at_exit(student)
+
+    def _sandwich(self, batch: Batch, scale: float) -> dict[str, float]:
         model, cfg = self.model, self.config
         inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         labels = batch["labels"]
         self._regression = labels.is_floating_point()
         model.reset_super_network()
-        logits = model(*inputs)
-        loss = task_loss(logits, labels)
+        logits = self._logits(inputs)
+        loss = self._label_loss(logits, labels)
         (loss * scale).backward()
         losses = {"loss_full": loss.item()}
         if cfg.num_random_subnets == 0 or self.state.step < self.plain_steps:
             return losses
-        teacher = logits.detach()
+        teacher = (logits[-1] if self.exits else logits).detach()  # the full network's final answer
         floor = cfg.sample_floor
         # elimination-aware: the random members also draw a keep schedule (the teacher pass never eliminates)
         sampler = TokenEliminationSpace(self.space) if cfg.token_elimination else self.space
@@ -145,10 +244,7 @@ class SupernetTrainer:
         total = 0.0
         for sub in subnets:
             model.set_sub_network(sub)
-            student = model(*inputs)
-            sub_loss = distillation_loss(student, teacher, cfg.temperature)
-            if cfg.label_loss_weight:
-                sub_loss = sub_loss + cfg.label_loss_weight * task_loss(student, labels)
+            sub_loss = self._student_loss(self._logits(inputs), teacher, labels)
             (sub_loss * scale).backward()
             total += sub_loss.item()
         model.reset_super_network()
@@ -286,7 +382,7 @@ class SupernetTrainer:
         if path is None or not path.is_file():
             raise FileNotFoundError(f"no checkpoint at {path}")
         data = torch.load(path, weights_only=True)
-        if data["supernet_config"] != self.model.config.to_dict():
+        if not _same_supernet(data["supernet_config"], self.model.config.to_dict()):
             raise ValueError(f"{path}: checkpoint belongs to a different supernet")
         self.model.load_state_dict(data["model"])
         self.optimizer.load_state_dict(data["optimizer"])

@@ -62,6 +62,7 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("training", "seed"): ("7", 7),
     ("training", "checkpoint_every_steps"): ("50", 50),
     ("training", "token_elimination"): ("", True),
+    ("training", "exits"): ("", True),
     ("search", "objectives"): ("error,macs,expected_macs", ["error", "macs", "expected_macs"]),
     ("search", "optimizer"): ("random", "random"),
     ("search", "evaluations"): ("12", 12),
@@ -305,7 +306,7 @@ def test_a_row_stored_by_the_previous_release_parses_and_round_trips() -> None:
     # sections added since appear with their defaults; everything the old row held is as it was
     added = {"dynamic": {"token_elimination": False, "keep_floor": 0.1},
              "latency": OLD_ROW["job"]["latency"] | {"lengths": "fixed"}}
-    training = OLD_ROW["run"]["training"] | {"token_elimination": False}
+    training = OLD_ROW["run"]["training"] | {"token_elimination": False, "exits": False}
     assert repo.request_dict(spec, job) == {"run": OLD_ROW["run"] | {"training": training},
                                             "job": OLD_ROW["job"] | added}
 
