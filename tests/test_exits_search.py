@@ -320,3 +320,37 @@ def test_the_api_takes_the_exits_section_and_names_a_bad_grid(client, workspace)
         assert refused.status_code == 422 and "dynamic.exit_thresholds" in refused.text, refused.text
     regression = client.post("/searches", json=body(workspace, task="glue/stsb", dynamic={"exits": True}))
     assert regression.status_code == 422 and "dynamic.exits" in regression.text, regression.text
+
+
+# ------------------------------------------------------------------------------------------------ bench
+
+
+def _bench():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import checks
+    import tiny
+    import verify_front
+
+    return checks, tiny, verify_front
+
+
+def test_verify_front_checks_an_exiting_point_alone_and_in_mixed_batches(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NASPRUNE_CACHE", str(tmp_path / "cache"))
+    checks, tiny, verify_front = _bench()
+    folder = tiny.tiny_search(tmp_path, evaluations=verify_front.TINY_EVALUATIONS, exits=True)
+    reports = verify_front.verify_points(folder)
+    exiting = [r for r in reports if r["exiting"]]
+    assert exiting, "the tiny exits search puts exiting points on its front"
+    for report in exiting:
+        assert set(report["differences"]) == {verify_front.SEARCHED, verify_front.ALONE, verify_front.MIXED}
+        assert all(d == 0.0 for d in report["differences"].values())
+        assert len(set(report["mean_exit_layers"].values())) == 1
+    # a recorded mean exit layer the export does not reproduce stops the check
+    front = json.loads((folder / "front.json").read_text())
+    k = exiting[0]["point"]
+    front["points"][k]["dynamics"]["mean_exit_layer"] += 0.25
+    (folder / "front.json").write_text(json.dumps(front))
+    with pytest.raises(checks.CheckFailed, match="differ from its record"):
+        verify_front.main(["--run", str(folder)])
