@@ -218,7 +218,8 @@ class LatencyTable:
         `exit_layers`: where each input (in the order of `lengths`, which it needs) leaves under the sub-network's
         exit_threshold, 1-based kept-layer positions (supernet.evaluation.exit_positions). An input that leaves after
         its k-th kept layer costs the layers up to k and the exits it read on the way (k of them, or one fewer when
-        it reaches the main head). At batch 1 that is exact per input. In a larger batch the rows that leave are
+        it reaches the main head), plus the fixed part whole (embeddings and main head are timed as one; the head is
+        a small share of it). At batch 1 that is exact per input. In a larger batch the rows that leave are
         taken out and the batch shrinks: each layer's time (and each exit's) is scaled by the share of the batch's
         rows still in it, a linear model of a batch that runs narrower. Without `exit_layers`, a sub-network with
         an exit_threshold runs every layer and reads every exit (nobody leaves).

@@ -279,6 +279,10 @@ def test_a_search_with_exits_writes_thresholds_and_mean_exit_layers(exits_worksp
         assert ("mean_exit_layer" in point.get("dynamics", {})) == ("exit_threshold" in point["config"])
     point = points[0]
     sub = SubNetworkConfig.from_dict(point["config"])
+    from search.report import front_table
+
+    table = front_table(front)
+    assert "exits" in table.splitlines()[1] and f"τ {sub.exit_threshold:g}, exit " in table and "full depth" in table
     assert point["test"] == evaluate(supernet, list(run.batches("test")), run.task.spec, sub=sub)
     # the export carries τ and reproduces the point's validation metric and mean exit layer
     exported = tmp_path / "export"
