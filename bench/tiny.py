@@ -36,8 +36,9 @@ def tiny_supernet(num_labels: int = 2, seed: int = 0) -> Supernet:
         return Supernet(config).eval()
 
 
-def tiny_model(folder: Path) -> Path:
-    """A tiny random BERT saved as a Hugging Face folder with MiniLM's tokenizer (once per folder)."""
+def tiny_model(folder: Path, *, exits: bool = False) -> Path:
+    """A tiny random BERT saved as a Hugging Face folder with MiniLM's tokenizer (once per folder). `exits`: its
+    config asks for exit heads, which the supernet built from it adds (freshly initialised) after every layer."""
     if (folder / "config.json").is_file():
         return folder
     from transformers import BertConfig, BertForSequenceClassification
@@ -45,9 +46,11 @@ def tiny_model(folder: Path) -> Path:
     from supernet.convert import load_tokenizer
 
     tokenizer = load_tokenizer("minilm")
+    extra = {"exits": True} if exits else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2, **TINY))
+        model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2, **TINY,
+                                                         **extra))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -122,20 +125,32 @@ def tiny_run(root: Path) -> Path:
     return folder
 
 
-def tiny_search(root: Path, evaluations: int = 8, *, token_elimination: bool = False) -> Path:
+# The tiny exits search's threshold grid: its exits are untrained, so their predictions are close to uniform; τ = 1
+# still sends every example with any preference out at its first exit, so exiting points reach the front.
+TINY_EXIT_THRESHOLDS = [0.0, 0.5, 1.0]
+
+
+def tiny_search(root: Path, evaluations: int = 8, *, token_elimination: bool = False, exits: bool = False) -> Path:
     """A finished tiny search job's run folder under `root` (train, search, front with test figures).
-    `token_elimination`: search keep schedules too, on error and expected MACs (the objective that sees them), in
+    `token_elimination`: search keep schedules too; `exits`: exit thresholds too, on a supernet with exit heads
+    (TINY_EXIT_THRESHOLDS, the layers space); either on error and expected MACs (the objective that sees them), in
     its own folder."""
     from search.job import run_search_job
     from search.runner import SearchConfig
     from search.settings import DynamicConfig, LatencyShape, SearchJob
 
     model, data_dir = workspace(root)
-    folder = root / ("search-tokens" if token_elimination else "search")
+    overrides: dict[str, Any] = {}
+    if exits:
+        model = str(tiny_model(root / "model-exits", exits=True))
+        overrides["space"] = "layers"  # every structure keeps full widths: few of them, each with every threshold
+    name = "search" + ("-tokens" if token_elimination else "") + ("-exits" if exits else "")
+    folder = root / name
     search = SearchConfig(evaluations=evaluations)
-    if token_elimination:
+    if token_elimination or exits:
         search = SearchConfig(evaluations=evaluations, objectives=["error", "expected_macs"])
-    job = SearchJob(search=search, latency=LatencyShape(batch_size=2), evaluation_dtype="float32",
-                    dynamic=DynamicConfig(token_elimination=token_elimination))
-    run_search_job(tiny_spec(model, data_dir), job, folder, progress=False)
+    dynamic = DynamicConfig(token_elimination=token_elimination, exits=exits,
+                            **({"exit_thresholds": TINY_EXIT_THRESHOLDS} if exits else {}))
+    job = SearchJob(search=search, latency=LatencyShape(batch_size=2), evaluation_dtype="float32", dynamic=dynamic)
+    run_search_job(tiny_spec(model, data_dir, **overrides), job, folder, progress=False)
     return folder

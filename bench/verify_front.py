@@ -9,8 +9,14 @@ split's own order (mixed lengths, each batch padded to its longest). Elimination
 each example's own length, so neither padding nor the company an example keeps may change its prediction; a
 static point keeps the first check only. Each point's line says which checks ran.
 
+A point that exits early (`exit_threshold` in its config) runs the same three checks, and in each the exported
+model's mean exit layer (`model.last_exit_layers`, examples leaving per row as the batch shrinks) must equal the
+point's recorded `dynamics.mean_exit_layer`: where an example leaves may depend neither on its padding nor on the
+other rows of its batch.
+
     python bench/verify_front.py --run runs/rte
     python bench/verify_front.py --tiny       # seconds: a tiny search job with token elimination, then the same
+    python bench/verify_front.py --tiny-exits # seconds: a tiny search job with exit thresholds, then the same
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import tiny
+import torch
 from checks import require, require_exported
 from transformers import AutoModelForSequenceClassification
 
@@ -61,8 +68,19 @@ def batchings(run: Run) -> dict[str, list]:
     return {SEARCHED: list(run.batches("validation")), ALONE: batches(1), MIXED: batches(32)}
 
 
+def predict_with_exits(model: Any, batches: list) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+    """(logits, labels) as `predict` gives them, and the mean of `model.last_exit_layers` over every example."""
+    out, layers = predict(model, batches), []
+    with torch.no_grad():
+        for batch in batches:
+            model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+            layers += model.last_exit_layers.tolist()
+    return out, float(np.mean(layers))
+
+
 def verify_points(folder: Path) -> list[dict[str, Any]]:
-    """Per front point: whether it drops tokens, and the largest metric difference of each check that ran."""
+    """Per front point: whether it drops tokens or exits early, and the largest difference of each check that ran
+    (a metric, or for an exiting point the mean exit layer, whichever is further off)."""
     front = json.loads((folder / "front.json").read_text())
     check_front_is_non_dominated(folder, front)
     run = Run(folder)
@@ -80,20 +98,37 @@ def verify_points(folder: Path) -> list[dict[str, Any]]:
             require((model.config.token_keep is not None) == eliminating,
                     f"point {k}: the reloaded config's token_keep is {model.config.token_keep}, the point's "
                     f"{sub.token_keep}")
-            checks = (SEARCHED, ALONE, MIXED) if eliminating else (SEARCHED,)
-            logits = {name: predict(model, data[name]) for name in checks}
+            exiting = sub.exit_threshold is not None
+            require(getattr(model.config, "exit_threshold", None) == sub.exit_threshold,
+                    f"point {k}: the reloaded config's exit_threshold is "
+                    f"{getattr(model.config, 'exit_threshold', None)}, the point's {sub.exit_threshold}")
+            checks = (SEARCHED, ALONE, MIXED) if eliminating or exiting else (SEARCHED,)
+            logits, layers = {}, {}
+            for name in checks:
+                if exiting:
+                    logits[name], layers[name] = predict_with_exits(model, data[name])
+                else:
+                    logits[name] = predict(model, data[name])
             got = {name: metrics_from_logits(run.task.spec, *logits[name]) for name in checks}
             diffs = {name: max(abs(metrics[m] - point["validation"][m]) for m in metrics)
                      for name, metrics in got.items()}
+            if exiting:
+                recorded = point["dynamics"]["mean_exit_layer"]
+                diffs = {name: max(diff, abs(layers[name] - recorded)) for name, diff in diffs.items()}
             # the same examples in the same order at batch 1 and 32: how far padding moved any logit
             apart = float(np.abs(logits[ALONE][0] - logits[MIXED][0]).max()) if eliminating else None
             share = point["params"]["encoder"] / full_encoder
             keep = "" if not eliminating else f", keep {[round(r, 2) for r in sub.token_keep or ()]}"
+            if exiting:
+                keep += (f", exit threshold {sub.exit_threshold}, mean exit layer "
+                         f"{point['dynamics']['mean_exit_layer']:.3f} (" + ", ".join(
+                             f"{name}: {layers[name]:.3f}" for name in checks) + ")")
             print(f"point {k}: encoder params {share:6.1%}{keep}, recorded {point['validation']}; "
                   + "; ".join(f"{name}: {got[name]} (off by {diffs[name]:.1e})" for name in checks)
                   + ("" if apart is None else f"; logits at batch 1 vs 32 differ by at most {apart:.1e}"))
-            reports.append({"point": k, "eliminating": eliminating, "params_share": share, "differences": diffs,
-                            "logits_batch1_vs_32": apart})
+            reports.append({"point": k, "eliminating": eliminating, "exiting": exiting, "params_share": share,
+                            "differences": diffs, "logits_batch1_vs_32": apart,
+                            "mean_exit_layers": layers or None})
     return reports
 
 
@@ -102,21 +137,29 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--run", type=Path, help="a finished search's run folder")
     parser.add_argument("--tiny", action="store_true",
                         help="run a tiny search job with token elimination first and verify its front")
-    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny runs its search")
+    parser.add_argument("--tiny-exits", action="store_true",
+                        help="run a tiny search job with exit thresholds first and verify its front")
+    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny / --tiny-exits run the search")
     parser.add_argument("--tolerance", type=float, default=1e-9)
     args = parser.parse_args(argv)
-    if args.tiny:
+    if args.tiny or args.tiny_exits:
         args.run = tiny.tiny_search(args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-")),
-                                    evaluations=TINY_EVALUATIONS, token_elimination=True)
+                                    evaluations=TINY_EVALUATIONS, token_elimination=args.tiny,
+                                    exits=args.tiny_exits)
     if args.run is None:
-        parser.error("--run is required (or --tiny)")
+        parser.error("--run is required (or --tiny, --tiny-exits)")
     reports = verify_points(args.run)
     worst = max((d for r in reports for d in r["differences"].values()), default=0.0)
     eliminating = [r for r in reports if r["eliminating"]]
+    exiting = [r for r in reports if r["exiting"]]
     front = json.loads((args.run / "front.json").read_text())
     print(f"largest metric difference: {worst:.2e} ({'OK' if worst <= args.tolerance else 'MISMATCH'}); "
           f"points below 50 % of the encoder: {sum(r['params_share'] < 0.5 for r in reports)}; points dropping "
-          f"tokens (checked at batch 1 and 32 too): {len(eliminating)} of {len(front['points'])}")
+          f"tokens (checked at batch 1 and 32 too): {len(eliminating)} of {len(front['points'])}; points exiting "
+          f"early (the same, with their mean exit layer): {len(exiting)}")
+    if args.tiny_exits:
+        require(bool(exiting), "the tiny exits search's front has no point that exits early: the batch-1 and "
+                               "batch-32 checks did not run")
     if args.tiny:
         require(bool(eliminating), "the tiny search's front has no point that drops tokens: the batch-1 and "
                                    "batch-32 checks did not run")

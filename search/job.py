@@ -26,19 +26,19 @@ from typing import Any
 
 import torch
 
-from supernet.config import SubNetworkConfig
+from supernet.config import SubNetworkConfig, SupernetConfig
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.extract import save_folder, subnetwork_record
 from supernet.metrics import error_from_metrics
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, settings_differences, train_run
 from supernet.settings import RefineConfig, RunSpec
-from supernet.space import TokenEliminationSpace
+from supernet.space import ExitSpace, TokenEliminationSpace
 from supernet.tasks import TaskSpec
 from supernet.training import TrainState
 
 from .latency import load_or_calibrate
-from .objectives import Measurements, figures_dict, objective_values, resolve_objectives
+from .objectives import ExitPasses, Measurements, figures_dict, objective_values, resolve_objectives
 from .pareto import first_layers, non_dominated
 from .plot import plot_front
 from .records import (
@@ -67,10 +67,28 @@ def _identity(job: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in job.items() if k != "refine"} | {"search": search}
 
 
-def _test_metrics(run: Run, supernet, sub, test_batches: dict[str, list]) -> dict[str, float]:
+def check_exits(config: SupernetConfig, task: TaskSpec) -> None:
+    """Refuse a search of exit thresholds (SearchJob.dynamic.exits) that cannot run, in the user's terms."""
+    if task.is_regression:
+        raise ValueError(f"dynamic.exits: early exiting needs a classification task (an example leaves at an exit "
+                         f"whose prediction entropy over the classes is low); {task.name} is a regression task: "
+                         "search without exits")
+    if not config.exits:
+        raise ValueError("dynamic.exits: this supernet has no exit heads; train it with exits (nasprune search "
+                         "--exits trains them, as does --train-exits; API \"dynamic\": {\"exits\": true}) in a new "
+                         "output folder, or search without exits")
+
+
+def _test_metrics(run: Run, supernet, sub, test_batches: dict[str, list],
+                  exits: Mapping[str, ExitPasses] | None = None) -> dict[str, float]:
+    """`sub`'s metrics on each test split; with `exits` (one ExitPasses per split), scored from each structure's one
+    pass over the exits, as the search scored validation."""
     metrics: dict[str, float] = {}
     for split, batches in test_batches.items():
-        values = evaluate(supernet, batches, run.task.spec, sub=sub)
+        if exits is not None and sub is not None:
+            values = exits[split].score(sub)[0]
+        else:
+            values = evaluate(supernet, batches, run.task.spec, sub=sub)
         prefix = "" if len(test_batches) == 1 else f"{split}/"
         metrics.update({f"{prefix}{k}": v for k, v in values.items()})
     return metrics
@@ -136,7 +154,10 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
     subset = ranked_subset(search_examples, size)
     chosen, measurements = _front_scored_again(result, measurements, names,
                                                None if subset is None else list(run.batches("validation")))
-    points = [_point(p, _test_metrics(run, supernet, SubNetworkConfig.from_dict(p["config"]), test_batches))
+    # with exits, the points of one structure share its pass over each test split's exits
+    exits = ({split: ExitPasses(supernet, batches, run.task.spec) for split, batches in test_batches.items()}
+             if measurements.exits else None)
+    points = [_point(p, _test_metrics(run, supernet, SubNetworkConfig.from_dict(p["config"]), test_batches, exits))
               for p in chosen]
     full = supernet.full_config()
     full_objectives = objective_values(resolve_objectives(names), full, measurements)
@@ -309,6 +330,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
         differences = settings_differences(_identity(stored.to_dict()), _identity(job.to_dict()))
         raise ValueError(f"{folder} holds a different search ({differences}); choose another output folder")
     supernet = run.load_supernet()
+    if job.dynamic.exits:  # refused before search.json is written: the folder stays free for a search that can run
+        check_exits(supernet.config, run.task.spec)
     dtype = resolve_dtype(job.evaluation_dtype, next(supernet.parameters()).device)
     # search.json names the precision itself, so a resume on another machine ranks the same way
     job = job.model_copy(update={"evaluation_dtype": dtype_name(dtype)})
@@ -317,6 +340,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     space = run.space(supernet.config)
     if job.dynamic.token_elimination:  # the schedule genes, scored on the trained supernet (zero-shot)
         space = TokenEliminationSpace(space, floor=job.dynamic.keep_floor)
+    if job.dynamic.exits:  # the threshold gene, scored from one pass over each structure's exits
+        space = ExitSpace(space, job.dynamic.exit_thresholds)
     real_lengths = job.latency.lengths == "validation"
     # a token axis where inputs keep their own lengths or tokens are dropped; the one shape otherwise (cheaper)
     table = load_or_calibrate(supernet.config, batch_size=job.latency.batch_size, seq_len=seq_len,
@@ -325,7 +350,7 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     measurements = Measurements(supernet=supernet, task=run.task.spec,
                                 validation_batches=run.batches("validation", subset=job.search_examples),
                                 latency=table, seq_len=seq_len, params_kind=job.params_kind, dtype=dtype,
-                                latency_on_lengths=real_lengths)
+                                latency_on_lengths=real_lengths, exits=job.dynamic.exits)
 
     def record(trial: Trial, current: SearchResult) -> None:
         store.add_trial(trial)  # durable before the search goes on: acknowledged, it is never evaluated again

@@ -3,8 +3,9 @@
 Timing every candidate during a search would cost more than evaluating it, so the building blocks are
 timed once per device and shape (as in HAT, Wang et al., ACL 2020, and Once-for-All's latency lookup
 tables): an attention block with h heads for every h, an FFN block with u units on a grid of u, and the
-fixed part (embeddings, classification head). A sub-network's latency is the fixed part plus, per kept
-layer, its attention and FFN entries (FFN widths between grid points are interpolated linearly).
+fixed part (embeddings, classification head), and for a supernet with exits one exit's work (its head, the
+entropy, the decision). A sub-network's latency is the fixed part plus, per kept layer, its attention and FFN
+entries (FFN widths between grid points are interpolated linearly), plus the exits its examples read.
 Blocks are built at their physical (extracted) size, so the table predicts the latency of the exported
 model. Tables are cached as JSON per device and shape; `validate` compares predictions with measured
 latencies of extracted sub-networks.
@@ -34,7 +35,15 @@ from supernet.config import SubNetworkConfig, SupernetConfig
 from supernet.extract import extract
 from supernet.files import atomic_write_json
 from supernet.model import Supernet
-from supernet.modules import ClassificationHead, ElasticBert, ElasticFeedForward, ElasticSelfAttention, Embeddings
+from supernet.modules import (
+    ClassificationHead,
+    ElasticBert,
+    ElasticFeedForward,
+    ElasticSelfAttention,
+    Embeddings,
+    ExitHead,
+    normalised_entropy,
+)
 from supernet.schedules import tilted_schedule
 from supernet.space import TokenEliminationSpace, make_space
 
@@ -134,6 +143,11 @@ class LatencyTable:
     # Blocks timed alone run on a cache-warm input; inside a model each layer pays a little more.
     scale: float = 1.0
     per_layer_ms: float = 0.0
+    # One exit read by a batch of `batch_size` rows (the exit head on the first token, the normalised entropy and
+    # the comparison with τ): timed on its own at calibration rather than left to the per-layer correction, which
+    # is fitted on models that read no exit and so cannot see it; an exit costs the same at any token count (it
+    # reads one token). 0 for a table calibrated without exits.
+    exit_ms: float = 0.0
 
     @property
     def eliminates(self) -> bool:
@@ -165,10 +179,10 @@ class LatencyTable:
         share = np.where(reads > lowest, (kept - lowest) / np.maximum(reads - lowest, 1), 1.0)
         return quarter + (everything - quarter) * share
 
-    def blocks(self, sub: SubNetworkConfig, widths: np.ndarray) -> np.ndarray:
-        """Sum of the block times of the kept layers (no correction) for batches `widths` tokens wide: an
-        eliminating layer reads the batch's width and passes on the tokens its longest example keeps."""
-        total = np.zeros_like(widths, dtype=float)
+    def layer_blocks(self, sub: SubNetworkConfig, widths: np.ndarray) -> np.ndarray:
+        """Block times of each kept layer (no correction), (kept layers, len(widths)), for batches `widths` tokens
+        wide: an eliminating layer reads the batch's width and passes on the tokens its longest example keeps."""
+        rows = [np.zeros_like(widths, dtype=float)] if not sub.layers else []
         reads = widths.astype(float)
         keep = sub.token_keep
         for index, heads, units in zip(sub.layers, sub.kept_heads(), sub.kept_units(), strict=True):
@@ -177,9 +191,13 @@ class LatencyTable:
             dropping = kept < reads
             plain = self._at(self.attention_ms[heads], reads)
             attention = np.where(dropping, self._eliminating(heads, reads, kept), plain) if dropping.any() else plain
-            total += attention + self._ffn(units, kept)
+            rows.append(attention + self._ffn(units, kept))
             reads = kept
-        return total
+        return np.array(rows)
+
+    def blocks(self, sub: SubNetworkConfig, widths: np.ndarray) -> np.ndarray:
+        """Sum of the block times of the kept layers (no correction) for batches `widths` tokens wide."""
+        return self.layer_blocks(sub, widths).sum(axis=0)
 
     def blocks_ms(self, sub: SubNetworkConfig, width: int | None = None) -> float:
         """Sum of the block times of the kept layers for one batch `width` tokens wide (default: seq_len)."""
@@ -199,16 +217,61 @@ class LatencyTable:
         values, counts = np.unique(longest, return_counts=True)
         return values, counts / counts.sum()
 
-    def predict(self, sub: SubNetworkConfig, lengths: Sequence[int] | None = None) -> float:
+    def predict(self, sub: SubNetworkConfig, lengths: Sequence[int] | None = None,
+                exit_layers: Sequence[int] | None = None) -> float:
         """Predicted latency (ms per batch) of the exported sub-network: of a full batch of `seq_len` tokens, or,
         given real input lengths, the mean over their batches (see `widths`).
+
+        `exit_layers`: where each input (in the order of `lengths`, which it needs) leaves under the sub-network's
+        exit_threshold, 1-based kept-layer positions (supernet.evaluation.exit_positions). An input that leaves after
+        its k-th kept layer costs the layers up to k and the exits it read on the way (k of them, or one fewer when
+        it reaches the main head), plus the fixed part whole (embeddings and main head are timed as one; the head is
+        a small share of it). At batch 1 that is exact per input. In a larger batch the rows that leave are
+        taken out and the batch shrinks: each layer's time (and each exit's) is scaled by the share of the batch's
+        rows still in it, a linear model of a batch that runs narrower. Without `exit_layers`, a sub-network with
+        an exit_threshold runs every layer and reads every exit (nobody leaves).
 
         Never below the embeddings and head alone: the fitted correction may have a negative per-layer term, which
         would otherwise predict zero or less for the tiniest sub-networks, and no model runs faster than its
         embeddings and head."""
+        if exit_layers is not None:
+            return self._predict_exiting(sub, lengths, exit_layers)
         widths, shares = self.widths(lengths)
         corrected = self.scale * self.blocks(sub, widths) + self.per_layer_ms * len(sub.layers)
-        return float(np.sum((np.maximum(corrected, 0.0) + self._at(self.overhead_ms, widths)) * shares))
+        exits = 0.0 if sub.exit_threshold is None else self.exit_ms * max(0, len(sub.layers) - 1)
+        return float(np.sum((np.maximum(corrected, 0.0) + self._at(self.overhead_ms, widths) + exits) * shares))
+
+    def exit_batches(self, lengths: Sequence[int], exit_layers: Sequence[int], answers: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The batches the inputs run in (sorted by length, `batch_size` at a time, as `widths`): each batch's width
+        (B,) and, per kept-layer position, the share of its rows that run it (answers, B)."""
+        sizes, exits = np.asarray(lengths, dtype=int), np.asarray(exit_layers, dtype=int)
+        if sizes.size == 0 or sizes.shape != exits.shape:
+            raise ValueError(f"latency with exits needs one exit layer per input length: {exits.size} exit layers "
+                             f"for {sizes.size} lengths")
+        if exits.min() < 1 or exits.max() > answers:
+            raise ValueError(f"exit layers are kept-layer positions from 1 to {answers}, got {exits.min()} to "
+                             f"{exits.max()}")
+        order = np.argsort(sizes, kind="stable")
+        widths, running = [], []
+        for start in range(0, sizes.size, self.batch_size):
+            rows = order[start:start + self.batch_size]
+            widths.append(sizes[rows].max())
+            running.append([(exits[rows] >= position).mean() for position in range(1, answers + 1)])
+        return np.array(widths), np.array(running).T
+
+    def _predict_exiting(self, sub: SubNetworkConfig, lengths: Sequence[int] | None,
+                         exit_layers: Sequence[int]) -> float:
+        if lengths is None:
+            raise ValueError("latency with exit layers needs the inputs' lengths, one per exit layer")
+        answers = max(1, len(sub.layers))
+        widths, running = self.exit_batches(lengths, exit_layers, answers)  # (B,), (answers, B)
+        if not sub.layers or (sub.exit_threshold is None and running[-1].min() < 1):
+            raise ValueError("only a sub-network with kept layers and an exit_threshold has inputs that leave early")
+        corrected = (running * (self.scale * self.layer_blocks(sub, widths) + self.per_layer_ms)).sum(axis=0)
+        # a running row reads the exit of each layer but the last, when there are exits to read
+        exits = 0.0 if sub.exit_threshold is None else self.exit_ms * running[:-1].sum(axis=0)
+        return float(np.mean(np.maximum(corrected, 0.0) + self._at(self.overhead_ms, widths) + exits))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,7 +285,8 @@ def _cache_key(config: SupernetConfig, device: str, batch_size: int, seq_len: in
                token_axis: bool) -> str:
     shape = json.dumps([device, batch_size, seq_len, unit_step, config.hidden_size, config.head_size,
                         max(config.layer_heads), max(config.layer_units), config.hidden_act, config.vocab_size,
-                        config.num_labels, torch.__version__, token_grid(seq_len) if token_axis else [seq_len]])
+                        config.num_labels, torch.__version__, token_grid(seq_len) if token_axis else [seq_len]]
+                       + (["exits"] if config.exits else []))  # a key without exits is the one it always was
     return hashlib.sha256(shape.encode()).hexdigest()[:16]
 
 
@@ -248,6 +312,10 @@ def calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 12
             for u in ffn_units]
     embeddings, head = Embeddings(cfg).to(device).eval(), ClassificationHead(cfg).to(device).eval()
     calls: list[Callable[[], object]] = []
+    if config.exits:  # one exit read by a full batch: its head on the first token, the entropy, the decision
+        exit_head = ExitHead(cfg).to(device).eval()
+        first = torch.randn(batch_size, 1, hidden, device=device)
+        calls.append(lambda: bool((normalised_entropy(exit_head(first)) < 0.5).any()))
     for t in tokens:
         x = torch.randn(batch_size, t, hidden, device=device)
         ids = torch.randint(1, config.vocab_size, (batch_size, t), device=device)
@@ -261,6 +329,7 @@ def calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 12
                 calls += [lambda block=block, x=x, valid=valid, keep=keep: block.forward_eliminating(x, valid, keep)
                           for block in attention[1:]]
     times = iter(time_calls(calls, repeats=repeats, device=device))
+    exit_ms = next(times) if config.exits else 0.0
     overhead, attention_ms, ffn_ms = [], [[] for _ in attention], [[] for _ in ffns]
     eliminating = [[[] for _ in attention] for _ in range(2)] if token_axis else None
     for _ in tokens:
@@ -278,7 +347,8 @@ def calibrate(config: SupernetConfig, *, batch_size: int = 32, seq_len: int = 12
                          overhead_ms=monotone(overhead), attention_ms=monotone_grid(attention_ms),
                          ffn_units=ffn_units, ffn_ms=monotone_grid(ffn_ms),
                          eliminating_ms=None if eliminating is None else monotone_grid(eliminating[0]),
-                         eliminating_quarter_ms=None if eliminating is None else monotone_grid(eliminating[1]))
+                         eliminating_quarter_ms=None if eliminating is None else monotone_grid(eliminating[1]),
+                         exit_ms=exit_ms)
     _fit_correction(table, config, repeats=repeats, device=device)
     return table
 

@@ -7,15 +7,17 @@ configuration, so an objective is a cheap lookup into it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params, expected_macs, kept_tokens
-from supernet.evaluation import evaluate
+from supernet.evaluation import evaluate, metrics_at_threshold, predict_exits
 from supernet.metrics import error_from_metrics
 from supernet.model import Supernet
 from supernet.tasks import TaskSpec
@@ -39,6 +41,49 @@ class Figures:
     dynamics: dict[str, Any] | None = None
 
 
+# Every exit's logits of the structures seen last, kept for the thresholds still to come: a structure's (E, N, C)
+# float32 array is small (a few hundred kB for a BERT on a few thousand examples), and an optimizer proposes the
+# thresholds of one structure close together, so a bounded cache loses nothing in practice.
+EXIT_LOGITS_BUDGET_BYTES = 256 * 2**20
+
+
+@dataclass
+class ExitPasses:
+    """Early exits scored without a forward pass per threshold (COST-EFF's exit rule on stored logits): one pass of
+    a structure (its layers, widths and token schedule) records every exit's logits (supernet.evaluation.
+    predict_exits), and any exit_threshold is then scored from them (metrics_at_threshold). Exiting never changes a
+    later layer, so this is what the exiting forward measures, example by example."""
+
+    supernet: Supernet
+    batches: Sequence[Mapping[str, torch.Tensor]]
+    task: TaskSpec
+    dtype: torch.dtype = torch.float32
+    budget_bytes: int = EXIT_LOGITS_BUDGET_BYTES
+    passes: int = 0  # forward passes over `batches` so far: one per structure still or once cached
+    _logits: OrderedDict[SubNetworkConfig, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=OrderedDict, init=False, repr=False)
+
+    def exit_logits(self, sub: SubNetworkConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Every exit's logits (E, N, C) and the labels (N,) of `sub`'s structure, its threshold aside."""
+        structure = replace(sub, exit_threshold=None)
+        if structure in self._logits:
+            self._logits.move_to_end(structure)
+            return self._logits[structure]
+        with self.supernet.use(structure):
+            found = predict_exits(self.supernet, self.batches, dtype=self.dtype)
+        self.passes += 1
+        self._logits[structure] = found
+        while len(self._logits) > 1 and sum(a.nbytes for a, _ in self._logits.values()) > self.budget_bytes:
+            self._logits.popitem(last=False)
+        return found
+
+    def score(self, sub: SubNetworkConfig) -> tuple[dict[str, float], np.ndarray]:
+        """The task's metrics of `sub` with its exit_threshold (None: full depth) and each example's exit, 1-based
+        kept-layer positions (N,) in loader order."""
+        logits, labels = self.exit_logits(sub)
+        return metrics_at_threshold(self.task, logits, labels, sub.exit_threshold)
+
+
 @dataclass
 class Measurements:
     """Computes and caches the figures of sub-networks of one supernet on one task."""
@@ -54,10 +99,16 @@ class Measurements:
     dtype: torch.dtype = torch.float32
     # latency over the validation examples' own lengths (batched by length) instead of full seq_len batches
     latency_on_lengths: bool = False
+    # early exits searched (search.settings.DynamicConfig.exits): every sub-network is scored from its structure's
+    # one pass over the exits (ExitPasses), so the thresholds of one structure share a single evaluation
+    exits: bool = False
     _cache: dict[SubNetworkConfig, Figures] = field(default_factory=dict, repr=False)
-    _expected: dict[SubNetworkConfig, float] = field(default_factory=dict, repr=False)
-    # cost is asked for by several objectives of one trial (params, macs, latency) and by its figures
-    _costs: dict[SubNetworkConfig, tuple[dict[str, int], int, float]] = field(default_factory=dict, repr=False)
+    # derived from the validation batches: rebuilt (never carried over) when a copy measures other batches
+    _expected: dict[SubNetworkConfig, float] = field(default_factory=dict, init=False, repr=False)
+    # a static sub-network's cost is asked for by several objectives of one trial and by its figures
+    _costs: dict[SubNetworkConfig, tuple[dict[str, int], int, float]] = field(default_factory=dict, init=False,
+                                                                              repr=False)
+    _passes: ExitPasses = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Collate the validation batches once: every evaluation reuses the same tensors.
@@ -67,36 +118,75 @@ class Measurements:
         self.lengths = [int(n) for batch in self.validation_batches for n in batch["attention_mask"].sum(dim=1)]
         if self.params_kind not in ("encoder", "total"):
             raise ObjectiveError(f"params_kind must be 'encoder' or 'total', not {self.params_kind!r}")
+        self._passes = ExitPasses(self.supernet, self.validation_batches, self.task, self.dtype)
+
+    @property
+    def exit_passes(self) -> int:
+        """Forward passes over the exits so far (one per structure while its logits are cached)."""
+        return self._passes.passes
 
     def cost(self, sub: SubNetworkConfig) -> tuple[dict[str, int], int, float]:
-        """Size and cost without evaluating: params, MACs and predicted latency."""
+        """Size and cost: params, MACs (one input of seq_len tokens through every kept layer) and predicted latency.
+        Without evaluating, but for a sub-network with an exit_threshold, whose latency depends on where each
+        validation example leaves."""
+        if sub.exit_threshold is not None:
+            figures = self.figures(sub)
+            return figures.params, figures.macs, figures.latency_ms
         if sub not in self._costs:
-            config = self.supernet.config
-            self._costs[sub] = (count_params(config, sub).to_dict(), count_macs(config, sub, seq_len=self.seq_len),
-                                self.latency.predict(sub, self.lengths if self.latency_on_lengths else None))
+            self._costs[sub] = self._cost(sub, None)
         return self._costs[sub]
 
+    def _cost(self, sub: SubNetworkConfig, positions: np.ndarray | None) -> tuple[dict[str, int], int, float]:
+        config = self.supernet.config
+        lengths = self.lengths if self.latency_on_lengths else None
+        if positions is None or sub.exit_threshold is None:
+            latency = self.latency.predict(sub, lengths)
+        else:  # where each example leaves prices it; the fixed shape is every example at seq_len tokens
+            latency = self.latency.predict(sub, lengths or [self.seq_len] * len(positions), positions.tolist())
+        return count_params(config, sub).to_dict(), count_macs(config, sub, seq_len=self.seq_len), latency
+
     def expected_macs(self, sub: SubNetworkConfig) -> float:
-        """Mean MACs per validation example at its own length, token elimination included."""
+        """Mean MACs per validation example at its own length, token elimination and early exits included."""
+        if sub.exit_threshold is not None:
+            return self.figures(sub).dynamics["expected_macs"]
         if sub not in self._expected:
             self._expected[sub] = expected_macs(self.supernet.config, sub, self.lengths)
         return self._expected[sub]
 
     def dynamics(self, sub: SubNetworkConfig) -> dict[str, Any] | None:
-        """Expected MACs and the mean tokens after each kept layer, over the validation lengths; None for a
-        static sub-network."""
+        """What a sub-network that changes with its input costs over the validation examples: expected MACs, the
+        mean tokens after each kept layer (token elimination) and the mean exit layer (early exits, 1-based kept
+        layer positions); None for a static sub-network."""
+        if sub.exit_threshold is not None:
+            return self.figures(sub).dynamics
+        return self._dynamics(sub, None)
+
+    def _dynamics(self, sub: SubNetworkConfig, positions: np.ndarray | None) -> dict[str, Any] | None:
         if sub.is_static:
             return None
-        kept = [kept_tokens(sub, n) for n in self.lengths]
-        return {"expected_macs": self.expected_macs(sub),
-                "mean_tokens": [sum(layer) / len(kept) for layer in zip(*kept, strict=True)]}
+        data: dict[str, Any] = {}
+        if positions is None or sub.exit_threshold is None:
+            data["expected_macs"] = self.expected_macs(sub)
+        else:
+            data["expected_macs"] = expected_macs(self.supernet.config, sub, self.lengths,
+                                                  exit_layers=positions.tolist())
+        if sub.token_keep is not None:
+            kept = [kept_tokens(sub, n) for n in self.lengths]
+            data["mean_tokens"] = [sum(layer) / len(kept) for layer in zip(*kept, strict=True)]
+        if positions is not None and sub.exit_threshold is not None:
+            data["mean_exit_layer"] = float(positions.mean())
+        return data
 
     def figures(self, sub: SubNetworkConfig) -> Figures:
         if sub not in self._cache:
-            metrics = evaluate(self.supernet, self.validation_batches, self.task, sub=sub, dtype=self.dtype)
-            params, macs, latency = self.cost(sub)
+            positions = None
+            if self.exits or sub.exit_threshold is not None:  # one pass per structure, every threshold from it
+                metrics, positions = self._passes.score(sub)
+            else:
+                metrics = evaluate(self.supernet, self.validation_batches, self.task, sub=sub, dtype=self.dtype)
+            params, macs, latency = self._cost(sub, positions)
             self._cache[sub] = Figures(validation=metrics, params=params, macs=macs, latency_ms=latency,
-                                       dynamics=self.dynamics(sub))
+                                       dynamics=self._dynamics(sub, positions))
         return self._cache[sub]
 
     def remember(self, sub: SubNetworkConfig, figures: Figures) -> None:
@@ -127,7 +217,7 @@ def _macs(sub: SubNetworkConfig, m: Measurements) -> float:
 
 
 def _latency(sub: SubNetworkConfig, m: Measurements) -> float:
-    return m.cost(sub)[2]
+    return m.cost(sub)[2]  # with an exit_threshold: where each validation example leaves
 
 
 def _expected_macs(sub: SubNetworkConfig, m: Measurements) -> float:

@@ -77,6 +77,16 @@ def _refined(point: Mapping[str, Any], metric: str) -> str:
     return text if refined.get("kept", True) else f"{text} (slice kept)"
 
 
+def _exits(point: Mapping[str, Any]) -> str:
+    """An exiting point's threshold and mean exit layer (of its kept layers); "full depth" without a threshold."""
+    config = point.get("config") or {}
+    if config.get("exit_threshold") is None:
+        return "full depth"
+    layer = (point.get("dynamics") or {}).get("mean_exit_layer")
+    where = "" if layer is None else f", exit {float(layer):.2f}/{len(config.get('layers', ()))}"
+    return f"τ {float(config['exit_threshold']):g}{where}"
+
+
 def _format(rows: Sequence[Sequence[str]]) -> list[str]:
     """Left-align the first column (names), right-align the rest, two spaces apart."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -91,7 +101,8 @@ def front_table(front: Mapping[str, Any], positions: Sequence[int] | None = None
 
     Columns: params as a share of the full model's (`params_kind`: "encoder", what pruning removes, or
     "total"), speed-up (the full model's predicted latency / the point's), the main metric on validation and on
-    test with its difference to the full model, and the refined model's test metric when any point was refined.
+    test with its difference to the full model, the exit threshold and mean exit layer when any point exits early,
+    and the refined model's test metric when any point was refined.
     `positions` picks points by their index in `front["points"]` (default: all).
     """
     for key in ("points", "reference", "main_metric"):
@@ -102,14 +113,15 @@ def front_table(front: Mapping[str, Any], positions: Sequence[int] | None = None
     chosen = range(len(points)) if positions is None else positions
     full_val, full_test = metric_of(full.get("validation"), metric), metric_of(full.get("test"), metric)
     refined = any(isinstance(points[k].get("refined"), Mapping) for k in chosen)
+    exiting = any((points[k].get("config") or {}).get("exit_threshold") is not None for k in chosen)
     header = ["point", f"{params_kind} params", "speed-up", f"val {metric}", f"test {metric}"]
-    rows = [header + (["refined test"] if refined else [])]
+    rows = [header + (["exits"] if exiting else []) + (["refined test"] if refined else [])]
     for name, point in [("full", full)] + [(str(k), points[k]) for k in chosen]:
         is_full = name == "full"
         row = [name, _size(point, full, params_kind), "1.00x" if is_full else _speedup(point, full),
                _score(metric_of(point.get("validation"), metric), full_val, is_full=is_full),
                _score(metric_of(point.get("test"), metric), full_test, is_full=is_full)]
-        rows.append(row + ([_refined(point, metric)] if refined else []))
+        rows.append(row + ([_exits(point)] if exiting else []) + ([_refined(point, metric)] if refined else []))
     return "\n".join([_title(front, metric, len(chosen))] + ["  " + line for line in _format(rows)])
 
 

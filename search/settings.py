@@ -26,6 +26,7 @@ from supernet.settings import (
     SettingsModel,
     flag_extra,
 )
+from supernet.tasks import DataError, glue_task
 
 from .names import OBJECTIVE_NAMES, OPTIMIZER_NAMES
 
@@ -57,6 +58,14 @@ def _check_option_numbers(value: Any, where: str) -> None:
             pending.extend((inner, name, depth + 1) for inner in item)
         elif isinstance(item, dict):
             pending.extend((inner, f"{name}.{key}", depth + 1) for key, inner in item.items())
+
+
+# The exit threshold gene's default grid (normalised entropy: 0 certain, 1 uniform over the classes). An exit leaves
+# an example strictly below the threshold, so 0 is "off". Small steps near 0, where a trained exit's confident
+# examples sit; nothing above 0.6 (a two-class prediction at normalised entropy 0.6 is about 85/15, any higher and an
+# exit answers close to a coin's odds). Eight values keep the gene as coarse as the keep-rate genes.
+DEFAULT_EXIT_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+MAX_EXIT_THRESHOLDS = 32
 
 
 class SearchConfig(SettingsModel):
@@ -113,6 +122,26 @@ class DynamicConfig(SettingsModel):
                            "starts at and how fast; scored on the trained supernet without retraining")
     keep_floor: float = Field(0.1, gt=0, le=1, description="token elimination: the smallest fraction of an "
                                                            "example's tokens any layer keeps")
+    exits: bool = Field(
+        False, description="search the early-exit threshold too (COST-EFF): one more gene, the normalised prediction "
+                           "entropy below which an example leaves at an exit; trains the supernet with exits "
+                           "(training.exits) and needs a classification task; each structure's exits are evaluated once, every threshold scored "
+                           "from that pass")
+    exit_thresholds: Annotated[list[Annotated[float, Field(ge=0, le=1)]], COMMA_SEPARATED] = Field(
+        list(DEFAULT_EXIT_THRESHOLDS), min_length=1, max_length=MAX_EXIT_THRESHOLDS,
+        description="early exits: the threshold gene's grid of normalised entropies in [0, 1], 0 (off: full depth) "
+                    "included; the default is dense where confident exits sit (near 0) and stops at 0.6, past which "
+                    "a two-class exit leaves with a prediction barely better than a coin")
+
+    @field_validator("exit_thresholds")
+    @classmethod
+    def _threshold_grid(cls, value: list[float]) -> list[float]:
+        """Sorted, each once (each a normalised entropy in [0, 1]), 0 present: the gene's upper corner is
+        "off", so the largest member of the space runs the full depth as without exits."""
+        grid = sorted(set(value))
+        if grid[0] != 0.0:
+            raise ValueError(f"exit thresholds must include 0 (off: full depth), got {grid}")
+        return grid
 
 
 class SearchJob(SettingsModel):
@@ -142,6 +171,17 @@ class SearchJob(SettingsModel):
         return cls.model_validate({"evaluation_dtype": "float32", "search_examples": None} | dict(data))
 
 
+def task_is_regression(spec: RunSpec) -> bool:
+    """Whether the run's task is a regression, from its settings alone (False for a task name not known here: it is
+    refused on its own)."""
+    if spec.custom is not None:
+        return spec.custom.task_type == "regression"
+    try:
+        return glue_task(spec.task).spec.is_regression
+    except DataError:
+        return False
+
+
 class SearchSettings(SearchJob, RunSpec):
     """A RunSpec and a SearchJob side by side (their fields do not collide): what `nasprune search` and POST
     /searches take. The search's seed, unless given, is the training seed, so that one seed repeats a job."""
@@ -150,6 +190,29 @@ class SearchSettings(SearchJob, RunSpec):
     def _search_seed(self) -> SearchSettings:
         if self.search.seed is None:
             self.search = self.search.model_copy(update={"seed": self.training.seed})
+        return self
+
+    @model_validator(mode="after")
+    def _exits_need_classes(self) -> SearchSettings:
+        """A regression task is refused before anything trains: an exit leaves when its prediction is confident
+        (low entropy over the classes), and a regression output has no classes. (Whether the supernet has exit heads
+        is known once it is loaded: search.job.check_exits.)"""
+        if self.dynamic.exits and task_is_regression(self):
+            raise ValueError(f"dynamic.exits: early exiting needs a classification task (an example leaves at an exit "
+                             f"whose prediction entropy over the classes is low); {self.task} is a regression "
+                             "task: search without exits")
+        return self
+
+    @model_validator(mode="after")
+    def _exits_are_trained(self) -> SearchSettings:
+        """Searching thresholds needs exits that were trained (COST-EFF trains every exit with the backbone): so
+        `dynamic.exits` trains the supernet with exits (`training.exits`), unless the caller said outright not to.
+        One switch, `--exits`, then runs the whole pipeline; `--train-exits` alone trains exits for a later search."""
+        if self.dynamic.exits and not self.training.exits:
+            if "exits" in self.training.model_fields_set:
+                raise ValueError("dynamic.exits searches exit thresholds, which need a supernet trained with exits; "
+                                 "training.exits is false: drop it (dynamic.exits turns it on) or search without exits")
+            self.training = self.training.model_copy(update={"exits": True})
         return self
 
     def split(self) -> tuple[RunSpec, SearchJob]:

@@ -317,6 +317,46 @@ class TokenEliminationSpace(SearchSpace):
         raise ConfigError(f"token_keep {list(sub.token_keep)} is not a schedule of the {self.name} space")
 
 
+class ExitSpace(SearchSpace):
+    """Any space (TokenEliminationSpace included: a point may have a schedule and a threshold) plus one gene for
+    early exiting (COST-EFF): an index into a grid of exit thresholds τ, "off" (0) among them. Like the other genes,
+    larger is bigger: the largest index is the smallest τ, 0, which runs every example through every kept layer, so
+    `largest()` is the base space's largest network, unchanged. A threshold needs no retraining of its own: the
+    exit heads are trained with the supernet, and every τ is scored from one pass over the exits."""
+
+    def __init__(self, base: SearchSpace, thresholds: Sequence[float]) -> None:
+        super().__init__(base.config, unit_step=base.unit_step)
+        grid = sorted({float(t) for t in thresholds})
+        if not grid or grid[0] != 0.0 or grid[-1] > 1.0 or not all(math.isfinite(t) for t in grid):
+            raise ConfigError(f"exit thresholds are normalised entropies in [0, 1] with 0 (off) among them, got "
+                              f"{list(thresholds)}")
+        self.base, self.thresholds = base, tuple(grid)
+        self.name = f"{base.name}+exits"
+
+    @property
+    def lower(self) -> list[int]:
+        return [*self.base.lower, 0]
+
+    @property
+    def upper(self) -> list[int]:
+        return [*self.base.upper, len(self.thresholds) - 1]
+
+    def threshold(self, gene: int) -> float:
+        """τ of a gene value: the grid read from its largest threshold (gene 0) down to 0 (the largest gene)."""
+        return self.thresholds[len(self.thresholds) - 1 - gene]
+
+    def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
+        values = self._check(vector)
+        return replace(self.base.decode(values[:-1]), exit_threshold=self.threshold(values[-1]))
+
+    def encode(self, sub: SubNetworkConfig) -> list[int]:
+        structure = self.base.encode(replace(sub, exit_threshold=None))
+        tau = 0.0 if sub.exit_threshold is None else sub.exit_threshold
+        if tau not in self.thresholds:
+            raise ConfigError(f"exit_threshold {tau} is not in the {self.name} space's grid {list(self.thresholds)}")
+        return [*structure, len(self.thresholds) - 1 - self.thresholds.index(tau)]
+
+
 SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (UniformSpace, PerLayerSpace, LayerSpace,
                                                                   ImportanceSpace)}
 if tuple(SPACES) != SPACE_NAMES:  # the settings' choices (torch-free) must be exactly the spaces that exist

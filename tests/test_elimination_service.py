@@ -8,6 +8,7 @@ from sqlalchemy import update
 from test_api import body
 
 from search.runner import Trial
+from search.settings import DEFAULT_EXIT_THRESHOLDS
 from service.db import make_engine, session_factory
 from service.models import Search, SearchStatus
 from service.store import DbStore
@@ -29,7 +30,8 @@ def test_the_dynamic_section_is_in_the_options_and_checked(client, workspace) ->
     accepted = client.post("/searches", json=body(workspace, dynamic={"token_elimination": True},
                                                   search={"objectives": ["error", "expected_macs"]}))
     assert accepted.status_code == 201, accepted.text
-    assert accepted.json()["request"]["job"]["dynamic"] == {"token_elimination": True, "keep_floor": 0.1}
+    assert accepted.json()["request"]["job"]["dynamic"] == {
+        "token_elimination": True, "keep_floor": 0.1, "exits": False, "exit_thresholds": list(DEFAULT_EXIT_THRESHOLDS)}
 
 
 def test_trials_and_points_show_their_dynamics(client, workspace, settings, tmp_path) -> None:

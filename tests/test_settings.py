@@ -83,6 +83,8 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("search_examples",): ("100", 100),
     ("dynamic", "token_elimination"): ("", True),  # a switch: the flag alone
     ("dynamic", "keep_floor"): ("0.2", 0.2),
+    ("dynamic", "exits"): ("", True),
+    ("dynamic", "exit_thresholds"): ("0,0.25,0.5", [0.0, 0.25, 0.5]),
 }
 # Fields set by the test's task in both forms (the model, the task and its files), and fields without a flag.
 TASK_FIELDS = {("model",), ("task",), ("custom", "train_file"), ("custom", "test_file")}
@@ -304,7 +306,8 @@ def test_a_row_stored_by_the_previous_release_parses_and_round_trips() -> None:
     assert spec.custom == CustomTask(name="toy", train_file="/data/train.csv", test_file="/data/test.csv")
     assert job.refine.budgets == (0.5, 0.33) and job.search.objectives == ["error", "params", "latency"]
     # sections added since appear with their defaults; everything the old row held is as it was
-    added = {"dynamic": {"token_elimination": False, "keep_floor": 0.1},
+    added = {"dynamic": {"token_elimination": False, "keep_floor": 0.1, "exits": False,
+                         "exit_thresholds": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]},
              "latency": OLD_ROW["job"]["latency"] | {"lengths": "fixed"}}
     training = OLD_ROW["run"]["training"] | {"token_elimination": False, "exits": False}
     assert repo.request_dict(spec, job) == {"run": OLD_ROW["run"] | {"training": training},

@@ -267,6 +267,10 @@ def _queue_export(factory: Any, settings: Settings, search_id: str, point: int, 
         if format == "onnx" and row.config.get("token_keep") is not None:  # supernet.extract.export_onnx says why
             raise HTTPException(409, f"front point {point} drops tokens, which an ONNX graph cannot express: "
                                      "download it with format=hf (the folder runs it with transformers)")
+        if format == "onnx" and row.config.get("exit_threshold") is not None:
+            raise HTTPException(409, f"front point {point} exits early (per example, the batch shrinking), which an "
+                                     "ONNX graph cannot express: download it with format=hf (the folder runs it with "
+                                     "transformers)")
         refined = not sliced and serves_refined(data)
         if refined and refined_source(folder, point, data) is None:  # never the slice for the refined model
             raise HTTPException(409, f"front point {point} of search {search_id} was refined, but its refined model "

@@ -107,8 +107,10 @@ class TrialRead(BaseModel):
     latency_ms: float
     elapsed_s: float
     dynamics: dict[str, Any] | None = Field(
-        None, description="a sub-network that changes with its input (token_keep in its config): expected_macs and "
-                          "mean_tokens after each kept layer over the validation inputs at their own lengths")
+        None, description="a sub-network that changes with its input (token_keep or exit_threshold in its config): "
+                          "expected_macs over the validation inputs at their own lengths, mean_tokens after each "
+                          "kept layer (token elimination) and mean_exit_layer, the mean 1-based kept layer the "
+                          "inputs leave after (early exits)")
 
 
 class TrialPage(BaseModel):
