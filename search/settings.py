@@ -125,8 +125,8 @@ class DynamicConfig(SettingsModel):
     exits: bool = Field(
         False, description="search the early-exit threshold too (COST-EFF): one more gene, the normalised prediction "
                            "entropy below which an example leaves at an exit; trains the supernet with exits "
-                           "(training.exits) and needs a classification task; each structure's exits are evaluated once, every threshold scored "
-                           "from that pass")
+                           "(training.exits) and needs a classification task; each structure's exits are evaluated "
+                           "once, every threshold scored from that pass")
     exit_thresholds: Annotated[list[Annotated[float, Field(ge=0, le=1)]], COMMA_SEPARATED] = Field(
         list(DEFAULT_EXIT_THRESHOLDS), min_length=1, max_length=MAX_EXIT_THRESHOLDS,
         description="early exits: the threshold gene's grid of normalised entropies in [0, 1], 0 (off: full depth) "
