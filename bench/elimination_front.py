@@ -134,21 +134,31 @@ def run_alone(model: torch.nn.Module, examples: list[dict[str, torch.Tensor]]) -
 
 
 def exported_model(supernet, sub: SubNetworkConfig, what: str) -> torch.nn.Module:
-    """`sub` exported (physically sliced, its schedule set), checked to be what its row names."""
+    """`sub` exported (physically sliced, its schedule and exit threshold set), checked to be what its row names."""
     model = extract(supernet, sub)
     require_exported(model, sub, what)
     keep = model.model.token_keep
     require((keep is not None) == (sub.token_keep is not None),
             f"{what}: the exported model's token_keep is {keep}, the point's {sub.token_keep}")
+    require(model.model.exit_threshold == sub.exit_threshold,
+            f"{what}: the exported model's exit_threshold is {model.model.exit_threshold}, the point's "
+            f"{sub.exit_threshold}")
     return model
 
 
 def batch1_latencies(supernet, subs: dict[str, SubNetworkConfig], examples: list[dict[str, torch.Tensor]],
                      repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median seconds to run `examples` one at a time through each exported sub-network, repeats interleaved (the
-    order reversed every other round, so a drift in load hits every model alike); and, from one untimed pass
-    first, the tokens each model's FFNs were given as a share of every token through every layer it runs."""
-    models = {key: exported_model(supernet, sub, f"latency of {key}") for key, sub in subs.items()}
+    """time_alone of every sub-network of `subs`, exported from `supernet`."""
+    return time_alone({key: exported_model(supernet, sub, f"latency of {key}") for key, sub in subs.items()},
+                      examples, repeats)
+
+
+def time_alone(models: dict[str, torch.nn.Module], examples: list[dict[str, torch.Tensor]],
+               repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds to run `examples` one at a time through each model, repeats interleaved (the order reversed
+    every other round, so a drift in load hits every model alike); and, from one untimed pass first, the tokens
+    each model's FFNs were given as a share of every token through every layer it has (fewer where tokens are
+    dropped or examples exit early)."""
     tokens = sum(lengths_of(examples))
     ffn_share = {}
     for key, model in models.items():  # untimed: first-call allocations are not the model's cost

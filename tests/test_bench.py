@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import checks  # noqa: E402
 import elimination  # noqa: E402
 import elimination_front  # noqa: E402
+import exits_front  # noqa: E402
 import eval_precision  # noqa: E402
 import front_rescoring  # noqa: E402
 import latency_model  # noqa: E402
@@ -135,6 +136,39 @@ def test_elimination_tiny_times_exported_models_that_drop_tokens(tmp_path: Path)
 def test_elimination_refuses_to_report_a_speedup_where_nothing_was_dropped(tmp_path: Path) -> None:
     with pytest.raises(checks.CheckFailed, match="nothing was eliminated"):
         elimination.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--speedups", "1.0"])
+
+
+# -- bench/exits_front.py ---------------------------------------------------------------------------------------
+def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: Path) -> None:
+    data = exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    static, exits = data["searches"]["static"], data["searches"]["exits"]
+    assert static["evaluations"] == exits["evaluations"] == exits_front.TINY_EVALUATIONS
+    assert static["exiting_points"] == 0 and exits["exiting_points"] >= 1
+    # both supernets trained here, with and without exits: the job cost counts the training
+    assert json.loads((tmp_path / "out" / "glue-mrpc" / "seed0" / "exits-run" / "run.json").read_text())[
+        "training"]["exits"] is True
+    assert all(s["train_s"] > 0 and s["job_s"] == s["train_s"] + s["search_s"] for s in (static, exits))
+    assert data["test_split"] == "test" and all(s["hypervolume_expected_macs"]["test"] is not None
+                                                for s in (static, exits))
+    latency = data["latency"]
+    # every exiting point timed against its own structure at full depth
+    assert latency["exiting"] and all(row["speedup_over_full_depth"] > 0 for row in latency["exiting"])
+    assert all(1 <= row["dynamics"]["mean_exit_layer"] for row in latency["exiting"])
+    cost = data["static_cost_of_exits"]
+    assert len(cost["points"]) == static["front_size"]
+    (results,) = (tmp_path / "out").rglob("results.json")
+    table = exits_front.table_lines(results)
+    assert [line.split(" | ")[0] for line in table if line.startswith(("| static", "| exits"))] \
+        == ["| static", "| exits"]
+    assert any(line.startswith("Cheapest exiting-front point") for line in table)
+
+
+def test_exits_front_refuses_latencies_of_exports_that_never_exit(monkeypatch, tmp_path: Path) -> None:
+    from supernet import modules
+
+    monkeypatch.setattr(modules._Running, "leave", lambda *_: None)  # the exported forward never lets a row leave
+    with pytest.raises(checks.CheckFailed, match="let an example leave early"):
+        exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
 
 
 # -- bench/elimination_front.py ---------------------------------------------------------------------------------

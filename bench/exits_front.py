@@ -1,0 +1,361 @@
+"""Early exits against static pruning (COST-EFF, Shen et al., EMNLP 2022): the front of a supernet trained with exits
+and searched with exit thresholds, against the static front of the same model trained and searched without them.
+
+Trains, one after the other in one process and from the same settings (bench/prove.py's importance job of --task
+and --seed; --tiny: the tiny setting), two supernets: without exits (static) and with them (`training.exits`), each
+in its own folder under --out, reused with its recorded training time when a previous run finished it. Then runs
+the same search on each (same seed, budget and objectives: error and expected MACs, the objective that sees where
+examples leave), the second with `dynamic.exits`. Reported side by side:
+
+- job cost: training + search of each, the exits job as a multiple of the static one (target ≤ 1.3);
+- hypervolume in error vs expected MACs on validation (the fronts' own figures) and on the test split (test
+  metrics; expected MACs where each test example leaves, from one pass over the exits of each point);
+- hypervolume in error vs measured batch-1 latency: every point of both fronts exported (an exiting point keeps its
+  threshold) and timed on the first --latency-examples validation examples, each alone at its own length, medians
+  of interleaved repeats, as a fraction of the static full model's latency timed in the same loop;
+- for every exiting point: its batch-1 latency against (a) the same exported structure at full depth and (b) the
+  fastest static front point whose validation metric is at least as good (the real bar), its expected MACs and
+  mean exit layer;
+- what exits cost the static points: the validation metric of the full network and of every static front structure
+  at full depth on the exits supernet, against the static supernet's;
+- the cheapest exiting point within 1 point (absolute) of the fully fine-tuned model (bench/prove.py's reference,
+  else the static supernet's full network) and its expected MACs as a fraction of the full model's (COST-EFF's
+  claim; target ≤ 1/5 on SST-2).
+
+Results go to <out>/<task>/seed<k>/results.json. The checks (bench/checks.py): the exits front holds points that exit
+early, both searches did the same number of evaluations, every timed model is an exported model of the structure
+(and threshold) named, and the exiting models' FFNs saw fewer rows than every example through every layer.
+
+    python bench/exits_front.py --task glue/mrpc --seed 0
+    python bench/exits_front.py --tiny      # seconds: tiny supernets trained on a few MRPC rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import tiny
+import torch
+from checks import require
+from elimination_front import (
+    config_key,
+    exported_model,
+    fmt,
+    lengths_of,
+    run_search,
+    scaled_hypervolume,
+    scored_test_split,
+    time_alone,
+)
+from prove import OUT, Stopwatch, read_json, seed_folder, write_json
+
+from search.runner import SearchConfig
+from search.settings import DynamicConfig, SearchJob
+from supernet.batching import make_batches
+from supernet.config import SubNetworkConfig
+from supernet.counting import expected_macs
+from supernet.evaluation import dtype_name, evaluate, exit_positions, predict_exits, resolve_dtype
+from supernet.model import Supernet
+from supernet.run import Run, train_run
+from supernet.settings import EVALUATION_DTYPES, RunSpec
+
+OBJECTIVES = ["error", "expected_macs"]
+KINDS = ("static", "exits")
+TRAINING_FILE = "bench_training.json"  # this benchmark's record of how long a run folder's training took
+TINY_EVALUATIONS = 12
+TINY_EXIT_THRESHOLDS = tiny.TINY_EXIT_THRESHOLDS  # the tiny exits barely learn: τ up to 1 lets examples leave
+
+
+def search_job(args: argparse.Namespace, kind: str) -> SearchJob:
+    """The same search for both kinds but for the exit threshold gene."""
+    search = SearchConfig(objectives=OBJECTIVES, evaluations=args.evaluations, seed=args.search_seed)
+    dynamic = (DynamicConfig(exits=True, **({"exit_thresholds": args.exit_thresholds} if args.exit_thresholds else {}))
+               if kind == "exits" else DynamicConfig())
+    return SearchJob(search=search, evaluation_dtype=args.dtype, dynamic=dynamic)
+
+
+def base_spec(args: argparse.Namespace) -> RunSpec:
+    """The static run's settings: the tiny setting's, or bench/prove.py's importance job's (its run.json)."""
+    if args.tiny:
+        model, data_dir = tiny.workspace(args.tiny_root)
+        return tiny.tiny_spec(model, data_dir)
+    source = args.run or args.prove / seed_folder(args.task, args.seed) / "nasprune_importance" / "run"
+    require((source / "run.json").is_file(), f"{source}: no run.json (run bench/prove.py --task {args.task} first, "
+                                             "or name a trained run with --run)")
+    return Run(source).spec
+
+
+def trained(spec: RunSpec, folder: Path) -> dict[str, Any]:
+    """Train `spec` into `folder` (or find it trained by an earlier run of this benchmark) and say how long it
+    took."""
+    record = folder / TRAINING_FILE
+    if record.is_file() and (folder / "supernet" / "model.safetensors").is_file():
+        return read_json(record)
+    shutil.rmtree(folder, ignore_errors=True)  # a half-trained folder would resume: its time would not be a cost
+    with Stopwatch() as watch:
+        train_run(spec, folder, progress=False)
+    data = {"train_s": watch.seconds, "cpu_share": watch.cpu_share, "load_average": os.getloadavg()[0]}
+    write_json(record, data)
+    return data
+
+
+@torch.no_grad()
+def split_positions(supernet: Supernet, sub: SubNetworkConfig, batches: list) -> list[int]:
+    """Where each example of `batches` leaves under `sub`'s threshold (one pass over the exits)."""
+    with supernet.use(replace(sub, exit_threshold=None)):
+        logits, _ = predict_exits(supernet, batches)
+    return exit_positions(logits, sub.exit_threshold).tolist()
+
+
+def macs_hypervolumes(front: dict[str, Any], supernet: Supernet, chance_error: float, test: list | None,
+                      key: str | None) -> dict[str, float | None]:
+    """Error vs expected MACs on validation (the front's own figures) and on test (test metrics; expected MACs over
+    the test lengths, each exiting point's examples counted up to where they leave), as fractions of the full
+    model's."""
+    full = front["reference"]["objectives"]["expected_macs"]
+    validation = scaled_hypervolume([(p["objectives"]["expected_macs"] / full, p["objectives"]["error"])
+                                     for p in front["points"]], chance_error)
+    if test is None or key is None:
+        return {"validation": validation, "test": None}
+    config, lengths = supernet.config, lengths_of(test)
+    full_test = expected_macs(config, supernet.full_config(), lengths)
+    pairs = []
+    for point in front["points"]:
+        sub = SubNetworkConfig.from_dict(point["config"])
+        exits = None if sub.exit_threshold is None else split_positions(supernet, sub, test)
+        pairs.append((expected_macs(config, sub, lengths, exit_layers=exits) / full_test, 1.0 - point["test"][key]))
+    return {"validation": validation, "test": scaled_hypervolume(pairs, chance_error)}
+
+
+def static_cost_of_exits(static: Supernet, with_exits: Supernet, front: dict[str, Any], run: Run,
+                         metric: str) -> dict[str, Any]:
+    """The validation metric at full depth of the full network and of every static front structure, on the
+    supernet trained without exits and on the one trained with them (what training the exits cost)."""
+    batches = run.batches("validation")
+    subs = {"full": static.full_config()} | {config_key(SubNetworkConfig.from_dict(p["config"])):
+                                             SubNetworkConfig.from_dict(p["config"]) for p in front["points"]}
+    rows = []
+    for key, sub in subs.items():
+        without = evaluate(static, batches, run.task.spec, sub=sub)[metric]
+        trained_with = evaluate(with_exits, batches, run.task.spec, sub=sub)[metric]
+        rows.append({"point": key, "static_supernet": without, "exits_supernet": trained_with})
+    changes = [row["exits_supernet"] - row["static_supernet"] for row in rows[1:]]
+    return {"full": rows[0], "points": rows[1:],
+            "mean_change": statistics.mean(changes) if changes else None}
+
+
+def reference_metric(args: argparse.Namespace, metric: str, static_front: dict[str, Any]) -> tuple[float, str]:
+    """The fully fine-tuned model's validation metric (bench/prove.py's reference), else the static supernet's full
+    network's."""
+    reference = args.prove / seed_folder(args.task, args.seed) / "reference.json"
+    if not args.tiny and reference.is_file():
+        return read_json(reference)[0]["validation"][metric], "fully fine-tuned model (bench/prove.py reference)"
+    return static_front["reference"]["validation"][metric], "static supernet's full network"
+
+
+def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supernet], run: Run,
+                    chance_error: float, metric: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Batch-1 latency of every point of both fronts, of each exiting point's structure at full depth and of the
+    static full model; each front's hypervolume in error vs latency fraction; each exiting point against its
+    full-depth twin and the fastest static point at least as good."""
+    examples = run.task.validation[:args.latency_examples]
+    alone = list(make_batches(examples, run.tokenizer, batch_size=1, max_length=run.spec.max_length,
+                              is_regression=run.task.spec.is_regression))
+    models = {"full": exported_model(supernets["static"], supernets["static"].full_config(), "the full model")}
+    keys: dict[str, list[str]] = {}
+    for kind, front in fronts.items():
+        keys[kind] = []
+        for point in front["points"]:
+            sub = SubNetworkConfig.from_dict(point["config"])
+            key = f"{kind}:{config_key(sub)}"
+            keys[kind].append(key)
+            models[key] = exported_model(supernets[kind], sub, f"latency of {key}")
+            if sub.exit_threshold is not None:
+                models[f"{key}:full-depth"] = exported_model(supernets[kind], replace(sub, exit_threshold=None),
+                                                             f"latency of {key} at full depth")
+    seconds, ffn_share = time_alone(models, alone, args.repeats)
+    exiting = [key for key in keys["exits"] if "exit_threshold" in key]
+    require(any(ffn_share[key] < 1.0 for key in exiting),
+            f"none of the {len(exiting)} exported points with an exit threshold let an example leave early on these "
+            f"{len(alone)} examples: the latencies would show no exiting")
+    fraction = {key: value / seconds["full"] for key, value in seconds.items()}
+    per_kind = {kind: {"hypervolume": scaled_hypervolume(
+        [(fraction[k], p["objectives"]["error"]) for k, p in zip(keys[kind], front["points"], strict=True)],
+        chance_error), "latency_fraction": [fraction[k] for k in keys[kind]]} for kind, front in fronts.items()}
+    static_points = list(zip(keys["static"], fronts["static"]["points"], strict=True))
+    comparisons = []
+    for key, point in zip(keys["exits"], fronts["exits"]["points"], strict=True):
+        if key not in exiting:
+            continue
+        value = point["validation"][metric]
+        as_good = [(fraction[k], k) for k, p in static_points if p["validation"][metric] >= value]
+        bar = min(as_good) if as_good else None
+        comparisons.append({
+            "config": point["config"], "validation": value, "dynamics": point.get("dynamics"),
+            "expected_macs_fraction": (point["objectives"]["expected_macs"]
+                                       / fronts["exits"]["reference"]["objectives"]["expected_macs"]),
+            "latency_fraction": fraction[key], "full_depth_fraction": fraction[f"{key}:full-depth"],
+            "speedup_over_full_depth": seconds[f"{key}:full-depth"] / seconds[key],
+            "static_bar_fraction": None if bar is None else bar[0],
+            "speedup_over_static_bar": None if bar is None else seconds[bar[1]] / seconds[key]})
+    return {"examples": len(alone), "mean_length": statistics.mean(lengths_of(alone)), "repeats": args.repeats,
+            "full_s": seconds["full"], "models_timed": len(models), "fronts": per_kind, "exiting": comparisons}
+
+
+def cheapest_close_point(front: dict[str, Any], metric: str, reference: float,
+                         within: float = 0.01) -> dict[str, Any] | None:
+    """The exits front's point of least expected MACs whose validation metric is within `within` (absolute) of the
+    reference, with that cost as a fraction of the full model's."""
+    full = front["reference"]["objectives"]["expected_macs"]
+    close = [p for p in front["points"] if p["validation"][metric] >= reference - within]
+    if not close:
+        return None
+    best = min(close, key=lambda p: p["objectives"]["expected_macs"])
+    return {"config": best["config"], "validation": best["validation"][metric],
+            "expected_macs_fraction": best["objectives"]["expected_macs"] / full, "dynamics": best.get("dynamics")}
+
+
+def summary(kind: str, training: dict[str, Any], result: dict[str, Any],
+            macs: dict[str, float | None]) -> dict[str, Any]:
+    front = result["front"]
+    return {"kind": kind, "train_s": training["train_s"], "search_s": result["search_s"],
+            "job_s": training["train_s"] + result["search_s"], "cpu_share": result["cpu_share"],
+            "load_average": result["load_average"], "evaluations": result["evaluations"],
+            "front_size": len(front["points"]),
+            "exiting_points": sum("exit_threshold" in p["config"] for p in front["points"]),
+            "hypervolume_expected_macs": macs,
+            "points": [{"config": p["config"], "objectives": p["objectives"], "validation": p["validation"],
+                        "test": p.get("test"), "dynamics": p.get("dynamics")} for p in front["points"]]}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny supernets trained on a few rows, 1 repeat")
+    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny trains its supernets")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="the static run whose settings both trainings take (default: bench/prove.py's "
+                             "importance job of --task, --seed)")
+    parser.add_argument("--prove", type=Path, default=OUT, help="bench/prove.py's output folder")
+    parser.add_argument("--task", default="glue/mrpc")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT.parent / "exits_front")
+    parser.add_argument("--search-seed", type=int, default=None, help="both searches' seed (default: --seed)")
+    parser.add_argument("--evaluations", type=int, default=100, help="each search's evaluation budget")
+    parser.add_argument("--exit-thresholds", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                        help="the exits search's threshold grid (default: the service's)")
+    parser.add_argument("--dtype", choices=EVALUATION_DTYPES, default="auto", help="precision the searches rank in")
+    parser.add_argument("--latency-examples", type=int, default=200,
+                        help="the first N validation examples timed one at a time")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.tiny_root = args.tiny_root or Path(os.environ.get("TMPDIR", "/tmp")) / f"nasprune-tiny-exits-{os.getpid()}"
+        args.out, args.repeats = args.tiny_root / "out", 1
+        args.evaluations = min(args.evaluations, TINY_EVALUATIONS)
+        args.exit_thresholds = args.exit_thresholds or TINY_EXIT_THRESHOLDS
+    if args.latency_examples < 1 or args.repeats < 1 or args.evaluations < 1:
+        parser.error("--latency-examples, --repeats and --evaluations must be at least 1")
+    args.search_seed = args.seed if args.search_seed is None else args.search_seed
+    args.dtype = dtype_name(resolve_dtype(args.dtype))  # both searches rank in the same, named precision
+    torch.set_num_threads(args.threads)
+
+    static_spec = base_spec(args)
+    specs = {"static": static_spec, "exits": static_spec.model_copy(
+        update={"training": static_spec.training.model_copy(update={"exits": True})})}
+    out = args.out / seed_folder(static_spec.task, args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    training = {kind: trained(spec, out / f"{kind}-run") for kind, spec in specs.items()}
+    results = {kind: run_search(out / f"{kind}-run", specs[kind], search_job(args, kind), out / kind)
+               for kind in KINDS}
+    fronts = {kind: result["front"] for kind, result in results.items()}
+    require(results["static"]["evaluations"] == results["exits"]["evaluations"],
+            f"the static search did {results['static']['evaluations']} evaluations, the exits one "
+            f"{results['exits']['evaluations']}: the fronts are not of the same budget")
+    require(any("exit_threshold" in p["config"] for p in fronts["exits"]["points"]),
+            f"the exits front ({len(fronts['exits']['points'])} points) holds no point that exits early: with this "
+            "supernet and budget no threshold was worth its error, so there is no exits front to compare")
+
+    runs = {kind: Run(out / kind) for kind in KINDS}
+    supernets = {kind: runs[kind].load_supernet().eval() for kind in KINDS}
+    metric = fronts["static"]["main_metric"]
+    chance_error = 1.0 - fronts["static"]["majority_baseline"][metric]
+    key = scored_test_split(fronts["static"], runs["static"])
+    test = None if key is None else runs["static"].batches(key[0])
+    macs = {kind: macs_hypervolumes(front, supernets[kind], chance_error, test, key and key[1])
+            for kind, front in fronts.items()}
+    latency = latency_section(fronts, supernets, runs["static"], chance_error, metric, args)
+    reference, reference_name = reference_metric(args, metric, fronts["static"])
+    data = {"task": static_spec.task, "seed": args.seed, "search_seed": args.search_seed, "threads": args.threads,
+            "torch": torch.__version__, "dtype": args.dtype, "objectives": OBJECTIVES,
+            "evaluations": args.evaluations, "main_metric": metric, "chance_error": chance_error,
+            "exit_thresholds": search_job(args, "exits").dynamic.exit_thresholds,
+            "test_split": key and key[0], "latency": latency,
+            "static_cost_of_exits": static_cost_of_exits(supernets["static"], supernets["exits"], fronts["static"],
+                                                         runs["static"], metric),
+            "reference": {"metric": reference, "what": reference_name,
+                          "cheapest_within_1pt": cheapest_close_point(fronts["exits"], metric, reference)},
+            "searches": {kind: summary(kind, training[kind], results[kind], macs[kind]) for kind in KINDS}}
+    results_file = out / "results.json"
+    results_file.write_text(json.dumps(data, indent=1))
+    print("\n".join(table_lines(results_file)))
+    return data
+
+
+def table_lines(results: Path) -> list[str]:
+    """The Markdown tables of one task and seed's results.json (for bench/RESULTS.md)."""
+    if not results.is_file():
+        return []
+    data = json.loads(results.read_text())
+    rows, latency, metric = data["searches"], data["latency"], data["main_metric"]
+    static_job = rows["static"]["job_s"]
+    lines = [f"{data['evaluations']} evaluations per search (seed {data['search_seed']}, ranked in {data['dtype']}, "
+             f"objectives {' and '.join(data['objectives'])}; thresholds {data['exit_thresholds']}), "
+             f"{data['threads']} thread(s). Job: training + search, both trained and searched one after the other "
+             f"in one process. Batch-1 latency: the first {latency['examples']} validation examples (mean "
+             f"{latency['mean_length']:.0f} tokens) each alone, unpadded, median of {latency['repeats']} "
+             f"interleaved repeats, as a fraction of the static full model's ({latency['full_s']:.2f} s for all of "
+             "them). Hypervolumes: cost / 1.1 and error / majority-class error under (1, 1).", "",
+             "| front | job (s) | ÷ static (target ≤ 1.3) | training (s) | search (s) | front size | exiting points "
+             "| HV error × expected MACs, validation | HV, test | HV error × batch-1 latency |",
+             "|---" * 10 + "|"]
+    for kind in KINDS:
+        row = rows[kind]
+        hv = row["hypervolume_expected_macs"]
+        lines.append(f"| {kind} | {row['job_s']:.0f} | {row['job_s'] / static_job:.2f} | {row['train_s']:.0f} "
+                     f"| {row['search_s']:.0f} | {row['front_size']} | {row['exiting_points']} "
+                     f"| {fmt(hv['validation'])} | {fmt(hv['test'])} "
+                     f"| {fmt(latency['fronts'][kind]['hypervolume'])} |")
+    lines += ["", f"| exiting point: τ | validation {metric} | mean exit layer | expected MACs ÷ full "
+                  "| batch-1 latency ÷ full | speed-up over its full depth | over the fastest static point as good |",
+              "|---" * 7 + "|"]
+    for row in latency["exiting"]:
+        dynamics = row["dynamics"] or {}
+        bar = row["speedup_over_static_bar"]
+        lines.append(f"| {row['config']['exit_threshold']} | {row['validation']:.4f} "
+                     f"| {dynamics.get('mean_exit_layer', float('nan')):.2f} "
+                     f"| {row['expected_macs_fraction']:.3f} | {row['latency_fraction']:.3f} "
+                     f"| {row['speedup_over_full_depth']:.2f}x | {'none as good' if bar is None else f'{bar:.2f}x'} |")
+    cost = data["static_cost_of_exits"]
+    close = data["reference"]["cheapest_within_1pt"]
+    full_change = cost["full"]["exits_supernet"] - cost["full"]["static_supernet"]
+    lines += ["", f"What exits cost the static points (validation {metric} at full depth, supernet trained with exits "
+                  f"minus without): full network {full_change:+.4f}"
+                  + ("" if cost["mean_change"] is None else f", static front structures {cost['mean_change']:+.4f} "
+                     "on average") + ".",
+              f"Cheapest exiting-front point within 1 point of the {data['reference']['what']} "
+              f"({data['reference']['metric']:.4f}): "
+              + ("none." if close is None else f"{close['validation']:.4f} at {close['expected_macs_fraction']:.3f} "
+                 "of the full model's expected MACs (target ≤ 0.2 on SST-2).")]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
