@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import checks  # noqa: E402
 import elimination  # noqa: E402
 import elimination_front  # noqa: E402
-import exits_front  # noqa: E402
 import eval_precision  # noqa: E402
+import exits_front  # noqa: E402
 import front_rescoring  # noqa: E402
 import latency_model  # noqa: E402
 import load_test  # noqa: E402
