@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(
         {"threads": args.threads, "torch": torch.__version__, "examples": len(lengths),
-         "mean_length": statistics.mean(lengths), "rows": rows}, indent=1))
+         "mean_length": statistics.mean(lengths), "rows": rows,
+         # a supernet other than bench/prove.py's importance job: the report names it and its training
+         "run": None if args.run is None or args.tiny else str(args.run), "epochs": run.spec.training.epochs},
+        indent=1))
     return rows
 
 

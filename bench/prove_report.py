@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from checks import require  # noqa: E402
 from elimination import table_lines as elimination_table  # noqa: E402
 from elimination_front import table_lines as elimination_front_table  # noqa: E402
+from exits_front import table_lines as exits_front_table  # noqa: E402
 from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
@@ -534,9 +535,14 @@ def elimination_section(task: str, elimination: Path) -> list[str]:
         table = elimination_table(folder / "results.json")
         if table:
             seed = folder.name.removeprefix("seed")
+            data = json.loads((folder / "results.json").read_text())
+            run = data.get("run")
+            supernet = ("The importance job's supernet" if run is None else
+                        f"The supernet of `{run}` (the importance job's settings, {data['epochs']:g} epoch(s) of "
+                        "training)")
             lines += [f"### Token elimination (`python bench/elimination.py --task {task.replace('-', '/', 1)} "
-                      f"--seed {seed}`)", "",
-                      "The importance job's supernet; each structure exported, then set to each speed-up with "
+                      f"--seed {seed}{'' if run is None else f' --run {run}'}`)", "",
+                      f"{supernet}; each structure exported, then set to each speed-up with "
                       "`model.set_speedup` (the schedule solved on expected MACs over the validation lengths, no "
                       "retraining) and timed against the same structure without elimination.", "", *table, ""]
     return lines
@@ -556,6 +562,22 @@ def elimination_front_section(task: str, fronts: Path) -> list[str]:
                       "The importance job's supernet searched twice with the same seed and budget on error and "
                       "expected MACs: structures only (static), and structures with keep schedules (joint).", "",
                       *table, ""]
+    return lines
+
+
+def exits_front_section(task: str, fronts: Path) -> list[str]:
+    """bench/exits_front.py: the front of a supernet trained with exits and searched with thresholds against the
+    static front of the same settings trained without, one table per seed."""
+    lines: list[str] = []
+    for results in sorted((fronts / task).glob("seed*/results.json")):
+        table = exits_front_table(results)
+        if table:
+            seed = results.parent.name.removeprefix("seed")
+            lines += [f"### Early exits against the static front (`python bench/exits_front.py --task "
+                      f"{task.replace('-', '/', 1)} --seed {seed}`)", "",
+                      "The importance job's settings trained twice, without exits (static) and with them, each then "
+                      "searched with the same seed and budget on error and expected MACs, the second with the exit "
+                      "threshold gene.", "", *table, ""]
     return lines
 
 
@@ -638,6 +660,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += search_budget_section(task, Path(args.out).parent / "search_budget")
         lines += elimination_section(task, Path(args.out).parent / "elimination")
         lines += elimination_front_section(task, Path(args.out).parent / "elimination_front")
+        lines += exits_front_section(task, Path(args.out).parent / "exits_front")
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")
 

@@ -131,6 +131,16 @@ def test_elimination_tiny_times_exported_models_that_drop_tokens(tmp_path: Path)
     (results,) = (tmp_path / "out").rglob("results.json")
     table = elimination.table_lines(results)  # what bench/prove_report.py writes into RESULTS.md
     assert len([line for line in table if line.startswith("| full") or line.startswith("| <=")]) == 2
+    data = json.loads(results.read_text())
+    assert data["run"] is None and data["epochs"] == 1.0  # the tiny run is --tiny's, not a --run to name
+    task = results.parent.parent.name
+    section = prove_report.elimination_section(task, tmp_path / "out")
+    assert "--run" not in section[0] and section[2].startswith("The importance job's supernet")
+    # a result from another supernet (--run) names it and how long it trained, so the command reproduces it
+    results.write_text(json.dumps(data | {"run": "runs/sst2-1epoch", "epochs": 1.0}))
+    section = prove_report.elimination_section(task, tmp_path / "out")
+    assert section[0].endswith("--seed 0 --run runs/sst2-1epoch`)")
+    assert section[2].startswith("The supernet of `runs/sst2-1epoch` (the importance job's settings, 1 epoch(s)")
 
 
 def test_elimination_refuses_to_report_a_speedup_where_nothing_was_dropped(tmp_path: Path) -> None:
