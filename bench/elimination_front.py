@@ -38,6 +38,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ from search.settings import DynamicConfig, SearchJob
 from supernet.batching import make_batches
 from supernet.config import SubNetworkConfig
 from supernet.counting import expected_macs
-from supernet.evaluation import dtype_name, resolve_dtype
+from supernet.evaluation import dtype_name, exit_positions, predict_exits, resolve_dtype
 from supernet.extract import extract
 from supernet.run import Run, train_run
 from supernet.settings import EVALUATION_DTYPES, RunSpec
@@ -110,21 +111,32 @@ def lengths_of(batches) -> list[int]:
     return [int(n) for batch in batches for n in batch["attention_mask"].sum(dim=1)]
 
 
-def macs_hypervolumes(front: dict[str, Any], run: Run, supernet, chance_error: float,
-                      test_lengths: list[int] | None, key: str | None) -> dict[str, float | None]:
-    """Error vs expected MACs on validation (the front's own figures) and on test (test metrics, expected MACs over
-    the test lengths), both as fractions of the full model's."""
+@torch.no_grad()
+def split_positions(supernet, sub: SubNetworkConfig, batches: list) -> list[int]:
+    """Where each example of `batches` leaves under `sub`'s exit threshold (one pass over the exits)."""
+    with supernet.use(replace(sub, exit_threshold=None)):
+        logits, _ = predict_exits(supernet, batches)
+    return exit_positions(logits, sub.exit_threshold).tolist()
+
+
+def macs_hypervolumes(front: dict[str, Any], supernet, chance_error: float, test: list | None,
+                      key: str | None) -> dict[str, float | None]:
+    """Error vs expected MACs on validation (the front's own figures) and on test (test metrics; expected MACs over
+    the test lengths, an exiting point's examples counted up to where they leave), as fractions of the full
+    model's."""
     full = front["reference"]["objectives"]["expected_macs"]
     validation = scaled_hypervolume([(p["objectives"]["expected_macs"] / full, p["objectives"]["error"])
                                      for p in front["points"]], chance_error)
-    test = None
-    if test_lengths is not None and key is not None:
-        config = supernet.config
-        full_test = expected_macs(config, supernet.full_config(), test_lengths)
-        test = scaled_hypervolume(
-            [(expected_macs(config, SubNetworkConfig.from_dict(p["config"]), test_lengths) / full_test,
-              1.0 - p["test"][key]) for p in front["points"]], chance_error)
-    return {"validation": validation, "test": test}
+    if test is None or key is None:
+        return {"validation": validation, "test": None}
+    config, lengths = supernet.config, lengths_of(test)
+    full_test = expected_macs(config, supernet.full_config(), lengths)
+    pairs = []
+    for point in front["points"]:
+        sub = SubNetworkConfig.from_dict(point["config"])
+        exits = None if sub.exit_threshold is None else split_positions(supernet, sub, test)
+        pairs.append((expected_macs(config, sub, lengths, exit_layers=exits) / full_test, 1.0 - point["test"][key]))
+    return {"validation": validation, "test": scaled_hypervolume(pairs, chance_error)}
 
 
 @torch.inference_mode()
@@ -205,12 +217,14 @@ def latency_section(fronts: dict[str, dict[str, Any]], run: Run, supernet, chanc
             "full_s": seconds["full"], "models_timed": len(subs), "fronts": per_kind}
 
 
-def summary(kind: str, result: dict[str, Any], macs: dict[str, float | None]) -> dict[str, Any]:
+def summary(kind: str, result: dict[str, Any], macs: dict[str, float | None], *, dynamic: str = "token_keep",
+            counted: str = "eliminating_points") -> dict[str, Any]:
+    """One search's figures; `counted`: how many front points carry the runtime field `dynamic`."""
     front = result["front"]
     return {"kind": kind, "search_s": result["search_s"], "cpu_share": result["cpu_share"],
             "load_average": result["load_average"], "evaluations": result["evaluations"],
             "front_size": len(front["points"]),
-            "eliminating_points": sum("token_keep" in p["config"] for p in front["points"]),
+            counted: sum(dynamic in p["config"] for p in front["points"]),
             "hypervolume_expected_macs": macs,
             "points": [{"config": p["config"], "objectives": p["objectives"], "validation": p["validation"],
                         "test": p.get("test"), "dynamics": p.get("dynamics")} for p in front["points"]]}
@@ -267,8 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metric = fronts["static"]["main_metric"]
     chance_error = 1.0 - fronts["static"]["majority_baseline"][metric]
     key = scored_test_split(fronts["static"], source_run)
-    test_lengths = None if key is None else lengths_of(source_run.batches(key[0]))
-    macs = {kind: macs_hypervolumes(front, source_run, supernet, chance_error, test_lengths, key and key[1])
+    test = None if key is None else source_run.batches(key[0])
+    macs = {kind: macs_hypervolumes(front, supernet, chance_error, test, key and key[1])
             for kind, front in fronts.items()}
     latency = latency_section(fronts, source_run, supernet, chance_error, args)
     data = {"task": spec.task, "seed": args.seed, "search_seed": args.search_seed, "threads": args.threads,

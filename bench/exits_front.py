@@ -49,19 +49,20 @@ from elimination_front import (
     exported_model,
     fmt,
     lengths_of,
+    macs_hypervolumes,
     run_search,
     scaled_hypervolume,
     scored_test_split,
     time_alone,
 )
-from prove import OUT, Stopwatch, read_json, seed_folder, write_json
+from elimination_front import summary as front_summary
+from prove import Stopwatch, add_trained_run_arguments, read_json, seed_folder, write_json
 
 from search.runner import SearchConfig
 from search.settings import DynamicConfig, SearchJob
 from supernet.batching import make_batches
 from supernet.config import SubNetworkConfig
-from supernet.counting import expected_macs
-from supernet.evaluation import dtype_name, evaluate, exit_positions, predict_exits, resolve_dtype
+from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.model import Supernet
 from supernet.run import Run, train_run
 from supernet.settings import EVALUATION_DTYPES, RunSpec
@@ -104,34 +105,6 @@ def trained(spec: RunSpec, folder: Path) -> dict[str, Any]:
     data = {"train_s": watch.seconds, "cpu_share": watch.cpu_share, "load_average": os.getloadavg()[0]}
     write_json(record, data)
     return data
-
-
-@torch.no_grad()
-def split_positions(supernet: Supernet, sub: SubNetworkConfig, batches: list) -> list[int]:
-    """Where each example of `batches` leaves under `sub`'s threshold (one pass over the exits)."""
-    with supernet.use(replace(sub, exit_threshold=None)):
-        logits, _ = predict_exits(supernet, batches)
-    return exit_positions(logits, sub.exit_threshold).tolist()
-
-
-def macs_hypervolumes(front: dict[str, Any], supernet: Supernet, chance_error: float, test: list | None,
-                      key: str | None) -> dict[str, float | None]:
-    """Error vs expected MACs on validation (the front's own figures) and on test (test metrics; expected MACs over
-    the test lengths, each exiting point's examples counted up to where they leave), as fractions of the full
-    model's."""
-    full = front["reference"]["objectives"]["expected_macs"]
-    validation = scaled_hypervolume([(p["objectives"]["expected_macs"] / full, p["objectives"]["error"])
-                                     for p in front["points"]], chance_error)
-    if test is None or key is None:
-        return {"validation": validation, "test": None}
-    config, lengths = supernet.config, lengths_of(test)
-    full_test = expected_macs(config, supernet.full_config(), lengths)
-    pairs = []
-    for point in front["points"]:
-        sub = SubNetworkConfig.from_dict(point["config"])
-        exits = None if sub.exit_threshold is None else split_positions(supernet, sub, test)
-        pairs.append((expected_macs(config, sub, lengths, exit_layers=exits) / full_test, 1.0 - point["test"][key]))
-    return {"validation": validation, "test": scaled_hypervolume(pairs, chance_error)}
 
 
 def static_cost_of_exits(static: Supernet, with_exits: Supernet, front: dict[str, Any], run: Run,
@@ -224,30 +197,15 @@ def cheapest_close_point(front: dict[str, Any], metric: str, reference: float,
 
 def summary(kind: str, training: dict[str, Any], result: dict[str, Any],
             macs: dict[str, float | None]) -> dict[str, Any]:
-    front = result["front"]
-    return {"kind": kind, "train_s": training["train_s"], "search_s": result["search_s"],
-            "job_s": training["train_s"] + result["search_s"], "cpu_share": result["cpu_share"],
-            "load_average": result["load_average"], "evaluations": result["evaluations"],
-            "front_size": len(front["points"]),
-            "exiting_points": sum("exit_threshold" in p["config"] for p in front["points"]),
-            "hypervolume_expected_macs": macs,
-            "points": [{"config": p["config"], "objectives": p["objectives"], "validation": p["validation"],
-                        "test": p.get("test"), "dynamics": p.get("dynamics")} for p in front["points"]]}
+    """elimination_front's summary of a search, counting exiting points, with the training that preceded it."""
+    return {"train_s": training["train_s"], "job_s": training["train_s"] + result["search_s"]} | front_summary(
+        kind, result, macs, dynamic="exit_threshold", counted="exiting_points")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny supernets trained on a few rows, 1 repeat")
-    parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny trains its supernets")
-    parser.add_argument("--run", type=Path, default=None,
-                        help="the static run whose settings both trainings take (default: bench/prove.py's "
-                             "importance job of --task, --seed)")
-    parser.add_argument("--prove", type=Path, default=OUT, help="bench/prove.py's output folder")
-    parser.add_argument("--task", default="glue/mrpc")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=OUT.parent / "exits_front")
+    # --run: the static run whose settings both trainings take
+    add_trained_run_arguments(parser, task="glue/mrpc", out="exits_front")
     parser.add_argument("--search-seed", type=int, default=None, help="both searches' seed (default: --seed)")
     parser.add_argument("--evaluations", type=int, default=100, help="each search's evaluation budget")
     parser.add_argument("--exit-thresholds", type=lambda v: [float(x) for x in v.split(",")], default=None,
@@ -270,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     static_spec = base_spec(args)
     specs = {"static": static_spec, "exits": static_spec.model_copy(
         update={"training": static_spec.training.model_copy(update={"exits": True})})}
-    out = args.out / seed_folder(static_spec.task, args.seed)
+    out = Path(args.out) / seed_folder(static_spec.task, args.seed)
     out.mkdir(parents=True, exist_ok=True)
     training = {kind: trained(spec, out / f"{kind}-run") for kind, spec in specs.items()}
     results = {kind: run_search(out / f"{kind}-run", specs[kind], search_job(args, kind), out / kind)

@@ -387,3 +387,45 @@ def worker_thread(settings):
     finally:
         stop.set()
         thread.join(timeout=120)
+
+
+def record_sub_networks(model: Supernet) -> list[SubNetworkConfig]:
+    """The sub-networks `model` is set to from now on, in order (each still set): what a trainer drew."""
+    seen: list[SubNetworkConfig] = []
+    original = model.set_sub_network
+
+    def record(sub: SubNetworkConfig) -> None:
+        seen.append(sub)
+        original(sub)
+
+    model.set_sub_network = record  # type: ignore[method-assign]
+    return seen
+
+
+def served_dynamic_point(client, settings, root: Path, search_id: int, config: SubNetworkConfig,
+                         dynamics: dict) -> tuple[dict, dict]:
+    """Store one trial and a one-point front of `config` with `dynamics` for search `search_id` (in the real
+    database, through the worker's store), mark the search finished, and return (trial, front point) as the API
+    serves them."""
+    from sqlalchemy import update
+
+    from search.runner import Trial
+    from service.db import make_engine, session_factory
+    from service.models import Search, SearchStatus
+    from service.store import DbStore
+
+    engine = make_engine(settings.url)
+    store = DbStore(session_factory(engine), search_id, root)
+    store.add_trial(Trial(index=0, config=config, objectives={"error": 0.3, "expected_macs": 321.0},
+                          validation={"accuracy": 0.7}, params={"encoder": 5, "total": 9}, macs=400, latency_ms=2.0,
+                          elapsed_s=1.0, dynamics=dynamics))
+    store.save_front({"task": "toy", "objectives": ["error", "expected_macs"], "hypervolume": 0.1,
+                      "points": [{"config": config.to_dict(), "objectives": {"error": 0.3, "expected_macs": 321.0},
+                                  "validation": {"accuracy": 0.7}, "params": {"encoder": 5}, "macs": 400,
+                                  "latency_ms": 2.0, "test": {"accuracy": 0.6}, "dynamics": dynamics}]})
+    with session_factory(engine).begin() as session:  # the front is served once the search has ended
+        session.execute(update(Search).where(Search.id == search_id).values(status=SearchStatus.SUCCEEDED))
+    engine.dispose()
+    (item,) = client.get(f"/searches/{search_id}/trials").json()["items"]
+    (point,) = client.get(f"/searches/{search_id}/pareto").json()["points"]
+    return item, point

@@ -4,10 +4,10 @@ over HTTP."""
 
 from __future__ import annotations
 
+from conftest import served_dynamic_point
 from sqlalchemy import update
 from test_api import body
 
-from search.runner import Trial
 from search.settings import DEFAULT_EXIT_THRESHOLDS
 from service.db import make_engine, session_factory
 from service.models import Search, SearchStatus
@@ -38,23 +38,10 @@ def test_trials_and_points_show_their_dynamics(client, workspace, settings, tmp_
     created = client.post("/searches", json=body(workspace, dynamic={"token_elimination": True},
                                                  search={"objectives": ["error", "expected_macs"]}))
     search_id = created.json()["id"]
-    engine = make_engine(settings.url)
-    store = DbStore(session_factory(engine), search_id, tmp_path)
     dropping = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(8, 8), token_keep=(1.0, 0.5))
     dynamics = {"expected_macs": 321.0, "mean_tokens": [10.0, 5.0]}
-    store.add_trial(Trial(index=0, config=dropping, objectives={"error": 0.3, "expected_macs": 321.0},
-                          validation={"accuracy": 0.7}, params={"encoder": 5, "total": 9}, macs=400, latency_ms=2.0,
-                          elapsed_s=1.0, dynamics=dynamics))
-    store.save_front({"task": "toy", "objectives": ["error", "expected_macs"], "hypervolume": 0.1,
-                      "points": [{"config": dropping.to_dict(), "objectives": {"error": 0.3, "expected_macs": 321.0},
-                                  "validation": {"accuracy": 0.7}, "params": {"encoder": 5}, "macs": 400,
-                                  "latency_ms": 2.0, "test": {"accuracy": 0.6}, "dynamics": dynamics}]})
-    with session_factory(engine).begin() as session:  # the front is served once the search has ended
-        session.execute(update(Search).where(Search.id == search_id).values(status=SearchStatus.SUCCEEDED))
-    engine.dispose()
-    (item,) = client.get(f"/searches/{search_id}/trials").json()["items"]
+    item, point = served_dynamic_point(client, settings, tmp_path, search_id, dropping, dynamics)
     assert item["dynamics"] == dynamics and item["config"]["token_keep"] == [1.0, 0.5]
-    (point,) = client.get(f"/searches/{search_id}/pareto").json()["points"]
     assert point["dynamics"] == dynamics and point["config"]["token_keep"] == [1.0, 0.5]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TOY_SPEC, cli, make_supernet, random_inputs, supernet_config, task_args
+from conftest import TOY_SPEC, cli, make_supernet, random_inputs, served_dynamic_point, supernet_config, task_args
 from pydantic import ValidationError
 from test_api import body
 from transformers import AutoModelForSequenceClassification
@@ -364,33 +364,13 @@ def test_verify_front_checks_an_exiting_point_alone_and_in_mixed_batches(tmp_pat
 
 def test_trials_and_points_show_threshold_and_mean_exit_layer_and_onnx_is_refused(client, workspace, settings,
                                                                                    tmp_path) -> None:
-    from sqlalchemy import update
-
-    from search.runner import Trial
-    from service.db import make_engine, session_factory
-    from service.models import Search, SearchStatus
-    from service.store import DbStore
-
     created = client.post("/searches", json=body(workspace, dynamic={"exits": True},
                                                  search={"objectives": ["error", "expected_macs"]}))
     search_id = created.json()["id"]
-    engine = make_engine(settings.url)
-    store = DbStore(session_factory(engine), search_id, tmp_path)
     exiting = SubNetworkConfig(layers=(0, 1), heads=(2, 2), units=(8, 8), exit_threshold=0.3)
     dynamics = {"expected_macs": 321.0, "mean_exit_layer": 1.25}
-    store.add_trial(Trial(index=0, config=exiting, objectives={"error": 0.3, "expected_macs": 321.0},
-                          validation={"accuracy": 0.7}, params={"encoder": 5, "total": 9}, macs=400, latency_ms=2.0,
-                          elapsed_s=1.0, dynamics=dynamics))
-    store.save_front({"task": "toy", "objectives": ["error", "expected_macs"], "hypervolume": 0.1,
-                      "points": [{"config": exiting.to_dict(), "objectives": {"error": 0.3, "expected_macs": 321.0},
-                                  "validation": {"accuracy": 0.7}, "params": {"encoder": 5}, "macs": 400,
-                                  "latency_ms": 2.0, "test": {"accuracy": 0.6}, "dynamics": dynamics}]})
-    with session_factory(engine).begin() as session:  # the front is served once the search has ended
-        session.execute(update(Search).where(Search.id == search_id).values(status=SearchStatus.SUCCEEDED))
-    engine.dispose()
-    (item,) = client.get(f"/searches/{search_id}/trials").json()["items"]
+    item, point = served_dynamic_point(client, settings, tmp_path, search_id, exiting, dynamics)
     assert item["dynamics"] == dynamics and item["config"]["exit_threshold"] == 0.3
-    (point,) = client.get(f"/searches/{search_id}/pareto").json()["points"]
     assert point["dynamics"] == dynamics and point["config"]["exit_threshold"] == 0.3
     response = client.get(f"/searches/{search_id}/pareto/0/download?format=onnx")
     assert response.status_code == 409 and "exits early" in response.json()["detail"], response.text

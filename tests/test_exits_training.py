@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GLUE_DIR, make_supernet, supernet_config, toy_batches
+from conftest import GLUE_DIR, make_supernet, record_sub_networks, supernet_config, toy_batches
 from test_training import FakeLoader, toy_data
 
 from supernet.config import SubNetworkConfig, SupernetConfig
@@ -250,14 +250,7 @@ def test_exit_aware_importance_scores_what_early_exits_need_and_equals_the_mask_
 def test_elimination_aware_training_composes_with_exits() -> None:
     model = _exits_supernet(seed=6).train()
     trainer = _trainer(model, toy_data(8, tokens=10), exits=True, token_elimination=True, num_random_subnets=3)
-    drawn: list[SubNetworkConfig] = []
-    original = model.set_sub_network
-
-    def record(sub: SubNetworkConfig) -> None:
-        drawn.append(sub)
-        original(sub)
-
-    model.set_sub_network = record  # type: ignore[method-assign]
+    drawn = record_sub_networks(model)
     state = trainer.train()
     assert state.step == 2 and all(torch.isfinite(torch.tensor(v)) for h in state.history for v in h.values())
     assert any(sub.token_keep is not None for sub in drawn)  # a random member eliminated tokens, with exits on

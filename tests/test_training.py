@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_supernet, supernet_config
+from conftest import make_supernet, record_sub_networks, supernet_config
 
 from supernet.config import SubNetworkConfig
 from supernet.settings import TrainingConfig
@@ -162,14 +162,7 @@ def test_sandwich_trains_the_full_net_the_smallest_and_random_subnets() -> None:
     model = make_supernet(seed=4)
     space = make_space("uniform", model.config)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    seen: list[SubNetworkConfig] = []
-    original = model.set_sub_network
-
-    def spy(sub: SubNetworkConfig) -> None:
-        seen.append(sub)
-        original(sub)
-
-    model.set_sub_network = spy  # type: ignore[method-assign]
+    seen = record_sub_networks(model)
     data = toy_data(32, seed=1)
     config = TrainingConfig(epochs=8, plain_fraction=0.0, num_random_subnets=2, learning_rate=3e-3, warmup_ratio=0.0,
                             temperature=2.0, seed=1)
@@ -442,14 +435,7 @@ def test_plain_fraction_validation() -> None:
 def test_a_sampling_floor_trains_only_members_above_it() -> None:
     model = make_supernet(seed=4)
     space = make_space("uniform", model.config)
-    seen: list[SubNetworkConfig] = []
-    original = model.set_sub_network
-
-    def spy(sub: SubNetworkConfig) -> None:
-        seen.append(sub)
-        original(sub)
-
-    model.set_sub_network = spy  # type: ignore[method-assign]
+    seen = record_sub_networks(model)
     config = TrainingConfig(epochs=2, plain_fraction=0.0, num_random_subnets=2, learning_rate=1e-3, seed=1,
                             sample_floor=0.5)
     SupernetTrainer(model, space, FakeLoader(toy_data(16, seed=1), 8, torch.Generator()), config,
@@ -499,14 +485,7 @@ def test_weights_that_are_not_finite_fail_the_run_before_its_checkpoint(tmp_path
 def test_elimination_aware_sandwich_draws_schedules_for_the_random_members_only() -> None:
     model = make_supernet(seed=4)
     space = make_space("uniform", model.config)
-    seen: list[SubNetworkConfig] = []
-    original = model.set_sub_network
-
-    def spy(sub: SubNetworkConfig) -> None:
-        seen.append(sub)
-        original(sub)
-
-    model.set_sub_network = spy  # type: ignore[method-assign]
+    seen = record_sub_networks(model)
     config = TrainingConfig(epochs=2, plain_fraction=0.0, num_random_subnets=2, learning_rate=1e-3,
                             warmup_ratio=0.0, seed=1, token_elimination=True)
     state = SupernetTrainer(model, space, FakeLoader(toy_data(32, seed=1), 8, torch.Generator()), config,
