@@ -184,7 +184,8 @@ class Measurements:
                 metrics, positions = self._passes.score(sub)
             else:
                 metrics = evaluate(self.supernet, self.validation_batches, self.task, sub=sub, dtype=self.dtype)
-            params, macs, latency = self._cost(sub, positions)
+            # a static sub-network's cost as the objectives read it (cached); an exiting one's from its exits
+            params, macs, latency = self.cost(sub) if sub.exit_threshold is None else self._cost(sub, positions)
             self._cache[sub] = Figures(validation=metrics, params=params, macs=macs, latency_ms=latency,
                                        dynamics=self._dynamics(sub, positions))
         return self._cache[sub]
