@@ -5,6 +5,9 @@ MACs are multiply-accumulates of one example of `seq_len` tokens (no padding), m
 the Q/K/V and output projections, the two attention products (QKᵀ and AV), the FFN, the
 pooler/classifier on the first token, and the exit heads an exiting example evaluates (H·C each). Embedding
 lookups, LayerNorm, softmax, activations and the exit entropies are not MACs.
+
+`compression` (supernet/factors.py) counts the compressed model built from the sub-network's extract: factorised
+encoder matrices (and word embeddings, whose R x H projection then costs MACs per token).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import schedules
+from . import factors, schedules
 from .config import SubNetworkConfig, SupernetConfig
+from .factors import Compression
 
 
 @dataclass(frozen=True)
@@ -43,21 +47,40 @@ def layer_params(config: SupernetConfig, heads: int, units: int) -> int:
     return attention + ffn
 
 
-def count_params(config: SupernetConfig, sub: SubNetworkConfig | None = None) -> ParamCounts:
+def compressed_layout(config: SupernetConfig, sub: SubNetworkConfig, compression: Compression) -> list[factors.Matrix]:
+    """The matrices a compressed model of `sub` factorises, its ranks checked against them."""
+    matrices = factors.layout(config.hidden_size, config.head_size, sub.kept_heads(), sub.kept_units())
+    compression.check(config.hidden_size, factors.block_count(matrices))
+    return matrices
+
+
+def count_params(config: SupernetConfig, sub: SubNetworkConfig | None = None,
+                 compression: Compression | None = None) -> ParamCounts:
     sub = (sub or SubNetworkConfig.full(config)).validate(config)
     hidden = config.hidden_size
-    embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * hidden
-    embeddings += 2 * hidden  # LayerNorm
-    encoder = sum(layer_params(config, h, u) for h, u in zip(sub.kept_heads(), sub.kept_units(), strict=True))
+    embeddings = factors.embedding_params(compression, config.vocab_size, hidden)
+    embeddings += (config.max_position_embeddings + config.type_vocab_size) * hidden + 2 * hidden  # LayerNorm
+    if compression is None:
+        encoder = sum(layer_params(config, h, u) for h, u in zip(sub.kept_heads(), sub.kept_units(), strict=True))
+    else:  # biases and LayerNorms as they were, the weights factorised
+        width = [h * config.head_size for h in sub.kept_heads()]
+        encoder = sum(3 * w + hidden + 2 * hidden + u + hidden + 2 * hidden
+                      for w, u in zip(width, sub.kept_units(), strict=True))
+        encoder += factors.factor_params(compression, hidden, compressed_layout(config, sub, compression))
     head = hidden * hidden + hidden + hidden * config.num_labels + config.num_labels
     exits = max(0, len(sub.layers) - 1) * (hidden * config.num_labels + config.num_labels) if config.exits else 0
     return ParamCounts(embeddings=embeddings, encoder=encoder, head=head, exits=exits)
 
 
-def layer_macs(config: SupernetConfig, heads: int, units: int, seq_len: int, kept: int | None = None) -> int:
+def layer_macs(config: SupernetConfig, heads: int, units: int, seq_len: int, kept: int | None = None,
+               compression: Compression | None = None) -> int:
     """MACs of one kept layer that reads `seq_len` tokens and passes on `kept` of them (default: all); the
-    formula and why is in supernet.schedules.layer_macs."""
-    return schedules.layer_macs(config.hidden_size, heads, config.head_size, units, seq_len, kept)
+    formula and why is in supernet.schedules.layer_macs (and supernet.factors.projection_macs compressed)."""
+    if compression is None:
+        return schedules.layer_macs(config.hidden_size, heads, config.head_size, units, seq_len, kept)
+    kept = seq_len if kept is None else kept
+    return (factors.projection_macs(compression, config.hidden_size, heads, config.head_size, units, seq_len, kept)
+            + schedules.attention_macs(heads, config.head_size, seq_len, kept))
 
 
 def kept_tokens(sub: SubNetworkConfig, length: int) -> list[int]:
@@ -75,7 +98,8 @@ def answers(sub: SubNetworkConfig) -> int:
 
 
 def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, seq_len: int = 128,
-               encoder_only: bool = False, exit_after: int | None = None) -> int:
+               encoder_only: bool = False, exit_after: int | None = None,
+               compression: Compression | None = None) -> int:
     """MACs of one example of `seq_len` tokens, token elimination included.
 
     `exit_after`: the example leaves after its `exit_after`-th kept layer (1-based; None: it runs them all).
@@ -89,23 +113,27 @@ def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, s
         raise ValueError(f"exit_after is a kept layer's position from 1 to {last}, got {exit_after!r}")
     if exit_after < last and sub.exit_threshold is None:
         raise ValueError("an example leaves before the last kept layer only under an exit_threshold")
+    if compression is not None:
+        compressed_layout(config, sub, compression)
     reads, encoder = seq_len, 0
     ran = zip(sub.kept_heads(), sub.kept_units(), kept_tokens(sub, seq_len), strict=True)
     for position, (h, u, kept) in enumerate(ran, start=1):
         if position > exit_after:
             break
-        encoder += layer_macs(config, h, u, reads, kept)
+        encoder += layer_macs(config, h, u, reads, kept, compression)
         reads = kept
     if encoder_only:
         return encoder
+    words = factors.embedding_macs(compression, config.hidden_size, seq_len)
     hidden, labels = config.hidden_size, config.num_labels
     exit_heads = 0 if sub.exit_threshold is None else min(exit_after, last - 1)
     main = hidden * hidden + hidden * labels if exit_after == last else 0
-    return encoder + exit_heads * hidden * labels + main
+    return words + encoder + exit_heads * hidden * labels + main
 
 
 def expected_macs(config: SupernetConfig, sub: SubNetworkConfig, lengths: Sequence[int], *,
-                  encoder_only: bool = False, exit_layers: Sequence[int] | None = None) -> float:
+                  encoder_only: bool = False, exit_layers: Sequence[int] | None = None,
+                  compression: Compression | None = None) -> float:
     """Mean MACs per example over real input lengths (a task's validation examples, unpadded): the cost that
     token elimination and early exits change with each input, which one `seq_len` cannot describe.
 
@@ -121,6 +149,7 @@ def expected_macs(config: SupernetConfig, sub: SubNetworkConfig, lengths: Sequen
             raise ValueError(f"expected_macs needs one exit layer per length: {len(exit_layers)} exit layers for "
                              f"{len(lengths)} lengths")
         pairs = Counter((int(n), int(k)) for n, k in zip(lengths, exit_layers, strict=True))
-    total = sum(count * count_macs(config, sub, seq_len=n, encoder_only=encoder_only, exit_after=k)
+    total = sum(count * count_macs(config, sub, seq_len=n, encoder_only=encoder_only, exit_after=k,
+                                   compression=compression)
                 for (n, k), count in pairs.items())
     return total / len(lengths)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import modeling_nasprune, modules, schedules
+from . import factorised, factors, modeling_nasprune, modules, schedules
 from .config import SubNetworkConfig
 from .counting import count_macs, count_params
 from .files import atomic_path
@@ -99,7 +99,8 @@ def save_folder(model: NasPruneForSequenceClassification, out_dir: str | Path, *
         model.save_pretrained(tmp)
         shutil.copyfile(modules.__file__, tmp / "modules.py")
         shutil.copyfile(modeling_nasprune.__file__, tmp / "modeling_nasprune.py")
-        shutil.copyfile(schedules.__file__, tmp / "schedules.py")
+        for source in (schedules, factors, factorised):  # the modules' own imports
+            shutil.copyfile(source.__file__, tmp / Path(source.__file__).name)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / SUBNETWORK_FILE).write_text(json.dumps(record or {}, indent=2))

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .factors import Compression
 from .modules import ElasticBert, check_exit_threshold
 from .schedules import keep_schedule, schedule_for_speedup
 
@@ -36,7 +37,7 @@ class NasPruneConfig(PreTrainedConfig):
                  classifier_dropout: float | None = None, position_offset: bool = False,
                  initializer_range: float = 0.02, pad_token_id: int = 0, token_keep: list[float] | None = None,
                  token_lengths: list[int] | None = None, exits: bool = False,
-                 exit_threshold: float | None = None, **kwargs) -> None:
+                 exit_threshold: float | None = None, compression: dict | None = None, **kwargs) -> None:
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -60,6 +61,8 @@ class NasPruneConfig(PreTrainedConfig):
         self.token_lengths = None if token_lengths is None else [int(n) for n in token_lengths]
         # early exits: an exit head after every layer but the last; exit_threshold τ (None: full depth)
         self.exits = bool(exits)
+        # a compressed model's factorised weights (supernet/factors.py: protocol, rank, bank, embedding_rank)
+        self.compression = None if compression is None else Compression.from_dict(compression).to_dict()
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.exit_threshold = check_exit_threshold(exit_threshold, exits=self.exits, num_labels=self.num_labels)
 

@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .factorised import BiasOnly, LowRankLinear, MatrixBank
+from .factors import Compression, block_count, layout, lowrank_rank
+
 
 def _linear(in_features: int, out_features: int) -> nn.Linear:
     """nn.Linear that accepts a width of 0 (a block pruned to 0 heads or units) without warning."""
@@ -46,12 +49,24 @@ class ElasticSelfAttention(nn.Module):
         self.head_size = head_size
         self.active_heads = num_heads
         self.attention_dropout = attention_dropout
+        self._build_projections(hidden_size, width)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(hidden_dropout)
+
+    def _build_projections(self, hidden_size: int, width: int) -> None:
         self.query = _linear(hidden_size, width)
         self.key = _linear(hidden_size, width)
         self.value = _linear(hidden_size, width)
         self.dense = _linear(width, hidden_size)
-        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout)
+
+    def _qkv(self, x: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K and V of the first `width` columns: (B, T, H) -> three (B, T, width)."""
+        return tuple(F.linear(x, linear.weight[:width], linear.bias[:width])  # type: ignore[return-value]
+                     for linear in (self.query, self.key, self.value))
+
+    def _output(self, context: torch.Tensor, width: int) -> torch.Tensor:
+        """The output projection of the first `width` context columns: (B, T, width) -> (B, T, H)."""
+        return F.linear(context, self.dense.weight[:, :width], self.dense.bias)
 
     def set_sub_network(self, heads: int) -> None:
         self.active_heads = _check_width("heads", heads, self.num_heads)
@@ -67,17 +82,12 @@ class ElasticSelfAttention(nn.Module):
         else:
             width = k * d
             batch, tokens, _ = x.shape
-
-            def project(linear: nn.Linear) -> torch.Tensor:  # (B, k, T, d)
-                y = F.linear(x, linear.weight[:width], linear.bias[:width])
-                return y.view(batch, tokens, k, d).transpose(1, 2)
-
+            q, key, value = (y.view(batch, tokens, k, d).transpose(1, 2) for y in self._qkv(x, width))  # (B, k, T, d)
             context = F.scaled_dot_product_attention(
-                project(self.query), project(self.key), project(self.value), attn_mask=mask,
-                dropout_p=self.attention_dropout if self.training else 0.0,
+                q, key, value, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0,
             )  # (B, k, T, d)
             context = context.transpose(1, 2).reshape(batch, tokens, width)
-            out = F.linear(context, self.dense.weight[:, :width], self.dense.bias)  # (B, T, H)
+            out = self._output(context, width)  # (B, T, H)
         return self.norm(x + self.dropout(out))
 
     def forward_eliminating(self, x: torch.Tensor, valid: torch.Tensor,
@@ -97,12 +107,7 @@ class ElasticSelfAttention(nn.Module):
         k, d = self.active_heads, self.head_size
         width = k * d
         batch, tokens, hidden = x.shape
-
-        def project(linear: nn.Linear) -> torch.Tensor:  # (B, k, T, d)
-            y = F.linear(x, linear.weight[:width], linear.bias[:width])
-            return y.view(batch, tokens, k, d).transpose(1, 2)
-
-        q, key, value = project(self.query), project(self.key), project(self.value)
+        q, key, value = (y.view(batch, tokens, k, d).transpose(1, 2) for y in self._qkv(x, width))  # (B, k, T, d)
         scores = torch.matmul(q, key.transpose(-1, -2)) * (d ** -0.5)  # (B, k, T, T)
         padded = not bool(valid.all())  # a batch of one, or of equal lengths, has no padding to mask
         if padded:
@@ -124,7 +129,7 @@ class ElasticSelfAttention(nn.Module):
         if self.training and self.attention_dropout > 0:
             rows = F.dropout(rows, self.attention_dropout)
         context = torch.matmul(rows, value).transpose(1, 2).reshape(batch, most, width)
-        out = F.linear(context, self.dense.weight[:, :width], self.dense.bias)  # (B, K, H)
+        out = self._output(context, width)  # (B, K, H)
         residual = x.gather(1, index[:, :, None].expand(batch, most, hidden))
         return self.norm(residual + self.dropout(out)), chosen
 
@@ -137,11 +142,22 @@ class ElasticFeedForward(nn.Module):
         super().__init__()
         self.units = units
         self.active_units = units
-        self.intermediate = _linear(hidden_size, units)
+        self._build_projections(hidden_size, units)
         self.act = ACT2FN[hidden_act]
-        self.output = _linear(units, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout)
+
+    def _build_projections(self, hidden_size: int, units: int) -> None:
+        self.intermediate = _linear(hidden_size, units)
+        self.output = _linear(units, hidden_size)
+
+    def _up(self, x: torch.Tensor, units: int) -> torch.Tensor:
+        """(B, T, H) -> (B, T, units), before the activation."""
+        return F.linear(x, self.intermediate.weight[:units], self.intermediate.bias[:units])
+
+    def _down(self, h: torch.Tensor, units: int) -> torch.Tensor:
+        """(B, T, units) -> (B, T, H)."""
+        return F.linear(h, self.output.weight[:, :units], self.output.bias)
 
     def set_sub_network(self, units: int) -> None:
         self.active_units = _check_width("units", units, self.units)
@@ -154,18 +170,97 @@ class ElasticFeedForward(nn.Module):
         if u == 0:
             out = self.output.bias.expand_as(x)
         else:
-            h = self.act(F.linear(x, self.intermediate.weight[:u], self.intermediate.bias[:u]))  # (B, T, u)
-            out = F.linear(h, self.output.weight[:, :u], self.output.bias)  # (B, T, H)
+            out = self._down(self.act(self._up(x, u)), u)  # (B, T, u) inside, (B, T, H) out
         return self.norm(x + self.dropout(out))
 
 
+class _Factorised:
+    """What a compressed block computes with (supernet/factors.py): its protocol and, for the bank protocols, the
+    model's one MatrixBank and where this layer's blocks start in it. A compressed model is built at its widths
+    and never slices them."""
+
+    def __init__(self, compression: Compression, bank: MatrixBank | None, firsts: dict[str, int]) -> None:
+        self.compression, self.bank, self.firsts = compression, bank, firsts
+
+    def fixed(self, name: str, value: int, width: int) -> int:
+        if value != width:
+            raise ValueError(f"a compressed model runs at the widths it was compressed at: {name} {value} != {width}")
+        return value
+
+
+class FactorisedSelfAttention(ElasticSelfAttention):
+    """The attention block of a compressed model: Q, K, V and the output projection factorised (low rank, or
+    blocks of the model's matrix bank, Q, K and V expanded from one x·U)."""
+
+    def __init__(self, factorised: _Factorised, *args: Any) -> None:
+        object.__setattr__(self, "factorised", factorised)  # not a submodule: the bank belongs to the model once
+        super().__init__(*args)
+
+    def _build_projections(self, hidden_size: int, width: int) -> None:
+        if self.factorised.bank is None:
+            rank = lowrank_rank(self.factorised.compression, hidden_size, width)
+            self.query, self.key, self.value = (LowRankLinear(hidden_size, width, rank) for _ in range(3))
+            self.dense = LowRankLinear(width, hidden_size, rank)
+        else:
+            self.query, self.key, self.value = BiasOnly(width), BiasOnly(width), BiasOnly(width)
+            self.dense = BiasOnly(hidden_size)
+
+    def _qkv(self, x: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        bank = self.factorised.bank
+        if bank is None:
+            return self.query(x), self.key(x), self.value(x)
+        q, k, v = bank.expand(bank.reduce(x), self.factorised.firsts["query"], width, groups=3)
+        return q + self.query.bias, k + self.key.bias, v + self.value.bias
+
+    def _output(self, context: torch.Tensor, width: int) -> torch.Tensor:
+        bank = self.factorised.bank
+        if bank is None:
+            return self.dense(context)
+        return bank.contract(context, self.factorised.firsts["dense"]) + self.dense.bias
+
+    def set_sub_network(self, heads: int) -> None:
+        self.active_heads = self.factorised.fixed("heads", heads, self.num_heads)
+
+
+class FactorisedFeedForward(ElasticFeedForward):
+    """The FFN block of a compressed model: both projections factorised."""
+
+    def __init__(self, factorised: _Factorised, *args: Any) -> None:
+        object.__setattr__(self, "factorised", factorised)
+        super().__init__(*args)
+
+    def _build_projections(self, hidden_size: int, units: int) -> None:
+        if self.factorised.bank is None:
+            rank = lowrank_rank(self.factorised.compression, hidden_size, units)
+            self.intermediate = LowRankLinear(hidden_size, units, rank)
+            self.output = LowRankLinear(units, hidden_size, rank)
+        else:
+            self.intermediate, self.output = BiasOnly(units), BiasOnly(hidden_size)
+
+    def _up(self, x: torch.Tensor, units: int) -> torch.Tensor:
+        bank = self.factorised.bank
+        if bank is None:
+            return self.intermediate(x)
+        return bank.expand(bank.reduce(x), self.factorised.firsts["intermediate"], units)[0] + self.intermediate.bias
+
+    def _down(self, h: torch.Tensor, units: int) -> torch.Tensor:
+        bank = self.factorised.bank
+        if bank is None:
+            return self.output(h)
+        return bank.contract(h, self.factorised.firsts["output"]) + self.output.bias
+
+    def set_sub_network(self, units: int) -> None:
+        self.active_units = self.factorised.fixed("units", units, self.units)
+
+
 class ElasticLayer(nn.Module):
-    def __init__(self, cfg: Any, heads: int, units: int) -> None:
+    def __init__(self, cfg: Any, heads: int, units: int, factorised: _Factorised | None = None) -> None:
         super().__init__()
-        self.attention = ElasticSelfAttention(cfg.hidden_size, heads, cfg.head_size, cfg.attention_dropout,
-                                              cfg.hidden_dropout, cfg.layer_norm_eps)
-        self.ffn = ElasticFeedForward(cfg.hidden_size, units, cfg.hidden_act, cfg.hidden_dropout,
-                                      cfg.layer_norm_eps)
+        attention = (ElasticSelfAttention,) if factorised is None else (FactorisedSelfAttention, factorised)
+        ffn = (ElasticFeedForward,) if factorised is None else (FactorisedFeedForward, factorised)
+        self.attention = attention[0](*attention[1:], cfg.hidden_size, heads, cfg.head_size, cfg.attention_dropout,
+                                      cfg.hidden_dropout, cfg.layer_norm_eps)
+        self.ffn = ffn[0](*ffn[1:], cfg.hidden_size, units, cfg.hidden_act, cfg.hidden_dropout, cfg.layer_norm_eps)
 
     def set_sub_network(self, heads: int, units: int) -> None:
         self.attention.set_sub_network(heads)
@@ -190,7 +285,11 @@ class Embeddings(nn.Module):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        compression = Compression.from_dict(getattr(cfg, "compression", None))
+        rank = None if compression is None else compression.embedding_rank
+        # factorised (compressed models with an embedding rank R): vocab x R, then R x H
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, rank or cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.word_projection = None if rank is None else nn.Linear(rank, cfg.hidden_size, bias=False)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
@@ -207,7 +306,10 @@ class Embeddings(nn.Module):
             positions = torch.arange(tokens, device=input_ids.device).unsqueeze(0)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        words = self.word_embeddings(input_ids)
+        if self.word_projection is not None:
+            words = self.word_projection(words)
+        x = (words + self.token_type_embeddings(token_type_ids)
              + self.position_embeddings(positions))
         return self.dropout(self.norm(x))  # (B, T, H)
 
@@ -288,8 +390,21 @@ class ElasticBert(nn.Module):
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.embeddings = Embeddings(cfg)
+        # a compressed model (supernet/factors.py): factorised layers, with one matrix bank for all of them
+        self.compression = Compression.from_dict(getattr(cfg, "compression", None))
+        self.bank: MatrixBank | None = None
+        factorised: list[_Factorised | None] = [None] * len(cfg.layer_heads)
+        if self.compression is not None:
+            matrices = layout(cfg.hidden_size, cfg.head_size, list(cfg.layer_heads), list(cfg.layer_units))
+            self.compression.check(cfg.hidden_size, block_count(matrices))
+            if self.compression.banked:
+                self.bank = MatrixBank(cfg.hidden_size, self.compression, block_count(matrices))
+            factorised = [_Factorised(self.compression, self.bank,
+                                      {m.name: m.first for m in matrices if m.layer == layer})
+                          for layer in range(len(cfg.layer_heads))]
         self.layers = nn.ModuleList(
-            ElasticLayer(cfg, heads, units) for heads, units in zip(cfg.layer_heads, cfg.layer_units, strict=True)
+            ElasticLayer(cfg, heads, units, factors)
+            for heads, units, factors in zip(cfg.layer_heads, cfg.layer_units, factorised, strict=True)
         )
         self.head = ClassificationHead(cfg)
         self.num_labels = int(cfg.num_labels)

@@ -31,8 +31,12 @@ def layer_macs(hidden: int, heads: int, head_size: int, units: int, reads: int, 
     kept = reads if kept is None else kept
     width = heads * head_size
     projections = 3 * reads * hidden * width + kept * width * hidden  # Q, K, V on all; the output on the kept
-    attention = heads * reads * reads * head_size + heads * kept * reads * head_size  # QKᵀ, AV
-    return projections + attention + 2 * kept * hidden * units
+    return projections + attention_macs(heads, head_size, reads, kept) + 2 * kept * hidden * units
+
+
+def attention_macs(heads: int, head_size: int, reads: int, kept: int) -> int:
+    """The two attention products: QKᵀ over every token read, AV for the kept queries."""
+    return heads * reads * reads * head_size + heads * kept * reads * head_size
 
 
 def keep_schedule(keep: list[float], layers: int) -> list[float] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from conftest import add_noise, hand_subs, make_supernet, random_inputs, random_
 from conftest import tiny_roberta_config as roberta_config
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from supernet import modeling_nasprune, modules, schedules
+from supernet import factorised, factors, modeling_nasprune, modules, schedules
 from supernet.config import SubNetworkConfig
 from supernet.convert import supernet_from_hf
 from supernet.counting import count_macs, count_params
@@ -112,14 +113,15 @@ def test_exported_folder_layout(exported, minilm_tokenizer) -> None:
     for i, (sub, folder) in enumerate(items):
         names = {p.name for p in folder.iterdir()}
         assert {"config.json", "model.safetensors", "modeling_nasprune.py", "modules.py", "schedules.py",
-                SUBNETWORK_FILE} <= names
+                "factors.py", "factorised.py", SUBNETWORK_FILE} <= names
         assert {"tokenizer_config.json"} <= names and ({"tokenizer.json", "vocab.txt"} & names)
         assert not any(n.startswith(".") for n in names)
         assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
         # the package's own files, verbatim
         assert filecmp.cmp(folder / "modules.py", modules.__file__, shallow=False)
         assert filecmp.cmp(folder / "modeling_nasprune.py", modeling_nasprune.__file__, shallow=False)
-        assert filecmp.cmp(folder / "schedules.py", schedules.__file__, shallow=False)
+        for source in (schedules, factors, factorised):
+            assert filecmp.cmp(folder / Path(source.__file__).name, source.__file__, shallow=False)
         config = json.loads((folder / "config.json").read_text())
         assert config["auto_map"] == AUTO_MAP and config["model_type"] == "nasprune_bert"
         assert config["layer_heads"] == sub.kept_heads() and config["layer_units"] == sub.kept_units()

@@ -1,0 +1,206 @@
+"""Compressed models (supernet/factors.py, factorised.py, decompose.py): full-rank decompositions reproduce the dense
+point, counts equal the built model's, and the folder exports and reloads with and without remote code."""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import hand_subs, make_supernet, random_inputs, random_sub, supernet_config
+from safetensors.torch import load_file
+from test_counting import _math_sdpa
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForSequenceClassification
+
+from supernet.config import SubNetworkConfig
+from supernet.counting import count_macs, count_params
+from supernet.decompose import block_tensor, decompose, model_layout, relative_error
+from supernet.extract import extract, load_exported, save_folder
+from supernet.factors import PROTOCOLS, Compression, CompressionError, block_count, layout
+
+HIDDEN = 32  # the tiny BERT's; blocks are 32 wide, its FFN of 48 units is one full block and one partial
+
+
+def _subs(config, n: int = 10, seed: int = 0) -> list[SubNetworkConfig]:
+    rng = random.Random(seed)
+    subs = hand_subs(config) + [random_sub(config, rng) for _ in range(n)]
+    return [s for s in subs if block_count(layout(HIDDEN, config.head_size, s.kept_heads(), s.kept_units()))]
+
+
+def _full_rank(protocol: str, sub: SubNetworkConfig, config, *, embedding: bool = True) -> Compression:
+    blocks = block_count(layout(HIDDEN, config.head_size, sub.kept_heads(), sub.kept_units()))
+    return Compression(protocol, HIDDEN, bank=blocks if protocol == "tucker" else None,
+                       embedding_rank=HIDDEN if embedding else None)
+
+
+def test_layout_cuts_each_matrix_into_hidden_wide_blocks() -> None:
+    matrices = layout(32, 8, [4, 1, 0], [48, 0, 64])
+    widths = [(m.name, m.width, m.blocks) for m in matrices if m.layer == 0]
+    assert widths == [("query", 32, 1), ("key", 32, 1), ("value", 32, 1), ("dense", 32, 1),
+                      ("intermediate", 48, 2), ("output", 48, 2)]
+    assert [m.blocks for m in matrices if m.layer == 1] == [1, 1, 1, 1, 0, 0]
+    assert [m.blocks for m in matrices if m.layer == 2] == [0, 0, 0, 0, 2, 2]
+    assert [m.first for m in matrices] == [0, 1, 2, 3, 4, 6, 8, 9, 10, 11, 12, 12, 12, 12, 12, 12, 12, 14]
+    assert block_count(matrices) == 16
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_full_rank_decomposition_reproduces_the_dense_point(protocol: str) -> None:
+    config = supernet_config(num_labels=3)
+    supernet = make_supernet(config)
+    inputs = random_inputs(batch=5, tokens=12)
+    for sub in _subs(config):
+        dense = extract(supernet, sub)
+        compressed = decompose(dense, _full_rank(protocol, sub, config))
+        with torch.no_grad():
+            expected = dense(**inputs).logits
+            got = compressed(**inputs).logits
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0, msg=lambda m, s=sub: f"{s}: {m}")
+
+
+def test_the_block_tensor_holds_every_weight_once_and_pads_with_zeros() -> None:
+    config = supernet_config()
+    sub = SubNetworkConfig(layers=(0, 2), heads=(3, 0, 4), units=(40, 0, 48))
+    dense = extract(make_supernet(config), sub)
+    matrices = model_layout(dense)
+    tensor = torch.from_numpy(block_tensor(dense, matrices))
+    query = dense.model.layers[0].attention.query.weight.double().T  # (H, 24): one partial block
+    assert torch.equal(tensor[0, :, :24], query) and not tensor[0, :, 24:].any()
+    output = dense.model.layers[1].ffn.output.weight.double()  # (H, 48): a full block and a partial one
+    first = next(m.first for m in matrices if m.layer == 1 and m.name == "output")
+    assert torch.equal(torch.cat([tensor[first], tensor[first + 1, :, :16]], dim=1), output)
+    assert not tensor[first + 1, :, 16:].any()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("num_labels", [2, 1])
+def test_params_equal_the_compressed_model(protocol: str, num_labels: int) -> None:
+    config = supernet_config(num_labels=num_labels)
+    supernet = make_supernet(config)
+    for sub in _subs(config, n=6, seed=num_labels):
+        blocks = block_count(layout(HIDDEN, config.head_size, sub.kept_heads(), sub.kept_units()))
+        for rank, embedding_rank in ((4, None), (7, 5), (HIDDEN, HIDDEN)):
+            compression = Compression(protocol, rank, bank=min(3, blocks) if protocol == "tucker" else None,
+                                      embedding_rank=embedding_rank)
+            model = decompose(extract(supernet, sub), compression)
+            counts = count_params(config, sub, compression)
+            assert counts.total == sum(p.numel() for p in model.parameters()), (sub, compression)
+            layers = sum(p.numel() for p in model.model.layers.parameters())
+            bank = 0 if model.model.bank is None else sum(p.numel() for p in model.model.bank.parameters())
+            assert counts.encoder == layers + bank
+            assert counts.embeddings == sum(p.numel() for p in model.model.embeddings.parameters())
+
+
+def _measured_macs(model, seq_len: int, monkeypatch) -> int:
+    """MACs of one unpadded example at inference, where the tucker mixing is formed once per set of weights (not per
+    input): the bank's mixed cores are computed before the measured pass. (Grad mode on: FlopCounterMode's module
+    tracker trips over no_grad views of parameters.)"""
+    ids = torch.randint(1, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0))
+    with monkeypatch.context() as patch:
+        bank = model.model.bank
+        if bank is not None:
+            mixed = bank.block_cores().detach()
+            patch.setattr(bank, "block_cores", lambda: mixed)
+        patch.setattr(F, "scaled_dot_product_attention", _math_sdpa)
+        with FlopCounterMode(display=False) as counter:
+            model(ids)
+    assert counter.get_total_flops() % 2 == 0
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_macs_equal_measured_on_the_compressed_model(protocol: str, monkeypatch) -> None:
+    config = supernet_config(num_labels=3)
+    supernet = make_supernet(config)
+    for sub in _subs(config, n=6, seed=3):
+        blocks = block_count(layout(HIDDEN, config.head_size, sub.kept_heads(), sub.kept_units()))
+        compression = Compression(protocol, 6, bank=min(4, blocks) if protocol == "tucker" else None,
+                                  embedding_rank=5)
+        model = decompose(extract(supernet, sub), compression)
+        for seq_len in (1, 9):
+            assert _measured_macs(model, seq_len, monkeypatch) == count_macs(
+                config, sub, seq_len=seq_len, compression=compression), (sub, seq_len)
+
+
+def test_inference_forms_the_tucker_mixing_once() -> None:
+    config = supernet_config()
+    model = decompose(extract(make_supernet(config), SubNetworkConfig.full(config)), Compression("tucker", 4, bank=3))
+    bank = model.model.bank
+    with torch.no_grad():
+        first = bank.block_cores()
+        assert bank.block_cores() is first
+        bank.cores.mul_(2.0)  # a changed weight is seen
+        assert bank.block_cores() is not first
+        torch.testing.assert_close(bank.block_cores(), 2 * first)
+    assert bank.block_cores().requires_grad  # training differentiates through the mixing
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_lower_ranks_cost_less_and_approximate_worse(protocol: str) -> None:
+    config = supernet_config()
+    sub = SubNetworkConfig(layers=(0, 1, 2), heads=(4, 3, 2), units=(48, 40, 20))
+    dense = extract(make_supernet(config), sub)
+    errors, params = [], []
+    for rank in (2, 8, 16, HIDDEN):
+        compression = Compression(protocol, rank, bank=4 if protocol == "tucker" else None)
+        errors.append(relative_error(dense, decompose(dense, compression)))
+        params.append(count_params(config, sub, compression).encoder)
+    assert params == sorted(params) and errors == sorted(errors, reverse=True)
+    assert 0.3 < errors[0] < 1.0 and params[0] < count_params(config, sub).encoder / 3
+    if protocol != "tucker":  # a bank of 4 cores for 15 blocks stays lossy at full rank
+        assert errors[-1] < 1e-6
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_compressed_folder_reloads_with_and_without_remote_code(protocol: str, tmp_path, monkeypatch) -> None:
+    config = supernet_config()
+    supernet = make_supernet(config)
+    sub = SubNetworkConfig(layers=(0, 2), heads=(3, 0, 4), units=(40, 0, 48))
+    compression = Compression(protocol, 5, bank=4 if protocol == "tucker" else None, embedding_rank=6)
+    model = decompose(extract(supernet, sub), compression)
+    folder = save_folder(model, tmp_path / "compressed")
+    inputs = random_inputs(batch=3, tokens=9)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        mine = load_exported(folder)
+        assert mine.config.compression == compression.to_dict()
+        torch.testing.assert_close(mine(**inputs).logits, expected, atol=1e-6, rtol=0)
+        theirs = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(theirs).__module__ != type(model).__module__  # the folder's own modeling files
+        torch.testing.assert_close(theirs(**inputs).logits, expected, atol=1e-6, rtol=0)
+    stored = load_file(str(folder / "model.safetensors"))  # every tensor once: nothing beyond what is counted
+    assert sum(t.numel() for t in stored.values()) == count_params(config, sub, compression).total
+    sys.modules.pop("modeling_nasprune", None)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(protocol="tucker", rank=33, bank=2), dict(protocol="tucker", rank=4, bank=17),
+    dict(protocol="tucker", rank=2, bank=5), dict(protocol="lowrank", rank=4, embedding_rank=40),
+])
+def test_ranks_that_do_not_fit_are_refused_naming_the_setting(settings: dict) -> None:
+    config = supernet_config()
+    dense = extract(make_supernet(config), SubNetworkConfig.full(config))  # 3 layers x 6 blocks = 18 blocks
+    name = "embedding_rank" if "embedding_rank" in settings else ("rank" if settings["rank"] > HIDDEN else "bank")
+    with pytest.raises(CompressionError, match=name):
+        decompose(dense, Compression(**settings))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(protocol="svd", rank=4), dict(protocol="tucker", rank=4), dict(protocol="lowrank", rank=4, bank=2),
+    dict(protocol="lowrank", rank=0), dict(protocol="tucker", rank=4, bank=-1), dict(protocol="lowrank", rank=2.5),
+    dict(protocol="lowrank", rank=True), dict(protocol="lowrank", rank=4, embedding_rank=0),
+])
+def test_malformed_settings_are_refused(settings: dict) -> None:
+    with pytest.raises(CompressionError):
+        Compression(**settings)
+
+
+def test_a_compressed_model_is_not_decomposed_again() -> None:
+    config = supernet_config()
+    dense = extract(make_supernet(config), SubNetworkConfig.full(config))
+    compressed = decompose(dense, Compression("lowrank", 4))
+    with pytest.raises(CompressionError, match="compressed already"):
+        decompose(compressed, Compression("lowrank", 2))
