@@ -23,8 +23,9 @@ examples leave), the second with `dynamic.exits`. Reported side by side:
   claim; target ≤ 1/5 on SST-2).
 
 Results go to <out>/<task>/seed<k>/results.json. The checks (bench/checks.py): the exits front holds points that exit
-early, both searches did the same number of evaluations, every timed model is an exported model of the structure
-(and threshold) named, and the exiting models' FFNs saw fewer rows than every example through every layer.
+early, both searches did the same number of evaluations, and every timed model is an exported model of the structure
+(and threshold) named. Whether a timed example left early is reported per point (the FFN rows its exports saw),
+not checked: shallow exits that never become confident are a finding.
 
     python bench/exits_front.py --task glue/mrpc --seed 0
     python bench/exits_front.py --tiny      # seconds: tiny supernets trained on a few MRPC rows
@@ -155,9 +156,8 @@ def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supe
                                                              f"latency of {key} at full depth")
     seconds, ffn_share = time_alone(models, alone, args.repeats)
     exiting = [key for key in keys["exits"] if "exit_threshold" in key]
-    require(any(ffn_share[key] < 1.0 for key in exiting),
-            f"none of the {len(exiting)} exported points with an exit threshold let an example leave early on these "
-            f"{len(alone)} examples: the latencies would show no exiting")
+    # whether any timed example left early is a finding (reported per point), not a failure: a task whose shallow
+    # exits never become confident is a result the figures must show
     fraction = {key: value / seconds["full"] for key, value in seconds.items()}
     per_kind = {kind: {"hypervolume": scaled_hypervolume(
         [(fraction[k], p["objectives"]["error"]) for k, p in zip(keys[kind], front["points"], strict=True)],
@@ -175,6 +175,7 @@ def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supe
             "expected_macs_fraction": (point["objectives"]["expected_macs"]
                                        / fronts["exits"]["reference"]["objectives"]["expected_macs"]),
             "latency_fraction": fraction[key], "full_depth_fraction": fraction[f"{key}:full-depth"],
+            "timed_ffn_share": ffn_share[key], "timed_ffn_share_full_depth": ffn_share[f"{key}:full-depth"],
             "speedup_over_full_depth": seconds[f"{key}:full-depth"] / seconds[key],
             "static_bar_fraction": None if bar is None else bar[0],
             "speedup_over_static_bar": None if bar is None else seconds[bar[1]] / seconds[key]})
@@ -292,15 +293,21 @@ def table_lines(results: Path) -> list[str]:
                      f"| {fmt(hv['validation'])} | {fmt(hv['test'])} "
                      f"| {fmt(latency['fronts'][kind]['hypervolume'])} |")
     lines += ["", f"| exiting point: τ | validation {metric} | mean exit layer | expected MACs ÷ full "
-                  "| batch-1 latency ÷ full | speed-up over its full depth | over the fastest static point as good |",
-              "|---" * 7 + "|"]
+                  "| batch-1 latency ÷ full | speed-up over its full depth | over the fastest static point as good "
+                  "| timed FFN rows ÷ full depth's |",
+              "|---" * 8 + "|"]
     for row in latency["exiting"]:
         dynamics = row["dynamics"] or {}
         bar = row["speedup_over_static_bar"]
         lines.append(f"| {row['config']['exit_threshold']} | {row['validation']:.4f} "
                      f"| {dynamics.get('mean_exit_layer', float('nan')):.2f} "
                      f"| {row['expected_macs_fraction']:.3f} | {row['latency_fraction']:.3f} "
-                     f"| {row['speedup_over_full_depth']:.2f}x | {'none as good' if bar is None else f'{bar:.2f}x'} |")
+                     f"| {row['speedup_over_full_depth']:.2f}x | {'none as good' if bar is None else f'{bar:.2f}x'} "
+                     f"| {row['timed_ffn_share'] / row['timed_ffn_share_full_depth']:.3f} |")
+    if latency["exiting"] and not any(row["timed_ffn_share"] < row["timed_ffn_share_full_depth"]
+                                      for row in latency["exiting"]):
+        lines += ["", f"No timed example left early at any exiting point ({len(latency['exiting'])}): their exits "
+                      "were never confident enough on these examples."]
     cost = data["static_cost_of_exits"]
     close = data["reference"]["cheapest_within_1pt"]
     full_change = cost["full"]["exits_supernet"] - cost["full"]["static_supernet"]
