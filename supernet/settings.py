@@ -169,6 +169,54 @@ class RefinePointConfig(SettingsModel):
         return RefineConfig(**self.model_dump())
 
 
+# The tucker protocol's bank when none is given: with the default rank, about 1/20 of MiniLM's encoder.
+DEFAULT_BANK = 24
+COMPRESSION_PROTOCOLS = ("tucker", "shared-lowrank", "lowrank")  # supernet/factors.py's PROTOCOLS (a test ties them)
+
+
+class CompressConfig(SettingsModel):
+    """How a chosen front point is compressed (`nasprune compress`, POST .../pareto/{point}/compress): its encoder's
+    matrices factorised (Ren et al., ICLR 2022; supernet/factors.py), then recovered by distillation from the point
+    itself (logits, every layer's hidden states, labels) on the task's training split."""
+
+    model_config = ConfigDict(frozen=True)
+
+    protocol: Literal[COMPRESSION_PROTOCOLS] = Field(
+        "tucker", description="tucker: a bank of shared cores (the most compression); shared-lowrank: shared factors, "
+                              "one core per block; lowrank: each matrix its own truncated SVD")
+    rank: int = Field(128, ge=1, le=MAX_LENGTH,
+                      description="rank d of the factors (at most the hidden size): smaller is smaller and faster")
+    bank: int | None = Field(None, ge=1, le=1_000_000,
+                             description=f"tucker only: how many cores the matrix bank holds (default {DEFAULT_BANK}; "
+                                         "at most the point's matrix blocks and rank²)")
+    embedding_rank: int | None = Field(
+        None, ge=1, le=MAX_LENGTH,
+        description="also factorise the word embeddings at this rank (they hold half of a small model's parameters); "
+                    "none: keep them")
+    epochs: float = Field(3.0, ge=0, le=MAX_EPOCHS,
+                          description="epochs of recovery by distillation from the point (0: the decomposition alone)")
+    learning_rate: float = Field(1e-4, gt=0, le=1, json_schema_extra=flag_extra("lr", "learning-rate"))
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.06, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0, le=1000, description="distillation temperature")
+    hidden_loss_weight: float = Field(1.0, ge=0, le=1000,
+                                      description="weight of the per-layer hidden-state loss (mean squared error)")
+    label_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the label loss")
+
+    @model_validator(mode="after")
+    def _bank_is_tucker(self) -> CompressConfig:
+        if self.protocol != "tucker" and self.bank is not None:
+            raise ValueError(f"bank is the tucker protocol's number of cores; {self.protocol} has none")
+        if self.protocol == "tucker" and self.bank is None:
+            object.__setattr__(self, "bank", DEFAULT_BANK)
+        return self
+
+    def compression(self) -> dict[str, Any]:
+        """The factorisation (supernet.factors.Compression's fields)."""
+        return {k: v for k, v in self.to_dict().items()
+                if k in ("protocol", "rank", "bank", "embedding_rank") and v is not None}
+
+
 class CustomTask(SettingsModel):
     """A user's dataset: CSV, TSV or JSONL files with one or two text columns and a label column."""
 

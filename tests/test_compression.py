@@ -9,17 +9,19 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import hand_subs, make_supernet, random_inputs, random_sub, supernet_config
+from conftest import hand_subs, make_supernet, random_inputs, random_sub, supernet_config, toy_batches
 from safetensors.torch import load_file
 from test_counting import _math_sdpa
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification
 
+from supernet.compress import compress_model
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
 from supernet.decompose import block_tensor, decompose, model_layout, relative_error
 from supernet.extract import extract, load_exported, save_folder
 from supernet.factors import PROTOCOLS, Compression, CompressionError, block_count, layout
+from supernet.settings import COMPRESSION_PROTOCOLS, DEFAULT_BANK, CompressConfig
 
 HIDDEN = 32  # the tiny BERT's; blocks are 32 wide, its FFN of 48 units is one full block and one partial
 
@@ -204,3 +206,75 @@ def test_a_compressed_model_is_not_decomposed_again() -> None:
     compressed = decompose(dense, Compression("lowrank", 4))
     with pytest.raises(CompressionError, match="compressed already"):
         decompose(compressed, Compression("lowrank", 2))
+
+
+# ------------------------------------------------------------------------------------------------ recovery
+
+
+def _teacher_gap(model, teacher, batches) -> float:
+    """Mean squared distance of the model's logits to the teacher's over `batches`."""
+    with torch.no_grad():
+        return float(sum((model(**b_inputs(b)).logits - teacher(**b_inputs(b)).logits).square().mean()
+                         for b in batches) / len(batches))
+
+
+def b_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def test_recovery_brings_the_compressed_model_towards_the_point() -> None:
+    config = supernet_config()
+    sub = SubNetworkConfig(layers=(0, 1, 2), heads=(4, 2, 3), units=(48, 30, 40))
+    dense = extract(make_supernet(config), sub)
+    batches = toy_batches(count=6, size=8, tokens=10)
+    settings = CompressConfig(protocol="tucker", rank=6, bank=4, epochs=8, learning_rate=3e-3, label_loss_weight=0.0)
+    decomposed = compress_model(dense, settings.model_copy(update={"epochs": 0.0}), None)
+    recovered = compress_model(dense, settings, batches, progress=False)
+    assert _teacher_gap(recovered, dense, batches) < 0.75 * _teacher_gap(decomposed, dense, batches)
+    assert recovered.config.compression == decomposed.config.compression == {"protocol": "tucker", "rank": 6,
+                                                                              "bank": 4}
+    for name, tensor in dense.state_dict().items():  # the point itself is left as it was
+        assert torch.equal(tensor, extract(make_supernet(config), sub).state_dict()[name])
+
+
+def test_a_stopped_recovery_resumes_to_the_same_weights(tmp_path) -> None:
+    config = supernet_config()
+    dense = extract(make_supernet(config), SubNetworkConfig.full(config))
+    settings = CompressConfig(protocol="lowrank", rank=5, embedding_rank=6, epochs=2)
+    whole = compress_model(dense, settings, toy_batches(), progress=False, generator=torch.Generator())
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 2
+
+    checkpoint = tmp_path / "recovery.pt"
+    assert compress_model(dense, settings, toy_batches(), checkpoint_path=checkpoint, should_stop=stop,
+                          progress=False, generator=torch.Generator()) is None
+    assert checkpoint.is_file()
+    resumed = compress_model(dense, settings, toy_batches(), checkpoint_path=checkpoint, progress=False,
+                             generator=torch.Generator())
+    assert not checkpoint.exists()
+    for name, tensor in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+def test_recovery_keeps_the_points_runtime_settings_and_trains_its_exits() -> None:
+    config = supernet_config(exits=True)
+    sub = SubNetworkConfig(layers=(0, 1, 2), heads=(4, 2, 3), units=(48, 30, 40), exit_threshold=0.3)
+    dense = extract(make_supernet(config), sub)
+    model = compress_model(dense, CompressConfig(protocol="shared-lowrank", rank=8, epochs=1), toy_batches(),
+                           progress=False)
+    assert model.config.exit_threshold == 0.3 and model.model.exit_threshold == 0.3
+    assert dense.model.exit_threshold == 0.3
+    before = decompose(dense, Compression("shared-lowrank", 8)).model.exit_heads[0].out.weight
+    assert not torch.equal(model.model.exit_heads[0].out.weight, before)
+
+
+def test_compress_settings_name_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="bank"):
+        CompressConfig(protocol="lowrank", bank=3)
+    assert CompressConfig().bank == DEFAULT_BANK and CompressConfig(protocol="lowrank").bank is None
+    assert set(COMPRESSION_PROTOCOLS) == set(PROTOCOLS)
+    with pytest.raises(ValueError, match="rank"):
+        CompressConfig(rank=0)
