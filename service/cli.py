@@ -4,6 +4,7 @@
                     --optimizer nsga2 --evaluations 100 [--refine-epochs 1] --out runs/rte
     nasprune train  --model minilm --task glue/rte --data-dir ../shared/data/glue --out runs/rte
     nasprune refine --run runs/rte --point 0 3 [--epochs 1]     # fine-tune chosen front points at their own size
+    nasprune compress --run runs/rte --point 0 --rank 64 --bank 12 [--protocol tucker] --out runs/rte/tiny
     nasprune export --run runs/rte --point 0 --out runs/rte/point-0 [--format hf|onnx] [--sliced]
     nasprune export --run runs/rte --config middle --out runs/rte/export-middle
 
@@ -35,7 +36,7 @@ from pydantic import BaseModel
 from search.settings import SearchSettings
 from service.flags import FlagValueError, add_flags, model_flags, parse_flags
 from supernet.config import ConfigError, SubNetworkConfig
-from supernet.settings import RefinePointConfig, RunSpec
+from supernet.settings import CompressConfig, RefinePointConfig, RunSpec
 
 if TYPE_CHECKING:
     from supernet.run import Run
@@ -155,6 +156,28 @@ def cmd_refine(args: argparse.Namespace) -> int:
     print(f"refined {len(args.point)} point(s) in {time.perf_counter() - start:.0f} s")
     print(front_table(front, args.point))
     print(f"  `nasprune export --run {args.run} --point K --out DIR` exports a refined point's model if it was kept")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from search.compression import compress_point, export_compressed
+
+    start = time.perf_counter()
+    with _signal_flags() as flags:
+        record = compress_point(args.run, args.point, args.settings, should_stop=lambda: flags["stop"])
+    if record is None:
+        print("stopped; rerun the same command to resume the recovery where it stopped")
+        return 130
+    out = export_compressed(args.run, record, args.out)
+    params, point = record["params"], record["point_params"]
+    print(f"compressed point {args.point} ({record['compression']['protocol']}, rank {record['compression']['rank']})"
+          f" in {time.perf_counter() - start:.0f} s to {out}")
+    print(f"  params: {params['total']:,} ({params['encoder']:,} in the encoder; the point: {point['total']:,}, "
+          f"{point['encoder']:,})")
+    for split, values in record["metrics"].items():
+        before = record["point_metrics"].get(split) or {}
+        print(f"  {split}: " + ", ".join(f"{k}={v:.4f}" + (f" (point {before[k]:.4f})" if k in before else "")
+                                         for k, v in values.items()))
     return 0
 
 
@@ -370,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--point", type=int, nargs="+", required=True, help="indices of points in front.json")
     _add_settings(refine, RefinePointConfig)
     refine.set_defaults(func=cmd_refine)
+    compress = sub.add_parser("compress", help="decompose a front point's weights (Tucker matrix bank or low rank) and "
+                                               "recover them by distillation: extreme compression")
+    compress.add_argument("--run", required=True, help="run folder written by `nasprune search`")
+    compress.add_argument("--point", type=int, required=True, help="index of a point in front.json")
+    compress.add_argument("--out", required=True, help="where the compressed model folder is written")
+    _add_settings(compress, CompressConfig)
+    compress.set_defaults(func=cmd_compress)
     export = sub.add_parser("export", help="export a sub-network of a trained run as a smaller model")
     export.add_argument("--run", required=True, help="run folder written by `nasprune train`")
     which = export.add_mutually_exclusive_group(required=True)

@@ -741,3 +741,70 @@ def test_token_elimination_ranked_by_batch_1_latency_over_the_real_lengths(works
     # the schedule is priced (its ranking and the fewer tokens after it), not ignored
     assert trial.latency_ms != table.predict(trial.config.static(), lengths)
     assert trial.latency_ms != table.predict(trial.config)  # not the padded seq_len shape
+
+
+# ------------------------------------------------------------------------------------- compressing a point
+
+COMPRESS = ("--protocol", "tucker", "--rank", "4", "--bank", "3", "--embedding-rank", "6", "--epochs", "0.5",
+            "--lr", "1e-3")
+
+
+def test_compress_a_point_writes_a_model_that_reloads_and_keeps_its_recorded_metric(run_copy, tmp_path,
+                                                                                     capsys) -> None:
+    from search.compression import COMPRESSED_DIR
+    from supernet.extract import load_exported
+    from supernet.factors import Compression
+
+    out = tmp_path / "compressed"
+    assert cli(["compress", "--run", str(run_copy), "--point", "0", *COMPRESS, "--out", str(out)]) == 0
+    assert "compressed point 0 (tucker, rank 4)" in capsys.readouterr().out
+    record = json.loads((out / "subnetwork.json").read_text())
+    run = Run(run_copy)
+    supernet = run.load_supernet()
+    sub = SubNetworkConfig.from_dict(record["config"])
+    compression = Compression("tucker", 4, bank=3, embedding_rank=6)
+    assert record["params"] == count_params(supernet.config, sub, compression).to_dict()
+    assert record["params"]["total"] < record["point_params"]["total"]
+    model = load_exported(out)
+    assert model.config.compression == compression.to_dict()
+    assert sum(p.numel() for p in model.parameters()) == record["params"]["total"]
+    assert evaluate(model, run.batches("validation"), run.task.spec) == pytest.approx(
+        record["metrics"]["validation"], abs=1e-9)
+    theirs = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
+    batch = next(iter(run.batches("validation")))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(**inputs).logits, model(**inputs).logits, atol=1e-6, rtol=0)
+    assert len(list((run_copy / COMPRESSED_DIR / "0").iterdir())) == 1
+    assert not list((run_copy / COMPRESSED_DIR / "0").glob("*.pt"))  # the recovery's checkpoint is gone
+
+
+def test_compressing_again_with_the_same_settings_returns_the_stored_model(run_copy, tmp_path, monkeypatch) -> None:
+    import search.compression as compression
+
+    assert cli(["compress", "--run", str(run_copy), "--point", "0", *COMPRESS, "--out", str(tmp_path / "a")]) == 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a point compressed with these settings was compressed again")
+
+    monkeypatch.setattr(compression, "compress_model", no_training)
+    assert cli(["compress", "--run", str(run_copy), "--point", "0", *COMPRESS, "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_compress_refuses_what_does_not_fit_naming_it(run_copy, tmp_path, capsys) -> None:
+    size = len(json.loads((run_copy / "front.json").read_text())["points"])
+    out = ["--out", str(tmp_path / "c")]
+    assert cli(["compress", "--run", str(run_copy), "--point", str(size), *out]) == 2
+    assert "point must be between 0 and" in capsys.readouterr().err
+    assert cli(["compress", "--run", str(run_copy), "--point", "0", "--rank", "100000", "--epochs", "0", *out]) == 2
+    assert "rank" in capsys.readouterr().err
+    assert cli(["compress", "--run", str(run_copy), "--point", "0", "--rank", "2", "--bank", "5", *out]) == 2
+    assert "bank must be at most rank² = 4" in capsys.readouterr().err
+    assert cli(["compress", "--run", str(run_copy), "--point", "0", "--rank", "4", "--bank", "9", *out]) == 2
+    assert "bank must be at most the number of matrix blocks" in capsys.readouterr().err
+    assert cli(["compress", "--run", str(run_copy), "--point", "0", "--protocol", "lowrank", "--bank", "2", *out]) == 2
+    assert "bank" in capsys.readouterr().err
+    assert cli(["compress", "--run", str(run_copy), "--point", "0", "--rank", "0", *out]) == 2
+    assert "--rank" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() and not (run_copy / "compressed").exists()

@@ -1,0 +1,111 @@
+"""The compress stage: one front point of a finished search, decomposed and recovered (supernet/compress.py), measured
+on the task's validation and test splits and kept as a model folder beside the run.
+
+Each (point, settings) pair has one folder, compressed/<point>/<key>/, key a digest of the settings and the run's
+seed: a repeated request returns what is there (idempotent), and a stopped recovery resumes from its checkpoint
+beside it. The point's model is its refined one where the front serves that, else the supernet's slice; either way
+the teacher is what a user would have downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from supernet.compress import compress_model
+from supernet.config import SubNetworkConfig
+from supernet.counting import count_macs, count_params, expected_macs
+from supernet.evaluation import evaluate
+from supernet.extract import extract, load_exported, save_folder
+from supernet.factors import Compression
+from supernet.refine import PrunedModel
+from supernet.run import Run
+from supernet.settings import CompressConfig
+from supernet.training import TrainState
+
+from .records import FRONT_FILE, REFINED_DIR, SUBNETWORK_FILE, serves_refined
+
+COMPRESSED_DIR = "compressed"
+
+
+def settings_key(config: CompressConfig, seed: int) -> str:
+    """The folder name of one compression of a point: what shapes the model, nothing else."""
+    text = json.dumps(config.to_dict() | {"seed": seed}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def compressed_folder(folder: str | Path, position: int, config: CompressConfig, seed: int) -> Path:
+    return Path(folder) / COMPRESSED_DIR / str(position) / settings_key(config, seed)
+
+
+def _point(folder: Path, position: int) -> dict[str, Any]:
+    front_file = folder / FRONT_FILE
+    if not front_file.is_file():
+        raise FileNotFoundError(f"{folder}: no front here; run the search first")
+    points = json.loads(front_file.read_text())["points"]
+    if not 0 <= position < len(points):
+        raise ValueError(f"point must be between 0 and {len(points) - 1} (the front's points), got {position}")
+    return points[position]
+
+
+def compress_point(folder: str | Path, position: int, config: CompressConfig, *, progress: bool = True,
+                   on_step: Callable[[TrainState], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+    """Compress front point `position` of the search in `folder` with `config`; returns the compressed model's
+    record (its subnetwork.json, with "folder" relative to the run), or None if stopped (a later call resumes).
+    CompressionError names a setting that does not fit the point."""
+    folder = Path(folder)
+    point = _point(folder, position)
+    run = Run(folder)
+    seed = run.spec.training.seed
+    target = compressed_folder(folder, position, config, seed)
+    if (target / SUBNETWORK_FILE).is_file():
+        return json.loads((target / SUBNETWORK_FILE).read_text()) | {"folder": str(target.relative_to(folder))}
+    supernet = run.load_supernet()
+    sub = SubNetworkConfig.from_dict(point["config"]).validate(supernet.config)
+    refined = serves_refined(point)
+    dense = load_exported(folder / REFINED_DIR / str(position)) if refined else extract(supernet, sub)
+    compression = Compression.from_dict(config.compression())
+    count_params(supernet.config, sub, compression)  # the ranks checked before any training (CompressionError)
+    generator = torch.Generator()
+    loader = run.batches("train", shuffle=True, generator=generator) if config.epochs else None
+    started = time.perf_counter()
+    model = compress_model(dense, config, loader, seed=seed, generator=generator,
+                           checkpoint_path=target.with_suffix(".pt"), on_step=on_step, should_stop=should_stop,
+                           progress=progress)
+    if model is None:
+        return None
+    train_s = time.perf_counter() - started
+    validation = list(run.batches("validation"))
+    metrics = {"validation": evaluate(PrunedModel(model), validation, run.task.spec)}
+    for split in run.task.test:
+        metrics.setdefault("test", {}).update(
+            {(k if len(run.task.test) == 1 else f"{split}/{k}"): v
+             for k, v in evaluate(PrunedModel(model), run.batches(split), run.task.spec).items()})
+    lengths = [int(n) for batch in validation for n in batch["attention_mask"].sum(dim=1)]
+    record = {
+        "config": sub.to_dict(), "compression": config.to_dict(), "source": "refined" if refined else "sliced",
+        "params": count_params(supernet.config, sub, compression).to_dict(),
+        "point_params": count_params(supernet.config, sub).to_dict(),
+        "macs": count_macs(supernet.config, sub, seq_len=run.spec.max_length, compression=compression),
+        "seq_len": run.spec.max_length,
+        "expected_macs": expected_macs(supernet.config, sub.static(), lengths, compression=compression),
+        "metrics": metrics, "point_metrics": {"validation": point["validation"], "test": point.get("test")},
+        "train_s": train_s,
+    }
+    save_folder(model, target, tokenizer=run.tokenizer, record=record)
+    return record | {"folder": str(target.relative_to(folder))}
+
+
+def export_compressed(folder: str | Path, record: dict[str, Any], out: str | Path) -> Path:
+    """Copy a compressed point's model folder to `out` (what `nasprune compress --out` writes)."""
+    source = Path(folder) / record["folder"]
+    saved = {k: v for k, v in record.items() if k != "folder"}
+    run = Run(folder)
+    return save_folder(load_exported(source), out, tokenizer=run.tokenizer, record=saved)
