@@ -573,8 +573,9 @@ def exits_front_section(task: str, fronts: Path) -> list[str]:
         table = exits_front_table(results)
         if table:
             seed = results.parent.name.removeprefix("seed")
+            run = json.loads(results.read_text()).get("run")
             lines += [f"### Early exits against the static front (`python bench/exits_front.py --task "
-                      f"{task.replace('-', '/', 1)} --seed {seed}`)", "",
+                      f"{task.replace('-', '/', 1)} --seed {seed}{f' --run {run}' if run else ''}`)", "",
                       "The importance job's settings trained twice, without exits (static) and with them, each then "
                       "searched with the same seed and budget on error and expected MACs, the second with the exit "
                       "threshold gene.", "", *table, ""]

@@ -173,12 +173,16 @@ def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: 
     assert any(line.startswith("Cheapest exiting-front point") for line in table)
 
 
-def test_exits_front_refuses_latencies_of_exports_that_never_exit(monkeypatch, tmp_path: Path) -> None:
+def test_exits_front_reports_exports_that_never_exit(monkeypatch, tmp_path: Path) -> None:
+    """Exits that never become confident are a finding the table states, not a failed benchmark."""
     from supernet import modules
 
     monkeypatch.setattr(modules._Running, "leave", lambda *_: None)  # the exported forward never lets a row leave
-    with pytest.raises(checks.CheckFailed, match="let an example leave early"):
-        exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    data = exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    rows = data["latency"]["exiting"]
+    assert rows and all(row["timed_ffn_share"] == row["timed_ffn_share_full_depth"] for row in rows)
+    (results,) = (tmp_path / "out").rglob("results.json")
+    assert any(line.startswith("No timed example left early") for line in exits_front.table_lines(results))
 
 
 # -- bench/elimination_front.py ---------------------------------------------------------------------------------
