@@ -63,20 +63,31 @@ def compress_point(folder: str | Path, position: int, config: CompressConfig, *,
     folder = Path(folder)
     point = _point(folder, position)
     run = Run(folder)
-    seed = run.spec.training.seed
-    target = compressed_folder(folder, position, config, seed)
+    target = compressed_folder(folder, position, config, run.spec.training.seed)
     if (target / SUBNETWORK_FILE).is_file():
         return json.loads((target / SUBNETWORK_FILE).read_text()) | {"folder": str(target.relative_to(folder))}
     supernet = run.load_supernet()
     sub = SubNetworkConfig.from_dict(point["config"]).validate(supernet.config)
     refined = serves_refined(point)
     dense = load_exported(folder / REFINED_DIR / str(position)) if refined else extract(supernet, sub)
+    record = compress_into(run, supernet, sub, dense, config, target, progress=progress, on_step=on_step,
+                           should_stop=should_stop, source="refined" if refined else "sliced",
+                           point_metrics={"validation": point["validation"], "test": point.get("test")})
+    return None if record is None else record | {"folder": str(target.relative_to(folder))}
+
+
+def compress_into(run: Run, supernet, sub: SubNetworkConfig, dense, config: CompressConfig, target: Path, *,
+                  source: str, point_metrics: dict[str, Any] | None = None, progress: bool = True,
+                  on_step: Callable[[TrainState], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+    """Compress `dense` (the model of `sub` in `supernet`) into the folder `target` and measure it; its record, or
+    None if stopped (its recovery checkpoint waits beside `target`)."""
     compression = Compression.from_dict(config.compression())
     count_params(supernet.config, sub, compression)  # the ranks checked before any training (CompressionError)
     generator = torch.Generator()
     loader = run.batches("train", shuffle=True, generator=generator) if config.epochs else None
     started = time.perf_counter()
-    model = compress_model(dense, config, loader, seed=seed, generator=generator,
+    model = compress_model(dense, config, loader, seed=run.spec.training.seed, generator=generator,
                            checkpoint_path=target.with_suffix(".pt"), on_step=on_step, should_stop=should_stop,
                            progress=progress)
     if model is None:
@@ -90,17 +101,16 @@ def compress_point(folder: str | Path, position: int, config: CompressConfig, *,
              for k, v in evaluate(PrunedModel(model), run.batches(split), run.task.spec).items()})
     lengths = [int(n) for batch in validation for n in batch["attention_mask"].sum(dim=1)]
     record = {
-        "config": sub.to_dict(), "compression": config.to_dict(), "source": "refined" if refined else "sliced",
+        "config": sub.to_dict(), "compression": config.to_dict(), "source": source,
         "params": count_params(supernet.config, sub, compression).to_dict(),
         "point_params": count_params(supernet.config, sub).to_dict(),
         "macs": count_macs(supernet.config, sub, seq_len=run.spec.max_length, compression=compression),
         "seq_len": run.spec.max_length,
         "expected_macs": expected_macs(supernet.config, sub.static(), lengths, compression=compression),
-        "metrics": metrics, "point_metrics": {"validation": point["validation"], "test": point.get("test")},
-        "train_s": train_s,
+        "metrics": metrics, "point_metrics": point_metrics or {}, "train_s": train_s,
     }
     save_folder(model, target, tokenizer=run.tokenizer, record=record)
-    return record | {"folder": str(target.relative_to(folder))}
+    return record
 
 
 def export_compressed(folder: str | Path, record: dict[str, Any], out: str | Path) -> Path:

@@ -16,6 +16,7 @@ from conftest import make_supernet, random_inputs
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import checks  # noqa: E402
+import compress_front  # noqa: E402
 import elimination  # noqa: E402
 import elimination_front  # noqa: E402
 import eval_precision  # noqa: E402
@@ -183,6 +184,37 @@ def test_exits_front_reports_exports_that_never_exit(monkeypatch, tmp_path: Path
     assert rows and all(row["timed_ffn_share"] == row["timed_ffn_share_full_depth"] for row in rows)
     (results,) = (tmp_path / "out").rglob("results.json")
     assert any(line.startswith("No timed example left early") for line in exits_front.table_lines(results))
+
+
+# -- bench/compress_front.py -------------------------------------------------------------------------------------
+def test_compress_front_tiny_compresses_below_the_target_with_every_protocol(tmp_path: Path) -> None:
+    data = compress_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    done = [row for row in data["rows"] if row["fits"]]
+    assert {row["protocol"] for row in done} == {"tucker", "shared-lowrank", "lowrank"}
+    for row in done:
+        assert row["encoder_fraction"] <= row["fraction"] and row["encoder_params"] < data["full_encoder"]
+        assert row["speedup_b1"] > 0 and row["speedup_b32"] > 0 and 0 <= row["validation"][data["metric"]] <= 1
+    bigger = [row for row in data["rows"] if row["start"] != "full"]
+    assert all(not row["fits"] for row in bigger)  # the tiny smaller point is already under 1/3: nothing to do
+    assert (tmp_path / "out").rglob("results.json")
+
+
+def test_fitting_compression_takes_the_largest_rank_within_the_budget() -> None:
+    from conftest import supernet_config
+
+    from supernet.config import SubNetworkConfig
+    from supernet.counting import count_params
+
+    config = supernet_config()
+    sub = SubNetworkConfig.full(config)
+    budget = count_params(config, sub).encoder / 4
+    for protocol in ("tucker", "shared-lowrank", "lowrank"):
+        chosen = compress_front.fitting_compression(config, sub, protocol, budget)
+        assert count_params(config, sub, chosen).encoder <= budget
+        bank = min(24, (chosen.rank + 1) ** 2) if protocol == "tucker" else None  # the tiny full network: 24 blocks
+        larger = compress_front.Compression(protocol, chosen.rank + 1, bank=bank)
+        assert count_params(config, sub, larger).encoder > budget
+    assert compress_front.fitting_compression(config, sub, "lowrank", 10) is None
 
 
 # -- bench/elimination_front.py ---------------------------------------------------------------------------------

@@ -1,0 +1,189 @@
+"""Extreme compression (Ren et al., ICLR 2022) below the pruning front: each protocol at about 1/7, 1/20 and 1/48 of
+the full encoder's parameters, from the full network and from the ≤ 50 %-params front point, against the pruning
+front alone and layer dropping at the same parameters.
+
+Takes a finished search (bench/prove.py's importance job of --task and --seed: its run folder with front.json; or
+--run, a search folder; or --tiny's). For each start point, protocol and target fraction it takes the largest rank
+whose compressed encoder fits the target (tucker: a bank of min(24, blocks, rank²) cores), compresses the start
+point's exported model (search.compression.compress_into: decomposition, then --epochs of distillation from it) and
+reports, side by side:
+
+- validation and test metric and encoder params, the metric's retention of the fully fine-tuned model's
+  (bench/prove.py's reference; else the supernet's full network), and the best pruning-front point (refined where
+  bench/prove.py refined it) and layer-dropping baseline at no more parameters;
+- measured latency of the exported compressed model against its start point's exported model, both dynamically
+  padded: batch 32 sorted by length and batch 1 (every example alone), medians of interleaved repeats (low rank
+  can be slower at large ranks: the table says where);
+- the compression's cost in seconds beside plain fine-tuning's.
+
+Results go to <out>/<task>/seed<k>/results.json. Checks (bench/checks.py): every compressed model's parameters are
+its recorded count, and each is smaller than its start point.
+
+    python bench/compress_front.py --task glue/mrpc --seed 0 --epochs 2
+    python bench/compress_front.py --tiny      # seconds: a tiny search, one target, no recovery
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import tiny
+import torch
+from checks import require
+from elimination import batches_of, run_all
+from prove import add_trained_run_arguments, read_json, seed_folder
+
+from search.compression import compress_into, settings_key
+from supernet.config import SubNetworkConfig
+from supernet.counting import count_params
+from supernet.extract import extract, load_exported
+from supernet.factors import PROTOCOLS, Compression, block_count, layout
+from supernet.metrics import error_from_metrics
+from supernet.run import Run
+from supernet.settings import DEFAULT_BANK, CompressConfig
+
+FRACTIONS = (1 / 7, 1 / 20, 1 / 48)
+
+
+def fitting_compression(config, sub: SubNetworkConfig, protocol: str, budget: float) -> Compression | None:
+    """The largest-rank compression of `protocol` whose encoder has at most `budget` parameters, or None."""
+    blocks = block_count(layout(config.hidden_size, config.head_size, sub.kept_heads(), sub.kept_units()))
+    best = None
+    for rank in range(1, config.hidden_size + 1):
+        bank = min(DEFAULT_BANK, blocks, rank * rank) if protocol == "tucker" else None
+        candidate = Compression(protocol, rank, bank=bank)
+        if count_params(config, sub, candidate).encoder > budget:
+            break
+        best = candidate
+    return best
+
+
+def start_points(run: Run, supernet, share: float) -> dict[str, tuple[SubNetworkConfig, dict | None]]:
+    """The full network, and the front point of best validation metric within `share` of the full encoder."""
+    full = count_params(supernet.config).encoder
+    points = [p for p in read_json(run.folder / "front.json")["points"]
+              if p["params"]["encoder"] <= share * full and SubNetworkConfig.from_dict(p["config"]).is_static]
+    starts: dict[str, tuple[SubNetworkConfig, dict | None]] = {"full": (supernet.full_config(), None)}
+    if points:
+        best = max(points, key=lambda p: p["validation"][run.task.spec.main_metric])
+        starts[f"<= {share:.0%} params"] = (SubNetworkConfig.from_dict(best["config"]), best)
+    return starts
+
+
+def timed(models: dict[str, torch.nn.Module], batches: list, repeats: int) -> dict[str, float]:
+    """Median seconds of each model over `batches`, repeats interleaved (the order reversed every other round)."""
+    for model in models.values():
+        run_all(model, batches[:2])  # first-call allocations are not the model's cost
+    times: dict[str, list[float]] = {key: [] for key in models}
+    for round_ in range(repeats):
+        for key in models if round_ % 2 == 0 else reversed(list(models)):
+            started = time.perf_counter()
+            run_all(models[key], batches)
+            times[key].append(time.perf_counter() - started)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def baselines(args: argparse.Namespace, task: str) -> dict[str, list[dict[str, Any]]]:
+    """bench/prove.py's records of the pruning front (refined where it was) and of layer dropping, if there."""
+    folder = args.prove / seed_folder(task, args.seed)
+    found = {}
+    for name, files in (("pruning", ("nasprune_importance_refined.json", "nasprune_importance.json")),
+                        ("layer_drop", ("layer_drop.json",))):
+        for file in files:
+            if not args.tiny and (folder / file).is_file():
+                found[name] = read_json(folder / file)
+                break
+    return found
+
+
+def best_at(rows: list[dict[str, Any]], params: int) -> dict[str, Any] | None:
+    """The baseline row of least validation error among those with at most `params` encoder parameters."""
+    fitting = [r for r in rows if r["params_encoder"] <= params]
+    return min(fitting, key=lambda r: r["validation_error"]) if fitting else None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_trained_run_arguments(parser, task="glue/mrpc", out="compress_front")
+    parser.add_argument("--epochs", type=float, default=2.0, help="epochs of recovery by distillation")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument("--params-share", type=float, default=0.5, help="the smaller start point's encoder share")
+    args = parser.parse_args(argv)
+    fractions = FRACTIONS
+    if args.tiny:
+        root = args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-compress-"))
+        args.run, args.repeats, args.out, args.epochs = tiny.tiny_search(root), 1, str(root / "out"), 0.0
+        fractions = (1 / 3,)
+    folder = args.run or args.prove / seed_folder(args.task, args.seed) / "nasprune_importance" / "run"
+    require((folder / "front.json").is_file(), f"{folder}: no front.json (a finished search is needed)")
+    torch.set_num_threads(args.threads)
+    run = Run(folder)
+    supernet = run.load_supernet().eval()
+    spec, metric = run.task.spec, run.task.spec.main_metric
+    full_encoder = count_params(supernet.config).encoder
+    reference_file = args.prove / seed_folder(run.spec.task, args.seed) / "reference.json"
+    reference = read_json(reference_file)[0] if not args.tiny and reference_file.is_file() else None
+    found = baselines(args, run.spec.task)
+    by_32, by_1 = batches_of(run, 32), batches_of(run, 1)
+    out = Path(args.out) / seed_folder(run.spec.task, args.seed)
+    rows = []
+    for start, (sub, point) in start_points(run, supernet, args.params_share).items():
+        dense = extract(supernet, sub)
+        for protocol in args.protocols.split(","):
+            for fraction in fractions:
+                budget = fraction * full_encoder
+                compression = (None if budget >= count_params(supernet.config, sub).encoder  # already that small
+                               else fitting_compression(supernet.config, sub, protocol, budget))
+                if compression is None:
+                    rows.append({"start": start, "protocol": protocol, "fraction": fraction, "fits": False})
+                    continue
+                config = CompressConfig(**compression.to_dict(), epochs=args.epochs)
+                target = out / "models" / f"{'full' if start == 'full' else 'smaller'}-{settings_key(config, 0)}"
+                record_file = target / "subnetwork.json"
+                record = read_json(record_file) if record_file.is_file() else compress_into(
+                    run, supernet, sub, dense, config, target, source="sliced", progress=False,
+                    point_metrics=None if point is None else {"validation": point["validation"]})
+                model = load_exported(target)
+                params = sum(p.numel() for p in model.parameters())
+                require(params == record["params"]["total"], f"{target}: {params} params, recorded "
+                                                             f"{record['params']['total']}")
+                require(record["params"]["encoder"] < count_params(supernet.config, sub).encoder,
+                        f"{target}: the compressed encoder is not smaller than its start point's")
+                seconds = {size: timed({"start": dense, "compressed": model}, batches, args.repeats)
+                           for size, batches in ((32, by_32), (1, by_1))}
+                encoder = record["params"]["encoder"]
+                row = {"start": start, "protocol": protocol, "fraction": fraction, "fits": True,
+                       "compression": compression.to_dict(), "encoder_params": encoder,
+                       "encoder_fraction": encoder / full_encoder, "total_params": record["params"]["total"],
+                       "validation": record["metrics"]["validation"], "test": record["metrics"].get("test"),
+                       "train_s": record["train_s"],
+                       "speedup_b32": seconds[32]["start"] / seconds[32]["compressed"],
+                       "speedup_b1": seconds[1]["start"] / seconds[1]["compressed"],
+                       # the share of the fully fine-tuned model's quality kept (1 - error, as bench/prove.py scores)
+                       "retention": None if reference is None else
+                       (1.0 - error_from_metrics(spec, record["metrics"]["validation"]))
+                       / (1.0 - reference["validation_error"]),
+                       "baselines": {name: best_at(rows_, encoder) for name, rows_ in found.items()}}
+                rows.append(row)
+                print(f"{start:>16} {protocol:>14} 1/{1 / fraction:.0f}: rank {compression.rank}, encoder "
+                      f"{encoder:,} ({row['encoder_fraction']:.3f}), {metric} {row['validation'][metric]:.4f}, "
+                      f"b32 {row['speedup_b32']:.2f}x, b1 {row['speedup_b1']:.2f}x, {row['train_s']:.0f} s",
+                      flush=True)
+    data = {"task": run.spec.task, "run": None if args.tiny else str(folder), "threads": args.threads,
+            "torch": torch.__version__, "epochs": args.epochs, "metric": metric, "full_encoder": full_encoder,
+            "reference": reference and {"validation_error": reference["validation_error"],
+                                        "plain_train_s": reference.get("plain_train_s")},
+            "examples": sum(len(b["labels"]) for b in by_32), "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    return data
+
+
+if __name__ == "__main__":
+    main()
