@@ -14,9 +14,13 @@ model's mean exit layer (`model.last_exit_layers`, examples leaving per row as t
 point's recorded `dynamics.mean_exit_layer`: where an example leaves may depend neither on its padding nor on the
 other rows of its batch.
 
+A compressed point (`nasprune compress`, under the run's compressed/) is reloaded the same way and must reproduce
+the validation metrics its subnetwork.json records, with the factorisation its config names.
+
     python bench/verify_front.py --run runs/rte
     python bench/verify_front.py --tiny       # seconds: a tiny search job with token elimination, then the same
     python bench/verify_front.py --tiny-exits # seconds: a tiny search job with exit thresholds, then the same
+    python bench/verify_front.py --tiny-compress  # seconds: a tiny search job, its point 0 compressed, the same
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ import torch
 from checks import require, require_exported
 from transformers import AutoModelForSequenceClassification
 
+from search.compression import COMPRESSED_DIR, compress_point
 from search.pareto import non_dominated
+from search.records import SUBNETWORK_FILE
 from supernet.batching import make_batches
 from supernet.config import SubNetworkConfig
 from supernet.evaluation import metrics_from_logits, predict
 from supernet.extract import export_subnetwork
 from supernet.run import Run
+from supernet.settings import CompressConfig
 
 SEARCHED = "as searched"  # the run's evaluation batches, sorted by length: how the search scored the point
 ALONE = "batch 1"  # every example alone, unpadded
@@ -132,6 +139,34 @@ def verify_points(folder: Path) -> list[dict[str, Any]]:
     return reports
 
 
+def verify_compressed(folder: Path) -> list[dict[str, Any]]:
+    """Every compressed model of the run (compressed/<point>/<key>/): reloaded with plain transformers, it has the
+    recorded factorisation and parameters and reproduces its recorded validation metrics."""
+    records = sorted((folder / COMPRESSED_DIR).glob(f"*/*/{SUBNETWORK_FILE}"))
+    if not records:
+        return []
+    run = Run(folder)
+    batches = list(run.batches("validation"))
+    reports = []
+    for record_file in records:
+        record = json.loads(record_file.read_text())
+        model = AutoModelForSequenceClassification.from_pretrained(record_file.parent, trust_remote_code=True)
+        compression = {k: v for k, v in record["compression"].items()
+                       if k in ("protocol", "rank", "bank", "embedding_rank") and v is not None}
+        require(model.config.compression == compression, f"{record_file.parent}: the reloaded config's compression "
+                                                         f"is {model.config.compression}, the record's {compression}")
+        params = sum(p.numel() for p in model.parameters())
+        require(params == record["params"]["total"], f"{record_file.parent}: {params} parameters reloaded, "
+                                                     f"{record['params']['total']} recorded")
+        got = metrics_from_logits(run.task.spec, *predict(model, batches))
+        recorded = record["metrics"]["validation"]
+        diff = max(abs(got[m] - recorded[m]) for m in recorded)
+        print(f"compressed point {record_file.parent.parent.name} ({compression}): {params:,} params, recorded "
+              f"{recorded}, reloaded {got} (off by {diff:.1e})")
+        reports.append({"folder": str(record_file.parent.relative_to(folder)), "difference": diff})
+    return reports
+
+
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="a finished search's run folder")
@@ -139,6 +174,8 @@ def main(argv: list[str] | None = None) -> float:
                         help="run a tiny search job with token elimination first and verify its front")
     parser.add_argument("--tiny-exits", action="store_true",
                         help="run a tiny search job with exit thresholds first and verify its front")
+    parser.add_argument("--tiny-compress", action="store_true",
+                        help="run a tiny search job, compress its point 0 (tucker, no recovery), verify both")
     parser.add_argument("--tiny-root", type=Path, default=None, help="where --tiny / --tiny-exits run the search")
     parser.add_argument("--tolerance", type=float, default=1e-9)
     args = parser.parse_args(argv)
@@ -146,17 +183,24 @@ def main(argv: list[str] | None = None) -> float:
         args.run = tiny.tiny_search(args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-")),
                                     evaluations=TINY_EVALUATIONS, token_elimination=args.tiny,
                                     exits=args.tiny_exits)
+    if args.tiny_compress:
+        args.run = tiny.tiny_search(args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-")))
+        compress_point(args.run, 0, CompressConfig(protocol="tucker", rank=4, bank=3, epochs=0), progress=False)
     if args.run is None:
-        parser.error("--run is required (or --tiny, --tiny-exits)")
+        parser.error("--run is required (or --tiny, --tiny-exits, --tiny-compress)")
     reports = verify_points(args.run)
-    worst = max((d for r in reports for d in r["differences"].values()), default=0.0)
+    compressed = verify_compressed(args.run)
+    if args.tiny_compress:
+        require(bool(compressed), "the tiny run has no compressed point: nothing compressed was checked")
+    worst = max([d for r in reports for d in r["differences"].values()] + [r["difference"] for r in compressed],
+                default=0.0)
     eliminating = [r for r in reports if r["eliminating"]]
     exiting = [r for r in reports if r["exiting"]]
     front = json.loads((args.run / "front.json").read_text())
     print(f"largest metric difference: {worst:.2e} ({'OK' if worst <= args.tolerance else 'MISMATCH'}); "
           f"points below 50 % of the encoder: {sum(r['params_share'] < 0.5 for r in reports)}; points dropping "
           f"tokens (checked at batch 1 and 32 too): {len(eliminating)} of {len(front['points'])}; points exiting "
-          f"early (the same, with their mean exit layer): {len(exiting)}")
+          f"early (the same, with their mean exit layer): {len(exiting)}; compressed points: {len(compressed)}")
     if args.tiny_exits:
         require(bool(exiting), "the tiny exits search's front has no point that exits early: the batch-1 and "
                                "batch-32 checks did not run")

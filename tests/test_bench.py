@@ -359,6 +359,18 @@ def test_verify_front_tiny_reloads_every_front_point(tmp_path: Path, capsys) -> 
     assert "points dropping tokens (checked at batch 1 and 32 too): 0 of" not in out
 
 
+def test_verify_front_tiny_compress_reloads_the_compressed_point_and_notices_a_wrong_record(tmp_path: Path,
+                                                                                           capsys) -> None:
+    assert verify_front.main(["--tiny-compress", "--tiny-root", str(tmp_path)]) == 0.0
+    assert "compressed points: 1" in capsys.readouterr().out
+    (record_file,) = (tmp_path / "search" / "compressed").glob("*/*/subnetwork.json")
+    record = json.loads(record_file.read_text())
+    record["metrics"]["validation"] = {m: v + 0.01 for m, v in record["metrics"]["validation"].items()}
+    record_file.write_text(json.dumps(record))
+    with pytest.raises(checks.CheckFailed, match="differ from its record"):
+        verify_front.main(["--run", str(tmp_path / "search")])
+
+
 def test_verify_front_checks_a_static_front_as_searched_only(tmp_path: Path) -> None:
     reports = verify_front.verify_points(tiny.tiny_search(tmp_path))
     assert reports and all(not r["eliminating"] and r["differences"] == {verify_front.SEARCHED: 0.0}
