@@ -12,7 +12,8 @@ reports, side by side:
   (bench/prove.py's reference; else the supernet's full network), and the best pruning-front point (refined where
   bench/prove.py refined it) and layer-dropping baseline at no more parameters;
 - measured latency of the exported compressed model against its start point's exported model, both dynamically
-  padded: batch 32 sorted by length and batch 1 (every example alone), medians of interleaved repeats (low rank
+  padded: batch 32 sorted by length (the whole split) and batch 1 (--latency-examples of it spread evenly over
+  its lengths, each alone), medians of interleaved repeats (low rank
   can be slower at large ranks: the table says where);
 - the compression's cost in seconds beside plain fine-tuning's.
 
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=float, default=2.0, help="epochs of recovery by distillation")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--params-share", type=float, default=0.5, help="the smaller start point's encoder share")
+    parser.add_argument("--latency-examples", type=int, default=200,
+                        help="batch 1 times the first N validation examples, each alone")
     args = parser.parse_args(argv)
     fractions = FRACTIONS
     if args.tiny:
@@ -130,9 +133,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference_file = args.prove / seed_folder(run.spec.task, args.seed) / "reference.json"
     reference = read_json(reference_file)[0] if not args.tiny and reference_file.is_file() else None
     found = baselines(args, run.spec.task)
-    by_32, by_1 = batches_of(run, 32), batches_of(run, 1)
+    by_32, alone = batches_of(run, 32), batches_of(run, 1)
+    by_1 = alone[::max(1, len(alone) // args.latency_examples)][:args.latency_examples]  # spread over the lengths
     out = Path(args.out) / seed_folder(run.spec.task, args.seed)
-    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    data = {"task": run.spec.task, "run": None if args.tiny else str(folder), "threads": args.threads,
+            "torch": torch.__version__, "epochs": args.epochs, "metric": metric, "full_encoder": full_encoder,
+            "reference": reference and {"validation_error": reference["validation_error"],
+                                        "plain_train_s": reference.get("plain_train_s")},
+            "examples": sum(len(b["labels"]) for b in by_32), "rows": rows}
     for start, (sub, point) in start_points(run, supernet, args.params_share).items():
         dense = extract(supernet, sub)
         for protocol in args.protocols.split(","):
@@ -171,16 +181,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        / (1.0 - reference["validation_error"]),
                        "baselines": {name: best_at(rows_, encoder) for name, rows_ in found.items()}}
                 rows.append(row)
+                (out / "results.json").write_text(json.dumps(data, indent=1))  # a long run's rows so far
                 print(f"{start:>16} {protocol:>14} 1/{1 / fraction:.0f}: rank {compression.rank}, encoder "
                       f"{encoder:,} ({row['encoder_fraction']:.3f}), {metric} {row['validation'][metric]:.4f}, "
                       f"b32 {row['speedup_b32']:.2f}x, b1 {row['speedup_b1']:.2f}x, {row['train_s']:.0f} s",
                       flush=True)
-    data = {"task": run.spec.task, "run": None if args.tiny else str(folder), "threads": args.threads,
-            "torch": torch.__version__, "epochs": args.epochs, "metric": metric, "full_encoder": full_encoder,
-            "reference": reference and {"validation_error": reference["validation_error"],
-                                        "plain_train_s": reference.get("plain_train_s")},
-            "examples": sum(len(b["labels"]) for b in by_32), "rows": rows}
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(data, indent=1))
     return data
 
