@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +25,15 @@ from supernet.counting import count_macs, count_params, expected_macs
 from supernet.evaluation import evaluate
 from supernet.extract import extract, load_exported, save_folder
 from supernet.factors import Compression
+from supernet.files import atomic_path
 from supernet.refine import PrunedModel
 from supernet.run import Run
 from supernet.settings import CompressConfig
 from supernet.training import TrainState
 
-from .records import FRONT_FILE, REFINED_DIR, SUBNETWORK_FILE, serves_refined
+from .job import metrics_on_test_splits
+from .records import REFINED_DIR, SUBNETWORK_FILE, serves_refined
+from .store import FileStore
 
 COMPRESSED_DIR = "compressed"
 
@@ -45,10 +49,10 @@ def compressed_folder(folder: str | Path, position: int, config: CompressConfig,
 
 
 def _point(folder: Path, position: int) -> dict[str, Any]:
-    front_file = folder / FRONT_FILE
-    if not front_file.is_file():
+    front = FileStore(folder).load_front()
+    if front is None:
         raise FileNotFoundError(f"{folder}: no front here; run the search first")
-    points = json.loads(front_file.read_text())["points"]
+    points = front["points"]
     if not 0 <= position < len(points):
         raise ValueError(f"point must be between 0 and {len(points) - 1} (the front's points), got {position}")
     return points[position]
@@ -95,10 +99,9 @@ def compress_into(run: Run, supernet, sub: SubNetworkConfig, dense, config: Comp
     train_s = time.perf_counter() - started
     validation = list(run.batches("validation"))
     metrics = {"validation": evaluate(PrunedModel(model), validation, run.task.spec)}
-    for split in run.task.test:
-        metrics.setdefault("test", {}).update(
-            {(k if len(run.task.test) == 1 else f"{split}/{k}"): v
-             for k, v in evaluate(PrunedModel(model), run.batches(split), run.task.spec).items()})
+    if run.task.test:
+        metrics["test"] = metrics_on_test_splits(run, PrunedModel(model), None,
+                                                 {split: list(run.batches(split)) for split in run.task.test})
     lengths = [int(n) for batch in validation for n in batch["attention_mask"].sum(dim=1)]
     record = {
         "config": sub.to_dict(), "compression": config.to_dict(), "source": source,
@@ -114,8 +117,8 @@ def compress_into(run: Run, supernet, sub: SubNetworkConfig, dense, config: Comp
 
 
 def export_compressed(folder: str | Path, record: dict[str, Any], out: str | Path) -> Path:
-    """Copy a compressed point's model folder to `out` (what `nasprune compress --out` writes)."""
-    source = Path(folder) / record["folder"]
-    saved = {k: v for k, v in record.items() if k != "folder"}
-    run = Run(folder)
-    return save_folder(load_exported(source), out, tokenizer=run.tokenizer, record=saved)
+    """Copy a compressed point's model folder (weights, modeling files, tokenizer, subnetwork.json) to `out`
+    (what `nasprune compress --out` writes), atomically."""
+    with atomic_path(out) as tmp:
+        shutil.copytree(Path(folder) / record["folder"], tmp)
+    return Path(out)

@@ -79,7 +79,7 @@ def check_exits(config: SupernetConfig, task: TaskSpec) -> None:
                          "output folder, or search without exits")
 
 
-def _test_metrics(run: Run, supernet, sub, test_batches: dict[str, list],
+def metrics_on_test_splits(run: Run, supernet, sub, test_batches: dict[str, list],
                   exits: Mapping[str, ExitPasses] | None = None) -> dict[str, float]:
     """`sub`'s metrics on each test split; with `exits` (one ExitPasses per split), scored from each structure's one
     pass over the exits, as the search scored validation."""
@@ -157,13 +157,14 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
     # with exits, the points of one structure share its pass over each test split's exits
     exits = ({split: ExitPasses(supernet, batches, run.task.spec) for split, batches in test_batches.items()}
              if measurements.exits else None)
-    points = [_point(p, _test_metrics(run, supernet, SubNetworkConfig.from_dict(p["config"]), test_batches, exits))
+    points = [_point(p, metrics_on_test_splits(run, supernet, SubNetworkConfig.from_dict(p["config"]), test_batches,
+                                               exits))
               for p in chosen]
     full = supernet.full_config()
     full_objectives = objective_values(resolve_objectives(names), full, measurements)
     reference = _point({"config": full.to_dict(), "objectives": full_objectives,
                         **figures_dict(measurements.reference())},
-                       _test_metrics(run, supernet, None, test_batches))
+                       metrics_on_test_splits(run, supernet, None, test_batches))
     front = {
         "task": run.task.spec.name, "main_metric": run.task.spec.main_metric, "objectives": names,
         "points": points, "reference": reference, "majority_baseline": run.task.majority_baseline,
@@ -267,7 +268,7 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
             train_s = time.perf_counter() - started
             wrapped = PrunedModel(model).eval()
             metrics = evaluate(wrapped, validation, run.task.spec)
-            refined = {"validation": metrics, "test": _test_metrics(run, wrapped, None, test_batches),
+            refined = {"validation": metrics, "test": metrics_on_test_splits(run, wrapped, None, test_batches),
                        "train_s": train_s, "kept": keeps_refined(run.task.spec, metrics, point["validation"]),
                        "settings": settings, "folder": f"{REFINED_DIR}/{position}"}
             record = subnetwork_record(supernet, sub, seq_len=run.spec.max_length,

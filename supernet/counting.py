@@ -60,13 +60,10 @@ def count_params(config: SupernetConfig, sub: SubNetworkConfig | None = None,
     hidden = config.hidden_size
     embeddings = factors.embedding_params(compression, config.vocab_size, hidden)
     embeddings += (config.max_position_embeddings + config.type_vocab_size) * hidden + 2 * hidden  # LayerNorm
-    if compression is None:
-        encoder = sum(layer_params(config, h, u) for h, u in zip(sub.kept_heads(), sub.kept_units(), strict=True))
-    else:  # biases and LayerNorms as they were, the weights factorised
-        width = [h * config.head_size for h in sub.kept_heads()]
-        encoder = sum(3 * w + hidden + 2 * hidden + u + hidden + 2 * hidden
-                      for w, u in zip(width, sub.kept_units(), strict=True))
-        encoder += factors.factor_params(compression, hidden, compressed_layout(config, sub, compression))
+    encoder = sum(layer_params(config, h, u) for h, u in zip(sub.kept_heads(), sub.kept_units(), strict=True))
+    if compression is not None:  # biases and LayerNorms as they were, the six weight matrices factorised
+        matrices = compressed_layout(config, sub, compression)
+        encoder += factors.factor_params(compression, hidden, matrices) - sum(hidden * m.width for m in matrices)
     head = hidden * hidden + hidden + hidden * config.num_labels + config.num_labels
     exits = max(0, len(sub.layers) - 1) * (hidden * config.num_labels + config.num_labels) if config.exits else 0
     return ParamCounts(embeddings=embeddings, encoder=encoder, head=head, exits=exits)

@@ -29,11 +29,15 @@ def model_layout(model: NasPruneForSequenceClassification) -> list[factors.Matri
     return factors.layout(c.hidden_size, c.head_size, list(c.layer_heads), list(c.layer_units))
 
 
+def _projection(model: NasPruneForSequenceClassification, matrix: factors.Matrix) -> torch.nn.Module:
+    """The module of `model` that holds `matrix` (an nn.Linear in a dense model, a LowRankLinear or BiasOnly in a
+    compressed one)."""
+    return getattr(getattr(model.model.layers[matrix.layer], matrix.block), matrix.name)
+
+
 def _dense_weight(model: NasPruneForSequenceClassification, matrix: factors.Matrix) -> torch.Tensor:
     """The matrix oriented H x w (torch stores inward matrices as w x H, outward ones as H x w)."""
-    layer = model.model.layers[matrix.layer]
-    block = layer.ffn if matrix.name in ("intermediate", "output") else layer.attention
-    weight = getattr(block, matrix.name).weight.detach().double()
+    weight = _projection(model, matrix).weight.detach().double()
     return weight if matrix.outward else weight.T
 
 
@@ -103,10 +107,9 @@ def decompose(model: NasPruneForSequenceClassification, compression: Compression
             getattr(small.bank, name).copy_(torch.from_numpy(np.ascontiguousarray(value)).to(dtype))
     else:
         for m in matrices:
-            layer = small.layers[m.layer]
-            target = getattr(layer.ffn if m.name in ("intermediate", "output") else layer.attention, m.name)
             if not m.width:
                 continue
+            target = _projection(compressed, m)
             weight = _dense_weight(model, m)
             up, down = _svd_factors(weight if m.outward else weight.T, target.down.shape[0])
             target.up.copy_(up.to(dtype))
@@ -129,8 +132,7 @@ def relative_error(dense: NasPruneForSequenceClassification, compressed: NasPrun
         if bank is not None:
             approx = torch.cat(list(bank[m.first:m.first + m.blocks]), dim=1)[:, :m.width]
         else:
-            layer = small.layers[m.layer]
-            target = getattr(layer.ffn if m.name in ("intermediate", "output") else layer.attention, m.name)
+            target = _projection(compressed, m)
             approx = target.up.double() @ target.down.double()
             approx = approx if m.outward else approx.T
         lost += float((weight - approx).square().sum())

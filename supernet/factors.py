@@ -32,6 +32,7 @@ PROTOCOLS = ("tucker", "shared-lowrank", "lowrank")
 # the order of a layer's matrices in the bank; Q, K and V are consecutive so that one product expands all three
 MATRICES = ("query", "key", "value", "dense", "intermediate", "output")
 OUTWARD = frozenset({"dense", "output"})  # width -> hidden; the others map hidden -> width
+FFN_MATRICES = frozenset({"intermediate", "output"})  # the FFN block's; the others are the attention block's
 
 
 class CompressionError(ValueError):
@@ -128,6 +129,11 @@ class Matrix:
     def outward(self) -> bool:
         return self.name in OUTWARD
 
+    @property
+    def block(self) -> str:
+        """The layer's submodule that holds this matrix ("ffn" or "attention")."""
+        return "ffn" if self.name in FFN_MATRICES else "attention"
+
 
 def layout(hidden: int, head_size: int, layer_heads: list[int], layer_units: list[int]) -> list[Matrix]:
     """Every weight matrix of the layers, in bank order (layer by layer, MATRICES order); blocks of `hidden`
@@ -135,7 +141,7 @@ def layout(hidden: int, head_size: int, layer_heads: list[int], layer_units: lis
     matrices, first = [], 0
     for layer, (heads, units) in enumerate(zip(layer_heads, layer_units, strict=True)):
         for name in MATRICES:
-            width = units if name in ("intermediate", "output") else heads * head_size
+            width = units if name in FFN_MATRICES else heads * head_size
             blocks = math.ceil(width / hidden)
             matrices.append(Matrix(layer, name, width, first, blocks))
             first += blocks

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from functools import partial
 from typing import Any
 
 import torch
@@ -256,11 +257,11 @@ class FactorisedFeedForward(ElasticFeedForward):
 class ElasticLayer(nn.Module):
     def __init__(self, cfg: Any, heads: int, units: int, factorised: _Factorised | None = None) -> None:
         super().__init__()
-        attention = (ElasticSelfAttention,) if factorised is None else (FactorisedSelfAttention, factorised)
-        ffn = (ElasticFeedForward,) if factorised is None else (FactorisedFeedForward, factorised)
-        self.attention = attention[0](*attention[1:], cfg.hidden_size, heads, cfg.head_size, cfg.attention_dropout,
-                                      cfg.hidden_dropout, cfg.layer_norm_eps)
-        self.ffn = ffn[0](*ffn[1:], cfg.hidden_size, units, cfg.hidden_act, cfg.hidden_dropout, cfg.layer_norm_eps)
+        attention = ElasticSelfAttention if factorised is None else partial(FactorisedSelfAttention, factorised)
+        ffn = ElasticFeedForward if factorised is None else partial(FactorisedFeedForward, factorised)
+        self.attention = attention(cfg.hidden_size, heads, cfg.head_size, cfg.attention_dropout, cfg.hidden_dropout,
+                                   cfg.layer_norm_eps)
+        self.ffn = ffn(cfg.hidden_size, units, cfg.hidden_act, cfg.hidden_dropout, cfg.layer_norm_eps)
 
     def set_sub_network(self, heads: int, units: int) -> None:
         self.attention.set_sub_network(heads)
@@ -283,11 +284,9 @@ class ElasticLayer(nn.Module):
 class Embeddings(nn.Module):
     """Word + position + token-type embeddings (never pruned). RoBERTa offsets positions past padding."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, rank: int | None = None) -> None:
         super().__init__()
-        compression = Compression.from_dict(getattr(cfg, "compression", None))
-        rank = None if compression is None else compression.embedding_rank
-        # factorised (compressed models with an embedding rank R): vocab x R, then R x H
+        # `rank` R (a compressed model's embedding_rank) factorises the word embeddings: vocab x R, then R x H
         self.word_embeddings = nn.Embedding(cfg.vocab_size, rank or cfg.hidden_size, padding_idx=cfg.pad_token_id)
         self.word_projection = None if rank is None else nn.Linear(rank, cfg.hidden_size, bias=False)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
@@ -389,9 +388,9 @@ class ElasticBert(nn.Module):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
-        self.embeddings = Embeddings(cfg)
         # a compressed model (supernet/factors.py): factorised layers, with one matrix bank for all of them
         self.compression = Compression.from_dict(getattr(cfg, "compression", None))
+        self.embeddings = Embeddings(cfg, None if self.compression is None else self.compression.embedding_rank)
         self.bank: MatrixBank | None = None
         factorised: list[_Factorised | None] = [None] * len(cfg.layer_heads)
         if self.compression is not None:
