@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import tiny
 import torch
 from checks import require
-from elimination import batches_of, run_all
+from elimination import batches_of
+from elimination_front import time_alone
 from prove import add_trained_run_arguments, read_json, seed_folder
 
 from search.compression import compress_into, settings_key
@@ -75,19 +74,6 @@ def start_points(run: Run, supernet, share: float) -> dict[str, tuple[SubNetwork
         best = max(points, key=lambda p: p["validation"][run.task.spec.main_metric])
         starts[f"<= {share:.0%} params"] = (SubNetworkConfig.from_dict(best["config"]), best)
     return starts
-
-
-def timed(models: dict[str, torch.nn.Module], batches: list, repeats: int) -> dict[str, float]:
-    """Median seconds of each model over `batches`, repeats interleaved (the order reversed every other round)."""
-    for model in models.values():
-        run_all(model, batches[:2])  # first-call allocations are not the model's cost
-    times: dict[str, list[float]] = {key: [] for key in models}
-    for round_ in range(repeats):
-        for key in models if round_ % 2 == 0 else reversed(list(models)):
-            started = time.perf_counter()
-            run_all(models[key], batches)
-            times[key].append(time.perf_counter() - started)
-    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def baselines(args: argparse.Namespace, task: str) -> dict[str, list[dict[str, Any]]]:
@@ -165,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                              f"{record['params']['total']}")
                 require(record["params"]["encoder"] < count_params(supernet.config, sub).encoder,
                         f"{target}: the compressed encoder is not smaller than its start point's")
-                seconds = {size: timed({"start": dense, "compressed": model}, batches, args.repeats)
+                seconds = {size: time_alone({"start": dense, "compressed": model}, batches, args.repeats)[0]
                            for size, batches in ((32, by_32), (1, by_1))}
                 encoder = record["params"]["encoder"]
                 row = {"start": start, "protocol": protocol, "fraction": fraction, "fits": True,

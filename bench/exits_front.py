@@ -183,12 +183,11 @@ def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supe
             "full_s": seconds["full"], "models_timed": len(models), "fronts": per_kind, "exiting": comparisons}
 
 
-def cheapest_close_point(front: dict[str, Any], metric: str, reference: float,
+def cheapest_close_point(points: list[dict[str, Any]], full: float, metric: str, reference: float,
                          within: float = 0.01) -> dict[str, Any] | None:
-    """The exits front's point of least expected MACs whose validation metric is within `within` (absolute) of the
-    reference, with that cost as a fraction of the full model's."""
-    full = front["reference"]["objectives"]["expected_macs"]
-    close = [p for p in front["points"] if p["validation"][metric] >= reference - within]
+    """The point of least expected MACs whose validation metric is within `within` (absolute) of the reference,
+    with that cost as a fraction of `full` (the full model's expected MACs)."""
+    close = [p for p in points if p["validation"][metric] >= reference - within]
     if not close:
         return None
     best = min(close, key=lambda p: p["objectives"]["expected_macs"])
@@ -254,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for kind, front in fronts.items()}
     latency = latency_section(fronts, supernets, runs["static"], chance_error, metric, args)
     reference, reference_name = reference_metric(args, metric, fronts["static"])
+    full_macs = fronts["exits"]["reference"]["objectives"]["expected_macs"]
     data = {"task": static_spec.task, "run": None if args.run is None else str(args.run), "seed": args.seed,
             "search_seed": args.search_seed, "threads": args.threads,
             "torch": torch.__version__, "dtype": args.dtype, "objectives": OBJECTIVES,
@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "static_cost_of_exits": static_cost_of_exits(supernets["static"], supernets["exits"], fronts["static"],
                                                          runs["static"], metric),
             "reference": {"metric": reference, "what": reference_name,
-                          "cheapest_within_1pt": cheapest_close_point(fronts["exits"], metric, reference)},
+                          "cheapest_within_1pt": cheapest_close_point(fronts["exits"]["points"], full_macs, metric,
+                                                                      reference)},
             "searches": {kind: summary(kind, training[kind], results[kind], macs[kind]) for kind in KINDS}}
     results_file = out / "results.json"
     results_file.write_text(json.dumps(data, indent=1))
@@ -333,9 +334,8 @@ def own_full_close(row: dict[str, Any], metric: str) -> float | None:
     supernet's full network: the comparison both supernets' training cannot bias."""
     if "full_expected_macs" not in row:
         return None
-    floor = row["full_validation"][metric] - 0.01
-    close = [p["objectives"]["expected_macs"] for p in row["points"] if p["validation"][metric] >= floor]
-    return min(close) / row["full_expected_macs"] if close else None
+    close = cheapest_close_point(row["points"], row["full_expected_macs"], metric, row["full_validation"][metric])
+    return None if close is None else close["expected_macs_fraction"]
 
 
 if __name__ == "__main__":

@@ -151,8 +151,7 @@ def verify_compressed(folder: Path) -> list[dict[str, Any]]:
     for record_file in records:
         record = json.loads(record_file.read_text())
         model = AutoModelForSequenceClassification.from_pretrained(record_file.parent, trust_remote_code=True)
-        compression = {k: v for k, v in record["compression"].items()
-                       if k in ("protocol", "rank", "bank", "embedding_rank") and v is not None}
+        compression = CompressConfig.model_validate(record["compression"]).compression()
         require(model.config.compression == compression, f"{record_file.parent}: the reloaded config's compression "
                                                          f"is {model.config.compression}, the record's {compression}")
         params = sum(p.numel() for p in model.parameters())
