@@ -22,13 +22,14 @@ import torch
 from supernet.compress import compress_model
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params, expected_macs
+from supernet.devices import resolve_device, training_dtype
 from supernet.evaluation import evaluate
 from supernet.extract import extract, load_exported, save_folder
 from supernet.factors import Compression
 from supernet.files import atomic_path
 from supernet.refine import PrunedModel
 from supernet.run import Run
-from supernet.settings import CompressConfig
+from supernet.settings import CompressConfig, Compute
 from supernet.training import TrainState
 
 from .job import metrics_on_test_splits
@@ -60,13 +61,16 @@ def _point(folder: Path, position: int) -> dict[str, Any]:
 
 def compress_point(folder: str | Path, position: int, config: CompressConfig, *, progress: bool = True,
                    on_step: Callable[[TrainState], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+                   should_stop: Callable[[], bool] | None = None,
+                   compute: Compute | None = None) -> dict[str, Any] | None:
     """Compress front point `position` of the search in `folder` with `config`; returns the compressed model's
     record (its subnetwork.json, with "folder" relative to the run), or None if stopped (a later call resumes).
-    CompressionError names a setting that does not fit the point."""
+    CompressionError names a setting that does not fit the point. `compute`: where the recovery runs (default
+    auto)."""
     folder = Path(folder)
     point = _point(folder, position)
-    run = Run(folder)
+    compute = compute or Compute()
+    run = Run(folder, device=resolve_device(compute.device))
     target = compressed_folder(folder, position, config, run.spec.training.seed)
     if (target / SUBNETWORK_FILE).is_file():
         return json.loads((target / SUBNETWORK_FILE).read_text()) | {"folder": str(target.relative_to(folder))}
@@ -75,7 +79,8 @@ def compress_point(folder: str | Path, position: int, config: CompressConfig, *,
     refined = serves_refined(point)
     dense = load_exported(folder / REFINED_DIR / str(position)) if refined else extract(supernet, sub)
     record = compress_into(run, supernet, sub, dense, config, target, progress=progress, on_step=on_step,
-                           should_stop=should_stop, source="refined" if refined else "sliced",
+                           should_stop=should_stop, precision=compute.precision,
+                           source="refined" if refined else "sliced",
                            point_metrics={"validation": point["validation"], "test": point.get("test")})
     return None if record is None else record | {"folder": str(target.relative_to(folder))}
 
@@ -83,17 +88,19 @@ def compress_point(folder: str | Path, position: int, config: CompressConfig, *,
 def compress_into(run: Run, supernet, sub: SubNetworkConfig, dense, config: CompressConfig, target: Path, *,
                   source: str, point_metrics: dict[str, Any] | None = None, progress: bool = True,
                   on_step: Callable[[TrainState], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+                  should_stop: Callable[[], bool] | None = None, precision: str = "auto") -> dict[str, Any] | None:
     """Compress `dense` (the model of `sub` in `supernet`) into the folder `target` and measure it; its record, or
-    None if stopped (its recovery checkpoint waits beside `target`)."""
+    None if stopped (its recovery checkpoint waits beside `target`). The recovery runs on the run's device, in
+    `precision` (training_dtype); the figures are measured in float32."""
     compression = Compression.from_dict(config.compression())
     count_params(supernet.config, sub, compression)  # the ranks checked before any training (CompressionError)
     generator = torch.Generator()
+    device = run.device or torch.device("cpu")
     loader = run.batches("train", shuffle=True, generator=generator) if config.epochs else None
     started = time.perf_counter()
     model = compress_model(dense, config, loader, seed=run.spec.training.seed, generator=generator,
                            checkpoint_path=target.with_suffix(".pt"), on_step=on_step, should_stop=should_stop,
-                           progress=progress)
+                           progress=progress, device=device, dtype=training_dtype(precision, device))
     if model is None:
         return None
     train_s = time.perf_counter() - started
@@ -102,7 +109,7 @@ def compress_into(run: Run, supernet, sub: SubNetworkConfig, dense, config: Comp
     if run.task.test:
         metrics["test"] = metrics_on_test_splits(run, PrunedModel(model), None,
                                                  {split: list(run.batches(split)) for split in run.task.test})
-    lengths = [int(n) for batch in validation for n in batch["attention_mask"].sum(dim=1)]
+    lengths = [int(n) for batch in validation for n in batch["attention_mask"].sum(dim=1).tolist()]
     record = {
         "config": sub.to_dict(), "compression": config.to_dict(), "source": source,
         "params": count_params(supernet.config, sub, compression).to_dict(),
@@ -112,7 +119,7 @@ def compress_into(run: Run, supernet, sub: SubNetworkConfig, dense, config: Comp
         "expected_macs": expected_macs(supernet.config, sub.static(), lengths, compression=compression),
         "metrics": metrics, "point_metrics": point_metrics or {}, "train_s": train_s,
     }
-    save_folder(model, target, tokenizer=run.tokenizer, record=record)
+    save_folder(model.cpu(), target, tokenizer=run.tokenizer, record=record)
     return record
 
 

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from supernet.config import SubNetworkConfig, SupernetConfig
+from supernet.devices import resolve_device, training_dtype
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.extract import save_folder, subnetwork_record
 from supernet.metrics import error_from_metrics
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, settings_differences, train_run
-from supernet.settings import RefineConfig, RunSpec
+from supernet.settings import Compute, RefineConfig, RunSpec
 from supernet.space import ExitSpace, TokenEliminationSpace
 from supernet.tasks import TaskSpec
 from supernet.training import TrainState
@@ -229,11 +230,13 @@ def budget_points(front: Mapping[str, Any], budgets: Sequence[float], task: Task
 def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig, *,
                  positions: Sequence[int] | None = None, progress: bool = True,
                  on_point: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, store: Store | None = None) -> bool:
+                 should_stop: Callable[[], bool] | None = None, store: Store | None = None,
+                 precision: str = "auto") -> bool:
     """Fine-tune front points at their own size (`refine_subnetwork`) into refined/<position>/, evaluate them on
     validation and test, and record that as each point's "refined" entry in `store` (default: front.json) as soon
     as it is done (so a stopped job resumes at the next one). `positions`: only those points (default: all).
-    `on_point(done, total)` reports progress. False if stopped early."""
+    `on_point(done, total)` reports progress. False if stopped early. Each point trains where `supernet` is, in
+    `precision` (supernet.devices.training_dtype); its figures are measured in float32."""
     store = store if store is not None else FileStore(run.folder)
     points = front["points"]
     chosen = list(range(len(points))) if positions is None else list(positions)
@@ -242,6 +245,7 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
         raise ValueError(f"no front point {bad[0]}: the front has points 0 to {len(points) - 1}")
     settings = config.recipe() | {"seed": run.spec.training.seed}
     generator = torch.Generator()
+    dtype = training_dtype(precision, next(supernet.parameters()).device)
 
     @cache
     def data() -> tuple[list, dict[str, list], Any]:
@@ -262,7 +266,7 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
             validation, test_batches, loader = data()
             started = time.perf_counter()
             model = refine_subnetwork(supernet, sub, loader, config, seed=run.spec.training.seed,
-                                      generator=generator, should_stop=should_stop, progress=progress)
+                                      generator=generator, should_stop=should_stop, progress=progress, dtype=dtype)
             if model is None:
                 return False
             train_s = time.perf_counter() - started
@@ -274,7 +278,7 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
             record = subnetwork_record(supernet, sub, seq_len=run.spec.max_length,
                                        metrics={"validation": point["validation"], "test": point["test"],
                                                 "refined": refined})
-            save_folder(model, folder, tokenizer=run.tokenizer, record=record)
+            save_folder(model.cpu(), folder, tokenizer=run.tokenizer, record=record)
         store.set_refined(position, point["config"], refined)
         point["refined"] = refined
     if on_point is not None:
@@ -284,12 +288,12 @@ def refine_front(run: Run, front: dict[str, Any], supernet, config: RefineConfig
 
 def refine_points(folder: str | Path, positions: Sequence[int], config: RefineConfig, *, progress: bool = True,
                   on_point: Callable[[int, int], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, store: Store | None = None
-                  ) -> dict[str, Any] | None:
+                  should_stop: Callable[[], bool] | None = None, store: Store | None = None,
+                  compute: Compute | None = None) -> dict[str, Any] | None:
     """Refine chosen points of a finished search, on demand: refining costs about one fine-tuning epoch of the
     point's own size, so refining only the points a user will download is far cheaper than the whole front
     (bench/RESULTS.md). `store`: where the front is (default: front.json in `folder`). Returns the updated front,
-    or None if stopped early."""
+    or None if stopped early. `compute`: where and in which precision (default auto)."""
     folder = Path(folder)
     store = store if store is not None else FileStore(folder)
     front = store.load_front()
@@ -297,9 +301,10 @@ def refine_points(folder: str | Path, positions: Sequence[int], config: RefineCo
         raise FileNotFoundError(f"{folder}: no front here; run the search first")
     if not config.enabled:
         raise ValueError("refine epochs is 0: nothing to refine")
-    run = Run(folder)
+    compute = compute or Compute()
+    run = Run(folder, device=resolve_device(compute.device))
     if not refine_front(run, front, run.load_supernet(), config, positions=positions, progress=progress,
-                        on_point=on_point, should_stop=should_stop, store=store):
+                        on_point=on_point, should_stop=should_stop, store=store, precision=compute.precision):
         return None
     return front
 
@@ -308,23 +313,27 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
                    on_train_step: Callable[[TrainState], None] | None = None,
                    on_trial: Callable[[Trial, SearchResult], None] | None = None,
                    on_refine: Callable[[int, int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None, store: Store | None = None
-                   ) -> SearchResult | None:
+                   should_stop: Callable[[], bool] | None = None, store: Store | None = None,
+                   compute: Compute | None = None) -> SearchResult | None:
     """Train (or resume) the supernet, search (or resume from the trials in `store`), write the front, then refine
     its points if the job asks for it (`on_refine(done, total)`). `store` keeps the trials and the front (default:
-    `FileStore(folder)`: trials.jsonl and front.json). None if stopped early."""
+    `FileStore(folder)`: trials.jsonl and front.json). None if stopped early. `compute`: where every stage runs and
+    the precision it trains in (default auto)."""
     folder = Path(folder)
+    compute = compute or Compute()
+    device = resolve_device(compute.device)
     if job.search.seed is None:  # SearchConfig.seed: None is the training seed
         job = job.model_copy(update={"search": job.search.model_copy(update={"seed": spec.training.seed})})
     store = store if store is not None else FileStore(folder)
-    state = train_run(spec, folder, progress=progress, on_step=on_train_step, should_stop=should_stop)
+    state = train_run(spec, folder, progress=progress, on_step=on_train_step, should_stop=should_stop,
+                      compute=compute)
     if state.stopped:
         return None
     search_file = folder / SEARCH_FILE
     stored = SearchJob.from_dict(json.loads(search_file.read_text())) if search_file.is_file() else None
     if stored is not None and job.evaluation_dtype == "auto":  # a resumed search keeps the precision it ranked in
         job = job.model_copy(update={"evaluation_dtype": stored.evaluation_dtype})
-    run = Run(folder, spec)
+    run = Run(folder, spec, device=device)
     # a subset as large as the split is the whole split, as a search stored before the setting ranked on
     job = job.model_copy(update={"search_examples": ranked_subset(job.search_examples, len(run.task.validation))})
     if stored is not None and _identity(stored.to_dict()) != _identity(job.to_dict()):
@@ -369,6 +378,6 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
                  if job.refine.budgets else None)
     if job.refine.enabled and not refine_front(run, front, supernet, job.refine, positions=positions,
                                                progress=progress, on_point=on_refine, should_stop=should_stop,
-                                               store=store):
+                                               store=store, precision=compute.precision):
         return None
     return result

@@ -67,6 +67,7 @@ def make_batches(
     pad_to_max_length: bool = False,
     is_regression: bool | None = None,
     sort_by_length: bool = False,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A re-iterable DataLoader of padded batches: input_ids, attention_mask, token_type_ids, labels.
 
@@ -76,6 +77,7 @@ def make_batches(
     way gives the same sequence of epochs (without one, torch's global RNG is used). Labels are float
     for regression: inferred from float labels unless `is_regression` says so. `sort_by_length` orders
     examples by token count (stable), which makes evaluation much cheaper on tasks of mixed lengths.
+    `pin_memory`: batches in page-locked host memory, for copies to a GPU that do not block (supernet/devices.py).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -104,6 +106,7 @@ def make_batches(
         shuffle=shuffle,
         generator=generator if shuffle else None,
         collate_fn=collate,
+        pin_memory=pin_memory,
     )
 
 

@@ -54,6 +54,10 @@ class RecoveryTrainer(SupernetTrainer):
                          description="compression recovery", learning_rate_setting="compress.learning_rate", **kwargs)
 
     def _forward_backward(self, batch: Mapping[str, torch.Tensor], scale: float) -> dict[str, float]:
+        with self.autocast():
+            return self._recovery_step(batch, scale)
+
+    def _recovery_step(self, batch: Mapping[str, torch.Tensor], scale: float) -> dict[str, float]:
         inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         labels = batch["labels"]
         self._regression = labels.is_floating_point()
@@ -68,7 +72,8 @@ class RecoveryTrainer(SupernetTrainer):
         loss_logits = torch.stack([F.mse_loss(s, t) if regression else distillation_loss(s, t, cfg.temperature)
                                    for s, t in pairs]).mean()
         mask = inputs[1]
-        weights = (torch.ones(inputs[0].shape, dtype=logits.dtype) if mask is None else mask.to(logits.dtype))
+        weights = (torch.ones(inputs[0].shape, dtype=logits.dtype, device=logits.device) if mask is None
+                   else mask.to(logits.dtype))
         hidden = sum(((s - t).square().mean(-1) * weights).sum() / weights.sum()
                      for s, t in zip(learnt, taught, strict=True)) / max(1, len(learnt))
         loss = loss_logits + cfg.hidden_loss_weight * hidden
@@ -82,21 +87,25 @@ def compress_model(dense: NasPruneForSequenceClassification, config: CompressCon
                    loader: Iterable[Mapping[str, torch.Tensor]] | None, *, seed: int = 0,
                    generator: torch.Generator | None = None, checkpoint_path: str | Path | None = None,
                    on_step: Callable[[TrainState], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None,
-                   progress: bool = True) -> NasPruneForSequenceClassification | None:
+                   should_stop: Callable[[], bool] | None = None, progress: bool = True,
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                   ) -> NasPruneForSequenceClassification | None:
     """`dense` (left untouched) decomposed by `config` and recovered on `loader` for `config.epochs` (0: the
-    decomposition alone, no loader needed). With `checkpoint_path`, a stopped recovery (None is returned) resumes
+    decomposition alone, no loader needed); the decomposition runs on the host (tensorly), the recovery on `device`
+    in `dtype` (supernet.devices.training_dtype), and the model is returned there. With `checkpoint_path`, a
+    stopped recovery (None is returned) resumes
     from where it stopped when called again with the same settings; the checkpoint is removed once it is done.
     CompressionError (naming the setting) for ranks that do not fit the point."""
-    model = decompose(dense, Compression.from_dict(config.compression()))
+    model = decompose(dense.cpu(), Compression.from_dict(config.compression())).to(device)
     if config.epochs == 0:
         return model
     if loader is None:
         raise ValueError("recovery needs the task's training batches (or compress epochs 0)")
     path = None if checkpoint_path is None else Path(checkpoint_path)
+    dense = dense.to(device)
     with static_runs(model), static_runs(dense):
         trainer = RecoveryTrainer(model, dense, loader, config, seed, generator=generator, checkpoint_path=path,
-                                  on_step=on_step, should_stop=should_stop, progress=progress)
+                                  on_step=on_step, should_stop=should_stop, progress=progress, dtype=dtype)
         if path is not None and path.is_file():
             trainer.load_checkpoint(path)
         if trainer.train().stopped:  # the trainer checkpointed on its way out

@@ -68,8 +68,8 @@ def predict(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]
     with _precision(model, dtype):
         for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
             out = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
-            logits.append(getattr(out, "logits", out).float().numpy())
-            labels.append(batch["labels"].numpy())
+            logits.append(getattr(out, "logits", out).float().cpu().numpy())
+            labels.append(batch["labels"].cpu().numpy())
     return np.concatenate(logits), np.concatenate(labels)
 
 
@@ -86,8 +86,8 @@ def predict_exits(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.T
         for batch in tqdm(batches, desc="evaluating exits", disable=not progress, leave=False):
             out = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
                         all_exits=True)
-            logits.append(getattr(out, "logits", out).float().numpy())
-            labels.append(batch["labels"].numpy())
+            logits.append(getattr(out, "logits", out).float().cpu().numpy())
+            labels.append(batch["labels"].cpu().numpy())
     return np.concatenate(logits, axis=1), np.concatenate(labels)
 
 

@@ -69,8 +69,9 @@ def fisher_importance(model: Supernet, batches: Iterable[Mapping[str, torch.Tens
     was_training = model.training
     model.eval()  # importance of the deterministic network (no dropout)
     d = model.config.head_size
-    heads = [torch.zeros(layer.attention.num_heads) for layer in model.layers]
-    units = [torch.zeros(layer.ffn.units) for layer in model.layers]
+    device = next(model.parameters()).device  # summed where the gradients are: one copy to the host at the end
+    heads = [torch.zeros(layer.attention.num_heads, device=device) for layer in model.layers]
+    units = [torch.zeros(layer.ffn.units, device=device) for layer in model.layers]
     seen = 0
     iterator = iter(batches)
     for _ in tqdm(range(max_batches), desc="importance", disable=not progress, leave=False):
@@ -99,7 +100,7 @@ def fisher_importance(model: Supernet, batches: Iterable[Mapping[str, torch.Tens
     if seen == 0:
         raise ValueError("importance scoring needs at least one training batch")
     log.info("importance scored on %d batches", seen)
-    return Importance(heads=heads, units=units)
+    return Importance(heads=[h.cpu() for h in heads], units=[u.cpu() for u in units])
 
 
 @torch.no_grad()

@@ -39,18 +39,18 @@ class PrunedModel(torch.nn.Module):
 
 def refine_subnetwork(supernet: Supernet, sub: SubNetworkConfig, loader: Iterable[Mapping[str, torch.Tensor]],
                       config: RefineConfig, *, seed: int = 0, generator: torch.Generator | None = None,
-                      should_stop: Callable[[], bool] | None = None,
-                      progress: bool = True) -> NasPruneForSequenceClassification | None:
+                      should_stop: Callable[[], bool] | None = None, progress: bool = True,
+                      dtype: torch.dtype = torch.float32) -> NasPruneForSequenceClassification | None:
     """Extract `sub` from `supernet` (which is left untouched) and fine-tune the copy on `loader`'s labels.
     None if `should_stop` stopped it (a point is short: it is redone whole, never resumed). A refine whose loss or
     weights stop being finite raises `TrainingDiverged` (naming refine.learning_rate) instead of returning a model
-    that predicts nothing."""
+    that predicts nothing. The copy trains where `supernet` is, in `dtype` (supernet.devices.training_dtype)."""
     if not config.enabled:
         raise ValueError("refine epochs is 0: nothing to refine")
-    model = extract(supernet, sub)
+    model = extract(supernet, sub).to(next(supernet.parameters()).device)
     trainer = SupernetTrainer(PrunedModel(model), None, loader, config.training(seed),  # type: ignore[arg-type]
                               generator=generator, should_stop=should_stop, progress=progress,
-                              description="refinement", learning_rate_setting="refine.learning_rate")
+                              description="refinement", learning_rate_setting="refine.learning_rate", dtype=dtype)
     if trainer.train().stopped:
         return None
     return model.eval()

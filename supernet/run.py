@@ -27,12 +27,13 @@ from . import confine
 from .batching import make_batches
 from .config import SubNetworkConfig, SupernetConfig
 from .convert import load_supernet_from_pretrained, load_tokenizer
+from .devices import on_device, peak_memory, reset_peak_memory, resolve_device, training_dtype
 from .evaluation import evaluate
 from .files import atomic_write_json
 from .importance import Importance, fisher_importance, reorder_by_importance
 from .loading import load_custom_task, load_task
 from .model import Supernet
-from .settings import RunSpec
+from .settings import Compute, RunSpec
 from .space import ImportanceSpace, SearchSpace, make_space
 from .tasks import TaskData
 from .training import SupernetTrainer, TrainState
@@ -76,20 +77,23 @@ def save_supernet(model: Supernet, folder: str | Path, tokenizer: Any = None) ->
     return folder
 
 
-def load_supernet(folder: str | Path) -> Supernet:
+def load_supernet(folder: str | Path, device: torch.device | str = "cpu") -> Supernet:
     folder = Path(folder)
     config_file = folder / "supernet_config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder}: no trained supernet here (missing supernet_config.json)")
     model = Supernet(SupernetConfig.from_dict(json.loads(config_file.read_text())))
     model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model.eval()
+    return model.to(device).eval()
 
 
 class Run:
-    """Handles on a run folder and the objects built from its spec (task data, tokenizer, batches)."""
+    """Handles on a run folder and the objects built from its spec (task data, tokenizer, batches). `device`: where
+    its supernet is loaded and its batches arrive (None: the CPU)."""
 
-    def __init__(self, folder: str | Path, spec: RunSpec | None = None) -> None:
+    def __init__(self, folder: str | Path, spec: RunSpec | None = None, *,
+                 device: torch.device | None = None) -> None:
+        self.device = device
         self.folder = Path(folder)
         if spec is None:
             run_file = self.folder / RUN_FILE
@@ -122,7 +126,8 @@ class Run:
         None for a static sub-network."""
         if sub.token_keep is None:
             return None
-        lengths = sorted(int(n) for batch in self.batches("validation") for n in batch["attention_mask"].sum(dim=1))
+        lengths = sorted(int(n) for batch in self.batches("validation")
+                         for n in batch["attention_mask"].sum(dim=1).tolist())
         if len(lengths) > limit:
             lengths = [lengths[round(i * (len(lengths) - 1) / (limit - 1))] for i in range(limit)]
         return lengths
@@ -140,9 +145,10 @@ class Run:
         if subset is not None:
             examples = seeded_subset(examples, subset, self.spec.split_seed)
         size = self.spec.batch_size if split == "train" else self.spec.eval_batch_size
-        return make_batches(examples, self.tokenizer, batch_size=size, max_length=self.spec.max_length,
-                            shuffle=shuffle, generator=generator, is_regression=self.task.spec.is_regression,
-                            sort_by_length=split != "train")
+        gpu = self.device is not None and self.device.type == "cuda"
+        return on_device(make_batches(examples, self.tokenizer, batch_size=size, max_length=self.spec.max_length,
+                                      shuffle=shuffle, generator=generator, is_regression=self.task.spec.is_regression,
+                                      sort_by_length=split != "train", pin_memory=gpu), self.device)
 
     def space(self, config: SupernetConfig) -> SearchSpace:
         """The run's search space; the `importance` space with the scores the supernet was ordered by."""
@@ -160,7 +166,7 @@ class Run:
         return Importance.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
     def load_supernet(self) -> Supernet:
-        return load_supernet(self.folder / SUPERNET_DIR)
+        return load_supernet(self.folder / SUPERNET_DIR, self.device or "cpu")
 
 
 def same_run(stored: RunSpec, spec: RunSpec) -> bool:
@@ -198,9 +204,12 @@ def settings_differences(stored: dict[str, Any], asked: dict[str, Any]) -> str:
 def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
               on_step: Callable[[TrainState], None] | None = None,
               should_stop: Callable[[], bool] | None = None,
-              should_checkpoint: Callable[[], bool] | None = None) -> TrainState:
-    """Train the supernet of `spec` into `folder`, resuming from its checkpoint if there is one."""
-    run = Run(folder, spec)
+              should_checkpoint: Callable[[], bool] | None = None, compute: Compute | None = None) -> TrainState:
+    """Train the supernet of `spec` into `folder`, resuming from its checkpoint if there is one (whatever device
+    wrote it). `compute`: where and in which precision (default: auto)."""
+    compute = compute or Compute()
+    device = resolve_device(compute.device)
+    run = Run(folder, spec, device=device)
     run.folder.mkdir(parents=True, exist_ok=True)
     run_file = run.folder / RUN_FILE
     if run_file.is_file() and not same_run(stored := RunSpec.from_dict(json.loads(run_file.read_text())), spec):
@@ -214,7 +223,8 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     task = run.task
     log.info("task %s: %d train, %d validation examples", task.spec.name, len(task.train), len(task.validation))
     model = load_supernet_from_pretrained(confine.model_source(spec.model), num_labels=task.spec.num_labels,
-                                          exits=spec.training.exits)
+                                          exits=spec.training.exits).to(device)
+    reset_peak_memory(device)
     space = make_space(spec.space, model.config)  # importance scores, if the space needs them, come below
     generator = torch.Generator()
     loader = run.batches("train", shuffle=True, generator=generator)
@@ -237,7 +247,8 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     trainer = SupernetTrainer(model, space, loader, spec.training, generator=generator,
                               checkpoint_path=run.folder / CHECKPOINT_FILE, on_step=on_step,
                               should_stop=should_stop, should_checkpoint=should_checkpoint,
-                              on_plain_end=order_by_importance if fisher else None, progress=progress)
+                              on_plain_end=order_by_importance if fisher else None, progress=progress,
+                              dtype=training_dtype(compute.precision, device))
     if (run.folder / CHECKPOINT_FILE).is_file():
         state = trainer.load_checkpoint()
         log.info("resuming from step %d of %d", state.step, state.total_steps)
@@ -257,5 +268,5 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     }
     (run.folder / TRAINING_FILE).write_text(json.dumps(
         {"validation": summary, "majority_baseline": task.majority_baseline, "history": state.history,
-         "state": asdict(state)}, indent=2))
+         "state": asdict(state), "compute": trainer.compute_record() | peak_memory(device)}, indent=2))
     return state

@@ -22,6 +22,9 @@ SPACE_NAMES = ("uniform", "per_layer", "layers", "importance")
 EVALUATION_DTYPES = ("auto", "float32", "bfloat16")
 IMPORTANCE_METHODS = ("fisher", "none")
 TASK_TYPES = ("classification", "regression")
+# supernet/devices.py's names (a test ties them); the device pattern is supernet/hardware.py's
+TRAINING_PRECISIONS = ("auto", "float32", "bfloat16")
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,2})?)$"
 
 MAX_SEED = 2**31 - 1
 MAX_BATCH = 4096
@@ -60,6 +63,22 @@ class SettingsModel(BaseModel):
 
 def flag_extra(name: str | None, *aliases: str) -> dict[str, Any]:
     return {"flag": name, "aliases": list(aliases)}
+
+
+class Compute(SettingsModel):
+    """Where a stage runs and the precision it trains in: how, not what. A job resumed with other values continues
+    the same run (checkpoints load onto any device), so these are not part of a run's or a result's identity."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device: str = Field(
+        "auto", pattern=DEVICE_PATTERN,
+        description="where training, scoring and evaluation run: auto (a CUDA GPU when one is visible, else the "
+                    "CPU), cpu, cuda or cuda:N; in the service, a job runs on the GPU of the worker that takes it")
+    precision: Literal[TRAINING_PRECISIONS] = Field(
+        "auto", description="training precision: auto (bfloat16 mixed precision on a GPU that computes it natively, "
+                            "float32 elsewhere), float32, or bfloat16 (autocast: weights and optimizer stay float32); "
+                            "the front's figures are measured in float32 either way")
 
 
 class TrainingConfig(SettingsModel):

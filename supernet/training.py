@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .devices import autocast
 from .files import atomic_path
 from .importance import exits_task_loss, task_loss
 from .model import Supernet
@@ -157,7 +158,8 @@ class SupernetTrainer:
                  should_checkpoint: Callable[[], bool] | None = None,
                  on_plain_end: Callable[[Supernet], None] | None = None, progress: bool = True,
                  description: str = "supernet training",
-                 learning_rate_setting: str = "training.learning_rate") -> None:
+                 learning_rate_setting: str = "training.learning_rate",
+                 dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(loader, Sized) or len(loader) == 0:
             raise ValueError("the training loader is empty")
         self.model, self.space, self.loader, self.config = model, space, loader, config
@@ -167,6 +169,10 @@ class SupernetTrainer:
         self.on_plain_end = on_plain_end
         self.progress, self.description = progress, description  # the progress bar's label
         self.learning_rate_setting = learning_rate_setting  # the setting a diverged run tells the user to lower
+        # mixed precision of the forward passes (supernet.devices.training_dtype); the model's weights, gradients and
+        # the optimizer's moments stay float32, so bfloat16 needs no loss scaling
+        self.dtype = dtype
+        self.device = next(model.parameters()).device
         self.exits = config.exits
         if self.exits and not getattr(model, "exits", False):
             raise ValueError("training.exits trains exit heads, and this model has none (build the supernet with "
@@ -199,8 +205,16 @@ class SupernetTrainer:
 
     # -- one step -------------------------------------------------------------------------------------------
     def _forward_backward(self, batch: Batch, scale: float) -> dict[str, float]:
-        with gradient_equilibrium(self.model) if self.exits else nullcontext():
+        with gradient_equilibrium(self.model) if self.exits else nullcontext(), self.autocast():
             return self._sandwich(batch, scale)
+
+    def autocast(self) -> Any:
+        """The forward passes' precision context (a no-op in float32)."""
+        return autocast(self.device, self.dtype)
+
+    def compute_record(self) -> dict[str, str]:
+        """What the training record says of how it ran (the caller adds the device and peak memory)."""
+        return {"precision": str(self.dtype).removeprefix("torch.")}
 
     def _logits(self, inputs: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
         """(B, C) logits, or with exits (E, B, C): every kept layer's exit, the main head's last."""
@@ -360,7 +374,7 @@ class SupernetTrainer:
             "supernet_config": self.model.config.to_dict(),
             "rng_torch": torch.get_rng_state(),
             "rng_python": self.rng.getstate(),
-        }
+        } | ({"rng_cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path | None:
         """Write the checkpoint atomically (supernet.files), so a job resumed after a crash never reads a torn one.
@@ -381,7 +395,7 @@ class SupernetTrainer:
         path = Path(path) if path else self.checkpoint_path
         if path is None or not path.is_file():
             raise FileNotFoundError(f"no checkpoint at {path}")
-        data = torch.load(path, weights_only=True)
+        data = torch.load(path, weights_only=True, map_location="cpu")  # onto any device: load_state_dict moves
         if not _same_supernet(data["supernet_config"], self.model.config.to_dict()):
             raise ValueError(f"{path}: checkpoint belongs to a different supernet")
         self.model.load_state_dict(data["model"])
@@ -390,6 +404,8 @@ class SupernetTrainer:
         self.state = TrainState(**data["state"])
         self.state.stopped = False
         torch.set_rng_state(data["rng_torch"])
+        if self.device.type == "cuda" and "rng_cuda" in data:  # dropout on the GPU draws from the GPU's generator
+            torch.cuda.set_rng_state(data["rng_cuda"], self.device)
         version, internal, gauss = data["rng_python"]
         self.rng.setstate((version, tuple(internal), gauss))
         return self.state
