@@ -36,7 +36,8 @@ from pydantic import BaseModel
 from search.settings import SearchSettings
 from service.flags import FlagValueError, add_flags, model_flags, parse_flags
 from supernet.config import ConfigError, SubNetworkConfig
-from supernet.settings import CompressConfig, RefinePointConfig, RunSpec
+from supernet.hardware import DeviceUnavailable, check_device
+from supernet.settings import CompressConfig, Compute, RefinePointConfig, RunSpec
 
 if TYPE_CHECKING:
     from supernet.run import Run
@@ -47,8 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("nasprune")
 
 
-def _add_settings(p: argparse.ArgumentParser, model: type[BaseModel], **options: Any) -> None:
-    """The flags of `model`'s fields (service/flags.py), grouped by section; main() parses them back into it."""
+def _add_settings(p: argparse.ArgumentParser, model: type[BaseModel], *, compute: bool = False,
+                  **options: Any) -> None:
+    """The flags of `model`'s fields (service/flags.py), grouped by section; main() parses them back into it.
+    `compute`: also --device and --precision (supernet.settings.Compute), for the stages that train or evaluate."""
     flags = model_flags(model, **options)
     groups: dict[str, Any] = {}
     for flag in flags:
@@ -57,7 +60,10 @@ def _add_settings(p: argparse.ArgumentParser, model: type[BaseModel], **options:
             section = "" if title == "settings" else f".{title}"
             groups[title] = p.add_argument_group(f"{title} ({model.__name__}{section})")
         add_flags(groups[title], [flag])
-    p.set_defaults(settings_model=model, settings_flags=flags)
+    compute_flags = model_flags(Compute) if compute else []
+    if compute_flags:
+        add_flags(p.add_argument_group("compute (Compute): where it runs"), compute_flags)
+    p.set_defaults(settings_model=model, settings_flags=flags, compute_flags=compute_flags)
 
 
 def _parse_settings(args: argparse.Namespace) -> None:
@@ -73,6 +79,12 @@ def _parse_settings(args: argparse.Namespace) -> None:
     elif custom:
         raise FlagValueError(f"{', '.join(custom)} describe a custom task: give --task custom/<name> too")
     args.settings = parse_flags(model, args.settings_flags, args, **data)
+    args.compute = parse_flags(Compute, args.compute_flags, args) if args.compute_flags else None
+    if args.compute is not None:
+        try:  # a GPU asked for where there is none: refused now, not after the data is loaded
+            check_device(args.compute.device)
+        except DeviceUnavailable as exc:
+            raise FlagValueError(f"--device: {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -82,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with _signal_flags() as flags:
         state = train_run(spec, args.out, should_stop=lambda: flags["stop"],
-                          should_checkpoint=flags["take_checkpoint"])
+                          should_checkpoint=flags["take_checkpoint"], compute=args.compute)
     if state.stopped:
         print(f"stopped at step {state.step}/{state.total_steps}; rerun the same command to resume")
         return 130
@@ -129,7 +141,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     spec, job = args.settings.split()
     start = time.perf_counter()
     with _signal_flags() as flags:
-        result = run_search_job(spec, job, args.out, should_stop=lambda: flags["stop"])
+        result = run_search_job(spec, job, args.out, should_stop=lambda: flags["stop"], compute=args.compute)
     if result is None:
         print("stopped; rerun the same command to resume")
         return 130
@@ -149,7 +161,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     config = args.settings.config()
     start = time.perf_counter()
     with _signal_flags() as flags:
-        front = refine_points(args.run, args.point, config, should_stop=lambda: flags["stop"])
+        front = refine_points(args.run, args.point, config, should_stop=lambda: flags["stop"], compute=args.compute)
     if front is None:
         print("stopped; rerun the same command to refine the points not done yet")
         return 130
@@ -164,7 +176,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with _signal_flags() as flags:
-        record = compress_point(args.run, args.point, args.settings, should_stop=lambda: flags["stop"])
+        record = compress_point(args.run, args.point, args.settings, should_stop=lambda: flags["stop"],
+                                compute=args.compute)
     if record is None:
         print("stopped; rerun the same command to resume the recovery where it stopped")
         return 130
@@ -325,7 +338,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        run_worker(settings, worker_id=args.worker_id, once=args.once, poll_s=args.poll, shutdown=shutdown)
+        only = None
+        if args.job:
+            kind, _, job_id = args.job.partition(":")
+            only = (kind, job_id)
+        run_worker(settings, worker_id=args.worker_id, once=args.once or only is not None, poll_s=args.poll,
+                   shutdown=shutdown, only=only)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -340,10 +358,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.config import get_settings
     from service.db import upgrade
     from service.startup import check_startup, private_files
-    from service.supervisor import WorkerPool
+    from service.supervisor import WorkerPool, worker_slots
 
     settings = get_settings()
-    workers = settings.workers if args.workers is None else args.workers
+    slots = worker_slots(settings.workers if args.workers is None else args.workers)
+    workers = len(slots)
     host = args.host or settings.host
     port = args.port or settings.port
     private_files(settings)  # the data root, database, uploads, checkpoints, exports, logs: 0600 / 0700 (workers
@@ -352,7 +371,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     upgrade(settings.url)
     env = os.environ | {"NASPRUNE_DATA_ROOT": str(settings.data_root), "NASPRUNE_DATABASE_URL": settings.url}
     command = [sys.executable, "-m", "service.cli"] + (["-v"] if args.verbose else []) + ["worker"]
-    pool = WorkerPool(command, env, workers).start()  # restarts a worker that dies, unless it dies at startup
+    dispatch = None
+    if settings.executor == "ray":  # the cluster runs the jobs: no local workers unless asked for with --workers
+        from service.db import make_engine, session_factory
+        from service.executors import DispatchLoop, RayDispatcher, ray_client
+
+        slots = worker_slots(args.workers or 0)
+        workers = len(slots)
+        dispatch = DispatchLoop(RayDispatcher(settings, session_factory(make_engine(settings.url)),
+                                              ray_client(settings)))
+        dispatch.start()
+        log.warning("submitting queued jobs to the Ray cluster at %s", settings.ray_address)
+    # restarts a worker that dies, unless it dies at startup
+    pool = WorkerPool(command, env, workers, slots=slots).start()
     log.warning("serving on http://%s:%d with %d worker process(es); data root %s", host, port, workers,
                 settings.data_root)
 
@@ -369,10 +400,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reason = signal.Signals(code - 128).name if isinstance(code, int) and 128 < code < 128 + 65 else code
         log.warning("server stopped (%s); stopping the workers", reason)
     finally:
+        if dispatch is not None:
+            dispatch.stop()
         pool.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"a number of workers (0 or more) or auto, not {text!r}")
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,24 +426,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     search = sub.add_parser("search", help="train the supernet, then search for the Pareto front of sub-networks")
-    _add_settings(search, SearchSettings)
+    _add_settings(search, SearchSettings, compute=True)
     search.add_argument("--out", required=True, help="run folder (rerun with the same folder to resume)")
     search.set_defaults(func=cmd_search)
     train = sub.add_parser("train", help="fine-tune the weight-sharing supernet of a model on a task")
-    _add_settings(train, RunSpec)
+    _add_settings(train, RunSpec, compute=True)
     train.add_argument("--out", required=True, help="run folder (rerun with the same folder to resume)")
     train.set_defaults(func=cmd_train)
     refine = sub.add_parser("refine", help="fine-tune chosen front points of a search at their own size (on demand)")
     refine.add_argument("--run", required=True, help="run folder written by `nasprune search`")
     refine.add_argument("--point", type=int, nargs="+", required=True, help="indices of points in front.json")
-    _add_settings(refine, RefinePointConfig)
+    _add_settings(refine, RefinePointConfig, compute=True)
     refine.set_defaults(func=cmd_refine)
     compress = sub.add_parser("compress", help="decompose a front point's weights (Tucker matrix bank or low rank) and "
                                                "recover them by distillation: extreme compression")
     compress.add_argument("--run", required=True, help="run folder written by `nasprune search`")
     compress.add_argument("--point", type=int, required=True, help="index of a point in front.json")
     compress.add_argument("--out", required=True, help="where the compressed model folder is written")
-    _add_settings(compress, CompressConfig)
+    _add_settings(compress, CompressConfig, compute=True)
     compress.set_defaults(func=cmd_compress)
     export = sub.add_parser("export", help="export a sub-network of a trained run as a smaller model")
     export.add_argument("--run", required=True, help="run folder written by `nasprune train`")
@@ -413,12 +458,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="the HTTP API and its worker processes (settings: NASPRUNE_* variables)")
     serve.add_argument("--host", default=None, help="default $NASPRUNE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default $NASPRUNE_PORT or 8000")
-    serve.add_argument("--workers", type=int, default=None, help="worker processes; default $NASPRUNE_WORKERS or 1")
+    serve.add_argument("--workers", type=_workers, default=None,
+                       help="worker processes, or auto: one per visible GPU, each pinned to its own (one CPU worker "
+                            "where there is none); default $NASPRUNE_WORKERS or 1")
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker", help="a worker process: claim queued searches and run them")
     worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
     worker.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
     worker.add_argument("--worker-id", default=None, help="default host:pid:random")
+    worker.add_argument("--job", default=None, metavar="KIND:ID",
+                        help="run only this job (search:ID, refinement:ID or export:ID) if it is still queued, then "
+                             "exit: what each Ray job runs (NASPRUNE_EXECUTOR=ray)")
     worker.set_defaults(func=cmd_worker)
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)

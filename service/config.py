@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     # Folders a request may name as a model or a dataset; files under data_root come in only through uploads.
     allowed_model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     allowed_data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    workers: int = Field(1, ge=0, description="worker processes started by `nasprune serve`; 0 = API only")
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        1, description="worker processes started by `nasprune serve`; 0 = API only; auto: one per visible GPU, "
+                       "each pinned to its own (one CPU worker where there is none)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     heartbeat_s: float = Field(10.0, gt=0, description="how often a worker stamps its job as alive")
@@ -64,6 +66,16 @@ class Settings(BaseSettings):
     # A download whose archive is not built yet queues an export job and waits this long for a worker to build it;
     # past it, the route answers 202 with Retry-After and the job's status.
     export_wait_s: float = Field(120.0, ge=0, le=3600, description="seconds a download waits for its export job")
+    # Who runs the queued jobs: `local`, the worker processes `nasprune serve` starts (and any `nasprune worker`);
+    # `ray`, one Ray job per queued job, submitted by `nasprune serve` to the Ray cluster at ray_address
+    # (service/executors.py). The database is the store of record either way.
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, description="the Ray job server's address, e.g. http://127.0.0.1:8265")
+    ray_worker_command: str = Field("nasprune", min_length=1,
+                                    description="how a Ray job starts nasprune on a cluster node (e.g. `python -m "
+                                                "service.cli`); the node needs the package and the data root")
+    ray_num_cpus: float = Field(2.0, gt=0, description="CPUs a Ray job asks for (a job that wants a GPU gets one too)")
+    ray_memory_mb: int = Field(4096, ge=0, description="memory a search or refinement's Ray job reserves (0: none)")
 
     @field_validator("allowed_model_roots", "allowed_data_roots", mode="before")
     @classmethod
@@ -84,6 +96,8 @@ class Settings(BaseSettings):
         self.allowed_data_roots = [p.expanduser().resolve() for p in self.allowed_data_roots]
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.data_root / DATABASE_FILE}"
+        if self.executor == "ray" and not self.ray_address:
+            raise ValueError("executor ray needs ray_address (NASPRUNE_RAY_ADDRESS), e.g. http://127.0.0.1:8265")
         if self.stale_after_s <= self.heartbeat_s:
             raise ValueError(f"stale_after_s ({self.stale_after_s}) must exceed heartbeat_s ({self.heartbeat_s}), "
                              "or live jobs would be taken from their workers; a few heartbeats is a good margin")

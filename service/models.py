@@ -166,6 +166,8 @@ class JobColumns:
     # Runs lost to a dead worker (stale heartbeat); the job fails once this reaches Settings.max_attempts.
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    # Where the latest run ran: "cpu" or "cuda:0 (NVIDIA H200)"; a job resumed elsewhere records its new device.
+    device: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]  # start of the latest run

@@ -47,7 +47,7 @@ from .models import (
 if TYPE_CHECKING:  # search.runner imports torch and transformers: seconds the API and the queue need not pay
     from search.runner import Trial
     from search.settings import SearchJob
-    from supernet.settings import RunSpec
+    from supernet.settings import Compute, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,10 @@ def config_key(config: SubNetworkConfig | Mapping[str, Any]) -> str:
     return _canonical_json(sub.to_dict())
 
 
-def request_dict(spec: RunSpec, job: SearchJob) -> dict[str, Any]:
-    """The stored form of a search request: {"run": RunSpec dict, "job": SearchJob dict}."""
-    return {"run": spec.to_dict(), "job": job.to_dict()}
+def request_dict(spec: RunSpec, job: SearchJob, compute: Compute | None = None) -> dict[str, Any]:
+    """The stored form of a search request: {"run": RunSpec dict, "job": SearchJob dict, "compute": Compute dict}
+    (a request stored before compute existed has none: the defaults)."""
+    return {"run": spec.to_dict(), "job": job.to_dict()} | ({} if compute is None else {"compute": compute.to_dict()})
 
 
 def body_digest(body: Mapping[str, Any]) -> str:
@@ -114,6 +115,16 @@ def is_same_request(search: Search, request: Mapping[str, Any], digest: str | No
     for a search stored without a digest (before migration 0006) or a body sent differently, the same request once
     the defaults are filled in."""
     return (digest is not None and search.request_digest == digest) or search.request == request
+
+
+def parse_compute(request: Mapping[str, Any]) -> Compute:
+    """Where a stored search request asked to run (the defaults for one stored before it could say)."""
+    from supernet.settings import Compute
+
+    try:
+        return Compute.model_validate(request.get("compute") or {})
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"malformed search request: compute: {exc}") from None
 
 
 def parse_request(request: Mapping[str, Any]) -> tuple[RunSpec, SearchJob]:

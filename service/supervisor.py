@@ -14,15 +14,34 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from supernet.hardware import visible_gpus
 
 log = logging.getLogger(__name__)
+
+# Set on each worker `worker_slots` pins to one GPU: the GPU's id as CUDA_VISIBLE_DEVICES names it (service/worker.py
+# runs every job that does not ask for the CPU there, and records it).
+PINNED_GPU = "NASPRUNE_WORKER_GPU"
+
+
+def worker_slots(workers: int | str) -> list[dict[str, str]]:
+    """The extra environment of each worker `nasprune serve` starts: `workers` plain workers, or for 'auto' one per
+    visible GPU, each seeing only its own (CUDA_VISIBLE_DEVICES), and one CPU worker where there is no GPU."""
+    if workers != "auto":
+        return [{} for _ in range(int(workers))]
+    gpus = visible_gpus()
+    return [{"CUDA_VISIBLE_DEVICES": gpu, PINNED_GPU: gpu} for gpu in gpus] or [{}]
 
 
 class WorkerPool:
     def __init__(self, command: Sequence[str], env: dict[str, str], count: int, *, min_uptime_s: float = 30.0,
-                 max_quick_exits: int = 3, poll_s: float = 1.0) -> None:
-        self.command, self.env, self.count = list(command), env, count
+                 max_quick_exits: int = 3, poll_s: float = 1.0,
+                 slots: Sequence[Mapping[str, str]] | None = None) -> None:
+        """`slots`: each worker's own additions to `env` (worker_slots); its length is then the count."""
+        self.command, self.env = list(command), env
+        self.slots = [dict(s) for s in slots] if slots is not None else [{} for _ in range(count)]
+        self.count = count = len(self.slots)
         self.min_uptime_s, self.max_quick_exits, self.poll_s = min_uptime_s, max_quick_exits, poll_s
         self.processes: list[subprocess.Popen | None] = [None] * count  # None: not running (given up)
         self.started = [0.0] * count
@@ -33,7 +52,7 @@ class WorkerPool:
         self._thread = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
 
     def _spawn(self, slot: int) -> None:
-        self.processes[slot] = subprocess.Popen(self.command, env=self.env)
+        self.processes[slot] = subprocess.Popen(self.command, env=self.env | self.slots[slot])
         self.started[slot] = time.monotonic()
         self.starts += 1
 

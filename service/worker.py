@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 import threading
 import time
@@ -54,9 +55,11 @@ from .models import Export, ExportStatus, Refinement, RefinementStatus, Search, 
 from .redact import Redactor
 from .startup import low_disk
 from .store import DbStore
+from .supervisor import PINNED_GPU
 
 if TYPE_CHECKING:
     from search.runner import SearchResult, Trial
+    from supernet.settings import Compute
     from supernet.training import TrainState
 
 log = logging.getLogger(__name__)
@@ -272,6 +275,29 @@ class JobRunner:
         log.warning("%s %s is no longer ours (status %s, owner %s); stopping", self.noun, self.job.id, status, owner)
         return None
 
+    def place(self, compute: Compute) -> Compute:
+        """Where this worker runs a job that asked for `compute`: resolved to a real device here (DeviceUnavailable,
+        which fails the job with the reason, where it asked for a GPU this worker lacks) and recorded on the job's
+        row, so a user sees where it ran (and, after a takeover, where it runs now)."""
+        from supernet.devices import describe, resolve_device
+
+        asked = compute.device
+        if asked != "cpu" and os.environ.get(PINNED_GPU):
+            asked = "cuda:0"  # the one GPU this worker sees
+        device = resolve_device(asked)
+        self.record_device(describe(device) + (f" [GPU {os.environ[PINNED_GPU]}]" if device.type == "cuda"
+                                                and os.environ.get(PINNED_GPU) else ""))
+        return compute.model_copy(update={"device": str(device)})
+
+    def record_device(self, text: str) -> None:
+        from sqlalchemy import update
+
+        model = self.table.model
+        with self.factory.begin() as session:
+            session.execute(update(model).where(model.id == self.job.id).values(device=text)
+                            .execution_options(synchronize_session=False))
+        log.info("%s %s runs on %s", self.noun, self.job.id, text)
+
     def search_folder(self, search_id: str) -> Path | None:
         """The run folder of search `search_id` if the search and its folder are there."""
         with self.factory() as session:
@@ -370,6 +396,7 @@ class SearchRunner(JobRunner):
         search_id = self.search.id
         try:
             spec, job = repo.parse_request(self.search.request)
+            compute = repo.parse_compute(self.search.request)
         except repo.InvalidArgument as exc:
             log.error("search %s: %s", search_id, exc)
             return self.finish(SearchStatus.FAILED, str(exc))
@@ -380,12 +407,13 @@ class SearchRunner(JobRunner):
         done = len(store.load_trials())  # also imports the trials.jsonl of a search an older release began
         if done:
             log.info("search %s: resuming with %d trial(s) done", search_id, done)
+        compute = self.place(compute)
         result = run_search_job(
             spec, job, folder=folder, progress=False, store=store,
             on_train_step=lambda train: self.on_train_step(state, train),
             on_trial=lambda trial, current: self.on_trial(state, trial, current),
             on_refine=lambda done, total: self.on_refine(state, done, total),
-            should_stop=self.should_stop)
+            should_stop=self.should_stop, compute=compute)
         if result is None:
             return self.stopped()
         self._advance(state, SearchStatus.EXPORTING)
@@ -430,10 +458,14 @@ class RefinementRunner(JobRunner):
 
         r: Refinement = self.job
         config = RefineConfig(**r.settings)
+        with self.factory() as session:  # a refinement runs where its search asked to run
+            search = session.get(Search, r.search_id)
+            request = dict(search.request) if search is not None else {}
+        compute = self.place(repo.parse_compute(request))
         log.info("refining front point %d of search %s with %s", r.position, r.search_id, r.settings)
         try:
             front = refine_points(folder, [r.position], config, progress=False, should_stop=self.should_stop,
-                                  store=DbStore(self.factory, r.search_id, folder))
+                                  store=DbStore(self.factory, r.search_id, folder), compute=compute)
         except (TrainingDiverged, NonFiniteLogits) as exc:
             # A failed job rather than a finished one that is not kept: the user asked for a model and gets none,
             # and the reason is the refinement's error. Nothing was stored, so downloads serve what they did.
@@ -484,6 +516,7 @@ class ExportRunner(JobRunner):
         from .exports import build_export, refined_source
 
         e: Export = self.job
+        self.record_device("cpu")  # exports slice and save weights: nothing there a GPU would speed up
         with self.factory() as session:
             row = repo.get_front_point(session, e.search_id, e.position)
             point = None if row is None else {"config": row.config, "validation": row.validation, "test": row.test,
@@ -522,11 +555,36 @@ def _fail(settings: Settings, factory: queue.SessionFactory, runner: type[JobRun
         return None
 
 
-def _claim(settings: Settings, factory: queue.SessionFactory, worker_id: str
+def runner_for(kind: str) -> type[JobRunner]:
+    """The runner of a kind of job by its noun: search, refinement or export."""
+    for runner in RUNNERS:
+        if runner.noun == kind:
+            return runner
+    raise ValueError(f"unknown kind of job {kind!r}; one of {', '.join(r.noun for r in RUNNERS)}")
+
+
+def claim_job(factory: queue.SessionFactory, worker_id: str, kind: str, job_id: str) -> Any | None:
+    """Claim one named job if it is queued (what a Ray job does: it was submitted for that job); None if another
+    worker has it, or it ended or was cancelled meanwhile: then there is nothing to do."""
+    from sqlalchemy.exc import IntegrityError
+
+    runner = runner_for(kind)
+    key: Any = int(job_id) if kind == "export" else job_id
+    try:
+        return runner.table.claim(factory, worker_id, key)
+    except IntegrityError:  # a refinement of the same point already running (the partial unique index)
+        return None
+
+
+def _claim(settings: Settings, factory: queue.SessionFactory, worker_id: str, only: tuple[str, str] | None = None
            ) -> tuple[type[JobRunner], Any] | None:
-    """Recover the jobs of dead workers, then claim the first job of the first kind in `RUNNERS` that has one."""
+    """Recover the jobs of dead workers, then claim the first job of the first kind in `RUNNERS` that has one (or
+    the job `only` names: (kind, id))."""
     for runner in RUNNERS:
         runner.table.recover_stale(factory, settings.stale_after_s, settings.max_attempts)
+    if only is not None:
+        job = claim_job(factory, worker_id, *only)
+        return None if job is None else (runner_for(only[0]), job)
     for runner in RUNNERS:
         job = runner.claim(factory, worker_id)
         if job is not None:
@@ -546,12 +604,15 @@ def _run_job(settings: Settings, factory: queue.SessionFactory, runner: type[Job
 
 def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool = False, poll_s: float = 1.0,
                shutdown: threading.Event | None = None,
-               on_job: Callable[[Any, Any | None], None] | None = None) -> int:
+               on_job: Callable[[Any, Any | None], None] | None = None, only: tuple[str, str] | None = None) -> int:
     """Claim and run jobs until `shutdown` is set; the number of jobs run.
 
     `once`: run at most one job and return (also when nothing is queued). Stale jobs of dead workers are
-    recovered before every claim, so any worker takes over a dead worker's job.
+    recovered before every claim, so any worker takes over a dead worker's job. `only`: (kind, id) of the one job
+    to run, if it is still queued (with `once`: a Ray job's worker).
     """
+    if only is not None:
+        runner_for(only[0])  # an unknown kind is refused before anything starts
     shutdown = shutdown or threading.Event()
     worker_id = worker_id or queue.default_worker_id()
     # The pipeline (torch, transformers: seconds of imports that hold the GIL) is imported before the first claim:
@@ -579,7 +640,7 @@ def run_worker(settings: Settings, *, worker_id: str | None = None, once: bool =
                 log.info("worker %s: disk space is back; taking jobs again", worker_id)
                 paused = False
             try:
-                claimed = _claim(settings, factory, worker_id)
+                claimed = _claim(settings, factory, worker_id, only)
             except Exception:
                 log.exception("worker %s: could not reach the queue; retrying in %g s", worker_id, poll_s)
                 claimed = None

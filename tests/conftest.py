@@ -271,6 +271,17 @@ def database_url(request, tmp_path: Path) -> str:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` run the stages on CUDA: where torch sees no GPU they are skipped, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"no CUDA GPU here (torch {torch.__version__}: torch.cuda.is_available() is "
+                                   "False); run them on a GPU machine: bench/gpu_check.sh")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def service_env(settings, cache: Path) -> dict[str, str]:
     """The environment of worker and server processes: `settings` as NASPRUNE_* variables, a latency cache,
     offline, one thread."""

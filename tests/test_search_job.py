@@ -547,9 +547,11 @@ def test_a_search_stored_before_the_precision_setting_resumes_in_float32(run_cop
 
 @pytest.mark.slow
 def test_a_search_on_a_validation_subset_reports_the_whole_split(workspace, tmp_path, capsys, evaluated) -> None:
-    """The search ranks on a seeded subset; the front is measured again on every validation example."""
+    """The search ranks on a seeded subset; the front is measured again on every validation example. On the CPU,
+    where this test evaluates again: a GPU's float32 logits differ in the last bits, enough to flip a near tie."""
     out = tmp_path / "run"
-    assert cli(search_args(workspace, out, "--search-examples", "8")) == 0, capsys.readouterr().err
+    assert cli(search_args(workspace, out, "--search-examples", "8", "--device", "cpu")) == 0, \
+        capsys.readouterr().err
     assert json.loads((out / "search.json").read_text())["search_examples"] == 8
     run = Run(out)
     supernet, spec = run.load_supernet(), run.task.spec

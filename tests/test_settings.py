@@ -203,11 +203,15 @@ def test_non_default_values_through_the_cli_and_the_api_are_stored_alike(client,
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
-    spec, job = _cli(argv).settings.split()
+    argv[-2:-2] = ["--device", "cpu", "--precision", "float32"]
+    body["compute"] = {"device": "cpu", "precision": "float32"}
+    args = _cli(argv)
+    spec, job = args.settings.split()
     response = client.post("/searches", json=body)
     assert response.status_code == 201, response.text
     stored = response.json()["request"]
-    assert stored == repo.request_dict(spec, job)
+    assert stored == repo.request_dict(spec, job, args.compute)
+    assert stored["compute"] == {"device": "cpu", "precision": "float32"}
     for path, (_, value) in NON_DEFAULT.items():  # and each value is the one given
         node = stored["run"] if path[0] in RunSpec.model_fields else stored["job"]
         for key in path:
@@ -218,10 +222,11 @@ def test_non_default_values_through_the_cli_and_the_api_are_stored_alike(client,
 
 def test_defaults_through_the_cli_and_the_api_are_stored_alike(client, workspace) -> None:
     """Every default but max_length (the tiny model has 64 positions)."""
-    spec, job = _cli(["search", *_task_argv(workspace), "--max-length", "32", "--out", "unused"]).settings.split()
+    args = _cli(["search", *_task_argv(workspace), "--max-length", "32", "--out", "unused"])
+    spec, job = args.settings.split()
     response = client.post("/searches", json=_task_body(workspace) | {"max_length": 32})
     assert response.status_code == 201, response.text
-    assert response.json()["request"] == repo.request_dict(spec, job)
+    assert response.json()["request"] == repo.request_dict(spec, job, args.compute)
     assert job.search.seed == spec.training.seed == 0  # the search seed follows the training seed, stored as an int
     client.post(f"/searches/{response.json()['id']}/cancel")
 

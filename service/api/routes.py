@@ -84,7 +84,8 @@ def search_read(search: Search, redactor: Redactor) -> SearchRead:
                         hypervolume=search.hypervolume, elapsed_s=elapsed,
                         eta_s=None if search.status.is_terminal else search.eta_s)
     return SearchRead(id=search.id, status=search.status.value, cancel_requested=search.cancel_requested,
-                      attempts=search.attempts, worker_id=search.worker_id, error=redactor.error(search.error),
+                      attempts=search.attempts, worker_id=search.worker_id, device=search.device,
+                      error=redactor.error(search.error),
                       created_at=search.created_at, started_at=search.started_at, finished_at=search.finished_at,
                       heartbeat_at=search.heartbeat_at, progress=progress,
                       request=redactor.request(search.request),
@@ -143,7 +144,7 @@ def create_search(body: SearchRequest, response: Response, settings: SettingsDep
         spec, job = build_request(body, settings, session=session, owner_id=owner)
     except InvalidSearch as exc:
         raise HTTPException(422, str(exc)) from None
-    request = repo.request_dict(spec, job)
+    request = repo.request_dict(spec, job, body.compute)
     search, created = repo.create_search(session, request=request, idempotency_key=key,
                                          folder_root=settings.searches_root, owner=owner, request_digest=digest)
     if not created and not repo.is_same_request(search, request, digest):
@@ -250,6 +251,7 @@ class _Ticket:
 def _ticket(export: Export, folder: Path, redactor: Redactor) -> _Ticket:
     read = ExportRead(id=export.id, search_id=export.search_id, position=export.position, format=export.format,
                       refined=export.refined, status=export.status.value, error=redactor.error(export.error),
+                      device=export.device,
                       created_at=export.created_at, started_at=export.started_at, finished_at=export.finished_at)
     return _Ticket(export=read, path=export.path, folder=folder, redactor=redactor)
 
@@ -333,7 +335,8 @@ async def download(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)],
 
 def refinement_read(row: Refinement, redactor: Redactor) -> RefinementRead:
     return RefinementRead(id=row.id, search_id=row.search_id, position=row.position, settings=row.settings,
-                          status=row.status.value, error=redactor.error(row.error), created_at=row.created_at,
+                          status=row.status.value, error=redactor.error(row.error), device=row.device,
+                          created_at=row.created_at,
                           started_at=row.started_at, finished_at=row.finished_at)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from search.settings import SearchSettings
-from supernet.settings import CustomTask, RefinePointConfig
+from supernet.settings import Compute, CustomTask, RefinePointConfig
 
 
 class CustomTaskIn(CustomTask):
@@ -42,6 +42,9 @@ class SearchRequest(SearchSettings):
     side by side, with the CLI's defaults and bounds; `custom` may name uploaded datasets."""
 
     custom: CustomTaskIn | None = Field(None, description="the custom task's data (task: custom/<name>)")
+    compute: Compute = Field(default_factory=Compute,
+                             description="where the job runs (device) and the precision it trains in; its "
+                                         "refinements run the same way")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="also accepted as the Idempotency-Key header")
 
@@ -80,6 +83,7 @@ class SearchRead(BaseModel):
                                       "it; at NASPRUNE_MAX_ATTEMPTS it fails. The log's \"attempts N\" is this "
                                       "number. A worker that shuts down cleanly gives its job back without one.")
     worker_id: str | None
+    device: str | None = Field(None, description="where its latest run ran: cpu, or cuda:N and the GPU's name")
     error: str | None = Field(description="why it failed, one line (paths as the request gave them)")
     created_at: datetime
     started_at: datetime | None
@@ -140,6 +144,7 @@ class RefinementRead(BaseModel):
                                                  "warmup_ratio")
     status: str = Field(description="queued, running, succeeded, failed or cancelled")
     error: str | None
+    device: str | None = Field(None, description="where its latest run ran: cpu, or cuda:N and the GPU's name")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -196,6 +201,7 @@ class ExportRead(BaseModel):
     refined: bool = Field(description="built from the point's refined model (else sliced from the supernet)")
     status: str = Field(description="queued, running, succeeded, failed or cancelled")
     error: str | None = Field(description="why it failed; asking for the download again retries it")
+    device: str | None = Field(None, description="where its latest run ran: cpu, or cuda:N and the GPU's name")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

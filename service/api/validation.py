@@ -27,6 +27,7 @@ from search.names import botorch_available
 from search.settings import SearchJob
 from supernet import confine
 from supernet.config import SUPPORTED_MODEL_TYPES
+from supernet.hardware import DeviceUnavailable, check_device
 from supernet.settings import CustomTask, RunSpec
 from supernet.tasks import GLUE_TASKS
 
@@ -245,6 +246,10 @@ def build_request(body: SearchRequest, settings: Settings, *, session: Session |
     if body.search.optimizer == "ehvi" and not botorch_available():
         raise InvalidSearch("optimizer 'ehvi' needs botorch: pip install 'nasprune[ehvi]' on the workers and the "
                             "server, or choose another optimizer")
+    try:  # the server's machine: `nasprune serve` starts the workers there (one per GPU)
+        check_device(body.compute.device)
+    except DeviceUnavailable as exc:
+        raise InvalidSearch(f"compute.device: {exc}") from None
     model = check_model(body.model, settings, body.max_length)
     custom = None
     if body.custom is None:
