@@ -31,6 +31,7 @@ from checks import require  # noqa: E402
 from elimination import table_lines as elimination_table  # noqa: E402
 from elimination_front import table_lines as elimination_front_table  # noqa: E402
 from exits_front import table_lines as exits_front_table  # noqa: E402
+from gpu import table_lines as gpu_table  # noqa: E402
 from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
@@ -565,6 +566,15 @@ def elimination_front_section(task: str, fronts: Path) -> list[str]:
     return lines
 
 
+def gpu_section(folder: Path) -> list[str]:
+    """bench/gpu.py: each GPU's figures (bench/out/gpu/<name>.json)."""
+    lines = []
+    for path in sorted(folder.glob("*.json")):
+        lines += [f"## On a GPU: {path.stem} (`bash bench/gpu_check.sh OUT`, which runs `bench/gpu.py`)", "",
+                  *gpu_table(json.loads(path.read_text())), ""]
+    return lines
+
+
 def exits_front_section(task: str, fronts: Path) -> list[str]:
     """bench/exits_front.py: the front of a supernet trained with exits and searched with thresholds against the
     static front of the same settings trained without, one table per seed."""
@@ -662,6 +672,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += elimination_section(task, Path(args.out).parent / "elimination")
         lines += elimination_front_section(task, Path(args.out).parent / "elimination_front")
         lines += exits_front_section(task, Path(args.out).parent / "exits_front")
+    lines += gpu_section(Path(args.out).parent / "gpu")
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")
 

@@ -22,6 +22,7 @@ import elimination_front  # noqa: E402
 import eval_precision  # noqa: E402
 import exits_front  # noqa: E402
 import front_rescoring  # noqa: E402
+import gpu  # noqa: E402
 import latency_model  # noqa: E402
 import load_test  # noqa: E402
 import optimizers  # noqa: E402
@@ -184,6 +185,30 @@ def test_exits_front_reports_exports_that_never_exit(monkeypatch, tmp_path: Path
     assert rows and all(row["timed_ffn_share"] == row["timed_ffn_share_full_depth"] for row in rows)
     (results,) = (tmp_path / "out").rglob("results.json")
     assert any(line.startswith("No timed example left early") for line in exits_front.table_lines(results))
+
+
+# -- bench/gpu.py ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_gpu_bench_tiny_measures_every_part_on_this_device(tmp_path: Path) -> None:
+    """The GPU bench on the tiny model, on whatever device this machine has (the CPU in CI)."""
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--tiny", "--work", str(tmp_path / "work"), "--out",
+                    str(out), "--parts", "slicing,latency,job"], check=True, capture_output=True)
+    results = json.loads(out.read_text())
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert results["device"].startswith(expected) and results["job"]["job_compute"]["device"].startswith(expected)
+    assert results["job"]["ratio"] > 0 and results["job"]["front_points"] >= 1
+    assert {row["sub"] for row in results["slicing"]} >= {"width 1", "width 0.5", "every other layer"}
+    assert all(0 < row["mac_share"] <= 1 and row["exported_ms"] > 0 for row in results["slicing"])
+    assert -1 <= results["latency"]["spearman"] <= 1 and results["latency"]["subs"] >= 3
+    lines = gpu.table_lines(results)
+    assert any("**" in line and "x**" in line for line in lines) and any(line.startswith("| 1 |") for line in lines)
+
+
+def test_the_recorded_gpu_figures_render() -> None:
+    (record,) = (ROOT / "bench" / "out" / "gpu").glob("*.json")
+    text = "\n".join(gpu.table_lines(json.loads(record.read_text())))
+    assert "NVIDIA" in text and "Spearman" in text and "| 256 |" in text
 
 
 # -- bench/compress_front.py -------------------------------------------------------------------------------------
