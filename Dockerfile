@@ -1,6 +1,10 @@
 # nasprune service image: CPU torch, the API + worker CLI. Build: docker build -t nasprune .
 # Run both roles with docker-compose.yml, or one container: docker run -p 8000:8000 nasprune
-FROM python:3.11-slim
+# BASE: the Python image to build on (a local base where Docker Hub cannot be reached); EXTRAS: the optional
+# dependencies, e.g. `--build-arg EXTRAS=onnx,postgres,ray` for the Ray executor (docker-compose.ray.yml).
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+ARG EXTRAS=onnx,postgres
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -17,7 +21,7 @@ COPY supernet ./supernet
 COPY search ./search
 COPY service ./service
 COPY migrations ./migrations
-RUN pip install ".[onnx,postgres]"
+RUN pip install ".[${EXTRAS}]"
 
 RUN useradd --create-home --uid 1000 nasprune && mkdir -p /data && chown nasprune /data
 USER nasprune
