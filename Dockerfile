@@ -14,8 +14,10 @@ ENV PYTHONUNBUFFERED=1 \
     NASPRUNE_PORT=8000
 
 WORKDIR /app
-# CPU-only torch first (the default wheel pulls CUDA); the package's range admits it, so pip keeps it.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# CPU-only torch first (the default wheel pulls CUDA); the package's range admits it, so pip keeps it. A base image
+# that has it already (docker/python-base.Dockerfile) passes TORCH="torch==2.13.0".
+ARG TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+RUN pip install ${TORCH}
 COPY pyproject.toml README.md ./
 COPY supernet ./supernet
 COPY search ./search
