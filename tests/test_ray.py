@@ -207,14 +207,15 @@ def ray_head(tmp_path_factory):
     try:
         yield SimpleNamespace(address=address, client=client)
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
             try:
                 os.killpg(head.pid, sig)
                 head.wait(timeout=wait)
                 break
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 continue
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=60)
+        # what the head started in sessions of its own: every process of this cluster names its temp dir
+        subprocess.run(["pkill", "-KILL", "-f", str(temp)], capture_output=True, timeout=30)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -229,8 +230,8 @@ def ray_ended(head, sid: str, timeout_s: float = 60.0) -> str:
 
 @pytest.mark.slow
 def test_searches_through_a_real_ray_cluster(ray_head, client, settings, factory, workspace, worker_env) -> None:
-    """A tiny search succeeds through Ray; a cancel stops its Ray job; a Ray worker killed mid-job leads to the job
-    being taken back and finished by a new Ray job, with no trial stored twice."""
+    """A tiny search succeeds through Ray, though its Ray worker is killed mid-job: the job is taken back and
+    finished by a new Ray job, with no trial stored twice. A cancel stops its Ray job."""
     from service.executors import DispatchLoop
 
     ray_settings = settings.model_copy(update={"ray_worker_command": f"{sys.executable} -m service.cli",
@@ -240,15 +241,8 @@ def test_searches_through_a_real_ray_cluster(ray_head, client, settings, factory
     loop = DispatchLoop(RayDispatcher(ray_settings, factory, ray_head.client, env=env), poll_s=0.5)
     loop.start()
     try:
-        # 1. a search succeeds, run by a Ray job named after it
-        done = client.post("/searches", json=search_body(workspace, ["error", "params"], 3,
-                                                         compute={"device": "cpu"})).json()["id"]
-        final = wait_for(client, done, lambda s: s["status"] in TERMINAL, timeout_s=300, what="the first search")
-        assert final["status"] == "succeeded", final["error"]
-        sid = f"nasprune-search-{done}-a0-0"
-        assert ray_ended(ray_head, sid) == "SUCCEEDED"
-
-        # 2. a Ray worker killed mid-search: its job is taken back and resumed by a new Ray job
+        # 1. a search run by a Ray job named after it; its Ray worker killed mid-search: the job is taken back and
+        # finished by a new Ray job
         evaluations = 40
         killed = client.post("/searches", json=search_body(workspace, ["error", "params"], evaluations,
                                                            compute={"device": "cpu"})).json()["id"]
@@ -264,7 +258,7 @@ def test_searches_through_a_real_ray_cluster(ray_head, client, settings, factory
         assert ray_ended(ray_head, f"nasprune-search-{killed}-a0-0") == "FAILED"  # its worker killed
         assert ray_ended(ray_head, f"nasprune-search-{killed}-a1-0") == "SUCCEEDED"
 
-        # 3. a cancel stops the search and its Ray job
+        # 2. a cancel stops the search and its Ray job
         cancelled = client.post("/searches", json=search_body(workspace, ["error", "params"], 400,
                                                               compute={"device": "cpu"})).json()["id"]
         wait_for(client, cancelled, lambda s: s["status"] not in ("queued",), timeout_s=300, what="a claim")
