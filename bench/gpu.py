@@ -151,16 +151,20 @@ def slicing(supernet, device: torch.device, *, seq: int, batches: list[int], rep
 
 def latency_model(supernet, run: Path, device: torch.device, *, samples: int, repeats: int, batch: int,
                   seq: int) -> dict:
-    """The front points of the job's run if it is there, and `samples` random sub-networks."""
+    """The front points of the job's run if it is there, the full network and its first layer alone (the two ends
+    of the range, so the ranking always spans it), and `samples` random sub-networks."""
     front = json.loads((run / "front.json").read_text()) if (run / "front.json").is_file() else {"points": []}
+    config = supernet.config
     subs = [SubNetworkConfig.from_dict(p["config"]).static() for p in front["points"]]
-    subs += random_subnetworks(supernet.config, samples, seed=0)
+    subs += [SubNetworkConfig(layers=layers, heads=config.layer_heads, units=config.layer_units)
+             for layers in (tuple(range(config.num_layers)), (0,))]
+    subs += random_subnetworks(config, samples, seed=0)
     table = load_or_calibrate(supernet.config, batch_size=batch, seq_len=seq, device=device, repeats=repeats,
                               cache_dir=run.parent / "latency-cache")
     result = validate(supernet.cpu(), table, subs, repeats=repeats, device=device)
     supernet.to(device)
     return {"spearman": result.spearman, "mape": result.mape, "batch": batch, "seq": seq, "subs": len(subs),
-            "front_points": len(front["points"]), "predicted_ms": result.predicted_ms,
+            "front_points": len(front["points"]), "ends": 2, "predicted_ms": result.predicted_ms,
             "measured_ms": result.measured_ms}
 
 
@@ -216,7 +220,8 @@ def table_lines(results: dict) -> list[str]:
     if latency:
         lines += ["", f"- The latency model on the GPU: a block table calibrated there at {latency['batch']} x "
                   f"{latency['seq']} predicts {latency['subs']} exported sub-networks ({latency['front_points']} "
-                  f"front points, the rest random), each timed as an exported model: Spearman "
+                  f"front points, {'the full network and its first layer alone, ' if latency.get('ends') else ''}"
+                  f"the rest random), each timed as an exported model: Spearman "
                   f"**{latency['spearman']:.3f}** (target ≥ 0.9), MAPE {latency['mape']:.1f} %."]
     rows = results.get("slicing")
     if rows:
