@@ -29,7 +29,7 @@ import torch
 from checks import require, require_exported
 from prove import add_trained_run_arguments, seed_folder, trained_run_folder
 
-from supernet.batching import make_batches
+from supernet.batching import make_batches, token_counts
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_params
 from supernet.evaluation import metrics_from_logits
@@ -58,10 +58,6 @@ def batches_of(run: Run, size: int) -> list[dict[str, torch.Tensor]]:
     """The validation split sorted by length in batches of `size`, each padded to its own longest example."""
     return list(make_batches(run.task.validation, run.tokenizer, max_length=run.spec.max_length, batch_size=size,
                              sort_by_length=True))
-
-
-def lengths_of(batches: list[dict[str, torch.Tensor]]) -> list[int]:
-    return [int(n) for b in batches for n in b["attention_mask"].sum(dim=1)]
 
 
 @torch.inference_mode()
@@ -104,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     supernet = run.load_supernet().eval()
     spec = run.task.spec
     by_32, by_1 = batches_of(run, 32), batches_of(run, 1)
-    lengths = lengths_of(by_32)
+    lengths = token_counts(by_32)
     targets = [float(x) for x in (args.speedups or "1.25,1.5,2.0").split(",")]
     subs = {"full": supernet.full_config(), f"<= {args.params_share:.0%} params": structure(run, supernet,
                                                                                             args.params_share)}

@@ -53,7 +53,7 @@ from search.latency import load_or_calibrate
 from search.pareto import hypervolume
 from search.runner import SearchConfig
 from search.settings import DynamicConfig, SearchJob
-from supernet.batching import make_batches
+from supernet.batching import make_batches, token_counts
 from supernet.config import SubNetworkConfig
 from supernet.counting import expected_macs
 from supernet.evaluation import dtype_name, exit_positions, predict_exits, resolve_dtype
@@ -107,10 +107,6 @@ def scored_test_split(front: dict[str, Any], run: Run) -> tuple[str, str] | None
     return (splits[0], key) if key in front["points"][0].get("test", {}) else None
 
 
-def lengths_of(batches) -> list[int]:
-    return [int(n) for batch in batches for n in batch["attention_mask"].sum(dim=1)]
-
-
 @torch.no_grad()
 def split_positions(supernet, sub: SubNetworkConfig, batches: list) -> list[int]:
     """Where each example of `batches` leaves under `sub`'s exit threshold (one pass over the exits)."""
@@ -129,7 +125,7 @@ def macs_hypervolumes(front: dict[str, Any], supernet, chance_error: float, test
                                      for p in front["points"]], chance_error)
     if test is None or key is None:
         return {"validation": validation, "test": None}
-    config, lengths = supernet.config, lengths_of(test)
+    config, lengths = supernet.config, token_counts(test)
     full_test = expected_macs(config, supernet.full_config(), lengths)
     pairs = []
     for point in front["points"]:
@@ -171,7 +167,7 @@ def time_alone(models: dict[str, torch.nn.Module], examples: list[dict[str, torc
     every other round, so a drift in load hits every model alike); and, from one untimed pass first, the tokens
     each model's FFNs were given as a share of every token through every layer it has (fewer where tokens are
     dropped or examples exit early)."""
-    tokens = sum(lengths_of(examples))
+    tokens = sum(token_counts(examples))
     ffn_share = {}
     for key, model in models.items():  # untimed: first-call allocations are not the model's cost
         with ffn_tokens(model) as seen:
@@ -213,7 +209,7 @@ def latency_section(fronts: dict[str, dict[str, Any]], run: Run, supernet, chanc
             "hypervolume": scaled_hypervolume([(fraction[k], p["objectives"]["error"])
                                                for k, p in zip(keys, front["points"], strict=True)], chance_error),
             "latency_fraction": [fraction[k] for k in keys], "ffn_token_share": [ffn_share[k] for k in keys]}
-    return {"examples": len(alone), "mean_length": statistics.mean(lengths_of(alone)), "repeats": args.repeats,
+    return {"examples": len(alone), "mean_length": statistics.mean(token_counts(alone)), "repeats": args.repeats,
             "full_s": seconds["full"], "models_timed": len(subs), "fronts": per_kind}
 
 

@@ -49,7 +49,6 @@ from elimination_front import (
     config_key,
     exported_model,
     fmt,
-    lengths_of,
     macs_hypervolumes,
     run_search,
     scaled_hypervolume,
@@ -61,7 +60,7 @@ from prove import Stopwatch, add_trained_run_arguments, read_json, seed_folder, 
 
 from search.runner import SearchConfig
 from search.settings import DynamicConfig, SearchJob
-from supernet.batching import make_batches
+from supernet.batching import make_batches, token_counts
 from supernet.config import SubNetworkConfig
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.model import Supernet
@@ -179,7 +178,7 @@ def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supe
             "speedup_over_full_depth": seconds[f"{key}:full-depth"] / seconds[key],
             "static_bar_fraction": None if bar is None else bar[0],
             "speedup_over_static_bar": None if bar is None else seconds[bar[1]] / seconds[key]})
-    return {"examples": len(alone), "mean_length": statistics.mean(lengths_of(alone)), "repeats": args.repeats,
+    return {"examples": len(alone), "mean_length": statistics.mean(token_counts(alone)), "repeats": args.repeats,
             "full_s": seconds["full"], "models_timed": len(models), "fronts": per_kind, "exiting": comparisons}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from supernet.batching import token_counts
 from supernet.compress import compress_model
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params, expected_macs
@@ -109,7 +110,7 @@ def compress_into(run: Run, supernet, sub: SubNetworkConfig, dense, config: Comp
     if run.task.test:
         metrics["test"] = metrics_on_test_splits(run, PrunedModel(model), None,
                                                  {split: list(run.batches(split)) for split in run.task.test})
-    lengths = [int(n) for batch in validation for n in batch["attention_mask"].sum(dim=1).tolist()]
+    lengths = token_counts(validation)
     record = {
         "config": sub.to_dict(), "compression": config.to_dict(), "source": source,
         "params": count_params(supernet.config, sub, compression).to_dict(),

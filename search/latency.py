@@ -31,6 +31,7 @@ from filelock import FileLock
 from scipy import stats
 from scipy.optimize import isotonic_regression
 
+from supernet.batching import token_counts
 from supernet.config import SubNetworkConfig, SupernetConfig
 from supernet.extract import extract
 from supernet.files import atomic_write_json
@@ -486,7 +487,7 @@ def validate(supernet: Supernet, table: LatencyTable, subs: Sequence[SubNetworkC
     lengths = None
     if batches is not None:
         measured = [ms / len(batches) for ms in measured]
-        lengths = [int(n) for b in batches for n in b["attention_mask"].sum(dim=1)]
+        lengths = token_counts(batches)
     predicted = [table.predict(sub, lengths) for sub in subs]
     p, m = np.array(predicted), np.array(measured)
     rho = float(stats.spearmanr(p, m).statistic) if len(p) > 1 else float("nan")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from supernet.batching import token_counts
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params, expected_macs, kept_tokens
 from supernet.evaluation import evaluate, metrics_at_threshold, predict_exits
@@ -115,8 +116,7 @@ class Measurements:
         self.validation_batches = list(self.validation_batches)
         # the real (unpadded) length of every validation example the search ranks on: what a sub-network that
         # drops tokens costs depends on them, never on the padded width
-        self.lengths = [int(n) for batch in self.validation_batches
-                        for n in batch["attention_mask"].sum(dim=1).tolist()]
+        self.lengths = token_counts(self.validation_batches)
         if self.params_kind not in ("encoder", "total"):
             raise ObjectiveError(f"params_kind must be 'encoder' or 'total', not {self.params_kind!r}")
         self._passes = ExitPasses(self.supernet, self.validation_batches, self.task, self.dtype)

@@ -40,8 +40,6 @@ SUBMISSION = re.compile(rf"^{PREFIX}-(search|refinement|export)-([A-Za-z0-9]+)-a
 LIVE = ("PENDING", "RUNNING")
 TABLES: dict[str, queue.JobTable] = {"export": queue.EXPORTS, "search": queue.SEARCHES,
                                      "refinement": refinements.REFINEMENTS}
-QUEUED: dict[str, Any] = {"export": ExportStatus.QUEUED, "search": SearchStatus.QUEUED,
-                          "refinement": RefinementStatus.QUEUED}
 
 
 class JobClient(Protocol):
@@ -116,7 +114,7 @@ def _job_state(factory: queue.SessionFactory, kind: str, job_id: str) -> tuple[A
     """(status, attempts, cancel_requested) of a job; None once it is deleted."""
     table = TABLES[kind]
     with factory() as session:
-        row = session.get(table.model, int(job_id) if kind == "export" else job_id)
+        row = session.get(table.model, queue.job_key(kind, job_id))
         return None if row is None else (row.status, row.attempts, row.cancel_requested)
 
 
@@ -142,7 +140,7 @@ class RayDispatcher:
             earlier = [s for s in submissions if (s.kind, s.job_id, s.attempts) == (job.kind, job.id, job.attempts)]
             failed = [s.id for s in earlier if s.status == "FAILED"]
             if len(failed) >= self.settings.max_attempts:  # its Ray jobs die before they claim it: a broken node
-                TABLES[job.kind].finish(self.factory, int(job.id) if job.kind == "export" else job.id,
+                TABLES[job.kind].finish(self.factory, queue.job_key(job.kind, job.id),
                                         TABLES[job.kind].status("failed"),
                                         f"its Ray jobs failed {len(failed)} times before starting it (see `ray job "
                                         f"logs {failed[-1]}`): the cluster's nodes cannot run nasprune")

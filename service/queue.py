@@ -225,6 +225,12 @@ EXPORTS = JobTable("export", Export, queued=ExportStatus.QUEUED, claimed=ExportS
                    running=frozenset({ExportStatus.RUNNING}), ended=EXPORT_ENDED)
 
 
+def job_key(kind: str, job_id: str) -> Any:
+    """A job's primary key from its kind and its id as text (a submission id, `nasprune worker --job`): exports
+    are numbered, searches and refinements have string ids."""
+    return int(job_id) if kind == "export" else job_id
+
+
 def claim_export(session_factory: SessionFactory, worker_id: str) -> Export | None:
     """Take the oldest queued export job of a succeeded search (status -> running); None if none is queued."""
     succeeded = exists().where(Search.id == Export.search_id, Search.status == SearchStatus.SUCCEEDED)

@@ -569,9 +569,8 @@ def claim_job(factory: queue.SessionFactory, worker_id: str, kind: str, job_id: 
     from sqlalchemy.exc import IntegrityError
 
     runner = runner_for(kind)
-    key: Any = int(job_id) if kind == "export" else job_id
     try:
-        return runner.table.claim(factory, worker_id, key)
+        return runner.table.claim(factory, worker_id, queue.job_key(kind, job_id))
     except IntegrityError:  # a refinement of the same point already running (the partial unique index)
         return None
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .tasks import Example
 
-__all__ = ["make_batches"]
+__all__ = ["make_batches", "token_counts"]
 
 
 # (input_ids, token_type_ids, attention_mask, label) of one tokenized example
@@ -108,6 +108,12 @@ def make_batches(
         collate_fn=collate,
         pin_memory=pin_memory,
     )
+
+
+def token_counts(batches) -> list[int]:
+    """Each example's real token count (its attention mask's sum), in batch order; one copy to the host per batch
+    wherever the batches are."""
+    return [n for batch in batches for n in batch["attention_mask"].sum(dim=1).tolist()]
 
 
 def _tokenize(examples: Sequence[Example], tokenizer: Any, max_length: int) -> list[_Feature]:

@@ -18,8 +18,7 @@ import torch
 
 from .evaluation import fast_bfloat16
 from .hardware import DeviceUnavailable, check_device
-
-TRAINING_PRECISIONS = ("auto", "float32", "bfloat16")
+from .settings import TRAINING_PRECISIONS
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:

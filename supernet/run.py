@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import confine
-from .batching import make_batches
+from .batching import make_batches, token_counts
 from .config import SubNetworkConfig, SupernetConfig
 from .convert import load_supernet_from_pretrained, load_tokenizer
 from .devices import on_device, peak_memory, reset_peak_memory, resolve_device, training_dtype
@@ -126,8 +126,7 @@ class Run:
         None for a static sub-network."""
         if sub.token_keep is None:
             return None
-        lengths = sorted(int(n) for batch in self.batches("validation")
-                         for n in batch["attention_mask"].sum(dim=1).tolist())
+        lengths = sorted(token_counts(self.batches("validation")))
         if len(lengths) > limit:
             lengths = [lengths[round(i * (len(lengths) - 1) / (limit - 1))] for i in range(limit)]
         return lengths

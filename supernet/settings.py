@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from .hardware import DEVICE_PATTERN
+
 # Search spaces by name; supernet/space.py checks that its registry holds exactly these (tests/test_settings.py).
 SPACE_NAMES = ("uniform", "per_layer", "layers", "importance")
 # The precisions a search may rank sub-networks in (supernet/evaluation.py): auto is bfloat16 where the device
@@ -22,9 +24,8 @@ SPACE_NAMES = ("uniform", "per_layer", "layers", "importance")
 EVALUATION_DTYPES = ("auto", "float32", "bfloat16")
 IMPORTANCE_METHODS = ("fisher", "none")
 TASK_TYPES = ("classification", "regression")
-# supernet/devices.py's names (a test ties them); the device pattern is supernet/hardware.py's
+# The precisions a stage may train in (supernet/devices.py's training_dtype reads them).
 TRAINING_PRECISIONS = ("auto", "float32", "bfloat16")
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,2})?)$"
 
 MAX_SEED = 2**31 - 1
 MAX_BATCH = 4096
