@@ -39,7 +39,8 @@ from elimination import batches_of
 from elimination_front import time_alone
 from prove import add_trained_run_arguments, read_json, seed_folder
 
-from search.compression import compress_into, settings_key
+from search.compression import compress_into
+from search.records import compression_key
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_params
 from supernet.extract import extract, load_exported
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rows.append({"start": start, "protocol": protocol, "fraction": fraction, "fits": False})
                     continue
                 config = CompressConfig(**compression.to_dict(), epochs=args.epochs)
-                target = out / "models" / f"{'full' if start == 'full' else 'smaller'}-{settings_key(config, 0)}"
+                key = compression_key(config.to_dict(), 0)
+                target = out / "models" / f"{'full' if start == 'full' else 'smaller'}-{key}"
                 record_file = target / "subnetwork.json"
                 record = read_json(record_file) if record_file.is_file() else compress_into(
                     run, supernet, sub, dense, config, target, source="sliced", progress=False,

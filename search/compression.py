@@ -9,7 +9,6 @@ the teacher is what a user would have downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -34,24 +33,12 @@ from supernet.settings import CompressConfig, Compute
 from supernet.training import TrainState
 
 from .job import metrics_on_test_splits
-from .records import REFINED_DIR, SUBNETWORK_FILE, serves_refined
-from .store import FileStore
-
-COMPRESSED_DIR = "compressed"
+from .records import REFINED_DIR, SUBNETWORK_FILE, compressed_folder, serves_refined
+from .store import FileStore, Store
 
 
-def settings_key(config: CompressConfig, seed: int) -> str:
-    """The folder name of one compression of a point: what shapes the model, nothing else."""
-    text = json.dumps(config.to_dict() | {"seed": seed}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def compressed_folder(folder: str | Path, position: int, config: CompressConfig, seed: int) -> Path:
-    return Path(folder) / COMPRESSED_DIR / str(position) / settings_key(config, seed)
-
-
-def _point(folder: Path, position: int) -> dict[str, Any]:
-    front = FileStore(folder).load_front()
+def _point(folder: Path, position: int, store: Store | None) -> dict[str, Any]:
+    front = (store if store is not None else FileStore(folder)).load_front()
     if front is None:
         raise FileNotFoundError(f"{folder}: no front here; run the search first")
     points = front["points"]
@@ -63,16 +50,16 @@ def _point(folder: Path, position: int) -> dict[str, Any]:
 def compress_point(folder: str | Path, position: int, config: CompressConfig, *, progress: bool = True,
                    on_step: Callable[[TrainState], None] | None = None,
                    should_stop: Callable[[], bool] | None = None,
-                   compute: Compute | None = None) -> dict[str, Any] | None:
+                   compute: Compute | None = None, store: Store | None = None) -> dict[str, Any] | None:
     """Compress front point `position` of the search in `folder` with `config`; returns the compressed model's
     record (its subnetwork.json, with "folder" relative to the run), or None if stopped (a later call resumes).
     CompressionError names a setting that does not fit the point. `compute`: where the recovery runs (default
-    auto)."""
+    auto); `store`: where the front is (default: front.json in `folder`)."""
     folder = Path(folder)
-    point = _point(folder, position)
+    point = _point(folder, position, store)
     compute = compute or Compute()
     run = Run(folder, device=resolve_device(compute.device))
-    target = compressed_folder(folder, position, config, run.spec.training.seed)
+    target = compressed_folder(folder, position, config.to_dict(), run.spec.training.seed)
     if (target / SUBNETWORK_FILE).is_file():
         return json.loads((target / SUBNETWORK_FILE).read_text()) | {"folder": str(target.relative_to(folder))}
     supernet = run.load_supernet()

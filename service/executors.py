@@ -6,7 +6,7 @@ heartbeats while it runs, honours cancels, checkpoints and ends it. The dispatch
 loop by `nasprune serve`) only decides what to submit and what to stop:
 
 * every queued job without a live Ray job gets one, with the resources it needs (a GPU for a job that asks for
-  `cuda`, else CPUs; memory for searches and refinements), under the submission id
+  `cuda`, else CPUs; memory for searches, refinements and compressions), under the submission id
   `nasprune-<kind>-<job id>-a<attempts>-<n>`, so `ray job list` shows which job each Ray job runs;
 * a job whose cancel was requested, that was deleted, or that was taken back after its worker went silent (a killed
   Ray worker: `recover_stale` requeues it with attempts + 1, and its old Ray job is stopped) has its live Ray jobs
@@ -28,18 +28,28 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from . import queue, refinements
+from . import compressions, queue, refinements
 from . import repository as repo
 from .config import Settings
-from .models import Export, ExportStatus, Refinement, RefinementStatus, Search, SearchStatus
+from .models import (
+    Compression,
+    CompressionStatus,
+    Export,
+    ExportStatus,
+    Refinement,
+    RefinementStatus,
+    Search,
+    SearchStatus,
+)
 
 log = logging.getLogger(__name__)
 
 PREFIX = "nasprune"
-SUBMISSION = re.compile(rf"^{PREFIX}-(search|refinement|export)-([A-Za-z0-9]+)-a(\d+)-(\d+)$")
+SUBMISSION = re.compile(rf"^{PREFIX}-(search|refinement|compression|export)-([A-Za-z0-9]+)-a(\d+)-(\d+)$")
 LIVE = ("PENDING", "RUNNING")
 TABLES: dict[str, queue.JobTable] = {"export": queue.EXPORTS, "search": queue.SEARCHES,
-                                     "refinement": refinements.REFINEMENTS}
+                                     "refinement": refinements.REFINEMENTS,
+                                     "compression": compressions.COMPRESSIONS}
 
 
 class JobClient(Protocol):
@@ -107,6 +117,9 @@ def queued_jobs(factory: queue.SessionFactory) -> list[QueuedJob]:
         for r in session.scalars(select(Refinement).where(Refinement.status == RefinementStatus.QUEUED)):
             search = session.get(Search, r.search_id)
             jobs.append(QueuedJob("refinement", r.id, r.attempts, _wants_gpu(search.request if search else None)))
+        for c in session.scalars(select(Compression).where(Compression.status == CompressionStatus.QUEUED)):
+            search = session.get(Search, c.search_id)
+            jobs.append(QueuedJob("compression", c.id, c.attempts, _wants_gpu(search.request if search else None)))
     return jobs
 
 

@@ -49,7 +49,7 @@ from typing import Any, BinaryIO
 
 from filelock import FileLock
 
-from search.records import REFINED_DIR, SUBNETWORK_FILE, serves_refined
+from search.records import COMPRESSED_DIR, REFINED_DIR, SUBNETWORK_FILE, serves_refined
 from supernet.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,33 @@ def remove_refined_exports(folder: Path, position: int) -> list[str]:
                 if path.is_symlink() or path.exists():
                     _remove(path)
     return names
+
+
+def build_compressed_archive(folder: Path, model: str, top: str) -> Path:
+    """The .tar.gz of a compressed model (the folder `model`, compressed/<point>/<key>, relative to the search folder
+    `folder`) beside it, as <key>.tar.gz under the top folder `top`: built by the compression's own job, which
+    alone writes there (one running compression per point and settings), after clearing what an earlier run of
+    it killed halfway left."""
+    source = (folder / model).resolve()
+    if not source.is_relative_to((folder / COMPRESSED_DIR).resolve()) or not source.is_dir():
+        raise ValueError(f"{model} is not a compressed model folder of this search")
+    archive = source.with_name(f"{source.name}.tar.gz")
+    for path in leftovers(source.parent, archive.name):
+        _remove(path)
+    with atomic_path(archive, fsync=True) as tmp_archive:
+        with open(tmp_archive, "xb") as raw, _gzip_writer(raw) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+            skipped = _add_tree(tar, source, top)
+        if skipped:
+            log.warning("compressed model %s: left out what is not a plain file or folder: %s", model,
+                        ", ".join(skipped))
+    return archive
+
+
+def servable_compressed(path: str | Path, folder: Path) -> bool:
+    """Whether a compressed model's archive path may be served: a plain file under the search folder's
+    compressed/."""
+    path = Path(path)
+    return is_plain_file(path) and path.resolve().is_relative_to((folder / COMPRESSED_DIR).resolve())
 
 
 def _copy_plain_files(source: Path, dest: Path) -> None:

@@ -13,12 +13,15 @@
     datasets      custom datasets uploaded through POST /datasets (the file lives under the data root)
     refinements   on-demand refines of single front points of a finished search: settings and queue state (a
                   job queue of its own, next to the searches'; see service/refinements.py)
+    compressions  on-demand compressions (decomposition + recovery) of single front points: settings, progress,
+                  the compressed model's figures and its archive (service/compressions.py)
 
-Searches, refinements and exports are jobs: their queue columns come from `JobColumns` and their state changes
-from service.queue.JobTable, so a new kind of job is a table with these columns and a runner (service/worker.py).
+Searches, refinements, compressions and exports are jobs: their queue columns come from `JobColumns` and their state
+changes from service.queue.JobTable, so a new kind of job is a table with these columns and a runner
+(service/worker.py).
 
-`owner_id` (searches, datasets, refinements) is the token that created the row; None when the server runs without
-tokens.
+`owner_id` (searches, datasets, refinements, compressions) is the token that created the row; None when the server
+runs without tokens.
 
 A sub-network is stored as `SubNetworkConfig.to_dict()` JSON: the same shape the sampler draws, the optimizer
 decodes, the API returns and the exporter reads.
@@ -151,6 +154,10 @@ REFINEMENT_STATUS_TYPE = status_type(RefinementStatus, "refinement_status")
 EXPORT_ENDED = JOB_ENDED
 EXPORT_STATUS_TYPE = status_type(ExportStatus, "export_status")
 
+CompressionStatus = JobStatus
+COMPRESSION_KEPT = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)  # one per point and settings
+COMPRESSION_STATUS_TYPE = status_type(CompressionStatus, "compression_status")
+
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
@@ -209,6 +216,8 @@ class Search(JobColumns, Base):
                                                  passive_deletes=True)
     refinements: Mapped[list[Refinement]] = relationship(back_populates="search", cascade="all, delete-orphan",
                                                          passive_deletes=True)
+    compressions: Mapped[list[Compression]] = relationship(back_populates="search", cascade="all, delete-orphan",
+                                                           passive_deletes=True)
 
     def __repr__(self) -> str:
         return f"Search(id={self.id!r}, status={self.status!s}, attempts={self.attempts})"
@@ -337,6 +346,50 @@ class Refinement(JobColumns, Base):
 
     def __repr__(self) -> str:
         return f"Refinement(id={self.id!r}, search={self.search_id!r}, point={self.position}, status={self.status!s})"
+
+
+# the partial index's condition on COMPRESSION_KEPT
+KEPT_COMPRESSION = f"status IN ({', '.join(repr(s.value) for s in COMPRESSION_KEPT)})"
+
+
+class Compression(JobColumns, Base):
+    """A compression of one front point asked for after the search (POST .../pareto/{point}/compress): its settings
+    (supernet.settings.CompressConfig), progress, and once it succeeded the compressed model's figures (`result`:
+    params, MACs, validation and test metrics) and archive (`path`).
+
+    Idempotent per point and settings: the partial unique index keeps at most one queued, running or succeeded
+    compression of each (point, settings_key), settings_key being the digest that also names its folder,
+    compressed/<position>/<settings_key>/ (search.compression.settings_key), so two requests at the same instant
+    queue one job; a failed or cancelled one may be asked for again. Compressions of other settings may run side
+    by side: each writes its own folder.
+    """
+
+    __tablename__ = "compressions"
+    __table_args__ = (
+        Index("ix_compressions_status_created_at", "status", "created_at"),
+        Index("uq_compressions_kept_settings", "search_id", "position", "settings_key", unique=True,
+              sqlite_where=text(KEPT_COMPRESSION), postgresql_where=text(KEPT_COMPRESSION)),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int]
+    settings: Mapped[dict[str, Any]]  # CompressConfig.to_dict()
+    settings_key: Mapped[str] = mapped_column(String(64))
+    status: Mapped[CompressionStatus] = mapped_column(COMPRESSION_STATUS_TYPE, default=CompressionStatus.QUEUED)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    # Progress of the recovery, written by the worker as it goes.
+    step: Mapped[int | None]
+    total_steps: Mapped[int | None]
+    # The compressed model's record (search.compression.compress_into) without server paths; set when it succeeds.
+    result: Mapped[dict[str, Any] | None]
+    path: Mapped[str | None] = mapped_column(Text)  # the archive served (set when the job succeeds)
+
+    search: Mapped[Search] = relationship(back_populates="compressions")
+
+    def __repr__(self) -> str:
+        return (f"Compression(id={self.id!r}, search={self.search_id!r}, point={self.position}, "
+                f"status={self.status!s})")
 
 
 class ApiToken(Base):

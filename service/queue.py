@@ -207,6 +207,17 @@ class JobTable:
                 log.warning("stale %ss %s: %s", self.noun, name, ", ".join(ids))
         return recovery
 
+    def request_cancel(self, session: Session, job_id: Any) -> None:
+        """In the caller's transaction: a queued job is cancelled at once; a running one is flagged and stops at its
+        worker's next heartbeat; an ended one is left as it is. Conditional UPDATEs: a worker may claim it at the
+        same moment."""
+        m = self.model
+        session.execute(update(m).where(m.id == job_id, m.status == self.queued)
+                        .values(status=self.status("cancelled"), cancel_requested=True, finished_at=utcnow(),
+                                **self.cleared).execution_options(**_BULK))
+        session.execute(update(m).where(m.id == job_id, m.status.in_(self.running))
+                        .values(cancel_requested=True).execution_options(**_BULK))
+
     def oldest(self, *where: Any) -> Any:
         """The scalar subquery `claim` takes: the id of the oldest queued job matching `where` (SKIP LOCKED on
         PostgreSQL)."""

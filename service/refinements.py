@@ -21,7 +21,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -40,7 +40,6 @@ from .repository import RepositoryError, get_search, insert_ignoring_conflicts
 
 log = logging.getLogger(__name__)
 
-_BULK = {"synchronize_session": False}
 REFINEMENTS = JobTable("refinement", Refinement, queued=RefinementStatus.QUEUED, claimed=RefinementStatus.RUNNING,
                        running=frozenset({RefinementStatus.RUNNING}), ended=REFINEMENT_ENDED)
 
@@ -102,11 +101,7 @@ def request_cancel(session: Session, search_id: str, refinement_id: str, *, owne
     """A queued refinement is cancelled at once; a running one is flagged and stops at its worker's next
     heartbeat; an ended one is left as it is. Conditional UPDATEs: a worker may claim it at the same moment."""
     row = get(session, search_id, refinement_id, owner=owner)
-    session.execute(update(Refinement).where(Refinement.id == row.id, Refinement.status == RefinementStatus.QUEUED)
-                    .values(status=RefinementStatus.CANCELLED, cancel_requested=True, finished_at=utcnow())
-                    .execution_options(**_BULK))
-    session.execute(update(Refinement).where(Refinement.id == row.id, Refinement.status == RefinementStatus.RUNNING)
-                    .values(cancel_requested=True).execution_options(**_BULK))
+    REFINEMENTS.request_cancel(session, row.id)
     session.refresh(row)
     return row
 

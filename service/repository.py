@@ -31,6 +31,8 @@ from supernet.config import ConfigError, SubNetworkConfig
 
 from .models import (
     RUNNING_STATUSES,
+    Compression,
+    CompressionStatus,
     Export,
     ExportStatus,
     FrontPoint,
@@ -293,6 +295,12 @@ def delete_search(session: Session, search_id: str, *, force: bool = False, owne
         raise SearchActive(f"front point {refining.position} of search {search_id} is being refined (refinement "
                            f"{refining.id}); cancel it (POST /searches/{search_id}/refinements/{refining.id}/cancel) "
                            "and wait until it stops, then delete the search")
+    compressing = session.scalar(select(Compression).where(Compression.search_id == search_id,
+                                                           Compression.status == CompressionStatus.RUNNING))
+    if compressing is not None and not force:
+        raise SearchActive(f"front point {compressing.position} of search {search_id} is being compressed "
+                           f"(compression {compressing.id}); cancel it (POST /searches/{search_id}/compressions/"
+                           f"{compressing.id}/cancel) and wait until it stops, then delete the search")
     session.delete(search)  # rows of children already loaded go through the ORM; the rest through the cascade
     session.flush()
 

@@ -1,6 +1,6 @@
-"""The worker: claim a job (an export, a search or a refinement), run it, persist what it produces.
+"""The worker: claim a job (an export, a search, a refinement or a compression), run it, persist what it produces.
 
-    loop: recover_stale (every job table) -> claim (exports, then searches, then refinements) -> run -> finish
+    loop: recover_stale (every job table) -> claim (exports, searches, refinements, compressions) -> run -> finish
 
 Every kind of job runs in a `JobRunner` subclass, which adds only what its job does (`execute`) and how it is
 claimed; the rest is written once in `JobRunner`:
@@ -23,10 +23,14 @@ The kinds, in the order they are claimed (`RUNNERS`):
     waiting for: short, and a user waits, so it goes first;
   * `SearchRunner`: `search.job.run_search_job` with a `DbStore` (service/store.py): trials, the front and the
     refined entries go to the database only; progress (training steps, trials, refining) to the search's row;
-  * `RefinementRunner`: `search.job.refine_points` on one point of a succeeded search, with the same store.
+  * `RefinementRunner`: `search.job.refine_points` on one point of a succeeded search, with the same store;
+  * `CompressionRunner`: `search.compression.compress_point` on one point of a succeeded search (decomposition,
+    recovery by distillation, validation and test), then the archive a download serves; its figures go to the
+    compression's row.
 
 Resuming: a job whose worker died goes back to the queue (`JobTable.recover_stale`) and the next worker runs it
-again: a search resumes from checkpoint.pt and its stored trials (a trial stored is never evaluated again).
+again: a search resumes from checkpoint.pt and its stored trials (a trial stored is never evaluated again), a
+compression from its recovery's checkpoint.
 
 On a disk below `Settings.min_free_mb` the worker takes no job until space is freed, rather than fail every
 queued job in turn.
@@ -47,11 +51,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from supernet import confine
 
-from . import queue, refinements
+from . import compressions, queue, refinements
 from . import repository as repo
 from .config import LOG_FILE, Settings
 from .db import check_schema, make_engine, session_factory
-from .models import Export, ExportStatus, Refinement, RefinementStatus, Search, SearchStatus
+from .models import (
+    Compression,
+    CompressionStatus,
+    Export,
+    ExportStatus,
+    Refinement,
+    RefinementStatus,
+    Search,
+    SearchStatus,
+)
 from .redact import Redactor
 from .startup import low_disk
 from .store import DbStore
@@ -64,7 +77,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOG_FILE", "ExportRunner", "JobRunner", "RefinementRunner", "SearchRunner", "run_worker"]
+__all__ = ["LOG_FILE", "CompressionRunner", "ExportRunner", "JobRunner", "RefinementRunner", "SearchRunner",
+           "run_worker"]
 
 PROGRESS_EVERY_S = 1.0  # at most one progress write per second from the training loop
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -493,6 +507,68 @@ def diverged_reason(exc: Exception, config: Any) -> str:
     return f"{text}; nothing was stored: the point's downloads are unchanged"
 
 
+# ------------------------------------------------------------------------------------------------ compressions
+
+
+class CompressionRunner(JobRunner):
+    """Runs one claimed compression: `search.compression.compress_point` on its point (on the device its search
+    asked for), recovery progress on its row, then the archive a download serves (service/exports.py); the
+    compressed model's figures go to the row as it ends. A stopped run leaves its recovery checkpoint for the
+    next."""
+
+    table = compressions.COMPRESSIONS
+    noun = "compression"
+
+    @classmethod
+    def claim(cls, factory: queue.SessionFactory, worker_id: str) -> Compression | None:
+        return compressions.claim_next(factory, worker_id)
+
+    def log_folder(self) -> Path | None:
+        return self.search_folder(self.job.search_id)
+
+    def on_step(self, train: TrainState) -> None:
+        now = time.monotonic()
+        if train.step < train.total_steps and now - self._last_progress < min(PROGRESS_EVERY_S,
+                                                                                self.settings.heartbeat_s):
+            return
+        self._last_progress = now
+        compressions.report_progress(self.factory, self.job.id, self.worker_id, train.step, train.total_steps)
+
+    def execute(self, folder: Path) -> CompressionStatus | None:
+        from search.compression import compress_point
+        from supernet.evaluation import NonFiniteLogits
+        from supernet.factors import CompressionError
+        from supernet.settings import CompressConfig
+        from supernet.training import TrainingDiverged
+
+        from .exports import build_compressed_archive
+
+        c: Compression = self.job
+        config = CompressConfig(**c.settings)
+        with self.factory() as session:  # a compression runs where its search asked to run
+            search = session.get(Search, c.search_id)
+            request = dict(search.request) if search is not None else {}
+        compute = self.place(repo.parse_compute(request))
+        log.info("compressing front point %d of search %s with %s", c.position, c.search_id, c.settings)
+        self._last_progress = 0.0
+        try:
+            record = compress_point(folder, c.position, config, progress=False, should_stop=self.should_stop,
+                                    on_step=self.on_step, compute=compute,
+                                    store=DbStore(self.factory, c.search_id, folder))
+        except (CompressionError, TrainingDiverged, NonFiniteLogits) as exc:
+            reason = f"front point {c.position} not compressed: {exc}"
+            log.error("search %s: %s", c.search_id, reason)
+            return self.finish(CompressionStatus.FAILED, reason)
+        if record is None:
+            return self.stopped()
+        archive = build_compressed_archive(folder, record["folder"], compressions.archive_name(c))
+        result = {k: v for k, v in record.items() if k != "folder"}
+        log.info("search %s: front point %d compressed in %.1f s to %d encoder parameters (validation %s)",
+                 c.search_id, c.position, record["train_s"], record["params"]["encoder"],
+                 record["metrics"]["validation"])
+        return self.finish(CompressionStatus.SUCCEEDED, result=result, path=str(archive))
+
+
 # ------------------------------------------------------------------------------------------------ exports
 
 
@@ -540,8 +616,9 @@ class ExportRunner(JobRunner):
 # ------------------------------------------------------------------------------------------------ the loop
 
 # The kinds of job, in the order a worker claims them: exports first (short, and a user is waiting), then searches,
-# then refinements (asked for only on a finished search, so they wait for no search but never keep one waiting).
-RUNNERS: tuple[type[JobRunner], ...] = (ExportRunner, SearchRunner, RefinementRunner)
+# then refinements and compressions (asked for only on a finished search, so they wait for no search but never keep
+# one waiting).
+RUNNERS: tuple[type[JobRunner], ...] = (ExportRunner, SearchRunner, RefinementRunner, CompressionRunner)
 
 
 def _fail(settings: Settings, factory: queue.SessionFactory, runner: type[JobRunner], job: Any, worker_id: str,
@@ -556,7 +633,7 @@ def _fail(settings: Settings, factory: queue.SessionFactory, runner: type[JobRun
 
 
 def runner_for(kind: str) -> type[JobRunner]:
-    """The runner of a kind of job by its noun: search, refinement or export."""
+    """The runner of a kind of job by its noun: search, refinement, compression or export."""
     for runner in RUNNERS:
         if runner.noun == kind:
             return runner

@@ -335,6 +335,75 @@ def test_a_refined_model_worse_than_its_slice_is_not_served(client, refined, set
         engine.dispose()
 
 
+# ------------------------------------------------------------------------------------------ compressing a point
+
+
+@pytest.mark.slow
+def test_compress_a_front_point_through_the_api(client, refined, settings, worker_env, tmp_path) -> None:
+    """POST .../compress refuses what cannot fit (422 naming the field) and queues a compression once per point and
+    settings; a worker process runs it from the point's refined model; its figures are listed under the point and
+    its archive loads with and without remote code, every parameter counted."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from supernet.extract import load_exported
+
+    point = client.get(f"/searches/{refined}/pareto").json()["points"][0]
+    url = f"/searches/{refined}/pareto/{point['position']}/compress"
+    wanted = {"protocol": "tucker", "rank": 4, "bank": 2, "epochs": 0.5}
+    for bad, field, words in [({"rank": 100}, "rank", "at most the hidden size 32"),
+                              ({"bank": 100_000}, "bank", "at most the number of matrix blocks"),
+                              ({"embedding_rank": 40}, "embedding_rank", "at most the hidden size"),
+                              ({"rank": 0}, "rank", "greater than or equal to 1"),
+                              ({"protocol": "lowrank", "bank": 2}, None, "bank is the tucker protocol's"),
+                              ({"protocol": "svd"}, "protocol", "Input should be")]:
+        response = client.post(url, json=wanted | bad)
+        assert response.status_code == 422, (bad, response.text)
+        assert words in response.json()["detail"], response.text
+        if field:
+            assert response.json()["errors"][0]["loc"][-1] == field, response.text
+    assert client.post(f"/searches/{refined}/pareto/99/compress", json=wanted).status_code == 404
+
+    first = client.post(url, json=wanted)
+    assert first.status_code == 202, first.text
+    again = client.post(url, json=wanted)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]  # idempotent per settings
+    other = client.post(url, json=wanted | {"rank": 3})
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+    cancelled = client.post(f"/searches/{refined}/compressions/{other.json()['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    asked_again = client.post(url, json=wanted | {"rank": 3})  # a cancelled one does not stand in the way
+    assert asked_again.status_code == 202 and asked_again.json()["id"] != other.json()["id"]
+    client.post(f"/searches/{refined}/compressions/{asked_again.json()['id']}/cancel")
+
+    job_id = first.json()["id"]
+    assert client.get(f"/searches/{refined}/compressions/{job_id}/download").status_code == 409  # not done yet
+    run_worker_once(worker_env)
+    job = client.get(f"/searches/{refined}/compressions/{job_id}").json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["step"] == job["total_steps"] > 0 and job["device"].startswith("cpu")
+    result = job["result"]
+    assert result["source"] == "refined" and result["train_s"] > 0
+    assert result["params"]["encoder"] < result["point_params"]["encoder"] == point["params"]["encoder"]
+    assert set(result["validation"]) == set(point["validation"])
+    listed = client.get(f"/searches/{refined}/pareto").json()["points"][0]["compressions"]
+    assert [c["id"] for c in listed if c["status"] == "succeeded"] == [job_id]
+    assert job_id in [c["id"] for c in client.get(f"/searches/{refined}/compressions").json()]
+    assert str(settings.data_root) not in json.dumps(listed)
+
+    response = client.get(job["download"])
+    assert response.status_code == 200, response.text
+    assert f"point{point['position']}-tucker-" in response.headers["content-disposition"]
+    folder = _extract(response.content, tmp_path / "compressed")
+    record = json.loads((folder / "subnetwork.json").read_text())
+    assert record["params"] == result["params"] and record["metrics"]["validation"] == result["validation"]
+    remote = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    assert sum(p.numel() for p in remote.parameters()) == result["params"]["total"]
+    inputs = {"input_ids": torch.tensor([[101, 2023, 2003, 102]]), "attention_mask": torch.tensor([[1, 1, 1, 1]])}
+    with torch.no_grad():
+        assert torch.allclose(remote(**inputs).logits, load_exported(folder)(**inputs).logits, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ validation
 
 
@@ -436,7 +505,10 @@ def test_ehvi_without_botorch_says_how_to_install(client, workspace, monkeypatch
 def test_unknown_ids_are_404_on_every_route(client) -> None:
     routes = [("get", "/searches/nope"), ("get", "/searches/nope/trials"), ("get", "/searches/nope/pareto"),
               ("get", "/searches/nope/pareto/0/download"), ("post", "/searches/nope/cancel"),
-              ("delete", "/searches/nope"), ("get", "/searches/nope/logs")]
+              ("delete", "/searches/nope"), ("get", "/searches/nope/logs"),
+              ("post", "/searches/nope/pareto/0/compress"), ("get", "/searches/nope/compressions"),
+              ("get", "/searches/nope/compressions/c"), ("post", "/searches/nope/compressions/c/cancel"),
+              ("get", "/searches/nope/compressions/c/download")]
     for method, url in routes:
         response = getattr(client, method)(url)
         assert response.status_code == 404, (method, url, response.text)

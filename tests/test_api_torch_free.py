@@ -12,7 +12,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, supernet_config
 
 from service import repository as repo
 from service.config import LOG_FILE, Settings
@@ -60,6 +60,12 @@ with TestClient(create_app(Settings(data_root=data_root, export_wait_s=0))) as c
         codes[name] = getattr(client, method)(url, **kwargs).status_code
     refinement = client.get(f"{base}/refinements").json()[0]["id"]
     codes["refinement-cancel"] = client.post(f"{base}/refinements/{refinement}/cancel").status_code
+    codes["compress"] = client.post(f"{base}/pareto/0/compress", json={"rank": 4, "bank": 2}).status_code
+    codes["compress-too-wide"] = client.post(f"{base}/pareto/0/compress", json={"rank": 100}).status_code
+    compression = client.get(f"{base}/compressions").json()[0]["id"]
+    for name, method, url in [("compression", "get", ""), ("compression-download", "get", "/download"),
+                              ("compression-cancel", "post", "/cancel")]:
+        codes[name] = getattr(client, method)(f"{base}/compressions/{compression}{url}").status_code
     upload = client.post("/datasets", files={"file": ("d.csv", b"text,label\na,0\nb,1\n")}, data={"name": "d"})
     codes["upload"] = upload.status_code
     codes["delete"] = client.delete(base).status_code
@@ -91,6 +97,8 @@ def _succeeded_search(settings: Settings) -> str:
                 pass
             export.status, export.path = ExportStatus.SUCCEEDED, str(archive)
         (folder / LOG_FILE).write_text("a log line\n")
+        (folder / "supernet").mkdir()  # what POST .../compress checks the ranks against
+        (folder / "supernet" / "supernet_config.json").write_text(json.dumps(supernet_config(num_layers=1).to_dict()))
         return search_id
     finally:
         engine.dispose()
@@ -107,6 +115,8 @@ def test_the_api_serves_every_route_without_importing_torch(tmp_path: Path) -> N
     codes = result["codes"]
     assert codes["download"] == 200 and codes["download-queued"] == 202  # the archive built; one queued, no worker
     assert codes["pareto"] == 200 and codes["delete"] == 204 and codes["refine"] == 202, codes
+    assert codes["compress"] == 202 and codes["compress-too-wide"] == 422 and codes["compression"] == 200, codes
+    assert codes["compression-download"] == 409 and codes["compression-cancel"] == 200, codes
     assert all(code < 500 for code in codes.values()), codes
     print(f"API start (create_app + first request): {result['start_cpu_s']:.2f} s CPU")
     ours = [f for f in result["importers"] if f.startswith(str(REPO)) and "site-packages" not in f]

@@ -38,7 +38,8 @@ from service.models import Base
 from supernet.config import SubNetworkConfig
 from supernet.settings import RefineConfig
 
-TABLES = {"searches", "trials", "front_points", "fronts", "exports", "api_tokens", "datasets", "refinements"}
+TABLES = {"searches", "trials", "front_points", "fronts", "exports", "api_tokens", "datasets", "refinements",
+          "compressions"}
 OLD = datetime(2026, 1, 1)  # naive: SQLite's DATETIME binds no time zone (the service stores UTC)
 
 # A valid row for every table, with a value for each column the table has at any revision: a row is inserted with
@@ -66,6 +67,10 @@ ROWS: dict[str, dict[str, Any]] = {
                 "created_at": OLD, "refined": False, "status": "succeeded", "attempts": 1, "finished_at": OLD},
     "refinements": {"id": "r1", "search_id": "s1", "position": 0, "settings": {"epochs": 0.5}, "status": "queued",
                     "created_at": OLD, "owner_id": "t1"},
+    "compressions": {"id": "c1", "search_id": "s1", "position": 0, "settings": {"protocol": "tucker", "rank": 8},
+                     "settings_key": "0123456789abcdef", "status": "succeeded", "step": 4, "total_steps": 4,
+                     "result": {"params": {"encoder": 100}}, "path": "/data/searches/s1/compressed/0/k.tar.gz",
+                     "created_at": OLD, "finished_at": OLD, "owner_id": "t1", "device": "cpu"},
 }
 
 

@@ -753,7 +753,7 @@ COMPRESS = ("--protocol", "tucker", "--rank", "4", "--bank", "3", "--embedding-r
 
 def test_compress_a_point_writes_a_model_that_reloads_and_keeps_its_recorded_metric(run_copy, tmp_path,
                                                                                      capsys) -> None:
-    from search.compression import COMPRESSED_DIR
+    from search.records import COMPRESSED_DIR
     from supernet.extract import load_exported
     from supernet.factors import Compression
 

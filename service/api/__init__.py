@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from .. import datasets, refinements
+from .. import compressions, datasets, refinements
 from .. import repository as repo
 from ..config import Settings, get_settings
 from ..db import check_schema, make_engine, session_factory, upgrade
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 ERROR_STATUS: dict[type[Exception], int] = {
     repo.SearchNotFound: 404,
     refinements.RefinementNotFound: 404,
+    compressions.CompressionNotFound: 404,
     repo.SearchActive: 409,
     repo.TrialConflict: 409,
     repo.InvalidArgument: 422,

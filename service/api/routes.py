@@ -9,6 +9,7 @@ it without holding a thread or a session.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import time
@@ -24,18 +25,33 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from search.records import serves_refined
+from search.records import compression_key, serves_refined
+from supernet.settings import CompressConfig
 
-from .. import legacy, refinements
+from .. import compressions, legacy, refinements
 from .. import repository as repo
 from ..config import LOG_FILE, Settings
 from ..db import current_revision
-from ..exports import FORMATS, archive_name, refined_source, servable
-from ..models import EXPORT_ENDED, Export, ExportStatus, FrontPoint, Refinement, Search, SearchStatus, TrialRow
+from ..exports import FORMATS, archive_name, refined_source, servable, servable_compressed
+from ..models import (
+    EXPORT_ENDED,
+    Compression,
+    CompressionStatus,
+    Export,
+    ExportStatus,
+    FrontPoint,
+    Refinement,
+    Search,
+    SearchStatus,
+    TrialRow,
+)
 from ..redact import Redactor
 from .auth import PUBLIC, OwnerDep
 from .deps import FactoryDep, SessionDep, SettingsDep
 from .schemas import (
+    CompressCreate,
+    CompressedRead,
+    CompressionRead,
     ExportRead,
     Health,
     Links,
@@ -69,7 +85,8 @@ MAX_INT = 2**63 - 1
 def links(search_id: str) -> Links:
     base = f"/searches/{search_id}"
     return Links(self=base, trials=f"{base}/trials", pareto=f"{base}/pareto", logs=f"{base}/logs",
-                 cancel=f"{base}/cancel", refinements=f"{base}/refinements")
+                 cancel=f"{base}/cancel", refinements=f"{base}/refinements",
+                 compressions=f"{base}/compressions")
 
 
 def search_read(search: Search, redactor: Redactor) -> SearchRead:
@@ -202,6 +219,9 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
     session.commit()  # a legacy import, if there was one
     latest = refinements.latest_by_position(session, search_id)
     redactor = Redactor.for_settings(settings)
+    compressed: dict[int, list[CompressionRead]] = {}
+    for row in compressions.list_for_search(session, search_id, owner=owner):
+        compressed.setdefault(row.position, []).append(compression_read(row, redactor))
     points = []
     for row in repo.list_front(session, search_id, owner=owner):
         downloads = {f: f"/searches/{search_id}/pareto/{row.position}/download?format={f}" for f in FORMATS}
@@ -210,6 +230,7 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
                                 objectives=row.objectives, validation=row.validation, test=row.test,
                                 params=row.params, macs=row.macs, latency_ms=row.latency_ms,
                                 dynamics=row.dynamics, refined=refined_read(row.refined), downloads=downloads,
+                                compressions=compressed.get(row.position, []),
                                 refinement=None if asked is None else RefinementBrief(
                                     id=asked.id, status=asked.status.value, error=redactor.error(asked.error))))
     return front | {"points": points}
@@ -414,6 +435,143 @@ def cancel_refinement(search_id: str, refinement_id: Annotated[str, PathParam(ma
     row = refinements.request_cancel(session, search_id, refinement_id, owner=owner)
     session.commit()
     return refinement_read(row, Redactor.for_settings(settings))
+
+
+# ------------------------------------------------------------------------------------------------ compressions
+
+
+def compression_read(row: Compression, redactor: Redactor) -> CompressionRead:
+    result = None
+    if row.result is not None:
+        r = row.result
+        result = CompressedRead(params=r["params"], point_params=r["point_params"], macs=r["macs"],
+                                seq_len=r["seq_len"], expected_macs=r.get("expected_macs"),
+                                validation=r["metrics"]["validation"], test=r["metrics"].get("test"),
+                                point_validation=(r.get("point_metrics") or {}).get("validation"),
+                                train_s=r["train_s"], source=r["source"])
+    download = (f"/searches/{row.search_id}/compressions/{row.id}/download"
+                if row.status == CompressionStatus.SUCCEEDED else None)
+    return CompressionRead(id=row.id, search_id=row.search_id, position=row.position, settings=row.settings,
+                           status=row.status.value, error=redactor.error(row.error), step=row.step,
+                           total_steps=row.total_steps, device=row.device, result=result, download=download,
+                           created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at)
+
+
+def _check_fits(folder: Path, point: FrontPoint, config: CompressCreate) -> None:
+    """A 422 naming the setting when the ranks do not fit the point (checked here, before a worker loads anything:
+    supernet.counting needs only the supernet's config file and the point's structure)."""
+    from fastapi.exceptions import RequestValidationError
+
+    from supernet.config import ConfigError, SubNetworkConfig, SupernetConfig
+    from supernet.counting import count_params
+    from supernet.factors import Compression as Factorisation
+    from supernet.factors import CompressionError
+
+    try:
+        supernet = SupernetConfig.from_dict(json.loads((folder / "supernet" / "supernet_config.json").read_text()))
+    except (OSError, ValueError):
+        return  # nothing to check against here: the worker checks (and fails the job with the reason)
+    try:
+        sub = SubNetworkConfig.from_dict(point.config).validate(supernet)
+    except ConfigError:
+        return  # a front that does not match its supernet: the worker fails the job with the reason
+    try:
+        count_params(supernet, sub, Factorisation.from_dict(config.compression()))
+    except CompressionError as exc:
+        message = str(exc)
+        field = next((name for name in ("embedding_rank", "rank", "bank", "protocol") if message.startswith(name)),
+                     None)
+        raise RequestValidationError([{"loc": ("body", field) if field else ("body",), "msg": message,
+                                       "type": "value_error"}]) from None
+
+
+@router.post("/searches/{search_id}/pareto/{point}/compress", response_model=CompressionRead,
+             status_code=status.HTTP_202_ACCEPTED, tags=["compressions"],
+             responses={200: {"description": "the same compression (same point and settings), already queued, "
+                                             "running or done"},
+                        404: {"description": "no search or no front point with this id"},
+                        409: {"description": "the search has not succeeded"},
+                        422: {"description": "a setting out of range, or ranks that do not fit the point (the "
+                                             "field is named)"}})
+def compress(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], response: Response,
+             session: SessionDep, settings: SettingsDep, owner: OwnerDep, body: CompressCreate | None = None
+             ) -> CompressionRead:
+    """Queue a compression of one front point of a succeeded search (Ren et al., ICLR 2022: its weight matrices
+    decomposed, then recovered by distillation from the point itself); a worker runs it, measures the compressed
+    model on the task's validation and test splits, and builds its download. The same point and settings again
+    return the same compression. Costs about `epochs` epochs of training."""
+    body = body or CompressCreate()
+    search = repo.get_search(session, search_id, owner=owner)
+    if search.status != SearchStatus.SUCCEEDED:
+        raise HTTPException(409, f"search {search_id} is {search.status.value}: its front points can be compressed "
+                                 "once it has succeeded")
+    _stored_front(session, search, settings)
+    row = _front_point(session, search_id, point, owner)
+    _check_fits(folder_of(search, settings), row, body)
+    wanted = CompressConfig(**body.to_dict()).to_dict()
+    seed = repo.parse_request(search.request)[0].training.seed
+    job, created = compressions.request(session, search_id=search_id, position=point, settings=wanted,
+                                        settings_key=compression_key(wanted, seed), owner=owner)
+    session.commit()
+    if created:
+        log.info("queued compression %s of front point %d of search %s", job.id, point, search_id)
+    else:
+        response.status_code = status.HTTP_200_OK
+    return compression_read(job, Redactor.for_settings(settings))
+
+
+@router.get("/searches/{search_id}/compressions", response_model=list[CompressionRead], tags=["compressions"],
+            responses=NOT_FOUND)
+def list_compressions(search_id: str, session: SessionDep, settings: SettingsDep,
+                      owner: OwnerDep) -> list[CompressionRead]:
+    """The search's compressions, newest first."""
+    redactor = Redactor.for_settings(settings)
+    return [compression_read(c, redactor) for c in compressions.list_for_search(session, search_id, owner=owner)]
+
+
+@router.get("/searches/{search_id}/compressions/{compression_id}", response_model=CompressionRead,
+            tags=["compressions"], responses={404: {"description": "no search or no compression with this id"}})
+def get_compression(search_id: str, compression_id: Annotated[str, PathParam(max_length=64)], session: SessionDep,
+                    settings: SettingsDep, owner: OwnerDep) -> CompressionRead:
+    return compression_read(compressions.get(session, search_id, compression_id, owner=owner),
+                            Redactor.for_settings(settings))
+
+
+@router.post("/searches/{search_id}/compressions/{compression_id}/cancel", response_model=CompressionRead,
+             tags=["compressions"], responses={404: {"description": "no search or no compression with this id"}})
+def cancel_compression(search_id: str, compression_id: Annotated[str, PathParam(max_length=64)],
+                       session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> CompressionRead:
+    """A queued compression is cancelled at once; a running one stops at its worker's next heartbeat, keeping its
+    recovery checkpoint (asking for it again resumes it); an ended one is left as it is."""
+    row = compressions.request_cancel(session, search_id, compression_id, owner=owner)
+    session.commit()
+    return compression_read(row, Redactor.for_settings(settings))
+
+
+@router.get("/searches/{search_id}/compressions/{compression_id}/download", tags=["compressions"],
+            response_class=FileResponse,
+            responses={200: {"content": {"application/gzip": {}}},
+                       404: {"description": "no search or no compression with this id"},
+                       202: {"model": CompressionRead, "description": "its archive was gone: the compression is "
+                                                                    "queued to build it again; ask again after "
+                                                                    "Retry-After seconds"},
+                       409: {"description": "the compression has not succeeded"}})
+def download_compression(search_id: str, compression_id: Annotated[str, PathParam(max_length=64)],
+                         session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> Response:
+    """The compressed model as a .tar.gz of a Hugging Face folder (it loads with trust_remote_code=True, or with
+    nasprune's loader without remote code), built by the compression's worker job."""
+    row = compressions.get(session, search_id, compression_id, owner=owner)
+    if row.status != CompressionStatus.SUCCEEDED:
+        raise HTTPException(409, f"compression {compression_id} is {row.status.value}: it can be downloaded once it "
+                                 "has succeeded")
+    folder = folder_of(row.search, settings)
+    if not (row.path and servable_compressed(row.path, folder)):  # removed: its worker builds it again
+        row = compressions.requeue(session, row)
+        session.commit()
+        return JSONResponse(compression_read(row, Redactor.for_settings(settings)).model_dump(mode="json"),
+                            status_code=202, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return FileResponse(row.path, media_type="application/gzip",
+                        filename=f"{compressions.archive_name(row)}.tar.gz")
 
 
 # ------------------------------------------------------------------------------------------------ the rest

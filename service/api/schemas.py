@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from search.settings import SearchSettings
-from supernet.settings import Compute, CustomTask, RefinePointConfig
+from supernet.settings import CompressConfig, Compute, CustomTask, RefinePointConfig
 
 
 class CustomTaskIn(CustomTask):
@@ -53,6 +53,10 @@ class RefineCreate(RefinePointConfig):
     """POST /searches/{id}/pareto/{point}/refine: how to fine-tune the point (the `nasprune refine` options)."""
 
 
+class CompressCreate(CompressConfig):
+    """POST /searches/{id}/pareto/{point}/compress: how to compress the point (the `nasprune compress` options)."""
+
+
 class Links(BaseModel):
     self: str
     trials: str
@@ -60,6 +64,7 @@ class Links(BaseModel):
     logs: str
     cancel: str
     refinements: str
+    compressions: str
 
 
 class Progress(BaseModel):
@@ -158,6 +163,43 @@ class RefinementBrief(BaseModel):
     error: str | None
 
 
+class CompressedRead(BaseModel):
+    """What a compression made: the compressed model's exact size and cost, and how it scores, beside the point it
+    came from."""
+
+    params: dict[str, int] = Field(description="the compressed model's parameters (encoder, embeddings, total, ...)")
+    point_params: dict[str, int] = Field(description="the point's own parameters, for comparison")
+    macs: int = Field(description="MACs of one example of seq_len tokens")
+    seq_len: int
+    expected_macs: float | None = Field(None, description="MACs per example over the validation split's real lengths")
+    validation: dict[str, float]
+    test: dict[str, float] | None = None
+    point_validation: dict[str, float] | None = Field(None, description="the point's own validation metrics")
+    train_s: float = Field(description="seconds spent decomposing and recovering")
+    source: str = Field(description="what was compressed: the point's refined model, or its slice of the supernet")
+
+
+class CompressionRead(BaseModel):
+    """A compression of one front point asked for after the search, and where it stands; once it succeeded, its
+    figures (`result`) and its download."""
+
+    id: str
+    search_id: str
+    position: int
+    settings: dict[str, Any] = Field(description="the compress settings: protocol, rank, bank, embedding_rank, "
+                                                 "epochs, learning_rate, ...")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    error: str | None
+    step: int | None = Field(None, description="recovery steps done (optimizer steps), as it runs")
+    total_steps: int | None = Field(None, description="recovery steps in all")
+    device: str | None = Field(None, description="where its latest run ran: cpu, or cuda:N and the GPU's name")
+    result: CompressedRead | None = None
+    download: str | None = Field(None, description="where to download the compressed model (once it succeeded)")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class PointRead(BaseModel):
     """A front point, with its position, the trial it is and its download links. `refined` is set when the
     point was refined (by the search, refine.epochs > 0, or on demand, POST .../refine): the downloads are
@@ -175,6 +217,8 @@ class PointRead(BaseModel):
     dynamics: dict[str, Any] | None = Field(None, description="as on trials")
     refined: RefinedRead | None = None
     refinement: RefinementBrief | None = Field(None, description="the point's latest on-demand refinement, if any")
+    compressions: list[CompressionRead] = Field(default_factory=list,
+                                                description="the point's compressions, newest first")
     downloads: dict[str, str]
 
 
