@@ -10,6 +10,7 @@ the teacher is what a user would have downloaded.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from supernet.training import TrainState
 from .job import metrics_on_test_splits
 from .records import REFINED_DIR, SUBNETWORK_FILE, compressed_folder, serves_refined
 from .store import FileStore, Store
+
+log = logging.getLogger(__name__)
 
 
 def _point(folder: Path, position: int, store: Store | None) -> dict[str, Any]:
@@ -86,8 +89,11 @@ def compress_into(run: Run, supernet, sub: SubNetworkConfig, dense, config: Comp
     device = run.device or torch.device("cpu")
     loader = run.batches("train", shuffle=True, generator=generator) if config.epochs else None
     started = time.perf_counter()
+    checkpoint = target.with_suffix(".pt")
+    if checkpoint.is_file():
+        log.info("resuming the recovery of %s from its checkpoint", target.name)
     model = compress_model(dense, config, loader, seed=run.spec.training.seed, generator=generator,
-                           checkpoint_path=target.with_suffix(".pt"), on_step=on_step, should_stop=should_stop,
+                           checkpoint_path=checkpoint, on_step=on_step, should_stop=should_stop,
                            progress=progress, device=device, dtype=training_dtype(precision, device))
     if model is None:
         return None

@@ -404,6 +404,40 @@ def test_compress_a_front_point_through_the_api(client, refined, settings, worke
         assert torch.allclose(remote(**inputs).logits, load_exported(folder)(**inputs).logits, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_a_cancelled_compression_keeps_its_checkpoint_and_resumes_when_asked_again(client, finished,
+                                                                                    settings) -> None:
+    from search.records import compressed_folder
+
+    url = f"/searches/{finished}/pareto/0/compress"
+    wanted = {"protocol": "lowrank", "rank": 2, "epochs": 100}
+    job_id = client.post(url, json=wanted).json()["id"]
+    path = f"/searches/{finished}/compressions/{job_id}"
+    with worker_thread(settings):
+        deadline = time.monotonic() + 60
+        while (job := client.get(path).json())["step"] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job["status"] == "running" and job["step"] > 0, job
+        client.post(f"{path}/cancel")
+        while (job := client.get(path).json())["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert job["status"] == "cancelled", job
+    config = client.get(path).json()["settings"]
+    checkpoint = compressed_folder(settings.search_folder(finished), 0, config, 0).with_suffix(".pt")
+    assert checkpoint.is_file()  # what the next run resumes from
+    again = client.post(url, json=wanted)
+    assert again.status_code == 202 and again.json()["id"] != job_id
+    with worker_thread(settings):
+        deadline = time.monotonic() + 120
+        while client.get(f"/searches/{finished}/compressions/{again.json()['id']}").json()["status"] in (
+                "queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    done = client.get(f"/searches/{finished}/compressions/{again.json()['id']}").json()
+    assert done["status"] == "succeeded" and done["step"] == done["total_steps"], done
+    assert not checkpoint.exists()
+    assert "resum" in client.get(f"/searches/{finished}/logs").text
+
+
 # ------------------------------------------------------------------------------------------ validation
 
 
