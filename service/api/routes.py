@@ -137,7 +137,8 @@ def healthz(session: SessionDep) -> Health:
 def options() -> dict[str, Any]:
     """The JSON schemas of the request bodies (every field's default, bounds, choices and description): the web
     page builds its form from them, so it cannot drift from what the API accepts."""
-    return {"search": SearchRequest.model_json_schema(), "refine": RefineCreate.model_json_schema()}
+    return {"search": SearchRequest.model_json_schema(), "refine": RefineCreate.model_json_schema(),
+            "compress": CompressCreate.model_json_schema()}
 
 
 @router.post("/searches", response_model=SearchRead, status_code=status.HTTP_201_CREATED, tags=["searches"],
