@@ -90,6 +90,22 @@ def baselines(args: argparse.Namespace, task: str) -> dict[str, list[dict[str, A
     return found
 
 
+def retentions(spec, metrics: dict[str, Any], reference: dict[str, Any] | None,
+               majority: dict[str, float]) -> dict[str, float | None]:
+    """Validation and test retention of the fully fine-tuned reference's main metric, raw and normalised."""
+    out: dict[str, float | None] = {}
+    for split in ("validation", "test"):
+        if reference is None or not metrics.get(split) or reference.get(f"{split}_error") is None:
+            out[f"retention_{split}"] = out[f"normalised_retention_{split}"] = None
+            continue
+        value = 1.0 - error_from_metrics(spec, metrics[split])
+        full, base = 1.0 - reference[f"{split}_error"], majority.get(spec.main_metric)
+        out[f"retention_{split}"] = value / full
+        out[f"normalised_retention_{split}"] = (None if base is None or full == base
+                                                else (value - base) / (full - base))
+    return out
+
+
 def best_at(rows: list[dict[str, Any]], params: int) -> dict[str, Any] | None:
     """The baseline row of least validation error among those with at most `params` encoder parameters."""
     fitting = [r for r in rows if r["params_encoder"] <= params]
@@ -128,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {"task": run.spec.task, "run": None if args.tiny else str(folder), "threads": args.threads,
             "torch": torch.__version__, "epochs": args.epochs, "metric": metric, "full_encoder": full_encoder,
             "reference": reference and {"validation_error": reference["validation_error"],
+                                        "test_error": reference.get("test_error"),
                                         "plain_train_s": reference.get("plain_train_s")},
+            "majority_baseline": run.task.majority_baseline,
             "examples": sum(len(b["labels"]) for b in by_32), "rows": rows}
     for start, (sub, point) in start_points(run, supernet, args.params_share).items():
         dense = extract(supernet, sub)
@@ -163,15 +181,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "train_s": record["train_s"],
                        "speedup_b32": seconds[32]["start"] / seconds[32]["compressed"],
                        "speedup_b1": seconds[1]["start"] / seconds[1]["compressed"],
-                       # the share of the fully fine-tuned model's quality kept (1 - error, as bench/prove.py scores)
-                       "retention": None if reference is None else
-                       (1.0 - error_from_metrics(spec, record["metrics"]["validation"]))
-                       / (1.0 - reference["validation_error"]),
+                       # the share of the fully fine-tuned model's quality kept: raw, and normalised against the
+                       # majority class ((m - majority) / (full - majority), as bench/prove_report.py reads it)
+                       **retentions(spec, record["metrics"], reference, run.task.majority_baseline),
                        "baselines": {name: best_at(rows_, encoder) for name, rows_ in found.items()}}
                 rows.append(row)
                 (out / "results.json").write_text(json.dumps(data, indent=1))  # a long run's rows so far
                 print(f"{start:>16} {protocol:>14} 1/{1 / fraction:.0f}: rank {compression.rank}, encoder "
-                      f"{encoder:,} ({row['encoder_fraction']:.3f}), {metric} {row['validation'][metric]:.4f}, "
+                      f"{encoder:,} ({row['encoder_fraction']:.3f}), {metric} {row['validation'][metric]:.4f} "
+                      f"(normalised retention {row['normalised_retention_validation']}), "
                       f"b32 {row['speedup_b32']:.2f}x, b1 {row['speedup_b1']:.2f}x, {row['train_s']:.0f} s",
                       flush=True)
     (out / "results.json").write_text(json.dumps(data, indent=1))

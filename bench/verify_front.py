@@ -37,9 +37,9 @@ import torch
 from checks import require, require_exported
 from transformers import AutoModelForSequenceClassification
 
-from search.compression import COMPRESSED_DIR, compress_point
+from search.compression import compress_point
 from search.pareto import non_dominated
-from search.records import SUBNETWORK_FILE
+from search.records import COMPRESSED_DIR, SUBNETWORK_FILE
 from supernet.batching import make_batches
 from supernet.config import SubNetworkConfig
 from supernet.evaluation import metrics_from_logits, predict

@@ -359,7 +359,7 @@ class Compression(JobColumns, Base):
 
     Idempotent per point and settings: the partial unique index keeps at most one queued, running or succeeded
     compression of each (point, settings_key), settings_key being the digest that also names its folder,
-    compressed/<position>/<settings_key>/ (search.compression.settings_key), so two requests at the same instant
+    compressed/<position>/<settings_key>/ (search.records.compression_key), so two requests at the same instant
     queue one job; a failed or cancelled one may be asked for again. Compressions of other settings may run side
     by side: each writes its own folder.
     """
