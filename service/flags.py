@@ -158,7 +158,10 @@ def _help(flag: Flag) -> str:
               for attr, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(m, attr)]
     if bounds:
         parts.append(", ".join(bounds))
-    if flag.nullable:  # a cap of None is no cap; any other None is "not set"
+    extra = flag.info.json_schema_extra if isinstance(flag.info.json_schema_extra, dict) else {}
+    if flag.nullable and extra.get("none"):  # the field says what None means for it
+        parts.append(f"'none': {extra['none']}")
+    elif flag.nullable:  # a cap of None is no cap; any other None is "not set"
         parts.append("'all': no cap" if flag.annotation is int else "'none': not set")
     parts.append("required" if flag.info.is_required() else f"default: {_shown(flag.default())}")
     return "; ".join(p for p in parts if p).replace("%", "%%")
