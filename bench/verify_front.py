@@ -38,7 +38,7 @@ from checks import require, require_exported
 from transformers import AutoModelForSequenceClassification
 
 from search.compression import compress_point
-from search.pareto import non_dominated
+from search.pareto import distinct_non_dominated
 from search.records import COMPRESSED_DIR, SUBNETWORK_FILE
 from supernet.batching import make_batches
 from supernet.config import SubNetworkConfig
@@ -57,7 +57,7 @@ def check_front_is_non_dominated(folder: Path, front: dict[str, Any]) -> None:
     names = front["objectives"]
     values = np.array([[t["objectives"][n] for n in names] for t in trials])
     front_configs = {json.dumps(p["config"], sort_keys=True) for p in front["points"]}
-    mask = non_dominated(values)
+    mask = distinct_non_dominated(values)
     expected = {json.dumps(t["config"], sort_keys=True) for t, keep in zip(trials, mask, strict=True) if keep}
     print(f"{len(trials)} trials, {len(front['points'])} front points; front == non-dominated trials: "
           f"{front_configs == expected}")

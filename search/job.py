@@ -40,7 +40,7 @@ from supernet.training import TrainState
 
 from .latency import load_or_calibrate
 from .objectives import ExitPasses, Measurements, figures_dict, objective_values, resolve_objectives
-from .pareto import first_layers, non_dominated
+from .pareto import distinct_non_dominated, first_layers
 from .plot import plot_front
 from .records import (
     PLOT_FILE,
@@ -136,7 +136,7 @@ def _front_scored_again(result: SearchResult, measurements: Measurements, names:
               for trial in candidates]
     if not points:
         return points, precise
-    keep = non_dominated([[p["objectives"][name] for name in names] for p in points])
+    keep = distinct_non_dominated([[p["objectives"][name] for name in names] for p in points])
     kept = [p for p, k in zip(points, keep, strict=True) if k]
     return sorted(kept, key=lambda p: [p["objectives"][name] for name in names]), precise
 

@@ -32,6 +32,7 @@ __all__ = [
     "first_layers",
     "hypervolume",
     "hypervolume_history",
+    "distinct_non_dominated",
     "non_dominated",
     "normalize",
     "pareto_front_indices",
@@ -82,6 +83,20 @@ def non_dominated(F: ArrayLike) -> np.ndarray:
     if array.shape[0] == 0:
         return np.zeros(0, dtype=bool)
     return np.asarray(moocore.is_nondominated(array, keep_weakly=True), dtype=bool)
+
+
+def distinct_non_dominated(F: ArrayLike) -> np.ndarray:
+    """`non_dominated` keeping only the first of identical points: the front a user reads, where copies (one
+    structure at exit thresholds no example reaches, say) would be the same trade-off listed twice."""
+    array = _as_matrix(F)
+    mask = non_dominated(array)
+    seen: set[bytes] = set()
+    for i in np.flatnonzero(mask):
+        key = array[i].tobytes()
+        if key in seen:
+            mask[i] = False
+        seen.add(key)
+    return mask
 
 
 def pareto_front_indices(F: ArrayLike) -> np.ndarray:

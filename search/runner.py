@@ -22,7 +22,7 @@ from supernet.space import SearchSpace
 
 from .objectives import Measurements, figures_dict, normalisation_bounds, objective_values, resolve_objectives
 from .optimizers import make_optimizer
-from .pareto import DEFAULT_REFERENCE, hypervolume, hypervolume_history, non_dominated, normalize
+from .pareto import DEFAULT_REFERENCE, distinct_non_dominated, hypervolume, hypervolume_history, normalize
 from .settings import SearchConfig
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def summarize(trials: Sequence[Trial], objectives: Sequence[str], bounds: tuple[
     if not trials:
         return [], 0.0, []
     values = np.array([[t.objectives[name] for name in objectives] for t in trials], dtype=float)
-    mask = non_dominated(values)
+    mask = distinct_non_dominated(values)
     front = sorted((t for t, keep in zip(trials, mask, strict=True) if keep),
                    key=lambda t: [t.objectives[name] for name in objectives])
     reference = np.full(len(objectives), DEFAULT_REFERENCE)

@@ -10,6 +10,7 @@ import pytest
 from search.pareto import (
     DEFAULT_REFERENCE,
     ParetoError,
+    distinct_non_dominated,
     first_layers,
     hypervolume,
     hypervolume_history,
@@ -74,6 +75,13 @@ def test_first_layers_give_copies_one_rank_in_three_objectives():
     assert first_layers(F, 1).tolist() == [0, 1, 2]
     assert first_layers(F, 2).tolist() == [0, 1, 2, 3, 5]
     assert first_layers(F, 3).tolist() == list(range(6))
+
+
+def test_the_distinct_front_keeps_the_first_of_identical_points():
+    F = [[1, 1, 3], [2, 2, 2], [1, 1, 3], [2, 2, 3], [2, 2, 2]]
+    assert non_dominated(F).tolist() == [True, True, True, False, True]  # every copy
+    assert distinct_non_dominated(F).tolist() == [True, True, False, False, False]
+    assert distinct_non_dominated(np.empty((0, 2))).tolist() == []
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])

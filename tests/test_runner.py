@@ -14,7 +14,7 @@ from conftest import TOY_SPEC, make_supernet, toy_batches
 from search import objectives as objectives_module
 from search import runner as runner_module
 from search.objectives import Measurements
-from search.pareto import hypervolume, hypervolume_history, non_dominated, normalize
+from search.pareto import distinct_non_dominated, hypervolume, hypervolume_history, normalize
 from search.runner import SearchConfig, SearchResult, Trial, run_search, summarize
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_params
@@ -275,7 +275,7 @@ def test_front_is_the_non_dominated_set(supernet, batches, tiny_latency_table, o
     keys = [[t.objectives[n] for n in objectives] for t in front]
     assert keys == sorted(keys)
     values = np.array([[t.objectives[n] for n in objectives] for t in result.trials])
-    assert {t.index for t in front} == set(np.flatnonzero(non_dominated(values)).tolist())
+    assert {t.index for t in front} == set(np.flatnonzero(distinct_non_dominated(values)).tolist())
 
 
 def test_summarize_by_hand() -> None:

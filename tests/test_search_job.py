@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification
 
 from search.job import SearchJob, read_trials, run_search_job
 from search.latency import LatencyTable
-from search.pareto import first_layers, non_dominated
+from search.pareto import distinct_non_dominated, first_layers, non_dominated
 from search.runner import SearchConfig, Trial
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
@@ -77,7 +77,8 @@ def values(trial_like: dict) -> list[float]:
 
 
 def non_dominated_trials(trials: list[Trial]) -> list[Trial]:
-    return [t for t, keep in zip(trials, non_dominated([values(t.to_dict()) for t in trials]), strict=True) if keep]
+    keep = distinct_non_dominated([values(t.to_dict()) for t in trials])
+    return [t for t, kept in zip(trials, keep, strict=True) if kept]
 
 
 # --------------------------------------------------------------------------------------------- the folder
@@ -161,7 +162,7 @@ def test_front_is_non_dominated_among_trials(search_run) -> None:
     front = json.loads((search_run / "front.json").read_text())
     trials = [t.to_dict() for t in read_trials(search_run)]
     F = np.array([values(t) for t in trials])
-    expected = {json.dumps(trials[i]["config"]) for i in np.flatnonzero(non_dominated(F))}
+    expected = {json.dumps(trials[i]["config"]) for i in np.flatnonzero(distinct_non_dominated(F))}
     assert {json.dumps(p["config"]) for p in front["points"]} == expected
     by_config = {json.dumps(t["config"]): t for t in trials}
     for point in front["points"]:
@@ -571,7 +572,7 @@ def test_a_search_on_a_validation_subset_reports_the_whole_split(workspace, tmp_
     assert all(Counter(evaluated)[c] == 2 for c in candidates)  # once by the search, once on all examples
     precise = [[1 - evaluate(supernet, validation, spec, sub=c)["accuracy"], trials[c].objectives["params"],
                 trials[c].objectives["latency"]] for c in candidates]
-    expected = {c for c, keep in zip(candidates, non_dominated(precise), strict=True) if keep}
+    expected = {c for c, keep in zip(candidates, distinct_non_dominated(precise), strict=True) if keep}
     assert {SubNetworkConfig.from_dict(p["config"]) for p in front["points"]} == expected
     for point in front["points"]:  # what the front reports: the whole split
         sub = SubNetworkConfig.from_dict(point["config"])
