@@ -121,6 +121,10 @@ class TrainingConfig(SettingsModel):
         description="early exits (COST-EFF): the supernet gets a small classifier after every layer, trained on the "
                     "labels and on the full network's answers, so that a searched model can answer easy inputs after "
                     "a few layers; needed for searches with an exit threshold")
+    exit_learning_rate_scale: float = Field(
+        1.0, gt=0, le=1000,
+        description="with exits: the exit heads learn at this multiple of the learning rate (fresh heads on a trained "
+                    "backbone move little at its rate; DeeBERT trains them in a stage of their own)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (and the search's, unless search_seed)")
     checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
                                                description="also checkpoint every this many steps")
@@ -206,13 +210,12 @@ class CompressConfig(SettingsModel):
                               "one core per block; lowrank: each matrix its own truncated SVD")
     rank: int = Field(128, ge=1, le=MAX_LENGTH,
                       description="rank d of the factors (at most the hidden size): smaller is smaller and faster")
-    bank: int | None = Field(None, ge=1, le=1_000_000,
+    bank: int | None = Field(None, ge=1, le=1_000_000, json_schema_extra={"none": f"{DEFAULT_BANK} for tucker"},
                              description=f"tucker only: how many cores the matrix bank holds (default {DEFAULT_BANK}; "
                                          "at most the point's matrix blocks and rank²)")
     embedding_rank: int | None = Field(
-        None, ge=1, le=MAX_LENGTH,
-        description="also factorise the word embeddings at this rank (they hold half of a small model's parameters); "
-                    "none: keep them")
+        None, ge=1, le=MAX_LENGTH, json_schema_extra={"none": "keep them"},
+        description="also factorise the word embeddings at this rank (they hold half of a small model's parameters)")
     epochs: float = Field(3.0, ge=0, le=MAX_EPOCHS,
                           description="epochs of recovery by distillation from the point (0: the decomposition alone)")
     learning_rate: float = Field(1e-4, gt=0, le=1, json_schema_extra=flag_extra("lr", "learning-rate"))

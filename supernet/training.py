@@ -134,11 +134,17 @@ def gradient_equilibrium(model: Supernet) -> Iterator[None]:
             handle.remove()
 
 
-def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _decay_groups(model: torch.nn.Module, weight_decay: float, learning_rate: float,
+                  exit_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW's groups: weight decay on matrices only; with `exit_scale` != 1, the exit heads' parameters in groups
+    of their own at that multiple of the learning rate (the schedule scales every group alike)."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        exit_head = exit_scale != 1.0 and "exit_heads." in name
+        groups.setdefault((param.ndim < 2 or "norm" in name, exit_head), []).append(param)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+             "lr": learning_rate * (exit_scale if exit_head else 1.0)}
+            for (no_decay, exit_head), params in sorted(groups.items())]
 
 
 def _same_supernet(stored: dict[str, Any], current: dict[str, Any]) -> bool:
@@ -187,7 +193,9 @@ class SupernetTrainer:
         self.state = TrainState(total_steps=total)
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
-        self.optimizer = torch.optim.AdamW(_decay_groups(model, config.weight_decay), lr=config.learning_rate)
+        self.optimizer = torch.optim.AdamW(
+            _decay_groups(model, config.weight_decay, config.learning_rate,
+                          config.exit_learning_rate_scale if config.exits else 1.0), lr=config.learning_rate)
         plain = self.plain_steps  # the first phase; the sandwich phase is [plain, total)
 
         def phase(step: int, start: int, end: int) -> float:

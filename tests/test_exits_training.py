@@ -64,6 +64,27 @@ def test_one_step_trains_every_exit_head_and_every_exits_loss_is_finite() -> Non
     assert not model.layers[0].ffn._forward_hooks and not model.exit_heads[0]._forward_pre_hooks  # hooks removed
 
 
+def test_exit_heads_learn_at_their_scaled_rate_and_the_rest_at_the_base_rate() -> None:
+    """exit_learning_rate_scale puts the exit heads in AdamW groups of their own at that multiple of the rate:
+    AdamW's first step moves each weight by about its group's rate, so the heads move `scale` times further."""
+    moved = {}
+    for scale in (1.0, 10.0):
+        model = _exits_supernet().train()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        trainer = _trainer(model, toy_data(4), exits=True, exit_learning_rate_scale=scale, weight_decay=0.0,
+                           warmup_ratio=0.0, learning_rate=1e-3)
+        exit_params = {id(p) for p in model.exit_heads.parameters()}
+        rates = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+        assert {rates[i] for i in exit_params} == {1e-3 * scale}
+        assert {r for i, r in rates.items() if i not in exit_params} == {1e-3}
+        trainer.train()
+        moved[scale] = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    weight = "exit_heads.0.out.weight"
+    assert moved[10.0][weight] == pytest.approx(10 * moved[1.0][weight], rel=0.05)
+    assert _trainer(_exits_supernet(), toy_data(4), exit_learning_rate_scale=10.0).optimizer.param_groups[0]["lr"] \
+        == 1e-2  # without exits training the scale changes nothing
+
+
 @pytest.mark.parametrize("regression", [False, True], ids=["classification", "regression"])
 def test_the_full_network_learns_the_labels_at_every_exit_and_subnetworks_distil_its_final_logits(
         regression: bool) -> None:

@@ -63,6 +63,7 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("training", "checkpoint_every_steps"): ("50", 50),
     ("training", "token_elimination"): ("", True),
     ("training", "exits"): ("", True),
+    ("training", "exit_learning_rate_scale"): ("5", 5.0),
     ("search", "objectives"): ("error,macs,expected_macs", ["error", "macs", "expected_macs"]),
     ("search", "optimizer"): ("random", "random"),
     ("search", "evaluations"): ("12", 12),
@@ -314,7 +315,8 @@ def test_a_row_stored_by_the_previous_release_parses_and_round_trips() -> None:
     added = {"dynamic": {"token_elimination": False, "keep_floor": 0.1, "exits": False,
                          "exit_thresholds": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]},
              "latency": OLD_ROW["job"]["latency"] | {"lengths": "fixed"}}
-    training = OLD_ROW["run"]["training"] | {"token_elimination": False, "exits": False}
+    training = OLD_ROW["run"]["training"] | {"token_elimination": False, "exits": False,
+                                             "exit_learning_rate_scale": 1.0}
     assert repo.request_dict(spec, job) == {"run": OLD_ROW["run"] | {"training": training},
                                             "job": OLD_ROW["job"] | added}
 
