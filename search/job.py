@@ -34,7 +34,7 @@ from supernet.metrics import error_from_metrics
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, settings_differences, train_run
 from supernet.settings import Compute, RefineConfig, RunSpec
-from supernet.space import ExitSpace, TokenEliminationSpace
+from supernet.space import ExitSpace, OdeCompensationSpace, TokenEliminationSpace
 from supernet.tasks import TaskSpec
 from supernet.training import TrainState
 
@@ -348,6 +348,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     search_file.write_text(json.dumps(job.to_dict(), indent=2))
     seq_len = job.latency.seq_len or spec.max_length
     space = run.space(supernet.config)
+    if job.search.ode_compensation:  # the compensation gene, scored on the trained supernet (zero-shot)
+        space = OdeCompensationSpace(space)
     if job.dynamic.token_elimination:  # the schedule genes, scored on the trained supernet (zero-shot)
         space = TokenEliminationSpace(space, floor=job.dynamic.keep_floor)
     if job.dynamic.exits:  # the threshold gene, scored from one pass over each structure's exits

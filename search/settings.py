@@ -77,6 +77,10 @@ class SearchConfig(SettingsModel):
     optimizer: Literal[OPTIMIZER_NAMES] = Field(
         "nsga2", description="ehvi needs botorch (pip install 'nasprune[ehvi]')")
     evaluations: int = Field(100, ge=1, le=MAX_EVALUATIONS, description="distinct sub-networks to evaluate")
+    ode_compensation: bool = Field(
+        False, description="one more 0/1 gene: ODE-compensated layer dropping, where a kept layer followed by m "
+                           "dropped ones takes one Euler step of 1 + m along its residual branch (Chen et al., 2023); "
+                           "scored on the trained supernet without retraining")
     time_limit_s: float | None = Field(None, gt=0, le=MAX_TIME_LIMIT_S, json_schema_extra=flag_extra("time-limit"),
                                        description="search wall-clock limit in seconds (null: none)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, json_schema_extra=flag_extra("search-seed"),

@@ -56,6 +56,13 @@ def _canonical_threshold(threshold: Any, layers: tuple[int, ...]) -> float | Non
     return None if value == 0.0 or len(layers) < 2 else value
 
 
+def _canonical_compensation(flag: Any, layers: tuple[int, ...], num_layers: int) -> bool:
+    """ODE compensation in canonical form: off when no kept layer has a dropped one after it (every step is 1)."""
+    if not isinstance(flag, bool):
+        raise ConfigError(f"ode_compensation must be true or false, got {flag!r}")
+    return flag and bool(layers) and num_layers - layers[0] > len(layers)
+
+
 def _as_int(value: Any, what: str) -> int:
     """An integer, or an integral float such as 2.0; anything else is a ConfigError (never truncated)."""
     if isinstance(value, bool):
@@ -179,6 +186,11 @@ class SubNetworkConfig:
     - `exit_threshold`: the normalised prediction entropy below which an example leaves at an exit (COST-EFF,
       DeeBERT); 0 is None (full depth), and so is any threshold with fewer than two kept layers. It needs a
       supernet with exits and a classification task (`validate`).
+
+    `ode_compensation` is a structural choice, not a runtime one (every input runs the same computation): a kept
+    layer followed by m dropped layers takes one Euler step of size 1 + m along its residual branch (the ODE view
+    of residual networks, Chen et al., Findings of EMNLP 2023) instead of 1 (`step_sizes`); False when nothing
+    after a kept layer is dropped, and written to JSON only when True.
     """
 
     layers: tuple[int, ...]
@@ -186,6 +198,7 @@ class SubNetworkConfig:
     units: tuple[int, ...]
     token_keep: tuple[float, ...] | None = None
     exit_threshold: float | None = None
+    ode_compensation: bool = False
 
     def __post_init__(self) -> None:
         layers = tuple(sorted({_as_int(i, "a layer index") for i in self.layers}))
@@ -205,6 +218,8 @@ class SubNetworkConfig:
         object.__setattr__(self, "units", units)
         object.__setattr__(self, "token_keep", _canonical_keep(self.token_keep, layers, heads))
         object.__setattr__(self, "exit_threshold", _canonical_threshold(self.exit_threshold, layers))
+        object.__setattr__(self, "ode_compensation", _canonical_compensation(self.ode_compensation, layers,
+                                                                             len(heads)))
 
     @property
     def num_layers(self) -> int:
@@ -248,8 +263,17 @@ class SubNetworkConfig:
         return self.token_keep is None and self.exit_threshold is None
 
     def static(self) -> SubNetworkConfig:
-        """The same structure with every runtime field off: the weights this network slices."""
-        return SubNetworkConfig(layers=self.layers, heads=self.heads, units=self.units)
+        """The same structure with every runtime field off: the weights this network slices, and its steps."""
+        return SubNetworkConfig(layers=self.layers, heads=self.heads, units=self.units,
+                                ode_compensation=self.ode_compensation)
+
+    def step_sizes(self) -> tuple[float, ...]:
+        """Per kept layer, its Euler step: 1, or with ode_compensation the distance to the next kept layer (the
+        end of the stack after the last), so that the kept steps still add up to the depth they stand for."""
+        if not self.ode_compensation:
+            return (1.0,) * len(self.layers)
+        ends = (*self.layers[1:], self.num_layers)
+        return tuple(float(end - index) for index, end in zip(self.layers, ends, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"layers": list(self.layers), "heads": list(self.heads), "units": list(self.units)}
@@ -257,6 +281,8 @@ class SubNetworkConfig:
             data["token_keep"] = list(self.token_keep)
         if self.exit_threshold is not None:
             data["exit_threshold"] = self.exit_threshold
+        if self.ode_compensation:
+            data["ode_compensation"] = True
         return data
 
     @classmethod
@@ -266,7 +292,8 @@ class SubNetworkConfig:
         try:
             keep = data.get("token_keep")
             return cls(layers=tuple(data["layers"]), heads=tuple(data["heads"]), units=tuple(data["units"]),
-                       token_keep=None if keep is None else tuple(keep), exit_threshold=data.get("exit_threshold"))
+                       token_keep=None if keep is None else tuple(keep), exit_threshold=data.get("exit_threshold"),
+                       ode_compensation=data.get("ode_compensation", False))
         except KeyError as exc:
             raise ConfigError(f"sub-network config is missing {exc.args[0]!r}") from None
         except TypeError as exc:

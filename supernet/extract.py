@@ -46,6 +46,7 @@ def export_config(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneConfig:
         auto_map=dict(AUTO_MAP),
         token_keep=None if sub.token_keep is None else [sub.token_keep[i] for i in sub.layers],
         exits=c.exits, exit_threshold=sub.exit_threshold,
+        layer_steps=list(sub.step_sizes()) if sub.ode_compensation else None,
     )
 
 

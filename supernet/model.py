@@ -12,8 +12,8 @@ from .modules import ElasticBert
 class Supernet(ElasticBert):
     """Weight-sharing supernet over layers, heads and FFN units (Cai et al., Once-for-All, 2020;
     Klein et al., TMLR 2024). `set_sub_network` picks which layers run and the first k heads/units
-    of each, and its runtime knobs (token keep schedule, exit threshold); `reset_super_network` returns to the
-    full model with every runtime knob off."""
+    of each, its runtime knobs (token keep schedule, exit threshold) and its Euler steps (ODE compensation);
+    `reset_super_network` returns to the full model with every knob off."""
 
     def __init__(self, config: SupernetConfig) -> None:
         super().__init__(config)
@@ -27,6 +27,11 @@ class Supernet(ElasticBert):
             layer.set_sub_network(sub.heads[index], sub.units[index])
         self.token_keep = None if sub.token_keep is None else list(sub.token_keep)
         self.exit_threshold = sub.exit_threshold
+        self.layer_steps = None
+        if sub.ode_compensation:
+            self.layer_steps = [1.0] * len(self.layers)
+            for index, step in zip(sub.layers, sub.step_sizes(), strict=True):
+                self.layer_steps[index] = step
         self.sub_network = sub
 
     def reset_super_network(self) -> None:
@@ -35,6 +40,7 @@ class Supernet(ElasticBert):
             layer.reset_super_network()
         self.token_keep = None
         self.exit_threshold = None
+        self.layer_steps = None
         self.sub_network = None
 
     @contextmanager

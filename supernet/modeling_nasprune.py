@@ -37,7 +37,8 @@ class NasPruneConfig(PreTrainedConfig):
                  classifier_dropout: float | None = None, position_offset: bool = False,
                  initializer_range: float = 0.02, pad_token_id: int = 0, token_keep: list[float] | None = None,
                  token_lengths: list[int] | None = None, exits: bool = False,
-                 exit_threshold: float | None = None, compression: dict | None = None, **kwargs) -> None:
+                 exit_threshold: float | None = None, compression: dict | None = None,
+                 layer_steps: list[float] | None = None, **kwargs) -> None:
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -61,6 +62,11 @@ class NasPruneConfig(PreTrainedConfig):
         self.token_lengths = None if token_lengths is None else [int(n) for n in token_lengths]
         # early exits: an exit head after every layer but the last; exit_threshold τ (None: full depth)
         self.exits = bool(exits)
+        # ODE-compensated layer dropping: each layer's Euler step along its residual branch (None: all 1)
+        self.layer_steps = None if layer_steps is None else [float(h) for h in layer_steps]
+        if self.layer_steps is not None and (len(self.layer_steps) != len(self.layer_heads)
+                                             or not all(h >= 1 for h in self.layer_steps)):
+            raise ValueError(f"layer_steps needs one step >= 1 per layer, got {self.layer_steps}")
         # a compressed model's factorised weights (supernet/factors.py: protocol, rank, bank, embedding_rank)
         self.compression = None if compression is None else Compression.from_dict(compression).to_dict()
         super().__init__(pad_token_id=pad_token_id, **kwargs)

@@ -91,13 +91,13 @@ class ElasticSelfAttention(nn.Module):
             out = self._output(context, width)  # (B, T, H)
         return self.norm(x + self.dropout(out))
 
-    def forward_eliminating(self, x: torch.Tensor, valid: torch.Tensor,
-                            keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_eliminating(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, *,
+                            with_index: bool = False) -> tuple[torch.Tensor, ...]:
         """The block on every token read, then only the `keep[b]` most attended tokens of example b go on.
 
         x: (B, T, H); valid: bool (B, T), the real tokens; keep: long (B,), 1 <= keep <= valid tokens, at least
         one head active. Returns the kept tokens in their original order, re-padded to K = max(keep): (B, K, H),
-        and their validity (B, K).
+        and their validity (B, K); `with_index`: also where each came from in x (B, K).
 
         Ranking (PoWER-BERT's significance score, the "attention context contribution" of TiltedBERT): token j
         scores the attention it receives, summed over the active heads and the example's valid queries other
@@ -132,7 +132,8 @@ class ElasticSelfAttention(nn.Module):
         context = torch.matmul(rows, value).transpose(1, 2).reshape(batch, most, width)
         out = self._output(context, width)  # (B, K, H)
         residual = x.gather(1, index[:, :, None].expand(batch, most, hidden))
-        return self.norm(residual + self.dropout(out)), chosen
+        out = self.norm(residual + self.dropout(out))
+        return (out, chosen, index) if with_index else (out, chosen)
 
 
 class ElasticFeedForward(nn.Module):
@@ -271,14 +272,24 @@ class ElasticLayer(nn.Module):
         self.attention.reset_super_network()
         self.ffn.reset_super_network()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.ffn(self.attention(x, mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, step: float = 1.0) -> torch.Tensor:
+        """The layer; with `step` h != 1, one Euler step of size h along its residual branch instead:
+        x + h·(Layer(x) − x). Seen as an ODE (Chen et al., Findings of EMNLP 2023), a residual layer is the step of
+        size 1 of dx/dt = f(x) with f(x) = Layer(x) − x (post-LayerNorm too: f is defined by the difference), so
+        a layer standing in for m dropped ones after it can take a step of 1 + m."""
+        out = self.ffn(self.attention(x, mask))
+        return out if step == 1.0 else x + step * (out - x)
 
-    def forward_eliminating(self, x: torch.Tensor, valid: torch.Tensor,
-                            keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer with token elimination between its attention and its FFN (see ElasticSelfAttention)."""
-        x, valid = self.attention.forward_eliminating(x, valid, keep)
-        return self.ffn(x), valid
+    def forward_eliminating(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor,
+                            step: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer with token elimination between its attention and its FFN (see ElasticSelfAttention); a
+        `step` as in `forward`, over the tokens kept."""
+        if step == 1.0:
+            x, valid = self.attention.forward_eliminating(x, valid, keep)
+            return self.ffn(x), valid
+        kept, valid, index = self.attention.forward_eliminating(x, valid, keep, with_index=True)
+        start = x.gather(1, index[:, :, None].expand(*index.shape, x.shape[-1]))
+        return start + step * (self.ffn(kept) - start), valid
 
 
 class Embeddings(nn.Module):
@@ -419,6 +430,10 @@ class ElasticBert(nn.Module):
         self.exit_threshold = getattr(cfg, "exit_threshold", None)
         # after each forward: per example, the 1-based position (among the kept layers) of the head that answered
         self.last_exit_layers: torch.Tensor | None = None
+        # ODE-compensated layer dropping: per layer (an index into `layers`), its Euler step (ElasticLayer.forward);
+        # None: every step is 1
+        steps = getattr(cfg, "layer_steps", None)
+        self.layer_steps: list[float] | None = None if steps is None else [float(h) for h in steps]
 
     @property
     def exit_threshold(self) -> float | None:
@@ -501,13 +516,14 @@ class ElasticBert(nn.Module):
     def _layer(self, index: int, state: _Running) -> None:
         """Run layer `index` on the examples still running, eliminating tokens where the schedule says so."""
         keep = None if state.lengths is None else self._keep_counts(index, state.lengths, state.valid)
+        step = 1.0 if self.layer_steps is None else self.layer_steps[index]
         if keep is None:
-            state.x = self.layers[index](state.x, state.mask)
+            state.x = self.layers[index](state.x, state.mask, step)
             return
         if state.valid is None:
             state.valid = (state.attention_mask.bool() if state.attention_mask is not None
                            else torch.ones(state.x.shape[:2], dtype=torch.bool, device=state.x.device))
-        state.x, state.valid = self.layers[index].forward_eliminating(state.x, state.valid, keep)
+        state.x, state.valid = self.layers[index].forward_eliminating(state.x, state.valid, keep, step)
         # every example kept as many tokens (always so at batch 1): no padding, and SDPA's unmasked path is faster
         state.mask = (None if bool(state.valid.all()) and not torch.compiler.is_compiling()
                       else state.valid[:, None, None, :])

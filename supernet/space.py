@@ -357,6 +357,33 @@ class ExitSpace(SearchSpace):
         return [*structure, len(self.thresholds) - 1 - self.thresholds.index(tau)]
 
 
+class OdeCompensationSpace(SearchSpace):
+    """Any space plus one 0/1 gene: whether a kept layer stands in for the dropped layers after it by one larger
+    Euler step along its residual branch (ODE-compensated layer dropping; SubNetworkConfig.ode_compensation, the
+    ODE view of Chen et al., Findings of EMNLP 2023). Both values have the same size and cost, so `largest()` is
+    the base space's; like the dynamic genes it is scored on the trained supernet without retraining."""
+
+    def __init__(self, base: SearchSpace) -> None:
+        super().__init__(base.config, unit_step=base.unit_step)
+        self.base = base
+        self.name = f"{base.name}+ode"
+
+    @property
+    def lower(self) -> list[int]:
+        return [*self.base.lower, 0]
+
+    @property
+    def upper(self) -> list[int]:
+        return [*self.base.upper, 1]
+
+    def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
+        values = self._check(vector)
+        return replace(self.base.decode(values[:-1]), ode_compensation=bool(values[-1]))
+
+    def encode(self, sub: SubNetworkConfig) -> list[int]:
+        return [*self.base.encode(replace(sub, ode_compensation=False)), int(sub.ode_compensation)]
+
+
 SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (UniformSpace, PerLayerSpace, LayerSpace,
                                                                   ImportanceSpace)}
 if tuple(SPACES) != SPACE_NAMES:  # the settings' choices (torch-free) must be exactly the spaces that exist

@@ -67,6 +67,7 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("search", "objectives"): ("error,macs,expected_macs", ["error", "macs", "expected_macs"]),
     ("search", "optimizer"): ("random", "random"),
     ("search", "evaluations"): ("12", 12),
+    ("search", "ode_compensation"): ("", True),
     ("search", "time_limit_s"): ("600", 600.0),
     ("search", "seed"): ("11", 11),
     ("search", "optimizer_options"): ('{"population_size": 4}', {"population_size": 4}),
@@ -314,7 +315,8 @@ def test_a_row_stored_by_the_previous_release_parses_and_round_trips() -> None:
     # sections added since appear with their defaults; everything the old row held is as it was
     added = {"dynamic": {"token_elimination": False, "keep_floor": 0.1, "exits": False,
                          "exit_thresholds": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]},
-             "latency": OLD_ROW["job"]["latency"] | {"lengths": "fixed"}}
+             "latency": OLD_ROW["job"]["latency"] | {"lengths": "fixed"},
+             "search": OLD_ROW["job"]["search"] | {"ode_compensation": False}}
     training = OLD_ROW["run"]["training"] | {"token_elimination": False, "exits": False,
                                              "exit_learning_rate_scale": 1.0}
     assert repo.request_dict(spec, job) == {"run": OLD_ROW["run"] | {"training": training},
