@@ -25,6 +25,7 @@ import front_rescoring  # noqa: E402
 import gpu  # noqa: E402
 import latency_model  # noqa: E402
 import load_test  # noqa: E402
+import ode_compensation  # noqa: E402
 import optimizers  # noqa: E402
 import prove  # noqa: E402
 import prove_report  # noqa: E402
@@ -579,3 +580,15 @@ def test_load_test_smallest_setting_passes_its_checks(tmp_path: Path) -> None:
                              "--evaluations", "1", "--json", str(tmp_path / "load.json")])
     assert status == 0
     assert all(json.loads((tmp_path / "load.json").read_text())["checks"].values())
+
+
+# -- bench/ode_compensation.py ------------------------------------------------------------------------------------
+def test_ode_compensation_tiny_scores_every_drop_both_ways(tmp_path: Path) -> None:
+    data = ode_compensation.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1"])
+    (result,) = data.values()
+    layers = len(result["rows"][-1]["layers"]) + 1  # the largest proper subset keeps all but one
+    assert len(result["rows"]) == 2 ** layers - 2  # every non-empty proper subset
+    for row in result["rows"]:
+        assert sum(row["steps"]) == layers - row["layers"][0]  # the steps cover the depth from the first kept
+    assert [s["kept"] for s in result["summary"]] == list(range(1, layers))
+    assert all("plain_test" in s["top_dropping"] for s in result["summary"])
