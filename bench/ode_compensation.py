@@ -45,6 +45,25 @@ def layer_subsets(num_layers: int, limit: int | None) -> list[tuple[int, ...]]:
     return subsets
 
 
+def table_lines(results: Path) -> list[str]:
+    """One run's figures as a markdown table (bench/prove_report.py puts it in RESULTS.md)."""
+    data = json.loads(results.read_text())
+    metric = data["metric"]
+    lines = [f"Run `{data['run']}` ({data['space']} space; full network {metric} {data['full']:.4f}, majority class "
+             f"{data['majority_baseline'].get(metric, float('nan')):.4f}; validation unless marked test).", "",
+             "| kept layers | subsets | best plain | best compensated | mean plain | mean compensated | compensation "
+             "better | first k layers: plain | compensated | test plain | test compensated |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in data["summary"]:
+        top = s["top_dropping"] or {}
+        tests = [next(iter(top.get(k, {}).values()), None) for k in ("plain_test", "compensated_test")]
+        cells = [f"{v:.4f}" if v is not None else "" for v in (top.get("plain"), top.get("compensated"), *tests)]
+        lines.append(f"| {s['kept']} | {s['subsets']} | {s['best_plain']:.4f} | {s['best_compensated']:.4f} | "
+                     f"{s['mean_plain']:.4f} | {s['mean_compensated']:.4f} | {s['improved']} of {s['subsets']} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], conflict_handler="resolve")
     add_trained_run_arguments(parser, task="glue/sst2", out="ode_compensation")
@@ -98,13 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = Path(args.out) / seed_folder(run.spec.task, args.seed)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{folder.name}.json").write_text(json.dumps(data, indent=1))
-        print(f"\n{folder.name} ({run.spec.space} space), full network {metric} {full_metric:.4f}")
-        print("kept  subsets  best plain  best comp.  mean plain  mean comp.  improved  top-drop plain -> comp.")
-        for s in summary:
-            top = s["top_dropping"] or {}
-            print(f"{s['kept']:>4}  {s['subsets']:>7}  {s['best_plain']:>10.4f}  {s['best_compensated']:>10.4f}  "
-                  f"{s['mean_plain']:>10.4f}  {s['mean_compensated']:>10.4f}  {s['improved']:>4}/{s['subsets']:<3}  "
-                  f"{top.get('plain', float('nan')):.4f} -> {top.get('compensated', float('nan')):.4f}")
+        print("\n".join(table_lines(out / f"{folder.name}.json")))
         results[folder.name] = data
     return results
 

@@ -32,6 +32,7 @@ from elimination import table_lines as elimination_table  # noqa: E402
 from elimination_front import table_lines as elimination_front_table  # noqa: E402
 from exits_front import table_lines as exits_front_table  # noqa: E402
 from gpu import table_lines as gpu_table  # noqa: E402
+from ode_compensation import table_lines as ode_table  # noqa: E402
 from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
@@ -592,6 +593,20 @@ def exits_front_section(task: str, fronts: Path) -> list[str]:
     return lines
 
 
+def ode_compensation_section(task: str, folder: Path) -> list[str]:
+    """bench/ode_compensation.py: every layer-drop subset plain and ODE-compensated, one table per run."""
+    lines: list[str] = []
+    for results in sorted((folder / task).glob("seed*/*.json")):
+        seed = results.parent.name.removeprefix("seed")
+        run = json.loads(results.read_text())["run"]
+        lines += [f"### ODE-compensated against plain layer dropping (`python bench/ode_compensation.py --task "
+                  f"{task.replace('-', '/', 1)} --seed {seed} --run {run}`)", "",
+                  "Every proper subset of the layers kept at full width, scored on the trained supernet without "
+                  "retraining: plainly, and with each kept layer followed by m dropped ones taking one Euler step "
+                  "of 1 + m along its residual branch.", "", *ode_table(results), ""]
+    return lines
+
+
 def recipes_section(task: str, recipes: Path) -> list[str]:
     """bench/supernet_recipes.py's screening: the same architectures sliced from each recipe's supernet, one
     table per thread count (seed0: 2 threads, as bench/prove.py; seed0-threads<k>: k)."""
@@ -672,6 +687,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += elimination_section(task, Path(args.out).parent / "elimination")
         lines += elimination_front_section(task, Path(args.out).parent / "elimination_front")
         lines += exits_front_section(task, Path(args.out).parent / "exits_front")
+        lines += ode_compensation_section(task, Path(args.out).parent / "ode_compensation")
     lines += gpu_section(Path(args.out).parent / "gpu")
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")
