@@ -112,6 +112,46 @@ def best_at(rows: list[dict[str, Any]], params: int) -> dict[str, Any] | None:
     return min(fitting, key=lambda r: r["validation_error"]) if fitting else None
 
 
+def _cell(value: Any, spec: str = ".4f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def table_lines(results: Path) -> list[str]:
+    """The Markdown table of one task and seed's results.json (for bench/RESULTS.md)."""
+    if not results.is_file():
+        return []
+    data = json.loads(results.read_text())
+    metric, reference = data["metric"], data.get("reference") or {}
+    full = None if reference.get("test_error") is None else 1 - reference["test_error"]
+    lines = [f"{data['epochs']:g} epoch(s) of recovery by distillation from the start point; {data['threads']} "
+             f"thread(s); {data['examples']} validation examples. Encoder params as a fraction of the full encoder "
+             f"({data['full_encoder']:,}); normalised retention (metric - majority) / (full - majority) against the "
+             f"fully fine-tuned model (test {metric} {_cell(full)}); speed-ups of the exported compressed model over "
+             "its exported start point, both dynamically padded, batch 32 sorted by length and batch 1 (medians of "
+             "interleaved repeats); baselines: the best pruning-front point (refined) and layer-dropping model at "
+             "no more encoder params.", "",
+             f"| start | protocol | target | rank / bank | encoder share | validation {metric} | test {metric} | "
+             "normalised retention (test) | b32 speed-up | b1 speed-up | compression (s) | pruning front at ≤ params "
+             "(test) | layer dropping at ≤ params (test) |",
+             "|---" * 13 + "|"]
+    for row in data["rows"]:
+        target = f"1/{1 / row['fraction']:.0f}"
+        if not row["fits"]:
+            lines.append(f"| {row['start']} | {row['protocol']} | {target} | does not fit (or already smaller) |"
+                         + " |" * 9)
+            continue
+        c = row["compression"]
+        shape = f"{c['rank']}" + (f" / {c['bank']}" if c.get("bank") else "")
+        test_metric = (row.get("test") or {}).get(metric)
+        baselines = [(row["baselines"].get(name) or {}) for name in ("pruning", "layer_drop")]
+        base_cells = [_cell(None if b.get("test_error") is None else 1 - b["test_error"]) for b in baselines]
+        lines.append(f"| {row['start']} | {row['protocol']} | {target} | {shape} | {row['encoder_fraction']:.3f} | "
+                     f"{row['validation'][metric]:.4f} | {_cell(test_metric)} | "
+                     f"{_cell(row.get('normalised_retention_test'), '.1%')} | {row['speedup_b32']:.2f}x | "
+                     f"{row['speedup_b1']:.2f}x | {row['train_s']:.0f} | {base_cells[0]} | {base_cells[1]} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_trained_run_arguments(parser, task="glue/mrpc", out="compress_front")

@@ -28,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from checks import require  # noqa: E402
+from compress_front import table_lines as compress_table  # noqa: E402
 from elimination import table_lines as elimination_table  # noqa: E402
 from elimination_front import table_lines as elimination_front_table  # noqa: E402
 from exits_front import table_lines as exits_front_table  # noqa: E402
@@ -593,6 +594,22 @@ def exits_front_section(task: str, fronts: Path) -> list[str]:
     return lines
 
 
+def compress_section(task: str, folder: Path) -> list[str]:
+    """bench/compress_front.py: compressed points below the pruning front, one table per seed."""
+    lines: list[str] = []
+    for results in sorted((folder / task).glob("seed*/results.json")):
+        table = compress_table(results)
+        if table:
+            seed = results.parent.name.removeprefix("seed")
+            run = json.loads(results.read_text()).get("run")
+            lines += [f"### Extreme compression below the front (`python bench/compress_front.py --task "
+                      f"{task.replace('-', '/', 1)} --seed {seed}{f' --run {run}' if run else ''}`)", "",
+                      "Each start point's encoder decomposed (Ren et al., ICLR 2022: tucker matrix bank, shared "
+                      "low rank, per-matrix low rank) at the largest rank that fits each target share of the full "
+                      "encoder, then recovered by distillation from the start point.", "", *table, ""]
+    return lines
+
+
 def ode_compensation_section(task: str, folder: Path) -> list[str]:
     """bench/ode_compensation.py: every layer-drop subset plain and ODE-compensated, one table per run."""
     lines: list[str] = []
@@ -687,6 +704,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += elimination_section(task, Path(args.out).parent / "elimination")
         lines += elimination_front_section(task, Path(args.out).parent / "elimination_front")
         lines += exits_front_section(task, Path(args.out).parent / "exits_front")
+        lines += compress_section(task, Path(args.out).parent / "compress_front")
         lines += ode_compensation_section(task, Path(args.out).parent / "ode_compensation")
     lines += gpu_section(Path(args.out).parent / "gpu")
     results.write_text("\n".join(lines) + "\n")

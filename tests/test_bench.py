@@ -222,7 +222,9 @@ def test_compress_front_tiny_compresses_below_the_target_with_every_protocol(tmp
         assert row["speedup_b1"] > 0 and row["speedup_b32"] > 0 and 0 <= row["validation"][data["metric"]] <= 1
     bigger = [row for row in data["rows"] if row["start"] != "full"]
     assert all(not row["fits"] for row in bigger)  # the tiny smaller point is already under 1/3: nothing to do
-    assert (tmp_path / "out").rglob("results.json")
+    (results,) = (tmp_path / "out").rglob("results.json")
+    table = compress_front.table_lines(results)
+    assert len(table) == 4 + len(data["rows"]) and all(line.count("|") == 14 for line in table[2:])
 
 
 def test_fitting_compression_takes_the_largest_rank_within_the_budget() -> None:
