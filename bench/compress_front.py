@@ -129,7 +129,8 @@ def table_lines(results: Path) -> list[str]:
              f"fully fine-tuned model (test {metric} {_cell(full)}); speed-ups of the exported compressed model over "
              "its exported start point, both dynamically padded, batch 32 sorted by length and batch 1 (medians of "
              "interleaved repeats); baselines: the best pruning-front point (refined) and layer-dropping model at "
-             "no more encoder params.", "",
+             "no more encoder params. Compression (s): decomposition and recovery, beside plain fine-tuning of the "
+             f"full model: {_cell(reference.get('plain_train_s'), '.0f') or 'not measured'} s.", "",
              f"| start | protocol | target | rank / bank | encoder share | validation {metric} | test {metric} | "
              "normalised retention (test) | b32 speed-up | b1 speed-up | compression (s) | pruning front at ≤ params "
              "(test) | layer dropping at ≤ params (test) |",
