@@ -123,7 +123,9 @@ def table_lines(results: Path) -> list[str]:
     data = json.loads(results.read_text())
     metric, reference = data["metric"], data.get("reference") or {}
     full = None if reference.get("test_error") is None else 1 - reference["test_error"]
-    lines = [f"{data['epochs']:g} epoch(s) of recovery by distillation from the start point; {data['threads']} "
+    recipe = ", ".join(f"{k} {v}" for k, v in (data.get("recipe") or {}).items()) or "the defaults"
+    lines = [f"{data['epochs']:g} epoch(s) of recovery by distillation from the start point ({recipe}); "
+             f"{data['threads']} "
              f"thread(s); {data['examples']} validation examples. Encoder params as a fraction of the full encoder "
              f"({data['full_encoder']:,}); normalised retention (metric - majority) / (full - majority) against the "
              f"fully fine-tuned model (test {metric} {_cell(full)}); speed-ups of the exported compressed model over "
@@ -161,8 +163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--params-share", type=float, default=0.5, help="the smaller start point's encoder share")
     parser.add_argument("--latency-examples", type=int, default=200,
                         help="batch 1 times the first N validation examples, each alone")
+    parser.add_argument("--fractions", type=lambda v: tuple(1 / float(x) for x in v.split(",")), default=FRACTIONS,
+                        help="target encoder shares as denominators, e.g. 7,20,48 (the default)")
+    parser.add_argument("--starts", default="full,smaller", help="start points: full and/or smaller (the ≤ "
+                                                                 "--params-share front point)")
+    parser.add_argument("--recipe", type=json.loads, default={},
+                        help="CompressConfig settings beside the protocol and rank, as JSON (e.g. '{\"lr\": 1e-3}')")
     args = parser.parse_args(argv)
-    fractions = FRACTIONS
+    fractions = args.fractions
     if args.tiny:
         root = args.tiny_root or Path(tempfile.mkdtemp(prefix="nasprune-tiny-compress-"))
         args.run, args.repeats, args.out, args.epochs = tiny.tiny_search(root), 1, str(root / "out"), 0.0
@@ -183,13 +191,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     data = {"task": run.spec.task, "run": None if args.tiny else str(folder), "threads": args.threads,
-            "torch": torch.__version__, "epochs": args.epochs, "metric": metric, "full_encoder": full_encoder,
+            "torch": torch.__version__, "epochs": args.epochs, "recipe": args.recipe, "metric": metric,
+            "full_encoder": full_encoder,
             "reference": reference and {"validation_error": reference["validation_error"],
                                         "test_error": reference.get("test_error"),
                                         "plain_train_s": reference.get("plain_train_s")},
             "majority_baseline": run.task.majority_baseline,
             "examples": sum(len(b["labels"]) for b in by_32), "rows": rows}
+    starts = args.starts.split(",")
     for start, (sub, point) in start_points(run, supernet, args.params_share).items():
+        if ("full" if start == "full" else "smaller") not in starts:
+            continue
         dense = extract(supernet, sub)
         for protocol in args.protocols.split(","):
             for fraction in fractions:
@@ -199,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if compression is None:
                     rows.append({"start": start, "protocol": protocol, "fraction": fraction, "fits": False})
                     continue
-                config = CompressConfig(**compression.to_dict(), epochs=args.epochs)
+                config = CompressConfig(**(args.recipe | compression.to_dict() | {"epochs": args.epochs}))
                 key = compression_key(config.to_dict(), 0)
                 target = out / "models" / f"{'full' if start == 'full' else 'smaller'}-{key}"
                 record_file = target / "subnetwork.json"
