@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--starts", default="full,smaller", help="start points: full and/or smaller (the ≤ "
                                                                  "--params-share front point)")
     parser.add_argument("--recipe", type=json.loads, default={},
-                        help="CompressConfig settings beside the protocol and rank, as JSON (e.g. '{\"lr\": 1e-3}')")
+                        help="CompressConfig settings beside the protocol and rank, as JSON (e.g. "
+                             "'{\"learning_rate\": 1e-3}')")
     args = parser.parse_args(argv)
     fractions = args.fractions
     if args.tiny:
