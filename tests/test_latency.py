@@ -374,7 +374,8 @@ def test_calibrate_with_a_token_axis(tiny_config, tiny_supernet) -> None:
     assert _is_non_decreasing(table.overhead_ms) and len(table.overhead_ms) == 4
     assert LatencyTable.from_dict(json.loads(json.dumps(table.to_dict()))) == table
     full = SubNetworkConfig.full(tiny_config)
-    assert table.predict(full, [2, 5, 8]) < table.predict(full)  # shorter inputs are faster
+    assert table.predict(full, [2, 5, 8]) <= table.predict(full)  # shorter inputs are never slower (a tiny
+    # model's timings may tie: the table is made non-decreasing, so a flat stretch predicts equal times)
     # validated on real inputs: one example at a time at its own length, eliminating sub-networks among them
     subs = random_subnetworks(tiny_config, 6, seed=2, eliminating=True)
     assert any(s.token_keep is not None for s in subs)
