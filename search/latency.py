@@ -210,13 +210,17 @@ class LatencyTable:
         (dynamic padding; batch 1 is every input alone at its own length)."""
         if lengths is None:
             return np.array([self.seq_len]), np.array([1.0])
-        ordered = np.sort(np.asarray(lengths, dtype=int))
-        if ordered.size == 0:
+        sizes = np.asarray(lengths, dtype=int)
+        if sizes.size == 0:
             raise ValueError("latency over real lengths needs at least one input length")
-        longest = ordered[np.minimum(np.arange(self.batch_size - 1, ordered.size + self.batch_size - 1,
-                                               self.batch_size), ordered.size - 1)]
-        values, counts = np.unique(longest, return_counts=True)
+        values, counts = np.unique([sizes[rows].max() for rows in self.batches(sizes)], return_counts=True)
         return values, counts / counts.sum()
+
+    def batches(self, lengths: Sequence[int]) -> list[np.ndarray]:
+        """The inputs (indices into `lengths`) of each batch they run in: sorted by length, `batch_size` at a time
+        (dynamic padding), as `widths` and `exit_batches` read them."""
+        order = np.argsort(np.asarray(lengths, dtype=int), kind="stable")
+        return [order[start:start + self.batch_size] for start in range(0, order.size, self.batch_size)]
 
     def predict(self, sub: SubNetworkConfig, lengths: Sequence[int] | None = None,
                 exit_layers: Sequence[int] | None = None) -> float:
@@ -253,13 +257,11 @@ class LatencyTable:
         if exits.min() < 1 or exits.max() > answers:
             raise ValueError(f"exit layers are kept-layer positions from 1 to {answers}, got {exits.min()} to "
                              f"{exits.max()}")
-        order = np.argsort(sizes, kind="stable")
-        widths, running = [], []
-        for start in range(0, sizes.size, self.batch_size):
-            rows = order[start:start + self.batch_size]
-            widths.append(sizes[rows].max())
-            running.append([(exits[rows] >= position).mean() for position in range(1, answers + 1)])
-        return np.array(widths), np.array(running).T
+        batches = self.batches(sizes)
+        widths = np.array([sizes[rows].max() for rows in batches])
+        running = np.array([[(exits[rows] >= position).mean() for position in range(1, answers + 1)]
+                            for rows in batches])
+        return widths, running.T
 
     def _predict_exiting(self, sub: SubNetworkConfig, lengths: Sequence[int] | None,
                          exit_layers: Sequence[int]) -> float:
