@@ -32,9 +32,26 @@ class PrunedModel(torch.nn.Module):
     def reset_super_network(self) -> None:
         """Nothing to reset: the model is the sub-network."""
 
+    # what the trainer's exit training reads (supernet.training.gradient_equilibrium): the exported stack's own
+    @property
+    def exits(self) -> bool:
+        return bool(getattr(self.exported.model, "exits", False))
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.exported.model.layers
+
+    @property
+    def exit_heads(self) -> torch.nn.ModuleList:
+        return self.exported.model.exit_heads
+
+    @property
+    def active_layers(self) -> list[int]:
+        return self.exported.model.active_layers
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.exported.model(input_ids, attention_mask, token_type_ids)
+                token_type_ids: torch.Tensor | None = None, *, all_exits: bool = False) -> torch.Tensor:
+        return self.exported.model(input_ids, attention_mask, token_type_ids, all_exits=all_exits)
 
 
 def refine_subnetwork(supernet: Supernet, sub: SubNetworkConfig, loader: Iterable[Mapping[str, torch.Tensor]],
@@ -44,11 +61,17 @@ def refine_subnetwork(supernet: Supernet, sub: SubNetworkConfig, loader: Iterabl
     """Extract `sub` from `supernet` (which is left untouched) and fine-tune the copy on `loader`'s labels.
     None if `should_stop` stopped it (a point is short: it is redone whole, never resumed). A refine whose loss or
     weights stop being finite raises `TrainingDiverged` (naming refine.learning_rate) instead of returning a model
-    that predicts nothing. The copy trains where `supernet` is, in `dtype` (supernet.devices.training_dtype)."""
+    that predicts nothing. The copy trains where `supernet` is, in `dtype` (supernet.devices.training_dtype). A
+    model with exit heads trains them all on the labels with its backbone (as the supernet's full network did), so
+    its exits still answer for the refined layers."""
     if not config.enabled:
         raise ValueError("refine epochs is 0: nothing to refine")
     model = extract(supernet, sub).to(next(supernet.parameters()).device)
-    trainer = SupernetTrainer(PrunedModel(model), None, loader, config.training(seed),  # type: ignore[arg-type]
+    wrapped = PrunedModel(model)
+    training = config.training(seed)
+    if wrapped.exits and len(sub.layers) > 1:  # its exit heads learn the refined stack too (every exit on the labels)
+        training = training.model_copy(update={"exits": True})
+    trainer = SupernetTrainer(wrapped, None, loader, training,  # type: ignore[arg-type]
                               generator=generator, should_stop=should_stop, progress=progress,
                               description="refinement", learning_rate_setting="refine.learning_rate", dtype=dtype)
     if trainer.train().stopped:

@@ -43,6 +43,22 @@ def test_refined_model_has_the_exact_size_and_learns(sub) -> None:
     assert all(torch.equal(v, before[k]) for k, v in supernet.state_dict().items())  # the supernet is untouched
 
 
+def test_refining_a_model_with_exits_trains_every_exit_head(sub) -> None:
+    supernet = make_supernet(supernet_config(exits=True))
+    point = SubNetworkConfig(layers=sub.layers, heads=sub.heads, units=sub.units, exit_threshold=0.3)
+    sliced = extract(supernet, point)
+    refined = refine_subnetwork(supernet, point, toy_batches(count=4), RefineConfig(epochs=2, learning_rate=3e-3),
+                                progress=False)
+    assert len(refined.model.exit_heads) == 1 and refined.config.exit_threshold == 0.3
+    for name, param in refined.model.exit_heads.named_parameters():
+        assert not torch.equal(param, dict(sliced.model.exit_heads.named_parameters())[name]), name
+    wrapped = PrunedModel(refined).eval()
+    batch = toy_batches(count=1)[0]
+    with torch.no_grad():
+        answers = wrapped(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], all_exits=True)
+    assert answers.shape[0] == 2  # the exit of the first kept layer, then the main head
+
+
 def test_refining_is_reproducible(sub) -> None:
     supernet, batches = make_supernet(), toy_batches()
     config = RefineConfig(epochs=2, learning_rate=1e-3)
