@@ -49,7 +49,10 @@ def table_lines(results: Path) -> list[str]:
     """One run's figures as a markdown table (bench/prove_report.py puts it in RESULTS.md)."""
     data = json.loads(results.read_text())
     metric = data["metric"]
-    lines = [f"Run `{data['run']}` ({data['space']} space; full network {metric} {data['full']:.4f}, majority class "
+    trained = data.get("supernet") or {}
+    lines = [f"Run `{data['run']}` ({data['space']} space, {trained.get('epochs', '?'):g} epoch(s) on "
+             f"{trained.get('train_limit') or 'all'} training examples, {trained.get('validation_limit') or 'all'} "
+             f"validation examples; full network {metric} {data['full']:.4f}, majority class "
              f"{data['majority_baseline'].get(metric, float('nan')):.4f}; validation unless marked test).", "",
              "| kept layers | subsets | best plain | best compensated | mean plain | mean compensated | compensation "
              "better | first k layers: plain | compensated | test plain | test compensated |",
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             })
         full_metric = checked_evaluate(supernet, validation, spec)[metric]
         data = {"run": str(folder), "task": run.spec.task, "space": run.spec.space, "metric": metric,
+                "supernet": {"epochs": run.spec.training.epochs, "train_limit": run.spec.train_limit,
+                             "validation_limit": run.spec.validation_limit, "model": run.spec.model},
                 "full": full_metric, "majority_baseline": run.task.majority_baseline, "threads": args.threads,
                 "torch": torch.__version__, "summary": summary, "rows": rows}
         out = Path(args.out) / seed_folder(run.spec.task, args.seed)
