@@ -54,7 +54,11 @@ class RefineCreate(RefinePointConfig):
 
 
 class CompressCreate(CompressConfig):
-    """POST /searches/{id}/pareto/{point}/compress: how to compress the point (the `nasprune compress` options)."""
+    """POST /searches/{id}/pareto/{point}/compress: how to compress the point (the `nasprune compress` options).
+    Strict types: a number must be a JSON number (not "1" or true), as the schema says; a job is known by its
+    settings."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class Links(BaseModel):
