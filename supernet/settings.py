@@ -218,13 +218,23 @@ class CompressConfig(SettingsModel):
         description="also factorise the word embeddings at this rank (they hold half of a small model's parameters)")
     epochs: float = Field(3.0, ge=0, le=MAX_EPOCHS,
                           description="epochs of recovery by distillation from the point (0: the decomposition alone)")
-    learning_rate: float = Field(1e-4, gt=0, le=1, json_schema_extra=flag_extra("lr", "learning-rate"))
+    learning_rate: float = Field(
+        1e-3, gt=0, le=1, json_schema_extra=flag_extra("lr", "learning-rate"),
+        description="the factors have far to go from where they start: at 1e-4 an extreme compression recovers "
+                    "much less within an epoch")
     weight_decay: float = Field(0.01, ge=0, le=1)
     warmup_ratio: float = Field(0.06, ge=0, le=1)
     temperature: float = Field(1.0, gt=0, le=1000, description="distillation temperature")
     hidden_loss_weight: float = Field(1.0, ge=0, le=1000,
                                       description="weight of the per-layer hidden-state loss (mean squared error)")
     label_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the label loss")
+    init: Literal["activations", "weights"] = Field(
+        "activations",
+        description="where recovery starts: activations fits the factors to what each matrix computes on training "
+                    "inputs (a whitened SVD; far more accurate at low ranks); weights fits the weights alone (the "
+                    "paper's SVD/Tucker, and what epochs 0 without training data gives)")
+    init_batches: int = Field(16, ge=1, le=MAX_STEPS,
+                              description="training batches whose inputs the activations init reads")
 
     @model_validator(mode="after")
     def _bank_is_tucker(self) -> CompressConfig:

@@ -15,10 +15,10 @@ from test_counting import _math_sdpa
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification
 
-from supernet.compress import compress_model
+from supernet.compress import compress_model, input_covariances
 from supernet.config import SubNetworkConfig
 from supernet.counting import count_macs, count_params
-from supernet.decompose import block_tensor, decompose, model_layout, relative_error
+from supernet.decompose import _dense_weight, _projection, block_tensor, decompose, model_layout, relative_error
 from supernet.extract import extract, load_exported, save_folder
 from supernet.factors import PROTOCOLS, Compression, CompressionError, block_count, layout
 from supernet.settings import COMPRESSION_PROTOCOLS, DEFAULT_BANK, CompressConfig
@@ -278,3 +278,78 @@ def test_compress_settings_name_what_is_wrong() -> None:
     assert set(COMPRESSION_PROTOCOLS) == set(PROTOCOLS)
     with pytest.raises(ValueError, match="rank"):
         CompressConfig(rank=0)
+
+
+def _output_error(dense, model, batches) -> float:
+    """Squared distance of each compressed matrix's output to the dense one's on the dense model's own inputs,
+    summed over every matrix: what the activations init minimises."""
+    covariances = input_covariances(dense, batches, len(batches))
+    total = 0.0
+    for m, cov in covariances.items():
+        weight = _dense_weight(dense, m)  # (H, w)
+        if model.model.bank is not None:
+            bank = model.model.bank
+            full = (bank.hidden_factor.detach().double() @ bank.block_cores().detach().double()
+                    @ bank.width_factor.detach().double().T)
+            approx = torch.cat(list(full[m.first:m.first + m.blocks]), dim=1)[:, :m.width]
+        else:
+            target = _projection(model, m)
+            approx = (target.up.double() @ target.down.double()).detach()
+            approx = approx if m.outward else approx.T
+        diff = weight - approx  # inward: x·diff with x (H); outward: diff·c with c (w)
+        total += float(torch.trace(diff.T @ cov @ diff) if not m.outward else torch.trace(diff @ cov @ diff.T))
+    return total
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_activations_init_fits_what_the_matrices_compute(protocol: str) -> None:
+    config = supernet_config()
+    sub = SubNetworkConfig(layers=(0, 1, 2), heads=(4, 2, 3), units=(48, 30, 40))
+    dense = extract(make_supernet(config), sub)
+    batches = toy_batches(count=4, size=8, tokens=10)
+    settings = CompressConfig(protocol=protocol, rank=6, bank=4 if protocol == "tucker" else None, epochs=0,
+                              init="weights")
+    weights = compress_model(dense, settings, batches)
+    fitted = compress_model(dense, settings.model_copy(update={"init": "activations"}), batches)
+    assert _output_error(dense, fitted, batches) < _output_error(dense, weights, batches)
+    assert compress_model(dense, settings.model_copy(update={"init": "activations"}), None).state_dict().keys() \
+        == weights.state_dict().keys()  # no data (epochs 0 without a loader): the weights' fit
+    inputs = random_inputs(batch=5, tokens=12)
+    for point in _subs(config, n=3, seed=5):  # pruned widths, partial blocks, layers without heads or units
+        dense = extract(make_supernet(config), point)
+        blocks = block_count(layout(HIDDEN, config.head_size, point.kept_heads(), point.kept_units()))
+        full = CompressConfig(protocol=protocol, rank=HIDDEN, bank=blocks if protocol == "tucker" else None,
+                              epochs=0)
+        with torch.no_grad():  # at full rank the refit is exact
+            torch.testing.assert_close(compress_model(dense, full, batches)(**inputs).logits,
+                                       dense(**inputs).logits, atol=1e-4, rtol=0, msg=lambda m, p=point: f"{p}: {m}")
+
+
+def test_input_covariances_read_each_projections_own_input() -> None:
+    config = supernet_config()
+    dense = extract(make_supernet(config), SubNetworkConfig.full(config))
+    batches = toy_batches(count=2, size=4, tokens=9)
+    covariances = input_covariances(dense, batches, 2)
+    first = {m.name: m for m in model_layout(dense) if m.layer == 0}
+    with torch.no_grad():  # layer 0's Q, K, V read the embeddings; its FFN's output reads gelu(x W_i + b_i)
+        rows = [(dense.model.embeddings(b["input_ids"], b["token_type_ids"]), b["attention_mask"].bool())
+                for b in batches]
+        x = torch.cat([h[mask] for h, mask in rows]).double()
+        for name in ("query", "key", "value"):
+            torch.testing.assert_close(covariances[first[name]], x.T @ x / len(x))
+        attention = dense.model.layers[0].attention(torch.cat([h for h, _ in rows]),
+                                                    ~torch.cat([~mask for _, mask in rows])[:, None, None, :])
+        ffn = dense.model.layers[0].ffn
+        inner = ffn.act(F.linear(attention, ffn.intermediate.weight, ffn.intermediate.bias))
+        h = inner[torch.cat([mask for _, mask in rows])].double()
+        torch.testing.assert_close(covariances[first["output"]], h.T @ h / len(h))
+
+
+def test_the_activations_init_serves_a_regression_point() -> None:
+    config = supernet_config(num_labels=1)
+    dense = extract(make_supernet(config), SubNetworkConfig.full(config))
+    batches = [b | {"labels": b["labels"].float()} for b in toy_batches(count=4, size=8, tokens=10)]
+    settings = CompressConfig(protocol="lowrank", rank=3, epochs=2, learning_rate=1e-3, label_loss_weight=0.0)
+    weights = compress_model(dense, settings.model_copy(update={"epochs": 0.0, "init": "weights"}), batches)
+    recovered = compress_model(dense, settings, batches, progress=False)
+    assert _teacher_gap(recovered, dense, batches) < _teacher_gap(weights, dense, batches)
