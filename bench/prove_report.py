@@ -20,6 +20,7 @@ import json
 import platform
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -577,51 +578,47 @@ def gpu_section(folder: Path) -> list[str]:
     return lines
 
 
+def run_sections(task: str, files: list[Path], script: str, title: str, intro: str,
+                 table: Callable[[Path], list[str]]) -> list[str]:
+    """One section per results file of `script` (bench/out/<script's folder>/<task>/seed<k>/...): its title with
+    the command that made it (the run it read, if it names one), `intro`, and `table`'s lines."""
+    lines: list[str] = []
+    for results in files:
+        rows = table(results)
+        if rows:
+            seed = results.parent.name.removeprefix("seed")
+            run = json.loads(results.read_text()).get("run")
+            lines += [f"### {title} (`python bench/{script} --task {task.replace('-', '/', 1)} --seed {seed}"
+                      f"{f' --run {run}' if run else ''}`)", "", intro, "", *rows, ""]
+    return lines
+
+
 def exits_front_section(task: str, fronts: Path) -> list[str]:
     """bench/exits_front.py: the front of a supernet trained with exits and searched with thresholds against the
     static front of the same settings trained without, one table per seed."""
-    lines: list[str] = []
-    for results in sorted((fronts / task).glob("seed*/results.json")):
-        table = exits_front_table(results)
-        if table:
-            seed = results.parent.name.removeprefix("seed")
-            run = json.loads(results.read_text()).get("run")
-            lines += [f"### Early exits against the static front (`python bench/exits_front.py --task "
-                      f"{task.replace('-', '/', 1)} --seed {seed}{f' --run {run}' if run else ''}`)", "",
-                      "The importance job's settings trained twice, without exits (static) and with them, each then "
-                      "searched with the same seed and budget on error and expected MACs, the second with the exit "
-                      "threshold gene.", "", *table, ""]
-    return lines
+    return run_sections(task, sorted((fronts / task).glob("seed*/results.json")), "exits_front.py",
+                        "Early exits against the static front",
+                        "The importance job's settings trained twice, without exits (static) and with them, each then "
+                        "searched with the same seed and budget on error and expected MACs, the second with the exit "
+                        "threshold gene.", exits_front_table)
 
 
 def compress_section(task: str, folder: Path) -> list[str]:
     """bench/compress_front.py: compressed points below the pruning front, one table per seed."""
-    lines: list[str] = []
-    for results in sorted((folder / task).glob("seed*/results.json")):
-        table = compress_table(results)
-        if table:
-            seed = results.parent.name.removeprefix("seed")
-            run = json.loads(results.read_text()).get("run")
-            lines += [f"### Extreme compression below the front (`python bench/compress_front.py --task "
-                      f"{task.replace('-', '/', 1)} --seed {seed}{f' --run {run}' if run else ''}`)", "",
-                      "Each start point's encoder decomposed (Ren et al., ICLR 2022: tucker matrix bank, shared "
-                      "low rank, per-matrix low rank) at the largest rank that fits each target share of the full "
-                      "encoder, then recovered by distillation from the start point.", "", *table, ""]
-    return lines
+    return run_sections(task, sorted((folder / task).glob("seed*/results.json")), "compress_front.py",
+                        "Extreme compression below the front",
+                        "Each start point's encoder decomposed (Ren et al., ICLR 2022: tucker matrix bank, shared low "
+                        "rank, per-matrix low rank) at the largest rank that fits each target share of the full "
+                        "encoder, then recovered by distillation from the start point.", compress_table)
 
 
 def ode_compensation_section(task: str, folder: Path) -> list[str]:
     """bench/ode_compensation.py: every layer-drop subset plain and ODE-compensated, one table per run."""
-    lines: list[str] = []
-    for results in sorted((folder / task).glob("seed*/*.json")):
-        seed = results.parent.name.removeprefix("seed")
-        run = json.loads(results.read_text())["run"]
-        lines += [f"### ODE-compensated against plain layer dropping (`python bench/ode_compensation.py --task "
-                  f"{task.replace('-', '/', 1)} --seed {seed} --run {run}`)", "",
-                  "Every proper subset of the layers kept at full width, scored on the trained supernet without "
-                  "retraining: plainly, and with each kept layer followed by m dropped ones taking one Euler step "
-                  "of 1 + m along its residual branch.", "", *ode_table(results), ""]
-    return lines
+    return run_sections(task, sorted((folder / task).glob("seed*/*.json")), "ode_compensation.py",
+                        "ODE-compensated against plain layer dropping",
+                        "Every proper subset of the layers kept at full width, scored on the trained supernet without "
+                        "retraining: plainly, and with each kept layer followed by m dropped ones taking one Euler "
+                        "step of 1 + m along its residual branch.", ode_table)
 
 
 def recipes_section(task: str, recipes: Path) -> list[str]:
