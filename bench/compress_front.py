@@ -155,6 +155,14 @@ def table_lines(results: Path) -> list[str]:
     return lines
 
 
+def write_results(out: Path, data: dict[str, Any], earlier: list[dict[str, Any]]) -> None:
+    """results.json: this run's rows after the rows of earlier runs it did not redo (another protocol, start or
+    target: a grid may be measured in parts)."""
+    done = {(r["start"], r["protocol"], r["fraction"]) for r in data["rows"]}
+    kept = [r for r in earlier if (r["start"], r["protocol"], r["fraction"]) not in done]
+    (out / "results.json").write_text(json.dumps(data | {"rows": kept + data["rows"]}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_trained_run_arguments(parser, task="glue/mrpc", out="compress_front")
@@ -199,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                         "plain_train_s": reference.get("plain_train_s")},
             "majority_baseline": run.task.majority_baseline,
             "examples": sum(len(b["labels"]) for b in by_32), "rows": rows}
+    earlier = read_json(out / "results.json")["rows"] if (out / "results.json").is_file() else []
     starts = args.starts.split(",")
     for start, (sub, point) in start_points(run, supernet, args.params_share).items():
         if ("full" if start == "full" else "smaller") not in starts:
@@ -229,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            for size, batches in ((32, by_32), (1, by_1))}
                 encoder = record["params"]["encoder"]
                 row = {"start": start, "protocol": protocol, "fraction": fraction, "fits": True,
-                       "compression": compression.to_dict(), "encoder_params": encoder,
+                       "compression": compression.to_dict(), "epochs": args.epochs, "recipe": args.recipe,
+                       "encoder_params": encoder,
                        "encoder_fraction": encoder / full_encoder, "total_params": record["params"]["total"],
                        "validation": record["metrics"]["validation"], "test": record["metrics"].get("test"),
                        "train_s": record["train_s"],
@@ -240,13 +250,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        **retentions(spec, record["metrics"], reference, run.task.majority_baseline),
                        "baselines": {name: best_at(rows_, encoder) for name, rows_ in found.items()}}
                 rows.append(row)
-                (out / "results.json").write_text(json.dumps(data, indent=1))  # a long run's rows so far
+                write_results(out, data, earlier)  # a long run's rows so far
                 print(f"{start:>16} {protocol:>14} 1/{1 / fraction:.0f}: rank {compression.rank}, encoder "
                       f"{encoder:,} ({row['encoder_fraction']:.3f}), {metric} {row['validation'][metric]:.4f} "
                       f"(normalised retention {row['normalised_retention_validation']}), "
                       f"b32 {row['speedup_b32']:.2f}x, b1 {row['speedup_b1']:.2f}x, {row['train_s']:.0f} s",
                       flush=True)
-    (out / "results.json").write_text(json.dumps(data, indent=1))
+    write_results(out, data, earlier)
     return data
 
 
