@@ -220,13 +220,7 @@ def build_compressed_archive(folder: Path, model: str, top: str) -> Path:
     archive = source.with_name(f"{source.name}.tar.gz")
     for path in leftovers(source.parent, archive.name):
         _remove(path)
-    with atomic_path(archive, fsync=True) as tmp_archive:
-        with open(tmp_archive, "xb") as raw, _gzip_writer(raw) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-            skipped = _add_tree(tar, source, top)
-        if skipped:
-            log.warning("compressed model %s: left out what is not a plain file or folder: %s", model,
-                        ", ".join(skipped))
-    return archive
+    return _write_archive(archive, source, top)
 
 
 def servable_compressed(path: str | Path, folder: Path) -> bool:
@@ -278,9 +272,15 @@ def _build(exports: Path, archive: Path, stem: str, top: str, format: str, point
                                   token_lengths=run.token_lengths(sub))
             if format == "onnx":
                 export_onnx(load_exported(tmp), tmp / "model.onnx", seq_len=run.spec.max_length)
+    return _write_archive(archive, out, top)
+
+
+def _write_archive(archive: Path, folder: Path, top: str) -> Path:
+    """The .tar.gz of `folder` under the top folder `top`, written under a temporary name and renamed into place."""
     with atomic_path(archive, fsync=True) as tmp_archive:  # the archive's bytes are on disk before its name is
         with open(tmp_archive, "xb") as raw, _gzip_writer(raw) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-            skipped = _add_tree(tar, out, top)
+            skipped = _add_tree(tar, folder, top)
         if skipped:
-            log.warning("export %s left out what is not a plain file or folder: %s", out, ", ".join(skipped))
+            log.warning("%s: left out of its archive what is not a plain file or folder: %s", folder,
+                        ", ".join(skipped))
     return archive

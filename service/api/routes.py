@@ -26,7 +26,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from search.records import compression_key, serves_refined
-from supernet.settings import CompressConfig
 
 from .. import compressions, legacy, refinements
 from .. import repository as repo
@@ -509,7 +508,7 @@ def compress(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], respo
     _stored_front(session, search, settings)
     row = _front_point(session, search_id, point, owner)
     _check_fits(folder_of(search, settings), row, body)
-    wanted = CompressConfig(**body.to_dict()).to_dict()
+    wanted = body.to_dict()
     seed = repo.parse_request(search.request)[0].training.seed
     job, created = compressions.request(session, search_id=search_id, position=point, settings=wanted,
                                         settings_key=compression_key(wanted, seed), owner=owner)
