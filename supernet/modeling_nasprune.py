@@ -3,7 +3,7 @@
 Copied with `modules.py` into every exported folder, so the folder loads with
 `AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`; nasprune's own
 loader imports these same classes from the installed package and needs no remote code.
-Imports only torch, transformers and the sibling `modules.py`.
+Imports only torch, transformers and its sibling files (`modules.py` and what it imports, `graphs.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .factors import Compression
+from .graphs import GraphedForward
 from .modules import ElasticBert, check_exit_threshold
 from .schedules import keep_schedule, schedule_for_speedup
 
@@ -80,7 +81,25 @@ class NasPruneForSequenceClassification(PreTrainedModel):
     def __init__(self, config: NasPruneConfig) -> None:
         super().__init__(config)
         self.model = ElasticBert(config)
+        self._graphs: GraphedForward | None = None
         self.post_init()
+
+    def use_cuda_graphs(self, enabled: bool = True, *, seq_multiple: int = 32, max_graphs: int = 16) -> None:
+        """Replay inference forwards from CUDA graphs (supernet/graphs.py): at small batches a GPU is bound by
+        kernel launches, and a replay launches a whole forward at once. Applies on CUDA, in eval mode, without
+        gradients, to a model whose shapes do not depend on its inputs (no token-keep schedule, no exit threshold;
+        those run eagerly); lengths are padded up to a multiple of `seq_multiple`, one graph per (batch, padded
+        length), at most `max_graphs` kept. Call again after changing the weights (captures read them in place)."""
+        self._graphs = None
+        if enabled:
+            offset = self.config.pad_token_id + 1 if self.config.position_offset else 0
+            self._graphs = GraphedForward(self.model, pad_token_id=self.config.pad_token_id,
+                                          max_length=self.config.max_position_embeddings - offset,
+                                          seq_multiple=seq_multiple, max_graphs=max_graphs)
+
+    def _graphed(self, input_ids: torch.Tensor, all_exits: bool) -> bool:
+        static = self.config.token_keep is None and self.model.exit_threshold is None and not all_exits
+        return self._graphs is not None and static and GraphedForward.applies(self, input_ids)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -139,7 +158,12 @@ class NasPruneForSequenceClassification(PreTrainedModel):
                 all_exits: bool = False, **kwargs) -> SequenceClassifierOutput:
         """`all_exits=True`: logits of every exit, (layers, B, num_labels), as `exit_logits`; the loss is then
         the mean of every exit's loss."""
-        logits = self.model(input_ids, attention_mask, token_type_ids, all_exits=all_exits)
+        if self._graphed(input_ids, all_exits):
+            logits = self._graphs(input_ids, attention_mask, token_type_ids)
+            self.model.last_exit_layers = torch.full(input_ids.shape[:1], max(1, len(self.model.active_layers)),
+                                                     dtype=torch.long, device=input_ids.device)
+        else:
+            logits = self.model(input_ids, attention_mask, token_type_ids, all_exits=all_exits)
         loss = None
         if labels is not None:
             flat = logits.reshape(-1, logits.shape[-1])

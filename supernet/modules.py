@@ -471,9 +471,9 @@ class ElasticBert(nn.Module):
         if all_exits and not self.exits and len(self.active_layers) > 1:
             raise ValueError("all_exits needs exit heads, and this model has no exits")
         mask = None
-        # An all-ones mask is dropped so SDPA can take its fast path; under export the check is data
-        # dependent, so the mask is kept.
-        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+        # An all-ones mask is dropped so SDPA can take its fast path; under export or a CUDA graph capture the
+        # check is data dependent (a host sync), so the mask is kept.
+        if attention_mask is not None and (_tracing(input_ids.device) or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         x = self.embeddings(input_ids, token_type_ids)
         valid: torch.Tensor | None = None  # (B, T') once tokens have been eliminated
@@ -509,8 +509,8 @@ class ElasticBert(nn.Module):
 
     def _record_exits(self, positions: torch.Tensor | None, answers: int, batch: int, device: torch.device) -> None:
         """`last_exit_layers` of a forward in which no example left early (not under export: tracing cannot hold
-        a tensor attribute written at run time)."""
-        if not torch.compiler.is_compiling():
+        a tensor attribute written at run time, nor under a CUDA graph capture: the graph's owner sets it)."""
+        if not _tracing(device):
             self.last_exit_layers = torch.full((batch,), answers, dtype=torch.long, device=device)
 
     def _layer(self, index: int, state: _Running) -> None:
@@ -527,6 +527,14 @@ class ElasticBert(nn.Module):
         # every example kept as many tokens (always so at batch 1): no padding, and SDPA's unmasked path is faster
         state.mask = (None if bool(state.valid.all()) and not torch.compiler.is_compiling()
                       else state.valid[:, None, None, :])
+
+
+def _tracing(device: torch.device) -> bool:
+    """Under torch.compile/export or a CUDA graph capture (supernet/graphs.py): nothing may read a tensor's
+    values on the host, so shapes must not depend on them."""
+    if torch.compiler.is_compiling():
+        return True
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 class _Running:

@@ -13,7 +13,7 @@ from conftest import add_noise, hand_subs, make_supernet, random_inputs, random_
 from conftest import tiny_roberta_config as roberta_config
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from supernet import factorised, factors, modeling_nasprune, modules, schedules
+from supernet import factorised, factors, graphs, modeling_nasprune, modules, schedules
 from supernet.config import SubNetworkConfig
 from supernet.convert import supernet_from_hf
 from supernet.counting import count_macs, count_params
@@ -113,14 +113,14 @@ def test_exported_folder_layout(exported, minilm_tokenizer) -> None:
     for i, (sub, folder) in enumerate(items):
         names = {p.name for p in folder.iterdir()}
         assert {"config.json", "model.safetensors", "modeling_nasprune.py", "modules.py", "schedules.py",
-                "factors.py", "factorised.py", SUBNETWORK_FILE} <= names
+                "factors.py", "factorised.py", "graphs.py", SUBNETWORK_FILE} <= names
         assert {"tokenizer_config.json"} <= names and ({"tokenizer.json", "vocab.txt"} & names)
         assert not any(n.startswith(".") for n in names)
         assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
         # the package's own files, verbatim
         assert filecmp.cmp(folder / "modules.py", modules.__file__, shallow=False)
         assert filecmp.cmp(folder / "modeling_nasprune.py", modeling_nasprune.__file__, shallow=False)
-        for source in (schedules, factors, factorised):
+        for source in (schedules, factors, factorised, graphs):
             assert filecmp.cmp(folder / Path(source.__file__).name, source.__file__, shallow=False)
         config = json.loads((folder / "config.json").read_text())
         assert config["auto_map"] == AUTO_MAP and config["model_type"] == "nasprune_bert"
