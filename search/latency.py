@@ -223,7 +223,7 @@ class LatencyTable:
         return [order[start:start + self.batch_size] for start in range(0, order.size, self.batch_size)]
 
     def predict(self, sub: SubNetworkConfig, lengths: Sequence[int] | None = None,
-                exit_layers: Sequence[int] | None = None) -> float:
+                exit_layers: Sequence[int] | None = None, evaluations: int = 1) -> float:
         """Predicted latency (ms per batch) of the exported sub-network: of a full batch of `seq_len` tokens, or,
         given real input lengths, the mean over their batches (see `widths`).
 
@@ -238,11 +238,14 @@ class LatencyTable:
 
         Never below the embeddings and head alone: the fitted correction may have a negative per-layer term, which
         would otherwise predict zero or less for the tiniest sub-networks, and no model runs faster than its
-        embeddings and head."""
+        embeddings and head.
+
+        `evaluations`: how many times each layer runs (a parameter-shared stack under Heun's method: 2; see
+        SubNetworkConfig.unrolled, which turns its steps into layers)."""
         if exit_layers is not None:
             return self._predict_exiting(sub, lengths, exit_layers)
         widths, shares = self.widths(lengths)
-        corrected = self.scale * self.blocks(sub, widths) + self.per_layer_ms * len(sub.layers)
+        corrected = evaluations * (self.scale * self.blocks(sub, widths) + self.per_layer_ms * len(sub.layers))
         exits = 0.0 if sub.exit_threshold is None else self.exit_ms * max(0, len(sub.layers) - 1)
         return float(np.sum((np.maximum(corrected, 0.0) + self._at(self.overhead_ms, widths) + exits) * shares))
 

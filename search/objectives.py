@@ -141,7 +141,8 @@ class Measurements:
         config = self.supernet.config
         lengths = self.lengths if self.latency_on_lengths else None
         if positions is None or sub.exit_threshold is None:
-            latency = self.latency.predict(sub, lengths)
+            timed, evaluations = sub.unrolled(config)  # a shared stack's steps priced as the layers they run
+            latency = self.latency.predict(timed, lengths, evaluations=evaluations)
         else:  # where each example leaves prices it; the fixed shape is every example at seq_len tokens
             latency = self.latency.predict(sub, lengths or [self.seq_len] * len(positions), positions.tolist())
         return count_params(config, sub).to_dict(), count_macs(config, sub, seq_len=self.seq_len), latency

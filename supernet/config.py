@@ -13,7 +13,10 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "nasprune_bert")
+from . import schedules
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "albert", "nasprune_bert")
+ODE_SOLVERS = ("euler", "heun")
 
 
 class ConfigError(ValueError):
@@ -63,6 +66,43 @@ def _canonical_compensation(flag: Any, layers: tuple[int, ...], num_layers: int)
     return flag and bool(layers) and num_layers - layers[0] > len(layers)
 
 
+def _canonical_groups(groups: Any, num_layers: int) -> tuple[int, ...] | None:
+    """Which shared block each layer runs, in canonical form: contiguous, equal-sized groups numbered from 0 in
+    order (ALBERT's mapping, layer i -> block i // (L / G)); None when every layer has its own block."""
+    if groups is None:
+        return None
+    values = tuple(_as_int(g, "a layer group") for g in groups)
+    if len(values) != num_layers:
+        raise ConfigError(f"layer_groups has {len(values)} entries; the model has {num_layers} layers")
+    count = len(set(values))
+    if count == 0 or num_layers % count:
+        raise ConfigError(f"layer_groups: {count} shared blocks do not divide {num_layers} layers evenly")
+    size = num_layers // count
+    if values != tuple(i // size for i in range(num_layers)):
+        raise ConfigError(f"layer_groups must map the layers to contiguous, equal-sized groups in order (layer i to "
+                          f"block i // {size}), got {list(values)}")
+    return None if count == num_layers else values
+
+
+def _canonical_steps(steps: Any, layers: tuple[int, ...]) -> int | None:
+    """ODE steps in canonical form: None for one step per kept layer (the plain stack)."""
+    if steps is None:
+        return None
+    value = _as_int(steps, "ode_steps")
+    if not 1 <= value <= max(1, len(layers)):
+        raise ConfigError(f"ode_steps must lie between 1 and the {len(layers)} layers it integrates, got {value}")
+    return None if value == len(layers) else value
+
+
+def _canonical_solver(solver: Any) -> str | None:
+    """The ODE solver in canonical form: None for Euler (what a residual stack computes)."""
+    if solver is None:
+        return None
+    if solver not in ODE_SOLVERS:
+        raise ConfigError(f"ode_solver must be one of {', '.join(ODE_SOLVERS)}, got {solver!r}")
+    return None if solver == "euler" else solver
+
+
 def _as_int(value: Any, what: str) -> int:
     """An integer, or an integral float such as 2.0; anything else is a ConfigError (never truncated)."""
     if isinstance(value, bool):
@@ -101,6 +141,11 @@ class SupernetConfig:
     layer_units: tuple[int, ...] | None = None
     # Early exits (COST-EFF): an exit head after every layer but the last (modules.ExitHead).
     exits: bool = False
+    # ALBERT's factorised embeddings: word, position and token-type tables of this width, normalised, then
+    # projected to hidden_size (a projection even at equal widths, as ALBERT has); None: hidden_size, no projection.
+    embedding_size: int | None = None
+    # Parameter sharing (ALBERT): per layer, the shared block it runs (see _canonical_groups); None: unshared.
+    layer_groups: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.layer_heads is None:
@@ -111,6 +156,25 @@ class SupernetConfig:
         object.__setattr__(self, "layer_units", tuple(int(u) for u in self.layer_units))
         if len(self.layer_heads) != self.num_layers or len(self.layer_units) != self.num_layers:
             raise ConfigError("layer_heads and layer_units need one entry per layer")
+        groups = _canonical_groups(self.layer_groups, self.num_layers)
+        object.__setattr__(self, "layer_groups", groups)
+        for members in self.group_members():
+            if len({(self.layer_heads[i], self.layer_units[i]) for i in members}) > 1:
+                raise ConfigError(f"layers {members} share one block, so they need the same heads and units")
+
+    @property
+    def shared(self) -> bool:
+        """Whether layers share blocks (an ODE's vector field: ode_steps and ode_solver apply)."""
+        return self.layer_groups is not None
+
+    def group_members(self) -> list[list[int]]:
+        """The layers of each shared block, in order; one layer per block when nothing is shared."""
+        if self.layer_groups is None:
+            return [[i] for i in range(self.num_layers)]
+        members: list[list[int]] = [[] for _ in range(max(self.layer_groups) + 1)]
+        for index, group in enumerate(self.layer_groups):
+            members[group].append(index)
+        return members
 
     @property
     def is_regression(self) -> bool:
@@ -129,6 +193,18 @@ class SupernetConfig:
             raise ConfigError(f"hidden size {hf_config.hidden_size} is not divisible by {heads} heads")
         if getattr(hf_config, "position_embedding_type", "absolute") not in (None, "absolute"):
             raise ConfigError("only absolute position embeddings are supported")
+        groups = getattr(hf_config, "layer_groups", None)
+        classifier_dropout = getattr(hf_config, "classifier_dropout", None)
+        if model_type == "albert":
+            layers, count = hf_config.num_hidden_layers, hf_config.num_hidden_groups
+            if hf_config.inner_group_num != 1:
+                raise ConfigError(f"ALBERT with {hf_config.inner_group_num} layers per group (inner_group_num) is not "
+                                  "supported: one layer per shared block")
+            if count < 1 or layers % count:
+                raise ConfigError(f"ALBERT's {count} layer groups (num_hidden_groups) do not divide its {layers} "
+                                  "layers evenly")
+            groups = [i // (layers // count) for i in range(layers)]
+            classifier_dropout = hf_config.classifier_dropout_prob
         return cls(
             num_layers=hf_config.num_hidden_layers,
             hidden_size=hf_config.hidden_size,
@@ -143,25 +219,32 @@ class SupernetConfig:
             hidden_act=hf_config.hidden_act,
             hidden_dropout=hf_config.hidden_dropout_prob,
             attention_dropout=hf_config.attention_probs_dropout_prob,
-            classifier_dropout=getattr(hf_config, "classifier_dropout", None),
+            classifier_dropout=classifier_dropout,
             pad_token_id=hf_config.pad_token_id if hf_config.pad_token_id is not None else 0,
             position_offset=model_type == "roberta" or bool(getattr(hf_config, "position_offset", False)),
             model_type=model_type,
             layer_heads=getattr(hf_config, "layer_heads", None),
             layer_units=getattr(hf_config, "layer_units", None),
             exits=bool(getattr(hf_config, "exits", False)),
+            embedding_size=getattr(hf_config, "embedding_size", None),
+            layer_groups=None if groups is None else tuple(groups),
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["layer_heads"] = list(self.layer_heads)
         data["layer_units"] = list(self.layer_units)
+        for key in ("embedding_size", "layer_groups"):  # only when set, so an unshared model's record never changes
+            if data[key] is None:
+                del data[key]
+        if self.layer_groups is not None:
+            data["layer_groups"] = list(self.layer_groups)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SupernetConfig:
         data = dict(data)
-        for key in ("layer_heads", "layer_units"):
+        for key in ("layer_heads", "layer_units", "layer_groups"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -191,6 +274,12 @@ class SubNetworkConfig:
     layer followed by m dropped layers takes one Euler step of size 1 + m along its residual branch (the ODE view
     of residual networks, Chen et al., Findings of EMNLP 2023) instead of 1 (`step_sizes`); False when nothing
     after a kept layer is dropped, and written to JSON only when True.
+
+    On a parameter-shared model (`SupernetConfig.layer_groups`) the stack is an ODE whose vector field is each shared
+    block's residual branch (Chen et al., Findings of EMNLP 2023): every layer is kept, and `ode_steps` K integrates
+    it in K steps instead of one per layer (each group of n layers in K / G steps of size n·G / K; K a multiple of
+    the G blocks), `ode_solver` "heun" with Heun's method (two evaluations a step) instead of Euler's. Both are
+    structural like ode_compensation; None is one step per layer and Euler, and neither is written to JSON then.
     """
 
     layers: tuple[int, ...]
@@ -199,6 +288,8 @@ class SubNetworkConfig:
     token_keep: tuple[float, ...] | None = None
     exit_threshold: float | None = None
     ode_compensation: bool = False
+    ode_steps: int | None = None
+    ode_solver: str | None = None
 
     def __post_init__(self) -> None:
         layers = tuple(sorted({_as_int(i, "a layer index") for i in self.layers}))
@@ -220,6 +311,8 @@ class SubNetworkConfig:
         object.__setattr__(self, "exit_threshold", _canonical_threshold(self.exit_threshold, layers))
         object.__setattr__(self, "ode_compensation", _canonical_compensation(self.ode_compensation, layers,
                                                                              len(heads)))
+        object.__setattr__(self, "ode_steps", _canonical_steps(self.ode_steps, layers))
+        object.__setattr__(self, "ode_solver", _canonical_solver(self.ode_solver))
 
     @property
     def num_layers(self) -> int:
@@ -249,6 +342,23 @@ class SubNetworkConfig:
         if self.exit_threshold is not None and config.is_regression:
             raise ConfigError("early exiting needs a classification task: a regression output has no prediction "
                               "entropy to compare with exit_threshold")
+        if not config.shared:
+            if self.ode_steps is not None or self.ode_solver is not None:
+                raise ConfigError("ode_steps and ode_solver need a parameter-shared model (its layers one block's "
+                                  "steps); this one shares nothing: ode_compensation is its ODE knob")
+            return self
+        if len(self.layers) != config.num_layers or self.ode_compensation:
+            raise ConfigError("a parameter-shared model keeps every layer: fewer, larger steps (ode_steps) take the "
+                              "place of dropped layers")
+        blocks = config.group_members()
+        for members in blocks:
+            if len({(self.heads[i], self.units[i]) for i in members}) > 1:
+                raise ConfigError(f"layers {members} share one block, so they keep the same heads and units")
+        if self.ode_steps is not None and self.ode_steps % len(blocks):
+            raise ConfigError(f"ode_steps must be a multiple of the {len(blocks)} shared blocks (each integrates its "
+                              f"own layers), got {self.ode_steps}")
+        if not self.is_static and (self.ode_steps is not None or self.ode_solver is not None):
+            raise ConfigError("token elimination and early exits do not run with ode_steps or ode_solver yet")
         return self
 
     def kept_heads(self) -> list[int]:
@@ -265,7 +375,17 @@ class SubNetworkConfig:
     def static(self) -> SubNetworkConfig:
         """The same structure with every runtime field off: the weights this network slices, and its steps."""
         return SubNetworkConfig(layers=self.layers, heads=self.heads, units=self.units,
-                                ode_compensation=self.ode_compensation)
+                                ode_compensation=self.ode_compensation, ode_steps=self.ode_steps,
+                                ode_solver=self.ode_solver)
+
+    def schedule(self, config: SupernetConfig) -> tuple[tuple[int, float], ...]:
+        """What the forward runs, in order: (layer index, Euler step size) per step, every step one evaluation of
+        that layer's block (two under Heun). Unshared: each kept layer with its `step_sizes` entry. Shared: each
+        block's K / G steps of size n·G / K over its n layers, run as the first K / G of those layers (one block,
+        so any of them)."""
+        if not config.shared:
+            return tuple(zip(self.layers, self.step_sizes(), strict=True))
+        return tuple(schedules.ode_schedule(config.layer_groups, config.num_layers, self.ode_steps))
 
     def step_sizes(self) -> tuple[float, ...]:
         """Per kept layer, its Euler step: 1, or with ode_compensation the distance to the next kept layer (the
@@ -275,6 +395,15 @@ class SubNetworkConfig:
         ends = (*self.layers[1:], self.num_layers)
         return tuple(float(end - index) for index, end in zip(self.layers, ends, strict=True))
 
+    def unrolled(self, config: SupernetConfig) -> tuple[SubNetworkConfig, int]:
+        """An unshared network of the same compute, for what prices layers one by one (the latency table): the
+        layers a shared stack's steps run, at their widths, and the evaluations each takes (2 under Heun); this
+        network and 1 where no ODE setting is on."""
+        if self.ode_steps is None and self.ode_solver is None:
+            return self, 1
+        ran = tuple(index for index, _ in self.schedule(config))
+        return SubNetworkConfig(layers=ran, heads=self.heads, units=self.units), 2 if self.ode_solver == "heun" else 1
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"layers": list(self.layers), "heads": list(self.heads), "units": list(self.units)}
         if self.token_keep is not None:
@@ -283,6 +412,10 @@ class SubNetworkConfig:
             data["exit_threshold"] = self.exit_threshold
         if self.ode_compensation:
             data["ode_compensation"] = True
+        if self.ode_steps is not None:
+            data["ode_steps"] = self.ode_steps
+        if self.ode_solver is not None:
+            data["ode_solver"] = self.ode_solver
         return data
 
     @classmethod
@@ -293,7 +426,8 @@ class SubNetworkConfig:
             keep = data.get("token_keep")
             return cls(layers=tuple(data["layers"]), heads=tuple(data["heads"]), units=tuple(data["units"]),
                        token_keep=None if keep is None else tuple(keep), exit_threshold=data.get("exit_threshold"),
-                       ode_compensation=data.get("ode_compensation", False))
+                       ode_compensation=data.get("ode_compensation", False), ode_steps=data.get("ode_steps"),
+                       ode_solver=data.get("ode_solver"))
         except KeyError as exc:
             raise ConfigError(f"sub-network config is missing {exc.args[0]!r}") from None
         except TypeError as exc:

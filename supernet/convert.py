@@ -76,10 +76,36 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=False)
 
 
+def _albert_key_map(config: SupernetConfig) -> dict[str, str]:
+    """Supernet parameter name -> ALBERT's: its layer groups are the supernet's shared blocks (`blocks.g`, or
+    `layers.g` where every layer has its own group), its embedding projection the embeddings' `projection`."""
+    keys = {f"embeddings.{name}.weight": f"albert.embeddings.{name}.weight"
+            for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
+    blocks = len(config.group_members())
+    for t in ("weight", "bias"):
+        keys[f"embeddings.norm.{t}"] = f"albert.embeddings.LayerNorm.{t}"
+        keys[f"embeddings.projection.{t}"] = f"albert.encoder.embedding_hidden_mapping_in.{t}"
+        for g in range(blocks):
+            src, dst = f"albert.encoder.albert_layer_groups.{g}.albert_layers.0", f"blocks.{g}"
+            if not config.shared:
+                dst = f"layers.{g}"
+            for name in ("query", "key", "value", "dense"):
+                keys[f"{dst}.attention.{name}.{t}"] = f"{src}.attention.{name}.{t}"
+            keys[f"{dst}.attention.norm.{t}"] = f"{src}.attention.LayerNorm.{t}"
+            keys[f"{dst}.ffn.intermediate.{t}"] = f"{src}.ffn.{t}"
+            keys[f"{dst}.ffn.output.{t}"] = f"{src}.ffn_output.{t}"
+            keys[f"{dst}.ffn.norm.{t}"] = f"{src}.full_layer_layer_norm.{t}"
+        keys[f"head.dense.{t}"] = f"albert.pooler.{t}"
+        keys[f"head.out.{t}"] = f"classifier.{t}"
+    return keys
+
+
 def _hf_key_map(model: PreTrainedModel, num_layers: int) -> dict[str, str]:
     """Supernet parameter name -> Hugging Face parameter name."""
     if isinstance(model, NasPruneForSequenceClassification):
         return {name: f"model.{name}" for name, _ in model.model.named_parameters()}
+    if model.config.model_type == "albert":
+        return _albert_key_map(SupernetConfig.from_hf(model.config))
     p = model.base_model_prefix
     keys = {
         "embeddings.word_embeddings.weight": f"{p}.embeddings.word_embeddings.weight",
@@ -108,7 +134,8 @@ def _hf_key_map(model: PreTrainedModel, num_layers: int) -> dict[str, str]:
 
 
 def supernet_from_hf(model: PreTrainedModel, *, exits: bool = False) -> Supernet:
-    """Copy a Hugging Face BERT/RoBERTa/nasprune classifier into a new Supernet, checking every key.
+    """Copy a Hugging Face BERT/RoBERTa/ALBERT/nasprune classifier into a new Supernet, checking every key (an
+    ALBERT's shared layer groups stay shared: each stored once).
 
     `exits=True` gives the supernet exit heads (modules.ExitHead); a checkpoint without them leaves them freshly
     initialised, for exit training to fill. A nasprune export with exits brings its own either way."""

@@ -3,8 +3,10 @@
 The counts equal those of the model that `extract` builds (tests check it over random configurations).
 MACs are multiply-accumulates of one example of `seq_len` tokens (no padding), matrix products only:
 the Q/K/V and output projections, the two attention products (QKᵀ and AV), the FFN, the
-pooler/classifier on the first token, and the exit heads an exiting example evaluates (H·C each). Embedding
-lookups, LayerNorm, softmax, activations and the exit entropies are not MACs.
+pooler/classifier on the first token, the exit heads an exiting example evaluates (H·C each) and ALBERT's
+embedding projection (E·H a token). Embedding lookups, LayerNorm, softmax, activations and the exit entropies are
+not MACs. A parameter-shared model counts each shared block's parameters once and its MACs once per function
+evaluation (`ode_steps`, twice a step under Heun).
 
 `compression` (supernet/factors.py) counts the compressed model built from the sub-network's extract: factorised
 encoder matrices (and word embeddings, whose R x H projection then costs MACs per token).
@@ -57,10 +59,16 @@ def compressed_layout(config: SupernetConfig, sub: SubNetworkConfig, compression
 def count_params(config: SupernetConfig, sub: SubNetworkConfig | None = None,
                  compression: Compression | None = None) -> ParamCounts:
     sub = (sub or SubNetworkConfig.full(config)).validate(config)
-    hidden = config.hidden_size
-    embeddings = factors.embedding_params(compression, config.vocab_size, hidden)
-    embeddings += (config.max_position_embeddings + config.type_vocab_size) * hidden + 2 * hidden  # LayerNorm
-    encoder = sum(layer_params(config, h, u) for h, u in zip(sub.kept_heads(), sub.kept_units(), strict=True))
+    hidden, width = config.hidden_size, config.embedding_size or config.hidden_size
+    embeddings = factors.embedding_params(compression, config.vocab_size, width)
+    embeddings += (config.max_position_embeddings + config.type_vocab_size) * width + 2 * width  # LayerNorm
+    if config.embedding_size is not None:  # ALBERT's projection of the E-wide embeddings to the hidden size
+        embeddings += width * hidden + hidden
+    if config.shared:  # each shared block once, however many steps run it
+        encoder = sum(layer_params(config, sub.heads[members[0]], sub.units[members[0]])
+                      for members in config.group_members())
+    else:
+        encoder = sum(layer_params(config, h, u) for h, u in zip(sub.kept_heads(), sub.kept_units(), strict=True))
     if compression is not None:  # biases and LayerNorms as they were, the six weight matrices factorised
         matrices = compressed_layout(config, sub, compression)
         encoder += factors.factor_params(compression, hidden, matrices) - sum(hidden * m.width for m in matrices)
@@ -113,7 +121,12 @@ def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, s
     if compression is not None:
         compressed_layout(config, sub, compression)
     reads, encoder = seq_len, 0
-    ran = zip(sub.kept_heads(), sub.kept_units(), kept_tokens(sub, seq_len), strict=True)
+    integrated = sub.ode_steps is not None or sub.ode_solver is not None  # a shared stack's steps (static)
+    if integrated:
+        evaluations = 2 if sub.ode_solver == "heun" else 1
+        encoder = evaluations * sum(layer_macs(config, sub.heads[i], sub.units[i], seq_len)
+                                    for i, _ in sub.schedule(config))
+    ran = [] if integrated else zip(sub.kept_heads(), sub.kept_units(), kept_tokens(sub, seq_len), strict=True)
     for position, (h, u, kept) in enumerate(ran, start=1):
         if position > exit_after:
             break
@@ -122,6 +135,8 @@ def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, s
     if encoder_only:
         return encoder
     words = factors.embedding_macs(compression, config.hidden_size, seq_len)
+    if config.embedding_size is not None:  # ALBERT's projection, per token
+        words += seq_len * config.embedding_size * config.hidden_size
     hidden, labels = config.hidden_size, config.num_labels
     exit_heads = 0 if sub.exit_threshold is None else min(exit_after, last - 1)
     main = hidden * hidden + hidden * labels if exit_after == last else 0

@@ -47,6 +47,8 @@ def export_config(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneConfig:
         token_keep=None if sub.token_keep is None else [sub.token_keep[i] for i in sub.layers],
         exits=c.exits, exit_threshold=sub.exit_threshold,
         layer_steps=list(sub.step_sizes()) if sub.ode_compensation else None,
+        embedding_size=c.embedding_size, layer_groups=None if c.layer_groups is None else list(c.layer_groups),
+        ode_steps=sub.ode_steps, ode_solver=sub.ode_solver,
     )
 
 

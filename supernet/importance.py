@@ -125,7 +125,12 @@ def permute_units(model: Supernet, layer_index: int, order: torch.Tensor) -> Non
 
 
 def reorder_by_importance(model: Supernet, importance: Importance) -> None:
-    """Permute every layer so that its most important heads and units come first."""
-    for i in range(len(model.layers)):
+    """Permute every layer so that its most important heads and units come first. A block shared by several layers
+    is permuted once: its gradients, and so its scores, already sum over every layer that runs it."""
+    done: set[int] = set()
+    for i, layer in enumerate(model.layers):
+        if id(layer) in done:
+            continue
+        done.add(id(layer))
         permute_heads(model, i, torch.argsort(importance.heads[i], descending=True, stable=True))
         permute_units(model, i, torch.argsort(importance.units[i], descending=True, stable=True))

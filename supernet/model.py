@@ -12,7 +12,8 @@ from .modules import ElasticBert
 class Supernet(ElasticBert):
     """Weight-sharing supernet over layers, heads and FFN units (Cai et al., Once-for-All, 2020;
     Klein et al., TMLR 2024). `set_sub_network` picks which layers run and the first k heads/units
-    of each, its runtime knobs (token keep schedule, exit threshold) and its Euler steps (ODE compensation);
+    of each, its runtime knobs (token keep schedule, exit threshold) and its steps (ODE compensation; on a
+    parameter-shared model, ode_steps and ode_solver);
     `reset_super_network` returns to the full model with every knob off."""
 
     def __init__(self, config: SupernetConfig) -> None:
@@ -22,16 +23,18 @@ class Supernet(ElasticBert):
 
     def set_sub_network(self, sub: SubNetworkConfig) -> None:
         sub.validate(self.config)  # refuses an exit_threshold without exits or on regression
-        self.active_layers = list(sub.layers)
-        for index, layer in enumerate(self.layers):
+        schedule = sub.schedule(self.config)
+        self.active_layers = [index for index, _ in schedule]
+        for index, layer in enumerate(self.layers):  # a shared block is set once per layer, to the same widths
             layer.set_sub_network(sub.heads[index], sub.units[index])
         self.token_keep = None if sub.token_keep is None else list(sub.token_keep)
         self.exit_threshold = sub.exit_threshold
         self.layer_steps = None
-        if sub.ode_compensation:
+        if any(step != 1.0 for _, step in schedule):
             self.layer_steps = [1.0] * len(self.layers)
-            for index, step in zip(sub.layers, sub.step_sizes(), strict=True):
+            for index, step in schedule:
                 self.layer_steps[index] = step
+        self.ode_solver = sub.ode_solver
         self.sub_network = sub
 
     def reset_super_network(self) -> None:
@@ -41,6 +44,7 @@ class Supernet(ElasticBert):
         self.token_keep = None
         self.exit_threshold = None
         self.layer_steps = None
+        self.ode_solver = None
         self.sub_network = None
 
     @contextmanager

@@ -39,7 +39,9 @@ class NasPruneConfig(PreTrainedConfig):
                  initializer_range: float = 0.02, pad_token_id: int = 0, token_keep: list[float] | None = None,
                  token_lengths: list[int] | None = None, exits: bool = False,
                  exit_threshold: float | None = None, compression: dict | None = None,
-                 layer_steps: list[float] | None = None, **kwargs) -> None:
+                 layer_steps: list[float] | None = None, embedding_size: int | None = None,
+                 layer_groups: list[int] | None = None, ode_steps: int | None = None, ode_solver: str | None = None,
+                 **kwargs) -> None:
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -68,6 +70,13 @@ class NasPruneConfig(PreTrainedConfig):
         if self.layer_steps is not None and (len(self.layer_steps) != len(self.layer_heads)
                                              or not all(h >= 1 for h in self.layer_steps)):
             raise ValueError(f"layer_steps needs one step >= 1 per layer, got {self.layer_steps}")
+        # ALBERT's factorised embeddings (their width; None: hidden_size) and parameter sharing: per layer, its
+        # shared block (None: none shared); a shared stack runs as an ODE in ode_steps steps (None: one per layer)
+        # with ode_solver (None: Euler; "heun")
+        self.embedding_size = embedding_size
+        self.layer_groups = None if layer_groups is None else [int(g) for g in layer_groups]
+        self.ode_steps = None if ode_steps is None else int(ode_steps)
+        self.ode_solver = ode_solver
         # a compressed model's factorised weights (supernet/factors.py: protocol, rank, bank, embedding_rank)
         self.compression = None if compression is None else Compression.from_dict(compression).to_dict()
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -124,6 +133,16 @@ class NasPruneForSequenceClassification(PreTrainedModel):
         schedule = schedule_for_speedup(self.config, speedup, lengths, start=start, floor=floor)
         self.set_token_keep(schedule)
         return schedule
+
+    def set_ode_steps(self, steps: int | None, solver: str | None = None) -> None:
+        """Integrate a parameter-shared model's stack in `steps` steps (None: one per layer, the stack as trained),
+        each group of n shared layers in steps / G steps of size n·G / steps, with `solver` ("euler", the default,
+        or "heun": two evaluations a step) without retraining (Chen et al., Findings of EMNLP 2023). Updates
+        `config.ode_steps` and `config.ode_solver` too, so `save_pretrained` keeps them. ValueError on a model
+        that shares no layers, or steps that are not a multiple of its shared blocks up to its layers."""
+        self.model.set_ode(steps, solver)
+        self.config.ode_steps = None if steps is None or steps == len(self.config.layer_heads) else int(steps)
+        self.config.ode_solver = None if solver == "euler" else solver
 
     def set_token_keep(self, keep: list[float] | None) -> None:
         """Change the token-elimination schedule without retraining (TiltedBERT's offline tuning): one keep

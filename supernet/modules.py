@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from . import schedules
 from .factorised import BiasOnly, LowRankLinear, MatrixBank
 from .factors import Compression, block_count, layout, lowrank_rank
 
@@ -293,17 +294,23 @@ class ElasticLayer(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Word + position + token-type embeddings (never pruned). RoBERTa offsets positions past padding."""
+    """Word + position + token-type embeddings (never pruned). RoBERTa offsets positions past padding. ALBERT's
+    are `cfg.embedding_size` E wide, normalised at that width, then projected to the hidden size (`projection`)."""
 
     def __init__(self, cfg: Any, rank: int | None = None) -> None:
         super().__init__()
+        width = getattr(cfg, "embedding_size", None) or cfg.hidden_size
+        if rank is not None and getattr(cfg, "embedding_size", None) is not None:
+            raise ValueError("a compressed word embedding (embedding_rank) on factorised embeddings (embedding_size) "
+                             "is not supported")
         # `rank` R (a compressed model's embedding_rank) factorises the word embeddings: vocab x R, then R x H
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, rank or cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.word_projection = None if rank is None else nn.Linear(rank, cfg.hidden_size, bias=False)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, rank or width, padding_idx=cfg.pad_token_id)
+        self.word_projection = None if rank is None else nn.Linear(rank, width, bias=False)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, width)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, width)
+        self.norm = nn.LayerNorm(width, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.projection = None if getattr(cfg, "embedding_size", None) is None else nn.Linear(width, cfg.hidden_size)
         self.pad_token_id = cfg.pad_token_id
         self.position_offset = bool(cfg.position_offset)
 
@@ -321,7 +328,8 @@ class Embeddings(nn.Module):
             words = self.word_projection(words)
         x = (words + self.token_type_embeddings(token_type_ids)
              + self.position_embeddings(positions))
-        return self.dropout(self.norm(x))  # (B, T, H)
+        x = self.dropout(self.norm(x))
+        return x if self.projection is None else self.projection(x)  # (B, T, H)
 
 
 class ClassificationHead(nn.Module):
@@ -412,10 +420,20 @@ class ElasticBert(nn.Module):
             factorised = [_Factorised(self.compression, self.bank,
                                       {m.name: m.first for m in matrices if m.layer == layer})
                           for layer in range(len(cfg.layer_heads))]
-        self.layers = nn.ModuleList(
-            ElasticLayer(cfg, heads, units, factors)
-            for heads, units, factors in zip(cfg.layer_heads, cfg.layer_units, factorised, strict=True)
-        )
+        groups = getattr(cfg, "layer_groups", None)
+        if groups is None:
+            self.layers = nn.ModuleList(
+                ElasticLayer(cfg, heads, units, factors)
+                for heads, units, factors in zip(cfg.layer_heads, cfg.layer_units, factorised, strict=True)
+            )
+        else:  # parameter sharing: one block per group, stored once; `layers` is a view, block per layer
+            if self.compression is not None:
+                raise ValueError("compressing a parameter-shared model is not supported")
+            firsts = {group: index for index, group in reversed(list(enumerate(groups)))}
+            self.blocks = nn.ModuleList(ElasticLayer(cfg, cfg.layer_heads[firsts[g]], cfg.layer_units[firsts[g]])
+                                        for g in range(len(firsts)))
+            self.layers = [self.blocks[g] for g in groups]
+        self.layer_groups = None if groups is None else [int(g) for g in groups]
         self.head = ClassificationHead(cfg)
         self.num_labels = int(cfg.num_labels)
         self.exits = bool(getattr(cfg, "exits", False))
@@ -434,6 +452,26 @@ class ElasticBert(nn.Module):
         # None: every step is 1
         steps = getattr(cfg, "layer_steps", None)
         self.layer_steps: list[float] | None = None if steps is None else [float(h) for h in steps]
+        # a shared stack as an ODE (set_ode): Heun's method takes two evaluations a step; None: Euler
+        self.ode_solver: str | None = None
+        if self.layer_groups is not None:
+            self.set_ode(getattr(cfg, "ode_steps", None), getattr(cfg, "ode_solver", None))
+
+    def set_ode(self, steps: int | None, solver: str | None) -> None:
+        """Integrate a parameter-shared stack in `steps` steps (None: one per layer) with `solver` ("euler" or
+        None, "heun"): which layers run and their step sizes (schedules.ode_schedule)."""
+        if solver not in (None, "euler", "heun"):
+            raise ValueError(f"ode_solver must be euler or heun, got {solver!r}")
+        if self.layer_groups is None and (steps is not None or solver not in (None, "euler")):
+            raise ValueError("ode_steps and ode_solver need a parameter-shared model")
+        schedule = schedules.ode_schedule(self.layer_groups, len(self.layers), steps)
+        self.active_layers = [index for index, _ in schedule]
+        self.layer_steps = None
+        if any(step != 1.0 for _, step in schedule):
+            self.layer_steps = [1.0] * len(self.layers)
+            for index, step in schedule:
+                self.layer_steps[index] = step
+        self.ode_solver = None if solver == "euler" else solver
 
     @property
     def exit_threshold(self) -> float | None:
@@ -517,6 +555,12 @@ class ElasticBert(nn.Module):
         """Run layer `index` on the examples still running, eliminating tokens where the schedule says so."""
         keep = None if state.lengths is None else self._keep_counts(index, state.lengths, state.valid)
         step = 1.0 if self.layer_steps is None else self.layer_steps[index]
+        if self.ode_solver == "heun":  # x + h/2·(f(x) + f(x + h·f(x))) is the mean of x and two Euler steps
+            if keep is not None:
+                raise ValueError("token elimination does not run with Heun's method")
+            layer = self.layers[index]
+            state.x = 0.5 * (state.x + layer(layer(state.x, state.mask, step), state.mask, step))
+            return
         if keep is None:
             state.x = self.layers[index](state.x, state.mask, step)
             return

@@ -1,7 +1,8 @@
 """Token-elimination arithmetic: MACs of a layer that drops tokens, keep schedules, and the schedule that reaches
-a speed-up. Pure Python (no torch), because three places need it: supernet.counting, the search space's genes
-(imported by torch-free code) and every exported model, whose `set_speedup` solves a schedule after training
-(this file is copied into the export folder beside modules.py).
+a speed-up; and the steps of a parameter-shared stack integrated as an ODE (`ode_schedule`). Pure Python (no
+torch), because three places need it: supernet.counting, the search space's genes (imported by torch-free code)
+and every exported model, whose `set_speedup` and `set_ode_steps` work after training (this file is copied into
+the export folder beside modules.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from typing import Any
 
 __all__ = ["kept_count", "layer_macs", "keep_schedule", "tilted_schedule", "expected_encoder_macs",
-           "schedule_for_speedup"]
+           "schedule_for_speedup", "ode_schedule"]
 
 
 def kept_count(fraction: float, length: int, reads: int | None = None) -> int:
@@ -104,3 +105,25 @@ def schedule_for_speedup(config: Any, speedup: float, lengths: list[int], *, sta
         middle = (low + high) / 2
         low, high = (low, middle) if reached(middle) >= speedup else (middle, high)
     return tilted_schedule(layers, start, high, floor)
+
+
+def ode_schedule(groups: list[int] | tuple[int, ...] | None, num_layers: int,
+                 steps: int | None) -> list[tuple[int, float]]:
+    """The steps a parameter-shared stack runs, in order: (layer index, step size). `groups` maps each layer to its
+    shared block (contiguous, equal-sized groups; None: one block per layer); `steps` K (None: one per layer) is
+    split evenly over the G blocks, each integrating its n layers in K / G steps of size n·G / K, run as the first
+    K / G of its layers (they are one block). Chen et al., Findings of EMNLP 2023: a shared residual layer is an
+    Euler step of dx/dt = f(x), which fewer, larger steps can integrate."""
+    groups = list(range(num_layers)) if groups is None else list(groups)
+    blocks = max(groups) + 1 if groups else 0
+    steps = num_layers if steps is None else int(steps)
+    if blocks == 0:
+        return []
+    if steps < 1 or steps > num_layers or steps % blocks:
+        raise ValueError(f"ode_steps must be a multiple of the {blocks} shared blocks between 1 and the "
+                         f"{num_layers} layers, got {steps}")
+    members: list[list[int]] = [[] for _ in range(blocks)]
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    per_block = steps // blocks
+    return [(index, len(layers) / per_block) for layers in members for index in layers[:per_block]]

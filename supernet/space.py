@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
 
-from .config import ConfigError, SubNetworkConfig, SupernetConfig
+from .config import ODE_SOLVERS, ConfigError, SubNetworkConfig, SupernetConfig
 from .schedules import tilted_schedule
 from .settings import SPACE_NAMES
 
@@ -384,6 +384,50 @@ class OdeCompensationSpace(SearchSpace):
         return [*self.base.encode(replace(sub, ode_compensation=False)), int(sub.ode_compensation)]
 
 
+class SharedSpace(SearchSpace):
+    """A parameter-shared model's space (Chen et al., Findings of EMNLP 2023): [heads of block 0..G-1, unit steps
+    of block 0..G-1, steps per block, solver]. Every layer is kept and runs its block's widths; the stack is
+    integrated in K = G·s steps (s from 1 to L / G: fewer, larger steps instead of dropped layers) by Euler (0) or
+    Heun (1, two evaluations a step). Heads and units are the first k of each block: importance reordering in
+    training puts the best first."""
+
+    name = "shared"
+
+    def __init__(self, config: SupernetConfig, *, unit_step: int | None = None, min_heads: int = 1,
+                 min_unit_steps: int = 1) -> None:
+        super().__init__(config, unit_step=unit_step)
+        if not config.shared:
+            raise ConfigError("the shared space needs a parameter-shared model (layer_groups)")
+        self.blocks = config.group_members()
+        self.min_heads, self.min_unit_steps = min_heads, min_unit_steps
+        self.block_heads = [config.layer_heads[members[0]] for members in self.blocks]
+        self.block_steps = [self._units_to_steps(config.layer_units[members[0]]) for members in self.blocks]
+
+    @property
+    def lower(self) -> list[int]:
+        g = len(self.blocks)
+        return [self.min_heads] * g + [self.min_unit_steps] * g + [1, 0]
+
+    @property
+    def upper(self) -> list[int]:
+        return [*self.block_heads, *self.block_steps, len(self.blocks[0]), len(ODE_SOLVERS) - 1]
+
+    def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
+        values = self._check(vector)
+        g, groups = len(self.blocks), self.config.layer_groups
+        heads, units = values[:g], values[g:2 * g]
+        return SubNetworkConfig(layers=tuple(range(self.config.num_layers)), heads=tuple(heads[b] for b in groups),
+                                units=tuple(units[b] * self.unit_step for b in groups),
+                                ode_steps=values[2 * g] * g, ode_solver=ODE_SOLVERS[values[2 * g + 1]])
+
+    def encode(self, sub: SubNetworkConfig) -> list[int]:
+        sub.validate(self.config)
+        firsts = [members[0] for members in self.blocks]
+        steps = (sub.ode_steps or self.config.num_layers) // len(self.blocks)
+        return self._check([*(sub.heads[i] for i in firsts), *(self._units_to_steps(sub.units[i]) for i in firsts),
+                            steps, ODE_SOLVERS.index(sub.ode_solver or "euler")])
+
+
 SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (UniformSpace, PerLayerSpace, LayerSpace,
                                                                   ImportanceSpace)}
 if tuple(SPACES) != SPACE_NAMES:  # the settings' choices (torch-free) must be exactly the spaces that exist
@@ -391,8 +435,18 @@ if tuple(SPACES) != SPACE_NAMES:  # the settings' choices (torch-free) must be e
 
 
 def make_space(name: str, config: SupernetConfig, **kwargs) -> SearchSpace:
+    """The space `name` over `config`; on a parameter-shared model the per-width spaces (importance, the default,
+    and per_layer) are its SharedSpace, whose step and solver genes come with sharing, and the spaces that drop
+    layers or tie every layer's width do not apply."""
     try:
         cls = SPACES[name]
     except KeyError:
         raise ConfigError(f"unknown search space {name!r}; choose one of {', '.join(SPACES)}") from None
+    if config.shared:
+        if name not in ("importance", "per_layer"):
+            raise ConfigError(f"the {name} space does not apply to a parameter-shared model (it keeps every layer "
+                              "and searches each shared block's widths and the ODE steps): use importance or "
+                              "per_layer")
+        kwargs.pop("importance", None)  # the blocks' own order: training reorders each block by importance
+        return SharedSpace(config, **kwargs)
     return cls(config, **kwargs)
