@@ -5,6 +5,7 @@
     nasprune train  --model minilm --task glue/rte --data-dir ../shared/data/glue --out runs/rte
     nasprune refine --run runs/rte --point 0 3 [--epochs 1]     # fine-tune chosen front points at their own size
     nasprune compress --run runs/rte --point 0 --rank 64 --bank 12 [--protocol tucker] --out runs/rte/tiny
+    nasprune share --model minilm --task glue/sst2 --groups 1 --out runs/sst2-shared   # then --model .../model
     nasprune export --run runs/rte --point 0 --out runs/rte/point-0 [--format hf|onnx] [--sliced]
     nasprune export --run runs/rte --config middle --out runs/rte/export-middle
 
@@ -37,7 +38,7 @@ from search.settings import SearchSettings
 from service.flags import FlagValueError, add_flags, model_flags, parse_flags
 from supernet.config import ConfigError, SubNetworkConfig
 from supernet.hardware import DeviceUnavailable, check_device
-from supernet.settings import CompressConfig, Compute, RefinePointConfig, RunSpec
+from supernet.settings import CompressConfig, Compute, RefinePointConfig, RunSpec, ShareSpec
 
 if TYPE_CHECKING:
     from supernet.run import Run
@@ -191,6 +192,29 @@ def cmd_compress(args: argparse.Namespace) -> int:
         before = record["point_metrics"].get(split) or {}
         print(f"  {split}: " + ", ".join(f"{k}={v:.4f}" + (f" (point {before[k]:.4f})" if k in before else "")
                                          for k, v in values.items()))
+    return 0
+
+
+def cmd_share(args: argparse.Namespace) -> int:
+    from supernet.share import MODEL_DIR, share_run
+
+    start = time.perf_counter()
+    with _signal_flags() as flags:
+        record = share_run(args.settings, args.out, should_stop=lambda: flags["stop"], compute=args.compute)
+    if record is None:
+        print("stopped; rerun the same command to resume where it stopped")
+        return 130
+    params, teacher = record["params"], record["teacher_params"]
+    print(f"shared {len(record['tying']['sources'])} block(s) in {time.perf_counter() - start:.0f} s: "
+          f"{Path(args.out) / MODEL_DIR} (a model folder for --model)")
+    print(f"  params: {params['total']:,} ({params['encoder']:,} in the encoder; unshared: {teacher['total']:,}, "
+          f"{teacher['encoder']:,}); blocks from layers {record['tying']['sources']}")
+    for split, values in record["metrics"].items():
+        before = record["teacher_metrics"].get(split) or {}
+        print(f"  {split}: " + ", ".join(f"{k}={v:.4f}" + (f" (unshared {before[k]:.4f})" if k in before else "")
+                                         for k, v in values.items()))
+    for steps, values in record["validation_by_ode_steps"].items():
+        print(f"  validation at {steps} ODE steps: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
     return 0
 
 
@@ -445,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--out", required=True, help="where the compressed model folder is written")
     _add_settings(compress, CompressConfig, compute=True)
     compress.set_defaults(func=cmd_compress)
+    share = sub.add_parser("share", help="tie an unshared model's layers into shared blocks and recover them by "
+                                         "distillation: a parameter-shared model whose stack runs as an ODE")
+    _add_settings(share, ShareSpec, compute=True, skip=("space", "importance", "importance_batches", "training"))
+    share.add_argument("--out", required=True, help="folder of the run (rerun with it to resume); the model is "
+                                                    "written to <out>/model")
+    share.set_defaults(func=cmd_share)
     export = sub.add_parser("export", help="export a sub-network of a trained run as a smaller model")
     export.add_argument("--run", required=True, help="run folder written by `nasprune train`")
     which = export.add_mutually_exclusive_group(required=True)

@@ -326,3 +326,39 @@ class RunSpec(SettingsModel):
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         """Read a stored run.json; one written before the validation cap existed used the whole split."""
         return cls.model_validate({"validation_limit": None} | dict(data))
+
+
+class ShareConfig(SettingsModel):
+    """How an unshared encoder becomes a parameter-shared one (`nasprune share`; Chen et al., Findings of EMNLP 2023):
+    its layers tied into `groups` shared blocks, each block started from the member layer whose tying loses least,
+    then recovered by distillation from the unshared model (logits, hidden states at the ODE times its steps reach,
+    labels), each step running a sampled number of ODE steps so that the shared model accepts fewer, larger ones."""
+
+    model_config = ConfigDict(frozen=True)
+
+    groups: int = Field(1, ge=1, le=1024,
+                        description="shared blocks: layer i runs block i // (L / G); 1 shares one block across every "
+                                    "layer, and G must divide the layers")
+    teacher_epochs: float = Field(
+        3.0, ge=0, le=MAX_EPOCHS,
+        description="plain fine-tuning of the unshared model on the task first (0: the model is fine-tuned already)")
+    epochs: float = Field(2.0, gt=0, le=MAX_EPOCHS, description="epochs of recovery by distillation")
+    learning_rate: float = Field(1e-4, gt=0, le=1, json_schema_extra=flag_extra("lr", "learning-rate"))
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.06, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0, le=1000, description="distillation temperature")
+    hidden_loss_weight: float = Field(1.0, ge=0, le=1000,
+                                      description="weight of the hidden-state loss at the ODE times both models reach")
+    label_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the label loss")
+    step_augmentation: bool = Field(
+        True, description="each training step runs a random number of ODE steps (a multiple of the groups up to "
+                          "the layers), so the shared model also answers at fewer steps; off: always one per layer")
+    init_batches: int = Field(4, ge=1, le=MAX_STEPS,
+                              description="training batches each candidate block is scored on when tying")
+
+
+class ShareSpec(RunSpec):
+    """A sharing job: the model and task (RunSpec's data settings; its training and space settings do not apply)
+    and how the layers are tied and recovered."""
+
+    share: ShareConfig = Field(default_factory=ShareConfig)

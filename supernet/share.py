@@ -1,0 +1,276 @@
+"""Parameter-shared models made from unshared ones (`nasprune share`; issue 34).
+
+Chen et al. (Findings of EMNLP 2023) read a parameter-shared encoder as a neural ODE: each layer is an Euler step
+of dx/dt = f(x) with f the shared block's residual branch, so the same weights can be integrated in fewer, larger
+steps. No shared checkpoint of the models here can be downloaded, so one is made: the unshared encoder's layers
+are tied into G blocks (layer i runs block i // (L / G)); each block starts from the member layer whose tying loses
+least (scored greedily, block by block, on a few training batches against the unshared model); then the tied model
+learns the unshared one by distillation: its logits, its hidden states at every ODE time both reach (a step of
+size n·G / K ends at a layer boundary when it is a whole number), and the labels. The paper's pre-training makes
+shared models accept larger steps; its stand-in here is step-count augmentation: every training step integrates
+with a K drawn from the multiples of G up to L, so the model learns to answer at every K the search may choose.
+The loop, schedule, checkpoints, resume and divergence checks are the project's trainer's (supernet/training.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import confine
+from .config import SubNetworkConfig
+from .counting import count_macs, count_params
+from .devices import resolve_device, training_dtype
+from .evaluation import evaluate
+from .extract import extract, save_folder
+from .files import atomic_write_json
+from .model import Supernet
+from .run import SUPERNET_DIR, Run, load_supernet, train_run
+from .settings import Compute, RunSpec, ShareConfig, ShareSpec, TrainingConfig
+from .training import SupernetTrainer, TrainState, distillation_loss, task_loss
+
+log = logging.getLogger(__name__)
+
+TEACHER_DIR, MODEL_DIR, WORK_DIR = "teacher", "model", "work"
+TYING_FILE, CHECKPOINT_FILE = "tying.json", "share.pt"
+
+
+def check_groups(layers: int, groups: int) -> None:
+    if groups >= layers:
+        raise ValueError(f"groups: {groups} shared blocks for {layers} layers share nothing; use fewer (1: one block "
+                         "for every layer)")
+    if layers % groups:
+        raise ValueError(f"groups: {groups} shared blocks do not divide the model's {layers} layers evenly")
+
+
+def shared_config(teacher: Supernet, groups: int):
+    """The teacher's config with its layers tied into `groups` blocks (ConfigError if they cannot be)."""
+    config = teacher.config
+    if config.shared:
+        raise ValueError("the model shares its layers already: nasprune share ties an unshared one")
+    check_groups(config.num_layers, groups)
+    layers = config.num_layers
+    if len(set(config.layer_heads)) > 1 or len(set(config.layer_units)) > 1:
+        raise ValueError("the model's layers differ in width: tying needs layers of one shape")
+    return dataclasses.replace(config, layer_groups=tuple(i // (layers // groups) for i in range(layers)))
+
+
+@torch.no_grad()
+def tie(teacher: Supernet, groups: int, sources: list[int]) -> Supernet:
+    """A shared model whose block g is teacher layer `sources[g]`, with the teacher's embeddings, head and exits."""
+    student = Supernet(shared_config(teacher, groups))
+    own = {k: v for k, v in teacher.state_dict().items() if not k.startswith("layers.")}
+    missing, unexpected = student.load_state_dict(own, strict=False)
+    assert not unexpected and all(k.startswith("blocks.") for k in missing), (missing, unexpected)
+    for block, source in zip(student.blocks, sources, strict=True):
+        block.load_state_dict(teacher.layers[source].state_dict())
+    return student
+
+
+@contextmanager
+def outputs(model: Supernet) -> Iterator[list[torch.Tensor]]:
+    """Each layer call's output (B, T, H) of the forwards run while open, in the order they run: for a shared model
+    one per step, each a step's end state under Euler."""
+    seen: list[torch.Tensor] = []
+    modules = model.blocks if model.config.shared else model.layers
+    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def matched_times(student: Supernet, sub: SubNetworkConfig) -> list[tuple[int, int]]:
+    """(student step, teacher layer) pairs at the ODE times both reach: a step ends where the teacher's layer
+    t - 1 does when the steps so far add up to a whole t."""
+    pairs, time_so_far = [], 0.0
+    for position, (_index, step) in enumerate(sub.schedule(student.config)):
+        time_so_far += step
+        if abs(time_so_far - round(time_so_far)) < 1e-6:
+            pairs.append((position, round(time_so_far) - 1))
+    return pairs
+
+
+def step_choices(config) -> list[int]:
+    """The step counts a shared stack can run: the multiples of its blocks up to its layers."""
+    blocks = len(config.group_members())
+    return list(range(blocks, config.num_layers + 1, blocks))
+
+
+def integrated(config, steps: int | None) -> SubNetworkConfig:
+    full = SubNetworkConfig.full(config)
+    return dataclasses.replace(full, ode_steps=steps)
+
+
+class ShareTrainer(SupernetTrainer):
+    """The trainer's loop with one step of its own: the tied student learns the frozen unshared teacher, at a
+    sampled step count K (step-count augmentation) or at one step per layer."""
+
+    def __init__(self, student: Supernet, teacher: Supernet, loader: Iterable[Mapping[str, torch.Tensor]],
+                 config: ShareConfig, seed: int, **kwargs) -> None:
+        self.teacher, self.settings = teacher.eval(), config
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+        self.choices = step_choices(student.config) if config.step_augmentation else [student.config.num_layers]
+        training = TrainingConfig(epochs=config.epochs, learning_rate=config.learning_rate,
+                                  weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
+                                  num_random_subnets=0, seed=seed)
+        super().__init__(student, None, loader, training, description="sharing recovery",  # type: ignore[arg-type]
+                         learning_rate_setting="share.learning_rate", **kwargs)
+
+    def _forward_backward(self, batch: Mapping[str, torch.Tensor], scale: float) -> dict[str, float]:
+        with self.autocast():
+            return self._share_step(batch, scale)
+
+    def _share_step(self, batch: Mapping[str, torch.Tensor], scale: float) -> dict[str, float]:
+        inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        labels = batch["labels"]
+        self._regression = labels.is_floating_point()
+        steps = self.rng.choice(self.choices)
+        sub = integrated(self.model.config, steps)
+        with torch.no_grad(), outputs(self.teacher) as taught:
+            target = self.teacher(*inputs)
+        with self.model.use(sub), outputs(self.model) as learnt:
+            logits = self.model(*inputs)
+        cfg = self.settings
+        loss_logits = distillation_loss(logits, target, cfg.temperature)
+        mask = inputs[1]
+        weights = (torch.ones(inputs[0].shape, dtype=logits.dtype, device=logits.device) if mask is None
+                   else mask.to(logits.dtype))
+        pairs = matched_times(self.model, sub)
+        hidden = sum(((learnt[s] - taught[t]).square().mean(-1) * weights).sum() / weights.sum()
+                     for s, t in pairs) / max(1, len(pairs))
+        label = task_loss(logits, labels)
+        loss = loss_logits + cfg.hidden_loss_weight * hidden + cfg.label_loss_weight * label
+        (loss * scale).backward()
+        return {"loss": loss.item(), "loss_logits": float(loss_logits.detach()),
+                "loss_hidden": float(hidden.detach()), "loss_label": float(label.detach()), "steps": float(steps)}
+
+
+@torch.no_grad()
+def choose_sources(teacher: Supernet, groups: int, batches: list[Mapping[str, torch.Tensor]],
+                   temperature: float = 1.0) -> tuple[list[int], list[list[float]]]:
+    """Per block, the member layer whose weights, run at every one of the block's layers, lose least against the
+    teacher (distillation loss of the logits on `batches`), chosen block by block with the earlier blocks' choices
+    in place and the later blocks at their first layer. Returns the choices and every candidate's loss."""
+    size = teacher.config.num_layers // groups
+    sources = [g * size for g in range(groups)]
+    losses: list[list[float]] = []
+    for g in range(groups):
+        scores = []
+        for candidate in range(g * size, (g + 1) * size):
+            trial = tie(teacher, groups, sources[:g] + [candidate] + sources[g + 1:]).to(
+                next(teacher.parameters()).device).eval()
+            total = 0.0
+            for batch in batches:
+                inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+                total += float(distillation_loss(trial(*inputs), teacher(*inputs), temperature))
+            scores.append(total / max(1, len(batches)))
+        sources[g] = g * size + min(range(size), key=scores.__getitem__)
+        losses.append(scores)
+    return sources, losses
+
+
+def teacher_for(spec: ShareSpec, folder: Path, *, progress: bool, should_stop: Callable[[], bool] | None,
+                compute: Compute) -> Supernet | None:
+    """The unshared model the shared one learns: `spec.model` as it is (share.teacher_epochs 0), or fine-tuned on
+    the task first (plain fine-tuning, resumable, in <folder>/teacher); None if stopped."""
+    from .convert import load_supernet_from_pretrained
+    from .run import load_run_task
+
+    device = resolve_device(compute.device)
+    if spec.share.teacher_epochs == 0:
+        task = load_run_task(spec)
+        return load_supernet_from_pretrained(confine.model_source(spec.model),
+                                             num_labels=task.spec.num_labels).to(device).eval()
+    data = {k: v for k, v in spec.to_dict().items() if k != "share"}
+    plain = RunSpec.model_validate(data | {
+        "space": "per_layer", "importance": "none",
+        "training": spec.training.to_dict() | {"epochs": spec.share.teacher_epochs, "num_random_subnets": 0}})
+    state = train_run(plain, folder / TEACHER_DIR, progress=progress, should_stop=should_stop, compute=compute)
+    if state.stopped:
+        return None
+    return load_supernet(folder / TEACHER_DIR / SUPERNET_DIR, device).eval()
+
+
+def share_run(spec: ShareSpec, folder: str | Path, *, progress: bool = True,
+              on_step: Callable[[TrainState], None] | None = None, should_stop: Callable[[], bool] | None = None,
+              compute: Compute | None = None) -> dict[str, Any] | None:
+    """Tie `spec.model`'s layers into `spec.share.groups` blocks and recover them on `spec.task` into `folder`
+    (teacher/ and work/ beside the result, model/: a model folder `--model` accepts); resumes where a stopped run
+    stopped. Returns the model's record (model/subnetwork.json), or None if stopped."""
+    folder = Path(folder)
+    compute = compute or Compute()
+    device = resolve_device(compute.device)
+    result = folder / MODEL_DIR / "subnetwork.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    (folder / WORK_DIR).mkdir(parents=True, exist_ok=True)
+    settings_file = folder / WORK_DIR / "share_spec.json"
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != spec.to_dict():
+        raise ValueError(f"{folder} holds another sharing run; choose another output folder or its settings")
+    from .convert import read_model_config
+
+    check_groups(read_model_config(confine.model_source(spec.model)).num_hidden_layers, spec.share.groups)
+    settings_file.write_text(json.dumps(spec.to_dict(), indent=2))
+    started = time.perf_counter()
+    teacher = teacher_for(spec, folder, progress=progress, should_stop=should_stop, compute=compute)
+    if teacher is None:
+        return None
+    run = Run(folder / WORK_DIR, spec, device=device)
+    cfg = spec.share
+    generator = torch.Generator()
+    loader = run.batches("train", shuffle=True, generator=generator)
+    tying_file = folder / WORK_DIR / TYING_FILE
+    if tying_file.is_file():
+        tying = json.loads(tying_file.read_text())
+    else:
+        generator.manual_seed(spec.training.seed)
+        batches = [b for _, b in zip(range(cfg.init_batches), loader, strict=False)]
+        sources, losses = choose_sources(teacher, cfg.groups, batches, cfg.temperature)
+        tying = {"groups": cfg.groups, "sources": sources, "candidate_losses": losses}
+        atomic_write_json(tying_file, tying, indent=1)
+    student = tie(teacher, cfg.groups, tying["sources"]).to(device)
+    checkpoint = folder / WORK_DIR / CHECKPOINT_FILE
+    trainer = ShareTrainer(student, teacher, loader, cfg, spec.training.seed, generator=generator,
+                           checkpoint_path=checkpoint, on_step=on_step, should_stop=should_stop, progress=progress,
+                           dtype=training_dtype(compute.precision, device))
+    if checkpoint.is_file():
+        trainer.load_checkpoint(checkpoint)
+    if trainer.train().stopped:
+        return None
+    train_s = time.perf_counter() - started
+    student.eval()
+    validation = list(run.batches("validation"))
+    by_steps = {str(k): evaluate(student, validation, run.task.spec, sub=integrated(student.config, k))
+                for k in step_choices(student.config)}
+    metrics = {"validation": by_steps[str(student.config.num_layers)]}
+    teacher_metrics = {"validation": evaluate(teacher, validation, run.task.spec)}
+    tests = {split: list(run.batches(split)) for split in run.task.test}
+    for model, into in ((student, metrics), (teacher, teacher_metrics)):
+        values: dict[str, float] = {}
+        for split, batches in tests.items():  # as search.job.metrics_on_test_splits names them
+            prefix = "" if len(tests) == 1 else f"{split}/"
+            values |= {f"{prefix}{k}": v for k, v in evaluate(model, batches, run.task.spec).items()}
+        if values:
+            into["test"] = values
+    full = SubNetworkConfig.full(student.config)
+    record = {
+        "config": full.to_dict(), "params": count_params(student.config).to_dict(),
+        "teacher_params": count_params(teacher.config).to_dict(),
+        "macs": count_macs(student.config, full, seq_len=spec.max_length), "seq_len": spec.max_length,
+        "metrics": metrics, "validation_by_ode_steps": by_steps, "teacher_metrics": teacher_metrics,
+        "tying": tying, "share": cfg.to_dict(), "train_s": train_s,
+    }
+    save_folder(extract(student.cpu(), full), folder / MODEL_DIR, tokenizer=run.tokenizer, record=record)
+    checkpoint.unlink(missing_ok=True)
+    return record
