@@ -38,6 +38,7 @@ from ode_compensation import table_lines as ode_table  # noqa: E402
 from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
+from shared_ode import table_lines as shared_table  # noqa: E402
 from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -621,6 +622,18 @@ def ode_compensation_section(task: str, folder: Path) -> list[str]:
                         "step of 1 + m along its residual branch.", ode_table)
 
 
+def shared_ode_section(task: str, folder: Path) -> list[str]:
+    """bench/shared_ode.py: each `nasprune share` run's model at every step count, by Euler and Heun."""
+    lines: list[str] = []
+    for results in sorted((folder / task).glob("seed*/*.json")):
+        run = json.loads(results.read_text())["run"]
+        lines += [f"### Parameter-shared model run as an ODE (`python bench/shared_ode.py --share {run}`)", "",
+                  "An unshared model's layers tied into shared blocks by `nasprune share` and recovered by "
+                  "distillation from it, then integrated in K steps by Euler and by Heun (two evaluations a step) "
+                  "without retraining.", "", *shared_table(results), ""]
+    return lines
+
+
 def recipes_section(task: str, recipes: Path) -> list[str]:
     """bench/supernet_recipes.py's screening: the same architectures sliced from each recipe's supernet, one
     table per thread count (seed0: 2 threads, as bench/prove.py; seed0-threads<k>: k)."""
@@ -703,6 +716,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += exits_front_section(task, Path(args.out).parent / "exits_front")
         lines += compress_section(task, Path(args.out).parent / "compress_front")
         lines += ode_compensation_section(task, Path(args.out).parent / "ode_compensation")
+        lines += shared_ode_section(task, Path(args.out).parent / "shared_ode")
     lines += gpu_section(Path(args.out).parent / "gpu")
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")

@@ -32,6 +32,7 @@ import prove_report  # noqa: E402
 import scoring  # noqa: E402
 import search_budget  # noqa: E402
 import search_speed  # noqa: E402
+import shared_ode  # noqa: E402
 import supernet_recipes  # noqa: E402
 import supernet_speed  # noqa: E402
 import tiny  # noqa: E402
@@ -594,3 +595,24 @@ def test_ode_compensation_tiny_scores_every_drop_both_ways(tmp_path: Path) -> No
         assert sum(row["steps"]) == layers - row["layers"][0]  # the steps cover the depth from the first kept
     assert [s["kept"] for s in result["summary"]] == list(range(1, layers))
     assert all("plain_test" in s["top_dropping"] for s in result["summary"])
+
+
+# -- bench/shared_ode.py -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_shared_ode_scores_every_step_count_by_both_solvers(workspace, tmp_path: Path) -> None:
+    from supernet.settings import ShareSpec
+    from supernet.share import share_run
+
+    model, data_dir = workspace
+    spec = ShareSpec.model_validate(tiny.tiny_spec(model, data_dir).to_dict() | {
+        "share": {"groups": 1, "teacher_epochs": 0, "epochs": 1}})
+    assert share_run(spec, tmp_path / "shared", progress=False) is not None
+    (written,) = shared_ode.main(["--share", str(tmp_path / "shared"), "--out", str(tmp_path / "out")])
+    data = json.loads(written.read_text())
+    layers = data["layers"]
+    assert [(r["solver"], r["steps"], r["evaluations"]) for r in data["rows"]] == [
+        *((("euler", k, k) for k in range(1, layers + 1))), *((("heun", k, 2 * k) for k in range(1, layers + 1)))]
+    euler = {r["steps"]: r["mac_share"] for r in data["rows"] if r["solver"] == "euler"}
+    assert euler[layers] == pytest.approx(1.0, rel=1e-3) and euler[1] < euler[layers]
+    lines = shared_ode.table_lines(written)
+    assert any(line.startswith(f"| heun | {layers} | {2 * layers} |") for line in lines)
