@@ -376,11 +376,12 @@ def anchor_subnetworks(config: SupernetConfig, *, eliminating: bool = False) -> 
 
 
 def _physical(config: SupernetConfig, sub: SubNetworkConfig) -> ElasticBert:
-    """The sub-network built at its physical size (what extraction exports), dropout off."""
+    """The sub-network built at its physical size (what extraction exports), dropout off; unshared (a shared block
+    computes what its own copy would: sharing changes storage, not time)."""
     keep = None if sub.token_keep is None else [sub.token_keep[i] for i in sub.layers]
     cfg = SimpleNamespace(**(config.to_dict() | {"layer_heads": sub.kept_heads(), "layer_units": sub.kept_units(),
                                                  "hidden_dropout": 0.0, "attention_dropout": 0.0,
-                                                 "token_keep": keep}))
+                                                 "token_keep": keep, "layer_groups": None}))
     return ElasticBert(cfg)
 
 
