@@ -280,3 +280,23 @@ def test_a_search_on_a_shared_model_searches_its_steps(workspace, tmp_path, monk
     exported = load_exported(tmp_path / "export")
     assert exported.config.ode_steps == point.ode_steps and exported.config.ode_solver == point.ode_solver
     assert sum(p.numel() for p in exported.parameters()) == record["params"]["total"]
+
+
+@pytest.mark.slow
+def test_dynamic_options_on_a_shared_model_are_refused_clearly(workspace, tmp_path, capsys) -> None:
+    from conftest import cli
+
+    from supernet.convert import load_tokenizer
+
+    tokenizer = load_tokenizer(str(workspace / "model"))
+    AlbertForSequenceClassification(AlbertConfig(
+        vocab_size=tokenizer.vocab_size, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_hidden_groups=1,
+        num_attention_heads=4, intermediate_size=48, max_position_embeddings=64)).save_pretrained(tmp_path / "albert")
+    tokenizer.save_pretrained(tmp_path / "albert")
+    args = ["--model", str(tmp_path / "albert"), "--task", "custom/toy", "--train-file", str(workspace / "train.csv"),
+            "--test-file", str(workspace / "test.csv"), "--text-columns", "text", "--max-length", "16"]
+    assert cli(["train", *args, "--train-token-elimination", "--out", str(tmp_path / "t")]) == 2
+    assert "parameter-shared" in capsys.readouterr().err
+    assert cli(["search", *args, "--epochs", "1", "--evaluations", "2", "--ode-compensation",
+                "--out", str(tmp_path / "s")]) == 2
+    assert "parameter-shared" in capsys.readouterr().err
