@@ -280,7 +280,7 @@ class RunSpec(SettingsModel):
     """A trained supernet: the model, the task and its splits, and how it is trained (run.json)."""
 
     model: str = Field("minilm", min_length=1, max_length=1000,
-                       description="'minilm', a local folder or a hub id (BERT/RoBERTa family)")
+                       description="'minilm', a local folder or a hub id (BERT/RoBERTa/ALBERT family)")
     task: str = Field("glue/rte", min_length=1, max_length=200,
                       description="glue/<name>, or custom/<name> with the custom task's files")
     data_dir: str | None = Field(None, max_length=1000,
