@@ -611,7 +611,7 @@ def test_shared_ode_scores_every_step_count_by_both_solvers(workspace, tmp_path:
     data = json.loads(written.read_text())
     layers = data["layers"]
     assert [(r["solver"], r["steps"], r["evaluations"]) for r in data["rows"]] == [
-        *((("euler", k, k) for k in range(1, layers + 1))), *((("heun", k, 2 * k) for k in range(1, layers + 1)))]
+        *(("euler", k, k) for k in range(1, layers + 1)), *(("heun", k, 2 * k) for k in range(1, layers + 1))]
     euler = {r["steps"]: r["mac_share"] for r in data["rows"] if r["solver"] == "euler"}
     assert euler[layers] == pytest.approx(1.0, rel=1e-3) and euler[1] < euler[layers]
     lines = shared_ode.table_lines(written)
