@@ -36,7 +36,7 @@ def inputs(batch: int = 3, tokens: int = 11) -> dict[str, torch.Tensor]:
     return random_inputs(batch=batch, tokens=tokens)
 
 
-@pytest.mark.parametrize(("groups", "num_labels"), [(1, 2), (2, 3), (4, 1)])
+@pytest.mark.parametrize(("groups", "num_labels"), [(1, 2), (2, 3), (1, 1), (4, 2)])
 def test_albert_loads_with_its_blocks_shared_and_answers_as_hugging_face(groups, num_labels) -> None:
     model = albert(groups, num_labels=num_labels)
     net = supernet_from_hf(model).eval()
