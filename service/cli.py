@@ -172,6 +172,14 @@ def cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_beside(metrics: dict, before: dict, name: str) -> None:
+    """Each split's metrics, each beside the model it came from (`name`)'s where that has it."""
+    for split, values in metrics.items():
+        was = before.get(split) or {}
+        print(f"  {split}: " + ", ".join(f"{k}={v:.4f}" + (f" ({name} {was[k]:.4f})" if k in was else "")
+                                         for k, v in values.items()))
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from search.compression import compress_point, export_compressed
 
@@ -188,10 +196,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
           f" in {time.perf_counter() - start:.0f} s to {out}")
     print(f"  params: {params['total']:,} ({params['encoder']:,} in the encoder; the point: {point['total']:,}, "
           f"{point['encoder']:,})")
-    for split, values in record["metrics"].items():
-        before = record["point_metrics"].get(split) or {}
-        print(f"  {split}: " + ", ".join(f"{k}={v:.4f}" + (f" (point {before[k]:.4f})" if k in before else "")
-                                         for k, v in values.items()))
+    _print_beside(record["metrics"], record["point_metrics"], "point")
     return 0
 
 
@@ -209,10 +214,7 @@ def cmd_share(args: argparse.Namespace) -> int:
           f"{Path(args.out) / MODEL_DIR} (a model folder for --model)")
     print(f"  params: {params['total']:,} ({params['encoder']:,} in the encoder; unshared: {teacher['total']:,}, "
           f"{teacher['encoder']:,}); blocks from layers {record['tying']['sources']}")
-    for split, values in record["metrics"].items():
-        before = record["teacher_metrics"].get(split) or {}
-        print(f"  {split}: " + ", ".join(f"{k}={v:.4f}" + (f" (unshared {before[k]:.4f})" if k in before else "")
-                                         for k, v in values.items()))
+    _print_beside(record["metrics"], record["teacher_metrics"], "unshared")
     for steps, values in record["validation_by_ode_steps"].items():
         print(f"  validation at {steps} ODE steps: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
     return 0

@@ -31,8 +31,15 @@ from .decompose import _dense_weight, _projection, decompose, model_layout
 from .factors import Compression
 from .modeling_nasprune import NasPruneForSequenceClassification
 from .refine import PrunedModel
-from .settings import CompressConfig, TrainingConfig
-from .training import SupernetTrainer, TrainState, distillation_loss, task_loss
+from .settings import CompressConfig
+from .training import (
+    SupernetTrainer,
+    TrainState,
+    distillation_loss,
+    hidden_state_loss,
+    recovery_training,
+    task_loss,
+)
 
 
 @contextmanager
@@ -57,10 +64,7 @@ class RecoveryTrainer(SupernetTrainer):
         for param in teacher.parameters():
             param.requires_grad_(False)
         self.student = student
-        training = TrainingConfig(epochs=config.epochs, learning_rate=config.learning_rate,
-                                  weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
-                                  num_random_subnets=0, seed=seed)
-        super().__init__(PrunedModel(student), None, loader, training,  # type: ignore[arg-type]
+        super().__init__(PrunedModel(student), None, loader, recovery_training(config, seed),  # type: ignore[arg-type]
                          description="compression recovery", learning_rate_setting="compress.learning_rate", **kwargs)
 
     def _forward_backward(self, batch: Mapping[str, torch.Tensor], scale: float) -> dict[str, float]:
@@ -81,11 +85,7 @@ class RecoveryTrainer(SupernetTrainer):
         pairs = list(zip(logits, target, strict=True)) if exits else [(logits, target)]
         loss_logits = torch.stack([F.mse_loss(s, t) if regression else distillation_loss(s, t, cfg.temperature)
                                    for s, t in pairs]).mean()
-        mask = inputs[1]
-        weights = (torch.ones(inputs[0].shape, dtype=logits.dtype, device=logits.device) if mask is None
-                   else mask.to(logits.dtype))
-        hidden = sum(((s - t).square().mean(-1) * weights).sum() / weights.sum()
-                     for s, t in zip(learnt, taught, strict=True)) / max(1, len(learnt))
+        hidden = hidden_state_loss(list(zip(learnt, taught, strict=True)), inputs[0], inputs[1], logits)
         loss = loss_logits + cfg.hidden_loss_weight * hidden
         losses = {"loss_logits": float(loss_logits.detach()), "loss_hidden": float(hidden.detach())}
         if cfg.label_loss_weight:

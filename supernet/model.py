@@ -23,17 +23,11 @@ class Supernet(ElasticBert):
 
     def set_sub_network(self, sub: SubNetworkConfig) -> None:
         sub.validate(self.config)  # refuses an exit_threshold without exits or on regression
-        schedule = sub.schedule(self.config)
-        self.active_layers = [index for index, _ in schedule]
+        self.run_schedule(sub.schedule(self.config))
         for index, layer in enumerate(self.layers):  # a shared block is set once per layer, to the same widths
             layer.set_sub_network(sub.heads[index], sub.units[index])
         self.token_keep = None if sub.token_keep is None else list(sub.token_keep)
         self.exit_threshold = sub.exit_threshold
-        self.layer_steps = None
-        if any(step != 1.0 for _, step in schedule):
-            self.layer_steps = [1.0] * len(self.layers)
-            for index, step in schedule:
-                self.layer_steps[index] = step
         self.ode_solver = sub.ode_solver
         self.sub_network = sub
 

@@ -464,14 +464,18 @@ class ElasticBert(nn.Module):
             raise ValueError(f"ode_solver must be euler or heun, got {solver!r}")
         if self.layer_groups is None and (steps is not None or solver not in (None, "euler")):
             raise ValueError("ode_steps and ode_solver need a parameter-shared model")
-        schedule = schedules.ode_schedule(self.layer_groups, len(self.layers), steps)
+        self.run_schedule(schedules.ode_schedule(self.layer_groups, len(self.layers), steps))
+        self.ode_solver = None if solver == "euler" else solver
+
+    def run_schedule(self, schedule: list[tuple[int, float]] | tuple[tuple[int, float], ...]) -> None:
+        """Run the layers of `schedule` in its order, each with its Euler step ((layer index, step) pairs):
+        `active_layers` and `layer_steps` (None where every step is 1)."""
         self.active_layers = [index for index, _ in schedule]
         self.layer_steps = None
         if any(step != 1.0 for _, step in schedule):
             self.layer_steps = [1.0] * len(self.layers)
             for index, step in schedule:
                 self.layer_steps[index] = step
-        self.ode_solver = None if solver == "euler" else solver
 
     @property
     def exit_threshold(self) -> float | None:

@@ -27,15 +27,23 @@ import torch
 
 from . import confine
 from .config import SubNetworkConfig
+from .convert import load_supernet_from_pretrained, read_model_config
 from .counting import count_macs, count_params
 from .devices import resolve_device, training_dtype
 from .evaluation import evaluate
 from .extract import extract, save_folder
 from .files import atomic_write_json
 from .model import Supernet
-from .run import SUPERNET_DIR, Run, load_supernet, train_run
-from .settings import Compute, RunSpec, ShareConfig, ShareSpec, TrainingConfig
-from .training import SupernetTrainer, TrainState, distillation_loss, task_loss
+from .run import SUPERNET_DIR, Run, load_run_task, load_supernet, train_run
+from .settings import Compute, RunSpec, ShareConfig, ShareSpec
+from .training import (
+    SupernetTrainer,
+    TrainState,
+    distillation_loss,
+    hidden_state_loss,
+    recovery_training,
+    task_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +129,8 @@ class ShareTrainer(SupernetTrainer):
         for param in teacher.parameters():
             param.requires_grad_(False)
         self.choices = step_choices(student.config) if config.step_augmentation else [student.config.num_layers]
-        training = TrainingConfig(epochs=config.epochs, learning_rate=config.learning_rate,
-                                  weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
-                                  num_random_subnets=0, seed=seed)
-        super().__init__(student, None, loader, training, description="sharing recovery",  # type: ignore[arg-type]
+        super().__init__(student, None, loader, recovery_training(config, seed),  # type: ignore[arg-type]
+                         description="sharing recovery",
                          learning_rate_setting="share.learning_rate", **kwargs)
 
     def _forward_backward(self, batch: Mapping[str, torch.Tensor], scale: float) -> dict[str, float]:
@@ -143,12 +149,8 @@ class ShareTrainer(SupernetTrainer):
             logits = self.model(*inputs)
         cfg = self.settings
         loss_logits = distillation_loss(logits, target, cfg.temperature)
-        mask = inputs[1]
-        weights = (torch.ones(inputs[0].shape, dtype=logits.dtype, device=logits.device) if mask is None
-                   else mask.to(logits.dtype))
-        pairs = matched_times(self.model, sub)
-        hidden = sum(((learnt[s] - taught[t]).square().mean(-1) * weights).sum() / weights.sum()
-                     for s, t in pairs) / max(1, len(pairs))
+        pairs = [(learnt[s], taught[t]) for s, t in matched_times(self.model, sub)]
+        hidden = hidden_state_loss(pairs, inputs[0], inputs[1], logits)
         label = task_loss(logits, labels)
         loss = loss_logits + cfg.hidden_loss_weight * hidden + cfg.label_loss_weight * label
         (loss * scale).backward()
@@ -184,9 +186,6 @@ def teacher_for(spec: ShareSpec, folder: Path, *, progress: bool, should_stop: C
                 compute: Compute) -> Supernet | None:
     """The unshared model the shared one learns: `spec.model` as it is (share.teacher_epochs 0), or fine-tuned on
     the task first (plain fine-tuning, resumable, in <folder>/teacher); None if stopped."""
-    from .convert import load_supernet_from_pretrained
-    from .run import load_run_task
-
     device = resolve_device(compute.device)
     if spec.share.teacher_epochs == 0:
         task = load_run_task(spec)
@@ -218,8 +217,6 @@ def share_run(spec: ShareSpec, folder: str | Path, *, progress: bool = True,
     settings_file = folder / WORK_DIR / "share_spec.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != spec.to_dict():
         raise ValueError(f"{folder} holds another sharing run; choose another output folder or its settings")
-    from .convert import read_model_config
-
     check_groups(read_model_config(confine.model_source(spec.model)).num_hidden_layers, spec.share.groups)
     settings_file.write_text(json.dumps(spec.to_dict(), indent=2))
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +65,24 @@ class TrainState:
     total_steps: int = 0
     stopped: bool = False
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per optimizer step
+
+
+def hidden_state_loss(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """Mean over `pairs` of (student, teacher) hidden states (B, T, H) of their squared difference, averaged over the
+    real tokens only (the mask, in `like`'s dtype and device): what recovery by distillation matches besides the
+    logits."""
+    weights = (torch.ones(input_ids.shape, dtype=like.dtype, device=like.device) if attention_mask is None
+               else attention_mask.to(like.dtype))
+    return sum(((s - t).square().mean(-1) * weights).sum() / weights.sum() for s, t in pairs) / max(1, len(pairs))
+
+
+def recovery_training(settings: Any, seed: int) -> TrainingConfig:
+    """The trainer's settings for a recovery by distillation (compress, share): `settings`' epochs and optimiser,
+    no sandwich (one model learns a frozen teacher)."""
+    return TrainingConfig(epochs=settings.epochs, learning_rate=settings.learning_rate,
+                          weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
+                          num_random_subnets=0, seed=seed)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
