@@ -499,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
     worker.add_argument("--worker-id", default=None, help="default host:pid:random")
     worker.add_argument("--job", default=None, metavar="KIND:ID",
-                        help="run only this job (search:ID, refinement:ID, compression:ID or export:ID) if it is "
-                             "still queued, then exit: what each Ray job runs (NASPRUNE_EXECUTOR=ray)")
+                        help="run only this job (search:ID, refinement:ID, compression:ID, share:ID or export:ID) if "
+                             "it is still queued, then exit: what each Ray job runs (NASPRUNE_EXECUTOR=ray)")
     worker.set_defaults(func=cmd_worker)
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)

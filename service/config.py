@@ -26,6 +26,7 @@ from supernet.confine import Policy
 DATABASE_FILE = "nasprune.db"
 SEARCHES_DIR = "searches"
 DATASETS_DIR = "datasets"
+SHARES_DIR = "shares"
 LOG_FILE = "worker.log"  # each search's log, in its folder: what its jobs (search, refinements, exports) logged
 MIB = 1024 * 1024
 
@@ -124,8 +125,9 @@ class Settings(BaseSettings):
     @property
     def read_policy(self) -> Policy:
         """What a worker may read on a user's behalf (supernet.confine): the allowed roots, plus the uploaded
-        datasets, which a request names by id and the API checks against the caller before it names their file."""
-        return Policy.of(self.model_roots, [*self.data_roots, self.datasets_root])
+        datasets and the shared models (POST /shares), which a request names by id and the API checks against the
+        caller before it names their folder."""
+        return Policy.of([*self.model_roots, self.shares_root], [*self.data_roots, self.datasets_root])
 
     @property
     def searches_root(self) -> Path:
@@ -134,6 +136,11 @@ class Settings(BaseSettings):
     def search_folder(self, search_id: str) -> Path:
         """The run folder of one search (supernet checkpoints, refined models, exports, its log)."""
         return self.searches_root / search_id
+
+    @property
+    def shares_root(self) -> Path:
+        """Where the share jobs work (<key>/teacher, work, model): service/shares.py."""
+        return self.data_root / SHARES_DIR
 
     @property
     def datasets_root(self) -> Path:

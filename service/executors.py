@@ -6,7 +6,7 @@ heartbeats while it runs, honours cancels, checkpoints and ends it. The dispatch
 loop by `nasprune serve`) only decides what to submit and what to stop:
 
 * every queued job without a live Ray job gets one, with the resources it needs (a GPU for a job that asks for
-  `cuda`, else CPUs; memory for searches, refinements and compressions), under the submission id
+  `cuda`, else CPUs; memory for searches, refinements, compressions and shares), under the submission id
   `nasprune-<kind>-<job id>-a<attempts>-<n>`, so `ray job list` shows which job each Ray job runs;
 * a job whose cancel was requested, that was deleted, or that was taken back after its worker went silent (a killed
   Ray worker: `recover_stale` requeues it with attempts + 1, and its old Ray job is stopped) has its live Ray jobs
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from . import compressions, queue, refinements
+from . import compressions, queue, refinements, shares
 from . import repository as repo
 from .config import Settings
 from .models import (
@@ -40,16 +40,18 @@ from .models import (
     RefinementStatus,
     Search,
     SearchStatus,
+    Share,
+    ShareStatus,
 )
 
 log = logging.getLogger(__name__)
 
 PREFIX = "nasprune"
-SUBMISSION = re.compile(rf"^{PREFIX}-(search|refinement|compression|export)-([A-Za-z0-9]+)-a(\d+)-(\d+)$")
+SUBMISSION = re.compile(rf"^{PREFIX}-(search|refinement|compression|share|export)-([A-Za-z0-9]+)-a(\d+)-(\d+)$")
 LIVE = ("PENDING", "RUNNING")
 TABLES: dict[str, queue.JobTable] = {"export": queue.EXPORTS, "search": queue.SEARCHES,
                                      "refinement": refinements.REFINEMENTS,
-                                     "compression": compressions.COMPRESSIONS}
+                                     "compression": compressions.COMPRESSIONS, "share": shares.SHARES}
 
 
 class JobClient(Protocol):
@@ -120,6 +122,8 @@ def queued_jobs(factory: queue.SessionFactory) -> list[QueuedJob]:
         for c in session.scalars(select(Compression).where(Compression.status == CompressionStatus.QUEUED)):
             search = session.get(Search, c.search_id)
             jobs.append(QueuedJob("compression", c.id, c.attempts, _wants_gpu(search.request if search else None)))
+        jobs += [QueuedJob("share", s.id, s.attempts, _wants_gpu(s.request))
+                 for s in session.scalars(select(Share).where(Share.status == ShareStatus.QUEUED))]
     return jobs
 
 

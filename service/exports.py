@@ -223,6 +223,25 @@ def build_compressed_archive(folder: Path, model: str, top: str) -> Path:
     return _write_archive(archive, source, top)
 
 
+def build_share_archive(folder: Path, top: str) -> Path:
+    """The .tar.gz of a shared model (the folder model/ of the share's folder `folder`) beside it, as model.tar.gz
+    under the top folder `top`: built by the share's own job, which alone writes there, after clearing what an
+    earlier run of it killed halfway left."""
+    source = folder / "model"
+    if not source.is_dir():
+        raise ValueError(f"{folder.name} holds no shared model")
+    archive = source.with_name(f"{source.name}.tar.gz")
+    for path in leftovers(source.parent, archive.name):
+        _remove(path)
+    return _write_archive(archive, source, top)
+
+
+def servable_share(path: str | Path, shares_root: Path) -> bool:
+    """Whether a shared model's archive path may be served: a plain file under the shares root."""
+    path = Path(path)
+    return is_plain_file(path) and path.resolve().is_relative_to(shares_root.resolve())
+
+
 def servable_compressed(path: str | Path, folder: Path) -> bool:
     """Whether a compressed model's archive path may be served: a plain file under the search folder's
     compressed/."""

@@ -158,6 +158,10 @@ CompressionStatus = JobStatus
 COMPRESSION_KEPT = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)  # one per point and settings
 COMPRESSION_STATUS_TYPE = status_type(CompressionStatus, "compression_status")
 
+ShareStatus = JobStatus
+SHARE_KEPT = COMPRESSION_KEPT  # one per owner and settings
+SHARE_STATUS_TYPE = status_type(ShareStatus, "share_status")
+
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
@@ -390,6 +394,46 @@ class Compression(JobColumns, Base):
     def __repr__(self) -> str:
         return (f"Compression(id={self.id!r}, search={self.search_id!r}, point={self.position}, "
                 f"status={self.status!s})")
+
+
+# the partial index's condition on SHARE_KEPT
+KEPT_SHARE = f"status IN ({', '.join(repr(s.value) for s in SHARE_KEPT)})"
+
+
+class Share(JobColumns, Base):
+    """A parameter-shared model made from an unshared one (POST /shares, `nasprune share`; issue 34): what was
+    asked (`request`: supernet.settings.ShareSpec and where it runs), progress (`stage`, `step` / `total_steps`),
+    and once it succeeded the model's record (`result`: unique params, MACs, metrics at every step count, the
+    tying) and archive (`path`). A search names the model as "share:<id>".
+
+    Idempotent per caller and settings: settings_key is the digest of the request and the owner, which also names
+    the folder the job works in (<data root>/shares/<settings_key>), and the partial unique index keeps one queued,
+    running or succeeded share per key, so a repeated request gets the same job and a failed or cancelled one asked
+    again resumes from what it left (the unshared model's fine-tuning checkpoint, the tying, the recovery's).
+    """
+
+    __tablename__ = "shares"
+    __table_args__ = (
+        Index("ix_shares_status_created_at", "status", "created_at"),
+        Index("uq_shares_kept_settings", "settings_key", unique=True,
+              sqlite_where=text(KEPT_SHARE), postgresql_where=text(KEPT_SHARE)),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    request: Mapped[dict[str, Any]]  # {"run": ShareSpec.to_dict(), "compute": Compute.to_dict()} (as a search's)
+    settings_key: Mapped[str] = mapped_column(String(64))
+    status: Mapped[ShareStatus] = mapped_column(SHARE_STATUS_TYPE, default=ShareStatus.QUEUED)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    # Progress, written by the worker as it goes: the stage (supernet.share.STAGES) and its training steps.
+    stage: Mapped[str | None] = mapped_column(String(64))
+    step: Mapped[int | None]
+    total_steps: Mapped[int | None]
+    # The shared model's record (model/subnetwork.json) without server paths; set when it succeeds.
+    result: Mapped[dict[str, Any] | None]
+    path: Mapped[str | None] = mapped_column(Text)  # the archive served (set when the job succeeds)
+
+    def __repr__(self) -> str:
+        return f"Share(id={self.id!r}, status={self.status!s})"
 
 
 class ApiToken(Base):

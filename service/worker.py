@@ -1,6 +1,8 @@
-"""The worker: claim a job (an export, a search, a refinement or a compression), run it, persist what it produces.
+"""The worker: claim a job (an export, a search, a refinement, a compression or a share), run it, persist what it
+produces.
 
-    loop: recover_stale (every job table) -> claim (exports, searches, refinements, compressions) -> run -> finish
+    loop: recover_stale (every job table) -> claim (exports, searches, refinements, compressions, shares) -> run
+          -> finish
 
 Every kind of job runs in a `JobRunner` subclass, which adds only what its job does (`execute`) and how it is
 claimed; the rest is written once in `JobRunner`:
@@ -26,11 +28,14 @@ The kinds, in the order they are claimed (`RUNNERS`):
   * `RefinementRunner`: `search.job.refine_points` on one point of a succeeded search, with the same store;
   * `CompressionRunner`: `search.compression.compress_point` on one point of a succeeded search (decomposition,
     recovery by distillation, validation and test), then the archive a download serves; its figures go to the
-    compression's row.
+    compression's row;
+  * `ShareRunner`: `supernet.share.share_run` (nasprune share: fine-tune, tie, recover) in the share's own folder,
+    then its archive; a search names the model it made as "share:<id>", which `SearchRunner` reads from there.
 
 Resuming: a job whose worker died goes back to the queue (`JobTable.recover_stale`) and the next worker runs it
 again: a search resumes from checkpoint.pt and its stored trials (a trial stored is never evaluated again), a
-compression from its recovery's checkpoint.
+compression from its recovery's checkpoint, a share from its folder (the fine-tuning's checkpoint, the tying, the
+recovery's checkpoint).
 
 On a disk below `Settings.min_free_mb` the worker takes no job until space is freed, rather than fail every
 queued job in turn.
@@ -51,7 +56,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from supernet import confine
 
-from . import compressions, queue, refinements
+from . import compressions, queue, refinements, shares
 from . import repository as repo
 from .config import LOG_FILE, Settings
 from .db import check_schema, make_engine, session_factory
@@ -64,6 +69,8 @@ from .models import (
     RefinementStatus,
     Search,
     SearchStatus,
+    Share,
+    ShareStatus,
 )
 from .redact import Redactor
 from .startup import low_disk
@@ -78,7 +85,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["LOG_FILE", "CompressionRunner", "ExportRunner", "JobRunner", "RefinementRunner", "SearchRunner",
-           "run_worker"]
+           "ShareRunner", "run_worker"]
 
 PROGRESS_EVERY_S = 1.0  # at most one progress write per second from the training loop
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -414,6 +421,13 @@ class SearchRunner(JobRunner):
         except repo.InvalidArgument as exc:
             log.error("search %s: %s", search_id, exc)
             return self.finish(SearchStatus.FAILED, str(exc))
+        if spec.model.startswith(shares.MODEL_PREFIX):  # a shared model made by POST /shares: read from its folder
+            try:
+                with self.factory() as session:
+                    model = shares.model_folder(session, spec.model, self.settings.shares_root)
+            except (shares.ShareNotFound, shares.ShareNotReady) as exc:
+                return self.finish(SearchStatus.FAILED, f"model {spec.model!r}: {exc}")
+            spec = spec.model_copy(update={"model": str(model)})
         state = _JobState(search_id=search_id, worker_id=self.worker_id, evaluations_total=job.search.evaluations,
                           time_limit_s=job.search.time_limit_s, stop=self.stop, lost=self.lost)
         self._progress(folder=str(folder), evaluations_total=job.search.evaluations, stage="training")
@@ -569,6 +583,69 @@ class CompressionRunner(JobRunner):
         return self.finish(CompressionStatus.SUCCEEDED, result=result, path=str(archive))
 
 
+# ------------------------------------------------------------------------------------------------ shares
+
+
+class ShareRunner(JobRunner):
+    """Runs one claimed share: `supernet.share.share_run` in the share's folder (on the device it asked for), its
+    stage and training steps on its row, then the archive a download serves; the model's record goes to the row as
+    it ends. A stopped run leaves its checkpoints for the next."""
+
+    table = shares.SHARES
+    noun = "share"
+
+    @classmethod
+    def claim(cls, factory: queue.SessionFactory, worker_id: str) -> Share | None:
+        return shares.claim_next(factory, worker_id)
+
+    def log_folder(self) -> Path:
+        return shares.folder(self.settings.shares_root, self.job.settings_key)
+
+    def on_stage(self, name: str) -> None:
+        from supernet.share import TRAINING_STAGES
+
+        log.info("share %s: %s", self.job.id, name)
+        steps = {"step": None, "total_steps": None} if name in TRAINING_STAGES else {}  # a training starts afresh
+        shares.report_progress(self.factory, self.job.id, self.worker_id, stage=name, **steps)
+
+    def on_step(self, train: TrainState) -> None:
+        now = time.monotonic()
+        if train.step < train.total_steps and now - self._last_progress < min(PROGRESS_EVERY_S,
+                                                                                self.settings.heartbeat_s):
+            return
+        self._last_progress = now
+        shares.report_progress(self.factory, self.job.id, self.worker_id, step=train.step,
+                               total_steps=train.total_steps)
+
+    def execute(self, folder: Path) -> ShareStatus | None:
+        from supernet.evaluation import NonFiniteLogits
+        from supernet.settings import ShareSpec
+        from supernet.share import share_run
+        from supernet.training import TrainingDiverged
+
+        from .exports import build_share_archive
+
+        row: Share = self.job
+        spec = ShareSpec.model_validate(row.request["run"])
+        compute = self.place(repo.parse_compute(row.request))
+        log.info("share %s: tying %s into %d block(s) on %s", row.id, spec.model, spec.share.groups, spec.task)
+        self._last_progress = 0.0
+        try:
+            record = share_run(spec, folder, progress=False, on_step=self.on_step, should_stop=self.should_stop,
+                               compute=compute, on_stage=self.on_stage)
+        except (TrainingDiverged, NonFiniteLogits) as exc:
+            reason = f"not shared: {exc}"
+            log.error("share %s: %s", row.id, reason)
+            return self.finish(ShareStatus.FAILED, reason)
+        if record is None:
+            return self.stopped()
+        archive = build_share_archive(folder, shares.archive_name(row))
+        log.info("share %s: %d shared block(s), %d parameters (unshared %d), validation %s, in %.1f s", row.id,
+                 len(record["tying"]["sources"]), record["params"]["total"], record["teacher_params"]["total"],
+                 record["metrics"]["validation"], record["train_s"])
+        return self.finish(ShareStatus.SUCCEEDED, result=record, path=str(archive), stage="done")
+
+
 # ------------------------------------------------------------------------------------------------ exports
 
 
@@ -617,8 +694,8 @@ class ExportRunner(JobRunner):
 
 # The kinds of job, in the order a worker claims them: exports first (short, and a user is waiting), then searches,
 # then refinements and compressions (asked for only on a finished search, so they wait for no search but never keep
-# one waiting).
-RUNNERS: tuple[type[JobRunner], ...] = (ExportRunner, SearchRunner, RefinementRunner, CompressionRunner)
+# one waiting), then shares (a search that names one is accepted only once it has succeeded).
+RUNNERS: tuple[type[JobRunner], ...] = (ExportRunner, SearchRunner, RefinementRunner, CompressionRunner, ShareRunner)
 
 
 def _fail(settings: Settings, factory: queue.SessionFactory, runner: type[JobRunner], job: Any, worker_id: str,
@@ -633,7 +710,7 @@ def _fail(settings: Settings, factory: queue.SessionFactory, runner: type[JobRun
 
 
 def runner_for(kind: str) -> type[JobRunner]:
-    """The runner of a kind of job by its noun: search, refinement, compression or export."""
+    """The runner of a kind of job by its noun: search, refinement, compression, share or export."""
     for runner in RUNNERS:
         if runner.noun == kind:
             return runner

@@ -19,6 +19,16 @@ SUPPORTED_MODEL_TYPES = ("bert", "roberta", "albert", "nasprune_bert")
 ODE_SOLVERS = ("euler", "heun")
 
 
+def check_layer_groups(layers: int, groups: int) -> None:
+    """ValueError naming `groups` unless `layers` layers tie into `groups` contiguous equal shared blocks that share
+    something (nasprune share; torch-free, so the API checks a request with it)."""
+    if groups >= layers:
+        raise ValueError(f"groups: {groups} shared blocks for {layers} layers share nothing; use fewer (1: one block "
+                         "for every layer)")
+    if layers % groups:
+        raise ValueError(f"groups: {groups} shared blocks do not divide the model's {layers} layers evenly")
+
+
 class ConfigError(ValueError):
     """A configuration that does not fit the model it is meant for."""
 

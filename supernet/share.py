@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from . import confine
-from .config import SubNetworkConfig
+from .config import SubNetworkConfig, check_layer_groups
 from .convert import load_supernet_from_pretrained, read_model_config
 from .counting import count_macs, count_params
 from .devices import resolve_device, training_dtype
@@ -49,14 +49,9 @@ log = logging.getLogger(__name__)
 
 TEACHER_DIR, MODEL_DIR, WORK_DIR = "teacher", "model", "work"
 TYING_FILE, CHECKPOINT_FILE = "tying.json", "share.pt"
-
-
-def check_groups(layers: int, groups: int) -> None:
-    if groups >= layers:
-        raise ValueError(f"groups: {groups} shared blocks for {layers} layers share nothing; use fewer (1: one block "
-                         "for every layer)")
-    if layers % groups:
-        raise ValueError(f"groups: {groups} shared blocks do not divide the model's {layers} layers evenly")
+# what a sharing run does, in order (the service shows the current one)
+STAGES = ("fine-tuning the unshared model", "tying the layers", "recovery by distillation", "evaluation")
+TRAINING_STAGES = (STAGES[0], STAGES[2])
 
 
 def shared_config(teacher: Supernet, groups: int):
@@ -64,7 +59,7 @@ def shared_config(teacher: Supernet, groups: int):
     config = teacher.config
     if config.shared:
         raise ValueError("the model shares its layers already: nasprune share ties an unshared one")
-    check_groups(config.num_layers, groups)
+    check_layer_groups(config.num_layers, groups)
     layers = config.num_layers
     if len(set(config.layer_heads)) > 1 or len(set(config.layer_units)) > 1:
         raise ValueError("the model's layers differ in width: tying needs layers of one shape")
@@ -183,7 +178,7 @@ def choose_sources(teacher: Supernet, groups: int, batches: list[Mapping[str, to
 
 
 def teacher_for(spec: ShareSpec, folder: Path, *, progress: bool, should_stop: Callable[[], bool] | None,
-                compute: Compute) -> Supernet | None:
+                compute: Compute, on_step: Callable[[TrainState], None] | None = None) -> Supernet | None:
     """The unshared model the shared one learns: `spec.model` as it is (share.teacher_epochs 0), or fine-tuned on
     the task first (plain fine-tuning, resumable, in <folder>/teacher); None if stopped."""
     device = resolve_device(compute.device)
@@ -195,7 +190,8 @@ def teacher_for(spec: ShareSpec, folder: Path, *, progress: bool, should_stop: C
     plain = RunSpec.model_validate(data | {
         "space": "per_layer", "importance": "none",
         "training": spec.training.to_dict() | {"epochs": spec.share.teacher_epochs, "num_random_subnets": 0}})
-    state = train_run(plain, folder / TEACHER_DIR, progress=progress, should_stop=should_stop, compute=compute)
+    state = train_run(plain, folder / TEACHER_DIR, progress=progress, on_step=on_step, should_stop=should_stop,
+                      compute=compute)
     if state.stopped:
         return None
     return load_supernet(folder / TEACHER_DIR / SUPERNET_DIR, device).eval()
@@ -203,11 +199,14 @@ def teacher_for(spec: ShareSpec, folder: Path, *, progress: bool, should_stop: C
 
 def share_run(spec: ShareSpec, folder: str | Path, *, progress: bool = True,
               on_step: Callable[[TrainState], None] | None = None, should_stop: Callable[[], bool] | None = None,
-              compute: Compute | None = None) -> dict[str, Any] | None:
+              compute: Compute | None = None, on_stage: Callable[[str], None] | None = None
+              ) -> dict[str, Any] | None:
     """Tie `spec.model`'s layers into `spec.share.groups` blocks and recover them on `spec.task` into `folder`
     (teacher/ and work/ beside the result, model/: a model folder `--model` accepts); resumes where a stopped run
-    stopped. Returns the model's record (model/subnetwork.json), or None if stopped."""
+    stopped. Returns the model's record (model/subnetwork.json), or None if stopped. `on_step` sees the teacher's
+    fine-tuning steps, then the recovery's; `on_stage` is told each stage (STAGES) as it starts."""
     folder = Path(folder)
+    stage = on_stage or (lambda _name: None)
     compute = compute or Compute()
     device = resolve_device(compute.device)
     result = folder / MODEL_DIR / "subnetwork.json"
@@ -217,10 +216,12 @@ def share_run(spec: ShareSpec, folder: str | Path, *, progress: bool = True,
     settings_file = folder / WORK_DIR / "share_spec.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != spec.to_dict():
         raise ValueError(f"{folder} holds another sharing run; choose another output folder or its settings")
-    check_groups(read_model_config(confine.model_source(spec.model)).num_hidden_layers, spec.share.groups)
+    check_layer_groups(read_model_config(confine.model_source(spec.model)).num_hidden_layers, spec.share.groups)
     settings_file.write_text(json.dumps(spec.to_dict(), indent=2))
     started = time.perf_counter()
-    teacher = teacher_for(spec, folder, progress=progress, should_stop=should_stop, compute=compute)
+    if spec.share.teacher_epochs:
+        stage(STAGES[0])
+    teacher = teacher_for(spec, folder, progress=progress, should_stop=should_stop, compute=compute, on_step=on_step)
     if teacher is None:
         return None
     run = Run(folder / WORK_DIR, spec, device=device)
@@ -231,6 +232,7 @@ def share_run(spec: ShareSpec, folder: str | Path, *, progress: bool = True,
     if tying_file.is_file():
         tying = json.loads(tying_file.read_text())
     else:
+        stage(STAGES[1])
         generator.manual_seed(spec.training.seed)
         batches = [b for _, b in zip(range(cfg.init_batches), loader, strict=False)]
         sources, losses = choose_sources(teacher, cfg.groups, batches, cfg.temperature)
@@ -243,9 +245,11 @@ def share_run(spec: ShareSpec, folder: str | Path, *, progress: bool = True,
                            dtype=training_dtype(compute.precision, device))
     if checkpoint.is_file():
         trainer.load_checkpoint(checkpoint)
+    stage(STAGES[2])
     if trainer.train().stopped:
         return None
     train_s = time.perf_counter() - started
+    stage(STAGES[3])
     student.eval()
     validation = list(run.batches("validation"))
     by_steps = {str(k): evaluate(student, validation, run.task.spec, sub=integrated(student.config, k))

@@ -68,6 +68,18 @@ with TestClient(create_app(Settings(data_root=data_root, export_wait_s=0))) as c
         codes[name] = getattr(client, method)(f"{base}/compressions/{compression}{url}").status_code
     upload = client.post("/datasets", files={"file": ("d.csv", b"text,label\na,0\nb,1\n")}, data={"name": "d"})
     codes["upload"] = upload.status_code
+    data = {"train_dataset": upload.json()["id"], "test_dataset": upload.json()["id"], "text_columns": ["text"]}
+    share = client.post("/shares", json={"model": "minilm", "task": "custom/d", "custom": data})
+    codes["share"] = share.status_code
+    codes["share-bad-groups"] = client.post("/shares", json={"model": "minilm", "task": "custom/d", "custom": data,
+                                                             "share": {"groups": 4}}).status_code
+    codes["share-search"] = client.post("/searches", json={"model": f"share:{share.json()['id']}",
+                                                           "task": "custom/d", "custom": data}).status_code
+    for name, method, url in [("shares", "get", ""), ("share-get", "get", f"/{share.json()['id']}"),
+                              ("share-logs", "get", f"/{share.json()['id']}/logs"),
+                              ("share-download", "get", f"/{share.json()['id']}/download"),
+                              ("share-cancel", "post", f"/{share.json()['id']}/cancel")]:
+        codes[name] = getattr(client, method)(f"/shares{url}").status_code
     codes["delete"] = client.delete(base).status_code
 print(json.dumps({"torch": "torch" in sys.modules, "importers": Spy.stack or [], "codes": codes,
                   "start_cpu_s": start_cpu_s}))
@@ -117,6 +129,9 @@ def test_the_api_serves_every_route_without_importing_torch(tmp_path: Path) -> N
     assert codes["pareto"] == 200 and codes["delete"] == 204 and codes["refine"] == 202, codes
     assert codes["compress"] == 202 and codes["compress-too-wide"] == 422 and codes["compression"] == 200, codes
     assert codes["compression-download"] == 409 and codes["compression-cancel"] == 200, codes
+    assert codes["share"] == 202 and codes["share-bad-groups"] == 422 and codes["share-search"] == 422, codes
+    assert codes["shares"] == codes["share-get"] == codes["share-logs"] == codes["share-cancel"] == 200, codes
+    assert codes["share-download"] == 409, codes
     assert all(code < 500 for code in codes.values()), codes
     print(f"API start (create_app + first request): {result['start_cpu_s']:.2f} s CPU")
     ours = [f for f in result["importers"] if f.startswith(str(REPO)) and "site-packages" not in f]

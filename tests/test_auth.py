@@ -235,6 +235,31 @@ def test_a_search_is_a_404_to_every_other_token(client, made, settings, workspac
     assert not folder.exists()
 
 
+def test_a_share_is_a_404_to_every_other_token_and_not_their_model(client, made, settings, workspace) -> None:
+    """A share is its token's: another token neither reads, cancels nor downloads it, nor names it as a model; the
+    same settings asked by two tokens are two shares (two folders), never one token's work handed to the other."""
+    from service.models import Share, ShareStatus
+
+    _, token_a = made["a"]
+    _, token_b = made["b"]
+    wanted = body(workspace) | {"share": {"groups": 1, "teacher_epochs": 0}}
+    del wanted["search"], wanted["latency"]
+    share_id = call(client, "POST", "/shares", token_a, json=wanted).json()["id"]
+    with session_factory(engine := make_engine(settings.url)).begin() as session:
+        session.get(Share, share_id).status = ShareStatus.SUCCEEDED  # as if a worker had made it
+    engine.dispose()
+    for method, suffix in [("GET", ""), ("POST", "/cancel"), ("GET", "/logs"), ("GET", "/download")]:
+        theirs = call(client, method, f"/shares/{share_id}{suffix}", token_b)
+        assert theirs.status_code == 404 and theirs.json()["detail"] == f"no share with id {share_id!r}"
+    assert share_id not in [s["id"] for s in call(client, "GET", "/shares", token_b).json()]
+    searched = call(client, "POST", "/searches", token_b, json=body(workspace, model=f"share:{share_id}"))
+    assert searched.status_code == 422 and "no share with id" in searched.json()["detail"], searched.text
+    theirs = call(client, "POST", "/shares", token_b, json=wanted)
+    assert theirs.status_code == 202 and theirs.json()["id"] != share_id
+    assert call(client, "POST", f"/shares/{theirs.json()['id']}/cancel", token_b).json()["status"] == "cancelled"
+    assert call(client, "GET", f"/shares/{share_id}", token_a).json()["model"] == f"share:{share_id}"
+
+
 def test_lists_hold_only_the_callers_searches(client, made, workspace) -> None:
     _, token_a = made["a"]
     _, token_b = made["b"]

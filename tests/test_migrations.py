@@ -39,7 +39,7 @@ from supernet.config import SubNetworkConfig
 from supernet.settings import RefineConfig
 
 TABLES = {"searches", "trials", "front_points", "fronts", "exports", "api_tokens", "datasets", "refinements",
-          "compressions"}
+          "compressions", "shares"}
 OLD = datetime(2026, 1, 1)  # naive: SQLite's DATETIME binds no time zone (the service stores UTC)
 
 # A valid row for every table, with a value for each column the table has at any revision: a row is inserted with
@@ -71,6 +71,10 @@ ROWS: dict[str, dict[str, Any]] = {
                      "settings_key": "0123456789abcdef", "status": "succeeded", "step": 4, "total_steps": 4,
                      "result": {"params": {"encoder": 100}}, "path": "/data/searches/s1/compressed/0/k.tar.gz",
                      "created_at": OLD, "finished_at": OLD, "owner_id": "t1", "device": "cpu"},
+    "shares": {"id": "h1", "request": {"run": {"model": "minilm", "share": {"groups": 1}}},
+               "settings_key": "fedcba9876543210", "status": "succeeded", "stage": "evaluation", "step": 9,
+               "total_steps": 9, "result": {"params": {"encoder": 100}}, "path": "/data/shares/k/model.tar.gz",
+               "created_at": OLD, "finished_at": OLD, "owner_id": "t1", "device": "cpu"},
 }
 
 

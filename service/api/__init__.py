@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from .. import compressions, datasets, refinements
+from .. import compressions, datasets, refinements, shares
 from .. import repository as repo
 from ..config import Settings, get_settings
 from ..db import check_schema, make_engine, session_factory, upgrade
@@ -45,6 +45,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     repo.SearchNotFound: 404,
     refinements.RefinementNotFound: 404,
     compressions.CompressionNotFound: 404,
+    shares.ShareNotFound: 404,
+    shares.ShareNotReady: 409,
     repo.SearchActive: 409,
     repo.TrialConflict: 409,
     repo.InvalidArgument: 422,
@@ -148,9 +150,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from .datasets import router as datasets_router
     from .limits import BodySizeLimit
     from .routes import router
+    from .shares import router as shares_router
 
     app.include_router(router)
     app.include_router(datasets_router)
+    app.include_router(shares_router)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes,  # type: ignore[arg-type]
                        upload_limit=settings.max_upload_bytes + UPLOAD_OVERHEAD_BYTES,
                        upload_routes=frozenset({UPLOAD_ROUTE}))

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from search.settings import SearchSettings
-from supernet.settings import CompressConfig, Compute, CustomTask, RefinePointConfig
+from supernet.settings import CompressConfig, Compute, CustomTask, RefinePointConfig, ShareSpec
 
 
 class CustomTaskIn(CustomTask):
@@ -47,6 +47,15 @@ class SearchRequest(SearchSettings):
                                          "refinements run the same way")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="also accepted as the Idempotency-Key header")
+
+
+class ShareRequest(ShareSpec):
+    """POST /shares: `nasprune share`'s settings (the model, the task and its data, how the unshared model is
+    fine-tuned first: `training`, and `share`: the groups and the recovery), with `custom` naming uploaded datasets
+    and `compute` where it runs. The shared model a share makes is a search's model as "share:<id>"."""
+
+    custom: CustomTaskIn | None = Field(None, description="the custom task's data (task: custom/<name>)")
+    compute: Compute = Field(default_factory=Compute, description="where the job runs and the precision it trains in")
 
 
 class RefineCreate(RefinePointConfig):
@@ -199,6 +208,45 @@ class CompressionRead(BaseModel):
     device: str | None = Field(None, description="where its latest run ran: cpu, or cuda:N and the GPU's name")
     result: CompressedRead | None = None
     download: str | None = Field(None, description="where to download the compressed model (once it succeeded)")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class SharedRead(BaseModel):
+    """What a succeeded share made: the shared model's unique parameters beside the unshared model's, its metrics
+    (at one ODE step per layer, and validation at every step count), the unshared model's, and the tying."""
+
+    params: dict[str, int]
+    teacher_params: dict[str, int] = Field(description="the unshared model's parameters")
+    macs: int
+    seq_len: int
+    metrics: dict[str, dict[str, float]] = Field(description="validation and test at one step per layer")
+    validation_by_ode_steps: dict[str, dict[str, float]] = Field(
+        description="validation metrics at each number of ODE steps a search may choose")
+    teacher_metrics: dict[str, dict[str, float]] = Field(description="the unshared model's validation and test")
+    tying: dict[str, Any] = Field(description="the layer each shared block started from, and every candidate's loss")
+    train_s: float = Field(description="seconds of fine-tuning, tying and recovery")
+
+
+class ShareRead(BaseModel):
+    """A share asked for (POST /shares) and where it stands; once it succeeded, its figures (`result`), its
+    download, and the name a search gives it as its model."""
+
+    id: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    cancel_requested: bool
+    attempts: int = Field(description="runs lost to a dead worker and taken back")
+    request: dict[str, Any] = Field(description="the share's settings (spec) and where it runs (compute)")
+    error: str | None
+    stage: str | None = Field(None, description="what it is doing: fine-tuning the unshared model, tying the "
+                                                "layers, recovery by distillation, evaluation")
+    step: int | None = Field(None, description="training steps done in the current stage")
+    total_steps: int | None = Field(None, description="training steps of the current stage")
+    device: str | None = Field(None, description="where its latest run ran: cpu, or cuda:N and the GPU's name")
+    result: SharedRead | None = None
+    model: str | None = Field(None, description="once it succeeded: a search's `model` for it (share:<id>)")
+    download: str | None = Field(None, description="where to download the shared model (once it succeeded)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

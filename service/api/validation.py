@@ -26,14 +26,15 @@ from sqlalchemy.orm import Session
 from search.names import botorch_available
 from search.settings import SearchJob
 from supernet import confine
-from supernet.config import SUPPORTED_MODEL_TYPES
+from supernet.config import SUPPORTED_MODEL_TYPES, check_layer_groups
 from supernet.hardware import DeviceUnavailable, check_device
-from supernet.settings import CustomTask, RunSpec
+from supernet.settings import CustomTask, RunSpec, ShareSpec
 from supernet.tasks import GLUE_TASKS
 
-from .. import datasets
+from .. import datasets, shares
 from ..config import Settings
-from .schemas import CustomTaskIn, SearchRequest
+from ..shares import MODEL_PREFIX
+from .schemas import CustomTaskIn, SearchRequest, ShareRequest
 
 MODEL_ALIASES = confine.ALIASES
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -95,24 +96,16 @@ def _looks_local(name: str) -> bool:
             or name.count("/") > 1)
 
 
-def check_model(name: str, settings: Settings, max_length: int) -> str:
-    """The model reference to store: 'minilm', an absolute folder inside the model roots, or a hub id."""
-    _check_text(name, "model")
-    if name in MODEL_ALIASES:
-        ref = name
-    elif _looks_local(name):
-        path = _local_path(name, "model", settings.model_roots, settings)
-        try:  # every file in it: a config.json linked to a file elsewhere is refused, never read
-            confine.check_folder(path, settings.model_roots, what="model", given=name)
-        except confine.OutsideRoots as exc:
-            raise InvalidSearch(str(exc)) from None
-        except OSError:
-            raise InvalidSearch(f"model {name!r}: not a readable folder") from None
-        if not _is_file(path / "config.json"):
-            raise InvalidSearch(f"model {name!r}: no config.json in it")
-        ref = str(path)
+def check_model(name: str, settings: Settings, max_length: int, *, session: Session | None = None,
+                owner_id: str | None = None) -> str:
+    """The model reference to store: 'minilm', an absolute folder inside the model roots, a hub id, or a shared
+    model the caller made (share:<id>, kept as it is; the worker reads the share's folder)."""
+    if name.startswith(MODEL_PREFIX):  # before _check_text, which would read "share:" as a URL's scheme
+        ref = _share_folder(name, settings, session, owner_id)
     else:
-        ref = name  # a hub id ("org/name"): allowed by name; its config is read below, never remote code
+        _check_text(name, "model")
+        # a hub id ("org/name") is allowed by name: its config is read below, never remote code
+        ref = _local_model(name, settings) if name not in MODEL_ALIASES and _looks_local(name) else name
     config = _model_config(name, ref)
     if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise InvalidSearch(f"model {name!r} has type {config.get('model_type')!r}; supported: "
@@ -120,7 +113,33 @@ def check_model(name: str, settings: Settings, max_length: int) -> str:
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and max_length > positions:
         raise InvalidSearch(f"max_length {max_length} exceeds the model's {positions} positions")
-    return ref
+    return name if name.startswith(MODEL_PREFIX) else ref
+
+
+def _local_model(name: str, settings: Settings) -> str:
+    """A model folder a request names: inside the model roots, every file in it too, with a config.json."""
+    path = _local_path(name, "model", settings.model_roots, settings)
+    try:  # every file in it: a config.json linked to a file elsewhere is refused, never read
+        confine.check_folder(path, settings.model_roots, what="model", given=name)
+    except confine.OutsideRoots as exc:
+        raise InvalidSearch(str(exc)) from None
+    except OSError:
+        raise InvalidSearch(f"model {name!r}: not a readable folder") from None
+    if not _is_file(path / "config.json"):
+        raise InvalidSearch(f"model {name!r}: no config.json in it")
+    return str(path)
+
+
+def _share_folder(name: str, settings: Settings, session: Session | None, owner_id: str | None) -> str:
+    """The model folder of the caller's succeeded share `name` (share:<id>)."""
+    if session is None:
+        raise InvalidSearch(f"model {name!r}: shared models are named only through the API")
+    try:
+        return str(shares.model_folder(session, name, settings.shares_root, owner=owner_id))
+    except shares.ShareNotFound as exc:
+        raise InvalidSearch(f"model {name!r}: {exc}") from None
+    except shares.ShareNotReady as exc:
+        raise InvalidSearch(str(exc)) from None
 
 
 def _model_config(name: str, ref: str) -> dict[str, Any]:
@@ -238,25 +257,52 @@ def _check_custom(c: CustomTaskIn, settings: Settings, session: Session | None,
                       text_columns=list(c.text_columns), label_column=c.label_column, task_type=c.task_type)
 
 
-def build_request(body: SearchRequest, settings: Settings, *, session: Session | None = None,
-                  owner_id: str | None = None) -> tuple[RunSpec, SearchJob]:
-    """Check what the schema cannot (paths, the model, the task's files, optional dependencies) and split `body`
-    into what the worker runs; raises InvalidSearch. `session` and `owner_id` look up the uploaded datasets the
-    task names (the caller's only)."""
-    if body.search.optimizer == "ehvi" and not botorch_available():
-        raise InvalidSearch("optimizer 'ehvi' needs botorch: pip install 'nasprune[ehvi]' on the workers and the "
-                            "server, or choose another optimizer")
+def _check_inputs(body: SearchRequest | ShareRequest, settings: Settings, session: Session | None,
+                  owner_id: str | None) -> tuple[dict[str, Any], CustomTask | None]:
+    """What a search and a share both check: the device, the model, the task and its files. Returns the fields to
+    store (model, task, data_dir) and the custom task."""
     try:  # the server's machine: `nasprune serve` starts the workers there (one per GPU)
         check_device(body.compute.device)
     except DeviceUnavailable as exc:
         raise InvalidSearch(f"compute.device: {exc}") from None
-    model = check_model(body.model, settings, body.max_length)
+    model = check_model(body.model, settings, body.max_length, session=session, owner_id=owner_id)
     custom = None
     if body.custom is None:
         task, data_dir = _check_glue(body.task, body.data_dir, settings)
     else:
         custom = _check_custom(body.custom, settings, session, owner_id)
         task, data_dir = f"custom/{custom.name}", None
-    spec, job = body.model_copy(update={"model": model, "task": task, "data_dir": data_dir, "custom": None}).split()
+    return {"model": model, "task": task, "data_dir": data_dir, "custom": None}, custom
+
+
+def build_request(body: SearchRequest, settings: Settings, *, session: Session | None = None,
+                  owner_id: str | None = None) -> tuple[RunSpec, SearchJob]:
+    """Check what the schema cannot (paths, the model, the task's files, optional dependencies) and split `body`
+    into what the worker runs; raises InvalidSearch. `session` and `owner_id` look up the uploaded datasets and
+    shared models the request names (the caller's only)."""
+    if body.search.optimizer == "ehvi" and not botorch_available():
+        raise InvalidSearch("optimizer 'ehvi' needs botorch: pip install 'nasprune[ehvi]' on the workers and the "
+                            "server, or choose another optimizer")
+    fields, custom = _check_inputs(body, settings, session, owner_id)
+    spec, job = body.model_copy(update=fields).split()
     return spec.model_copy(update={"custom": custom}), job
 
+
+def build_share(body: ShareRequest, settings: Settings, *, session: Session | None = None,
+                owner_id: str | None = None) -> ShareSpec:
+    """A share request checked like a search's inputs, and its model one whose layers `share.groups` blocks can
+    tie (an unshared model whose layer count they divide); raises InvalidSearch naming the field."""
+    if body.model.startswith(MODEL_PREFIX):
+        raise InvalidSearch(f"model {body.model!r} shares its layers already: a share ties an unshared model's")
+    fields, custom = _check_inputs(body, settings, session, owner_id)
+    config = _model_config(body.model, fields["model"])
+    if config.get("model_type") == "albert" or config.get("layer_groups"):
+        raise InvalidSearch(f"model {body.model!r} shares its layers already: a share ties an unshared model's")
+    layers = config.get("num_hidden_layers")
+    if isinstance(layers, int):
+        try:
+            check_layer_groups(layers, body.share.groups)
+        except ValueError as exc:
+            raise InvalidSearch(f"share.{exc}") from None
+    data = body.model_copy(update=fields).model_dump(mode="json", exclude={"compute"})
+    return ShareSpec.model_validate(data | {"custom": None}).model_copy(update={"custom": custom})
