@@ -51,6 +51,10 @@ def layer_params(config: SupernetConfig, heads: int, units: int) -> int:
 
 def compressed_layout(config: SupernetConfig, sub: SubNetworkConfig, compression: Compression) -> list[factors.Matrix]:
     """The matrices a compressed model of `sub` factorises, its ranks checked against them."""
+    if config.shared:
+        raise factors.CompressionError(
+            "a parameter-shared model cannot be compressed yet: each shared block serves several layers, and the "
+            "decomposition is fitted per layer; compress a front point of an unshared model's search")
     matrices = factors.layout(config.hidden_size, config.head_size, sub.kept_heads(), sub.kept_units())
     compression.check(config.hidden_size, factors.block_count(matrices))
     return matrices

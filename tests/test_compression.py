@@ -3,6 +3,7 @@ point, counts equal the built model's, and the folder exports and reloads with a
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 
@@ -206,6 +207,12 @@ def test_a_compressed_model_is_not_decomposed_again() -> None:
     compressed = decompose(dense, Compression("lowrank", 4))
     with pytest.raises(CompressionError, match="compressed already"):
         decompose(compressed, Compression("lowrank", 2))
+
+
+def test_a_shared_model_is_refused_with_the_reason_before_anything_runs() -> None:
+    config = dataclasses.replace(supernet_config(num_layers=2), layer_groups=(0, 0))
+    with pytest.raises(CompressionError, match="a parameter-shared model cannot be compressed yet"):
+        count_params(config, SubNetworkConfig.full(config), Compression("lowrank", 4))
 
 
 # ------------------------------------------------------------------------------------------------ recovery

@@ -7,6 +7,8 @@ count each block once and MACs every evaluation."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import random_inputs
@@ -150,6 +152,31 @@ def test_sliced_exported_and_reloaded_agree_at_fewer_steps(groups, steps, solver
     assert own.config.ode_steps is None and own.config.ode_solver is None
     with pytest.raises(ValueError, match="ode_steps"):
         own.set_ode_steps(5)
+
+
+@pytest.mark.slow  # torch.onnx export takes a few seconds
+def test_a_shared_model_at_fewer_steps_exports_to_onnx(tmp_path) -> None:
+    """The ONNX graph unrolls the steps: each evaluation of a shared block is a node reading the same weights, so the
+    file holds every block once and answers as the module does (Heun at 2 of 4 steps)."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from supernet.extract import export_onnx
+
+    net = supernet_from_hf(albert(2)).eval()
+    sub = narrower(net.config, 2, "heun")
+    model = load_exported(export_subnetwork(net, sub, tmp_path / "export", seq_len=11))
+    path = export_onnx(model, tmp_path / "export" / "model.onnx", seq_len=11)
+    stored = sum(math.prod(t.dims) for t in onnx.load(str(path)).graph.initializer)
+    params = count_params(net.config, sub)
+    # each block once: beyond the model's parameters only a few scalar and shape constants, far less than a block
+    assert params.total <= stored < params.total + params.encoder // 2 // 10
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch, tokens in ((3, 11), (1, 7)):
+        feed = inputs(batch, tokens)
+        got = session.run(["logits"], {k: v.numpy() for k, v in feed.items()})[0]
+        with torch.no_grad():
+            want = model(**feed).logits
+        torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
 
 
 def test_params_count_blocks_once_and_macs_count_every_evaluation() -> None:
