@@ -1,10 +1,10 @@
 # nasprune service image: CPU torch, the API + worker CLI. Build: docker build -t nasprune .
 # Run both roles with docker-compose.yml, or one container: docker run -p 8000:8000 nasprune
 # BASE: the Python image to build on (a local base where Docker Hub cannot be reached); EXTRAS: the optional
-# dependencies, e.g. `--build-arg EXTRAS=onnx,postgres,ray` for the Ray executor (docker-compose.ray.yml).
+# dependencies, e.g. `--build-arg EXTRAS=onnx,postgres,ray,web` for the Ray executor (docker-compose.ray.yml).
 ARG BASE=python:3.11-slim
 FROM ${BASE}
-ARG EXTRAS=onnx,postgres
+ARG EXTRAS=onnx,postgres,web
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

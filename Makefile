@@ -21,7 +21,7 @@ $(BIN)/nasprune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch 2.13.0 first: it comes from the machine's local CPU wheel; a bare `torch` would pull CUDA builds.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,onnx,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,ray,web,browser]'
 	touch $@
 
 setup: $(BIN)/nasprune

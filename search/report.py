@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["front_table", "metric_of"]
+__all__ = ["front_table", "metric_of", "relative_figures"]
 
 
 def metric_of(metrics: Mapping[str, float] | None, name: str) -> float | None:
@@ -51,12 +51,43 @@ def _size(point: Mapping[str, Any], full: Mapping[str, Any], kind: str) -> str:
     return f"{mine / theirs:4.0%} ({_millions(mine)})"
 
 
+def _ratio(mine: Any, theirs: Any) -> float | None:
+    """mine / theirs, or None where either is missing or not positive (a latency table extrapolated below zero for
+    a tiny point has no honest ratio)."""
+    if mine is None or theirs is None or float(mine) <= 0 or float(theirs) <= 0:
+        return None
+    return float(mine) / float(theirs)
+
+
 def _speedup(point: Mapping[str, Any], full: Mapping[str, Any]) -> str:
     """Latency of the full model / the point's: a speed-up above 1 is a faster point."""
-    mine, theirs = point.get("latency_ms"), full.get("latency_ms")
-    if mine is None or theirs is None or float(mine) <= 0 or float(theirs) <= 0:
-        return "-"  # not measured, or a latency table extrapolated below zero for a tiny point: no honest ratio
-    return f"{float(theirs) / float(mine):.2f}x"
+    ratio = _ratio(full.get("latency_ms"), point.get("latency_ms"))
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def relative_figures(point: Mapping[str, Any], front: Mapping[str, Any], params_kind: str = "encoder"
+                     ) -> dict[str, float | None]:
+    """A point in human units, against the full model (the front's `reference`): its params, MACs and expected MACs
+    as shares of the full model's, its predicted speed-up (the full model's predicted latency / its own), its main
+    metric on validation and test as a share of the full model's, and on test its normalised retention
+    (metric - majority) / (full - majority), 0 at the majority class and 1 at the full model. None where a figure
+    is not known (no test split, no latency, a static point's expected MACs)."""
+    full, metric = front.get("reference") or {}, front.get("main_metric")
+    expected = (point.get("dynamics") or {}).get("expected_macs")
+    figures: dict[str, float | None] = {
+        "params": _ratio(_params(point, params_kind), _params(full, params_kind)),
+        "macs": _ratio(point.get("macs"), full.get("macs")),
+        "expected_macs": _ratio(expected, full.get("macs")),
+        "speedup": _ratio(full.get("latency_ms"), point.get("latency_ms")),
+    }
+    for split in ("validation", "test"):
+        mine, theirs = metric_of(point.get(split), metric or ""), metric_of(full.get(split), metric or "")
+        figures[f"{split}_share"] = _ratio(mine, theirs)
+    test, full_test = metric_of(point.get("test"), metric or ""), metric_of(full.get("test"), metric or "")
+    majority = metric_of(front.get("majority_baseline"), metric or "")
+    figures["normalised_retention"] = (None if None in (test, full_test, majority) or full_test == majority
+                                       else (test - majority) / (full_test - majority))
+    return figures
 
 
 def _score(value: float | None, full: float | None, *, is_full: bool) -> str:

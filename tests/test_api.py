@@ -556,7 +556,8 @@ def test_health_docs_page_and_migrations_at_start(client, settings) -> None:
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert '<svg id="plot"' in page.text and "/pareto" in page.text and "/trials" in page.text
+    assert 'id="plot"' in page.text and "/pareto" in page.text and "/trials" in page.text
+    assert client.get("/favicon.svg").headers["content-type"].startswith("image/svg+xml")  # no 404 in the console
 
 
 # ------------------------------------------------------------------------------------------ queue operations

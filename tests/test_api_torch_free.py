@@ -55,6 +55,7 @@ with TestClient(create_app(Settings(data_root=data_root, export_wait_s=0))) as c
         ("refine", "post", f"{base}/pareto/0/refine"), ("refinements", "get", f"{base}/refinements"),
         ("logs", "get", f"{base}/logs"), ("datasets", "get", "/datasets"), ("dataset", "get", "/datasets/nope"),
         ("dataset-delete", "delete", "/datasets/nope"), ("cancel", "post", f"{base}/cancel"),
+        ("favicon", "get", "/favicon.svg"), ("plotly", "get", "/static/plotly.min.js"), ("options", "get", "/options"),
     ]:
         kwargs = {"json": {"model": "nowhere", "task": "glue/rte"}} if name == "create" else {}
         codes[name] = getattr(client, method)(url, **kwargs).status_code
@@ -131,7 +132,7 @@ def test_the_api_serves_every_route_without_importing_torch(tmp_path: Path) -> N
     assert codes["compression-download"] == 409 and codes["compression-cancel"] == 200, codes
     assert codes["share"] == 202 and codes["share-bad-groups"] == 422 and codes["share-search"] == 422, codes
     assert codes["shares"] == codes["share-get"] == codes["share-logs"] == codes["share-cancel"] == 200, codes
-    assert codes["share-download"] == 409, codes
+    assert codes["share-download"] == 409 and codes["favicon"] == codes["plotly"] == codes["options"] == 200, codes
     assert all(code < 500 for code in codes.values()), codes
     print(f"API start (create_app + first request): {result['start_cpu_s']:.2f} s CPU")
     ours = [f for f in result["importers"] if f.startswith(str(REPO)) and "site-packages" not in f]

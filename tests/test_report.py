@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from search.report import front_table, metric_of
+from search.report import front_table, metric_of, relative_figures
 
 
 def _point(encoder: int, latency: float, val: float, test: float, **extra) -> dict:
@@ -40,6 +40,20 @@ def test_columns_are_relative_to_the_full_model() -> None:
     assert rows["full"] == ["full", "100% (10.0 M)", "1.00x", "0.900", "0.893"]
     assert rows["0"] == ["0", "80% (8.0 M)", "1.25x", "0.905 (+0.005)", "0.874 (-0.019)"]
     assert rows["1"] == ["1", "25% (2.5 M)", "4.00x", "0.700 (-0.200)", "0.660 (-0.233)"]
+
+
+def test_relative_figures_are_shares_of_the_full_model_and_retention_above_the_majority() -> None:
+    dynamic = _point(2_500_000, 10.0, 0.70, 0.66, dynamics={"expected_macs": 5e6})
+    figures = relative_figures(dynamic, FRONT)
+    assert figures["params"] == 0.25 and figures["macs"] == 0.25 and figures["expected_macs"] == 0.05
+    assert figures["speedup"] == 4.0 and figures["validation_share"] == pytest.approx(0.70 / 0.90)
+    assert figures["test_share"] == pytest.approx(0.66 / 0.893)
+    assert figures["normalised_retention"] == pytest.approx((0.66 - 0.509) / (0.893 - 0.509))
+    assert relative_figures(FRONT["reference"], FRONT)["normalised_retention"] == pytest.approx(1.0)
+    assert relative_figures(_point(10, 40.0, 0.5, 0.5), FRONT, "total")["params"] == pytest.approx(1010 / 10_001_000)
+    bare = relative_figures(_point(8, -1.0, 0.5, 0.5) | {"test": {}}, FRONT)
+    assert bare["speedup"] is None and bare["test_share"] is None and bare["normalised_retention"] is None
+    assert bare["expected_macs"] is None
 
 
 def test_total_params_and_chosen_positions() -> None:

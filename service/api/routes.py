@@ -9,6 +9,7 @@ it without holding a thread or a session.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import shutil
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from search.records import compression_key, serves_refined
+from search.report import relative_figures
 
 from .. import compressions, legacy, refinements
 from .. import repository as repo
@@ -64,6 +66,7 @@ from .schemas import (
     SearchPage,
     SearchRead,
     SearchRequest,
+    ShareRequest,
     TrialPage,
     TrialRead,
 )
@@ -126,6 +129,31 @@ def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
+def plot_library() -> Path | None:
+    """plotly.js as the `plotly` Python package ships it (pip install 'nasprune[web]'), found without importing
+    plotly: the page's interactive plot, served by the app itself (the machines may be offline, so no CDN)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    return path if path.is_file() else None
+
+
+@router.get("/static/plotly.min.js", include_in_schema=False, openapi_extra=PUBLIC)
+def plotly_js() -> FileResponse:
+    path = plot_library()
+    if path is None:
+        raise HTTPException(404, "plotly is not installed on the server (pip install 'nasprune[web]'); the page "
+                                 "draws its plain plot instead")
+    return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.get("/favicon.svg", include_in_schema=False, openapi_extra=PUBLIC)
+def favicon() -> FileResponse:
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
 @router.get("/healthz", response_model=Health, tags=["meta"], openapi_extra=PUBLIC)
 def healthz(session: SessionDep) -> Health:
     session.execute(text("SELECT 1"))
@@ -137,7 +165,8 @@ def options() -> dict[str, Any]:
     """The JSON schemas of the request bodies (every field's default, bounds, choices and description): the web
     page builds its form from them, so it cannot drift from what the API accepts."""
     return {"search": SearchRequest.model_json_schema(), "refine": RefineCreate.model_json_schema(),
-            "compress": CompressCreate.model_json_schema()}
+            "compress": CompressCreate.model_json_schema(), "share": ShareRequest.model_json_schema(),
+            "plot_library": "/static/plotly.min.js" if plot_library() is not None else None}
 
 
 @router.post("/searches", response_model=SearchRead, status_code=status.HTTP_201_CREATED, tags=["searches"],
@@ -223,13 +252,17 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
     for row in compressions.list_for_search(session, search_id, owner=owner):
         compressed.setdefault(row.position, []).append(compression_read(row, redactor))
     points = []
+    params_kind = (search.request.get("job") or {}).get("params_kind", "encoder")
     for row in repo.list_front(session, search_id, owner=owner):
         downloads = {f: f"/searches/{search_id}/pareto/{row.position}/download?format={f}" for f in FORMATS}
         asked = latest.get(row.position)
+        figures = {"params": row.params, "macs": row.macs, "latency_ms": row.latency_ms, "dynamics": row.dynamics,
+                   "validation": row.validation, "test": row.test}
         points.append(PointRead(position=row.position, trial_index=row.trial_index, config=row.config,
                                 objectives=row.objectives, validation=row.validation, test=row.test,
                                 params=row.params, macs=row.macs, latency_ms=row.latency_ms,
-                                dynamics=row.dynamics, refined=refined_read(row.refined), downloads=downloads,
+                                dynamics=row.dynamics, relative=relative_figures(figures, front, params_kind),
+                                refined=refined_read(row.refined), downloads=downloads,
                                 compressions=compressed.get(row.position, []),
                                 refinement=None if asked is None else RefinementBrief(
                                     id=asked.id, status=asked.status.value, error=redactor.error(asked.error))))

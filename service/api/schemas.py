@@ -267,6 +267,10 @@ class PointRead(BaseModel):
     macs: int
     latency_ms: float
     dynamics: dict[str, Any] | None = Field(None, description="as on trials")
+    relative: dict[str, float | None] = Field(
+        default_factory=dict, description="against the full model (the front's reference): params, macs and "
+        "expected_macs as shares of its, speedup (its predicted latency / the point's), validation_share and "
+        "test_share of its main metric, normalised_retention on test ((metric - majority) / (full - majority))")
     refined: RefinedRead | None = None
     refinement: RefinementBrief | None = Field(None, description="the point's latest on-demand refinement, if any")
     compressions: list[CompressionRead] = Field(default_factory=list,
