@@ -1,8 +1,8 @@
 """The web page in a real browser (issue 36): Playwright driving Debian's chromium against a real server (uvicorn on
 a socket, a SQLite file, a worker running the jobs). A user's session end to end: upload a dataset from the page,
 define the custom task with it, submit a tiny search from the form, watch it finish, read the front in human units,
-hover and select a point on the plot, see its configuration, compare two points, download the point and open the
-archive; and no console error anywhere. A failing test leaves a screenshot in test-artifacts/.
+hover and select a point on the plot, see its configuration, compare a point with the full model and one search's
+front with another's, download the point and open the archive; and no console error anywhere. A failing test leaves a screenshot in test-artifacts/.
 
 Where no chromium is installed the tests are skipped with the reason (`apt-get install chromium`); CI installs it
 and sets NASPRUNE_REQUIRE_BROWSER=1, so there they fail instead of skipping.
@@ -138,8 +138,16 @@ def test_a_user_uploads_data_runs_a_search_and_takes_a_point(browser, site, work
         for field, value in (("#f-epochs", "1"), ("#f-evaluations", "4"), ("#f-max-length", "16")):
             page.fill(field, value)
         page.click("#form button[type=submit]")
-        page.wait_for_selector("#searches td.status-succeeded", timeout=180_000)
+        page.wait_for_selector("#searches tr.selected")  # the new search, shown
+        first = page.get_attribute("#searches tr.selected", "data-id")
+        page.fill("#f-seed", "1")  # a second search on the same task, to compare fronts
+        page.click("#form button[type=submit]")
+        page.wait_for_function(f"document.querySelector('#searches tr.selected').dataset.id !== '{first}'")
+        page.wait_for_function("document.querySelectorAll('#searches td.status-succeeded').length === 2",
+                               timeout=180_000)
         assert page.inner_text("#error") == ""
+        page.click(f"#searches tr[data-id='{first}'] td:first-child")  # back to the first
+        page.wait_for_selector(f"#searches tr.selected[data-id='{first}']")
 
         page.wait_for_selector("#points tr.full")  # the front, with the full model's row first
         table = page.inner_text("#points")
@@ -150,6 +158,9 @@ def test_a_user_uploads_data_runs_a_search_and_takes_a_point(browser, site, work
         assert f"front point {position}" in selection and "heads kept" in selection
         assert "normalised retention" in selection
         assert page.locator("#selection .layers .meter").count() == 2 * 3  # heads and units of each of 3 layers
+
+        page.check("#searches input[data-overlay]")  # the second search's front beside this one
+        page.wait_for_function("[...document.querySelectorAll('#plot .legendtext')].some((t) => t.textContent.startsWith('search '))")
 
         page.select_option("#xaxis", "params_share")
         page.select_option("#yaxis", "metric")
