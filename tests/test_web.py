@@ -2,7 +2,8 @@
 a socket, a SQLite file, a worker running the jobs). A user's session end to end: upload a dataset from the page,
 define the custom task with it, submit a tiny search from the form, watch it finish, read the front in human units,
 hover and select a point on the plot, see its configuration, compare a point with the full model and one search's
-front with another's, download the point and open the archive; and no console error anywhere. A failing test leaves a screenshot in test-artifacts/.
+front with another's, download the point and open the archive, make a shared model and put it in the form; and no
+console error anywhere. A failing test leaves a screenshot in test-artifacts/.
 
 Where no chromium is installed the tests are skipped with the reason (`apt-get install chromium`); CI installs it
 and sets NASPRUNE_REQUIRE_BROWSER=1, so there they fail instead of skipping.
@@ -160,7 +161,8 @@ def test_a_user_uploads_data_runs_a_search_and_takes_a_point(browser, site, work
         assert page.locator("#selection .layers .meter").count() == 2 * 3  # heads and units of each of 3 layers
 
         page.check("#searches input[data-overlay]")  # the second search's front beside this one
-        page.wait_for_function("[...document.querySelectorAll('#plot .legendtext')].some((t) => t.textContent.startsWith('search '))")
+        page.wait_for_function("[...document.querySelectorAll('#plot .legendtext')]"
+                               ".some((t) => t.textContent.startsWith('search '))")
 
         page.select_option("#xaxis", "params_share")
         page.select_option("#yaxis", "metric")
@@ -178,6 +180,14 @@ def test_a_user_uploads_data_runs_a_search_and_takes_a_point(browser, site, work
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
             names = {Path(n).name for n in archive.getnames()}
         assert {"config.json", "model.safetensors", "subnetwork.json"} <= names
+        # a shared model of the form's model on its task (POST /shares), then the form searches it
+        for field, value in (("#s-groups", "1"), ("#s-teacher", "0"), ("#s-epochs", "1")):
+            page.fill(field, value)
+        page.click("#share-form button[type=submit]")
+        page.wait_for_selector("#shares td.status-succeeded", timeout=120_000)
+        assert "3:" in page.inner_text("#shares")  # validation at 1, 2 and 3 ODE steps
+        page.click("#shares button[data-share-use]")
+        assert page.input_value("#f-model").startswith("share:")
         if os.environ.get("NASPRUNE_SCREENSHOT"):  # the README's tour: a finished search, a point selected
             page.screenshot(path=os.environ["NASPRUNE_SCREENSHOT"], full_page=False)
 
