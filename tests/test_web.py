@@ -12,12 +12,11 @@ and sets NASPRUNE_REQUIRE_BROWSER=1, so there they fail instead of skipping.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import shutil
 import tarfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,10 @@ from conftest import REPO, service_settings, worker_thread
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = REPO / "test-artifacts"
+# examples/page_screenshot.py: serving the app in a thread and hovering a front point, shared with the README's picture
+_spec = importlib.util.spec_from_file_location("page_screenshot", REPO / "examples" / "page_screenshot.py")
+screenshot = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(screenshot)
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and Path(p).is_file()), None)
 
@@ -51,31 +54,10 @@ def browser():
         launched.close()
 
 
-@contextlib.contextmanager
-def serving(settings) -> Iterator[str]:
-    """The app under uvicorn on a free port of 127.0.0.1, in a thread; yields its base URL."""
-    import uvicorn
-
-    from service.api import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def site(workspace, tmp_path_factory) -> Iterator[str]:
     settings = service_settings(workspace, tmp_path_factory.mktemp("web"))
-    with serving(settings) as url, worker_thread(settings):
+    with screenshot.serving(settings) as url, worker_thread(settings):
         yield url
 
 
@@ -103,19 +85,8 @@ def page_of(browser, url: str, name: str, tmp_path: Path):
 
 
 def _hover_and_click_front_point(page) -> int:
-    """Hover the first front point where plotly drew it (its own axes' conversion), check the hover label, click it;
-    the point's position."""
-    page.locator("#plot").scroll_into_view_if_needed()
-    at = page.evaluate("""() => {
-        const gd = document.getElementById("plot"), all = window.nasprunePlot;
-        const i = all.findIndex((p) => p.kind === "front");
-        const box = gd.getBoundingClientRect(), l = gd._fullLayout;
-        return {x: box.left + l._size.l + l.xaxis.l2p(all[i].at[0]), y: box.top + l._size.t + l.yaxis.l2p(all[i].at[1]),
-                position: all[i].position};
-    }""")
-    page.mouse.move(at["x"] - 20, at["y"] - 20)
-    page.mouse.move(at["x"], at["y"], steps=5)
-    page.wait_for_selector(".hoverlayer .hovertext", state="attached")
+    """Hover the first front point where plotly drew it, check the hover label, click it; the point's position."""
+    at = screenshot.hover_front_point(page, 0.0)
     assert "front point" in page.text_content(".hoverlayer")
     page.mouse.click(at["x"], at["y"])
     return at["position"]
@@ -188,8 +159,6 @@ def test_a_user_uploads_data_runs_a_search_and_takes_a_point(browser, site, work
         assert "3:" in page.inner_text("#shares")  # validation at 1, 2 and 3 ODE steps
         page.click("#shares button[data-share-use]")
         assert page.input_value("#f-model").startswith("share:")
-        if os.environ.get("NASPRUNE_SCREENSHOT"):  # the README's tour: a finished search, a point selected
-            page.screenshot(path=os.environ["NASPRUNE_SCREENSHOT"], full_page=False)
 
 
 def test_the_page_without_a_search_has_no_console_errors_and_labels_its_controls(browser, site, tmp_path) -> None:
