@@ -107,6 +107,14 @@ class Redactor:
         """A log a user reads: no tracebacks, no server paths."""
         return self.text(strip_tracebacks(text))
 
+    def user_log(self, path: Path, tail: int | None = None) -> str:
+        """A job's worker.log as its user reads it (user_text), its last `tail` lines only if given; "" if there
+        is none yet."""
+        if not path.is_file():
+            return ""
+        content = self.user_text(path.read_text(encoding="utf-8", errors="replace"))
+        return content if tail is None else "\n".join(content.splitlines()[-tail:]) + "\n"
+
     def error(self, error: str | None) -> str | None:
         """A job's error as stored and shown: one line, no server paths."""
         return None if error is None else self.text(one_line(error))

@@ -226,6 +226,7 @@ class JobRunner:
         self.shutdown = shutdown
         self.stop, self.lost = threading.Event(), threading.Event()
         self.redactor = Redactor.for_settings(settings)
+        self._last_progress = 0.0  # when progress_due last said yes
 
     @classmethod
     def claim(cls, factory: queue.SessionFactory, worker_id: str) -> Any | None:
@@ -295,6 +296,16 @@ class JobRunner:
             return None
         log.warning("%s %s is no longer ours (status %s, owner %s); stopping", self.noun, self.job.id, status, owner)
         return None
+
+    def progress_due(self, train: TrainState) -> bool:
+        """Whether a training step's progress is worth a write: the last step always, else at most one write per
+        PROGRESS_EVERY_S (and per heartbeat)."""
+        now = time.monotonic()
+        if train.step < train.total_steps and now - self._last_progress < min(PROGRESS_EVERY_S,
+                                                                                self.settings.heartbeat_s):
+            return False
+        self._last_progress = now
+        return True
 
     def place(self, compute: Compute) -> Compute:
         """Where this worker runs a job that asked for `compute`: resolved to a real device here (DeviceUnavailable,
@@ -541,12 +552,8 @@ class CompressionRunner(JobRunner):
         return self.search_folder(self.job.search_id)
 
     def on_step(self, train: TrainState) -> None:
-        now = time.monotonic()
-        if train.step < train.total_steps and now - self._last_progress < min(PROGRESS_EVERY_S,
-                                                                                self.settings.heartbeat_s):
-            return
-        self._last_progress = now
-        compressions.report_progress(self.factory, self.job.id, self.worker_id, train.step, train.total_steps)
+        if self.progress_due(train):
+            compressions.report_progress(self.factory, self.job.id, self.worker_id, train.step, train.total_steps)
 
     def execute(self, folder: Path) -> CompressionStatus | None:
         from search.compression import compress_point
@@ -564,7 +571,6 @@ class CompressionRunner(JobRunner):
             request = dict(search.request) if search is not None else {}
         compute = self.place(repo.parse_compute(request))
         log.info("compressing front point %d of search %s with %s", c.position, c.search_id, c.settings)
-        self._last_progress = 0.0
         try:
             record = compress_point(folder, c.position, config, progress=False, should_stop=self.should_stop,
                                     on_step=self.on_step, compute=compute,
@@ -609,13 +615,9 @@ class ShareRunner(JobRunner):
         shares.report_progress(self.factory, self.job.id, self.worker_id, stage=name, **steps)
 
     def on_step(self, train: TrainState) -> None:
-        now = time.monotonic()
-        if train.step < train.total_steps and now - self._last_progress < min(PROGRESS_EVERY_S,
-                                                                                self.settings.heartbeat_s):
-            return
-        self._last_progress = now
-        shares.report_progress(self.factory, self.job.id, self.worker_id, step=train.step,
-                               total_steps=train.total_steps)
+        if self.progress_due(train):
+            shares.report_progress(self.factory, self.job.id, self.worker_id, step=train.step,
+                                   total_steps=train.total_steps)
 
     def execute(self, folder: Path) -> ShareStatus | None:
         from supernet.evaluation import NonFiniteLogits
@@ -629,7 +631,6 @@ class ShareRunner(JobRunner):
         spec = ShareSpec.model_validate(row.request["run"])
         compute = self.place(repo.parse_compute(row.request))
         log.info("share %s: tying %s into %d block(s) on %s", row.id, spec.model, spec.share.groups, spec.task)
-        self._last_progress = 0.0
         try:
             record = share_run(spec, folder, progress=False, on_step=self.on_step, should_stop=self.should_stop,
                                compute=compute, on_stage=self.on_stage)

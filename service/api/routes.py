@@ -640,11 +640,5 @@ def logs(search_id: str, session: SessionDep, settings: SettingsDep, owner: Owne
     the user gave them. The worker writes it so; a log written by an older release is read through the same
     filter."""
     search = repo.get_search(session, search_id, owner=owner)
-    path = folder_of(search, settings) / LOG_FILE
-    if not path.is_file():
-        return ""
-    content = Redactor.for_settings(settings).user_text(path.read_text(encoding="utf-8", errors="replace"))
-    if tail is not None:
-        content = "\n".join(content.splitlines()[-tail:]) + "\n"
-    return content
+    return Redactor.for_settings(settings).user_log(folder_of(search, settings) / LOG_FILE, tail)
 

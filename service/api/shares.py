@@ -94,13 +94,8 @@ def share_logs(share_id: ShareId, session: SessionDep, settings: SettingsDep, ow
                ) -> str:
     """What the share's job logged, in its user's terms (no tracebacks, paths as the user gave them)."""
     row = jobs.get(session, share_id, owner=owner)
-    path = jobs.folder(settings.shares_root, row.settings_key) / LOG_FILE
-    if not path.is_file():
-        return ""
-    content = Redactor.for_settings(settings).user_text(path.read_text(encoding="utf-8", errors="replace"))
-    if tail is not None:
-        content = "\n".join(content.splitlines()[-tail:]) + "\n"
-    return content
+    return Redactor.for_settings(settings).user_log(jobs.folder(settings.shares_root, row.settings_key) / LOG_FILE,
+                                                    tail)
 
 
 @router.get("/shares/{share_id}/download", response_class=FileResponse,
