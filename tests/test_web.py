@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, service_settings, worker_thread
+from conftest import REPO, search_body, service_settings, worker_thread
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +169,47 @@ def test_the_page_without_a_search_has_no_console_errors_and_labels_its_controls
         assert unlabelled == []
         page.keyboard.press("Tab")  # keyboard focus reaches the form
         assert page.evaluate("document.activeElement.tagName") in ("A", "INPUT", "SELECT", "BUTTON")
+
+
+def test_a_search_with_thousands_of_trials_is_fetched_once_and_then_only_what_is_new(browser, workspace,
+                                                                                      tmp_path) -> None:
+    """A running search with 3,000 trials: the page draws them all, and each later poll asks only for the trials
+    after those it holds (offset=3000), so a new trial is one row on the wire, not 3,001. (A server of its own and
+    no worker: a worker would take the search back from its silent "worker".)"""
+    from search.runner import Trial
+    from service import repository as repo
+    from service.db import make_engine, session_factory, upgrade
+    from service.models import SearchStatus
+    from supernet.config import SubNetworkConfig
+
+    settings = service_settings(workspace, tmp_path)
+    upgrade(settings.url)
+    factory = session_factory(engine := make_engine(settings.url))
+
+    def trial(i: int) -> Trial:
+        units = (i % 48 + 1, (i // 48) % 48 + 1, i // 2304 + 1)
+        return Trial(index=i, config=SubNetworkConfig(layers=(0, 1, 2), heads=(4, 4, 4), units=units),
+                     objectives={"error": 0.5 - i * 1e-5, "params": 1000.0 + i}, validation={"accuracy": 0.5},
+                     params={"encoder": 1000 + i, "total": 2000 + i}, macs=10_000 + i, latency_ms=1.0, elapsed_s=i)
+
+    request = {"run": search_body(workspace, ["error", "params"], 3000), "job": {}}
+    request["run"].pop("search"), request["run"].pop("latency")
+    request["job"] = {"search": {"objectives": ["error", "params"], "evaluations": 3001}, "latency": {"batch_size": 2}}
+    with factory.begin() as session:
+        search, _ = repo.create_search(session, request=request, folder_root=settings.searches_root)
+        search.status, search_id = SearchStatus.SEARCHING, search.id
+        for i in range(3000):
+            repo.add_trial(session, search_id, trial(i))
+    asked: list[str] = []
+    with screenshot.serving(settings) as site, page_of(browser, site, "many", tmp_path) as page:
+        page.on("request", lambda r: asked.append(r.url) if f"/searches/{search_id}/trials" in r.url else None)
+        page.wait_for_selector(f"#searches tr[data-id='{search_id}']")
+        page.click(f"#searches tr[data-id='{search_id}'] td:first-child")
+        page.wait_for_function("(window.nasprunePlot || []).length === 3000", timeout=30_000)
+        with factory.begin() as session:
+            repo.add_trial(session, search_id, trial(3000))
+        page.wait_for_function("window.nasprunePlot.length === 3001", timeout=30_000)
+        assert "3001 trials" in page.inner_text("#detail-info")
+    engine.dispose()
+    offsets = [int(url.rsplit("offset=", 1)[1]) for url in asked]
+    assert offsets[0] == 0 and set(offsets[1:]) == {3000}, offsets
