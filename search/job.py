@@ -38,6 +38,7 @@ from supernet.space import ExitSpace, OdeCompensationSpace, TokenEliminationSpac
 from supernet.tasks import TaskSpec
 from supernet.training import TrainState
 
+from .knobs import knob_table
 from .latency import load_or_calibrate
 from .objectives import ExitPasses, Measurements, figures_dict, objective_values, resolve_objectives
 from .pareto import distinct_non_dominated, first_layers
@@ -49,7 +50,7 @@ from .records import (
     SUBNETWORK_FILE,
 )
 from .runner import SearchResult, Trial, run_search
-from .settings import SearchJob
+from .settings import DynamicConfig, SearchJob
 from .store import FileStore, Store
 
 log = logging.getLogger(__name__)
@@ -142,12 +143,15 @@ def _front_scored_again(result: SearchResult, measurements: Measurements, names:
 
 
 def write_front(run: Run, result: SearchResult, measurements: Measurements, names: list[str], *,
-                search_examples: int | None = None, store: Store | None = None) -> dict[str, Any]:
+                search_examples: int | None = None, store: Store | None = None,
+                dynamic: DynamicConfig | None = None) -> dict[str, Any]:
     """Re-evaluate the front (and the full model) on the test split, save it in `store` (default: front.json in
     the run folder) and write pareto.png. `search_examples`: the size of the validation subset `measurements`
-    ranked on (None: the whole split)."""
+    ranked on (None: the whole split). Each point with a runtime knob gets its `knobs` (search.knobs), measured
+    like the search's trials; `dynamic`: the search's grid of exit thresholds and keep floor."""
     store = store if store is not None else FileStore(run.folder)
     supernet = measurements.supernet
+    ranked = measurements
     # Tokenised and collated once, then reused for every front point and the full model.
     test_batches = {split: list(run.batches(split)) for split in run.task.test}
     search_dtype = dtype_name(measurements.dtype)
@@ -161,6 +165,13 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
     points = [_point(p, metrics_on_test_splits(run, supernet, SubNetworkConfig.from_dict(p["config"]), test_batches,
                                                exits))
               for p in chosen]
+    dynamic = dynamic or DynamicConfig()
+    for point in points:
+        table = knob_table(SubNetworkConfig.from_dict(point["config"]), ranked,
+                           exit_thresholds=tuple(dynamic.exit_thresholds) if ranked.exits else (),
+                           keep_floor=dynamic.keep_floor)
+        if table:
+            point["knobs"] = table
     full = supernet.full_config()
     full_objectives = objective_values(resolve_objectives(names), full, measurements)
     reference = _point({"config": full.to_dict(), "objectives": full_objectives,
@@ -378,7 +389,7 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     if result.stopped:
         return None
     front = write_front(run, result, measurements, job.search.objectives, search_examples=job.search_examples,
-                        store=store)
+                        store=store, dynamic=job.dynamic)
     positions = (budget_points(front, job.refine.budgets, run.task.spec, job.params_kind)
                  if job.refine.budgets else None)
     if job.refine.enabled and not refine_front(run, front, supernet, job.refine, positions=positions,

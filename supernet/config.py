@@ -186,6 +186,11 @@ class SupernetConfig:
             members[group].append(index)
         return members
 
+    def ode_step_counts(self) -> list[int]:
+        """The step counts a shared stack can be integrated in: the multiples of its blocks up to its layers."""
+        blocks = len(self.group_members())
+        return list(range(blocks, self.num_layers + 1, blocks))
+
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1

@@ -105,8 +105,7 @@ def matched_times(student: Supernet, sub: SubNetworkConfig) -> list[tuple[int, i
 
 def step_choices(config) -> list[int]:
     """The step counts a shared stack can run: the multiples of its blocks up to its layers."""
-    blocks = len(config.group_members())
-    return list(range(blocks, config.num_layers + 1, blocks))
+    return config.ode_step_counts()
 
 
 def integrated(config, steps: int | None) -> SubNetworkConfig:

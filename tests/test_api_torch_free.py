@@ -50,7 +50,7 @@ with TestClient(create_app(Settings(data_root=data_root, export_wait_s=0))) as c
         ("index", "get", "/"), ("openapi", "get", "/openapi.json"), ("docs", "get", "/docs"),
         ("create", "post", "/searches"), ("list", "get", "/searches"), ("get", "get", base),
         ("trials", "get", f"{base}/trials"), ("pareto", "get", f"{base}/pareto"),
-        ("download", "get", f"{base}/pareto/0/download"),
+        ("download", "get", f"{base}/pareto/0/download"), ("knobs", "get", f"{base}/pareto/0/knobs"),
         ("download-queued", "get", f"{base}/pareto/0/download?format=onnx"),
         ("refine", "post", f"{base}/pareto/0/refine"), ("refinements", "get", f"{base}/refinements"),
         ("logs", "get", f"{base}/logs"), ("datasets", "get", "/datasets"), ("dataset", "get", "/datasets/nope"),
@@ -128,6 +128,7 @@ def test_the_api_serves_every_route_without_importing_torch(tmp_path: Path) -> N
     codes = result["codes"]
     assert codes["download"] == 200 and codes["download-queued"] == 202  # the archive built; one queued, no worker
     assert codes["pareto"] == 200 and codes["delete"] == 204 and codes["refine"] == 202, codes
+    assert codes["knobs"] == 200, codes
     assert codes["compress"] == 202 and codes["compress-too-wide"] == 422 and codes["compression"] == 200, codes
     assert codes["compression-download"] == 409 and codes["compression-cancel"] == 200, codes
     assert codes["share"] == 202 and codes["share-bad-groups"] == 422 and codes["share-search"] == 422, codes

@@ -213,3 +213,29 @@ def test_a_search_with_thousands_of_trials_is_fetched_once_and_then_only_what_is
     engine.dispose()
     offsets = [int(url.rsplit("offset=", 1)[1]) for url in asked]
     assert offsets[0] == 0 and set(offsets[1:]) == {3000}, offsets
+
+
+def test_a_points_knobs_are_sliders_that_show_what_turning_them_does(browser, site, workspace, tmp_path) -> None:
+    """A search with token elimination: a front point that drops tokens has a keep-rate slider (GET .../knobs);
+    moving it shows that setting's validation metric and expected MACs beside the point's own."""
+    import httpx
+
+    body = search_body(workspace, ["error", "expected_macs"], 8) | {"dynamic": {"token_elimination": True}}
+    created = httpx.post(f"{site}/searches", json=body, timeout=30)
+    assert created.status_code == 201, created.text
+    search_id = created.json()["id"]
+    with page_of(browser, site, "knobs", tmp_path) as page:
+        page.wait_for_selector(f"#searches tr[data-id='{search_id}'] td.status-succeeded", timeout=180_000)
+        page.click(f"#searches tr[data-id='{search_id}'] td:first-child")
+        page.wait_for_selector("#points tr.row")
+        # a point that drops tokens (the page's own copy of the front)
+        position = page.evaluate("() => (cache.front.points.find((p) => p.knobs) || {}).position ?? null")
+        assert position is not None, page.inner_text("#points")
+        page.click(f"#points tr[data-point='{position}'] td:nth-child(2)")
+        slider = page.wait_for_selector("#knob-token_keep_scale")
+        before = page.inner_text("#knob-token_keep_scale-out")
+        assert "× 1" in before and "as the point" in before and "expected MACs" in before
+        slider.focus()
+        page.keyboard.press("End")  # the largest keep rate
+        after = page.inner_text("#knob-token_keep_scale-out")
+        assert "× 1.5" in after and after != before

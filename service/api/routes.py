@@ -253,6 +253,7 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
         compressed.setdefault(row.position, []).append(compression_read(row, redactor))
     points = []
     params_kind = (search.request.get("job") or {}).get("params_kind", "encoder")
+    stored = front.get("points") or []  # with the extras the rows do not hold (knobs), in position order
     for row in repo.list_front(session, search_id, owner=owner):
         downloads = {f: f"/searches/{search_id}/pareto/{row.position}/download?format={f}" for f in FORMATS}
         asked = latest.get(row.position)
@@ -262,11 +263,26 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
                                 objectives=row.objectives, validation=row.validation, test=row.test,
                                 params=row.params, macs=row.macs, latency_ms=row.latency_ms,
                                 dynamics=row.dynamics, relative=relative_figures(figures, front, params_kind),
+                                knobs=(stored[row.position].get("knobs") if row.position < len(stored) else None),
                                 refined=refined_read(row.refined), downloads=downloads,
                                 compressions=compressed.get(row.position, []),
                                 refinement=None if asked is None else RefinementBrief(
                                     id=asked.id, status=asked.status.value, error=redactor.error(asked.error))))
     return front | {"points": points}
+
+
+@router.get("/searches/{search_id}/pareto/{point}/knobs", tags=["searches"], responses=NOT_FOUND | NOT_ENDED)
+def knobs(search_id: str, point: Annotated[int, PathParam(le=MAX_INT)], session: SessionDep, settings: SettingsDep,
+          owner: OwnerDep) -> dict[str, Any]:
+    """What front point k would score and cost with its runtime knobs turned (search.knobs: each exit threshold of
+    the search's grid, token keep schedules scaled, each ODE step count), measured by the search: the web page's
+    sliders read it. `knobs` is {} for a point without one."""
+    search = repo.get_search(session, search_id, owner=owner)
+    front = _stored_front(session, search, settings)
+    row = _front_point(session, search_id, point, owner)
+    stored = front.get("points") or []
+    table = stored[row.position].get("knobs") if row.position < len(stored) else None
+    return {"position": row.position, "config": row.config, "knobs": table or {}}
 
 
 def refined_read(refined: dict[str, Any] | None) -> RefinedRead | None:

@@ -271,6 +271,10 @@ class PointRead(BaseModel):
         default_factory=dict, description="against the full model (the front's reference): params, macs and "
         "expected_macs as shares of its, speedup (its predicted latency / the point's), validation_share and "
         "test_share of its main metric, normalised_retention on test ((metric - majority) / (full - majority))")
+    knobs: dict[str, list[dict[str, Any]]] | None = Field(
+        None, description="the point's runtime knobs turned after the search (search.knobs): for exit_threshold, "
+        "token_keep_scale and ode_steps, every setting with its validation metrics, params, macs, latency_ms and "
+        "dynamics, measured like the search's trials; null for a point without one")
     refined: RefinedRead | None = None
     refinement: RefinementBrief | None = Field(None, description="the point's latest on-demand refinement, if any")
     compressions: list[CompressionRead] = Field(default_factory=list,
