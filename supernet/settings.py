@@ -198,12 +198,23 @@ DEFAULT_BANK = 24
 COMPRESSION_PROTOCOLS = ("tucker", "shared-lowrank", "lowrank")  # supernet/factors.py's PROTOCOLS (a test ties them)
 
 
-class CompressConfig(SettingsModel):
+class DistillationSettings(SettingsModel):
+    """How a changed model recovers by distillation from the one it came from (logits at a temperature, hidden states,
+    labels; supernet.training.recovery_training): what compression and sharing have in common."""
+
+    model_config = ConfigDict(frozen=True)
+
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.06, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0, le=1000, description="distillation temperature")
+    hidden_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the hidden-state loss")
+    label_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the label loss")
+
+
+class CompressConfig(DistillationSettings):
     """How a chosen front point is compressed (`nasprune compress`, POST .../pareto/{point}/compress): its encoder's
     matrices factorised (Ren et al., ICLR 2022; supernet/factors.py), then recovered by distillation from the point
     itself (logits, every layer's hidden states, labels) on the task's training split."""
-
-    model_config = ConfigDict(frozen=True)
 
     protocol: Literal[COMPRESSION_PROTOCOLS] = Field(
         "tucker", description="tucker: a bank of shared cores (the most compression); shared-lowrank: shared factors, "
@@ -222,12 +233,8 @@ class CompressConfig(SettingsModel):
         1e-3, gt=0, le=1, json_schema_extra=flag_extra("lr", "learning-rate"),
         description="the factors have far to go from where they start: at 1e-4 an extreme compression recovers "
                     "much less within an epoch")
-    weight_decay: float = Field(0.01, ge=0, le=1)
-    warmup_ratio: float = Field(0.06, ge=0, le=1)
-    temperature: float = Field(1.0, gt=0, le=1000, description="distillation temperature")
     hidden_loss_weight: float = Field(1.0, ge=0, le=1000,
                                       description="weight of the per-layer hidden-state loss (mean squared error)")
-    label_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the label loss")
     init: Literal["activations", "weights"] = Field(
         "activations",
         description="where recovery starts: activations fits the factors to what each matrix computes on training "
@@ -328,13 +335,11 @@ class RunSpec(SettingsModel):
         return cls.model_validate({"validation_limit": None} | dict(data))
 
 
-class ShareConfig(SettingsModel):
+class ShareConfig(DistillationSettings):
     """How an unshared encoder becomes a parameter-shared one (`nasprune share`; Chen et al., Findings of EMNLP 2023):
     its layers tied into `groups` shared blocks, each block started from the member layer whose tying loses least,
     then recovered by distillation from the unshared model (logits, hidden states at the ODE times its steps reach,
     labels), each step running a sampled number of ODE steps so that the shared model accepts fewer, larger ones."""
-
-    model_config = ConfigDict(frozen=True)
 
     groups: int = Field(1, ge=1, le=1024,
                         description="shared blocks: layer i runs block i // (L / G); 1 shares one block across every "
@@ -344,12 +349,8 @@ class ShareConfig(SettingsModel):
         description="plain fine-tuning of the unshared model on the task first (0: the model is fine-tuned already)")
     epochs: float = Field(2.0, gt=0, le=MAX_EPOCHS, description="epochs of recovery by distillation")
     learning_rate: float = Field(1e-4, gt=0, le=1, json_schema_extra=flag_extra("lr", "learning-rate"))
-    weight_decay: float = Field(0.01, ge=0, le=1)
-    warmup_ratio: float = Field(0.06, ge=0, le=1)
-    temperature: float = Field(1.0, gt=0, le=1000, description="distillation temperature")
     hidden_loss_weight: float = Field(1.0, ge=0, le=1000,
                                       description="weight of the hidden-state loss at the ODE times both models reach")
-    label_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the label loss")
     step_augmentation: bool = Field(
         True, description="each training step runs a random number of ODE steps (a multiple of the groups up to "
                           "the layers), so the shared model also answers at fewer steps; off: always one per layer")
