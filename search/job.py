@@ -39,7 +39,7 @@ from supernet.tasks import TaskSpec
 from supernet.training import TrainState
 
 from .knobs import knob_table
-from .latency import load_or_calibrate
+from .latency import load_or_calibrate, measure_subnetworks
 from .objectives import ExitPasses, Measurements, figures_dict, objective_values, resolve_objectives
 from .pareto import distinct_non_dominated, first_layers
 from .plot import plot_front
@@ -177,6 +177,7 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
     reference = _point({"config": full.to_dict(), "objectives": full_objectives,
                         **figures_dict(measurements.reference())},
                        metrics_on_test_splits(run, supernet, None, test_batches))
+    _measure_latencies(supernet, measurements.latency, [*points, reference], store.load_front())
     front = {
         "task": run.task.spec.name, "main_metric": run.task.spec.main_metric, "objectives": names,
         "points": points, "reference": reference, "majority_baseline": run.task.majority_baseline,
@@ -192,6 +193,24 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
     store.save_front(front)
     plot_front(front, [t.to_dict() for t in result.trials], run.folder / PLOT_FILE)
     return front
+
+
+def _measure_latencies(supernet, table, points: list[dict[str, Any]], previous: Mapping[str, Any] | None) -> None:
+    """Check the predicted latencies on this machine: each static point's model and the full one (the last of
+    `points`) timed side by side (`measured_latency_ms`). A rerun over the same front keeps the timings it has (a
+    rerun changes nothing); a front with any new point is timed again, all together."""
+    earlier = {} if not previous else {
+        json.dumps(p["config"], sort_keys=True): p["measured_latency_ms"]
+        for p in [*previous.get("points", []), previous.get("reference") or {}] if "measured_latency_ms" in p}
+    subs = [SubNetworkConfig.from_dict(p["config"]) for p in points]
+    keys = [json.dumps(p["config"], sort_keys=True) for p in points]
+    if all(key in earlier for key, sub in zip(keys, subs, strict=True) if sub.is_static):
+        timed = [earlier.get(key) if sub.is_static else None for key, sub in zip(keys, subs, strict=True)]
+    else:
+        timed = measure_subnetworks(supernet, table, subs, device=next(supernet.parameters()).device)
+    for point, ms in zip(points, timed, strict=True):
+        if ms is not None:
+            point["measured_latency_ms"] = ms
 
 
 def _keep_refined(points: list[dict[str, Any]], previous: Mapping[str, Any] | None) -> None:

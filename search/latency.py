@@ -502,6 +502,22 @@ def validate(supernet: Supernet, table: LatencyTable, subs: Sequence[SubNetworkC
                             configs=[s.to_dict() for s in subs])
 
 
+def measure_subnetworks(supernet: Supernet, table: LatencyTable, subs: Sequence[SubNetworkConfig], *,
+                        repeats: int = 3, device: torch.device | str = "cpu") -> list[float | None]:
+    """Each sub-network's extracted model timed on this machine at the table's shape (a full batch of `seq_len`
+    random tokens; the calls interleaved, each the minimum of its rounds), in ms: what the predictions are checked
+    against. None for one that changes with its input (token elimination, early exits): random tokens say nothing
+    of it."""
+    static = [i for i, sub in enumerate(subs) if sub.is_static]
+    if not static:
+        return [None] * len(subs)
+    timed = validate(supernet, table, [subs[i] for i in static], repeats=repeats, device=device).measured_ms
+    measured: list[float | None] = [None] * len(subs)
+    for i, ms in zip(static, timed, strict=True):
+        measured[i] = ms
+    return measured
+
+
 def random_subnetworks(config: SupernetConfig, count: int, *, seed: int = 0, unit_step: int | None = None,
                        eliminating: bool = False) -> list[SubNetworkConfig]:
     """A mix of the three spaces' random members (layer drop, uniform and per-layer widths); with `eliminating`,

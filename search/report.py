@@ -68,7 +68,8 @@ def _speedup(point: Mapping[str, Any], full: Mapping[str, Any]) -> str:
 def relative_figures(point: Mapping[str, Any], front: Mapping[str, Any], params_kind: str = "encoder"
                      ) -> dict[str, float | None]:
     """A point in human units, against the full model (the front's `reference`): its params, MACs and expected MACs
-    as shares of the full model's, its predicted speed-up (the full model's predicted latency / its own), its main
+    as shares of the full model's, its predicted speed-up (the full model's predicted latency / its own) and the
+    measured one where the search timed both models (static points, at the latency table's shape), its main
     metric on validation and test as a share of the full model's, and on test its normalised retention
     (metric - majority) / (full - majority), 0 at the majority class and 1 at the full model. None where a figure
     is not known (no test split, no latency, a static point's expected MACs)."""
@@ -79,6 +80,7 @@ def relative_figures(point: Mapping[str, Any], front: Mapping[str, Any], params_
         "macs": _ratio(point.get("macs"), full.get("macs")),
         "expected_macs": _ratio(expected, full.get("macs")),
         "speedup": _ratio(full.get("latency_ms"), point.get("latency_ms")),
+        "measured_speedup": _ratio(full.get("measured_latency_ms"), point.get("measured_latency_ms")),
     }
     for split in ("validation", "test"):
         mine, theirs = metric_of(point.get(split), metric or ""), metric_of(full.get(split), metric or "")

@@ -83,8 +83,9 @@ def test_a_shared_stack_is_scored_at_every_step_count() -> None:
 
 
 @pytest.mark.slow
-def test_the_front_carries_knobs_and_the_api_serves_them(workspace, tmp_path, monkeypatch) -> None:
-    """A whole search with token elimination: its front points with a keep schedule carry knobs in front.json."""
+def test_the_front_carries_knobs_and_measured_latencies(workspace, tmp_path, monkeypatch) -> None:
+    """A whole search with token elimination: its front points with a keep schedule carry knobs in front.json, the
+    static ones and the full model the latency the search measured."""
     from conftest import cli, task_args
 
     monkeypatch.setenv("NASPRUNE_CACHE", str(tmp_path / "cache"))
@@ -92,8 +93,13 @@ def test_the_front_carries_knobs_and_the_api_serves_them(workspace, tmp_path, mo
     args = [*task_args(workspace), "--max-length", "16", "--epochs", "1", "--evaluations", "8",
             "--objectives", "error,expected_macs", "--token-elimination", "--latency-batch-size", "2"]
     assert cli(["search", *args, "--out", str(out)]) == 0
-    points = json.loads((out / "front.json").read_text())["points"]
+    front = json.loads((out / "front.json").read_text())
+    points = front["points"]
     dynamic = [p for p in points if p["config"].get("token_keep")]
+    # the search times the static points' models and the full one on its machine; random tokens say nothing of a
+    # point that drops tokens, so it has none
+    assert front["reference"]["measured_latency_ms"] > 0
+    assert all(("measured_latency_ms" in p) == (not p["config"].get("token_keep")) for p in points)
     assert dynamic, points
     for point in dynamic:
         assert [s["value"] for s in point["knobs"]["token_keep_scale"]] == list(TOKEN_KEEP_SCALES)

@@ -51,6 +51,9 @@ def test_relative_figures_are_shares_of_the_full_model_and_retention_above_the_m
     assert figures["normalised_retention"] == pytest.approx((0.66 - 0.509) / (0.893 - 0.509))
     assert relative_figures(FRONT["reference"], FRONT)["normalised_retention"] == pytest.approx(1.0)
     assert relative_figures(_point(10, 40.0, 0.5, 0.5), FRONT, "total")["params"] == pytest.approx(1010 / 10_001_000)
+    timed = FRONT | {"reference": FRONT["reference"] | {"measured_latency_ms": 30.0}}
+    assert relative_figures(dynamic | {"measured_latency_ms": 12.0}, timed)["measured_speedup"] == 2.5
+    assert figures["measured_speedup"] is None  # not timed
     bare = relative_figures(_point(8, -1.0, 0.5, 0.5) | {"test": {}}, FRONT)
     assert bare["speedup"] is None and bare["test_share"] is None and bare["normalised_retention"] is None
     assert bare["expected_macs"] is None

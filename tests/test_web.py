@@ -123,7 +123,7 @@ def test_a_user_uploads_data_runs_a_search_and_takes_a_point(browser, site, work
 
         page.wait_for_selector("#points tr.full")  # the front, with the full model's row first
         table = page.inner_text("#points")
-        assert "full model" in table and "100%" in table and "1.00x" in table
+        assert "full model" in table and "100%" in table and "1.00x" in table and "measured" in table
         page.wait_for_selector("#plot .scatterlayer .point")  # plotly, served by the app
         position = _hover_and_click_front_point(page)
         selection = page.inner_text("#selection")

@@ -257,13 +257,15 @@ def pareto(search_id: str, session: SessionDep, settings: SettingsDep, owner: Ow
     for row in repo.list_front(session, search_id, owner=owner):
         downloads = {f: f"/searches/{search_id}/pareto/{row.position}/download?format={f}" for f in FORMATS}
         asked = latest.get(row.position)
+        extra = stored[row.position] if row.position < len(stored) else {}
         figures = {"params": row.params, "macs": row.macs, "latency_ms": row.latency_ms, "dynamics": row.dynamics,
-                   "validation": row.validation, "test": row.test}
+                   "validation": row.validation, "test": row.test,
+                   "measured_latency_ms": extra.get("measured_latency_ms")}
         points.append(PointRead(position=row.position, trial_index=row.trial_index, config=row.config,
                                 objectives=row.objectives, validation=row.validation, test=row.test,
                                 params=row.params, macs=row.macs, latency_ms=row.latency_ms,
                                 dynamics=row.dynamics, relative=relative_figures(figures, front, params_kind),
-                                knobs=(stored[row.position].get("knobs") if row.position < len(stored) else None),
+                                knobs=extra.get("knobs"), measured_latency_ms=extra.get("measured_latency_ms"),
                                 refined=refined_read(row.refined), downloads=downloads,
                                 compressions=compressed.get(row.position, []),
                                 refinement=None if asked is None else RefinementBrief(

@@ -266,10 +266,14 @@ class PointRead(BaseModel):
     params: dict[str, int]
     macs: int
     latency_ms: float
+    measured_latency_ms: float | None = Field(
+        None, description="the point's model timed by the search on its worker at the latency table's shape (static "
+                          "points; the reference has the full model's): the check on latency_ms, the prediction")
     dynamics: dict[str, Any] | None = Field(None, description="as on trials")
     relative: dict[str, float | None] = Field(
         default_factory=dict, description="against the full model (the front's reference): params, macs and "
-        "expected_macs as shares of its, speedup (its predicted latency / the point's), validation_share and "
+        "expected_macs as shares of its, speedup (its predicted latency / the point's), measured_speedup (the same "
+        "from measured_latency_ms), validation_share and "
         "test_share of its main metric, normalised_retention on test ((metric - majority) / (full - majority))")
     knobs: dict[str, list[dict[str, Any]]] | None = Field(
         None, description="the point's runtime knobs turned after the search (search.knobs): for exit_threshold, "
