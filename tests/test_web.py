@@ -239,3 +239,42 @@ def test_a_points_knobs_are_sliders_that_show_what_turning_them_does(browser, si
         page.keyboard.press("End")  # the largest keep rate
         after = page.inner_text("#knob-token_keep_scale-out")
         assert "× 1.5" in after and after != before
+
+
+def test_without_plotly_the_page_draws_its_plain_plot_and_points_still_select(browser, workspace, tmp_path,
+                                                                             monkeypatch) -> None:
+    """A server without the web extra (no plotly): GET /options names no plot library, the page draws its SVG
+    scatter, and a front point clicked there is selected as on the interactive plot."""
+    from service import repository as repo
+    from service.api import routes
+    from service.db import make_engine, session_factory, upgrade
+    from service.models import SearchStatus
+
+    monkeypatch.setattr(routes, "plot_library", lambda: None)
+    settings = service_settings(workspace, tmp_path)
+    upgrade(settings.url)
+    factory = session_factory(engine := make_engine(settings.url))
+    point = {"config": {"layers": [0, 1, 2], "heads": [2, 2, 2], "units": [24, 24, 24]},
+             "objectives": {"error": 0.3, "params": 500.0}, "validation": {"accuracy": 0.7}, "test": {"accuracy": 0.65},
+             "params": {"encoder": 500, "total": 900}, "macs": 5000, "latency_ms": 1.0}
+    full = point | {"config": {"layers": [0, 1, 2], "heads": [4, 4, 4], "units": [48, 48, 48]},
+                    "objectives": {"error": 0.2, "params": 1000.0}, "validation": {"accuracy": 0.8},
+                    "test": {"accuracy": 0.75}, "params": {"encoder": 1000, "total": 1400}, "macs": 10_000,
+                    "latency_ms": 2.0}
+    request = {"run": {"model": "minilm", "task": "glue/sst2"}, "job": {"search": {"objectives": ["error", "params"]},
+                                                                     "latency": {"batch_size": 2}}}
+    with factory.begin() as session:
+        search, _ = repo.create_search(session, request=request, folder_root=settings.searches_root)
+        search.status, search_id = SearchStatus.SUCCEEDED, search.id
+        session.flush()
+        repo.save_front(session, search_id, {"task": "glue/sst2", "main_metric": "accuracy", "objectives":
+                                             ["error", "params"], "points": [point], "reference": full,
+                                             "majority_baseline": {"accuracy": 0.5}, "hypervolume": 0.4})
+    engine.dispose()
+    with screenshot.serving(settings) as site, page_of(browser, site, "svg", tmp_path) as page:
+        assert page.evaluate("fetch('/options').then((r) => r.json()).then((o) => o.plot_library)") is None
+        page.click(f"#searches tr[data-id='{search_id}'] td:first-child")
+        page.wait_for_selector("#plot svg circle")
+        page.click("#plot svg circle[fill='#d84a4a']")  # the front point
+        page.wait_for_selector("#selection .layers")
+        assert "front point 0" in page.inner_text("#selection") and "50%" in page.inner_text("#selection")
