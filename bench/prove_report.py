@@ -38,6 +38,7 @@ from ode_compensation import table_lines as ode_table  # noqa: E402
 from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
+from shared_front import table_lines as shared_front_table  # noqa: E402
 from shared_ode import table_lines as shared_table  # noqa: E402
 from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
 
@@ -634,6 +635,20 @@ def shared_ode_section(task: str, folder: Path) -> list[str]:
     return lines
 
 
+def shared_front_section(task: str, folder: Path) -> list[str]:
+    """bench/shared_front.py: the shared family's front against the unshared one at equal MACs and stored params."""
+    lines: list[str] = []
+    for results in sorted((folder / task).glob("seed*/results.json")):
+        data = json.loads(results.read_text())
+        lines += [f"### The shared family's front against the unshared front (`python bench/shared_front.py "
+                  f"--unshared {data['unshared_run']} --shared {data['shared_run']}`)", "",
+                  "Two searches of the task: the unshared model's and the shared model's (its own genes: each block's "
+                  "heads and units, the ODE steps, the solver), every trial set against the unshared full model in "
+                  "compute (MACs) and in storage (params stored, each shared block once).", "",
+                  *shared_front_table(results), ""]
+    return lines
+
+
 def recipes_section(task: str, recipes: Path) -> list[str]:
     """bench/supernet_recipes.py's screening: the same architectures sliced from each recipe's supernet, one
     table per thread count (seed0: 2 threads, as bench/prove.py; seed0-threads<k>: k)."""
@@ -717,6 +732,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += compress_section(task, Path(args.out).parent / "compress_front")
         lines += ode_compensation_section(task, Path(args.out).parent / "ode_compensation")
         lines += shared_ode_section(task, Path(args.out).parent / "shared_ode")
+        lines += shared_front_section(task, Path(args.out).parent / "shared_front")
     lines += gpu_section(Path(args.out).parent / "gpu")
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results} ({len(runs)} task(s)) and plots in {plot_dir}")

@@ -32,6 +32,7 @@ import prove_report  # noqa: E402
 import scoring  # noqa: E402
 import search_budget  # noqa: E402
 import search_speed  # noqa: E402
+import shared_front  # noqa: E402
 import shared_ode  # noqa: E402
 import supernet_recipes  # noqa: E402
 import supernet_speed  # noqa: E402
@@ -616,3 +617,38 @@ def test_shared_ode_scores_every_step_count_by_both_solvers(workspace, tmp_path:
     assert euler[layers] == pytest.approx(1.0, rel=1e-3) and euler[1] < euler[layers]
     lines = shared_ode.table_lines(written)
     assert any(line.startswith(f"| heun | {layers} | {2 * layers} |") for line in lines)
+
+
+# -- bench/shared_front.py ---------------------------------------------------------------------------------------
+def _search_folder(folder: Path, task: str, trials: list[tuple[float, int, int]], full: tuple[float, int, int]) -> Path:
+    """A finished search's trials.jsonl and front.json, each trial (accuracy, MACs, total params)."""
+    folder.mkdir(parents=True)
+    rows = [{"index": i, "validation": {"accuracy": a}, "macs": m, "params": {"encoder": p // 2, "total": p}}
+            for i, (a, m, p) in enumerate(trials)]
+    (folder / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, m, p = full
+    reference = {"macs": m, "params": {"encoder": p // 2, "total": p}, "validation": {"accuracy": a}}
+    (folder / "front.json").write_text(json.dumps({"task": task, "main_metric": "accuracy", "reference": reference,
+                                                   "points": []}))
+    return folder
+
+
+def test_shared_front_compares_the_families_at_equal_macs_and_equal_stored_params(tmp_path: Path) -> None:
+    unshared = _search_folder(tmp_path / "u", "glue/sst2", [(0.9, 100, 1000), (0.8, 50, 500), (0.6, 10, 100)],
+                              (0.9, 100, 1000))
+    shared = _search_folder(tmp_path / "s", "glue/sst2", [(0.85, 100, 300), (0.8, 40, 300), (0.7, 20, 300)],
+                            (0.85, 100, 300))
+    data = shared_front.main(["--unshared", str(unshared), "--shared", str(shared), "--out", str(tmp_path / "out")])
+    fams = data["families"]
+    macs, params = ({name: fams[name][currency]["best_within"] for name in fams} for currency in ("macs", "params"))
+    assert macs["unshared"]["0.5"] == macs["shared"]["0.5"] == 0.8
+    assert macs["unshared"]["0.2"] == 0.6 and macs["shared"]["0.2"] == 0.7
+    # stored params: the shared family stores 30 % of the full model at every step count
+    assert params["shared"]["0.3"] == 0.85 and params["unshared"]["0.3"] == 0.6 and params["shared"]["0.2"] is None
+    assert fams["shared"]["params"]["hypervolume"] == pytest.approx((1.1 - 0.15) * (1.1 - 0.3))  # one point left
+    assert [p["share"] for p in fams["unshared"]["macs"]["front"]] == [0.1, 0.5, 1.0]
+    lines = shared_front.table_lines(tmp_path / "out" / "glue-sst2" / "seed0" / "results.json")
+    assert any(line.startswith("| shared | ") for line in lines) and "stored params" in "\n".join(lines)
+    other = _search_folder(tmp_path / "o", "glue/mrpc", [(0.7, 10, 10)], (0.7, 10, 10))
+    with pytest.raises(SystemExit, match="one task"):
+        shared_front.main(["--unshared", str(unshared), "--shared", str(other), "--out", str(tmp_path / "out")])
