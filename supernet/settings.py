@@ -354,6 +354,9 @@ class ShareConfig(DistillationSettings):
     step_augmentation: bool = Field(
         True, description="each training step runs a random number of ODE steps (a multiple of the groups up to "
                           "the layers), so the shared model also answers at fewer steps; off: always one per layer")
+    solver_augmentation: bool = Field(
+        False, description="each training step also draws the solver, Euler or Heun, so the model learns to answer "
+                           "under both (a Heun step learns from the logits and labels: its end state is no layer's)")
     init_batches: int = Field(4, ge=1, le=MAX_STEPS,
                               description="training batches each candidate block is scored on when tying")
 

@@ -108,9 +108,9 @@ def step_choices(config) -> list[int]:
     return config.ode_step_counts()
 
 
-def integrated(config, steps: int | None) -> SubNetworkConfig:
+def integrated(config, steps: int | None, solver: str | None = None) -> SubNetworkConfig:
     full = SubNetworkConfig.full(config)
-    return dataclasses.replace(full, ode_steps=steps)
+    return dataclasses.replace(full, ode_steps=steps, ode_solver=solver)
 
 
 class ShareTrainer(SupernetTrainer):
@@ -123,6 +123,7 @@ class ShareTrainer(SupernetTrainer):
         for param in teacher.parameters():
             param.requires_grad_(False)
         self.choices = step_choices(student.config) if config.step_augmentation else [student.config.num_layers]
+        self.solvers = [None, "heun"] if config.solver_augmentation else [None]  # None: Euler
         super().__init__(student, None, loader, recovery_training(config, seed),  # type: ignore[arg-type]
                          description="sharing recovery",
                          learning_rate_setting="share.learning_rate", **kwargs)
@@ -136,20 +137,23 @@ class ShareTrainer(SupernetTrainer):
         labels = batch["labels"]
         self._regression = labels.is_floating_point()
         steps = self.rng.choice(self.choices)
-        sub = integrated(self.model.config, steps)
+        solver = self.rng.choice(self.solvers) if len(self.solvers) > 1 else None
+        sub = integrated(self.model.config, steps, solver)
         with torch.no_grad(), outputs(self.teacher) as taught:
             target = self.teacher(*inputs)
         with self.model.use(sub), outputs(self.model) as learnt:
             logits = self.model(*inputs)
         cfg = self.settings
         loss_logits = distillation_loss(logits, target, cfg.temperature)
-        pairs = [(learnt[s], taught[t]) for s, t in matched_times(self.model, sub)]
-        hidden = hidden_state_loss(pairs, inputs[0], inputs[1], logits)
+        # a Heun step ends at the mean of its start and two Euler evaluations, which no hook sees: logits and labels
+        pairs = [] if solver else [(learnt[s], taught[t]) for s, t in matched_times(self.model, sub)]
+        hidden = hidden_state_loss(pairs, inputs[0], inputs[1], logits) if pairs else logits.new_zeros(())
         label = task_loss(logits, labels)
         loss = loss_logits + cfg.hidden_loss_weight * hidden + cfg.label_loss_weight * label
         (loss * scale).backward()
         return {"loss": loss.item(), "loss_logits": float(loss_logits.detach()),
-                "loss_hidden": float(hidden.detach()), "loss_label": float(label.detach()), "steps": float(steps)}
+                "loss_hidden": float(hidden.detach()), "loss_label": float(label.detach()), "steps": float(steps),
+                "heun": float(solver == "heun")}
 
 
 @torch.no_grad()

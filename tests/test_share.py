@@ -4,6 +4,7 @@ distillation, with step-count augmentation; the result a model folder the search
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -43,6 +44,21 @@ def test_each_block_starts_from_the_layer_that_loses_least() -> None:
         assert torch.equal(block.attention.query.weight, teacher.layers[source].attention.query.weight)
     assert torch.equal(student.embeddings.word_embeddings.weight, teacher.embeddings.word_embeddings.weight)
     assert sum(p.numel() for p in student.parameters()) == count_params(student.config).total
+
+
+def test_solver_augmentation_trains_under_heun_too_from_logits_and_labels() -> None:
+    from conftest import toy_batches
+
+    from supernet.settings import ShareConfig
+    from supernet.share import ShareTrainer
+
+    teacher = make_supernet(supernet_config(num_layers=4)).eval()
+    student = tie(teacher, 2, [0, 2])
+    config = ShareConfig(groups=2, epochs=2, solver_augmentation=True)
+    seen = ShareTrainer(student, teacher, toy_batches(4), config, 0, progress=False).train().history
+    assert {m["heun"] for m in seen} == {0.0, 1.0} and {m["steps"] for m in seen} <= {2.0, 4.0}
+    assert all(m["loss_hidden"] == 0.0 for m in seen if m["heun"]) and all(math.isfinite(m["loss"]) for m in seen)
+    assert not ShareConfig().solver_augmentation  # off unless asked for
 
 
 @pytest.mark.slow
