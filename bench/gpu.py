@@ -27,17 +27,21 @@ import statistics
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from search.latency import load_or_calibrate, random_subnetworks, time_calls, validate  # noqa: E402
+from search.latency import (  # noqa: E402
+    agreement,
+    load_or_calibrate,
+    random_subnetworks,
+    time_calls,
+    validate,
+)
 from supernet.config import SubNetworkConfig  # noqa: E402
 from supernet.counting import count_macs  # noqa: E402
 from supernet.devices import describe, resolve_device  # noqa: E402
@@ -176,15 +180,26 @@ def latency_model(supernet, run: Path, device: torch.device, *, samples: int, re
                "front_points": len(front["points"]), "ends": 2, "predicted_ms": result.predicted_ms,
                "measured_ms": result.measured_ms, "tables": [table.to_dict() for table in tables]}
     figures["calibrations"] = []
+    points = len(front["points"])
     for table in tables:
         predicted = np.array([table.predict(sub) for sub in subs])
+        spearman, mape = agreement(predicted, measured)
         figures["calibrations"].append({
-            "spearman": float(stats.spearmanr(predicted, measured).statistic),
-            "mape": float(np.mean(np.abs(predicted - measured) / measured) * 100),
-            "front_spearman": float(stats.spearmanr(predicted[:len(front["points"])],
-                                                    measured[:len(front["points"])]).statistic)
-            if len(front["points"]) > 2 else None})
+            "spearman": spearman, "mape": mape,
+            "front_spearman": agreement(predicted[:points], measured[:points])[0] if points > 2 else None})
     return figures
+
+
+def stream_runner(model, stream: list[dict], forward=None):
+    """A call that runs `model` over the whole stream of batches without gradients (`forward(model, inputs)`, by
+    default `model(**inputs)`): what one timing measures."""
+    forward = forward or (lambda m, inputs: m(**inputs))
+
+    def run() -> None:
+        with torch.no_grad():
+            for inputs in stream:
+                forward(model, inputs)
+    return run
 
 
 def dev_batches(args: argparse.Namespace, device: torch.device, *, sentences: int, batch: int) -> list[dict]:
@@ -225,13 +240,7 @@ def graphs(supernet, run: Path, args: argparse.Namespace, device: torch.device, 
                     graphed(**inputs)
             torch.cuda.synchronize(device)
             capture_s = time.perf_counter() - started
-
-            def run_all(model, stream=stream):
-                with torch.no_grad():
-                    for inputs in stream:
-                        model(**inputs)
-
-            calls += [partial(run_all, eager), partial(run_all, graphed)]
+            calls += [stream_runner(eager, stream), stream_runner(graphed, stream)]
             names.append((name, sub, graphed._graphs.captures, capture_s))
         times = time_calls(calls, repeats=repeats, device=device)
         for index, (name, sub, captures, capture_s) in enumerate(names):
@@ -255,15 +264,7 @@ def compiled(supernet, args: argparse.Namespace, device: torch.device, *, senten
                             units=config.layer_units)
     eager, graphed, to_compile = (extract(supernet, full).to(device).eval() for _ in range(3))
     graphed.use_cuda_graphs(seq_multiple=32)
-
-    def run_all(model):
-        def call():
-            with torch.no_grad():
-                for inputs in stream:
-                    model(**inputs)
-        return call
-
-    (alone_ms,) = time_calls([run_all(eager)], repeats=repeats, device=device)
+    (alone_ms,) = time_calls([stream_runner(eager, stream)], repeats=repeats, device=device)
     try:
         model = torch.compile(to_compile.model, mode="reduce-overhead")
         started = time.perf_counter()
@@ -274,14 +275,11 @@ def compiled(supernet, args: argparse.Namespace, device: torch.device, *, senten
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - started
-
-        def run_compiled():
-            with torch.no_grad():
-                for inputs in stream:
-                    model(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"))
-
-        eager_ms, graph_ms, compiled_ms = time_calls([run_all(eager), run_all(graphed), run_compiled],
-                                                     repeats=repeats, device=device)
+        run_compiled = stream_runner(model, stream, lambda m, inputs: m(
+            inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids")))
+        eager_ms, graph_ms, compiled_ms = time_calls(
+            [stream_runner(eager, stream), stream_runner(graphed, stream), run_compiled],
+            repeats=repeats, device=device)
         return {"batch": 1, "sentences": sentences, "eager_alone_ms": alone_ms, "eager_ms": eager_ms,
                 "graph_ms": graph_ms, "compiled_ms": compiled_ms, "compile_s": compile_s}
     except Exception as exc:  # noqa: BLE001 (reported in the figures, not hidden)

@@ -581,17 +581,22 @@ def gpu_section(folder: Path) -> list[str]:
 
 
 def run_sections(task: str, files: list[Path], script: str, title: str, intro: str,
-                 table: Callable[[Path], list[str]]) -> list[str]:
+                 table: Callable[[Path], list[str]],
+                 arguments: Callable[[Path, dict[str, Any]], str] | None = None) -> list[str]:
     """One section per results file of `script` (bench/out/<script's folder>/<task>/seed<k>/...): its title with
-    the command that made it (the run it read, if it names one), `intro`, and `table`'s lines."""
+    the command that made it (`arguments(file, its data)`; by default --task, --seed and the run it read, if it
+    names one), `intro`, and `table`'s lines."""
+    def default(results: Path, data: dict[str, Any]) -> str:
+        run = data.get("run")
+        return (f"--task {task.replace('-', '/', 1)} --seed {results.parent.name.removeprefix('seed')}"
+                + (f" --run {run}" if run else ""))
+
     lines: list[str] = []
     for results in files:
         rows = table(results)
         if rows:
-            seed = results.parent.name.removeprefix("seed")
-            run = json.loads(results.read_text()).get("run")
-            lines += [f"### {title} (`python bench/{script} --task {task.replace('-', '/', 1)} --seed {seed}"
-                      f"{f' --run {run}' if run else ''}`)", "", intro, "", *rows, ""]
+            command = (arguments or default)(results, json.loads(results.read_text()))
+            lines += [f"### {title} (`python bench/{script} {command}`)", "", intro, "", *rows, ""]
     return lines
 
 
@@ -625,28 +630,22 @@ def ode_compensation_section(task: str, folder: Path) -> list[str]:
 
 def shared_ode_section(task: str, folder: Path) -> list[str]:
     """bench/shared_ode.py: each `nasprune share` run's model at every step count, by Euler and Heun."""
-    lines: list[str] = []
-    for results in sorted((folder / task).glob("seed*/*.json")):
-        run = json.loads(results.read_text())["run"]
-        lines += [f"### Parameter-shared model run as an ODE (`python bench/shared_ode.py --share {run}`)", "",
-                  "An unshared model's layers tied into shared blocks by `nasprune share` and recovered by "
-                  "distillation from it, then integrated in K steps by Euler and by Heun (two evaluations a step) "
-                  "without retraining.", "", *shared_table(results), ""]
-    return lines
+    return run_sections(task, sorted((folder / task).glob("seed*/*.json")), "shared_ode.py",
+                        "Parameter-shared model run as an ODE",
+                        "An unshared model's layers tied into shared blocks by `nasprune share` and recovered by "
+                        "distillation from it, then integrated in K steps by Euler and by Heun (two evaluations a "
+                        "step) without retraining.", shared_table, lambda _file, data: f"--share {data['run']}")
 
 
 def shared_front_section(task: str, folder: Path) -> list[str]:
     """bench/shared_front.py: the shared family's front against the unshared one at equal MACs and stored params."""
-    lines: list[str] = []
-    for results in sorted((folder / task).glob("seed*/results.json")):
-        data = json.loads(results.read_text())
-        lines += [f"### The shared family's front against the unshared front (`python bench/shared_front.py "
-                  f"--unshared {data['unshared_run']} --shared {data['shared_run']}`)", "",
-                  "Two searches of the task: the unshared model's and the shared model's (its own genes: each block's "
-                  "heads and units, the ODE steps, the solver), every trial set against the unshared full model in "
-                  "compute (MACs) and in storage (params stored, each shared block once).", "",
-                  *shared_front_table(results), ""]
-    return lines
+    return run_sections(task, sorted((folder / task).glob("seed*/results.json")), "shared_front.py",
+                        "The shared family's front against the unshared front",
+                        "Two searches of the task: the unshared model's and the shared model's (its own genes: each "
+                        "block's heads and units, the ODE steps, the solver), every trial set against the unshared "
+                        "full model in compute (MACs) and in storage (params stored, each shared block once).",
+                        shared_front_table,
+                        lambda _file, data: f"--unshared {data['unshared_run']} --shared {data['shared_run']}")
 
 
 def recipes_section(task: str, recipes: Path) -> list[str]:

@@ -495,11 +495,17 @@ def validate(supernet: Supernet, table: LatencyTable, subs: Sequence[SubNetworkC
         measured = [ms / len(batches) for ms in measured]
         lengths = token_counts(batches)
     predicted = [table.predict(sub, lengths) for sub in subs]
-    p, m = np.array(predicted), np.array(measured)
-    rho = float(stats.spearmanr(p, m).statistic) if len(p) > 1 else float("nan")
-    mape = float(np.mean(np.abs(p - m) / m) * 100)
+    rho, mape = agreement(predicted, measured)
     return ValidationResult(spearman=rho, mape=mape, predicted_ms=predicted, measured_ms=measured,
                             configs=[s.to_dict() for s in subs])
+
+
+def agreement(predicted: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """How well predictions rank and size measurements: Spearman's rank correlation (nan for fewer than two) and the
+    mean absolute percentage error, in percent."""
+    p, m = np.array(predicted, dtype=float), np.array(measured, dtype=float)
+    rho = float(stats.spearmanr(p, m).statistic) if len(p) > 1 else float("nan")
+    return rho, float(np.mean(np.abs(p - m) / m) * 100)
 
 
 def measure_subnetworks(supernet: Supernet, table: LatencyTable, subs: Sequence[SubNetworkConfig], *,
