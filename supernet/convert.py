@@ -76,25 +76,36 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=False)
 
 
+# Our per-layer parameter (without .weight/.bias) -> each family's, below the layer's own prefix.
+LAYER_KEYS = {
+    "bert": {"attention.query": "attention.self.query", "attention.key": "attention.self.key",
+             "attention.value": "attention.self.value", "attention.dense": "attention.output.dense",
+             "attention.norm": "attention.output.LayerNorm", "ffn.intermediate": "intermediate.dense",
+             "ffn.output": "output.dense", "ffn.norm": "output.LayerNorm"},
+    "albert": {"attention.query": "attention.query", "attention.key": "attention.key",
+               "attention.value": "attention.value", "attention.dense": "attention.dense",
+               "attention.norm": "attention.LayerNorm", "ffn.intermediate": "ffn", "ffn.output": "ffn_output",
+               "ffn.norm": "full_layer_layer_norm"},
+}
+
+
+def _layer_keys(ours: str, theirs: str, family: str) -> dict[str, str]:
+    """One layer's (or shared block's) parameters: ours under `ours`, the family's under `theirs`."""
+    return {f"{ours}.{mine}.{t}": f"{theirs}.{other}.{t}" for mine, other in LAYER_KEYS[family].items()
+            for t in ("weight", "bias")}
+
+
 def _albert_key_map(config: SupernetConfig) -> dict[str, str]:
     """Supernet parameter name -> ALBERT's: its layer groups are the supernet's shared blocks (`blocks.g`, or
     `layers.g` where every layer has its own group), its embedding projection the embeddings' `projection`."""
     keys = {f"embeddings.{name}.weight": f"albert.embeddings.{name}.weight"
             for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
-    blocks = len(config.group_members())
+    for g in range(len(config.group_members())):
+        keys |= _layer_keys(f"blocks.{g}" if config.shared else f"layers.{g}",
+                            f"albert.encoder.albert_layer_groups.{g}.albert_layers.0", "albert")
     for t in ("weight", "bias"):
         keys[f"embeddings.norm.{t}"] = f"albert.embeddings.LayerNorm.{t}"
         keys[f"embeddings.projection.{t}"] = f"albert.encoder.embedding_hidden_mapping_in.{t}"
-        for g in range(blocks):
-            src, dst = f"albert.encoder.albert_layer_groups.{g}.albert_layers.0", f"blocks.{g}"
-            if not config.shared:
-                dst = f"layers.{g}"
-            for name in ("query", "key", "value", "dense"):
-                keys[f"{dst}.attention.{name}.{t}"] = f"{src}.attention.{name}.{t}"
-            keys[f"{dst}.attention.norm.{t}"] = f"{src}.attention.LayerNorm.{t}"
-            keys[f"{dst}.ffn.intermediate.{t}"] = f"{src}.ffn.{t}"
-            keys[f"{dst}.ffn.output.{t}"] = f"{src}.ffn_output.{t}"
-            keys[f"{dst}.ffn.norm.{t}"] = f"{src}.full_layer_layer_norm.{t}"
         keys[f"head.dense.{t}"] = f"albert.pooler.{t}"
         keys[f"head.out.{t}"] = f"classifier.{t}"
     return keys
@@ -107,23 +118,12 @@ def _hf_key_map(model: PreTrainedModel, num_layers: int) -> dict[str, str]:
     if model.config.model_type == "albert":
         return _albert_key_map(SupernetConfig.from_hf(model.config))
     p = model.base_model_prefix
-    keys = {
-        "embeddings.word_embeddings.weight": f"{p}.embeddings.word_embeddings.weight",
-        "embeddings.position_embeddings.weight": f"{p}.embeddings.position_embeddings.weight",
-        "embeddings.token_type_embeddings.weight": f"{p}.embeddings.token_type_embeddings.weight",
-    }
+    keys = {f"embeddings.{name}.weight": f"{p}.embeddings.{name}.weight"
+            for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
+    for i in range(num_layers):
+        keys |= _layer_keys(f"layers.{i}", f"{p}.encoder.layer.{i}", "bert")
     for t in ("weight", "bias"):
         keys[f"embeddings.norm.{t}"] = f"{p}.embeddings.LayerNorm.{t}"
-        for i in range(num_layers):
-            src, dst = f"{p}.encoder.layer.{i}", f"layers.{i}"
-            keys[f"{dst}.attention.query.{t}"] = f"{src}.attention.self.query.{t}"
-            keys[f"{dst}.attention.key.{t}"] = f"{src}.attention.self.key.{t}"
-            keys[f"{dst}.attention.value.{t}"] = f"{src}.attention.self.value.{t}"
-            keys[f"{dst}.attention.dense.{t}"] = f"{src}.attention.output.dense.{t}"
-            keys[f"{dst}.attention.norm.{t}"] = f"{src}.attention.output.LayerNorm.{t}"
-            keys[f"{dst}.ffn.intermediate.{t}"] = f"{src}.intermediate.dense.{t}"
-            keys[f"{dst}.ffn.output.{t}"] = f"{src}.output.dense.{t}"
-            keys[f"{dst}.ffn.norm.{t}"] = f"{src}.output.LayerNorm.{t}"
         if p == "roberta":  # RobertaClassificationHead: dense + tanh + out_proj on <s>
             keys[f"head.dense.{t}"] = f"classifier.dense.{t}"
             keys[f"head.out.{t}"] = f"classifier.out_proj.{t}"
