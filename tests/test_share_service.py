@@ -1,5 +1,6 @@
-"""POST /shares (issue 34): `nasprune share` as a worker job over HTTP, a real SQLite file and real worker processes;
-its model downloaded and loaded, and a search run on it by naming it "share:<id>"."""
+"""POST /shares (issue 34): `nasprune share` as a worker job over HTTP and a real SQLite file, run by the worker's
+loop in this process (worker processes are tested with the other jobs); its model downloaded and loaded, and a
+search run on it by naming it "share:<id>"."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import run_worker_once, search_body
+from conftest import search_body
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +44,11 @@ def test_bad_share_requests_name_the_field(client, workspace) -> None:
     assert client.post("/shares/nope/cancel").status_code == 404
 
 
-def test_a_share_runs_in_a_worker_and_a_search_takes_its_model(client, workspace, settings, worker_env,
-                                                                tmp_path) -> None:
+def test_a_share_runs_in_a_worker_and_a_search_takes_its_model(client, workspace, settings, tmp_path) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from service.worker import run_worker
     from supernet.config import SubNetworkConfig
     from supernet.extract import load_exported
 
@@ -63,7 +64,7 @@ def test_a_share_runs_in_a_worker_and_a_search_takes_its_model(client, workspace
     waiting = client.post("/searches", json=search_body(workspace, ["error", "params"], 4, model=f"share:{share_id}"))
     assert waiting.status_code == 422 and "is queued; a search can use it once it has succeeded" in waiting.text
 
-    run_worker_once(worker_env)
+    assert run_worker(settings, once=True, poll_s=0.05) == 1  # the worker's loop, in this process
     share = client.get(f"/shares/{share_id}").json()
     assert share["status"] == "succeeded", share["error"]
     assert share["stage"] == "done" and share["step"] == share["total_steps"] > 0 and share["device"] == "cpu"
@@ -92,7 +93,7 @@ def test_a_share_runs_in_a_worker_and_a_search_takes_its_model(client, workspace
     assert created.status_code == 201, created.text
     search_id = created.json()["id"]
     assert created.json()["request"]["run"]["model"] == f"share:{share_id}"
-    run_worker_once(worker_env)
+    assert run_worker(settings, once=True, poll_s=0.05) == 1  # the worker's loop, in this process
     search = client.get(f"/searches/{search_id}").json()
     assert search["status"] == "succeeded", search["error"]
     points = client.get(f"/searches/{search_id}/pareto").json()["points"]
