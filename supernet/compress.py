@@ -36,22 +36,11 @@ from .training import (
     SupernetTrainer,
     TrainState,
     distillation_loss,
+    forward_outputs,
     hidden_state_loss,
     recovery_training,
     task_loss,
 )
-
-
-@contextmanager
-def layer_outputs(model: NasPruneForSequenceClassification) -> Iterator[list[torch.Tensor]]:
-    """Collect each layer's output (B, T, H) of the forwards run while open, in layer order."""
-    seen: list[torch.Tensor] = []
-    handles = [layer.register_forward_hook(lambda _m, _i, out: seen.append(out)) for layer in model.model.layers]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class RecoveryTrainer(SupernetTrainer):
@@ -76,9 +65,9 @@ class RecoveryTrainer(SupernetTrainer):
         labels = batch["labels"]
         self._regression = labels.is_floating_point()
         exits = bool(self.student.config.exits)  # every exit learns its counterpart (E, B, C)
-        with torch.no_grad(), layer_outputs(self.teacher) as taught:
+        with torch.no_grad(), forward_outputs(self.teacher.model.layers) as taught:
             target = self.teacher.model(*inputs, all_exits=exits)
-        with layer_outputs(self.student) as learnt:
+        with forward_outputs(self.student.model.layers) as learnt:
             logits = self.student.model(*inputs, all_exits=exits)
         cfg = self.settings
         regression = self.student.config.num_labels == 1

@@ -18,8 +18,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from .training import (
     SupernetTrainer,
     TrainState,
     distillation_loss,
+    forward_outputs,
     hidden_state_loss,
     recovery_training,
     task_loss,
@@ -78,18 +78,10 @@ def tie(teacher: Supernet, groups: int, sources: list[int]) -> Supernet:
     return student
 
 
-@contextmanager
-def outputs(model: Supernet) -> Iterator[list[torch.Tensor]]:
-    """Each layer call's output (B, T, H) of the forwards run while open, in the order they run: for a shared model
-    one per step, each a step's end state under Euler."""
-    seen: list[torch.Tensor] = []
-    modules = model.blocks if model.config.shared else model.layers
-    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
+def stack_modules(model: Supernet) -> list[torch.nn.Module]:
+    """The modules whose calls are the stack's steps: the shared blocks (one call per ODE step, each a step's end
+    state under Euler), else the layers."""
+    return list(model.blocks if model.config.shared else model.layers)
 
 
 def matched_times(student: Supernet, sub: SubNetworkConfig) -> list[tuple[int, int]]:
@@ -139,9 +131,9 @@ class ShareTrainer(SupernetTrainer):
         steps = self.rng.choice(self.choices)
         solver = self.rng.choice(self.solvers) if len(self.solvers) > 1 else None
         sub = integrated(self.model.config, steps, solver)
-        with torch.no_grad(), outputs(self.teacher) as taught:
+        with torch.no_grad(), forward_outputs(stack_modules(self.teacher)) as taught:
             target = self.teacher(*inputs)
-        with self.model.use(sub), outputs(self.model) as learnt:
+        with self.model.use(sub), forward_outputs(stack_modules(self.model)) as learnt:
             logits = self.model(*inputs)
         cfg = self.settings
         loss_logits = distillation_loss(logits, target, cfg.temperature)

@@ -67,6 +67,19 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per optimizer step
 
 
+@contextmanager
+def forward_outputs(modules: Iterable[torch.nn.Module]) -> Iterator[list[torch.Tensor]]:
+    """Each output of `modules`' forward calls while open, in the order they run (hidden states (B, T, H) for a
+    model's layers): what recovery by distillation matches against the teacher's."""
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def hidden_state_loss(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], input_ids: torch.Tensor,
                       attention_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """Mean over `pairs` of (student, teacher) hidden states (B, T, H) of their squared difference, averaged over the
