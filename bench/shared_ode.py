@@ -27,7 +27,7 @@ from supernet.extract import load_exported
 from supernet.refine import PrunedModel
 from supernet.run import Run
 from supernet.settings import ShareSpec
-from supernet.share import MODEL_DIR, WORK_DIR, integrated, step_choices
+from supernet.share import MODEL_DIR, WORK_DIR, integrated
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,7 +50,7 @@ def measure(folder: Path) -> dict[str, Any]:
     unshared_macs = count_macs(SupernetConfig.from_dict(config.to_dict() | {"layer_groups": None}), seq_len=128)
     rows = []
     for solver in ("euler", "heun"):
-        for steps in step_choices(config):
+        for steps in config.ode_step_counts():
             model.set_ode_steps(steps, solver)
             row = {"solver": solver, "steps": steps, "evaluations": steps * (2 if solver == "heun" else 1),
                    "mac_share": count_macs(config, replace(integrated(config, steps), ode_solver=solver),

@@ -177,7 +177,8 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
     reference = _point({"config": full.to_dict(), "objectives": full_objectives,
                         **figures_dict(measurements.reference())},
                        metrics_on_test_splits(run, supernet, None, test_batches))
-    _measure_latencies(supernet, measurements.latency, [*points, reference], store.load_front())
+    previous = store.load_front()
+    _measure_latencies(supernet, measurements.latency, [*points, reference], previous)
     front = {
         "task": run.task.spec.name, "main_metric": run.task.spec.main_metric, "objectives": names,
         "points": points, "reference": reference, "majority_baseline": run.task.majority_baseline,
@@ -189,7 +190,7 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
         # the validation examples the search ranked on; the figures here are on all `validation_examples`
         "search_examples": subset or size, "validation_examples": size,
     }
-    _keep_refined(points, store.load_front())
+    _keep_refined(points, previous)
     store.save_front(front)
     plot_front(front, [t.to_dict() for t in result.trials], run.folder / PLOT_FILE)
     return front

@@ -52,6 +52,8 @@ from filelock import FileLock
 from search.records import COMPRESSED_DIR, REFINED_DIR, SUBNETWORK_FILE, serves_refined
 from supernet.files import atomic_path
 
+from .shares import MODEL_DIR
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "onnx")
@@ -227,7 +229,7 @@ def build_share_archive(folder: Path, top: str) -> Path:
     """The .tar.gz of a shared model (the folder model/ of the share's folder `folder`) beside it, as model.tar.gz
     under the top folder `top`: built by the share's own job, which alone writes there, after clearing what an
     earlier run of it killed halfway left."""
-    source = folder / "model"
+    source = folder / MODEL_DIR
     if not source.is_dir():
         raise ValueError(f"{folder.name} holds no shared model")
     archive = source.with_name(f"{source.name}.tar.gz")

@@ -95,11 +95,6 @@ def matched_times(student: Supernet, sub: SubNetworkConfig) -> list[tuple[int, i
     return pairs
 
 
-def step_choices(config) -> list[int]:
-    """The step counts a shared stack can run: the multiples of its blocks up to its layers."""
-    return config.ode_step_counts()
-
-
 def integrated(config, steps: int | None, solver: str | None = None) -> SubNetworkConfig:
     full = SubNetworkConfig.full(config)
     return dataclasses.replace(full, ode_steps=steps, ode_solver=solver)
@@ -114,7 +109,7 @@ class ShareTrainer(SupernetTrainer):
         self.teacher, self.settings = teacher.eval(), config
         for param in teacher.parameters():
             param.requires_grad_(False)
-        self.choices = step_choices(student.config) if config.step_augmentation else [student.config.num_layers]
+        self.choices = student.config.ode_step_counts() if config.step_augmentation else [student.config.num_layers]
         self.solvers = [None, "heun"] if config.solver_augmentation else [None]  # None: Euler
         super().__init__(student, None, loader, recovery_training(config, seed),  # type: ignore[arg-type]
                          description="sharing recovery",
@@ -248,7 +243,7 @@ def share_run(spec: ShareSpec, folder: str | Path, *, progress: bool = True,
     student.eval()
     validation = list(run.batches("validation"))
     by_steps = {str(k): evaluate(student, validation, run.task.spec, sub=integrated(student.config, k))
-                for k in step_choices(student.config)}
+                for k in student.config.ode_step_counts()}
     metrics = {"validation": by_steps[str(student.config.num_layers)]}
     teacher_metrics = {"validation": evaluate(teacher, validation, run.task.spec)}
     tests = {split: list(run.batches(split)) for split in run.task.test}

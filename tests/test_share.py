@@ -15,7 +15,7 @@ from supernet.config import SubNetworkConfig
 from supernet.counting import count_params
 from supernet.extract import load_exported
 from supernet.settings import ShareSpec
-from supernet.share import MODEL_DIR, WORK_DIR, choose_sources, matched_times, share_run, step_choices, tie
+from supernet.share import MODEL_DIR, WORK_DIR, choose_sources, matched_times, share_run, tie
 
 
 def test_steps_meet_the_unshared_layers_where_their_times_are_whole() -> None:
@@ -29,7 +29,7 @@ def test_steps_meet_the_unshared_layers_where_their_times_are_whole() -> None:
     assert pairs(6) == [(i, i) for i in range(6)]
     assert pairs(4) == [(1, 2), (3, 5)]  # steps of 1.5 end at 1.5, 3, 4.5, 6
     assert pairs(2) == [(0, 2), (1, 5)]
-    assert step_choices(tie(make_supernet(supernet_config(num_layers=6)), 2, [0, 3]).config) == [2, 4, 6]
+    assert tie(make_supernet(supernet_config(num_layers=6)), 2, [0, 3]).config.ode_step_counts() == [2, 4, 6]
 
 
 def test_each_block_starts_from_the_layer_that_loses_least() -> None:
