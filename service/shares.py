@@ -18,8 +18,6 @@ row, whose worker resumes from what the last run left in the folder).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from .models import JOB_ENDED, SHARE_KEPT, Share, ShareStatus, new_id, utcnow
 from .queue import JobTable, SessionFactory
-from .repository import RepositoryError, insert_ignoring_conflicts
+from .repository import RepositoryError, body_digest, insert_ignoring_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +48,7 @@ class ShareNotReady(RepositoryError, ValueError):
 
 def settings_key(request: dict[str, Any], owner: str | None) -> str:
     """The digest of what is asked and by whom: the job's identity and its folder's name."""
-    text = json.dumps({"request": request, "owner": owner}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return body_digest({"request": request, "owner": owner})[:32]
 
 
 def folder(shares_root: Path, key: str) -> Path:
