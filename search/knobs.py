@@ -11,7 +11,7 @@ does before downloading it, so the search measures, for each front point that ha
   over its exits (search.objectives.ExitPasses: no forward pass per threshold);
 - `token_keep_scale`: the point's keep schedule scaled by each of TOKEN_KEEP_SCALES (each fraction times the
   scale, between the search's keep floor and 1; 1 is the point), one evaluation each;
-- `ode_steps`: each step count a shared stack can run (a multiple of its blocks up to its layers), with the
+- `ode_steps`: each step count a shared stack can run (SupernetConfig.ode_step_counts), with the
   point's solver, one evaluation each.
 
 Each setting is a dict with its value and the figures the front shows (validation metrics, params, MACs,

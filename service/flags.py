@@ -132,6 +132,8 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _kind(annotation: Any) -> tuple[Callable[[str], Any], tuple[Any, ...] | None, str]:
     """(converter, choices, metavar) for a leaf type."""
+    if typing.get_origin(annotation) is typing.Annotated:  # kept inside `X | None`: the constraints are pydantic's
+        annotation = typing.get_args(annotation)[0]
     origin = typing.get_origin(annotation)
     if origin is Literal:
         return str, typing.get_args(annotation), ""

@@ -19,14 +19,35 @@ SUPPORTED_MODEL_TYPES = ("bert", "roberta", "albert", "nasprune_bert")
 ODE_SOLVERS = ("euler", "heun")
 
 
-def check_layer_groups(layers: int, groups: int) -> None:
-    """ValueError naming `groups` unless `layers` layers tie into `groups` contiguous equal shared blocks that share
-    something (nasprune share; torch-free, so the API checks a request with it)."""
+def tied_groups(layers: int, groups: int, mapping: list[int] | tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The shared block of each of `layers` layers when `nasprune share` ties them: `mapping` as given (contiguous
+    blocks in order, of any sizes), else `groups` contiguous equal blocks (layer i runs block i // (L / G)).
+    ValueError naming the field unless the tying shares something (torch-free, so the API checks a request with it)."""
+    if mapping is not None:
+        values = tuple(mapping)
+        if len(values) != layers:
+            raise ValueError(f"mapping: {len(values)} entries for the model's {layers} layers (one block per layer)")
+        problem = contiguity_problem(values)
+        if problem:
+            raise ValueError(f"mapping: {problem}")
+        if values[-1] + 1 >= layers:
+            raise ValueError(f"mapping: {values[-1] + 1} shared blocks for {layers} layers share nothing")
+        return values
     if groups >= layers:
         raise ValueError(f"groups: {groups} shared blocks for {layers} layers share nothing; use fewer (1: one block "
                          "for every layer)")
     if layers % groups:
-        raise ValueError(f"groups: {groups} shared blocks do not divide the model's {layers} layers evenly")
+        raise ValueError(f"groups: {groups} shared blocks do not divide the model's {layers} layers evenly; give "
+                         "`mapping` (the block of each layer) for blocks of unequal sizes")
+    return tuple(i // (layers // groups) for i in range(layers))
+
+
+def contiguity_problem(groups: tuple[int, ...]) -> str | None:
+    """Why `groups` (the block of each layer) is not contiguous blocks numbered from 0 in order; None if it is."""
+    if not groups or groups[0] != 0 or any(b - a not in (0, 1) for a, b in zip(groups, groups[1:], strict=False)):
+        return (f"{list(groups)} is not contiguous blocks numbered from 0 in order (e.g. [0, 0, 1, 1, 1, 2]: each "
+                "block's layers next to each other)")
+    return None
 
 
 class ConfigError(ValueError):
@@ -77,21 +98,17 @@ def _canonical_compensation(flag: Any, layers: tuple[int, ...], num_layers: int)
 
 
 def _canonical_groups(groups: Any, num_layers: int) -> tuple[int, ...] | None:
-    """Which shared block each layer runs, in canonical form: contiguous, equal-sized groups numbered from 0 in
-    order (ALBERT's mapping, layer i -> block i // (L / G)); None when every layer has its own block."""
+    """Which shared block each layer runs, in canonical form: contiguous blocks numbered from 0 in order, of any
+    sizes (ALBERT's mapping, layer i -> block int(i / (L / G)), is one); None when every layer has its own block."""
     if groups is None:
         return None
     values = tuple(_as_int(g, "a layer group") for g in groups)
     if len(values) != num_layers:
         raise ConfigError(f"layer_groups has {len(values)} entries; the model has {num_layers} layers")
-    count = len(set(values))
-    if count == 0 or num_layers % count:
-        raise ConfigError(f"layer_groups: {count} shared blocks do not divide {num_layers} layers evenly")
-    size = num_layers // count
-    if values != tuple(i // size for i in range(num_layers)):
-        raise ConfigError(f"layer_groups must map the layers to contiguous, equal-sized groups in order (layer i to "
-                          f"block i // {size}), got {list(values)}")
-    return None if count == num_layers else values
+    problem = contiguity_problem(values)
+    if problem:
+        raise ConfigError(f"layer_groups: {problem}")
+    return None if values[-1] + 1 == num_layers else values
 
 
 def _canonical_steps(steps: Any, layers: tuple[int, ...]) -> int | None:
@@ -187,9 +204,9 @@ class SupernetConfig:
         return members
 
     def ode_step_counts(self) -> list[int]:
-        """The step counts a shared stack can be integrated in: the multiples of its blocks up to its layers."""
-        blocks = len(self.group_members())
-        return list(range(blocks, self.num_layers + 1, blocks))
+        """The step counts a shared stack can be integrated in (schedules.ode_step_counts): with blocks of equal
+        size, the multiples of their count up to the layers."""
+        return schedules.ode_step_counts(self.layer_groups, self.num_layers)
 
     @property
     def is_regression(self) -> bool:
@@ -215,10 +232,10 @@ class SupernetConfig:
             if hf_config.inner_group_num != 1:
                 raise ConfigError(f"ALBERT with {hf_config.inner_group_num} layers per group (inner_group_num) is not "
                                   "supported: one layer per shared block")
-            if count < 1 or layers % count:
-                raise ConfigError(f"ALBERT's {count} layer groups (num_hidden_groups) do not divide its {layers} "
-                                  "layers evenly")
-            groups = [i // (layers // count) for i in range(layers)]
+            if not 1 <= count <= layers:
+                raise ConfigError(f"ALBERT's {count} layer groups (num_hidden_groups) for its {layers} layers: "
+                                  "between 1 and the layers")
+            groups = [int(i / (layers / count)) for i in range(layers)]  # AlbertTransformer's own mapping
             classifier_dropout = hf_config.classifier_dropout_prob
         return cls(
             num_layers=hf_config.num_hidden_layers,
@@ -292,9 +309,10 @@ class SubNetworkConfig:
 
     On a parameter-shared model (`SupernetConfig.layer_groups`) the stack is an ODE whose vector field is each shared
     block's residual branch (Chen et al., Findings of EMNLP 2023): every layer is kept, and `ode_steps` K integrates
-    it in K steps instead of one per layer (each group of n layers in K / G steps of size n·G / K; K a multiple of
-    the G blocks), `ode_solver` "heun" with Heun's method (two evaluations a step) instead of Euler's. Both are
-    structural like ode_compensation; None is one step per layer and Euler, and neither is written to JSON then.
+    it in K steps of size L / K instead of one per layer (each block of n layers in n·K / L steps; K one of
+    SupernetConfig.ode_step_counts), `ode_solver` "heun" with Heun's method (two evaluations a step) instead of
+    Euler's. Both are structural like ode_compensation; None is one step per layer and Euler, and neither is
+    written to JSON then.
     """
 
     layers: tuple[int, ...]
@@ -369,9 +387,9 @@ class SubNetworkConfig:
         for members in blocks:
             if len({(self.heads[i], self.units[i]) for i in members}) > 1:
                 raise ConfigError(f"layers {members} share one block, so they keep the same heads and units")
-        if self.ode_steps is not None and self.ode_steps % len(blocks):
-            raise ConfigError(f"ode_steps must be a multiple of the {len(blocks)} shared blocks (each integrates its "
-                              f"own layers), got {self.ode_steps}")
+        if self.ode_steps is not None and self.ode_steps not in config.ode_step_counts():
+            raise ConfigError(f"ode_steps must be one of {config.ode_step_counts()} (the step counts whose steps end "
+                              f"on every shared block's boundary), got {self.ode_steps}")
         if not self.is_static and (self.ode_steps is not None or self.ode_solver is not None):
             raise ConfigError("token elimination and early exits do not run with ode_steps or ode_solver yet")
         return self
@@ -395,9 +413,9 @@ class SubNetworkConfig:
 
     def schedule(self, config: SupernetConfig) -> tuple[tuple[int, float], ...]:
         """What the forward runs, in order: (layer index, Euler step size) per step, every step one evaluation of
-        that layer's block (two under Heun). Unshared: each kept layer with its `step_sizes` entry. Shared: each
-        block's K / G steps of size n·G / K over its n layers, run as the first K / G of those layers (one block,
-        so any of them)."""
+        that layer's block (two under Heun). Unshared: each kept layer with its `step_sizes` entry. Shared: K steps of
+        size L / K, n·K / L of them over each block's n layers, run as the first of those layers (one block, so any
+        of them)."""
         if not config.shared:
             return tuple(zip(self.layers, self.step_sizes(), strict=True))
         return tuple(schedules.ode_schedule(config.layer_groups, config.num_layers, self.ode_steps))

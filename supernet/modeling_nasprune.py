@@ -136,10 +136,10 @@ class NasPruneForSequenceClassification(PreTrainedModel):
 
     def set_ode_steps(self, steps: int | None, solver: str | None = None) -> None:
         """Integrate a parameter-shared model's stack in `steps` steps (None: one per layer, the stack as trained),
-        each group of n shared layers in steps / G steps of size n·G / steps, with `solver` ("euler", the default,
-        or "heun": two evaluations a step) without retraining (Chen et al., Findings of EMNLP 2023). Updates
+        all of size L / steps (each block of n shared layers in n·steps / L of them), with `solver` ("euler", the
+        default, or "heun": two evaluations a step) without retraining (Chen et al., Findings of EMNLP 2023). Updates
         `config.ode_steps` and `config.ode_solver` too, so `save_pretrained` keeps them. ValueError on a model
-        that shares no layers, or steps that are not a multiple of its shared blocks up to its layers."""
+        that shares no layers, or steps whose size does not end on every shared block's boundary."""
         self.model.set_ode(steps, solver)
         self.config.ode_steps = None if steps is None or steps == len(self.config.layer_heads) else int(steps)
         self.config.ode_solver = None if solver == "euler" else solver

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 __all__ = ["kept_count", "layer_macs", "keep_schedule", "tilted_schedule", "expected_encoder_macs",
-           "schedule_for_speedup", "ode_schedule"]
+           "schedule_for_speedup", "ode_schedule", "ode_step_counts"]
 
 
 def kept_count(fraction: float, length: int, reads: int | None = None) -> int:
@@ -107,23 +107,37 @@ def schedule_for_speedup(config: Any, speedup: float, lengths: list[int], *, sta
     return tilted_schedule(layers, start, high, floor)
 
 
+def ode_step_counts(groups: list[int] | tuple[int, ...] | None, num_layers: int) -> list[int]:
+    """The step counts K a stack of `num_layers` layers tied into `groups` (the block of each layer; None: one per
+    layer) can be integrated in with one step size L / K: those whose steps end on every block boundary, where the
+    vector field changes (each block's n layers take n·K / L whole steps). Equal blocks: the multiples of their
+    count."""
+    sizes = _block_sizes(groups, num_layers)
+    return [k for k in range(1, num_layers + 1) if all(n * k % num_layers == 0 for n in sizes)]
+
+
+def _block_sizes(groups: list[int] | tuple[int, ...] | None, num_layers: int) -> list[int]:
+    groups = list(range(num_layers)) if groups is None else list(groups)
+    return [groups.count(block) for block in range(max(groups) + 1)] if groups else []
+
+
 def ode_schedule(groups: list[int] | tuple[int, ...] | None, num_layers: int,
                  steps: int | None) -> list[tuple[int, float]]:
     """The steps a parameter-shared stack runs, in order: (layer index, step size). `groups` maps each layer to its
-    shared block (contiguous, equal-sized groups; None: one block per layer); `steps` K (None: one per layer) is
-    split evenly over the G blocks, each integrating its n layers in K / G steps of size n·G / K, run as the first
-    K / G of its layers (they are one block). Chen et al., Findings of EMNLP 2023: a shared residual layer is an
+    shared block (contiguous blocks in order; None: one block per layer); `steps` K (None: one per layer)
+    integrates the stack over [0, L] with one step size L / K: each block's n layers in n·K / L steps, run as the
+    first of its layers (they are one block). Chen et al., Findings of EMNLP 2023: a shared residual layer is an
     Euler step of dx/dt = f(x), which fewer, larger steps can integrate."""
-    groups = list(range(num_layers)) if groups is None else list(groups)
-    blocks = max(groups) + 1 if groups else 0
     steps = num_layers if steps is None else int(steps)
-    if blocks == 0:
+    if num_layers == 0:
         return []
-    if steps < 1 or steps > num_layers or steps % blocks:
-        raise ValueError(f"ode_steps must be a multiple of the {blocks} shared blocks between 1 and the "
-                         f"{num_layers} layers, got {steps}")
-    members: list[list[int]] = [[] for _ in range(blocks)]
+    counts = ode_step_counts(groups, num_layers)
+    if steps not in counts:
+        raise ValueError(f"ode_steps must be one of {counts} (the step counts whose steps end on every shared "
+                         f"block's boundary; {num_layers} layers), got {steps}")
+    groups = list(range(num_layers)) if groups is None else list(groups)
+    members: list[list[int]] = [[] for _ in range(max(groups) + 1)]
     for index, group in enumerate(groups):
         members[group].append(index)
-    per_block = steps // blocks
-    return [(index, len(layers) / per_block) for layers in members for index in layers[:per_block]]
+    size = num_layers / steps
+    return [(index, size) for layers in members for index in layers[:len(layers) * steps // num_layers]]

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from .config import contiguity_problem, tied_groups
 from .hardware import DEVICE_PATTERN
 
 # Search spaces by name; supernet/space.py checks that its registry holds exactly these (tests/test_settings.py).
@@ -343,7 +344,12 @@ class ShareConfig(DistillationSettings):
 
     groups: int = Field(1, ge=1, le=1024,
                         description="shared blocks: layer i runs block i // (L / G); 1 shares one block across every "
-                                    "layer, and G must divide the layers")
+                                    "layer, and G must divide the layers (else give `mapping`)")
+    mapping: Annotated[list[Annotated[int, Field(ge=0, le=1023)]], COMMA_SEPARATED] | None = Field(
+        None, min_length=2, max_length=1024,
+        description="the shared block of each layer, for blocks of unequal sizes (e.g. 0,0,1,1,1,2: contiguous "
+                    "blocks numbered in order); sets `groups` to their count. A shared stack of unequal blocks "
+                    "takes only the step counts whose steps end on every block's boundary")
     teacher_epochs: float = Field(
         3.0, ge=0, le=MAX_EPOCHS,
         description="plain fine-tuning of the unshared model on the task first (0: the model is fine-tuned already)")
@@ -359,6 +365,28 @@ class ShareConfig(DistillationSettings):
                            "under both (a Heun step learns from the logits and labels: its end state is no layer's)")
     init_batches: int = Field(4, ge=1, le=MAX_STEPS,
                               description="training batches each candidate block is scored on when tying")
+
+
+    @field_validator("mapping")
+    @classmethod
+    def _contiguous(cls, value: list[int] | None) -> list[int] | None:
+        problem = value is not None and contiguity_problem(tuple(value))
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _groups_of_mapping(self) -> ShareConfig:
+        if self.mapping is not None:
+            count = self.mapping[-1] + 1
+            if "groups" in self.model_fields_set and self.groups != count:
+                raise ValueError(f"groups: {self.groups} disagrees with the {count} blocks of `mapping`; give one")
+            object.__setattr__(self, "groups", count)  # frozen: the count the mapping implies
+        return self
+
+    def tying(self, layers: int) -> tuple[int, ...]:
+        """The block each of a model's `layers` layers runs (config.tied_groups: ValueError naming the field)."""
+        return tied_groups(layers, self.groups, self.mapping)
 
 
 class ShareSpec(RunSpec):

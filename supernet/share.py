@@ -3,12 +3,14 @@
 Chen et al. (Findings of EMNLP 2023) read a parameter-shared encoder as a neural ODE: each layer is an Euler step
 of dx/dt = f(x) with f the shared block's residual branch, so the same weights can be integrated in fewer, larger
 steps. No shared checkpoint of the models here can be downloaded, so one is made: the unshared encoder's layers
-are tied into G blocks (layer i runs block i // (L / G)); each block starts from the member layer whose tying loses
-least (scored greedily, block by block, on a few training batches against the unshared model); then the tied model
+are tied into G blocks (layer i runs block i // (L / G), or the contiguous blocks of any sizes a `mapping` gives);
+each block starts from the member layer whose tying loses least (scored greedily, block by block, on a few
+training batches against the unshared model); then the tied model
 learns the unshared one by distillation: its logits, its hidden states at every ODE time both reach (a step of
-size n·G / K ends at a layer boundary when it is a whole number), and the labels. The paper's pre-training makes
+size L / K ends at a layer boundary when it is a whole number), and the labels. The paper's pre-training makes
 shared models accept larger steps; its stand-in here is step-count augmentation: every training step integrates
-with a K drawn from the multiples of G up to L, so the model learns to answer at every K the search may choose.
+with a K drawn from those the tying accepts (SupernetConfig.ode_step_counts: with equal blocks, the multiples
+of G up to L), so the model learns to answer at every K the search may choose.
 The loop, schedule, checkpoints, resume and divergence checks are the project's trainer's (supernet/training.py).
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 from . import confine
-from .config import SubNetworkConfig, check_layer_groups
+from .config import SubNetworkConfig
 from .convert import load_supernet_from_pretrained, read_model_config
 from .counting import count_macs, count_params
 from .devices import resolve_device, training_dtype
@@ -54,20 +56,19 @@ STAGES = ("fine-tuning the unshared model", "tying the layers", "recovery by dis
 TRAINING_STAGES = (STAGES[0], STAGES[2])
 
 
-def shared_config(teacher: Supernet, groups: int):
-    """The teacher's config with its layers tied into `groups` blocks (ConfigError if they cannot be)."""
+def shared_config(teacher: Supernet, groups: tuple[int, ...]):
+    """The teacher's config with its layers tied as `groups` says (the block of each layer; ConfigError if they
+    cannot be)."""
     config = teacher.config
     if config.shared:
         raise ValueError("the model shares its layers already: nasprune share ties an unshared one")
-    check_layer_groups(config.num_layers, groups)
-    layers = config.num_layers
     if len(set(config.layer_heads)) > 1 or len(set(config.layer_units)) > 1:
         raise ValueError("the model's layers differ in width: tying needs layers of one shape")
-    return dataclasses.replace(config, layer_groups=tuple(i // (layers // groups) for i in range(layers)))
+    return dataclasses.replace(config, layer_groups=tuple(groups))
 
 
 @torch.no_grad()
-def tie(teacher: Supernet, groups: int, sources: list[int]) -> Supernet:
+def tie(teacher: Supernet, groups: tuple[int, ...], sources: list[int]) -> Supernet:
     """A shared model whose block g is teacher layer `sources[g]`, with the teacher's embeddings, head and exits."""
     student = Supernet(shared_config(teacher, groups))
     own = {k: v for k, v in teacher.state_dict().items() if not k.startswith("layers.")}
@@ -144,17 +145,19 @@ class ShareTrainer(SupernetTrainer):
 
 
 @torch.no_grad()
-def choose_sources(teacher: Supernet, groups: int, batches: list[Mapping[str, torch.Tensor]],
+def choose_sources(teacher: Supernet, groups: tuple[int, ...], batches: list[Mapping[str, torch.Tensor]],
                    temperature: float = 1.0) -> tuple[list[int], list[list[float]]]:
     """Per block, the member layer whose weights, run at every one of the block's layers, lose least against the
     teacher (distillation loss of the logits on `batches`), chosen block by block with the earlier blocks' choices
     in place and the later blocks at their first layer. Returns the choices and every candidate's loss."""
-    size = teacher.config.num_layers // groups
-    sources = [g * size for g in range(groups)]
+    members: list[list[int]] = [[] for _ in range(max(groups) + 1)]
+    for layer, block in enumerate(groups):
+        members[block].append(layer)
+    sources = [layers[0] for layers in members]
     losses: list[list[float]] = []
-    for g in range(groups):
+    for g, layers in enumerate(members):
         scores = []
-        for candidate in range(g * size, (g + 1) * size):
+        for candidate in layers:
             trial = tie(teacher, groups, sources[:g] + [candidate] + sources[g + 1:]).to(
                 next(teacher.parameters()).device).eval()
             total = 0.0
@@ -162,7 +165,7 @@ def choose_sources(teacher: Supernet, groups: int, batches: list[Mapping[str, to
                 inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
                 total += float(distillation_loss(trial(*inputs), teacher(*inputs), temperature))
             scores.append(total / max(1, len(batches)))
-        sources[g] = g * size + min(range(size), key=scores.__getitem__)
+        sources[g] = layers[min(range(len(layers)), key=scores.__getitem__)]
         losses.append(scores)
     return sources, losses
 
@@ -206,7 +209,7 @@ def share_run(spec: ShareSpec, folder: str | Path, *, progress: bool = True,
     settings_file = folder / WORK_DIR / "share_spec.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != spec.to_dict():
         raise ValueError(f"{folder} holds another sharing run; choose another output folder or its settings")
-    check_layer_groups(read_model_config(confine.model_source(spec.model)).num_hidden_layers, spec.share.groups)
+    groups = spec.share.tying(read_model_config(confine.model_source(spec.model)).num_hidden_layers)
     settings_file.write_text(json.dumps(spec.to_dict(), indent=2))
     started = time.perf_counter()
     if spec.share.teacher_epochs:
@@ -225,10 +228,10 @@ def share_run(spec: ShareSpec, folder: str | Path, *, progress: bool = True,
         stage(STAGES[1])
         generator.manual_seed(spec.training.seed)
         batches = [b for _, b in zip(range(cfg.init_batches), loader, strict=False)]
-        sources, losses = choose_sources(teacher, cfg.groups, batches, cfg.temperature)
-        tying = {"groups": cfg.groups, "sources": sources, "candidate_losses": losses}
+        sources, losses = choose_sources(teacher, groups, batches, cfg.temperature)
+        tying = {"groups": cfg.groups, "mapping": list(groups), "sources": sources, "candidate_losses": losses}
         atomic_write_json(tying_file, tying, indent=1)
-    student = tie(teacher, cfg.groups, tying["sources"]).to(device)
+    student = tie(teacher, groups, tying["sources"]).to(device)
     checkpoint = folder / WORK_DIR / CHECKPOINT_FILE
     trainer = ShareTrainer(student, teacher, loader, cfg, spec.training.seed, generator=generator,
                            checkpoint_path=checkpoint, on_step=on_step, should_stop=should_stop, progress=progress,

@@ -386,8 +386,9 @@ class OdeCompensationSpace(SearchSpace):
 
 class SharedSpace(SearchSpace):
     """A parameter-shared model's space (Chen et al., Findings of EMNLP 2023): [heads of block 0..G-1, unit steps
-    of block 0..G-1, steps per block, solver]. Every layer is kept and runs its block's widths; the stack is
-    integrated in K = G·s steps (s from 1 to L / G: fewer, larger steps instead of dropped layers) by Euler (0) or
+    of block 0..G-1, step count, solver]. Every layer is kept and runs its block's widths; the stack is
+    integrated in K steps, the s-th of SupernetConfig.ode_step_counts (with equal blocks K = G·s, s from 1 to
+    L / G: fewer, larger steps instead of dropped layers) by Euler (0) or
     Heun (1, two evaluations a step). Heads and units are the first k of each block: importance reordering in
     training puts the best first."""
 
@@ -402,6 +403,7 @@ class SharedSpace(SearchSpace):
         self.min_heads, self.min_unit_steps = min_heads, min_unit_steps
         self.block_heads = [config.layer_heads[members[0]] for members in self.blocks]
         self.block_steps = [self._units_to_steps(config.layer_units[members[0]]) for members in self.blocks]
+        self.step_counts = config.ode_step_counts()
 
     @property
     def lower(self) -> list[int]:
@@ -410,7 +412,7 @@ class SharedSpace(SearchSpace):
 
     @property
     def upper(self) -> list[int]:
-        return [*self.block_heads, *self.block_steps, len(self.blocks[0]), len(ODE_SOLVERS) - 1]
+        return [*self.block_heads, *self.block_steps, len(self.step_counts), len(ODE_SOLVERS) - 1]
 
     def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
         values = self._check(vector)
@@ -418,12 +420,13 @@ class SharedSpace(SearchSpace):
         heads, units = values[:g], values[g:2 * g]
         return SubNetworkConfig(layers=tuple(range(self.config.num_layers)), heads=tuple(heads[b] for b in groups),
                                 units=tuple(units[b] * self.unit_step for b in groups),
-                                ode_steps=values[2 * g] * g, ode_solver=ODE_SOLVERS[values[2 * g + 1]])
+                                ode_steps=self.step_counts[values[2 * g] - 1],
+                                ode_solver=ODE_SOLVERS[values[2 * g + 1]])
 
     def encode(self, sub: SubNetworkConfig) -> list[int]:
         sub.validate(self.config)
         firsts = [members[0] for members in self.blocks]
-        steps = (sub.ode_steps or self.config.num_layers) // len(self.blocks)
+        steps = self.step_counts.index(sub.ode_steps or self.config.num_layers) + 1
         return self._check([*(sub.heads[i] for i in firsts), *(self._units_to_steps(sub.units[i]) for i in firsts),
                             steps, ODE_SOLVERS.index(sub.ode_solver or "euler")])
 

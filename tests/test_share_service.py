@@ -33,6 +33,14 @@ def test_bad_share_requests_name_the_field(client, workspace) -> None:
                          ({"groups": 3}, "share.groups: 3 shared blocks for 3 layers share nothing")]:
         response = client.post("/shares", json=share_body(workspace, **share))
         assert response.status_code == 422 and words in response.json()["detail"], response.text
+    for mapping, words in [([0, 0, 0, 1], "share.mapping: 4 entries for the model's 3 layers"),
+                           ([0, 1, 2], "share.mapping: 3 shared blocks for 3 layers share nothing")]:
+        body = share_body(workspace)
+        body["share"] = {k: v for k, v in body["share"].items() if k != "groups"} | {"mapping": mapping}
+        response = client.post("/shares", json=body)
+        assert response.status_code == 422 and words in response.json()["detail"], response.text
+    response = client.post("/shares", json=share_body(workspace, groups=2, mapping=[0, 1, 0]))
+    assert response.status_code == 422 and response.json()["errors"][0]["loc"][-1] == "mapping", response.text
     response = client.post("/shares", json=share_body(workspace) | {"model": "share:abc"})
     assert response.status_code == 422 and "shares its layers already" in response.json()["detail"]
     response = client.post("/shares", json=share_body(workspace, groups=0))

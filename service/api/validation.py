@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from search.names import botorch_available
 from search.settings import SearchJob
 from supernet import confine
-from supernet.config import SUPPORTED_MODEL_TYPES, check_layer_groups
+from supernet.config import SUPPORTED_MODEL_TYPES
 from supernet.hardware import DeviceUnavailable, check_device
 from supernet.settings import CustomTask, RunSpec, ShareSpec
 from supernet.tasks import GLUE_TASKS
@@ -290,8 +290,9 @@ def build_request(body: SearchRequest, settings: Settings, *, session: Session |
 
 def build_share(body: ShareRequest, settings: Settings, *, session: Session | None = None,
                 owner_id: str | None = None) -> ShareSpec:
-    """A share request checked like a search's inputs, and its model one whose layers `share.groups` blocks can
-    tie (an unshared model whose layer count they divide); raises InvalidSearch naming the field."""
+    """A share request checked like a search's inputs, and its model one whose layers `share.groups` blocks (or
+    `share.mapping`) can tie (an unshared model whose layer count they divide, or that many layers); raises
+    InvalidSearch naming the field."""
     if body.model.startswith(MODEL_PREFIX):
         raise InvalidSearch(f"model {body.model!r} shares its layers already: a share ties an unshared model's")
     fields, custom = _check_inputs(body, settings, session, owner_id)
@@ -301,7 +302,7 @@ def build_share(body: ShareRequest, settings: Settings, *, session: Session | No
     layers = config.get("num_hidden_layers")
     if isinstance(layers, int):
         try:
-            check_layer_groups(layers, body.share.groups)
+            body.share.tying(layers)
         except ValueError as exc:
             raise InvalidSearch(f"share.{exc}") from None
     data = body.model_copy(update=fields).model_dump(mode="json", exclude={"compute"})
