@@ -11,34 +11,8 @@ search and a front point, and saves the search's section of the page:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-
-@contextlib.contextmanager
-def serving(settings: Any) -> Iterator[str]:
-    """The app under uvicorn on a free port of 127.0.0.1, in a thread; yields its base URL."""
-    import uvicorn
-
-    from service.api import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def hover_front_point(page: Any, rank: float = 0.0) -> dict[str, Any]:
@@ -68,6 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
+    from service.api import serving
     from service.config import Settings
 
     with serving(Settings(data_root=args.data_root)) as url, sync_playwright() as p:

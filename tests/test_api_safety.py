@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from pathlib import Path
 
 import pytest
 from test_api import body
 
-from service.api import UPLOAD_OVERHEAD_BYTES, create_app
+from service.api import UPLOAD_OVERHEAD_BYTES, serving
 from service.config import Settings
 
 MAX_BODY = 8 * 1024
@@ -194,19 +193,8 @@ def test_uploads_have_their_own_limit(client, settings) -> None:
 def test_a_real_server_refuses_a_huge_declared_body_without_reading_it(settings) -> None:
     """Through uvicorn (h11, a real socket): the 413 comes back at once, although the 1 TB body announced is never
     sent, and the connection is closed."""
-    import threading
-
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with serving(settings) as url:
+        port = int(url.rsplit(":", 1)[1])
         for path, setting in (("/searches", "NASPRUNE_MAX_BODY_BYTES"), ("/datasets", "NASPRUNE_MAX_UPLOAD_BYTES")):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
                 conn.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -217,9 +205,6 @@ def test_a_real_server_refuses_a_huge_declared_body_without_reading_it(settings)
             head, _, content = reply.decode().partition("\r\n\r\n")
             assert head.startswith("HTTP/1.1 413"), reply
             assert setting in json.loads(content)["detail"], content
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 # ------------------------------------------------------------------------------------------ 404 everywhere

@@ -23,10 +23,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO, search_body, service_settings, worker_thread
 
+from service.api import serving
+
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = REPO / "test-artifacts"
-# examples/page_screenshot.py: serving the app in a thread and hovering a front point, shared with the README's picture
+# examples/page_screenshot.py: hovering a front point, shared with the README's picture
 _spec = importlib.util.spec_from_file_location("page_screenshot", REPO / "examples" / "page_screenshot.py")
 screenshot = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(screenshot)
@@ -57,7 +59,7 @@ def browser():
 @pytest.fixture(scope="module")
 def site(workspace, tmp_path_factory) -> Iterator[str]:
     settings = service_settings(workspace, tmp_path_factory.mktemp("web"))
-    with screenshot.serving(settings) as url, worker_thread(settings):
+    with serving(settings) as url, worker_thread(settings):
         yield url
 
 
@@ -202,7 +204,7 @@ def test_a_search_with_thousands_of_trials_is_fetched_once_and_then_only_what_is
         for i in range(3000):
             repo.add_trial(session, search_id, trial(i))
     asked: list[str] = []
-    with screenshot.serving(settings) as site, page_of(browser, site, "many", tmp_path) as page:
+    with serving(settings) as site, page_of(browser, site, "many", tmp_path) as page:
         page.on("request", lambda r: asked.append(r.url) if f"/searches/{search_id}/trials" in r.url else None)
         page.wait_for_selector(f"#searches tr[data-id='{search_id}']")
         page.click(f"#searches tr[data-id='{search_id}'] td:first-child")
@@ -272,7 +274,7 @@ def test_without_plotly_the_page_draws_its_plain_plot_and_points_still_select(br
                                              ["error", "params"], "points": [point], "reference": full,
                                              "majority_baseline": {"accuracy": 0.5}, "hypervolume": 0.4})
     engine.dispose()
-    with screenshot.serving(settings) as site, page_of(browser, site, "svg", tmp_path) as page:
+    with serving(settings) as site, page_of(browser, site, "svg", tmp_path) as page:
         assert page.evaluate("fetch('/options').then((r) => r.json()).then((o) => o.plot_library)") is None
         page.click(f"#searches tr[data-id='{search_id}'] td:first-child")
         page.wait_for_selector("#plot svg circle")

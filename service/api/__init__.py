@@ -16,9 +16,12 @@ Every error's detail passes through the settings' `Redactor` (service/redact.py)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -162,4 +165,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-__all__ = ["create_app"]
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """The app under uvicorn on a free port of 127.0.0.1, in a thread of this process (examples and tests that
+    drive it over a real socket or from a browser); yields its base URL and stops it on the way out."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+__all__ = ["create_app", "serving"]
