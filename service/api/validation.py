@@ -97,9 +97,9 @@ def _looks_local(name: str) -> bool:
 
 
 def check_model(name: str, settings: Settings, max_length: int, *, session: Session | None = None,
-                owner_id: str | None = None) -> str:
+                owner_id: str | None = None) -> tuple[str, dict[str, Any]]:
     """The model reference to store: 'minilm', an absolute folder inside the model roots, a hub id, or a shared
-    model the caller made (share:<id>, kept as it is; the worker reads the share's folder)."""
+    model the caller made (share:<id>, kept as it is; the worker reads the share's folder); and its config.json."""
     if name.startswith(MODEL_PREFIX):  # before _check_text, which would read "share:" as a URL's scheme
         ref = _share_folder(name, settings, session, owner_id)
     else:
@@ -113,7 +113,7 @@ def check_model(name: str, settings: Settings, max_length: int, *, session: Sess
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and max_length > positions:
         raise InvalidSearch(f"max_length {max_length} exceeds the model's {positions} positions")
-    return name if name.startswith(MODEL_PREFIX) else ref
+    return (name if name.startswith(MODEL_PREFIX) else ref), config
 
 
 def _local_model(name: str, settings: Settings) -> str:
@@ -258,21 +258,21 @@ def _check_custom(c: CustomTaskIn, settings: Settings, session: Session | None,
 
 
 def _check_inputs(body: SearchRequest | ShareRequest, settings: Settings, session: Session | None,
-                  owner_id: str | None) -> tuple[dict[str, Any], CustomTask | None]:
+                  owner_id: str | None) -> tuple[dict[str, Any], CustomTask | None, dict[str, Any]]:
     """What a search and a share both check: the device, the model, the task and its files. Returns the fields to
-    store (model, task, data_dir) and the custom task."""
+    store (model, task, data_dir), the custom task and the model's config.json."""
     try:  # the server's machine: `nasprune serve` starts the workers there (one per GPU)
         check_device(body.compute.device)
     except DeviceUnavailable as exc:
         raise InvalidSearch(f"compute.device: {exc}") from None
-    model = check_model(body.model, settings, body.max_length, session=session, owner_id=owner_id)
+    model, config = check_model(body.model, settings, body.max_length, session=session, owner_id=owner_id)
     custom = None
     if body.custom is None:
         task, data_dir = _check_glue(body.task, body.data_dir, settings)
     else:
         custom = _check_custom(body.custom, settings, session, owner_id)
         task, data_dir = f"custom/{custom.name}", None
-    return {"model": model, "task": task, "data_dir": data_dir, "custom": None}, custom
+    return {"model": model, "task": task, "data_dir": data_dir, "custom": None}, custom, config
 
 
 def build_request(body: SearchRequest, settings: Settings, *, session: Session | None = None,
@@ -283,7 +283,7 @@ def build_request(body: SearchRequest, settings: Settings, *, session: Session |
     if body.search.optimizer == "ehvi" and not botorch_available():
         raise InvalidSearch("optimizer 'ehvi' needs botorch: pip install 'nasprune[ehvi]' on the workers and the "
                             "server, or choose another optimizer")
-    fields, custom = _check_inputs(body, settings, session, owner_id)
+    fields, custom, _config = _check_inputs(body, settings, session, owner_id)
     spec, job = body.model_copy(update=fields).split()
     return spec.model_copy(update={"custom": custom}), job
 
@@ -295,8 +295,7 @@ def build_share(body: ShareRequest, settings: Settings, *, session: Session | No
     InvalidSearch naming the field."""
     if body.model.startswith(MODEL_PREFIX):
         raise InvalidSearch(f"model {body.model!r} shares its layers already: a share ties an unshared model's")
-    fields, custom = _check_inputs(body, settings, session, owner_id)
-    config = _model_config(body.model, fields["model"])
+    fields, custom, config = _check_inputs(body, settings, session, owner_id)
     if config.get("model_type") == "albert" or config.get("layer_groups"):
         raise InvalidSearch(f"model {body.model!r} shares its layers already: a share ties an unshared model's")
     layers = config.get("num_hidden_layers")
