@@ -253,6 +253,12 @@ def test_bad_ode_settings_name_the_field() -> None:
                        max_position_embeddings=64, type_vocab_size=2, num_labels=2, layer_groups=(0, 1, 0, 1))
 
 
+def supernet_config_of(layers: int, groups: tuple[int, ...]) -> SupernetConfig:
+    return SupernetConfig(num_layers=layers, hidden_size=32, num_heads=4, head_size=8, intermediate_size=48,
+                          vocab_size=99, max_position_embeddings=64, type_vocab_size=2, num_labels=2,
+                          layer_groups=groups)
+
+
 def test_the_shared_space_searches_block_widths_steps_and_solver() -> None:
     import random
 
@@ -269,6 +275,16 @@ def test_the_shared_space_searches_block_widths_steps_and_solver() -> None:
         sub = space.sample(rng)
         sub.validate(config)
         assert space.decode(space.encode(sub)) == sub and sub.ode_steps in (None, 2)
+    # blocks of 2 and 4 layers: the step gene indexes the counts they take (3 and 6)
+    uneven = SharedSpace(supernet_config_of(6, (0, 0, 1, 1, 1, 1)))
+    assert uneven.upper[-2:] == [2, 1] and uneven.lower[-2:] == [1, 0]
+    steps = set()
+    for _ in range(20):
+        sub = uneven.sample(rng)
+        sub.validate(uneven.config)
+        assert uneven.decode(uneven.encode(sub)) == sub
+        steps.add(sub.ode_steps)
+    assert steps == {None, 3}
     for name in ("uniform", "layers"):
         with pytest.raises(ConfigError, match="parameter-shared"):
             make_space(name, config)
