@@ -34,7 +34,7 @@ from supernet.metrics import error_from_metrics
 from supernet.refine import PrunedModel, refine_subnetwork
 from supernet.run import Run, settings_differences, train_run
 from supernet.settings import Compute, RefineConfig, RunSpec
-from supernet.space import ExitSpace, OdeCompensationSpace, TokenEliminationSpace
+from supernet.space import ExitSpace, OdeCompensationSpace, SharedSpace, TokenEliminationSpace
 from supernet.tasks import TaskSpec
 from supernet.training import TrainState
 
@@ -373,9 +373,9 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     supernet = run.load_supernet()
     if job.dynamic.exits:  # refused before search.json is written: the folder stays free for a search that can run
         check_exits(supernet.config, run.task.spec)
-    if supernet.config.shared and (job.search.ode_compensation or job.dynamic.token_elimination or job.dynamic.exits):
+    if supernet.config.shared and (job.search.ode_compensation or job.dynamic.exits):
         raise ValueError("a parameter-shared model's search varies its ODE steps and solver instead of dropping "
-                         "layers: ode_compensation, token elimination and early exits do not run with them yet")
+                         "layers: ode_compensation and early exits do not run with them yet")
     dtype = resolve_dtype(job.evaluation_dtype, next(supernet.parameters()).device)
     # search.json names the precision itself, so a resume on another machine ranks the same way
     job = job.model_copy(update={"evaluation_dtype": dtype_name(dtype)})
@@ -385,6 +385,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     if job.search.ode_compensation:  # the compensation gene, scored on the trained supernet (zero-shot)
         space = OdeCompensationSpace(space)
     if job.dynamic.token_elimination:  # the schedule genes, scored on the trained supernet (zero-shot)
+        if isinstance(space, SharedSpace):  # tokens are dropped within Euler steps only (SubNetworkConfig.validate)
+            space = space.with_solvers(("euler",))
         space = TokenEliminationSpace(space, floor=job.dynamic.keep_floor)
     if job.dynamic.exits:  # the threshold gene, scored from one pass over each structure's exits
         space = ExitSpace(space, job.dynamic.exit_thresholds)

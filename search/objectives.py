@@ -173,7 +173,8 @@ class Measurements:
             data["expected_macs"] = expected_macs(self.supernet.config, sub, self.lengths,
                                                   exit_layers=positions.tolist())
         if sub.token_keep is not None:
-            kept = [kept_tokens(sub, n) for n in self.lengths]
+            timed = sub.unrolled(self.supernet.config)[0]  # a shared stack: the tokens after each step
+            kept = [kept_tokens(timed, n) for n in self.lengths]
             data["mean_tokens"] = [sum(layer) / len(kept) for layer in zip(*kept, strict=True)]
         if positions is not None and sub.exit_threshold is not None:
             data["mean_exit_layer"] = float(positions.mean())

@@ -390,8 +390,12 @@ class SubNetworkConfig:
         if self.ode_steps is not None and self.ode_steps not in config.ode_step_counts():
             raise ConfigError(f"ode_steps must be one of {config.ode_step_counts()} (the step counts whose steps end "
                               f"on every shared block's boundary), got {self.ode_steps}")
-        if not self.is_static and (self.ode_steps is not None or self.ode_solver is not None):
-            raise ConfigError("token elimination and early exits do not run with ode_steps or ode_solver yet")
+        if self.exit_threshold is not None and (self.ode_steps is not None or self.ode_solver is not None):
+            raise ConfigError("early exits do not run with ode_steps or ode_solver yet: a shared stack exits at one "
+                              "step per layer (Euler)")
+        if self.token_keep is not None and self.ode_solver == "heun":
+            raise ConfigError("token elimination runs with Euler steps (ode_solver euler): Heun's second evaluation "
+                              "would read the tokens its first one dropped")
         return self
 
     def kept_heads(self) -> list[int]:
@@ -429,13 +433,21 @@ class SubNetworkConfig:
         return tuple(float(end - index) for index, end in zip(self.layers, ends, strict=True))
 
     def unrolled(self, config: SupernetConfig) -> tuple[SubNetworkConfig, int]:
-        """An unshared network of the same compute, for what prices layers one by one (the latency table): the
-        layers a shared stack's steps run, at their widths, and the evaluations each takes (2 under Heun); this
-        network and 1 where no ODE setting is on."""
+        """An unshared network of the same compute, for what prices and counts layers one by one (the latency
+        table, MACs, tokens): the layers a shared stack's steps run, at their widths, each keeping the tokens of
+        the layer its step ends in (schedules.step_keep_layers), and the evaluations each takes (2 under Heun);
+        this network and 1 where no ODE setting is on."""
         if self.ode_steps is None and self.ode_solver is None:
             return self, 1
-        ran = tuple(index for index, _ in self.schedule(config))
-        return SubNetworkConfig(layers=ran, heads=self.heads, units=self.units), 2 if self.ode_solver == "heun" else 1
+        schedule = self.schedule(config)
+        ran = tuple(index for index, _ in schedule)
+        keep = None
+        if self.token_keep is not None:
+            keep = [1.0] * len(self.heads)
+            for index, layer in zip(ran, schedules.step_keep_layers(schedule), strict=True):
+                keep[index] = self.token_keep[layer]
+        return (SubNetworkConfig(layers=ran, heads=self.heads, units=self.units, token_keep=keep),
+                2 if self.ode_solver == "heun" else 1)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"layers": list(self.layers), "heads": list(self.heads), "units": list(self.units)}

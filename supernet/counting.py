@@ -94,7 +94,7 @@ def layer_macs(config: SupernetConfig, heads: int, units: int, seq_len: int, kep
 
 def kept_tokens(sub: SubNetworkConfig, length: int) -> list[int]:
     """Tokens present after each kept layer for an example of `length` tokens: ⌈r_l · length⌉ for the layer's
-    keep fraction r_l, never fewer than one ([CLS] always stays)."""
+    keep fraction r_l, never fewer than one ([CLS] always stays). A shared stack's steps: of `sub.unrolled`."""
     if sub.token_keep is None:
         return [length] * len(sub.layers)
     return [schedules.kept_count(sub.token_keep[i], length) for i in sub.layers]
@@ -125,16 +125,12 @@ def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, s
     if compression is not None:
         compressed_layout(config, sub, compression)
     reads, encoder = seq_len, 0
-    integrated = sub.ode_steps is not None or sub.ode_solver is not None  # a shared stack's steps (static)
-    if integrated:
-        evaluations = 2 if sub.ode_solver == "heun" else 1
-        encoder = evaluations * sum(layer_macs(config, sub.heads[i], sub.units[i], seq_len)
-                                    for i, _ in sub.schedule(config))
-    ran = [] if integrated else zip(sub.kept_heads(), sub.kept_units(), kept_tokens(sub, seq_len), strict=True)
+    timed, evaluations = sub.unrolled(config)  # a shared stack's steps as the layers they run (2 each under Heun)
+    ran = zip(timed.kept_heads(), timed.kept_units(), kept_tokens(timed, seq_len), strict=True)
     for position, (h, u, kept) in enumerate(ran, start=1):
         if position > exit_after:
             break
-        encoder += layer_macs(config, h, u, reads, kept, compression)
+        encoder += evaluations * layer_macs(config, h, u, reads, kept, compression)
         reads = kept
     if encoder_only:
         return encoder

@@ -33,6 +33,7 @@ class Supernet(ElasticBert):
 
     def reset_super_network(self) -> None:
         self.active_layers = list(range(len(self.layers)))
+        self.keep_layers = None
         for layer in self.layers:
             layer.reset_super_network()
         self.token_keep = None

@@ -445,6 +445,9 @@ class ElasticBert(nn.Module):
         # present after it; None runs every token through every layer.
         keep = getattr(cfg, "token_keep", None)
         self.token_keep: list[float] | None = None if keep is None else [float(r) for r in keep]
+        # a shared stack in fewer steps: per layer that runs, the layer whose keep fraction applies after its step
+        # (schedules.step_keep_layers); None: each layer's own
+        self.keep_layers: dict[int, int] | None = None
         self.exit_threshold = getattr(cfg, "exit_threshold", None)
         # after each forward: per example, the 1-based position (among the kept layers) of the head that answered
         self.last_exit_layers: torch.Tensor | None = None
@@ -469,8 +472,10 @@ class ElasticBert(nn.Module):
 
     def run_schedule(self, schedule: list[tuple[int, float]] | tuple[tuple[int, float], ...]) -> None:
         """Run the layers of `schedule` in its order, each with its Euler step ((layer index, step) pairs):
-        `active_layers` and `layer_steps` (None where every step is 1)."""
+        `active_layers`, `layer_steps` (None where every step is 1) and, on a shared stack, `keep_layers`."""
         self.active_layers = [index for index, _ in schedule]
+        self.keep_layers = (None if self.layer_groups is None
+                            else dict(zip(self.active_layers, schedules.step_keep_layers(schedule), strict=True)))
         self.layer_steps = None
         if any(step != 1.0 for _, step in schedule):
             self.layer_steps = [1.0] * len(self.layers)
@@ -489,10 +494,13 @@ class ElasticBert(nn.Module):
 
     def _keep_counts(self, index: int, lengths: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
         """Tokens each example keeps after layer `index` (⌈r · its own length⌉, at least [CLS], never more than
-        it has left), or None when the layer drops none (no schedule, no heads, nothing to drop)."""
-        if self.token_keep is None or self.token_keep[index] >= 1.0 or self.layers[index].attention.active_heads == 0:
+        it has left; on a shared stack r is that of the layer its step ends in), or None when the layer drops none
+        (no schedule, no heads, nothing to drop)."""
+        fraction = None if self.token_keep is None else self.token_keep[
+            index if self.keep_layers is None else self.keep_layers[index]]
+        if fraction is None or fraction >= 1.0 or self.layers[index].attention.active_heads == 0:
             return None
-        keep = torch.ceil(lengths.double() * self.token_keep[index] - 1e-9).long().clamp(min=1)  # schedules.kept_count
+        keep = torch.ceil(lengths.double() * fraction - 1e-9).long().clamp(min=1)  # schedules.kept_count
         present = lengths if valid is None else valid.sum(dim=1)
         keep = torch.minimum(keep, present)
         return None if bool((keep >= present).all()) else keep

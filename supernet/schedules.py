@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 __all__ = ["kept_count", "layer_macs", "keep_schedule", "tilted_schedule", "expected_encoder_macs",
-           "schedule_for_speedup", "ode_schedule", "ode_step_counts"]
+           "schedule_for_speedup", "ode_schedule", "ode_step_counts", "step_keep_layers"]
 
 
 def kept_count(fraction: float, length: int, reads: int | None = None) -> int:
@@ -141,3 +141,14 @@ def ode_schedule(groups: list[int] | tuple[int, ...] | None, num_layers: int,
         members[group].append(index)
     size = num_layers / steps
     return [(index, size) for layers in members for index in layers[:len(layers) * steps // num_layers]]
+
+
+def step_keep_layers(schedule: list[tuple[int, float]] | tuple[tuple[int, float], ...]) -> list[int]:
+    """Per step of a parameter-shared stack's schedule (ode_schedule), the layer whose token-keep fraction applies
+    after it: the one the step ends in (a step ending at ODE time t reads layer ⌈t⌉ − 1's), so a keep schedule over
+    the L layers means the same elimination at any step count; one step per layer reads each layer's own."""
+    layers, time = [], 0.0
+    for _, step in schedule:
+        time += step
+        layers.append(max(0, math.ceil(time - 1e-9) - 1))
+    return layers

@@ -395,8 +395,11 @@ class SharedSpace(SearchSpace):
     name = "shared"
 
     def __init__(self, config: SupernetConfig, *, unit_step: int | None = None, min_heads: int = 1,
-                 min_unit_steps: int = 1) -> None:
+                 min_unit_steps: int = 1, solvers: tuple[str, ...] = ODE_SOLVERS) -> None:
         super().__init__(config, unit_step=unit_step)
+        if not solvers or any(s not in ODE_SOLVERS for s in solvers):
+            raise ConfigError(f"solvers must be among {ODE_SOLVERS}, got {solvers}")
+        self.solvers = tuple(solvers)
         if not config.shared:
             raise ConfigError("the shared space needs a parameter-shared model (layer_groups)")
         self.blocks = config.group_members()
@@ -412,7 +415,7 @@ class SharedSpace(SearchSpace):
 
     @property
     def upper(self) -> list[int]:
-        return [*self.block_heads, *self.block_steps, len(self.step_counts), len(ODE_SOLVERS) - 1]
+        return [*self.block_heads, *self.block_steps, len(self.step_counts), len(self.solvers) - 1]
 
     def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
         values = self._check(vector)
@@ -421,14 +424,19 @@ class SharedSpace(SearchSpace):
         return SubNetworkConfig(layers=tuple(range(self.config.num_layers)), heads=tuple(heads[b] for b in groups),
                                 units=tuple(units[b] * self.unit_step for b in groups),
                                 ode_steps=self.step_counts[values[2 * g] - 1],
-                                ode_solver=ODE_SOLVERS[values[2 * g + 1]])
+                                ode_solver=self.solvers[values[2 * g + 1]])
 
     def encode(self, sub: SubNetworkConfig) -> list[int]:
         sub.validate(self.config)
         firsts = [members[0] for members in self.blocks]
         steps = self.step_counts.index(sub.ode_steps or self.config.num_layers) + 1
         return self._check([*(sub.heads[i] for i in firsts), *(self._units_to_steps(sub.units[i]) for i in firsts),
-                            steps, ODE_SOLVERS.index(sub.ode_solver or "euler")])
+                            steps, self.solvers.index(sub.ode_solver or "euler")])
+
+    def with_solvers(self, solvers: tuple[str, ...]) -> SharedSpace:
+        """This space with the solver gene over `solvers` only (token elimination runs with Euler's)."""
+        return SharedSpace(self.config, unit_step=self.unit_step, min_heads=self.min_heads,
+                           min_unit_steps=self.min_unit_steps, solvers=solvers)
 
 
 SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (UniformSpace, PerLayerSpace, LayerSpace,

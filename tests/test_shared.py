@@ -8,6 +8,7 @@ count each block once and MACs every evaluation."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -251,6 +252,62 @@ def test_bad_ode_settings_name_the_field() -> None:
     with pytest.raises(ConfigError, match="contiguous"):
         SupernetConfig(num_layers=4, hidden_size=32, num_heads=4, head_size=8, intermediate_size=48, vocab_size=99,
                        max_position_embeddings=64, type_vocab_size=2, num_labels=2, layer_groups=(0, 1, 0, 1))
+    keep = (1.0, 0.5, 0.5, 0.25)
+    with pytest.raises(ConfigError, match="token elimination runs with Euler steps"):
+        SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units, token_keep=keep,
+                         ode_steps=2, ode_solver="heun").validate(config)
+    exiting = SupernetConfig(**(supernet_config_of(4, (0, 0, 1, 1)).to_dict() | {"exits": True}))
+    with pytest.raises(ConfigError, match="early exits do not run with ode_steps"):
+        SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units, exit_threshold=0.3,
+                         ode_steps=2).validate(exiting)
+
+
+def test_tokens_leave_a_shared_stack_at_the_odes_times_whatever_the_steps() -> None:
+    """A keep schedule is over the L layers' times: a step ending at time t keeps what layer ⌈t⌉ − 1 would. Fully
+    shared, 4 layers in 2 steps of 2: after the first step the schedule's second entry (12 -> 6 tokens), after the
+    second its fourth (6 -> 3), not the first two entries the steps' own layer indices would read."""
+    from supernet.schedules import step_keep_layers
+
+    assert step_keep_layers([(0, 2.0), (1, 2.0)]) == [1, 3]
+    assert step_keep_layers([(i, 1.0) for i in range(4)]) == [0, 1, 2, 3]
+    assert step_keep_layers([(0, 1.5), (1, 1.5), (2, 1.5), (3, 1.5)]) == [1, 2, 4, 5]
+    net = supernet_from_hf(albert(1)).eval()
+    full = SubNetworkConfig.full(net.config)
+    sub = SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units, token_keep=(1.0, 0.5, 0.5, 0.25),
+                           ode_steps=2)
+    kept = []  # the FFN runs on the tokens each step keeps
+    hook = net.blocks[0].ffn.register_forward_pre_hook(lambda _m, args: kept.append(args[0].shape[1]))
+    batch = random_inputs(batch=1, tokens=12)
+    with torch.no_grad(), net.use(sub):
+        net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    hook.remove()
+    assert kept == [6, 3]
+    timed, evaluations = sub.unrolled(net.config)
+    assert timed.layers == (0, 1) and timed.token_keep[:2] == (0.5, 0.25) and evaluations == 1
+    h, u = full.heads[0], full.units[0]
+    assert count_macs(net.config, sub, seq_len=12, encoder_only=True) == (
+        layer_macs(net.config, h, u, 12, 6) + layer_macs(net.config, h, u, 6, 3))
+    assert count_macs(net.config, replace(sub, token_keep=None), seq_len=12, encoder_only=True) == (
+        2 * layer_macs(net.config, h, u, 12))
+
+
+@pytest.mark.parametrize(("groups", "steps"), [(1, 2), (2, 2), (1, 3)])
+def test_a_shared_stack_eliminating_tokens_in_fewer_steps_exports_and_reloads_alike(groups, steps, tmp_path) -> None:
+    net = supernet_from_hf(albert(groups)).eval()
+    sub = replace(narrower(net.config, steps), token_keep=(0.9, 0.7, 0.6, 0.4))
+    batch = inputs(batch=4, tokens=13)
+    folder = export_subnetwork(net, sub, tmp_path / "export", seq_len=13)
+    with torch.no_grad():
+        with net.use(sub):
+            want = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            alone = [net(*(batch[k][i:i + 1] for k in ("input_ids", "attention_mask", "token_type_ids")))
+                     for i in range(4)]
+        reloaded = load_exported(folder)(**batch).logits
+        remote = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)(**batch).logits
+    for got in (torch.cat(alone), reloaded, remote):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), net.use(replace(sub, token_keep=None)):
+        assert not torch.allclose(net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), want)
 
 
 def supernet_config_of(layers: int, groups: tuple[int, ...]) -> SupernetConfig:
@@ -324,8 +381,9 @@ def test_the_latency_table_prices_steps_as_the_layers_they_run() -> None:
 
 @pytest.mark.slow
 def test_a_search_on_a_shared_model_searches_its_steps(workspace, tmp_path, monkeypatch) -> None:
-    """The whole job on a tiny ALBERT of two layer groups (MiniLM's vocabulary): trained, searched with the step and
-    solver genes (each block's layers alike), a point exported with its steps and counted exactly."""
+    """The whole job on a tiny ALBERT of two layer groups (MiniLM's vocabulary): trained, searched with the step
+    genes and token elimination's (each block's layers alike; Euler, the solver tokens are dropped in), a point
+    that does both exported with its steps and schedule, counted exactly and answering as the supernet's slice."""
     import json
 
     from conftest import cli
@@ -341,18 +399,25 @@ def test_a_search_on_a_shared_model_searches_its_steps(workspace, tmp_path, monk
     tokenizer.save_pretrained(tmp_path / "albert")
     args = ["--model", str(tmp_path / "albert"), "--task", "custom/toy", "--train-file", str(workspace / "train.csv"),
             "--test-file", str(workspace / "test.csv"), "--text-columns", "text", "--max-length", "16",
-            "--epochs", "1", "--evaluations", "12", "--latency-batch-size", "2"]
+            "--epochs", "1", "--evaluations", "16", "--latency-batch-size", "2", "--token-elimination",
+            "--objectives", "error,expected_macs"]
     out = tmp_path / "run"
     assert cli(["search", *args, "--out", str(out)]) == 0
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     configs = [SubNetworkConfig.from_dict(t["config"]) for t in trials]
-    assert {c.ode_steps for c in configs} > {None} or {c.ode_solver for c in configs} > {None}
+    assert {c.ode_steps for c in configs} > {None} and {c.ode_solver for c in configs} == {None}
     assert all(len(c.layers) == 4 and c.heads[0] == c.heads[1] and c.heads[2] == c.heads[3] for c in configs)
-    assert cli(["export", "--run", str(out), "--point", "0", "--sliced", "--out", str(tmp_path / "export")]) == 0
+    both = [t for t, c in zip(trials, configs, strict=True) if c.ode_steps and c.token_keep]
+    assert both and all(len(t["dynamics"]["mean_tokens"]) == 2 for t in both)  # per step: 2 steps of 2 layers
+    front = json.loads((out / "front.json").read_text())["points"]
+    position = next((k for k, p in enumerate(front) if p["config"].get("token_keep")), 0)
+    assert cli(["export", "--run", str(out), "--point", str(position), "--sliced",
+                "--out", str(tmp_path / "export")]) == 0
     record = json.loads((tmp_path / "export" / "subnetwork.json").read_text())
     point = SubNetworkConfig.from_dict(record["config"])
     exported = load_exported(tmp_path / "export")
     assert exported.config.ode_steps == point.ode_steps and exported.config.ode_solver == point.ode_solver
+    assert exported.config.token_keep == (None if point.token_keep is None else list(point.token_keep))
     assert sum(p.numel() for p in exported.parameters()) == record["params"]["total"]
 
 
