@@ -373,9 +373,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     supernet = run.load_supernet()
     if job.dynamic.exits:  # refused before search.json is written: the folder stays free for a search that can run
         check_exits(supernet.config, run.task.spec)
-    if supernet.config.shared and (job.search.ode_compensation or job.dynamic.exits):
-        raise ValueError("a parameter-shared model's search varies its ODE steps and solver instead of dropping "
-                         "layers: ode_compensation and early exits do not run with them yet")
+    if supernet.config.shared and job.shared_problem():
+        raise ValueError(job.shared_problem())
     dtype = resolve_dtype(job.evaluation_dtype, next(supernet.parameters()).device)
     # search.json names the precision itself, so a resume on another machine ranks the same way
     job = job.model_copy(update={"evaluation_dtype": dtype_name(dtype)})

@@ -168,6 +168,16 @@ class SearchJob(SettingsModel):
         description="validation examples the search ranks each sub-network on (a seeded subset; null/'all': every "
                     "one); the best of them (two non-dominated layers) are measured again on the whole capped split")
 
+    def shared_problem(self) -> str | None:
+        """Why a parameter-shared model cannot be searched so (its search varies the ODE steps and solver instead of
+        dropping layers), naming the setting; None if it can (token elimination can: within Euler steps)."""
+        if self.search.ode_compensation:
+            return ("search.ode_compensation: a parameter-shared model keeps every layer and takes fewer, larger ODE "
+                    "steps instead (its own genes)")
+        if self.dynamic.exits:
+            return "dynamic.exits: early exits do not run on a parameter-shared model's ODE steps yet"
+        return None
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchJob:
         """Read a stored job; searches stored before these settings existed ranked in float32, on the whole

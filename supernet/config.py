@@ -42,6 +42,15 @@ def tied_groups(layers: int, groups: int, mapping: list[int] | tuple[int, ...] |
     return tuple(i // (layers // groups) for i in range(layers))
 
 
+def shares_layers(hf_config: dict[str, Any]) -> bool:
+    """Whether a model's config.json (as a dict) describes a parameter-shared encoder: ALBERT with fewer layer
+    groups than layers, or a folder this project wrote with `layer_groups` (torch-free, for the API)."""
+    if hf_config.get("model_type") == "albert":
+        return hf_config.get("num_hidden_groups", 1) != hf_config.get("num_hidden_layers", 12)
+    groups = hf_config.get("layer_groups")
+    return isinstance(groups, list) and len(set(map(str, groups))) < len(groups)
+
+
 def contiguity_problem(groups: tuple[int, ...]) -> str | None:
     """Why `groups` (the block of each layer) is not contiguous blocks numbered from 0 in order; None if it is."""
     if not groups or groups[0] != 0 or any(b - a not in (0, 1) for a, b in zip(groups, groups[1:], strict=False)):

@@ -130,6 +130,15 @@ class TrainingConfig(SettingsModel):
     checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
                                                description="also checkpoint every this many steps")
 
+    def shared_problem(self) -> str | None:
+        """Why a parameter-shared model's supernet cannot train so (its sandwich varies ODE steps and the solver),
+        naming the setting; None if it can. Torch-free: the API refuses such a request before queueing it."""
+        for name in ("token_elimination", "exits"):
+            if getattr(self, name):
+                return (f"training.{name}: a parameter-shared model trains its ODE steps and solver; "
+                        f"elimination-aware training and early exits do not run with them yet")
+        return None
+
 
 class RefineConfig(SettingsModel):
     """How front points are refined (fine-tuned at their own size, on the labels), and which; epochs = 0 turns

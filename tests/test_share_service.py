@@ -97,6 +97,13 @@ def test_a_share_runs_in_a_worker_and_a_search_takes_its_model(client, workspace
     with torch.no_grad():
         torch.testing.assert_close(remote(**inputs).logits, own(**inputs).logits)
 
+    for extra, words in [({"dynamic": {"exits": True}}, "dynamic.exits: early exits do not run on a parameter-shared"),
+                         ({"search": {"objectives": ["error", "params"], "evaluations": 4, "ode_compensation": True}},
+                          "search.ode_compensation: a parameter-shared model keeps every layer"),
+                         ({"training": {"epochs": 1, "token_elimination": True}}, "training.token_elimination")]:
+        body = search_body(workspace, ["error", "params"], 4, model=f"share:{share_id}") | extra
+        refused = client.post("/searches", json=body)
+        assert refused.status_code == 422 and words in refused.json()["detail"], refused.text
     created = client.post("/searches", json=search_body(workspace, ["error", "params"], 4, model=f"share:{share_id}"))
     assert created.status_code == 201, created.text
     search_id = created.json()["id"]

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from search.names import botorch_available
 from search.settings import SearchJob
 from supernet import confine
-from supernet.config import SUPPORTED_MODEL_TYPES
+from supernet.config import SUPPORTED_MODEL_TYPES, shares_layers
 from supernet.hardware import DeviceUnavailable, check_device
 from supernet.settings import CustomTask, RunSpec, ShareSpec
 from supernet.tasks import GLUE_TASKS
@@ -283,8 +283,11 @@ def build_request(body: SearchRequest, settings: Settings, *, session: Session |
     if body.search.optimizer == "ehvi" and not botorch_available():
         raise InvalidSearch("optimizer 'ehvi' needs botorch: pip install 'nasprune[ehvi]' on the workers and the "
                             "server, or choose another optimizer")
-    fields, custom, _config = _check_inputs(body, settings, session, owner_id)
+    fields, custom, config = _check_inputs(body, settings, session, owner_id)
     spec, job = body.model_copy(update=fields).split()
+    problem = shares_layers(config) and (job.shared_problem() or spec.training.shared_problem())
+    if problem:
+        raise InvalidSearch(f"{problem} (model {body.model!r} shares its layers)")
     return spec.model_copy(update={"custom": custom}), job
 
 
@@ -296,7 +299,7 @@ def build_share(body: ShareRequest, settings: Settings, *, session: Session | No
     if body.model.startswith(MODEL_PREFIX):
         raise InvalidSearch(f"model {body.model!r} shares its layers already: a share ties an unshared model's")
     fields, custom, config = _check_inputs(body, settings, session, owner_id)
-    if config.get("model_type") == "albert" or config.get("layer_groups"):
+    if shares_layers(config):
         raise InvalidSearch(f"model {body.model!r} shares its layers already: a share ties an unshared model's")
     layers = config.get("num_hidden_layers")
     if isinstance(layers, int):
