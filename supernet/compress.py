@@ -35,6 +35,7 @@ from .settings import CompressConfig
 from .training import (
     SupernetTrainer,
     TrainState,
+    distillation_inputs,
     distillation_loss,
     forward_outputs,
     hidden_state_loss,
@@ -61,8 +62,9 @@ class RecoveryTrainer(SupernetTrainer):
             return self._recovery_step(batch, scale)
 
     def _recovery_step(self, batch: Mapping[str, torch.Tensor], scale: float) -> dict[str, float]:
-        inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         labels = batch["labels"]
+        inputs = distillation_inputs((batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")),
+                                     self.settings, self.rng)  # the labelled rows first
         self._regression = labels.is_floating_point()
         exits = bool(self.student.config.exits)  # every exit learns its counterpart (E, B, C)
         with torch.no_grad(), forward_outputs(self.teacher.model.layers) as taught:
@@ -78,7 +80,7 @@ class RecoveryTrainer(SupernetTrainer):
         loss = loss_logits + cfg.hidden_loss_weight * hidden
         losses = {"loss_logits": float(loss_logits.detach()), "loss_hidden": float(hidden.detach())}
         if cfg.label_loss_weight:
-            label = torch.stack([task_loss(s, labels) for s, _ in pairs]).mean()
+            label = torch.stack([task_loss(s[:len(labels)], labels) for s, _ in pairs]).mean()
             loss = loss + cfg.label_loss_weight * label
             losses["loss_label"] = float(label.detach())
         (loss * scale).backward()

@@ -219,6 +219,21 @@ class DistillationSettings(SettingsModel):
     temperature: float = Field(1.0, gt=0, le=1000, description="distillation temperature")
     hidden_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the hidden-state loss")
     label_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the label loss")
+    augment_copies: int = Field(
+        0, ge=0, le=16,
+        description="augmented copies of each training batch the student also learns the teacher on (TinyBERT's "
+                    "task-data augmentation, simplified: supernet.training.augmented), for small training sets; "
+                    "each copy costs another batch's forward and backward; 0: the training set as it is")
+    augment_rate: float = Field(0.15, gt=0, le=1, description="with augment_copies: the share of each copy's word "
+                                                               "pieces replaced by others of the batch")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Without the augmentation settings while it is off, so the records and keys of recoveries made before it
+        existed (compression_key, a share's settings) stay what they were."""
+        data = super().to_dict()
+        if not self.augment_copies:
+            del data["augment_copies"], data["augment_rate"]
+        return data
 
 
 class CompressConfig(DistillationSettings):

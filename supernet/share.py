@@ -40,6 +40,7 @@ from .settings import Compute, RunSpec, ShareConfig, ShareSpec
 from .training import (
     SupernetTrainer,
     TrainState,
+    distillation_inputs,
     distillation_loss,
     forward_outputs,
     hidden_state_loss,
@@ -121,8 +122,9 @@ class ShareTrainer(SupernetTrainer):
             return self._share_step(batch, scale)
 
     def _share_step(self, batch: Mapping[str, torch.Tensor], scale: float) -> dict[str, float]:
-        inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         labels = batch["labels"]
+        inputs = distillation_inputs((batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")),
+                                     self.settings, self.rng)  # the labelled rows first
         self._regression = labels.is_floating_point()
         steps = self.rng.choice(self.choices)
         solver = self.rng.choice(self.solvers) if len(self.solvers) > 1 else None
@@ -136,7 +138,7 @@ class ShareTrainer(SupernetTrainer):
         # a Heun step ends at the mean of its start and two Euler evaluations, which no hook sees: logits and labels
         pairs = [] if solver else [(learnt[s], taught[t]) for s, t in matched_times(self.model, sub)]
         hidden = hidden_state_loss(pairs, inputs[0], inputs[1], logits) if pairs else logits.new_zeros(())
-        label = task_loss(logits, labels)
+        label = task_loss(logits[:len(labels)], labels)
         loss = loss_logits + cfg.hidden_loss_weight * hidden + cfg.label_loss_weight * label
         (loss * scale).backward()
         return {"loss": loss.item(), "loss_logits": float(loss_logits.detach()),

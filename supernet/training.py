@@ -90,6 +90,46 @@ def hidden_state_loss(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], input_
     return sum(((s - t).square().mean(-1) * weights).sum() / weights.sum() for s, t in pairs) / max(1, len(pairs))
 
 
+Inputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # input_ids, attention_mask, token_type_ids
+
+
+def augmented(inputs: Inputs, copies: int, rate: float, generator: torch.Generator) -> Inputs:
+    """The batch followed by `copies` copies of it in which each word piece is, with probability `rate`, replaced by
+    a word piece drawn from the batch's own: TinyBERT's task-data augmentation (Jiao et al., 2020) reduced to what
+    needs no tokenizer or masked LM. The first and last real token of each row ([CLS], [SEP]), any piece equal to
+    them and padding stay. The teacher answers the copies, so a small training set (MRPC's 3.7k pairs) gives the
+    student many more inputs to learn it on; they carry no labels."""
+    ids, mask, types = inputs
+    if copies == 0:
+        return inputs
+    rows = ids.shape[0]
+    present = (mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool))
+    ends = torch.zeros_like(present)
+    ends[:, 0] = True
+    ends[torch.arange(rows, device=ids.device), present.sum(dim=1).clamp(min=1) - 1] = True
+    words = present & ~torch.isin(ids, ids[ends])
+    pool = ids[words]
+    repeated = ids.repeat(copies, 1)
+    if pool.numel():
+        draw = (torch.rand(repeated.shape, generator=generator) < rate).to(ids.device) & words.repeat(copies, 1)
+        picks = pool[torch.randint(pool.numel(), repeated.shape, generator=generator).to(ids.device)]
+        repeated = torch.where(draw, picks, repeated)
+
+    def stacked(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else torch.cat([t, t.repeat(copies, 1)])
+
+    return torch.cat([ids, repeated]), stacked(mask), stacked(types)
+
+
+def distillation_inputs(inputs: Inputs, settings: Any, rng: random.Random) -> Inputs:
+    """A recovery step's inputs: the batch, and its augmented copies when `settings.augment_copies` asks for them
+    (drawn from the trainer's checkpointed `rng`, so a resumed run draws as the uninterrupted one)."""
+    if not settings.augment_copies:
+        return inputs
+    generator = torch.Generator().manual_seed(rng.randrange(2**62))
+    return augmented(inputs, settings.augment_copies, settings.augment_rate, generator)
+
+
 def recovery_training(settings: Any, seed: int) -> TrainingConfig:
     """The trainer's settings for a recovery by distillation (compress, share): `settings`' epochs and optimiser,
     no sandwich (one model learns a frozen teacher)."""

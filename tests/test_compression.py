@@ -244,10 +244,12 @@ def test_recovery_brings_the_compressed_model_towards_the_point() -> None:
         assert torch.equal(tensor, extract(make_supernet(config), sub).state_dict()[name])
 
 
-def test_a_stopped_recovery_resumes_to_the_same_weights(tmp_path) -> None:
+@pytest.mark.parametrize("copies", [0, 1])
+def test_a_stopped_recovery_resumes_to_the_same_weights(tmp_path, copies) -> None:
+    """Augmented copies too: they are drawn from the trainer's checkpointed generator."""
     config = supernet_config()
     dense = extract(make_supernet(config), SubNetworkConfig.full(config))
-    settings = CompressConfig(protocol="lowrank", rank=5, embedding_rank=6, epochs=2)
+    settings = CompressConfig(protocol="lowrank", rank=5, embedding_rank=6, epochs=2, augment_copies=copies)
     whole = compress_model(dense, settings, toy_batches(), progress=False, generator=torch.Generator())
     calls = {"n": 0}
 
@@ -270,8 +272,8 @@ def test_recovery_keeps_the_points_runtime_settings_and_trains_its_exits() -> No
     config = supernet_config(exits=True)
     sub = SubNetworkConfig(layers=(0, 1, 2), heads=(4, 2, 3), units=(48, 30, 40), exit_threshold=0.3)
     dense = extract(make_supernet(config), sub)
-    model = compress_model(dense, CompressConfig(protocol="shared-lowrank", rank=8, epochs=1), toy_batches(),
-                           progress=False)
+    model = compress_model(dense, CompressConfig(protocol="shared-lowrank", rank=8, epochs=1, augment_copies=2),
+                           toy_batches(), progress=False)  # every exit learns the copies, the labelled rows' labels
     assert model.config.exit_threshold == 0.3 and model.model.exit_threshold == 0.3
     assert dense.model.exit_threshold == 0.3
     before = decompose(dense, Compression("shared-lowrank", 8)).model.exit_heads[0].out.weight
@@ -360,3 +362,32 @@ def test_the_activations_init_serves_a_regression_point() -> None:
     weights = compress_model(dense, settings.model_copy(update={"epochs": 0.0, "init": "weights"}), batches)
     recovered = compress_model(dense, settings, batches, progress=False)
     assert _teacher_gap(recovered, dense, batches) < _teacher_gap(weights, dense, batches)
+
+
+def test_augmented_copies_swap_word_pieces_within_the_batch_and_keep_the_rest() -> None:
+    """TinyBERT-style augmentation without a tokenizer: copies after the batch, each word piece swapped with
+    probability `rate` for one of the batch's own; [CLS], [SEP] (each row's first and last real token), pieces equal
+    to them and padding stay; masks and token types repeat; the settings' record and key are unchanged while off."""
+    from search.records import compression_key
+    from supernet.training import augmented
+
+    batch = random_inputs(batch=3, tokens=9, seed=4)
+    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    ids[:, 0] = 1  # a [CLS] id
+    lengths = mask.sum(1)
+    ids[torch.arange(3), lengths - 1] = 2  # a [SEP] id at each row's end
+    out_ids, out_mask, out_types = augmented((ids, mask, types), 2, 1.0, torch.Generator().manual_seed(0))
+    assert out_ids.shape == (9, 9) and torch.equal(out_ids[:3], ids)
+    assert torch.equal(out_mask, mask.repeat(3, 1)) and torch.equal(out_types, types.repeat(3, 1))
+    words = (mask.bool() & (ids != 1) & (ids != 2)).repeat(2, 1)
+    copies = out_ids[3:]
+    assert torch.equal(copies[~words], ids.repeat(2, 1)[~words])  # ends and padding as they were
+    assert set(copies[words].tolist()) <= set(ids[mask.bool() & (ids > 2)].tolist())
+    assert not torch.equal(copies[words], ids.repeat(2, 1)[words])  # rate 1: drawn anew
+    none = augmented((ids, mask, types), 1, 1e-9, torch.Generator().manual_seed(0))[0]
+    assert torch.equal(none[3:], ids)
+    assert augmented((ids, mask, types), 0, 0.5, torch.Generator())[0] is ids
+    assert "augment_copies" not in CompressConfig(rank=5).to_dict()
+    assert CompressConfig(rank=5, augment_copies=2).to_dict()["augment_rate"] == 0.15
+    assert compression_key(CompressConfig(rank=5).to_dict(), 0) != compression_key(
+        CompressConfig(rank=5, augment_copies=2).to_dict(), 0)

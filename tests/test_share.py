@@ -63,7 +63,7 @@ def test_solver_augmentation_trains_under_heun_too_from_logits_and_labels() -> N
 
     teacher = make_supernet(supernet_config(num_layers=4)).eval()
     student = tie(teacher, (0, 0, 1, 1), [0, 2])
-    config = ShareConfig(groups=2, epochs=2, solver_augmentation=True)
+    config = ShareConfig(groups=2, epochs=2, solver_augmentation=True, augment_copies=1)  # and augmented copies
     seen = ShareTrainer(student, teacher, toy_batches(4), config, 0, progress=False).train().history
     assert {m["heun"] for m in seen} == {0.0, 1.0} and {m["steps"] for m in seen} <= {2.0, 4.0}
     assert all(m["loss_hidden"] == 0.0 for m in seen if m["heun"]) and all(math.isfinite(m["loss"]) for m in seen)
