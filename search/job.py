@@ -373,8 +373,8 @@ def run_search_job(spec: RunSpec, job: SearchJob, folder: str | Path, *, progres
     supernet = run.load_supernet()
     if job.dynamic.exits:  # refused before search.json is written: the folder stays free for a search that can run
         check_exits(supernet.config, run.task.spec)
-    if supernet.config.shared and job.shared_problem():
-        raise ValueError(job.shared_problem())
+    if supernet.config.shared and (problem := job.shared_problem()):
+        raise ValueError(problem)
     dtype = resolve_dtype(job.evaluation_dtype, next(supernet.parameters()).device)
     # search.json names the precision itself, so a resume on another machine ranks the same way
     job = job.model_copy(update={"evaluation_dtype": dtype_name(dtype)})

@@ -205,12 +205,7 @@ class SupernetConfig:
 
     def group_members(self) -> list[list[int]]:
         """The layers of each shared block, in order; one layer per block when nothing is shared."""
-        if self.layer_groups is None:
-            return [[i] for i in range(self.num_layers)]
-        members: list[list[int]] = [[] for _ in range(max(self.layer_groups) + 1)]
-        for index, group in enumerate(self.layer_groups):
-            members[group].append(index)
-        return members
+        return schedules.block_members(self.layer_groups, self.num_layers)
 
     def ode_step_counts(self) -> list[int]:
         """The step counts a shared stack can be integrated in (schedules.ode_step_counts): with blocks of equal

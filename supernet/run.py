@@ -223,8 +223,8 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     log.info("task %s: %d train, %d validation examples", task.spec.name, len(task.train), len(task.validation))
     model = load_supernet_from_pretrained(confine.model_source(spec.model), num_labels=task.spec.num_labels,
                                           exits=spec.training.exits).to(device)
-    if model.config.shared and spec.training.shared_problem():
-        raise ValueError(spec.training.shared_problem())
+    if model.config.shared and (problem := spec.training.shared_problem()):
+        raise ValueError(problem)
     reset_peak_memory(device)
     space = make_space(spec.space, model.config)  # importance scores, if the space needs them, come below
     generator = torch.Generator()

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 __all__ = ["kept_count", "layer_macs", "keep_schedule", "tilted_schedule", "expected_encoder_macs",
-           "schedule_for_speedup", "ode_schedule", "ode_step_counts", "step_keep_layers"]
+           "schedule_for_speedup", "ode_schedule", "ode_step_counts", "block_members", "step_keep_layers"]
 
 
 def kept_count(fraction: float, length: int, reads: int | None = None) -> int:
@@ -112,13 +112,19 @@ def ode_step_counts(groups: list[int] | tuple[int, ...] | None, num_layers: int)
     layer) can be integrated in with one step size L / K: those whose steps end on every block boundary, where the
     vector field changes (each block's n layers take n·K / L whole steps). Equal blocks: the multiples of their
     count."""
-    sizes = _block_sizes(groups, num_layers)
+    sizes = [len(layers) for layers in block_members(groups, num_layers)]
     return [k for k in range(1, num_layers + 1) if all(n * k % num_layers == 0 for n in sizes)]
 
 
-def _block_sizes(groups: list[int] | tuple[int, ...] | None, num_layers: int) -> list[int]:
-    groups = list(range(num_layers)) if groups is None else list(groups)
-    return [groups.count(block) for block in range(max(groups) + 1)] if groups else []
+def block_members(groups: list[int] | tuple[int, ...] | None, num_layers: int) -> list[list[int]]:
+    """The layers of each shared block, in order, from the block of each layer (`groups`; None: one block per
+    layer)."""
+    if groups is None:
+        return [[i] for i in range(num_layers)]
+    members: list[list[int]] = [[] for _ in range(max(groups) + 1)] if groups else []
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    return members
 
 
 def ode_schedule(groups: list[int] | tuple[int, ...] | None, num_layers: int,
@@ -135,12 +141,9 @@ def ode_schedule(groups: list[int] | tuple[int, ...] | None, num_layers: int,
     if steps not in counts:
         raise ValueError(f"ode_steps must be one of {counts} (the step counts whose steps end on every shared "
                          f"block's boundary; {num_layers} layers), got {steps}")
-    groups = list(range(num_layers)) if groups is None else list(groups)
-    members: list[list[int]] = [[] for _ in range(max(groups) + 1)]
-    for index, group in enumerate(groups):
-        members[group].append(index)
     size = num_layers / steps
-    return [(index, size) for layers in members for index in layers[:len(layers) * steps // num_layers]]
+    return [(index, size) for layers in block_members(groups, num_layers)
+            for index in layers[:len(layers) * steps // num_layers]]
 
 
 def step_keep_layers(schedule: list[tuple[int, float]] | tuple[tuple[int, float], ...]) -> list[int]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import confine
+from . import confine, schedules
 from .config import SubNetworkConfig
 from .convert import load_supernet_from_pretrained, read_model_config
 from .counting import count_macs, count_params
@@ -152,9 +152,7 @@ def choose_sources(teacher: Supernet, groups: tuple[int, ...], batches: list[Map
     """Per block, the member layer whose weights, run at every one of the block's layers, lose least against the
     teacher (distillation loss of the logits on `batches`), chosen block by block with the earlier blocks' choices
     in place and the later blocks at their first layer. Returns the choices and every candidate's loss."""
-    members: list[list[int]] = [[] for _ in range(max(groups) + 1)]
-    for layer, block in enumerate(groups):
-        members[block].append(layer)
+    members = schedules.block_members(groups, len(groups))
     sources = [layers[0] for layers in members]
     losses: list[list[float]] = []
     for g, layers in enumerate(members):

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import random_inputs
+from conftest import random_inputs, supernet_config
 from torchdiffeq import odeint
 from transformers import AlbertConfig, AlbertForSequenceClassification, AutoModelForSequenceClassification
 
@@ -159,7 +159,7 @@ def test_blocks_of_unequal_sizes_take_the_steps_that_end_on_their_boundaries(tmp
     """ALBERT's own mapping of 3 groups over 4 layers is [0, 0, 1, 2]; a mapping of blocks of 2 and 4 layers is
     integrated in 3 steps of 2 (one for the first block, two for the second), and a step of 1.5 or 3 that would
     straddle their boundary is refused; sliced, manual, exported and reloaded agree there."""
-    from conftest import make_supernet, supernet_config
+    from conftest import make_supernet
 
     from supernet.schedules import ode_schedule, ode_step_counts
 
@@ -256,7 +256,7 @@ def test_bad_ode_settings_name_the_field() -> None:
     with pytest.raises(ConfigError, match="token elimination runs with Euler steps"):
         SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units, token_keep=keep,
                          ode_steps=2, ode_solver="heun").validate(config)
-    exiting = SupernetConfig(**(supernet_config_of(4, (0, 0, 1, 1)).to_dict() | {"exits": True}))
+    exiting = supernet_config(num_layers=4, layer_groups=(0, 0, 1, 1), exits=True)
     with pytest.raises(ConfigError, match="early exits do not run with ode_steps"):
         SubNetworkConfig(layers=full.layers, heads=full.heads, units=full.units, exit_threshold=0.3,
                          ode_steps=2).validate(exiting)
@@ -310,12 +310,6 @@ def test_a_shared_stack_eliminating_tokens_in_fewer_steps_exports_and_reloads_al
         assert not torch.allclose(net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), want)
 
 
-def supernet_config_of(layers: int, groups: tuple[int, ...]) -> SupernetConfig:
-    return SupernetConfig(num_layers=layers, hidden_size=32, num_heads=4, head_size=8, intermediate_size=48,
-                          vocab_size=99, max_position_embeddings=64, type_vocab_size=2, num_labels=2,
-                          layer_groups=groups)
-
-
 def test_the_shared_space_searches_block_widths_steps_and_solver() -> None:
     import random
 
@@ -333,7 +327,7 @@ def test_the_shared_space_searches_block_widths_steps_and_solver() -> None:
         sub.validate(config)
         assert space.decode(space.encode(sub)) == sub and sub.ode_steps in (None, 2)
     # blocks of 2 and 4 layers: the step gene indexes the counts they take (3 and 6)
-    uneven = SharedSpace(supernet_config_of(6, (0, 0, 1, 1, 1, 1)))
+    uneven = SharedSpace(supernet_config(num_layers=6, layer_groups=(0, 0, 1, 1, 1, 1)))
     assert uneven.upper[-2:] == [2, 1] and uneven.lower[-2:] == [1, 0]
     steps = set()
     for _ in range(20):
