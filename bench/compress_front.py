@@ -131,13 +131,16 @@ def table_lines(results: Path) -> list[str]:
              f"fully fine-tuned model (test {metric} {_cell(full)}); speed-ups of the exported compressed model over "
              "its exported start point, both dynamically padded, batch 32 sorted by length and batch 1 (medians of "
              "interleaved repeats); baselines: the best pruning-front point (refined) and layer-dropping model at "
-             "no more encoder params. Compression (s): decomposition and recovery, beside plain fine-tuning of the "
+             "no more encoder params (none this small: below 1/L of the encoder no layer-dropped model of L layers "
+             "fits). Compression (s): decomposition and recovery, beside plain fine-tuning of the "
              f"full model: {_cell(reference.get('plain_train_s'), '.0f') or 'not measured'} s.", "",
              f"| start | protocol | target | rank / bank | encoder share | validation {metric} | test {metric} | "
              "normalised retention (test) | b32 speed-up | b1 speed-up | compression (s) | pruning front at ≤ params "
              "(test) | layer dropping at ≤ params (test) |",
              "|---" * 13 + "|"]
-    for row in data["rows"]:
+    order = {"full": 0}, {protocol: i for i, protocol in enumerate(("lowrank", "shared-lowrank", "tucker"))}
+    for row in sorted(data["rows"], key=lambda r: (order[0].get(r["start"], 1), order[1].get(r["protocol"], 3),
+                                                   -r["fraction"])):  # runs in parts write their rows in any order
         target = f"1/{1 / row['fraction']:.0f}"
         if not row["fits"]:
             lines.append(f"| {row['start']} | {row['protocol']} | {target} | does not fit (or already smaller) |"
@@ -148,6 +151,8 @@ def table_lines(results: Path) -> list[str]:
         test_metric = (row.get("test") or {}).get(metric)
         baselines = [(row["baselines"].get(name) or {}) for name in ("pruning", "layer_drop")]
         base_cells = [_cell(None if b.get("test_error") is None else 1 - b["test_error"]) for b in baselines]
+        base_cells = ["none this small" if name in row["baselines"] and row["baselines"][name] is None else cell
+                      for name, cell in zip(("pruning", "layer_drop"), base_cells, strict=True)]
         lines.append(f"| {row['start']} | {row['protocol']} | {target} | {shape} | {row['encoder_fraction']:.3f} | "
                      f"{row['validation'][metric]:.4f} | {_cell(test_metric)} | "
                      f"{_cell(row.get('normalised_retention_test'), '.1%')} | {row['speedup_b32']:.2f}x | "
