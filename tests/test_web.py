@@ -154,11 +154,15 @@ def test_a_user_uploads_data_runs_a_search_and_takes_a_point(browser, site, work
             names = {Path(n).name for n in archive.getnames()}
         assert {"config.json", "model.safetensors", "subnetwork.json"} <= names
         # a shared model of the form's model on its task (POST /shares) in blocks of 2 layers and 1 (the mapping
-        # says how many blocks: the groups field is left out), then the form searches it
-        for field, value in (("#s-groups", "1"), ("#s-mapping", "0,0,1"), ("#s-teacher", "0"), ("#s-epochs", "1")):
+        # says how many blocks: the groups field is left out), recovered with an augmented copy of each batch; then
+        # the form searches it
+        for field, value in (("#s-groups", "1"), ("#s-mapping", "0,0,1"), ("#s-teacher", "0"), ("#s-epochs", "1"),
+                             ("#s-copies", "1")):
             page.fill(field, value)
         page.click("#share-form button[type=submit]")
-        page.wait_for_selector("#shares td.status-succeeded", timeout=120_000)
+        page.wait_for_selector("#shares td.status-succeeded, #shares td.status-failed", timeout=180_000)
+        assert page.locator("#shares td.status-succeeded").count() == 1, page.inner_html("#shares")
+        assert "1 augmented copy" in page.inner_text("#shares")
         assert "3:" in page.inner_text("#shares")  # validation at 3 ODE steps, the only count these blocks take
         page.click("#shares button[data-share-use]")
         assert page.input_value("#f-model").startswith("share:")
