@@ -23,11 +23,13 @@ examples leave), the second with `dynamic.exits`. Reported side by side:
   claim; target ≤ 1/5 on SST-2).
 
 Results go to <out>/<task>/seed<k>/results.json. The checks (bench/checks.py): the exits front holds points that exit
-early, both searches did the same number of evaluations, and every timed model is an exported model of the structure
+early, both searches did the same number of evaluations (or the static one every member of its
+space), and every timed model is an exported model of the structure
 (and threshold) named. Whether a timed example left early is reported per point (the FFN rows its exports saw),
 not checked: shallow exits that never become confident are a finding.
 
     python bench/exits_front.py --task glue/mrpc --seed 0
+    python bench/exits_front.py --task glue/mrpc --seed 0 --space layers   # exits with layer dropping instead
     python bench/exits_front.py --tiny      # seconds: tiny supernets trained on a few MRPC rows
 """
 
@@ -65,7 +67,7 @@ from supernet.config import SubNetworkConfig
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.model import Supernet
 from supernet.run import Run, train_run
-from supernet.settings import EVALUATION_DTYPES, RunSpec
+from supernet.settings import EVALUATION_DTYPES, SPACE_NAMES, RunSpec
 
 OBJECTIVES = ["error", "expected_macs"]
 KINDS = ("static", "exits")
@@ -91,6 +93,13 @@ def base_spec(args: argparse.Namespace) -> RunSpec:
     require((source / "run.json").is_file(), f"{source}: no run.json (run bench/prove.py --task {args.task} first, "
                                              "or name a trained run with --run)")
     return Run(source).spec
+
+
+def static_space_size(spec: RunSpec, supernet: Supernet) -> int | None:
+    """The number of sub-networks in the static search's space when it is small enough to run out of: the layers
+    space holds 2^L - 1 (every non-empty set of kept layers). A static search that evaluated all of them has its
+    best front although the exits search, whose thresholds multiply the space, went on to the budget."""
+    return 2 ** supernet.config.num_layers - 1 if spec.space == "layers" else None
 
 
 def trained(spec: RunSpec, folder: Path) -> dict[str, Any]:
@@ -214,7 +223,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dtype", choices=EVALUATION_DTYPES, default="auto", help="precision the searches rank in")
     parser.add_argument("--latency-examples", type=int, default=200,
                         help="the first N validation examples timed one at a time")
+    parser.add_argument("--space", choices=SPACE_NAMES, default=None,
+                        help="both supernets' search space instead of the run's (layers: exits with layer dropping, "
+                             "to set against the width pruning COST-EFF prefers); results under "
+                             "bench/out/exits_front_<space> unless --out says otherwise")
     args = parser.parse_args(argv)
+    if args.space and args.out == parser.get_default("out"):
+        args.out = f"{args.out}_{args.space}"
     if args.tiny:
         args.tiny_root = args.tiny_root or Path(os.environ.get("TMPDIR", "/tmp")) / f"nasprune-tiny-exits-{os.getpid()}"
         args.out, args.repeats = args.tiny_root / "out", 1
@@ -227,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
 
     static_spec = base_spec(args)
+    if args.space:
+        static_spec = static_spec.model_copy(update={"space": args.space})
     specs = {"static": static_spec, "exits": static_spec.model_copy(
         update={"training": static_spec.training.model_copy(update={"exits": True})})}
     out = Path(args.out) / seed_folder(static_spec.task, args.seed)
@@ -235,15 +252,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {kind: run_search(out / f"{kind}-run", specs[kind], search_job(args, kind), out / kind)
                for kind in KINDS}
     fronts = {kind: result["front"] for kind, result in results.items()}
-    require(results["static"]["evaluations"] == results["exits"]["evaluations"],
-            f"the static search did {results['static']['evaluations']} evaluations, the exits one "
-            f"{results['exits']['evaluations']}: the fronts are not of the same budget")
     require(any("exit_threshold" in p["config"] for p in fronts["exits"]["points"]),
             f"the exits front ({len(fronts['exits']['points'])} points) holds no point that exits early: with this "
             "supernet and budget no threshold was worth its error, so there is no exits front to compare")
 
     runs = {kind: Run(out / kind) for kind in KINDS}
     supernets = {kind: runs[kind].load_supernet().eval() for kind in KINDS}
+    done = {kind: results[kind]["evaluations"] for kind in KINDS}
+    require(done["static"] == done["exits"] or done["static"] == static_space_size(static_spec, supernets["static"]),
+            f"the static search did {done['static']} evaluations, the exits one {done['exits']}: the fronts are not "
+            "of the same budget")
     metric = fronts["static"]["main_metric"]
     chance_error = 1.0 - fronts["static"]["majority_baseline"][metric]
     key = scored_test_split(fronts["static"], runs["static"])
@@ -254,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference, reference_name = reference_metric(args, metric, fronts["static"])
     full_macs = fronts["exits"]["reference"]["objectives"]["expected_macs"]
     data = {"task": static_spec.task, "run": None if args.run is None else str(args.run), "seed": args.seed,
+            "space": static_spec.space,
             "search_seed": args.search_seed, "threads": args.threads,
             "torch": torch.__version__, "dtype": args.dtype, "objectives": OBJECTIVES,
             "evaluations": args.evaluations, "main_metric": metric, "chance_error": chance_error,

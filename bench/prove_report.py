@@ -603,11 +603,22 @@ def run_sections(task: str, files: list[Path], script: str, title: str, intro: s
 def exits_front_section(task: str, fronts: Path) -> list[str]:
     """bench/exits_front.py: the front of a supernet trained with exits and searched with thresholds against the
     static front of the same settings trained without, one table per seed."""
+    space = fronts.name.removeprefix("exits_front").removeprefix("_")  # exits_front_<space>: --space <space>
+
+    def command(results: Path, data: dict[str, Any]) -> str:
+        return (f"--task {data['task']} --seed {results.parent.name.removeprefix('seed')}"
+                + (f" --run {data['run']}" if data.get("run") else "")
+                + (f" --evaluations {data['evaluations']}" if data["evaluations"] != 100 else "")
+                + (f" --space {space}" if space else ""))
+
     return run_sections(task, sorted((fronts / task).glob("seed*/results.json")), "exits_front.py",
-                        "Early exits against the static front",
+                        "Early exits against the static front" + (f" in the {space} space" if space else ""),
                         "The importance job's settings trained twice, without exits (static) and with them, each then "
                         "searched with the same seed and budget on error and expected MACs, the second with the exit "
-                        "threshold gene.", exits_front_table)
+                        "threshold gene" + (f"; both supernets in the {space} space (sub-networks drop whole "
+                                            "layers)" if space == "layers" else
+                                            f"; both supernets in the {space} space" if space else "") + ".",
+                        exits_front_table, command)
 
 
 def compress_section(task: str, folder: Path) -> list[str]:
@@ -728,6 +739,8 @@ def main(argv: list[str] | None = None) -> None:
         lines += elimination_section(task, Path(args.out).parent / "elimination")
         lines += elimination_front_section(task, Path(args.out).parent / "elimination_front")
         lines += exits_front_section(task, Path(args.out).parent / "exits_front")
+        for other in sorted(Path(args.out).parent.glob("exits_front_*")):  # --space runs
+            lines += exits_front_section(task, other)
         lines += compress_section(task, Path(args.out).parent / "compress_front")
         lines += ode_compensation_section(task, Path(args.out).parent / "ode_compensation")
         lines += shared_ode_section(task, Path(args.out).parent / "shared_ode")

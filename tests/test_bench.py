@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_supernet, random_inputs
+from conftest import make_supernet, random_inputs, supernet_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -176,6 +176,18 @@ def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: 
     assert [line.split(" | ")[0] for line in table if line.startswith(("| static", "| exits"))] \
         == ["| static", "| exits"]
     assert any(line.startswith("Cheapest exiting-front point") for line in table)
+
+
+def test_exits_front_lets_a_layers_space_static_search_stop_when_it_has_evaluated_every_member() -> None:
+    """The layers space holds 2^L - 1 sub-networks, fewer than a budget may ask: a static search that evaluated all
+    of them is compared with an exits search that went on (its thresholds multiply the space); other spaces are
+    too large to run out."""
+    from supernet.settings import RunSpec
+
+    supernet = make_supernet(supernet_config(num_layers=3))
+    spec = RunSpec(model="m", task="glue/mrpc")
+    assert exits_front.static_space_size(spec.model_copy(update={"space": "layers"}), supernet) == 7
+    assert exits_front.static_space_size(spec, supernet) is None
 
 
 def test_exits_front_reports_exports_that_never_exit(monkeypatch, tmp_path: Path) -> None:
