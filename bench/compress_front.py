@@ -112,6 +112,15 @@ def best_at(rows: list[dict[str, Any]], params: int) -> dict[str, Any] | None:
     return min(fitting, key=lambda r: r["validation_error"]) if fitting else None
 
 
+def _baseline_cell(baselines: dict[str, Any], name: str) -> str:
+    """A baseline's test metric at no more params; "none this small" where it was measured but none fits, empty
+    where it was not measured."""
+    if name in baselines and baselines[name] is None:
+        return "none this small"
+    test_error = (baselines.get(name) or {}).get("test_error")
+    return _cell(None if test_error is None else 1 - test_error)
+
+
 def _cell(value: Any, spec: str = ".4f") -> str:
     return "" if value is None else format(value, spec)
 
@@ -138,9 +147,10 @@ def table_lines(results: Path) -> list[str]:
              "normalised retention (test) | b32 speed-up | b1 speed-up | compression (s) | pruning front at ≤ params "
              "(test) | layer dropping at ≤ params (test) |",
              "|---" * 13 + "|"]
-    order = {"full": 0}, {protocol: i for i, protocol in enumerate(("lowrank", "shared-lowrank", "tucker"))}
-    for row in sorted(data["rows"], key=lambda r: (order[0].get(r["start"], 1), order[1].get(r["protocol"], 3),
-                                                   -r["fraction"])):  # runs in parts write their rows in any order
+    protocols = PROTOCOLS[::-1]  # the paper's order: per matrix (II), shared factors (III), the bank (IV)
+    # a grid run in parts writes its rows in any order: the full network's first, then by protocol and target
+    for row in sorted(data["rows"], key=lambda r: (r["start"] != "full", protocols.index(r["protocol"]),
+                                                   -r["fraction"])):
         target = f"1/{1 / row['fraction']:.0f}"
         if not row["fits"]:
             lines.append(f"| {row['start']} | {row['protocol']} | {target} | does not fit (or already smaller) |"
@@ -149,10 +159,7 @@ def table_lines(results: Path) -> list[str]:
         c = row["compression"]
         shape = f"{c['rank']}" + (f" / {c['bank']}" if c.get("bank") else "")
         test_metric = (row.get("test") or {}).get(metric)
-        baselines = [(row["baselines"].get(name) or {}) for name in ("pruning", "layer_drop")]
-        base_cells = [_cell(None if b.get("test_error") is None else 1 - b["test_error"]) for b in baselines]
-        base_cells = ["none this small" if name in row["baselines"] and row["baselines"][name] is None else cell
-                      for name, cell in zip(("pruning", "layer_drop"), base_cells, strict=True)]
+        base_cells = [_baseline_cell(row["baselines"], name) for name in ("pruning", "layer_drop")]
         lines.append(f"| {row['start']} | {row['protocol']} | {target} | {shape} | {row['encoder_fraction']:.3f} | "
                      f"{row['validation'][metric]:.4f} | {_cell(test_metric)} | "
                      f"{_cell(row.get('normalised_retention_test'), '.1%')} | {row['speedup_b32']:.2f}x | "

@@ -23,10 +23,10 @@ examples leave), the second with `dynamic.exits`. Reported side by side:
   claim; target ≤ 1/5 on SST-2).
 
 Results go to <out>/<task>/seed<k>/results.json. The checks (bench/checks.py): the exits front holds points that exit
-early, both searches did the same number of evaluations (or the static one every member of its
-space), and every timed model is an exported model of the structure
-(and threshold) named. Whether a timed example left early is reported per point (the FFN rows its exports saw),
-not checked: shallow exits that never become confident are a finding.
+early, both searches did the same number of evaluations (or the static one every member of its space), and every
+timed model is an exported model of the structure (and threshold) named. Whether a timed example left early is
+reported per point (the FFN rows its exports saw), not checked: shallow exits that never become confident are a
+finding.
 
     python bench/exits_front.py --task glue/mrpc --seed 0
     python bench/exits_front.py --task glue/mrpc --seed 0 --space layers   # exits with layer dropping instead

@@ -580,22 +580,25 @@ def gpu_section(folder: Path) -> list[str]:
     return lines
 
 
+def task_arguments(task: str, results: Path, data: dict[str, Any]) -> str:
+    """A benchmark's usual arguments for one results file of `task`: --task, --seed and the run it read, if any."""
+    run = data.get("run")
+    return (f"--task {task.replace('-', '/', 1)} --seed {results.parent.name.removeprefix('seed')}"
+            + (f" --run {run}" if run else ""))
+
+
 def run_sections(task: str, files: list[Path], script: str, title: str, intro: str,
                  table: Callable[[Path], list[str]],
                  arguments: Callable[[Path, dict[str, Any]], str] | None = None) -> list[str]:
     """One section per results file of `script` (bench/out/<script's folder>/<task>/seed<k>/...): its title with
     the command that made it (`arguments(file, its data)`; by default --task, --seed and the run it read, if it
     names one), `intro`, and `table`'s lines."""
-    def default(results: Path, data: dict[str, Any]) -> str:
-        run = data.get("run")
-        return (f"--task {task.replace('-', '/', 1)} --seed {results.parent.name.removeprefix('seed')}"
-                + (f" --run {run}" if run else ""))
-
     lines: list[str] = []
     for results in files:
         rows = table(results)
         if rows:
-            command = (arguments or default)(results, json.loads(results.read_text()))
+            data = json.loads(results.read_text())
+            command = arguments(results, data) if arguments else task_arguments(task, results, data)
             lines += [f"### {title} (`python bench/{script} {command}`)", "", intro, "", *rows, ""]
     return lines
 
@@ -604,21 +607,20 @@ def exits_front_section(task: str, fronts: Path) -> list[str]:
     """bench/exits_front.py: the front of a supernet trained with exits and searched with thresholds against the
     static front of the same settings trained without, one table per seed."""
     space = fronts.name.removeprefix("exits_front").removeprefix("_")  # exits_front_<space>: --space <space>
+    where = ""
+    if space:
+        where = f"; both supernets in the {space} space" + (" (sub-networks drop whole layers)" * (space == "layers"))
 
     def command(results: Path, data: dict[str, Any]) -> str:
-        return (f"--task {data['task']} --seed {results.parent.name.removeprefix('seed')}"
-                + (f" --run {data['run']}" if data.get("run") else "")
+        return (task_arguments(task, results, data)
                 + (f" --evaluations {data['evaluations']}" if data["evaluations"] != 100 else "")
                 + (f" --space {space}" if space else ""))
 
     return run_sections(task, sorted((fronts / task).glob("seed*/results.json")), "exits_front.py",
                         "Early exits against the static front" + (f" in the {space} space" if space else ""),
                         "The importance job's settings trained twice, without exits (static) and with them, each then "
-                        "searched with the same seed and budget on error and expected MACs, the second with the exit "
-                        "threshold gene" + (f"; both supernets in the {space} space (sub-networks drop whole "
-                                            "layers)" if space == "layers" else
-                                            f"; both supernets in the {space} space" if space else "") + ".",
-                        exits_front_table, command)
+                        f"searched with the same seed and budget on error and expected MACs, the second with the exit "
+                        f"threshold gene{where}.", exits_front_table, command)
 
 
 def compress_section(task: str, folder: Path) -> list[str]:
