@@ -112,7 +112,7 @@ def split_positions(supernet, sub: SubNetworkConfig, batches: list) -> list[int]
     """Where each example of `batches` leaves under `sub`'s exit threshold (one pass over the exits)."""
     with supernet.use(replace(sub, exit_threshold=None)):
         logits, _ = predict_exits(supernet, batches)
-    return exit_positions(logits, sub.exit_threshold).tolist()
+    return exit_positions(logits, sub.exit_threshold, sub.open_positions()).tolist()
 
 
 def macs_hypervolumes(front: dict[str, Any], supernet, chance_error: float, test: list | None,

@@ -142,6 +142,29 @@ def _front_scored_again(result: SearchResult, measurements: Measurements, names:
     return sorted(kept, key=lambda p: [p["objectives"][name] for name in names]), precise
 
 
+def _with_open_exits(points: list[dict[str, Any]], measurements: Measurements,
+                     names: list[str]) -> list[dict[str, Any]]:
+    """Each exiting point reading only the exits its validation examples left at (Measurements.opened), with the
+    figures of that: the same answers for a check less per closed exit and input. A point that lets no one out
+    early becomes its structure at full depth, and one that then repeats another point, or is dominated by one
+    (a closed exit's head no longer counts), is dropped."""
+    objectives = resolve_objectives(names)
+    kept: dict[SubNetworkConfig, dict[str, Any]] = {}
+    for point in points:
+        sub = SubNetworkConfig.from_dict(point["config"])
+        opened = measurements.opened(sub)
+        if opened != sub:
+            figures = {key: value for key, value in point.items() if key != "dynamics"}
+            point = figures | {"config": opened.to_dict(),
+                               "objectives": objective_values(objectives, opened, measurements),
+                               **figures_dict(measurements.figures(opened))}
+        kept.setdefault(opened, point)
+    points = list(kept.values())
+    keep = distinct_non_dominated([[p["objectives"][name] for name in names] for p in points])
+    return sorted([p for p, k in zip(points, keep, strict=True) if k],
+                  key=lambda p: [p["objectives"][name] for name in names])
+
+
 def write_front(run: Run, result: SearchResult, measurements: Measurements, names: list[str], *,
                 search_examples: int | None = None, store: Store | None = None,
                 dynamic: DynamicConfig | None = None) -> dict[str, Any]:
@@ -159,6 +182,7 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
     subset = ranked_subset(search_examples, size)
     chosen, measurements = _front_scored_again(result, measurements, names,
                                                None if subset is None else list(run.batches("validation")))
+    chosen = _with_open_exits(chosen, measurements, names)
     # with exits, the points of one structure share its pass over each test split's exits
     exits = ({split: ExitPasses(supernet, batches, run.task.spec) for split, batches in test_batches.items()}
              if measurements.exits else None)

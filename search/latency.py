@@ -229,9 +229,9 @@ class LatencyTable:
 
         `exit_layers`: where each input (in the order of `lengths`, which it needs) leaves under the sub-network's
         exit_threshold, 1-based kept-layer positions (supernet.evaluation.exit_positions). An input that leaves after
-        its k-th kept layer costs the layers up to k and the exits it read on the way (k of them, or one fewer when
-        it reaches the main head), plus the fixed part whole (embeddings and main head are timed as one; the head is
-        a small share of it). At batch 1 that is exact per input. In a larger batch the rows that leave are
+        its k-th kept layer costs the layers up to k and the open exits it read on the way (among the first k, or
+        k - 1 when it reaches the main head), plus the fixed part whole (embeddings and main head are timed as one;
+        the head is a small share of it). At batch 1 that is exact per input. In a larger batch the rows that leave are
         taken out and the batch shrinks: each layer's time (and each exit's) is scaled by the share of the batch's
         rows still in it, a linear model of a batch that runs narrower. Without `exit_layers`, a sub-network with
         an exit_threshold runs every layer and reads every exit (nobody leaves).
@@ -246,7 +246,7 @@ class LatencyTable:
             return self._predict_exiting(sub, lengths, exit_layers)
         widths, shares = self.widths(lengths)
         corrected = evaluations * (self.scale * self.blocks(sub, widths) + self.per_layer_ms * len(sub.layers))
-        exits = 0.0 if sub.exit_threshold is None else self.exit_ms * max(0, len(sub.layers) - 1)
+        exits = 0.0 if sub.exit_threshold is None else self.exit_ms * len(_open_rows(sub))
         return float(np.sum((np.maximum(corrected, 0.0) + self._at(self.overhead_ms, widths) + exits) * shares))
 
     def exit_batches(self, lengths: Sequence[int], exit_layers: Sequence[int], answers: int
@@ -275,8 +275,8 @@ class LatencyTable:
         if not sub.layers or (sub.exit_threshold is None and running[-1].min() < 1):
             raise ValueError("only a sub-network with kept layers and an exit_threshold has inputs that leave early")
         corrected = (running * (self.scale * self.layer_blocks(sub, widths) + self.per_layer_ms)).sum(axis=0)
-        # a running row reads the exit of each layer but the last, when there are exits to read
-        exits = 0.0 if sub.exit_threshold is None else self.exit_ms * running[:-1].sum(axis=0)
+        # a running row reads the open exit of each layer but the last, when there are exits to read
+        exits = 0.0 if sub.exit_threshold is None else self.exit_ms * running[_open_rows(sub)].sum(axis=0)
         return float(np.mean(np.maximum(corrected, 0.0) + self._at(self.overhead_ms, widths) + exits))
 
     def to_dict(self) -> dict:
@@ -285,6 +285,12 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, data: dict) -> LatencyTable:
         return cls(**data)
+
+
+def _open_rows(sub: SubNetworkConfig) -> list[int]:
+    """The 0-based kept-layer positions whose exits a threshold reads (SubNetworkConfig.open_exits)."""
+    opened = sub.open_positions()
+    return list(range(max(0, len(sub.layers) - 1))) if opened is None else [p - 1 for p in opened]
 
 
 def _cache_key(config: SupernetConfig, device: str, batch_size: int, seq_len: int, unit_step: int,

@@ -40,6 +40,8 @@ class Figures:
     latency_ms: float
     # what a sub-network that changes with its input costs on the real validation inputs (None: static)
     dynamics: dict[str, Any] | None = None
+    # with an exit threshold: where each validation example leaves (1-based kept-layer positions); not stored
+    exit_positions: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 # Every exit's logits of the structures seen last, kept for the thresholds still to come: a structure's (E, N, C)
@@ -66,7 +68,7 @@ class ExitPasses:
 
     def exit_logits(self, sub: SubNetworkConfig) -> tuple[np.ndarray, np.ndarray]:
         """Every exit's logits (E, N, C) and the labels (N,) of `sub`'s structure, its threshold aside."""
-        structure = replace(sub, exit_threshold=None)
+        structure = replace(sub, exit_threshold=None, open_exits=None)
         if structure in self._logits:
             self._logits.move_to_end(structure)
             return self._logits[structure]
@@ -82,7 +84,7 @@ class ExitPasses:
         """The task's metrics of `sub` with its exit_threshold (None: full depth) and each example's exit, 1-based
         kept-layer positions (N,) in loader order."""
         logits, labels = self.exit_logits(sub)
-        return metrics_at_threshold(self.task, logits, labels, sub.exit_threshold)
+        return metrics_at_threshold(self.task, logits, labels, sub.exit_threshold, sub.open_positions())
 
 
 @dataclass
@@ -190,8 +192,22 @@ class Measurements:
             # a static sub-network's cost as the objectives read it (cached); an exiting one's from its exits
             params, macs, latency = self.cost(sub) if sub.exit_threshold is None else self._cost(sub, positions)
             self._cache[sub] = Figures(validation=metrics, params=params, macs=macs, latency_ms=latency,
-                                       dynamics=self._dynamics(sub, positions))
+                                       dynamics=self._dynamics(sub, positions),
+                                       exit_positions=positions if sub.exit_threshold is not None else None)
         return self._cache[sub]
+
+    def opened(self, sub: SubNetworkConfig) -> SubNetworkConfig:
+        """`sub` reading only the exits its validation examples leave at (SubNetworkConfig.open_exits): the others
+        cost a check per input and let no one out. No example's exit changes, so neither do its metrics; where no
+        example leaves early, the threshold goes too (the same answers at full depth)."""
+        if sub.exit_threshold is None or sub.open_exits is not None:
+            return sub
+        positions = self.figures(sub).exit_positions
+        last = len(sub.layers)
+        left = sorted({int(p) for p in positions if p < last})
+        if not left:
+            return replace(sub, exit_threshold=None)
+        return replace(sub, open_exits=tuple(sub.layers[p - 1] for p in left))
 
     def remember(self, sub: SubNetworkConfig, figures: Figures) -> None:
         """Seed the cache with figures measured earlier (e.g. by another search on the same supernet)."""

@@ -117,7 +117,9 @@ def _exits(point: Mapping[str, Any]) -> str:
         return "full depth"
     layer = (point.get("dynamics") or {}).get("mean_exit_layer")
     where = "" if layer is None else f", exit {float(layer):.2f}/{len(config.get('layers', ()))}"
-    return f"τ {float(config['exit_threshold']):g}{where}"
+    opened = config.get("open_exits")
+    reads = "" if opened is None else f", reads {','.join(str(i) for i in opened)}"
+    return f"τ {float(config['exit_threshold']):g}{where}{reads}"
 
 
 def _format(rows: Sequence[Sequence[str]]) -> list[str]:

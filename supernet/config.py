@@ -99,6 +99,24 @@ def _canonical_threshold(threshold: Any, layers: tuple[int, ...]) -> float | Non
     return None if value == 0.0 or len(layers) < 2 else value
 
 
+def _canonical_open_exits(open_exits: Any, layers: tuple[int, ...], threshold: float | None) -> tuple[int, ...] | None:
+    """The exits checked, in canonical form: sorted kept layers but the last (which answers with the main head);
+    None when every such exit is open, or when no threshold is set (no exit is read then). An empty set opens no
+    exit: refused, since full depth is said by no threshold."""
+    if open_exits is None or threshold is None:
+        return None
+    if isinstance(open_exits, (str, bytes)) or not isinstance(open_exits, (list, tuple)):
+        raise ConfigError(f"open_exits is a list of kept layers, got {open_exits!r}")
+    opened = tuple(sorted({_as_int(i, "an open exit's layer") for i in open_exits}))
+    if not opened:
+        raise ConfigError("open_exits is empty: no exit would be read; leave exit_threshold unset for full depth")
+    with_exits = layers[:-1]
+    if any(i not in with_exits for i in opened):
+        raise ConfigError(f"open_exits {list(opened)}: each must be a kept layer other than the last kept one "
+                          f"({list(with_exits)}; the last answers with the main head)")
+    return None if opened == with_exits else opened
+
+
 def _canonical_compensation(flag: Any, layers: tuple[int, ...], num_layers: int) -> bool:
     """ODE compensation in canonical form: off when no kept layer has a dropped one after it (every step is 1)."""
     if not isinstance(flag, bool):
@@ -305,6 +323,9 @@ class SubNetworkConfig:
     - `exit_threshold`: the normalised prediction entropy below which an example leaves at an exit (COST-EFF,
       DeeBERT); 0 is None (full depth), and so is any threshold with fewer than two kept layers. It needs a
       supernet with exits and a classification task (`validate`).
+    - `open_exits`: with a threshold, the kept layers whose exits are read (None: every kept layer's but the
+      last). An exit no example leaves at costs its check and saves nothing; a search opens only the exits its
+      validation examples left at (search.objectives.Measurements.opened), which changes no example's exit.
 
     `ode_compensation` is a structural choice, not a runtime one (every input runs the same computation): a kept
     layer followed by m dropped layers takes one Euler step of size 1 + m along its residual branch (the ODE view
@@ -324,6 +345,7 @@ class SubNetworkConfig:
     units: tuple[int, ...]
     token_keep: tuple[float, ...] | None = None
     exit_threshold: float | None = None
+    open_exits: tuple[int, ...] | None = None
     ode_compensation: bool = False
     ode_steps: int | None = None
     ode_solver: str | None = None
@@ -346,6 +368,7 @@ class SubNetworkConfig:
         object.__setattr__(self, "units", units)
         object.__setattr__(self, "token_keep", _canonical_keep(self.token_keep, layers, heads))
         object.__setattr__(self, "exit_threshold", _canonical_threshold(self.exit_threshold, layers))
+        object.__setattr__(self, "open_exits", _canonical_open_exits(self.open_exits, layers, self.exit_threshold))
         object.__setattr__(self, "ode_compensation", _canonical_compensation(self.ode_compensation, layers,
                                                                              len(heads)))
         object.__setattr__(self, "ode_steps", _canonical_steps(self.ode_steps, layers))
@@ -413,6 +436,11 @@ class SubNetworkConfig:
         """Whether every input runs the same computation (no runtime field is set)."""
         return self.token_keep is None and self.exit_threshold is None
 
+    def open_positions(self) -> tuple[int, ...] | None:
+        """The open exits as 1-based positions among the kept layers (as exit positions count them); None: every
+        exit a threshold reads."""
+        return None if self.open_exits is None else tuple(self.layers.index(i) + 1 for i in self.open_exits)
+
     def static(self) -> SubNetworkConfig:
         """The same structure with every runtime field off: the weights this network slices, and its steps."""
         return SubNetworkConfig(layers=self.layers, heads=self.heads, units=self.units,
@@ -459,6 +487,8 @@ class SubNetworkConfig:
             data["token_keep"] = list(self.token_keep)
         if self.exit_threshold is not None:
             data["exit_threshold"] = self.exit_threshold
+        if self.open_exits is not None:
+            data["open_exits"] = list(self.open_exits)
         if self.ode_compensation:
             data["ode_compensation"] = True
         if self.ode_steps is not None:
@@ -475,7 +505,8 @@ class SubNetworkConfig:
             keep = data.get("token_keep")
             return cls(layers=tuple(data["layers"]), heads=tuple(data["heads"]), units=tuple(data["units"]),
                        token_keep=None if keep is None else tuple(keep), exit_threshold=data.get("exit_threshold"),
-                       ode_compensation=data.get("ode_compensation", False), ode_steps=data.get("ode_steps"),
+                       open_exits=data.get("open_exits"), ode_compensation=data.get("ode_compensation", False),
+                       ode_steps=data.get("ode_steps"),
                        ode_solver=data.get("ode_solver"))
         except KeyError as exc:
             raise ConfigError(f"sub-network config is missing {exc.args[0]!r}") from None

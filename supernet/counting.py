@@ -112,9 +112,9 @@ def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, s
     """MACs of one example of `seq_len` tokens, token elimination included.
 
     `exit_after`: the example leaves after its `exit_after`-th kept layer (1-based; None: it runs them all).
-    With an exit_threshold the example evaluates the exit head of every layer it runs but the last kept one
-    (H·C each), and the main head only when it reaches the end; without one no exit head runs and it cannot
-    leave early. Which exit an example takes is a matter of the data: see expected_macs."""
+    With an exit_threshold the example evaluates the open exit head (SubNetworkConfig.open_exits) of every layer
+    it runs but the last kept one (H·C each), and the main head only when it reaches the end; without one no exit
+    head runs and it cannot leave early. Which exit an example takes is a matter of the data: see expected_macs."""
     sub = (sub or SubNetworkConfig.full(config)).validate(config)
     last = answers(sub)
     exit_after = last if exit_after is None else exit_after
@@ -138,7 +138,13 @@ def count_macs(config: SupernetConfig, sub: SubNetworkConfig | None = None, *, s
     if config.embedding_size is not None:  # ALBERT's projection, per token
         words += seq_len * config.embedding_size * config.hidden_size
     hidden, labels = config.hidden_size, config.num_labels
-    exit_heads = 0 if sub.exit_threshold is None else min(exit_after, last - 1)
+    opened = sub.open_positions()
+    if sub.exit_threshold is None:
+        exit_heads = 0
+    elif opened is None:
+        exit_heads = min(exit_after, last - 1)
+    else:
+        exit_heads = sum(1 for p in opened if p <= exit_after)
     main = hidden * hidden + hidden * labels if exit_after == last else 0
     return words + encoder + exit_heads * hidden * labels + main
 

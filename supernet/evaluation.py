@@ -8,7 +8,7 @@ that way, and reports float32 figures.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -91,25 +91,32 @@ def predict_exits(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.T
     return np.concatenate(logits, axis=1), np.concatenate(labels)
 
 
-def exit_positions(exit_logits: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Where each example leaves under `threshold` τ (N,), 1-based: the first exit whose normalised prediction
-    entropy is strictly below τ (an entropy exactly at τ goes on), else E, the main head. The forward's rule,
-    computed by the same function (modules.normalised_entropy) on the same float32 logits. τ None or 0: E."""
+def exit_positions(exit_logits: np.ndarray, threshold: float | None,
+                   open_positions: Sequence[int] | None = None) -> np.ndarray:
+    """Where each example leaves under `threshold` τ (N,), 1-based: the first open exit (`open_positions`, 1-based
+    kept-layer positions; None: all) whose normalised prediction entropy is strictly below τ (an entropy exactly at
+    τ goes on), else E, the main head. The forward's rule, computed by the same function
+    (modules.normalised_entropy) on the same float32 logits. τ None or 0: E."""
     answers, count = exit_logits.shape[0], exit_logits.shape[1]
     threshold = check_exit_threshold(threshold, exits=True, num_labels=exit_logits.shape[-1])
     if threshold is None or answers == 1:
         return np.full(count, answers, dtype=np.int64)
     confident = (normalised_entropy(torch.from_numpy(np.ascontiguousarray(exit_logits[:-1], dtype=np.float32)))
                  < threshold).numpy()  # (E-1, N)
+    if open_positions is not None:
+        closed = np.ones(answers - 1, dtype=bool)
+        closed[[p - 1 for p in open_positions]] = False
+        confident[closed] = False
     confident = np.concatenate([confident, np.ones((1, count), dtype=bool)])
     return confident.argmax(axis=0).astype(np.int64) + 1
 
 
 def metrics_at_threshold(spec: TaskSpec, exit_logits: np.ndarray, labels: np.ndarray,
-                         threshold: float | None) -> tuple[dict[str, float], np.ndarray]:
+                         threshold: float | None, open_positions: Sequence[int] | None = None
+                         ) -> tuple[dict[str, float], np.ndarray]:
     """The task's metrics when every example answers at its exit under `threshold`, and those exits (N,), from
     predict_exits' logits alone: what `evaluate` measures with the exiting forward, without running it."""
-    positions = exit_positions(exit_logits, threshold)
+    positions = exit_positions(exit_logits, threshold, open_positions)
     answered = exit_logits[positions - 1, np.arange(exit_logits.shape[1])]  # (N, C)
     return metrics_from_logits(spec, answered, labels), positions
 

@@ -12,7 +12,7 @@ from .modules import ElasticBert
 class Supernet(ElasticBert):
     """Weight-sharing supernet over layers, heads and FFN units (Cai et al., Once-for-All, 2020;
     Klein et al., TMLR 2024). `set_sub_network` picks which layers run and the first k heads/units
-    of each, its runtime knobs (token keep schedule, exit threshold) and its steps (ODE compensation; on a
+    of each, its runtime knobs (token keep schedule, exit threshold, open exits) and its steps (ODE compensation; on a
     parameter-shared model, ode_steps and ode_solver);
     `reset_super_network` returns to the full model with every knob off."""
 
@@ -28,6 +28,7 @@ class Supernet(ElasticBert):
             layer.set_sub_network(sub.heads[index], sub.units[index])
         self.token_keep = None if sub.token_keep is None else list(sub.token_keep)
         self.exit_threshold = sub.exit_threshold
+        self.open_exits = None if sub.open_exits is None else frozenset(sub.open_exits)
         self.ode_solver = sub.ode_solver
         self.sub_network = sub
 
@@ -38,6 +39,7 @@ class Supernet(ElasticBert):
             layer.reset_super_network()
         self.token_keep = None
         self.exit_threshold = None
+        self.open_exits = None
         self.layer_steps = None
         self.ode_solver = None
         self.sub_network = None

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .factors import Compression
 from .graphs import GraphedForward
-from .modules import ElasticBert, check_exit_threshold
+from .modules import ElasticBert, check_exit_threshold, check_open_exits
 from .schedules import keep_schedule, schedule_for_speedup
 
 
@@ -38,7 +38,8 @@ class NasPruneConfig(PreTrainedConfig):
                  classifier_dropout: float | None = None, position_offset: bool = False,
                  initializer_range: float = 0.02, pad_token_id: int = 0, token_keep: list[float] | None = None,
                  token_lengths: list[int] | None = None, exits: bool = False,
-                 exit_threshold: float | None = None, compression: dict | None = None,
+                 exit_threshold: float | None = None, open_exits: list[int] | None = None,
+                 compression: dict | None = None,
                  layer_steps: list[float] | None = None, embedding_size: int | None = None,
                  layer_groups: list[int] | None = None, ode_steps: int | None = None, ode_solver: str | None = None,
                  **kwargs) -> None:
@@ -81,6 +82,8 @@ class NasPruneConfig(PreTrainedConfig):
         self.compression = None if compression is None else Compression.from_dict(compression).to_dict()
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.exit_threshold = check_exit_threshold(exit_threshold, exits=self.exits, num_labels=self.num_labels)
+        # the layers whose exits a threshold reads (None: every layer's but the last)
+        self.open_exits = check_open_exits(open_exits, exits=self.exits, num_layers=len(self.layer_heads))
 
 
 class NasPruneForSequenceClassification(PreTrainedModel):
@@ -159,6 +162,15 @@ class NasPruneForSequenceClassification(PreTrainedModel):
         value = check_exit_threshold(threshold, exits=self.config.exits, num_labels=self.config.num_labels)
         self.model.exit_threshold = value
         self.config.exit_threshold = value
+
+    def set_open_exits(self, layers: list[int] | None) -> None:
+        """Which layers' exits a threshold reads (0-based layer indices of this model, each but the last; None:
+        all). An exit no input leaves at only costs its check: an exported front point opens the exits its
+        validation examples left at. Updates `config.open_exits` too. ValueError on a model without exits or an
+        index that has no exit."""
+        value = check_open_exits(layers, exits=self.config.exits, num_layers=len(self.config.layer_heads))
+        self.model.open_exits = None if value is None else frozenset(value)
+        self.config.open_exits = value
 
     @property
     def last_exit_layers(self) -> torch.Tensor | None:

@@ -360,7 +360,9 @@ class ExitHead(nn.Module):
         self.out = nn.Linear(cfg.hidden_size, cfg.num_labels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.out(self.dropout(torch.tanh(hidden[:, 0])))  # (B, num_labels)
+        first = torch.tanh(hidden[:, 0])
+        # in eval the dropout is the identity: skipping its call matters where an exit is checked per layer at batch 1
+        return self.out(self.dropout(first) if self.training else first)  # (B, num_labels)
 
 
 def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -372,6 +374,27 @@ def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
     tensor's vectorised body and its tail an ulp apart, and the tail depends on the batch's shape."""
     probs = logits.float().double().softmax(dim=-1)
     return (torch.special.entr(probs).sum(dim=-1) / math.log(logits.shape[-1])).float()
+
+
+def check_open_exits(layers: Any, *, exits: bool, num_layers: int) -> list[int] | None:
+    """Open exits in canonical form: sorted layer indices, each with an exit (every layer but the last); None for
+    all of them. ValueError, naming open_exits, for a model without exit heads, an empty list or an index without
+    an exit."""
+    if layers is None:
+        return None
+    if not exits:
+        raise ValueError("open_exits needs exit heads, and this model has none")
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple)):
+        raise ValueError(f"open_exits is a list of layer indices, got {layers!r}")
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+        raise ValueError(f"open_exits holds layer indices (integers), got {layers!r}")
+    opened = sorted(set(layers))
+    if not opened:
+        raise ValueError("open_exits is empty: no exit would be read (set the exit threshold to None instead)")
+    if opened[0] < 0 or opened[-1] > num_layers - 2:
+        raise ValueError(f"open_exits {opened}: each must be a layer from 0 to {num_layers - 2} (the last layer "
+                         "answers with the main head)")
+    return None if len(opened) == num_layers - 1 else opened
 
 
 def check_exit_threshold(threshold: Any, *, exits: bool, num_labels: int) -> float | None:
@@ -402,7 +425,8 @@ class ElasticBert(nn.Module):
 
     With `cfg.exits`, `exit_heads[i]` is an ExitHead after layer i, for every layer but the last; the last
     *kept* layer always answers with the main head, whichever its index. `exit_threshold` (τ, None: full depth)
-    makes the forward exit per example: see `forward`.
+    makes the forward exit per example: see `forward`; `open_exits` (indices into `layers`, None: all) says which
+    exits it reads.
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -449,6 +473,9 @@ class ElasticBert(nn.Module):
         # (schedules.step_keep_layers); None: each layer's own
         self.keep_layers: dict[int, int] | None = None
         self.exit_threshold = getattr(cfg, "exit_threshold", None)
+        # the layers whose exits a threshold reads (None: every one): an exit no input leaves at only costs its check
+        opened = getattr(cfg, "open_exits", None)
+        self.open_exits: frozenset[int] | None = None if opened is None else frozenset(int(i) for i in opened)
         # after each forward: per example, the 1-based position (among the kept layers) of the head that answered
         self.last_exit_layers: torch.Tensor | None = None
         # ODE-compensated layer dropping: per layer (an index into `layers`), its Euler step (ElasticLayer.forward);
@@ -513,9 +540,10 @@ class ElasticBert(nn.Module):
         last from the main head (E kept layers, at least one answer), from one pass with no example leaving. It
         is what exit training and the offline scoring of thresholds read.
 
-        Otherwise, with `exit_threshold` τ set, an example leaves after a kept layer (but the last) whose exit's
-        normalised entropy is strictly below τ (one exactly at τ goes on), with that exit's logits; the others go
-        on, so the batch shrinks. `last_exit_layers` (B,) then says where each example left (E: the main head).
+        Otherwise, with `exit_threshold` τ set, an example leaves after a kept layer (but the last) with an open
+        exit (`open_exits`, None: all) whose normalised entropy is strictly below τ (one exactly at τ goes on),
+        with that exit's logits; the others go on, so the batch shrinks. `last_exit_layers` (B,) then says where
+        each example left (E: the main head).
         Exiting composes with token elimination: an exit reads position 0, which elimination always keeps.
         """
         if all_exits and not self.exits and len(self.active_layers) > 1:
@@ -541,7 +569,7 @@ class ElasticBert(nn.Module):
                 break
             if all_exits:
                 exits.append(self.exit_heads[index](state.x))
-            elif threshold is not None:
+            elif threshold is not None and (self.open_exits is None or index in self.open_exits):
                 state.leave(self.exit_heads[index](state.x), threshold, position)
                 if state.done:
                     break

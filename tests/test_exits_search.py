@@ -297,6 +297,9 @@ def test_a_search_with_exits_writes_thresholds_and_mean_exit_layers(exits_worksp
             layers += model.last_exit_layers.tolist()
     assert evaluate(model, run.batches("validation"), run.task.spec) == point["validation"]
     assert sum(layers) / len(layers) == pytest.approx(point["dynamics"]["mean_exit_layer"])
+    # the point reads exactly the exits its validation examples left at (SubNetworkConfig.open_exits)
+    opened = sub.open_positions() or tuple(range(1, len(sub.layers)))
+    assert opened == tuple(sorted({k for k in layers if k < len(sub.layers)}))
     assert evaluate(extract(supernet, sub), run.batches("validation"), run.task.spec) == point["validation"]
 
 
