@@ -169,6 +169,9 @@ def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: 
     # every exiting point timed against its own structure at full depth
     assert latency["exiting"] and all(row["speedup_over_full_depth"] > 0 for row in latency["exiting"])
     assert all(1 <= row["dynamics"]["mean_exit_layer"] for row in latency["exiting"])
+    # each exiting point reads only the exits its validation examples left at (open_exits), and the table says which
+    exiting = [p for p in exits["points"] if "exit_threshold" in p["config"]]
+    assert exiting and all(p["dynamics"]["mean_exit_layer"] < len(p["config"]["layers"]) for p in exiting)
     cost = data["static_cost_of_exits"]
     assert len(cost["points"]) == static["front_size"]
     (results,) = (tmp_path / "out").rglob("results.json")
@@ -176,6 +179,7 @@ def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: 
     assert [line.split(" | ")[0] for line in table if line.startswith(("| static", "| exits"))] \
         == ["| static", "| exits"]
     assert any(line.startswith("Cheapest exiting-front point") for line in table)
+    assert any("| exits read (layers) |" in line for line in table)
 
 
 def test_exits_front_lets_a_layers_space_static_search_stop_when_it_has_evaluated_every_member() -> None:
