@@ -14,8 +14,9 @@ examples leave), the second with `dynamic.exits`. Reported side by side:
   threshold) and timed on the first --latency-examples validation examples, each alone at its own length, medians
   of interleaved repeats, as a fraction of the static full model's latency timed in the same loop;
 - for every exiting point: its batch-1 latency against (a) the same exported structure at full depth and (b) the
-  fastest static front point whose validation metric is at least as good (the real bar), its expected MACs and
-  mean exit layer;
+  fastest static front point whose validation metric is at least as good (the real bar), its expected MACs, mean
+  exit layer, the exits it reads and the share of its encoder's MACs after the first of them (the most exiting can
+  save);
 - what exits cost the static points: the validation metric of the full network and of every static front structure
   at full depth on the exits supernet, against the static supernet's;
 - the cheapest exiting point within 1 point (absolute) of the fully fine-tuned model (bench/prove.py's reference,
@@ -65,6 +66,7 @@ from search.runner import SearchConfig
 from search.settings import DynamicConfig, SearchJob
 from supernet.batching import make_batches, token_counts
 from supernet.config import SubNetworkConfig
+from supernet.counting import expected_macs
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.model import Supernet
 from supernet.run import Run, train_run
@@ -181,6 +183,8 @@ def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supe
         bar = min(as_good) if as_good else None
         comparisons.append({
             "config": point["config"], "validation": value, "dynamics": point.get("dynamics"),
+            "after_first_exit": after_first_exit(supernets["exits"], SubNetworkConfig.from_dict(point["config"]),
+                                                 token_counts(alone)),
             "expected_macs_fraction": (point["objectives"]["expected_macs"]
                                        / fronts["exits"]["reference"]["objectives"]["expected_macs"]),
             "latency_fraction": fraction[key], "full_depth_fraction": fraction[f"{key}:full-depth"],
@@ -190,6 +194,16 @@ def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supe
             "speedup_over_static_bar": None if bar is None else seconds[bar[1]] / seconds[key]})
     return {"examples": len(alone), "mean_length": statistics.mean(token_counts(alone)), "repeats": args.repeats,
             "full_s": seconds["full"], "models_timed": len(models), "fronts": per_kind, "exiting": comparisons}
+
+
+def after_first_exit(supernet: Supernet, sub: SubNetworkConfig, lengths: list[int]) -> float:
+    """The share of the structure's MACs (at full depth, over `lengths`) in the layers after the first exit it reads:
+    the most that exiting can save, were every input to leave there."""
+    first = (sub.open_positions() or (1,))[0]
+    full = replace(sub, exit_threshold=None)
+    encoder = expected_macs(supernet.config, full, lengths, encoder_only=True)
+    kept = expected_macs(supernet.config, sub, lengths, encoder_only=True, exit_layers=[first] * len(lengths))
+    return (encoder - kept) / encoder if encoder else 0.0
 
 
 def cheapest_close_point(points: list[dict[str, Any]], full: float, metric: str, reference: float,
@@ -313,15 +327,17 @@ def table_lines(results: Path) -> list[str]:
                      f"| {fmt(hv['validation'])} | {fmt(hv['test'])} "
                      f"| {fmt(latency['fronts'][kind]['hypervolume'])} |")
     lines += ["", f"| exiting point: τ | validation {metric} | mean exit layer | expected MACs ÷ full "
-                  "| exits read (layers) | batch-1 latency ÷ full | speed-up over its full depth "
+                  "| exits read (layers) | encoder MACs after the first | batch-1 latency ÷ full "
+                  "| speed-up over its full depth "
                   "| over the fastest static point as good | timed FFN rows ÷ full depth's |",
-              "|---" * 9 + "|"]
+              "|---" * 10 + "|"]
     for row in latency["exiting"]:
         dynamics = row["dynamics"] or {}
         bar = row["speedup_over_static_bar"]
         lines.append(f"| {row['config']['exit_threshold']} | {row['validation']:.4f} "
                      f"| {dynamics.get('mean_exit_layer', float('nan')):.2f} "
                      f"| {row['expected_macs_fraction']:.3f} | {_exits_read(row['config'])} "
+                     f"| {_share(row.get('after_first_exit'))} "
                      f"| {row['latency_fraction']:.3f} "
                      f"| {row['speedup_over_full_depth']:.2f}x | {'none as good' if bar is None else f'{bar:.2f}x'} "
                      f"| {row['timed_ffn_share'] / row['timed_ffn_share_full_depth']:.3f} |")
@@ -347,6 +363,10 @@ def table_lines(results: Path) -> list[str]:
               "Cheapest point within 1 point of its own supernet's full network, as a fraction of the full model's "
               "expected MACs: " + ", ".join(f"{kind} {fmt(own[kind])}" for kind in KINDS) + "."]
     return lines
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
 
 
 def _exits_read(config: dict[str, Any]) -> str:
