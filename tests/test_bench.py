@@ -169,6 +169,7 @@ def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: 
     # every exiting point timed against its own structure at full depth
     assert latency["exiting"] and all(row["speedup_over_full_depth"] > 0 for row in latency["exiting"])
     assert all(1 <= row["dynamics"]["mean_exit_layer"] for row in latency["exiting"])
+    assert all(0 <= row["after_first_exit"] < 1 for row in latency["exiting"])  # the first exit is before the end
     # each exiting point reads only the exits its validation examples left at (open_exits), and the table says which
     exiting = [p for p in exits["points"] if "exit_threshold" in p["config"]]
     assert exiting and all(p["dynamics"]["mean_exit_layer"] < len(p["config"]["layers"]) for p in exiting)
