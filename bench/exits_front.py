@@ -326,11 +326,12 @@ def table_lines(results: Path) -> list[str]:
                      f"| {row['search_s']:.0f} | {row['front_size']} | {row['exiting_points']} "
                      f"| {fmt(hv['validation'])} | {fmt(hv['test'])} "
                      f"| {fmt(latency['fronts'][kind]['hypervolume'])} |")
-    lines += ["", f"| exiting point: τ | validation {metric} | mean exit layer | expected MACs ÷ full "
-                  "| exits read (layers) | encoder MACs after the first | batch-1 latency ÷ full "
-                  "| speed-up over its full depth "
-                  "| over the fastest static point as good | timed FFN rows ÷ full depth's |",
-              "|---" * 10 + "|"]
+    if latency["exiting"]:
+        lines += ["", f"| exiting point: τ | validation {metric} | mean exit layer | expected MACs ÷ full "
+                      "| exits read (layers) | encoder MACs after the first | batch-1 latency ÷ full "
+                      "| speed-up over its full depth | over the fastest static point as good "
+                      "| timed FFN rows ÷ full depth's |",
+                  "|---" * 10 + "|"]
     for row in latency["exiting"]:
         dynamics = row["dynamics"] or {}
         bar = row["speedup_over_static_bar"]
