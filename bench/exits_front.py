@@ -5,7 +5,8 @@ Trains, one after the other in one process and from the same settings (bench/pro
 and --seed; --tiny: the tiny setting), two supernets: without exits (static) and with them (`training.exits`), each
 in its own folder under --out, reused with its recorded training time when a previous run finished it. Then runs
 the same search on each (same seed, budget and objectives: error and expected MACs, the objective that sees where
-examples leave), the second with `dynamic.exits`. Reported side by side:
+examples leave; with --cost latency error and the latency table's batch-1 prediction over the validation lengths,
+which also prices each exit an input reads), the second with `dynamic.exits`. Reported side by side:
 
 - job cost: training + search of each, the exits job as a multiple of the static one (target ≤ 1.3);
 - hypervolume in error vs expected MACs on validation (the fronts' own figures) and on the test split (test
@@ -32,6 +33,7 @@ confident are a finding.
 
     python bench/exits_front.py --task glue/mrpc --seed 0
     python bench/exits_front.py --task glue/mrpc --seed 0 --space layers   # exits with layer dropping instead
+    python bench/exits_front.py --task glue/mrpc --seed 0 --cost latency   # both searches rank on batch-1 latency
     python bench/exits_front.py --tiny      # seconds: tiny supernets trained on a few MRPC rows
 """
 
@@ -63,7 +65,7 @@ from elimination_front import summary as front_summary
 from prove import Stopwatch, add_trained_run_arguments, read_json, seed_folder, write_json
 
 from search.runner import SearchConfig
-from search.settings import DynamicConfig, SearchJob
+from search.settings import DynamicConfig, LatencyShape, SearchJob
 from supernet.batching import make_batches, token_counts
 from supernet.config import SubNetworkConfig
 from supernet.counting import expected_macs
@@ -72,7 +74,7 @@ from supernet.model import Supernet
 from supernet.run import Run, train_run
 from supernet.settings import EVALUATION_DTYPES, SPACE_NAMES, RunSpec
 
-OBJECTIVES = ["error", "expected_macs"]
+COSTS = ("expected_macs", "latency")  # the cost objective both searches rank on beside error (--cost)
 KINDS = ("static", "exits")
 TRAINING_FILE = "bench_training.json"  # this benchmark's record of how long a run folder's training took
 TINY_EVALUATIONS = 12
@@ -80,11 +82,26 @@ TINY_EXIT_THRESHOLDS = tiny.TINY_EXIT_THRESHOLDS  # the tiny exits barely learn:
 
 
 def search_job(args: argparse.Namespace, kind: str) -> SearchJob:
-    """The same search for both kinds but for the exit threshold gene."""
-    search = SearchConfig(objectives=OBJECTIVES, evaluations=args.evaluations, seed=args.search_seed)
+    """The same search for both kinds but for the exit threshold gene. With --cost latency both rank on the latency
+    table's batch-1 prediction over the validation examples' own lengths, which prices every exit an input reads
+    (search.latency.LatencyTable.exit_ms); expected MACs cannot see an exit's check."""
+    search = SearchConfig(objectives=["error", args.cost], evaluations=args.evaluations, seed=args.search_seed)
     dynamic = (DynamicConfig(exits=True, **({"exit_thresholds": args.exit_thresholds} if args.exit_thresholds else {}))
                if kind == "exits" else DynamicConfig())
-    return SearchJob(search=search, evaluation_dtype=args.dtype, dynamic=dynamic)
+    latency = LatencyShape(batch_size=1, lengths="validation") if args.cost == "latency" else LatencyShape()
+    return SearchJob(search=search, evaluation_dtype=args.dtype, dynamic=dynamic, latency=latency)
+
+
+def with_expected_macs(front: dict[str, Any], supernet: Supernet, lengths: list[int]) -> dict[str, Any]:
+    """`front` with expected MACs among each point's (and the reference's) objectives where the search ranked on
+    another cost: a dynamic point's from its `dynamics` (where its validation examples left), a static one's over
+    the validation lengths the search measured, so every table reads one cost whatever the search ranked on."""
+    for point in [*front["points"], front["reference"]]:
+        if "expected_macs" not in point["objectives"]:
+            dynamic = (point.get("dynamics") or {}).get("expected_macs")
+            point["objectives"]["expected_macs"] = dynamic if dynamic is not None else expected_macs(
+                supernet.config, SubNetworkConfig.from_dict(point["config"]), lengths)
+    return front
 
 
 def base_spec(args: argparse.Namespace) -> RunSpec:
@@ -242,9 +259,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="both supernets' search space instead of the run's (layers: exits with layer dropping, "
                              "to set against the width pruning COST-EFF prefers); results under "
                              "bench/out/exits_front_<space> unless --out says otherwise")
+    parser.add_argument("--cost", choices=COSTS, default="expected_macs",
+                        help="the cost both searches rank on beside error: expected MACs (what exiting saves in "
+                             "compute), or latency, the latency table's batch-1 prediction on the validation "
+                             "lengths (prices each exit's check); results under "
+                             "bench/out/exits_front[_<space>]_latency unless --out says otherwise")
     args = parser.parse_args(argv)
-    if args.space and args.out == parser.get_default("out"):
-        args.out = f"{args.out}_{args.space}"
+    if args.out == parser.get_default("out"):
+        args.out = args.out + (f"_{args.space}" if args.space else "") + ("_latency" if args.cost == "latency" else "")
     if args.tiny:
         args.tiny_root = args.tiny_root or Path(os.environ.get("TMPDIR", "/tmp")) / f"nasprune-tiny-exits-{os.getpid()}"
         args.out, args.repeats = args.tiny_root / "out", 1
@@ -270,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     runs = {kind: Run(out / kind) for kind in KINDS}
     supernets = {kind: runs[kind].load_supernet().eval() for kind in KINDS}
+    lengths = token_counts(runs["static"].batches("validation"))  # what the searches measured expected MACs over
+    for kind in KINDS:  # the tables read expected MACs whatever the searches ranked on
+        with_expected_macs(fronts[kind], supernets[kind], lengths)
     done = {kind: results[kind]["evaluations"] for kind in KINDS}
     require(done["static"] == done["exits"] or done["static"] == static_space_size(static_spec, supernets["static"]),
             f"the static search did {done['static']} evaluations, the exits one {done['exits']}: the fronts are not "
@@ -286,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {"task": static_spec.task, "run": None if args.run is None else str(args.run), "seed": args.seed,
             "space": static_spec.space,
             "search_seed": args.search_seed, "threads": args.threads,
-            "torch": torch.__version__, "dtype": args.dtype, "objectives": OBJECTIVES,
+            "torch": torch.__version__, "dtype": args.dtype, "objectives": ["error", args.cost],
+            "space_option": args.space, "cost": args.cost,
             "evaluations": args.evaluations, "main_metric": metric, "chance_error": chance_error,
             "exit_thresholds": search_job(args, "exits").dynamic.exit_thresholds,
             "test_split": key and key[0], "latency": latency,

@@ -606,20 +606,29 @@ def run_sections(task: str, files: list[Path], script: str, title: str, intro: s
 def exits_front_section(task: str, fronts: Path) -> list[str]:
     """bench/exits_front.py: the front of a supernet trained with exits and searched with thresholds against the
     static front of the same settings trained without, one table per seed."""
-    space = fronts.name.removeprefix("exits_front").removeprefix("_")  # exits_front_<space>: --space <space>
+    files = sorted((fronts / task).glob("seed*/results.json"))
+    if not files:
+        return []
+    first = json.loads(files[0].read_text())
+    # --space and --cost as recorded (a record from before they were: exits_front_<space> names the space)
+    space = first.get("space_option", fronts.name.removeprefix("exits_front").removeprefix("_") or None)
+    latency = first.get("cost") == "latency"
     where = ""
     if space:
         where = f"; both supernets in the {space} space" + (" (sub-networks drop whole layers)" * (space == "layers"))
+    cost = ("predicted batch-1 latency (the latency table over the validation lengths, each exit read priced)"
+            if latency else "expected MACs")
 
     def command(results: Path, data: dict[str, Any]) -> str:
         return (task_arguments(task, results, data)
                 + (f" --evaluations {data['evaluations']}" if data["evaluations"] != 100 else "")
-                + (f" --space {space}" if space else ""))
+                + (f" --space {space}" if space else "") + (" --cost latency" if latency else ""))
 
-    return run_sections(task, sorted((fronts / task).glob("seed*/results.json")), "exits_front.py",
-                        "Early exits against the static front" + (f" in the {space} space" if space else ""),
+    title = ("Early exits against the static front" + (f" in the {space} space" if space else "")
+             + (", searched on latency" if latency else ""))
+    return run_sections(task, files, "exits_front.py", title,
                         "The importance job's settings trained twice, without exits (static) and with them, each then "
-                        f"searched with the same seed and budget on error and expected MACs, the second with the exit "
+                        f"searched with the same seed and budget on error and {cost}, the second with the exit "
                         f"threshold gene{where}.", exits_front_table, command)
 
 

@@ -183,6 +183,20 @@ def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: 
     assert any("| exits read (layers) |" in line for line in table)
 
 
+def test_exits_front_can_rank_on_predicted_batch_1_latency(tmp_path: Path, monkeypatch) -> None:
+    """--cost latency: both searches rank on the latency table's batch-1 prediction (which prices each exit read);
+    the tables still read expected MACs, filled in for every point."""
+    monkeypatch.setenv("NASPRUNE_CACHE", str(tmp_path / "cache"))
+    data = exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--cost", "latency"])
+    assert data["objectives"] == ["error", "latency"] and data["cost"] == "latency"
+    for kind in exits_front.KINDS:
+        search = json.loads((tmp_path / "out" / "glue-mrpc" / "seed0" / kind / "search.json").read_text())
+        assert search["search"]["objectives"] == ["error", "latency"] and search["latency"]["batch_size"] == 1
+        assert all(p["objectives"]["expected_macs"] > 0 for p in data["searches"][kind]["points"])
+    (results,) = (tmp_path / "out").rglob("results.json")
+    assert any(line.startswith("| exits |") for line in exits_front.table_lines(results))
+
+
 def test_exits_front_lets_a_layers_space_static_search_stop_when_it_has_evaluated_every_member() -> None:
     """The layers space holds 2^L - 1 sub-networks, fewer than a budget may ask: a static search that evaluated all
     of them is compared with an exits search that went on (its thresholds multiply the space); other spaces are
