@@ -170,6 +170,7 @@ def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supe
     examples = run.task.validation[:args.latency_examples]
     alone = list(make_batches(examples, run.tokenizer, batch_size=1, max_length=run.spec.max_length,
                               is_regression=run.task.spec.is_regression))
+    lengths = token_counts(alone)
     models = {"full": exported_model(supernets["static"], supernets["static"].full_config(), "the full model")}
     keys: dict[str, list[str]] = {}
     for kind, front in fronts.items():
@@ -201,7 +202,7 @@ def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supe
         comparisons.append({
             "config": point["config"], "validation": value, "dynamics": point.get("dynamics"),
             "after_first_exit": after_first_exit(supernets["exits"], SubNetworkConfig.from_dict(point["config"]),
-                                                 token_counts(alone)),
+                                                 lengths),
             "expected_macs_fraction": (point["objectives"]["expected_macs"]
                                        / fronts["exits"]["reference"]["objectives"]["expected_macs"]),
             "latency_fraction": fraction[key], "full_depth_fraction": fraction[f"{key}:full-depth"],
@@ -209,7 +210,7 @@ def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supe
             "speedup_over_full_depth": seconds[f"{key}:full-depth"] / seconds[key],
             "static_bar_fraction": None if bar is None else bar[0],
             "speedup_over_static_bar": None if bar is None else seconds[bar[1]] / seconds[key]})
-    return {"examples": len(alone), "mean_length": statistics.mean(token_counts(alone)), "repeats": args.repeats,
+    return {"examples": len(alone), "mean_length": statistics.mean(lengths), "repeats": args.repeats,
             "full_s": seconds["full"], "models_timed": len(models), "fronts": per_kind, "exiting": comparisons}
 
 
