@@ -151,7 +151,7 @@ def exported_model(supernet, sub: SubNetworkConfig, what: str) -> torch.nn.Modul
     require(model.model.exit_threshold == sub.exit_threshold,
             f"{what}: the exported model's exit_threshold is {model.model.exit_threshold}, the point's "
             f"{sub.exit_threshold}")
-    opened = None if sub.open_exits is None else frozenset(p - 1 for p in sub.open_positions())
+    opened = None if sub.open_exits is None else frozenset(sub.open_rows())
     require(model.model.open_exits == opened,
             f"{what}: the exported model reads the exits of layers {model.model.open_exits}, the point {opened}")
     return model

@@ -118,7 +118,7 @@ def verify_points(folder: Path) -> list[dict[str, Any]]:
             require(getattr(model.config, "exit_threshold", None) == sub.exit_threshold,
                     f"point {k}: the reloaded config's exit_threshold is "
                     f"{getattr(model.config, 'exit_threshold', None)}, the point's {sub.exit_threshold}")
-            opened = None if sub.open_exits is None else [p - 1 for p in sub.open_positions()]  # export's indices
+            opened = None if sub.open_exits is None else list(sub.open_rows())  # export's indices
             require(getattr(model.config, "open_exits", None) == opened,
                     f"point {k}: the reloaded config's open_exits is {getattr(model.config, 'open_exits', None)}, "
                     f"the point's {opened} (layers {sub.open_exits} of the supernet)")

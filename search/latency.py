@@ -289,8 +289,8 @@ class LatencyTable:
 
 def _open_rows(sub: SubNetworkConfig) -> list[int]:
     """The 0-based kept-layer positions whose exits a threshold reads (SubNetworkConfig.open_exits)."""
-    opened = sub.open_positions()
-    return list(range(max(0, len(sub.layers) - 1))) if opened is None else [p - 1 for p in opened]
+    rows = sub.open_rows()
+    return list(range(max(0, len(sub.layers) - 1))) if rows is None else list(rows)
 
 
 def _cache_key(config: SupernetConfig, device: str, batch_size: int, seq_len: int, unit_step: int,

@@ -436,10 +436,16 @@ class SubNetworkConfig:
         """Whether every input runs the same computation (no runtime field is set)."""
         return self.token_keep is None and self.exit_threshold is None
 
+    def open_rows(self) -> tuple[int, ...] | None:
+        """The open exits as 0-based positions among the kept layers: the layer indices an exported model's
+        `open_exits` holds; None: every exit a threshold reads."""
+        return None if self.open_exits is None else tuple(self.layers.index(i) for i in self.open_exits)
+
     def open_positions(self) -> tuple[int, ...] | None:
         """The open exits as 1-based positions among the kept layers (as exit positions count them); None: every
         exit a threshold reads."""
-        return None if self.open_exits is None else tuple(self.layers.index(i) + 1 for i in self.open_exits)
+        rows = self.open_rows()
+        return None if rows is None else tuple(row + 1 for row in rows)
 
     def static(self) -> SubNetworkConfig:
         """The same structure with every runtime field off: the weights this network slices, and its steps."""

@@ -46,7 +46,7 @@ def export_config(supernet: Supernet, sub: SubNetworkConfig) -> NasPruneConfig:
         auto_map=dict(AUTO_MAP),
         token_keep=None if sub.token_keep is None else [sub.token_keep[i] for i in sub.layers],
         exits=c.exits, exit_threshold=sub.exit_threshold,
-        open_exits=None if sub.open_exits is None else [p - 1 for p in sub.open_positions()],
+        open_exits=None if sub.open_exits is None else list(sub.open_rows()),
         layer_steps=list(sub.step_sizes()) if sub.ode_compensation else None,
         embedding_size=c.embedding_size, layer_groups=None if c.layer_groups is None else list(c.layer_groups),
         ode_steps=sub.ode_steps, ode_solver=sub.ode_solver,

@@ -33,7 +33,9 @@ def test_open_exits_are_canonical_and_bad_ones_are_refused_by_name() -> None:
     sub = _opened(config, (0, 1, 3), opened=[1, 0, 1])
     assert sub.open_exits is None  # every kept layer's exit but the last: the same as all open
     sub = _opened(config, (0, 1, 3), opened=[1])
-    assert sub.open_exits == (1,) and sub.open_positions() == (2,)
+    assert sub.open_exits == (1,) and sub.open_rows() == (1,) and sub.open_positions() == (2,)
+    skipping = _opened(config, (0, 2, 3), opened=[2])  # layer 2 is the second kept one: the export's layer 1
+    assert skipping.open_rows() == (1,) and skipping.open_positions() == (2,)
     assert SubNetworkConfig.from_dict(sub.to_dict()) == sub and sub.to_dict()["open_exits"] == [1]
     assert _opened(config, (0, 1, 3), threshold=None, opened=[1]).open_exits is None  # no threshold reads no exit
     assert "open_exits" not in _sub(config, threshold=0.5).to_dict()
