@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .model import Supernet
+from .settings import EXIT_LOSS_WEIGHTINGS
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +48,35 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def exits_task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The mean of `task_loss` over every exit of (E, B, C) logits (`model(..., all_exits=True)`).
+def exits_task_loss(logits: torch.Tensor, labels: torch.Tensor, weighting: str = "mean") -> torch.Tensor:
+    """`task_loss` at every exit of (E, B, C) logits (`model(..., all_exits=True)`), weighed by `weigh_exits`."""
+    return weigh_exits(torch.stack([task_loss(exit_logits, labels) for exit_logits in logits]), weighting)
 
-    A mean, not a sum, so the figure stays on the scale of one exit's loss whatever the number of kept layers: the
-    learning rate, the gradient clipping and `label_loss_weight` mean the same with and without exits, and a
-    sampled sub-network with many layers does not outweigh a shallow one in the sandwich. Every exit weighs the
-    same, as in DeeBERT and COST-EFF; what keeps deep exits from dominating shallow layers is the trainer's
-    gradient equilibrium (supernet.training.gradient_equilibrium), not the weights here."""
-    return torch.stack([task_loss(exit_logits, labels) for exit_logits in logits]).mean()
+
+def weigh_exits(losses: torch.Tensor, weighting: str = "mean") -> torch.Tensor:
+    """One loss from the (E,) losses of every exit, shallowest first: a weighted mean, never a sum.
+
+    A mean keeps the figure on the scale of one exit's loss whatever the number of kept layers: the learning rate,
+    the gradient clipping and `label_loss_weight` mean the same with and without exits, and a sampled sub-network
+    with many layers does not outweigh a shallow one in the sandwich. "mean": every exit weighs the same, as in
+    DeeBERT and COST-EFF (what keeps deep exits from dominating shallow layers is the trainer's gradient
+    equilibrium, supernet.training.gradient_equilibrium, not the weights here). "depth": the k-th exit weighs k, as
+    PABEE does (Zhou et al., "BERT Loses Patience", NeurIPS 2020): the deep exits, which answer the hard inputs and
+    the full network's, give up less to the shallow ones."""
+    if weighting == "mean":
+        return losses.mean()
+    if weighting != "depth":
+        raise ValueError(f"exit loss weighting {weighting!r}: one of {EXIT_LOSS_WEIGHTINGS}")
+    weights = torch.arange(1, len(losses) + 1, dtype=losses.dtype, device=losses.device)
+    return (losses * weights).sum() / weights.sum()
 
 
 def fisher_importance(model: Supernet, batches: Iterable[Mapping[str, torch.Tensor]], *,
-                      max_batches: int = 8, progress: bool = True) -> Importance:
+                      max_batches: int = 8, progress: bool = True, exit_weighting: str = "mean") -> Importance:
     """Sum over up to `max_batches` of the squared mask gradients of every head and FFN unit.
 
-    With exit heads (`model.exits`) the loss is the mean of every exit's task loss (`exits_task_loss`), as COST-EFF
+    With exit heads (`model.exits`) the loss is every exit's task loss (`exits_task_loss`, weighed as the supernet
+    trains them: `exit_weighting`), as COST-EFF
     (Shen et al., EMNLP 2022) measures importance: scored on the last layer's loss alone, a head that only an early
     exit needs would look useless and be pruned first, starving that exit."""
     model.reset_super_network()
@@ -81,7 +95,7 @@ def fisher_importance(model: Supernet, batches: Iterable[Mapping[str, torch.Tens
         model.zero_grad(set_to_none=True)
         inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         if model.exits:  # COST-EFF: every exit's loss, so pruning keeps what shallow exits need too
-            loss = exits_task_loss(model(*inputs, all_exits=True), batch["labels"])
+            loss = exits_task_loss(model(*inputs, all_exits=True), batch["labels"], exit_weighting)
         else:
             loss = task_loss(model(*inputs), batch["labels"])
         loss.backward()

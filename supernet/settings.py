@@ -25,6 +25,8 @@ SPACE_NAMES = ("uniform", "per_layer", "layers", "importance")
 EVALUATION_DTYPES = ("auto", "float32", "bfloat16")
 IMPORTANCE_METHODS = ("fisher", "none")
 TASK_TYPES = ("classification", "regression")
+# How the supernet weighs its exits' losses (supernet/importance.py's weigh_exits): alike, or by depth (PABEE).
+EXIT_LOSS_WEIGHTINGS = ("mean", "depth")
 # The precisions a stage may train in (supernet/devices.py's training_dtype reads them).
 TRAINING_PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -126,6 +128,11 @@ class TrainingConfig(SettingsModel):
         1.0, gt=0, le=1000,
         description="with exits: the exit heads learn at this multiple of the learning rate (fresh heads on a trained "
                     "backbone move little at its rate; DeeBERT trains them in a stage of their own)")
+    exit_loss_weighting: Literal[EXIT_LOSS_WEIGHTINGS] = Field(
+        "mean",
+        description="with exits: how each network's exit losses make one. mean: every exit alike (DeeBERT, COST-EFF); "
+                    "depth: the k-th kept layer's exit weighs k (PABEE), so that the deep exits and the full network "
+                    "give up less to the shallow ones")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (and the search's, unless search_seed)")
     checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
                                                description="also checkpoint every this many steps")

@@ -8,7 +8,8 @@ AdamW step. Checkpoints hold everything needed to continue exactly where a run s
 
 With exits (`TrainingConfig.exits`, COST-EFF: Shen et al., EMNLP 2022) every loss is taken at every exit of the
 network that runs (`model(..., all_exits=True)`): the full network learns the labels at each of its exits, and each
-sampled sub-network distils the full network's *final* logits into each of its exits, plus the labels. While they
+sampled sub-network distils the full network's *final* logits into each of its exits, plus the labels; the exits'
+losses are averaged alike or by depth (`exit_loss_weighting`). While they
 train, gradient equilibrium (`gradient_equilibrium`) rescales what reaches each layer from the exits after it.
 
 A run that diverges (a NaN or infinite loss, or weights that are no longer finite) stops with `TrainingDiverged`
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .devices import autocast
 from .files import atomic_path
-from .importance import exits_task_loss, task_loss
+from .importance import exits_task_loss, task_loss, weigh_exits
 from .model import Supernet
 from .settings import TrainingConfig
 from .space import SearchSpace, TokenEliminationSpace
@@ -300,12 +301,13 @@ class SupernetTrainer:
         return self.model(*inputs, all_exits=True) if self.exits else self.model(*inputs)
 
     def _label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The task loss, with exits the mean over every exit (importance.exits_task_loss says why a mean)."""
-        return exits_task_loss(logits, labels) if self.exits else task_loss(logits, labels)
+        """The task loss, with exits a weighted mean over every exit (importance.weigh_exits says why a mean)."""
+        return (exits_task_loss(logits, labels, self.config.exit_loss_weighting) if self.exits
+                else task_loss(logits, labels))
 
     def _student_loss(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """A sub-network's loss: distillation from the full network's final logits (B, C) plus the weighted label
-        loss; with exits, at every exit of `student` (E, B, C), averaged over them like the label loss."""
+        loss; with exits, at every exit of `student` (E, B, C), weighed over them like the label loss."""
         cfg = self.config
 
         def at_exit(logits: torch.Tensor) -> torch.Tensor:
@@ -314,7 +316,9 @@ class SupernetTrainer:
                 loss = loss + cfg.label_loss_weight * task_loss(logits, labels)
             return loss
 
-        return torch.stack([at_exit(logits) for logits in student]).mean() if self.exits else at_exit(student)
+        if not self.exits:
+            return at_exit(student)
+        return weigh_exits(torch.stack([at_exit(logits) for logits in student]), cfg.exit_loss_weighting)
 
     def _sandwich(self, batch: Batch, scale: float) -> dict[str, float]:
         model, cfg = self.model, self.config

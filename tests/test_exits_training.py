@@ -16,7 +16,7 @@ from test_training import FakeLoader, toy_data
 
 from supernet.config import SubNetworkConfig, SupernetConfig
 from supernet.convert import load_supernet_from_pretrained
-from supernet.importance import fisher_importance
+from supernet.importance import fisher_importance, weigh_exits
 from supernet.model import Supernet
 from supernet.run import Run, load_supernet, same_run, save_supernet, spec_differences, train_run
 from supernet.settings import RunSpec, TrainingConfig
@@ -85,14 +85,23 @@ def test_exit_heads_learn_at_their_scaled_rate_and_the_rest_at_the_base_rate() -
         == 1e-2  # without exits training the scale changes nothing
 
 
+def _weighted_mean(losses: list[torch.Tensor], weighting: str) -> torch.Tensor:
+    """mean: every exit alike; depth: the k-th exit (1-based) weighs k (PABEE)."""
+    weights = [1.0] * len(losses) if weighting == "mean" else [float(k) for k in range(1, len(losses) + 1)]
+    return sum(w * loss for w, loss in zip(weights, losses, strict=True)) / sum(weights)
+
+
+@pytest.mark.parametrize("weighting", ["mean", "depth"])
 @pytest.mark.parametrize("regression", [False, True], ids=["classification", "regression"])
 def test_the_full_network_learns_the_labels_at_every_exit_and_subnetworks_distil_its_final_logits(
-        regression: bool) -> None:
-    """loss_full is the mean of the exits' task losses; loss_subnets the mean over the sandwich's members of the
-    mean over their exits of distillation from the full network's *main head* plus the weighted label loss."""
+        regression: bool, weighting: str) -> None:
+    """loss_full is the (weighted) mean of the exits' task losses; loss_subnets the mean over the sandwich's members
+    of the (weighted) mean over their exits of distillation from the full network's *main head* plus the weighted
+    label loss. Depth weighting: the k-th kept layer's exit weighs k, counted among the member's own kept layers."""
     model = _exits_supernet(num_labels=1 if regression else 2).train()
     data = toy_data(4, regression=regression)
-    trainer = _trainer(model, data, exits=True, label_loss_weight=0.5, temperature=2.0)
+    trainer = _trainer(model, data, exits=True, label_loss_weight=0.5, temperature=2.0,
+                       exit_loss_weighting=weighting)
     rng = random.Random()
     rng.setstate(trainer.rng.getstate())
     space = trainer.space
@@ -104,7 +113,7 @@ def test_the_full_network_learns_the_labels_at_every_exit_and_subnetworks_distil
 
     with torch.no_grad():
         full = model(*_inputs(data), all_exits=True)
-        expected_full = sum(label_loss(e) for e in full) / len(full)
+        expected_full = _weighted_mean([label_loss(e) for e in full], weighting)
         teacher = full[-1]
         expected_subs = []
         for sub in subs:
@@ -112,11 +121,21 @@ def test_the_full_network_learns_the_labels_at_every_exit_and_subnetworks_distil
             student = model(*_inputs(data), all_exits=True)
             assert len(student) == len(sub.layers)
             per_exit = [distillation_loss(e, teacher, 2.0) + 0.5 * label_loss(e) for e in student]
-            expected_subs.append(sum(per_exit) / len(per_exit))
+            expected_subs.append(_weighted_mean(per_exit, weighting))
         model.reset_super_network()
     losses = trainer._forward_backward(data, 1.0)
     assert losses["loss_full"] == pytest.approx(float(expected_full), rel=1e-5)
     assert losses["loss_subnets"] == pytest.approx(float(sum(expected_subs) / len(subs)), rel=1e-5)
+
+
+def test_exit_losses_are_weighed_alike_or_by_depth_and_nothing_else() -> None:
+    losses = torch.tensor([3.0, 2.0, 1.0])
+    assert weigh_exits(losses, "mean").item() == pytest.approx(2.0)
+    assert weigh_exits(losses, "depth").item() == pytest.approx((3 + 4 + 3) / 6)
+    with pytest.raises(ValueError, match="exit loss weighting 'sum'"):
+        weigh_exits(losses, "sum")
+    with pytest.raises(ValueError, match="exit_loss_weighting"):
+        TrainingConfig(exit_loss_weighting="sum")
 
 
 def test_training_exits_needs_a_supernet_with_exit_heads() -> None:
@@ -214,10 +233,11 @@ def test_gradient_equilibrium_equals_the_hand_computation(sub: SubNetworkConfig 
 # ------------------------------------------------------------------------------------------ exit-aware importance
 
 
-def _explicit_fisher(model: Supernet, batches: list[dict[str, torch.Tensor]]) -> tuple[list, list]:
+def _explicit_fisher(model: Supernet, batches: list[dict[str, torch.Tensor]],
+                     weighting: str = "mean") -> tuple[list, list]:
     """The Fisher scores from real mask variables: multiply each head's columns of the attention output projection
-    and each unit's column of the FFN down projection by a mask at 1 (torch.func.functional_call), take the mean of
-    every exit's loss, and sum the squared mask gradients over the batches."""
+    and each unit's column of the FFN down projection by a mask at 1 (torch.func.functional_call), take the
+    (weighted) mean of every exit's loss, and sum the squared mask gradients over the batches."""
     model.eval()
     d = model.config.head_size
     heads = [torch.zeros(h) for h in model.config.layer_heads]
@@ -232,7 +252,7 @@ def _explicit_fisher(model: Supernet, batches: list[dict[str, torch.Tensor]]) ->
                                                             * head_masks[i].repeat_interleave(d)[None, :])
             masked[f"layers.{i}.ffn.output.weight"] = params[f"layers.{i}.ffn.output.weight"] * unit_masks[i][None, :]
         logits = torch.func.functional_call(model, masked, _inputs(batch), {"all_exits": True})
-        loss = torch.stack([F.cross_entropy(e, batch["labels"]) for e in logits]).mean()
+        loss = _weighted_mean([F.cross_entropy(e, batch["labels"]) for e in logits], weighting)
         grads = torch.autograd.grad(loss, head_masks + unit_masks)
         for i in range(model.config.num_layers):
             heads[i] += grads[i].pow(2)
@@ -263,6 +283,13 @@ def test_exit_aware_importance_scores_what_early_exits_need_and_equals_the_mask_
     heads, units = _explicit_fisher(model, batches)
     for got, expected in zip(exit_aware.heads + exit_aware.units, heads + units, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-12)
+    # weighed by depth, as a supernet trained so scores them: the explicit computation with the same weights, and a
+    # different order from the mean's somewhere (the deep exits count more)
+    by_depth = fisher_importance(model, batches, progress=False, exit_weighting="depth")
+    heads, units = _explicit_fisher(model, batches, "depth")
+    for got, expected in zip(by_depth.heads + by_depth.units, heads + units, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-12)
+    assert any(not torch.allclose(a, b) for a, b in zip(by_depth.units, exit_aware.units, strict=True))
 
 
 # ---------------------------------------------------------------------------------- composition with elimination
