@@ -62,8 +62,9 @@ from elimination_front import (
     time_alone,
 )
 from elimination_front import summary as front_summary
-from prove import Stopwatch, add_trained_run_arguments, read_json, seed_folder, write_json
+from prove import EARLIER_CPU_MODEL, Stopwatch, add_trained_run_arguments, read_json, seed_folder, write_json
 
+from search.latency import device_name
 from search.runner import SearchConfig
 from search.settings import DynamicConfig, LatencyShape, SearchJob
 from supernet.batching import make_batches, token_counts
@@ -72,7 +73,7 @@ from supernet.counting import expected_macs
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.model import Supernet
 from supernet.run import Run, train_run
-from supernet.settings import EVALUATION_DTYPES, SPACE_NAMES, RunSpec
+from supernet.settings import EVALUATION_DTYPES, EXIT_LOSS_WEIGHTINGS, SPACE_NAMES, RunSpec
 
 COSTS = ("expected_macs", "latency")  # the cost objective both searches rank on beside error (--cost)
 KINDS = ("static", "exits")
@@ -131,7 +132,8 @@ def trained(spec: RunSpec, folder: Path) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)  # a half-trained folder would resume: its time would not be a cost
     with Stopwatch() as watch:
         train_run(spec, folder, progress=False)
-    data = {"train_s": watch.seconds, "cpu_share": watch.cpu_share, "load_average": os.getloadavg()[0]}
+    data = {"train_s": watch.seconds, "cpu_share": watch.cpu_share, "load_average": os.getloadavg()[0],
+            "cpu": device_name("cpu")}
     write_json(record, data)
     return data
 
@@ -153,13 +155,20 @@ def static_cost_of_exits(static: Supernet, with_exits: Supernet, front: dict[str
             "mean_change": statistics.mean(changes) if changes else None}
 
 
-def reference_metric(args: argparse.Namespace, metric: str, static_front: dict[str, Any]) -> tuple[float, str]:
-    """The fully fine-tuned model's validation metric (bench/prove.py's reference), else the static supernet's full
-    network's."""
+PROVE_REFERENCE = "fully fine-tuned model (bench/prove.py reference)"
+FIFTH = 0.2  # the issue's budget: a point at ≤ 1/5 of the full model's expected MACs
+
+
+def reference_metric(args: argparse.Namespace, metric: str,
+                     static_front: dict[str, Any]) -> tuple[float, float | None, str]:
+    """The fully fine-tuned model's validation and test metrics (bench/prove.py's reference), else the static
+    supernet's full network's."""
     reference = args.prove / seed_folder(args.task, args.seed) / "reference.json"
     if not args.tiny and reference.is_file():
-        return read_json(reference)[0]["validation"][metric], "fully fine-tuned model (bench/prove.py reference)"
-    return static_front["reference"]["validation"][metric], "static supernet's full network"
+        point = read_json(reference)[0]
+        return point["validation"][metric], (point.get("test") or {}).get(metric), PROVE_REFERENCE
+    full = static_front["reference"]
+    return full["validation"][metric], (full.get("test") or {}).get(metric), "static supernet's full network"
 
 
 def latency_section(fronts: dict[str, dict[str, Any]], supernets: dict[str, Supernet], run: Run,
@@ -239,10 +248,17 @@ def cheapest_close_point(points: list[dict[str, Any]], full: float, metric: str,
 def summary(kind: str, training: dict[str, Any], result: dict[str, Any],
             macs: dict[str, float | None]) -> dict[str, Any]:
     """elimination_front's summary of a search, counting exiting points, with the training that preceded it."""
-    return {"train_s": training["train_s"], "job_s": training["train_s"] + result["search_s"],
+    return {"train_s": training["train_s"], "train_cpu": training.get("cpu", EARLIER_CPU_MODEL),
+            "job_s": training["train_s"] + result["search_s"],
             "full_expected_macs": result["front"]["reference"]["objectives"]["expected_macs"],
             "full_validation": result["front"]["reference"]["validation"]} | front_summary(
         kind, result, macs, dynamic="exit_threshold", counted="exiting_points")
+
+
+def default_out(base: str, args: argparse.Namespace) -> str:
+    """Where a run of these options goes unless --out says: exits_front[_<space>][_depth][_latency] beside `base`."""
+    return (base + (f"_{args.space}" if args.space else "") + ("_depth" if args.exit_loss_weighting == "depth" else "")
+            + ("_latency" if args.cost == "latency" else ""))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -260,6 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="both supernets' search space instead of the run's (layers: exits with layer dropping, "
                              "to set against the width pruning COST-EFF prefers); results under "
                              "bench/out/exits_front_<space> unless --out says otherwise")
+    parser.add_argument("--exit-loss-weighting", choices=EXIT_LOSS_WEIGHTINGS, default="mean",
+                        help="how the exits supernet weighs its exits' losses (training.exit_loss_weighting: depth is "
+                             "PABEE's, the k-th exit weighing k); results under bench/out/exits_front_depth unless "
+                             "--out says otherwise")
     parser.add_argument("--cost", choices=COSTS, default="expected_macs",
                         help="the cost both searches rank on beside error: expected MACs (what exiting saves in "
                              "compute), or latency, the latency table's batch-1 prediction on the validation "
@@ -267,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "bench/out/exits_front[_<space>]_latency unless --out says otherwise")
     args = parser.parse_args(argv)
     if args.out == parser.get_default("out"):
-        args.out = args.out + (f"_{args.space}" if args.space else "") + ("_latency" if args.cost == "latency" else "")
+        args.out = default_out(args.out, args)
     if args.tiny:
         args.tiny_root = args.tiny_root or Path(os.environ.get("TMPDIR", "/tmp")) / f"nasprune-tiny-exits-{os.getpid()}"
         args.out, args.repeats = args.tiny_root / "out", 1
@@ -282,8 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     static_spec = base_spec(args)
     if args.space:
         static_spec = static_spec.model_copy(update={"space": args.space})
-    specs = {"static": static_spec, "exits": static_spec.model_copy(
-        update={"training": static_spec.training.model_copy(update={"exits": True})})}
+    specs = {"static": static_spec, "exits": static_spec.model_copy(update={"training": static_spec.training.model_copy(
+        update={"exits": True, "exit_loss_weighting": args.exit_loss_weighting})})}
     out = Path(args.out) / seed_folder(static_spec.task, args.seed)
     out.mkdir(parents=True, exist_ok=True)
     training = {kind: trained(spec, out / f"{kind}-run") for kind, spec in specs.items()}
@@ -307,19 +327,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     macs = {kind: macs_hypervolumes(front, supernets[kind], chance_error, test, key and key[1])
             for kind, front in fronts.items()}
     latency = latency_section(fronts, supernets, runs["static"], chance_error, metric, args)
-    reference, reference_name = reference_metric(args, metric, fronts["static"])
+    reference, reference_test, reference_name = reference_metric(args, metric, fronts["static"])
     full_macs = fronts["exits"]["reference"]["objectives"]["expected_macs"]
     data = {"task": static_spec.task, "run": None if args.run is None else str(args.run), "seed": args.seed,
             "space": static_spec.space,
-            "search_seed": args.search_seed, "threads": args.threads,
+            "search_seed": args.search_seed, "threads": args.threads, "cpu": device_name("cpu"),
             "torch": torch.__version__, "dtype": args.dtype, "objectives": ["error", args.cost],
-            "space_option": args.space, "cost": args.cost,
+            "space_option": args.space, "cost": args.cost, "exit_loss_weighting": args.exit_loss_weighting,
             "evaluations": args.evaluations, "main_metric": metric, "chance_error": chance_error,
             "exit_thresholds": search_job(args, "exits").dynamic.exit_thresholds,
             "test_split": key and key[0], "latency": latency,
             "static_cost_of_exits": static_cost_of_exits(supernets["static"], supernets["exits"], fronts["static"],
                                                          runs["static"], metric),
-            "reference": {"metric": reference, "what": reference_name,
+            "reference": {"metric": reference, "test": reference_test, "what": reference_name,
                           "cheapest_within_1pt": cheapest_close_point(fronts["exits"]["points"], full_macs, metric,
                                                                       reference)},
             "searches": {kind: summary(kind, training[kind], results[kind], macs[kind]) for kind in KINDS}}
@@ -337,9 +357,11 @@ def table_lines(results: Path) -> list[str]:
     rows, latency, metric = data["searches"], data["latency"], data["main_metric"]
     static_job = rows["static"]["job_s"]
     lines = [f"{data['evaluations']} evaluations per search (seed {data['search_seed']}, ranked in {data['dtype']}, "
-             f"objectives {' and '.join(data['objectives'])}; thresholds {data['exit_thresholds']}), "
-             f"{data['threads']} thread(s). Job: training + search, both trained and searched one after the other "
-             f"in one process. Batch-1 latency: the first {latency['examples']} validation examples (mean "
+             f"objectives {' and '.join(data['objectives'])}; thresholds {data['exit_thresholds']}"
+             + ("; the exits supernet weighs its exits' losses by depth (PABEE)"
+                if data.get("exit_loss_weighting") == "depth" else "") + "), "
+             f"{data['threads']} thread(s), {data.get('cpu', EARLIER_CPU_MODEL)}. "
+             + machines_line(data) + f"Batch-1 latency: the first {latency['examples']} validation examples (mean "
              f"{latency['mean_length']:.0f} tokens) each alone, unpadded, median of {latency['repeats']} "
              f"interleaved repeats, as a fraction of the static full model's ({latency['full_s']:.2f} s for all of "
              "them). Hypervolumes: cost / 1.1 and error / majority-class error under (1, 1).", "",
@@ -390,7 +412,68 @@ def table_lines(results: Path) -> list[str]:
                  "of the full model's expected MACs (target ≤ 0.2 on SST-2)."),
               "Cheapest point within 1 point of its own supernet's full network, as a fraction of the full model's "
               "expected MACs: " + ", ".join(f"{kind} {fmt(own[kind])}" for kind in KINDS) + "."]
+    return lines + reference_lines(results, data)
+
+
+def machines_line(data: dict[str, Any]) -> str:
+    """What the job column compares: both trainings and searches on this machine, or a training reused from a run
+    on another one (its time is that machine's, so the job ratio mixes machines)."""
+    here = data.get("cpu", EARLIER_CPU_MODEL)
+    trained_on = {kind: data["searches"][kind].get("train_cpu", EARLIER_CPU_MODEL) for kind in KINDS}
+    if all(cpu == here for cpu in trained_on.values()):
+        return "Job: training + search, both trained and searched one after the other in one process. "
+    return ("Job: training + search; the trainings were timed on " + ", ".join(
+        f"{cpu} ({kind})" for kind, cpu in trained_on.items()) + " and the searches here, so the job ratio compares "
+        "machines and is no measure of what exits cost. ")
+
+
+def reference_lines(results: Path, data: dict[str, Any]) -> list[str]:
+    """The reference on the test split too (its validation figure is the best of its learning rates and epochs on
+    that same validation split, so it flatters it), and the most accurate point of each front at ≤ 1/5 of the full
+    model's expected MACs as a share of the reference, COST-EFF's own measure (it keeps 96.5 % of BERT-base's GLUE
+    score at 1/19 of its FLOPs)."""
+    metric, reference = data["main_metric"], data["reference"]
+    test = reference.get("test", prove_reference_test(results, metric) if reference["what"] == PROVE_REFERENCE
+                      else None)
+    fronts = {kind: data["searches"][kind] for kind in KINDS}
+    lines = []
+    if test is not None:
+        close = {kind: min(((p["objectives"]["expected_macs"] / front["full_expected_macs"], p["test"][metric])
+                            for p in front["points"] if p.get("test") and p["test"][metric] >= test - 0.01),
+                           default=None) for kind, front in fronts.items()}
+        lines.append(f"On the test split, where the {reference['what']} scores {test:.4f}, the cheapest point within "
+                     "1 point: " + ", ".join(f"{kind} " + ("none" if close[kind] is None else
+                                                         f"{close[kind][1]:.4f} at {close[kind][0]:.3f}")
+                                            for kind in KINDS)
+                     + " of the full model's expected MACs" + (
+                         " (the reference's validation figure is the best of its learning rates and epochs on that "
+                         "same split, so the test split is the fairer bar)." if reference["what"] == PROVE_REFERENCE
+                         else "."))
+    best = {}
+    for kind, front in fronts.items():
+        under = [p for p in front["points"] if p["objectives"]["expected_macs"] <= FIFTH * front["full_expected_macs"]]
+        best[kind] = max(under, key=lambda p: p["validation"][metric], default=None)
+
+    def share(point: dict[str, Any] | None) -> str:
+        if point is None:
+            return "none"
+        text = f"{point['validation'][metric]:.4f} ({100 * point['validation'][metric] / reference['metric']:.1f} %"
+        if test is not None and point.get("test"):
+            text += f"; test {point['test'][metric]:.4f}, {100 * point['test'][metric] / test:.1f} %"
+        return text + ")"
+
+    lines.append("Most accurate point at ≤ 1/5 of the full model's expected MACs, validation "
+                 f"{metric} (share of the reference's): " + ", ".join(f"{kind} {share(best[kind])}" for kind in KINDS)
+                 + "; COST-EFF keeps 96.5 % of BERT-base's score at 1/19 of its FLOPs.")
     return lines
+
+
+def prove_reference_test(results: Path, metric: str) -> float | None:
+    """The test metric of bench/prove.py's reference beside a record from before results kept it:
+    <out>/<task>/seed<k>/results.json reads bench/out/prove/<task>/seed<k>/reference.json."""
+    reference = Path(__file__).resolve().parent / "out" / "prove" / results.parent.parent.name / results.parent.name
+    reference = reference / "reference.json"
+    return (read_json(reference)[0].get("test") or {}).get(metric) if reference.is_file() else None
 
 
 def _share(value: float | None) -> str:

@@ -90,6 +90,8 @@ from supernet.run import Run, same_run, train_run
 from supernet.settings import DEFAULT_SEARCH_EXAMPLES, DEFAULT_VALIDATION_LIMIT, RefineConfig, RunSpec, TrainingConfig
 
 DEFAULT_LRS = [3e-5, 5e-5, 1e-4]
+# the CPU of every record that names none (records began to name it later): what device_name() holds on it
+EARLIER_CPU_MODEL = "AMD EPYC"
 OUT = Path(__file__).resolve().parent / "out" / "prove"
 METHODS = ("reference", "layer_drop", "oneshot", "oneshot_ft", "nas_small", "nasprune", "nasprune_refined",
            "nasprune_importance", "nasprune_importance_refined", "nasprune_importance_picks_refined", "nasprune_v0",

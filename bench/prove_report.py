@@ -32,19 +32,21 @@ from checks import require  # noqa: E402
 from compress_front import table_lines as compress_table  # noqa: E402
 from elimination import table_lines as elimination_table  # noqa: E402
 from elimination_front import table_lines as elimination_front_table  # noqa: E402
+from exits_front import default_out as exits_front_out  # noqa: E402
 from exits_front import table_lines as exits_front_table  # noqa: E402
 from gpu import table_lines as gpu_table  # noqa: E402
 from ode_compensation import table_lines as ode_table  # noqa: E402
-from prove import DEFAULT_LRS, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
+from prove import DEFAULT_LRS, EARLIER_CPU_MODEL, PICK_BUDGETS, plain_rate, point_key  # noqa: E402
 from scoring import BUDGETS, best_under, test_error_hypervolume  # noqa: E402
 from search_budget import table_lines as budget_table  # noqa: E402
 from shared_front import table_lines as shared_front_table  # noqa: E402
 from shared_ode import table_lines as shared_table  # noqa: E402
 from supernet_recipes import CONTROL, RECIPES, recipe_table  # noqa: E402
 
+from search.settings import DEFAULT_EXIT_THRESHOLDS  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 # the machine of every run whose settings.json records no CPU (the CPU was recorded per method only later)
-EARLIER_CPU_MODEL = "AMD EPYC"  # what device_name() holds on that machine (the exact model was never recorded)
 EARLIER_CPU = f"a 2-core {EARLIER_CPU_MODEL} VM (Zen 4, AVX512-BF16, KVM)"
 OUT = HERE / "out" / "prove"
 READING = "READING.md"  # the current reading of the figures, kept by hand; the work's history is in archive/
@@ -619,12 +621,22 @@ def exits_front_section(task: str, fronts: Path) -> list[str]:
     cost = ("predicted batch-1 latency (the latency table over the validation lengths, each exit read priced)"
             if latency else "expected MACs")
 
+    depth = first.get("exit_loss_weighting") == "depth"
+
     def command(results: Path, data: dict[str, Any]) -> str:
+        options = argparse.Namespace(space=space, exit_loss_weighting="depth" if depth else "mean",
+                                     cost="latency" if latency else "expected_macs")
+        thresholds = data["exit_thresholds"]
         return (task_arguments(task, results, data)
                 + (f" --evaluations {data['evaluations']}" if data["evaluations"] != 100 else "")
-                + (f" --space {space}" if space else "") + (" --cost latency" if latency else ""))
+                + (f" --space {space}" if space else "") + (" --cost latency" if latency else "")
+                + (" --exit-loss-weighting depth" if depth else "")
+                + (f" --exit-thresholds {','.join(f'{t:g}' for t in thresholds)}"
+                   if thresholds != list(DEFAULT_EXIT_THRESHOLDS) else "")
+                + (f" --out bench/out/{fronts.name}" if fronts.name != exits_front_out("exits_front", options) else ""))
 
     title = ("Early exits against the static front" + (f" in the {space} space" if space else "")
+             + (", exits' losses weighed by depth" if depth else "")
              + (", searched on latency" if latency else ""))
     return run_sections(task, files, "exits_front.py", title,
                         "The importance job's settings trained twice, without exits (static) and with them, each then "

@@ -4,6 +4,7 @@ purpose, so a benchmark that measures something else exits non-zero instead of p
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -181,6 +182,27 @@ def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: 
         == ["| static", "| exits"]
     assert any(line.startswith("Cheapest exiting-front point") for line in table)
     assert any("| exits read (layers) |" in line for line in table)
+    # the reference on the test split and each front's best point at ≤ 1/5 of the MACs, COST-EFF's own measure
+    assert data["reference"]["test"] is not None
+    assert any(line.startswith("On the test split, where the static supernet's full network scores") for line in table)
+    assert any(line.startswith("Most accurate point at ≤ 1/5") for line in table)
+    # both trainings timed here, on the machine the record names: the job ratio compares like with like
+    assert data["cpu"] and static["train_cpu"] == exits["train_cpu"] == data["cpu"]
+    assert any("both trained and searched one after the other in one process" in line for line in table)
+
+
+def test_exits_front_can_train_the_exits_weighed_by_depth(tmp_path: Path) -> None:
+    data = exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1",
+                             "--exit-loss-weighting", "depth"])
+    runs = tmp_path / "out" / "glue-mrpc" / "seed0"
+    training = {kind: json.loads((runs / f"{kind}-run" / "run.json").read_text())["training"]
+                for kind in exits_front.KINDS}
+    assert training["exits"]["exit_loss_weighting"] == "depth"
+    assert training["static"]["exit_loss_weighting"] == "mean" and not training["static"]["exits"]
+    assert data["exit_loss_weighting"] == "depth"
+    assert "by depth (PABEE)" in exits_front.table_lines(runs / "results.json")[0]
+    options = argparse.Namespace(space=None, exit_loss_weighting="depth", cost="latency")
+    assert exits_front.default_out("bench/out/exits_front", options) == "bench/out/exits_front_depth_latency"
 
 
 def test_exits_front_can_rank_on_predicted_batch_1_latency(tmp_path: Path, monkeypatch) -> None:
