@@ -63,6 +63,7 @@ from elimination_front import (
 )
 from elimination_front import summary as front_summary
 from prove import EARLIER_CPU_MODEL, Stopwatch, add_trained_run_arguments, read_json, seed_folder, write_json
+from prove import OUT as PROVE_OUT
 
 from search.latency import device_name
 from search.runner import SearchConfig
@@ -234,14 +235,14 @@ def after_first_exit(supernet: Supernet, sub: SubNetworkConfig, lengths: list[in
 
 
 def cheapest_close_point(points: list[dict[str, Any]], full: float, metric: str, reference: float,
-                         within: float = 0.01) -> dict[str, Any] | None:
-    """The point of least expected MACs whose validation metric is within `within` (absolute) of the reference,
-    with that cost as a fraction of `full` (the full model's expected MACs)."""
-    close = [p for p in points if p["validation"][metric] >= reference - within]
+                         within: float = 0.01, split: str = "validation") -> dict[str, Any] | None:
+    """The point of least expected MACs whose `split` metric is within `within` (absolute) of the reference, with
+    that cost as a fraction of `full` (the full model's expected MACs); points not scored on `split` are skipped."""
+    close = [p for p in points if p.get(split) and p[split][metric] >= reference - within]
     if not close:
         return None
     best = min(close, key=lambda p: p["objectives"]["expected_macs"])
-    return {"config": best["config"], "validation": best["validation"][metric],
+    return {"config": best["config"], split: best[split][metric],
             "expected_macs_fraction": best["objectives"]["expected_macs"] / full, "dynamics": best.get("dynamics")}
 
 
@@ -255,10 +256,10 @@ def summary(kind: str, training: dict[str, Any], result: dict[str, Any],
         kind, result, macs, dynamic="exit_threshold", counted="exiting_points")
 
 
-def default_out(base: str, args: argparse.Namespace) -> str:
+def default_out(base: str, space: str | None, exit_loss_weighting: str, cost: str) -> str:
     """Where a run of these options goes unless --out says: exits_front[_<space>][_depth][_latency] beside `base`."""
-    return (base + (f"_{args.space}" if args.space else "") + ("_depth" if args.exit_loss_weighting == "depth" else "")
-            + ("_latency" if args.cost == "latency" else ""))
+    return (base + (f"_{space}" if space else "") + ("_depth" if exit_loss_weighting == "depth" else "")
+            + ("_latency" if cost == "latency" else ""))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "bench/out/exits_front[_<space>]_latency unless --out says otherwise")
     args = parser.parse_args(argv)
     if args.out == parser.get_default("out"):
-        args.out = default_out(args.out, args)
+        args.out = default_out(args.out, args.space, args.exit_loss_weighting, args.cost)
     if args.tiny:
         args.tiny_root = args.tiny_root or Path(os.environ.get("TMPDIR", "/tmp")) / f"nasprune-tiny-exits-{os.getpid()}"
         args.out, args.repeats = args.tiny_root / "out", 1
@@ -433,17 +434,19 @@ def reference_lines(results: Path, data: dict[str, Any]) -> list[str]:
     model's expected MACs as a share of the reference, COST-EFF's own measure (it keeps 96.5 % of BERT-base's GLUE
     score at 1/19 of its FLOPs)."""
     metric, reference = data["main_metric"], data["reference"]
-    test = reference.get("test", prove_reference_test(results, metric) if reference["what"] == PROVE_REFERENCE
-                      else None)
+    if "test" in reference:
+        test = reference["test"]
+    else:
+        test = prove_reference_test(results, metric) if reference["what"] == PROVE_REFERENCE else None
     fronts = {kind: data["searches"][kind] for kind in KINDS}
     lines = []
     if test is not None:
-        close = {kind: min(((p["objectives"]["expected_macs"] / front["full_expected_macs"], p["test"][metric])
-                            for p in front["points"] if p.get("test") and p["test"][metric] >= test - 0.01),
-                           default=None) for kind, front in fronts.items()}
+        close = {kind: cheapest_close_point(front["points"], front["full_expected_macs"], metric, test, split="test")
+                 for kind, front in fronts.items()}
         lines.append(f"On the test split, where the {reference['what']} scores {test:.4f}, the cheapest point within "
                      "1 point: " + ", ".join(f"{kind} " + ("none" if close[kind] is None else
-                                                         f"{close[kind][1]:.4f} at {close[kind][0]:.3f}")
+                                                         f"{close[kind]['test']:.4f} at "
+                                                         f"{close[kind]['expected_macs_fraction']:.3f}")
                                             for kind in KINDS)
                      + " of the full model's expected MACs" + (
                          " (the reference's validation figure is the best of its learning rates and epochs on that "
@@ -471,8 +474,7 @@ def reference_lines(results: Path, data: dict[str, Any]) -> list[str]:
 def prove_reference_test(results: Path, metric: str) -> float | None:
     """The test metric of bench/prove.py's reference beside a record from before results kept it:
     <out>/<task>/seed<k>/results.json reads bench/out/prove/<task>/seed<k>/reference.json."""
-    reference = Path(__file__).resolve().parent / "out" / "prove" / results.parent.parent.name / results.parent.name
-    reference = reference / "reference.json"
+    reference = PROVE_OUT / results.parent.parent.name / results.parent.name / "reference.json"
     return (read_json(reference)[0].get("test") or {}).get(metric) if reference.is_file() else None
 
 

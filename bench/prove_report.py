@@ -624,8 +624,8 @@ def exits_front_section(task: str, fronts: Path) -> list[str]:
     depth = first.get("exit_loss_weighting") == "depth"
 
     def command(results: Path, data: dict[str, Any]) -> str:
-        options = argparse.Namespace(space=space, exit_loss_weighting="depth" if depth else "mean",
-                                     cost="latency" if latency else "expected_macs")
+        default = exits_front_out("exits_front", space, "depth" if depth else "mean",
+                                  "latency" if latency else "expected_macs")
         thresholds = data["exit_thresholds"]
         return (task_arguments(task, results, data)
                 + (f" --evaluations {data['evaluations']}" if data["evaluations"] != 100 else "")
@@ -633,7 +633,7 @@ def exits_front_section(task: str, fronts: Path) -> list[str]:
                 + (" --exit-loss-weighting depth" if depth else "")
                 + (f" --exit-thresholds {','.join(f'{t:g}' for t in thresholds)}"
                    if thresholds != list(DEFAULT_EXIT_THRESHOLDS) else "")
-                + (f" --out bench/out/{fronts.name}" if fronts.name != exits_front_out("exits_front", options) else ""))
+                + (f" --out bench/out/{fronts.name}" if fronts.name != default else ""))
 
     title = ("Early exits against the static front" + (f" in the {space} space" if space else "")
              + (", exits' losses weighed by depth" if depth else "")

@@ -4,7 +4,6 @@ purpose, so a benchmark that measures something else exits non-zero instead of p
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -201,8 +200,8 @@ def test_exits_front_can_train_the_exits_weighed_by_depth(tmp_path: Path) -> Non
     assert training["static"]["exit_loss_weighting"] == "mean" and not training["static"]["exits"]
     assert data["exit_loss_weighting"] == "depth"
     assert "by depth (PABEE)" in exits_front.table_lines(runs / "results.json")[0]
-    options = argparse.Namespace(space=None, exit_loss_weighting="depth", cost="latency")
-    assert exits_front.default_out("bench/out/exits_front", options) == "bench/out/exits_front_depth_latency"
+    assert exits_front.default_out("bench/out/exits_front", None, "depth", "latency") \
+        == "bench/out/exits_front_depth_latency"
 
 
 def test_exits_front_can_rank_on_predicted_batch_1_latency(tmp_path: Path, monkeypatch) -> None:
