@@ -74,7 +74,7 @@ from supernet.counting import expected_macs
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.model import Supernet
 from supernet.run import Run, train_run
-from supernet.settings import EVALUATION_DTYPES, EXIT_LOSS_WEIGHTINGS, SPACE_NAMES, RunSpec
+from supernet.settings import EVALUATION_DTYPES, EXIT_LOSS_WEIGHTINGS, SPACE_NAMES, RunSpec, TrainingConfig
 
 COSTS = ("expected_macs", "latency")  # the cost objective both searches rank on beside error (--cost)
 KINDS = ("static", "exits")
@@ -256,6 +256,17 @@ def summary(kind: str, training: dict[str, Any], result: dict[str, Any],
         kind, result, macs, dynamic="exit_threshold", counted="exiting_points")
 
 
+# What a record's training.exit_loss_weighting means, in the tables' words.
+WEIGHTING_WORDS = {"depth": "by depth (PABEE)", "mean": "alike (mean)"}
+DEFAULT_EXIT_LOSS_WEIGHTING = TrainingConfig.model_fields["exit_loss_weighting"].default
+
+
+def recorded_weighting(data: dict[str, Any]) -> str:
+    """The exit-loss weighting a results record's exits supernet trained with (a record from before the option
+    was one weighed alike)."""
+    return data.get("exit_loss_weighting", "mean")
+
+
 def default_out(base: str, space: str | None, exit_loss_weighting: str, cost: str) -> str:
     """Where a run of these options goes unless --out says: exits_front[_<space>][_depth][_latency] beside `base`."""
     return (base + (f"_{space}" if space else "") + ("_depth" if exit_loss_weighting == "depth" else "")
@@ -277,10 +288,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="both supernets' search space instead of the run's (layers: exits with layer dropping, "
                              "to set against the width pruning COST-EFF prefers); results under "
                              "bench/out/exits_front_<space> unless --out says otherwise")
-    parser.add_argument("--exit-loss-weighting", choices=EXIT_LOSS_WEIGHTINGS, default="mean",
-                        help="how the exits supernet weighs its exits' losses (training.exit_loss_weighting: depth is "
-                             "PABEE's, the k-th exit weighing k); results under bench/out/exits_front_depth unless "
-                             "--out says otherwise")
+    parser.add_argument("--exit-loss-weighting", choices=EXIT_LOSS_WEIGHTINGS, default=DEFAULT_EXIT_LOSS_WEIGHTING,
+                        help="how the exits supernet weighs its exits' losses (training.exit_loss_weighting, default "
+                             "%(default)s: depth is PABEE's, the k-th exit weighing k; mean weighs them alike); "
+                             "results under bench/out/exits_front_depth for depth unless --out says otherwise")
     parser.add_argument("--cost", choices=COSTS, default="expected_macs",
                         help="the cost both searches rank on beside error: expected MACs (what exiting saves in "
                              "compute), or latency, the latency table's batch-1 prediction on the validation "
@@ -359,8 +370,7 @@ def table_lines(results: Path) -> list[str]:
     static_job = rows["static"]["job_s"]
     lines = [f"{data['evaluations']} evaluations per search (seed {data['search_seed']}, ranked in {data['dtype']}, "
              f"objectives {' and '.join(data['objectives'])}; thresholds {data['exit_thresholds']}"
-             + ("; the exits supernet weighs its exits' losses by depth (PABEE)"
-                if data.get("exit_loss_weighting") == "depth" else "") + "), "
+             + f"; the exits supernet weighs its exits' losses {WEIGHTING_WORDS[recorded_weighting(data)]}), "
              f"{data['threads']} thread(s), {data.get('cpu', EARLIER_CPU_MODEL)}. "
              + machines_line(data) + f"Batch-1 latency: the first {latency['examples']} validation examples (mean "
              f"{latency['mean_length']:.0f} tokens) each alone, unpadded, median of {latency['repeats']} "

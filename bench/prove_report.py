@@ -32,6 +32,11 @@ from checks import require  # noqa: E402
 from compress_front import table_lines as compress_table  # noqa: E402
 from elimination import table_lines as elimination_table  # noqa: E402
 from elimination_front import table_lines as elimination_front_table  # noqa: E402
+from exits_front import (  # noqa: E402
+    DEFAULT_EXIT_LOSS_WEIGHTING,
+    WEIGHTING_WORDS,
+    recorded_weighting,
+)
 from exits_front import default_out as exits_front_out  # noqa: E402
 from exits_front import table_lines as exits_front_table  # noqa: E402
 from gpu import table_lines as gpu_table  # noqa: E402
@@ -621,22 +626,21 @@ def exits_front_section(task: str, fronts: Path) -> list[str]:
     cost = ("predicted batch-1 latency (the latency table over the validation lengths, each exit read priced)"
             if latency else "expected MACs")
 
-    depth = first.get("exit_loss_weighting") == "depth"
+    weighting = recorded_weighting(first)
 
     def command(results: Path, data: dict[str, Any]) -> str:
-        default = exits_front_out("exits_front", space, "depth" if depth else "mean",
-                                  "latency" if latency else "expected_macs")
+        default = exits_front_out("exits_front", space, weighting, "latency" if latency else "expected_macs")
         thresholds = data["exit_thresholds"]
         return (task_arguments(task, results, data)
                 + (f" --evaluations {data['evaluations']}" if data["evaluations"] != 100 else "")
                 + (f" --space {space}" if space else "") + (" --cost latency" if latency else "")
-                + (" --exit-loss-weighting depth" if depth else "")
+                + (f" --exit-loss-weighting {weighting}" if weighting != DEFAULT_EXIT_LOSS_WEIGHTING else "")
                 + (f" --exit-thresholds {','.join(f'{t:g}' for t in thresholds)}"
                    if thresholds != list(DEFAULT_EXIT_THRESHOLDS) else "")
                 + (f" --out bench/out/{fronts.name}" if fronts.name != default else ""))
 
     title = ("Early exits against the static front" + (f" in the {space} space" if space else "")
-             + (", exits' losses weighed by depth" if depth else "")
+             + f", exits' losses weighed {WEIGHTING_WORDS[weighting]}"
              + (", searched on latency" if latency else ""))
     return run_sections(task, files, "exits_front.py", title,
                         "The importance job's settings trained twice, without exits (static) and with them, each then "

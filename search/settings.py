@@ -218,6 +218,12 @@ class SearchSettings(SearchJob, RunSpec):
         return self
 
     @model_validator(mode="after")
+    def _canonical_training(self) -> SearchSettings:
+        """Overrides RunSpec's: `dynamic.exits` may yet turn the exits on (below), keeping the exit settings asked
+        for; split() makes the RunSpec, which canonicalises them."""
+        return self
+
+    @model_validator(mode="after")
     def _exits_are_trained(self) -> SearchSettings:
         """Searching thresholds needs exits that were trained (COST-EFF trains every exit with the backbone): so
         `dynamic.exits` trains the supernet with exits (`training.exits`), unless the caller said outright not to.

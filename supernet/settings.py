@@ -85,6 +85,10 @@ class Compute(SettingsModel):
                             "the front's figures are measured in float32 either way")
 
 
+# Training settings that act only with exits (TrainingConfig.canonical).
+EXIT_ONLY_TRAINING = ("exit_learning_rate_scale", "exit_loss_weighting")
+
+
 class TrainingConfig(SettingsModel):
     """How the supernet is trained: plain fine-tuning of the full model, importance ordering, then sandwich steps
     (Yu & Huang 2019) with in-place distillation from the full model. The defaults are the recipe
@@ -129,13 +133,21 @@ class TrainingConfig(SettingsModel):
         description="with exits: the exit heads learn at this multiple of the learning rate (fresh heads on a trained "
                     "backbone move little at its rate; DeeBERT trains them in a stage of their own)")
     exit_loss_weighting: Literal[EXIT_LOSS_WEIGHTINGS] = Field(
-        "mean",
-        description="with exits: how each network's exit losses make one. mean: every exit alike (DeeBERT, COST-EFF); "
-                    "depth: the k-th kept layer's exit weighs k (PABEE), so that the deep exits and the full network "
-                    "give up less to the shallow ones")
+        "depth",
+        description="with exits: how each network's exit losses make one. depth: the k-th kept layer's exit weighs k "
+                    "(PABEE), so that the deep exits and the full network give up less to the shallow ones; mean: "
+                    "every exit alike (DeeBERT, COST-EFF). bench/RESULTS.md sets the two against each other")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (and the search's, unless search_seed)")
     checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
                                                description="also checkpoint every this many steps")
+
+    def canonical(self) -> TrainingConfig:
+        """These settings with the exit-only ones at their defaults when there are no exits: they do nothing then,
+        so they must not make two plain runs differ (nor a run stored before a default changed)."""
+        if self.exits:
+            return self
+        defaults = {name: TrainingConfig.model_fields[name].default for name in EXIT_ONLY_TRAINING}
+        return self if all(getattr(self, k) == v for k, v in defaults.items()) else self.model_copy(update=defaults)
 
     def shared_problem(self) -> str | None:
         """Why a parameter-shared model's supernet cannot train so (its sandwich varies ODE steps and the solver),
@@ -361,10 +373,19 @@ class RunSpec(SettingsModel):
                              f"set task to custom/{self.custom.name}")
         return self
 
+    @model_validator(mode="after")
+    def _canonical_training(self) -> RunSpec:
+        self.training = self.training.canonical()
+        return self
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        """Read a stored run.json; one written before the validation cap existed used the whole split."""
-        return cls.model_validate({"validation_limit": None} | dict(data))
+        """Read a stored run.json or request row: one written before the validation cap existed used the whole
+        split, and one written before exits could be weighed by depth weighed them alike."""
+        data = {"validation_limit": None} | dict(data)
+        if isinstance(data.get("training"), dict):
+            data["training"] = {"exit_loss_weighting": "mean"} | data["training"]
+        return cls.model_validate(data)
 
 
 class ShareConfig(DistillationSettings):

@@ -190,16 +190,17 @@ def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: 
     assert any("both trained and searched one after the other in one process" in line for line in table)
 
 
-def test_exits_front_can_train_the_exits_weighed_by_depth(tmp_path: Path) -> None:
+def test_exits_front_can_train_the_exits_weighed_alike(tmp_path: Path) -> None:
     data = exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1",
-                             "--exit-loss-weighting", "depth"])
+                             "--exit-loss-weighting", "mean"])
     runs = tmp_path / "out" / "glue-mrpc" / "seed0"
     training = {kind: json.loads((runs / f"{kind}-run" / "run.json").read_text())["training"]
                 for kind in exits_front.KINDS}
-    assert training["exits"]["exit_loss_weighting"] == "depth"
-    assert training["static"]["exit_loss_weighting"] == "mean" and not training["static"]["exits"]
-    assert data["exit_loss_weighting"] == "depth"
-    assert "by depth (PABEE)" in exits_front.table_lines(runs / "results.json")[0]
+    assert training["exits"]["exit_loss_weighting"] == "mean"
+    # without exits the setting does nothing and is stored as its default
+    assert training["static"]["exit_loss_weighting"] == "depth" and not training["static"]["exits"]
+    assert data["exit_loss_weighting"] == "mean"
+    assert "alike (mean)" in exits_front.table_lines(runs / "results.json")[0]
     assert exits_front.default_out("bench/out/exits_front", None, "depth", "latency") \
         == "bench/out/exits_front_depth_latency"
 

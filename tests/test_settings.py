@@ -64,7 +64,7 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("training", "token_elimination"): ("", True),
     ("training", "exits"): ("", True),
     ("training", "exit_learning_rate_scale"): ("5", 5.0),
-    ("training", "exit_loss_weighting"): ("depth", "depth"),
+    ("training", "exit_loss_weighting"): ("mean", "mean"),
     ("search", "objectives"): ("error,macs,expected_macs", ["error", "macs", "expected_macs"]),
     ("search", "optimizer"): ("random", "random"),
     ("search", "evaluations"): ("12", 12),
@@ -319,7 +319,7 @@ def test_a_row_stored_by_the_previous_release_parses_and_round_trips() -> None:
              "latency": OLD_ROW["job"]["latency"] | {"lengths": "fixed"},
              "search": OLD_ROW["job"]["search"] | {"ode_compensation": False}}
     training = OLD_ROW["run"]["training"] | {"token_elimination": False, "exits": False,
-                                             "exit_learning_rate_scale": 1.0, "exit_loss_weighting": "mean"}
+                                             "exit_learning_rate_scale": 1.0, "exit_loss_weighting": "depth"}
     assert repo.request_dict(spec, job) == {"run": OLD_ROW["run"] | {"training": training},
                                             "job": OLD_ROW["job"] | added}
 
@@ -332,6 +332,21 @@ def test_files_from_before_the_newer_settings_read_as_they_ran() -> None:
     old = SearchJob.from_dict(job)
     assert (old.evaluation_dtype, old.search_examples, old.refine, old.params_kind) == \
         ("float32", None, RefineConfig(), "encoder")
+
+
+def test_exit_losses_read_as_they_were_trained_and_only_exits_runs_differ_by_them() -> None:
+    exits_row = OLD_ROW["run"] | {"training": OLD_ROW["run"]["training"] | {"exits": True}}
+    # stored before exits could be weighed by depth: they were weighed alike
+    assert RunSpec.from_dict(exits_row).training.exit_loss_weighting == "mean"
+    assert RunSpec.model_validate({"training": {"exits": True}}).training.exit_loss_weighting == "depth"
+    # without exits the exit settings do nothing, so they never make two runs differ (nor a run stored before the
+    # default changed)
+    plain = RunSpec.model_validate({"training": {"exit_loss_weighting": "mean", "exit_learning_rate_scale": 5}})
+    assert plain == RunSpec() and RunSpec.from_dict(RunSpec().to_dict()) == RunSpec()
+    # --exits with alike losses: the choice survives dynamic.exits turning training exits on
+    settings = SearchSettings.model_validate({"dynamic": {"exits": True}, "training": {"exit_loss_weighting": "mean"}})
+    run, _ = settings.split()
+    assert run.training.exits and run.training.exit_loss_weighting == "mean"
 
 
 def test_malformed_rows_are_refused_with_the_field() -> None:

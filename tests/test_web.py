@@ -174,9 +174,9 @@ def test_the_page_without_a_search_has_no_console_errors_and_labels_its_controls
         unlabelled = page.evaluate("""() => [...document.querySelectorAll('#form input, #form select, #upload input')]
             .filter((el) => !el.labels || !el.labels.length).map((el) => el.id || el.name)""")
         assert unlabelled == []
-        # the exit-loss weighting's choices come from the API's schema, the default first chosen
+        # the exit-loss weighting's choices come from the API's schema, the default chosen
         assert page.evaluate("[...document.getElementById('f-exit-weighting').options].map((o) => o.value)") \
-            == ["mean", "depth"] and page.input_value("#f-exit-weighting") == "mean"
+            == ["mean", "depth"] and page.input_value("#f-exit-weighting") == "depth"
         page.keyboard.press("Tab")  # keyboard focus reaches the form
         assert page.evaluate("document.activeElement.tagName") in ("A", "INPUT", "SELECT", "BUTTON")
 
