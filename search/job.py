@@ -209,7 +209,7 @@ def write_front(run: Run, result: SearchResult, measurements: Measurements, name
         "hypervolume": result.hypervolume, "hypervolume_history": result.hypervolume_history,
         "normalisation": {"lower": result.bounds[0], "upper": result.bounds[1],
                           "reference_point": result.reference_point},
-        "evaluations": len(result.trials),
+        "evaluations": result.evaluations, "trials": len(result.trials),
         "search_dtype": search_dtype,  # the precision the search ranked in; the figures here are float32
         # the validation examples the search ranked on; the figures here are on all `validation_examples`
         "search_examples": subset or size, "validation_examples": size,

@@ -68,6 +68,9 @@ class SearchResult:
     bounds: tuple[list[float], list[float]]  # normalisation lower/upper per objective
     reference_point: list[float]
     stopped: bool = False
+    # forward passes spent, the budget's unit (SearchSpace.evaluation): fewer than the trials where one pass scores
+    # several members (every exit threshold of a structure)
+    evaluations: int = 0
 
 
 def summarize(trials: Sequence[Trial], objectives: Sequence[str], bounds: tuple[list[float], list[float]]
@@ -92,8 +95,11 @@ def run_search(space: SearchSpace, measurements: Measurements, config: SearchCon
     """Search `space` for sub-networks that trade the chosen objectives off best.
 
     Every run starts with the largest, smallest and middle member. The budget is `evaluations` distinct
-    sub-networks (trials passed in count towards it) and/or `time_limit_s` of search time. A `seed` of None
-    means the training seed (run_search_job fills it in); a search run on its own, without one, uses 0.
+    sub-networks evaluated (trials passed in count towards it) and/or `time_limit_s` of search time. Where one
+    evaluation scores other members too (SearchSpace.scored_alongside: every exit threshold of a structure), they
+    become trials of their own without counting towards the budget, and the optimizer's asks for them are answered
+    from them. A `seed` of None means the training seed (run_search_job fills it in); a search run on its own,
+    without one, uses 0.
     """
     objectives = resolve_objectives(config.objectives)
     names = [o.name for o in objectives]
@@ -105,21 +111,45 @@ def run_search(space: SearchSpace, measurements: Measurements, config: SearchCon
                                initial=initial, **config.optimizer_options)
     done: list[Trial] = sorted(trials, key=lambda t: t.index)
     cache = {t.config: t for t in done}
+    evaluated = {space.evaluation(t.config) for t in done}
     offset = done[-1].elapsed_s if done else 0.0
     start = time.perf_counter()
     stopped, repeats = False, 0
-    bar = tqdm(total=config.evaluations, initial=min(len(cache), config.evaluations), desc="search",
+    bar = tqdm(total=config.evaluations, initial=min(len(evaluated), config.evaluations), desc="search",
                disable=not progress)
 
     def result() -> SearchResult:
         front, volume, history = summarize(done, names, bounds)
         return SearchResult(trials=list(done), front=front, hypervolume=volume, hypervolume_history=history,
-                            bounds=bounds, reference_point=reference_point, stopped=stopped)
+                            bounds=bounds, reference_point=reference_point, stopped=stopped,
+                            evaluations=len(evaluated))
 
-    while len(cache) < config.evaluations:
+    def add(sub: SubNetworkConfig) -> Trial:
+        figures = measurements.figures(sub)
+        trial = Trial(index=len(done), config=sub, objectives=objective_values(objectives, sub, measurements),
+                      **figures_dict(figures), elapsed_s=offset + time.perf_counter() - start)
+        cache[sub] = trial
+        done.append(trial)
+        return trial
+
+    def add_scored_alongside(subs: Sequence[SubNetworkConfig]) -> list[Trial]:
+        members = dict.fromkeys(m for sub in subs for m in space.scored_alongside(sub) if m not in cache)
+        return [add(member) for member in members]
+
+    def report(new: list[Trial]) -> None:
+        current = result()
+        bar.set_postfix({"hv": f"{current.hypervolume:.4f}"})
+        if on_trial is not None:
+            for trial in new:
+                on_trial(trial, current)
+
+    # a search stopped between a trial and the members scored alongside it scores them now (one pass)
+    if missing := add_scored_alongside([t.config for t in done]):
+        report(missing)
+    while len(evaluated) < config.evaluations:
         elapsed = offset + time.perf_counter() - start
         if config.time_limit_s is not None and elapsed >= config.time_limit_s:
-            log.info("search time limit reached after %d evaluations", len(cache))
+            log.info("search time limit reached after %d evaluations", len(evaluated))
             break
         if should_stop is not None and should_stop():
             stopped = True
@@ -135,17 +165,10 @@ def run_search(space: SearchSpace, measurements: Measurements, config: SearchCon
                 break
             continue
         repeats = 0
-        figures = measurements.figures(sub)
-        values = objective_values(objectives, sub, measurements)
-        trial = Trial(index=len(done), config=sub, objectives=values, **figures_dict(figures),
-                      elapsed_s=offset + time.perf_counter() - start)
-        cache[sub] = trial
-        done.append(trial)
-        optimizer.tell(vector, [values[n] for n in names])
-        current = result()
+        trial = add(sub)
+        evaluated.add(space.evaluation(sub))
+        optimizer.tell(vector, [trial.objectives[n] for n in names])
         bar.update(1)
-        bar.set_postfix({"hv": f"{current.hypervolume:.4f}"})
-        if on_trial is not None:
-            on_trial(trial, current)
+        report([trial, *add_scored_alongside([sub])])
     bar.close()
     return result()

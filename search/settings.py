@@ -76,7 +76,9 @@ class SearchConfig(SettingsModel):
         description="objectives to minimise, at least two distinct ones (comma-separated: error,params)")
     optimizer: Literal[OPTIMIZER_NAMES] = Field(
         "nsga2", description="ehvi needs botorch (pip install 'nasprune[ehvi]')")
-    evaluations: int = Field(100, ge=1, le=MAX_EVALUATIONS, description="distinct sub-networks to evaluate")
+    evaluations: int = Field(100, ge=1, le=MAX_EVALUATIONS,
+                             description="distinct sub-networks to evaluate (with exit thresholds: structures, each "
+                                         "scored at every threshold of the grid from its one pass)")
     ode_compensation: bool = Field(
         False, description="one more 0/1 gene: ODE-compensated layer dropping, where a kept layer followed by m "
                            "dropped ones takes one Euler step of 1 + m along its residual branch (Chen et al., 2023); "

@@ -147,8 +147,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("stopped; rerun the same command to resume")
         return 130
     front = json.loads((Path(args.out) / FRONT_FILE).read_text())
-    print(f"search done in {time.perf_counter() - start:.0f} s: {len(result.trials)} sub-networks evaluated, "
-          f"{len(front['points'])} on the front, hypervolume {result.hypervolume:.4f}")
+    alongside = len(result.trials) - result.evaluations
+    print(f"search done in {time.perf_counter() - start:.0f} s: {result.evaluations} sub-networks evaluated"
+          + (f" ({alongside} more scored from their passes: the other exit thresholds)" if alongside else "")
+          + f", {len(front['points'])} on the front, hypervolume {result.hypervolume:.4f}")
     print(front_table(front))
     print(f"  files: {args.out}/front.json, trials.jsonl, pareto.png; export a point with "
           f"`nasprune export --run {args.out} --point K --out DIR` (refine it first with `nasprune refine`)")

@@ -392,7 +392,7 @@ class SearchRunner(JobRunner):
         """After the store has the trial: the search's progress."""
         now = time.monotonic()
         with self.factory.begin() as session:
-            done = repo.count_trials(session, state.search_id)
+            done = current.evaluations  # the budget's unit: one threshold search stores a trial per threshold
             if state.search_start is None:
                 state.search_start, state.search_start_done = now, done - 1
             per_trial = (now - state.search_start) / max(done - state.search_start_done, 1)
@@ -460,7 +460,7 @@ class SearchRunner(JobRunner):
             return self.stopped()
         with self.factory.begin() as session:
             repo.update_progress(session, search_id, stage="done", hypervolume=result.hypervolume,
-                                 evaluations_done=repo.count_trials(session, search_id))
+                                 evaluations_done=result.evaluations)
         return self.finish(SearchStatus.SUCCEEDED)
 
     def stopped(self) -> SearchStatus | None:

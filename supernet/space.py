@@ -77,6 +77,16 @@ class SearchSpace(ABC):
     def middle(self) -> SubNetworkConfig:
         return self.decode([(lo + hi + 1) // 2 for lo, hi in zip(self.lower, self.upper, strict=True)])
 
+    def evaluation(self, sub: SubNetworkConfig) -> SubNetworkConfig:
+        """What evaluating `sub` runs a forward pass of: `sub` itself, unless a gene is scored from another
+        member's pass (ExitSpace). A search's budget counts these."""
+        return sub
+
+    def scored_alongside(self, sub: SubNetworkConfig) -> list[SubNetworkConfig]:
+        """The other members that evaluating `sub` scores with no forward pass of their own: none, unless a gene
+        is scored from another member's pass (ExitSpace)."""
+        return []
+
     def _units_to_steps(self, units: int) -> int:
         if units % self.unit_step:
             raise ConfigError(f"{units} units is not a multiple of the unit step {self.unit_step}")
@@ -348,6 +358,18 @@ class ExitSpace(SearchSpace):
     def decode(self, vector: Sequence[int]) -> SubNetworkConfig:
         values = self._check(vector)
         return replace(self.base.decode(values[:-1]), exit_threshold=self.threshold(values[-1]))
+
+    def evaluation(self, sub: SubNetworkConfig) -> SubNetworkConfig:
+        """The structure: its one pass over the exits scores every threshold (search.objectives.ExitPasses)."""
+        return replace(self.base.evaluation(sub), exit_threshold=None, open_exits=None)
+
+    def scored_alongside(self, sub: SubNetworkConfig) -> list[SubNetworkConfig]:
+        """Every other threshold of the grid on `sub`'s structure: scoring them costs no forward pass, so a search
+        keeps them all and the front gets each structure's best thresholds (COST-EFF picks the threshold after
+        training, per budget)."""
+        structure = self.evaluation(sub)
+        members = dict.fromkeys(replace(structure, exit_threshold=tau) for tau in self.thresholds)
+        return [member for member in members if member != sub]
 
     def encode(self, sub: SubNetworkConfig) -> list[int]:
         structure = self.base.encode(replace(sub, exit_threshold=None))

@@ -20,7 +20,8 @@ from transformers import AutoModelForSequenceClassification
 from search.job import check_exits, read_trials
 from search.latency import LatencyTable
 from search.objectives import ExitPasses, Measurements
-from search.settings import DEFAULT_EXIT_THRESHOLDS, DynamicConfig, SearchSettings
+from search.runner import run_search
+from search.settings import DEFAULT_EXIT_THRESHOLDS, DynamicConfig, SearchConfig, SearchSettings
 from supernet.config import ConfigError, SubNetworkConfig, SupernetConfig
 from supernet.counting import count_macs
 from supernet.evaluation import evaluate
@@ -148,6 +149,33 @@ def test_thresholds_are_scored_from_one_exits_pass_and_equal_the_exiting_forward
     assert m.exit_passes == 2
 
 
+def test_a_search_keeps_every_threshold_of_each_structure_it_evaluates_and_counts_passes() -> None:
+    """One pass over a structure's exits scores every τ of the grid: each becomes a trial, the budget counts passes,
+    and a resumed search (the optimizer replayed from the trials, the last pass's thresholds lost) ends the same."""
+    config = _config()
+    supernet, batches = make_supernet(config), _batches()
+    space = ExitSpace(make_space("uniform", config), GRID)
+    search = SearchConfig(objectives=["error", "expected_macs"], evaluations=6, seed=3)
+    m = _measurements(supernet, batches, config)
+    result = run_search(space, m, search, progress=False)
+    structures = {space.evaluation(t.config) for t in result.trials}
+    assert result.evaluations == len(structures) == 6 == m.exit_passes
+    assert {t.config for t in result.trials} == {
+        member for s in structures for member in (s, *space.scored_alongside(s))}
+    assert [t.index for t in result.trials] == list(range(len(result.trials))) and len(result.trials) > 6
+    # the front picks among every threshold of every structure
+    assert any(t.config.exit_threshold is not None for t in result.front)
+    firsts = {}
+    for trial in result.trials:
+        firsts.setdefault(space.evaluation(trial.config), trial.index)
+    cut = max(firsts.values()) + 1  # the last pass's trial kept, the thresholds scored alongside it lost
+    assert cut < len(result.trials)
+    resumed = run_search(space, _measurements(supernet, batches, config), search, trials=result.trials[:cut],
+                         progress=False)
+    assert {t.config: t.objectives for t in resumed.trials} == {t.config: t.objectives for t in result.trials}
+    assert resumed.evaluations == 6
+
+
 def test_figures_of_a_static_structure_in_an_exits_search_equal_the_plain_evaluation() -> None:
     config = _config()
     supernet, batches = make_supernet(config), _batches()
@@ -257,8 +285,9 @@ def test_a_search_with_exits_writes_thresholds_and_mean_exit_layers(exits_worksp
     monkeypatch.setenv("NASPRUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     # τ = 1 sends every example with any preference out at its first exit, so the untrained exits leave; the layers
-    # space with this grid has 11 distinct members (a single kept layer has no threshold), all evaluated
-    assert cli(_args(exits_workspace, out, "--exits", "--exit-thresholds", "1,0", evaluations=11)) == 0
+    # space has 7 structures, all evaluated, and with this grid 11 members (a single kept layer has no threshold),
+    # every one scored from its structure's pass
+    assert cli(_args(exits_workspace, out, "--exits", "--exit-thresholds", "1,0", evaluations=7)) == 0
     assert json.loads((out / "search.json").read_text())["dynamic"]["exit_thresholds"] == [0.0, 1.0]
     assert json.loads((out / "run.json").read_text())["training"]["exits"] is True  # --exits trains them
     run = Run(out)
@@ -273,6 +302,7 @@ def test_a_search_with_exits_writes_thresholds_and_mean_exit_layers(exits_worksp
         assert trial.objectives["expected_macs"] == trial.dynamics["expected_macs"]
         assert trial.objectives["latency"] == trial.latency_ms
     front = json.loads((out / "front.json").read_text())
+    assert (front["evaluations"], front["trials"]) == (7, 11)
     points = [p for p in front["points"] if "exit_threshold" in p["config"]]
     # an exit that leaves at the first layer skips the pooler too: the fewest expected MACs of all, so on the front
     assert points and min(p["dynamics"]["mean_exit_layer"] for p in points) == 1.0
