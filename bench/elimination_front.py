@@ -222,7 +222,7 @@ def summary(kind: str, result: dict[str, Any], macs: dict[str, float | None], *,
     front = result["front"]
     return {"kind": kind, "search_s": result["search_s"], "cpu_share": result["cpu_share"],
             "load_average": result["load_average"], "evaluations": result["evaluations"],
-            "front_size": len(front["points"]),
+            "trials": front.get("trials"), "front_size": len(front["points"]),
             counted: sum(dynamic in p["config"] for p in front["points"]),
             "hypervolume_expected_macs": macs,
             "points": [{"config": p["config"], "objectives": p["objectives"], "validation": p["validation"],

@@ -256,20 +256,23 @@ def summary(kind: str, training: dict[str, Any], result: dict[str, Any],
         kind, result, macs, dynamic="exit_threshold", counted="exiting_points")
 
 
-# What a record's training.exit_loss_weighting means, in the tables' words.
-WEIGHTING_WORDS = {"depth": "by depth (PABEE)", "mean": "alike (mean)"}
+# How a record's exits supernet trained its exits (training.exit_loss_weighting, or detach_exits), in the tables'
+# words.
+EXIT_TRAINING_WORDS = {"depth": "exits' losses weighed by depth (PABEE)", "mean": "exits' losses weighed alike (mean)",
+                       "detached": "exit heads trained on detached hidden states (DeeBERT)"}
 DEFAULT_EXIT_LOSS_WEIGHTING = TrainingConfig.model_fields["exit_loss_weighting"].default
 
 
-def recorded_weighting(data: dict[str, Any]) -> str:
-    """The exit-loss weighting a results record's exits supernet trained with (a record from before the option
-    was one weighed alike)."""
-    return data.get("exit_loss_weighting", "mean")
+def exit_training(data: dict[str, Any]) -> str:
+    """How a results record's exits supernet trained its exits: "detached", or its exit-loss weighting (a record
+    from before the option was one weighed alike)."""
+    return "detached" if data.get("detach_exits") else data.get("exit_loss_weighting", "mean")
 
 
-def default_out(base: str, space: str | None, exit_loss_weighting: str, cost: str) -> str:
-    """Where a run of these options goes unless --out says: exits_front[_<space>][_depth][_latency] beside `base`."""
-    return (base + (f"_{space}" if space else "") + ("_depth" if exit_loss_weighting == "depth" else "")
+def default_out(base: str, space: str | None, training: str, cost: str) -> str:
+    """Where a run of these options goes unless --out says: exits_front[_<space>][_depth|_detached][_latency]
+    beside `base` (`training`: exit_training's value)."""
+    return (base + (f"_{space}" if space else "") + (f"_{training}" if training in ("depth", "detached") else "")
             + ("_latency" if cost == "latency" else ""))
 
 
@@ -292,6 +295,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="how the exits supernet weighs its exits' losses (training.exit_loss_weighting, default "
                              "%(default)s: depth is PABEE's, the k-th exit weighing k; mean weighs them alike); "
                              "results under bench/out/exits_front_depth for depth unless --out says otherwise")
+    parser.add_argument("--detach-exits", action="store_true",
+                        help="the exits supernet's heads learn on detached hidden states (training.detach_exits, "
+                             "DeeBERT): its backbone trains as the static one's; results under "
+                             "bench/out/exits_front_detached unless --out says otherwise")
     parser.add_argument("--cost", choices=COSTS, default="expected_macs",
                         help="the cost both searches rank on beside error: expected MACs (what exiting saves in "
                              "compute), or latency, the latency table's batch-1 prediction on the validation "
@@ -299,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "bench/out/exits_front[_<space>]_latency unless --out says otherwise")
     args = parser.parse_args(argv)
     if args.out == parser.get_default("out"):
-        args.out = default_out(args.out, args.space, args.exit_loss_weighting, args.cost)
+        args.out = default_out(args.out, args.space, exit_training(vars(args)), args.cost)
     if args.tiny:
         args.tiny_root = args.tiny_root or Path(os.environ.get("TMPDIR", "/tmp")) / f"nasprune-tiny-exits-{os.getpid()}"
         args.out, args.repeats = args.tiny_root / "out", 1
@@ -314,8 +321,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     static_spec = base_spec(args)
     if args.space:
         static_spec = static_spec.model_copy(update={"space": args.space})
-    specs = {"static": static_spec, "exits": static_spec.model_copy(update={"training": static_spec.training.model_copy(
-        update={"exits": True, "exit_loss_weighting": args.exit_loss_weighting})})}
+    exits_training = {"exits": True, "exit_loss_weighting": args.exit_loss_weighting, "detach_exits": args.detach_exits}
+    specs = {"static": static_spec, "exits": RunSpec.model_validate(static_spec.to_dict() | {
+        "training": static_spec.training.to_dict() | exits_training})}
     out = Path(args.out) / seed_folder(static_spec.task, args.seed)
     out.mkdir(parents=True, exist_ok=True)
     training = {kind: trained(spec, out / f"{kind}-run") for kind, spec in specs.items()}
@@ -346,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "search_seed": args.search_seed, "threads": args.threads, "cpu": device_name("cpu"),
             "torch": torch.__version__, "dtype": args.dtype, "objectives": ["error", args.cost],
             "space_option": args.space, "cost": args.cost, "exit_loss_weighting": args.exit_loss_weighting,
+            "detach_exits": args.detach_exits,
             "evaluations": args.evaluations, "main_metric": metric, "chance_error": chance_error,
             "exit_thresholds": search_job(args, "exits").dynamic.exit_thresholds,
             "test_split": key and key[0], "latency": latency,
@@ -370,7 +379,7 @@ def table_lines(results: Path) -> list[str]:
     static_job = rows["static"]["job_s"]
     lines = [f"{data['evaluations']} evaluations per search (seed {data['search_seed']}, ranked in {data['dtype']}, "
              f"objectives {' and '.join(data['objectives'])}; thresholds {data['exit_thresholds']}"
-             + f"; the exits supernet weighs its exits' losses {WEIGHTING_WORDS[recorded_weighting(data)]}), "
+             + f"; the exits supernet's {EXIT_TRAINING_WORDS[exit_training(data)]}), "
              f"{data['threads']} thread(s), {data.get('cpu', EARLIER_CPU_MODEL)}. "
              + machines_line(data) + f"Batch-1 latency: the first {latency['examples']} validation examples (mean "
              f"{latency['mean_length']:.0f} tokens) each alone, unpadded, median of {latency['repeats']} "
@@ -409,6 +418,15 @@ def table_lines(results: Path) -> list[str]:
                                       for row in latency["exiting"]):
         lines += ["", f"No timed example left early at any exiting point ({len(latency['exiting'])}): their exits "
                       "were never confident enough on these examples."]
+    trials = rows["exits"].get("trials")
+    if trials:
+        lines += ["", f"The exits search scored every threshold of each structure it evaluated from one pass: "
+                      f"{trials} trials from {rows['exits']['evaluations']} evaluations."]
+    covered = covered_points(rows, latency)
+    lines += ["", "Static front points covered by the exits front (an exits point at most as costly and at least as "
+                  "accurate on validation; the target asks for all): "
+                  + ", ".join(f"{count} of {rows['static']['front_size']} in {name}" for name, count in covered.items())
+                  + "."]
     cost = data["static_cost_of_exits"]
     close = data["reference"]["cheapest_within_1pt"]
     own = {kind: own_full_close(rows[kind], metric) for kind in KINDS}
@@ -424,6 +442,21 @@ def table_lines(results: Path) -> list[str]:
               "Cheapest point within 1 point of its own supernet's full network, as a fraction of the full model's "
               "expected MACs: " + ", ".join(f"{kind} {fmt(own[kind])}" for kind in KINDS) + "."]
     return lines + reference_lines(results, data)
+
+
+def covered_points(rows: dict[str, dict[str, Any]], latency: dict[str, Any]) -> dict[str, int]:
+    """How many static front points some exits front point weakly dominates, in error × expected MACs and in
+    error × measured batch-1 latency (the issue's "the exits front dominates the static one" is all of them)."""
+    def pairs(kind: str, costs: list[float]) -> list[tuple[float, float]]:
+        return [(cost, point["objectives"]["error"]) for cost, point in zip(costs, rows[kind]["points"], strict=True)]
+
+    def count(static: list[tuple[float, float]], exits: list[tuple[float, float]]) -> int:
+        return sum(any(c <= cost and e <= error for c, e in exits) for cost, error in static)
+
+    macs = {kind: [p["objectives"]["expected_macs"] for p in rows[kind]["points"]] for kind in KINDS}
+    timed = {kind: latency["fronts"][kind]["latency_fraction"] for kind in KINDS}
+    return {"expected MACs": count(pairs("static", macs["static"]), pairs("exits", macs["exits"])),
+            "batch-1 latency": count(pairs("static", timed["static"]), pairs("exits", timed["exits"]))}
 
 
 def machines_line(data: dict[str, Any]) -> str:

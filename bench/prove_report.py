@@ -34,8 +34,8 @@ from elimination import table_lines as elimination_table  # noqa: E402
 from elimination_front import table_lines as elimination_front_table  # noqa: E402
 from exits_front import (  # noqa: E402
     DEFAULT_EXIT_LOSS_WEIGHTING,
-    WEIGHTING_WORDS,
-    recorded_weighting,
+    EXIT_TRAINING_WORDS,
+    exit_training,
 )
 from exits_front import default_out as exits_front_out  # noqa: E402
 from exits_front import table_lines as exits_front_table  # noqa: E402
@@ -626,21 +626,22 @@ def exits_front_section(task: str, fronts: Path) -> list[str]:
     cost = ("predicted batch-1 latency (the latency table over the validation lengths, each exit read priced)"
             if latency else "expected MACs")
 
-    weighting = recorded_weighting(first)
+    training = exit_training(first)
 
     def command(results: Path, data: dict[str, Any]) -> str:
-        default = exits_front_out("exits_front", space, weighting, "latency" if latency else "expected_macs")
+        default = exits_front_out("exits_front", space, training, "latency" if latency else "expected_macs")
         thresholds = data["exit_thresholds"]
         return (task_arguments(task, results, data)
                 + (f" --evaluations {data['evaluations']}" if data["evaluations"] != 100 else "")
                 + (f" --space {space}" if space else "") + (" --cost latency" if latency else "")
-                + (f" --exit-loss-weighting {weighting}" if weighting != DEFAULT_EXIT_LOSS_WEIGHTING else "")
+                + (" --detach-exits" if training == "detached" else
+                   f" --exit-loss-weighting {training}" if training != DEFAULT_EXIT_LOSS_WEIGHTING else "")
                 + (f" --exit-thresholds {','.join(f'{t:g}' for t in thresholds)}"
                    if thresholds != list(DEFAULT_EXIT_THRESHOLDS) else "")
                 + (f" --out bench/out/{fronts.name}" if fronts.name != default else ""))
 
     title = ("Early exits against the static front" + (f" in the {space} space" if space else "")
-             + f", exits' losses weighed {WEIGHTING_WORDS[weighting]}"
+             + f", {EXIT_TRAINING_WORDS[training]}"
              + (", searched on latency" if latency else ""))
     return run_sections(task, files, "exits_front.py", title,
                         "The importance job's settings trained twice, without exits (static) and with them, each then "

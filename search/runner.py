@@ -64,7 +64,7 @@ class SearchResult:
     trials: list[Trial]
     front: list[Trial]  # non-dominated trials over the chosen objectives
     hypervolume: float
-    hypervolume_history: list[float]  # after each evaluation, same normalisation
+    hypervolume_history: list[float]  # after each trial, same normalisation
     bounds: tuple[list[float], list[float]]  # normalisation lower/upper per objective
     reference_point: list[float]
     stopped: bool = False

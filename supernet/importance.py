@@ -72,13 +72,15 @@ def weigh_exits(losses: torch.Tensor, weighting: str = "mean") -> torch.Tensor:
 
 
 def fisher_importance(model: Supernet, batches: Iterable[Mapping[str, torch.Tensor]], *,
-                      max_batches: int = 8, progress: bool = True, exit_weighting: str = "mean") -> Importance:
+                      max_batches: int = 8, progress: bool = True, exit_weighting: str | None = "mean"
+                      ) -> Importance:
     """Sum over up to `max_batches` of the squared mask gradients of every head and FFN unit.
 
     With exit heads (`model.exits`) the loss is every exit's task loss (`exits_task_loss`, weighed as the supernet
     trains them: `exit_weighting`), as COST-EFF
     (Shen et al., EMNLP 2022) measures importance: scored on the last layer's loss alone, a head that only an early
-    exit needs would look useless and be pruned first, starving that exit."""
+    exit needs would look useless and be pruned first, starving that exit. `exit_weighting` None: the last layer's
+    loss alone (detached exits, which do not shape the backbone)."""
     model.reset_super_network()
     was_training = model.training
     model.eval()  # importance of the deterministic network (no dropout)
@@ -94,7 +96,8 @@ def fisher_importance(model: Supernet, batches: Iterable[Mapping[str, torch.Tens
             break
         model.zero_grad(set_to_none=True)
         inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
-        if model.exits:  # COST-EFF: every exit's loss, so pruning keeps what shallow exits need too
+        if model.exits and exit_weighting is not None:  # COST-EFF: every exit's loss, so pruning keeps what
+            # shallow exits need too
             loss = exits_task_loss(model(*inputs, all_exits=True), batch["labels"], exit_weighting)
         else:
             loss = task_loss(model(*inputs), batch["labels"])

@@ -237,7 +237,9 @@ def train_run(spec: RunSpec, folder: str | Path, *, progress: bool = True,
     def order_by_importance(model: Supernet) -> None:
         generator.manual_seed(spec.training.seed)
         importance = fisher_importance(model, loader, max_batches=spec.importance_batches, progress=progress,
-                                        exit_weighting=spec.training.exit_loss_weighting)
+                                        # detached exits do not shape the backbone: the last layer's loss alone
+                                        exit_weighting=None if spec.training.detach_exits
+                                        else spec.training.exit_loss_weighting)
         reorder_by_importance(model, importance)
         scores = importance.sorted()
         # written (atomically) before the checkpoint that follows the ordering

@@ -86,7 +86,7 @@ class Compute(SettingsModel):
 
 
 # Training settings that act only with exits (TrainingConfig.canonical).
-EXIT_ONLY_TRAINING = ("exit_learning_rate_scale", "exit_loss_weighting")
+EXIT_ONLY_TRAINING = ("exit_learning_rate_scale", "exit_loss_weighting", "detach_exits")
 
 
 class TrainingConfig(SettingsModel):
@@ -137,6 +137,12 @@ class TrainingConfig(SettingsModel):
         description="with exits: how each network's exit losses make one. depth: the k-th kept layer's exit weighs k "
                     "(PABEE), so that the deep exits and the full network give up less to the shallow ones; mean: "
                     "every exit alike (DeeBERT, COST-EFF). bench/RESULTS.md sets the two against each other")
+    detach_exits: bool = Field(
+        False,
+        description="with exits: the exit heads learn on detached hidden states, so the backbone learns only from the "
+                    "last layer's losses, as without exits (DeeBERT's two stages at once): the full network keeps a "
+                    "static run's accuracy and the exits read what it learned for the last layer; "
+                    "exit_loss_weighting then does nothing (each head learns from its own loss)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (and the search's, unless search_seed)")
     checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
                                                description="also checkpoint every this many steps")

@@ -11,6 +11,8 @@ network that runs (`model(..., all_exits=True)`): the full network learns the la
 sampled sub-network distils the full network's *final* logits into each of its exits, plus the labels; the exits'
 losses are averaged alike or by depth (`exit_loss_weighting`). While they
 train, gradient equilibrium (`gradient_equilibrium`) rescales what reaches each layer from the exits after it.
+With `detach_exits` (DeeBERT) the exit heads learn on detached hidden states instead (`detached_exits`): the
+backbone's gradients, clipping included, are those of a run without exits.
 
 A run that diverges (a NaN or infinite loss, or weights that are no longer finite) stops with `TrainingDiverged`
 before it writes another checkpoint: a model that predicts nothing must not be searched over, kept or served, and
@@ -34,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .devices import autocast
 from .files import atomic_path
-from .importance import exits_task_loss, task_loss, weigh_exits
+from .importance import task_loss, weigh_exits
 from .model import Supernet
 from .settings import TrainingConfig
 from .space import SearchSpace, TokenEliminationSpace
@@ -206,6 +208,22 @@ def gradient_equilibrium(model: Supernet) -> Iterator[None]:
             handle.remove()
 
 
+@contextmanager
+def detached_exits(model: Supernet) -> Iterator[None]:
+    """While open, every exit head reads its layer's hidden state detached, so the exits' losses train the heads and
+    nothing else: DeeBERT's second stage (Xin et al., ACL 2020: the backbone fine-tuned first, the exit heads then on
+    the frozen backbone) run alongside the first, in one training. A pre-hook, like gradient_equilibrium's."""
+    def detach(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (args[0].detach(), *args[1:])
+
+    handles = [head.register_forward_pre_hook(detach) for head in model.exit_heads]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _decay_groups(model: torch.nn.Module, weight_decay: float, learning_rate: float,
                   exit_scale: float = 1.0) -> list[dict[str, Any]]:
     """AdamW's groups: weight decay on matrices only; with `exit_scale` != 1, the exit heads' parameters in groups
@@ -285,7 +303,11 @@ class SupernetTrainer:
 
     # -- one step -------------------------------------------------------------------------------------------
     def _forward_backward(self, batch: Batch, scale: float) -> dict[str, float]:
-        with gradient_equilibrium(self.model) if self.exits else nullcontext(), self.autocast():
+        if not self.exits:
+            shaping = nullcontext()
+        else:
+            shaping = detached_exits(self.model) if self.config.detach_exits else gradient_equilibrium(self.model)
+        with shaping, self.autocast():
             return self._sandwich(batch, scale)
 
     def autocast(self) -> Any:
@@ -301,9 +323,18 @@ class SupernetTrainer:
         return self.model(*inputs, all_exits=True) if self.exits else self.model(*inputs)
 
     def _label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The task loss, with exits a weighted mean over every exit (importance.weigh_exits says why a mean)."""
-        return (exits_task_loss(logits, labels, self.config.exit_loss_weighting) if self.exits
-                else task_loss(logits, labels))
+        """The task loss, with exits over every exit (`_over_exits`)."""
+        if not self.exits:
+            return task_loss(logits, labels)
+        return self._over_exits(torch.stack([task_loss(exit_logits, labels) for exit_logits in logits]))
+
+    def _over_exits(self, losses: torch.Tensor) -> torch.Tensor:
+        """One loss from every exit's (E,), shallowest first: their weighted mean (importance.weigh_exits says why a
+        mean); with detached exits the last layer's at full weight, as without exits, plus each exit head's own,
+        which reaches nothing but that head."""
+        if self.config.detach_exits:
+            return losses[-1] + losses[:-1].sum()
+        return weigh_exits(losses, self.config.exit_loss_weighting)
 
     def _student_loss(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """A sub-network's loss: distillation from the full network's final logits (B, C) plus the weighted label
@@ -318,7 +349,7 @@ class SupernetTrainer:
 
         if not self.exits:
             return at_exit(student)
-        return weigh_exits(torch.stack([at_exit(logits) for logits in student]), cfg.exit_loss_weighting)
+        return self._over_exits(torch.stack([at_exit(logits) for logits in student]))
 
     def _sandwich(self, batch: Batch, scale: float) -> dict[str, float]:
         model, cfg = self.model, self.config
@@ -354,7 +385,13 @@ class SupernetTrainer:
             for param in self.model.parameters():
                 if param.grad is not None:
                     param.grad.mul_(accumulation / pending)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        if self.exits and self.config.detach_exits:  # the backbone clipped as without exits, the heads on their own
+            heads = {id(p) for p in self.model.exit_heads.parameters()}
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if id(p) not in heads],
+                                           self.config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.model.exit_heads.parameters(), self.config.max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

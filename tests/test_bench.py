@@ -185,24 +185,44 @@ def test_exits_front_tiny_compares_an_exits_front_with_the_static_one(tmp_path: 
     assert data["reference"]["test"] is not None
     assert any(line.startswith("On the test split, where the static supernet's full network scores") for line in table)
     assert any(line.startswith("Most accurate point at ≤ 1/5") for line in table)
+    # every threshold of each evaluated structure is a trial, and the table counts the static points covered
+    assert exits["trials"] > exits["evaluations"] == static["trials"]
+    assert f"{exits['trials']} trials from {exits['evaluations']} evaluations" in "\n".join(table)
+    assert any(line.startswith("Static front points covered by the exits front") for line in table)
     # both trainings timed here, on the machine the record names: the job ratio compares like with like
     assert data["cpu"] and static["train_cpu"] == exits["train_cpu"] == data["cpu"]
     assert any("both trained and searched one after the other in one process" in line for line in table)
 
 
-def test_exits_front_can_train_the_exits_weighed_alike(tmp_path: Path) -> None:
-    data = exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1",
+def test_exits_front_counts_the_static_points_an_exits_point_is_at_least_as_good_as() -> None:
+    def front(pairs):  # (cost, error): cost as expected MACs and as latency fraction alike
+        return {"points": [{"objectives": {"expected_macs": c, "error": e}} for c, e in pairs]}, [c for c, _ in pairs]
+
+    static, static_latency = front([(0.5, 0.2), (0.3, 0.3), (0.1, 0.5)])
+    # the first covered by a cheaper point as good, the second by none (cheaper is worse), the third by its equal
+    exits, exits_latency = front([(0.4, 0.2), (0.3, 0.35), (0.1, 0.5)])
+    latency = {"fronts": {"static": {"latency_fraction": static_latency},
+                          "exits": {"latency_fraction": [c * 2 for c in exits_latency]}}}
+    assert exits_front.covered_points({"static": static, "exits": exits}, latency) == {
+        "expected MACs": 2, "batch-1 latency": 0}
+
+
+def test_exits_front_can_train_detached_exits(tmp_path: Path) -> None:
+    data = exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--detach-exits",
                              "--exit-loss-weighting", "mean"])
     runs = tmp_path / "out" / "glue-mrpc" / "seed0"
     training = {kind: json.loads((runs / f"{kind}-run" / "run.json").read_text())["training"]
                 for kind in exits_front.KINDS}
-    assert training["exits"]["exit_loss_weighting"] == "mean"
-    # without exits the setting does nothing and is stored as its default
-    assert training["static"]["exit_loss_weighting"] == "depth" and not training["static"]["exits"]
-    assert data["exit_loss_weighting"] == "mean"
-    assert "alike (mean)" in exits_front.table_lines(runs / "results.json")[0]
+    # the exit settings of the run without exits are stored as their defaults
+    assert training["exits"]["detach_exits"] and training["exits"]["exit_loss_weighting"] == "mean"
+    assert not training["static"]["exits"] and not training["static"]["detach_exits"]
+    assert data["detach_exits"] and exits_front.exit_training(data) == "detached"
+    assert "detached hidden states (DeeBERT)" in exits_front.table_lines(runs / "results.json")[0]
+    assert exits_front.exit_training({"exit_loss_weighting": "mean"}) == exits_front.exit_training({}) == "mean"
     assert exits_front.default_out("bench/out/exits_front", None, "depth", "latency") \
         == "bench/out/exits_front_depth_latency"
+    assert exits_front.default_out("bench/out/exits_front", "layers", "mean", "expected_macs") \
+        == "bench/out/exits_front_layers"
 
 
 def test_exits_front_can_rank_on_predicted_batch_1_latency(tmp_path: Path, monkeypatch) -> None:

@@ -128,6 +128,43 @@ def test_the_full_network_learns_the_labels_at_every_exit_and_subnetworks_distil
     assert losses["loss_subnets"] == pytest.approx(float(sum(expected_subs) / len(subs)), rel=1e-5)
 
 
+def test_detached_exits_leave_the_backbone_to_the_last_layer_as_without_exits() -> None:
+    """detach_exits (DeeBERT's two stages at once): one training step, the sandwich and a tight clip included, moves
+    every backbone weight exactly as a run without exits does, and each exit head by its own loss on the detached
+    hidden state; its Fisher importance is the last layer's."""
+    data = toy_data(4)
+    settings = dict(max_grad_norm=1e-3, weight_decay=0.0, warmup_ratio=0.0, learning_rate=1e-3)
+    plain, detached = _exits_supernet().train(), _exits_supernet().train()
+    before = {n: p.detach().clone() for n, p in detached.exit_heads.named_parameters()}
+    _trainer(plain, data, **settings).train()
+    _trainer(detached, data, exits=True, detach_exits=True, **settings).train()
+    for (name, a), (_, b) in zip(plain.named_parameters(), detached.named_parameters(), strict=True):
+        if not name.startswith("exit_heads."):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert all(not torch.equal(p, before[n]) for n, p in detached.exit_heads.named_parameters())
+    assert not detached.exit_heads[0]._forward_pre_hooks  # the detaching hooks are gone
+    # the full network's loss: the last layer's at full weight plus each head's own
+    model = _exits_supernet().train()
+    trainer = _trainer(model, data, exits=True, detach_exits=True, num_random_subnets=0)
+    with torch.no_grad():
+        full = model(*_inputs(data), all_exits=True)
+    by_hand = sum(F.cross_entropy(e, data["labels"]) for e in full)
+    assert trainer._forward_backward(data, 1.0)["loss_full"] == pytest.approx(float(by_hand), rel=1e-5)
+    # importance without the exits' losses
+    batches = toy_batches(2, seed=5)
+    model = _exits_supernet().eval()
+    without = make_supernet(supernet_config(exits=False, **STILL), seed=0)
+    without.load_state_dict(model.state_dict(), strict=False)
+    last_layer = fisher_importance(model, batches, max_batches=2, progress=False, exit_weighting=None)
+    assert last_layer.to_dict() == fisher_importance(without, batches, max_batches=2, progress=False).to_dict()
+    assert last_layer.to_dict() != fisher_importance(model, batches, max_batches=2, progress=False).to_dict()
+
+
+def test_detached_exits_do_nothing_without_exits() -> None:
+    assert TrainingConfig(detach_exits=True).canonical() == TrainingConfig()
+    assert TrainingConfig(exits=True, detach_exits=True).canonical().detach_exits
+
+
 def test_exit_losses_are_weighed_alike_or_by_depth_and_nothing_else() -> None:
     losses = torch.tensor([3.0, 2.0, 1.0])
     assert weigh_exits(losses, "mean").item() == pytest.approx(2.0)

@@ -65,6 +65,7 @@ NON_DEFAULT: dict[tuple[str, ...], tuple[str, Any]] = {
     ("training", "exits"): ("", True),
     ("training", "exit_learning_rate_scale"): ("5", 5.0),
     ("training", "exit_loss_weighting"): ("mean", "mean"),
+    ("training", "detach_exits"): ("", True),
     ("search", "objectives"): ("error,macs,expected_macs", ["error", "macs", "expected_macs"]),
     ("search", "optimizer"): ("random", "random"),
     ("search", "evaluations"): ("12", 12),
@@ -319,7 +320,8 @@ def test_a_row_stored_by_the_previous_release_parses_and_round_trips() -> None:
              "latency": OLD_ROW["job"]["latency"] | {"lengths": "fixed"},
              "search": OLD_ROW["job"]["search"] | {"ode_compensation": False}}
     training = OLD_ROW["run"]["training"] | {"token_elimination": False, "exits": False,
-                                             "exit_learning_rate_scale": 1.0, "exit_loss_weighting": "depth"}
+                                             "exit_learning_rate_scale": 1.0, "exit_loss_weighting": "depth",
+                                             "detach_exits": False}
     assert repo.request_dict(spec, job) == {"run": OLD_ROW["run"] | {"training": training},
                                             "job": OLD_ROW["job"] | added}
 
