@@ -121,14 +121,18 @@ def _front_scored_again(result: SearchResult, measurements: Measurements, names:
     """The front as dicts with figures in float32 on the whole validation split, and the measurements that took
     them. A search that ranked in a lower precision has its front measured again (what an exported model scores;
     the search's figures stay under "search_validation"); one that ranked on a subset (`validation`: the whole
-    split's batches) its first SUBSET_RESCORED_LAYERS non-dominated layers. The points those figures show dominated
-    are dropped."""
+    split's batches) its first SUBSET_RESCORED_LAYERS non-dominated layers. Exit thresholds of one structure are
+    measured together (one pass scores them all): every threshold of each structure with a point in those layers,
+    layers peeled by structure, so that a structure's near-copies neither crowd out other structures nor, ranked a
+    little too well, hide its own better threshold. The points those figures show dominated are dropped."""
     if measurements.dtype == torch.float32 and validation is None:
         return [trial.to_dict() for trial in result.front], measurements
     candidates = result.front
-    if validation is not None and result.trials:
+    structures = [trial.config.pass_structure() for trial in result.trials]
+    layers = SUBSET_RESCORED_LAYERS if validation is not None else 1 if len(set(structures)) < len(structures) else 0
+    if layers:
         ranked = [[trial.objectives[name] for name in names] for trial in result.trials]
-        candidates = [result.trials[i] for i in first_layers(ranked, SUBSET_RESCORED_LAYERS)]
+        candidates = [result.trials[i] for i in first_layers(ranked, layers, structures)]
     precise = replace(measurements, dtype=torch.float32, _cache={},
                       validation_batches=measurements.validation_batches if validation is None else validation)
     objectives = resolve_objectives(names)

@@ -68,7 +68,7 @@ class ExitPasses:
 
     def exit_logits(self, sub: SubNetworkConfig) -> tuple[np.ndarray, np.ndarray]:
         """Every exit's logits (E, N, C) and the labels (N,) of `sub`'s structure, its threshold aside."""
-        structure = replace(sub, exit_threshold=None, open_exits=None)
+        structure = sub.pass_structure()
         if structure in self._logits:
             self._logits.move_to_end(structure)
             return self._logits[structure]

@@ -21,7 +21,7 @@ fixed normalisation bounds, one reference point) and checks the input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import moocore
 import numpy as np
@@ -104,14 +104,30 @@ def pareto_front_indices(F: ArrayLike) -> np.ndarray:
     return np.flatnonzero(non_dominated(F))
 
 
-def first_layers(F: ArrayLike, count: int) -> np.ndarray:
+def first_layers(F: ArrayLike, count: int, groups: Sequence[Hashable] | None = None) -> np.ndarray:
     """Indices (ascending) of the points of ``F`` in its first ``count`` non-dominated layers: the front, then the
     front of what is left, and so on (NSGA-II's non-dominated sorting, Deb et al. 2002, stopped after ``count``
-    ranks). Copies of a point share its rank."""
+    ranks). Copies of a point share its rank.
+
+    With ``groups`` (one key per point) whole groups are peeled: a layer takes every point of each group with a
+    point on the front of what is left. So near-copies of one group (the exit thresholds of one structure) cannot
+    fill the layers and crowd out other groups; every point of a chosen group is returned."""
     array = _as_matrix(F)
     if array.shape[0] == 0 or count < 1:
         return np.array([], dtype=int)
-    return np.flatnonzero(np.asarray(moocore.pareto_rank(array)) < count)
+    if groups is None:
+        return np.flatnonzero(np.asarray(moocore.pareto_rank(array)) < count)
+    if len(groups) != array.shape[0]:
+        raise ParetoError(f"{len(groups)} groups for {array.shape[0]} points")
+    keys = list(groups)
+    chosen: set[Hashable] = set()
+    for _ in range(count):
+        left = [i for i, key in enumerate(keys) if key not in chosen]
+        if not left:
+            break
+        front = np.asarray(moocore.pareto_rank(array[left])) == 0
+        chosen |= {keys[i] for i, on in zip(left, front, strict=True) if on}
+    return np.array([i for i, key in enumerate(keys) if key in chosen], dtype=int)
 
 
 def normalize(F: ArrayLike, lower: float | Sequence[float], upper: float | Sequence[float]) -> np.ndarray:

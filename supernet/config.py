@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from . import schedules
@@ -446,6 +446,11 @@ class SubNetworkConfig:
         exit a threshold reads."""
         rows = self.open_rows()
         return None if rows is None else tuple(row + 1 for row in rows)
+
+    def pass_structure(self) -> SubNetworkConfig:
+        """This sub-network without its exit threshold and open exits: what one pass over the exits runs, and scores
+        every threshold of (exiting never changes a later layer)."""
+        return replace(self, exit_threshold=None, open_exits=None)
 
     def static(self) -> SubNetworkConfig:
         """The same structure with every runtime field off: the weights this network slices, and its steps."""

@@ -361,7 +361,7 @@ class ExitSpace(SearchSpace):
 
     def evaluation(self, sub: SubNetworkConfig) -> SubNetworkConfig:
         """The structure: its one pass over the exits scores every threshold (search.objectives.ExitPasses)."""
-        return replace(self.base.evaluation(sub), exit_threshold=None, open_exits=None)
+        return self.base.evaluation(sub).pass_structure()
 
     def scored_alongside(self, sub: SubNetworkConfig) -> list[SubNetworkConfig]:
         """Every other threshold of the grid on `sub`'s structure: scoring them costs no forward pass, so a search

@@ -17,9 +17,10 @@ from pydantic import ValidationError
 from test_api import body
 from transformers import AutoModelForSequenceClassification
 
-from search.job import check_exits, read_trials
+from search.job import _front_scored_again, check_exits, read_trials
 from search.latency import LatencyTable
-from search.objectives import ExitPasses, Measurements
+from search.objectives import ExitPasses, Measurements, objective_values, resolve_objectives
+from search.pareto import distinct_non_dominated
 from search.runner import run_search
 from search.settings import DEFAULT_EXIT_THRESHOLDS, DynamicConfig, SearchConfig, SearchSettings
 from supernet.config import ConfigError, SubNetworkConfig, SupernetConfig
@@ -174,6 +175,26 @@ def test_a_search_keeps_every_threshold_of_each_structure_it_evaluates_and_count
                          progress=False)
     assert {t.config: t.objectives for t in resumed.trials} == {t.config: t.objectives for t in result.trials}
     assert resumed.evaluations == 6
+
+
+def test_a_front_ranked_in_bfloat16_is_measured_again_at_every_threshold_of_its_structures() -> None:
+    """The float32 front of an exits search ranked in bfloat16: the non-dominated points among every threshold of
+    each structure on the bfloat16 front (one float32 pass per structure), not only the thresholds ranked best."""
+    config = _config()
+    supernet, batches = make_supernet(config), _batches()
+    space = ExitSpace(make_space("uniform", config), GRID)
+    names = ["error", "expected_macs"]
+    m = _measurements(supernet, batches, config, dtype=torch.bfloat16)
+    result = run_search(space, m, SearchConfig(objectives=names, evaluations=6, seed=3), progress=False)
+    points, precise = _front_scored_again(result, m, names, None)
+    structures = {t.config.pass_structure() for t in result.front}
+    members = [member for s in structures for member in (s, *space.scored_alongside(s))]
+    assert set(members) > {t.config for t in result.front}  # thresholds the bfloat16 ranking left off its front
+    objectives = resolve_objectives(names)
+    values = [[objective_values(objectives, sub, precise)[n] for n in names] for sub in members]
+    expected = {members[i] for i, keep in enumerate(distinct_non_dominated(values)) if keep}
+    assert {SubNetworkConfig.from_dict(p["config"]) for p in points} == expected
+    assert precise.exit_passes == len(structures)
 
 
 def test_figures_of_a_static_structure_in_an_exits_search_equal_the_plain_evaluation() -> None:

@@ -70,6 +70,19 @@ def test_first_layers_peel_the_fronts_off_in_order():
     assert first_layers(F, 0).tolist() == []
 
 
+def test_first_layers_by_group_peel_whole_groups_so_near_copies_crowd_out_nothing():
+    # group a's near-copies would fill the first two layers point by point; by group, layer 2 is group c's
+    F = [[1, 3], [1.01, 3.01], [1.02, 3.02], [3, 1], [2, 3.5], [5, 5]]
+    groups = ["a", "a", "a", "b", "c", "d"]
+    assert first_layers(F, 2).tolist() == [0, 1, 3]
+    assert first_layers(F, 1, groups).tolist() == [0, 1, 2, 3]  # every point of a group on the front
+    assert first_layers(F, 2, groups).tolist() == [0, 1, 2, 3, 4]
+    assert first_layers(F, 9, groups).tolist() == list(range(6))
+    assert first_layers(F, 2, list(range(6))).tolist() == first_layers(F, 2).tolist()  # one point per group
+    with pytest.raises(ParetoError, match="5 groups for 6 points"):
+        first_layers(F, 1, groups[:5])
+
+
 def test_first_layers_give_copies_one_rank_in_three_objectives():
     F = [[1, 1, 3], [2, 2, 2], [1, 1, 3], [2, 2, 3], [3, 3, 3], [2, 2, 3]]  # layers: {0, 1, 2}, {3, 5}, {4}
     assert first_layers(F, 1).tolist() == [0, 1, 2]
