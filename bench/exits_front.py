@@ -73,7 +73,7 @@ from supernet.config import SubNetworkConfig
 from supernet.counting import expected_macs
 from supernet.evaluation import dtype_name, evaluate, resolve_dtype
 from supernet.model import Supernet
-from supernet.run import Run, train_run
+from supernet.run import Run, same_run, train_run
 from supernet.settings import EVALUATION_DTYPES, EXIT_LOSS_WEIGHTINGS, SPACE_NAMES, RunSpec, TrainingConfig
 
 COSTS = ("expected_macs", "latency")  # the cost objective both searches rank on beside error (--cost)
@@ -124,11 +124,28 @@ def static_space_size(spec: RunSpec, supernet: Supernet) -> int | None:
     return 2 ** supernet.config.num_layers - 1 if spec.space == "layers" else None
 
 
+def reusable_static_search(out: Path, job: SearchJob) -> dict[str, Any] | None:
+    """The static search an earlier run left in `out` (run_search's figures, its time from that run's record) when
+    it ran `job`'s search, else None."""
+    try:
+        stored = read_json(out / "static" / "search.json")
+        front = read_json(out / "static" / "front.json")
+        record = read_json(out / "results.json")["searches"]["static"]
+    except (OSError, KeyError, ValueError):
+        return None
+    asked = job.to_dict()
+    if any(stored.get(key) != asked.get(key) for key in ("search", "dynamic", "latency", "evaluation_dtype")):
+        return None
+    return {"front": front, "evaluations": front["evaluations"], "reused": True,
+            **{key: record[key] for key in ("search_s", "cpu_share", "load_average")}}
+
+
 def trained(spec: RunSpec, folder: Path) -> dict[str, Any]:
-    """Train `spec` into `folder` (or find it trained by an earlier run of this benchmark) and say how long it
-    took."""
+    """Train `spec` into `folder` (or find it trained by an earlier run of this benchmark with the same settings)
+    and say how long it took."""
     record = folder / TRAINING_FILE
-    if record.is_file() and (folder / "supernet" / "model.safetensors").is_file():
+    if (record.is_file() and (folder / "supernet" / "model.safetensors").is_file()
+            and same_run(RunSpec.from_dict(read_json(folder / "run.json")), spec)):
         return read_json(record)
     shutil.rmtree(folder, ignore_errors=True)  # a half-trained folder would resume: its time would not be a cost
     with Stopwatch() as watch:
@@ -250,7 +267,7 @@ def summary(kind: str, training: dict[str, Any], result: dict[str, Any],
             macs: dict[str, float | None]) -> dict[str, Any]:
     """elimination_front's summary of a search, counting exiting points, with the training that preceded it."""
     return {"train_s": training["train_s"], "train_cpu": training.get("cpu", EARLIER_CPU_MODEL),
-            "job_s": training["train_s"] + result["search_s"],
+            "job_s": training["train_s"] + result["search_s"], "search_reused": result.get("reused", False),
             "full_expected_macs": result["front"]["reference"]["objectives"]["expected_macs"],
             "full_validation": result["front"]["reference"]["validation"]} | front_summary(
         kind, result, macs, dynamic="exit_threshold", counted="exiting_points")
@@ -299,6 +316,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the exits supernet's heads learn on detached hidden states (training.detach_exits, "
                              "DeeBERT): its backbone trains as the static one's; results under "
                              "bench/out/exits_front_detached unless --out says otherwise")
+    parser.add_argument("--reuse-static-search", action="store_true",
+                        help="keep the static search an earlier run of the same options left in --out (its front and "
+                             "its timings, from that run's results.json) instead of searching again: the static side "
+                             "is the same when only the exits supernet or its search changed")
     parser.add_argument("--cost", choices=COSTS, default="expected_macs",
                         help="the cost both searches rank on beside error: expected MACs (what exiting saves in "
                              "compute), or latency, the latency table's batch-1 prediction on the validation "
@@ -327,7 +348,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out) / seed_folder(static_spec.task, args.seed)
     out.mkdir(parents=True, exist_ok=True)
     training = {kind: trained(spec, out / f"{kind}-run") for kind, spec in specs.items()}
-    results = {kind: run_search(out / f"{kind}-run", specs[kind], search_job(args, kind), out / kind)
+    reused = reusable_static_search(out, search_job(args, "static")) if args.reuse_static_search else None
+    results = {kind: reused if kind == "static" and reused else run_search(out / f"{kind}-run", specs[kind],
+                                                                          search_job(args, kind), out / kind)
                for kind in KINDS}
     fronts = {kind: result["front"] for kind, result in results.items()}
 
@@ -422,6 +445,10 @@ def table_lines(results: Path) -> list[str]:
     if trials:
         lines += ["", f"The exits search scored every threshold of each structure it evaluated from one pass: "
                       f"{trials} trials from {rows['exits']['evaluations']} evaluations."]
+    else:
+        lines += ["", "This record's exits search predates scoring every threshold of a structure it evaluates: each "
+                      "of its evaluations was one (structure, threshold) pair, and its front was measured again only "
+                      "at the thresholds ranked best."]
     covered = covered_points(rows, latency)
     lines += ["", "Static front points covered by the exits front (an exits point at most as costly and at least as "
                   "accurate on validation; the target asks for all): "
@@ -464,11 +491,13 @@ def machines_line(data: dict[str, Any]) -> str:
     on another one (its time is that machine's, so the job ratio mixes machines)."""
     here = data.get("cpu", EARLIER_CPU_MODEL)
     trained_on = {kind: data["searches"][kind].get("train_cpu", EARLIER_CPU_MODEL) for kind in KINDS}
+    reused = ("The static search is an earlier run's (--reuse-static-search), its time as measured then. "
+              if data["searches"]["static"].get("search_reused") else "")
     if all(cpu == here for cpu in trained_on.values()):
-        return "Job: training + search, both trained and searched one after the other in one process. "
+        return "Job: training + search, both trained and searched one after the other in one process. " + reused
     return ("Job: training + search; the trainings were timed on " + ", ".join(
         f"{cpu} ({kind})" for kind, cpu in trained_on.items()) + " and the searches here, so the job ratio compares "
-        "machines and is no measure of what exits cost. ")
+        "machines and is no measure of what exits cost. " + reused)
 
 
 def reference_lines(results: Path, data: dict[str, Any]) -> list[str]:

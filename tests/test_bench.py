@@ -219,6 +219,16 @@ def test_exits_front_can_train_detached_exits(tmp_path: Path) -> None:
     assert data["detach_exits"] and exits_front.exit_training(data) == "detached"
     assert "detached hidden states (DeeBERT)" in exits_front.table_lines(runs / "results.json")[0]
     assert exits_front.exit_training({"exit_loss_weighting": "mean"}) == exits_front.exit_training({}) == "mean"
+    # again with exits weighed by depth in the same folder: the exits supernet is trained again (its settings
+    # differ), the static one and its search are kept (--reuse-static-search), and the table says so
+    static_search = (runs / "static" / "front.json").read_text()
+    again = exits_front.main(["--tiny", "--tiny-root", str(tmp_path), "--threads", "1", "--reuse-static-search"])
+    assert (runs / "static" / "front.json").read_text() == static_search
+    assert again["searches"]["static"]["search_reused"] and not again["searches"]["exits"]["search_reused"]
+    assert again["searches"]["static"]["train_s"] == data["searches"]["static"]["train_s"]
+    assert again["searches"]["exits"]["train_s"] != data["searches"]["exits"]["train_s"]
+    assert not json.loads((runs / "exits-run" / "run.json").read_text())["training"]["detach_exits"]
+    assert "--reuse-static-search" in " ".join(exits_front.table_lines(runs / "results.json"))
     assert exits_front.default_out("bench/out/exits_front", None, "depth", "latency") \
         == "bench/out/exits_front_depth_latency"
     assert exits_front.default_out("bench/out/exits_front", "layers", "mean", "expected_macs") \
